@@ -1,0 +1,32 @@
+# imd: `make run` sets everything up and runs the daemon; `make test` runs the suite.
+VENV    ?= .venv
+PYTHON  ?= python3
+CONFIG  ?= etc/imd.ini
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: install services keys run test clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/imd_plugin.py
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	bin/ensure-services
+
+keys: install services
+	$(VENV)/bin/imd-admin --config $(CONFIG) keys init
+
+run: keys
+	$(VENV)/bin/twistd -n --pidfile= imd --config $(CONFIG)
+
+test: install services
+	$(VENV)/bin/trial $(TRIAL_ARGS) tests
+
+clean:
+	rm -rf $(VENV) _trial_temp build *.egg-info

@@ -1,0 +1,143 @@
+"""``imd-admin``: the operator's console (keys, tokens, friends)."""
+
+import argparse
+import sys
+
+from twisted.internet import defer, task
+
+from imd.auth import generate_key_pair, issue_token
+from imd.config import ConfigError, load_settings
+from imd.errors import StoreUnavailable
+from imd.protocol import parse_uid
+
+
+class AdminError(Exception):
+    """A command that cannot be done; printed as one line, exit status 1."""
+
+
+def _uid(text):
+    try:
+        return parse_uid(text, "uid")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="imd-admin", description="Operate an imd installation.")
+    parser.add_argument("--config", default="etc/imd.ini", help="the imd.ini to use (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    keys = commands.add_parser("keys", help="the RSA key pair that signs wstokens")
+    keys_cmd = keys.add_subparsers(dest="action", metavar="ACTION")
+    keys_cmd.required = True
+    init = keys_cmd.add_parser("init", help="generate a 2048-bit RSA pair and SET publicKey/privateKey")
+    init.add_argument("--force", action="store_true", help="replace a key pair that is already set")
+    init.set_defaults(run=keys_init)
+
+    token = commands.add_parser("token", help="wstokens")
+    token_cmd = token.add_subparsers(dest="action", metavar="ACTION")
+    token_cmd.required = True
+    issue = token_cmd.add_parser("issue", help="print a wstoken for UID")
+    issue.add_argument("uid", type=_uid)
+    issue.set_defaults(run=token_issue)
+
+    friend = commands.add_parser("friend", help="friend sets (URS:<uid>)")
+    friend_cmd = friend.add_subparsers(dest="action", metavar="ACTION")
+    friend_cmd.required = True
+    for name, run, text in (("add", friend_add, "make A and B friends (both directions)"),
+                            ("rm", friend_rm, "end the friendship of A and B (both directions)")):
+        sub = friend_cmd.add_parser(name, help=text)
+        sub.add_argument("a", type=_uid)
+        sub.add_argument("b", type=_uid)
+        sub.set_defaults(run=run)
+    listing = friend_cmd.add_parser("list", help="print A's friends, one per line")
+    listing.add_argument("a", type=_uid)
+    listing.set_defaults(run=friend_list)
+    return parser
+
+
+@defer.inlineCallbacks
+def keys_init(app, args, out):
+    public_pem, private_pem = generate_key_pair()
+    stored = yield app.redis.set_key_pair(public_pem, private_pem, force=args.force)
+    if stored:
+        out.write("keys: a new RSA key pair is set in Redis\n")
+    else:
+        out.write("keys: a key pair is already set (use --force to replace it)\n")
+
+
+@defer.inlineCallbacks
+def token_issue(app, args, out):
+    private_pem = yield app.redis.get_private_key()
+    if not private_pem:
+        raise AdminError("no privateKey in Redis: run 'imd-admin keys init' first")
+    out.write(issue_token(private_pem, args.uid, app.clock.seconds(), app.settings.auth.token_ttl) + "\n")
+
+
+@defer.inlineCallbacks
+def friend_add(app, args, out):
+    if args.a == args.b:
+        raise AdminError("a user cannot befriend themselves")
+    yield app.redis.add_friends(args.a, args.b)
+    out.write("friends: %d <-> %d\n" % (args.a, args.b))
+
+
+@defer.inlineCallbacks
+def friend_rm(app, args, out):
+    yield app.redis.remove_friends(args.a, args.b)
+    out.write("no longer friends: %d <-> %d\n" % (args.a, args.b))
+
+
+@defer.inlineCallbacks
+def friend_list(app, args, out):
+    friends = yield app.redis.list_friends(args.a)
+    for uid in friends:
+        out.write("%d\n" % uid)
+
+
+@defer.inlineCallbacks
+def run_command(reactor, app, args, out):
+    """Start what the command needs, run it, stop it again."""
+    app.redis_client.startService()
+    try:
+        yield app.redis_client.wait_connected()
+        yield args.run(app, args, out)
+    finally:
+        yield app.redis_client.stopService()
+
+
+def main(argv=None, out=None):
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        sys.stderr.write("imd-admin: config error: %s\n" % e)
+        return 2
+
+    status = []
+
+    def _run(reactor):
+        from imd.app import App
+        app = App(settings, reactor)
+        d = run_command(reactor, app, args, out)
+
+        def failed(failure):
+            if failure.check(AdminError, StoreUnavailable):
+                sys.stderr.write("imd-admin: %s\n" % failure.getErrorMessage())
+            else:
+                sys.stderr.write("imd-admin: unexpected error: %s\n" % failure.getTraceback())
+            status.append(1)
+        return d.addErrback(failed)
+
+    try:
+        task.react(_run)
+    except SystemExit as e:
+        if e.code:
+            return e.code
+    return status[0] if status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

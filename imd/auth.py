@@ -1,0 +1,141 @@
+"""wstokens: RS256 JWTs verified against the public key kept in Redis.
+
+PyJWT does the cryptography; expiry is checked here against the injected
+clock so tests can move time.  The public key is cached and re-read when a
+signature does not verify, so a key rotation takes effect without a restart.
+"""
+
+import uuid
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet import defer
+
+from imd.errors import LoginRefused, StoreUnavailable
+from imd.protocol import parse_uid
+
+TOKEN_TYPE = "websocket"
+ALGORITHM = "RS256"
+
+
+def generate_key_pair(bits=2048):
+    """(public PEM, private PEM) as text."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode("ascii")
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return public_pem, private_pem
+
+
+def issue_token(private_pem, uid, now, ttl=120):
+    """A wstoken for ``uid`` (contract §1 claims)."""
+    iat = int(now)
+    claims = {"id": uid, "type": TOKEN_TYPE, "iat": iat, "exp": iat + ttl, "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, private_pem, algorithm=ALGORITHM)
+
+
+def token_from_request(path, params):
+    """The token from ``/<token>`` or ``?token=<token>``; None when absent."""
+    values = params.get("token") if params else None
+    if values and values[0]:
+        return values[0]
+    token = path.strip("/")
+    return token or None
+
+
+class TokenVerifier:
+    """Checks a wstoken and returns the user id it names, or LoginRefused."""
+
+    def __init__(self, store, clock, single_use=True):
+        self._store = store
+        self._clock = clock
+        self._single_use = single_use
+        self._key = None
+        self._key_pem = None
+
+    @defer.inlineCallbacks
+    def verify(self, token):
+        if not token:
+            raise LoginRefused("missing token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise LoginRefused("malformed token")
+        if header.get("alg") != ALGORITHM:
+            raise LoginRefused("token algorithm must be RS256")
+        claims = yield self._decode(token)
+        uid = self._check_claims(claims)
+        if self._single_use:
+            try:
+                fresh = yield self._store.claim_jti(claims["jti"], claims["exp"])
+            except StoreUnavailable:
+                raise LoginRefused("service unavailable, try again later")
+            if not fresh:
+                raise LoginRefused("token already used")
+        return uid
+
+    @defer.inlineCallbacks
+    def _decode(self, token):
+        if self._key is None:
+            yield self._load_key()
+        try:
+            return self._decode_with_cached_key(token)
+        except jwt.InvalidSignatureError:
+            # The key may have been rotated since we cached it.
+            changed = yield self._load_key()
+            if not changed:
+                raise LoginRefused("bad token signature")
+            return self._decode_with_cached_key(token)
+
+    def _decode_with_cached_key(self, token):
+        try:
+            return jwt.decode(token, self._key, algorithms=[ALGORITHM],
+                              options={"verify_exp": False, "verify_iat": False,
+                                       "verify_nbf": False, "verify_aud": False})
+        except jwt.InvalidSignatureError:
+            raise
+        except jwt.PyJWTError as e:
+            raise LoginRefused("bad token: %s" % e)
+
+    @defer.inlineCallbacks
+    def _load_key(self):
+        """Re-read ``publicKey``; True when it differs from the cached one."""
+        try:
+            pem = yield self._store.get_public_key()
+        except StoreUnavailable:
+            raise LoginRefused("service unavailable, try again later")
+        if not pem:
+            raise LoginRefused("server keys are not set up")
+        if pem == self._key_pem:
+            return False
+        try:
+            key = serialization.load_pem_public_key(pem.encode("ascii") if isinstance(pem, str) else pem)
+        except ValueError:
+            raise LoginRefused("server public key is not a PEM key")
+        self._key, self._key_pem = key, pem
+        return True
+
+    def _check_claims(self, claims):
+        now = self._clock.seconds()
+        if claims.get("type") != TOKEN_TYPE:
+            raise LoginRefused("wrong token type")
+        exp = claims.get("exp")
+        if type(exp) not in (int, float):
+            raise LoginRefused("token has no expiry")
+        if exp <= now:
+            raise LoginRefused("token expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and (type(nbf) not in (int, float) or nbf > now):
+            raise LoginRefused("token not yet valid")
+        iat = claims.get("iat")
+        if iat is not None and (type(iat) not in (int, float) or iat > now + 60):
+            raise LoginRefused("token issued in the future")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 0 < len(jti) <= 128:
+            raise LoginRefused("token has no jti")
+        try:
+            return parse_uid(claims.get("id"), "id")
+        except ValueError:
+            raise LoginRefused("token id is not a user id")

@@ -1,0 +1,376 @@
+"""Read ``imd.ini`` into typed, validated settings, once.
+
+Every section and key of the contract is known here, including keys whose
+feature is built later: a config written against the contract never breaks on
+start-up.  Anything wrong stops start-up with one :class:`ConfigError` line
+naming the file, the section, the key and the problem.
+"""
+
+import configparser
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, unquote
+
+
+class ConfigError(Exception):
+    """One line: ``FILE: [section] key: problem``."""
+
+    def __init__(self, path, section, key, problem):
+        self.path, self.section, self.key, self.problem = path, section, key, problem
+        where = "[%s]" % section if section else ""
+        if key:
+            where += " " + key
+        super().__init__("%s: %s: %s" % (path, where, problem) if where else "%s: %s" % (path, problem))
+
+
+class _Invalid(ValueError):
+    """Raised by a value parser; the loader adds file, section and key."""
+
+
+# --- value parsers: str -> typed value, or _Invalid ---------------------------
+
+def _int(low=None, high=None):
+    def parse(text):
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise _Invalid("expected an integer, got %r" % (text,))
+        if low is not None and value < low:
+            raise _Invalid("must be at least %d, got %d" % (low, value))
+        if high is not None and value > high:
+            raise _Invalid("must be at most %d, got %d" % (high, value))
+        return value
+    return parse
+
+
+def _number(low=0.0, strictly_positive=True):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise _Invalid("expected a number, got %r" % (text,))
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Invalid("expected a finite number, got %r" % (text,))
+        if strictly_positive and value <= low:
+            raise _Invalid("must be greater than %g, got %r" % (low, text))
+        if not strictly_positive and value < low:
+            raise _Invalid("must be at least %g, got %r" % (low, text))
+        return value
+    return parse
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}
+
+
+def _bool(text):
+    try:
+        return _BOOLEANS[text.lower()]
+    except KeyError:
+        raise _Invalid("expected true or false, got %r" % (text,))
+
+
+def _text(text):
+    return text
+
+
+def _identifier(text):
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,63}", text):
+        raise _Invalid("expected a SQL identifier (letters, digits, _), got %r" % (text,))
+    return text
+
+
+def _choice(*choices):
+    def parse(text):
+        if text not in choices:
+            raise _Invalid("expected one of %s, got %r" % (", ".join(choices), text))
+        return text
+    return parse
+
+
+ROLES = ("ws", "http", "migrate")
+
+
+def _roles(text):
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    if not roles:
+        raise _Invalid("at least one role is needed (%s)" % ", ".join(ROLES))
+    for role in roles:
+        if role not in ROLES:
+            raise _Invalid("unknown role %r (known: %s)" % (role, ", ".join(ROLES)))
+    return frozenset(roles)
+
+
+def _endpoint(optional):
+    def parse(text):
+        if not text:
+            if optional:
+                return ""
+            raise _Invalid("an endpoint string is required, e.g. tcp:8765:interface=127.0.0.1")
+        # Constructing a server endpoint parses the string (and, for ssl:,
+        # loads the certificate files) without listening on anything.
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+        try:
+            serverFromString(reactor, text)
+        except Exception as e:
+            raise _Invalid("not a usable Twisted endpoint string %r: %s" % (text, e))
+        return text
+    return parse
+
+
+def _auth_mode(text):
+    if text == "dev":
+        return text
+    if text.startswith("hs256:") and len(text) > len("hs256:"):
+        return text
+    raise _Invalid("expected 'dev' or 'hs256:<secret>', got %r" % (text.split(":")[0],))
+
+
+def _ws_url(text):
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise _Invalid("expected a ws:// or wss:// URL, got %r" % (text,))
+    return text if text.endswith("/") else text + "/"
+
+
+def _origins(text):
+    origins = tuple(o.strip() for o in text.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise _Invalid("expected '*' or origins like https://app.example.com, got %r" % (origin,))
+    return origins
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    host: str
+    port: int
+    db: int
+    password: str = None
+
+
+def _redis_url(text):
+    parts = urlsplit(text)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise _Invalid("expected redis://[:password@]host[:port][/db], got %r" % (text,))
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise _Invalid("bad port in %r" % (text,))
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise _Invalid("the database index must be a number, got %r" % (path,))
+    password = unquote(parts.password) if parts.password else None
+    return RedisAddress(parts.hostname, port, int(path or 0), password)
+
+
+def _setting(default, parse, doc=""):
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+# --- one class per section ----------------------------------------------------
+
+@dataclass(frozen=True)
+class ImdSettings:
+    roles: frozenset = _setting("ws, http, migrate", _roles)
+    node_id: str = _setting("", _text)
+    shutdown_grace: float = _setting("10", _number())
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    listen: str = _setting("tcp:8765:interface=127.0.0.1", _endpoint(optional=False))
+    tls_listen: str = _setting("", _endpoint(optional=True))
+    max_message_bytes: int = _setting("65536", _int(64, 16 * 1024 * 1024))
+    idle_timeout: float = _setting("90", _number())
+    max_devices: int = _setting("5", _int(1, 1000))
+    max_errors: int = _setting("20", _int(1))
+    rate: float = _setting("20", _number())
+    burst: int = _setting("40", _int(1))
+    open_handshake_timeout: float = _setting("10", _number())
+    ping_interval: float = _setting("30", _number(strictly_positive=False))
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: str = _setting("tcp:8766:interface=127.0.0.1", _endpoint(optional=False))
+    tls_listen: str = _setting("", _endpoint(optional=True))
+    auth: str = _setting("dev", _auth_mode)
+    public_ws_url: str = _setting("", _ws_url)
+    cors_origins: tuple = _setting("", _origins)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    single_use: bool = _setting("true", _bool)
+    token_ttl: int = _setting("120", _int(1, 86400))
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: RedisAddress = _setting("redis://127.0.0.1:6379/0", _redis_url)
+    prefix: str = _setting("", _text)
+    timeout: float = _setting("5", _number())
+    dedup_ttl: int = _setting("3600", _int(1))
+
+
+@dataclass(frozen=True)
+class MysqlSettings:
+    host: str = _setting("127.0.0.1", _text)
+    port: int = _setting("3306", _int(1, 65535))
+    user: str = _setting("root", _text)
+    password: str = _setting("", _text)
+    database: str = _setting("imd", _identifier)
+    pool_min: int = _setting("2", _int(1, 100))
+    pool_max: int = _setting("8", _int(1, 100))
+
+
+@dataclass(frozen=True)
+class MigrateSettings:
+    batch: int = _setting("500", _int(1, 10000))
+    interval: float = _setting("0.2", _number())
+
+
+@dataclass(frozen=True)
+class OrdersSettings:
+    table: str = _setting("orders", _identifier)
+    id_column: str = _setting("id", _identifier)
+    customer_column: str = _setting("customer_id", _identifier)
+    courier_column: str = _setting("courier_id", _identifier)
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    ttl: float = _setting("30", _number(low=1, strictly_positive=False))
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    min_interval: float = _setting("1", _number(strictly_positive=False))
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = _setting("text", _choice("text", "json"))
+    messages: bool = _setting("false", _bool)
+
+
+SECTIONS = {
+    "imd": ImdSettings,
+    "websocket": WebSocketSettings,
+    "http": HttpSettings,
+    "auth": AuthSettings,
+    "redis": RedisSettings,
+    "mysql": MysqlSettings,
+    "migrate": MigrateSettings,
+    "orders": OrdersSettings,
+    "presence": PresenceSettings,
+    "site": SiteSettings,
+    "log": LogSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str
+    imd: ImdSettings
+    websocket: WebSocketSettings
+    http: HttpSettings
+    auth: AuthSettings
+    redis: RedisSettings
+    mysql: MysqlSettings
+    migrate: MigrateSettings
+    orders: OrdersSettings
+    presence: PresenceSettings
+    site: SiteSettings
+    log: LogSettings
+
+    def replace(self, section, **values):
+        """A copy with some typed values of one section changed (for tests)."""
+        updated = dataclasses.replace(getattr(self, section), **values)
+        return dataclasses.replace(self, **{section: updated})
+
+
+def _build_section(path, name, cls, raw):
+    values = {}
+    for f in dataclasses.fields(cls):
+        text = raw.pop(f.name, f.default).strip()
+        try:
+            values[f.name] = f.metadata["parse"](text)
+        except _Invalid as e:
+            raise ConfigError(path, name, f.name, str(e))
+    for unknown in raw:
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(path, name, unknown, "unknown key (known: %s)" % known)
+    return cls(**values)
+
+
+def _check_across_keys(path, settings):
+    if settings.mysql.pool_min > settings.mysql.pool_max:
+        raise ConfigError(path, "mysql", "pool_min",
+                          "must not exceed pool_max (%d > %d)"
+                          % (settings.mysql.pool_min, settings.mysql.pool_max))
+    if settings.http.auth == "dev" and "http" in settings.imd.roles:
+        for key in ("listen", "tls_listen"):
+            endpoint = getattr(settings.http, key)
+            if endpoint and not is_loopback_endpoint(endpoint):
+                raise ConfigError(path, "http", "auth",
+                                  "'dev' trusts any caller and is allowed only on loopback "
+                                  "listeners; [http] %s is %r" % (key, endpoint))
+
+
+def is_loopback_endpoint(description):
+    """True when a tcp:/ssl: endpoint string listens on loopback only."""
+    parts = description.split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return False
+    for part in parts[1:]:
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\\", "")
+            try:
+                return ipaddress.ip_address(interface).is_loopback
+            except ValueError:
+                return interface == "localhost"
+    return False
+
+
+def parse_settings(text, path="<string>"):
+    """Settings from the text of an ini file (for tests and ``load``)."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    parser.optionxform = str
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(path, None, None, "cannot parse: %s" % first)
+    for name in parser.sections():
+        if name not in SECTIONS:
+            raise ConfigError(path, name, None,
+                              "unknown section (known: %s)" % ", ".join(SECTIONS))
+    built = {}
+    for name, cls in SECTIONS.items():
+        raw = dict(parser.items(name)) if parser.has_section(name) else {}
+        built[name] = _build_section(path, name, cls, raw)
+    settings = Settings(path=path, **built)
+    _check_across_keys(path, settings)
+    return settings
+
+
+def load_settings(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, "cannot read the config file: %s" % (e.strerror or e))
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, None, "the config file is not UTF-8 text")
+    return parse_settings(text, path)
+
+
+def default_settings():
+    return parse_settings("", "<defaults>")

@@ -1,0 +1,331 @@
+"""Packets in and out: the only module that knows the JSON shape.
+
+Pure: bytes in, small typed packets out; server packets built as bytes.
+Every problem with a client frame raises :class:`PacketError`, carrying the
+contract's error code and the packet's ``id`` when one could be read.
+"""
+
+import json
+
+from imd.errors import ImdError
+
+MAX_TEXT_CHARS = 1023
+MAX_IMAGE_ID_CHARS = 128
+MAX_ID_CHARS = 64
+MAX_UID = 2 ** 63 - 1
+MAX_CURSOR_CHARS = 512
+HISTORY_DEFAULT_LIMIT = 100
+HISTORY_MAX_LIMIT = 500
+MAX_LONGITUDE = 180.0
+MAX_LATITUDE = 85.05112878
+
+MESSAGE_TYPES = frozenset("ti")
+COMMAND_TYPES = frozenset("PTSOH")
+
+
+class PacketError(ImdError):
+    """A client frame that cannot be served; ``packet_id`` is echoed in ``E``."""
+
+    def __init__(self, code, reason=None, packet_id=None):
+        super().__init__(code, reason)
+        self.packet_id = packet_id
+
+
+# --- typed client packets -----------------------------------------------------
+
+class Packet:
+    __slots__ = ("id", "dedup_id")
+    type = None
+
+    def __init__(self, packet_id):
+        self.id = packet_id                  # echoed exactly as sent
+        self.dedup_id = str(packet_id)       # the (from, id) key for retries
+
+    def __repr__(self):
+        fields = ", ".join("%s=%r" % (n, getattr(self, n))
+                           for c in type(self).__mro__ for n in getattr(c, "__slots__", ()))
+        return "%s(%s)" % (type(self).__name__, fields)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and repr(self) == repr(other)
+
+
+class MessagePacket(Packet):
+    """``t`` (text) or ``i`` (image id): stored, then relayed to ``to``."""
+    __slots__ = ("type", "to", "msg")
+
+    def __init__(self, packet_id, type, to, msg):
+        super().__init__(packet_id)
+        self.type, self.to, self.msg = type, to, msg
+
+
+class PingPacket(Packet):
+    __slots__ = ()
+    type = "P"
+
+
+class TakeOrderPacket(Packet):
+    __slots__ = ("order",)
+    type = "T"
+
+    def __init__(self, packet_id, order):
+        super().__init__(packet_id)
+        self.order = order
+
+
+class SitePacket(Packet):
+    __slots__ = ("longitude", "latitude")
+    type = "S"
+
+    def __init__(self, packet_id, longitude, latitude):
+        super().__init__(packet_id)
+        self.longitude, self.latitude = longitude, latitude
+
+
+class OnlinePacket(Packet):
+    __slots__ = ("uid",)
+    type = "O"
+
+    def __init__(self, packet_id, uid):
+        super().__init__(packet_id)
+        self.uid = uid
+
+
+class HistoryPacket(Packet):
+    """``H``: either a fresh query (``since``, ``limit``, ``with_uid``) or
+    ``after``, an opaque cursor from a previous reply."""
+    __slots__ = ("since", "limit", "with_uid", "after")
+    type = "H"
+
+    def __init__(self, packet_id, since=0, limit=HISTORY_DEFAULT_LIMIT, with_uid=None, after=None):
+        super().__init__(packet_id)
+        self.since, self.limit, self.with_uid, self.after = since, limit, with_uid, after
+
+
+# --- parsing ------------------------------------------------------------------
+
+def _reject_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _is_int(value):
+    return type(value) is int
+
+
+def _encodable(text):
+    """False for strings holding lone surrogates (JSON allows "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _packet_id(obj):
+    if "id" not in obj:
+        raise PacketError("bad_packet", "missing field: id")
+    value = obj["id"]
+    if _is_int(value):
+        if len(str(value)) > MAX_ID_CHARS:
+            raise PacketError("bad_packet", "id: at most %d characters" % MAX_ID_CHARS)
+        return value
+    if isinstance(value, str):
+        if not 1 <= len(value) <= MAX_ID_CHARS or not _encodable(value):
+            raise PacketError("bad_packet", "id: a string of 1-%d characters" % MAX_ID_CHARS)
+        return value
+    raise PacketError("bad_packet", "id: must be a string or an integer")
+
+
+def parse_uid(value, field="to"):
+    """A user id: a positive integer or a string of digits.  Returns int."""
+    if _is_int(value):
+        uid = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        uid = int(value)
+    else:
+        raise ValueError("%s: a user id (positive integer or string of digits)" % field)
+    if not 0 < uid <= MAX_UID:
+        raise ValueError("%s: a user id must be a positive integer" % field)
+    return uid
+
+
+def _message(packet_id, kind, obj):
+    try:
+        to = parse_uid(obj.get("to"))
+    except ValueError as e:
+        raise PacketError("bad_packet", str(e), packet_id)
+    if "msg" not in obj:
+        raise PacketError("bad_packet", "missing field: msg", packet_id)
+    msg = obj["msg"]
+    if kind == "t":
+        if not isinstance(msg, str) or not msg:
+            raise PacketError("bad_packet", "t: msg must be a non-empty string", packet_id)
+        if len(msg) > MAX_TEXT_CHARS:
+            raise PacketError("too_long", "t: at most %d characters" % MAX_TEXT_CHARS, packet_id)
+    else:
+        if _is_int(msg):
+            if msg <= 0:
+                raise PacketError("bad_packet", "i: msg must be a positive integer or a string", packet_id)
+        elif isinstance(msg, str) and msg:
+            if len(msg) > MAX_IMAGE_ID_CHARS:
+                raise PacketError("too_long", "i: at most %d characters" % MAX_IMAGE_ID_CHARS, packet_id)
+        else:
+            raise PacketError("bad_packet", "i: msg must be an image id (string or positive integer)", packet_id)
+    if isinstance(msg, str) and not _encodable(msg):
+        raise PacketError("bad_packet", "msg: not valid Unicode", packet_id)
+    return MessagePacket(packet_id, kind, to, msg)
+
+
+def _coordinate(msg, names, bound, packet_id):
+    for name in names:
+        if name in msg:
+            value = msg[name]
+            if type(value) not in (int, float):
+                raise PacketError("bad_packet", "S: %s must be a number" % name, packet_id)
+            if not -bound <= value <= bound:
+                raise PacketError("bad_packet", "S: %s must be within [-%s, %s]" % (name, bound, bound), packet_id)
+            return float(value)
+    raise PacketError("bad_packet", "S: missing %s" % names[0], packet_id)
+
+
+def _site(packet_id, obj):
+    msg = obj.get("msg")
+    if not isinstance(msg, dict):
+        raise PacketError("bad_packet", "S: msg must be an object {longitude, latitude}", packet_id)
+    longitude = _coordinate(msg, ("longitude", "longtitude"), MAX_LONGITUDE, packet_id)
+    latitude = _coordinate(msg, ("latitude",), MAX_LATITUDE, packet_id)
+    return SitePacket(packet_id, longitude, latitude)
+
+
+def _timestamp(value, name, packet_id):
+    if type(value) not in (int, float) or not 0 <= value < 2 ** 53:
+        raise PacketError("bad_packet", "H: %s must be a Unix time in milliseconds" % name, packet_id)
+    return int(value)
+
+
+def _history(packet_id, obj):
+    if "msg" not in obj:
+        raise PacketError("bad_packet", "missing field: msg", packet_id)
+    msg = obj["msg"]
+    if type(msg) in (int, float):
+        return HistoryPacket(packet_id, since=_timestamp(msg, "msg", packet_id))
+    if not isinstance(msg, dict):
+        raise PacketError("bad_packet", "H: msg must be a time, a query object or {after}", packet_id)
+    if "after" in msg:
+        cursor = msg["after"]
+        if set(msg) != {"after"} or not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
+            raise PacketError("bad_packet", "H: after must be a cursor string from a previous reply", packet_id)
+        return HistoryPacket(packet_id, after=cursor)
+    unknown = set(msg) - {"since", "limit", "with"}
+    if unknown:
+        raise PacketError("bad_packet", "H: unknown field %s" % sorted(unknown)[0], packet_id)
+    since = _timestamp(msg.get("since", 0), "since", packet_id)
+    limit = msg.get("limit", HISTORY_DEFAULT_LIMIT)
+    if not _is_int(limit) or not 1 <= limit <= HISTORY_MAX_LIMIT:
+        raise PacketError("bad_packet", "H: limit must be an integer in 1..%d" % HISTORY_MAX_LIMIT, packet_id)
+    with_uid = None
+    if msg.get("with") is not None:
+        try:
+            with_uid = parse_uid(msg["with"], "with")
+        except ValueError as e:
+            raise PacketError("bad_packet", "H: " + str(e), packet_id)
+    return HistoryPacket(packet_id, since=since, limit=limit, with_uid=with_uid)
+
+
+def _uid_command(packet_cls, field):
+    def build(packet_id, obj):
+        try:
+            value = parse_uid(obj.get("msg"), "msg")
+        except ValueError:
+            raise PacketError("bad_packet", "%s: msg must be %s" % (packet_cls.type, field), packet_id)
+        return packet_cls(packet_id, value)
+    return build
+
+
+_COMMANDS = {
+    "P": lambda packet_id, obj: PingPacket(packet_id),
+    "T": _uid_command(TakeOrderPacket, "an order id"),
+    "S": _site,
+    "O": _uid_command(OnlinePacket, "a user id"),
+    "H": _history,
+}
+
+
+def parse_frame(payload, is_binary=False):
+    """One client frame -> a typed packet, or :class:`PacketError`."""
+    if is_binary:
+        raise PacketError("bad_packet", "binary frames are not accepted; send JSON text")
+    try:
+        obj = _decoder.decode(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
+    except (ValueError, RecursionError):
+        raise PacketError("bad_packet", "not JSON")
+    if not isinstance(obj, dict):
+        raise PacketError("bad_packet", "a packet must be a JSON object")
+    packet_id = _packet_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise PacketError("bad_packet", "type: must be a one-letter string", packet_id)
+    if kind in MESSAGE_TYPES:
+        return _message(packet_id, kind, obj)
+    build = _COMMANDS.get(kind)
+    if build is None:
+        raise PacketError("unknown_type", "unknown type %r" % kind[:8], packet_id)
+    return build(packet_id, obj)
+
+
+# --- server packets -----------------------------------------------------------
+
+def _dump(obj):
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def message_json(packet, sender, ts):
+    """The stored and delivered form of a message: ``{"id","from","to","type","msg","ts"}``."""
+    return _dump({"id": packet.id, "from": sender, "to": packet.to,
+                  "type": packet.type, "msg": packet.msg, "ts": ts})
+
+
+def system_message_json(packet_id, sender, to, msg, ts):
+    """An ``s`` packet (server-made, stored like any message)."""
+    return _dump({"id": packet_id, "from": sender, "to": to, "type": "s", "msg": msg, "ts": ts})
+
+
+def ack(packet_id, msg="success"):
+    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": msg})
+
+
+def error(packet_id, code, reason):
+    return _dump({"id": packet_id, "from": 0, "type": "E", "msg": reason, "code": code})
+
+
+def pong(packet_id):
+    return _dump({"id": packet_id, "from": 0, "type": "P", "msg": "pong"})
+
+
+def login(server_id, uid):
+    return _dump({"id": server_id, "from": 0, "type": "L", "msg": "login in", "uid": uid})
+
+
+def close(server_id, reason):
+    return _dump({"id": server_id, "from": 0, "type": "C", "msg": reason})
+
+
+def online(packet_id, uid, is_online):
+    return _dump({"id": packet_id, "from": 0, "type": "O", "msg": {"uid": uid, "online": is_online}})
+
+
+def site(server_id, courier, longitude, latitude, ts):
+    return _dump({"id": server_id, "from": courier, "type": "S",
+                  "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
+
+
+def history(packet_id, messages, more, next_cursor=None):
+    """``messages``: the stored JSON (bytes or str) of each, oldest first."""
+    head = {"id": packet_id, "from": 0, "type": "H", "msg": None, "more": more}
+    if more:
+        head["next"] = next_cursor
+    items = b",".join(m if isinstance(m, bytes) else m.encode("utf-8") for m in messages)
+    return _dump(head).replace(b'"msg":null', b'"msg":[' + items + b"]", 1)

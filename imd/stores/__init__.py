@@ -1,0 +1,1 @@
+"""Storage: every Redis key and every SQL statement lives in this package."""

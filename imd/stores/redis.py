@@ -1,0 +1,196 @@
+"""Redis: every key imd uses, the Lua scripts, and calls that never hang.
+
+txredisapi waits forever for a connection that is down, so every call here
+fails fast with :class:`StoreUnavailable` when no connection is up and times
+out after ``[redis] timeout`` seconds otherwise.
+"""
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from imd.errors import StoreUnavailable
+
+_log = Logger()
+
+
+class RedisKeys:
+    """Key names, with the optional ``[redis] prefix`` in front of each."""
+
+    def __init__(self, prefix=""):
+        self.prefix = prefix
+        self.public_key = prefix + "publicKey"
+        self.private_key = prefix + "privateKey"
+        self.mq = prefix + "MQ"
+
+    def friends(self, uid):
+        return "%sURS:%d" % (self.prefix, uid)
+
+    def used_jti(self, jti):
+        return "%sjti:%s" % (self.prefix, jti)
+
+    def dedup(self, uid, dedup_id):
+        return "%sdedup:%d:%s" % (self.prefix, uid, dedup_id)
+
+
+# The whole of contract §2 steps 1, 2 and 4 in one round trip, atomically:
+# friend check, then the (from, id) dedup record, then the push onto MQ.
+STORE_MESSAGE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 2 end
+redis.call('LPUSH', KEYS[3], ARGV[2])
+return 1
+"""
+STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
+_STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
+
+# Friendship is symmetric (contract §6 "friend add A B": both directions).
+SET_FRIENDS = """
+redis.call(ARGV[1], KEYS[1], ARGV[3])
+redis.call(ARGV[1], KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def connect(address, timeout, poolsize=1):
+    """A lazy, self-reconnecting txredisapi pool.  Never blocks."""
+    return txredisapi.lazyConnectionPool(
+        host=address.host, port=address.port, dbid=address.db,
+        password=address.password, poolsize=poolsize, reconnect=True,
+        connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False)
+
+
+class RedisClient(Service):
+    """One connection pool plus the fail-fast/timeout rule and a keep-alive PING.
+
+    All commands go down one connection (``poolsize=1``) so Redis runs them in
+    the order they were issued: that is what keeps one sender's messages in
+    order without waiting for each reply.
+    """
+
+    def __init__(self, address, timeout, clock, poolsize=1):
+        self.address = address
+        self.timeout = timeout
+        self._clock = clock
+        self._poolsize = poolsize
+        self._pool = None
+        self._keepalive = None
+
+    def startService(self):
+        super().startService()
+        self._pool = connect(self.address, self.timeout, self._poolsize)
+        self._keepalive = task.LoopingCall(self._ping)
+        self._keepalive.clock = self._clock
+        self._keepalive.start(max(1.0, self.timeout), now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            return pool.disconnect()
+
+    @property
+    def connected(self):
+        return self._pool is not None and self._pool._factory.size > 0
+
+    def wait_connected(self, timeout=None):
+        """Fires once a connection is up; StoreUnavailable after ``timeout``."""
+        deadline = self._clock.seconds() + (self.timeout if timeout is None else timeout)
+
+        def check():
+            if self.connected:
+                return None
+            if self._clock.seconds() >= deadline:
+                raise StoreUnavailable("cannot connect to redis at %s:%d"
+                                       % (self.address.host, self.address.port))
+            return task.deferLater(self._clock, 0.02, check)
+        return defer.maybeDeferred(check)
+
+    def _ping(self):
+        if self.connected:
+            # A dead link is noticed here: the reply timeout aborts it and
+            # txredisapi reconnects.
+            self.call("PING").addErrback(lambda f: None)
+
+    def call(self, method, *args):
+        """``self.call("sismember", key, member)`` or a raw command name."""
+        if not self.connected:
+            return defer.fail(StoreUnavailable("redis is not connected"))
+        try:
+            if method.isupper():
+                d = self._pool.execute_command(method, *args)
+            else:
+                d = getattr(self._pool, method)(*args)
+        except Exception as e:
+            return defer.fail(StoreUnavailable("redis: %s" % (e,)))
+        d.addTimeout(self.timeout, self._clock)
+        d.addErrback(self._unavailable)
+        return d
+
+    @staticmethod
+    def _unavailable(failure):
+        if failure.check(txredisapi.ResponseError, txredisapi.ScriptDoesNotExist):
+            return failure
+        raise StoreUnavailable("redis: %s" % (failure.getErrorMessage(),))
+
+
+class RedisStore:
+    """What imd keeps in Redis, as small typed operations."""
+
+    def __init__(self, client, prefix="", dedup_ttl=3600):
+        self.client = client
+        self.keys = RedisKeys(prefix)
+        self.dedup_ttl = dedup_ttl
+
+    # keys (contract §1, §5)
+    def get_public_key(self):
+        return self.client.call("GET", self.keys.public_key)
+
+    def get_private_key(self):
+        return self.client.call("GET", self.keys.private_key)
+
+    @defer.inlineCallbacks
+    def set_key_pair(self, public_pem, private_pem, force=False):
+        """Store a key pair; without ``force`` only when none is set.  True if set."""
+        if not force:
+            existing = yield self.client.call("EXISTS", self.keys.public_key, self.keys.private_key)
+            if int(existing):
+                return False
+        yield self.client.call("MSET", self.keys.public_key, public_pem,
+                               self.keys.private_key, private_pem)
+        return True
+
+    def claim_jti(self, jti, expires_at):
+        """Remember a token id until it expires; False if it was seen before."""
+        d = self.client.call("SET", self.keys.used_jti(jti), "1", "NX", "EXAT", int(expires_at))
+        return d.addCallback(lambda reply: reply is not None)
+
+    # friends (contract §5 URS:<uid>)
+    def add_friends(self, a, b):
+        return self.client.call("eval", SET_FRIENDS, [self.keys.friends(a), self.keys.friends(b)], ["SADD", a, b])
+
+    def remove_friends(self, a, b):
+        return self.client.call("eval", SET_FRIENDS, [self.keys.friends(a), self.keys.friends(b)], ["SREM", a, b])
+
+    def list_friends(self, uid):
+        d = self.client.call("SMEMBERS", self.keys.friends(uid))
+        return d.addCallback(lambda members: sorted(int(m) for m in members))
+
+    def are_friends(self, uid, other):
+        d = self.client.call("SISMEMBER", self.keys.friends(uid), other)
+        return d.addCallback(lambda reply: bool(int(reply)))
+
+    # messages (contract §2 steps 1, 2, 4)
+    def store_message(self, sender, to, dedup_id, payload):
+        """Friend check + dedup + LPUSH onto MQ, atomically, in one round trip.
+
+        Fires with STORED, NOT_FRIEND or DUPLICATE.
+        """
+        d = self.client.call(
+            "eval", STORE_MESSAGE,
+            [self.keys.friends(sender), self.keys.dedup(sender, dedup_id), self.keys.mq],
+            [to, payload, self.dedup_ttl])
+        return d.addCallback(lambda reply: _STORE_RESULTS[int(reply)])

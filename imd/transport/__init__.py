@@ -1,0 +1,1 @@
+"""Transport: frames in, packets out; local sessions; routing to users."""

@@ -1,0 +1,233 @@
+"""The Autobahn protocol and factory: frames in, packets out, nothing else.
+
+One connection = one :class:`ImdServerProtocol`.  Login happens during the
+opening handshake (``onConnect`` returns the verification Deferred), so by
+``onOpen`` we know whether to send ``L`` or ``C`` + 4001.
+
+Replies leave in the order their packets arrived even though handlers answer
+asynchronously: each packet takes a place in ``_pending`` and the head of the
+line is sent as soon as it is ready (a failed store does not hold up the
+packets behind it for longer than its own answer takes).
+"""
+
+from collections import deque
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from imd import protocol
+from imd.auth import token_from_request
+from imd.errors import ImdError, LoginRefused, StoreUnavailable
+from imd.handlers import Reply
+
+_log = Logger()
+
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_REPLACED = 4002
+CLOSE_KICKED = 4003
+CLOSE_IDLE = 4004
+CLOSE_TOO_MANY_ERRORS = 4008
+CLOSE_GOING_AWAY = 1001
+
+
+class _Failed:
+    """An ``E`` waiting for its turn in the reply line."""
+    __slots__ = ("packet_id", "error")
+
+    def __init__(self, packet_id, error):
+        self.packet_id = packet_id
+        self.error = error
+
+
+class _Slot:
+    __slots__ = ("outcome",)
+
+    def __init__(self):
+        self.outcome = None
+
+
+def _as_failed(failure, packet_id):
+    if failure.check(ImdError):
+        return _Failed(packet_id, failure.value)
+    if failure.check(StoreUnavailable):
+        _log.warn("store unavailable: {why}", why=failure.getErrorMessage())
+        return _Failed(packet_id, ImdError("unavailable"))
+    _log.failure("unexpected error while handling a packet", failure)
+    return _Failed(packet_id, ImdError("internal"))
+
+
+class ImdServerProtocol(WebSocketServerProtocol):
+    uid = None
+    _refusal = None
+    _closing = False
+    _idle_call = None
+
+    # --- login ---------------------------------------------------------------
+
+    def onConnect(self, request):
+        self._app = self.factory.app
+        self.peer_address = request.peer
+        token = token_from_request(request.path, request.params)
+        d = self._app.verifier.verify(token)
+        d.addCallbacks(self._token_verified, self._token_refused)
+        return d
+
+    def _token_verified(self, uid):
+        self.uid = uid
+        return None
+
+    def _token_refused(self, failure):
+        if failure.check(LoginRefused):
+            self._refusal = failure.value.reason
+        else:
+            _log.failure("login check failed", failure)
+            self._refusal = "internal error"
+        _log.info("login refused from {peer}: {why}", peer=self.peer_address, why=self._refusal)
+        return None
+
+    def onOpen(self):
+        if self.uid is None:
+            self.close_with(CLOSE_UNAUTHORIZED, self._refusal or "unauthorized")
+            return
+        app = self._app
+        settings = app.settings.websocket
+        self._pending = deque()
+        self._errors = 0
+        self._tokens = float(settings.burst)
+        self._tokens_at = app.clock.seconds()
+        self._idle_call = app.clock.callLater(settings.idle_timeout, self._idle)
+        for old in app.sessions.add(self):
+            old.close_with(CLOSE_REPLACED, "replaced by a newer device")
+        _log.info("login uid={uid} from {peer}", uid=self.uid, peer=self.peer_address)
+        self.send_packet(protocol.login(app.next_server_id(), self.uid))
+
+    # --- packets in ----------------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        if self.uid is None or self._closing:
+            return
+        app = self._app
+        settings = app.settings.websocket
+        self._idle_call.reset(settings.idle_timeout)
+        try:
+            packet = protocol.parse_frame(payload, isBinary)
+        except protocol.PacketError as e:
+            self._take_token(settings)
+            self._answer(_Failed(e.packet_id, e))
+            return
+        if not self._take_token(settings):
+            self._answer(_Failed(packet.id, ImdError("rate_limited")))
+            return
+        handler = app.handlers.get(packet.type)
+        if handler is None:
+            self._answer(_Failed(packet.id, ImdError("unknown_type", "%s is not served by this server" % packet.type)))
+            return
+        try:
+            outcome = handler(self.uid, packet)
+        except ImdError as e:
+            outcome = _Failed(packet.id, e)
+        except Exception:
+            _log.failure("unexpected error while handling a packet")
+            outcome = _Failed(packet.id, ImdError("internal"))
+        self._answer(outcome, packet.id)
+
+    def _take_token(self, settings):
+        """Per-connection token bucket: ``rate`` packets/s, ``burst`` at once."""
+        now = self._app.clock.seconds()
+        self._tokens = min(float(settings.burst), self._tokens + (now - self._tokens_at) * settings.rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    # --- replies out, in order -----------------------------------------------
+
+    def _answer(self, outcome, packet_id=None):
+        if not isinstance(outcome, Deferred):
+            if self._pending:
+                slot = _Slot()
+                slot.outcome = outcome
+                self._pending.append(slot)
+            else:
+                self._emit(outcome)
+            return
+        slot = _Slot()
+        self._pending.append(slot)
+        outcome.addErrback(_as_failed, packet_id)
+        outcome.addCallback(self._fill, slot)
+
+    def _fill(self, outcome, slot):
+        slot.outcome = outcome
+        pending = self._pending
+        while pending and pending[0].outcome is not None:
+            self._emit(pending.popleft().outcome)
+
+    def _emit(self, outcome):
+        if isinstance(outcome, Reply):
+            self._errors = 0
+            self.send_packet(outcome.frame)
+            if outcome.deliver_to is not None:
+                # Delivered even when the sender has gone: it is stored.
+                self._app.router.deliver(outcome.deliver_to, outcome.payload)
+            return
+        error = outcome.error
+        self.send_packet(protocol.error(outcome.packet_id, error.code, error.reason))
+        self._errors += 1
+        if self._errors >= self._app.settings.websocket.max_errors and not self._closing:
+            self.close_with(CLOSE_TOO_MANY_ERRORS, "too many errors")
+
+    # --- packets out and closing ---------------------------------------------
+
+    def send_packet(self, payload):
+        if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
+            self.sendMessage(payload)
+
+    def close_with(self, code, reason):
+        """``C`` with ``reason``, then the WebSocket close ``code``."""
+        if self._closing:
+            return
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(protocol.close(self._app.next_server_id(), reason))
+        self._closing = True
+        self._forget()
+        self.sendClose(code, reason[:100])
+
+    def _idle(self):
+        self._idle_call = None
+        self.close_with(CLOSE_IDLE, "idle for too long")
+
+    def _forget(self):
+        if self.uid is not None:
+            self._app.sessions.remove(self)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def onClose(self, wasClean, code, reason):
+        if self.uid is not None and not self._closing:
+            _log.info("logout uid={uid} from {peer} (close {code})", uid=self.uid,
+                      peer=getattr(self, "peer_address", None), code=code)
+        self._closing = True
+        if hasattr(self, "_app"):
+            self._forget()
+
+
+class ImdServerFactory(WebSocketServerFactory):
+    protocol = ImdServerProtocol
+
+    def __init__(self, app, url=None):
+        super().__init__(url)
+        self.app = app
+        ws = app.settings.websocket
+        self.setProtocolOptions(
+            maxMessagePayloadSize=ws.max_message_bytes,
+            maxFramePayloadSize=ws.max_message_bytes,
+            openHandshakeTimeout=ws.open_handshake_timeout,
+            closeHandshakeTimeout=5,
+            autoPingInterval=ws.ping_interval,
+            autoPingTimeout=ws.ping_interval or None,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+        )

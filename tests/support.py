@@ -1,0 +1,216 @@
+"""Test fixtures: settings for the test Redis db / MySQL database, a real
+imd WebSocket listener on 127.0.0.1 port 0, and a real WebSocket client.
+
+Each suite run uses its own Redis db index (``IMD_TEST_REDIS_DB``, default 11)
+and MySQL database (``IMD_TEST_MYSQL_DB``, default imd_test), so several runs
+on one machine can be kept apart.
+"""
+
+import json
+import os
+
+import txredisapi
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+
+from imd.app import App
+from imd.auth import generate_key_pair, issue_token
+from imd.config import parse_settings
+
+REDIS_DB = int(os.environ.get("IMD_TEST_REDIS_DB", "11"))
+MYSQL_DB = os.environ.get("IMD_TEST_MYSQL_DB", "imd_test")
+DEADLINE = 10.0  # seconds any single wait in a test may take # deadline
+
+_KEY_PAIR = []
+
+
+def key_pair():
+    """One RSA pair per test run (generating one takes a while)."""
+    if not _KEY_PAIR:
+        _KEY_PAIR.append(generate_key_pair())
+    return _KEY_PAIR[0]
+
+
+def settings_text(overrides=None, redis_db=REDIS_DB, redis_port=6379):
+    sections = {
+        "imd": {"roles": "ws"},
+        "websocket": {"listen": "tcp:0:interface=127.0.0.1", "ping_interval": "0"},
+        "http": {"listen": "tcp:0:interface=127.0.0.1"},
+        "redis": {"url": "redis://127.0.0.1:%d/%d" % (redis_port, redis_db), "timeout": "1"},
+        "mysql": {"database": MYSQL_DB},
+    }
+    for section, values in (overrides or {}).items():
+        sections.setdefault(section, {}).update(values)
+    return "".join("[%s]\n%s" % (name, "".join("%s = %s\n" % kv for kv in values.items()))
+                   for name, values in sections.items())
+
+
+def make_settings(overrides=None, **kwargs):
+    return parse_settings(settings_text(overrides, **kwargs), "<test>")
+
+
+def with_deadline(d, seconds=DEADLINE, what="event"):
+    def timed_out(failure):
+        failure.trap(defer.TimeoutError)
+        raise AssertionError("no %s within %ss" % (what, seconds))
+    return d.addTimeout(seconds, reactor).addErrback(timed_out)
+
+
+@defer.inlineCallbacks
+def redis_connection(db=REDIS_DB, port=6379):
+    conn = yield txredisapi.Connection("127.0.0.1", port, dbid=db, reconnect=False, convertNumbers=False)
+    return conn
+
+
+class RedisTestMixin:
+    """Flushes the test Redis db around each test; ``self.redis`` is a raw connection."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.redis = yield redis_connection()
+        yield self.redis.flushdb()
+        public_pem, private_pem = key_pair()
+        yield self.redis.mset({"publicKey": public_pem, "privateKey": private_pem})
+        self.addCleanup(self.redis.disconnect)
+        parent = super().setUp()
+        if isinstance(parent, defer.Deferred):
+            yield parent
+
+    def token(self, uid, now=None, **claims):
+        import time
+
+        import jwt
+        now = time.time() if now is None else now
+        if not claims:
+            return issue_token(key_pair()[1], uid, now)
+        base = {"id": uid, "type": "websocket", "iat": int(now), "exp": int(now) + 120, "jti": os.urandom(8).hex()}
+        base.update(claims)
+        return jwt.encode({k: v for k, v in base.items() if v is not None}, key_pair()[1], algorithm="RS256")
+
+    def befriend(self, a, b):
+        return defer.gatherResults([self.redis.sadd("URS:%d" % a, b), self.redis.sadd("URS:%d" % b, a)])
+
+
+class ImdServer:
+    """A real App and its WebSocket listener on 127.0.0.1, port chosen by the OS."""
+
+    def __init__(self, settings, clock=None):
+        self.app = App(settings, reactor, clock)
+        self.port = None
+        self._listening = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        self.app.redis_client.startService()
+        yield self.app.redis_client.wait_connected(DEADLINE)
+        endpoint = serverFromString(reactor, self.app.settings.websocket.listen)
+        self._listening = yield endpoint.listen(self.app.websocket_factory())
+        self.port = self._listening.getHost().port
+        return self
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if self._listening is not None:
+            yield self._listening.stopListening()
+        for uid in self.app.sessions.users():
+            for session in list(self.app.sessions.sessions_of(uid)):
+                session.dropConnection(abort=True)
+        yield self.app.redis_client.stopService()
+
+
+class TestClient(WebSocketClientProtocol):
+    """Collects every packet the server sends; ``next()`` waits for one."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = defer.DeferredQueue()
+        self.opened = defer.Deferred()
+        self.closed = defer.Deferred()
+
+    def onOpen(self):
+        self.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        self.received.put(json.loads(payload.decode("utf-8")))
+
+    def onClose(self, wasClean, code, reason):
+        if not self.opened.called:
+            self.opened.errback(ConnectionError("closed before open: %s %s" % (code, reason)))
+        self.closed.callback((code, reason))
+
+    def send(self, packet):
+        self.sendMessage(json.dumps(packet).encode("utf-8"))
+
+    def send_raw(self, payload, binary=False):
+        self.sendMessage(payload, isBinary=binary)
+
+    def next(self, seconds=DEADLINE):
+        return with_deadline(self.received.get(), seconds, "packet")
+
+    @defer.inlineCallbacks
+    def next_of(self, kinds, seconds=DEADLINE):
+        """The next packet whose type is in ``kinds``, skipping others."""
+        while True:
+            packet = yield self.next(seconds)
+            if packet["type"] in kinds:
+                return packet
+
+    def wait_closed(self, seconds=DEADLINE):
+        return with_deadline(self.closed, seconds, "close")
+
+
+@defer.inlineCallbacks
+def connect_client(port, path="/", host="127.0.0.1"):
+    factory = WebSocketClientFactory("ws://%s:%d%s" % (host, port, path))
+    factory.protocol = TestClient
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=5)
+    client = yield endpoint.connect(factory)
+    yield with_deadline(client.opened, what="websocket open")
+    return client
+
+
+def drop(client):
+    if client.transport is not None:
+        client.transport.abortConnection()
+    return client.closed
+
+
+class ServerTestMixin(RedisTestMixin):
+    """A running imd (ws role) against the test Redis; ``login()`` gives clients."""
+
+    overrides = None
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        self.server = ImdServer(make_settings(self.overrides))
+        yield self.server.start()
+        self.addCleanup(self.server.stop)
+        self._clients = []
+        self.addCleanup(self._drop_clients)
+
+    def _drop_clients(self):
+        return defer.gatherResults([drop(c) for c in self._clients if not c.closed.called])
+
+    @defer.inlineCallbacks
+    def connect(self, path):
+        client = yield connect_client(self.server.port, path)
+        self._clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def login(self, uid):
+        client = yield self.connect("/" + self.token(uid))
+        packet = yield client.next()
+        assert packet["type"] == "L" and packet["uid"] == uid, packet
+        return client
+
+    @defer.inlineCallbacks
+    def ask(self, client, packet):
+        """Send ``packet``; the reply carrying its id (other packets are skipped)."""
+        client.send(packet)
+        while True:
+            reply = yield client.next()
+            if reply.get("id") == packet.get("id") and reply["type"] in "AEPOH":
+                return reply

@@ -1,0 +1,115 @@
+"""Contract §1: connecting with a wstoken, over a real WebSocket."""
+
+import time
+
+import jwt
+from twisted.trial import unittest
+
+from tests.support import ServerTestMixin, key_pair
+
+
+class LoginTests(ServerTestMixin, unittest.TestCase):
+
+    async def assert_refused(self, path, why):
+        client = await self.connect(path)
+        packet = await client.next()
+        self.assertEqual(packet["type"], "C")
+        self.assertEqual(packet["from"], 0)
+        self.assertIn(why, packet["msg"])
+        code, _ = await client.wait_closed()
+        self.assertEqual(code, 4001)
+        self.assertEqual(len(client.received.pending), 0, "nothing may follow C")
+
+    async def test_login_with_token_in_path(self):
+        client = await self.connect("/" + self.token(7))
+        packet = await client.next()
+        self.assertEqual(packet["type"], "L")
+        self.assertEqual(packet["from"], 0)
+        self.assertEqual(packet["msg"], "login in")
+        self.assertEqual(packet["uid"], 7)
+        self.assertIsInstance(packet["id"], str)
+
+    async def test_login_with_token_in_query(self):
+        client = await self.connect("/?token=" + self.token(8))
+        packet = await client.next()
+        self.assertEqual((packet["type"], packet["uid"]), ("L", 8))
+
+    async def test_id_as_string_of_digits(self):
+        client = await self.connect("/" + self.token("12"))
+        packet = await client.next()
+        self.assertEqual((packet["type"], packet["uid"]), ("L", 12))
+
+    async def test_missing_token(self):
+        await self.assert_refused("/", "missing token")
+
+    async def test_bad_signature(self):
+        from imd.auth import generate_key_pair
+        other_private = generate_key_pair()[1]
+        token = jwt.encode({"id": 1, "type": "websocket", "exp": int(time.time()) + 60, "jti": "x1"},
+                           other_private, algorithm="RS256")
+        await self.assert_refused("/" + token, "signature")
+
+    async def test_expired(self):
+        await self.assert_refused("/" + self.token(1, now=time.time() - 600), "expired")
+
+    async def test_alg_none(self):
+        token = jwt.encode({"id": 1, "type": "websocket", "exp": int(time.time()) + 60, "jti": "n1"},
+                           None, algorithm="none")
+        await self.assert_refused("/" + token, "RS256")
+
+    async def test_hs256_with_public_key_as_secret(self):
+        # The classic key-confusion attack: HMAC keyed with the public PEM.
+        import base64
+        import hashlib
+        import hmac
+        import json
+
+        def b64(data):
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        body = b64(json.dumps({"id": 1, "type": "websocket", "exp": int(time.time()) + 60, "jti": "h1"}).encode())
+        signature = hmac.new(key_pair()[0].encode(), ("%s.%s" % (header, body)).encode(), hashlib.sha256).digest()
+        await self.assert_refused("/%s.%s.%s" % (header, body, b64(signature)), "RS256")
+
+    async def test_wrong_type(self):
+        await self.assert_refused("/" + self.token(1, type="http"), "type")
+
+    async def test_missing_id(self):
+        await self.assert_refused("/" + self.token(None, id=None), "id")
+
+    async def test_non_integer_id(self):
+        await self.assert_refused("/" + self.token("abc", id="abc"), "id")
+        await self.assert_refused("/" + self.token(1, id=-3), "id")
+        await self.assert_refused("/" + self.token(1, id=1.5), "id")
+
+    async def test_replayed_jti(self):
+        token = self.token(3)
+        client = await self.connect("/" + token)
+        self.assertEqual((await client.next())["type"], "L")
+        await self.assert_refused("/" + token, "already used")
+
+    async def test_garbage_token(self):
+        await self.assert_refused("/not-a-jwt", "malformed")
+
+    async def test_key_rotation_without_restart(self):
+        from imd.auth import generate_key_pair, issue_token
+        await self.login(1)  # caches the current public key
+        public_pem, private_pem = generate_key_pair()
+        await self.redis.mset({"publicKey": public_pem, "privateKey": private_pem})
+        client = await self.connect("/" + issue_token(private_pem, 2, time.time()))
+        packet = await client.next()
+        self.assertEqual((packet["type"], packet["uid"]), ("L", 2))
+
+    async def test_keys_missing(self):
+        await self.redis.delete("publicKey")
+        await self.assert_refused("/" + self.token(1), "keys")
+
+
+class ReusableTokenTests(ServerTestMixin, unittest.TestCase):
+    overrides = {"auth": {"single_use": "false"}}
+
+    async def test_token_may_be_reused(self):
+        token = self.token(4)
+        for _ in range(2):
+            client = await self.connect("/" + token)
+            self.assertEqual((await client.next())["type"], "L")
