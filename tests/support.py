@@ -214,3 +214,63 @@ class ServerTestMixin(RedisTestMixin):
             reply = yield client.next()
             if reply.get("id") == packet.get("id") and reply["type"] in "AEPOH":
                 return reply
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, seconds=DEADLINE, what="condition", step=0.02):
+    """Poll ``predicate`` (may return a Deferred) until true, with a deadline."""
+    from twisted.internet import task
+    deadline = reactor.seconds() + seconds
+    while True:
+        try:
+            value = yield defer.maybeDeferred(predicate)
+        except Exception:
+            value = False
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError("no %s within %ss" % (what, seconds))
+        yield task.deferLater(reactor, step, lambda: None)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free 127.0.0.1 port, stopped by its pid."""
+
+    def __init__(self, port=None, extra_args=()):
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.process = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        import subprocess
+        import tempfile
+        self.dir = getattr(self, "dir", None) or tempfile.mkdtemp(prefix="imd-redis-")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir] + self.extra_args,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield wait_until(self._answers, what="private redis on port %d" % self.port)
+        return self
+
+    def _answers(self):
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None

@@ -1,0 +1,64 @@
+"""Redis going away: no A for an unstored message, refusals, self-healing."""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.support import (ImdServer, PrivateRedis, RedisTestMixin, connect_client, drop, key_pair,
+                           make_settings, redis_connection, wait_until)
+
+
+class RedisOutageTests(RedisTestMixin, unittest.TestCase):
+
+    async def prepare(self):
+        conn = await redis_connection(db=0, port=self.private.port)
+        public_pem, private_pem = key_pair()
+        await conn.mset({"publicKey": public_pem, "privateKey": private_pem})
+        await conn.sadd("URS:1", 2)
+        await conn.sadd("URS:2", 1)
+        await conn.disconnect()
+
+    async def login(self, uid):
+        client = await connect_client(self.server.port, "/" + self.token(uid))
+        self.addCleanup(lambda: drop(client) if not client.closed.called else None)
+        return client
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        self.private = yield PrivateRedis().start()
+        self.addCleanup(self.private.stop)
+        yield defer.ensureDeferred(self.prepare())
+        settings = make_settings({"redis": {"timeout": "0.5"}}, redis_db=0, redis_port=self.private.port)
+        self.server = yield ImdServer(settings).start()
+        self.addCleanup(self.server.stop)
+
+    async def test_no_ack_while_redis_is_down_then_recovery(self):
+        alice, bob = await self.login(1), await self.login(2)
+        self.assertEqual((await alice.next())["type"], "L")
+        self.assertEqual((await bob.next())["type"], "L")
+        alice.send({"id": "before", "to": 2, "type": "t", "msg": "stored"})
+        self.assertEqual((await alice.next())["type"], "A")
+        self.assertEqual((await bob.next())["msg"], "stored")
+
+        self.private.stop()
+        for i in range(5):
+            alice.send({"id": "down%d" % i, "to": 2, "type": "t", "msg": "lost?"})
+        replies = [await alice.next() for _ in range(5)]
+        self.assertEqual([(r["type"], r["code"]) for r in replies], [("E", "unavailable")] * 5)
+        self.assertEqual([r["id"] for r in replies], ["down%d" % i for i in range(5)])
+
+        refused = await connect_client(self.server.port, "/" + self.token(3))
+        close = await refused.next()
+        self.assertEqual(close["type"], "C")
+        self.assertIn("unavailable", close["msg"])
+        self.assertEqual((await refused.wait_closed())[0], 4001)
+
+        await self.private.start()
+        await self.prepare()
+        await wait_until(lambda: self.server.app.redis_client.connected, seconds=30,
+                         what="reconnection to redis")
+        alice.send({"id": "down0", "to": 2, "type": "t", "msg": "retried"})
+        self.assertEqual((await alice.next())["type"], "A")
+        self.assertEqual((await bob.next())["msg"], "retried")
+        carol = await self.login(2)
+        self.assertEqual((await carol.next())["type"], "L")
