@@ -1,0 +1,259 @@
+"""MySQL: the schema migrations and every SQL statement imd runs.
+
+Access goes through one ``twisted.enterprise.adbapi`` pool of PyMySQL
+connections (``utf8mb4``, autocommit off, one transaction per interaction).
+A connection is pinged when a thread takes it, so a connection that MySQL's
+``wait_timeout`` or a server restart killed is replaced before use; an
+interaction that still loses its connection is run once more (every write
+here is idempotent).  Whatever says "the server is not there" becomes
+:class:`imd.errors.StoreUnavailable`.
+"""
+
+import os
+import re
+
+import pymysql
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imd.errors import StoreUnavailable
+
+_log = Logger()
+
+SQL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sql")
+CONNECT_TIMEOUT = 5
+# A query that takes longer than this is treated as a lost server (a stopped,
+# not crashed, MySQL would otherwise hold a pool thread forever).
+QUERY_TIMEOUT = 30
+SCHEMA_LOCK_TIMEOUT = 30
+
+# PyMySQL client error codes meaning the link itself is gone.
+_LINK_LOST = frozenset((2006, 2013, 2014, 2045, 2055))
+_NO_SUCH_TABLE = 1146
+
+
+def connect_kwargs(settings, database=True):
+    kwargs = dict(host=settings.host, port=settings.port, user=settings.user,
+                  password=settings.password, charset="utf8mb4", autocommit=False,
+                  connect_timeout=CONNECT_TIMEOUT, read_timeout=QUERY_TIMEOUT,
+                  write_timeout=QUERY_TIMEOUT)
+    if database:
+        kwargs["database"] = settings.database
+    return kwargs
+
+
+# --- schema: numbered SQL files applied in order ------------------------------
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([A-Za-z0-9_]+)\.sql$")
+
+
+def migrations(directory=SQL_DIR):
+    """``[(version, name, path)]`` of ``NNN_name.sql`` files, in version order."""
+    found = []
+    for entry in sorted(os.listdir(directory)):
+        match = _MIGRATION_NAME.match(entry)
+        if match:
+            found.append((int(match.group(1)), match.group(2), os.path.join(directory, entry)))
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError("two migrations share a version number in %s" % directory)
+    return found
+
+
+def split_statements(text):
+    """The statements of a schema file: ``--`` comments dropped, split on a
+    ``;`` that ends a line."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    statements = re.split(r";[ \t]*(?:\n|$)", "\n".join(lines))
+    return [s.strip() for s in statements if s.strip()]
+
+
+def apply_schema(settings, upto=None, directory=SQL_DIR):
+    """Create the database and bring it to the newest version (or ``upto``).
+
+    Blocking (run it in a thread).  Returns ``(version_before, version_after)``;
+    running it again changes nothing.  Concurrent runs are serialised by a
+    MySQL named lock.  Each file must be safe to re-run (``IF NOT EXISTS``):
+    MySQL commits DDL at once, so a run cut short half-way through a file
+    simply does that file again next time.
+    """
+    try:
+        conn = pymysql.connect(**connect_kwargs(settings, database=False))
+    except pymysql.err.MySQLError as e:
+        raise StoreUnavailable("mysql at %s:%d: %s" % (settings.host, settings.port, e))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, %s)", ("imd_schema_" + settings.database, SCHEMA_LOCK_TIMEOUT))
+            if cur.fetchone()[0] != 1:
+                raise StoreUnavailable("another 'schema apply' holds the schema lock")
+            cur.execute("CREATE DATABASE IF NOT EXISTS `%s` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                        % settings.database)
+            cur.execute("USE `%s`" % settings.database)
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                        " version INT NOT NULL PRIMARY KEY,"
+                        " name VARCHAR(255) NOT NULL,"
+                        " applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP"
+                        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            before = current = cur.fetchone()[0]
+            for version, name, path in migrations(directory):
+                if version <= current or (upto is not None and version > upto):
+                    continue
+                with open(path, encoding="utf-8") as f:
+                    for statement in split_statements(f.read()):
+                        cur.execute(statement)
+                cur.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name))
+                conn.commit()
+                current = version
+                _log.info("schema: applied {version:03d}_{name}", version=version, name=name)
+            cur.execute("SELECT RELEASE_LOCK(%s)", ("imd_schema_" + settings.database,))
+        conn.commit()
+        return before, current
+    except pymysql.err.OperationalError as e:
+        raise StoreUnavailable("mysql: %s" % (e,))
+    finally:
+        conn.close()
+
+
+# --- the pool -----------------------------------------------------------------
+
+class _PingingPool(adbapi.ConnectionPool):
+    """Checks a thread's connection before handing it out (``ping`` on checkout)."""
+
+    def connect(self):
+        conn = super().connect()
+        try:
+            conn.ping(reconnect=False)
+        except Exception:
+            self.disconnect(conn)
+            conn = super().connect()
+        return conn
+
+
+def _is_link_lost(failure):
+    if failure.check(adbapi.ConnectionLost, pymysql.err.InterfaceError):
+        return True
+    if failure.check(pymysql.err.OperationalError):
+        return failure.value.args and failure.value.args[0] in _LINK_LOST
+    return False
+
+
+def _as_unavailable(failure):
+    if failure.check(adbapi.ConnectionLost, pymysql.err.OperationalError, pymysql.err.InterfaceError):
+        raise StoreUnavailable("mysql: %s" % (failure.getErrorMessage(),))
+    if failure.check(pymysql.err.ProgrammingError) and failure.value.args[0] == _NO_SUCH_TABLE:
+        raise StoreUnavailable("mysql: %s (run 'imd-admin schema apply')" % (failure.getErrorMessage(),))
+    return failure
+
+
+class MysqlStore(Service):
+    """The adbapi pool (started and closed with the service) and the queries."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._pool = None
+
+    def startService(self):
+        super().startService()
+        s = self.settings
+        self._pool = _PingingPool("pymysql", cp_min=s.pool_min, cp_max=s.pool_max,
+                                  cp_reconnect=True, cp_noisy=False, **connect_kwargs(s))
+
+    def stopService(self):
+        super().stopService()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
+
+    @defer.inlineCallbacks
+    def run_interaction(self, interaction, *args):
+        """``interaction(cursor, *args)`` in one transaction; retried once if
+        the connection was lost, so it must be idempotent."""
+        if self._pool is None:
+            raise StoreUnavailable("mysql pool is not running")
+        try:
+            result = yield self._pool.runInteraction(interaction, *args)
+        except Exception:
+            failure = Failure()
+            if not _is_link_lost(failure):
+                _as_unavailable(failure)
+                raise
+            _log.info("mysql connection lost ({why}); retrying once", why=failure.getErrorMessage())
+            try:
+                result = yield self._pool.runInteraction(interaction, *args)
+            except Exception:
+                _as_unavailable(Failure())
+                raise
+        return result
+
+    # --- message (contract §5) -----------------------------------------------
+
+    def insert_messages(self, rows):
+        """Insert ``MessageRow`` tuples in one transaction; rows already present
+        (same ``from_id``, ``msg_id``) are skipped.  Fires with the number of
+        rows actually inserted."""
+        return self.run_interaction(_insert_messages_txn, rows)
+
+    def history(self, uid, with_uid, position, limit):
+        """Up to ``limit`` of ``uid``'s messages after ``position``, in
+        (ts, from_id, msg_id) order: ``[(ts, from_id, msg_id_bytes, packet)]``.
+
+        ``position`` is ``(ts, None, None)`` for "ts strictly after" or a full
+        ``(ts, from_id, msg_id_bytes)`` key.  ``with_uid`` keeps one
+        conversation.  Only rows where ``uid`` is the sender or the recipient
+        are ever read.
+        """
+        return self.run_interaction(_history_txn, uid, with_uid, position, limit)
+
+    def count_messages(self):
+        return self.run_interaction(_count_messages_txn)
+
+
+_INSERT_MESSAGE = ("INSERT IGNORE INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
+                   " VALUES (%s, %s, %s, %s, %s, %s, %s)")
+
+
+def _insert_messages_txn(cursor, rows):
+    if not rows:
+        return 0
+    return cursor.executemany(_INSERT_MESSAGE, rows) or 0
+
+
+def _after(position):
+    ts, from_id, msg_id = position
+    if from_id is None:
+        return "ts > %s", [ts]
+    return ("(ts > %s OR (ts = %s AND (from_id > %s OR (from_id = %s AND msg_id > %s))))",
+            [ts, ts, from_id, from_id, msg_id])
+
+
+def _history_txn(cursor, uid, with_uid, position, limit):
+    after, after_args = _after(position)
+    received = "SELECT ts, from_id, msg_id, packet FROM message WHERE to_id = %s"
+    received_args = [uid]
+    if with_uid is not None:
+        received += " AND from_id = %s"
+        received_args.append(with_uid)
+    cursor.execute(received + " AND " + after + " ORDER BY ts, from_id, msg_id LIMIT %s",
+                   received_args + after_args + [limit])
+    rows = list(cursor.fetchall())
+    # Sent messages; a message to oneself was already read as received.
+    sent = "SELECT ts, from_id, msg_id, packet FROM message WHERE from_id = %s AND to_id <> %s"
+    sent_args = [uid, uid]
+    if with_uid is not None:
+        if with_uid == uid:
+            return rows
+        sent += " AND to_id = %s"
+        sent_args.append(with_uid)
+    cursor.execute(sent + " AND " + after + " ORDER BY ts, msg_id LIMIT %s",
+                   sent_args + after_args + [limit])
+    rows.extend(cursor.fetchall())
+    return rows
+
+
+def _count_messages_txn(cursor):
+    cursor.execute("SELECT COUNT(*) FROM message")
+    return cursor.fetchone()[0]
