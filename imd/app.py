@@ -6,13 +6,18 @@ import itertools
 import socket
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 
 from imd.auth import TokenVerifier
 from imd.handlers.commands import PingHandler
+from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
+from imd.metrics import Metrics
+from imd.shutdown import ConnectionDrainer, GracefulMultiService
+from imd.stores.mysql import MysqlStore
+from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient, RedisStore
+from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.routing import LocalRouter
 from imd.transport.sessions import SessionRegistry
 
@@ -33,6 +38,10 @@ def default_node_id(settings):
 
 
 class App:
+    # Set once a graceful shutdown has begun: new logins get C + 1001.
+    shutting_down = False
+    _http_site = None
+
     def __init__(self, settings, reactor, clock=None):
         self.settings = settings
         self.reactor = reactor
@@ -46,12 +55,18 @@ class App:
         self.verifier = TokenVerifier(self.redis, self.clock, settings.auth.single_use)
         self.sessions = SessionRegistry(settings.websocket.max_devices)
         self.router = LocalRouter(self.sessions)
+        self.mysql = MysqlStore(settings.mysql)
+        self.queue = QueueStore(self.redis_client, settings.redis.prefix)
+        self.migrator = None
+        self.metrics = Metrics()
+        self.tls = TlsReloader(reactor)
 
         messages = MessageHandler(self.redis, self.clock)
         self.handlers = {
             "t": messages.handle,
             "i": messages.handle,
             "P": PingHandler().handle,
+            "H": HistoryHandler(self.queue, self.mysql).handle,
         }
 
     def next_server_id(self):
@@ -63,15 +78,62 @@ class App:
         return ImdServerFactory(self, url="wss://localhost" if secure else None)
 
     def build_service(self):
-        """The MultiService twistd runs: Redis first, then the listeners of the roles."""
-        top = MultiService()
+        """The MultiService twistd runs: Redis first, then the listeners of the roles.
+
+        On SIGTERM the children stop one by one in reverse order of addition
+        (imd.shutdown): listeners, then the drainer (C + 1001 to every
+        client), then whatever was added before it (migrator, stores).
+        """
+        top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
         self.redis_client.setServiceParent(top)
+        self.mysql.setServiceParent(top)
+        if "migrate" in self.settings.imd.roles:
+            self.migrator_service().setServiceParent(top)
         if "ws" in self.settings.imd.roles:
+            ConnectionDrainer(self).setServiceParent(top)
             self.websocket_service(self.settings.websocket.listen).setServiceParent(top)
             if self.settings.websocket.tls_listen:
                 self.websocket_service(self.settings.websocket.tls_listen, secure=True).setServiceParent(top)
+        if "http" in self.settings.imd.roles:
+            for description in (self.settings.http.listen, self.settings.http.tls_listen):
+                if description:
+                    self.http_service(description).setServiceParent(top)
+        # SIGHUP reloads the certificates of every ssl: listener built through
+        # server_endpoint (it is left alone when there are none).
+        self.tls.setServiceParent(top)
         return top
 
+    def server_endpoint(self, description):
+        """The endpoint for a listener string; ``ssl:`` ones reload their certificate on SIGHUP."""
+        if is_tls_endpoint(description):
+            return self.tls.endpoint(description)
+        return serverFromString(self.reactor, description)
+
+    def http_site(self):
+        """The one Site of the http role (token, page, /healthz, /metrics)."""
+        if self._http_site is None:
+            from imd.http import build_site
+            self._http_site = build_site(self)
+        return self._http_site
+
+    def http_service(self, description):
+        return StreamServerEndpointService(self.server_endpoint(description), self.http_site())
+
+    def migrator_service(self):
+        """The migrate role (it uses ``self.mysql``, started by the caller):
+        its own Redis connection, so its batches never queue behind client
+        traffic, and the :class:`imd.migrator.Migrator`."""
+        from twisted.application.service import MultiService
+
+        from imd.migrator import Migrator
+        redis = self.settings.redis
+        client = RedisClient(redis.url, redis.timeout, self.clock)
+        self.migrator = Migrator(QueueStore(client, redis.prefix), self.mysql, self.settings.migrate, self.clock)
+        group = MultiService()
+        client.setServiceParent(group)
+        self.migrator.setServiceParent(group)
+        return group
+
     def websocket_service(self, description, secure=False):
-        endpoint = serverFromString(self.reactor, description)
+        endpoint = self.server_endpoint(description)
         return StreamServerEndpointService(endpoint, self.websocket_factory(secure))

@@ -103,12 +103,14 @@ def _roles(text):
     return frozenset(roles)
 
 
-def _endpoint(optional):
+def _endpoint(optional, tls=False):
     def parse(text):
         if not text:
             if optional:
                 return ""
             raise _Invalid("an endpoint string is required, e.g. tcp:8765:interface=127.0.0.1")
+        if tls:
+            return _tls_endpoint(text)
         # Constructing a server endpoint parses the string (and, for ssl:,
         # loads the certificate files) without listening on anything.
         from twisted.internet import reactor
@@ -119,6 +121,21 @@ def _endpoint(optional):
             raise _Invalid("not a usable Twisted endpoint string %r: %s" % (text, e))
         return text
     return parse
+
+
+def _tls_endpoint(text):
+    """An ``ssl:`` string whose key and certificate load and match."""
+    from imd.tls import load_certificate_options, parse_tls_endpoint
+    try:
+        spec = parse_tls_endpoint(text)
+    except ValueError as e:
+        raise _Invalid("%s (got %r)" % (e, text))
+    try:
+        load_certificate_options(spec)
+    except Exception as e:
+        raise _Invalid("cannot load the TLS key/certificate %s / %s: %s"
+                       % (spec.key_path, spec.cert_path, str(e) or e.__class__.__name__))
+    return text
 
 
 def _auth_mode(text):
@@ -185,7 +202,7 @@ class ImdSettings:
 @dataclass(frozen=True)
 class WebSocketSettings:
     listen: str = _setting("tcp:8765:interface=127.0.0.1", _endpoint(optional=False))
-    tls_listen: str = _setting("", _endpoint(optional=True))
+    tls_listen: str = _setting("", _endpoint(optional=True, tls=True))
     max_message_bytes: int = _setting("65536", _int(64, 16 * 1024 * 1024))
     idle_timeout: float = _setting("90", _number())
     max_devices: int = _setting("5", _int(1, 1000))
@@ -199,7 +216,7 @@ class WebSocketSettings:
 @dataclass(frozen=True)
 class HttpSettings:
     listen: str = _setting("tcp:8766:interface=127.0.0.1", _endpoint(optional=False))
-    tls_listen: str = _setting("", _endpoint(optional=True))
+    tls_listen: str = _setting("", _endpoint(optional=True, tls=True))
     auth: str = _setting("dev", _auth_mode)
     public_ws_url: str = _setting("", _ws_url)
     cors_origins: tuple = _setting("", _origins)
@@ -234,6 +251,7 @@ class MysqlSettings:
 class MigrateSettings:
     batch: int = _setting("500", _int(1, 10000))
     interval: float = _setting("0.2", _number())
+    lock_ttl: float = _setting("10", _number())
 
 
 @dataclass(frozen=True)

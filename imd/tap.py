@@ -26,4 +26,10 @@ def makeService(options):
     from twisted.internet import reactor
 
     from imd.app import App
-    return App(options.settings, reactor).build_service()
+    from imd.logs import ImdLogObserver, LoggingRoot, twistd_log_file
+    settings = options.settings
+    twistd_options = getattr(options, "parent", None)
+    observer = None
+    if not (twistd_options and twistd_options.get("syslog")):
+        observer = ImdLogObserver(twistd_log_file(twistd_options), settings.log.format)
+    return LoggingRoot(observer, App(settings, reactor).build_service())

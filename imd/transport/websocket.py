@@ -61,12 +61,15 @@ class ImdServerProtocol(WebSocketServerProtocol):
     uid = None
     _refusal = None
     _closing = False
+    _draining = False
+    _closed_waiters = ()
     _idle_call = None
 
     # --- login ---------------------------------------------------------------
 
     def onConnect(self, request):
         self._app = self.factory.app
+        self._closed_waiters = []
         self.peer_address = request.peer
         token = token_from_request(request.path, request.params)
         d = self._app.verifier.verify(token)
@@ -83,7 +86,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
         else:
             _log.failure("login check failed", failure)
             self._refusal = "internal error"
-        _log.info("login refused from {peer}: {why}", peer=self.peer_address, why=self._refusal)
+        _log.info("login refused peer={peer} node={node}: {why}", peer=self.peer_address,
+                  node=self._app.node_id, why=self._refusal)
         return None
 
     def onOpen(self):
@@ -91,6 +95,10 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self.close_with(CLOSE_UNAUTHORIZED, self._refusal or "unauthorized")
             return
         app = self._app
+        if app.shutting_down:
+            self.uid = None
+            self.close_with(CLOSE_GOING_AWAY, "server shutting down")
+            return
         settings = app.settings.websocket
         self._pending = deque()
         self._errors = 0
@@ -99,7 +107,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._idle_call = app.clock.callLater(settings.idle_timeout, self._idle)
         for old in app.sessions.add(self):
             old.close_with(CLOSE_REPLACED, "replaced by a newer device")
-        _log.info("login uid={uid} from {peer}", uid=self.uid, peer=self.peer_address)
+        _log.info("login uid={uid} peer={peer} node={node}", uid=self.uid, peer=self.peer_address,
+                  node=app.node_id)
         self.send_packet(protocol.login(app.next_server_id(), self.uid))
 
     # --- packets in ----------------------------------------------------------
@@ -115,6 +124,10 @@ class ImdServerProtocol(WebSocketServerProtocol):
         except protocol.PacketError as e:
             self._take_token(settings)
             self._answer(_Failed(e.packet_id, e))
+            return
+        if self._draining:
+            # Shutting down: only packets received before the stop are handled.
+            self._answer(_Failed(packet.id, ImdError("unavailable", "server shutting down, retry")))
             return
         if not self._take_token(settings):
             self._answer(_Failed(packet.id, ImdError("rate_limited")))
@@ -163,12 +176,18 @@ class ImdServerProtocol(WebSocketServerProtocol):
         pending = self._pending
         while pending and pending[0].outcome is not None:
             self._emit(pending.popleft().outcome)
+        if self._draining and not pending:
+            self.close_with(CLOSE_GOING_AWAY, "server shutting down")
 
     def _emit(self, outcome):
         if isinstance(outcome, Reply):
             self._errors = 0
             self.send_packet(outcome.frame)
             if outcome.deliver_to is not None:
+                if self._app.settings.log.messages:
+                    _log.info("message uid={uid} to={to} node={node}: {message}", uid=self.uid,
+                              to=outcome.deliver_to, node=self._app.node_id,
+                              message=outcome.payload.decode("utf-8", "replace"))
                 # Delivered even when the sender has gone: it is stored.
                 self._app.router.deliver(outcome.deliver_to, outcome.payload)
             return
@@ -194,6 +213,16 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._forget()
         self.sendClose(code, reason[:100])
 
+    def go_away(self):
+        """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
+        Fires once the connection is closed."""
+        self._draining = True
+        closed = Deferred()
+        self._closed_waiters.append(closed)
+        if not self._pending:
+            self.close_with(CLOSE_GOING_AWAY, "server shutting down")
+        return closed
+
     def _idle(self):
         self._idle_call = None
         self.close_with(CLOSE_IDLE, "idle for too long")
@@ -206,12 +235,15 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._idle_call = None
 
     def onClose(self, wasClean, code, reason):
-        if self.uid is not None and not self._closing:
-            _log.info("logout uid={uid} from {peer} (close {code})", uid=self.uid,
-                      peer=getattr(self, "peer_address", None), code=code)
+        if self.uid is not None:
+            _log.info("logout uid={uid} peer={peer} node={node} code={code}", uid=self.uid,
+                      peer=getattr(self, "peer_address", None), node=self._app.node_id, code=code)
         self._closing = True
         if hasattr(self, "_app"):
             self._forget()
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            waiter.callback(code)
 
 
 class ImdServerFactory(WebSocketServerFactory):

@@ -1,0 +1,254 @@
+"""TLS listeners whose certificate can be replaced while the daemon runs.
+
+A ``tls_listen`` value is a Twisted ``ssl:`` endpoint string
+(``ssl:8443:interface=0.0.0.0:privateKey=KEY:certKey=CERT[:extraCertChain=CHAIN]``).
+We take it apart ourselves and listen on the plain TCP part wrapped in
+:class:`ReloadableServerTLS`, which hands each new connection the *current*
+:class:`CertificateOptions`: a reload (SIGHUP) swaps that object, so new
+connections get the new certificate while open ones keep the session they
+negotiated.  A reload that fails (missing file, key not matching the
+certificate) is logged and the old certificate stays in use.
+
+Policy, the same for every listener: TLS 1.2 minimum, forward-secret AEAD
+ciphers only (TLS 1.3 suites are all modern), ALPN ``http/1.1`` (WebSocket
+runs over HTTP/1.1).
+"""
+
+import datetime
+import hashlib
+import ipaddress
+import re
+import signal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import FILETYPE_PEM
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import (AcceptableCiphers, Certificate, CertificateOptions,
+                                  DiffieHellmanParameters, KeyPair, TLSVersion)
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+_log = Logger()
+
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+ALPN = [b"http/1.1"]
+
+_KNOWN = {"port", "interface", "backlog", "privateKey", "certKey", "extraCertChain", "dhParameters"}
+_CERT_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def is_tls_endpoint(description):
+    return description.split(":", 1)[0] == "ssl"
+
+
+def _split(description):
+    """Twisted's endpoint syntax: ``:`` separates, ``\\`` escapes the next character."""
+    parts, current, chars = [], [], iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _escape(value):
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+class TlsEndpointSpec:
+    """The parts of an ``ssl:`` string: where to listen and which files to load."""
+
+    def __init__(self, port, interface, backlog, key_path, cert_path, chain_path, dh_path):
+        self.port, self.interface, self.backlog = port, interface, backlog
+        self.key_path, self.cert_path, self.chain_path, self.dh_path = key_path, cert_path, chain_path, dh_path
+
+    def tcp_description(self):
+        text = "tcp:port=%s" % self.port
+        if self.interface:
+            text += ":interface=" + _escape(self.interface)
+        if self.backlog:
+            text += ":backlog=" + self.backlog
+        return text
+
+
+def parse_tls_endpoint(description):
+    """A :class:`TlsEndpointSpec` from ``ssl:...``; ValueError naming what is wrong."""
+    parts = _split(description)
+    if parts[0] != "ssl":
+        raise ValueError("a TLS listener must be an ssl: endpoint string")
+    positional, named = [], {}
+    for part in parts[1:]:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            if key not in _KNOWN:
+                raise ValueError("ssl: option %r is not supported here (known: %s); the TLS "
+                                 "version and ciphers are fixed by imd" % (key, ", ".join(sorted(_KNOWN))))
+            named[key] = value
+        else:
+            positional.append(part)
+    if positional:
+        named.setdefault("port", positional[0])
+    if not named.get("port", "").isdigit():
+        raise ValueError("ssl: needs a port, e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem")
+    if not named.get("privateKey"):
+        raise ValueError("ssl: needs privateKey=<PEM key file>")
+    key_path = named["privateKey"]
+    return TlsEndpointSpec(named["port"], named.get("interface", ""), named.get("backlog", ""),
+                           key_path, named.get("certKey") or key_path,
+                           named.get("extraCertChain") or None, named.get("dhParameters") or None)
+
+
+def load_certificate_options(spec):
+    """Read the files named by ``spec`` into server :class:`CertificateOptions`.
+
+    Every certificate after the first in the ``certKey`` file (a
+    ``fullchain.pem``) is sent as part of the chain, as is ``extraCertChain``.
+    Raises on any problem, including a key that does not match.
+    """
+    cert_pems = _CERT_PEM.findall(FilePath(spec.cert_path).getContent())
+    if not cert_pems:
+        raise ValueError("no certificate in %s" % spec.cert_path)
+    key = KeyPair.load(FilePath(spec.key_path).getContent(), FILETYPE_PEM)
+    chain = cert_pems[1:]
+    if spec.chain_path:
+        chain += _CERT_PEM.findall(FilePath(spec.chain_path).getContent())
+    options = CertificateOptions(
+        privateKey=key.original,
+        certificate=Certificate.loadPEM(cert_pems[0]).original,
+        extraCertChain=[Certificate.loadPEM(pem).original for pem in chain],
+        dhParameters=DiffieHellmanParameters.fromFile(FilePath(spec.dh_path)) if spec.dh_path else None,
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
+        acceptableProtocols=ALPN,
+    )
+    # Builds the OpenSSL context now, so a key that does not match the
+    # certificate fails here rather than on the first client.
+    options.getContext()
+    return options
+
+
+def describe_certificate(path):
+    """``subject, expires ..., sha256 ...`` of the first certificate in ``path``, for the log."""
+    cert = x509.load_pem_x509_certificate(_CERT_PEM.findall(FilePath(path).getContent())[0])
+    return "%s, expires %s, sha256 %s" % (
+        cert.subject.rfc4514_string(), cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:16])
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """Gives each new TLS connection the certificate loaded most recently."""
+
+    def __init__(self, spec, options):
+        self.spec = spec
+        self._options = options
+
+    @classmethod
+    def load(cls, spec):
+        return cls(spec, load_certificate_options(spec))
+
+    def serverConnectionForTLS(self, protocol):
+        return self._options.serverConnectionForTLS(protocol)
+
+    def reload(self):
+        """Re-read the files; True when the new certificate is in use."""
+        try:
+            options = load_certificate_options(self.spec)
+            about = describe_certificate(self.spec.cert_path)
+        except Exception as e:
+            _log.error("TLS certificate reload failed for {cert}, keeping the old one: {why}",
+                       cert=self.spec.cert_path, why=str(e) or e.__class__.__name__)
+            return False
+        self._options = options
+        _log.info("TLS certificate reloaded from {cert}: {about}", cert=self.spec.cert_path, about=about)
+        return True
+
+
+class TlsReloader(Service):
+    """Owns the reloadable listeners' certificates and reloads them on SIGHUP."""
+
+    name = "tls-reloader"
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._creators = []
+        self._waiters = []
+        self._previous_handler = None
+
+    def endpoint(self, description):
+        """A server endpoint for an ``ssl:`` string whose certificate reloads."""
+        spec = parse_tls_endpoint(description)
+        creator = ReloadableServerTLS.load(spec)
+        self._creators.append(creator)
+        return wrapServerTLS(creator, serverFromString(self._reactor, spec.tcp_description()))
+
+    def __len__(self):
+        return len(self._creators)
+
+    def reload(self):
+        """Reload every certificate; how many were replaced."""
+        replaced = sum(1 for creator in self._creators if creator.reload())
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(replaced)
+        return replaced
+
+    def when_reloaded(self):
+        """Fires (with the number replaced) after the next reload."""
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def startService(self):
+        super().startService()
+        if self._creators and hasattr(signal, "SIGHUP"):
+            self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def stopService(self):
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sighup(self, signum, frame):
+        # A signal handler may run between any two bytecodes: hand the work
+        # to the reactor thread (this also wakes the reactor up).
+        _log.info("SIGHUP: reloading TLS certificates")
+        self._reactor.callFromThread(self.reload)
+
+
+def self_signed(host, days=30, now=None):
+    """(certificate PEM, private key PEM) for ``host``: development only."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        alt_names = [x509.IPAddress(ipaddress.ip_address(host))]
+    except ValueError:
+        alt_names = [x509.DNSName(host)]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imd development (self-signed)")])
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
