@@ -1,6 +1,7 @@
 """``imd-admin``: the operator's console (keys, tokens, friends)."""
 
 import argparse
+import os
 import sys
 
 from twisted.internet import defer, task
@@ -54,7 +55,40 @@ def build_parser():
     listing = friend_cmd.add_parser("list", help="print A's friends, one per line")
     listing.add_argument("a", type=_uid)
     listing.set_defaults(run=friend_list)
+
+    tls = commands.add_parser("tls", help="TLS certificates for tls_listen")
+    tls_cmd = tls.add_subparsers(dest="action", metavar="ACTION")
+    tls_cmd.required = True
+    selfsigned = tls_cmd.add_parser("selfsigned", help="write a self-signed certificate and key (development only)")
+    selfsigned.add_argument("--host", required=True, help="the name (or IP address) clients connect to")
+    selfsigned.add_argument("--out", default="etc/tls", help="directory for cert.pem and key.pem (default: %(default)s)")
+    selfsigned.add_argument("--days", type=int, default=30, help="validity in days (default: %(default)s)")
+    selfsigned.add_argument("--force", action="store_true", help="replace existing files")
+    # Needs neither the config nor Redis.
+    selfsigned.set_defaults(run=tls_selfsigned, offline=True)
     return parser
+
+
+def tls_selfsigned(args, out):
+    from imd.tls import self_signed
+    cert_path = os.path.join(args.out, "cert.pem")
+    key_path = os.path.join(args.out, "key.pem")
+    for path in (cert_path, key_path):
+        if os.path.exists(path) and not args.force:
+            raise AdminError("%s exists (use --force to replace it)" % path)
+    cert_pem, key_pem = self_signed(args.host, days=args.days)
+    os.makedirs(args.out, exist_ok=True)
+    with open(cert_path, "wb") as f:
+        f.write(cert_pem)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem)
+    os.chmod(key_path, 0o600)
+    sys.stderr.write("imd-admin: WARNING: a self-signed certificate is for development only: clients do "
+                     "not trust it unless told to. Use a certificate from a real CA in production.\n")
+    out.write("tls: wrote %s and %s for %s, valid %d days\n" % (cert_path, key_path, args.host, args.days))
+    out.write("tls: e.g. [websocket] tls_listen = ssl:8443:interface=127.0.0.1:privateKey=%s:certKey=%s\n"
+              % (key_path.replace(":", "\\:"), cert_path.replace(":", "\\:")))
 
 
 @defer.inlineCallbacks
@@ -110,6 +144,13 @@ def run_command(reactor, app, args, out):
 def main(argv=None, out=None):
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        try:
+            args.run(args, out)
+        except (AdminError, OSError) as e:
+            sys.stderr.write("imd-admin: %s\n" % e)
+            return 1
+        return 0
     try:
         settings = load_settings(args.config)
     except ConfigError as e:
