@@ -56,6 +56,12 @@ def build_parser():
     listing.add_argument("a", type=_uid)
     listing.set_defaults(run=friend_list)
 
+    schema = commands.add_parser("schema", help="the MySQL schema (sql/NNN_*.sql)")
+    schema_cmd = schema.add_subparsers(dest="action", metavar="ACTION")
+    schema_cmd.required = True
+    apply = schema_cmd.add_parser("apply", help="create the database and bring it to the newest version")
+    apply.set_defaults(run=schema_apply, needs_redis=False)
+
     tls = commands.add_parser("tls", help="TLS certificates for tls_listen")
     tls_cmd = tls.add_subparsers(dest="action", metavar="ACTION")
     tls_cmd.required = True
@@ -89,6 +95,19 @@ def tls_selfsigned(args, out):
     out.write("tls: wrote %s and %s for %s, valid %d days\n" % (cert_path, key_path, args.host, args.days))
     out.write("tls: e.g. [websocket] tls_listen = ssl:8443:interface=127.0.0.1:privateKey=%s:certKey=%s\n"
               % (key_path.replace(":", "\\:"), cert_path.replace(":", "\\:")))
+
+
+@defer.inlineCallbacks
+def schema_apply(app, args, out):
+    from twisted.internet import threads
+
+    from imd.stores.mysql import apply_schema
+    mysql = app.settings.mysql
+    before, after = yield threads.deferToThread(apply_schema, mysql)
+    if before == after:
+        out.write("schema: database %s is at version %d; nothing to do\n" % (mysql.database, after))
+    else:
+        out.write("schema: database %s upgraded from version %d to %d\n" % (mysql.database, before, after))
 
 
 @defer.inlineCallbacks
@@ -133,6 +152,9 @@ def friend_list(app, args, out):
 @defer.inlineCallbacks
 def run_command(reactor, app, args, out):
     """Start what the command needs, run it, stop it again."""
+    if not getattr(args, "needs_redis", True):
+        yield args.run(app, args, out)
+        return
     app.redis_client.startService()
     try:
         yield app.redis_client.wait_connected()

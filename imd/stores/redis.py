@@ -23,6 +23,11 @@ class RedisKeys:
         self.public_key = prefix + "publicKey"
         self.private_key = prefix + "privateKey"
         self.mq = prefix + "MQ"
+        # the migrator's (imd/stores/queue.py): the batch in flight, the
+        # leader lock, and stored entries it could not read
+        self.mq_processing = prefix + "MQ:processing"
+        self.mq_lock = prefix + "MQ:lock"
+        self.mq_dead = prefix + "MQ:dead"
 
     def friends(self, uid):
         return "%sURS:%d" % (self.prefix, uid)

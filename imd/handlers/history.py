@@ -1,0 +1,100 @@
+"""``H``: the user's stored messages, oldest first, paged by an opaque cursor.
+
+Every message is ordered by ``(ts, from_id, msg_id)``, a key it has from the
+moment it is stored, before the migrator copies it.  A page is the union of
+the rows in MySQL and the entries still in Redis (``MQ`` and the batch in
+flight), deduplicated by ``(from_id, msg_id)`` and cut at the cursor's key.
+
+Redis is read *before* MySQL: an entry leaves Redis only after its row has
+committed, so whatever is not in the Redis snapshot is already visible to
+the MySQL read that follows — no gap at the boundary, and the dedup removes
+the overlap.
+
+Only messages where the user is the sender or the recipient are ever read,
+on both sides.
+"""
+
+import base64
+import binascii
+import json
+
+from twisted.internet import defer
+
+from imd import protocol
+from imd.errors import ImdError
+from imd.handlers import Reply
+from imd.stored import parse_stored
+
+CURSOR_VERSION = 1
+
+
+def encode_cursor(key, with_uid, limit):
+    ts, from_id, msg_id = key
+    body = json.dumps([CURSOR_VERSION, ts, from_id, msg_id.decode("utf-8"), with_uid, limit],
+                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
+
+
+def _valid_uid(value):
+    return type(value) is int and 0 < value <= protocol.MAX_UID
+
+
+def decode_cursor(cursor):
+    """``(position, with_uid, limit)`` from a cursor, or ImdError bad_packet."""
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        version, ts, from_id, msg_id, with_uid, limit = json.loads(raw.decode("utf-8"))
+        valid = (version == CURSOR_VERSION and type(ts) is int and 0 <= ts < 2 ** 63
+                 and _valid_uid(from_id) and isinstance(msg_id, str)
+                 and 0 < len(msg_id) <= protocol.MAX_ID_CHARS
+                 and (with_uid is None or _valid_uid(with_uid))
+                 and type(limit) is int and 1 <= limit <= protocol.HISTORY_MAX_LIMIT)
+        if valid:
+            return (ts, from_id, msg_id.encode("utf-8")), with_uid, limit
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        pass
+    raise ImdError("bad_packet", "H: after is not a cursor from a previous reply")
+
+
+def _is_after(key, position):
+    if position[1] is None:
+        return key[0] > position[0]
+    return key > position
+
+
+def _belongs(message, uid, with_uid):
+    if message.from_id == uid:
+        return with_uid is None or message.to_id == with_uid
+    if message.to_id == uid:
+        return with_uid is None or message.from_id == with_uid
+    return False
+
+
+class HistoryHandler:
+    def __init__(self, queue, mysql):
+        self._queue = queue
+        self._mysql = mysql
+
+    @defer.inlineCallbacks
+    def handle(self, uid, packet):
+        if packet.after is not None:
+            position, with_uid, limit = decode_cursor(packet.after)
+        else:
+            position, with_uid, limit = (packet.since, None, None), packet.with_uid, packet.limit
+        pending = yield self._queue.pending()
+        rows = yield self._mysql.history(uid, with_uid, position, limit + 1)
+        found = {}
+        for ts, from_id, msg_id, stored in rows:
+            msg_id = bytes(msg_id)
+            found[(from_id, msg_id)] = ((ts, from_id, msg_id), stored)
+        for entry in pending:
+            try:
+                message = parse_stored(entry)
+            except ValueError:
+                continue  # the migrator moves it to MQ:dead
+            if _belongs(message, uid, with_uid) and _is_after(message.key, position):
+                found.setdefault(message.identity, (message.key, message.packet))
+        ordered = sorted(found.values(), key=lambda item: item[0])
+        page, more = ordered[:limit], len(ordered) > limit
+        next_cursor = encode_cursor(page[-1][0], with_uid, limit) if more else None
+        return Reply(protocol.history(packet.id, [stored for _, stored in page], more, next_cursor))

@@ -1,0 +1,263 @@
+"""The migrator (role ``migrate``): Redis ``MQ`` -> MySQL ``message``.
+
+One step: move a batch from ``MQ`` into ``MQ:processing`` (atomic), insert it
+with one multi-row ``INSERT IGNORE`` in one transaction, and only after the
+COMMIT delete it from ``MQ:processing``.  A crash anywhere leaves the batch in
+``MQ:processing`` and the next step (of this or any later migrator) inserts
+it again; ``UNIQUE (from_id, msg_id)`` turns the replay into a no-op.
+
+Several migrators may run (one per node, say): exactly one leads, the holder
+of ``MQ:lock`` (a Redis key with an expiry, extended by its holder every
+third of ``[migrate] lock_ttl``); the others stand by and take over within
+``lock_ttl`` once a leader dies.  Every queue operation checks the lock
+token, so a leader that lost the lock cannot touch the queue any more.
+
+Run alone: ``python -m imd.migrator --config etc/imd.ini`` (or twistd with
+``[imd] roles = migrate``).
+"""
+
+import argparse
+import os
+import socket
+import sys
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from imd.errors import StoreUnavailable
+from imd.stored import parse_stored
+
+_log = Logger()
+
+MAX_BACKOFF = 5.0        # seconds between tries while a store is away
+LAG_INTERVAL = 1.0       # seconds between lag samples
+LAG_LOG_INTERVAL = 30.0  # seconds between lag log lines
+
+
+def new_token():
+    return "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(6).hex())
+
+
+class Migrator(Service):
+    """Drains the queue while it holds the lock.
+
+    For ``/metrics``: ``queue_length`` (entries in ``MQ`` + in flight),
+    ``oldest_age`` (seconds since the oldest unmigrated entry was stored, 0
+    when none), ``rows_migrated``, ``rows_skipped`` (already present),
+    ``dead_entries``, ``is_leader``, ``mysql_up``.
+    """
+
+    def __init__(self, queue, mysql, settings, clock, token=None):
+        self.queue = queue
+        self.mysql = mysql
+        self.batch = settings.batch
+        self.interval = settings.interval
+        self.lock_ttl = settings.lock_ttl
+        self._clock = clock
+        self.token = token or new_token()
+        self.queue_length = 0
+        self.oldest_age = 0.0
+        self.rows_migrated = 0
+        self.rows_skipped = 0
+        self.dead_entries = 0
+        self.is_leader = False
+        self.mysql_up = True
+        self._running = False
+        self._loop = None
+        self._sleeping = None
+        self._drain_waiters = []
+        self._timers = []
+        self._last_lag_log = None
+
+    # --- service -------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._running = True
+        for interval, call in ((self.lock_ttl / 3.0, self._renew_lock), (LAG_INTERVAL, self._sample_lag)):
+            timer = task.LoopingCall(call)
+            timer.clock = self._clock
+            timer.start(interval, now=False)
+            self._timers.append(timer)
+        self._loop = self._run()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        self._running = False
+        for timer in self._timers:
+            if timer.running:
+                timer.stop()
+        self._timers = []
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+        if self._loop is not None:
+            yield self._loop
+        if self.is_leader:
+            self.is_leader = False
+            try:
+                yield self.queue.release_lock(self.token)
+            except StoreUnavailable:
+                pass  # it expires by itself
+
+    def wait_drained(self):
+        """Fires the next time a step finds nothing to migrate."""
+        d = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    # --- the loop ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _run(self):
+        failures = 0
+        while self._running:
+            try:
+                delay = yield self._step()
+                if failures:
+                    _log.info("migrator: stores are back after {n} failed tries", n=failures)
+                failures = 0
+                self.mysql_up = True
+            except StoreUnavailable as e:
+                failures += 1
+                delay = min(self.interval * 2 ** failures, MAX_BACKOFF)
+                if failures == 1 or failures % 20 == 0:
+                    _log.warn("migrator: {why}; retrying in {delay:.1f}s (try {n})",
+                              why=e, delay=delay, n=failures)
+            except Exception:
+                _log.failure("migrator: unexpected error")
+                delay = MAX_BACKOFF
+            if delay and self._running:
+                yield self._sleep(delay)
+
+    def _sleep(self, seconds):
+        self._sleeping = task.deferLater(self._clock, seconds, lambda: None)
+        self._sleeping.addErrback(lambda f: f.trap(defer.CancelledError))
+        self._sleeping.addBoth(self._woke)
+        return self._sleeping
+
+    def _woke(self, result):
+        self._sleeping = None
+        return result
+
+    @defer.inlineCallbacks
+    def _step(self):
+        """One batch.  Returns the seconds to wait before the next step."""
+        if not self.queue.client.connected:
+            yield self.queue.client.wait_connected()
+        if not self.is_leader:
+            if not (yield self.queue.hold_lock(self.token, self.lock_ttl)):
+                return self.lock_ttl / 3.0
+            self._became_leader()
+        claimed = yield self.queue.claim(self.token, self.batch)
+        if claimed is None:
+            self._lost_lock()
+            return self.lock_ttl / 3.0
+        replayed, entries = claimed
+        if not entries:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+            return self.interval
+        rows, dead = [], []
+        for entry in entries:
+            try:
+                rows.append(parse_stored(entry).row())
+            except ValueError as e:
+                _log.error("migrator: cannot store MQ entry ({why}); moved to MQ:dead: {entry!r}",
+                           why=e, entry=entry[:200])
+                dead.append(entry)
+        try:
+            inserted = yield self.mysql.insert_messages(rows)
+        except StoreUnavailable:
+            self.mysql_up = False
+            raise
+        if not (yield self.queue.ack(self.token, dead)):
+            self._lost_lock()
+            return 0
+        if replayed:
+            _log.info("migrator: replayed a batch left in flight ({n} entries, {new} new)",
+                      n=len(entries), new=inserted)
+        self.rows_migrated += inserted
+        self.rows_skipped += len(rows) - inserted
+        self.dead_entries += len(dead)
+        return 0 if len(entries) >= self.batch else self.interval
+
+    def _became_leader(self):
+        self.is_leader = True
+        _log.info("migrator: leading (lock token {token})", token=self.token)
+
+    def _lost_lock(self):
+        if self.is_leader:
+            _log.warn("migrator: lost the lock; standing by")
+        self.is_leader = False
+
+    # --- timers --------------------------------------------------------------
+
+    def _renew_lock(self):
+        if not self.is_leader:
+            return None
+        d = self.queue.hold_lock(self.token, self.lock_ttl)
+
+        def renewed(held):
+            if not held:
+                self._lost_lock()
+        d.addCallbacks(renewed, lambda f: f.trap(StoreUnavailable))
+        return d
+
+    def _sample_lag(self):
+        d = self.queue.lag()
+        d.addCallbacks(self._lag, lambda f: f.trap(StoreUnavailable))
+        return d
+
+    def _lag(self, sample):
+        queued, in_flight, oldest = sample
+        self.queue_length = queued + in_flight
+        self.oldest_age = 0.0
+        if oldest:
+            try:
+                age = self._clock.seconds() - parse_stored(oldest).ts / 1000.0
+                self.oldest_age = max(0.0, age)
+            except ValueError:
+                pass
+        now = self._clock.seconds()
+        if self._last_lag_log is None or now - self._last_lag_log >= LAG_LOG_INTERVAL:
+            self._last_lag_log = now
+            _log.info("migrator lag: {queue_length} queued, oldest {oldest_age:.1f}s;"
+                      " {rows} rows migrated; {role}",
+                      queue_length=self.queue_length, oldest_age=self.oldest_age,
+                      rows=self.rows_migrated, role="leading" if self.is_leader else "standing by")
+
+
+def main(argv=None):
+    """``python -m imd.migrator --config FILE``: the migrate role alone."""
+    parser = argparse.ArgumentParser(prog="python -m imd.migrator",
+                                     description="Run the imd migrator (Redis MQ -> MySQL) alone.")
+    parser.add_argument("--config", default="etc/imd.ini")
+    args = parser.parse_args(argv)
+    from imd.config import ConfigError, load_settings
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        sys.stderr.write("imd-migrator: config error: %s\n" % e)
+        return 2
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from imd.app import App
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    from twisted.application.service import MultiService
+    app = App(settings, reactor)
+    service = MultiService()
+    app.mysql.setServiceParent(service)
+    app.migrator_service().setServiceParent(service)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

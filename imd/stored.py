@@ -1,0 +1,70 @@
+"""A stored message read back: the JSON pushed onto ``MQ`` (built by
+:func:`imd.protocol.message_json`) as one typed row.
+
+Shared by the migrator (entry -> ``message`` row) and history (entries still
+in Redis, merged with rows from MySQL).  Every message has its history key
+``(ts, from_id, msg_id)`` before it is migrated, so both sides sort alike.
+"""
+
+import json
+from collections import namedtuple
+
+from imd.protocol import MAX_ID_CHARS, MAX_UID
+
+MAX_TEXT_BYTES = 65535          # message.msg is TEXT
+MAX_PACKET_BYTES = 16 * 1024 * 1024 - 1   # message.packet is MEDIUMTEXT
+
+
+class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg ts packet")):
+    """``msg_id`` is the id as its decimal string for numbers (the dedup key),
+    as UTF-8 bytes; ``msg`` is text (JSON for non-strings); ``packet`` the
+    entry exactly as stored."""
+    __slots__ = ()
+
+    @property
+    def key(self):
+        return (self.ts, self.from_id, self.msg_id)
+
+    @property
+    def identity(self):
+        return (self.from_id, self.msg_id)
+
+    def row(self):
+        """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, packet)."""
+        return tuple(self)
+
+
+def _uid(value, name):
+    if type(value) is not int or not 0 < value <= MAX_UID:
+        raise ValueError("%s: not a user id: %r" % (name, value))
+    return value
+
+
+def parse_stored(entry):
+    """One ``MQ`` entry (str) -> :class:`StoredMessage`, or ValueError."""
+    obj = json.loads(entry)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    packet_id = obj.get("id")
+    if type(packet_id) is int:
+        msg_id = str(packet_id)
+    elif isinstance(packet_id, str) and packet_id:
+        msg_id = packet_id
+    else:
+        raise ValueError("id: %r" % (packet_id,))
+    if len(msg_id) > MAX_ID_CHARS:
+        raise ValueError("id: longer than %d characters" % MAX_ID_CHARS)
+    kind = obj.get("type")
+    if not isinstance(kind, str) or len(kind) != 1:
+        raise ValueError("type: %r" % (kind,))
+    ts = obj.get("ts")
+    if type(ts) is not int or not 0 <= ts < 2 ** 63:
+        raise ValueError("ts: %r" % (ts,))
+    if "msg" not in obj:
+        raise ValueError("missing msg")
+    msg = obj["msg"]
+    text = msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode("utf-8")) > MAX_TEXT_BYTES or len(entry.encode("utf-8")) > MAX_PACKET_BYTES:
+        raise ValueError("too large to store")
+    return StoredMessage(msg_id.encode("utf-8"), _uid(obj.get("from"), "from"), _uid(obj.get("to"), "to"),
+                         kind, text, ts, entry)

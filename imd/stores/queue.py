@@ -1,0 +1,112 @@
+"""The migration queue in Redis: ``MQ``, the batch in flight, the leader lock.
+
+A reliable queue: a batch is *moved* from ``MQ`` into ``MQ:processing`` (one
+Lua call, atomic) and deleted from there only after the MySQL transaction
+holding it has committed.  A migrator that dies at any point leaves its
+batch in ``MQ:processing``; the next leader inserts it again first (the
+insert ignores rows already present).
+
+Only the holder of ``MQ:lock`` may move or delete: every script checks the
+caller's token, so a migrator that lost the lock (paused, partitioned) can
+no longer touch the queue even if it still believes it leads.
+"""
+
+from imd.stores.redis import RedisKeys
+
+# KEYS: lock, processing, MQ.  ARGV: token, batch size.
+# Returns false when the caller does not hold the lock, else
+# {replayed (0/1), entries newest first}.
+CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+if #entries > 0 then return {1, entries} end
+for i = 1, tonumber(ARGV[2]) do
+  if not redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT') then break end
+end
+return {0, redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+# KEYS: lock, processing, dead.  ARGV: token, entries that cannot be stored...
+# Called only after the batch's COMMIT.
+ACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: lock.  ARGV: token, ttl in ms.  Take a free lock or extend one's own.
+HOLD_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: MQ, processing.  {len MQ, len processing, oldest entry or false}
+LAG = """
+local oldest = redis.call('LINDEX', KEYS[2], -1)
+if not oldest then oldest = redis.call('LINDEX', KEYS[1], -1) end
+return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), oldest}
+"""
+
+# KEYS: processing, MQ.  Both lists in one atomic read: every unmigrated
+# entry is in exactly one of them at any instant.
+PENDING = """
+return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+
+class QueueStore:
+    def __init__(self, client, prefix=""):
+        self.client = client
+        self.keys = RedisKeys(prefix)
+
+    def claim(self, token, batch):
+        """The batch to insert, oldest first: the one left in flight if any
+        (``replayed`` True), else up to ``batch`` entries moved from ``MQ``.
+        Fires with ``(replayed, entries)``, or None when not the leader."""
+        k = self.keys
+        d = self.client.call("eval", CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch])
+
+        def parsed(reply):
+            if not reply:
+                return None
+            replayed, entries = reply
+            return bool(int(replayed)), list(reversed(entries or []))
+        return d.addCallback(parsed)
+
+    def ack(self, token, dead=()):
+        """Forget the batch in flight (after COMMIT); ``dead`` entries go to
+        ``MQ:dead``.  Fires with False when the lock was lost meanwhile."""
+        k = self.keys
+        d = self.client.call("eval", ACK, [k.mq_lock, k.mq_processing, k.mq_dead], [token] + list(dead))
+        return d.addCallback(lambda reply: bool(int(reply)))
+
+    def hold_lock(self, token, ttl):
+        d = self.client.call("eval", HOLD_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
+        return d.addCallback(lambda reply: bool(int(reply)))
+
+    def release_lock(self, token):
+        return self.client.call("eval", RELEASE_LOCK, [self.keys.mq_lock], [token])
+
+    def lag(self):
+        """``(len MQ, len processing, oldest unmigrated entry or None)``."""
+        d = self.client.call("eval", LAG, [self.keys.mq, self.keys.mq_processing], [])
+        return d.addCallback(lambda reply: (int(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None))
+
+    def pending(self):
+        """Every stored entry not yet deleted from Redis (MQ + the batch in flight)."""
+        d = self.client.call("eval", PENDING, [self.keys.mq_processing, self.keys.mq], [])
+        return d.addCallback(lambda reply: list(reply[0] or []) + list(reply[1] or []))
