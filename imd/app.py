@@ -11,12 +11,9 @@ from twisted.internet.endpoints import serverFromString
 from imd.auth import TokenVerifier
 from imd.handlers.commands import PingHandler
 from imd.handlers.history import HistoryHandler
-from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
 from imd.metrics import Metrics
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
-from imd.stores.mysql import MysqlStore
-from imd.stores.queue import QueueStore
 from imd.stores.mysql import MysqlStore
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient, RedisStore
@@ -61,9 +58,6 @@ class App:
         self.mysql = MysqlStore(settings.mysql)
         self.queue = QueueStore(self.redis_client, settings.redis.prefix)
         self.migrator = None
-        self.mysql = MysqlStore(settings.mysql)
-        self.queue = QueueStore(self.redis_client, settings.redis.prefix)
-        self.migrator = None
         self.metrics = Metrics()
         self.tls = TlsReloader(reactor)
 
@@ -72,7 +66,6 @@ class App:
             "t": messages.handle,
             "i": messages.handle,
             "P": PingHandler().handle,
-            "H": HistoryHandler(self.queue, self.mysql).handle,
             "H": HistoryHandler(self.queue, self.mysql).handle,
         }
 
@@ -93,9 +86,6 @@ class App:
         """
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
         self.redis_client.setServiceParent(top)
-        self.mysql.setServiceParent(top)
-        if "migrate" in self.settings.imd.roles:
-            self.migrator_service().setServiceParent(top)
         self.mysql.setServiceParent(top)
         if "migrate" in self.settings.imd.roles:
             self.migrator_service().setServiceParent(top)
@@ -128,21 +118,6 @@ class App:
 
     def http_service(self, description):
         return StreamServerEndpointService(self.server_endpoint(description), self.http_site())
-
-    def migrator_service(self):
-        """The migrate role (it uses ``self.mysql``, started by the caller):
-        its own Redis connection, so its batches never queue behind client
-        traffic, and the :class:`imd.migrator.Migrator`."""
-        from twisted.application.service import MultiService
-
-        from imd.migrator import Migrator
-        redis = self.settings.redis
-        client = RedisClient(redis.url, redis.timeout, self.clock)
-        self.migrator = Migrator(QueueStore(client, redis.prefix), self.mysql, self.settings.migrate, self.clock)
-        group = MultiService()
-        client.setServiceParent(group)
-        self.migrator.setServiceParent(group)
-        return group
 
     def migrator_service(self):
         """The migrate role (it uses ``self.mysql``, started by the caller):
