@@ -1,0 +1,181 @@
+"""wss: the same login and packets over TLS, the TLS policy, and certificate
+reload on SIGHUP without dropping open connections."""
+
+import os
+import signal
+import socket
+import ssl
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import defer, reactor, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.trial import unittest
+
+from imd.app import App
+from imd.config import ConfigError, parse_settings
+from imd.tls import parse_tls_endpoint
+from tests.support import DEADLINE, RedisTestMixin, TestClient, drop, make_settings, settings_text, with_deadline
+from tests.tls_support import TestCA
+
+
+class TlsEndpointParsingTests(unittest.SynchronousTestCase):
+
+    def test_parts(self):
+        spec = parse_tls_endpoint("ssl:8443:interface=0.0.0.0:privateKey=/etc/imd/tls/key.pem"
+                                  ":certKey=/etc/imd/tls/fullchain.pem:extraCertChain=/etc/imd/tls/chain.pem")
+        self.assertEqual(spec.tcp_description(), "tcp:port=8443:interface=0.0.0.0")
+        self.assertEqual((spec.key_path, spec.cert_path, spec.chain_path),
+                         ("/etc/imd/tls/key.pem", "/etc/imd/tls/fullchain.pem", "/etc/imd/tls/chain.pem"))
+
+    def test_escaped_colons_and_key_file_holding_both(self):
+        spec = parse_tls_endpoint(r"ssl:port=443:interface=\:\:1:privateKey=C\:/both.pem")
+        self.assertEqual(spec.tcp_description(), r"tcp:port=443:interface=\:\:1")
+        self.assertEqual((spec.key_path, spec.cert_path), ("C:/both.pem", "C:/both.pem"))
+
+    def test_refusals(self):
+        for text in ("tcp:8443", "ssl:privateKey=k.pem", "ssl:8443", "ssl:8443:privateKey=k:sslmethod=TLSv1_METHOD"):
+            self.assertRaises(ValueError, parse_tls_endpoint, text)
+
+    def test_config_names_the_key_when_files_are_unusable(self):
+        text = settings_text({"websocket": {"tls_listen": "ssl:8443:privateKey=/nonexistent/key.pem"}})
+        with self.assertRaises(ConfigError) as caught:
+            parse_settings(text, "imd.ini")
+        self.assertIn("[websocket] tls_listen", str(caught.exception))
+        self.assertIn("/nonexistent/key.pem", str(caught.exception))
+
+    def test_tls_listen_must_be_ssl(self):
+        text = settings_text({"websocket": {"tls_listen": "tcp:8443"}})
+        self.assertRaises(ConfigError, parse_settings, text, "imd.ini")
+
+
+class WssTests(RedisTestMixin, unittest.TestCase):
+    """A real wss listener on 127.0.0.1 with a certificate from a test CA."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        self.ca = TestCA()
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.key_path = os.path.join(self.dir, "key.pem")
+        self.cert_path = os.path.join(self.dir, "cert.pem")
+        self.serial = self.install_certificate(self.ca.issue("localhost"))
+        settings = make_settings({"websocket": {
+            "tls_listen": "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (self.key_path, self.cert_path)}})
+        self.app = App(settings, reactor)
+        self.app.redis_client.startService()
+        self.addCleanup(self.app.redis_client.stopService)
+        yield self.app.redis_client.wait_connected(DEADLINE)
+        endpoint = self.app.server_endpoint(settings.websocket.tls_listen)
+        listening = yield endpoint.listen(self.app.websocket_factory(secure=True))
+        self.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+        self.app.tls.startService()  # the SIGHUP handler
+        self.addCleanup(self.app.tls.stopService)
+        self.clients = []
+        self.addCleanup(lambda: defer.gatherResults([drop(c) for c in self.clients if not c.closed.called]))
+
+    def install_certificate(self, issued):
+        cert_pem, key_pem, serial = issued
+        with open(self.key_path, "wb") as f:
+            f.write(key_pem)
+        with open(self.cert_path, "wb") as f:
+            f.write(cert_pem)
+        return serial
+
+    @defer.inlineCallbacks
+    def connect(self, path, hostname="localhost", ca_pem=None):
+        options = optionsForClientTLS(hostname, trustRoot=Certificate.loadPEM(ca_pem or self.ca.cert_pem),
+                                      acceptableProtocols=[b"http/1.1"])
+        endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=5))
+        factory = WebSocketClientFactory("wss://%s:%d%s" % (hostname, self.port, path))
+        factory.protocol = TestClient
+        client = yield endpoint.connect(factory)
+        self.clients.append(client)
+        yield with_deadline(client.opened, what="wss open")
+        return client
+
+    @defer.inlineCallbacks
+    def login(self, uid):
+        client = yield self.connect("/" + self.token(uid))
+        packet = yield client.next()
+        self.assertEqual((packet["type"], packet["uid"]), ("L", uid))
+        return client
+
+    @defer.inlineCallbacks
+    def ask(self, client, packet):
+        client.send(packet)
+        while True:
+            reply = yield client.next()
+            if reply.get("id") == packet["id"] and reply["type"] in "AEP":
+                return reply
+
+    async def test_login_and_message_over_wss(self):
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        reply = await self.ask(alice, {"id": "m1", "to": 2, "type": "t", "msg": "over TLS"})
+        self.assertEqual(reply["type"], "A")
+        delivered = await bob.next()
+        self.assertEqual((delivered["from"], delivered["type"], delivered["msg"]), (1, "t", "over TLS"))
+        self.assertEqual(alice.transport.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(alice.transport.getPeerCertificate().get_serial_number(), self.serial)
+
+    async def test_refused_token_over_wss(self):
+        client = await self.connect("/not-a-jwt")
+        self.assertEqual((await client.next())["type"], "C")
+        self.assertEqual((await client.wait_closed())[0], 4001)
+
+    async def test_client_verifies_the_hostname(self):
+        with self.assertRaises(ConnectionError):
+            await self.connect("/" + self.token(1), hostname="imd.example.org")
+
+    async def test_client_refuses_an_unknown_ca(self):
+        with self.assertRaises(ConnectionError):
+            await self.connect("/" + self.token(1), ca_pem=TestCA("another CA").cert_pem)
+
+    async def test_sighup_reloads_the_certificate_and_keeps_open_connections(self):
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        self.assertEqual(alice.transport.getPeerCertificate().get_serial_number(), self.serial)
+
+        new_serial = self.install_certificate(self.ca.issue("localhost"))
+        reloaded = self.app.tls.when_reloaded()
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertEqual(await with_deadline(reloaded, what="reload"), 1)
+
+        bob = await self.login(2)
+        self.assertEqual(bob.transport.getPeerCertificate().get_serial_number(), new_serial)
+        # The connection opened before the reload is still up and working.
+        self.assertEqual((await self.ask(alice, {"id": "p", "to": 0, "type": "P"}))["type"], "P")
+        self.assertEqual((await self.ask(alice, {"id": "m", "to": 2, "type": "t", "msg": "hi"}))["type"], "A")
+        self.assertEqual((await bob.next())["msg"], "hi")
+        self.assertFalse(alice.closed.called)
+
+    async def test_failed_reload_keeps_the_old_certificate(self):
+        with open(self.cert_path, "wb") as f:
+            f.write(b"not a certificate\n")
+        self.assertEqual(self.app.tls.reload(), 0)
+        self.flushLoggedErrors()
+        client = await self.login(3)
+        self.assertEqual(client.transport.getPeerCertificate().get_serial_number(), self.serial)
+
+    def _stdlib_handshake(self, maximum_version):
+        context = ssl.create_default_context(cadata=self.ca.cert_pem.decode("ascii"))
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = maximum_version
+        try:
+            # Let an old protocol through on the client side, so that only
+            # the server's policy can refuse it.
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except ssl.SSLError:
+            pass
+        with socket.create_connection(("127.0.0.1", self.port), timeout=DEADLINE) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.version()
+
+    async def test_tls_1_2_is_the_minimum(self):
+        version = await threads.deferToThread(self._stdlib_handshake, ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(version, "TLSv1.2")
+        with self.assertRaises((ssl.SSLError, ConnectionError)):
+            await threads.deferToThread(self._stdlib_handshake, ssl.TLSVersion.TLSv1_1)
