@@ -1,0 +1,34 @@
+"""The ``http`` role: token issuer, web test page, ``/healthz``, ``/metrics``."""
+
+from twisted.web.resource import Resource
+
+from imd.http.health import HealthResource
+from imd.http.metrics import MetricsResource
+from imd.http.page import page_resources
+from imd.http.resource import NotFound
+from imd.http.site import ImdSite
+from imd.http.token import TokenResource
+
+
+class Root(Resource):
+    def getChild(self, path, request):
+        return NotFound()
+
+
+class _Folder(Root):
+    def render(self, request):
+        return NotFound().render(request)
+
+
+def build_site(app, ws_base_url=None):
+    """The Site of the http role.  ``ws_base_url`` overrides where issued
+    tokens point (tests whose ws listener took port 0)."""
+    root = Root()
+    for name, resource in page_resources().items():
+        root.putChild(name, resource)
+    im = _Folder()
+    im.putChild(b"token", TokenResource(app, ws_base_url))
+    root.putChild(b"IM", im)
+    root.putChild(b"healthz", HealthResource(app))
+    root.putChild(b"metrics", MetricsResource(app))
+    return ImdSite(root, app.clock)

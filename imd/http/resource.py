@@ -1,0 +1,153 @@
+"""What every imd HTTP resource shares: JSON answers, the one error path,
+CORS, the request body cap, and async rendering.
+
+A resource's ``render_<METHOD>`` returns ``(status, body)`` or a Deferred of
+it, or raises :class:`HttpError`; anything else that goes wrong is logged and
+answered 500.  Every error body is ``{"error": "..."}``.
+"""
+
+import json
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+_log = Logger()
+
+PREFLIGHT_MAX_AGE = 600
+
+
+class HttpError(Exception):
+    def __init__(self, status, message, headers=None):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class Raw:
+    """A non-JSON body: ``Raw(b"...", "text/plain; charset=utf-8")``."""
+    __slots__ = ("data", "content_type")
+
+    def __init__(self, data, content_type):
+        self.data = data
+        self.content_type = content_type
+
+
+def json_bytes(obj):
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8")
+
+
+def apply_cors(request, origins):
+    """Allow the request's Origin when ``[http] cors_origins`` lists it (or ``*``)."""
+    if not origins:
+        return False
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return False
+    if "*" in origins:
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        return True
+    request.setHeader(b"Vary", b"Origin")
+    if origin.decode("latin-1") in origins:
+        request.setHeader(b"Access-Control-Allow-Origin", origin)
+        return True
+    return False
+
+
+class JsonResource(Resource):
+    isLeaf = True
+    methods = ()   # e.g. ("GET",); HEAD follows GET, OPTIONS is the CORS preflight
+
+    def __init__(self, cors_origins=()):
+        super().__init__()
+        self.cors_origins = cors_origins
+
+    def render(self, request):
+        allowed = apply_cors(request, self.cors_origins)
+        if any(request.postpath):
+            return self._finish(request, (404, {"error": "no such resource"}))
+        method = request.method.decode("ascii", "replace").upper()
+        if method == "OPTIONS":
+            return self._preflight(request, allowed)
+        if method == "HEAD" and "GET" in self.methods:
+            method = "GET"
+        if method not in self.methods:
+            return self._finish(request, self._error(HttpError(
+                405, "method %s not allowed here (use %s)" % (method[:16], ", ".join(self.methods)),
+                {b"Allow": ", ".join(self.methods + ("OPTIONS",)).encode("ascii")})))
+        if getattr(request, "body_too_large", False):
+            return self._finish(request, self._error(HttpError(
+                413, "request body over %d bytes" % request.max_body)))
+        d = defer.maybeDeferred(getattr(self, "render_" + method), request)
+        d.addErrback(self._failed, request)
+        d.addCallback(self._write, request)
+        return NOT_DONE_YET
+
+    def _preflight(self, request, allowed):
+        request.setResponseCode(204)
+        request.setHeader(b"Allow", ", ".join(self.methods + ("OPTIONS",)).encode("ascii"))
+        if allowed:
+            request.setHeader(b"Access-Control-Allow-Methods",
+                              ", ".join(self.methods + ("OPTIONS",)).encode("ascii"))
+            request.setHeader(b"Access-Control-Allow-Headers", b"Authorization, Content-Type")
+            request.setHeader(b"Access-Control-Max-Age", str(PREFLIGHT_MAX_AGE).encode("ascii"))
+        return b""
+
+    @staticmethod
+    def _error(error):
+        return error.status, {"error": error.message}, error.headers
+
+    def _failed(self, failure, request):
+        if failure.check(HttpError):
+            return self._error(failure.value)
+        _log.failure("unexpected error answering {method} {path}", failure,
+                     method=request.method, path=request.path)
+        return 500, {"error": "internal server error"}, {}
+
+    def _write(self, result, request):
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        body = self._finish(request, result)
+        request.write(body)
+        request.finish()
+
+    @staticmethod
+    def _finish(request, result):
+        status, body, headers = result if len(result) == 3 else (result[0], result[1], {})
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if isinstance(body, Raw):
+            request.setHeader(b"Content-Type", body.content_type.encode("ascii"))
+            data = body.data
+        else:
+            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+            data = json_bytes(body)
+        request.setHeader(b"Content-Length", str(len(data)).encode("ascii"))
+        return b"" if request.method == b"HEAD" else data
+
+
+class NotFound(JsonResource):
+    methods = ("GET", "POST")
+
+    def render(self, request):
+        return self._finish(request, (404, {"error": "no such resource"}))
+
+
+def read_json_object(request):
+    """The body as a JSON object; None when empty; HttpError 400 otherwise."""
+    request.content.seek(0)
+    data = request.content.read()
+    if not data.strip():
+        return None
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise HttpError(400, "the body must be a JSON object")
+    if not isinstance(obj, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return obj

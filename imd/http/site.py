@@ -1,0 +1,78 @@
+"""The HTTP site: a body cap on every request and an access log that never
+holds a token.
+
+twisted.web reads a whole request body before rendering; :class:`CappedRequest`
+keeps at most ``max_body`` bytes of it and marks the request so the resource
+answers 413.  The access log goes through twisted.logger; its path has
+``token`` query values and JWT-looking path segments masked, and it holds no
+header values (no Authorization, no Referer).
+"""
+
+import re
+from urllib.parse import parse_qsl, urlencode
+
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+_log = Logger()
+
+MAX_BODY_BYTES = 8192
+REQUEST_IDLE_TIMEOUT = 60
+
+# header.payload.signature in base64url: a JWT wherever it appears.
+_JWT = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+_SECRET_PARAMS = {"token", "access_token", "jwt"}
+
+
+def redact(uri):
+    """``uri`` (bytes or str) with every token masked as ``***``."""
+    if isinstance(uri, bytes):
+        uri = uri.decode("latin-1")
+    path, sep, query = uri.partition("?")
+    path = _JWT.sub("***", path)
+    if sep:
+        pairs = [(k, "***" if k.lower() in _SECRET_PARAMS else _JWT.sub("***", v))
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        path += "?" + urlencode(pairs, safe="*")
+    return path[:300]
+
+
+class CappedRequest(Request):
+    max_body = MAX_BODY_BYTES
+    body_too_large = False
+    _body_bytes = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.max_body:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class ImdSite(Site):
+    requestFactory = CappedRequest
+
+    def __init__(self, resource, clock):
+        super().__init__(resource, timeout=REQUEST_IDLE_TIMEOUT)
+        self._clock = clock
+        self.displayTracebacks = False
+
+    def log(self, request):
+        peer = request.getClientAddress()
+        _log.info("http {peer} {method} {path} {code} {length}",
+                  peer=getattr(peer, "host", "-"),
+                  method=request.method.decode("latin-1")[:16],
+                  path=redact(request.uri),
+                  code=request.code,
+                  length=request.sentLength or 0)

@@ -1,0 +1,129 @@
+"""Prometheus metrics of one App, in a registry of its own.
+
+A registry per App (not prometheus_client's global one) lets several Apps
+live in one process, as the tests do.  Label values come from fixed sets so a
+client cannot grow the number of series: packet types outside the contract
+count as ``other``, refusal reasons lose their variable tail.
+"""
+
+import re
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from imd.errors import ERROR_CODES
+from imd.protocol import COMMAND_TYPES, MESSAGE_TYPES
+
+# Client packet types answered with an ``A`` when they succeed (contract §2, §4).
+ACKED_TYPES = frozenset("tiTS")
+_PACKET_TYPES = MESSAGE_TYPES | COMMAND_TYPES
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def refusal_label(reason):
+    """``"bad token: Signature has expired"`` -> ``"bad_token"``: a bounded label."""
+    head = reason.split(":", 1)[0].strip().lower()
+    label = re.sub(r"[^a-z0-9]+", "_", head).strip("_")[:40]
+    return label or "other"
+
+
+def store_of(message):
+    """Which store a StoreUnavailable message is about (they name it first)."""
+    return "mysql" if "mysql" in message.lower() else "redis"
+
+
+class Metrics:
+    def __init__(self):
+        # The *_created series only repeat the process start time.
+        disable_created_metrics()
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.connections_open = Gauge(
+            "imd_connections_open", "Logged-in WebSocket connections of this process",
+            registry=registry)
+        self.logins = Counter(
+            "imd_logins", "WebSocket logins, by result and refusal reason",
+            ["result", "reason"], registry=registry)
+        self.packets_in = Counter(
+            "imd_packets_in", "Client packets received, by type (invalid = not parsed)",
+            ["type"], registry=registry)
+        self.acks = Counter(
+            "imd_acks", "A packets sent", registry=registry)
+        self.errors = Counter(
+            "imd_errors", "E packets sent, by code", ["code"], registry=registry)
+        self.ack_latency = Histogram(
+            "imd_ack_latency_seconds", "Time from a frame received to its A sent",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry)
+        self.fanout = Histogram(
+            "imd_delivery_fanout", "Connections of this process each relayed message reached",
+            buckets=(0, 1, 2, 3, 5, 10), registry=registry)
+        self.mq_length = Gauge(
+            "imd_mq_length", "Messages in the Redis MQ list not yet migrated (read at scrape time)",
+            registry=registry)
+        self.migrator_lag = Gauge(
+            "imd_migrator_lag_seconds", "Age of the oldest message not yet migrated to MySQL",
+            registry=registry)
+        self.store_errors = Counter(
+            "imd_store_errors", "Calls to Redis or MySQL that failed or timed out",
+            ["store"], registry=registry)
+        for code in ERROR_CODES:
+            self.errors.labels(code)
+        for store in ("redis", "mysql"):
+            self.store_errors.labels(store)
+        self.logins.labels("ok", "")
+        self._lag = None
+        self.migrator_lag.set_function(self._read_lag)
+
+    # --- called by the transport ---------------------------------------------
+
+    def connection_opened(self):
+        self.connections_open.inc()
+
+    def connection_closed(self):
+        self.connections_open.dec()
+
+    def login_ok(self):
+        self.logins.labels("ok", "").inc()
+
+    def login_refused(self, reason):
+        self.logins.labels("refused", refusal_label(reason)).inc()
+
+    def packet_in(self, packet_type):
+        label = packet_type if packet_type in _PACKET_TYPES else "other"
+        self.packets_in.labels(label).inc()
+
+    def reply_sent(self, packet_type, received_at, now):
+        """A successful reply to a ``packet_type`` packet left at ``now``."""
+        if packet_type in ACKED_TYPES:
+            self.acks.inc()
+            self.ack_latency.observe(max(0.0, now - received_at))
+
+    def error_sent(self, code):
+        self.errors.labels(code if code in ERROR_CODES else "internal").inc()
+
+    def delivered(self, connections):
+        self.fanout.observe(connections)
+
+    def store_error(self, message):
+        self.store_errors.labels(store_of(message)).inc()
+
+    # --- the migrator's lag, read when scraped ---------------------------------
+
+    def watch_migrator(self, lag_seconds):
+        """``lag_seconds()``: the migrator's current lag, or None when unknown."""
+        self._lag = lag_seconds
+
+    def _read_lag(self):
+        if self._lag is None:
+            return float("nan")
+        try:
+            value = self._lag()
+        except Exception:
+            return float("nan")
+        return float("nan") if value is None else float(value)
+
+    def exposition(self):
+        """The Prometheus text of every metric (bytes)."""
+        return generate_latest(self.registry)
