@@ -103,7 +103,8 @@ class ImdServer:
     @defer.inlineCallbacks
     def start(self):
         self.app.redis_client.startService()
-        yield self.app.redis_client.wait_connected(DEADLINE)
+        # polled on the real reactor: the app's own clock may be a task.Clock
+        yield wait_until(lambda: self.app.redis_client.connected, what="redis connection")
         endpoint = serverFromString(reactor, self.app.settings.websocket.listen)
         self._listening = yield endpoint.listen(self.app.websocket_factory())
         self.port = self._listening.getHost().port

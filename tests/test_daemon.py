@@ -1,0 +1,124 @@
+"""The real programs: ``imd-admin`` and ``twistd -n imd`` as subprocesses."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jwt
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.support import (REDIS_DB, RedisTestMixin, connect_client, drop, free_port, settings_text,
+                           wait_until)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+class ProgramTestMixin(RedisTestMixin):
+
+    def write_config(self, overrides=None):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(settings_text(overrides))
+        return path
+
+    def admin(self, config, *args):
+        result = subprocess.run([os.path.join(BIN, "imd-admin"), "--config", config] + list(args),
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return result.returncode, result.stdout, result.stderr
+
+
+class AdminTests(ProgramTestMixin, unittest.TestCase):
+
+    def test_keys_init_does_not_replace_without_force(self):
+        config = self.write_config()
+        code, out, _ = self.admin(config, "keys", "init")
+        self.assertEqual(code, 0)
+        self.assertIn("already set", out)
+
+    async def test_keys_init_on_an_empty_redis_then_force(self):
+        await self.redis.delete("publicKey", "privateKey")
+        config = self.write_config()
+        code, out, err = self.admin(config, "keys", "init")
+        self.assertEqual(code, 0, err)
+        first = await self.redis.get("publicKey")
+        self.assertTrue(first.startswith("-----BEGIN PUBLIC KEY-----"))
+        self.assertTrue((await self.redis.get("privateKey")).startswith("-----BEGIN PRIVATE KEY-----"))
+        code, out, err = self.admin(config, "keys", "init", "--force")
+        self.assertEqual(code, 0, err)
+        self.assertNotEqual(await self.redis.get("publicKey"), first)
+
+    async def test_token_issue_gives_a_token_the_server_accepts(self):
+        config = self.write_config()
+        code, out, err = self.admin(config, "token", "issue", "31")
+        self.assertEqual(code, 0, err)
+        claims = jwt.decode(out.strip(), await self.redis.get("publicKey"), algorithms=["RS256"])
+        self.assertEqual((claims["id"], claims["type"], claims["exp"] - claims["iat"]), (31, "websocket", 120))
+        self.assertTrue(claims["jti"])
+
+    async def test_friend_add_list_rm_both_directions(self):
+        config = self.write_config()
+        self.assertEqual(self.admin(config, "friend", "add", "1", "2")[0], 0)
+        self.assertEqual(self.admin(config, "friend", "add", "1", "3")[0], 0)
+        self.assertEqual(self.admin(config, "friend", "list", "1")[1].split(), ["2", "3"])
+        self.assertEqual(self.admin(config, "friend", "list", "2")[1].split(), ["1"])
+        self.assertEqual(self.admin(config, "friend", "rm", "2", "1")[0], 0)
+        self.assertEqual(sorted(await self.redis.smembers("URS:1")), ["3"])
+        self.assertEqual(await self.redis.smembers("URS:2"), set())
+
+    def test_bad_arguments_and_unreachable_redis_are_one_line(self):
+        config = self.write_config()
+        code, _, err = self.admin(config, "friend", "add", "1", "x")
+        self.assertNotEqual(code, 0)
+        self.assertIn("user id", err)
+        code, _, err = self.admin(config, "friend", "add", "4", "4")
+        self.assertEqual((code, err.strip()), (1, "imd-admin: a user cannot befriend themselves"))
+        dead = self.write_config({"redis": {"url": "redis://127.0.0.1:%d/0" % free_port(), "timeout": "0.5"}})
+        code, _, err = self.admin(dead, "friend", "list", "1")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("cannot connect to redis", err)
+
+
+class TwistdTests(ProgramTestMixin, unittest.TestCase):
+
+    async def test_twistd_imd_serves_logins_and_messages(self):
+        port = free_port()
+        config = self.write_config({"websocket": {"listen": "tcp:%d:interface=127.0.0.1" % port}})
+        process = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "imd", "--config", config],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def stop():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+            process.stdout.close()
+        self.addCleanup(stop)
+        await wait_until(lambda: _accepts(port), what="twistd listening on %d" % port)
+        await self.befriend(1, 2)
+        alice = await connect_client(port, "/" + self.token(1))
+        bob = await connect_client(port, "/" + self.token(2))
+        self.addCleanup(lambda: defer.gatherResults([drop(alice), drop(bob)]))
+        self.assertEqual((await alice.next())["type"], "L")
+        self.assertEqual((await bob.next())["type"], "L")
+        alice.send({"id": "d1", "to": 2, "type": "t", "msg": "via twistd"})
+        self.assertEqual((await alice.next())["type"], "A")
+        self.assertEqual((await bob.next())["msg"], "via twistd")
+        self.assertEqual(await self.redis.llen("MQ"), 1)
+        self.assertEqual(REDIS_DB, self.server_db(config))
+
+    @staticmethod
+    def server_db(config):
+        from imd.config import load_settings
+        return load_settings(config).redis.url.db
+
+
+def _accepts(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False

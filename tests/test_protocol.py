@@ -1,0 +1,177 @@
+"""The pure protocol module: table-driven cases and a property test."""
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from imd import protocol
+from imd.protocol import PacketError, parse_frame
+
+
+def frame(**fields):
+    return json.dumps(fields).encode("utf-8")
+
+
+# (frame, expected packet or (error code, echoed id))
+GOOD = [
+    (frame(id="a", to=2, type="t", msg="hi"), protocol.MessagePacket("a", "t", 2, "hi")),
+    (frame(id=17, to="2", type="t", msg="x" * 1023), protocol.MessagePacket(17, "t", 2, "x" * 1023)),
+    (frame(id="i", to=3, type="i", msg="img-1"), protocol.MessagePacket("i", "i", 3, "img-1")),
+    (frame(id="i", to=3, type="i", msg=55), protocol.MessagePacket("i", "i", 3, 55)),
+    (frame(id="p", to=0, type="P"), protocol.PingPacket("p")),
+    (frame(id="p", to=0, type="P", msg={"any": "thing"}), protocol.PingPacket("p")),
+    (frame(id="T", to=0, type="T", msg=42), protocol.TakeOrderPacket("T", 42)),
+    (frame(id="T", to=0, type="T", msg="42"), protocol.TakeOrderPacket("T", 42)),
+    (frame(id="S", to=0, type="S", msg={"longtitude": 180, "latitude": -85.05112878}),
+     protocol.SitePacket("S", 180.0, -85.05112878)),
+    (frame(id="S", to=0, type="S", msg={"longitude": -180.0, "latitude": 0}), protocol.SitePacket("S", -180.0, 0.0)),
+    (frame(id="O", to=0, type="O", msg=9), protocol.OnlinePacket("O", 9)),
+    (frame(id="H", to=0, type="H", msg=1700000000000), protocol.HistoryPacket("H", since=1700000000000)),
+    (frame(id="H", to=0, type="H", msg={"since": 5, "limit": 500, "with": "3"}),
+     protocol.HistoryPacket("H", since=5, limit=500, with_uid=3)),
+    (frame(id="H", to=0, type="H", msg={"after": "abc"}), protocol.HistoryPacket("H", after="abc")),
+]
+
+BAD = [
+    (b"", ("bad_packet", None)),
+    (b"nope", ("bad_packet", None)),
+    (b"[]", ("bad_packet", None)),
+    (b"null", ("bad_packet", None)),
+    (b'{"id": NaN, "type": "P"}', ("bad_packet", None)),
+    (b"[" * 100000, ("bad_packet", None)),
+    (frame(to=0, type="P"), ("bad_packet", None)),
+    (frame(id="", to=0, type="P"), ("bad_packet", None)),
+    (frame(id="x" * 65, to=0, type="P"), ("bad_packet", None)),
+    (frame(id=True, to=0, type="P"), ("bad_packet", None)),
+    (frame(id=1.5, to=0, type="P"), ("bad_packet", None)),
+    (frame(id={"a": 1}, to=0, type="P"), ("bad_packet", None)),
+    (frame(id="a", to=0), ("bad_packet", "a")),
+    (frame(id="a", to=0, type=1), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="X"), ("unknown_type", "a")),
+    (frame(id="a", to=0, type="s", msg={}), ("unknown_type", "a")),
+    (frame(id="a", to=0, type="A"), ("unknown_type", "a")),
+    (frame(id="a", to=0, type="tt", msg="x"), ("unknown_type", "a")),
+    (frame(id="a", to=0, type="t", msg="x"), ("bad_packet", "a")),
+    (frame(id="a", to="2x", type="t", msg="x"), ("bad_packet", "a")),
+    (frame(id="a", to=True, type="t", msg="x"), ("bad_packet", "a")),
+    (frame(id="a", to=2.0, type="t", msg="x"), ("bad_packet", "a")),
+    (frame(id="a", to=2, type="t", msg=""), ("bad_packet", "a")),
+    (frame(id="a", to=2, type="t", msg=None), ("bad_packet", "a")),
+    (frame(id="a", to=2, type="t"), ("bad_packet", "a")),
+    (frame(id="a", to=2, type="t", msg="x" * 1024), ("too_long", "a")),
+    (frame(id="a", to=2, type="i", msg="x" * 129), ("too_long", "a")),
+    (frame(id="a", to=2, type="i", msg=0), ("bad_packet", "a")),
+    (frame(id="a", to=2, type="i", msg=""), ("bad_packet", "a")),
+    (b'{"id": "a", "to": 2, "type": "t", "msg": "\\ud800"}', ("bad_packet", "a")),
+    (frame(id="a", to=0, type="T", msg="x"), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="T"), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="S", msg={"longitude": 180.1, "latitude": 0}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="S", msg={"longitude": 0, "latitude": 85.06}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="S", msg={"longitude": "1", "latitude": 0}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="S", msg={"latitude": 0}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="S", msg=[1, 2]), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="O", msg=0), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H"), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"limit": 0}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"limit": 501}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"since": -1}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"with": "me"}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"after": 3}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"after": "c", "limit": 3}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg={"until": 3}), ("bad_packet", "a")),
+    (frame(id="a", to=0, type="H", msg="yesterday"), ("bad_packet", "a")),
+]
+
+
+class ParseTests(unittest.SynchronousTestCase):
+
+    def test_good_frames(self):
+        for payload, expected in GOOD:
+            self.assertEqual(parse_frame(payload), expected, payload)
+
+    def test_bad_frames(self):
+        for payload, (code, packet_id) in BAD:
+            with self.assertRaises(PacketError, msg=payload[:80]) as caught:
+                parse_frame(payload)
+            self.assertEqual((caught.exception.code, caught.exception.packet_id), (code, packet_id), payload[:80])
+
+    def test_binary_frame_is_bad_packet_with_null_id(self):
+        with self.assertRaises(PacketError) as caught:
+            parse_frame(frame(id="a", to=0, type="P"), is_binary=True)
+        self.assertEqual((caught.exception.code, caught.exception.packet_id), ("bad_packet", None))
+
+    def test_numeric_id_dedups_as_its_decimal_string(self):
+        self.assertEqual(parse_frame(frame(id=42, to=0, type="P")).dedup_id,
+                         parse_frame(frame(id="42", to=0, type="P")).dedup_id)
+
+    def test_text_length_counts_code_points(self):
+        self.assertEqual(parse_frame(frame(id="a", to=2, type="t", msg="😀" * 1023)).msg, "😀" * 1023)
+
+
+class BuildTests(unittest.SynchronousTestCase):
+
+    def test_server_packets(self):
+        self.assertEqual(json.loads(protocol.ack(5)), {"id": 5, "from": 0, "type": "A", "msg": "success"})
+        self.assertEqual(json.loads(protocol.error(None, "bad_packet", "why")),
+                         {"id": None, "from": 0, "type": "E", "msg": "why", "code": "bad_packet"})
+        self.assertEqual(json.loads(protocol.login("s1", 7)),
+                         {"id": "s1", "from": 0, "type": "L", "msg": "login in", "uid": 7})
+        self.assertEqual(json.loads(protocol.close("s2", "bye")), {"id": "s2", "from": 0, "type": "C", "msg": "bye"})
+        self.assertEqual(json.loads(protocol.pong("p")), {"id": "p", "from": 0, "type": "P", "msg": "pong"})
+        self.assertEqual(json.loads(protocol.online("o", 3, True)),
+                         {"id": "o", "from": 0, "type": "O", "msg": {"uid": 3, "online": True}})
+
+    def test_message_json_keeps_the_id_type_and_unicode(self):
+        packet = parse_frame(frame(id=9, to=2, type="t", msg="привет"))
+        stored = protocol.message_json(packet, 1, 1700000000123)
+        self.assertIn("привет".encode("utf-8"), stored)
+        self.assertEqual(json.loads(stored), {"id": 9, "from": 1, "to": 2, "type": "t", "msg": "привет",
+                                              "ts": 1700000000123})
+
+    def test_history_reply(self):
+        reply = json.loads(protocol.history("h", [b'{"id":"a"}', '{"id":"b"}'], True, "cur"))
+        self.assertEqual(reply, {"id": "h", "from": 0, "type": "H", "msg": [{"id": "a"}, {"id": "b"}],
+                                 "more": True, "next": "cur"})
+        self.assertNotIn("next", json.loads(protocol.history("h", [], False)))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+packet_like = st.fixed_dictionaries(
+    {},
+    optional={"id": json_values | st.text(min_size=1, max_size=64),
+              "to": json_values | st.integers(min_value=-3, max_value=10 ** 20),
+              "type": st.sampled_from(list("tiPTSOHsAEx") + ["", "tt"]) | json_values,
+              "msg": json_values | st.text(max_size=1100),
+              "from": json_values})
+
+
+class PropertyTests(unittest.SynchronousTestCase):
+
+    @settings(max_examples=800, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_any_bytes_give_a_packet_or_a_packet_error(self, payload):
+        self._parse(payload)
+
+    @settings(max_examples=1500, deadline=None)
+    @given(packet_like)
+    def test_any_packet_like_object_gives_a_packet_or_a_packet_error(self, obj):
+        self._parse(json.dumps(obj).encode("utf-8"))
+
+    def _parse(self, payload):
+        try:
+            packet = parse_frame(payload)
+        except PacketError as e:
+            self.assertIn(e.code, ("bad_packet", "unknown_type", "too_long"))
+            if e.packet_id is not None:
+                protocol.error(e.packet_id, e.code, e.reason)  # always encodable
+            return
+        self.assertIn(packet.type, "tiPTSOH")
+        protocol.ack(packet.id)
+        if isinstance(packet, protocol.MessagePacket):
+            protocol.message_json(packet, 1, 0)
