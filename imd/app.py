@@ -123,13 +123,13 @@ class App:
         """The migrate role (it uses ``self.mysql``, started by the caller):
         its own Redis connection, so its batches never queue behind client
         traffic, and the :class:`imd.migrator.Migrator`."""
-        from twisted.application.service import MultiService
-
         from imd.migrator import Migrator
         redis = self.settings.redis
         client = RedisClient(redis.url, redis.timeout, self.clock)
         self.migrator = Migrator(QueueStore(client, redis.prefix), self.mysql, self.settings.migrate, self.clock)
-        group = MultiService()
+        # Stopped in order: the migrator finishes its batch before its Redis
+        # connection closes.
+        group = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock)
         client.setServiceParent(group)
         self.migrator.setServiceParent(group)
         return group

@@ -59,7 +59,9 @@ class GracefulMultiService(MultiService):
         # (so the exit status would be "killed by SIGTERM").  SIGTERM is how an
         # operator or systemd asks for a normal stop, and the stop was
         # orderly: report success.
-        if self._reactor is not None and getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
+        if self._reactor is None:
+            return  # a group inside the top service
+        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
             self._reactor._exitSignal = None
         _log.info("shutdown complete")
 
