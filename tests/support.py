@@ -103,6 +103,7 @@ class ImdServer:
     @defer.inlineCallbacks
     def start(self):
         self.app.redis_client.startService()
+        self.app.mysql.startService()  # connects on first use only
         # polled on the real reactor: the app's own clock may be a task.Clock
         yield wait_until(lambda: self.app.redis_client.connected, what="redis connection")
         endpoint = serverFromString(reactor, self.app.settings.websocket.listen)
@@ -117,6 +118,7 @@ class ImdServer:
         for uid in self.app.sessions.users():
             for session in list(self.app.sessions.sessions_of(uid)):
                 session.dropConnection(abort=True)
+        self.app.mysql.stopService()
         yield self.app.redis_client.stopService()
 
 
