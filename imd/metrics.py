@@ -94,6 +94,10 @@ class Metrics:
         label = packet_type if packet_type in _PACKET_TYPES else "other"
         self.packets_in.labels(label).inc()
 
+    def frame_rejected(self, code):
+        """A frame that did not parse: an unknown type, or anything else wrong."""
+        self.packets_in.labels("other" if code == "unknown_type" else "invalid").inc()
+
     def reply_sent(self, packet_type, received_at, now):
         """A successful reply to a ``packet_type`` packet left at ``now``."""
         if packet_type in ACKED_TYPES:

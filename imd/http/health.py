@@ -3,12 +3,10 @@
 200 ``{"redis": "ok", "mysql": "ok"}``; otherwise 503 with ``"down"`` for each
 store that failed and ``error`` saying why.  Redis is asked ``PING`` through
 the App's own client (so the answer is about the connection the daemon uses);
-MySQL ``SELECT 1`` through the App's MySQL store when it has one, else over a
-short-lived connection of its own.
+MySQL ``SELECT 1`` through the App's MySQL pool.
 """
 
-import pymysql
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from imd.http.resource import JsonResource
@@ -16,20 +14,6 @@ from imd.http.resource import JsonResource
 _log = Logger()
 
 MYSQL_TIMEOUT = 5
-
-
-def _select_one(settings):
-    """Blocking: connect, ``SELECT 1``, disconnect (runs in a thread)."""
-    conn = pymysql.connect(host=settings.host, port=settings.port, user=settings.user,
-                           password=settings.password, database=settings.database,
-                           connect_timeout=MYSQL_TIMEOUT, read_timeout=MYSQL_TIMEOUT,
-                           write_timeout=MYSQL_TIMEOUT)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
-    finally:
-        conn.close()
 
 
 class HealthResource(JsonResource):
@@ -43,13 +27,7 @@ class HealthResource(JsonResource):
         return self._app.redis_client.call("PING")
 
     def check_mysql(self):
-        store = getattr(self._app, "mysql", None)
-        if store is not None and hasattr(store, "ping"):
-            d = store.ping()
-        else:
-            d = threads.deferToThreadPool(self._app.reactor, self._app.reactor.getThreadPool(),
-                                          _select_one, self._app.settings.mysql)
-        return d.addTimeout(MYSQL_TIMEOUT + 1, self._app.clock)
+        return self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, self._app.clock)
 
     @defer.inlineCallbacks
     def render_GET(self, request):

@@ -7,6 +7,7 @@ signed HS256 by the platform with the user id in claim ``id``; its ``exp`` and
 """
 
 import ipaddress
+import re
 
 import jwt
 from twisted.internet import defer
@@ -21,6 +22,7 @@ from imd.protocol import parse_uid
 _log = Logger()
 
 PLATFORM_ALGORITHM = "HS256"
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd"'}
 
 
@@ -50,7 +52,9 @@ def ws_base_url(settings, request):
     description = settings.websocket.tls_listen if secure else settings.websocket.listen
     host = endpoint_interface(description)
     if host is None or _is_unspecified(host):
-        host = request.getRequestHostname().decode("idna", "replace").strip("[]")
+        host = request.getRequestHostname().decode("ascii", "replace").strip("[]")
+        if not _HOST.fullmatch(host):
+            host = "localhost"
     if ":" in host:
         host = "[%s]" % host
     return "%s://%s:%d/" % ("wss" if secure else "ws", host, endpoint_port(description) or 0)

@@ -211,6 +211,10 @@ class MysqlStore(Service):
     def count_messages(self):
         return self.run_interaction(_count_messages_txn)
 
+    def ping(self):
+        """``SELECT 1`` through the pool: is MySQL reachable right now (/healthz)."""
+        return self.run_interaction(_ping_txn)
+
 
 _INSERT_MESSAGE = ("INSERT IGNORE INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
                    " VALUES (%s, %s, %s, %s, %s, %s, %s)")
@@ -256,4 +260,9 @@ def _history_txn(cursor, uid, with_uid, position, limit):
 
 def _count_messages_txn(cursor):
     cursor.execute("SELECT COUNT(*) FROM message")
+    return cursor.fetchone()[0]
+
+
+def _ping_txn(cursor):
+    cursor.execute("SELECT 1")
     return cursor.fetchone()[0]

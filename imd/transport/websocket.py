@@ -41,10 +41,11 @@ class _Failed:
 
 
 class _Slot:
-    __slots__ = ("outcome",)
+    __slots__ = ("outcome", "timing")
 
-    def __init__(self):
+    def __init__(self, timing=None):
         self.outcome = None
+        self.timing = timing  # (packet type, time received) for the metrics
 
 
 def _as_failed(failure, packet_id):
@@ -64,6 +65,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _draining = False
     _closed_waiters = ()
     _idle_call = None
+    _counted = False
 
     # --- login ---------------------------------------------------------------
 
@@ -86,6 +88,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         else:
             _log.failure("login check failed", failure)
             self._refusal = "internal error"
+        self._app.metrics.login_refused(self._refusal)
         _log.info("login refused peer={peer} node={node}: {why}", peer=self.peer_address,
                   node=self._app.node_id, why=self._refusal)
         return None
@@ -105,6 +108,9 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._tokens = float(settings.burst)
         self._tokens_at = app.clock.seconds()
         self._idle_call = app.clock.callLater(settings.idle_timeout, self._idle)
+        self._counted = True
+        app.metrics.login_ok()
+        app.metrics.connection_opened()
         for old in app.sessions.add(self):
             old.close_with(CLOSE_REPLACED, "replaced by a newer device")
         _log.info("login uid={uid} peer={peer} node={node}", uid=self.uid, peer=self.peer_address,
@@ -119,12 +125,15 @@ class ImdServerProtocol(WebSocketServerProtocol):
         app = self._app
         settings = app.settings.websocket
         self._idle_call.reset(settings.idle_timeout)
+        received = app.clock.seconds()
         try:
             packet = protocol.parse_frame(payload, isBinary)
         except protocol.PacketError as e:
+            app.metrics.frame_rejected(e.code)
             self._take_token(settings)
             self._answer(_Failed(e.packet_id, e))
             return
+        app.metrics.packet_in(packet.type)
         if self._draining:
             # Shutting down: only packets received before the stop are handled.
             self._answer(_Failed(packet.id, ImdError("unavailable", "server shutting down, retry")))
@@ -143,7 +152,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("unexpected error while handling a packet")
             outcome = _Failed(packet.id, ImdError("internal"))
-        self._answer(outcome, packet.id)
+        self._answer(outcome, packet.id, (packet.type, received))
 
     def _take_token(self, settings):
         """Per-connection token bucket: ``rate`` packets/s, ``burst`` at once."""
@@ -157,17 +166,18 @@ class ImdServerProtocol(WebSocketServerProtocol):
 
     # --- replies out, in order -----------------------------------------------
 
-    def _answer(self, outcome, packet_id=None):
+    def _answer(self, outcome, packet_id=None, timing=None):
         if not isinstance(outcome, Deferred):
             if self._pending:
-                slot = _Slot()
+                slot = _Slot(timing)
                 slot.outcome = outcome
                 self._pending.append(slot)
             else:
-                self._emit(outcome)
+                self._emit(outcome, timing)
             return
-        slot = _Slot()
+        slot = _Slot(timing)
         self._pending.append(slot)
+        outcome.addErrback(self._count_store_error)
         outcome.addErrback(_as_failed, packet_id)
         outcome.addCallback(self._fill, slot)
 
@@ -175,23 +185,35 @@ class ImdServerProtocol(WebSocketServerProtocol):
         slot.outcome = outcome
         pending = self._pending
         while pending and pending[0].outcome is not None:
-            self._emit(pending.popleft().outcome)
+            head = pending.popleft()
+            self._emit(head.outcome, head.timing)
         if self._draining and not pending:
             self.close_with(CLOSE_GOING_AWAY, "server shutting down")
 
-    def _emit(self, outcome):
+    def _count_store_error(self, failure):
+        if failure.check(StoreUnavailable):
+            self._app.metrics.store_error(failure.getErrorMessage())
+        return failure
+
+    def _emit(self, outcome, timing=None):
+        metrics = self._app.metrics
         if isinstance(outcome, Reply):
             self._errors = 0
             self.send_packet(outcome.frame)
+            if timing is not None:
+                metrics.reply_sent(timing[0], timing[1], self._app.clock.seconds())
             if outcome.deliver_to is not None:
                 if self._app.settings.log.messages:
                     _log.info("message uid={uid} to={to} node={node}: {message}", uid=self.uid,
                               to=outcome.deliver_to, node=self._app.node_id,
                               message=outcome.payload.decode("utf-8", "replace"))
                 # Delivered even when the sender has gone: it is stored.
-                self._app.router.deliver(outcome.deliver_to, outcome.payload)
+                reached = self._app.router.deliver(outcome.deliver_to, outcome.payload)
+                if isinstance(reached, int):
+                    metrics.delivered(reached)
             return
         error = outcome.error
+        metrics.error_sent(error.code)
         self.send_packet(protocol.error(outcome.packet_id, error.code, error.reason))
         self._errors += 1
         if self._errors >= self._app.settings.websocket.max_errors and not self._closing:
@@ -239,6 +261,9 @@ class ImdServerProtocol(WebSocketServerProtocol):
             _log.info("logout uid={uid} peer={peer} node={node} code={code}", uid=self.uid,
                       peer=getattr(self, "peer_address", None), node=self._app.node_id, code=code)
         self._closing = True
+        if self._counted:
+            self._counted = False
+            self._app.metrics.connection_closed()
         if hasattr(self, "_app"):
             self._forget()
         waiters, self._closed_waiters = self._closed_waiters, []
