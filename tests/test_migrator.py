@@ -1,0 +1,189 @@
+"""The migrator: every acked message lands in ``message`` exactly once, across
+bursts, MySQL outages, several migrators and ``kill -9``."""
+
+import dataclasses
+import json
+
+from twisted.internet import defer, reactor, task
+from twisted.protocols.portforward import ProxyFactory
+from twisted.trial import unittest
+
+from imd.app import App
+from imd.migrator import Migrator
+from imd.stores.queue import QueueStore
+from imd.stores.redis import RedisClient
+from tests.mysql_support import MysqlTestMixin
+from tests.support import DEADLINE, ServerTestMixin, free_port, make_settings, wait_until
+
+FAST = {"websocket": {"rate": "100000", "burst": "100000"},
+        "migrate": {"batch": "50", "interval": "0.02", "lock_ttl": "0.6"}}
+
+
+def start_migrator(test, settings):
+    """An App's mysql pool + migrator service, running; stopped at cleanup."""
+    app = App(settings, reactor)
+    app.mysql.startService()
+    group = app.migrator_service()
+    group.startService()
+    test.addCleanup(app.mysql.stopService)
+    test.addCleanup(group.stopService)
+    return app.migrator
+
+
+@defer.inlineCallbacks
+def send_and_collect(client, sender, to, ids, text="m"):
+    """Send a ``t`` per id (pipelined); the set of ids that got ``A``."""
+    for packet_id in ids:
+        client.send({"id": packet_id, "to": to, "type": "t", "msg": "%s %s" % (text, packet_id)})
+    acked = set()
+    for _ in ids:
+        reply = yield client.next_of("AE")
+        assert reply["type"] == "A", reply
+        acked.add((sender, str(reply["id"])))
+    return acked
+
+
+class MigratorTestMixin(MysqlTestMixin, ServerTestMixin):
+    overrides = FAST
+
+    def rows_set(self):
+        def as_set(rows):
+            pairs = [(f, m) for f, m, _ in rows]
+            self.assertEqual(len(pairs), len(set(pairs)), "a message is in the table twice")
+            return set(pairs)
+        return self.message_rows().addCallback(as_set)
+
+
+class BurstTests(MigratorTestMixin, unittest.TestCase):
+
+    async def test_every_acked_message_of_a_burst_lands_once(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        senders = {}
+        for uid in (11, 12, 13, 14):
+            await self.befriend(uid, uid + 10)
+            senders[uid] = await self.login(uid)
+        results = await defer.gatherResults([
+            send_and_collect(client, uid, uid + 10, ["%d-%d" % (uid, n) for n in range(400)] + list(range(100)))
+            for uid, client in senders.items()])
+        acked = set().union(*results)
+        self.assertEqual(len(acked), 2000)
+        await with_drain(migrator)
+        self.assertEqual(await self.rows_set(), acked)
+        self.assertEqual(migrator.rows_migrated, 2000)
+
+    async def test_packet_is_stored_exactly_as_delivered(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        alice.send({"id": 77, "to": 2, "type": "t", "msg": "héllo 😀 \"quoted\""})
+        alice.send({"id": "img", "to": "2", "type": "i", "msg": 4242})
+        delivered = [await bob.next_of("ti"), await bob.next_of("ti")]
+        await with_drain(migrator)
+        rows = await self.message_rows()
+        self.assertEqual([json.loads(p) for _, _, p in rows], delivered)
+        self.assertEqual([(f, m) for f, m, _ in rows], [(1, "77"), (1, "img")])
+
+    async def test_unreadable_entries_go_to_dead_list(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        good = json.dumps({"id": "g", "from": 1, "to": 2, "type": "t", "msg": "ok", "ts": 5})
+        await self.redis.lpush("MQ", ["not json", good, json.dumps({"id": "x", "from": 0})])
+        await with_drain(migrator)
+        self.assertEqual(await self.rows_set(), {(1, "g")})
+        dead = await self.redis.lrange("MQ:dead", 0, -1)
+        self.assertEqual(sorted(dead), sorted(["not json", json.dumps({"id": "x", "from": 0})]))
+        self.assertEqual(migrator.dead_entries, 2)
+
+
+def with_drain(migrator, seconds=DEADLINE):
+    from tests.support import with_deadline
+    return with_deadline(migrator.wait_drained(), seconds, "drained queue")
+
+
+class MysqlAwayTests(MigratorTestMixin, unittest.TestCase):
+
+    async def test_mysql_away_then_back_all_land_once(self):
+        # The migrator talks to MySQL through a port forwarder that the test
+        # closes and opens: while closed, connections are refused.
+        proxy = ProxyFactory("127.0.0.1", self.mysql_settings.port)
+        port = free_port()
+        settings = self.server.app.settings.replace("mysql", port=port)
+        migrator = start_migrator(self, settings)
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        acked = await send_and_collect(alice, 1, 2, list(range(300)))
+        await wait_until(lambda: not migrator.mysql_up, what="migrator noticing MySQL is away")
+        in_flight = await self.redis.llen("MQ:processing")
+        self.assertEqual(in_flight, 50, "a batch waits in MQ:processing")
+        # more acked messages while MySQL is away
+        acked |= await send_and_collect(alice, 1, 2, ["late-%d" % n for n in range(200)])
+        listening = reactor.listenTCP(port, proxy, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        await with_drain(migrator, 20)
+        self.assertTrue(migrator.mysql_up)
+        self.assertEqual(await self.rows_set(), acked)
+        self.assertEqual(await self.redis.llen("MQ:processing"), 0)
+
+    async def test_history_says_unavailable_while_mysql_is_away(self):
+        await self.server.stop()
+        from tests.support import ImdServer
+        settings = make_settings(dict(FAST, mysql={"database": self.mysql_settings.database,
+                                                    "port": str(free_port())}))
+        self.server = ImdServer(settings)
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+        alice = await self.login(1)
+        reply = await self.ask(alice, {"id": "h1", "to": 0, "type": "H", "msg": 0})
+        self.assertEqual((reply["type"], reply["code"]), ("E", "unavailable"))
+        reply = await self.ask(alice, {"id": "p1", "to": 0, "type": "P", "msg": 0})
+        self.assertEqual(reply["type"], "P")
+
+
+class LeaderTests(MigratorTestMixin, unittest.TestCase):
+
+    async def test_one_leader_among_several_and_nothing_twice(self):
+        settings = self.server.app.settings
+        migrators = [start_migrator(self, settings) for _ in range(3)]
+        await wait_until(lambda: any(m.is_leader for m in migrators), what="a leader")
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        acked = await send_and_collect(alice, 1, 2, list(range(600)))
+        leader = [m for m in migrators if m.is_leader]
+        self.assertEqual(len(leader), 1)
+        await with_drain(leader[0])
+        self.assertEqual(sum(m.is_leader for m in migrators), 1)
+        self.assertEqual(await self.rows_set(), acked)
+        self.assertEqual(sum(m.rows_migrated for m in migrators), 600)
+
+    async def test_standby_takes_over_when_the_leader_stops(self):
+        settings = self.server.app.settings
+        first = start_migrator(self, settings)
+        await wait_until(lambda: first.is_leader, what="a leader")
+        second = start_migrator(self, settings)
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        acked = await send_and_collect(alice, 1, 2, list(range(100)))
+        await with_drain(first)
+        self.assertFalse(second.is_leader)
+        await first.stopService()
+        acked |= await send_and_collect(alice, 1, 2, list(range(100, 200)))
+        await wait_until(lambda: second.is_leader, what="the standby leading")
+        await with_drain(second)
+        self.assertEqual(await self.rows_set(), acked)
+
+    async def test_lag_is_sampled(self):
+        settings = self.server.app.settings
+        # Another holder keeps the lock: this migrator stands by and only measures.
+        await self.redis.set("MQ:lock", "someone-else")
+        clock = task.Clock()
+        clock.advance(1000.0)
+        client = RedisClient(settings.redis.url, settings.redis.timeout, reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        await client.wait_connected()
+        migrator = Migrator(QueueStore(client), None, settings.migrate, clock)
+        for n, ts in enumerate((995000, 996000, 997000)):
+            await self.redis.lpush("MQ", json.dumps({"id": n, "from": 1, "to": 2, "type": "t", "msg": "x", "ts": ts}))
+        await migrator._sample_lag()
+        self.assertEqual(migrator.queue_length, 3)
+        self.assertAlmostEqual(migrator.oldest_age, 5.0)
+        self.assertFalse(migrator.is_leader)
