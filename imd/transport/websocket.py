@@ -233,7 +233,12 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self.sendMessage(protocol.close(self._app.next_server_id(), reason))
         self._closing = True
         self._forget()
-        self.sendClose(code, reason[:100])
+        if code == CLOSE_GOING_AWAY:
+            # sendClose only lets applications use 1000 and 3000-4999, but
+            # 1001 "going away" is the standard code for a server stopping.
+            self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
+        else:
+            self.sendClose(code, reason[:100])
 
     def go_away(self):
         """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
@@ -258,6 +263,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         if self.uid is not None:
+            # The code of whoever closed first (Autobahn reports the peer's echo).
+            code = self.localCloseCode if self.closedByMe and self.localCloseCode else code
             _log.info("logout uid={uid} peer={peer} node={node} code={code}", uid=self.uid,
                       peer=getattr(self, "peer_address", None), node=self._app.node_id, code=code)
         self._closing = True

@@ -1,0 +1,82 @@
+"""``twistd -n imd`` as a child process: its log lines, the port it listens
+on (read from its log, so it can bind port 0), its exit status."""
+
+import os
+import re
+import signal
+import sys
+
+from twisted.internet import defer, protocol, reactor
+
+from tests.support import DEADLINE, settings_text, with_deadline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+_LISTENING = re.compile(rb"ImdServerFactory starting on (\d+)")
+
+
+class Daemon(protocol.ProcessProtocol):
+    def __init__(self):
+        self.lines = []          # stdout, one entry per line (bytes)
+        self.stderr = b""
+        self.exit_code = self.exit_signal = None
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+        self._partial = b""
+
+    def outReceived(self, data):
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self.lines.append(line)
+            match = _LISTENING.search(line)
+            if match and not self.listening.called:
+                self.listening.callback(int(match.group(1)))
+
+    def errReceived(self, data):
+        self.stderr += data
+
+    def processEnded(self, reason):
+        if self._partial:
+            self.lines.append(self._partial)
+        self.exit_code, self.exit_signal = reason.value.exitCode, reason.value.signal
+        if not self.listening.called:
+            self.listening.errback(AssertionError("twistd ended before listening: %s\n%s"
+                                                  % (self.stderr.decode(errors="replace"), self.output())))
+        self.ended.callback(self.exit_code)
+
+    def output(self):
+        return b"\n".join(self.lines).decode("utf-8", "replace")
+
+    @property
+    def pid(self):
+        return self.transport.pid
+
+    def signal(self, number):
+        os.kill(self.pid, number)
+
+    def wait_ended(self, seconds=DEADLINE * 3):
+        return with_deadline(self.ended, seconds, "twistd exit")
+
+
+def write_config(testcase, overrides=None):
+    path = os.path.abspath(testcase.mktemp())
+    with open(path, "w") as f:
+        f.write(settings_text(overrides))
+    return path
+
+
+@defer.inlineCallbacks
+def start_daemon(testcase, config_path):
+    """A running ``twistd -n imd``; stopped (by its pid) in the test's cleanup."""
+    daemon = Daemon()
+    reactor.spawnProcess(daemon, TWISTD, [TWISTD, "-n", "--pidfile=", "imd", "--config", config_path],
+                         env=dict(os.environ), path=ROOT)
+
+    def stop():
+        if daemon.ended.called:
+            return None
+        daemon.signal(signal.SIGKILL)
+        return daemon.ended
+    testcase.addCleanup(stop)
+    daemon.port = yield with_deadline(daemon.listening, DEADLINE * 2, "twistd listening")
+    return daemon
