@@ -1,0 +1,136 @@
+"""Fixtures for the http role: a real App with its Site on 127.0.0.1 port 0
+(and, when asked, its WebSocket listener too), and a small HTTP client.
+"""
+
+import json
+
+import pymysql
+from twisted.internet import defer, reactor, threads
+from twisted.internet.endpoints import serverFromString
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+from imd.app import App
+from imd.http import build_site
+from tests.support import DEADLINE, MYSQL_DB, RedisTestMixin, make_settings, with_deadline
+
+
+def ensure_test_database(name=MYSQL_DB):
+    """Blocking: the test MySQL database exists (health checks SELECT 1 in it)."""
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE DATABASE IF NOT EXISTS `%s`" % name)
+    finally:
+        conn.close()
+
+
+class Response:
+    def __init__(self, code, headers, body):
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name):
+        values = self.headers.getRawHeaders(name)
+        return values[0].decode("latin-1") if values else None
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self):
+        return "<Response %d %r>" % (self.code, self.body[:200])
+
+
+class HttpServer:
+    """An App whose http Site (and optionally ws listener) listen on port 0."""
+
+    def __init__(self, settings, with_ws=False, clock=None):
+        self.app = App(settings, reactor, clock)
+        self.with_ws = with_ws
+        self.port = self.ws_port = None
+        self._ports = []
+
+    @defer.inlineCallbacks
+    def start(self, redis=True):
+        self.app.mysql.startService()  # connects on first use only
+        if redis:
+            self.app.redis_client.startService()
+            yield self.app.redis_client.wait_connected(DEADLINE)
+        ws_base = None
+        if self.with_ws:
+            ws = yield serverFromString(reactor, self.app.settings.websocket.listen).listen(
+                self.app.websocket_factory())
+            self._ports.append(ws)
+            self.ws_port = ws.getHost().port
+            ws_base = "ws://127.0.0.1:%d/" % self.ws_port
+        site = build_site(self.app, ws_base_url=ws_base)
+        http = yield serverFromString(reactor, self.app.settings.http.listen).listen(site)
+        self._ports.append(http)
+        self.port = http.getHost().port
+        return self
+
+    @property
+    def base_url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for port in self._ports:
+            yield port.stopListening()
+        for uid in self.app.sessions.users():
+            for session in list(self.app.sessions.sessions_of(uid)):
+                session.dropConnection(abort=True)
+        if self.app.redis_client.running:
+            yield self.app.redis_client.stopService()
+        yield self.app.mysql.stopService()
+
+
+class HttpTestMixin(RedisTestMixin):
+    """``self.http`` is a running HttpServer; ``self.request()`` talks to it."""
+
+    overrides = None
+    with_ws = False
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        yield threads.deferToThread(ensure_test_database)
+        self.http = yield self.start_server(make_settings(self.overrides))
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(self._pool.closeCachedConnections)
+
+    @defer.inlineCallbacks
+    def start_server(self, settings, redis=True):
+        server = HttpServer(settings, self.with_ws)
+        self.addCleanup(server.stop)
+        yield server.start(redis)
+        return server
+
+    @defer.inlineCallbacks
+    def request(self, method, path, body=None, headers=None, server=None, chunked=False):
+        """``body``: bytes, or any other value sent as JSON."""
+        server = server or self.http
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode("utf-8")
+        producer = None
+        if body is not None:
+            producer = FileBodyProducer(_Stream(body))
+            if chunked:
+                from twisted.web.iweb import UNKNOWN_LENGTH
+                producer.length = UNKNOWN_LENGTH
+        raw = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in (headers or {}).items()})
+        agent = Agent(reactor, pool=self._pool)
+        response = yield with_deadline(
+            agent.request(method.encode("ascii"), (server.base_url + path).encode("ascii"), raw, producer),
+            what="HTTP response")
+        data = yield with_deadline(readBody(response), what="HTTP body")
+        return Response(response.code, response.headers, data)
+
+    def post_token(self, body=None, headers=None, **kwargs):
+        return self.request("POST", "/IM/token", body, headers, **kwargs)
+
+
+def _Stream(data):
+    import io
+    return io.BytesIO(data)

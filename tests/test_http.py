@@ -1,0 +1,373 @@
+"""The http role over real HTTP: POST /IM/token in both auth modes and every
+error status, CORS, the page files, /healthz up and down, /metrics moving
+when packets flow, and request logs without tokens.
+"""
+
+import time
+
+import jwt
+from twisted.internet import defer
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from imd.auth import TOKEN_TYPE
+from tests.http_support import HttpTestMixin
+from tests.support import (PrivateRedis, connect_client, drop, free_port, key_pair, make_settings,
+                           wait_until)
+
+PLATFORM_SECRET = "platform-secret-of-at-least-32-bytes!"
+
+
+def platform_token(secret=PLATFORM_SECRET, algorithm="HS256", **claims):
+    claims.setdefault("id", 42)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def decode_wstoken(token):
+    return jwt.decode(token, key_pair()[0], algorithms=["RS256"])
+
+
+class DevTokenTests(HttpTestMixin, unittest.TestCase):
+    with_ws = True
+
+    async def test_issues_a_token_that_logs_in(self):
+        response = await self.post_token({"id": 7})
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual(response.header(b"content-type"), "application/json; charset=utf-8")
+        self.assertEqual(response.header(b"cache-control"), "no-store")
+        body = response.json()
+        self.assertEqual(set(body), {"token", "expires_in", "url"})
+        self.assertEqual(body["expires_in"], 120)
+        claims = decode_wstoken(body["token"])
+        self.assertEqual((claims["id"], claims["type"]), (7, TOKEN_TYPE))
+        self.assertEqual(claims["exp"] - claims["iat"], 120)
+        self.assertEqual(body["url"], "ws://127.0.0.1:%d/%s" % (self.http.ws_port, body["token"]))
+
+        client = await connect_client(self.http.ws_port, "/" + body["token"])
+        self.addCleanup(drop, client)
+        login = await client.next()
+        self.assertEqual((login["type"], login["uid"]), ("L", 7))
+
+    async def test_id_as_string_of_digits(self):
+        response = await self.post_token({"id": "12"})
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual(decode_wstoken(response.json()["token"])["id"], 12)
+
+    async def test_each_token_is_fresh(self):
+        first = (await self.post_token({"id": 7})).json()["token"]
+        second = (await self.post_token({"id": 7})).json()["token"]
+        self.assertNotEqual(decode_wstoken(first)["jti"], decode_wstoken(second)["jti"])
+
+    async def assert_error(self, response, code, words):
+        self.assertEqual(response.code, code, response)
+        self.assertEqual(response.header(b"content-type"), "application/json; charset=utf-8")
+        body = response.json()
+        self.assertEqual(list(body), ["error"])
+        self.assertIn(words, body["error"])
+
+    async def test_missing_credentials(self):
+        await self.assert_error(await self.post_token(), 401, "missing credentials")
+        await self.assert_error(await self.post_token({}), 401, "missing credentials")
+
+    async def test_bad_credentials(self):
+        for bad in ("abc", 0, -3, 1.5, None, [1], "1e3", True):
+            await self.assert_error(await self.post_token({"id": bad}), 401, "bad credentials")
+
+    async def test_bad_body(self):
+        for bad in (b"{", b"[1]", b'"7"', b"\xff\xfe", b"7"):
+            await self.assert_error(await self.post_token(bad), 400, "JSON object")
+
+    async def test_body_over_the_cap(self):
+        big = b'{"id": 7, "pad": "' + b"x" * 20000 + b'"}'
+        await self.assert_error(await self.post_token(big), 413, "over")
+        await self.assert_error(await self.post_token(big, chunked=True), 413, "over")
+        # the server is still fine afterwards
+        self.assertEqual((await self.post_token({"id": 7})).code, 200)
+
+    async def test_wrong_method(self):
+        response = await self.request("GET", "/IM/token")
+        await self.assert_error(response, 405, "not allowed")
+        self.assertEqual(response.header(b"allow"), "POST, OPTIONS")
+
+    async def test_unknown_paths(self):
+        for path in ("/nope", "/IM", "/IM/token/more", "/IM/other"):
+            await self.assert_error(await self.request("GET", path), 404, "no such resource")
+
+    async def test_keys_not_set_up(self):
+        await self.redis.delete("privateKey")
+        await self.assert_error(await self.post_token({"id": 7}), 503, "keys")
+
+    async def test_redis_unavailable(self):
+        await self.http.app.redis_client.stopService()
+        await self.assert_error(await self.post_token({"id": 7}), 503, "unavailable")
+
+    async def test_no_cors_headers_without_configuration(self):
+        response = await self.post_token({"id": 7}, {"Origin": "https://app.example.com"})
+        self.assertEqual(response.code, 200)
+        self.assertIsNone(response.header(b"access-control-allow-origin"))
+
+
+class TtlAndUrlTests(HttpTestMixin, unittest.TestCase):
+    overrides = {"auth": {"token_ttl": "300"},
+                 "websocket": {"listen": "tcp:8765:interface=127.0.0.1",
+                               "tls_listen": ""}}
+
+    async def test_ttl_and_url_from_the_ws_listener(self):
+        body = (await self.post_token({"id": 3})).json()
+        claims = decode_wstoken(body["token"])
+        self.assertEqual(claims["exp"] - claims["iat"], 300)
+        self.assertEqual(body["expires_in"], 300)
+        self.assertEqual(body["url"], "ws://127.0.0.1:8765/" + body["token"])
+
+    async def test_listener_on_all_interfaces_uses_the_host_asked_for(self):
+        settings = make_settings({"websocket": {"listen": "tcp:9000:interface=0.0.0.0"}})
+        server = await self.start_server(settings)
+        body = (await self.post_token({"id": 3}, server=server)).json()
+        self.assertEqual(body["url"], "ws://127.0.0.1:9000/" + body["token"])
+
+    async def test_public_ws_url(self):
+        settings = make_settings({"http": {"public_ws_url": "wss://chat.example.com/im"}})
+        server = await self.start_server(settings)
+        body = (await self.post_token({"id": 3}, server=server)).json()
+        self.assertEqual(body["url"], "wss://chat.example.com/im/" + body["token"])
+
+
+class PlatformTokenTests(HttpTestMixin, unittest.TestCase):
+    overrides = {"http": {"auth": "hs256:" + PLATFORM_SECRET}}
+
+    def bearer(self, token):
+        return {"Authorization": "Bearer " + token}
+
+    async def assert_refused(self, headers, words, body=None):
+        response = await self.post_token(body, headers)
+        self.assertEqual(response.code, 401, response)
+        self.assertEqual(response.header(b"www-authenticate"), 'Bearer realm="imd"')
+        self.assertIn(words, response.json()["error"])
+
+    async def test_platform_token_gets_a_wstoken(self):
+        exp = int(time.time()) + 60
+        response = await self.post_token(None, self.bearer(platform_token(id=42, exp=exp)))
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual(decode_wstoken(response.json()["token"])["id"], 42)
+
+    async def test_body_id_is_not_trusted(self):
+        response = await self.post_token({"id": 1}, self.bearer(platform_token(id="43")))
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual(decode_wstoken(response.json()["token"])["id"], 43)
+
+    async def test_missing_credentials(self):
+        await self.assert_refused({}, "missing credentials")
+        # dev-style body alone is not enough
+        await self.assert_refused({}, "missing credentials", {"id": 7})
+
+    async def test_bad_credentials(self):
+        now = int(time.time())
+        cases = [
+            ({"Authorization": "Basic dXNlcjpwYXNz"}, "Bearer"),
+            ({"Authorization": "Bearer"}, "Bearer"),
+            (self.bearer("not-a-jwt"), "bad credentials"),
+            (self.bearer(platform_token(secret="another-secret-of-at-least-32-bytes")), "Signature"),
+            (self.bearer(platform_token(algorithm="HS512")), "alg"),
+            (self.bearer(jwt.encode({"id": 42}, None, algorithm="none")), "alg"),
+            (self.bearer(jwt.encode({"id": 42}, key_pair()[1], algorithm="RS256")), "alg"),
+            (self.bearer(platform_token(exp=now - 10)), "expired"),
+            (self.bearer(platform_token(nbf=now + 600)), "not yet valid"),
+            (self.bearer(platform_token(id=None)), "id"),
+            (self.bearer(platform_token(id="x7")), "id"),
+            (self.bearer(platform_token(id=0)), "id"),
+        ]
+        for headers, words in cases:
+            await self.assert_refused(headers, words)
+
+    async def test_bad_body_with_good_credentials(self):
+        response = await self.post_token(b"{oops", self.bearer(platform_token()))
+        self.assertEqual(response.code, 400, response)
+        self.assertIn("JSON object", response.json()["error"])
+
+
+class CorsTests(HttpTestMixin, unittest.TestCase):
+    overrides = {"http": {"cors_origins": "https://app.example.com, http://localhost:3000"}}
+
+    async def test_preflight_for_an_allowed_origin(self):
+        response = await self.request("OPTIONS", "/IM/token", headers={
+            "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        self.assertEqual(response.code, 204)
+        self.assertEqual(response.header(b"access-control-allow-origin"), "https://app.example.com")
+        self.assertIn("POST", response.header(b"access-control-allow-methods"))
+        self.assertIn("Authorization", response.header(b"access-control-allow-headers"))
+        self.assertEqual(response.header(b"vary"), "Origin")
+
+    async def test_allowed_origin_on_post(self):
+        response = await self.post_token({"id": 1}, {"Origin": "http://localhost:3000"})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.header(b"access-control-allow-origin"), "http://localhost:3000")
+
+    async def test_other_origin_gets_no_allowance(self):
+        response = await self.request("OPTIONS", "/IM/token", headers={"Origin": "https://evil.example"})
+        self.assertEqual(response.code, 204)
+        self.assertIsNone(response.header(b"access-control-allow-origin"))
+        self.assertIsNone(response.header(b"access-control-allow-methods"))
+
+
+class WildcardCorsTests(HttpTestMixin, unittest.TestCase):
+    overrides = {"http": {"cors_origins": "*"}}
+
+    async def test_any_origin(self):
+        response = await self.post_token({"id": 1}, {"Origin": "https://anything.example"})
+        self.assertEqual(response.header(b"access-control-allow-origin"), "*")
+
+
+class PageTests(HttpTestMixin, unittest.TestCase):
+
+    async def test_page_and_its_files(self):
+        page = await self.request("GET", "/")
+        self.assertEqual(page.code, 200)
+        self.assertTrue(page.header(b"content-type").startswith("text/html"))
+        self.assertIn(b'src="page.js"', page.body)
+        self.assertIn(b'href="page.css"', page.body)
+        self.assertIn("connect-src", page.header(b"content-security-policy"))
+        script = await self.request("GET", "/page.js")
+        self.assertEqual(script.code, 200)
+        self.assertIn("javascript", script.header(b"content-type"))
+        style = await self.request("GET", "/page.css")
+        self.assertEqual(style.code, 200)
+        self.assertTrue(style.header(b"content-type").startswith("text/css"))
+
+
+class HealthTests(HttpTestMixin, unittest.TestCase):
+
+    async def test_healthy(self):
+        response = await self.request("GET", "/healthz")
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual(response.json(), {"redis": "ok", "mysql": "ok"})
+
+    async def test_mysql_down(self):
+        settings = make_settings({"mysql": {"port": str(free_port())}})
+        server = await self.start_server(settings)
+        response = await self.request("GET", "/healthz", server=server)
+        self.assertEqual(response.code, 503, response)
+        body = response.json()
+        self.assertEqual((body["redis"], body["mysql"]), ("ok", "down"))
+        self.assertIn("mysql", body["error"])
+
+    async def test_redis_stopped(self):
+        private = await PrivateRedis().start()
+        self.addCleanup(private.stop)
+        settings = make_settings({"redis": {"timeout": "0.5"}}, redis_db=0, redis_port=private.port)
+        server = await self.start_server(settings)
+        self.assertEqual((await self.request("GET", "/healthz", server=server)).code, 200)
+
+        private.stop()
+        await wait_until(lambda: not server.app.redis_client.connected, what="redis link down")
+        response = await self.request("GET", "/healthz", server=server)
+        self.assertEqual(response.code, 503, response)
+        body = response.json()
+        self.assertEqual((body["redis"], body["mysql"]), ("down", "ok"))
+        self.assertIn("redis", body["error"])
+
+    async def test_head_and_wrong_method(self):
+        head = await self.request("HEAD", "/healthz")
+        self.assertEqual((head.code, head.body), (200, b""))
+        self.assertEqual((await self.request("POST", "/healthz")).code, 405)
+
+
+class MetricsTests(HttpTestMixin, unittest.TestCase):
+    with_ws = True
+
+    async def scrape(self):
+        response = await self.request("GET", "/metrics")
+        self.assertEqual(response.code, 200, response)
+        self.assertTrue(response.header(b"content-type").startswith("text/plain"))
+        values = {}
+        for line in response.body.decode("utf-8").splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    async def login(self, uid):
+        token = (await self.post_token({"id": uid})).json()["token"]
+        client = await connect_client(self.http.ws_port, "/" + token)
+        self.addCleanup(lambda: drop(client) if not client.closed.called else None)
+        self.assertEqual((await client.next())["type"], "L")
+        return client
+
+    async def test_metrics_move_when_packets_flow(self):
+        before = await self.scrape()
+        self.assertEqual(before["imd_connections_open"], 0)
+        self.assertEqual(before["imd_mq_length"], 0)
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        alice.send({"id": "m1", "to": 2, "type": "t", "msg": "hello"})
+        self.assertEqual((await alice.next())["type"], "A")
+        self.assertEqual((await bob.next())["msg"], "hello")
+        alice.send({"id": "p1", "to": 0, "type": "P", "msg": ""})
+        self.assertEqual((await alice.next())["type"], "P")
+        alice.send({"id": "m2", "to": 3, "type": "t", "msg": "stranger"})
+        self.assertEqual((await alice.next())["code"], "not_friend")
+        alice.send({"id": "z", "to": 0, "type": "Z", "msg": ""})
+        self.assertEqual((await alice.next())["code"], "unknown_type")
+        alice.send_raw(b"not json")
+        self.assertEqual((await alice.next())["code"], "bad_packet")
+
+        refused = await connect_client(self.http.ws_port, "/" + self.token(5, now=time.time() - 600))
+        self.assertEqual((await refused.next())["type"], "C")
+        await refused.wait_closed()
+
+        after = await self.scrape()
+        self.assertEqual(after["imd_connections_open"], 2)
+        self.assertEqual(after['imd_logins_total{reason="",result="ok"}'], 2)
+        self.assertEqual(after['imd_logins_total{reason="token_expired",result="refused"}'], 1)
+        self.assertEqual(after['imd_packets_in_total{type="t"}'], 2)
+        self.assertEqual(after['imd_packets_in_total{type="P"}'], 1)
+        self.assertEqual(after['imd_packets_in_total{type="other"}'], 1)
+        self.assertEqual(after['imd_packets_in_total{type="invalid"}'], 1)
+        self.assertEqual(after["imd_acks_total"], 1)
+        self.assertEqual(after["imd_ack_latency_seconds_count"], 1)
+        self.assertGreaterEqual(after["imd_ack_latency_seconds_sum"], 0)
+        self.assertEqual(after['imd_errors_total{code="not_friend"}'], 1)
+        self.assertEqual(after['imd_errors_total{code="unknown_type"}'], 1)
+        self.assertEqual(after['imd_errors_total{code="bad_packet"}'], 1)
+        self.assertEqual(after["imd_delivery_fanout_count"], 1)
+        self.assertEqual(after["imd_delivery_fanout_sum"], 1)
+        self.assertEqual(after["imd_mq_length"], 1)
+
+        await drop(bob)
+        await wait_until(lambda: self.http.app.metrics.connections_open._value.get() == 1,
+                         what="connection count to drop")
+        self.assertEqual((await self.scrape())["imd_connections_open"], 1)
+
+    async def test_store_errors_are_counted(self):
+        alice = await self.login(1)
+        await self.http.app.redis_client.stopService()
+        alice.send({"id": "m1", "to": 2, "type": "t", "msg": "lost"})
+        self.assertEqual((await alice.next())["code"], "unavailable")
+        after = await self.scrape()
+        self.assertEqual(after['imd_errors_total{code="unavailable"}'], 1)
+        self.assertGreaterEqual(after['imd_store_errors_total{store="redis"}'], 2)
+        self.assertNotEqual(after["imd_mq_length"], after["imd_mq_length"])  # NaN: unknown
+
+
+class RequestLogTests(HttpTestMixin, unittest.TestCase):
+
+    async def test_no_token_in_the_request_log(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        wstoken = self.token(9)
+        issued = (await self.post_token({"id": 9})).json()["token"]
+        await self.request("GET", "/?token=" + wstoken + "&x=1")
+        await self.request("GET", "/" + wstoken)
+        await self.request("GET", "/healthz?access_token=secret-value")
+
+        from twisted.logger import formatEvent
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "imd.http.site"]
+        self.assertEqual(len(lines), 4, lines)
+        text = "\n".join(lines)
+        for secret in (wstoken, issued, "secret-value", wstoken.split(".")[1]):
+            self.assertNotIn(secret, text)
+        self.assertIn("POST /IM/token 200", text)
+        self.assertIn("GET /?token=***&x=1 200", text)
+        self.assertIn("GET /*** 404", text)

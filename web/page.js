@@ -1,0 +1,317 @@
+// imd test page: get a wstoken, connect, show every packet both ways, match
+// each client packet to its A / E / reply by id, and send every client type.
+// Plain script, no build step, no dependencies.
+"use strict";
+
+(function () {
+  const HISTORY_DELAY_MS = 3000;        // as the original front end did
+  const REPLY_TYPES = "AEPOH";          // every client packet gets exactly one of these
+  const NO_RECONNECT = [4002, 4003];    // replaced by a newer device, kicked
+  const MAX_BACKOFF_S = 30;
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    ws: null, uid: null, pending: new Map(), userClosed: true, retry: 0,
+    retryTimer: null, historyTimer: null, nextCursor: null, seen: new Set(),
+  };
+
+  function packetId() {
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 8);
+  }
+
+  function clock() {
+    return new Date().toTimeString().slice(0, 8);
+  }
+
+  // A uid, order id...: a number when it is a safe integer, else the text as typed
+  // (the server answers E bad_packet, which is worth seeing too).
+  function idValue(text) {
+    text = text.trim();
+    return /^\d+$/.test(text) && Number.isSafeInteger(Number(text)) ? Number(text) : text;
+  }
+
+  function setStatus(kind, text) {
+    const status = $("status");
+    status.className = "status " + kind;
+    status.dataset.state = kind;
+    status.textContent = text;
+  }
+
+  // --- the packet log -------------------------------------------------------
+
+  function logRow(dir, text) {
+    const row = document.createElement("li");
+    row.dataset.dir = dir;
+    const arrow = document.createElement("span");
+    arrow.className = "dir";
+    arrow.textContent = dir === "out" ? "→" : dir === "in" ? "←" : "·";
+    const json = document.createElement("span");
+    json.className = "json";
+    json.textContent = text;
+    const info = document.createElement("span");
+    info.className = "state";
+    info.textContent = clock();
+    row.append(arrow, json, info);
+    const log = $("log");
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.appendChild(row);
+    if (atBottom) log.scrollTop = log.scrollHeight;
+    return row;
+  }
+
+  function logNote(text) {
+    return logRow("sys", text);
+  }
+
+  function markRow(row, kind, text) {
+    row.dataset.state = kind;
+    row.querySelector(".state").textContent = clock() + " " + text;
+  }
+
+  // --- messages (live and history) ------------------------------------------
+
+  function addMessage(packet, source) {
+    const key = packet.from + ":" + JSON.stringify(packet.id);
+    if (state.seen.has(key)) return;
+    state.seen.add(key);
+    const item = document.createElement("li");
+    item.dataset.source = source;
+    item.dataset.from = String(packet.from);
+    item.dataset.to = String(packet.to);
+    item.dataset.id = String(packet.id);
+    item.dataset.type = packet.type;
+    if (packet.from === state.uid) item.classList.add("mine");
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    const when = packet.ts ? new Date(packet.ts).toTimeString().slice(0, 8) : clock();
+    meta.textContent = when + " " + packet.from + " → " + packet.to + (source === "history" ? " (history)" : "");
+    const body = document.createElement("span");
+    body.className = "body";
+    if (packet.type === "t") body.textContent = packet.msg;
+    else if (packet.type === "i") body.textContent = "[image " + packet.msg + "]";
+    else body.textContent = "[" + packet.type + "] " + JSON.stringify(packet.msg);
+    item.append(meta, body);
+    const list = $("messages");
+    list.appendChild(item);
+    list.scrollTop = list.scrollHeight;
+  }
+
+  // --- sending ----------------------------------------------------------------
+
+  function send(packet) {
+    const ws = state.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      logNote("not connected: " + packet.type + " not sent");
+      return null;
+    }
+    const text = JSON.stringify(packet);
+    ws.send(text);
+    const row = logRow("out", text);
+    row.dataset.id = String(packet.id);
+    row.dataset.type = packet.type;
+    markRow(row, "pending", "pending");
+    state.pending.set(JSON.stringify(packet.id), { row: row, sent: performance.now(), packet: packet });
+    return row;
+  }
+
+  function buildPacket(type, form) {
+    const field = (name) => form.elements[name].value.trim();
+    const packet = { id: packetId(), to: 0, type: type };
+    switch (type) {
+      case "t": packet.to = idValue(field("to")); packet.msg = form.elements.msg.value; break;
+      case "i": packet.to = idValue(field("to")); packet.msg = idValue(field("msg")); break;
+      case "T": packet.msg = idValue(field("msg")); break;
+      case "S": packet.msg = { longitude: Number(field("longitude")), latitude: Number(field("latitude")) }; break;
+      case "O": packet.msg = idValue(field("msg")); break;
+      case "H": {
+        const query = { since: field("since") ? Number(field("since")) : 0 };
+        if (field("with")) query.with = idValue(field("with"));
+        if (field("limit")) query.limit = Number(field("limit"));
+        packet.msg = query;
+        break;
+      }
+      case "P": packet.msg = "ping"; break;
+    }
+    return packet;
+  }
+
+  function askHistory() {
+    state.historyTimer = null;
+    send({ id: packetId(), to: 0, type: "H", msg: { since: 0, limit: 100 } });
+  }
+
+  // --- receiving --------------------------------------------------------------
+
+  function onPacket(text) {
+    let packet;
+    try {
+      packet = JSON.parse(text);
+    } catch (e) {
+      markRow(logRow("in", text), "error", "not JSON");
+      return;
+    }
+    const row = logRow("in", text);
+    row.dataset.type = packet.type;
+    const key = JSON.stringify(packet.id);
+    if (REPLY_TYPES.includes(packet.type) && packet.id != null && state.pending.has(key)) {
+      const asked = state.pending.get(key);
+      state.pending.delete(key);
+      const ms = Math.round(performance.now() - asked.sent);
+      if (packet.type === "A") {
+        markRow(asked.row, "acked", "acked in " + ms + " ms");
+        if ("ti".includes(asked.packet.type)) {
+          addMessage(Object.assign({ from: state.uid }, asked.packet), "sent");
+        }
+      } else if (packet.type === "E") {
+        markRow(asked.row, "error", "E " + packet.code + ": " + packet.msg + " (" + ms + " ms)");
+      } else {
+        markRow(asked.row, "replied", packet.type + " in " + ms + " ms");
+      }
+      markRow(row, "reply", "reply to " + asked.packet.type);
+    }
+    switch (packet.type) {
+      case "L":
+        state.uid = packet.uid;
+        state.retry = 0;
+        setStatus("open", "open as uid " + packet.uid);
+        state.historyTimer = setTimeout(askHistory, HISTORY_DELAY_MS);
+        break;
+      case "C":
+        setStatus("closed", "closing: " + packet.msg);
+        break;
+      case "t": case "i": case "s":
+        addMessage(packet, "live");
+        break;
+      case "H":
+        (packet.msg || []).forEach((m) => addMessage(m, "history"));
+        state.nextCursor = packet.more ? packet.next : null;
+        $("history-more").disabled = !state.nextCursor;
+        break;
+    }
+  }
+
+  // --- connecting ---------------------------------------------------------------
+
+  function tokenUrl() {
+    return $("token-url").value.trim() || "IM/token";
+  }
+
+  async function fetchToken() {
+    const platformToken = $("platform-token").value.trim();
+    const headers = { "Content-Type": "application/json" };
+    let body = "{}";
+    if (platformToken) {
+      headers.Authorization = "Bearer " + platformToken;
+    } else {
+      const uid = $("uid").value.trim();
+      if (!/^\d+$/.test(uid)) throw new Error("enter a user id (digits) or a platform token");
+      body = JSON.stringify({ id: idValue(uid) });
+    }
+    const response = await fetch(tokenUrl(), { method: "POST", headers: headers, body: body });
+    let reply = {};
+    try { reply = await response.json(); } catch (e) { /* not JSON: reported below */ }
+    if (!response.ok) throw new Error("token refused, HTTP " + response.status + ": " + (reply.error || "no reason given"));
+    return reply;
+  }
+
+  async function connect() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    state.userClosed = false;
+    $("connect").disabled = true;
+    $("disconnect").disabled = false;
+    setStatus("connecting", "getting a token…");
+    let issued;
+    try {
+      issued = await fetchToken();
+    } catch (e) {
+      setStatus("closed", e.message);
+      logNote(e.message);
+      scheduleReconnect();
+      return;
+    }
+    if (state.userClosed) return;
+    const shown = issued.url.replace(issued.token, "<token>");
+    if (location.protocol === "https:" && issued.url.startsWith("ws:")) {
+      logNote("warning: this page is on https, the browser may refuse " + shown);
+    }
+    logNote("token issued (valid " + issued.expires_in + " s), connecting to " + shown);
+    setStatus("connecting", "connecting…");
+    let ws;
+    try {
+      ws = new WebSocket(issued.url);
+    } catch (e) {
+      setStatus("closed", "cannot connect: " + e.message);
+      scheduleReconnect();
+      return;
+    }
+    state.ws = ws;
+    ws.onmessage = (event) => { if (state.ws === ws) onPacket(event.data); };
+    ws.onclose = (event) => { if (state.ws === ws) onClosed(event); };
+  }
+
+  function onClosed(event) {
+    state.ws = null;
+    clearTimeout(state.historyTimer);
+    state.historyTimer = null;
+    const text = "closed " + event.code + (event.reason ? ": " + event.reason : "");
+    setStatus("closed", text);
+    logNote(text + (event.wasClean ? "" : " (not clean)"));
+    state.pending.forEach((asked) => markRow(asked.row, "lost", "no reply: connection closed"));
+    state.pending.clear();
+    if (NO_RECONNECT.includes(event.code)) state.userClosed = true;
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    if (state.userClosed || !$("auto-reconnect").checked) {
+      $("connect").disabled = false;
+      $("disconnect").disabled = true;
+      state.userClosed = true;
+      return;
+    }
+    const delay = Math.min(MAX_BACKOFF_S, 2 ** state.retry);
+    state.retry += 1;
+    setStatus("closed", $("status").textContent + " — reconnecting in " + delay + " s");
+    state.retryTimer = setTimeout(connect, delay * 1000);
+  }
+
+  function disconnect() {
+    state.userClosed = true;
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    $("connect").disabled = false;
+    $("disconnect").disabled = true;
+    if (state.ws) state.ws.close(1000, "bye");
+    else setStatus("closed", "not connected");
+  }
+
+  // --- wiring -----------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (state.ws) state.ws.close(1000, "reconnecting");
+      state.ws = null;
+      state.retry = 0;
+      connect();
+    });
+    $("disconnect").addEventListener("click", disconnect);
+    $("clear-log").addEventListener("click", () => { $("log").textContent = ""; });
+    $("history-more").addEventListener("click", () => {
+      if (state.nextCursor) send({ id: packetId(), to: 0, type: "H", msg: { after: state.nextCursor } });
+    });
+    document.querySelectorAll("form.packet").forEach((form) => {
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const packet = buildPacket(form.dataset.type, form);
+        if (send(packet) && packet.type === "t") form.elements.msg.value = "";
+      });
+    });
+    const params = new URLSearchParams(location.search);
+    if (params.get("uid")) {
+      $("uid").value = params.get("uid");
+      if (params.get("connect") !== null) $("login-form").requestSubmit();
+    }
+  });
+}());
