@@ -8,26 +8,15 @@ from twisted.internet import defer, reactor, task
 from twisted.protocols.portforward import ProxyFactory
 from twisted.trial import unittest
 
-from imd.app import App
 from imd.migrator import Migrator
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
+from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import MysqlTestMixin
-from tests.support import DEADLINE, ServerTestMixin, free_port, make_settings, wait_until
+from tests.support import ServerTestMixin, free_port, make_settings, wait_until
 
 FAST = {"websocket": {"rate": "100000", "burst": "100000"},
         "migrate": {"batch": "50", "interval": "0.02", "lock_ttl": "0.6"}}
-
-
-def start_migrator(test, settings):
-    """An App's mysql pool + migrator service, running; stopped at cleanup."""
-    app = App(settings, reactor)
-    app.mysql.startService()
-    group = app.migrator_service()
-    group.startService()
-    test.addCleanup(app.mysql.stopService)
-    test.addCleanup(group.stopService)
-    return app.migrator
 
 
 @defer.inlineCallbacks
@@ -92,11 +81,6 @@ class BurstTests(MigratorTestMixin, unittest.TestCase):
         dead = await self.redis.lrange("MQ:dead", 0, -1)
         self.assertEqual(sorted(dead), sorted(["not json", json.dumps({"id": "x", "from": 0})]))
         self.assertEqual(migrator.dead_entries, 2)
-
-
-def with_drain(migrator, seconds=DEADLINE):
-    from tests.support import with_deadline
-    return with_deadline(migrator.wait_drained(), seconds, "drained queue")
 
 
 class MysqlAwayTests(MigratorTestMixin, unittest.TestCase):

@@ -1,0 +1,22 @@
+"""Running a migrator inside a test."""
+
+from twisted.internet import reactor
+
+from imd.app import App
+from tests.support import DEADLINE, with_deadline
+
+
+def start_migrator(test, settings):
+    """An App's MySQL pool and migrator service, running; stopped at cleanup."""
+    app = App(settings, reactor)
+    app.mysql.startService()
+    group = app.migrator_service()
+    group.startService()
+    test.addCleanup(app.mysql.stopService)
+    test.addCleanup(group.stopService)
+    return app.migrator
+
+
+def with_drain(migrator, seconds=DEADLINE):
+    """Fires once the migrator finds the queue empty (after this call)."""
+    return with_deadline(migrator.wait_drained(), seconds, "drained queue")
