@@ -204,9 +204,10 @@ class ImdServerProtocol(WebSocketServerProtocol):
                 metrics.reply_sent(timing[0], timing[1], self._app.clock.seconds())
             if outcome.deliver_to is not None:
                 if self._app.settings.log.messages:
-                    _log.info("message uid={uid} to={to} node={node}: {message}", uid=self.uid,
+                    # ("message" is a reserved key of Twisted's legacy log bridge)
+                    _log.info("message uid={uid} to={to} node={node}: {packet}", uid=self.uid,
                               to=outcome.deliver_to, node=self._app.node_id,
-                              message=outcome.payload.decode("utf-8", "replace"))
+                              packet=outcome.payload.decode("utf-8", "replace"))
                 # Delivered even when the sender has gone: it is stored.
                 reached = self._app.router.deliver(outcome.deliver_to, outcome.payload)
                 if isinstance(reached, int):

@@ -1,0 +1,139 @@
+"""Logs: text or JSON lines, one line per login/logout/refusal with uid, node
+and peer, never a wstoken, message text only with [log] messages = true."""
+
+import io
+import json
+import signal
+import time
+
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from imd.logs import ImdLogObserver, event_as_json, redact
+from tests.daemon_support import start_daemon, write_config
+from tests.support import RedisTestMixin, ServerTestMixin, connect_client, drop
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJpZCI6MSwidHlwZSI6IndlYnNvY2tldCJ9.c2lnbmF0dXJlLWJ5dGVz"
+
+
+class RedactionTests(unittest.SynchronousTestCase):
+
+    def test_tokens_are_replaced(self):
+        self.assertEqual(redact("GET /%s HTTP/1.1" % TOKEN), "GET /[token] HTTP/1.1")
+        self.assertEqual(redact("/?token=abc.def&x=1"), "/?token=[token]&x=1")
+        self.assertEqual(redact("login uid=7 peer=tcp4:127.0.0.1:5"), "login uid=7 peer=tcp4:127.0.0.1:5")
+
+    def event(self, **fields):
+        base = {"log_format": "handshake failed for {path}", "log_level": LogLevel.warn,
+                "log_namespace": "autobahn", "log_time": time.time(), "path": "/" + TOKEN}
+        base.update(fields)
+        return base
+
+    def test_json_line(self):
+        line = event_as_json(self.event(uid=7, peer="tcp4:127.0.0.1:5", data=object()))
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        record = json.loads(line)
+        self.assertEqual((record["level"], record["namespace"], record["uid"]), ("warn", "autobahn", 7))
+        self.assertEqual(record["text"], "handshake failed for /[token]")
+        self.assertEqual(record["path"], "/[token]")
+        self.assertNotIn("data", record)
+        self.assertNotIn(TOKEN, line)
+
+    def test_failures_carry_a_redacted_traceback(self):
+        try:
+            raise ValueError("bad token " + TOKEN)
+        except ValueError:
+            failure = Failure()
+        record = json.loads(event_as_json(self.event(log_failure=failure, log_level=LogLevel.critical)))
+        self.assertIn("ValueError", record["traceback"])
+        self.assertNotIn(TOKEN, record["traceback"])
+
+    def test_text_observer(self):
+        out = io.StringIO()
+        ImdLogObserver(out, "text")(self.event())
+        self.assertIn("handshake failed for /[token]", out.getvalue())
+        self.assertNotIn(TOKEN, out.getvalue())
+
+
+class _Captured:
+    def __init__(self, testcase):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self):
+        from twisted.logger import formatEvent
+        return [formatEvent(e) for e in self.events]
+
+
+class MessageTextNotLoggedTests(ServerTestMixin, unittest.TestCase):
+
+    async def test_message_text_is_not_logged_by_default(self):
+        captured = _Captured(self)
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        reply = await self.ask(alice, {"id": "x", "to": 2, "type": "t", "msg": "very private words"})
+        self.assertEqual(reply["type"], "A")
+        await bob.next()
+        self.assertFalse([t for t in captured.texts() if "very private words" in t])
+        self.assertTrue([t for t in captured.texts() if t.startswith("login uid=1 ")])
+
+
+class MessageTextLoggedTests(ServerTestMixin, unittest.TestCase):
+    overrides = {"log": {"messages": "true"}}
+
+    async def test_message_text_is_logged_when_asked(self):
+        captured = _Captured(self)
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        await self.ask(alice, {"id": "x", "to": 2, "type": "t", "msg": "words for the log"})
+        await bob.next()
+        lines = [t for t in captured.texts() if "words for the log" in t]
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].startswith("message uid=1 to=2 "), lines[0])
+
+
+class DaemonJsonLogTests(RedisTestMixin, unittest.TestCase):
+    """``twistd -n imd`` with ``[log] format = json``: what an operator's log shipper reads."""
+
+    async def test_json_lines_without_tokens(self):
+        daemon = await start_daemon(self, write_config(self, {"log": {"format": "json"}}))
+        await self.befriend(1, 2)
+        tokens = [self.token(1), self.token(2), self.token(3, now=time.time() - 600)]
+        alice = await connect_client(daemon.port, "/" + tokens[0])
+        bob = await connect_client(daemon.port, "/?token=" + tokens[1])
+        late = await connect_client(daemon.port, "/" + tokens[2])  # expired: refused
+        for client in (alice, bob, late):
+            await client.next()
+        await late.wait_closed()
+        alice.send({"id": "m", "to": 2, "type": "t", "msg": "text that stays private"})
+        self.assertEqual((await alice.next())["type"], "A")
+        await bob.next()
+        await drop(bob)
+        daemon.signal(signal.SIGTERM)
+        await alice.wait_closed()
+        self.assertEqual(await daemon.wait_ended(), 0)
+
+        everything = daemon.output() + daemon.stderr.decode("utf-8", "replace")
+        for token in tokens:
+            for part in token.split("."):
+                self.assertNotIn(part, everything)
+        self.assertNotIn("text that stays private", everything)
+        records = [json.loads(line) for line in daemon.lines if line.strip()]
+        for record in records:
+            self.assertTrue({"time", "level", "namespace", "text"} <= set(record), record)
+
+        def lines_starting(prefix):
+            return [r for r in records if r["text"].startswith(prefix)]
+        logins, refusals, logouts = (lines_starting("login uid="), lines_starting("login refused"),
+                                     lines_starting("logout uid="))
+        self.assertEqual(sorted(r["uid"] for r in logins), [1, 2])
+        self.assertEqual(len(refusals), 1)
+        self.assertEqual(sorted(r["uid"] for r in logouts), [1, 2])
+        for record in logins + refusals + logouts:
+            self.assertTrue(record["peer"].startswith("tcp4:127.0.0.1:"), record)
+            self.assertTrue(record["node"], record)
+        self.assertIn("expired", refusals[0]["text"])
+        self.assertEqual({r["uid"]: r["code"] for r in logouts}[1], 1001)
