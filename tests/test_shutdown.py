@@ -14,7 +14,8 @@ from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
 from tests.daemon_support import start_daemon, write_config
 from tests.mysql_support import MysqlTestMixin
-from tests.support import DEADLINE, RedisTestMixin, ServerTestMixin, connect_client, make_settings, with_deadline
+from tests.support import (DEADLINE, RedisTestMixin, ServerTestMixin, connect_client, make_settings, wait_until,
+                           with_deadline)
 
 
 class _Child(Service):
@@ -77,6 +78,41 @@ class DrainerTests(ServerTestMixin, unittest.TestCase):
         close = await late.next()
         self.assertEqual((close["type"], close["msg"]), ("C", "server shutting down"))
         self.assertEqual((await late.wait_closed())[0], 1001)
+
+    async def test_a_packet_in_hand_is_answered_before_c(self):
+        app = self.server.app
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        # Hold the real handler back so that m1 is still in hand when the stop begins.
+        called, gate = defer.Deferred(), defer.Deferred()
+        real = app.handlers["t"]
+
+        def held(sender, packet):
+            # Told once held has returned and the transport has queued m1.
+            reactor.callLater(0, called.callback, None)
+            return gate.addCallback(lambda _: real(sender, packet))
+        app.handlers["t"] = held
+        alice.send({"id": "m1", "to": 2, "type": "t", "msg": "in hand"})
+        await with_deadline(called, what="m1 in the handler")
+
+        session = app.sessions.sessions_of(1)[0]
+        stopped = ConnectionDrainer(app).stopService()
+        alice.send({"id": "m2", "to": 2, "type": "t", "msg": "too late"})
+        # (sync only) m2 has reached the server once it waits behind m1
+        await wait_until(lambda: len(session._pending) == 2, what="m2 received")
+        gate.callback(None)
+
+        ack, refused, close = await alice.next(), await alice.next(), await alice.next()
+        self.assertEqual((ack["id"], ack["type"]), ("m1", "A"))
+        self.assertEqual((refused["id"], refused["type"], refused["code"]), ("m2", "E", "unavailable"))
+        self.assertEqual((close["type"], close["msg"]), ("C", "server shutting down"))
+        self.assertEqual((await alice.wait_closed())[0], 1001)
+        # bob had nothing in hand: he was closed at once, and finds m1 in
+        # history (it is stored) after reconnecting elsewhere.
+        close = await bob.next()
+        self.assertEqual((close["type"], (await bob.wait_closed())[0]), ("C", 1001))
+        await with_deadline(stopped, what="drainer stopped")
+        self.assertEqual(await self.redis.llen("MQ"), 1)
 
 
 class _Stream:
