@@ -58,7 +58,7 @@ class App:
         self.mysql = MysqlStore(settings.mysql)
         self.queue = QueueStore(self.redis_client, settings.redis.prefix)
         self.migrator = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(migrator=lambda: self.migrator)
         self.tls = TlsReloader(reactor)
 
         messages = MessageHandler(self.redis, self.clock)

@@ -10,6 +10,7 @@ import re
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from imd.errors import ERROR_CODES
@@ -34,8 +35,41 @@ def store_of(message):
     return "mysql" if "mysql" in message.lower() else "redis"
 
 
+class _MigratorCollector:
+    """The migrator's own figures, read when scraped (none when this process
+    does not run the migrate role)."""
+
+    def __init__(self, get_migrator):
+        self._get_migrator = get_migrator
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        migrator = self._get_migrator()
+        if migrator is None:
+            return
+        gauges = (
+            ("imd_migrator_lag_seconds", "Age of the oldest message not yet migrated to MySQL", "oldest_age"),
+            ("imd_migrator_queue_length", "Messages in MQ plus the batch in flight, as the migrator last saw",
+             "queue_length"),
+            ("imd_migrator_leader", "1 while this migrator holds the queue lock", "is_leader"),
+            ("imd_migrator_mysql_up", "0 while the migrator cannot reach MySQL", "mysql_up"),
+        )
+        for name, text, attribute in gauges:
+            yield GaugeMetricFamily(name, text, value=float(getattr(migrator, attribute, float("nan"))))
+        counters = (
+            ("imd_migrator_rows_migrated", "Rows inserted into the message table", "rows_migrated"),
+            ("imd_migrator_rows_skipped", "Rows already present (a replayed batch)", "rows_skipped"),
+            ("imd_migrator_dead_entries", "MQ entries that could not be read, moved to MQ:dead", "dead_entries"),
+        )
+        for name, text, attribute in counters:
+            yield CounterMetricFamily(name, text, value=float(getattr(migrator, attribute, 0)))
+
+
 class Metrics:
-    def __init__(self):
+    def __init__(self, migrator=None):
+        """``migrator()``: the App's migrator or None, read at each scrape."""
         # The *_created series only repeat the process start time.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -62,9 +96,6 @@ class Metrics:
         self.mq_length = Gauge(
             "imd_mq_length", "Messages in the Redis MQ list not yet migrated (read at scrape time)",
             registry=registry)
-        self.migrator_lag = Gauge(
-            "imd_migrator_lag_seconds", "Age of the oldest message not yet migrated to MySQL",
-            registry=registry)
         self.store_errors = Counter(
             "imd_store_errors", "Calls to Redis or MySQL that failed or timed out",
             ["store"], registry=registry)
@@ -73,8 +104,8 @@ class Metrics:
         for store in ("redis", "mysql"):
             self.store_errors.labels(store)
         self.logins.labels("ok", "")
-        self._lag = None
-        self.migrator_lag.set_function(self._read_lag)
+        if migrator is not None:
+            registry.register(_MigratorCollector(migrator))
 
     # --- called by the transport ---------------------------------------------
 
@@ -112,21 +143,6 @@ class Metrics:
 
     def store_error(self, message):
         self.store_errors.labels(store_of(message)).inc()
-
-    # --- the migrator's lag, read when scraped ---------------------------------
-
-    def watch_migrator(self, lag_seconds):
-        """``lag_seconds()``: the migrator's current lag, or None when unknown."""
-        self._lag = lag_seconds
-
-    def _read_lag(self):
-        if self._lag is None:
-            return float("nan")
-        try:
-            value = self._lag()
-        except Exception:
-            return float("nan")
-        return float("nan") if value is None else float(value)
 
     def exposition(self):
         """The Prometheus text of every metric (bytes)."""

@@ -10,9 +10,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from imd.app import App
 from imd.http import build_site
-from tests.support import DEADLINE, MYSQL_DB, RedisTestMixin, make_settings, with_deadline
+from tests.support import DEADLINE, MYSQL_DB, ImdServer, RedisTestMixin, make_settings, with_deadline
 
 
 def ensure_test_database(name=MYSQL_DB):
@@ -42,48 +41,47 @@ class Response:
         return "<Response %d %r>" % (self.code, self.body[:200])
 
 
-class HttpServer:
-    """An App whose http Site (and optionally ws listener) listen on port 0."""
+class HttpServer(ImdServer):
+    """An App whose http Site listens on 127.0.0.1 port 0; with ``with_ws``
+    also everything ImdServer starts (Redis, MySQL pool, node bus, the
+    WebSocket listener on port 0, which issued tokens then point at)."""
 
     def __init__(self, settings, with_ws=False, clock=None):
-        self.app = App(settings, reactor, clock)
+        super().__init__(settings, clock)
         self.with_ws = with_ws
-        self.port = self.ws_port = None
-        self._ports = []
+        self.ws_port = None
+        self._http = None
 
     @defer.inlineCallbacks
-    def start(self, redis=True):
-        self.app.mysql.startService()  # connects on first use only
-        if redis:
-            self.app.redis_client.startService()
-            yield self.app.redis_client.wait_connected(DEADLINE)
+    def start(self):
         ws_base = None
         if self.with_ws:
-            ws = yield serverFromString(reactor, self.app.settings.websocket.listen).listen(
-                self.app.websocket_factory())
-            self._ports.append(ws)
-            self.ws_port = ws.getHost().port
+            yield ImdServer.start(self)
+            self.ws_port = self.port
             ws_base = "ws://127.0.0.1:%d/" % self.ws_port
+        else:
+            self.app.mysql.startService()  # connects on first use only
+            self.app.redis_client.startService()
+            yield self.app.redis_client.wait_connected(DEADLINE)
         site = build_site(self.app, ws_base_url=ws_base)
-        http = yield serverFromString(reactor, self.app.settings.http.listen).listen(site)
-        self._ports.append(http)
-        self.port = http.getHost().port
+        self._http = yield serverFromString(reactor, self.app.settings.http.listen).listen(site)
+        self.http_port = self._http.getHost().port
         return self
 
     @property
     def base_url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "http://127.0.0.1:%d" % self.http_port
 
     @defer.inlineCallbacks
     def stop(self):
-        for port in self._ports:
-            yield port.stopListening()
-        for uid in self.app.sessions.users():
-            for session in list(self.app.sessions.sessions_of(uid)):
-                session.dropConnection(abort=True)
+        if self._http is not None:
+            yield self._http.stopListening()
+        if self.with_ws:
+            yield ImdServer.stop(self)
+            return
+        self.app.mysql.stopService()
         if self.app.redis_client.running:
             yield self.app.redis_client.stopService()
-        yield self.app.mysql.stopService()
 
 
 class HttpTestMixin(RedisTestMixin):
@@ -101,10 +99,10 @@ class HttpTestMixin(RedisTestMixin):
         self.addCleanup(self._pool.closeCachedConnections)
 
     @defer.inlineCallbacks
-    def start_server(self, settings, redis=True):
+    def start_server(self, settings):
         server = HttpServer(settings, self.with_ws)
         self.addCleanup(server.stop)
-        yield server.start(redis)
+        yield server.start()
         return server
 
     @defer.inlineCallbacks

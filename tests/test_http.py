@@ -6,11 +6,12 @@ when packets flow, and request logs without tokens.
 import time
 
 import jwt
-from twisted.internet import defer
+from twisted.internet import threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from imd.auth import TOKEN_TYPE
+from imd.stores.mysql import apply_schema
 from tests.http_support import HttpTestMixin
 from tests.support import (PrivateRedis, connect_client, drop, free_port, key_pair, make_settings,
                            wait_until)
@@ -338,6 +339,26 @@ class MetricsTests(HttpTestMixin, unittest.TestCase):
         await wait_until(lambda: self.http.app.metrics.connections_open._value.get() == 1,
                          what="connection count to drop")
         self.assertEqual((await self.scrape())["imd_connections_open"], 1)
+
+    async def test_migrator_figures(self):
+        self.assertNotIn("imd_migrator_lag_seconds", await self.scrape())
+        await threads.deferToThread(apply_schema, self.http.app.settings.mysql)
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        alice.send({"id": "m1", "to": 2, "type": "t", "msg": "to migrate"})
+        self.assertEqual((await alice.next())["type"], "A")
+        service = self.http.app.migrator_service()
+        service.startService()
+        self.addCleanup(service.stopService)
+
+        async def migrated():
+            return (await self.scrape()).get("imd_migrator_rows_migrated_total", 0) >= 1
+        await wait_until(migrated, what="the migrator's figures on /metrics")
+        after = await self.scrape()
+        self.assertEqual(after["imd_migrator_leader"], 1)
+        self.assertEqual(after["imd_mq_length"], 0)
+        self.assertIn("imd_migrator_lag_seconds", after)
+        self.assertIn("imd_migrator_queue_length", after)
 
     async def test_store_errors_are_counted(self):
         alice = await self.login(1)
