@@ -1,4 +1,4 @@
-"""``imd-admin``: the operator's console (keys, tokens, friends)."""
+"""``imd-admin``: the operator's console (keys, tokens, friends, orders, kick, schema, TLS)."""
 
 import argparse
 import os
@@ -55,6 +55,20 @@ def build_parser():
     listing = friend_cmd.add_parser("list", help="print A's friends, one per line")
     listing.add_argument("a", type=_uid)
     listing.set_defaults(run=friend_list)
+
+    order = commands.add_parser("order", help="the reference orders table (sql/)")
+    order_cmd = order.add_subparsers(dest="action", metavar="ACTION")
+    order_cmd.required = True
+    create = order_cmd.add_parser("create", help="create (or update) ORDER for CUSTOMER, optionally with its courier")
+    create.add_argument("order", type=_uid, metavar="ORDER")
+    create.add_argument("customer", type=_uid, metavar="CUSTOMER")
+    create.add_argument("--courier", type=_uid, metavar="UID", help="the courier who may take it with T")
+    create.set_defaults(run=order_create, needs_mysql=True)
+
+    kick = commands.add_parser("kick", help="close every connection of UID on every node (C + 4003)")
+    kick.add_argument("uid", type=_uid, metavar="UID")
+    kick.add_argument("--reason", default="kicked by an operator", help="the C packet's msg")
+    kick.set_defaults(run=kick_user)
 
     schema = commands.add_parser("schema", help="the MySQL schema (sql/NNN_*.sql)")
     schema_cmd = schema.add_subparsers(dest="action", metavar="ACTION")
@@ -150,16 +164,35 @@ def friend_list(app, args, out):
 
 
 @defer.inlineCallbacks
+def order_create(app, args, out):
+    yield app.mysql.create_order(app.settings.orders, args.order, args.customer, args.courier)
+    courier = "courier %d" % args.courier if args.courier else "no courier yet"
+    out.write("order %d: customer %d, %s\n" % (args.order, args.customer, courier))
+
+
+@defer.inlineCallbacks
+def kick_user(app, args, out):
+    if not args.reason.strip() or len(args.reason.encode("utf-8")) > 100:
+        raise AdminError("--reason must be 1-100 bytes of text")
+    nodes = yield app.presence.kick(args.uid, args.reason)
+    out.write("kick: uid %d, told %d node(s)\n" % (args.uid, int(nodes)))
+
+
+@defer.inlineCallbacks
 def run_command(reactor, app, args, out):
     """Start what the command needs, run it, stop it again."""
     if not getattr(args, "needs_redis", True):
         yield args.run(app, args, out)
         return
     app.redis_client.startService()
+    if getattr(args, "needs_mysql", False):
+        app.mysql.startService()
     try:
         yield app.redis_client.wait_connected()
         yield args.run(app, args, out)
     finally:
+        if getattr(args, "needs_mysql", False):
+            app.mysql.stopService()
         yield app.redis_client.stopService()
 
 

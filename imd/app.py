@@ -9,15 +9,19 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 
 from imd.auth import TokenVerifier
-from imd.handlers.commands import PingHandler
+from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
+from imd.handlers.orders import TakeOrderHandler
+from imd.handlers.site import SiteHandler
 from imd.metrics import Metrics
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
 from imd.stores.mysql import MysqlStore
 from imd.stores.queue import QueueStore
+from imd.stores.presence import PresenceStore
 from imd.stores.redis import RedisClient, RedisStore
 from imd.tls import TlsReloader, is_tls_endpoint
+from imd.transport.bus import NodeBus
 from imd.transport.routing import LocalRouter
 from imd.transport.sessions import SessionRegistry
 
@@ -53,21 +57,51 @@ class App:
         self.redis_client = RedisClient(settings.redis.url, settings.redis.timeout, self.clock)
         self.redis = RedisStore(self.redis_client, settings.redis.prefix, settings.redis.dedup_ttl)
         self.verifier = TokenVerifier(self.redis, self.clock, settings.auth.single_use)
-        self.sessions = SessionRegistry(settings.websocket.max_devices)
+        self.sessions = SessionRegistry()
         self.router = LocalRouter(self.sessions)
+        self.presence = PresenceStore(self.redis_client, settings.redis.prefix, settings.redis.url.db,
+                                      self.node_id, settings.redis.dedup_ttl)
+        self.bus = NodeBus(self.presence, settings.redis.url, self.clock, reactor, self._server_id_prefix,
+                           settings.presence.ttl, settings.redis.timeout,
+                           {"d": self.router.deliver_frame, "k": self.kick_local, "r": self.replace_local},
+                           self.local_connections)
         self.mysql = MysqlStore(settings.mysql)
         self.queue = QueueStore(self.redis_client, settings.redis.prefix)
         self.migrator = None
         self.metrics = Metrics(migrator=lambda: self.migrator)
         self.tls = TlsReloader(reactor)
 
-        messages = MessageHandler(self.redis, self.clock)
+        messages = MessageHandler(self.presence, self.clock, can_route=lambda: self.bus.healthy)
         self.handlers = {
             "t": messages.handle,
             "i": messages.handle,
             "P": PingHandler().handle,
+            "O": OnlineHandler(self.presence).handle,
+            "T": TakeOrderHandler(self.mysql, settings.orders, self.presence, self.clock).handle,
+            "S": SiteHandler(self.presence, self.router, self.clock, settings.site.min_interval,
+                             self.next_server_id).handle,
             "H": HistoryHandler(self.queue, self.mysql).handle,
         }
+
+    def local_connections(self):
+        """``(uid, conn_id, login score)`` of every connection on this node."""
+        for uid in self.sessions.users():
+            for session in self.sessions.sessions_of(uid):
+                if session.conn_id is not None:
+                    yield uid, session.conn_id, session.login_score
+
+    def kick_local(self, uid, reason):
+        """Close this node's connections of ``uid`` with C + 4003."""
+        from imd.transport.websocket import CLOSE_KICKED
+        for session in list(self.sessions.sessions_of(uid)):
+            session.close_with(CLOSE_KICKED, reason or "kicked by an operator")
+
+    def replace_local(self, uid, conn_id):
+        """A newer device of ``uid`` pushed this node's ``conn_id`` out: C + 4002."""
+        from imd.transport.websocket import CLOSE_REPLACED
+        session = self.sessions.find(uid, conn_id)
+        if session is not None:
+            session.close_with(CLOSE_REPLACED, "replaced by a newer device")
 
     def next_server_id(self):
         """An id for server-made packets (``L``, ``C``), unique per process run."""
@@ -90,6 +124,7 @@ class App:
         if "migrate" in self.settings.imd.roles:
             self.migrator_service().setServiceParent(top)
         if "ws" in self.settings.imd.roles:
+            self.bus.setServiceParent(top)
             ConnectionDrainer(self).setServiceParent(top)
             self.websocket_service(self.settings.websocket.listen).setServiceParent(top)
             if self.settings.websocket.tls_listen:

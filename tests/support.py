@@ -34,7 +34,7 @@ def key_pair():
 
 def settings_text(overrides=None, redis_db=REDIS_DB, redis_port=6379):
     sections = {
-        "imd": {"roles": "ws"},
+        "imd": {"roles": "ws", "node_id": "test-node-1"},
         "websocket": {"listen": "tcp:0:interface=127.0.0.1", "ping_interval": "0"},
         "http": {"listen": "tcp:0:interface=127.0.0.1"},
         "redis": {"url": "redis://127.0.0.1:%d/%d" % (redis_port, redis_db), "timeout": "1"},
@@ -106,6 +106,8 @@ class ImdServer:
         self.app.mysql.startService()  # connects on first use only
         # polled on the real reactor: the app's own clock may be a task.Clock
         yield wait_until(lambda: self.app.redis_client.connected, what="redis connection")
+        self.app.bus.startService()
+        yield wait_until(lambda: self.app.bus.healthy, what="node bus subscription")
         endpoint = serverFromString(reactor, self.app.settings.websocket.listen)
         self._listening = yield endpoint.listen(self.app.websocket_factory())
         self.port = self._listening.getHost().port
@@ -119,6 +121,7 @@ class ImdServer:
             for session in list(self.app.sessions.sessions_of(uid)):
                 session.dropConnection(abort=True)
         self.app.mysql.stopService()
+        yield self.app.bus.stopService()
         yield self.app.redis_client.stopService()
 
 

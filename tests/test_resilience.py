@@ -55,10 +55,14 @@ class RedisOutageTests(RedisTestMixin, unittest.TestCase):
 
         await self.private.start()
         await self.prepare()
-        await wait_until(lambda: self.server.app.redis_client.connected, seconds=30,
-                         what="reconnection to redis")
+        app = self.server.app
+        await wait_until(lambda: app.redis_client.connected and app.bus.healthy, seconds=30,
+                         what="reconnection and re-subscription to redis")
         alice.send({"id": "down0", "to": 2, "type": "t", "msg": "retried"})
         self.assertEqual((await alice.next())["type"], "A")
         self.assertEqual((await bob.next())["msg"], "retried")
+        # the node said again who is connected here, though Redis lost it all
+        alice.send({"id": "o", "to": 0, "type": "O", "msg": 2})
+        self.assertEqual((await alice.next())["msg"], {"uid": 2, "online": True})
         carol = await self.login(2)
         self.assertEqual((await carol.next())["type"], "L")

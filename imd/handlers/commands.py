@@ -1,9 +1,27 @@
-"""Commands answered without storage: ``P``."""
+"""Commands answered from what is at hand: ``P`` and ``O``."""
 
 from imd import protocol
+from imd.errors import ImdError
 from imd.handlers import Reply
 
 
 class PingHandler:
     def handle(self, sender, packet):
         return Reply(protocol.pong(packet.id))
+
+
+class OnlineHandler:
+    """``O``: is a friend (or oneself) connected on any node?"""
+
+    def __init__(self, presence):
+        self._presence = presence
+
+    def handle(self, sender, packet):
+        d = self._presence.is_online(sender, packet.uid)
+        return d.addCallback(self._answer, packet)
+
+    @staticmethod
+    def _answer(online, packet):
+        if online is None:
+            raise ImdError("forbidden", "user %d is not your friend" % packet.uid)
+        return Reply(protocol.online(packet.id, packet.uid, online))

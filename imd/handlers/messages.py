@@ -1,4 +1,8 @@
-"""``t`` and ``i``: store in Redis (friend check, dedup, MQ), then relay."""
+"""``t`` and ``i``: store in Redis (friend check, dedup, MQ), then relay.
+
+The store script also routes the packet to the recipient's connections on
+other nodes; the local ones get it from the transport (``Reply.deliver_to``).
+"""
 
 from imd import protocol
 from imd.errors import ImdError
@@ -7,11 +11,16 @@ from imd.stores.redis import DUPLICATE, NOT_FRIEND
 
 
 class MessageHandler:
-    def __init__(self, store, clock):
+    def __init__(self, store, clock, can_route=lambda: True):
         self._store = store
         self._clock = clock
+        self._can_route = can_route
 
     def handle(self, sender, packet):
+        if not self._can_route():
+            # Without its subscription this node cannot route replies or
+            # deliveries reliably: no A for what it cannot stand behind.
+            raise ImdError("unavailable", "this node lost its message bus, retry")
         ts = int(self._clock.seconds() * 1000)
         payload = protocol.message_json(packet, sender, ts)
         d = self._store.store_message(sender, packet.to, packet.dedup_id, payload)

@@ -211,6 +211,16 @@ class MysqlStore(Service):
     def count_messages(self):
         return self.run_interaction(_count_messages_txn)
 
+    # --- orders (contract §4 T; table and columns from [orders]) ---------------
+
+    def order_parties(self, orders, order_id):
+        """``(customer_id, courier_id or None)`` of an order, or None if unknown."""
+        return self.run_interaction(_order_parties_txn, orders, order_id)
+
+    def create_order(self, orders, order_id, customer_id, courier_id=None):
+        """Insert or update a row of the reference orders table (imd-admin)."""
+        return self.run_interaction(_create_order_txn, orders, order_id, customer_id, courier_id)
+
     def ping(self):
         """``SELECT 1`` through the pool: is MySQL reachable right now (/healthz)."""
         return self.run_interaction(_ping_txn)
@@ -266,3 +276,24 @@ def _count_messages_txn(cursor):
 def _ping_txn(cursor):
     cursor.execute("SELECT 1")
     return cursor.fetchone()[0]
+
+
+def _order_parties_txn(cursor, orders, order_id):
+    # Identifiers come from [orders], validated as SQL identifiers by imd.config.
+    cursor.execute("SELECT `%s`, `%s` FROM `%s` WHERE `%s` = %%s"
+                   % (orders.customer_column, orders.courier_column, orders.table, orders.id_column),
+                   (order_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    customer, courier = row
+    return int(customer), (int(courier) if courier is not None else None)
+
+
+def _create_order_txn(cursor, orders, order_id, customer_id, courier_id):
+    cursor.execute("INSERT INTO `%s` (`%s`, `%s`, `%s`) VALUES (%%s, %%s, %%s)"
+                   " ON DUPLICATE KEY UPDATE `%s` = VALUES(`%s`), `%s` = VALUES(`%s`)"
+                   % (orders.table, orders.id_column, orders.customer_column, orders.courier_column,
+                      orders.customer_column, orders.customer_column,
+                      orders.courier_column, orders.courier_column),
+                   (order_id, customer_id, courier_id))

@@ -39,16 +39,9 @@ class RedisKeys:
         return "%sdedup:%d:%s" % (self.prefix, uid, dedup_id)
 
 
-# The whole of contract §2 steps 1, 2 and 4 in one round trip, atomically:
-# friend check, then the (from, id) dedup record, then the push onto MQ.
-STORE_MESSAGE = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 2 end
-redis.call('LPUSH', KEYS[3], ARGV[2])
-return 1
-"""
+# What storing a message can come to (imd.stores.presence.STORE_MESSAGE).
 STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
-_STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
+STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
 
 # Friendship is symmetric (contract §6 "friend add A B": both directions).
 SET_FRIENDS = """
@@ -187,15 +180,3 @@ class RedisStore:
     def are_friends(self, uid, other):
         d = self.client.call("SISMEMBER", self.keys.friends(uid), other)
         return d.addCallback(lambda reply: bool(int(reply)))
-
-    # messages (contract §2 steps 1, 2, 4)
-    def store_message(self, sender, to, dedup_id, payload):
-        """Friend check + dedup + LPUSH onto MQ, atomically, in one round trip.
-
-        Fires with STORED, NOT_FRIEND or DUPLICATE.
-        """
-        d = self.client.call(
-            "eval", STORE_MESSAGE,
-            [self.keys.friends(sender), self.keys.dedup(sender, dedup_id), self.keys.mq],
-            [to, payload, self.dedup_ttl])
-        return d.addCallback(lambda reply: _STORE_RESULTS[int(reply)])

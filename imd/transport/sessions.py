@@ -1,21 +1,22 @@
-"""The local connections of each logged-in user, oldest first."""
+"""The local connections of each logged-in user, oldest first.
+
+``[websocket] max_devices`` is enforced across nodes in Redis
+(imd.stores.presence); this is only the local index.
+"""
 
 
 class SessionRegistry:
-    def __init__(self, max_devices):
-        self.max_devices = max_devices
+    def __init__(self):
         self._by_uid = {}
 
     def add(self, session):
-        """Register ``session``; returns the sessions it pushes past
-        ``max_devices`` (oldest first), which the caller closes."""
-        sessions = self._by_uid.setdefault(session.uid, [])
-        sessions.append(session)
-        excess = len(sessions) - self.max_devices
-        if excess <= 0:
-            return []
-        evicted, sessions[:excess] = sessions[:excess], []
-        return evicted
+        self._by_uid.setdefault(session.uid, []).append(session)
+
+    def find(self, uid, conn_id):
+        for session in self._by_uid.get(uid, ()):
+            if session.conn_id == conn_id:
+                return session
+        return None
 
     def remove(self, session):
         sessions = self._by_uid.get(session.uid)

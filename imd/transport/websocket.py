@@ -60,6 +60,9 @@ def _as_failed(failure, packet_id):
 
 class ImdServerProtocol(WebSocketServerProtocol):
     uid = None
+    conn_id = None          # this connection's id in Redis presence (dev:<uid>)
+    _registered_uid = None
+    _replaced = ()
     _refusal = None
     _closing = False
     _draining = False
@@ -75,12 +78,30 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self.peer_address = request.peer
         token = token_from_request(request.path, request.params)
         d = self._app.verifier.verify(token)
-        d.addCallbacks(self._token_verified, self._token_refused)
+        d.addCallback(self._token_verified)
+        d.addErrback(self._token_refused)
         return d
 
     def _token_verified(self, uid):
-        self.uid = uid
+        app = self._app
+        if not app.bus.healthy:
+            raise LoginRefused("service unavailable, try again later")
+        self.conn_id = app.next_server_id()
+        settings = app.settings.websocket
+        self.login_score = int(app.clock.seconds() * 1e6)
+        d = app.presence.login(uid, self.conn_id, self.login_score, settings.max_devices)
+        d.addCallbacks(self._registered, self._registration_failed, callbackArgs=(uid,))
+        return d
+
+    def _registered(self, replaced, uid):
+        self.uid = self._registered_uid = uid
+        self._replaced = replaced
         return None
+
+    @staticmethod
+    def _registration_failed(failure):
+        failure.trap(StoreUnavailable)
+        raise LoginRefused("service unavailable, try again later")
 
     def _token_refused(self, failure):
         if failure.check(LoginRefused):
@@ -111,8 +132,9 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._counted = True
         app.metrics.login_ok()
         app.metrics.connection_opened()
-        for old in app.sessions.add(self):
-            old.close_with(CLOSE_REPLACED, "replaced by a newer device")
+        for conn_id in self._replaced:
+            app.replace_local(self.uid, conn_id)
+        app.sessions.add(self)
         _log.info("login uid={uid} peer={peer} node={node}", uid=self.uid, peer=self.peer_address,
                   node=app.node_id)
         self.send_packet(protocol.login(app.next_server_id(), self.uid))
@@ -258,6 +280,11 @@ class ImdServerProtocol(WebSocketServerProtocol):
     def _forget(self):
         if self.uid is not None:
             self._app.sessions.remove(self)
+        if self.conn_id is not None:
+            uid, conn_id, self.conn_id = self._registered_uid, self.conn_id, None
+            d = self._app.presence.logout(uid, conn_id)
+            d.addErrback(lambda f: _log.warn("logout of uid={uid} not recorded: {why}",
+                                             uid=uid, why=f.getErrorMessage()))
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None

@@ -1,0 +1,70 @@
+"""``S`` site (contract §4): a courier's position, kept in Redis and pushed
+to the courier's online friends at most once per ``[site] min_interval``.
+
+Every valid ``S`` is acked and recorded (so the stored position is always the
+latest).  Pushes are throttled per courier: when positions come faster than
+``min_interval``, the ones in between are not pushed, and the newest is pushed
+when the interval is over — friends never see an older position last.
+"""
+
+from twisted.logger import Logger
+
+from imd import protocol
+from imd.handlers import Reply
+
+_log = Logger()
+
+
+class _Window:
+    """One courier's push window: a push opens it for ``min_interval``;
+    positions arriving meanwhile wait in ``pending`` (newest wins)."""
+    __slots__ = ("timer", "pending")
+
+    def __init__(self):
+        self.timer = None
+        self.pending = None
+
+
+class SiteHandler:
+    def __init__(self, presence, router, clock, min_interval, next_server_id):
+        self._presence = presence
+        self._router = router
+        self._clock = clock
+        self._min_interval = min_interval
+        self._next_server_id = next_server_id
+        self._windows = {}
+
+    def handle(self, sender, packet):
+        ts = int(self._clock.seconds() * 1000)
+        d = self._presence.record_site(sender, packet.longitude, packet.latitude, ts)
+        return d.addCallback(self._recorded, sender, packet, ts)
+
+    def _recorded(self, _, sender, packet, ts):
+        payload = protocol.site(self._next_server_id(), sender, packet.longitude, packet.latitude, ts)
+        window = self._windows.get(sender)
+        if window is not None:
+            window.pending = payload
+        else:
+            self._push(sender, payload)
+            if self._min_interval > 0:
+                window = self._windows[sender] = _Window()
+                window.timer = self._clock.callLater(self._min_interval, self._window_over, sender, window)
+        return Reply(protocol.ack(packet.id))
+
+    def _window_over(self, sender, window):
+        if window.pending is None:
+            del self._windows[sender]
+            return
+        payload, window.pending = window.pending, None
+        self._push(sender, payload)
+        window.timer = self._clock.callLater(self._min_interval, self._window_over, sender, window)
+
+    def _push(self, sender, payload):
+        d = self._presence.push_site(sender, payload)
+        d.addCallback(self._deliver_locally, payload)
+        d.addErrback(lambda f: _log.warn("position push of {uid} failed: {why}", uid=sender,
+                                         why=f.getErrorMessage()))
+
+    def _deliver_locally(self, friends, payload):
+        for friend in friends:
+            self._router.deliver(friend, payload)
