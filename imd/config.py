@@ -393,3 +393,17 @@ def load_settings(path):
 
 def default_settings():
     return parse_settings("", "<defaults>")
+
+
+def with_override(settings, section, key, text, source):
+    """``settings`` with one key set from the command line (``source`` names
+    the option in errors), validated like the ini value."""
+    cls = type(getattr(settings, section))
+    spec = {f.name: f for f in dataclasses.fields(cls)}[key]
+    try:
+        value = spec.metadata["parse"](text.strip())
+    except _Invalid as e:
+        raise ConfigError(source, section, key, str(e))
+    updated = settings.replace(section, **{key: value})
+    _check_across_keys(settings.path, updated)
+    return updated

@@ -4,18 +4,30 @@ import sys
 
 from twisted.python import usage
 
-from imd.config import ConfigError, load_settings
+from imd.config import ConfigError, load_settings, with_override
+
+# Command-line options that override one key of the ini, so that several
+# systemd units can share /etc/imd/imd.ini (e.g. imd-ws@8765 runs
+# --roles ws --listen tcp:8765).
+OVERRIDES = (("roles", "imd", "roles"), ("listen", "websocket", "listen"), ("node-id", "imd", "node_id"))
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE]"
+    synopsis = "[--config FILE] [--roles ROLES] [--listen ENDPOINT] [--node-id NAME]"
     optParameters = [
         ["config", "c", "etc/imd.ini", "the imd.ini file to run with"],
+        ["roles", None, None, "override [imd] roles, e.g. ws"],
+        ["listen", None, None, "override [websocket] listen, e.g. tcp:8765:interface=0.0.0.0"],
+        ["node-id", None, None, "override [imd] node_id"],
     ]
 
     def postOptions(self):
         try:
-            self.settings = load_settings(self["config"])
+            settings = load_settings(self["config"])
+            for option, section, key in OVERRIDES:
+                if self[option] is not None:
+                    settings = with_override(settings, section, key, self[option], "--" + option)
+            self.settings = settings
         except ConfigError as e:
             # One line, no usage text and no traceback: the operator reads it.
             sys.stderr.write("imd: config error: %s\n" % e)
