@@ -4,7 +4,8 @@ Debian's Chromium (``/usr/bin/chromium``) against a real imd (http + ws) on
 
 Two pages log in as two friends; one sends a text; the other shows it; the
 sender's row turns acked; after a reload the text comes back as history (the
-page asks for it 3 s after login).  On failure a screenshot of each page is
+page asks for it 3 s after login); when the server closes a connection the
+page shows the code and reason and logs in again by itself.  On failure a screenshot of each page is
 saved under tests/artifacts/.
 
 The browser runs in a worker thread (Playwright's sync API) while the reactor
@@ -14,7 +15,7 @@ serves it; every wait is a Playwright wait with a deadline.
 import os
 import re
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from imd.stores.mysql import apply_schema
@@ -40,7 +41,7 @@ def browser_missing():
     return None
 
 
-def friends_chat(base_url, text, artifact_prefix):
+def friends_chat(base_url, text, artifact_prefix, close_from_server):
     """Blocking, in a worker thread: the whole scenario in Chromium."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -74,6 +75,13 @@ def friends_chat(base_url, text, artifact_prefix):
             expect(history).to_have_count(1, timeout=HISTORY_WAIT_MS)
             expect(bob.locator("#log li[data-dir=out][data-type=H]")).to_have_attribute(
                 "data-state", "replied", timeout=HISTORY_WAIT_MS)
+
+            # The server closes Bob's connection: the page shows the code and
+            # reason, then logs in again on its own with a fresh token.
+            close_from_server(2, 4004, "idle for too long")
+            expect(bob.locator("#log li[data-dir=sys]", has_text="closed 4004: idle for too long")).to_have_count(1)
+            expect(bob.locator("#log li[data-dir=in][data-type=L]")).to_have_count(2)
+            expect(bob.locator("#status")).to_have_text("open as uid 2")
         except BaseException:
             os.makedirs(ARTIFACTS, exist_ok=True)
             for uid, page in pages.items():
@@ -106,6 +114,17 @@ class BrowserTests(HttpTestMixin, unittest.TestCase):
         for stale in os.listdir(ARTIFACTS) if os.path.isdir(ARTIFACTS) else ():
             if stale.startswith(prefix):
                 os.remove(os.path.join(ARTIFACTS, stale))
-        await threads.deferToThread(friends_chat, self.http.base_url, "hello from chromium ✓", prefix)
+        await threads.deferToThread(friends_chat, self.http.base_url, "hello from chromium ✓", prefix,
+                                    self.close_from_server)
+
+    def close_from_server(self, uid, code, reason):
+        """Called from the browser's thread: C + ``code`` to each connection of ``uid``."""
+        def close():
+            sessions = list(self.http.app.sessions.sessions_of(uid))
+            for session in sessions:
+                session.close_with(code, reason)
+            return len(sessions)
+        closed = threads.blockingCallFromThread(reactor, close)
+        assert closed == 1, "uid %d had %d connections" % (uid, closed)
 
 

@@ -6,11 +6,14 @@ when packets flow, and request logs without tokens.
 import time
 
 import jwt
-from twisted.internet import threads
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
+from imd.app import App
 from imd.auth import TOKEN_TYPE
+from imd.http.site import ImdSite
 from imd.stores.mysql import apply_schema
 from tests.http_support import HttpTestMixin
 from tests.support import (PrivateRedis, connect_client, drop, free_port, key_pair, make_settings,
@@ -369,6 +372,21 @@ class MetricsTests(HttpTestMixin, unittest.TestCase):
         self.assertEqual(after['imd_errors_total{code="unavailable"}'], 1)
         self.assertGreaterEqual(after['imd_store_errors_total{store="redis"}'], 2)
         self.assertNotEqual(after["imd_mq_length"], after["imd_mq_length"])  # NaN: unknown
+
+
+class WiringTests(unittest.SynchronousTestCase):
+
+    def http_sites(self, roles):
+        app = App(make_settings({"imd": {"roles": roles}}), reactor)
+        return [s for s in app.build_service()
+                if isinstance(s, StreamServerEndpointService) and isinstance(s.factory, ImdSite)]
+
+    def test_http_role_listens(self):
+        self.assertEqual(len(self.http_sites("http")), 1)
+        self.assertEqual(len(self.http_sites("ws, http, migrate")), 1)
+
+    def test_no_http_role_no_site(self):
+        self.assertEqual(self.http_sites("ws"), [])
 
 
 class RequestLogTests(HttpTestMixin, unittest.TestCase):
