@@ -213,7 +213,9 @@ class TlsReloader(Service):
 
     def startService(self):
         super().startService()
-        if self._creators and hasattr(signal, "SIGHUP"):
+        # Installed even without TLS listeners: systemd's ExecReload sends
+        # SIGHUP, whose default action would end the process.
+        if hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
 
     def stopService(self):
