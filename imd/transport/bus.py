@@ -80,7 +80,8 @@ class NodeBus(Service):
 
     @property
     def healthy(self):
-        return self._subscriber is not None
+        """Subscribed, and this node's heartbeat is up (its users read online)."""
+        return self._subscriber is not None and self._started_node
 
     def startService(self):
         super().startService()
@@ -120,6 +121,8 @@ class NodeBus(Service):
     def _subscribed(self, subscriber):
         _log.info("subscribed to {channel}", channel=self.presence.channel)
         self._subscriber = subscriber
+        if not self._started_node:
+            self._heartbeat()
         connections = list(self._local_connections())
         if connections:
             # Redis may have restarted without its data: say again who is here.
@@ -134,7 +137,8 @@ class NodeBus(Service):
     def drop_subscription(self):
         """Cut the subscribed connection (fault tests); it comes back by itself."""
         if self._subscriber is not None:
-            self._subscriber.transport.abortConnection()
+            subscriber, self._subscriber = self._subscriber, None
+            subscriber.transport.abortConnection()
 
     def frame_received(self, frame):
         if isinstance(frame, bytes):
