@@ -30,8 +30,9 @@ class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg t
         return (self.from_id, self.msg_id)
 
     def row(self):
-        """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, packet)."""
-        return tuple(self)
+        """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, packet),
+        every string as str."""
+        return (self.msg_id.decode("utf-8"),) + tuple(self)[1:]
 
 
 def _uid(value, name):

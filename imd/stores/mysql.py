@@ -226,14 +226,28 @@ class MysqlStore(Service):
         return self.run_interaction(_ping_txn)
 
 
-_INSERT_MESSAGE = ("INSERT IGNORE INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
-                   " VALUES (%s, %s, %s, %s, %s, %s, %s)")
+_INSERT_MESSAGES = "INSERT IGNORE INTO message (msg_id, from_id, to_id, type, msg, ts, packet) VALUES "
+_MAX_STATEMENT_BYTES = 4 * 1024 * 1024  # well under max_allowed_packet (16 MiB by default)
 
 
 def _insert_messages_txn(cursor, rows):
-    if not rows:
-        return 0
-    return cursor.executemany(_INSERT_MESSAGE, rows) or 0
+    # The VALUES list is built here rather than by executemany: PyMySQL's
+    # generic per-value escaping was half the migrator's time.  The ints are
+    # ints (checked by imd.stored); every string is quoted by the PyMySQL
+    # connection's own escape, which honours NO_BACKSLASH_ESCAPES.
+    escape = cursor.connection.escape
+    inserted, values, size = 0, [], 0
+    for msg_id, from_id, to_id, kind, msg, ts, packet in rows:
+        value = "(%s,%d,%d,%s,%s,%d,%s)" % (
+            escape(msg_id), from_id, to_id, escape(kind), escape(msg), ts, escape(packet))
+        values.append(value)
+        size += len(value)
+        if size >= _MAX_STATEMENT_BYTES:
+            inserted += cursor.execute(_INSERT_MESSAGES + ",".join(values))
+            values, size = [], 0
+    if values:
+        inserted += cursor.execute(_INSERT_MESSAGES + ",".join(values))
+    return inserted
 
 
 def _after(position):

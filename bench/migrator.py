@@ -1,0 +1,141 @@
+"""bench/migrator: rows/s from Redis MQ into MySQL, and lag under steady load.
+
+    .venv/bin/python bench/migrator.py [-n 100000] [--batches 100,500,2000]
+        [--rate 5000 --seconds 10] [--redis-db 13] [--mysql-db imd_bench_mig]
+
+Phase 1, for each batch size: fill MQ with N messages (as the daemon stores
+them), start a migrator, time until MQ is empty.  Phase 2: push at a steady
+rate (through the same Lua call the daemon acks with) while the migrator runs
+with the default batch size, sampling its lag once a second.  It uses its own
+Redis db and MySQL database (dropped and re-created), never the live ones.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import defer, task, threads  # noqa: E402
+
+from imd import protocol  # noqa: E402
+from imd.app import App  # noqa: E402
+from imd.config import parse_settings  # noqa: E402
+from imd.stores.mysql import apply_schema  # noqa: E402
+
+
+def settings_for(args, batch):
+    return parse_settings(
+        "[imd]\nroles = migrate\n[redis]\nurl = redis://127.0.0.1:6379/%d\n"
+        "[mysql]\ndatabase = %s\n[migrate]\nbatch = %d\ninterval = 0.05\nlock_ttl = 2\n"
+        % (args.redis_db, args.mysql_db, batch), "<bench>")
+
+
+def reset_mysql(settings):
+    import pymysql
+
+    from imd.stores.mysql import connect_kwargs
+    conn = pymysql.connect(**connect_kwargs(settings, database=False))
+    with conn.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS `%s`" % settings.database)
+    conn.close()
+    apply_schema(settings)
+
+
+def entries(start, count, ts):
+    return [protocol.message_json(protocol.MessagePacket("b%d" % n, "t", 2 + n % 50, "benchmark message %d" % n),
+                                  1 + n % 97, ts).decode("utf-8") for n in range(start, start + count)]
+
+
+@defer.inlineCallbacks
+def fill(app, items):
+    for i in range(0, len(items), 5000):
+        yield app.redis_client.call("LPUSH", app.queue.keys.mq, *items[i:i + 5000])
+
+
+@defer.inlineCallbacks
+def start(reactor, settings):
+    app = App(settings, reactor)
+    app.redis_client.startService()
+    yield app.redis_client.wait_connected()
+    yield app.redis_client.call("FLUSHDB")
+    yield threads.deferToThread(reset_mysql, settings.mysql)
+    return app
+
+
+@defer.inlineCallbacks
+def throughput(reactor, args, batch):
+    settings = settings_for(args, batch)
+    app = yield start(reactor, settings)
+    yield fill(app, entries(0, args.n, int(time.time() * 1000)))
+    app.mysql.startService()
+    group = app.migrator_service()
+    began = time.perf_counter()
+    group.startService()
+    yield app.migrator.wait_drained()
+    elapsed = time.perf_counter() - began
+    count = yield app.mysql.count_messages()
+    yield group.stopService()
+    app.mysql.stopService()
+    yield app.redis_client.stopService()
+    assert count == args.n, (count, args.n)
+    return elapsed
+
+
+@defer.inlineCallbacks
+def steady(reactor, args):
+    settings = settings_for(args, 500)
+    app = yield start(reactor, settings)
+    app.mysql.startService()
+    group = app.migrator_service()
+    group.startService()
+    tick, sent, samples = 0.01, [0], []
+    began = time.perf_counter()
+
+    def push():
+        due = int((time.perf_counter() - began) * args.rate) - sent[0]
+        if due > 0:
+            batch = entries(10 ** 9 + sent[0], due, int(time.time() * 1000))
+            sent[0] += due
+            return app.redis_client.call("LPUSH", app.queue.keys.mq, *batch)
+    pusher = task.LoopingCall(push)
+    pusher.start(tick)
+    for _ in range(int(args.seconds)):
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        yield app.migrator._sample_lag()
+        samples.append((app.migrator.queue_length, app.migrator.oldest_age))
+    pusher.stop()
+    yield app.migrator.wait_drained()
+    count = yield app.mysql.count_messages()
+    yield group.stopService()
+    app.mysql.stopService()
+    yield app.redis_client.stopService()
+    return sent[0], count, samples
+
+
+@defer.inlineCallbacks
+def main(reactor, args):
+    print("bench/migrator: %d messages per run, Redis db %d, MySQL database %s"
+          % (args.n, args.redis_db, args.mysql_db))
+    print("| batch | seconds | rows/s |")
+    print("|---:|---:|---:|")
+    for batch in args.batches:
+        elapsed = yield throughput(reactor, args, batch)
+        print("| %d | %.2f | %d |" % (batch, elapsed, args.n / elapsed))
+    if args.seconds:
+        sent, count, samples = yield steady(reactor, args)
+        print("\nsteady load %d msg/s for %ds, batch 500: %d sent, %d rows" % (args.rate, args.seconds, sent, count))
+        print("max queue length %d, max age of the oldest unmigrated message %.2fs"
+              % (max(q for q, _ in samples), max(a for _, a in samples)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=100000)
+    parser.add_argument("--batches", default="100,500,2000", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--redis-db", type=int, default=13)
+    parser.add_argument("--mysql-db", default="imd_bench_mig")
+    task.react(main, [parser.parse_args()])

@@ -1,0 +1,185 @@
+"""``H`` (contract §3): a user's sent and received messages, oldest first,
+paged with ``after``, from MySQL and from Redis alike."""
+
+import base64
+import json
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from imd import protocol
+from imd.handlers.history import decode_cursor, encode_cursor
+from imd.errors import ImdError
+from tests.migrator_support import start_migrator, with_drain
+from tests.test_migrator import FAST, MigratorTestMixin
+
+TS = 1_700_000_000_000
+
+
+def stored(packet_id, sender, to, ts, msg="x", kind="t"):
+    """An MQ entry exactly as the daemon stores it."""
+    return protocol.message_json(protocol.MessagePacket(packet_id, kind, to, msg), sender, ts).decode("utf-8")
+
+
+def order_key(packet):
+    return (packet["ts"], packet["from"], str(packet["id"]).encode("utf-8"))
+
+
+class CursorTests(unittest.SynchronousTestCase):
+    def test_round_trip(self):
+        key = (TS, 7, "ü-1".encode("utf-8"))
+        self.assertEqual(decode_cursor(encode_cursor(key, 3, 50)), (key, 3, 50))
+
+    def test_longest_id_fits_the_cursor_limit(self):
+        cursor = encode_cursor((2 ** 53, protocol.MAX_UID, ("😀" * 64).encode("utf-8")), protocol.MAX_UID, 500)
+        self.assertLessEqual(len(cursor), protocol.MAX_CURSOR_CHARS)
+
+    def test_bad_cursors(self):
+        def b64(obj):
+            return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode()
+        for bad in ("!!", "abc", b64([1, TS, 1, "a", None, 9999]), b64([2, TS, 1, "a", None, 5]),
+                    b64([1, TS, 0, "a", None, 5]), b64([1, TS, 1, "", None, 5]), b64({"a": 1}),
+                    b64([1, -1, 1, "a", None, 5]), b64([1, TS, 1, "a", "2", 5])):
+            with self.assertRaises(ImdError) as caught:
+                decode_cursor(bad)
+            self.assertEqual(caught.exception.code, "bad_packet", bad)
+
+
+class HistoryTestMixin(MigratorTestMixin):
+    overrides = FAST
+
+    @defer.inlineCallbacks
+    def history(self, client, msg, limit_check=None):
+        """Every packet of a query, following ``next``; checks each page."""
+        packets, pages, n = [], 0, 0
+        while True:
+            n += 1
+            reply = yield self.ask(client, {"id": "h%d" % n, "to": 0, "type": "H", "msg": msg})
+            self.assertEqual(reply["type"], "H", reply)
+            self.assertEqual(reply["from"], 0)
+            pages += 1
+            if limit_check is not None:
+                self.assertLessEqual(len(reply["msg"]), limit_check)
+            packets.extend(reply["msg"])
+            if not reply["more"]:
+                self.assertNotIn("next", reply)
+                return packets, pages
+            self.assertEqual(len(reply["msg"]), limit_check or len(reply["msg"]))
+            msg = {"after": reply["next"]}
+
+    def assert_exactly(self, packets, expected):
+        ids = [(p["from"], str(p["id"])) for p in packets]
+        self.assertEqual(len(ids), len(set(ids)), "a message came twice")
+        self.assertEqual(packets, sorted(expected, key=order_key))
+
+
+class HistoryTests(HistoryTestMixin, unittest.TestCase):
+
+    async def test_messages_not_yet_migrated_appear(self):
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        for n, text in enumerate(("one", "two", "three")):
+            self.assertEqual((await self.ask(alice, {"id": n, "to": 2, "type": "t", "msg": text}))["type"], "A")
+        live = [await bob.next_of("t") for _ in range(3)]
+        self.assertEqual(await self.redis.llen("MQ"), 3)
+        for client in (alice, bob):
+            packets, pages = await self.history(client, 0)
+            self.assertEqual(packets, live)
+            self.assertEqual(pages, 1)
+        since = live[0]["ts"] - 1
+        packets, _ = await self.history(bob, {"since": since, "limit": 2}, limit_check=2)
+        self.assertEqual(packets, live)
+
+    async def test_paging_over_1000_messages_of_one_millisecond(self):
+        entries = []
+        for n in range(500):
+            entries.append(stored(n, 1, 2, TS))          # numeric ids from 1
+            entries.append(stored("s-%d" % n, 2, 1, TS))  # string ids from 2
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.redis.lpush("MQ", entries[:600])
+        await with_drain(migrator)
+        await migrator.stopService()
+        await self.redis.lpush("MQ", entries[600:])
+        # committed but not yet deleted from Redis: in both places at once
+        await self.redis.lpush("MQ:processing", entries[550:600])
+        self.assertEqual(len(await self.message_rows()), 600)
+        expected = [json.loads(e) for e in entries]
+        alice = await self.login(1)
+        packets, pages = await self.history(alice, {"since": TS - 1, "limit": 37}, limit_check=37)
+        self.assert_exactly(packets, expected)
+        self.assertEqual(pages, 28)
+        bob = await self.login(2)
+        packets, _ = await self.history(bob, {"limit": 500}, limit_check=500)
+        self.assert_exactly(packets, expected)
+        packets, _ = await self.history(bob, TS)
+        self.assertEqual(packets, [])
+
+    async def test_with_keeps_one_conversation_and_nobody_reads_others(self):
+        for a, b in ((1, 2), (1, 3), (2, 3)):
+            await self.befriend(a, b)
+        clients = {uid: await self.login(uid) for uid in (1, 2, 3)}
+        sent = []
+        migrator = start_migrator(self, self.server.app.settings)
+        for round_ in range(2):
+            for sender, to in ((1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)):
+                packet_id = "%d-%d-%d" % (round_, sender, to)
+                reply = await self.ask(clients[sender], {"id": packet_id, "to": to, "type": "t", "msg": packet_id})
+                self.assertEqual(reply["type"], "A")
+                sent.append((sender, to, packet_id))
+            if round_ == 0:
+                await with_drain(migrator)  # the first round in MySQL, the second in Redis
+                await migrator.stopService()
+
+        def expected_ids(uid, other=None):
+            return sorted((s, i) for s, t, i in sent
+                          if uid in (s, t) and (other is None or other in (s, t)))
+
+        def ids(packets):
+            return sorted((p["from"], p["id"]) for p in packets)
+        packets, pages = await self.history(clients[1], {"with": 2, "limit": 1}, limit_check=1)
+        self.assertEqual(ids(packets), expected_ids(1, 2))
+        self.assertEqual(pages, 4)  # the cursor kept limit 1 and with 2
+        packets, _ = await self.history(clients[1], 0)
+        self.assertEqual(ids(packets), expected_ids(1))
+        self.assertFalse([p for p in packets if 1 not in (p["from"], p["to"])])
+        # asking for someone else's conversation gives only one's own with them
+        packets, _ = await self.history(clients[3], {"with": 2})
+        self.assertEqual(ids(packets), expected_ids(3, 2))
+        packets, _ = await self.history(clients[3], {"with": 3})
+        self.assertEqual(packets, [])
+
+    async def test_no_gap_or_duplicate_while_the_migrator_runs(self):
+        entries = []
+        for n in range(1500):
+            sender, to = ((1, 2), (2, 1), (2, 9), (9, 1))[n % 4]
+            entries.append(stored("b%d" % n if n % 3 else n, sender, to, TS + n // 7))
+        await self.redis.lpush("MQ", entries)
+        expected = [json.loads(e) for e in entries if 1 in (json.loads(e)["from"], json.loads(e)["to"])]
+        alice = await self.login(1)
+        settings = self.server.app.settings.replace("migrate", batch=20, interval=0.01)
+        migrator = start_migrator(self, settings)
+        passes = mixed = 0
+        while True:
+            in_redis = await self.redis.llen("MQ")
+            packets, _ = await self.history(alice, {"limit": 100}, limit_check=100)
+            self.assert_exactly(packets, expected)
+            passes += 1
+            if 0 < in_redis < 1500:
+                mixed += 1
+            if in_redis == 0 and not await self.redis.llen("MQ:processing"):
+                break
+        self.assertGreaterEqual(mixed, 1, "no pass ran while the migration was half done")
+        self.assertEqual(len(await self.message_rows()), 1500)
+        self.assertGreaterEqual(migrator.rows_migrated, 1)
+
+    async def test_bad_arguments(self):
+        alice = await self.login(1)
+        good = encode_cursor((TS, 2, b"x"), None, 10)
+        for n, msg in enumerate(({"limit": 0}, {"limit": 501}, {"limit": "5"}, {"since": -1}, {"with": "abc"},
+                                 {"after": "!!!"}, {"after": good[:-3]}, {"after": good, "limit": 5},
+                                 {"after": base64.urlsafe_b64encode(b'[1,5,2,"x",null,9999]').decode()},
+                                 {"what": 1}, "yesterday", None, [1])):
+            reply = await self.ask(alice, {"id": n, "to": 0, "type": "H", "msg": msg})
+            self.assertEqual((reply["type"], reply["code"], reply["id"]), ("E", "bad_packet", n), msg)
+        reply = await self.ask(alice, {"id": "ok", "to": 0, "type": "H", "msg": {"after": good}})
+        self.assertEqual((reply["type"], reply["msg"], reply["more"]), ("H", [], False))
