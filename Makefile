@@ -5,7 +5,7 @@ CONFIG  ?= etc/imd.ini
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install services chromium keys run test clean
+.PHONY: install services chromium keys schema run test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ chromium:
 keys: install services
 	$(VENV)/bin/imd-admin --config $(CONFIG) keys init
 
-run: keys
+# create the MySQL database or bring it to the newest sql/NNN_*.sql (idempotent)
+schema: install services
+	$(VENV)/bin/imd-admin --config $(CONFIG) schema apply
+
+run: keys schema
 	$(VENV)/bin/twistd -n --pidfile= imd --config $(CONFIG)
 
 test: install services chromium
