@@ -5,7 +5,7 @@ CONFIG  ?= etc/imd.ini
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install services chromium keys schema run test clean
+.PHONY: install services chromium keys schema run test clean bench
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ run: keys schema
 
 test: install services chromium
 	$(VENV)/bin/trial $(TRIAL_ARGS) tests
+
+# bench/run.py: imd vs the baseline relay (bench/baseline_relay.py), driven by
+# the Node load generator bench/loadgen; own Redis db 9 and MySQL imd_bench.
+bench: install services
+	cd bench && npm ci --no-audit --no-fund --silent
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info

@@ -1,0 +1,566 @@
+"""``make bench``: imd against the baseline relay, on this machine, in one run.
+
+Sets up its own Redis db index and MySQL database (never db 0 / ``imd``),
+starts the baseline relay and the imd daemon (all roles, migrator running),
+drives them with ``bench/loadgen`` (Node ``ws``) over loopback, reads the
+daemon's CPU and RSS from /proc, and writes:
+
+- ``bench/results/<stamp>.json``: everything measured;
+- the summary table in ``docs/performance.md`` (between the bench markers).
+
+Every step is bounded in count and time and stops by itself.  Only the
+processes started here are stopped, by pid.
+
+    .venv/bin/python bench/run.py [--quick] [--only throughput,latency,idle,login,migrate]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import jwt  # noqa: F401  (issue_token signs with PyJWT)
+import pymysql
+from cryptography.hazmat.primitives import serialization
+
+from imd.auth import generate_key_pair, issue_token
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENV_BIN = os.path.dirname(sys.executable)
+RESULTS = os.path.join(HERE, "results")
+DOC = os.path.join(ROOT, "docs", "performance.md")
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+REDIS_DB = int(os.environ.get("IMD_BENCH_REDIS_DB", "9"))
+MYSQL_DB = os.environ.get("IMD_BENCH_MYSQL_DB", "imd_bench")
+IMD_PORT, HTTP_PORT, BASE_PORT = 8791, 8792, 8790
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+assert REDIS_DB != 0 and MYSQL_DB != "imd", "the bench never touches db 0 / database imd"
+
+
+_T0 = time.time()
+
+
+def log(msg):
+    sys.stderr.write("bench %5.1fs: %s\n" % (time.time() - _T0, msg))
+    sys.stderr.flush()
+
+
+# --- a tiny blocking Redis client (setup and lag samples only) -----------------
+
+class Redis:
+    def __init__(self, db, port=6379):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.file = self.sock.makefile("rb")
+        self.call("SELECT", db)
+
+    def _encode(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        return b"".join(out)
+
+    def _read(self):
+        line = self.file.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind in (b"+", b":"):
+            return int(rest) if kind == b":" else rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self.file.read(n + 2)[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise RuntimeError("bad reply %r" % line)
+
+    def call(self, *args):
+        self.sock.sendall(self._encode(*args))
+        return self._read()
+
+    def pipeline(self, commands):
+        self.sock.sendall(b"".join(self._encode(*c) for c in commands))
+        return [self._read() for _ in commands]
+
+
+# --- processes and /proc -------------------------------------------------------
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the children
+    return hard
+
+
+def proc_cpu(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kb(pid, field="VmRSS"):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def reset_peak_rss(pid):
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("nothing listens on 127.0.0.1:%d after %ss" % (port, timeout))
+
+
+class Server:
+    """A process started here, stopped here by its pid."""
+
+    def __init__(self, name, argv, port, logfile):
+        self.name, self.port = name, port
+        self.log = open(logfile, "ab")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        wait_port(port)
+
+    def sample(self):
+        return {"cpu_s": proc_cpu(self.pid), "rss_kb": proc_rss_kb(self.pid)}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# --- set-up --------------------------------------------------------------------
+
+def bench_config(path):
+    text = """
+[imd]
+roles = ws, http, migrate
+node_id = bench
+shutdown_grace = 5
+[websocket]
+listen = tcp:{imd}:interface=127.0.0.1:backlog=4096
+; the bench measures the daemon, not the per-connection limiter
+rate = 1000000
+burst = 1000000
+idle_timeout = 3600
+ping_interval = 30
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+[redis]
+url = redis://127.0.0.1:6379/{db}
+[mysql]
+database = {mysql}
+""".format(imd=IMD_PORT, http=HTTP_PORT, db=REDIS_DB, mysql=MYSQL_DB)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class Setup:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.config = bench_config(os.path.join(workdir, "imd.ini"))
+        self.redis = Redis(REDIS_DB)
+        self.redis.call("FLUSHDB")
+        public_pem, private_pem = generate_key_pair()
+        self.redis.call("MSET", "publicKey", public_pem, "privateKey", private_pem)
+        # A loaded key: issue_token signs with it in <1 ms (a PEM string costs ~40 ms).
+        self.private_key = serialization.load_pem_private_key(private_pem.encode(), None)
+        conn = pymysql.connect(host="127.0.0.1", user="root")
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS `%s`" % MYSQL_DB)
+        conn.close()
+        subprocess.run([os.path.join(VENV_BIN, "imd-admin"), "--config", self.config, "schema", "apply"],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        self.next_uid = 1
+
+    def pairs(self, count):
+        """``count`` connections as count/2 friend pairs (fresh uids), friends in URS:."""
+        uids = list(range(self.next_uid, self.next_uid + count))
+        self.next_uid += count
+        commands = []
+        for a, b in zip(uids[0::2], uids[1::2]):
+            commands += [("SADD", "URS:%d" % a, b), ("SADD", "URS:%d" % b, a)]
+        for i in range(0, len(commands), 2000):
+            self.redis.pipeline(commands[i:i + 2000])
+        return uids
+
+    def conns_file(self, name, uids, port, tokens):
+        now = time.time()
+        path = os.path.join(self.workdir, name + ".conns")
+        with open(path, "w") as f:
+            for uid in uids:
+                path_part = issue_token(self.private_key, uid, now, 600) if tokens else str(uid)
+                f.write("%d ws://127.0.0.1:%d/%s\n" % (uid, port, path_part))
+        return path
+
+    def mysql_count(self):
+        conn = pymysql.connect(host="127.0.0.1", user="root", database=MYSQL_DB)
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM message")
+            (n,) = cur.fetchone()
+        conn.close()
+        return n
+
+    def queue_lag(self):
+        """(entries not yet migrated, age in s of the oldest one)."""
+        queued, in_flight, oldest = self.redis.pipeline(
+            [("LLEN", "MQ"), ("LLEN", "MQ:processing"),
+             ("EVAL", "return redis.call('LINDEX', KEYS[2], -1) or redis.call('LINDEX', KEYS[1], -1)",
+              2, "MQ", "MQ:processing")])
+        age = 0.0
+        if oldest:
+            age = max(0.0, time.time() - json.loads(oldest)["ts"] / 1000.0)
+        return queued + in_flight, age
+
+
+# --- running the generator -----------------------------------------------------
+
+def loadgen(conns, mode, **options):
+    argv = ["node", os.path.join(HERE, "loadgen"), "--conns", conns, "--mode", mode]
+    for key, value in options.items():
+        argv += ["--" + key, str(value)]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+
+
+def measured(server, proc, setup=None):
+    """Wait for the generator; the server's CPU and peak RSS meanwhile, and
+    (for imd) the migrator's lag sampled every 0.5 s."""
+    before = server.sample()
+    reset_peak_rss(server.pid)
+    load0 = loadavg()
+    lag = {"max_age_s": 0.0, "max_queued": 0}
+    while proc.poll() is None:
+        if setup is not None:
+            queued, age = setup.queue_lag()
+            lag["max_age_s"] = round(max(lag["max_age_s"], age), 3)
+            lag["max_queued"] = max(lag["max_queued"], queued)
+        time.sleep(0.5)
+    out = proc.stdout.read().strip().splitlines()
+    if proc.returncode != 0 or not out:
+        raise RuntimeError("loadgen failed (exit %s)" % proc.returncode)
+    result = json.loads(out[-1])
+    after = server.sample()
+    result["server"] = server.name
+    result["server_cpu_s"] = round(after["cpu_s"] - before["cpu_s"], 2)
+    result["server_peak_rss_kb"] = proc_rss_kb(server.pid, "VmHWM")
+    result["loadavg_before"] = load0
+    result["loadavg_after"] = loadavg()
+    delivered = result.get("delivered_per_s")
+    if delivered and result.get("measured_seconds"):
+        # whole run (warm-up and drain included) over the measured deliveries: an upper bound
+        result["server_cpu_us_per_msg_upper"] = round(
+            result["server_cpu_s"] * 1e6 / (delivered * result["measured_seconds"]), 1)
+    if setup is not None:
+        result["migrator_lag"] = lag
+    return result
+
+
+def throughput(setup, imd, base, conns_n, window, duration, warmup):
+    uids = setup.pairs(conns_n)
+    out = {}
+    for name, server in (("baseline", base), ("imd", imd)):
+        conns = setup.conns_file("tp-%s-%d" % (name, conns_n), uids, server.port, tokens=name == "imd")
+        log("throughput %s C=%d W=%d (load %s)" % (name, conns_n, window, loadavg()[0]))
+        proc = loadgen(conns, "closed", window=window, duration=duration, warmup=warmup,
+                       concurrency=100)
+        out[name] = measured(server, proc, setup if name == "imd" else None)
+        if name == "imd":
+            out[name]["migrator_drained_s"] = wait_drained(setup)
+        log("  %s: %.0f acked/s, ack p99 %.1f ms" % (name, out[name]["acked_per_s"],
+                                                    out[name]["ack_latency_ms"].get("p99", -1)))
+    out["ratio"] = round(out["imd"]["acked_per_s"] / out["baseline"]["acked_per_s"], 3)
+    return out
+
+
+def wait_drained(setup, timeout=60.0):
+    started = time.time()
+    while time.time() - started < timeout:
+        if setup.queue_lag()[0] == 0:
+            return round(time.time() - started, 2)
+        time.sleep(0.1)
+    return None
+
+
+def latency(setup, imd, base, rate, duration, warmup):
+    uids = setup.pairs(200)
+    out = {"rate": rate}
+    for name, server in (("baseline", base), ("imd", imd)):
+        conns = setup.conns_file("lat-%s" % name, uids, server.port, tokens=name == "imd")
+        log("open loop %s R=%d (load %s)" % (name, rate, loadavg()[0]))
+        proc = loadgen(conns, "open", rate=rate, duration=duration, warmup=warmup)
+        out[name] = measured(server, proc, setup if name == "imd" else None)
+        log("  %s: ack p50 %.2f p99 %.2f ms" % (name, out[name]["ack_latency_ms"].get("p50", -1),
+                                                 out[name]["ack_latency_ms"].get("p99", -1)))
+    return out
+
+
+def idle(setup, server, count, tokens):
+    uids = setup.pairs(count)
+    conns = setup.conns_file("idle-%s" % server.name, uids, server.port, tokens=tokens)
+    time.sleep(1.0)
+    rss0 = proc_rss_kb(server.pid)
+    log("idle %s: %d connections (load %s)" % (server.name, count, loadavg()[0]))
+    proc = loadgen(conns, "idle", concurrency=200, hold=120)
+    ready = json.loads(proc.stdout.readline())
+    time.sleep(2.0)
+    rss1 = proc_rss_kb(server.pid)
+    proc.stdin.write("close\n")
+    proc.stdin.flush()
+    proc.wait(60)
+    result = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    result.update(server=server.name, rss_before_kb=rss0, rss_after_kb=rss1,
+                  kb_per_connection=round((rss1 - rss0) / max(1, ready["connected"]), 2),
+                  loadavg=loadavg())
+    log("  %s: %.2f KB per connection" % (server.name, result["kb_per_connection"]))
+    return result
+
+
+def logins(setup, imd, count):
+    uids = setup.pairs(count)
+    conns = setup.conns_file("login", uids, imd.port, tokens=True)
+    log("logins: %d (load %s)" % (count, loadavg()[0]))
+    proc = loadgen(conns, "login", concurrency=50)
+    result = measured(imd, proc)
+    log("  %.0f logins/s" % result["logins_per_s"])
+    return result
+
+
+def migrate(setup, imd, rows):
+    """Queue ``rows`` messages at once (one pipelined burst of LPUSH) while the
+    daemon's migrator runs, and time from the start of the burst to MQ empty."""
+    count0 = setup.mysql_count()
+    now = int(time.time() * 1000)
+    commands, batch = [], []
+    for i in range(rows):
+        batch.append(json.dumps({"id": "m%d" % i, "from": 1, "to": 2, "type": "t",
+                                 "msg": "migrated message %d" % i, "ts": now}, separators=(",", ":")))
+        if len(batch) == 1000:
+            commands.append(["LPUSH", "MQ"] + batch)
+            batch = []
+    if batch:
+        commands.append(["LPUSH", "MQ"] + batch)
+    log("migrate: %d rows (load %s)" % (rows, loadavg()[0]))
+    cpu0 = proc_cpu(imd.pid)
+    started = time.time()
+    setup.redis.pipeline(commands)
+    pushed = time.time() - started
+    drained = wait_drained(setup, timeout=120.0)
+    seconds = time.time() - started
+    cpu = proc_cpu(imd.pid) - cpu0
+    inserted = setup.mysql_count() - count0
+    result = {"rows": rows, "inserted": inserted, "push_seconds": round(pushed, 3),
+              "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds) if drained is not None else None,
+              "daemon_cpu_s": round(cpu, 2), "loadavg": loadavg(),
+              "note": "from the start of the LPUSH burst to MQ and MQ:processing empty; batch = 500 (default)"}
+    log("  %s rows/s (%d inserted)" % (result["rows_per_s"], inserted))
+    return result
+
+
+# --- the report ----------------------------------------------------------------
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+            "redis": setup_version("redis"), "kernel": platform.release()}
+
+
+def setup_version(_):
+    try:
+        return Redis(REDIS_DB).call("INFO", "server").decode().split("redis_version:")[1].split()[0]
+    except Exception:
+        return "?"
+
+
+def fmt_lat(lat):
+    return "%.1f / %.1f / %.1f" % (lat.get("p50", 0), lat.get("p99", 0), lat.get("p999", 0)) if lat.get("n") else "-"
+
+
+def table(report):
+    rows = ["| measure | imd | baseline relay | ratio / target | met |", "|---|---|---|---|---|"]
+    r = report["results"]
+    for key, target in (("throughput_c200_w8", 0.9), ("throughput_c2000_w1", None)):
+        if key not in r:
+            continue
+        t = r[key]
+        imd, base = t["imd"], t["baseline"]
+        lag = imd["migrator_lag"]["max_age_s"]
+        rows.append("| %s acked msgs/s (delivered) | %.0f (%.0f) | %.0f (%.0f) | %.2f× %s | %s |" % (
+            key.replace("throughput_", "").replace("_", " ").upper(), imd["acked_per_s"], imd["delivered_per_s"],
+            base["acked_per_s"], base["delivered_per_s"], t["ratio"],
+            "(≥ 0.9×, lag < 2 s)" if target else "", ("yes" if t["ratio"] >= target and lag < 2 else "no")
+            if target else "-"))
+        rows.append("| ↳ ack latency p50/p99/p999 ms (closed loop) | %s | %s | | |" % (
+            fmt_lat(imd["ack_latency_ms"]), fmt_lat(base["ack_latency_ms"])))
+        rows.append("| ↳ server CPU µs/msg (upper bound), peak RSS MB | %s, %.0f | %s, %.0f | | |" % (
+            imd.get("server_cpu_us_per_msg_upper"), imd["server_peak_rss_kb"] / 1024.0,
+            base.get("server_cpu_us_per_msg_upper"), base["server_peak_rss_kb"] / 1024.0))
+        rows.append("| ↳ migrator max lag s (drained after) / errors | %.2f (%ss) / %s | - / %s | | |" % (
+            lag, imd.get("migrator_drained_s"), imd["errors"] or "none", base["errors"] or "none"))
+    if "latency" in r:
+        l = r["latency"]
+        p99 = l["imd"]["ack_latency_ms"].get("p99", 1e9)
+        rows.append("| open loop R=%d msgs/s: ack p50/p99/p999 ms | %s | %s | p99 ≤ 25 ms | %s |" % (
+            l["rate"], fmt_lat(l["imd"]["ack_latency_ms"]), fmt_lat(l["baseline"]["ack_latency_ms"]),
+            "yes" if p99 <= 25 else "no"))
+        rows.append("| ↳ end-to-end p50/p99/p999 ms | %s | %s | | |" % (
+            fmt_lat(l["imd"]["e2e_latency_ms"]), fmt_lat(l["baseline"]["e2e_latency_ms"])))
+    if "idle_imd" in r:
+        kb = r["idle_imd"]["kb_per_connection"]
+        base_kb = r.get("idle_baseline", {}).get("kb_per_connection")
+        rows.append("| RSS per idle logged-in connection, KB (%d conns) | %.1f | %s | ≤ 14 KB | %s |" % (
+            r["idle_imd"]["connected"], kb, "%.1f" % base_kb if base_kb is not None else "-",
+            "yes" if kb <= 14 else "no"))
+    if "login" in r:
+        n = r["login"]["logins_per_s"]
+        rows.append("| logins/s (%d, %d at a time, token issue excluded) | %.0f | | ≥ 800 | %s |" % (
+            r["login"]["connections"], r["login"]["concurrency"], n, "yes" if n >= 800 else "no"))
+    if "migrate" in r:
+        n = r["migrate"]["rows_per_s"] or 0
+        rows.append("| migrator rows/s (%d rows, batch 500) | %.0f | | ≥ 20,000 | %s |" % (
+            r["migrate"]["rows"], n, "yes" if n >= 20000 else "no"))
+    m = report["machine"]
+    head = ("Run %s on %d cores, %s; Python %s, Node %s, Redis %s; load average at start %s. "
+            "Command: `%s` (%.0f s). Raw figures: `bench/results/%s.json`.\n\n" % (
+                report["started"], m["cores"], m["cpu"], m["python"], m["node"], m["redis"],
+                " ".join("%.2f" % x for x in report["loadavg_start"]), report["command"], report["seconds"],
+                report["stamp"]))
+    return head + "\n".join(rows) + "\n"
+
+
+def write_doc(report):
+    block = BEGIN + "\n" + table(report) + END
+    text = open(DOC).read() if os.path.exists(DOC) else "# Performance\n\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text += "\n" + block + "\n"
+    with open(DOC, "w") as f:
+        f.write(text)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
+    parser.add_argument("--only", default="throughput,latency,idle,login,migrate")
+    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    duration, warmup = (3, 1) if args.quick else (10, 2)
+    idle_n = 1000 if args.quick else 10000
+    fds = raise_fd_limit()
+    os.makedirs(RESULTS, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = tempfile.mkdtemp(prefix="imd-bench-")
+    started = time.time()
+    report = {"stamp": stamp, "started": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+              "loadavg_start": loadavg(), "fd_limit": fds, "command": "make bench" + (
+                  " BENCH_ARGS='%s'" % " ".join(sys.argv[1:]) if len(sys.argv) > 1 else ""), "results": {}}
+    r = report["results"]
+    log("workdir %s; redis db %d, mysql %s; load %s" % (workdir, REDIS_DB, MYSQL_DB, report["loadavg_start"]))
+    setup = Setup(workdir)
+    imd_argv = [os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "--logfile",
+                os.path.join(workdir, "imd.log"), "imd", "--config", setup.config]
+    base_argv = [sys.executable, os.path.join(HERE, "baseline_relay.py"), "--port", str(BASE_PORT),
+                 "--redis-db", str(REDIS_DB)]
+    servers = []
+    try:
+        if only & {"throughput", "latency"}:
+            imd = Server("imd", imd_argv, IMD_PORT, os.path.join(workdir, "imd.out"))
+            base = Server("baseline", base_argv, BASE_PORT, os.path.join(workdir, "baseline.log"))
+            servers += [imd, base]
+            max_rate = None
+            if "throughput" in only:
+                r["throughput_c200_w8"] = throughput(setup, imd, base, 200, 8, duration, warmup)
+                max_rate = r["throughput_c200_w8"]["imd"]["acked_per_s"]
+                r["throughput_c2000_w1"] = throughput(setup, imd, base, 2000, 1, duration, warmup)
+            if "latency" in only:
+                rate = int((max_rate or 2000) / 2)
+                r["latency"] = latency(setup, imd, base, rate, duration, warmup)
+            imd.stop()
+            base.stop()
+            servers = []
+        if "idle" in only:
+            for name, argv, port, tokens in (("imd", imd_argv, IMD_PORT, True),
+                                             ("baseline", base_argv, BASE_PORT, False)):
+                server = Server(name, argv, port, os.path.join(workdir, name + ".idle.log"))
+                servers.append(server)
+                try:
+                    r["idle_" + name] = idle(setup, server, idle_n, tokens)
+                    if name == "imd" and "login" in only:
+                        r["login"] = logins(setup, server, 1000 if args.quick else 3000)
+                    if name == "imd" and "migrate" in only:
+                        r["migrate"] = migrate(setup, server, 20000 if args.quick else 100000)
+                finally:
+                    server.stop()
+                    servers.remove(server)
+        elif only & {"login", "migrate"}:
+            imd = Server("imd", imd_argv, IMD_PORT, os.path.join(workdir, "imd.out"))
+            servers.append(imd)
+            if "login" in only:
+                r["login"] = logins(setup, imd, 1000 if args.quick else 3000)
+            if "migrate" in only:
+                r["migrate"] = migrate(setup, imd, 20000 if args.quick else 100000)
+            imd.stop()
+            servers.remove(imd)
+    finally:
+        for server in servers:
+            server.stop()
+        setup.redis.call("FLUSHDB")
+    report["seconds"] = round(time.time() - started, 1)
+    report["loadavg_end"] = loadavg()
+    path = os.path.join(RESULTS, stamp + ".json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(table(report))
+    log("results in %s (%.0f s)" % (path, report["seconds"]))
+    if not args.no_doc and not args.quick:
+        write_doc(report)
+        log("summary table written to %s" % DOC)
+
+
+if __name__ == "__main__":
+    main()
