@@ -18,8 +18,8 @@ import re
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from imd.stores.mysql import apply_schema
 from tests.http_support import HttpTestMixin
+from tests.mysql_support import recreate_database
 
 CHROMIUM = os.environ.get("IMD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -105,8 +105,8 @@ class BrowserTests(HttpTestMixin, unittest.TestCase):
         if why:
             raise unittest.SkipTest(why)
         yield HttpTestMixin.setUp(self)
-        # H reads the message table too: the schema must be there.
-        yield threads.deferToThread(apply_schema, self.http.app.settings.mysql)
+        # H reads the message table too: a fresh one, without rows of earlier runs.
+        yield threads.deferToThread(recreate_database, self.http.app.settings.mysql)
 
     async def test_two_friends_chat_in_the_browser(self):
         await self.befriend(1, 2)

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from imd.app import App
 from imd.auth import TOKEN_TYPE
 from imd.http.site import ImdSite
-from imd.stores.mysql import apply_schema
 from tests.http_support import HttpTestMixin
+from tests.mysql_support import recreate_database
 from tests.support import (PrivateRedis, connect_client, drop, free_port, key_pair, make_settings,
                            wait_until)
 
@@ -345,7 +345,7 @@ class MetricsTests(HttpTestMixin, unittest.TestCase):
 
     async def test_migrator_figures(self):
         self.assertNotIn("imd_migrator_lag_seconds", await self.scrape())
-        await threads.deferToThread(apply_schema, self.http.app.settings.mysql)
+        await threads.deferToThread(recreate_database, self.http.app.settings.mysql)
         await self.befriend(1, 2)
         alice = await self.login(1)
         alice.send({"id": "m1", "to": 2, "type": "t", "msg": "to migrate"})
