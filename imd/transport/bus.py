@@ -108,6 +108,8 @@ class NodeBus(Service):
             pass
 
     def _heartbeat(self):
+        if not self.presence.client.connected:
+            return  # the command connection is (re)connecting; _subscribed beats at once
         if self._started_node:
             d = self.presence.heartbeat(self._run_id, self._ttl)
         else:
