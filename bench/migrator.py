@@ -1,13 +1,13 @@
 """bench/migrator: rows/s from Redis MQ into MySQL, and lag under steady load.
 
     .venv/bin/python bench/migrator.py [-n 100000] [--batches 100,500,2000]
-        [--rate 5000 --seconds 10] [--redis-db 13] [--mysql-db imd_bench_mig]
+        [--rate 5000 --seconds 10] [--redis-db 15] [--mysql-db imd_bench_mig]
 
 Phase 1, for each batch size: fill MQ with N messages (as the daemon stores
 them), start a migrator, time until MQ is empty.  Phase 2: push at a steady
 rate (through the same Lua call the daemon acks with) while the migrator runs
 with the default batch size, sampling its lag once a second.  It uses its own
-Redis db and MySQL database (dropped and re-created), never the live ones.
+Redis key prefix (imdbench:) and MySQL database (dropped and re-created).
 """
 
 import argparse
@@ -28,7 +28,7 @@ from imd.stores.mysql import apply_schema  # noqa: E402
 def settings_for(args, batch):
     return parse_settings(
         "[imd]\nroles = migrate\n[redis]\nurl = redis://127.0.0.1:6379/%d\n"
-        "[mysql]\ndatabase = %s\n[migrate]\nbatch = %d\ninterval = 0.05\nlock_ttl = 2\n"
+        "prefix = imdbench:\n[mysql]\ndatabase = %s\n[migrate]\nbatch = %d\ninterval = 0.05\nlock_ttl = 2\n"
         % (args.redis_db, args.mysql_db, batch), "<bench>")
 
 
@@ -59,7 +59,8 @@ def start(reactor, settings):
     app = App(settings, reactor)
     app.redis_client.startService()
     yield app.redis_client.wait_connected()
-    yield app.redis_client.call("FLUSHDB")
+    keys = app.queue.keys  # only its own keys: the db may be shared
+    yield app.redis_client.call("DEL", keys.mq, keys.mq_processing, keys.mq_lock, keys.mq_dead)
     yield threads.deferToThread(reset_mysql, settings.mysql)
     return app
 
@@ -136,6 +137,6 @@ if __name__ == "__main__":
     parser.add_argument("--batches", default="100,500,2000", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--redis-db", type=int, default=13)
+    parser.add_argument("--redis-db", type=int, default=15)
     parser.add_argument("--mysql-db", default="imd_bench_mig")
     task.react(main, [parser.parse_args()])
