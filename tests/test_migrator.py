@@ -171,3 +171,31 @@ class LeaderTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual(migrator.queue_length, 3)
         self.assertAlmostEqual(migrator.oldest_age, 5.0)
         self.assertFalse(migrator.is_leader)
+
+
+class ReconnectTests(MigratorTestMixin, unittest.TestCase):
+
+    async def kill_pool_connections(self):
+        from tests.mysql_support import query
+        rows = await query(self.mysql_settings,
+                           ("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                            (self.mysql_settings.database,)))
+        for (connection_id,) in rows:
+            await query(self.mysql_settings, "KILL %d" % connection_id)
+        return len(rows)
+
+    async def test_connections_killed_by_the_server_are_replaced(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        acked = await send_and_collect(alice, 1, 2, list(range(20)))
+        await with_drain(migrator)
+        reply = await self.ask(alice, {"id": "h1", "to": 0, "type": "H", "msg": 0})
+        self.assertEqual(len(reply["msg"]), 20)
+        # as after a MySQL restart or wait_timeout: every pooled connection is gone
+        self.assertGreaterEqual(await self.kill_pool_connections(), 1)
+        reply = await self.ask(alice, {"id": "h2", "to": 0, "type": "H", "msg": 0})
+        self.assertEqual((reply["type"], len(reply["msg"])), ("H", 20))
+        acked |= await send_and_collect(alice, 1, 2, list(range(20, 40)))
+        await with_drain(migrator)
+        self.assertEqual(await self.rows_set(), acked)
