@@ -169,7 +169,7 @@ class Migrator(Service):
                            why=e, entry=entry[:200])
                 dead.append(entry)
         try:
-            inserted = yield self.mysql.insert_messages(rows)
+            inserted = (yield self.mysql.insert_messages(rows)) if rows else 0
         except StoreUnavailable:
             self.mysql_up = False
             raise
