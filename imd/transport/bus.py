@@ -75,13 +75,15 @@ class NodeBus(Service):
         self._local_connections = local_connections  # -> [(uid, conn_id, score)]
         self._subscriber = None
         self._started_node = False
+        self._registered = False
         self._service = None
         self._beat = None
 
     @property
     def healthy(self):
-        """Subscribed, and this node's heartbeat is up (its users read online)."""
-        return self._subscriber is not None and self._started_node
+        """Subscribed, and since then this node's heartbeat and connections
+        are registered in Redis (its users read online)."""
+        return self._subscriber is not None and self._registered
 
     def startService(self):
         super().startService()
@@ -109,27 +111,36 @@ class NodeBus(Service):
 
     def _heartbeat(self):
         if not self.presence.client.connected:
-            return  # the command connection is (re)connecting; _subscribed beats at once
-        if self._started_node:
+            return None  # (re)connecting: _subscribed registers as soon as it can
+        if self._subscriber is not None and not self._registered:
+            d = self._register()
+        elif self._started_node:
             d = self.presence.heartbeat(self._run_id, self._ttl)
         else:
-            d = self.presence.start_node(self._run_id, self._ttl)
-            d.addCallback(self._node_started)
-        d.addErrback(lambda f: _log.warn("node heartbeat failed: {why}", why=f.getErrorMessage()))
-
-    def _node_started(self, _):
-        self._started_node = True
+            return None
+        return d.addErrback(lambda f: _log.warn("node heartbeat failed: {why}", why=f.getErrorMessage()))
 
     def _subscribed(self, subscriber):
         _log.info("subscribed to {channel}", channel=self.presence.channel)
         self._subscriber = subscriber
-        if not self._started_node:
-            self._heartbeat()
+        self._registered = False
+        d = self.presence.client.wait_connected()
+        d.addCallback(lambda _: self._register())
+        d.addErrback(lambda f: _log.warn("registering this node failed: {why}", why=f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def _register(self):
+        """Beat at once (Redis may have restarted and lost node:<id>), then say
+        again who is connected here, in case it lost dev:<uid> as well."""
+        if self._started_node:
+            yield self.presence.heartbeat(self._run_id, self._ttl)
+        else:
+            yield self.presence.start_node(self._run_id, self._ttl)
+            self._started_node = True
         connections = list(self._local_connections())
         if connections:
-            # Redis may have restarted without its data: say again who is here.
-            self.presence.reassert(connections).addErrback(
-                lambda f: _log.warn("re-registering connections failed: {why}", why=f.getErrorMessage()))
+            yield self.presence.reassert(connections)
+        self._registered = True
 
     def _unsubscribed(self, subscriber):
         if self._subscriber is subscriber:
