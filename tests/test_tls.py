@@ -12,10 +12,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial import unittest
 
-from imd.app import App
 from imd.config import ConfigError, parse_settings
 from imd.tls import parse_tls_endpoint
-from tests.support import DEADLINE, RedisTestMixin, TestClient, drop, make_settings, settings_text, with_deadline
+from tests.support import (DEADLINE, ImdServer, RedisTestMixin, TestClient, drop, make_settings, settings_text,
+                           with_deadline)
 from tests.tls_support import TestCA
 
 
@@ -63,10 +63,10 @@ class WssTests(RedisTestMixin, unittest.TestCase):
         self.serial = self.install_certificate(self.ca.issue("localhost"))
         settings = make_settings({"websocket": {
             "tls_listen": "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (self.key_path, self.cert_path)}})
-        self.app = App(settings, reactor)
-        self.app.redis_client.startService()
-        self.addCleanup(self.app.redis_client.stopService)
-        yield self.app.redis_client.wait_connected(DEADLINE)
+        # The usual test server (stores, node bus, plain listener), plus wss.
+        server = yield ImdServer(settings).start()
+        self.addCleanup(server.stop)
+        self.app = server.app
         endpoint = self.app.server_endpoint(settings.websocket.tls_listen)
         listening = yield endpoint.listen(self.app.websocket_factory(secure=True))
         self.addCleanup(listening.stopListening)
