@@ -134,7 +134,7 @@ class App:
                 if description:
                     self.http_service(description).setServiceParent(top)
         # SIGHUP reloads the certificates of every ssl: listener built through
-        # server_endpoint (it is left alone when there are none).
+        # server_endpoint (and is harmless without any: see imd.tls).
         self.tls.setServiceParent(top)
         return top
 
