@@ -293,6 +293,21 @@ def measured(server, proc, setup=None):
     return result
 
 
+PROFILE = None  # set by --profile: py-spy records imd during its throughput runs
+
+
+def profiled(server, conns_n, duration):
+    if PROFILE is None or server.name != "imd":
+        return None
+    out = os.path.join(RESULTS, "%s-imd-c%d.%s" % (PROFILE[0], conns_n, PROFILE[1]))
+    argv = [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.pid), "--duration",
+            str(int(duration)), "--rate", "200", "--nonblocking", "--output", out]
+    if PROFILE[1] == "txt":
+        argv += ["--format", "raw"]
+    log("  py-spy -> %s" % out)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def throughput(setup, imd, base, conns_n, window, duration, warmup):
     uids = setup.pairs(conns_n)
     out = {}
@@ -301,7 +316,10 @@ def throughput(setup, imd, base, conns_n, window, duration, warmup):
         log("throughput %s C=%d W=%d (load %s)" % (name, conns_n, window, loadavg()[0]))
         proc = loadgen(conns, "closed", window=window, duration=duration, warmup=warmup,
                        concurrency=100)
+        spy = profiled(server, conns_n, duration) if conns_n <= 200 else None
         out[name] = measured(server, proc, setup if name == "imd" else None)
+        if spy is not None:
+            spy.wait(30)
         if name == "imd":
             out[name]["migrator_drained_s"] = wait_drained(setup)
         log("  %s: %.0f acked/s, ack p99 %.1f ms" % (name, out[name]["acked_per_s"],
@@ -486,6 +504,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
     parser.add_argument("--only", default="throughput,latency,idle,login,migrate")
+    parser.add_argument("--profile", choices=["svg", "txt"], help="py-spy flame graph (svg) or raw stacks "
+                        "(txt) of imd during the C=200 throughput run, into bench/results/")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -494,6 +514,8 @@ def main():
     fds = raise_fd_limit()
     os.makedirs(RESULTS, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    global PROFILE
+    PROFILE = (stamp, args.profile) if args.profile else None
     workdir = tempfile.mkdtemp(prefix="imd-bench-")
     started = time.time()
     report = {"stamp": stamp, "started": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),

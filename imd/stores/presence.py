@@ -203,7 +203,7 @@ class PresenceStore:
         return self.prefix + name + "".join(":%s" % p for p in parts)
 
     def _eval(self, script, keys, args):
-        return self.client.call("eval", script, keys, args)
+        return self.client.eval_script(script, keys, args)
 
     # messages: the store + route script (contract §2 steps 1-4)
     def store_message(self, sender, to, dedup_id, payload):
