@@ -211,6 +211,9 @@ class WebSocketSettings:
     burst: int = _setting("40", _int(1))
     open_handshake_timeout: float = _setting("10", _number())
     ping_interval: float = _setting("30", _number(strictly_positive=False))
+    max_connections: int = _setting("50000", _int(0))
+    max_per_address: int = _setting("0", _int(0))
+    max_send_buffer: int = _setting("1048576", _int(0))
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,12 @@ class Metrics:
         self.store_errors = Counter(
             "imd_store_errors", "Calls to Redis or MySQL that failed or timed out",
             ["store"], registry=registry)
+        self.connections_refused = Counter(
+            "imd_connections_refused", "TCP connections refused by [websocket] max_connections (503) "
+            "or max_per_address (429)", ["status"], registry=registry)
+        self.slow_consumers = Counter(
+            "imd_slow_consumers_dropped", "Connections dropped for not reading "
+            "([websocket] max_send_buffer)", registry=registry)
         for code in ERROR_CODES:
             self.errors.labels(code)
         for store in ("redis", "mysql"):
@@ -114,6 +120,12 @@ class Metrics:
 
     def connection_closed(self):
         self.connections_open.dec()
+
+    def connection_refused(self, status):
+        self.connections_refused.labels(str(status)).inc()
+
+    def slow_consumer_dropped(self):
+        self.slow_consumers.inc()
 
     def login_ok(self):
         self.logins.labels("ok", "").inc()

@@ -20,6 +20,7 @@ from imd import protocol
 from imd.auth import token_from_request
 from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
+from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, peer_address
 
 _log = Logger()
 
@@ -69,6 +70,33 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _closed_waiters = ()
     _idle_call = None
     _counted = False
+    limit_address = None    # counted in the factory's ConnectionLimits
+    _send_guard = None
+
+    # --- TCP connection: limits -----------------------------------------------
+
+    def connectionMade(self):
+        super().connectionMade()
+        limit = self.factory.app.settings.websocket.max_send_buffer
+        if limit:
+            self._send_guard = SendBufferGuard(limit, self._not_reading)
+            self.registerProducer(self._send_guard, True)
+
+    def connectionLost(self, reason):
+        if self.limit_address is not None:
+            self.factory.limits.release(self.limit_address)
+            self.limit_address = None
+        super().connectionLost(reason)
+
+    def _not_reading(self):
+        # A slow consumer: more than max_send_buffer waits for it in memory.
+        # It cannot read a close frame either; what it missed is stored (H).
+        _log.warn("dropped uid={uid} peer={peer} node={node}: not reading its packets",
+                  uid=self.uid, peer=getattr(self, "peer_address", self.peer), node=self.factory.app.node_id)
+        self.factory.app.metrics.slow_consumer_dropped()
+        self.wasNotCleanReason = "slow consumer: send buffer over [websocket] max_send_buffer"
+        self._closing = True
+        self.dropConnection(abort=True)
 
     # --- login ---------------------------------------------------------------
 
@@ -247,6 +275,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
     def send_packet(self, payload):
         if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
             self.sendMessage(payload)
+            if self._send_guard is not None:
+                self._send_guard.sent(len(payload))
 
     def close_with(self, code, reason):
         """``C`` with ``reason``, then the WebSocket close ``code``."""
@@ -313,6 +343,7 @@ class ImdServerFactory(WebSocketServerFactory):
         super().__init__(url)
         self.app = app
         ws = app.settings.websocket
+        self.limits = ConnectionLimits(ws.max_connections, ws.max_per_address)
         self.setProtocolOptions(
             maxMessagePayloadSize=ws.max_message_bytes,
             maxFramePayloadSize=ws.max_message_bytes,
@@ -323,3 +354,15 @@ class ImdServerFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
         )
+
+    def buildProtocol(self, addr):
+        address = peer_address(addr)
+        status = self.limits.admit(address)
+        if status is not None:
+            self.app.metrics.connection_refused(status)
+            _log.warn("refused a connection from {peer} node={node}: HTTP {status} ({open} open)",
+                      peer=address, node=self.app.node_id, status=status, open=self.limits.total)
+            return Refusal(status)
+        protocol = super().buildProtocol(addr)
+        protocol.limit_address = address
+        return protocol

@@ -1,0 +1,148 @@
+"""Abuse limits below the protocol (issue 8): connections per node and per
+remote address, the open-handshake timeout against a slow client, and a
+client that never reads (slow consumer).  Rate and burst, and 4008 after
+too many errors, are in tests/test_messages.py (RateLimitTests,
+TooManyErrorsTests)."""
+
+import json
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial import unittest
+
+from tests.support import ServerTestMixin, wait_until, with_deadline
+
+
+class RawClient(protocol.Protocol):
+    """A TCP client that sends what it is told and keeps all it gets."""
+
+    def __init__(self):
+        self.data = b""
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.lost.callback(self.data)
+
+
+@defer.inlineCallbacks
+def raw_connect(port, source="127.0.0.1", send=b""):
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    client = yield connectProtocol(endpoint, RawClient())
+    if send:
+        client.transport.write(send)
+    return client
+
+
+def upgrade_request(path="/"):
+    return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            % path).encode("ascii")
+
+
+class LimitsMixin(ServerTestMixin):
+
+    def raw(self, **kwargs):
+        d = raw_connect(self.server.port, **kwargs)
+
+        def keep(client):
+            self.addCleanup(lambda: client.transport.abortConnection() if not client.lost.called else None)
+            return client
+        return d.addCallback(keep)
+
+    async def assert_refused_with(self, status, **kwargs):
+        client = await self.raw(send=upgrade_request("/" + self.token(99)), **kwargs)
+        answer = await with_deadline(client.lost, what="refusal")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 %d " % status), answer)
+        self.assertIn(b"Retry-After:", answer)
+
+
+class PerAddressTests(LimitsMixin, unittest.TestCase):
+    overrides = {"websocket": {"max_per_address": "3"}}
+
+    async def test_fourth_connection_from_one_address_gets_429(self):
+        first = await self.login(1)
+        await self.login(2)
+        idle = await self.raw()  # not even a handshake yet: it counts too
+        await self.assert_refused_with(429)
+        # another address is not affected (the whole 127/8 is loopback)
+        elsewhere = await self.raw(source="127.0.0.2", send=upgrade_request("/" + self.token(4)))
+        await wait_until(lambda: b"101 Switching Protocols" in elsewhere.data, what="upgrade from 127.0.0.2")
+        # a slot comes back when a connection ends
+        idle.transport.loseConnection()
+        await idle.lost
+        await wait_until(lambda: self.factory_limits().held_by("127.0.0.1") == 2, what="slot released")
+        again = await self.login(5)
+        self.assertEqual(self.factory_limits().held_by("127.0.0.1"), 3)
+        self.assertFalse(first.closed.called or again.closed.called)
+        metrics = self.server.app.metrics.exposition().decode()
+        self.assertIn('imd_connections_refused_total{status="429"} 1.0', metrics)
+
+    def factory_limits(self):
+        return self.server._listening.factory.limits
+
+
+class PerNodeTests(LimitsMixin, unittest.TestCase):
+    overrides = {"websocket": {"max_connections": "3"}}
+
+    async def test_fourth_connection_of_the_node_gets_503_from_any_address(self):
+        await self.login(1)
+        await self.raw(source="127.0.0.2")
+        await self.raw(source="127.0.0.3")
+        await self.assert_refused_with(503, source="127.0.0.4")
+        await self.assert_refused_with(503)
+        self.assertEqual(self.server._listening.factory.limits.total, 3)
+
+
+class OpenHandshakeTimeoutTests(LimitsMixin, unittest.TestCase):
+    # Autobahn's batched timer floors a deadline to a whole second: a
+    # timeout of T seconds fires between T-1 and T seconds after connecting.
+    overrides = {"websocket": {"open_handshake_timeout": "2", "max_connections": "2"}}
+
+    async def test_a_client_that_stalls_in_the_handshake_is_closed_and_its_slot_freed(self):
+        started = reactor.seconds()
+        silent = await self.raw()
+        partial = await self.raw(send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes
+        await with_deadline(defer.gatherResults([silent.lost, partial.lost]), 5, "handshake timeout")
+        took = reactor.seconds() - started
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 3.0)
+        self.assertEqual(partial.data, b"")
+        await wait_until(lambda: self.server._listening.factory.limits.total == 0, what="slots freed")
+        await self.login(1)  # the node serves again
+
+
+class SlowConsumerTests(LimitsMixin, unittest.TestCase):
+    # 64 KiB beyond the transport's own 64 KiB
+    overrides = {"websocket": {"max_send_buffer": "65536", "rate": "100000", "burst": "100000"}}
+
+    async def test_a_client_that_never_reads_is_dropped_and_nothing_acked_is_lost(self):
+        await self.befriend(1, 2)
+        alice, slow = await self.login(1), await self.login(2)
+        slow.transport.pauseProducing()  # stops reading from its socket
+        text = "x" * 1000
+        count = 8000  # ~9 MB: more than the kernel buffers of both sides hold
+        acked = 0
+        window = 200
+        for start in range(0, count, window):
+            for n in range(start, min(count, start + window)):
+                alice.send({"id": n, "to": 2, "type": "t", "msg": text})
+            for _ in range(start, min(count, start + window)):
+                reply = await alice.next()
+                self.assertEqual(reply["type"], "A", reply)
+                acked += 1
+        self.assertEqual(acked, count)
+        app = self.server.app
+        await wait_until(lambda: not app.sessions.is_online(2), what="slow consumer dropped")
+        self.assertIn("imd_slow_consumers_dropped_total 1.0", app.metrics.exposition().decode())
+        # nothing acked is lost: all of it is stored for history
+        self.assertEqual(await self.redis.llen("MQ"), count)
+        slow.transport.resumeProducing()
+        await slow.wait_closed()
+        # alice was never held up by the slow one and is still served
+        reply = await self.ask(alice, {"id": "p", "to": 0, "type": "P"})
+        self.assertEqual(reply["type"], "P")
+        stored = json.loads((await self.redis.lrange("MQ", 0, 0))[0])
+        self.assertEqual(stored["id"], count - 1)
