@@ -255,7 +255,6 @@ class MigrateSettings:
     batch: int = _setting("500", _int(1, 10000))
     interval: float = _setting("0.2", _number())
     lock_ttl: float = _setting("10", _number())
-    lock_ttl: float = _setting("10", _number())
 
 
 @dataclass(frozen=True)
