@@ -183,10 +183,12 @@ async function runLoad() {
 
   await sleep(opts.warmup * 1000);
   measuring = true;
+  process.stdout.write('{"measure":"start"}\n');  // the driver reads the server's CPU here
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await sleep(opts.duration * 1000);
   measuring = false;
+  process.stdout.write('{"measure":"end"}\n');
   const elapsed = (performance.now() - t0) / 1000;
   const genCpu = cpuSeconds(process.cpuUsage(cpu0));
   stopped = true;
