@@ -7,6 +7,8 @@ contract's error code and the packet's ``id`` when one could be read.
 
 import json
 
+import orjson
+
 from imd.errors import ImdError
 
 MAX_TEXT_CHARS = 1023
@@ -282,10 +284,21 @@ def _dump(obj):
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _dump_fast(obj):
+    """``_dump`` for the message path (two per message): orjson, 0.2 µs
+    instead of 4 µs.  For str and int values its bytes are the same as
+    ``_dump``'s; an int past 64 bits (a long numeric packet id) is left to
+    ``_dump``."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return _dump(obj)
+
+
 def message_json(packet, sender, ts):
     """The stored and delivered form of a message: ``{"id","from","to","type","msg","ts"}``."""
-    return _dump({"id": packet.id, "from": sender, "to": packet.to,
-                  "type": packet.type, "msg": packet.msg, "ts": ts})
+    return _dump_fast({"id": packet.id, "from": sender, "to": packet.to,
+                       "type": packet.type, "msg": packet.msg, "ts": ts})
 
 
 def system_message_json(packet_id, sender, to, msg, ts):
@@ -294,7 +307,9 @@ def system_message_json(packet_id, sender, to, msg, ts):
 
 
 def ack(packet_id, msg="success"):
-    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": msg})
+    if type(msg) is not str:  # T's {"order", "uid"}: the general encoder
+        return _dump({"id": packet_id, "from": 0, "type": "A", "msg": msg})
+    return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": msg})
 
 
 def error(packet_id, code, reason):
