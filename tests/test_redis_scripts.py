@@ -1,11 +1,15 @@
 """RedisClient.eval_script (EVALSHA on the connection) against the real Redis."""
 
+import os
+import signal
+import time
+
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
 from imd.stores.redis import RedisClient
-from tests.support import RedisTestMixin, make_settings, with_deadline
+from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_deadline
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 
@@ -37,3 +41,33 @@ class EvalScriptTests(RedisTestMixin, unittest.TestCase):
     def test_not_connected_is_unavailable(self):
         yield self.client.stopService()
         yield self.assertFailure(self.client.eval_script(ECHO, ["k"], [1]), StoreUnavailable)
+
+
+class ReplyTimeoutTests(unittest.TestCase):
+    """A Redis that stops answering (SIGSTOP on a private redis-server)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.private = yield PrivateRedis().start()
+        self.addCleanup(self.private.stop)
+        settings = make_settings({"redis": {"timeout": "0.4"}}, redis_db=0, redis_port=self.private.port)
+        self.client = RedisClient(settings.redis.url, settings.redis.timeout, reactor)
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+        yield with_deadline(self.client.wait_connected())
+        self.assertEqual((yield self.client.eval_script(ECHO, ["k"], [0])), ["k", "0"])
+
+    @defer.inlineCallbacks
+    def test_no_reply_fails_every_call_in_flight_then_recovers(self):
+        pid = self.private.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        started = time.monotonic()
+        calls = [self.client.eval_script(ECHO, ["k"], [i]) for i in range(3)]
+        for d in calls:
+            yield with_deadline(self.assertFailure(d, StoreUnavailable))
+        waited = time.monotonic() - started
+        self.assertTrue(0.4 <= waited < 1.5, waited)
+        os.kill(pid, signal.SIGCONT)
+        yield with_deadline(self.client.wait_connected(5))
+        self.assertEqual((yield self.client.eval_script(ECHO, ["k"], [9])), ["k", "9"])

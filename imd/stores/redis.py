@@ -6,6 +6,7 @@ out after ``[redis] timeout`` seconds otherwise.
 """
 
 import hashlib
+from collections import deque
 
 import txredisapi
 from twisted.application.service import Service
@@ -55,6 +56,28 @@ return 1
 """
 
 
+def _encode_command(conn, args):
+    """One command in the Redis protocol (as txredisapi's _build_command)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is bytes:
+            value = arg
+        elif type(arg) is str:
+            value = arg.encode("utf-8")
+        elif type(arg) is int:
+            value = b"%d" % arg
+        else:
+            value = conn._encode_value(arg)
+        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    return b"".join(out)
+
+
+def _replied(result, issued):
+    if issued:
+        issued.popleft()
+    return result
+
+
 def connect(address, timeout, poolsize=1):
     """A lazy, self-reconnecting txredisapi pool.  Never blocks."""
     return txredisapi.lazyConnectionPool(
@@ -78,8 +101,10 @@ class RedisClient(Service):
         self._poolsize = poolsize
         self._pool = None
         self._keepalive = None
-        self._scripts_conn = None    # the connection _scripts_loaded is about
+        self._scripts_conn = None    # the connection _scripts_loaded and _issued are about
         self._scripts_loaded = set()
+        self._issued = deque()       # when each eval_script reply still awaited was asked for
+        self._watchdog = None
 
     def startService(self):
         super().startService()
@@ -87,11 +112,16 @@ class RedisClient(Service):
         self._keepalive = task.LoopingCall(self._ping)
         self._keepalive.clock = self._clock
         self._keepalive.start(max(1.0, self.timeout), now=False)
+        self._watchdog = task.LoopingCall(self._check_replies)
+        self._watchdog.clock = self._clock
+        self._watchdog.start(max(0.05, self.timeout / 4.0), now=False)
 
     def stopService(self):
         super().stopService()
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             return pool.disconnect()
@@ -137,34 +167,61 @@ class RedisClient(Service):
     def eval_script(self, script, keys, args):
         """``EVALSHA`` written straight on the connection: the hot path.
 
-        ``call("eval", ...)`` costs about twice as much per message: txredisapi's
+        ``call("eval", ...)`` cost about twice as much per message: txredisapi's
         ConnectionHandler.__getattr__ wrapper, an inlineCallbacks
-        getConnection, a SHA-1 of the script text and a second timer on top of
-        txredisapi's own reply timeout (which fails the call and drops the
-        link, as before).  The script is loaded with ``SCRIPT LOAD`` on each new
-        connection ahead of its first ``EVALSHA`` (Redis runs them in order),
-        so ``NOSCRIPT`` only follows an operator's ``SCRIPT FLUSH``; then the
-        text is sent with ``EVAL``, as txredisapi did.
+        getConnection, a SHA-1 of the script text, its generic argument
+        encoder, an extra Deferred and a timer per command, and a second timer
+        of ours.  Here the command is encoded once and written on the single
+        connection, and its Deferred is the one txredisapi's reply queue fires
+        (replies come back in the order commands went out).  The reply timeout
+        is one watchdog (:meth:`_check_replies`) that drops the link when the
+        oldest reply is late, which fails every call in flight, as before.
+
+        The script is loaded with ``SCRIPT LOAD`` on each new connection ahead
+        of its first ``EVALSHA`` (Redis runs them in order), so ``NOSCRIPT``
+        only follows an operator's ``SCRIPT FLUSH``; then the text is sent
+        with ``EVAL``, as txredisapi did.
         """
         factory = self._pool._factory if self._pool is not None else None
         if factory is None or not factory.size:
             return defer.fail(StoreUnavailable("redis is not connected"))
         conn = factory.pool[0]
+        if not conn.connected:
+            return defer.fail(StoreUnavailable("redis is not connected"))
         try:
             sha = _SCRIPT_SHA.get(script)
             if sha is None:
                 sha = _SCRIPT_SHA[script] = hashlib.sha1(script.encode("utf-8")).hexdigest()
             if self._scripts_conn is not conn:
-                self._scripts_conn, self._scripts_loaded = conn, set()
+                self._scripts_conn, self._scripts_loaded, self._issued = conn, set(), deque()
             if sha not in self._scripts_loaded:
                 self._scripts_loaded.add(sha)
-                conn.execute_command("SCRIPT", "LOAD", script).addErrback(lambda f: None)
-            d = conn.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                self._send(conn, _encode_command(conn, ("SCRIPT", "LOAD", script))).addErrback(lambda f: None)
+            d = self._send(conn, _encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
         d.addErrback(self._noscript, conn, script, keys, args)
         d.addErrback(self._unavailable)
         return d
+
+    def _send(self, conn, command):
+        conn.transport.write(command)
+        issued = self._issued
+        issued.append(self._clock.seconds())
+        d = conn.replyQueue.get()
+        d.addBoth(_replied, issued)
+        d.addCallback(conn.handle_reply)
+        return d
+
+    def _check_replies(self):
+        """The reply timeout of :meth:`eval_script` calls: abort a link whose
+        oldest outstanding reply is older than ``timeout``."""
+        issued, conn = self._issued, self._scripts_conn
+        if issued and conn is not None and self._clock.seconds() - issued[0] > self.timeout:
+            _log.warn("redis: no reply in {timeout}s; dropping the connection", timeout=self.timeout)
+            issued.clear()
+            if conn.transport is not None:
+                conn.transport.abortConnection()
 
     def _noscript(self, failure, conn, script, keys, args):
         if not (failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT")):
