@@ -5,7 +5,7 @@ CONFIG  ?= etc/imd.ini
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install services chromium keys schema run test clean bench
+.PHONY: install services chromium keys schema run test clean bench faults
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ test: install services chromium
 bench: install services
 	cd bench && npm ci --no-audit --no-fund --silent
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# issue 8, long variants (docs/reliability.md): ten times the messages and
+# five cycles per fault, 3000 hypothesis examples, a 60 s fuzz; bounded by
+# timeout. Figures: one JSON line per fault in bench/faults/last-run.jsonl.
+FAULTS_TIMEOUT ?= 1500
+faults: install services
+	rm -f bench/faults/last-run.jsonl
+	IMD_FAULTS=long IMD_FAULTS_REPORT=$(CURDIR)/bench/faults/last-run.jsonl \
+	  timeout $(FAULTS_TIMEOUT) $(VENV)/bin/trial $(TRIAL_ARGS) tests.test_faults tests.test_security \
+	  tests.test_limits tests.test_migrator_crash
+	cat bench/faults/last-run.jsonl
 
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info

@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from imd.handlers.history import encode_cursor
 from tests.daemon_support import start_daemon, write_config
+from tests.test_faults import report
 from tests.mysql_support import MysqlTestMixin, query
 from tests.support import REDIS_DB, ServerTestMixin, connect_client, drop
 
@@ -105,6 +106,7 @@ class HandlerPropertyTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
             "bench/faults/handler_properties.py", "--port", self.server.port, "--uid", me,
             "--redis", "redis://127.0.0.1:6379/%d" % REDIS_DB, "--examples", examples,
             timeout=600 if LONG else 60)
+        report("hypothesis over every handler (real connection)", **figures)
         self.assertEqual(code, 0, output[-3000:])
         self.assertTrue(figures["ok"])
         self.assertGreaterEqual(figures["packets"], examples)
@@ -126,6 +128,7 @@ class FuzzDaemonTests(ServerTestMixin, unittest.TestCase):
             "bench/fuzz_ws.py", "--port", daemon.port, "--pid", daemon.pid,
             "--redis", "redis://127.0.0.1:6379/%d" % REDIS_DB, "--seconds", seconds,
             timeout=seconds + 60)
+        report("websocket fuzzer against twistd", **figures)
         self.assertEqual(code, 0, output[-3000:])
         self.assertEqual(figures["normal_client_after"], "ok")
         self.assertGreaterEqual(figures["cases"], 50)
