@@ -11,6 +11,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from tests.support import ServerTestMixin, wait_until, with_deadline
+from tests.test_faults import report
 
 
 class RawClient(protocol.Protocol):
@@ -79,6 +80,7 @@ class PerAddressTests(LimitsMixin, unittest.TestCase):
         self.assertFalse(first.closed.called or again.closed.called)
         metrics = self.server.app.metrics.exposition().decode()
         self.assertIn('imd_connections_refused_total{status="429"} 1.0', metrics)
+        report("max_per_address = 3", admitted_from_127_0_0_1=3, refused_429=1, admitted_from_127_0_0_2=1)
 
     def factory_limits(self):
         return self.server._listening.factory.limits
@@ -94,6 +96,7 @@ class PerNodeTests(LimitsMixin, unittest.TestCase):
         await self.assert_refused_with(503, source="127.0.0.4")
         await self.assert_refused_with(503)
         self.assertEqual(self.server._listening.factory.limits.total, 3)
+        report("max_connections = 3", admitted=3, refused_503=2)
 
 
 class OpenHandshakeTimeoutTests(LimitsMixin, unittest.TestCase):
@@ -112,6 +115,8 @@ class OpenHandshakeTimeoutTests(LimitsMixin, unittest.TestCase):
         self.assertEqual(partial.data, b"")
         await wait_until(lambda: self.server._listening.factory.limits.total == 0, what="slots freed")
         await self.login(1)  # the node serves again
+        report("open_handshake_timeout = 2 (silent and half-sent handshakes)", closed_after_s=round(took, 2),
+               slots_freed=True)
 
 
 class SlowConsumerTests(LimitsMixin, unittest.TestCase):
@@ -146,3 +151,5 @@ class SlowConsumerTests(LimitsMixin, unittest.TestCase):
         self.assertEqual(reply["type"], "P")
         stored = json.loads((await self.redis.lrange("MQ", 0, 0))[0])
         self.assertEqual(stored["id"], count - 1)
+        report("slow consumer, max_send_buffer = 65536", acked=count, stored=await self.redis.llen("MQ"), lost=0,
+               sent_bytes=count * 1060, dropped=1)
