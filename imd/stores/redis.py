@@ -11,6 +11,7 @@ from collections import deque
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
@@ -197,12 +198,29 @@ class RedisClient(Service):
             if sha not in self._scripts_loaded:
                 self._scripts_loaded.add(sha)
                 self._send(conn, _encode_command(conn, ("SCRIPT", "LOAD", script))).addErrback(lambda f: None)
-            d = self._send(conn, _encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
+            conn.transport.write(_encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
+            issued = self._issued
+            issued.append(self._clock.seconds())
+            d = conn.replyQueue.get()
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
-        d.addErrback(self._noscript, conn, script, keys, args)
-        d.addErrback(self._unavailable)
+        # One callback for the reply (each one on a Deferred costs ~1.5 us).
+        d.addBoth(self._script_replied, issued, conn, script, keys, args)
         return d
+
+    def _script_replied(self, reply, issued, conn, script, keys, args):
+        if issued:
+            issued.popleft()
+        if isinstance(reply, Failure):
+            return self._unavailable(reply)
+        if isinstance(reply, Exception):   # an error reply, as txredisapi's handle_reply raises it
+            if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("NOSCRIPT"):
+                if self._scripts_conn is conn:
+                    self._scripts_loaded.clear()
+                d = conn.execute_command("EVAL", script, len(keys), *keys, *args)
+                return d.addErrback(self._unavailable)
+            return self._unavailable(Failure(reply))
+        return reply
 
     def _send(self, conn, command):
         conn.transport.write(command)
@@ -222,13 +240,6 @@ class RedisClient(Service):
             issued.clear()
             if conn.transport is not None:
                 conn.transport.abortConnection()
-
-    def _noscript(self, failure, conn, script, keys, args):
-        if not (failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT")):
-            return failure
-        if self._scripts_conn is conn:
-            self._scripts_loaded.clear()
-        return conn.execute_command("EVAL", script, len(keys), *keys, *args)
 
     @staticmethod
     def _unavailable(failure):
