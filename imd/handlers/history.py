@@ -81,7 +81,7 @@ class HistoryHandler:
             position, with_uid, limit = decode_cursor(packet.after)
         else:
             position, with_uid, limit = (packet.since, None, None), packet.with_uid, packet.limit
-        pending = yield self._queue.pending()
+        pending = yield self._queue.pending(uid)
         rows = yield self._mysql.history(uid, with_uid, position, limit + 1)
         found = {}
         for ts, from_id, msg_id, stored in rows:

@@ -74,11 +74,25 @@ if not oldest then oldest = redis.call('LINDEX', KEYS[1], -1) end
 return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), oldest}
 """
 
-# KEYS: processing, MQ.  Both lists in one atomic read: every unmigrated
-# entry is in exactly one of them at any instant.
+# KEYS: processing, MQ.  ARGV: substrings, any of which an entry must hold.
+# Both lists in one atomic read: every unmigrated entry is in exactly one of
+# them at any instant.  The filter runs in Redis so that a history request
+# transfers the user's entries only, not the whole backlog.
 PENDING = JOIN_ENTRIES + """
-local in_flight = redis.call('LRANGE', KEYS[1], 0, -1)
-local queued = redis.call('LRANGE', KEYS[2], 0, -1)
+local function matching(entries)
+  local kept = {}
+  for _, entry in ipairs(entries) do
+    for i = 1, #ARGV do
+      if string.find(entry, ARGV[i], 1, true) then
+        kept[#kept + 1] = entry
+        break
+      end
+    end
+  end
+  return kept
+end
+local in_flight = matching(redis.call('LRANGE', KEYS[1], 0, -1))
+local queued = matching(redis.call('LRANGE', KEYS[2], 0, -1))
 return {joined(in_flight), #in_flight, joined(queued), #queued}
 """
 
@@ -134,7 +148,15 @@ class QueueStore:
         d = self.client.call("eval", LAG, [self.keys.mq, self.keys.mq_processing], [])
         return d.addCallback(lambda reply: (int(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None))
 
-    def pending(self):
-        """Every stored entry not yet deleted from Redis (MQ + the batch in flight)."""
-        d = self.client.call("eval", PENDING, [self.keys.mq_processing, self.keys.mq], [])
+    def pending(self, uid):
+        """The stored entries not yet deleted from Redis (MQ + the batch in
+        flight) that ``uid`` sent or received — and possibly a few more: the
+        caller checks each entry it keeps.
+
+        Entries are JSON made by :func:`imd.protocol.message_json`, keys in
+        the order id, from, to: a quote cannot follow a comma inside a JSON
+        string, so ``,"from":<uid>,`` only matches the field itself.
+        """
+        patterns = [',"from":%d,"to":' % uid, ',"to":%d,"type":' % uid]
+        d = self.client.call("eval", PENDING, [self.keys.mq_processing, self.keys.mq], patterns)
         return d.addCallback(lambda r: _split(r[0], int(r[1])) + _split(r[2], int(r[3])))
