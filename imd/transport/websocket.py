@@ -227,9 +227,12 @@ class ImdServerProtocol(WebSocketServerProtocol):
             return
         slot = _Slot(timing)
         self._pending.append(slot)
-        outcome.addErrback(self._count_store_error)
-        outcome.addErrback(_as_failed, packet_id)
-        outcome.addCallback(self._fill, slot)
+        # One callback pair, not three callbacks: ~1.5 us each per message.
+        outcome.addCallbacks(self._fill, self._fill_failed, callbackArgs=(slot,), errbackArgs=(slot, packet_id))
+
+    def _fill_failed(self, failure, slot, packet_id):
+        self._count_store_error(failure)
+        self._fill(_as_failed(failure, packet_id), slot)
 
     def _fill(self, outcome, slot):
         slot.outcome = outcome
