@@ -126,6 +126,13 @@ def reset_peak_rss(pid):
         pass
 
 
+def redis_cpu():
+    """CPU seconds of the Redis server so far (INFO cpu)."""
+    info = Redis(REDIS_DB).call("INFO", "cpu").decode()
+    fields = dict(line.split(":", 1) for line in info.split("\r\n") if ":" in line)
+    return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return [float(x) for x in f.read().split()[:3]]
@@ -270,6 +277,7 @@ def measured(server, proc, setup=None):
     the generator's start/end marks) and peak RSS meanwhile, and (for imd) the
     migrator's lag sampled every 0.5 s."""
     before = server.sample()
+    redis_cpu0 = redis_cpu()
     reset_peak_rss(server.pid)
     load0 = loadavg()
     lag = {"max_age_s": 0.0, "max_queued": 0}
@@ -300,6 +308,11 @@ def measured(server, proc, setup=None):
     result["loadavg_before"] = load0
     result["loadavg_after"] = loadavg()
     delivered = result.get("delivered_per_s")
+    result["redis_cpu_s"] = round(redis_cpu() - redis_cpu0, 2)
+    if delivered and result.get("measured_seconds"):
+        # whole run (warm-up and drain included): an upper bound
+        result["redis_cpu_us_per_msg_upper"] = round(
+            result["redis_cpu_s"] * 1e6 / (delivered * result["measured_seconds"]), 1)
     if delivered and "start" in marks and "end" in marks:
         window_cpu = marks["end"] - marks["start"]
         result["server_cpu_window_s"] = round(window_cpu, 2)
@@ -469,9 +482,11 @@ def table(report):
             if target else "-"))
         rows.append("| ↳ ack latency p50/p99/p999 ms (closed loop) | %s | %s | | |" % (
             fmt_lat(imd["ack_latency_ms"]), fmt_lat(base["ack_latency_ms"])))
-        rows.append("| ↳ server CPU µs/msg, peak RSS MB | %s, %.0f | %s, %.0f | | |" % (
+        rows.append("| ↳ server CPU µs/msg, peak RSS MB; Redis CPU µs/msg (upper bound) | %s, %.0f; %s | %s, %.0f; %s | | |" % (
             imd.get("server_cpu_us_per_msg"), imd["server_peak_rss_kb"] / 1024.0,
-            base.get("server_cpu_us_per_msg"), base["server_peak_rss_kb"] / 1024.0))
+            imd.get("redis_cpu_us_per_msg_upper"),
+            base.get("server_cpu_us_per_msg"), base["server_peak_rss_kb"] / 1024.0,
+            base.get("redis_cpu_us_per_msg_upper")))
         rows.append("| ↳ migrator max lag s (drained after) / errors | %.2f (%ss) / %s | - / %s | | |" % (
             lag, imd.get("migrator_drained_s"), imd["errors"] or "none", base["errors"] or "none"))
     if "latency" in r:
