@@ -20,9 +20,12 @@ from imd import protocol
 from imd.auth import token_from_request
 from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
+from imd.transport.autobahn_tuning import defer_debug_formatting, protocol_with_options
 from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, peer_address
 
 _log = Logger()
+
+defer_debug_formatting()
 
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_REPLACED = 4002
@@ -357,6 +360,8 @@ class ImdServerFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
         )
+        # the options as class attributes, not copied into every connection
+        self.protocol = protocol_with_options(self, ImdServerProtocol)
 
     def buildProtocol(self, addr):
         address = peer_address(addr)
