@@ -325,10 +325,10 @@ def measured(server, proc, setup=None):
 PROFILE = None  # set by --profile: py-spy records imd during its throughput runs
 
 
-def profiled(server, conns_n, duration):
+def profiled(server, label, duration):
     if PROFILE is None or server.name != "imd":
         return None
-    out = os.path.join(RESULTS, "%s-imd-c%d.%s" % (PROFILE[0], conns_n, PROFILE[1]))
+    out = os.path.join(RESULTS, "%s-imd-%s.%s" % (PROFILE[0], label, PROFILE[1]))
     argv = [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.pid), "--duration",
             str(int(duration)), "--rate", "200", "--nonblocking", "--output", out]
     if PROFILE[1] == "txt":
@@ -345,7 +345,7 @@ def throughput(setup, imd, base, conns_n, window, duration, warmup):
         log("throughput %s C=%d W=%d (load %s)" % (name, conns_n, window, loadavg()[0]))
         proc = loadgen(conns, "closed", window=window, duration=duration, warmup=warmup,
                        concurrency=100)
-        spy = profiled(server, conns_n, duration) if conns_n <= 200 else None
+        spy = profiled(server, "c%d" % conns_n, duration) if conns_n <= 200 else None
         out[name] = measured(server, proc, setup if name == "imd" else None)
         if spy is not None:
             spy.wait(30)
@@ -405,7 +405,10 @@ def logins(setup, imd, count):
     conns = setup.conns_file("login", uids, imd.port, tokens=True)
     log("logins: %d (load %s)" % (count, loadavg()[0]))
     proc = loadgen(conns, "login", concurrency=50)
+    spy = profiled(imd, "login", 3)
     result = measured(imd, proc)
+    if spy is not None:
+        spy.wait(30)
     log("  %.0f logins/s" % result["logins_per_s"])
     return result
 

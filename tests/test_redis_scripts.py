@@ -4,6 +4,8 @@ import os
 import signal
 import time
 
+import txredisapi
+
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -38,9 +40,17 @@ class EvalScriptTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual((yield self.client.eval_script(ECHO, ["c"], [3])), ["c", "3"])
 
     @defer.inlineCallbacks
+    def test_plain_command_and_its_error_reply(self):
+        self.assertEqual((yield self.client.command("SET", "k", "v", "NX")), "OK")
+        self.assertIsNone((yield self.client.command("SET", "k", "w", "NX")))
+        self.assertEqual((yield self.client.command("GET", "k")), "v")
+        yield self.assertFailure(self.client.command("INCR", "k"), txredisapi.ResponseError)
+
+    @defer.inlineCallbacks
     def test_not_connected_is_unavailable(self):
         yield self.client.stopService()
         yield self.assertFailure(self.client.eval_script(ECHO, ["k"], [1]), StoreUnavailable)
+        yield self.assertFailure(self.client.command("GET", "k"), StoreUnavailable)
 
 
 class ReplyTimeoutTests(unittest.TestCase):

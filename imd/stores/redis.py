@@ -208,6 +208,36 @@ class RedisClient(Service):
         d.addBoth(self._script_replied, issued, conn, script, keys, args)
         return d
 
+    def command(self, *args):
+        """One plain command written straight on the connection, as
+        :meth:`eval_script` does (for the per-login ``SET`` of a token id)."""
+        factory = self._pool._factory if self._pool is not None else None
+        if factory is None or not factory.size:
+            return defer.fail(StoreUnavailable("redis is not connected"))
+        conn = factory.pool[0]
+        if not conn.connected:
+            return defer.fail(StoreUnavailable("redis is not connected"))
+        try:
+            if self._scripts_conn is not conn:
+                self._scripts_conn, self._scripts_loaded, self._issued = conn, set(), deque()
+            conn.transport.write(_encode_command(conn, args))
+            issued = self._issued
+            issued.append(self._clock.seconds())
+            d = conn.replyQueue.get()
+        except Exception as e:
+            return defer.fail(StoreUnavailable("redis: %s" % (e,)))
+        d.addBoth(self._command_replied, issued)
+        return d
+
+    def _command_replied(self, reply, issued):
+        if issued:
+            issued.popleft()
+        if isinstance(reply, Failure):
+            return self._unavailable(reply)
+        if isinstance(reply, Exception):
+            return self._unavailable(Failure(reply))
+        return reply
+
     def _script_replied(self, reply, issued, conn, script, keys, args):
         if issued:
             issued.popleft()
@@ -276,7 +306,7 @@ class RedisStore:
 
     def claim_jti(self, jti, expires_at):
         """Remember a token id until it expires; False if it was seen before."""
-        d = self.client.call("SET", self.keys.used_jti(jti), "1", "NX", "EXAT", int(expires_at))
+        d = self.client.command("SET", self.keys.used_jti(jti), "1", "NX", "EXAT", int(expires_at))
         return d.addCallback(lambda reply: reply is not None)
 
     # friends (contract §5 URS:<uid>)
