@@ -369,6 +369,7 @@ def wait_drained(setup, timeout=60.0):
 def latency(setup, imd, base, rate, duration, warmup):
     uids = setup.pairs(200)
     out = {"rate": rate}
+    time.sleep(3.0)  # let the servers finish closing the previous run's 2,000 connections
     for name, server in (("baseline", base), ("imd", imd)):
         conns = setup.conns_file("lat-%s" % name, uids, server.port, tokens=name == "imd")
         log("open loop %s R=%d (load %s)" % (name, rate, loadavg()[0]))
@@ -540,6 +541,7 @@ def main():
     parser.add_argument("--only", default="throughput,latency,idle,login,migrate")
     parser.add_argument("--profile", choices=["svg", "txt"], help="py-spy flame graph (svg) or raw stacks "
                         "(txt) of imd during the C=200 throughput run, into bench/results/")
+    parser.add_argument("--rate", type=int, help="open-loop rate (default: half of imd's C=200 W=8 maximum)")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -581,7 +583,7 @@ def main():
                 max_rate = r["throughput_c200_w8"]["imd"]["acked_per_s"]
                 r["throughput_c2000_w1"] = throughput(setup, imd, base, 2000, 1, duration, warmup)
             if "latency" in only:
-                rate = int((max_rate or 2000) / 2)
+                rate = args.rate or int((max_rate or 2000) / 2)
                 r["latency"] = latency(setup, imd, base, rate, duration, warmup)
             imd.stop()
             base.stop()
