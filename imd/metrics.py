@@ -110,6 +110,7 @@ class Metrics:
         for store in ("redis", "mysql"):
             self.store_errors.labels(store)
         self.logins.labels("ok", "")
+        self._packets_in_by_type = {}
         if migrator is not None:
             registry.register(_MigratorCollector(migrator))
 
@@ -134,8 +135,13 @@ class Metrics:
         self.logins.labels("refused", refusal_label(reason)).inc()
 
     def packet_in(self, packet_type):
-        label = packet_type if packet_type in _PACKET_TYPES else "other"
-        self.packets_in.labels(label).inc()
+        # labels() costs a lock and a dict lookup on every call: the hot path
+        # keeps the children it has already looked up.
+        child = self._packets_in_by_type.get(packet_type)
+        if child is None:
+            label = packet_type if packet_type in _PACKET_TYPES else "other"
+            child = self._packets_in_by_type[packet_type] = self.packets_in.labels(label)
+        child.inc()
 
     def frame_rejected(self, code):
         """A frame that did not parse: an unknown type, or anything else wrong."""

@@ -198,6 +198,7 @@ class PresenceStore:
         self.node_id = node_id
         self.channel_prefix = channel_prefix(prefix, db)
         self.channel = self.channel_prefix + node_id
+        self._mq = prefix + "MQ"
 
     def _key(self, name, *parts):
         return self.prefix + name + "".join(":%s" % p for p in parts)
@@ -212,9 +213,10 @@ class PresenceStore:
 
         Fires with STORED, NOT_FRIEND or DUPLICATE (imd.stores.redis).
         """
+        prefix = self.prefix
         d = self._eval(STORE_MESSAGE,
-                       [self._key("URS", sender), self._key("dedup", sender, dedup_id), self._key("MQ")],
-                       [to, payload, self.dedup_ttl, self.prefix, self.channel_prefix, self.node_id])
+                       ["%sURS:%d" % (prefix, sender), "%sdedup:%d:%s" % (prefix, sender, dedup_id), self._mq],
+                       [to, payload, self.dedup_ttl, prefix, self.channel_prefix, self.node_id])
         return d.addCallback(lambda reply: STORE_RESULTS[int(reply)])
 
     # connections
