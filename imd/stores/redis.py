@@ -183,18 +183,13 @@ class RedisClient(Service):
         only follows an operator's ``SCRIPT FLUSH``; then the text is sent
         with ``EVAL``, as txredisapi did.
         """
-        factory = self._pool._factory if self._pool is not None else None
-        if factory is None or not factory.size:
-            return defer.fail(StoreUnavailable("redis is not connected"))
-        conn = factory.pool[0]
-        if not conn.connected:
+        conn = self._live_connection()
+        if conn is None:
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
             sha = _SCRIPT_SHA.get(script)
             if sha is None:
                 sha = _SCRIPT_SHA[script] = hashlib.sha1(script.encode("utf-8")).hexdigest()
-            if self._scripts_conn is not conn:
-                self._scripts_conn, self._scripts_loaded, self._issued = conn, set(), deque()
             if sha not in self._scripts_loaded:
                 self._scripts_loaded.add(sha)
                 self._send(conn, _encode_command(conn, ("SCRIPT", "LOAD", script))).addErrback(lambda f: None)
@@ -208,18 +203,27 @@ class RedisClient(Service):
         d.addBoth(self._script_replied, issued, conn, script, keys, args)
         return d
 
+    def _live_connection(self):
+        """The pool's one connection when it is up (what the direct writes of
+        :meth:`eval_script` and :meth:`command` go down), or None.  A new
+        connection starts with no script loaded and no reply awaited."""
+        factory = self._pool._factory if self._pool is not None else None
+        if factory is None or not factory.size:
+            return None
+        conn = factory.pool[0]
+        if not conn.connected:
+            return None
+        if self._scripts_conn is not conn:
+            self._scripts_conn, self._scripts_loaded, self._issued = conn, set(), deque()
+        return conn
+
     def command(self, *args):
         """One plain command written straight on the connection, as
         :meth:`eval_script` does (for the per-login ``SET`` of a token id)."""
-        factory = self._pool._factory if self._pool is not None else None
-        if factory is None or not factory.size:
-            return defer.fail(StoreUnavailable("redis is not connected"))
-        conn = factory.pool[0]
-        if not conn.connected:
+        conn = self._live_connection()
+        if conn is None:
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
-            if self._scripts_conn is not conn:
-                self._scripts_conn, self._scripts_loaded, self._issued = conn, set(), deque()
             conn.transport.write(_encode_command(conn, args))
             issued = self._issued
             issued.append(self._clock.seconds())
