@@ -182,7 +182,38 @@ def drop(client):
     return client.closed
 
 
-class ServerTestMixin(RedisTestMixin):
+class ClientMixin:
+    """``login`` and ``ask`` over whatever ``self.connect(path)`` opens."""
+
+    @defer.inlineCallbacks
+    def login(self, uid):
+        client = yield self.connect("/" + self.token(uid))
+        packet = yield client.next()
+        assert packet["type"] == "L" and packet["uid"] == uid, packet
+        return client
+
+    @defer.inlineCallbacks
+    def ask(self, client, packet):
+        """Send ``packet``; the reply carrying its id (other packets are skipped)."""
+        client.send(packet)
+        while True:
+            reply = yield client.next()
+            if reply.get("id") == packet.get("id") and reply["type"] in "AEPOH":
+                return reply
+
+
+@defer.inlineCallbacks
+def logged_in_client(port, path):
+    """A client past its ``L``; ConnectionError (once closed) when refused."""
+    client = yield connect_client(port, path)
+    packet = yield client.next()
+    if packet["type"] != "L":
+        yield client.wait_closed()
+        raise ConnectionError(packet)
+    return client
+
+
+class ServerTestMixin(ClientMixin, RedisTestMixin):
     """A running imd (ws role) against the test Redis; ``login()`` gives clients."""
 
     overrides = None
@@ -205,21 +236,6 @@ class ServerTestMixin(RedisTestMixin):
         self._clients.append(client)
         return client
 
-    @defer.inlineCallbacks
-    def login(self, uid):
-        client = yield self.connect("/" + self.token(uid))
-        packet = yield client.next()
-        assert packet["type"] == "L" and packet["uid"] == uid, packet
-        return client
-
-    @defer.inlineCallbacks
-    def ask(self, client, packet):
-        """Send ``packet``; the reply carrying its id (other packets are skipped)."""
-        client.send(packet)
-        while True:
-            reply = yield client.next()
-            if reply.get("id") == packet.get("id") and reply["type"] in "AEPOH":
-                return reply
 
 
 def free_port():

@@ -27,7 +27,7 @@ from tests.daemon_support import start_daemon
 from tests.migrator_support import start_migrator
 from tests.mysql_support import MysqlTestMixin, query
 from tests.support import (ImdServer, PrivateRedis, RedisTestMixin, ServerTestMixin, connect_client, drop,
-                           free_port, key_pair, make_settings, redis_connection, settings_text, wait_until,
+                           logged_in_client, free_port, key_pair, make_settings, redis_connection, settings_text, wait_until,
                            with_deadline)
 
 _log = Logger()
@@ -201,13 +201,8 @@ class RedisRestartTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         self.addCleanup(server.stop)
         migrator = start_migrator(self, settings)
 
-        async def connect():
-            client = await connect_client(server.port, "/" + self.token(1))
-            packet = await client.next()
-            if packet["type"] != "L":
-                await client.wait_closed()
-                raise ConnectionError(packet)
-            return client
+        def connect():
+            return logged_in_client(server.port, "/" + self.token(1))
         sender = SteadySender(connect, 1, 2)
         self.addCleanup(sender.close)
         recoveries = []
@@ -356,13 +351,8 @@ class DaemonRestartTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
                                        mysql={"database": self.mysql_settings.database})))
         daemons = [await start_daemon(self, path)]
 
-        async def connect():
-            client = await connect_client(port, "/" + self.token(1))
-            packet = await client.next()
-            if packet["type"] != "L":
-                await client.wait_closed()
-                raise ConnectionError(packet)
-            return client
+        def connect():
+            return logged_in_client(port, "/" + self.token(1))
         sender = SteadySender(connect, 1, 2)
         self.addCleanup(sender.close)
         restarts = []

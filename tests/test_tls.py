@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from imd.config import ConfigError, parse_settings
 from imd.tls import parse_tls_endpoint
-from tests.support import (DEADLINE, ImdServer, RedisTestMixin, TestClient, drop, make_settings, settings_text,
+from tests.support import (DEADLINE, ClientMixin, ImdServer, RedisTestMixin, TestClient, drop, make_settings, settings_text,
                            with_deadline)
 from tests.tls_support import TestCA
 
@@ -49,7 +49,7 @@ class TlsEndpointParsingTests(unittest.SynchronousTestCase):
         self.assertRaises(ConfigError, parse_settings, text, "imd.ini")
 
 
-class WssTests(RedisTestMixin, unittest.TestCase):
+class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
     """A real wss listener on 127.0.0.1 with a certificate from a test CA."""
 
     @defer.inlineCallbacks
@@ -95,21 +95,6 @@ class WssTests(RedisTestMixin, unittest.TestCase):
         self.clients.append(client)
         yield with_deadline(client.opened, what="wss open")
         return client
-
-    @defer.inlineCallbacks
-    def login(self, uid):
-        client = yield self.connect("/" + self.token(uid))
-        packet = yield client.next()
-        self.assertEqual((packet["type"], packet["uid"]), ("L", uid))
-        return client
-
-    @defer.inlineCallbacks
-    def ask(self, client, packet):
-        client.send(packet)
-        while True:
-            reply = yield client.next()
-            if reply.get("id") == packet["id"] and reply["type"] in "AEP":
-                return reply
 
     async def test_login_and_message_over_wss(self):
         await self.befriend(1, 2)
