@@ -20,12 +20,14 @@ from imd import protocol
 from imd.auth import token_from_request
 from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
-from imd.transport.autobahn_tuning import defer_debug_formatting, protocol_with_options
+from imd.transport.autobahn_tuning import (defer_debug_formatting, fast_small_frame_masking,
+                                           protocol_with_options, text_frame)
 from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, peer_address
 
 _log = Logger()
 
 defer_debug_formatting()
+fast_small_frame_masking()
 
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_REPLACED = 4002
@@ -74,6 +76,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _idle_call = None
     _counted = False
     limit_address = None    # counted in the factory's ConnectionLimits
+    _plain_frames = False   # set by protocol_with_options (autobahn_tuning)
     _send_guard = None
 
     # --- TCP connection: limits -----------------------------------------------
@@ -171,6 +174,17 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self.send_packet(protocol.login(app.next_server_id(), self.uid))
 
     # --- packets in ----------------------------------------------------------
+
+    def onMessageEnd(self):
+        # Autobahn's own also fires a "message" event for observers registered
+        # with .on() (a Deferred and two callbacks per message, ~5% of the
+        # process's CPU at full load); imd registers none.
+        if self._listeners is not None or self._parent is not None or self.trackedTimings:
+            return super().onMessageEnd()
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
+        return None
 
     def onMessage(self, payload, isBinary):
         if self.uid is None or self._closing:
@@ -280,7 +294,12 @@ class ImdServerProtocol(WebSocketServerProtocol):
 
     def send_packet(self, payload):
         if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
-            self.sendMessage(payload)
+            if self.send_queue or self._perMessageCompress is not None or not self._plain_frames or (
+                    0 < self.maxMessagePayloadSize < len(payload)):
+                self.sendMessage(payload)
+            else:
+                # What sendMessage would write here, without its generic path.
+                self.transport.write(text_frame(payload))
             if self._send_guard is not None:
                 self._send_guard.sent(len(payload))
 
