@@ -133,6 +133,16 @@ def redis_cpu():
     return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
 
 
+def mysql_cpu():
+    """CPU seconds of the MariaDB server so far, or None when its pid is not found."""
+    try:
+        pid = int(subprocess.run(["pidof", "-s", "mariadbd", "mysqld"], capture_output=True,
+                                 text=True).stdout.split()[0])
+        return proc_cpu(pid)
+    except (IndexError, ValueError, OSError):
+        return None
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return [float(x) for x in f.read().split()[:3]]
@@ -162,8 +172,9 @@ class Server:
         wait_port(port)
 
     def sample(self):
-        """CPU of all its processes, RSS of the listening one."""
-        return {"cpu_s": sum(proc_cpu(pid) for pid in self.pids), "rss_kb": proc_rss_kb(self.pid)}
+        """CPU of all its processes (and of each), RSS of the listening one."""
+        each = [proc_cpu(pid) for pid in self.pids]
+        return {"cpu_s": sum(each), "cpu_each_s": each, "rss_kb": proc_rss_kb(self.pid)}
 
     def stop(self):
         for proc in self.procs:
@@ -277,7 +288,7 @@ def measured(server, proc, setup=None):
     the generator's start/end marks) and peak RSS meanwhile, and (for imd) the
     migrator's lag sampled every 0.5 s."""
     before = server.sample()
-    redis_cpu0 = redis_cpu()
+    redis_cpu0, mysql_cpu0 = redis_cpu(), mysql_cpu()
     reset_peak_rss(server.pid)
     load0 = loadavg()
     lag = {"max_age_s": 0.0, "max_queued": 0}
@@ -286,7 +297,7 @@ def measured(server, proc, setup=None):
     def read():
         for line in proc.stdout:
             if line.startswith('{"measure"'):
-                marks[json.loads(line)["measure"]] = server.sample()["cpu_s"]
+                marks[json.loads(line)["measure"]] = server.sample()["cpu_each_s"]
             else:
                 lines.append(line)
     reader = threading.Thread(target=read, daemon=True)
@@ -313,22 +324,30 @@ def measured(server, proc, setup=None):
         # whole run (warm-up and drain included): an upper bound
         result["redis_cpu_us_per_msg_upper"] = round(
             result["redis_cpu_s"] * 1e6 / (delivered * result["measured_seconds"]), 1)
+    mysql_cpu1 = mysql_cpu()
+    if delivered and mysql_cpu0 is not None and mysql_cpu1 is not None and result.get("measured_seconds"):
+        result["mysql_cpu_us_per_msg_upper"] = round(
+            (mysql_cpu1 - mysql_cpu0) * 1e6 / (delivered * result["measured_seconds"]), 1)
     if delivered and "start" in marks and "end" in marks:
-        window_cpu = marks["end"] - marks["start"]
+        each = [end - start for start, end in zip(marks["start"], marks["end"])]
+        window_cpu = sum(each)
         result["server_cpu_window_s"] = round(window_cpu, 2)
         result["server_cpu_us_per_msg"] = round(window_cpu * 1e6 / (delivered * result["measured_seconds"]), 1)
+        # imd: [ws+http process, migrator process]
+        result["server_cpu_us_per_msg_each"] = [
+            round(cpu * 1e6 / (delivered * result["measured_seconds"]), 1) for cpu in each]
     if setup is not None:
         result["migrator_lag"] = lag
     return result
 
 
-PROFILE = None  # set by --profile: py-spy records imd during its throughput runs
+PROFILE = None  # set by --profile: py-spy records the servers during the C=200 runs (imd at login too)
 
 
 def profiled(server, label, duration):
-    if PROFILE is None or server.name != "imd":
+    if PROFILE is None:
         return None
-    out = os.path.join(RESULTS, "%s-imd-%s.%s" % (PROFILE[0], label, PROFILE[1]))
+    out = os.path.join(RESULTS, "%s-%s-%s.%s" % (PROFILE[0], server.name, label, PROFILE[1]))
     argv = [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.pid), "--duration",
             str(int(duration)), "--rate", "200", "--nonblocking", "--output", out]
     if PROFILE[1] == "txt":
@@ -470,6 +489,11 @@ def fmt_lat(lat):
     return "%.1f / %.1f / %.1f" % (lat.get("p50", 0), lat.get("p99", 0), lat.get("p999", 0)) if lat.get("n") else "-"
 
 
+def cpu_parts(result):
+    each = result.get("server_cpu_us_per_msg_each") or []
+    return " (%s)" % " + ".join("%.1f" % x for x in each) if len(each) > 1 else ""
+
+
 def table(report):
     rows = ["| measure | imd | baseline relay | ratio / target | met |", "|---|---|---|---|---|"]
     r = report["results"]
@@ -486,11 +510,12 @@ def table(report):
             if target else "-"))
         rows.append("| ↳ ack latency p50/p99/p999 ms (closed loop) | %s | %s | | |" % (
             fmt_lat(imd["ack_latency_ms"]), fmt_lat(base["ack_latency_ms"])))
-        rows.append("| ↳ server CPU µs/msg, peak RSS MB; Redis CPU µs/msg (upper bound) | %s, %.0f; %s | %s, %.0f; %s | | |" % (
-            imd.get("server_cpu_us_per_msg"), imd["server_peak_rss_kb"] / 1024.0,
-            imd.get("redis_cpu_us_per_msg_upper"),
-            base.get("server_cpu_us_per_msg"), base["server_peak_rss_kb"] / 1024.0,
-            base.get("redis_cpu_us_per_msg_upper")))
+        rows.append("| ↳ server CPU µs/msg (imd: ws + migrator), peak RSS MB | %s%s, %.0f | %s, %.0f | | |" % (
+            imd.get("server_cpu_us_per_msg"), cpu_parts(imd), imd["server_peak_rss_kb"] / 1024.0,
+            base.get("server_cpu_us_per_msg"), base["server_peak_rss_kb"] / 1024.0))
+        rows.append("| ↳ Redis, MariaDB CPU µs/msg (upper bounds) | %s, %s | %s, %s | | |" % (
+            imd.get("redis_cpu_us_per_msg_upper"), imd.get("mysql_cpu_us_per_msg_upper", "-"),
+            base.get("redis_cpu_us_per_msg_upper"), base.get("mysql_cpu_us_per_msg_upper", "-")))
         rows.append("| ↳ migrator max lag s (drained after) / errors | %.2f (%ss) / %s | - / %s | | |" % (
             lag, imd.get("migrator_drained_s"), imd["errors"] or "none", base["errors"] or "none"))
     if "latency" in r:
