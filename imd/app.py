@@ -22,6 +22,7 @@ from imd.stores.presence import PresenceStore
 from imd.stores.redis import RedisClient, RedisStore
 from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.bus import NodeBus
+from imd.transport.flush import TurnFlusher
 from imd.transport.routing import LocalRouter
 from imd.transport.sessions import SessionRegistry
 
@@ -54,7 +55,9 @@ class App:
         self._server_id_prefix = "%x" % int(self.clock.seconds() * 1000)
         self._server_ids = itertools.count(1)
 
-        self.redis_client = RedisClient(settings.redis.url, settings.redis.timeout, self.clock)
+        self.flusher = TurnFlusher(self.clock)
+        self.redis_client = RedisClient(settings.redis.url, settings.redis.timeout, self.clock,
+                                        flusher=self.flusher)
         self.redis = RedisStore(self.redis_client, settings.redis.prefix, settings.redis.dedup_ttl)
         self.verifier = TokenVerifier(self.redis, self.clock, settings.auth.single_use)
         self.sessions = SessionRegistry()

@@ -95,8 +95,9 @@ class RedisClient(Service):
     order without waiting for each reply.
     """
 
-    def __init__(self, address, timeout, clock, poolsize=1):
+    def __init__(self, address, timeout, clock, poolsize=1, flusher=None):
         self.address = address
+        self._flusher = flusher      # imd.transport.flush.TurnFlusher: commands leave this turn
         self.timeout = timeout
         self._clock = clock
         self._poolsize = poolsize
@@ -194,6 +195,8 @@ class RedisClient(Service):
                 self._scripts_loaded.add(sha)
                 self._send(conn, _encode_command(conn, ("SCRIPT", "LOAD", script))).addErrback(lambda f: None)
             conn.transport.write(_encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
+            if self._flusher is not None:
+                self._flusher.written(conn.transport)
             issued = self._issued
             issued.append(self._clock.seconds())
             d = conn.replyQueue.get()
@@ -225,6 +228,8 @@ class RedisClient(Service):
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
             conn.transport.write(_encode_command(conn, args))
+            if self._flusher is not None:
+                self._flusher.written(conn.transport)
             issued = self._issued
             issued.append(self._clock.seconds())
             d = conn.replyQueue.get()

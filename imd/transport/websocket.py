@@ -300,6 +300,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             else:
                 # What sendMessage would write here, without its generic path.
                 self.transport.write(text_frame(payload))
+            self._app.flusher.written(self.transport)
             if self._send_guard is not None:
                 self._send_guard.sent(len(payload))
 
