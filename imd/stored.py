@@ -9,6 +9,8 @@ in Redis, merged with rows from MySQL).  Every message has its history key
 import json
 from collections import namedtuple
 
+import orjson
+
 from imd.protocol import MAX_ID_CHARS, MAX_UID
 
 MAX_TEXT_BYTES = 65535          # message.msg is TEXT
@@ -41,9 +43,24 @@ def _uid(value, name):
     return value
 
 
+def _load(entry):
+    """``json.loads(entry)``, through orjson (~4 us a row faster) when that
+    gives the same: orjson refuses what json takes (NaN, lone surrogates)
+    and reads integers past 64 bits as floats, so anything but the plain
+    shape of a stored text message is read again by json."""
+    try:
+        obj = orjson.loads(entry)
+    except orjson.JSONDecodeError:
+        return json.loads(entry)
+    if (type(obj) is dict and type(obj.get("id")) in (int, str) and type(obj.get("from")) is int
+            and type(obj.get("to")) is int and type(obj.get("ts")) is int and type(obj.get("msg")) is str):
+        return obj
+    return json.loads(entry)
+
+
 def parse_stored(entry):
     """One ``MQ`` entry (str) -> :class:`StoredMessage`, or ValueError."""
-    obj = json.loads(entry)
+    obj = _load(entry)
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     packet_id = obj.get("id")

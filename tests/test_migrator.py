@@ -8,6 +8,7 @@ from twisted.internet import defer, reactor, task
 from twisted.protocols.portforward import ProxyFactory
 from twisted.trial import unittest
 
+from imd.errors import StoreUnavailable
 from imd.migrator import Migrator
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
@@ -66,11 +67,13 @@ class BurstTests(MigratorTestMixin, unittest.TestCase):
         alice, bob = await self.login(1), await self.login(2)
         alice.send({"id": 77, "to": 2, "type": "t", "msg": "héllo 😀 \"quoted\""})
         alice.send({"id": "img", "to": "2", "type": "i", "msg": 4242})
-        delivered = [await bob.next_of("ti"), await bob.next_of("ti")]
+        # every character MySQL string literals escape, raw in msg and in packet
+        alice.send({"id": "esc\\'", "to": 2, "type": "t", "msg": "a\x00b\nc\rd\x1ae'f\"g\\h\\\\ '' \\'"})
+        delivered = [await bob.next_of("ti") for _ in range(3)]
         await with_drain(migrator)
         rows = await self.message_rows()
         self.assertEqual([json.loads(p) for _, _, p in rows], delivered)
-        self.assertEqual([(f, m) for f, m, _ in rows], [(1, "77"), (1, "img")])
+        self.assertEqual([(f, m) for f, m, _ in rows], [(1, "77"), (1, "img"), (1, "esc\\'")])
 
     async def test_unreadable_entries_go_to_dead_list(self):
         migrator = start_migrator(self, self.server.app.settings)
@@ -120,6 +123,30 @@ class MysqlAwayTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual((reply["type"], reply["code"]), ("E", "unavailable"))
         reply = await self.ask(alice, {"id": "p1", "to": 0, "type": "P", "msg": 0})
         self.assertEqual(reply["type"], "P")
+
+
+class SplitBatchTests(MigratorTestMixin, unittest.TestCase):
+
+    async def test_a_half_that_fails_replays_the_batch_and_all_land_once(self):
+        # A batch of 400 goes in as two inserts at once; the first one of the
+        # first batch commits, the second fails as if MySQL went away.
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        acked = await send_and_collect(alice, 1, 2, list(range(1000)))
+        migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400))
+        insert, calls = migrator.mysql.insert_messages, []
+
+        def second_half_fails_once(rows):
+            calls.append(len(rows))
+            if len(calls) == 2:
+                return defer.fail(StoreUnavailable("mysql: injected failure"))
+            return insert(rows)
+        migrator.mysql.insert_messages = second_half_fails_once
+        await with_drain(migrator)
+        self.assertEqual(calls[:2], [200, 200])
+        self.assertEqual(await self.rows_set(), acked)
+        self.assertEqual(await self.redis.llen("MQ:processing"), 0)
+        self.assertEqual((migrator.rows_migrated, migrator.rows_skipped), (1000, 200))
 
 
 class LeaderTests(MigratorTestMixin, unittest.TestCase):
@@ -199,3 +226,19 @@ class ReconnectTests(MigratorTestMixin, unittest.TestCase):
         acked |= await send_and_collect(alice, 1, 2, list(range(20, 40)))
         await with_drain(migrator)
         self.assertEqual(await self.rows_set(), acked)
+
+
+class QuoteTextTests(unittest.TestCase):
+    """The migrator's string quoting is PyMySQL's escape_string (pure logic)."""
+
+    def test_same_literal_as_pymysql(self):
+        import random
+
+        from pymysql.converters import escape_string
+
+        from imd.stores.mysql import quote_text
+        rng = random.Random(5)
+        alphabet = "ab \\\x00\n\r\x1a'\"\té中😀"
+        for _ in range(5000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
+            self.assertEqual(quote_text(text), "'" + escape_string(text) + "'", repr(text))

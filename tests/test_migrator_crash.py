@@ -8,6 +8,7 @@ import random
 import sys
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.trial import unittest
 
@@ -52,7 +53,10 @@ class MigratorProcess(protocol.ProcessProtocol):
 
     def kill(self):
         if not self.ended.called:
-            self.transport.signalProcess("KILL")
+            try:
+                self.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass   # killed a moment ago, and reaped; processEnded follows
         return self.ended
 
 

@@ -1,0 +1,43 @@
+"""Reading MQ entries back (imd.stored): the orjson fast path reads exactly
+what json reads, errors included (pure logic)."""
+
+import json
+
+from twisted.trial import unittest
+
+from imd import stored
+
+ENTRIES = [
+    '{"id":"m1","from":1,"to":2,"type":"t","msg":"hello","ts":1700000000000}',
+    '{"id":77,"from":1,"to":2,"type":"t","msg":"h\\u00e9llo \\ud83d\\ude00 \\"q\\"","ts":5}',
+    '{"id":123456789012345678901234567890,"from":1,"to":2,"type":"t","msg":"big id","ts":5}',
+    '{"id":"x","from":123456789012345678901234567890,"to":2,"type":"t","msg":"big uid","ts":5}',
+    '{"id":"x","from":1,"to":2,"type":"i","msg":{"n":123456789012345678901234567890},"ts":5}',
+    '{"id":"x","from":1,"to":2,"type":"i","msg":4242,"ts":5}',
+    '{"id":"x","from":1,"to":2,"type":"t","msg":NaN,"ts":5}',
+    '{"id":"x","from":1,"to":2,"type":"t","msg":"\\ud800","ts":5}',
+    '{"id":"x","id":"y","from":1,"to":2,"type":"t","msg":"dup","ts":5}',
+    '{"id":"x","from":1,"to":2,"type":"t","msg":"m","ts":1e3}',
+    '{"id":"x","from":0,"to":2,"type":"t","msg":"m","ts":5}',
+    '{"id":"","from":1,"to":2,"type":"t","msg":"m","ts":5}',
+    '[1,2]', 'not json', '',
+]
+
+
+def outcome(entry):
+    try:
+        return ("ok", stored.parse_stored(entry))
+    except ValueError as e:
+        return ("error", str(e))
+
+
+class ParseStoredTests(unittest.TestCase):
+
+    def test_same_as_reading_with_json_alone(self):
+        fast = [outcome(entry) for entry in ENTRIES]
+        self.patch(stored, "_load", json.loads)
+        self.assertEqual(fast, [outcome(entry) for entry in ENTRIES])
+
+    def test_a_stored_message_as_its_row(self):
+        message = stored.parse_stored(ENTRIES[1])
+        self.assertEqual(message.row(), ("77", 1, 2, "t", 'héllo 😀 "q"', 5, ENTRIES[1]))
