@@ -36,6 +36,10 @@ class UnitContentTests(unittest.SynchronousTestCase):
             self.assertIn("twistd --nodaemon --pidfile= imd --config /etc/imd/imd.ini", service["ExecStart"], name)
             self.assertGreater(int(service["TimeoutStopSec"]), 10, "%s: above the default shutdown_grace" % name)
 
+    def test_the_migrator_yields_the_cpu_to_the_nodes(self):
+        self.assertGreater(int(read_unit("imd-migrate.service")["Service"]["Nice"]), 0)
+        self.assertNotIn("Nice", read_unit("imd-ws@.service")["Service"])
+
     def test_each_role_runs_only_itself(self):
         for name, role in (("imd-ws@.service", "ws"), ("imd-http.service", "http"),
                            ("imd-migrate.service", "migrate"), ("imd-ws-activated@.service", "ws")):
