@@ -81,3 +81,41 @@ class ReplyTimeoutTests(unittest.TestCase):
         os.kill(pid, signal.SIGCONT)
         yield with_deadline(self.client.wait_connected(5))
         self.assertEqual((yield self.client.eval_script(ECHO, ["k"], [9])), ["k", "9"])
+
+
+class ClaimTests(RedisTestMixin, unittest.TestCase):
+    """The migrator's claim moves the oldest entries of MQ, whatever their number."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        from imd.stores.queue import QueueStore
+        settings = make_settings()
+        self.client = RedisClient(settings.redis.url, settings.redis.timeout, reactor)
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+        yield with_deadline(self.client.wait_connected())
+        self.queue = QueueStore(self.client)
+        self.assertTrue((yield self.queue.hold_lock("me", 10)))
+
+    @defer.inlineCallbacks
+    def test_oldest_first_in_one_move_larger_than_a_lua_unpack(self):
+        # Lua's unpack stops at 8,000 values (LUAI_MAXCSTACK in Redis)
+        entries = ["e%d" % i for i in range(10000)]   # pushed at the head: e0 is the oldest
+        for start in range(0, 10000, 1000):
+            yield self.redis.lpush("MQ", entries[start:start + 1000])
+        replayed, claimed = yield self.queue.claim("me", 9000)
+        self.assertEqual((replayed, claimed), (False, entries[:9000]))
+        self.assertEqual((yield self.redis.lrange("MQ", 0, -1)), list(reversed(entries[9000:])))
+        # in flight, in MQ's order: claimed again as such until acked
+        self.assertEqual((yield self.queue.claim("me", 9000)), (True, entries[:9000]))
+        self.assertTrue((yield self.queue.ack("me")))
+        self.assertEqual((yield self.queue.claim("me", 9000)), (False, entries[9000:]))
+        self.assertEqual((yield self.redis.exists("MQ")), 0)
+
+    @defer.inlineCallbacks
+    def test_empty_queue_claims_nothing_and_others_claim_nothing(self):
+        self.assertEqual((yield self.queue.claim("me", 500)), (False, []))
+        yield self.redis.lpush("MQ", ["x"])
+        self.assertIsNone((yield self.queue.claim("someone else", 500)))
+        self.assertEqual((yield self.redis.llen("MQ")), 1)
