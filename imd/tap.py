@@ -1,5 +1,6 @@
 """``twistd imd``: options and the service maker."""
 
+import gc
 import sys
 
 from twisted.python import usage
@@ -34,6 +35,15 @@ class Options(usage.Options):
             raise SystemExit(2)
 
 
+def _freeze_startup_heap():
+    """Collect once, then move every object alive now (modules, classes,
+    the services: what lives as long as the process) out of the collector's
+    sight, so that full collections only walk what was made since (a ws
+    process starts with ~64,000 such objects)."""
+    gc.collect()
+    gc.freeze()
+
+
 def makeService(options):
     from twisted.internet import reactor
 
@@ -44,4 +54,7 @@ def makeService(options):
     observer = None
     if not (twistd_options and twistd_options.get("syslog")):
         observer = ImdLogObserver(twistd_log_file(twistd_options), settings.log.format)
-    return LoggingRoot(observer, App(settings, reactor).build_service())
+    root = LoggingRoot(observer, App(settings, reactor).build_service())
+    # before the reactor runs: nothing listens yet, so no client waits on it
+    _freeze_startup_heap()
+    return root

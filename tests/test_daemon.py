@@ -122,3 +122,15 @@ def _accepts(port):
         return True
     except OSError:
         return False
+
+
+class StartupHeapTests(unittest.SynchronousTestCase):
+
+    def test_objects_alive_at_start_are_out_of_full_collections(self):
+        import gc
+
+        from imd.tap import _freeze_startup_heap
+        self.addCleanup(gc.unfreeze)
+        _freeze_startup_heap()
+        self.assertGreater(gc.get_freeze_count(), 10000)
+        self.assertLess(len(gc.get_objects()), 1000)
