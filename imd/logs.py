@@ -59,8 +59,62 @@ def event_as_json(event):
     return json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
 
 
+class _SecondsClock:
+    """Twisted's ``formatTime``, remembering the text of the last second: the
+    classic line has no fraction of a second, and formatting the time was a
+    third of what a log line cost (~16 of ~48 us).  One tuple, swapped whole,
+    so threads logging at once never see a time and a text that differ."""
+
+    def __init__(self):
+        self._last = (None, None)
+
+    def __call__(self, when):
+        if when is None:
+            return formatTime(None)
+        second = int(when // 1)
+        cached_second, text = self._last
+        if second != cached_second:
+            text = formatTime(second)
+            self._last = (second, text)
+        return text
+
+
+_clock_text = _SecondsClock()
+
+
+def _system(event):
+    """The ``[system]`` of a classic line, as Twisted's _formatSystem."""
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        return "%s#%s" % (event.get("log_namespace", "-"), "-" if level is None else level.name)
+    try:
+        return str(system)
+    except Exception:
+        return "UNFORMATTABLE"
+
+
+def classic_line(event):
+    """What ``formatEventAsClassicLogText`` gives, ~3x faster for the plain
+    events imd logs (a str format without ``{call()}`` fields, no failure):
+    ``str.format_map`` reads them exactly as Twisted's formatter does.
+    Anything else, or any error, takes Twisted's own path."""
+    fmt = event.get("log_format")
+    if (type(fmt) is str and "()" not in fmt and "log_failure" not in event
+            and "log_flattened" not in event):
+        try:
+            text = fmt.format_map(event)
+        except Exception:
+            return formatEventAsClassicLogText(event, formatTime=_clock_text)
+        if not text:
+            return None
+        line = "%s [%s] %s" % (_clock_text(event.get("log_time")), _system(event), text)
+        return line.replace("\n", "\n\t") + "\n"
+    return formatEventAsClassicLogText(event, formatTime=_clock_text)
+
+
 def event_as_text(event):
-    text = formatEventAsClassicLogText(event)
+    text = classic_line(event)
     return redact(text) if text else None
 
 

@@ -57,6 +57,43 @@ class RedactionTests(unittest.SynchronousTestCase):
         self.assertNotIn(TOKEN, out.getvalue())
 
 
+class ClassicLineTests(unittest.SynchronousTestCase):
+    """imd.logs.classic_line writes exactly Twisted's classic line (pure logic)."""
+
+    def test_same_text_as_twisted_for_every_kind_of_event(self):
+        from twisted.logger import formatEventAsClassicLogText
+
+        from imd.logs import classic_line
+
+        class Unprintable:
+            def __str__(self):
+                raise ValueError("no")
+
+        now = time.time()
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        events = [
+            dict(log_format="login uid={uid} peer={peer}", uid=5, peer="tcp4:127.0.0.1:1", log_time=now,
+                 log_level=LogLevel.info, log_namespace="imd.x"),
+            dict(log_format="plain", log_time=now, log_system="ws"),
+            dict(log_format="{a!r} {b:.1f} {c[0]} {d.real}", a="x", b=1.25, c=[7], d=3, log_time=now + 0.999),
+            dict(log_format="two\nlines {x}", x="and\nthree", log_time=None),
+            dict(log_format="{missing}", log_time=now),
+            dict(log_format="{f()}", f=lambda: "called", log_time=now),
+            dict(log_format="{0}", log_time=now),
+            dict(log_format="", log_time=now),
+            dict(log_time=now),
+            dict(log_format="oops", log_failure=failure, log_time=now),
+            dict(log_format="sys", log_system=Unprintable(), log_time=now),
+            dict(log_format=b"bytes {x}", x=1, log_time=now),
+            dict(log_format="{x}", x=Unprintable(), log_time=now),
+        ]
+        for event in events:
+            self.assertEqual(classic_line(dict(event)), formatEventAsClassicLogText(dict(event)), event)
+
+
 class _Captured:
     def __init__(self, testcase):
         self.events = []
