@@ -16,7 +16,8 @@ from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_dead
 ECHO = "return {KEYS[1], ARGV[1]}"
 
 
-class EvalScriptTests(RedisTestMixin, unittest.TestCase):
+class _ClientMixin(RedisTestMixin):
+    """``self.client``: a started RedisClient on the test db."""
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -26,6 +27,9 @@ class EvalScriptTests(RedisTestMixin, unittest.TestCase):
         self.client.startService()
         self.addCleanup(self.client.stopService)
         yield with_deadline(self.client.wait_connected())
+
+
+class EvalScriptTests(_ClientMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_runs_the_script_in_order(self):
@@ -83,18 +87,13 @@ class ReplyTimeoutTests(unittest.TestCase):
         self.assertEqual((yield self.client.eval_script(ECHO, ["k"], [9])), ["k", "9"])
 
 
-class ClaimTests(RedisTestMixin, unittest.TestCase):
+class ClaimTests(_ClientMixin, unittest.TestCase):
     """The migrator's claim moves the oldest entries of MQ, whatever their number."""
 
     @defer.inlineCallbacks
     def setUp(self):
         yield super().setUp()
         from imd.stores.queue import QueueStore
-        settings = make_settings()
-        self.client = RedisClient(settings.redis.url, settings.redis.timeout, reactor)
-        self.client.startService()
-        self.addCleanup(self.client.stopService)
-        yield with_deadline(self.client.wait_connected())
         self.queue = QueueStore(self.client)
         self.assertTrue((yield self.queue.hold_lock("me", 10)))
 
