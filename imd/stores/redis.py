@@ -194,16 +194,11 @@ class RedisClient(Service):
             if sha not in self._scripts_loaded:
                 self._scripts_loaded.add(sha)
                 self._send(conn, _encode_command(conn, ("SCRIPT", "LOAD", script))).addErrback(lambda f: None)
-            conn.transport.write(_encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
-            if self._flusher is not None:
-                self._flusher.written(conn.transport)
-            issued = self._issued
-            issued.append(self._clock.seconds())
-            d = conn.replyQueue.get()
+            d = self._write(conn, _encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
         # One callback for the reply (each one on a Deferred costs ~1.5 us).
-        d.addBoth(self._script_replied, issued, conn, script, keys, args)
+        d.addBoth(self._script_replied, self._issued, conn, script, keys, args)
         return d
 
     def _live_connection(self):
@@ -227,16 +222,20 @@ class RedisClient(Service):
         if conn is None:
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
-            conn.transport.write(_encode_command(conn, args))
-            if self._flusher is not None:
-                self._flusher.written(conn.transport)
-            issued = self._issued
-            issued.append(self._clock.seconds())
-            d = conn.replyQueue.get()
+            d = self._write(conn, _encode_command(conn, args))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
-        d.addBoth(self._command_replied, issued)
+        d.addBoth(self._command_replied, self._issued)
         return d
+
+    def _write(self, conn, command):
+        """``command`` (encoded) down ``conn``, leaving this reactor turn;
+        the Deferred of its reply, which comes in the order commands went."""
+        conn.transport.write(command)
+        if self._flusher is not None:
+            self._flusher.written(conn.transport)
+        self._issued.append(self._clock.seconds())
+        return conn.replyQueue.get()
 
     def _command_replied(self, reply, issued):
         if issued:
@@ -262,11 +261,8 @@ class RedisClient(Service):
         return reply
 
     def _send(self, conn, command):
-        conn.transport.write(command)
-        issued = self._issued
-        issued.append(self._clock.seconds())
-        d = conn.replyQueue.get()
-        d.addBoth(_replied, issued)
+        d = self._write(conn, command)
+        d.addBoth(_replied, self._issued)
         d.addCallback(conn.handle_reply)
         return d
 
