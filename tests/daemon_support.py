@@ -13,6 +13,8 @@ from tests.support import DEADLINE, settings_text, with_deadline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 _LISTENING = re.compile(rb"ImdServerFactory starting on (\d+)")
+# imd.transport.bus: until then the node refuses logins ("service unavailable")
+_READY = re.compile(rb"registered in redis: taking logins")
 
 
 class Daemon(protocol.ProcessProtocol):
@@ -20,17 +22,22 @@ class Daemon(protocol.ProcessProtocol):
         self.lines = []          # stdout, one entry per line (bytes)
         self.stderr = b""
         self.exit_code = self.exit_signal = None
-        self.listening = defer.Deferred()
+        self.listening = defer.Deferred()   # fires with the ws port once the node takes logins
         self.ended = defer.Deferred()
         self._partial = b""
+        self._port = self._ready = None
 
     def outReceived(self, data):
         *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
             self.lines.append(line)
             match = _LISTENING.search(line)
-            if match and not self.listening.called:
-                self.listening.callback(int(match.group(1)))
+            if match:
+                self._port = int(match.group(1))
+            if _READY.search(line):
+                self._ready = True
+            if self._port is not None and self._ready and not self.listening.called:
+                self.listening.callback(self._port)
 
     def errReceived(self, data):
         self.stderr += data

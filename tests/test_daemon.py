@@ -1,7 +1,6 @@
 """The real programs: ``imd-admin`` and ``twistd -n imd`` as subprocesses."""
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -9,8 +8,8 @@ import jwt
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support import (REDIS_DB, RedisTestMixin, connect_client, drop, free_port, settings_text,
-                           wait_until)
+from tests.daemon_support import start_daemon
+from tests.support import REDIS_DB, RedisTestMixin, connect_client, drop, free_port, settings_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -87,16 +86,9 @@ class TwistdTests(ProgramTestMixin, unittest.TestCase):
     async def test_twistd_imd_serves_logins_and_messages(self):
         port = free_port()
         config = self.write_config({"websocket": {"listen": "tcp:%d:interface=127.0.0.1" % port}})
-        process = subprocess.Popen([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "imd", "--config", config],
-                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-        def stop():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(30)
-            process.stdout.close()
-        self.addCleanup(stop)
-        await wait_until(lambda: _accepts(port), what="twistd listening on %d" % port)
+        # listening, subscribed and registered: a login before that is refused
+        daemon = await start_daemon(self, config)
+        self.assertEqual(daemon.port, port)
         await self.befriend(1, 2)
         alice = await connect_client(port, "/" + self.token(1))
         bob = await connect_client(port, "/" + self.token(2))
@@ -114,14 +106,6 @@ class TwistdTests(ProgramTestMixin, unittest.TestCase):
         from imd.config import load_settings
         return load_settings(config).redis.url.db
 
-
-def _accepts(port):
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 class StartupHeapTests(unittest.SynchronousTestCase):

@@ -141,6 +141,7 @@ class NodeBus(Service):
         if connections:
             yield self.presence.reassert(connections)
         self._registered = True
+        _log.info("node {node} registered in redis: taking logins and messages", node=self.presence.node_id)
 
     def _unsubscribed(self, subscriber):
         if self._subscriber is subscriber:
