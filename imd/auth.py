@@ -137,8 +137,8 @@ class TokenVerifier:
         # twice: ~6% of a login's CPU.)
         try:
             return _DECODER.decode(token, self._key, algorithms=[ALGORITHM],
-                              options={"verify_exp": False, "verify_iat": False,
-                                       "verify_nbf": False, "verify_aud": False})
+                                   options={"verify_exp": False, "verify_iat": False,
+                                            "verify_nbf": False, "verify_aud": False})
         except jwt.InvalidSignatureError:
             raise
         except jwt.InvalidAlgorithmError:

@@ -8,10 +8,10 @@ inserts it again; ``UNIQUE (from_id, msg_id)`` turns the replay into a no-op.
 
 A large batch goes in as two halves in two transactions on two pool
 connections at once: the second half is read from JSON while MySQL inserts
-the first, and MySQL inserts both on two cores (bench/run.py --only
-migrate: 16,800-18,100 -> 19,900-20,800 rows/s).  The batch is deleted only when both have committed;
-if one fails, the whole batch is replayed and the half that did commit is
-skipped by the unique key.
+the first, and MySQL inserts both on two cores (bench/run.py --only migrate:
+16,800-18,100 -> 19,900-20,800 rows/s).  The batch is deleted only when both
+have committed; if one fails, the whole batch is replayed and the half that
+did commit is skipped by the unique key.
 
 Several migrators may run (one per node, say): exactly one leads, the holder
 of ``MQ:lock`` (a Redis key with an expiry, extended by its holder every
@@ -39,7 +39,7 @@ _log = Logger()
 
 MAX_BACKOFF = 5.0        # seconds between tries while a store is away
 SPLIT_FROM = 200         # rows: from here a batch is inserted in parts at once
-INSERTS_AT_ONCE = 2       # (3 or 4 were slower on 2 cores: bench/run.py --only migrate)
+INSERTS_AT_ONCE = 2      # parts (3 or 4 were slower on 2 cores: bench/run.py --only migrate)
 LAG_INTERVAL = 1.0       # seconds between lag samples
 LAG_LOG_INTERVAL = 30.0  # seconds between lag log lines
 
