@@ -421,9 +421,9 @@ def idle(setup, server, count, tokens):
 
 
 def wait_quiet(server, limit=0.1, timeout=20.0):
-    """Wait until ``server`` uses under ``limit`` of a core over 0.5 s (after
-    the idle run it is still closing 10,000 connections for a few seconds,
-    which is not what the next measure is about); seconds waited."""
+    """Wait until ``server`` uses under ``limit`` of a core over 0.5 s (still
+    starting, or finishing the previous measure, is not what the next one is
+    about); seconds waited."""
     started = time.time()
     while time.time() - started < timeout:
         cpu0 = server.sample()["cpu_s"]
