@@ -51,7 +51,7 @@ def entries(start, count, ts):
 @defer.inlineCallbacks
 def fill(app, items):
     for i in range(0, len(items), 5000):
-        yield app.redis_client.call("LPUSH", app.queue.keys.mq, *items[i:i + 5000])
+        yield app.redis_client.command("LPUSH", app.keys.mq, *items[i:i + 5000])
 
 
 @defer.inlineCallbacks
@@ -59,8 +59,8 @@ def start(reactor, settings):
     app = App(settings, reactor)
     app.redis_client.startService()
     yield app.redis_client.wait_connected()
-    keys = app.queue.keys  # only its own keys: the db may be shared
-    yield app.redis_client.call("DEL", keys.mq, keys.mq_processing, keys.mq_lock, keys.mq_dead)
+    keys = app.keys  # only its own keys: the db may be shared
+    yield app.redis_client.command("DEL", keys.mq, keys.mq_processing, keys.mq_lock, keys.mq_dead)
     yield threads.deferToThread(reset_mysql, settings.mysql)
     return app
 
@@ -99,7 +99,7 @@ def steady(reactor, args):
         if due > 0:
             batch = entries(10 ** 9 + sent[0], due, int(time.time() * 1000))
             sent[0] += due
-            return app.redis_client.call("LPUSH", app.queue.keys.mq, *batch)
+            return app.redis_client.command("LPUSH", app.keys.mq, *batch)
     pusher = task.LoopingCall(push)
     pusher.start(tick)
     for _ in range(int(args.seconds)):

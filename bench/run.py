@@ -535,13 +535,13 @@ def table(report):
         rows.append("| ↳ migrator max lag s (drained after) / errors | %.2f (%ss) / %s | - / %s | | |" % (
             lag, imd.get("migrator_drained_s"), imd["errors"] or "none", base["errors"] or "none"))
     if "latency" in r:
-        l = r["latency"]
-        p99 = l["imd"]["ack_latency_ms"].get("p99", 1e9)
+        lat = r["latency"]
+        p99 = lat["imd"]["ack_latency_ms"].get("p99", 1e9)
         rows.append("| open loop R=%d msgs/s: ack p50/p99/p999 ms | %s | %s | p99 ≤ 25 ms | %s |" % (
-            l["rate"], fmt_lat(l["imd"]["ack_latency_ms"]), fmt_lat(l["baseline"]["ack_latency_ms"]),
+            lat["rate"], fmt_lat(lat["imd"]["ack_latency_ms"]), fmt_lat(lat["baseline"]["ack_latency_ms"]),
             "yes" if p99 <= 25 else "no"))
         rows.append("| ↳ end-to-end p50/p99/p999 ms | %s | %s | | |" % (
-            fmt_lat(l["imd"]["e2e_latency_ms"]), fmt_lat(l["baseline"]["e2e_latency_ms"])))
+            fmt_lat(lat["imd"]["e2e_latency_ms"]), fmt_lat(lat["baseline"]["e2e_latency_ms"])))
     if "idle_imd" in r:
         kb = r["idle_imd"]["kb_per_connection"]
         base_kb = r.get("idle_baseline", {}).get("kb_per_connection")

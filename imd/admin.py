@@ -127,7 +127,7 @@ def schema_apply(app, args, out):
 @defer.inlineCallbacks
 def keys_init(app, args, out):
     public_pem, private_pem = generate_key_pair()
-    stored = yield app.redis.set_key_pair(public_pem, private_pem, force=args.force)
+    stored = yield app.tokens.set_key_pair(public_pem, private_pem, force=args.force)
     if stored:
         out.write("keys: a new RSA key pair is set in Redis\n")
     else:
@@ -136,7 +136,7 @@ def keys_init(app, args, out):
 
 @defer.inlineCallbacks
 def token_issue(app, args, out):
-    private_pem = yield app.redis.get_private_key()
+    private_pem = yield app.tokens.get_private_key()
     if not private_pem:
         raise AdminError("no privateKey in Redis: run 'imd-admin keys init' first")
     out.write(issue_token(private_pem, args.uid, app.clock.seconds(), app.settings.auth.token_ttl) + "\n")
@@ -146,19 +146,19 @@ def token_issue(app, args, out):
 def friend_add(app, args, out):
     if args.a == args.b:
         raise AdminError("a user cannot befriend themselves")
-    yield app.redis.add_friends(args.a, args.b)
+    yield app.friends.add_friends(args.a, args.b)
     out.write("friends: %d <-> %d\n" % (args.a, args.b))
 
 
 @defer.inlineCallbacks
 def friend_rm(app, args, out):
-    yield app.redis.remove_friends(args.a, args.b)
+    yield app.friends.remove_friends(args.a, args.b)
     out.write("no longer friends: %d <-> %d\n" % (args.a, args.b))
 
 
 @defer.inlineCallbacks
 def friend_list(app, args, out):
-    friends = yield app.redis.list_friends(args.a)
+    friends = yield app.friends.list_friends(args.a)
     for uid in friends:
         out.write("%d\n" % uid)
 
@@ -174,7 +174,7 @@ def order_create(app, args, out):
 def kick_user(app, args, out):
     if not args.reason.strip() or len(args.reason.encode("utf-8")) > 100:
         raise AdminError("--reason must be 1-100 bytes of text")
-    nodes = yield app.presence.kick(args.uid, args.reason)
+    nodes = yield app.node.kick(args.uid, args.reason)
     out.write("kick: uid %d, told %d node(s)\n" % (args.uid, int(nodes)))
 
 

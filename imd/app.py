@@ -1,177 +1,203 @@
-"""The container: builds the stores, handlers and listeners from settings and
-hands each its dependencies.  Nothing here does I/O until the service starts.
+"""The container: builds the stores, the node, the handlers and the listeners
+from settings and hands each its dependencies.  Nothing here does I/O until
+the service starts.
+
+The rooms (docs/architecture.md): ``imd.transport`` (WebSocket frames in,
+packets out), ``imd.protocol`` (the JSON, pure), ``imd.handlers`` (one per
+packet type), ``imd.stores`` (every Redis key and SQL statement), ``imd.node``
+(this process's connections and delivery to users), ``imd.bus`` (the link to
+the other nodes), ``imd.http``, ``imd.migrator``.
 """
 
-import itertools
 import socket
+import sys
+from typing import Any, Callable, Dict
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from imd import endpoints
 from imd.auth import TokenVerifier
+from imd.bus import NodeBus
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
 from imd.handlers.orders import TakeOrderHandler
 from imd.handlers.site import SiteHandler
 from imd.metrics import Metrics
+from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
+from imd.stores.friends import FriendStore
+from imd.stores.keys import Keys
+from imd.stores.messages import MessageStore
 from imd.stores.mysql import MysqlStore
-from imd.stores.queue import QueueStore
+from imd.stores.orders import OrderStore
+from imd.stores.positions import PositionStore
 from imd.stores.presence import PresenceStore
-from imd.stores.redis import RedisClient, RedisStore
+from imd.stores.queue import QueueStore
+from imd.stores.redis import RedisClient, RedisSubscriber
+from imd.stores.tokens import TokenStore
 from imd.tls import TlsReloader, is_tls_endpoint
-from imd.transport.bus import NodeBus
 from imd.transport.flush import TurnFlusher
-from imd.transport.routing import LocalRouter
-from imd.transport.sessions import SessionRegistry
+
+_log = Logger()
 
 
-def endpoint_port(description):
-    """The port of a ``tcp:PORT:...`` / ``ssl:PORT:...`` string, or None."""
-    parts = description.split(":")
-    for part in parts[1:]:
-        if part.startswith("port="):
-            part = part[len("port="):]
-        if part.isdigit():
-            return int(part)
-    return None
+def default_node_id(settings: Any) -> str:
+    return "%s:%s" % (socket.gethostname(), endpoints.port_of(settings.websocket.listen) or 0)
 
 
-def default_node_id(settings):
-    return "%s:%s" % (socket.gethostname(), endpoint_port(settings.websocket.listen) or 0)
+class ListeningService(Service):
+    """A listener that binds before anything else starts (twistd calls
+    ``privilegedStartService`` first): a port that cannot be bound stops
+    start-up with one line and exit status 1, before this node registers
+    anywhere."""
+
+    def __init__(self, description: str, endpoint: Any, factory: Any, role: str = "") -> None:
+        self.description = description
+        self.name = "%s listener %s" % (role, description)
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:
+            self.listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.listen()
+
+    def listen(self) -> None:
+        outcome = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            failure = outcome[0]
+            why = getattr(failure.value, "socketError", None) or failure.value
+            text = getattr(why, "strerror", None) or str(why)
+            sys.stderr.write("imd: cannot listen on %s: %s\n" % (self.description, text.lower()))
+            sys.stderr.flush()
+            raise SystemExit(1)
+        self.port = outcome[0] if outcome else None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
 
 
 class App:
-    # Set once a graceful shutdown has begun: new logins get C + 1001.
-    shutting_down = False
     _http_site = None
 
-    def __init__(self, settings, reactor, clock=None):
+    def __init__(self, settings: Any, reactor: Any, clock: Any = None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
+        redis = settings.redis
         self.node_id = settings.imd.node_id or default_node_id(settings)
-        self._server_id_prefix = "%x" % int(self.clock.seconds() * 1000)
-        self._server_ids = itertools.count(1)
-
+        self.keys = Keys(redis.prefix, redis.url.db)
         self.flusher = TurnFlusher(self.clock)
-        self.redis_client = RedisClient(settings.redis.url, settings.redis.timeout, self.clock,
-                                        flusher=self.flusher)
-        self.redis = RedisStore(self.redis_client, settings.redis.prefix, settings.redis.dedup_ttl)
-        self.verifier = TokenVerifier(self.redis, self.clock, settings.auth.single_use)
-        self.sessions = SessionRegistry()
-        self.router = LocalRouter(self.sessions)
-        self.presence = PresenceStore(self.redis_client, settings.redis.prefix, settings.redis.url.db,
-                                      self.node_id, settings.redis.dedup_ttl)
-        self.bus = NodeBus(self.presence, settings.redis.url, self.clock, reactor, self._server_id_prefix,
-                           settings.presence.ttl, settings.redis.timeout,
-                           {"d": self.router.deliver_frame, "k": self.kick_local, "r": self.replace_local},
-                           self.local_connections)
+        self.redis_client = RedisClient(redis.url, redis.timeout, self.clock, reactor, flusher=self.flusher)
+        client, keys = self.redis_client, self.keys
+        self.tokens = TokenStore(client, keys)
+        self.friends = FriendStore(client, keys)
+        self.messages = MessageStore(client, keys, redis.dedup_ttl)
+        self.presence = PresenceStore(client, keys, self.node_id)
+        self.orders = OrderStore(client, keys)
+        self.positions = PositionStore(client, keys)
         self.mysql = MysqlStore(settings.mysql)
-        self.queue = QueueStore(self.redis_client, settings.redis.prefix)
-        self.migrator = None
+        self.migrator: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator)
         self.tls = TlsReloader(reactor)
-
-        messages = MessageHandler(self.presence, self.clock, can_route=lambda: self.bus.healthy)
-        self.handlers = {
+        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use)
+        self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
+                              self.metrics, healthy=lambda: self.bus.healthy)
+        self.bus = NodeBus(self.presence, self._subscriber, self.clock, self.node.run_id, settings.presence.ttl,
+                           self.node.frame_received, self.node.connections)
+        node = self.node
+        messages = MessageHandler(self.messages, node, self.clock, settings.log.messages)
+        self.handlers: Dict[str, Callable[..., Any]] = {
             "t": messages.handle,
             "i": messages.handle,
             "P": PingHandler().handle,
             "O": OnlineHandler(self.presence).handle,
-            "T": TakeOrderHandler(self.mysql, settings.orders, self.presence, self.clock).handle,
-            "S": SiteHandler(self.presence, self.router, self.clock, settings.site.min_interval,
-                             self.next_server_id).handle,
-            "H": HistoryHandler(self.queue, self.mysql).handle,
+            "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
+            "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
+            "H": HistoryHandler(self.messages, self.mysql).handle,
         }
 
-    def local_connections(self):
-        """``(uid, conn_id, login score)`` of every connection on this node."""
-        for uid in self.sessions.users():
-            for session in self.sessions.sessions_of(uid):
-                if session.conn_id is not None:
-                    yield uid, session.conn_id, session.login_score
+    def _subscriber(self, **callbacks: Any) -> RedisSubscriber:
+        redis = self.settings.redis
+        return RedisSubscriber(redis.url, redis.timeout, self.clock, self.reactor, **callbacks)
 
-    def kick_local(self, uid, reason):
-        """Close this node's connections of ``uid`` with C + 4003."""
-        from imd.transport.websocket import CLOSE_KICKED
-        for session in list(self.sessions.sessions_of(uid)):
-            session.close_with(CLOSE_KICKED, reason or "kicked by an operator")
+    def websocket_factory(self, secure: bool = False) -> Any:
+        from imd.transport.websocket import ImdServerFactory, Listener
+        listener = Listener(self.settings, self.node, self.verifier, self.handlers, self.metrics, self.clock,
+                            self.flusher, self.settings.http.cors_origins)
+        return ImdServerFactory(listener, url="wss://localhost" if secure else None)
 
-    def replace_local(self, uid, conn_id):
-        """A newer device of ``uid`` pushed this node's ``conn_id`` out: C + 4002."""
-        from imd.transport.websocket import CLOSE_REPLACED
-        session = self.sessions.find(uid, conn_id)
-        if session is not None:
-            session.close_with(CLOSE_REPLACED, "replaced by a newer device")
-
-    def next_server_id(self):
-        """An id for server-made packets (``L``, ``C``), unique per process run."""
-        return "%s-%d" % (self._server_id_prefix, next(self._server_ids))
-
-    def websocket_factory(self, secure=False):
-        from imd.transport.websocket import ImdServerFactory
-        return ImdServerFactory(self, url="wss://localhost" if secure else None)
-
-    def build_service(self):
+    def build_service(self) -> MultiService:
         """The MultiService twistd runs: Redis first, then the listeners of the roles.
 
         On SIGTERM the children stop one by one in reverse order of addition
         (imd.shutdown): listeners, then the drainer (C + 1001 to every
-        client), then whatever was added before it (migrator, stores).
+        client), then whatever was added before it (bus, migrator, stores).
         """
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
-        if "migrate" in self.settings.imd.roles:
+        roles = self.settings.imd.roles
+        if "migrate" in roles:
             self.migrator_service().setServiceParent(top)
-        if "ws" in self.settings.imd.roles:
+        if "ws" in roles:
             self.bus.setServiceParent(top)
-            ConnectionDrainer(self).setServiceParent(top)
-            self.websocket_service(self.settings.websocket.listen).setServiceParent(top)
-            if self.settings.websocket.tls_listen:
-                self.websocket_service(self.settings.websocket.tls_listen, secure=True).setServiceParent(top)
-        if "http" in self.settings.imd.roles:
+            ConnectionDrainer(self.node).setServiceParent(top)
+            for description, secure in ((self.settings.websocket.listen, False),
+                                        (self.settings.websocket.tls_listen, True)):
+                if description:
+                    self.listening_service(description, self.websocket_factory(secure), "ws").setServiceParent(top)
+        if "http" in roles:
             for description in (self.settings.http.listen, self.settings.http.tls_listen):
                 if description:
-                    self.http_service(description).setServiceParent(top)
+                    self.listening_service(description, self.http_site(), "http").setServiceParent(top)
         # SIGHUP reloads the certificates of every ssl: listener built through
         # server_endpoint (and is harmless without any: see imd.tls).
         self.tls.setServiceParent(top)
         return top
 
-    def server_endpoint(self, description):
+    def server_endpoint(self, description: str) -> Any:
         """The endpoint for a listener string; ``ssl:`` ones reload their certificate on SIGHUP."""
         if is_tls_endpoint(description):
             return self.tls.endpoint(description)
         return serverFromString(self.reactor, description)
 
-    def http_site(self):
+    def listening_service(self, description: str, factory: Any, role: str = "") -> IService:
+        return ListeningService(description, self.server_endpoint(description), factory, role)
+
+    def http_site(self) -> Any:
         """The one Site of the http role (token, page, /healthz, /metrics)."""
         if self._http_site is None:
             from imd.http import build_site
             self._http_site = build_site(self)
         return self._http_site
 
-    def http_service(self, description):
-        return StreamServerEndpointService(self.server_endpoint(description), self.http_site())
-
-    def migrator_service(self):
+    def migrator_service(self) -> MultiService:
         """The migrate role (it uses ``self.mysql``, started by the caller):
         its own Redis connection, so its batches never queue behind client
         traffic, and the :class:`imd.migrator.Migrator`."""
         from imd.migrator import Migrator
         redis = self.settings.redis
-        client = RedisClient(redis.url, redis.timeout, self.clock)
-        self.migrator = Migrator(QueueStore(client, redis.prefix), self.mysql, self.settings.migrate, self.clock)
+        client = RedisClient(redis.url, redis.timeout, self.clock, self.reactor, name="redis (migrator)")
+        self.migrator = Migrator(QueueStore(client, self.keys), self.mysql, self.settings.migrate, self.clock)
         # Stopped in order: the migrator finishes its batch before its Redis
         # connection closes.
         group = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock)
         client.setServiceParent(group)
         self.migrator.setServiceParent(group)
         return group
-
-    def websocket_service(self, description, secure=False):
-        endpoint = self.server_endpoint(description)
-        return StreamServerEndpointService(endpoint, self.websocket_factory(secure))

@@ -8,10 +8,11 @@ naming the file, the section, the key and the problem.
 
 import configparser
 import dataclasses
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, unquote
+
+from imd import endpoints
 
 
 class ConfigError(Exception):
@@ -109,6 +110,10 @@ def _endpoint(optional, tls=False):
             if optional:
                 return ""
             raise _Invalid("an endpoint string is required, e.g. tcp:8765:interface=127.0.0.1")
+        try:
+            endpoints.parse(text)
+        except endpoints.EndpointError as e:
+            raise _Invalid(str(e))
         if tls:
             return _tls_endpoint(text)
         # Constructing a server endpoint parses the string (and, for ssl:,
@@ -163,6 +168,36 @@ def _origins(text):
     return origins
 
 
+def _api_key(text):
+    if text and (len(text) < 32 or not text.isprintable() or " " in text):
+        raise _Invalid("expected empty (server API off) or a key of at least 32 printable characters "
+                       "without spaces")
+    return text
+
+
+def _http_url(text):
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _Invalid("expected an http:// or https:// URL, got %r" % (text,))
+    return text
+
+
+def _host_ports(text):
+    """``host:port, host:port`` -> ((host, port), ...)."""
+    found = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _Invalid("expected host:port, host:port, ...; got %r" % (item,))
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class RedisAddress:
     host: str
@@ -214,6 +249,9 @@ class WebSocketSettings:
     max_connections: int = _setting("50000", _int(0))
     max_per_address: int = _setting("0", _int(0))
     max_send_buffer: int = _setting("1048576", _int(0))
+    max_handshakes_per_address: int = _setting("8", _int(0))
+    history_rate: float = _setting("2", _number())
+    history_burst: int = _setting("10", _int(1))
 
 
 @dataclass(frozen=True)
@@ -223,6 +261,7 @@ class HttpSettings:
     auth: str = _setting("dev", _auth_mode)
     public_ws_url: str = _setting("", _ws_url)
     cors_origins: tuple = _setting("", _origins)
+    api_key: str = _setting("", _api_key)
 
 
 @dataclass(frozen=True)
@@ -237,6 +276,10 @@ class RedisSettings:
     prefix: str = _setting("", _text)
     timeout: float = _setting("5", _number())
     dedup_ttl: int = _setting("3600", _int(1))
+    sentinels: tuple = _setting("", _host_ports)
+    master_name: str = _setting("", _text)
+    min_replicas: int = _setting("0", _int(0, 100))
+    replica_timeout: float = _setting("0.5", _number())
 
 
 @dataclass(frozen=True)
@@ -263,6 +306,27 @@ class OrdersSettings:
     id_column: str = _setting("id", _identifier)
     customer_column: str = _setting("customer_id", _identifier)
     courier_column: str = _setting("courier_id", _identifier)
+    close_grace: float = _setting("1800", _number(strictly_positive=False))
+
+
+@dataclass(frozen=True)
+class TypingSettings:
+    min_interval: float = _setting("2", _number(strictly_positive=False))
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    url: str = _setting("", _http_url)
+    secret: str = _setting("", _text)
+    delay: float = _setting("10", _number(strictly_positive=False))
+    timeout: float = _setting("5", _number())
+    max_age: float = _setting("3600", _number())
+    preview: bool = _setting("true", _bool)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    days: int = _setting("0", _int(0))
 
 
 @dataclass(frozen=True)
@@ -292,6 +356,9 @@ SECTIONS = {
     "orders": OrdersSettings,
     "presence": PresenceSettings,
     "site": SiteSettings,
+    "typing": TypingSettings,
+    "push": PushSettings,
+    "retention": RetentionSettings,
     "log": LogSettings,
 }
 
@@ -309,6 +376,9 @@ class Settings:
     orders: OrdersSettings
     presence: PresenceSettings
     site: SiteSettings
+    typing: TypingSettings
+    push: PushSettings
+    retention: RetentionSettings
     log: LogSettings
 
     def replace(self, section, **values):
@@ -332,6 +402,15 @@ def _build_section(path, name, cls, raw):
 
 
 def _check_across_keys(path, settings):
+    redis = settings.redis
+    if redis.sentinels and not redis.master_name:
+        raise ConfigError(path, "redis", "master_name",
+                          "is required with [redis] sentinels (the name the sentinels monitor)")
+    if redis.master_name and not redis.sentinels:
+        raise ConfigError(path, "redis", "sentinels",
+                          "is required with [redis] master_name (host:port of each sentinel)")
+    if settings.push.url and not settings.push.secret:
+        raise ConfigError(path, "push", "secret", "is required with [push] url (it signs every push)")
     if settings.mysql.pool_min > settings.mysql.pool_max:
         raise ConfigError(path, "mysql", "pool_min",
                           "must not exceed pool_max (%d > %d)"
@@ -345,19 +424,12 @@ def _check_across_keys(path, settings):
                                   "listeners; [http] %s is %r" % (key, endpoint))
 
 
-def is_loopback_endpoint(description):
-    """True when a tcp:/ssl: endpoint string listens on loopback only."""
-    parts = description.split(":")
-    if parts[0] not in ("tcp", "tcp6", "ssl"):
+def is_loopback_endpoint(description: str) -> bool:
+    """True when a tcp:/tcp6:/ssl: endpoint string listens on loopback only."""
+    try:
+        return endpoints.parse(description).is_loopback()
+    except endpoints.EndpointError:
         return False
-    for part in parts[1:]:
-        if part.startswith("interface="):
-            interface = part[len("interface="):].replace("\\", "")
-            try:
-                return ipaddress.ip_address(interface).is_loopback
-            except ValueError:
-                return interface == "localhost"
-    return False
 
 
 def parse_settings(text, path="<string>"):

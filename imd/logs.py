@@ -18,18 +18,20 @@ import re
 import sys
 
 from twisted.application.service import MultiService
-from twisted.logger import ILogObserver, formatEvent, formatEventAsClassicLogText, formatTime
+from twisted.logger import ILogObserver, LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_TOKEN_PARAM = re.compile(r"(token=)[^&\s'\"]+")
+_TOKEN_PARAM = re.compile(r"((?:access_token|token|jwt)=)[^&\s'\"]+", re.IGNORECASE)
 REDACTED = "[token]"
 
 
-def redact(text):
-    """``text`` with anything that looks like a JWT or a ``token=`` value replaced."""
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a JWT or a ``token=`` (or
+    ``access_token=``, ``jwt=``) value replaced: the one redactor of imd,
+    for log lines and the HTTP access log alike."""
     return _TOKEN_PARAM.sub(r"\1" + REDACTED, _JWT.sub(REDACTED, text))
 
 
@@ -118,6 +120,20 @@ def event_as_text(event):
     return redact(text) if text else None
 
 
+# What twisted.enterprise.adbapi logs with a full traceback when MySQL went
+# away under a transaction: the loss itself is reported (and retried) by
+# imd.stores.mysql, so these are one warning line each.
+_ADBAPI_CLEAN_UPS = frozenset(("Rollback failed", "Connection close failed"))
+
+
+def _one_line(event):
+    failure = event["log_failure"]
+    return {"log_level": LogLevel.warn, "log_namespace": "imd.stores.mysql",
+            "log_time": event.get("log_time"), "log_system": event.get("log_system"),
+            "log_format": "mysql: {why} after a lost connection: {error}",
+            "why": event["why"].lower(), "error": failure.getErrorMessage() or failure.type.__name__}
+
+
 @implementer(ILogObserver)
 class ImdLogObserver:
     """Writes every event to ``out``, as text or as JSON lines, token-free."""
@@ -127,6 +143,8 @@ class ImdLogObserver:
         self._format = event_as_json if format == "json" else event_as_text
 
     def __call__(self, event):
+        if event.get("log_failure") is not None and event.get("why") in _ADBAPI_CLEAN_UPS:
+            event = _one_line(event)
         try:
             line = self._format(event)
         except Exception as e:

@@ -19,14 +19,14 @@ third of ``[migrate] lock_ttl``); the others stand by and take over within
 ``lock_ttl`` once a leader dies.  Every queue operation checks the lock
 token, so a leader that lost the lock cannot touch the queue any more.
 
-Run alone: ``python -m imd.migrator --config etc/imd.ini`` (or twistd with
-``[imd] roles = migrate``).
+Run alone: ``twistd -n imd --config etc/imd.ini --roles migrate``
+(``python -m imd.migrator --config FILE`` is the same command).
 """
 
-import argparse
 import os
 import socket
 import sys
+from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -169,12 +169,13 @@ class Migrator(Service):
             for d in waiters:
                 d.callback(None)
             return self.interval
-        dead = []
+        dead: List[str] = []
+        migrated: Dict[int, int] = {}   # uid -> highest seq of theirs in this batch
         parts = INSERTS_AT_ONCE if len(entries) >= SPLIT_FROM else 1
         size = -(-len(entries) // parts)
         inserts = []
         for start in range(0, len(entries), size):
-            rows = self._rows(entries[start:start + size], dead)
+            rows = self._rows(entries[start:start + size], dead, migrated)
             if rows:
                 inserts.append(self.mysql.insert_messages(rows))
         results = yield defer.DeferredList(inserts, consumeErrors=True)
@@ -189,7 +190,7 @@ class Migrator(Service):
             if failure.check(StoreUnavailable):
                 self.mysql_up = False
             failure.raiseException()
-        if not (yield self.queue.ack(self.token, dead)):
+        if not (yield self.queue.ack(self.token, dead, migrated)):
             self._lost_lock()
             return 0
         if replayed:
@@ -200,16 +201,24 @@ class Migrator(Service):
         return 0 if len(entries) >= self.batch else self.interval
 
     @staticmethod
-    def _rows(entries, dead):
-        """The ``message`` rows of ``entries``; unreadable ones go to ``dead``."""
+    def _rows(entries: Sequence[str], dead: List[str], migrated: Dict[int, int]) -> List[Any]:
+        """The ``message`` rows of ``entries``; unreadable ones go to
+        ``dead``; ``migrated`` gets each party's highest ``seq``."""
         rows = []
         for entry in entries:
             try:
-                rows.append(parse_stored(entry).row())
+                message = parse_stored(entry)
             except ValueError as e:
                 _log.error("migrator: cannot store MQ entry ({why}); moved to MQ:dead: {entry!r}",
                            why=e, entry=entry[:200])
                 dead.append(entry)
+                continue
+            rows.append(message.row())
+            seq = message.seq
+            if seq:
+                for uid in (message.from_id, message.to_id):
+                    if seq > migrated.get(uid, 0):
+                        migrated[uid] = seq
         return rows
 
     def _became_leader(self):
@@ -258,34 +267,13 @@ class Migrator(Service):
                       rows=self.rows_migrated, role="leading" if self.is_leader else "standing by")
 
 
-def main(argv=None):
-    """``python -m imd.migrator --config FILE``: the migrate role alone."""
-    parser = argparse.ArgumentParser(prog="python -m imd.migrator",
-                                     description="Run the imd migrator (Redis MQ -> MySQL) alone.")
-    parser.add_argument("--config", default="etc/imd.ini")
-    args = parser.parse_args(argv)
-    from imd.config import ConfigError, load_settings
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as e:
-        sys.stderr.write("imd-migrator: config error: %s\n" % e)
-        return 2
-
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from imd.app import App
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    from twisted.application.service import MultiService
-    app = App(settings, reactor)
-    service = MultiService()
-    app.mysql.setServiceParent(service)
-    app.migrator_service().setServiceParent(service)
-    reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    return 0
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m imd.migrator [--config FILE]``: the migrate role alone,
+    exactly as ``twistd -n imd --roles migrate`` runs it (that command is run)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    os.execv(twistd, [twistd, "--nodaemon", "--pidfile=", "imd"] + args + ["--roles", "migrate"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

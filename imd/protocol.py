@@ -13,6 +13,7 @@ from imd.errors import ImdError
 
 MAX_TEXT_CHARS = 1023
 MAX_IMAGE_ID_CHARS = 128
+_IMAGE_INT_LIMIT = 10 ** MAX_IMAGE_ID_CHARS
 MAX_ID_CHARS = 64
 MAX_UID = 2 ** 63 - 1
 MAX_CURSOR_CHARS = 512
@@ -20,6 +21,14 @@ HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 500
 MAX_LONGITUDE = 180.0
 MAX_LATITUDE = 85.05112878
+
+# WebSocket close codes (contract §1, §2 "Close")
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_REPLACED = 4002
+CLOSE_KICKED = 4003
+CLOSE_IDLE = 4004
+CLOSE_TOO_MANY_ERRORS = 4008
 
 MESSAGE_TYPES = frozenset("ti")
 COMMAND_TYPES = frozenset("PTSOH")
@@ -171,6 +180,8 @@ def _message(packet_id, kind, obj):
         if _is_int(msg):
             if msg <= 0:
                 raise PacketError("bad_packet", "i: msg must be a positive integer or a string", packet_id)
+            if msg >= _IMAGE_INT_LIMIT:  # more than 128 digits
+                raise PacketError("too_long", "i: at most %d characters" % MAX_IMAGE_ID_CHARS, packet_id)
         elif isinstance(msg, str) and msg:
             if len(msg) > MAX_IMAGE_ID_CHARS:
                 raise PacketError("too_long", "i: at most %d characters" % MAX_IMAGE_ID_CHARS, packet_id)

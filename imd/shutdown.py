@@ -17,27 +17,29 @@ are dropped), and the process exits 0.
 """
 
 import signal
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 _log = Logger()
 
 
 class GracefulMultiService(MultiService):
-    def __init__(self, grace, clock, reactor=None):
+    def __init__(self, grace: float, clock: Any, reactor: Any = None) -> None:
         super().__init__()
         self.grace = grace
         self._clock = clock
         self._reactor = reactor
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
         Service.stopService(self)
         return self._stop_children(self._clock.seconds() + self.grace)
 
     @defer.inlineCallbacks
-    def _stop_children(self, deadline):
+    def _stop_children(self, deadline: float) -> Any:
         for child in reversed(list(self)):
             if not child.running:
                 continue
@@ -54,7 +56,7 @@ class GracefulMultiService(MultiService):
                 _log.failure("shutdown: stopping {service} failed", service=_name(child))
         self._exit_cleanly()
 
-    def _exit_cleanly(self):
+    def _exit_cleanly(self) -> None:
         # twistd re-raises the signal that stopped the reactor once it is done
         # (so the exit status would be "killed by SIGTERM").  SIGTERM is how an
         # operator or systemd asks for a normal stop, and the stop was
@@ -66,31 +68,19 @@ class GracefulMultiService(MultiService):
         _log.info("shutdown complete")
 
 
-def _name(service):
+def _name(service: Any) -> str:
     return service.name or service.__class__.__name__
 
 
 class ConnectionDrainer(Service):
-    """On stop: every WebSocket connection finishes its packets, gets ``C`` +
-    1001, and is closed; new logins are turned away the same way."""
+    """On stop: the node turns new logins away and every connection finishes
+    its packets, gets ``C`` + 1001 and is closed (imd.node.LocalNode.drain)."""
 
     name = "websocket-drainer"
 
-    def __init__(self, app):
-        self._app = app
+    def __init__(self, node: Any) -> None:
+        self._node = node
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
         super().stopService()
-        app = self._app
-        app.shutting_down = True
-        connections = [c for uid in app.sessions.users() for c in list(app.sessions.sessions_of(uid))]
-        _log.info("shutdown: closing {count} connections on node {node}", count=len(connections),
-                  node=app.node_id)
-        closing = [connection.go_away() for connection in connections]
-
-        def cancel(d):
-            for connection in connections:
-                connection.dropConnection(abort=True)
-        done = defer.Deferred(cancel)
-        defer.DeferredList(closing).addBoth(lambda _: done.called or done.callback(None))
-        return done
+        return self._node.drain()

@@ -1,13 +1,15 @@
-"""A stored message read back: the JSON pushed onto ``MQ`` (built by
-:func:`imd.protocol.message_json`) as one typed row.
+"""A stored message read back: an entry of ``MQ`` (the packet's JSON built by
+:func:`imd.protocol.message_json`, with ``"seq"`` added at its end by the
+store script) as one typed row.
 
 Shared by the migrator (entry -> ``message`` row) and history (entries still
 in Redis, merged with rows from MySQL).  Every message has its history key
-``(ts, from_id, msg_id)`` before it is migrated, so both sides sort alike.
+``(ts, seq)`` from the moment it is stored, so both sides sort alike.
 """
 
 import json
 from collections import namedtuple
+from typing import Any, Tuple
 
 import orjson
 
@@ -17,33 +19,35 @@ MAX_TEXT_BYTES = 65535          # message.msg is TEXT
 MAX_PACKET_BYTES = 16 * 1024 * 1024 - 1   # message.packet is MEDIUMTEXT
 
 
-class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg ts packet")):
+class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg ts seq packet")):
     """``msg_id`` is the id as its decimal string for numbers (the dedup key),
-    as UTF-8 bytes; ``msg`` is text (JSON for non-strings); ``packet`` the
-    entry exactly as stored."""
+    as UTF-8 bytes; ``msg`` is text (JSON for non-strings); ``seq`` the
+    accept order (0 for an entry an older imd stored); ``packet`` the packet
+    exactly as delivered (the entry without its ``seq``)."""
     __slots__ = ()
 
     @property
-    def key(self):
-        return (self.ts, self.from_id, self.msg_id)
+    def key(self) -> Tuple[int, int]:
+        """Its place in history: by ``ts``, then in the order accepted."""
+        return (self.ts, self.seq)
 
     @property
-    def identity(self):
-        return (self.from_id, self.msg_id)
+    def identity(self) -> Tuple[int, bytes, int]:
+        return (self.from_id, self.msg_id, self.to_id)
 
-    def row(self):
-        """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, packet),
-        every string as str."""
+    def row(self) -> Tuple[Any, ...]:
+        """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, seq,
+        packet), every string as str."""
         return (self.msg_id.decode("utf-8"),) + tuple(self)[1:]
 
 
-def _uid(value, name):
+def _uid(value: Any, name: str) -> int:
     if type(value) is not int or not 0 < value <= MAX_UID:
         raise ValueError("%s: not a user id: %r" % (name, value))
     return value
 
 
-def _load(entry):
+def _load(entry: str) -> Any:
     """``json.loads(entry)``, through orjson (~4 us a row faster) when that
     gives the same: orjson refuses what json takes (NaN, lone surrogates)
     and reads integers past 64 bits as floats, so anything but the plain
@@ -53,12 +57,16 @@ def _load(entry):
     except orjson.JSONDecodeError:
         return json.loads(entry)
     if (type(obj) is dict and type(obj.get("id")) in (int, str) and type(obj.get("from")) is int
-            and type(obj.get("to")) is int and type(obj.get("ts")) is int and type(obj.get("msg")) is str):
+            and type(obj.get("to")) is int and type(obj.get("ts")) is int and type(obj.get("msg")) is str
+            and type(obj.get("seq", 0)) is int):
         return obj
     return json.loads(entry)
 
 
-def parse_stored(entry):
+SEQ_FIELD = ',"seq":'
+
+
+def parse_stored(entry: str) -> StoredMessage:
     """One ``MQ`` entry (str) -> :class:`StoredMessage`, or ValueError."""
     obj = _load(entry)
     if not isinstance(obj, dict):
@@ -84,5 +92,15 @@ def parse_stored(entry):
     text = msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES or len(entry.encode("utf-8")) > MAX_PACKET_BYTES:
         raise ValueError("too large to store")
-    return StoredMessage(msg_id.encode("utf-8"), _uid(obj.get("from"), "from"), _uid(obj.get("to"), "to"),
-                         kind, text, ts, entry)
+    seq = obj.get("seq", 0)
+    packet = entry
+    if "seq" in obj:
+        if type(seq) is not int or not 0 <= seq < 2 ** 63:
+            raise ValueError("seq: %r" % (seq,))
+        # the store script appended it last: the packet as delivered is before it
+        cut = entry.rfind(SEQ_FIELD)
+        if cut < 0 or entry[cut + len(SEQ_FIELD):].rstrip() != "%d}" % seq:
+            raise ValueError("seq is not the last field")
+        packet = entry[:cut] + "}"
+    from_id = _uid(obj.get("from"), "from") if kind != "s" or obj.get("from") != 0 else 0
+    return StoredMessage(msg_id.encode("utf-8"), from_id, _uid(obj.get("to"), "to"), kind, text, ts, seq, packet)

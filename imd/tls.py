@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import re
 import signal
+from typing import Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,6 +36,8 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from imd import endpoints
+
 _log = Logger()
 
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
@@ -44,62 +47,37 @@ _KNOWN = {"port", "interface", "backlog", "privateKey", "certKey", "extraCertCha
 _CERT_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def is_tls_endpoint(description):
+def is_tls_endpoint(description: str) -> bool:
     return description.split(":", 1)[0] == "ssl"
-
-
-def _split(description):
-    """Twisted's endpoint syntax: ``:`` separates, ``\\`` escapes the next character."""
-    parts, current, chars = [], [], iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def _escape(value):
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 class TlsEndpointSpec:
     """The parts of an ``ssl:`` string: where to listen and which files to load."""
 
-    def __init__(self, port, interface, backlog, key_path, cert_path, chain_path, dh_path):
+    def __init__(self, port: str, interface: str, backlog: str, key_path: str, cert_path: str,
+                 chain_path: Optional[str], dh_path: Optional[str]) -> None:
         self.port, self.interface, self.backlog = port, interface, backlog
         self.key_path, self.cert_path, self.chain_path, self.dh_path = key_path, cert_path, chain_path, dh_path
 
-    def tcp_description(self):
+    def tcp_description(self) -> str:
         text = "tcp:port=%s" % self.port
         if self.interface:
-            text += ":interface=" + _escape(self.interface)
+            text += ":interface=" + endpoints.escape(self.interface)
         if self.backlog:
             text += ":backlog=" + self.backlog
         return text
 
 
-def parse_tls_endpoint(description):
+def parse_tls_endpoint(description: str) -> TlsEndpointSpec:
     """A :class:`TlsEndpointSpec` from ``ssl:...``; ValueError naming what is wrong."""
-    parts = _split(description)
-    if parts[0] != "ssl":
+    endpoint = endpoints.parse(description)
+    if endpoint.kind != "ssl":
         raise ValueError("a TLS listener must be an ssl: endpoint string")
-    positional, named = [], {}
-    for part in parts[1:]:
-        if "=" in part:
-            key, value = part.split("=", 1)
-            if key not in _KNOWN:
-                raise ValueError("ssl: option %r is not supported here (known: %s); the TLS "
-                                 "version and ciphers are fixed by imd" % (key, ", ".join(sorted(_KNOWN))))
-            named[key] = value
-        else:
-            positional.append(part)
-    if positional:
-        named.setdefault("port", positional[0])
+    named = dict(endpoint.arguments)
+    unknown = sorted(set(named) - _KNOWN)
+    if unknown or endpoint.extra_positional:
+        raise ValueError("ssl: option %r is not supported here (known: %s); the TLS version and ciphers "
+                         "are fixed by imd" % ((unknown or endpoint.extra_positional)[0], ", ".join(sorted(_KNOWN))))
     if not named.get("port", "").isdigit():
         raise ValueError("ssl: needs a port, e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem")
     if not named.get("privateKey"):

@@ -13,7 +13,7 @@ from tests.support import DEADLINE, settings_text, with_deadline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 _LISTENING = re.compile(rb"ImdServerFactory starting on (\d+)")
-# imd.transport.bus: until then the node refuses logins ("service unavailable")
+# imd.bus: until then the node refuses logins ("service unavailable")
 _READY = re.compile(rb"registered in redis: taking logins")
 
 

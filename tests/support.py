@@ -117,9 +117,8 @@ class ImdServer:
     def stop(self):
         if self._listening is not None:
             yield self._listening.stopListening()
-        for uid in self.app.sessions.users():
-            for session in list(self.app.sessions.sessions_of(uid)):
-                session.dropConnection(abort=True)
+        for session in self.app.node.sessions():
+            session.abort()
         self.app.mysql.stopService()
         yield self.app.bus.stopService()
         yield self.app.redis_client.stopService()
@@ -296,3 +295,17 @@ class PrivateRedis:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+async def mq_entries(redis, key="MQ"):
+    """The entries of ``MQ`` oldest first, as the migrator reads them, each
+    without the ``seq`` the store script adds at its end (checked here: the
+    last field, growing from one entry to the next)."""
+    raw = await redis.lrange(key, 0, -1)
+    entries, last = [], 0
+    for item in reversed(raw):
+        entry = json.loads(item)
+        assert list(entry)[-1] == "seq" and entry["seq"] > last, entry
+        last = entry.pop("seq")
+        entries.append(entry)
+    return entries

@@ -1,8 +1,10 @@
 """imd's shortcuts past Autobahn's generic paths give byte for byte what
-Autobahn itself gives (pure logic: no server)."""
+Autobahn itself gives (pure logic: no server).  The whole suite also runs on
+stock Autobahn with ``IMD_PLAIN_AUTOBAHN=1`` (``make test`` does both)."""
 
 import os
 import random
+import struct
 
 from autobahn.nvx._xormasker import create_xor_masker as compiled_masker
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -39,12 +41,94 @@ class MaskingTests(unittest.TestCase):
     def test_small_frames_use_the_integer_masker_large_ones_the_compiled(self):
         self.assertIsInstance(create_xor_masker(b"abcd", 100), IntXorMasker)
         self.assertNotIsInstance(create_xor_masker(b"abcd", SMALL_FRAME), IntXorMasker)
-        self.assertNotIsInstance(create_xor_masker(b"abcd", None), IntXorMasker)
 
-    def test_autobahn_unmasks_with_it_once_installed(self):
+    def test_autobahn_itself_is_left_as_it_comes(self):
+        # installed per protocol class by the factory, never patched into Autobahn
         import autobahn.websocket.protocol as autobahn_protocol
-        autobahn_tuning.fast_small_frame_masking()
-        self.assertIs(autobahn_protocol.create_xor_masker, create_xor_masker)
+        from autobahn.websocket.xormasker import create_xor_masker as stock
+        self.assertIs(autobahn_protocol.create_xor_masker, stock)
+
+
+def client_frame(opcode, payload, fin=True, mask=None):
+    """A masked client frame (RFC 6455 §5.2)."""
+    mask = mask or os.urandom(4)
+    n = len(payload)
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    if n < 126:
+        head += bytes((0x80 | n,))
+    elif n <= 0xFFFF:
+        head += bytes((0x80 | 126,)) + struct.pack("!H", n)
+    else:
+        head += bytes((0x80 | 127,)) + struct.pack("!Q", n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+class _Recording(WebSocketServerProtocol):
+    def onMessage(self, payload, isBinary):
+        self.factory.seen.append(("message", payload, isBinary))
+
+    def onPing(self, payload):
+        self.factory.seen.append(("ping", payload))
+        super().onPing(payload)
+
+    def write_frame(self, frame):
+        self.transport.write(frame)
+
+
+def _open_protocol(protocol_class_of):
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0)
+    factory.seen = []
+    factory.protocol = protocol_class_of(factory)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.transport.clear()
+    protocol.state = protocol.STATE_OPEN
+    protocol._perMessageCompress = None
+    protocol.websocket_version = 13
+    protocol.inside_message = False     # what a completed opening handshake sets
+    protocol.current_frame = None
+    return factory, protocol
+
+
+class TunedProtocolTests(unittest.TestCase):
+    """The tuned protocol (own unmasking, its onMessageEnd) against stock
+    Autobahn, fed the same client bytes in the same pieces."""
+
+    def run_both(self, data, pieces):
+        results = []
+        for make in (lambda f: _Recording, lambda f: autobahn_tuning.tuned(f, _Recording)):
+            factory, protocol = _open_protocol(make)
+            at = 0
+            for size in pieces:
+                protocol.dataReceived(data[at:at + size])
+                at += size
+            protocol.dataReceived(data[at:])
+            results.append((factory.seen, protocol.transport.value()))
+        return results
+
+    def test_same_messages_and_answers_as_stock_autobahn(self):
+        rng = random.Random(11)
+        data = b"".join([
+            client_frame(1, b'{"id":1,"type":"P","msg":0}'),
+            client_frame(2, os.urandom(300)),
+            client_frame(1, "é".encode() * 900),                   # over SMALL_FRAME: compiled masker
+            client_frame(1, b"frag", fin=False), client_frame(0, b"mented ", fin=False),
+            client_frame(9, b"ping in between"),                  # a control frame inside a message
+            client_frame(0, b"text"),
+            client_frame(9, b""), client_frame(1, b""),
+        ])
+        for _ in range(20):
+            pieces = [rng.randint(1, 40) for _ in range(rng.randint(0, 60))]
+            stock, tuned = self.run_both(data, pieces)
+            self.assertEqual(tuned, stock)
+        self.assertEqual([kind for kind, *_ in stock[0]], ["message"] * 3 + ["ping", "message", "ping", "message"])
+
+    def test_tuned_class_is_stock_when_switched_off(self):
+        self.patch(os, "environ", dict(os.environ, IMD_PLAIN_AUTOBAHN="1"))
+        factory = WebSocketServerFactory()
+        self.assertIs(autobahn_tuning.tuned(factory, _Recording), _Recording)
 
 
 class TextFrameTests(unittest.TestCase):

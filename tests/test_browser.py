@@ -120,7 +120,7 @@ class BrowserTests(HttpTestMixin, unittest.TestCase):
     def close_from_server(self, uid, code, reason):
         """Called from the browser's thread: C + ``code`` to each connection of ``uid``."""
         def close():
-            sessions = list(self.http.app.sessions.sessions_of(uid))
+            sessions = list(self.http.app.node.sessions_of(uid))
             for session in sessions:
                 session.close_with(code, reason)
             return len(sessions)

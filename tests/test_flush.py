@@ -81,8 +81,7 @@ class _Collect(Protocol):
 class RealSocketTests(unittest.TestCase):
     """Over a real TCP connection, on the real reactor."""
 
-    async def test_bytes_arrive_whole_and_in_order(self):
-        flusher = TurnFlusher(reactor)
+    async def _bytes_arrive_whole_and_in_order(self, flusher):
         port = reactor.listenTCP(0, Factory.forProtocol(_Echo), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         factory = ClientFactory.forProtocol(_Collect)
@@ -96,3 +95,17 @@ class RealSocketTests(unittest.TestCase):
             flusher.written(client.transport)
         await with_deadline(factory.done, what="all the bytes")
         self.assertEqual(b"".join(factory.received), factory.expected)
+
+    def test_bytes_arrive_whole_and_in_order(self):
+        return self._bytes_arrive_whole_and_in_order(TurnFlusher(reactor))
+
+    def test_the_same_with_the_flusher_off(self):
+        # the plain way (IMD_PLAIN_TWISTED=1): the reactor writes on its next poll
+        flusher = TurnFlusher(reactor, on=False)
+        self.assertFalse(flusher.on)
+        return self._bytes_arrive_whole_and_in_order(flusher)
+
+    def test_the_environment_switch_turns_it_off(self):
+        import os
+        self.patch(os, "environ", dict(os.environ, IMD_PLAIN_TWISTED="1"))
+        self.assertFalse(TurnFlusher(reactor).on)

@@ -140,7 +140,7 @@ class SlowConsumerTests(LimitsMixin, unittest.TestCase):
                 acked += 1
         self.assertEqual(acked, count)
         app = self.server.app
-        await wait_until(lambda: not app.sessions.is_online(2), what="slow consumer dropped")
+        await wait_until(lambda: not app.node.sessions_of(2), what="slow consumer dropped")
         self.assertIn("imd_slow_consumers_dropped_total 1.0", app.metrics.exposition().decode())
         # nothing acked is lost: all of it is stored for history
         self.assertEqual(await self.redis.llen("MQ"), count)

@@ -6,7 +6,7 @@ import json
 import signal
 import time
 
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 

@@ -1,11 +1,9 @@
 """Contract §2: P, t and i between real WebSocket clients, stored in real Redis."""
 
-import json
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support import ServerTestMixin
+from tests.support import ServerTestMixin, mq_entries
 
 
 def text(packet_id, to, msg="hello"):
@@ -16,8 +14,7 @@ class MessageTests(ServerTestMixin, unittest.TestCase):
 
     async def stored(self):
         """The MQ list as the migrator will read it: oldest first."""
-        raw = await self.redis.lrange("MQ", 0, -1)
-        return [json.loads(item) for item in reversed(raw)]
+        return await mq_entries(self.redis)
 
     async def until_pong(self, client):
         """Everything ``client`` receives before the answer to a fresh ping."""
@@ -165,8 +162,8 @@ class OrderTests(ServerTestMixin, unittest.TestCase):
     overrides = {"websocket": {"rate": "100000", "burst": "100000"}}
 
     async def stored(self):
-        raw = await self.redis.lrange("MQ", 0, -1)
-        return [json.loads(item) for item in reversed(raw)]
+        """The MQ list as the migrator will read it: oldest first."""
+        return await mq_entries(self.redis)
 
     async def test_thousand_back_to_back_messages_keep_their_order(self):
         await self.befriend(1, 2)

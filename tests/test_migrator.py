@@ -1,7 +1,6 @@
 """The migrator: every acked message lands in ``message`` exactly once, across
 bursts, MySQL outages, several migrators and ``kill -9``."""
 
-import dataclasses
 import json
 
 from twisted.internet import defer, reactor, task
@@ -10,13 +9,14 @@ from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
 from imd.migrator import Migrator
+from imd.stores.keys import Keys
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import MysqlTestMixin
 from tests.support import ServerTestMixin, free_port, make_settings, wait_until
 
-FAST = {"websocket": {"rate": "100000", "burst": "100000"},
+FAST = {"websocket": {"rate": "100000", "burst": "100000", "history_rate": "100000", "history_burst": "100000"},
         "migrate": {"batch": "50", "interval": "0.02", "lock_ttl": "0.6"}}
 
 
@@ -191,7 +191,7 @@ class LeaderTests(MigratorTestMixin, unittest.TestCase):
         client.startService()
         self.addCleanup(client.stopService)
         await client.wait_connected()
-        migrator = Migrator(QueueStore(client), None, settings.migrate, clock)
+        migrator = Migrator(QueueStore(client, Keys()), None, settings.migrate, clock)
         for n, ts in enumerate((995000, 996000, 997000)):
             await self.redis.lpush("MQ", json.dumps({"id": n, "from": 1, "to": 2, "type": "t", "msg": "x", "ts": ts}))
         await migrator._sample_lag()

@@ -1,12 +1,11 @@
 """Contract §4: T (take order), S (site), O (online) on one node."""
 
-import json
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from tests.mysql_support import MysqlTestMixin, query
-from tests.support import ServerTestMixin
+from tests.support import ServerTestMixin, mq_entries
 
 
 class PlatformTestMixin(MysqlTestMixin, ServerTestMixin):
@@ -17,8 +16,8 @@ class PlatformTestMixin(MysqlTestMixin, ServerTestMixin):
                       (order, customer, courier)))
 
     async def stored(self):
-        raw = await self.redis.lrange("MQ", 0, -1)
-        return [json.loads(item) for item in reversed(raw)]
+        """The MQ list as the migrator will read it: oldest first."""
+        return await mq_entries(self.redis)
 
 
 class TakeOrderTests(PlatformTestMixin, unittest.TestCase):

@@ -1,19 +1,18 @@
-"""RedisClient.eval_script (EVALSHA on the connection) against the real Redis."""
+"""RedisClient (the one Redis adapter) against the real Redis: scripts, commands, timeouts."""
 
 import os
 import signal
 import time
 
-import txredisapi
-
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
-from imd.stores.redis import RedisClient
+from imd.stores.keys import Keys
+from imd.stores.redis import RedisClient, RedisReplyError, Script
 from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_deadline
 
-ECHO = "return {KEYS[1], ARGV[1]}"
+ECHO = Script("return {KEYS[1], ARGV[1]}", "echo")
 
 
 class _ClientMixin(RedisTestMixin):
@@ -33,27 +32,37 @@ class EvalScriptTests(_ClientMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_runs_the_script_in_order(self):
-        replies = yield defer.gatherResults([self.client.eval_script(ECHO, ["k"], [i]) for i in range(50)])
+        replies = yield defer.gatherResults([self.client.run(ECHO, ["k"], [i]) for i in range(50)])
         self.assertEqual(replies, [["k", str(i)] for i in range(50)])
 
     @defer.inlineCallbacks
     def test_script_flushed_by_an_operator_falls_back_to_eval(self):
-        self.assertEqual((yield self.client.eval_script(ECHO, ["a"], [1])), ["a", "1"])
+        self.assertEqual((yield self.client.run(ECHO, ["a"], [1])), ["a", "1"])
         yield self.redis.execute_command("SCRIPT", "FLUSH")
-        self.assertEqual((yield self.client.eval_script(ECHO, ["b"], [2])), ["b", "2"])
-        self.assertEqual((yield self.client.eval_script(ECHO, ["c"], [3])), ["c", "3"])
+        self.assertEqual((yield self.client.run(ECHO, ["b"], [2])), ["b", "2"])
+        self.assertEqual((yield self.client.run(ECHO, ["c"], [3])), ["c", "3"])
 
     @defer.inlineCallbacks
     def test_plain_command_and_its_error_reply(self):
         self.assertEqual((yield self.client.command("SET", "k", "v", "NX")), "OK")
         self.assertIsNone((yield self.client.command("SET", "k", "w", "NX")))
         self.assertEqual((yield self.client.command("GET", "k")), "v")
-        yield self.assertFailure(self.client.command("INCR", "k"), txredisapi.ResponseError)
+        yield self.assertFailure(self.client.command("INCR", "k"), RedisReplyError)
+
+    @defer.inlineCallbacks
+    def test_commands_run_in_the_configured_db_from_the_first_one(self):
+        # a connection is handed out only once its SELECT is done
+        client = RedisClient(self.client.address, 1, reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        yield with_deadline(client.wait_connected())
+        yield client.command("SET", "where-am-i", "here")
+        self.assertEqual((yield self.redis.get("where-am-i")), "here")
 
     @defer.inlineCallbacks
     def test_not_connected_is_unavailable(self):
         yield self.client.stopService()
-        yield self.assertFailure(self.client.eval_script(ECHO, ["k"], [1]), StoreUnavailable)
+        yield self.assertFailure(self.client.run(ECHO, ["k"], [1]), StoreUnavailable)
         yield self.assertFailure(self.client.command("GET", "k"), StoreUnavailable)
 
 
@@ -69,7 +78,7 @@ class ReplyTimeoutTests(unittest.TestCase):
         self.client.startService()
         self.addCleanup(self.client.stopService)
         yield with_deadline(self.client.wait_connected())
-        self.assertEqual((yield self.client.eval_script(ECHO, ["k"], [0])), ["k", "0"])
+        self.assertEqual((yield self.client.run(ECHO, ["k"], [0])), ["k", "0"])
 
     @defer.inlineCallbacks
     def test_no_reply_fails_every_call_in_flight_then_recovers(self):
@@ -77,14 +86,14 @@ class ReplyTimeoutTests(unittest.TestCase):
         os.kill(pid, signal.SIGSTOP)
         self.addCleanup(os.kill, pid, signal.SIGCONT)
         started = time.monotonic()
-        calls = [self.client.eval_script(ECHO, ["k"], [i]) for i in range(3)]
+        calls = [self.client.run(ECHO, ["k"], [i]) for i in range(3)]
         for d in calls:
             yield with_deadline(self.assertFailure(d, StoreUnavailable))
         waited = time.monotonic() - started
         self.assertTrue(0.4 <= waited < 1.5, waited)
         os.kill(pid, signal.SIGCONT)
         yield with_deadline(self.client.wait_connected(5))
-        self.assertEqual((yield self.client.eval_script(ECHO, ["k"], [9])), ["k", "9"])
+        self.assertEqual((yield self.client.run(ECHO, ["k"], [9])), ["k", "9"])
 
 
 class ClaimTests(_ClientMixin, unittest.TestCase):
@@ -94,7 +103,7 @@ class ClaimTests(_ClientMixin, unittest.TestCase):
     def setUp(self):
         yield super().setUp()
         from imd.stores.queue import QueueStore
-        self.queue = QueueStore(self.client)
+        self.queue = QueueStore(self.client, Keys())
         self.assertTrue((yield self.queue.hold_lock("me", 10)))
 
     @defer.inlineCallbacks

@@ -49,9 +49,9 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
 
     async def test_second_apply_changes_nothing(self):
         before = await self.describe()
-        self.assertEqual([v[:2] for v in before["versions"]], [(1, "message"), (2, "orders")])
+        self.assertEqual([v[:2] for v in before["versions"]], [(1, "message"), (2, "orders"), (3, "accept_order")])
         result = await threads.deferToThread(apply_schema, self.mysql_settings)
-        self.assertEqual(result, (2, 2))
+        self.assertEqual(result, (3, 3))
         self.assertEqual(await self.describe(), before)
 
     async def test_cli_applies_and_is_idempotent(self):
@@ -62,10 +62,10 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
         argv = ["-m", "imd.admin", "--config", config, "schema", "apply"]
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"upgraded from version 0 to 2", out)
+        self.assertIn(b"upgraded from version 0 to 3", out)
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"at version 2; nothing to do", out)
+        self.assertIn(b"at version 3; nothing to do", out)
 
     async def test_cli_mysql_away_is_one_line(self):
         config = os.path.abspath(self.mktemp())
@@ -89,8 +89,15 @@ class SchemaUpgradeTests(MysqlTestMixin, unittest.TestCase):
                     "INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
                     " VALUES ('1', 1, 2, 't', 'x', 5, '{}')")
         result = await threads.deferToThread(apply_schema, self.mysql_settings)
-        self.assertEqual(result, (1, 2))
+        self.assertEqual(result, (1, 3))
         tables = await query(self.mysql_settings, "SHOW TABLES")
         self.assertEqual(sorted(t for (t,) in tables), ["message", "orders", "schema_version"])
         rows = await query(self.mysql_settings, "SELECT COUNT(*) FROM message")
         self.assertEqual(rows[0][0], 1)
+        # the older row keeps its place in history: its insertion order
+        rows = await query(self.mysql_settings, "SELECT seq = accept_seq FROM message")
+        self.assertEqual(rows[0][0], 1)
+        # one system event id may now go to two recipients
+        await query(self.mysql_settings,
+                    "INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
+                    " VALUES ('closed-1', 0, 2, 's', '{}', 5, '{}'), ('closed-1', 0, 3, 's', '{}', 5, '{}')")

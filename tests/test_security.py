@@ -76,7 +76,7 @@ class ForgedCursorTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
                              "A")
         mallory = await self.login(3)
         # cursors naming alice's conversation with bob, from the start of time
-        for position, with_uid in (((0, 1, b"s0"), 2), ((0, 1, b"s0"), 1), ((0, 2, b"x"), None)):
+        for position, with_uid in (((0, 0), 2), ((0, 0), 1), ((0, 1), None)):
             reply = await self.ask(mallory, {"id": "h", "to": 0, "type": "H",
                                              "msg": {"after": encode_cursor(position, with_uid, 500)}})
             self.assertEqual(reply["type"], "H")
@@ -89,7 +89,8 @@ class ForgedCursorTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
 
 
 class HandlerPropertyTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
-    overrides = {"websocket": {"rate": "100000", "burst": "100000", "max_errors": "1000000"},
+    overrides = {"websocket": {"rate": "100000", "burst": "100000", "max_errors": "1000000",
+                               "history_rate": "100000", "history_burst": "100000"},
                  "site": {"min_interval": "0"}}
 
     async def test_every_handler_answers_any_argument_once_and_within_the_contract(self):

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from imd.migrator import Migrator
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
 from imd.stores.mysql import MysqlStore
+from imd.stores.keys import Keys
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
 from tests.daemon_support import start_daemon, write_config
@@ -68,7 +69,7 @@ class DrainerTests(ServerTestMixin, unittest.TestCase):
 
     async def test_open_connections_get_c_and_1001_and_new_logins_are_turned_away(self):
         alice = await self.login(1)
-        stopped = ConnectionDrainer(self.server.app).stopService()
+        stopped = ConnectionDrainer(self.server.app.node).stopService()
         close = await alice.next()
         self.assertEqual((close["type"], close["from"], close["msg"]), ("C", 0, "server shutting down"))
         self.assertEqual((await alice.wait_closed())[0], 1001)
@@ -95,8 +96,8 @@ class DrainerTests(ServerTestMixin, unittest.TestCase):
         alice.send({"id": "m1", "to": 2, "type": "t", "msg": "in hand"})
         await with_deadline(called, what="m1 in the handler")
 
-        session = app.sessions.sessions_of(1)[0]
-        stopped = ConnectionDrainer(app).stopService()
+        session = app.node.sessions_of(1)[0]
+        stopped = ConnectionDrainer(app.node).stopService()
         alice.send({"id": "m2", "to": 2, "type": "t", "msg": "too late"})
         # (sync only) m2 has reached the server once it waits behind m1
         await wait_until(lambda: len(session._pending) == 2, what="m2 received")
@@ -163,7 +164,7 @@ class SigtermTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         """What a migrator started after the daemon would do: drain MQ into MySQL."""
         client = RedisClient(settings.redis.url, settings.redis.timeout, reactor)
         mysql = MysqlStore(settings.mysql)
-        migrator = Migrator(QueueStore(client, settings.redis.prefix), mysql, settings.migrate, reactor)
+        migrator = Migrator(QueueStore(client, Keys(settings.redis.prefix)), mysql, settings.migrate, reactor)
         for service in (client, mysql):
             service.startService()
             self.addCleanup(service.stopService)

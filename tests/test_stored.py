@@ -40,4 +40,12 @@ class ParseStoredTests(unittest.TestCase):
 
     def test_a_stored_message_as_its_row(self):
         message = stored.parse_stored(ENTRIES[1])
-        self.assertEqual(message.row(), ("77", 1, 2, "t", 'héllo 😀 "q"', 5, ENTRIES[1]))
+        self.assertEqual(message.row(), ("77", 1, 2, "t", 'héllo 😀 "q"', 5, 0, ENTRIES[1]))
+
+    def test_the_accept_order_is_read_and_left_out_of_the_packet(self):
+        entry = ENTRIES[1][:-1] + ',"seq":42}'
+        message = stored.parse_stored(entry)
+        self.assertEqual((message.seq, message.key, message.packet), (42, (5, 42), ENTRIES[1]))
+        for bad in (ENTRIES[1][:-1] + ',"seq":-1}', ENTRIES[1][:-1] + ',"seq":"7"}',
+                    ENTRIES[1][:1] + '"seq":3,' + ENTRIES[1][1:]):
+            self.assertRaises(ValueError, stored.parse_stored, bad)

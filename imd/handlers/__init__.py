@@ -2,16 +2,14 @@
 
 A handler takes the sender's uid and a typed packet and returns a
 :class:`Reply` (or a Deferred of one), or raises :class:`imd.errors.ImdError`.
+It reaches other users only through the node (``node.deliver``), and stores
+only through imd.stores.
 """
 
 
 class Reply:
-    """What the transport does for one client packet, in order: send ``frame``
-    back to the sender, then ``payload`` to every connection of ``deliver_to``.
-    """
-    __slots__ = ("frame", "deliver_to", "payload")
+    """The one reply a client packet gets: ``frame`` back to the sender."""
+    __slots__ = ("frame",)
 
-    def __init__(self, frame, deliver_to=None, payload=None):
+    def __init__(self, frame: bytes) -> None:
         self.frame = frame
-        self.deliver_to = deliver_to
-        self.payload = payload

@@ -1,9 +1,12 @@
 """``H``: the user's stored messages, oldest first, paged by an opaque cursor.
 
-Every message is ordered by ``(ts, from_id, msg_id)``, a key it has from the
-moment it is stored, before the migrator copies it.  A page is the union of
-the rows in MySQL and the entries still in Redis (``MQ`` and the batch in
-flight), deduplicated by ``(from_id, msg_id)`` and cut at the cursor's key.
+Every message is ordered by ``(ts, seq)``: its server time, then the order
+the server accepted it in (``seq``, taken in Redis by the script that stored
+it), so one sender's messages come back in the order sent, whatever their
+ids.  A message has that key from the moment it is stored, before the
+migrator copies it.  A page is the union of the rows in MySQL and the user's
+entries still in Redis (``pending:<uid>``), deduplicated by
+``(from, id, to)`` and cut at the cursor's key.
 
 Redis is read *before* MySQL: an entry leaves Redis only after its row has
 committed, so whatever is not in the Redis snapshot is already visible to
@@ -17,52 +20,53 @@ on both sides.
 import base64
 import binascii
 import json
+from typing import Any, Dict, Optional, Tuple
 
 from twisted.internet import defer
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stored import parse_stored
+from imd.stored import StoredMessage, parse_stored
 
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2
+
+Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after"
 
 
-def encode_cursor(key, with_uid, limit):
-    ts, from_id, msg_id = key
-    body = json.dumps([CURSOR_VERSION, ts, from_id, msg_id.decode("utf-8"), with_uid, limit],
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def encode_cursor(key: Tuple[int, int], with_uid: Optional[int], limit: int) -> str:
+    ts, seq = key
+    body = json.dumps([CURSOR_VERSION, ts, seq, with_uid, limit], separators=(",", ":")).encode("ascii")
     return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
 
 
-def _valid_uid(value):
+def _valid_uid(value: Any) -> bool:
     return type(value) is int and 0 < value <= protocol.MAX_UID
 
 
-def decode_cursor(cursor):
+def decode_cursor(cursor: str) -> Tuple[Position, Optional[int], int]:
     """``(position, with_uid, limit)`` from a cursor, or ImdError bad_packet."""
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        version, ts, from_id, msg_id, with_uid, limit = json.loads(raw.decode("utf-8"))
+        version, ts, seq, with_uid, limit = json.loads(raw.decode("utf-8"))
         valid = (version == CURSOR_VERSION and type(ts) is int and 0 <= ts < 2 ** 63
-                 and _valid_uid(from_id) and isinstance(msg_id, str)
-                 and 0 < len(msg_id) <= protocol.MAX_ID_CHARS
+                 and type(seq) is int and 0 <= seq < 2 ** 63
                  and (with_uid is None or _valid_uid(with_uid))
                  and type(limit) is int and 1 <= limit <= protocol.HISTORY_MAX_LIMIT)
         if valid:
-            return (ts, from_id, msg_id.encode("utf-8")), with_uid, limit
+            return (ts, seq), with_uid, limit
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         pass
-    raise ImdError("bad_packet", "H: after is not a cursor from a previous reply")
+    raise ImdError("bad_packet", "H: after is not a cursor from a previous reply (start a fresh query)")
 
 
-def _is_after(key, position):
+def _is_after(key: Tuple[int, int], position: Position) -> bool:
     if position[1] is None:
         return key[0] > position[0]
     return key > position
 
 
-def _belongs(message, uid, with_uid):
+def _belongs(message: StoredMessage, uid: int, with_uid: Optional[int]) -> bool:
     if message.from_id == uid:
         return with_uid is None or message.to_id == with_uid
     if message.to_id == uid:
@@ -71,22 +75,21 @@ def _belongs(message, uid, with_uid):
 
 
 class HistoryHandler:
-    def __init__(self, queue, mysql):
-        self._queue = queue
+    def __init__(self, messages: Any, mysql: Any) -> None:
+        self._messages = messages
         self._mysql = mysql
 
     @defer.inlineCallbacks
-    def handle(self, uid, packet):
+    def handle(self, uid: int, packet: protocol.HistoryPacket) -> Any:
         if packet.after is not None:
             position, with_uid, limit = decode_cursor(packet.after)
         else:
-            position, with_uid, limit = (packet.since, None, None), packet.with_uid, packet.limit
-        pending = yield self._queue.pending(uid)
+            position, with_uid, limit = (packet.since, None), packet.with_uid, packet.limit
+        pending = yield self._messages.pending(uid)
         rows = yield self._mysql.history(uid, with_uid, position, limit + 1)
-        found = {}
-        for ts, from_id, msg_id, stored in rows:
-            msg_id = bytes(msg_id)
-            found[(from_id, msg_id)] = ((ts, from_id, msg_id), stored)
+        found: Dict[Any, Tuple[Tuple[int, int], str]] = {}
+        for ts, seq, from_id, msg_id, to_id, stored in rows:
+            found[(from_id, bytes(msg_id), to_id)] = ((ts, seq), stored)
         for entry in pending:
             try:
                 message = parse_stored(entry)

@@ -1,37 +1,49 @@
-"""``t`` and ``i``: store in Redis (friend check, dedup, MQ), then relay.
+"""``t`` and ``i``: store in Redis (friend check, dedup, MQ), then deliver.
 
-The store script also routes the packet to the recipient's connections on
-other nodes; the local ones get it from the transport (``Reply.deliver_to``).
+The ``A`` goes back once the message is stored; every connection of the
+recipient, on this node and the others, gets it through the node as soon as
+Redis says it is stored (store replies come in the order the messages were
+sent, so deliveries keep that order).
 """
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stores.redis import DUPLICATE, NOT_FRIEND
+from imd.stores.messages import DUPLICATE, NOT_FRIEND
+
+_log = Logger()
 
 
 class MessageHandler:
-    def __init__(self, store, clock, can_route=lambda: True):
+    def __init__(self, store: Any, node: Any, clock: Any, log_messages: bool = False) -> None:
         self._store = store
+        self._node = node
         self._clock = clock
-        self._can_route = can_route
+        self._log_messages = log_messages
 
-    def handle(self, sender, packet):
-        if not self._can_route():
+    def handle(self, sender: int, packet: protocol.MessagePacket) -> Deferred:
+        if not self._node.healthy:
             # Without its subscription this node cannot route replies or
             # deliveries reliably: no A for what it cannot stand behind.
             raise ImdError("unavailable", "this node lost its message bus, retry")
         ts = int(self._clock.seconds() * 1000)
         payload = protocol.message_json(packet, sender, ts)
         d = self._store.store_message(sender, packet.to, packet.dedup_id, payload)
-        return d.addCallback(self._stored, packet, payload)
+        return d.addCallback(self._stored, sender, packet, payload)
 
-    @staticmethod
-    def _stored(result, packet, payload):
+    def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes) -> Reply:
         if result == NOT_FRIEND:
             raise ImdError("not_friend", "user %d is not your friend" % packet.to)
-        ack = protocol.ack(packet.id)
-        if result == DUPLICATE:
-            # Stored and delivered the first time: acked again, nothing more.
-            return Reply(ack)
-        return Reply(ack, packet.to, payload)
+        if result != DUPLICATE:
+            # (a duplicate was stored and delivered the first time: acked again, nothing more)
+            if self._log_messages:
+                # ("message" is a reserved key of Twisted's legacy log bridge)
+                _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
+                          node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
+            self._node.deliver(packet.to, payload)
+        return Reply(protocol.ack(packet.id))

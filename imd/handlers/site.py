@@ -7,6 +7,9 @@ latest).  Pushes are throttled per courier: when positions come faster than
 when the interval is over — friends never see an older position last.
 """
 
+from typing import Any, Dict, List, Optional
+
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from imd import protocol
@@ -20,27 +23,27 @@ class _Window:
     positions arriving meanwhile wait in ``pending`` (newest wins)."""
     __slots__ = ("timer", "pending")
 
-    def __init__(self):
-        self.timer = None
-        self.pending = None
+    def __init__(self) -> None:
+        self.timer: Any = None
+        self.pending: Optional[bytes] = None
 
 
 class SiteHandler:
-    def __init__(self, presence, router, clock, min_interval, next_server_id):
-        self._presence = presence
-        self._router = router
+    def __init__(self, positions: Any, friends: Any, node: Any, clock: Any, min_interval: float) -> None:
+        self._positions = positions
+        self._friends = friends
+        self._node = node
         self._clock = clock
         self._min_interval = min_interval
-        self._next_server_id = next_server_id
-        self._windows = {}
+        self._windows: Dict[int, _Window] = {}
 
-    def handle(self, sender, packet):
+    def handle(self, sender: int, packet: protocol.SitePacket) -> Deferred:
         ts = int(self._clock.seconds() * 1000)
-        d = self._presence.record_site(sender, packet.longitude, packet.latitude, ts)
+        d = self._positions.record_site(sender, packet.longitude, packet.latitude, ts)
         return d.addCallback(self._recorded, sender, packet, ts)
 
-    def _recorded(self, _, sender, packet, ts):
-        payload = protocol.site(self._next_server_id(), sender, packet.longitude, packet.latitude, ts)
+    def _recorded(self, _: Any, sender: int, packet: protocol.SitePacket, ts: int) -> Reply:
+        payload = protocol.site(self._node.next_server_id(), sender, packet.longitude, packet.latitude, ts)
         window = self._windows.get(sender)
         if window is not None:
             window.pending = payload
@@ -51,7 +54,7 @@ class SiteHandler:
                 window.timer = self._clock.callLater(self._min_interval, self._window_over, sender, window)
         return Reply(protocol.ack(packet.id))
 
-    def _window_over(self, sender, window):
+    def _window_over(self, sender: int, window: _Window) -> None:
         if window.pending is None:
             del self._windows[sender]
             return
@@ -59,12 +62,12 @@ class SiteHandler:
         self._push(sender, payload)
         window.timer = self._clock.callLater(self._min_interval, self._window_over, sender, window)
 
-    def _push(self, sender, payload):
-        d = self._presence.push_site(sender, payload)
-        d.addCallback(self._deliver_locally, payload)
+    def _push(self, sender: int, payload: bytes) -> None:
+        d = self._friends.list_friends(sender)
+        d.addCallback(self._deliver, payload)
         d.addErrback(lambda f: _log.warn("position push of {uid} failed: {why}", uid=sender,
                                          why=f.getErrorMessage()))
 
-    def _deliver_locally(self, friends, payload):
+    def _deliver(self, friends: List[int], payload: bytes) -> None:
         for friend in friends:
-            self._router.deliver(friend, payload)
+            self._node.deliver(friend, payload)

@@ -24,7 +24,7 @@ class HealthResource(JsonResource):
         self._app = app
 
     def check_redis(self):
-        return self._app.redis_client.call("PING")
+        return self._app.redis_client.command("PING")
 
     def check_mysql(self):
         return self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, self._app.clock)

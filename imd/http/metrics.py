@@ -22,7 +22,7 @@ class MetricsResource(JsonResource):
     def render_GET(self, request):
         metrics = self._app.metrics
         try:
-            length = yield self._app.redis_client.call("LLEN", self._app.redis.keys.mq)
+            length = yield self._app.redis_client.command("LLEN", self._app.keys.mq)
         except StoreUnavailable as e:
             metrics.store_error(str(e))
             metrics.mq_length.set(float("nan"))

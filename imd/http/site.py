@@ -4,37 +4,19 @@ holds a token.
 twisted.web reads a whole request body before rendering; :class:`CappedRequest`
 keeps at most ``max_body`` bytes of it and marks the request so the resource
 answers 413.  The access log goes through twisted.logger; its path has
-``token`` query values and JWT-looking path segments masked, and it holds no
-header values (no Authorization, no Referer).
+tokens masked (imd.logs.redact, the one redactor), and it holds no header
+values (no Authorization, no Referer).
 """
-
-import re
-from urllib.parse import parse_qsl, urlencode
 
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
+
+from imd.logs import redact
 
 _log = Logger()
 
 MAX_BODY_BYTES = 8192
 REQUEST_IDLE_TIMEOUT = 60
-
-# header.payload.signature in base64url: a JWT wherever it appears.
-_JWT = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
-_SECRET_PARAMS = {"token", "access_token", "jwt"}
-
-
-def redact(uri):
-    """``uri`` (bytes or str) with every token masked as ``***``."""
-    if isinstance(uri, bytes):
-        uri = uri.decode("latin-1")
-    path, sep, query = uri.partition("?")
-    path = _JWT.sub("***", path)
-    if sep:
-        pairs = [(k, "***" if k.lower() in _SECRET_PARAMS else _JWT.sub("***", v))
-                 for k, v in parse_qsl(query, keep_blank_values=True)]
-        path += "?" + urlencode(pairs, safe="*")
-    return path[:300]
 
 
 class CappedRequest(Request):
@@ -73,6 +55,6 @@ class ImdSite(Site):
         _log.info("http {peer} {method} {path} {code} {length}",
                   peer=getattr(peer, "host", "-"),
                   method=request.method.decode("latin-1")[:16],
-                  path=redact(request.uri),
+                  path=redact(request.uri.decode("latin-1"))[:300],
                   code=request.code,
                   length=request.sentLength or 0)

@@ -13,7 +13,7 @@ import jwt
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from imd.app import endpoint_port
+from imd import endpoints
 from imd.auth import issue_token
 from imd.errors import StoreUnavailable
 from imd.http.resource import HttpError, JsonResource, read_json_object
@@ -24,14 +24,6 @@ _log = Logger()
 PLATFORM_ALGORITHM = "HS256"
 _HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd"'}
-
-
-def endpoint_interface(description):
-    """The ``interface=`` of an endpoint string, unescaped; None when absent."""
-    for part in description.replace("\\:", "\0").split(":")[1:]:
-        if part.startswith("interface="):
-            return part[len("interface="):].replace("\0", ":") or None
-    return None
 
 
 def _is_unspecified(host):
@@ -50,14 +42,15 @@ def ws_base_url(settings, request):
         return settings.http.public_ws_url
     secure = bool(request.isSecure() and settings.websocket.tls_listen)
     description = settings.websocket.tls_listen if secure else settings.websocket.listen
-    host = endpoint_interface(description)
+    endpoint = endpoints.parse(description)
+    host = endpoint.interface
     if host is None or _is_unspecified(host):
         host = request.getRequestHostname().decode("ascii", "replace").strip("[]")
         if not _HOST.fullmatch(host):
             host = "localhost"
     if ":" in host:
         host = "[%s]" % host
-    return "%s://%s:%d/" % ("wss" if secure else "ws", host, endpoint_port(description) or 0)
+    return "%s://%s:%d/" % ("wss" if secure else "ws", host, endpoint.port or 0)
 
 
 class TokenResource(JsonResource):
@@ -75,7 +68,7 @@ class TokenResource(JsonResource):
         uid = self._platform_user(request) if self._secret is not None else self._dev_user(request)
         app = self._app
         try:
-            private_pem = yield app.redis.get_private_key()
+            private_pem = yield app.tokens.get_private_key()
         except StoreUnavailable as e:
             _log.warn("token not issued: {why}", why=str(e))
             app.metrics.store_error(str(e))

@@ -105,7 +105,7 @@ def apply_schema(settings, upto=None, directory=SQL_DIR):
                     continue
                 with open(path, encoding="utf-8") as f:
                     for statement in split_statements(f.read()):
-                        cur.execute(statement)
+                        _execute_schema_statement(cur, statement)
                 cur.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name))
                 conn.commit()
                 current = version
@@ -117,6 +117,21 @@ def apply_schema(settings, upto=None, directory=SQL_DIR):
         raise StoreUnavailable("mysql: %s" % (e,))
     finally:
         conn.close()
+
+
+# A change already made: a column or key that exists, a key already dropped.
+_ALREADY_DONE = frozenset((1060, 1061, 1091))
+
+
+def _execute_schema_statement(cursor, statement):
+    """Run one schema statement; one whose change is already there (a file
+    cut short part-way and run again) is skipped."""
+    try:
+        cursor.execute(statement)
+    except pymysql.err.OperationalError as e:
+        if not e.args or e.args[0] not in _ALREADY_DONE:
+            raise
+        _log.info("schema: already done: {statement}", statement=statement.splitlines()[0][:100])
 
 
 # --- the pool -----------------------------------------------------------------
@@ -200,10 +215,10 @@ class MysqlStore(Service):
 
     def history(self, uid, with_uid, position, limit):
         """Up to ``limit`` of ``uid``'s messages after ``position``, in
-        (ts, from_id, msg_id) order: ``[(ts, from_id, msg_id_bytes, packet)]``.
+        (ts, accept_seq) order: ``[(ts, seq, from_id, msg_id_bytes, to_id, packet)]``.
 
-        ``position`` is ``(ts, None, None)`` for "ts strictly after" or a full
-        ``(ts, from_id, msg_id_bytes)`` key.  ``with_uid`` keeps one
+        ``position`` is ``(ts, None)`` for "ts strictly after" or a full
+        ``(ts, seq)`` key.  ``with_uid`` keeps one
         conversation.  Only rows where ``uid`` is the sender or the recipient
         are ever read.
         """
@@ -227,7 +242,7 @@ class MysqlStore(Service):
         return self.run_interaction(_ping_txn)
 
 
-_INSERT_MESSAGES = "INSERT IGNORE INTO message (msg_id, from_id, to_id, type, msg, ts, packet) VALUES "
+_INSERT_MESSAGES = "INSERT IGNORE INTO message (msg_id, from_id, to_id, type, msg, ts, accept_seq, packet) VALUES "
 _MAX_STATEMENT_BYTES = 4 * 1024 * 1024  # well under max_allowed_packet (16 MiB by default)
 
 
@@ -259,9 +274,9 @@ def _insert_messages_txn(cursor, rows):
     text = (connection.escape if connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
             else quote_text)
     inserted, values, size = 0, [], 0
-    for msg_id, from_id, to_id, kind, msg, ts, packet in rows:
-        value = "(%s,%d,%d,%s,%s,%d,%s)" % (
-            text(msg_id), from_id, to_id, text(kind), text(msg), ts, text(packet))
+    for msg_id, from_id, to_id, kind, msg, ts, seq, packet in rows:
+        value = "(%s,%d,%d,%s,%s,%d,%d,%s)" % (
+            text(msg_id), from_id, to_id, text(kind), text(msg), ts, seq, text(packet))
         values.append(value)
         size += len(value)
         if size >= _MAX_STATEMENT_BYTES:
@@ -273,32 +288,34 @@ def _insert_messages_txn(cursor, rows):
 
 
 def _after(position):
-    ts, from_id, msg_id = position
-    if from_id is None:
+    ts, seq = position
+    if seq is None:
         return "ts > %s", [ts]
-    return ("(ts > %s OR (ts = %s AND (from_id > %s OR (from_id = %s AND msg_id > %s))))",
-            [ts, ts, from_id, from_id, msg_id])
+    return "(ts > %s OR (ts = %s AND accept_seq > %s))", [ts, ts, seq]
+
+
+_HISTORY_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, packet FROM message"
 
 
 def _history_txn(cursor, uid, with_uid, position, limit):
     after, after_args = _after(position)
-    received = "SELECT ts, from_id, msg_id, packet FROM message WHERE to_id = %s"
+    received = _HISTORY_COLUMNS + " WHERE to_id = %s"
     received_args = [uid]
     if with_uid is not None:
         received += " AND from_id = %s"
         received_args.append(with_uid)
-    cursor.execute(received + " AND " + after + " ORDER BY ts, from_id, msg_id LIMIT %s",
+    cursor.execute(received + " AND " + after + " ORDER BY ts, accept_seq LIMIT %s",
                    received_args + after_args + [limit])
     rows = list(cursor.fetchall())
     # Sent messages; a message to oneself was already read as received.
-    sent = "SELECT ts, from_id, msg_id, packet FROM message WHERE from_id = %s AND to_id <> %s"
+    sent = _HISTORY_COLUMNS + " WHERE from_id = %s AND to_id <> %s"
     sent_args = [uid, uid]
     if with_uid is not None:
         if with_uid == uid:
             return rows
         sent += " AND to_id = %s"
         sent_args.append(with_uid)
-    cursor.execute(sent + " AND " + after + " ORDER BY ts, msg_id LIMIT %s",
+    cursor.execute(sent + " AND " + after + " ORDER BY ts, accept_seq LIMIT %s",
                    sent_args + after_args + [limit])
     rows.extend(cursor.fetchall())
     return rows

@@ -1,64 +1,62 @@
 """Presence and cross-node routing, kept in Redis.
 
-Keys (after ``[redis] prefix``):
+Keys (imd.stores.keys): ``dev:<uid>``, ``nodes``, ``nodeusers:<node>``;
+``URS:<uid>`` is read by the online check.
 
 - ``dev:<uid>``: sorted set of the user's live connections, member
   ``"<node_id> <conn_id>"``, score = login time (µs).  Its size is what
   ``[websocket] max_devices`` limits, across all nodes.
-- ``node:<node_id>``: a node's heartbeat, refreshed every ``ttl/3`` seconds
-  with an expiry of ``[presence] ttl``.  A user is online while one of their
-  connections is on a node whose heartbeat exists, so the users of a node
-  that dies read as offline within ``ttl`` without any clean-up.
+- ``nodes``: sorted set of node ids, score = when the node's heartbeat
+  expires (Unix ms), renewed every ``ttl/3`` seconds.  A user is online while
+  one of their connections is on a node whose heartbeat has not expired, so
+  the users of a node that dies read as offline within ``[presence] ttl``
+  without any clean-up.
 - ``nodeusers:<node_id>``: the uids with connections on that node, so that a
   node restarting under the same id can drop what its previous life left.
-- ``taken:<order>``: the courier who took an order (makes ``T`` idempotent).
-- ``geo:couriers`` (GEO set) and ``site:<uid>`` (hash lon, lat, ts): the
-  latest position of each courier.
 
-Routing: every node subscribes to one channel of its own,
-``<prefix>imd:<db>:node:<node_id>``.  A script that stores a message also
-looks up the recipient's connections and PUBLISHes the packet to each other
-node holding one, in the same round trip; the local copy is delivered by the
-node itself.  Frames on a channel: ``d <uid> <packet>`` deliver,
-``k <uid> <reason>`` kick, ``r <uid> <conn_id>`` replaced by a newer device.
+Routing: every node subscribes to one channel of its own
+(:meth:`Keys.channel`).  :meth:`PresenceStore.route` publishes packets to
+every *other* node holding a connection of their recipients; the frames are
+those of :mod:`imd.busframes`.
 """
 
+from typing import Any, Iterable, List, Sequence, Tuple
+
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 
-from imd.stores.redis import STORE_RESULTS
+from imd import busframes
+from imd.stores.keys import Keys
+from imd.stores.redis import RedisClient, Script
 
-# Lua shared by the scripts below: publish ``frame`` to every other node
-# holding a connection of ``uid``.
-_ROUTE = """
+_NODE_OF = busframes.LUA + """
 local function node_of(member)
   return string.sub(member, 1, string.find(member, ' ', 1, true) - 1)
 end
-local function route(prefix, chan_prefix, self_node, uid, frame)
+"""
+
+# KEYS: dev:<uid> of each packet.  ARGV: own node, channel prefix, then a
+# (uid, packet) pair per key.  Publishes each packet once to every other
+# node holding a connection of its user.
+ROUTE = Script(_NODE_OF + """
+for i = 1, #KEYS do
   local seen = {}
-  for _, m in ipairs(redis.call('ZRANGE', prefix .. 'dev:' .. uid, 0, -1)) do
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
     local node = node_of(m)
-    if node ~= self_node and not seen[node] then
+    if node ~= ARGV[1] and not seen[node] then
       seen[node] = true
-      redis.call('PUBLISH', chan_prefix .. node, frame)
+      redis.call('PUBLISH', ARGV[2] .. node, frame('d', ARGV[2 * i + 1], ARGV[2 * i + 2]))
     end
   end
 end
-"""
-
-# KEYS: URS:<from>, dedup:<from>:<id>, MQ
-# ARGV: to, packet, dedup ttl, prefix, channel prefix, own node
-STORE_MESSAGE = _ROUTE + """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 2 end
-redis.call('LPUSH', KEYS[3], ARGV[2])
-route(ARGV[4], ARGV[5], ARGV[6], ARGV[1], 'd ' .. ARGV[1] .. ' ' .. ARGV[2])
 return 1
-"""
+""", "route")
 
 # KEYS: dev:<uid>, nodeusers:<node>
 # ARGV: member, score, max devices, own node, channel prefix, uid
-# Returns the conn ids on this node that the new login pushes out.
-LOGIN = _ROUTE + """
+# Returns the conn ids on this node that the new login pushes out; the
+# other nodes hear of theirs through an 'r' frame.
+LOGIN = Script(_NODE_OF + """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[6])
 local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
@@ -71,15 +69,15 @@ if extra > 0 then
     if node == ARGV[4] then
       table.insert(here, conn)
     else
-      redis.call('PUBLISH', ARGV[5] .. node, 'r ' .. ARGV[6] .. ' ' .. conn)
+      redis.call('PUBLISH', ARGV[5] .. node, frame('r', ARGV[6], conn))
     end
   end
 end
 return here
-"""
+""", "login")
 
 # KEYS: dev:<uid>, nodeusers:<node>; ARGV: member, own node, uid
-LOGOUT = """
+LOGOUT = Script("""
 redis.call('ZREM', KEYS[1], ARGV[1])
 local mine = ARGV[2] .. ' '
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -87,197 +85,194 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 redis.call('SREM', KEYS[2], ARGV[3])
 return 1
-"""
+""", "logout")
 
-# KEYS: nodeusers:<node>, node:<node>
-# ARGV: own node, prefix, this run's conn-id prefix, heartbeat ms
+# KEYS: nodeusers:<node>, nodes, then dev:<uid> of each uid in ARGV[5..]
+# ARGV: own node, this run's conn-id prefix, heartbeat ms, (unused), uids
 # Drops the connections an earlier run of this node left behind (they have
 # another conn-id prefix), then beats.
-NODE_START = """
+NODE_START = Script("""
 local mine = ARGV[1] .. ' '
-local current = mine .. ARGV[3]
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[2] .. 'dev:' .. uid
+local current = mine .. ARGV[2]
+for i = 3, #KEYS do
   local left = 0
-  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
     if string.sub(m, 1, #mine) == mine then
       if string.sub(m, 1, #current) == current then
         left = left + 1
       else
-        redis.call('ZREM', key, m)
+        redis.call('ZREM', KEYS[i], m)
       end
     end
   end
-  if left == 0 then redis.call('SREM', KEYS[1], uid) end
+  if left == 0 then redis.call('SREM', KEYS[1], ARGV[i + 2]) end
 end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
 return 1
-"""
+""", "node_start")
 
-# KEYS: nodeusers:<node>; ARGV: prefix, own node, then uid, conn id, score triples
+# KEYS: nodes.  ARGV: own node, heartbeat ms.  Also forgets nodes silent for a day.
+HEARTBEAT = Script("""
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - 86400000)
+return 1
+""", "heartbeat")
+
+# KEYS: nodeusers:<node>, then dev:<uid> of each connection
+# ARGV: own node, then (uid, conn id, score) per dev key
 # Re-registers this node's live connections (after Redis lost them).
-REASSERT = """
-for i = 3, #ARGV, 3 do
-  redis.call('ZADD', ARGV[1] .. 'dev:' .. ARGV[i], ARGV[i + 2], ARGV[2] .. ' ' .. ARGV[i + 1])
-  redis.call('SADD', KEYS[1], ARGV[i])
+REASSERT = Script("""
+for i = 2, #KEYS do
+  local j = 3 * (i - 2) + 2
+  redis.call('ZADD', KEYS[i], ARGV[j + 2], ARGV[1] .. ' ' .. ARGV[j + 1])
+  redis.call('SADD', KEYS[1], ARGV[j])
 end
 return 1
-"""
+""", "reassert")
 
-# KEYS: URS:<asker>, dev:<uid>; ARGV: asker, uid, prefix
-ONLINE = """
-if ARGV[1] ~= ARGV[2] and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return -1 end
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local node = string.sub(m, 1, string.find(m, ' ', 1, true) - 1)
-  if redis.call('EXISTS', ARGV[3] .. 'node:' .. node) == 1 then return 1 end
+# Lua: is any connection of dev key ``key`` on a node whose heartbeat lives?
+_ANY_LIVE = _NODE_OF + """
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local function any_live(key, nodes)
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local until_ms = redis.call('ZSCORE', nodes, node_of(m))
+    if until_ms and tonumber(until_ms) > now_ms then return true end
+  end
+  return false
 end
-return 0
 """
 
-# KEYS: dev:<uid>; ARGV: uid, reason, channel prefix
-KICK = """
+# KEYS: URS:<asker>, dev:<uid>, nodes; ARGV: asker, uid
+ONLINE = Script(_ANY_LIVE + """
+if ARGV[1] ~= ARGV[2] and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return -1 end
+if any_live(KEYS[2], KEYS[3]) then return 1 end
+return 0
+""", "online")
+
+# KEYS: nodes, then dev:<uid> of each uid asked about.  One 0/1 per dev key.
+ONLINE_MANY = Script(_ANY_LIVE + """
+local answers = {}
+for i = 2, #KEYS do
+  answers[i - 1] = any_live(KEYS[i], KEYS[1]) and 1 or 0
+end
+return answers
+""", "online_many")
+
+# KEYS: dev:<uid>; ARGV: uid, reason, channel prefix.  How many nodes were told.
+KICK = Script(_NODE_OF + """
 local seen, count = {}, 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local node = string.sub(m, 1, string.find(m, ' ', 1, true) - 1)
+  local node = node_of(m)
   if not seen[node] then
     seen[node] = true
     count = count + 1
-    redis.call('PUBLISH', ARGV[3] .. node, 'k ' .. ARGV[1] .. ' ' .. ARGV[2])
+    redis.call('PUBLISH', ARGV[3] .. node, frame('k', ARGV[1], ARGV[2]))
   end
 end
 return count
-"""
-
-# KEYS: URS:<courier>, URS:<customer>, taken:<order>, MQ
-# ARGV: courier, customer, s packet, prefix, channel prefix, own node, taken ttl
-TAKE_ORDER = _ROUTE + """
-redis.call('SADD', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[7]) then return 0 end
-redis.call('LPUSH', KEYS[4], ARGV[3])
-route(ARGV[4], ARGV[5], ARGV[6], ARGV[2], 'd ' .. ARGV[2] .. ' ' .. ARGV[3])
-return 1
-"""
-
-# KEYS: geo:couriers, site:<uid>; ARGV: uid, longitude, latitude, ts
-RECORD_SITE = """
-redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'longitude', ARGV[2], 'latitude', ARGV[3], 'ts', ARGV[4])
-return 1
-"""
-
-# KEYS: URS:<courier>; ARGV: S packet, prefix, channel prefix, own node
-# Returns the courier's friends (the caller delivers to its own connections).
-PUSH_SITE = _ROUTE + """
-local friends = redis.call('SMEMBERS', KEYS[1])
-for _, uid in ipairs(friends) do
-  route(ARGV[2], ARGV[3], ARGV[4], uid, 'd ' .. uid .. ' ' .. ARGV[1])
-end
-return friends
-"""
-
-TAKEN_TTL = 30 * 86400
+""", "kick")
 
 
-def channel_prefix(prefix, db):
-    """Pub/sub channels are not per-db in Redis: the db index keeps installations apart."""
-    return "%simd:%d:node:" % (prefix, db)
-
-
-def _text(value):
+def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class PresenceStore:
-    """Connections, presence, routing scripts and courier positions."""
+    """Connections, node heartbeats, online checks, and publishing to other nodes."""
 
-    def __init__(self, client, prefix, db, node_id, dedup_ttl=3600):
+    def __init__(self, client: RedisClient, keys: Keys, node_id: str) -> None:
         self.client = client
-        self.dedup_ttl = dedup_ttl
-        self.prefix = prefix
+        self.keys = keys
         self.node_id = node_id
-        self.channel_prefix = channel_prefix(prefix, db)
-        self.channel = self.channel_prefix + node_id
-        self._mq = prefix + "MQ"
+        self.channel = keys.channel(node_id)
 
-    def _key(self, name, *parts):
-        return self.prefix + name + "".join(":%s" % p for p in parts)
+    # --- routing ---------------------------------------------------------------
 
-    def _eval(self, script, keys, args):
-        return self.client.eval_script(script, keys, args)
+    def route(self, deliveries: Sequence[Tuple[int, bytes]]) -> Deferred:
+        """Publish each ``(uid, packet)`` to the other nodes holding a connection of ``uid``."""
+        keys = self.keys
+        args: List[Any] = [self.node_id, keys.channel_prefix]
+        for uid, packet in deliveries:
+            args.append(uid)
+            args.append(packet)
+        return self.client.run(ROUTE, [keys.devices(uid) for uid, _ in deliveries], args)
 
-    # messages: the store + route script (contract §2 steps 1-4)
-    def store_message(self, sender, to, dedup_id, payload):
-        """Friend check + dedup + LPUSH onto MQ + PUBLISH to the recipient's
-        other nodes, atomically, in one round trip.
+    def kick(self, uid: int, reason: str) -> Deferred:
+        """Tell every node holding a connection of ``uid``; fires with how many."""
+        d = self.client.run(KICK, [self.keys.devices(uid)], [uid, reason, self.keys.channel_prefix])
+        return d.addCallback(int)
 
-        Fires with STORED, NOT_FRIEND or DUPLICATE (imd.stores.redis).
-        """
-        prefix = self.prefix
-        d = self._eval(STORE_MESSAGE,
-                       ["%sURS:%d" % (prefix, sender), "%sdedup:%d:%s" % (prefix, sender, dedup_id), self._mq],
-                       [to, payload, self.dedup_ttl, prefix, self.channel_prefix, self.node_id])
-        return d.addCallback(lambda reply: STORE_RESULTS[int(reply)])
+    # --- connections -------------------------------------------------------------
 
-    # connections
-    def login(self, uid, conn_id, score, max_devices):
+    def login(self, uid: int, conn_id: str, score: int, max_devices: int) -> Deferred:
         """Register a connection; fires with the local conn ids it replaces."""
-        d = self._eval(LOGIN, [self._key("dev", uid), self._key("nodeusers", self.node_id)],
-                       ["%s %s" % (self.node_id, conn_id), score, max_devices, self.node_id,
-                        self.channel_prefix, uid])
+        keys = self.keys
+        d = self.client.run(LOGIN, [keys.devices(uid), keys.node_users(self.node_id)],
+                            ["%s %s" % (self.node_id, conn_id), score, max_devices, self.node_id,
+                             keys.channel_prefix, uid])
         return d.addCallback(lambda replaced: [_text(c) for c in replaced or ()])
 
-    def logout(self, uid, conn_id):
-        return self._eval(LOGOUT, [self._key("dev", uid), self._key("nodeusers", self.node_id)],
-                          ["%s %s" % (self.node_id, conn_id), self.node_id, uid])
+    def logout(self, uid: int, conn_id: str) -> Deferred:
+        keys = self.keys
+        return self.client.run(LOGOUT, [keys.devices(uid), keys.node_users(self.node_id)],
+                               ["%s %s" % (self.node_id, conn_id), self.node_id, uid])
 
-    def reassert(self, connections):
+    def reassert(self, connections: Iterable[Tuple[int, str, int]]) -> Deferred:
         """Register again ``[(uid, conn_id, score)]`` of this node, e.g. after
         Redis restarted without its data."""
-        args = [self.prefix, self.node_id]
+        keys = self.keys
+        dev_keys, args = [keys.node_users(self.node_id)], [self.node_id]
         for uid, conn_id, score in connections:
+            dev_keys.append(keys.devices(uid))
             args.extend((uid, conn_id, score))
-        return self._eval(REASSERT, [self._key("nodeusers", self.node_id)], args)
+        return self.client.run(REASSERT, dev_keys, args)
 
-    def start_node(self, run_id, ttl):
-        """Forget an earlier run's connections of this node id, then beat."""
-        return self._eval(NODE_START, [self._key("nodeusers", self.node_id), self._key("node", self.node_id)],
-                          [self.node_id, self.prefix, run_id, int(ttl * 1000)])
-
-    def heartbeat(self, run_id, ttl):
-        return self.client.call("SET", self._key("node", self.node_id), run_id, "PX", int(ttl * 1000))
-
-    def stop_node(self):
-        return self.client.call("DEL", self._key("node", self.node_id))
+    # --- the node ------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def is_online(self, asker, uid):
+    def start_node(self, run_id: str, ttl: float) -> Any:
+        """Forget an earlier run's connections of this node id, then beat."""
+        keys = self.keys
+        members = yield self.client.command("SMEMBERS", keys.node_users(self.node_id))
+        uids = [int(m) for m in members or ()]
+        yield self.client.run(NODE_START,
+                              [keys.node_users(self.node_id), keys.nodes] + [keys.devices(u) for u in uids],
+                              [self.node_id, run_id, int(ttl * 1000), ""] + uids)
+
+    def heartbeat(self, ttl: float) -> Deferred:
+        return self.client.run(HEARTBEAT, [self.keys.nodes], [self.node_id, int(ttl * 1000)])
+
+    def stop_node(self) -> Deferred:
+        return self.client.command("ZREM", self.keys.nodes, self.node_id)
+
+    # --- online ----------------------------------------------------------------------
+
+    def is_online(self, asker: int, uid: int) -> Deferred:
         """True/False, or None when ``uid`` is neither ``asker`` nor a friend."""
-        reply = yield self._eval(ONLINE, [self._key("URS", asker), self._key("dev", uid)],
-                                 [asker, uid, self.prefix])
-        reply = int(reply)
-        return None if reply < 0 else bool(reply)
+        keys = self.keys
+        d = self.client.run(ONLINE, [keys.friends(asker), keys.devices(uid), keys.nodes], [asker, uid])
+        return d.addCallback(_online_answer)
 
-    def kick(self, uid, reason):
-        """Tell every node holding a connection of ``uid``; fires with how many."""
-        return self._eval(KICK, [self._key("dev", uid)], [uid, reason, self.channel_prefix])
+    def online_many(self, uids: Sequence[int]) -> Deferred:
+        """``{uid: bool}`` for every uid, in one round trip (no friendship check)."""
+        keys = self.keys
+        d = self.client.run(ONLINE_MANY, [keys.nodes] + [keys.devices(u) for u in uids], [])
+        return d.addCallback(lambda answers: {u: bool(int(a)) for u, a in zip(uids, answers or ())})
 
-    # orders (contract §4 T)
-    def take_order(self, order, courier, customer, payload):
-        """Friends both ways; store and route the ``s`` packet the first time only.
-        Fires True the first time."""
-        d = self._eval(TAKE_ORDER,
-                       [self._key("URS", courier), self._key("URS", customer), self._key("taken", order),
-                        self._key("MQ")],
-                       [courier, customer, payload, self.prefix, self.channel_prefix, self.node_id, TAKEN_TTL])
-        return d.addCallback(lambda reply: int(reply) == 1)
+    def live_nodes(self) -> Deferred:
+        """The ids of nodes whose heartbeat has not expired."""
+        d = self.client.command("TIME")
 
-    # positions (contract §4 S)
-    def record_site(self, uid, longitude, latitude, ts):
-        return self._eval(RECORD_SITE, [self._key("geo", "couriers"), self._key("site", uid)],
-                          [uid, repr(longitude), repr(latitude), ts])
+        def ask(now: Any) -> Deferred:
+            ms = int(now[0]) * 1000 + int(now[1]) // 1000
+            return self.client.command("ZRANGEBYSCORE", self.keys.nodes, "(%d" % ms, "+inf")
+        return d.addCallback(ask).addCallback(lambda ids: [_text(i) for i in ids or ()])
 
-    def push_site(self, courier, payload):
-        d = self._eval(PUSH_SITE, [self._key("URS", courier)],
-                       [payload, self.prefix, self.channel_prefix, self.node_id])
-        return d.addCallback(lambda friends: [int(f) for f in friends or ()])
+
+def _online_answer(reply: Any) -> Any:
+    reply = int(reply)
+    return None if reply < 0 else bool(reply)

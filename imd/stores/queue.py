@@ -9,9 +9,17 @@ insert ignores rows already present).
 Only the holder of ``MQ:lock`` may move or delete: every script checks the
 caller's token, so a migrator that lost the lock (paused, partitioned) can
 no longer touch the queue even if it still believes it leads.
+
+Keys (imd.stores.keys): ``MQ``, ``MQ:processing``, ``MQ:lock``, ``MQ:dead``,
+and ``pending:<uid>`` (trimmed after a commit).
 """
 
-from imd.stores.redis import RedisKeys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from twisted.internet.defer import Deferred
+
+from imd.stores.keys import Keys
+from imd.stores.redis import RedisClient, Script
 
 # Entries as one newline-joined string (one bulk reply parses far faster
 # than hundreds; stored JSON never holds a raw newline), or as a list when
@@ -32,7 +40,7 @@ end
 # LRANGE, LTRIM and RPUSH (in slices: Lua's unpack has a limit) rather than
 # one LMOVE each: 2.4 -> 1.4 ms of Redis per 500 entries, during which Redis
 # serves nobody else.  MQ:processing holds them in MQ's order.
-CLAIM = JOIN_ENTRIES + """
+CLAIM = Script(JOIN_ENTRIES + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local entries = redis.call('LRANGE', KEYS[2], 0, -1)
 if #entries > 0 then return {1, joined(entries), #entries} end
@@ -45,19 +53,26 @@ if #entries > 0 then
   end
 end
 return {0, joined(entries), #entries}
-"""
+""", "claim")
 
-# KEYS: lock, processing, dead.  ARGV: token, entries that cannot be stored...
-# Called only after the batch's COMMIT.
-ACK = """
+# KEYS: lock, processing, dead, then pending:<uid> of every party of the batch.
+# ARGV: token, number of dead entries, the dead entries, then for each
+# pending key the highest accept order of the batch for that user.
+# Called only after the batch's COMMIT.  A user's entries are claimed in
+# accept order, so everything of theirs up to that seq is in MySQL now.
+ACK = Script("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+local dead = tonumber(ARGV[2])
+for i = 3, 2 + dead do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 4, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[dead + i - 1])
+end
 redis.call('DEL', KEYS[2])
 return 1
-"""
+""", "ack")
 
 # KEYS: lock.  ARGV: token, ttl in ms.  Take a free lock or extend one's own.
-HOLD_LOCK = """
+HOLD_LOCK = Script("""
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -68,41 +83,19 @@ if not holder then
   return 1
 end
 return 0
-"""
+""", "hold_lock")
 
-RELEASE_LOCK = """
+RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
-"""
+""", "release_lock")
 
 # KEYS: MQ, processing.  {len MQ, len processing, oldest entry or false}
-LAG = """
+LAG = Script("""
 local oldest = redis.call('LINDEX', KEYS[2], -1)
 if not oldest then oldest = redis.call('LINDEX', KEYS[1], -1) end
 return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), oldest}
-"""
-
-# KEYS: processing, MQ.  ARGV: substrings, any of which an entry must hold.
-# Both lists in one atomic read: every unmigrated entry is in exactly one of
-# them at any instant.  The filter runs in Redis so that a history request
-# transfers the user's entries only, not the whole backlog.
-PENDING = JOIN_ENTRIES + """
-local function matching(entries)
-  local kept = {}
-  for _, entry in ipairs(entries) do
-    for i = 1, #ARGV do
-      if string.find(entry, ARGV[i], 1, true) then
-        kept[#kept + 1] = entry
-        break
-      end
-    end
-  end
-  return kept
-end
-local in_flight = matching(redis.call('LRANGE', KEYS[1], 0, -1))
-local queued = matching(redis.call('LRANGE', KEYS[2], 0, -1))
-return {joined(in_flight), #in_flight, joined(queued), #queued}
-"""
+""", "lag")
 
 
 def _split(joined, count):
@@ -117,54 +110,53 @@ def _split(joined, count):
 
 
 class QueueStore:
-    def __init__(self, client, prefix=""):
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
         self.client = client
-        self.keys = RedisKeys(prefix)
+        self.keys = keys
 
-    def claim(self, token, batch):
+    def claim(self, token: str, batch: int) -> Deferred:
         """The batch to insert, oldest first: the one left in flight if any
         (``replayed`` True), else up to ``batch`` entries moved from ``MQ``.
         Fires with ``(replayed, entries)``, or None when not the leader."""
         k = self.keys
-        d = self.client.call("eval", CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch])
+        d = self.client.run(CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch])
+        return d.addCallback(_claimed)
 
-        def parsed(reply):
-            if not reply:
-                return None
-            replayed, entries, count = reply
-            entries = _split(entries, int(count))
-            entries.reverse()
-            return bool(int(replayed)), entries
-        return d.addCallback(parsed)
-
-    def ack(self, token, dead=()):
+    def ack(self, token: str, dead: Sequence[str] = (), migrated: Optional[Dict[int, int]] = None) -> Deferred:
         """Forget the batch in flight (after COMMIT); ``dead`` entries go to
-        ``MQ:dead``.  Fires with False when the lock was lost meanwhile."""
+        ``MQ:dead``; ``migrated`` ({uid: highest seq}) trims each user's
+        pending index.  Fires with False when the lock was lost meanwhile."""
         k = self.keys
-        d = self.client.call("eval", ACK, [k.mq_lock, k.mq_processing, k.mq_dead], [token] + list(dead))
-        return d.addCallback(lambda reply: bool(int(reply)))
+        parties = sorted((migrated or {}).items())
+        keys = [k.mq_lock, k.mq_processing, k.mq_dead] + [k.pending(uid) for uid, _ in parties]
+        args = [token, len(dead)] + list(dead) + [seq for _, seq in parties]
+        return self.client.run(ACK, keys, args).addCallback(_true)
 
-    def hold_lock(self, token, ttl):
-        d = self.client.call("eval", HOLD_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
-        return d.addCallback(lambda reply: bool(int(reply)))
+    def hold_lock(self, token: str, ttl: float) -> Deferred:
+        d = self.client.run(HOLD_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
+        return d.addCallback(_true)
 
-    def release_lock(self, token):
-        return self.client.call("eval", RELEASE_LOCK, [self.keys.mq_lock], [token])
+    def release_lock(self, token: str) -> Deferred:
+        return self.client.run(RELEASE_LOCK, [self.keys.mq_lock], [token])
 
-    def lag(self):
+    def lag(self) -> Deferred:
         """``(len MQ, len processing, oldest unmigrated entry or None)``."""
-        d = self.client.call("eval", LAG, [self.keys.mq, self.keys.mq_processing], [])
-        return d.addCallback(lambda reply: (int(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None))
+        d = self.client.run(LAG, [self.keys.mq, self.keys.mq_processing], [])
+        return d.addCallback(_lag)
 
-    def pending(self, uid):
-        """The stored entries not yet deleted from Redis (MQ + the batch in
-        flight) that ``uid`` sent or received — and possibly a few more: the
-        caller checks each entry it keeps.
 
-        Entries are JSON made by :func:`imd.protocol.message_json`, keys in
-        the order id, from, to: a quote cannot follow a comma inside a JSON
-        string, so ``,"from":<uid>,`` only matches the field itself.
-        """
-        patterns = [',"from":%d,"to":' % uid, ',"to":%d,"type":' % uid]
-        d = self.client.call("eval", PENDING, [self.keys.mq_processing, self.keys.mq], patterns)
-        return d.addCallback(lambda r: _split(r[0], int(r[1])) + _split(r[2], int(r[3])))
+def _claimed(reply: Any) -> Optional[Tuple[bool, List[str]]]:
+    if not reply:
+        return None
+    replayed, entries, count = reply
+    entries = _split(entries, int(count))
+    entries.reverse()
+    return bool(int(replayed)), entries
+
+
+def _true(reply: Any) -> bool:
+    return bool(int(reply))
+
+
+def _lag(reply: Any) -> Tuple[int, int, Optional[str]]:
+    return int(reply[0]), int(reply[1]), (reply[2] if len(reply) > 2 else None)

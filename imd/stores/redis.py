@@ -1,330 +1,404 @@
-"""Redis: every key imd uses, the Lua scripts, and calls that never hang.
+"""The one Redis client adapter: the only module that knows txredisapi.
 
-txredisapi waits forever for a connection that is down, so every call here
-fails fast with :class:`StoreUnavailable` when no connection is up and times
-out after ``[redis] timeout`` seconds otherwise.
+Everything imd asks of Redis goes through :class:`RedisClient`:
+
+- :meth:`RedisClient.command` sends one command, :meth:`RedisClient.run` one
+  Lua :class:`Script` (``EVALSHA``; the script is loaded with ``SCRIPT LOAD``
+  ahead of its first use on each connection, and sent whole with ``EVAL``
+  after a ``NOSCRIPT``).  Both encode the command once and write it straight
+  on the one connection; the reply is the next one txredisapi's parser
+  queues (Redis answers in order).  One connection means Redis runs commands
+  in the order they were issued: that is what keeps one sender's messages in
+  order without waiting for each reply.
+- One timeout mechanism: a watchdog drops the connection when the oldest
+  reply still awaited is older than ``[redis] timeout``, which fails every
+  call in flight with :class:`StoreUnavailable`; a call made while no
+  connection is up fails at once.  (txredisapi alone waits forever.)
+- One way to connect: a Twisted ``ClientService`` that reconnects with
+  backoff for ever (txredisapi gives up after a failed AUTH/SELECT) and
+  hands out a connection only once its AUTH/SELECT are done.
+- :class:`RedisSubscriber` is the pub/sub side: a connection of its own
+  (a subscribed connection can run nothing else) that subscribes again by
+  itself after every reconnection.
+
+Writes leave in the reactor turn that made them (``flusher``, see
+imd.transport.flush).
+
+The txredisapi internals used here (``RedisProtocol.replyQueue``,
+``_encode_value``, ``whenConnected``, the factory hooks ``stopTrying``,
+``connectionError`` and ``isLazy``) are checked by tests/test_redis_client.py.
 """
 
 import hashlib
 from collections import deque
+from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set
 
 import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer, task
-from twisted.python.failure import Failure
+from twisted.internet import defer, protocol, task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
 
 _log = Logger()
 
+RedisReplyError = txredisapi.ResponseError
+"""An error reply from Redis (a script's ``error_reply``, a wrong type...)."""
 
-class RedisKeys:
-    """Key names, with the optional ``[redis] prefix`` in front of each."""
-
-    def __init__(self, prefix=""):
-        self.prefix = prefix
-        self.public_key = prefix + "publicKey"
-        self.private_key = prefix + "privateKey"
-        self.mq = prefix + "MQ"
-        # the migrator's (imd/stores/queue.py): the batch in flight, the
-        # leader lock, and stored entries it could not read
-        self.mq_processing = prefix + "MQ:processing"
-        self.mq_lock = prefix + "MQ:lock"
-        self.mq_dead = prefix + "MQ:dead"
-
-    def friends(self, uid):
-        return "%sURS:%d" % (self.prefix, uid)
-
-    def used_jti(self, jti):
-        return "%sjti:%s" % (self.prefix, jti)
-
-    def dedup(self, uid, dedup_id):
-        return "%sdedup:%d:%s" % (self.prefix, uid, dedup_id)
+Arg = Any  # bytes, str or int: what a command takes
 
 
-# What storing a message can come to (imd.stores.presence.STORE_MESSAGE).
-_SCRIPT_SHA = {}  # script text -> its SHA-1, for EVALSHA
+class Script:
+    """A Lua script and its SHA-1 (for ``EVALSHA``)."""
+    __slots__ = ("text", "sha", "name")
 
-STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
-STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
+    def __init__(self, text: str, name: str = "script") -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
+        self.name = name
 
-# Friendship is symmetric (contract §6 "friend add A B": both directions).
-SET_FRIENDS = """
-redis.call(ARGV[1], KEYS[1], ARGV[3])
-redis.call(ARGV[1], KEYS[2], ARGV[2])
-return 1
-"""
+    def __repr__(self) -> str:
+        return "<Script %s %s>" % (self.name, self.sha[:8])
 
 
-def _encode_command(conn, args):
-    """One command in the Redis protocol (as txredisapi's _build_command)."""
+def encode_command(args: Sequence[Arg]) -> bytes:
+    """One command in the Redis protocol."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if type(arg) is bytes:
+        kind = type(arg)
+        if kind is bytes:
             value = arg
-        elif type(arg) is str:
+        elif kind is str:
             value = arg.encode("utf-8")
-        elif type(arg) is int:
+        elif kind is int:
             value = b"%d" % arg
+        elif kind is float:
+            value = repr(arg).encode("ascii")
         else:
-            value = conn._encode_value(arg)
+            value = str(arg).encode("utf-8")
         out.append(b"$%d\r\n%s\r\n" % (len(value), value))
     return b"".join(out)
 
 
-def _replied(result, issued):
-    if issued:
-        issued.popleft()
-    return result
+class _Connection(txredisapi.RedisProtocol):
+    """txredisapi's reply parser, AUTH and SELECT; nothing else of it is used."""
+
+    client: "RedisClient"
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(self.client._ready)
+        return d
+
+    def connectionLost(self, why: Failure) -> None:
+        self.client._lost(self)
+        super().connectionLost(why)
 
 
-def connect(address, timeout, poolsize=1):
-    """A lazy, self-reconnecting txredisapi pool.  Never blocks."""
-    return txredisapi.lazyConnectionPool(
-        host=address.host, port=address.port, dbid=address.db,
-        password=address.password, poolsize=poolsize, reconnect=True,
-        connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False)
+class _Factory(protocol.Factory):
+    # read by txredisapi's connectionMade when AUTH or SELECT fails
+    isLazy = True
+    noisy = False   # no "Starting factory" line for each reconnection
+
+    def __init__(self, client: "RedisClient", connection_class: type = _Connection) -> None:
+        self.client = client
+        self.connection_class = connection_class
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        address = self.client.address
+        conn = self.connection_class(replyTimeout=None, password=address.password, dbid=address.db,
+                                     convertNumbers=False)
+        conn.factory = self
+        conn.client = self.client
+        return conn
+
+    def stopTrying(self) -> None:
+        pass   # ClientService keeps trying: an operator may fix the password
+
+    def connectionError(self, why: str) -> None:
+        _log.error("redis at {host}:{port}: {why}", host=self.client.address.host,
+                   port=self.client.address.port, why=why)
+
+
+def _endpoint(reactor: Any, address: Any, timeout: float) -> TCP4ClientEndpoint:
+    return TCP4ClientEndpoint(reactor, address.host, address.port, timeout=timeout)
 
 
 class RedisClient(Service):
-    """One connection pool plus the fail-fast/timeout rule and a keep-alive PING.
+    """One self-reconnecting connection to Redis and the calls that never hang.
 
-    All commands go down one connection (``poolsize=1``) so Redis runs them in
-    the order they were issued: that is what keeps one sender's messages in
-    order without waiting for each reply.
+    ``endpoint`` (optional) builds the client endpoint for each connection
+    attempt, so that a new attempt may go somewhere else (a new master).
     """
 
-    def __init__(self, address, timeout, clock, poolsize=1, flusher=None):
+    connection_class: type = _Connection
+
+    def __init__(self, address: Any, timeout: float, clock: Any, reactor: Any = None,
+                 flusher: Any = None, endpoint: Optional[Callable[[], Any]] = None,
+                 name: str = "redis") -> None:
         self.address = address
-        self._flusher = flusher      # imd.transport.flush.TurnFlusher: commands leave this turn
         self.timeout = timeout
+        self.name = name
         self._clock = clock
-        self._poolsize = poolsize
-        self._pool = None
-        self._keepalive = None
-        self._scripts_conn = None    # the connection _scripts_loaded and _issued are about
-        self._scripts_loaded = set()
-        self._issued = deque()       # when each eval_script reply still awaited was asked for
-        self._watchdog = None
+        self._reactor = reactor
+        self._flusher = flusher
+        self._endpoint = endpoint
+        self._service: Optional[ClientService] = None
+        self._conn: Optional[_Connection] = None
+        self._loaded: Set[str] = set()     # SHAs loaded on self._conn
+        self._issued: Deque[float] = deque()  # when each reply still awaited was asked for
+        self._timers: List[task.LoopingCall] = []
+        self._waiters: List[Deferred] = []
 
-    def startService(self):
+    # --- service ---------------------------------------------------------------
+
+    def startService(self) -> None:
         super().startService()
-        self._pool = connect(self.address, self.timeout, self._poolsize)
-        self._keepalive = task.LoopingCall(self._ping)
-        self._keepalive.clock = self._clock
-        self._keepalive.start(max(1.0, self.timeout), now=False)
-        self._watchdog = task.LoopingCall(self._check_replies)
-        self._watchdog.clock = self._clock
-        self._watchdog.start(max(0.05, self.timeout / 4.0), now=False)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        endpoint = self._endpoint() if self._endpoint else _endpoint(reactor, self.address, self.timeout)
+        self._service = ClientService(endpoint, _Factory(self, self.connection_class),
+                                      retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=5.0),
+                                      clock=self._clock)
+        self._service.startService()
+        for interval, call in ((max(1.0, self.timeout), self._ping),
+                               (max(0.05, self.timeout / 4.0), self._check_replies)):
+            timer = task.LoopingCall(call)
+            timer.clock = self._clock
+            timer.start(interval, now=False)
+            self._timers.append(timer)
 
-    def stopService(self):
+    def stopService(self) -> Optional[Deferred]:
         super().stopService()
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
-        if self._watchdog is not None and self._watchdog.running:
-            self._watchdog.stop()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            return pool.disconnect()
+        for timer in self._timers:
+            if timer.running:
+                timer.stop()
+        self._timers = []
+        service, self._service = self._service, None
+        if service is None:
+            return None
+        return service.stopService()
+
+    # --- the connection --------------------------------------------------------
 
     @property
-    def connected(self):
-        return self._pool is not None and self._pool._factory.size > 0
+    def connected(self) -> bool:
+        """A connection is up and past its AUTH/SELECT."""
+        return self._conn is not None
 
-    def wait_connected(self, timeout=None):
+    def wait_connected(self, timeout: Optional[float] = None) -> Deferred:
         """Fires once a connection is up; StoreUnavailable after ``timeout``."""
-        deadline = self._clock.seconds() + (self.timeout if timeout is None else timeout)
+        if self._conn is not None:
+            return defer.succeed(None)
+        d = Deferred()
+        self._waiters.append(d)
+        seconds = self.timeout if timeout is None else timeout
 
-        def check():
-            if self.connected:
-                return None
-            if self._clock.seconds() >= deadline:
-                raise StoreUnavailable("cannot connect to redis at %s:%d"
-                                       % (self.address.host, self.address.port))
-            return task.deferLater(self._clock, 0.02, check)
-        return defer.maybeDeferred(check)
+        def gave_up(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            if d in self._waiters:
+                self._waiters.remove(d)
+            raise StoreUnavailable("cannot connect to redis at %s:%d" % (self.address.host, self.address.port))
+        return d.addTimeout(seconds, self._clock).addErrback(gave_up)
 
-    def _ping(self):
-        if self.connected:
-            # A dead link is noticed here: the reply timeout aborts it and
-            # txredisapi reconnects.
-            self.call("PING").addErrback(lambda f: None)
+    def _ready(self, conn: _Connection) -> None:
+        if conn.transport is None or not conn.connected:
+            return
+        self._conn = conn
+        self._loaded = set()
+        self._issued = deque()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
-    def call(self, method, *args):
-        """``self.call("sismember", key, member)`` or a raw command name."""
-        if not self.connected:
-            return defer.fail(StoreUnavailable("redis is not connected"))
-        try:
-            if method.isupper():
-                d = self._pool.execute_command(method, *args)
-            else:
-                d = getattr(self._pool, method)(*args)
-        except Exception as e:
-            return defer.fail(StoreUnavailable("redis: %s" % (e,)))
-        d.addTimeout(self.timeout, self._clock)
-        d.addErrback(self._unavailable)
-        return d
+    def _lost(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self._issued = deque()
 
-    def eval_script(self, script, keys, args):
-        """``EVALSHA`` written straight on the connection: the hot path.
+    def drop_connection(self) -> None:
+        """Cut the connection (fault tests, a master that changed); it comes back by itself."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.abortConnection()
 
-        ``call("eval", ...)`` cost about twice as much per message: txredisapi's
-        ConnectionHandler.__getattr__ wrapper, an inlineCallbacks
-        getConnection, a SHA-1 of the script text, its generic argument
-        encoder, an extra Deferred and a timer per command, and a second timer
-        of ours.  Here the command is encoded once and written on the single
-        connection, and its Deferred is the one txredisapi's reply queue fires
-        (replies come back in the order commands went out).  The reply timeout
-        is one watchdog (:meth:`_check_replies`) that drops the link when the
-        oldest reply is late, which fails every call in flight, as before.
+    # --- calls -------------------------------------------------------------------
 
-        The script is loaded with ``SCRIPT LOAD`` on each new connection ahead
-        of its first ``EVALSHA`` (Redis runs them in order), so ``NOSCRIPT``
-        only follows an operator's ``SCRIPT FLUSH``; then the text is sent
-        with ``EVAL``, as txredisapi did.
-        """
-        conn = self._live_connection()
+    def command(self, *args: Arg) -> Deferred:
+        """One command; fires with its reply (str, int, list, None), fails
+        with :data:`RedisReplyError` for an error reply, StoreUnavailable when
+        Redis cannot be reached or does not answer in time."""
+        conn = self._conn
         if conn is None:
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
-            sha = _SCRIPT_SHA.get(script)
-            if sha is None:
-                sha = _SCRIPT_SHA[script] = hashlib.sha1(script.encode("utf-8")).hexdigest()
-            if sha not in self._scripts_loaded:
-                self._scripts_loaded.add(sha)
-                self._send(conn, _encode_command(conn, ("SCRIPT", "LOAD", script))).addErrback(lambda f: None)
-            d = self._write(conn, _encode_command(conn, ("EVALSHA", sha, len(keys), *keys, *args)))
+            d = self._write(conn, encode_command(args))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
-        # One callback for the reply (each one on a Deferred costs ~1.5 us).
-        d.addBoth(self._script_replied, self._issued, conn, script, keys, args)
-        return d
+        return d.addBoth(self._replied, self._issued)
 
-    def _live_connection(self):
-        """The pool's one connection when it is up (what the direct writes of
-        :meth:`eval_script` and :meth:`command` go down), or None.  A new
-        connection starts with no script loaded and no reply awaited."""
-        factory = self._pool._factory if self._pool is not None else None
-        if factory is None or not factory.size:
-            return None
-        conn = factory.pool[0]
-        if not conn.connected:
-            return None
-        if self._scripts_conn is not conn:
-            self._scripts_conn, self._scripts_loaded, self._issued = conn, set(), deque()
-        return conn
-
-    def command(self, *args):
-        """One plain command written straight on the connection, as
-        :meth:`eval_script` does (for the per-login ``SET`` of a token id)."""
-        conn = self._live_connection()
+    def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Deferred:
+        """``script`` with ``keys`` and ``args``: the reply, as :meth:`command`."""
+        conn = self._conn
         if conn is None:
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
-            d = self._write(conn, _encode_command(conn, args))
+            if script.sha not in self._loaded:
+                # Redis runs commands in order: the EVALSHA below finds it loaded.
+                self._loaded.add(script.sha)
+                self._write(conn, encode_command(("SCRIPT", "LOAD", script.text))).addBoth(
+                    self._replied, self._issued).addErrback(lambda f: None)
+            d = self._write(conn, encode_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
-        d.addBoth(self._command_replied, self._issued)
-        return d
+        # one callback for the reply (each one on a Deferred costs ~1.5 us)
+        return d.addBoth(self._script_replied, self._issued, conn, script, keys, args)
 
-    def _write(self, conn, command):
-        """``command`` (encoded) down ``conn``, leaving this reactor turn;
-        the Deferred of its reply, which comes in the order commands went."""
+    def _write(self, conn: _Connection, command: bytes) -> Deferred:
         conn.transport.write(command)
         if self._flusher is not None:
             self._flusher.written(conn.transport)
         self._issued.append(self._clock.seconds())
         return conn.replyQueue.get()
 
-    def _command_replied(self, reply, issued):
+    @staticmethod
+    def _replied(reply: Any, issued: Deque[float]) -> Any:
         if issued:
             issued.popleft()
         if isinstance(reply, Failure):
-            return self._unavailable(reply)
-        if isinstance(reply, Exception):
-            return self._unavailable(Failure(reply))
+            raise StoreUnavailable("redis: %s" % (reply.getErrorMessage(),))
+        if isinstance(reply, txredisapi.ResponseError):
+            raise reply
+        if isinstance(reply, Exception):  # txredisapi.ConnectionError("Lost connection"), ...
+            raise StoreUnavailable("redis: %s" % (reply,))
         return reply
 
-    def _script_replied(self, reply, issued, conn, script, keys, args):
-        if issued:
-            issued.popleft()
-        if isinstance(reply, Failure):
-            return self._unavailable(reply)
-        if isinstance(reply, Exception):   # an error reply, as txredisapi's handle_reply raises it
-            if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("NOSCRIPT"):
-                if self._scripts_conn is conn:
-                    self._scripts_loaded.clear()
-                d = conn.execute_command("EVAL", script, len(keys), *keys, *args)
-                return d.addErrback(self._unavailable)
-            return self._unavailable(Failure(reply))
-        return reply
+    def _script_replied(self, reply: Any, issued: Deque[float], conn: _Connection, script: Script,
+                        keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        if (isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("NOSCRIPT")
+                and self._conn is conn):
+            # An operator's SCRIPT FLUSH: send the text, and load it again next time.
+            if issued:
+                issued.popleft()
+            self._loaded.discard(script.sha)
+            d = self._write(conn, encode_command(("EVAL", script.text, len(keys), *keys, *args)))
+            return d.addBoth(self._replied, self._issued)
+        return self._replied(reply, issued)
 
-    def _send(self, conn, command):
-        d = self._write(conn, command)
-        d.addBoth(_replied, self._issued)
-        d.addCallback(conn.handle_reply)
-        return d
+    # --- timers ------------------------------------------------------------------
 
-    def _check_replies(self):
-        """The reply timeout of :meth:`eval_script` calls: abort a link whose
-        oldest outstanding reply is older than ``timeout``."""
-        issued, conn = self._issued, self._scripts_conn
+    def _ping(self) -> None:
+        if self._conn is not None:
+            # A dead link is noticed here: the watchdog drops it.
+            self.command("PING").addErrback(lambda f: None)
+
+    def _check_replies(self) -> None:
+        """The reply timeout: drop a link whose oldest awaited reply is late."""
+        issued, conn = self._issued, self._conn
         if issued and conn is not None and self._clock.seconds() - issued[0] > self.timeout:
-            _log.warn("redis: no reply in {timeout}s; dropping the connection", timeout=self.timeout)
-            issued.clear()
+            _log.warn("{name}: no reply in {timeout}s; dropping the connection", name=self.name,
+                      timeout=self.timeout)
+            self._issued = deque()
+            self._conn = None
             if conn.transport is not None:
                 conn.transport.abortConnection()
 
-    @staticmethod
-    def _unavailable(failure):
-        if failure.check(txredisapi.ResponseError, txredisapi.ScriptDoesNotExist):
-            return failure
-        raise StoreUnavailable("redis: %s" % (failure.getErrorMessage(),))
+
+# --- pub/sub ---------------------------------------------------------------------
+
+class _Subscription(txredisapi.SubscriberProtocol):
+    subscriber: "RedisSubscriber"
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.subscriber._connected(self))
+        return d
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.subscriber.on_message(message)
+
+    def connectionLost(self, why: Failure) -> None:
+        self.subscriber._lost(self)
+        super().connectionLost(why)
 
 
-class RedisStore:
-    """What imd keeps in Redis, as small typed operations."""
+class _SubscriptionFactory(_Factory):
+    def buildProtocol(self, addr: Any) -> _Subscription:
+        address = self.client.address
+        conn = _Subscription(replyTimeout=None, password=address.password, convertNumbers=False)
+        conn.factory = self
+        conn.subscriber = self.client
+        return conn
 
-    def __init__(self, client, prefix="", dedup_ttl=3600):
-        self.client = client
-        self.keys = RedisKeys(prefix)
-        self.dedup_ttl = dedup_ttl
 
-    # keys (contract §1, §5)
-    def get_public_key(self):
-        return self.client.call("GET", self.keys.public_key)
+class RedisSubscriber(Service):
+    """A connection subscribed to ``channels``: ``on_message(message)`` for
+    each message, ``on_subscribed()`` after each (re)subscription,
+    ``on_lost()`` when the subscription is gone (it comes back by itself)."""
 
-    def get_private_key(self):
-        return self.client.call("GET", self.keys.private_key)
+    def __init__(self, address: Any, timeout: float, clock: Any, reactor: Any, channels: Iterable[str],
+                 on_message: Callable[[Any], None], on_subscribed: Callable[[], None] = lambda: None,
+                 on_lost: Callable[[], None] = lambda: None,
+                 endpoint: Optional[Callable[[], Any]] = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channels = list(channels)
+        self.on_message = on_message
+        self.on_subscribed = on_subscribed
+        self.on_lost = on_lost
+        self._clock = clock
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._service: Optional[ClientService] = None
+        self._conn: Optional[_Subscription] = None
+        self.subscribed = False
 
-    @defer.inlineCallbacks
-    def set_key_pair(self, public_pem, private_pem, force=False):
-        """Store a key pair; without ``force`` only when none is set.  True if set."""
-        if not force:
-            existing = yield self.client.call("EXISTS", self.keys.public_key, self.keys.private_key)
-            if int(existing):
-                return False
-        yield self.client.call("MSET", self.keys.public_key, public_pem,
-                               self.keys.private_key, private_pem)
-        return True
+    def startService(self) -> None:
+        super().startService()
+        endpoint = self._endpoint() if self._endpoint else _endpoint(self._reactor, self.address, self.timeout)
+        self._service = ClientService(endpoint, _SubscriptionFactory(self),
+                                      retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=5.0),
+                                      clock=self._clock)
+        self._service.startService()
 
-    def claim_jti(self, jti, expires_at):
-        """Remember a token id until it expires; False if it was seen before."""
-        d = self.client.command("SET", self.keys.used_jti(jti), "1", "NX", "EXAT", int(expires_at))
-        return d.addCallback(lambda reply: reply is not None)
+    def stopService(self) -> Optional[Deferred]:
+        super().stopService()
+        service, self._service = self._service, None
+        return service.stopService() if service is not None else None
 
-    # friends (contract §5 URS:<uid>)
-    def add_friends(self, a, b):
-        return self.client.call("eval", SET_FRIENDS, [self.keys.friends(a), self.keys.friends(b)], ["SADD", a, b])
+    def _connected(self, conn: _Subscription) -> None:
+        d = conn.subscribe(self.channels)
+        d.addCallbacks(lambda _: self._subscribed(conn), lambda f: self._failed(f, conn))
 
-    def remove_friends(self, a, b):
-        return self.client.call("eval", SET_FRIENDS, [self.keys.friends(a), self.keys.friends(b)], ["SREM", a, b])
+    def _subscribed(self, conn: _Subscription) -> None:
+        if conn.transport is None or not conn.connected:
+            return
+        self._conn = conn
+        self.subscribed = True
+        self.on_subscribed()
 
-    def list_friends(self, uid):
-        d = self.client.call("SMEMBERS", self.keys.friends(uid))
-        return d.addCallback(lambda members: sorted(int(m) for m in members))
+    def _failed(self, failure: Failure, conn: _Subscription) -> None:
+        _log.warn("redis subscription failed: {why}", why=failure.getErrorMessage())
+        if conn.transport is not None:
+            conn.transport.abortConnection()
 
-    def are_friends(self, uid, other):
-        d = self.client.call("SISMEMBER", self.keys.friends(uid), other)
-        return d.addCallback(lambda reply: bool(int(reply)))
+    def _lost(self, conn: _Subscription) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self.subscribed = False
+            self.on_lost()
+
+    def drop_connection(self) -> None:
+        """Cut the subscribed connection (fault tests); it comes back by itself."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self.subscribed = False
+            self.on_lost()
+            if conn.transport is not None:
+                conn.transport.abortConnection()

@@ -1,30 +1,36 @@
-"""Costs of Autobahn that imd does not need to pay, per connection and per frame.
+"""Costs of Autobahn that imd does not need to pay, per connection and per
+frame, kept in this one module and installed by the protocol factory (never
+by importing): :func:`tuned` makes the tuned protocol class from the plain
+one.  ``IMD_PLAIN_AUTOBAHN=1`` in the environment turns all of it off, and
+the test suite runs the WebSocket tests both ways; each piece has a test
+comparing it with stock Autobahn (tests/test_autobahn_tuning.py).
 
-- Autobahn formats its 29 protocol options with ``pprint.pformat`` for a debug
-  log line on every new connection, whether debug logging is on or not
-  (about an eighth of the daemon's CPU per login in bench/run.py's login
-  run).  :func:`defer_debug_formatting` makes that formatting lazy: the text
-  is produced only when a log observer renders the event.
-- Every protocol instance copies the factory's options into its own
-  ``__dict__`` unless its class already has them.  :func:`protocol_with_options`
-  makes a subclass carrying them as class attributes, so an idle connection
-  does not hold 29 more dict entries.
 - Autobahn unmasks every client frame with its compiled (CFFI) masker, whose
   set-up alone is ~9 µs a frame: more than all the XOR work of a chat
-  message.  :func:`fast_small_frame_masking` unmasks frames under
-  :data:`SMALL_FRAME` bytes with one big-integer XOR (~2 µs) and leaves the
-  larger ones to the compiled masker (bench: ~10% of the ws process's CPU at
-  C=200 W=8 went to masking before).
+  message.  :class:`AutobahnTuning` turns Autobahn's own unmasking off
+  (``applyMask``) and unmasks frames under :data:`SMALL_FRAME` bytes with one
+  big-integer XOR (~2 µs), the larger ones with the compiled masker.
+- Autobahn's ``onMessageEnd`` also fires a "message" event for observers
+  registered with ``.on()`` (a Deferred and two callbacks per message);
+  imd registers none, so the tuned one calls ``onMessage`` directly.
 - :func:`text_frame` builds the unmasked, unfragmented text frame a server
-  sends, for the protocol's plain case (see ``ImdServerProtocol.send_packet``);
-  Autobahn's ``sendMessage`` path checks its generic options and formats the
-  arguments of a debug log line on every call.
+  sends; Autobahn's ``sendMessage`` checks its generic options and formats
+  the arguments of a debug log line on every call.
+- Autobahn formats its 29 protocol options with ``pprint.pformat`` for a
+  debug log line on every new connection, whether debug logging is on or
+  not; :func:`defer_debug_formatting` makes that formatting lazy.
+- Every protocol instance copies the factory's options into its own
+  ``__dict__`` unless its class already has them; :func:`protocol_with_options`
+  makes a subclass carrying them as class attributes.
 """
 
+import os
 from pprint import pformat
 from types import FunctionType
+from typing import Any, Type
 
 import autobahn.websocket.protocol as _autobahn_protocol
+from autobahn.websocket.xormasker import create_xor_masker as _compiled_masker
 
 # Below this many bytes the integer XOR is faster than Autobahn's compiled
 # masker (measured: 2.0 vs 9.2 µs at 16 bytes, 6.6 vs 9.0 at 1 KB, 10.4 vs
@@ -32,34 +38,123 @@ import autobahn.websocket.protocol as _autobahn_protocol
 SMALL_FRAME = 1536
 
 
+def enabled() -> bool:
+    """False when ``IMD_PLAIN_AUTOBAHN`` asks for stock Autobahn."""
+    return os.environ.get("IMD_PLAIN_AUTOBAHN", "") not in ("1", "true", "yes")
+
+
+class IntXorMasker:
+    """Autobahn's masker interface (``pointer``, ``reset``, ``process``) for
+    small payloads.  ``process`` may be called with a frame in pieces: the
+    mask goes on from where the previous piece ended."""
+    __slots__ = ("_mask", "_ptr")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = bytes(mask)
+        self._ptr = 0
+
+    def pointer(self) -> int:
+        return self._ptr
+
+    def reset(self) -> None:
+        self._ptr = 0
+
+    def process(self, data: bytes) -> bytes:
+        n = len(data)
+        shift = self._ptr & 3
+        mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
+        self._ptr += n
+        key = (mask * ((n >> 2) + 1))[:n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def create_xor_masker(mask: bytes, length: int) -> Any:
+    """The cheaper masker for ``length`` bytes."""
+    if length < SMALL_FRAME:
+        return IntXorMasker(mask)
+    return _compiled_masker(mask, length)
+
+
+_SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` (UTF-8 bytes) as one final, unmasked text frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return _SHORT_HEADERS[n] + payload
+    if n <= 0xFFFF:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class AutobahnTuning:
+    """Mixed in before the plain protocol class by :func:`tuned`."""
+
+    _unmasker: Any = None
+    _plain_frames = False   # set by protocol_with_options
+
+    # --- frames in: our own unmasking (Autobahn's is off: applyMask = False) --
+
+    def onFrameBegin(self) -> None:
+        frame = self.current_frame
+        self._unmasker = create_xor_masker(frame.mask, frame.length) if frame.mask and frame.length else None
+        super().onFrameBegin()  # type: ignore[misc]
+
+    def onFrameData(self, payload: bytes) -> Any:
+        if self._unmasker is not None and payload:
+            payload = self._unmasker.process(payload)
+        return super().onFrameData(payload)  # type: ignore[misc]
+
+    # --- messages in: no "message" event nobody listens to --------------------
+
+    def onMessageEnd(self) -> None:
+        if self._listeners is not None or self._parent is not None or self.trackedTimings:
+            return super().onMessageEnd()  # type: ignore[misc]
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
+        return None
+
+    # --- packets out: the frame written directly ------------------------------
+
+    def send_text(self, payload: bytes) -> None:
+        if (self.send_queue or self._perMessageCompress is not None or not self._plain_frames
+                or 0 < self.maxMessagePayloadSize < len(payload)):
+            self.sendMessage(payload)
+        else:
+            # what sendMessage would write here, without its generic path
+            self.write_frame(text_frame(payload))
+
+
 class _LazyPformat:
     __slots__ = ("value",)
 
-    def __init__(self, value):
+    def __init__(self, value: Any) -> None:
         self.value = value
 
-    def __format__(self, spec):
+    def __format__(self, spec: str) -> str:
         return format(pformat(self.value), spec)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return pformat(self.value)
 
     __repr__ = __str__
 
 
-def _timings_text(timings):
+def _timings_text(timings: Any) -> str:
     return pformat(timings._timings)
 
 
-def defer_debug_formatting():
+def defer_debug_formatting() -> None:
     """Autobahn's module-level ``pformat`` made lazy.  It serves log fields,
     and ``Timings.__str__``, which must return text: that one keeps the real
-    pformat."""
+    pformat.  (A module global: the only piece that is not per class.)"""
     _autobahn_protocol.Timings.__str__ = _timings_text
     _autobahn_protocol.pformat = _LazyPformat
 
 
-def protocol_with_options(factory, protocol_class):
+def protocol_with_options(factory: Any, protocol_class: Type[Any]) -> Type[Any]:
     """``protocol_class`` with ``factory``'s current Autobahn options as class
     attributes.  Call again after changing the factory's options."""
     options = {}
@@ -73,53 +168,13 @@ def protocol_with_options(factory, protocol_class):
     return type(protocol_class.__name__, (protocol_class,), options)
 
 
-class IntXorMasker:
-    """Autobahn's masker interface (``pointer``, ``reset``, ``process``) for
-    small payloads.  ``process`` may be called with a frame in pieces: the
-    mask goes on from where the previous piece ended."""
-    __slots__ = ("_mask", "_ptr")
-
-    def __init__(self, mask):
-        self._mask = bytes(mask)
-        self._ptr = 0
-
-    def pointer(self):
-        return self._ptr
-
-    def reset(self):
-        self._ptr = 0
-
-    def process(self, data):
-        n = len(data)
-        shift = self._ptr & 3
-        mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
-        self._ptr += n
-        key = (mask * ((n >> 2) + 1))[:n]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-
-
-_compiled_masker = _autobahn_protocol.create_xor_masker
-
-
-def create_xor_masker(mask, length=None):
-    if length is not None and length < SMALL_FRAME:
-        return IntXorMasker(mask)
-    return _compiled_masker(mask, length)
-
-
-def fast_small_frame_masking():
-    """Autobahn's protocol module uses :func:`create_xor_masker` from now on."""
-    _autobahn_protocol.create_xor_masker = create_xor_masker
-
-
-_SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
-
-
-def text_frame(payload):
-    """``payload`` (UTF-8 bytes) as one final, unmasked text frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        return _SHORT_HEADERS[n] + payload
-    if n <= 0xFFFF:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+def tuned(factory: Any, protocol_class: Type[Any]) -> Type[Any]:
+    """The class ``factory`` should build: ``protocol_class`` with the
+    tuning and the options as class attributes, or as it is when tuning is
+    off."""
+    if not enabled():
+        return protocol_class
+    defer_debug_formatting()
+    factory.setProtocolOptions(applyMask=False)
+    mixed = type(protocol_class.__name__, (AutobahnTuning, protocol_class), {})
+    return protocol_with_options(factory, mixed)

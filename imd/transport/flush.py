@@ -14,22 +14,37 @@ turn).  Many writes to one transport in a turn still leave in one ``send``.
 A socket that cannot take everything keeps the rest in Twisted's buffer and
 the reactor goes on as usual; errors are left to the reactor's own
 ``doWrite``, which meets them again on its next poll.
+
+This is the one module that reads Twisted's private transport state
+(``_tempDataBuffer``, ``_writeDisconnecting``).  ``IMD_PLAIN_TWISTED=1`` in
+the environment turns it off (writes leave on the reactor's next poll, as in
+stock Twisted); tests/test_flush.py runs the same traffic both ways.
 """
+
+import os
+from typing import Any, Dict
+
+
+def enabled() -> bool:
+    return os.environ.get("IMD_PLAIN_TWISTED", "") not in ("1", "true", "yes")
 
 
 class TurnFlusher:
-    def __init__(self, clock):
+    def __init__(self, clock: Any, on: bool = True) -> None:
         self._clock = clock
-        self._written = {}       # id(transport) -> transport, in write order
-        self._call = None
+        self._written: Dict[int, Any] = {}   # id(transport) -> transport, in write order
+        self._call: Any = None
+        self.on = on and enabled()
 
-    def written(self, transport):
+    def written(self, transport: Any) -> None:
         """``transport`` was written to during this turn."""
+        if not self.on:
+            return
         self._written[id(transport)] = transport
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
 
-    def flush(self):
+    def flush(self) -> None:
         self._call = None
         written, self._written = self._written, {}
         for transport in written.values():

@@ -1,10 +1,13 @@
-"""Abuse limits of the WebSocket listener that sit below the protocol:
-connections per node and per remote address, and a cap on what may wait in
-memory for a client that does not read (a slow consumer).
+"""Abuse limits of the WebSocket listener: connections per node and per
+remote address (and those still in their opening handshake), a token bucket
+for each connection's packet rate, and a cap on what may wait in memory for
+a client that does not read (a slow consumer).
 
-Both act on TCP connections, before any WebSocket or token work: a refused
-connection costs one short HTTP answer.
+The connection limits act on TCP connections, before any WebSocket or token
+work: a refused connection costs one short HTTP answer.
 """
+
+from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -23,25 +26,43 @@ class ConnectionLimits:
     """Counts one listener's connections, open or still in their opening
     handshake, in total and per remote address (0 = no limit)."""
 
-    def __init__(self, max_total, max_per_address):
+    def __init__(self, max_total: int, max_per_address: int, max_handshakes_per_address: int = 0) -> None:
         self.max_total = max_total
         self.max_per_address = max_per_address
+        self.max_handshakes_per_address = max_handshakes_per_address
         self.total = 0
-        self._by_address = {}
+        self._by_address: Dict[Any, int] = {}
+        self._handshaking: Dict[Any, int] = {}
 
-    def admit(self, address):
-        """None when a connection from ``address`` may open (and is counted),
-        else the HTTP status to refuse it with."""
+    def admit(self, address: Any) -> Optional[int]:
+        """None when a connection from ``address`` may open (and is counted,
+        as handshaking until :meth:`handshake_done`), else the HTTP status to
+        refuse it with."""
         if self.max_total and self.total >= self.max_total:
             return 503
         held = self._by_address.get(address, 0)
         if self.max_per_address and held >= self.max_per_address:
             return 429
+        shaking = self._handshaking.get(address, 0)
+        if self.max_handshakes_per_address and shaking >= self.max_handshakes_per_address:
+            return 429
         self.total += 1
         self._by_address[address] = held + 1
+        self._handshaking[address] = shaking + 1
         return None
 
-    def release(self, address):
+    def handshake_done(self, address: Any) -> None:
+        """A connection from ``address`` left its opening handshake (opened or closed)."""
+        shaking = self._handshaking.get(address, 0) - 1
+        if shaking > 0:
+            self._handshaking[address] = shaking
+        else:
+            self._handshaking.pop(address, None)
+
+    def handshaking(self, address: Any) -> int:
+        return self._handshaking.get(address, 0)
+
+    def release(self, address: Any) -> None:
         self.total -= 1
         held = self._by_address.get(address, 0) - 1
         if held > 0:
@@ -49,25 +70,25 @@ class ConnectionLimits:
         else:
             self._by_address.pop(address, None)
 
-    def held_by(self, address):
+    def held_by(self, address: Any) -> int:
         return self._by_address.get(address, 0)
 
 
 class Refusal(Protocol):
     """Answers a connection over a limit with an HTTP status and closes it."""
 
-    def __init__(self, status):
+    def __init__(self, status: int) -> None:
         self.status = status
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.transport.write(_REFUSALS[self.status] + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         self.transport.loseConnection()
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         pass  # the request is not read: the answer does not depend on it
 
 
-def peer_address(transport_address):
+def peer_address(transport_address: Any) -> Any:
     """The host part of a peer address (what per-address limits count)."""
     return getattr(transport_address, "host", None) or str(transport_address)
 
@@ -80,27 +101,50 @@ class SendBufferGuard:
     ``limit`` the client is not reading and ``on_overflow`` is called (once).
     """
 
-    def __init__(self, limit, on_overflow):
+    def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
         self.limit = limit
         self.on_overflow = on_overflow
         self.paused = False
         self.backlog = 0
         self.overflowed = False
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self.paused = True
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self.paused = False
         self.backlog = 0
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.paused = False
 
-    def sent(self, nbytes):
+    def sent(self, nbytes: int) -> None:
         if not self.paused or self.overflowed:
             return
         self.backlog += nbytes
         if self.limit and self.backlog > self.limit:
             self.overflowed = True
             self.on_overflow()
+
+
+class TokenBucket:
+    """``rate`` per second, at most ``burst`` at once."""
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        """One token if there is one."""
+        tokens = self.tokens + (now - self.at) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.at = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True

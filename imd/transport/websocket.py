@@ -1,47 +1,52 @@
-"""The Autobahn protocol and factory: frames in, packets out, nothing else.
+"""The WebSocket listener: frames in, packets out, and what guards a connection.
 
-One connection = one :class:`ImdServerProtocol`.  Login happens during the
-opening handshake (``onConnect`` returns the verification Deferred), so by
-``onOpen`` we know whether to send ``L`` or ``C`` + 4001.
+One connection = one :class:`ImdServerProtocol`.  It turns frames into
+packets (imd.protocol), hands each to the handler of its type, and sends
+the replies back in the order the packets came; it registers the
+connection with the node (imd.node), which decides who gets what.  What
+it decides itself is what belongs to one connection: the login during the
+opening handshake, the per-connection rate limit, the error count, the
+idle timer, the cap on unread output, and how the connection closes.
+
+Login happens during the opening handshake (``onConnect`` returns the
+verification Deferred), so by ``onOpen`` we know whether to send ``L`` or
+``C`` + 4001.
 
 Replies leave in the order their packets arrived even though handlers answer
 asynchronously: each packet takes a place in ``_pending`` and the head of the
-line is sent as soon as it is ready (a failed store does not hold up the
-packets behind it for longer than its own answer takes).
+line is sent as soon as it is ready.
 """
 
+import json
 from collections import deque
+from http import HTTPStatus
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imd import protocol
 from imd.auth import token_from_request
 from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
-from imd.transport.autobahn_tuning import (defer_debug_formatting, fast_small_frame_masking,
-                                           protocol_with_options, text_frame)
-from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, peer_address
+from imd.transport.autobahn_tuning import tuned
+from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, TokenBucket, peer_address
 
 _log = Logger()
 
-defer_debug_formatting()
-fast_small_frame_masking()
-
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_REPLACED = 4002
-CLOSE_KICKED = 4003
-CLOSE_IDLE = 4004
-CLOSE_TOO_MANY_ERRORS = 4008
-CLOSE_GOING_AWAY = 1001
+# The opening handshake's request line and headers may not be longer than
+# this (Autobahn buffers whatever comes until the blank line).
+MAX_HANDSHAKE_BYTES = 8192
 
 
 class _Failed:
     """An ``E`` waiting for its turn in the reply line."""
     __slots__ = ("packet_id", "error")
 
-    def __init__(self, packet_id, error):
+    def __init__(self, packet_id: Any, error: ImdError) -> None:
         self.packet_id = packet_id
         self.error = error
 
@@ -49,12 +54,12 @@ class _Failed:
 class _Slot:
     __slots__ = ("outcome", "timing")
 
-    def __init__(self, timing=None):
-        self.outcome = None
+    def __init__(self, timing: Any = None) -> None:
+        self.outcome: Any = None
         self.timing = timing  # (packet type, time received) for the metrics
 
 
-def _as_failed(failure, packet_id):
+def _as_failed(failure: Failure, packet_id: Any) -> _Failed:
     if failure.check(ImdError):
         return _Failed(packet_id, failure.value)
     if failure.check(StoreUnavailable):
@@ -64,153 +69,226 @@ def _as_failed(failure, packet_id):
     return _Failed(packet_id, ImdError("internal"))
 
 
+class Listener:
+    """What the connections of one listener share (built by the App)."""
+
+    def __init__(self, settings: Any, node: Any, verifier: Any, handlers: Dict[str, Callable[..., Any]],
+                 metrics: Any, clock: Any, flusher: Any = None, allowed_origins: Sequence[str] = ()) -> None:
+        self.settings = settings            # the whole Settings
+        self.node = node                    # imd.node.LocalNode
+        self.verifier = verifier            # imd.auth.TokenVerifier
+        self.handlers = handlers            # packet type -> handler(uid, packet)
+        self.metrics = metrics
+        self.clock = clock
+        self.flusher = flusher              # imd.transport.flush.TurnFlusher or None
+        self.allowed_origins = tuple(allowed_origins)
+
+
 class ImdServerProtocol(WebSocketServerProtocol):
-    uid = None
-    conn_id = None          # this connection's id in Redis presence (dev:<uid>)
-    _registered_uid = None
-    _replaced = ()
-    _refusal = None
+    uid: Optional[int] = None
+    conn_id: Optional[str] = None   # this connection's id in Redis presence (dev:<uid>)
+    login_score = 0
+    peer_address: Any = None
+    _registered_uid: Optional[int] = None
+    _replaced: Sequence[str] = ()
+    _refusal: Optional[str] = None
     _closing = False
+    _gone = False                   # the TCP connection is lost
     _draining = False
-    _closed_waiters = ()
-    _idle_call = None
+    _closed_waiters: Any = ()
+    _idle_call: Any = None
     _counted = False
-    limit_address = None    # counted in the factory's ConnectionLimits
-    _plain_frames = False   # set by protocol_with_options (autobahn_tuning)
-    _send_guard = None
+    _handshaking = False
+    limit_address: Any = None       # counted in the factory's ConnectionLimits
+    _send_guard: Optional[SendBufferGuard] = None
+    _bucket: Optional[TokenBucket] = None
+    _history_bucket: Optional[TokenBucket] = None
+    _control_strikes = 0
+    listener: Listener
 
-    # --- TCP connection: limits -----------------------------------------------
+    # --- TCP connection: limits ------------------------------------------------
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         super().connectionMade()
-        limit = self.factory.app.settings.websocket.max_send_buffer
+        self._closed_waiters = []
+        limit = self.listener.settings.websocket.max_send_buffer
         if limit:
             self._send_guard = SendBufferGuard(limit, self._not_reading)
             self.registerProducer(self._send_guard, True)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
+        self._gone = True
+        self._release_handshake()
         if self.limit_address is not None:
             self.factory.limits.release(self.limit_address)
             self.limit_address = None
         super().connectionLost(reason)
 
-    def _not_reading(self):
+    def _release_handshake(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self.factory.limits.handshake_done(self.limit_address)
+
+    def _not_reading(self) -> None:
         # A slow consumer: more than max_send_buffer waits for it in memory.
         # It cannot read a close frame either; what it missed is stored (H).
         _log.warn("dropped uid={uid} peer={peer} node={node}: not reading its packets",
-                  uid=self.uid, peer=getattr(self, "peer_address", self.peer), node=self.factory.app.node_id)
-        self.factory.app.metrics.slow_consumer_dropped()
+                  uid=self.uid, peer=self.peer_address or self.peer, node=self.listener.node.node_id)
+        self.listener.metrics.slow_consumer_dropped()
         self.wasNotCleanReason = "slow consumer: send buffer over [websocket] max_send_buffer"
         self._closing = True
         self.dropConnection(abort=True)
 
-    # --- login ---------------------------------------------------------------
+    # --- bytes out: every one counts toward max_send_buffer ---------------------
 
-    def onConnect(self, request):
-        self._app = self.factory.app
-        self._closed_waiters = []
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        # Autobahn's own writes (pongs, close frames, handshake answers) too
+        guard = self._send_guard
+        if guard is not None:
+            guard.sent(len(data))
+        super().sendData(data, sync, chopsize)
+
+    def send_text(self, payload: bytes) -> None:
+        """One text message (the tuned protocol writes the frame itself)."""
+        self.sendMessage(payload)
+
+    def write_frame(self, frame: bytes) -> None:
+        """A whole frame straight on the transport (nothing queued before it)."""
+        guard = self._send_guard
+        if guard is not None:
+            guard.sent(len(frame))
+        self.transport.write(frame)
+
+    # --- the opening handshake ---------------------------------------------------
+
+    def processHandshake(self) -> None:
+        end = self.data.find(b"\r\n\r\n", 0, MAX_HANDSHAKE_BYTES + 4)
+        if end < 0 and len(self.data) > MAX_HANDSHAKE_BYTES:
+            self.data = b""
+            return self.failHandshake("request line and headers over %d bytes" % MAX_HANDSHAKE_BYTES, 431)
+        return super().processHandshake()
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """Every refusal before the WebSocket opens is a short JSON answer."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = json.dumps({"error": reason[:200]}).encode("utf-8")
+        head = ["HTTP/1.1 %d %s" % (code, phrase), "Content-Type: application/json; charset=utf-8",
+                "Content-Length: %d" % len(body), "Connection: close"]
+        if code == 426:
+            head.append("Upgrade: websocket")
+        for name, value in responseHeaders or ():
+            head.append("%s: %s" % (name, value))
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    def onConnect(self, request: Any) -> Deferred:
+        listener = self.listener
         self.peer_address = request.peer
+        origin = request.headers.get("origin")
+        if origin is not None and listener.allowed_origins and not _origin_allowed(origin, listener.allowed_origins):
+            _log.info("refused a handshake from {peer}: origin {origin!r} not in [http] cors_origins",
+                      peer=request.peer, origin=origin[:100])
+            raise ConnectionDeny(403, "origin not allowed")
         token = token_from_request(request.path, request.params)
-        d = self._app.verifier.verify(token)
+        d = listener.verifier.verify(token)
         d.addCallback(self._token_verified)
         d.addErrback(self._token_refused)
         return d
 
-    def _token_verified(self, uid):
-        app = self._app
-        if not app.bus.healthy:
+    def _token_verified(self, uid: int) -> Any:
+        node = self.listener.node
+        if self._gone:
+            return None   # the client left during the check: register nothing
+        if not node.healthy:
             raise LoginRefused("service unavailable, try again later")
-        self.conn_id = app.next_server_id()
-        settings = app.settings.websocket
-        self.login_score = int(app.clock.seconds() * 1e6)
-        d = app.presence.login(uid, self.conn_id, self.login_score, settings.max_devices)
+        self.conn_id = node.next_server_id()
+        self.login_score = int(self.listener.clock.seconds() * 1e6)
+        d = node.register(uid, self.conn_id, self.login_score)
         d.addCallbacks(self._registered, self._registration_failed, callbackArgs=(uid,))
         return d
 
-    def _registered(self, replaced, uid):
-        self.uid = self._registered_uid = uid
+    def _registered(self, replaced: Sequence[str], uid: int) -> None:
+        self._registered_uid = uid
+        if self._gone:
+            # It left while Redis recorded it: take the record back at once.
+            self._forget_registration()
+            return
+        self.uid = uid
         self._replaced = replaced
-        return None
 
-    @staticmethod
-    def _registration_failed(failure):
+    def _registration_failed(self, failure: Failure) -> None:
+        self.conn_id = None
         failure.trap(StoreUnavailable)
         raise LoginRefused("service unavailable, try again later")
 
-    def _token_refused(self, failure):
+    def _token_refused(self, failure: Failure) -> None:
         if failure.check(LoginRefused):
             self._refusal = failure.value.reason
         else:
             _log.failure("login check failed", failure)
             self._refusal = "internal error"
-        self._app.metrics.login_refused(self._refusal)
+        self.listener.metrics.login_refused(self._refusal)
         _log.info("login refused peer={peer} node={node}: {why}", peer=self.peer_address,
-                  node=self._app.node_id, why=self._refusal)
-        return None
+                  node=self.listener.node.node_id, why=self._refusal)
 
-    def onOpen(self):
+    def onOpen(self) -> None:
+        self._release_handshake()
+        if self._gone:
+            return
+        listener = self.listener
         if self.uid is None:
-            self.close_with(CLOSE_UNAUTHORIZED, self._refusal or "unauthorized")
+            self.close_with(protocol.CLOSE_UNAUTHORIZED, self._refusal or "unauthorized")
             return
-        app = self._app
-        if app.shutting_down:
+        node = listener.node
+        if node.shutting_down:
             self.uid = None
-            self.close_with(CLOSE_GOING_AWAY, "server shutting down")
+            self._forget_registration()
+            self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
             return
-        settings = app.settings.websocket
-        self._pending = deque()
+        settings = listener.settings.websocket
+        now = listener.clock.seconds()
+        self._pending: Any = deque()
         self._errors = 0
-        self._tokens = float(settings.burst)
-        self._tokens_at = app.clock.seconds()
-        self._idle_call = app.clock.callLater(settings.idle_timeout, self._idle)
+        self._bucket = TokenBucket(settings.rate, settings.burst, now)
+        self._history_bucket = TokenBucket(settings.history_rate, settings.history_burst, now)
+        self._idle_call = listener.clock.callLater(settings.idle_timeout, self._idle)
         self._counted = True
-        app.metrics.login_ok()
-        app.metrics.connection_opened()
-        for conn_id in self._replaced:
-            app.replace_local(self.uid, conn_id)
-        app.sessions.add(self)
+        listener.metrics.login_ok()
+        listener.metrics.connection_opened()
+        node.add(self, self._replaced)
         _log.info("login uid={uid} peer={peer} node={node}", uid=self.uid, peer=self.peer_address,
-                  node=app.node_id)
-        self.send_packet(protocol.login(app.next_server_id(), self.uid))
+                  node=node.node_id)
+        self.send_packet(protocol.login(node.next_server_id(), self.uid))
 
-    # --- packets in ----------------------------------------------------------
+    # --- packets in ----------------------------------------------------------------
 
-    def onMessageEnd(self):
-        # Autobahn's own also fires a "message" event for observers registered
-        # with .on() (a Deferred and two callbacks per message, ~5% of the
-        # process's CPU at full load); imd registers none.
-        if self._listeners is not None or self._parent is not None or self.trackedTimings:
-            return super().onMessageEnd()
-        if not self.failedByMe:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None
-        return None
-
-    def onMessage(self, payload, isBinary):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.uid is None or self._closing:
             return
-        app = self._app
-        settings = app.settings.websocket
-        self._idle_call.reset(settings.idle_timeout)
-        received = app.clock.seconds()
+        listener = self.listener
+        now = listener.clock.seconds()
+        self._idle_call.reset(listener.settings.websocket.idle_timeout)
         try:
             packet = protocol.parse_frame(payload, isBinary)
         except protocol.PacketError as e:
-            app.metrics.frame_rejected(e.code)
-            self._take_token(settings)
+            listener.metrics.frame_rejected(e.code)
+            self._bucket.take(now)
             self._answer(_Failed(e.packet_id, e))
             return
-        app.metrics.packet_in(packet.type)
+        kind = packet.type
+        listener.metrics.packet_in(kind)
         if self._draining:
             # Shutting down: only packets received before the stop are handled.
             self._answer(_Failed(packet.id, ImdError("unavailable", "server shutting down, retry")))
             return
-        if not self._take_token(settings):
+        if not self._bucket.take(now) or (kind == "H" and not self._history_bucket.take(now)):
             self._answer(_Failed(packet.id, ImdError("rate_limited")))
             return
-        handler = app.handlers.get(packet.type)
+        handler = listener.handlers.get(kind)
         if handler is None:
-            self._answer(_Failed(packet.id, ImdError("unknown_type", "%s is not served by this server" % packet.type)))
+            self._answer(_Failed(packet.id, ImdError("unknown_type", "%s is not served by this server" % kind)))
             return
         try:
             outcome = handler(self.uid, packet)
@@ -219,21 +297,36 @@ class ImdServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("unexpected error while handling a packet")
             outcome = _Failed(packet.id, ImdError("internal"))
-        self._answer(outcome, packet.id, (packet.type, received))
+        self._answer(outcome, packet.id, (kind, now))
 
-    def _take_token(self, settings):
-        """Per-connection token bucket: ``rate`` packets/s, ``burst`` at once."""
-        now = self._app.clock.seconds()
-        self._tokens = min(float(settings.burst), self._tokens + (now - self._tokens_at) * settings.rate)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+    # Control frames: they take from the same rate as packets; past it they
+    # are not answered, and max_errors of them in a row close the connection.
+    # They never keep a connection from being idle.
+    def onPing(self, payload: bytes) -> None:
+        if self._control_allowed():
+            super().onPing(payload)
 
-    # --- replies out, in order -----------------------------------------------
+    def onPong(self, payload: bytes) -> None:
+        if self._control_allowed():
+            super().onPong(payload)
 
-    def _answer(self, outcome, packet_id=None, timing=None):
+    def _control_allowed(self) -> bool:
+        bucket = self._bucket
+        if bucket is None:
+            return True
+        if bucket.take(self.listener.clock.seconds()):
+            self._control_strikes = 0
+            return True
+        self._control_strikes += 1
+        if self._control_strikes >= self.listener.settings.websocket.max_errors and not self._closing:
+            _log.warn("closing uid={uid} peer={peer}: control frames over [websocket] rate", uid=self.uid,
+                      peer=self.peer_address)
+            self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, "too many control frames")
+        return False
+
+    # --- replies out, in order -------------------------------------------------------
+
+    def _answer(self, outcome: Any, packet_id: Any = None, timing: Any = None) -> None:
         if not isinstance(outcome, Deferred):
             if self._pending:
                 slot = _Slot(timing)
@@ -247,129 +340,129 @@ class ImdServerProtocol(WebSocketServerProtocol):
         # One callback pair, not three callbacks: ~1.5 us each per message.
         outcome.addCallbacks(self._fill, self._fill_failed, callbackArgs=(slot,), errbackArgs=(slot, packet_id))
 
-    def _fill_failed(self, failure, slot, packet_id):
-        self._count_store_error(failure)
+    def _fill_failed(self, failure: Failure, slot: _Slot, packet_id: Any) -> None:
+        if failure.check(StoreUnavailable):
+            self.listener.metrics.store_error(failure.getErrorMessage())
         self._fill(_as_failed(failure, packet_id), slot)
 
-    def _fill(self, outcome, slot):
+    def _fill(self, outcome: Any, slot: _Slot) -> None:
         slot.outcome = outcome
         pending = self._pending
         while pending and pending[0].outcome is not None:
             head = pending.popleft()
             self._emit(head.outcome, head.timing)
         if self._draining and not pending:
-            self.close_with(CLOSE_GOING_AWAY, "server shutting down")
+            self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
 
-    def _count_store_error(self, failure):
-        if failure.check(StoreUnavailable):
-            self._app.metrics.store_error(failure.getErrorMessage())
-        return failure
-
-    def _emit(self, outcome, timing=None):
-        metrics = self._app.metrics
+    def _emit(self, outcome: Any, timing: Any = None) -> None:
+        metrics = self.listener.metrics
         if isinstance(outcome, Reply):
             self._errors = 0
             self.send_packet(outcome.frame)
             if timing is not None:
-                metrics.reply_sent(timing[0], timing[1], self._app.clock.seconds())
-            if outcome.deliver_to is not None:
-                if self._app.settings.log.messages:
-                    # ("message" is a reserved key of Twisted's legacy log bridge)
-                    _log.info("message uid={uid} to={to} node={node}: {packet}", uid=self.uid,
-                              to=outcome.deliver_to, node=self._app.node_id,
-                              packet=outcome.payload.decode("utf-8", "replace"))
-                # Delivered even when the sender has gone: it is stored.
-                reached = self._app.router.deliver(outcome.deliver_to, outcome.payload)
-                if isinstance(reached, int):
-                    metrics.delivered(reached)
+                metrics.reply_sent(timing[0], timing[1], self.listener.clock.seconds())
             return
         error = outcome.error
         metrics.error_sent(error.code)
         self.send_packet(protocol.error(outcome.packet_id, error.code, error.reason))
+        if error.code == "unavailable":
+            return  # a server-side outage is not the client's fault: it retries
         self._errors += 1
-        if self._errors >= self._app.settings.websocket.max_errors and not self._closing:
-            self.close_with(CLOSE_TOO_MANY_ERRORS, "too many errors")
+        if self._errors >= self.listener.settings.websocket.max_errors and not self._closing:
+            self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, "too many errors")
 
-    # --- packets out and closing ---------------------------------------------
+    # --- packets out and closing --------------------------------------------------
 
-    def send_packet(self, payload):
+    def send_packet(self, payload: bytes) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
-            if self.send_queue or self._perMessageCompress is not None or not self._plain_frames or (
-                    0 < self.maxMessagePayloadSize < len(payload)):
-                self.sendMessage(payload)
-            else:
-                # What sendMessage would write here, without its generic path.
-                self.transport.write(text_frame(payload))
-            self._app.flusher.written(self.transport)
-            if self._send_guard is not None:
-                self._send_guard.sent(len(payload))
+            self.send_text(payload)
+            flusher = self.listener.flusher
+            if flusher is not None:
+                flusher.written(self.transport)
 
-    def close_with(self, code, reason):
+    def close_with(self, code: int, reason: str) -> None:
         """``C`` with ``reason``, then the WebSocket close ``code``."""
         if self._closing:
             return
         if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(protocol.close(self._app.next_server_id(), reason))
+            self.sendMessage(protocol.close(self.listener.node.next_server_id(), reason))
         self._closing = True
         self._forget()
-        if code == CLOSE_GOING_AWAY:
+        if code == protocol.CLOSE_GOING_AWAY:
             # sendClose only lets applications use 1000 and 3000-4999, but
             # 1001 "going away" is the standard code for a server stopping.
             self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
         else:
             self.sendClose(code, reason[:100])
 
-    def go_away(self):
+    def go_away(self) -> Deferred:
         """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
-        Fires once the connection is closed."""
-        self._draining = True
-        closed = Deferred()
+        Fires once the connection is closed, whatever state it is in."""
+        closed: Deferred = Deferred()
+        if self._gone or self.state == WebSocketServerProtocol.STATE_CLOSED:
+            closed.callback(None)
+            return closed
         self._closed_waiters.append(closed)
-        if not self._pending:
-            self.close_with(CLOSE_GOING_AWAY, "server shutting down")
+        self._draining = True
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            # still in its opening handshake (or closing): nothing to answer
+            self.dropConnection(abort=True)
+        elif not getattr(self, "_pending", None):
+            self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
         return closed
 
-    def _idle(self):
-        self._idle_call = None
-        self.close_with(CLOSE_IDLE, "idle for too long")
+    def abort(self) -> None:
+        """Drop the TCP connection now (a shutdown whose grace is over)."""
+        self.dropConnection(abort=True)
 
-    def _forget(self):
+    def _idle(self) -> None:
+        self._idle_call = None
+        self.close_with(protocol.CLOSE_IDLE, "idle for too long")
+
+    def _forget(self) -> None:
         if self.uid is not None:
-            self._app.sessions.remove(self)
-        if self.conn_id is not None:
-            uid, conn_id, self.conn_id = self._registered_uid, self.conn_id, None
-            d = self._app.presence.logout(uid, conn_id)
-            d.addErrback(lambda f: _log.warn("logout of uid={uid} not recorded: {why}",
-                                             uid=uid, why=f.getErrorMessage()))
+            self.listener.node.remove(self)
+        self._forget_registration()
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
 
-    def onClose(self, wasClean, code, reason):
+    def _forget_registration(self) -> None:
+        if self.conn_id is not None and self._registered_uid is not None:
+            uid, conn_id, self.conn_id = self._registered_uid, self.conn_id, None
+            self.listener.node.unregister(uid, conn_id)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        self._gone = True
+        self._release_handshake()
         if self.uid is not None:
             # The code of whoever closed first (Autobahn reports the peer's echo).
             code = self.localCloseCode if self.closedByMe and self.localCloseCode else code
             _log.info("logout uid={uid} peer={peer} node={node} code={code}", uid=self.uid,
-                      peer=getattr(self, "peer_address", None), node=self._app.node_id, code=code)
+                      peer=self.peer_address, node=self.listener.node.node_id, code=code)
         self._closing = True
         if self._counted:
             self._counted = False
-            self._app.metrics.connection_closed()
-        if hasattr(self, "_app"):
-            self._forget()
+            self.listener.metrics.connection_closed()
+        self._forget()
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
-            waiter.callback(code)
+            if not waiter.called:
+                waiter.callback(code)
+
+
+def _origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
+    return "*" in allowed or origin.rstrip("/") in allowed
 
 
 class ImdServerFactory(WebSocketServerFactory):
     protocol = ImdServerProtocol
 
-    def __init__(self, app, url=None):
-        super().__init__(url)
-        self.app = app
-        ws = app.settings.websocket
-        self.limits = ConnectionLimits(ws.max_connections, ws.max_per_address)
+    def __init__(self, listener: Listener, url: Optional[str] = None) -> None:
+        super().__init__(url, server=None)
+        self.listener = listener
+        ws = listener.settings.websocket
+        self.limits = ConnectionLimits(ws.max_connections, ws.max_per_address, ws.max_handshakes_per_address)
         self.setProtocolOptions(
             maxMessagePayloadSize=ws.max_message_bytes,
             maxFramePayloadSize=ws.max_message_bytes,
@@ -377,20 +470,29 @@ class ImdServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
             autoPingInterval=ws.ping_interval,
             autoPingTimeout=ws.ping_interval or None,
+            # only the pong to imd's own ping proves the client is alive
+            autoPingRestartOnAnyTraffic=False,
+            # a protocol violation (e.g. a frame over max_message_bytes) gets
+            # a close frame with its code, not a dropped TCP connection
+            failByDrop=False,
+            # no HTML status page, no version banner
+            webStatus=False,
+            # imd checks Origin itself (onConnect), against [http] cors_origins
             allowedOrigins=["*"],
             allowNullOrigin=True,
         )
-        # the options as class attributes, not copied into every connection
-        self.protocol = protocol_with_options(self, ImdServerProtocol)
+        self.protocol = type(ImdServerProtocol.__name__, (ImdServerProtocol,), {"listener": listener})
+        self.protocol = tuned(self, self.protocol)
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: Any) -> Any:
         address = peer_address(addr)
         status = self.limits.admit(address)
         if status is not None:
-            self.app.metrics.connection_refused(status)
+            self.listener.metrics.connection_refused(status)
             _log.warn("refused a connection from {peer} node={node}: HTTP {status} ({open} open)",
-                      peer=address, node=self.app.node_id, status=status, open=self.limits.total)
+                      peer=address, node=self.listener.node.node_id, status=status, open=self.limits.total)
             return Refusal(status)
         protocol = super().buildProtocol(addr)
         protocol.limit_address = address
+        protocol._handshaking = True
         return protocol

@@ -1,0 +1,59 @@
+"""The frames nodes send each other over Redis pub/sub: one codec, used by the
+Python side (:func:`encode`, :func:`decode`) and, as the Lua functions in
+:data:`LUA`, by the scripts that publish from inside Redis.
+
+A frame is text: ``<kind> <uid> <rest>``.
+
+- ``d <uid> <packet>``: deliver ``packet`` (a server packet's JSON) to every
+  connection of ``uid`` on the receiving node;
+- ``k <uid> <reason>``: close them with ``C`` + 4003 (an operator's kick);
+- ``r <uid> <conn id>``: close that one connection with ``C`` + 4002 (a newer
+  device pushed it out).
+"""
+
+from typing import NamedTuple, Union
+
+DELIVER, KICK, REPLACE = "d", "k", "r"
+KINDS = frozenset((DELIVER, KICK, REPLACE))
+
+# The same frames built inside Redis (prepended to the scripts that publish).
+LUA = """
+local function frame(kind, uid, rest)
+  return kind .. ' ' .. uid .. ' ' .. rest
+end
+"""
+
+
+class Frame(NamedTuple):
+    kind: str
+    uid: int
+    rest: str
+
+
+class BadFrame(ValueError):
+    pass
+
+
+def encode(kind: str, uid: int, rest: Union[str, bytes]) -> bytes:
+    if kind not in KINDS:
+        raise ValueError("unknown bus frame kind %r" % (kind,))
+    if isinstance(rest, str):
+        rest = rest.encode("utf-8")
+    return b"%s %d %s" % (kind.encode("ascii"), uid, rest)
+
+
+def decode(frame: Union[str, bytes]) -> Frame:
+    """A :class:`Frame`, or :class:`BadFrame`."""
+    if isinstance(frame, bytes):
+        try:
+            frame = frame.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadFrame("not UTF-8")
+    try:
+        kind, uid, rest = frame.split(" ", 2)
+        number = int(uid)
+    except ValueError:
+        raise BadFrame("not '<kind> <uid> <rest>'")
+    if kind not in KINDS or number <= 0 or not uid.isdigit():
+        raise BadFrame("unknown kind or bad uid")
+    return Frame(kind, number, rest)

@@ -1,0 +1,213 @@
+"""The local node: this process's connections and the only way to reach a user.
+
+:class:`LocalNode` owns the sessions (the WebSocket connections of this
+process, by uid), delivery to them, the device limit, kicks, draining on
+shutdown and the shutting-down state.  Handlers call :meth:`LocalNode.deliver`
+and :meth:`LocalNode.kick`; they never see a socket.  The transport registers
+its connections here and never decides who gets what.
+
+Delivery to a user's connections on other nodes goes through Redis pub/sub:
+``deliver`` hands the packet to this node's connections at once and queues it
+for the others; at the end of the reactor turn one script publishes the
+whole turn's queue (:meth:`PresenceStore.route`), one frame to each other
+node that holds a connection of the recipient.  Frames from other nodes come
+back through :meth:`frame_received` (imd.bus receives them).
+"""
+
+import itertools
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+try:
+    from typing import Protocol
+except ImportError:  # Python < 3.8
+    Protocol = object  # type: ignore
+
+from imd import busframes, protocol
+
+_log = Logger()
+
+
+class Session(Protocol):
+    """What the node needs of a connection (imd.transport.websocket implements it)."""
+
+    uid: int
+    conn_id: str
+    login_score: int
+
+    def send_packet(self, payload: bytes) -> None: ...
+
+    def close_with(self, code: int, reason: str) -> None: ...
+
+    def go_away(self) -> Deferred: ...
+
+    def abort(self) -> None: ...
+
+
+class LocalNode:
+    def __init__(self, node_id: str, presence: Any, clock: Any, max_devices: int, metrics: Any = None,
+                 healthy: Callable[[], bool] = lambda: True) -> None:
+        self.node_id = node_id
+        self.presence = presence
+        self.max_devices = max_devices
+        self.metrics = metrics
+        self.shutting_down = False
+        self._clock = clock
+        self._healthy = healthy
+        self._by_uid: Dict[int, List[Session]] = {}
+        self._remote: List[Tuple[int, bytes]] = []
+        self._route_call: Any = None
+        self._server_id_prefix = "%x" % int(clock.seconds() * 1000)
+        self._server_ids = itertools.count(1)
+
+    # --- identity ----------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        """This process run's prefix of server ids (and connection ids)."""
+        return self._server_id_prefix
+
+    def next_server_id(self) -> str:
+        """An id for server-made packets (``L``, ``C``, ``S``), unique per process run."""
+        return "%s-%d" % (self._server_id_prefix, next(self._server_ids))
+
+    @property
+    def healthy(self) -> bool:
+        """Linked to the other nodes (subscribed and registered): only then
+        does this node take logins and messages."""
+        return self._healthy()
+
+    # --- sessions ----------------------------------------------------------------
+
+    def register(self, uid: int, conn_id: str, score: int) -> Deferred:
+        """Record a new connection in Redis (``[websocket] max_devices``
+        across nodes); fires with the conn ids of this node it pushes out."""
+        return self.presence.login(uid, conn_id, score, self.max_devices)
+
+    def unregister(self, uid: int, conn_id: str) -> None:
+        d = self.presence.logout(uid, conn_id)
+        d.addErrback(lambda f: _log.warn("logout of uid={uid} not recorded: {why}", uid=uid,
+                                         why=f.getErrorMessage()))
+
+    def add(self, session: Session, replaced: Sequence[str] = ()) -> None:
+        """``session`` is open: it receives what is delivered to its user;
+        ``replaced`` (its login pushed them out) get ``C`` + 4002."""
+        for conn_id in replaced:
+            self.replace_local(session.uid, conn_id)
+        self._by_uid.setdefault(session.uid, []).append(session)
+
+    def remove(self, session: Session) -> None:
+        sessions = self._by_uid.get(session.uid)
+        if sessions and session in sessions:
+            sessions.remove(session)
+            if not sessions:
+                del self._by_uid[session.uid]
+
+    def sessions_of(self, uid: int) -> Sequence[Session]:
+        return self._by_uid.get(uid, ())
+
+    def find(self, uid: int, conn_id: str) -> Optional[Session]:
+        for session in self._by_uid.get(uid, ()):
+            if session.conn_id == conn_id:
+                return session
+        return None
+
+    def sessions(self) -> List[Session]:
+        return [s for sessions in self._by_uid.values() for s in sessions]
+
+    def connections(self) -> Iterator[Tuple[int, str, int]]:
+        """``(uid, conn_id, login score)`` of every open connection (the bus
+        registers them again after Redis lost them)."""
+        for uid, sessions in list(self._by_uid.items()):
+            for session in sessions:
+                if session.conn_id is not None:
+                    yield uid, session.conn_id, session.login_score
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_uid.values())
+
+    # --- delivery ----------------------------------------------------------------
+
+    def deliver(self, uid: int, payload: bytes) -> int:
+        """``payload`` to every connection of ``uid``, here now and on other
+        nodes at the end of this reactor turn.  How many here got it."""
+        reached = self.deliver_local(uid, payload)
+        self._remote.append((uid, payload))
+        if self._route_call is None:
+            self._route_call = self._clock.callLater(0, self._route)
+        if self.metrics is not None:
+            self.metrics.delivered(reached)
+        return reached
+
+    def deliver_local(self, uid: int, payload: bytes) -> int:
+        sessions = self._by_uid.get(uid, ())
+        for session in sessions:
+            session.send_packet(payload)
+        return len(sessions)
+
+    def _route(self) -> None:
+        self._route_call = None
+        batch, self._remote = self._remote, []
+        d = self.presence.route(batch)
+        d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
+                                         why=f.getErrorMessage()))
+
+    def kick(self, uid: int, reason: str) -> Deferred:
+        """Close every connection of ``uid`` on every node (``C`` + 4003);
+        fires with how many nodes were told (this one hears it on the bus)."""
+        return self.presence.kick(uid, reason)
+
+    def kick_local(self, uid: int, reason: str) -> int:
+        sessions = list(self._by_uid.get(uid, ()))
+        for session in sessions:
+            session.close_with(protocol.CLOSE_KICKED, reason or "kicked by an operator")
+        return len(sessions)
+
+    def replace_local(self, uid: int, conn_id: str) -> None:
+        """A newer device of ``uid`` pushed ``conn_id`` out: ``C`` + 4002."""
+        session = self.find(uid, conn_id)
+        if session is not None:
+            session.close_with(protocol.CLOSE_REPLACED, "replaced by a newer device")
+
+    def frame_received(self, frame: Any) -> None:
+        """A frame from another node (imd.busframes)."""
+        try:
+            kind, uid, rest = busframes.decode(frame)
+        except busframes.BadFrame:
+            _log.warn("ignoring a malformed bus frame: {frame!r}", frame=bytes(frame[:80]) if frame else frame)
+            return
+        try:
+            if kind == busframes.DELIVER:
+                self.deliver_local(uid, rest.encode("utf-8"))
+            elif kind == busframes.KICK:
+                self.kick_local(uid, rest)
+            else:
+                self.replace_local(uid, rest)
+        except Exception:
+            _log.failure("handling a bus frame")
+
+    # --- shutting down -----------------------------------------------------------
+
+    def drain(self) -> Deferred:
+        """Turn new logins away; every connection answers the packets it has,
+        then gets ``C`` + 1001.  Fires when all are closed; cancelling it
+        aborts whatever is left."""
+        self.shutting_down = True
+        sessions = self.sessions()
+        _log.info("shutdown: closing {count} connections on node {node}", count=len(sessions),
+                  node=self.node_id)
+        closing = [session.go_away() for session in sessions]
+
+        def cancel(d: Deferred) -> None:
+            for session in sessions:
+                session.abort()
+        done: Deferred = Deferred(cancel)
+
+        def all_closed(_: Any) -> None:
+            if not done.called:
+                done.callback(None)
+        defer.DeferredList(closing, consumeErrors=True).addBoth(all_closed)
+        return done

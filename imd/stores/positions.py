@@ -1,0 +1,26 @@
+"""Couriers' positions (``S``).
+
+Keys (imd.stores.keys): ``geo:couriers``, ``site:<uid>``.
+"""
+
+from twisted.internet.defer import Deferred
+
+from imd.stores.keys import Keys
+from imd.stores.redis import RedisClient, Script
+
+# KEYS: geo:couriers, site:<uid>; ARGV: uid, longitude, latitude, ts
+RECORD_SITE = Script("""
+redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], 'longitude', ARGV[2], 'latitude', ARGV[3], 'ts', ARGV[4])
+return 1
+""", "record_site")
+
+
+class PositionStore:
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def record_site(self, uid: int, longitude: float, latitude: float, ts: int) -> Deferred:
+        return self.client.run(RECORD_SITE, [self.keys.geo_couriers, self.keys.site(uid)],
+                               [uid, repr(longitude), repr(latitude), ts])
