@@ -71,7 +71,8 @@ class App:
         self.mysql = MysqlStore(settings.mysql)
         self.queue = QueueStore(self.redis_client, settings.redis.prefix)
         self.migrator = None
-        self.metrics = Metrics(migrator=lambda: self.migrator)
+        self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
+                               node=self.node_id, roles=settings.imd.roles)
         self.tls = TlsReloader(reactor)
 
         messages = MessageHandler(self.presence, self.clock, can_route=lambda: self.bus.healthy)
@@ -124,6 +125,10 @@ class App:
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
+        # [imd] metrics_listen and this process's registry entry: stopped
+        # late, so a draining node can still be scraped.
+        from imd.scrape import scrape_services
+        scrape_services(self).setServiceParent(top)
         if "migrate" in self.settings.imd.roles:
             self.migrator_service().setServiceParent(top)
         if "ws" in self.settings.imd.roles:

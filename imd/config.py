@@ -197,6 +197,9 @@ class ImdSettings:
     roles: frozenset = _setting("ws, http, migrate", _roles)
     node_id: str = _setting("", _text)
     shutdown_grace: float = _setting("10", _number())
+    # /metrics and /healthz of this process whatever its roles (empty = none
+    # beyond the http role's own); docs/http.md
+    metrics_listen: str = _setting("", _endpoint(optional=True))
 
 
 @dataclass(frozen=True)
