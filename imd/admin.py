@@ -1,4 +1,5 @@
-"""``imd-admin``: the operator's console (keys, tokens, friends, orders, kick, schema, TLS)."""
+"""``imd-admin``: the operator's console (keys, tokens, friends, orders, kick,
+schema, TLS, the migration queue)."""
 
 import argparse
 import os
@@ -86,7 +87,43 @@ def build_parser():
     selfsigned.add_argument("--force", action="store_true", help="replace existing files")
     # Needs neither the config nor Redis.
     selfsigned.set_defaults(run=tls_selfsigned, offline=True)
+
+    add_mq_commands(commands)
+
     return parser
+
+
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected a whole number, 0 or more, got %r" % text)
+    return value
+
+
+def add_mq_commands(commands):
+    from imd import admin_mq
+    mq = commands.add_parser("mq", help="the migration queue: MQ, MQ:processing, MQ:dead")
+    mq_cmd = mq.add_subparsers(dest="action", metavar="ACTION")
+    mq_cmd.required = True
+    status = mq_cmd.add_parser("status", help="entries queued, in flight and dead; the oldest's age; the leader")
+    status.set_defaults(run=admin_mq.mq_status)
+    dead = mq_cmd.add_parser("dead", help="entries the migrator could not store (MQ:dead)")
+    dead_cmd = dead.add_subparsers(dest="dead_action", metavar="ACTION")
+    dead_cmd.required = True
+    listing = dead_cmd.add_parser("list", help="print them, oldest first")
+    listing.add_argument("--limit", type=_count, default=20, metavar="N", help="at most N (default: %(default)s)")
+    listing.add_argument("--full", action="store_true", help="whole entries, however long")
+    listing.set_defaults(run=admin_mq.mq_dead_list)
+    replay = dead_cmd.add_parser("replay", help="move them back to MQ for the migrator, once each")
+    replay.add_argument("--limit", type=_count, default=0, metavar="N", help="only the N oldest (default: all)")
+    replay.set_defaults(run=admin_mq.mq_dead_replay)
+    drop = dead_cmd.add_parser("drop", help="delete them for good (asks first)")
+    drop.add_argument("--limit", type=_count, default=0, metavar="N", help="only the N oldest (default: all)")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    drop.set_defaults(run=admin_mq.mq_dead_drop)
 
 
 def tls_selfsigned(args, out):
