@@ -1,5 +1,5 @@
 """``imd-admin``: the operator's console (keys, tokens, friends, orders, kick,
-schema, TLS, the migration queue)."""
+schema, TLS, the migration queue, the live view)."""
 
 import argparse
 import os
@@ -90,6 +90,12 @@ def build_parser():
 
     add_mq_commands(commands)
 
+    top = commands.add_parser("top", help="live view of every node: connections, messages/s, ack p99, MQ, lag")
+    top.add_argument("-n", "--iterations", type=_count, default=0, metavar="N",
+                     help="stop after N refreshes (default: until q or Ctrl-C)")
+    top.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes (default: %(default)s)")
+    top.set_defaults(run=run_top)
     return parser
 
 
@@ -100,6 +106,16 @@ def _count(text):
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError("expected a whole number, 0 or more, got %r" % text)
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("expected seconds between 0.1 and 3600, got %r" % text)
     return value
 
 
@@ -124,6 +140,11 @@ def add_mq_commands(commands):
     drop.add_argument("--limit", type=_count, default=0, metavar="N", help="only the N oldest (default: all)")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     drop.set_defaults(run=admin_mq.mq_dead_drop)
+
+
+def run_top(app, args, out):
+    from imd.top import run
+    return run(app, args, out)
 
 
 def tls_selfsigned(args, out):
