@@ -335,6 +335,7 @@ def _build_section(path, name, cls, raw):
 
 
 def _check_across_keys(path, settings):
+    _check_metrics_port(path, settings)
     if settings.mysql.pool_min > settings.mysql.pool_max:
         raise ConfigError(path, "mysql", "pool_min",
                           "must not exceed pool_max (%d > %d)"
@@ -346,6 +347,37 @@ def _check_across_keys(path, settings):
                 raise ConfigError(path, "http", "auth",
                                   "'dev' trusts any caller and is allowed only on loopback "
                                   "listeners; [http] %s is %r" % (key, endpoint))
+
+
+def _check_metrics_port(path, settings):
+    """``metrics_listen`` on a port another listener of this process takes
+    would only fail at start-up, with a less clear message."""
+    metrics = _fixed_port(settings.imd.metrics_listen)
+    if metrics is None:
+        return
+    others = []
+    if "ws" in settings.imd.roles:
+        others += [("websocket", "listen"), ("websocket", "tls_listen")]
+    if "http" in settings.imd.roles:
+        others += [("http", "listen"), ("http", "tls_listen")]
+    for section, key in others:
+        if _fixed_port(getattr(getattr(settings, section), key)) == metrics:
+            raise ConfigError(path, "imd", "metrics_listen",
+                              "port %d is already [%s] %s's; give metrics a port of their own"
+                              % (metrics, section, key))
+
+
+def _fixed_port(description):
+    """The port of a tcp:/ssl: endpoint string, None for port 0 or none."""
+    parts = description.split(":") if description else []
+    if not parts or parts[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    for part in parts[1:]:
+        if part.startswith("port="):
+            part = part[len("port="):]
+        if part.isdigit():
+            return int(part) or None
+    return None
 
 
 def is_loopback_endpoint(description):

@@ -13,7 +13,7 @@ import socket
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd import __version__
@@ -66,7 +66,7 @@ class MetricsListener(StreamServerEndpointService):
     name = "metrics-listener"
     url = ""
 
-    def __init__(self, endpoint, site, secure=False, on_url=lambda url: None):
+    def __init__(self, endpoint, site, secure: bool = False, on_url=lambda url: None):
         super().__init__(_RecordingEndpoint(endpoint, self._listening), site)
         self._secure = secure
         self._on_url = on_url
@@ -85,7 +85,7 @@ class ProcessAnnouncer(Service):
 
     name = "process-announcer"
 
-    def __init__(self, registry, identity, info, ttl, clock):
+    def __init__(self, registry: ProcessRegistry, identity: str, info, ttl: float, clock):
         """``info()``: the dict to store, asked at each refresh."""
         self._registry = registry
         self._identity = identity
@@ -93,26 +93,30 @@ class ProcessAnnouncer(Service):
         self._ttl = ttl
         self._clock = clock
         self._loop = None
+        self._connecting = None
         self._warned = False
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         self._loop = task.LoopingCall(self.announce)
         self._loop.clock = self._clock
         self._loop.start(self._ttl / 3.0, now=False)
         # The first entry as soon as Redis is connected (the loop retries
         # if it is not within ttl).
-        d = self._registry.client.wait_connected(self._ttl)
-        d.addCallbacks(lambda _: self.announce(), lambda f: f.trap(StoreUnavailable))
+        self._connecting = self._registry.client.wait_connected(self._ttl)
+        self._connecting.addCallbacks(lambda _: self.announce(),
+                                      lambda f: f.trap(StoreUnavailable, defer.CancelledError))
 
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
         super().stopService()
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         d = self._registry.unregister(self._identity)
         return d.addErrback(lambda f: f.trap(StoreUnavailable))
 
-    def announce(self):
+    def announce(self):  # -> Deferred or None
         """Refresh the entry now; a failure is logged once and retried."""
         if not self.running or not self._registry.client.connected:
             return None

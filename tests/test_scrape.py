@@ -26,6 +26,16 @@ class MetricsListenConfigTests(unittest.SynchronousTestCase):
             parse_settings(settings_text({"imd": {"metrics_listen": "tcp:notaport"}}), "imd.ini")
         self.assertIn("imd.ini: [imd] metrics_listen: not a usable Twisted endpoint string", str(caught.exception))
 
+    def test_a_port_another_listener_takes_is_refused(self):
+        with self.assertRaises(ConfigError) as caught:
+            parse_settings(settings_text({"imd": {"roles": "ws, http", "metrics_listen": "tcp:8766"},
+                                          "http": {"listen": "tcp:port=8766:interface=127.0.0.1"}}), "imd.ini")
+        self.assertEqual(str(caught.exception), "imd.ini: [imd] metrics_listen: port 8766 is already "
+                                                "[http] listen's; give metrics a port of their own")
+        # another role's port is free in this process
+        parse_settings(settings_text({"imd": {"roles": "ws", "metrics_listen": "tcp:8766"},
+                                      "http": {"listen": "tcp:8766:interface=127.0.0.1"}}), "imd.ini")
+
     def test_the_command_line_overrides_it(self):
         path = self.mktemp()
         with open(path, "w") as f:
@@ -95,6 +105,13 @@ class ProcessRegistryTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(len(calls), 2)
         await announcer.stopService()
         self.assertEqual(await registry.processes(), [])
+
+    def test_stopped_before_redis_connects_it_leaves_nothing_running(self):
+        client = RedisClient(make_settings().redis.url, 1, reactor)   # never started: never connects
+        announcer = ProcessAnnouncer(ProcessRegistry(client), "n/ws", dict, 30, reactor)
+        announcer.startService()
+        # trial fails the test if a wait for Redis is still scheduled
+        return announcer.stopService()
 
 
 class EveryProcessIsScrapedTests(RedisTestMixin, unittest.TestCase):
