@@ -5,8 +5,10 @@ entries listed, replayed into MQ, or dropped.  The Redis side is
 imd.stores.deadletter; this module only words it.
 """
 
+import argparse
 import re
 import sys
+from typing import TextIO
 
 from twisted.internet import defer, threads
 
@@ -62,7 +64,7 @@ def dead_letters(app) -> DeadLetters:
 
 
 @defer.inlineCallbacks
-def mq_status(app, args, out):
+def mq_status(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
     status = yield dead_letters(app).status()
     now = app.clock.seconds()
     queued = _entries(status.queued)
@@ -83,7 +85,7 @@ def mq_status(app, args, out):
 
 
 @defer.inlineCallbacks
-def mq_dead_list(app, args, out):
+def mq_dead_list(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
     total, entries = yield dead_letters(app).oldest(args.limit)
     if not total:
         out.write("MQ:dead is empty\n")
@@ -96,7 +98,7 @@ def mq_dead_list(app, args, out):
 
 
 @defer.inlineCallbacks
-def mq_dead_replay(app, args, out):
+def mq_dead_replay(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
     moved = yield dead_letters(app).replay(args.limit or 0)
     if not moved:
         out.write("mq dead replay: MQ:dead is empty; nothing moved\n")
@@ -105,7 +107,7 @@ def mq_dead_replay(app, args, out):
     out.write("mq dead replay: moved %s back to MQ; %s left in MQ:dead\n" % (_entries(moved), _entries(left)))
 
 
-def ask_on_terminal(prompt: str):
+def ask_on_terminal(prompt: str) -> defer.Deferred:
     """A Deferred of the operator's answer (read in a thread: the reactor keeps running)."""
     if not sys.stdin.isatty():
         return defer.fail(AdminError("not confirmed (stdin is not a terminal): pass --yes to drop without asking"))
@@ -113,7 +115,7 @@ def ask_on_terminal(prompt: str):
 
 
 @defer.inlineCallbacks
-def mq_dead_drop(app, args, out):
+def mq_dead_drop(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
     letters = dead_letters(app)
     total = yield letters.length()
     count = min(total, args.limit) if args.limit else total

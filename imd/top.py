@@ -10,7 +10,9 @@ quits on ``q`` or Ctrl-C.  When stdout is not a terminal it prints one plain
 line per refresh instead.  ``--iterations N`` stops after N refreshes.
 """
 
+import argparse
 import sys
+from typing import TextIO
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReadDescriptor
@@ -29,7 +31,7 @@ _log = Logger()
 class Collector:
     """What one refresh knows: Redis's view and each process's ``/metrics``."""
 
-    def __init__(self, app, interval):
+    def __init__(self, app, interval: float):
         self._app = app
         prefix = app.settings.redis.prefix
         self._letters = DeadLetters(app.redis_client, prefix)
@@ -44,7 +46,7 @@ class Collector:
         self.redis = "%s:%d/%d" % (address.host, address.port, address.db)
 
     @defer.inlineCallbacks
-    def refresh(self):
+    def refresh(self) -> defer.Deferred:
         """Fires with a :class:`imd.top_figures.Frame`."""
         clock = self._app.clock
         try:
@@ -78,7 +80,7 @@ class Collector:
         self._states[url] = ""
         self._histories.setdefault(url, NodeHistory()).add(sample)
 
-    def close(self):
+    def close(self) -> defer.Deferred:
         return self._pool.closeCachedConnections()
 
 
@@ -189,7 +191,7 @@ class CursesOutput:
         self._screen = None
 
 
-def choose_output(app, out, interval):
+def choose_output(app, out: TextIO, interval: float):
     """The curses view on a terminal, plain lines otherwise (or when curses
     cannot drive this terminal, e.g. TERM unknown)."""
     if hasattr(out, "isatty") and out.isatty() and out is sys.stdout:
@@ -204,7 +206,7 @@ def choose_output(app, out, interval):
 
 
 @defer.inlineCallbacks
-def run(app, args, out, output=None):
+def run(app, args: argparse.Namespace, out: TextIO, output=None) -> defer.Deferred:
     """Refresh until ``q``, Ctrl-C or ``args.iterations`` refreshes."""
     collector = Collector(app, args.interval)
     output = output or choose_output(app, out, args.interval)

@@ -61,7 +61,7 @@ def histogram_quantile(q: float, buckets):
     return lower
 
 
-def bucket_delta(new, old):
+def bucket_delta(new: tuple, old: tuple):
     """Observations between two samples of one histogram (same bounds), or None."""
     if not new or [b for b, _ in new] != [b for b, _ in old]:
         return None
@@ -69,7 +69,7 @@ def bucket_delta(new, old):
     return None if any(count < 0 for _, count in delta) else delta   # a restart
 
 
-def merge_buckets(histograms):
+def merge_buckets(histograms: list):
     """The sum of several ``[(le, count)]`` with the same bounds."""
     histograms = [h for h in histograms if h]
     if not histograms:
@@ -89,12 +89,12 @@ class NodeHistory:
     def __init__(self):
         self.samples = deque(maxlen=64)
 
-    def add(self, sample: Sample):
+    def add(self, sample: Sample) -> None:
         self.samples.append(sample)
         while len(self.samples) > 2 and sample.at - self.samples[1].at >= WINDOW:
             self.samples.popleft()
 
-    def rates(self):
+    def rates(self) -> tuple:
         """``(in/s, messages/s, errors/s, ack-latency bucket delta)``, Nones until two samples."""
         if len(self.samples) < 2:
             return None, None, None, None

@@ -35,7 +35,7 @@ def build_site(app, ws_base_url=None):
     return ImdSite(root, app.clock)
 
 
-def build_metrics_site(app):
+def build_metrics_site(app) -> ImdSite:
     """``/metrics`` and ``/healthz`` alone, for ``[imd] metrics_listen``."""
     root = Root()
     root.putChild(b"healthz", HealthResource(app))

@@ -74,7 +74,7 @@ class DeadLetters:
         return self.client.call("LLEN", self.keys.mq_dead).addCallback(int)
 
     @defer.inlineCallbacks
-    def oldest(self, limit: int):
+    def oldest(self, limit: int) -> defer.Deferred:
         """``(total, entries)``: the ``limit`` oldest entries, oldest first."""
         total = int((yield self.client.call("LLEN", self.keys.mq_dead)))
         entries = []
