@@ -1,4 +1,5 @@
-"""``imd-admin``: the operator's console (keys, tokens, friends, orders, kick, schema, TLS)."""
+"""``imd-admin``: the operator's console (keys, tokens, friends, orders, kick,
+schema, TLS, the migration queue, the live view)."""
 
 import argparse
 import os
@@ -8,12 +9,8 @@ from twisted.internet import defer, task
 
 from imd.auth import generate_key_pair, issue_token
 from imd.config import ConfigError, load_settings
-from imd.errors import StoreUnavailable
+from imd.errors import AdminError, StoreUnavailable
 from imd.protocol import parse_uid
-
-
-class AdminError(Exception):
-    """A command that cannot be done; printed as one line, exit status 1."""
 
 
 def _uid(text):
@@ -86,7 +83,64 @@ def build_parser():
     selfsigned.add_argument("--force", action="store_true", help="replace existing files")
     # Needs neither the config nor Redis.
     selfsigned.set_defaults(run=tls_selfsigned, offline=True)
+
+    add_mq_commands(commands)
+
+    top = commands.add_parser("top", help="live view of every node: connections, messages/s, ack p99, MQ, lag")
+    top.add_argument("-n", "--iterations", type=_count, default=0, metavar="N",
+                     help="stop after N refreshes (default: until q or Ctrl-C)")
+    top.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes (default: %(default)s)")
+    top.set_defaults(run=run_top)
     return parser
+
+
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected a whole number, 0 or more, got %r" % text)
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("expected seconds between 0.1 and 3600, got %r" % text)
+    return value
+
+
+def add_mq_commands(commands):
+    from imd import admin_mq
+    mq = commands.add_parser("mq", help="the migration queue: MQ, MQ:processing, MQ:dead")
+    mq_cmd = mq.add_subparsers(dest="action", metavar="ACTION")
+    mq_cmd.required = True
+    status = mq_cmd.add_parser("status", help="entries queued, in flight and dead; the oldest's age; the leader")
+    status.set_defaults(run=admin_mq.mq_status)
+    dead = mq_cmd.add_parser("dead", help="entries the migrator could not store (MQ:dead)")
+    dead_cmd = dead.add_subparsers(dest="dead_action", metavar="ACTION")
+    dead_cmd.required = True
+    listing = dead_cmd.add_parser("list", help="print them, oldest first")
+    listing.add_argument("--limit", type=_count, default=20, metavar="N", help="at most N (default: %(default)s)")
+    listing.add_argument("--full", action="store_true", help="whole entries, however long")
+    listing.set_defaults(run=admin_mq.mq_dead_list)
+    replay = dead_cmd.add_parser("replay", help="move them back to MQ for the migrator, once each")
+    replay.add_argument("--limit", type=_count, default=0, metavar="N", help="only the N oldest (default: all)")
+    replay.set_defaults(run=admin_mq.mq_dead_replay)
+    drop = dead_cmd.add_parser("drop", help="delete them for good (asks first)")
+    drop.add_argument("--limit", type=_count, default=0, metavar="N", help="only the N oldest (default: all)")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    drop.set_defaults(run=admin_mq.mq_dead_drop)
+
+
+def run_top(app, args, out):
+    from imd.top import run
+    return run(app, args, out)
 
 
 def tls_selfsigned(args, out):

@@ -113,7 +113,8 @@ class App:
         self.positions = PositionStore(client, keys)
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None
-        self.metrics = Metrics(migrator=lambda: self.migrator)
+        self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
+                               node=self.node_id, roles=settings.imd.roles)
         self.tls = TlsReloader(reactor)
         self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
@@ -152,6 +153,10 @@ class App:
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
+        # [imd] metrics_listen and this process's registry entry: stopped
+        # late, so a draining node can still be scraped.
+        from imd.scrape import scrape_services
+        scrape_services(self).setServiceParent(top)
         roles = self.settings.imd.roles
         if "migrate" in roles:
             self.migrator_service().setServiceParent(top)

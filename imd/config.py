@@ -232,6 +232,9 @@ class ImdSettings:
     roles: frozenset = _setting("ws, http, migrate", _roles)
     node_id: str = _setting("", _text)
     shutdown_grace: float = _setting("10", _number())
+    # /metrics and /healthz of this process whatever its roles (empty = none
+    # beyond the http role's own); docs/http.md
+    metrics_listen: str = _setting("", _endpoint(optional=True))
 
 
 @dataclass(frozen=True)
@@ -411,6 +414,7 @@ def _check_across_keys(path, settings):
                           "is required with [redis] master_name (host:port of each sentinel)")
     if settings.push.url and not settings.push.secret:
         raise ConfigError(path, "push", "secret", "is required with [push] url (it signs every push)")
+    _check_metrics_port(path, settings)
     if settings.mysql.pool_min > settings.mysql.pool_max:
         raise ConfigError(path, "mysql", "pool_min",
                           "must not exceed pool_max (%d > %d)"
@@ -422,6 +426,30 @@ def _check_across_keys(path, settings):
                 raise ConfigError(path, "http", "auth",
                                   "'dev' trusts any caller and is allowed only on loopback "
                                   "listeners; [http] %s is %r" % (key, endpoint))
+
+
+def _check_metrics_port(path, settings):
+    """``metrics_listen`` on a port another listener of this process takes
+    would only fail at start-up, with a less clear message."""
+    metrics = _fixed_port(settings.imd.metrics_listen)
+    if metrics is None:
+        return
+    others = []
+    if "ws" in settings.imd.roles:
+        others += [("websocket", "listen"), ("websocket", "tls_listen")]
+    if "http" in settings.imd.roles:
+        others += [("http", "listen"), ("http", "tls_listen")]
+    for section, key in others:
+        if _fixed_port(getattr(getattr(settings, section), key)) == metrics:
+            raise ConfigError(path, "imd", "metrics_listen",
+                              "port %d is already [%s] %s's; give metrics a port of their own"
+                              % (metrics, section, key))
+
+
+def _fixed_port(description):
+    """The port of a tcp:/ssl: endpoint string, None for port 0 or none."""
+    port = endpoints.port_of(description) if description else None
+    return port or None
 
 
 def is_loopback_endpoint(description: str) -> bool:

@@ -35,3 +35,7 @@ class LoginRefused(Exception):
     def __init__(self, reason):
         self.reason = reason
         super().__init__(reason)
+
+
+class AdminError(Exception):
+    """An ``imd-admin`` command that cannot be done; printed as one line, exit status 1."""

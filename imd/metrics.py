@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
+from imd import __version__
 from imd.errors import ERROR_CODES
 from imd.protocol import COMMAND_TYPES, MESSAGE_TYPES
 
@@ -68,6 +69,26 @@ class _MigratorCollector:
             yield CounterMetricFamily(name, text, value=float(getattr(migrator, attribute, 0)))
 
 
+class _CertificateCollector:
+    """When each TLS listener's certificate expires (read when scraped: a
+    SIGHUP reload changes it)."""
+
+    def __init__(self, get_certificates):
+        self._get_certificates = get_certificates
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "imd_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate a TLS listener serves expires (Unix time)", labels=["port", "certificate"])
+        for port, path, not_after in self._get_certificates():
+            if not_after is not None:
+                family.add_metric([str(port), path], not_after)
+        yield family
+
+
 class _Histogram:
     """A histogram counted with plain ints (``le`` buckets, as Prometheus')."""
     __slots__ = ("bounds", "counts", "sum")
@@ -96,7 +117,8 @@ class _PacketCollector:
     CPU at full load); this process's reactor is single-threaded."""
 
     def __init__(self):
-        self.packets_in = {}   # label -> count
+        # label -> count; every label at 0 from the start (a rate() of 0, not absent)
+        self.packets_in = dict.fromkeys(sorted(_PACKET_TYPES | {"other", "invalid"}), 0)
         self.acks = 0
         self.ack_latency = _Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.fanout = _Histogram((0, 1, 2, 3, 5, 10))
@@ -116,8 +138,10 @@ class _PacketCollector:
 
 
 class Metrics:
-    def __init__(self, migrator=None):
-        """``migrator()``: the App's migrator or None, read at each scrape."""
+    def __init__(self, migrator=None, certificates=None, node="", roles=()):
+        """``migrator()``: the App's migrator or None, read at each scrape;
+        ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
+        ``node``, ``roles``: this process, for ``imd_process_info``."""
         # The *_created series only repeat the process start time.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -146,13 +170,35 @@ class Metrics:
         self.slow_consumers = Counter(
             "imd_slow_consumers_dropped", "Connections dropped for not reading "
             "([websocket] max_send_buffer)", registry=registry)
+        # Set at scrape time from Redis and MySQL (imd.http.metrics): what
+        # the alerts need whichever process Prometheus asks.
+        self.mq_dead_length = Gauge(
+            "imd_mq_dead_length", "Entries in MQ:dead, which the migrator could not store (read at scrape time)",
+            registry=registry)
+        self.nodes_registered = Gauge(
+            "imd_nodes_registered", "WebSocket nodes registered in Redis with a live heartbeat "
+            "(read at scrape time)", registry=registry)
+        self.store_up = Gauge(
+            "imd_store_up", "1 when this process reached the store at scrape time (Redis LLEN, MySQL SELECT 1)",
+            ["store"], registry=registry)
+        process_info = Gauge(
+            "imd_process_info", "Always 1: this process's node id, roles and imd version",
+            ["node", "roles", "version"], registry=registry)
+        process_info.labels(node, ",".join(sorted(roles)), __version__).set(1)
+        # Every label value known up front gets its series at 0, so that a
+        # rate() over it is 0 rather than absent before the first event.
         for code in ERROR_CODES:
             self.errors.labels(code)
         for store in ("redis", "mysql"):
             self.store_errors.labels(store)
+            self.store_up.labels(store)
+        for status in ("503", "429"):
+            self.connections_refused.labels(status)
         self.logins.labels("ok", "")
         if migrator is not None:
             registry.register(_MigratorCollector(migrator))
+        if certificates is not None:
+            registry.register(_CertificateCollector(certificates))
 
     # --- called by the transport ---------------------------------------------
 

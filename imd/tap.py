@@ -10,16 +10,19 @@ from imd.config import ConfigError, load_settings, with_override
 # Command-line options that override one key of the ini, so that several
 # systemd units can share /etc/imd/imd.ini (e.g. imd-ws@8765 runs
 # --roles ws --listen tcp:8765).
-OVERRIDES = (("roles", "imd", "roles"), ("listen", "websocket", "listen"), ("node-id", "imd", "node_id"))
+OVERRIDES = (("roles", "imd", "roles"), ("listen", "websocket", "listen"), ("node-id", "imd", "node_id"),
+             ("metrics-listen", "imd", "metrics_listen"))
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--roles ROLES] [--listen ENDPOINT] [--node-id NAME]"
+    synopsis = ("[--config FILE] [--roles ROLES] [--listen ENDPOINT] [--node-id NAME] "
+                "[--metrics-listen ENDPOINT]")
     optParameters = [
         ["config", "c", "etc/imd.ini", "the imd.ini file to run with"],
         ["roles", None, None, "override [imd] roles, e.g. ws"],
         ["listen", None, None, "override [websocket] listen, e.g. tcp:8765:interface=0.0.0.0"],
         ["node-id", None, None, "override [imd] node_id"],
+        ["metrics-listen", None, None, "override [imd] metrics_listen (empty = none)"],
     ]
 
     def postOptions(self):

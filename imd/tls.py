@@ -117,6 +117,12 @@ def load_certificate_options(spec):
     return options
 
 
+def certificate_expiry(path):
+    """When the first certificate in ``path`` expires, as Unix time (for /metrics)."""
+    cert = x509.load_pem_x509_certificate(_CERT_PEM.findall(FilePath(path).getContent())[0])
+    return cert.not_valid_after_utc.timestamp()
+
+
 def describe_certificate(path):
     """``subject, expires ..., sha256 ...`` of the first certificate in ``path``, for the log."""
     cert = x509.load_pem_x509_certificate(_CERT_PEM.findall(FilePath(path).getContent())[0])
@@ -129,13 +135,17 @@ def describe_certificate(path):
 class ReloadableServerTLS:
     """Gives each new TLS connection the certificate loaded most recently."""
 
+    not_after = None   # Unix time the certificate in use expires
+
     def __init__(self, spec, options):
         self.spec = spec
         self._options = options
 
     @classmethod
     def load(cls, spec):
-        return cls(spec, load_certificate_options(spec))
+        creator = cls(spec, load_certificate_options(spec))
+        creator.not_after = certificate_expiry(spec.cert_path)
+        return creator
 
     def serverConnectionForTLS(self, protocol):
         return self._options.serverConnectionForTLS(protocol)
@@ -145,11 +155,13 @@ class ReloadableServerTLS:
         try:
             options = load_certificate_options(self.spec)
             about = describe_certificate(self.spec.cert_path)
+            not_after = certificate_expiry(self.spec.cert_path)
         except Exception as e:
             _log.error("TLS certificate reload failed for {cert}, keeping the old one: {why}",
                        cert=self.spec.cert_path, why=str(e) or e.__class__.__name__)
             return False
         self._options = options
+        self.not_after = not_after
         _log.info("TLS certificate reloaded from {cert}: {about}", cert=self.spec.cert_path, about=about)
         return True
 
@@ -174,6 +186,10 @@ class TlsReloader(Service):
 
     def __len__(self):
         return len(self._creators)
+
+    def certificates(self):
+        """``(port, certificate path, expiry Unix time)`` of each listener."""
+        return [(c.spec.port, c.spec.cert_path, c.not_after) for c in self._creators]
 
     def reload(self):
         """Reload every certificate; how many were replaced."""

@@ -1,4 +1,5 @@
-"""The ``http`` role: token issuer, web test page, ``/healthz``, ``/metrics``."""
+"""The ``http`` role: token issuer, web test page, ``/healthz``, ``/metrics``;
+and the ``[imd] metrics_listen`` site that any process serves (the last two only)."""
 
 from twisted.web.resource import Resource
 
@@ -29,6 +30,14 @@ def build_site(app, ws_base_url=None):
     im = _Folder()
     im.putChild(b"token", TokenResource(app, ws_base_url))
     root.putChild(b"IM", im)
+    root.putChild(b"healthz", HealthResource(app))
+    root.putChild(b"metrics", MetricsResource(app))
+    return ImdSite(root, app.clock)
+
+
+def build_metrics_site(app) -> ImdSite:
+    """``/metrics`` and ``/healthz`` alone, for ``[imd] metrics_listen``."""
+    root = Root()
     root.putChild(b"healthz", HealthResource(app))
     root.putChild(b"metrics", MetricsResource(app))
     return ImdSite(root, app.clock)

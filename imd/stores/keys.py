@@ -47,6 +47,10 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("nodes", "sorted set", "presence",
             "live nodes: member the node id, score when its heartbeat expires (Unix ms)"),
     KeySpec("nodeusers:<node>", "set", "presence", "uids with connections on that node"),
+    KeySpec("processes", "sorted set", "processes",
+            "the process registry: member '<node_id>/<roles>', score when that entry expires (Unix ms)"),
+    KeySpec("processes:info", "hash", "processes",
+            "'<node_id>/<roles>' -> JSON {node, roles, metrics, host, pid, version}"),
     KeySpec("taken:<order>", "string", "orders", "the courier who took an order (T is idempotent)"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
@@ -71,6 +75,8 @@ class Keys:
         self.mq_dead = prefix + "MQ:dead"
         self.geo_couriers = prefix + "geo:couriers"
         self.nodes = prefix + "nodes"
+        self.processes = prefix + "processes"
+        self.processes_info = prefix + "processes:info"
         self._channel_prefix = "%simd:%d:node:" % (prefix, db)
         # hot-path formats, built once
         self._friends = prefix + "URS:%d"
