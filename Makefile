@@ -38,6 +38,9 @@ schema: install services
 run: keys schema
 	$(VENV)/bin/twistd -n --pidfile= imd --config $(CONFIG)
 
+# Each trial process (each worker of TRIAL_ARGS=-j2 too) leases a Redis db and
+# a MySQL database of its own and removes them at exit (tests/isolation.py):
+# two `make test` can run at once, beside `make run`.
 test: install services chromium promtool
 	$(VENV)/bin/trial $(TRIAL_ARGS) tests
 

@@ -11,11 +11,12 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 
 from imd.http import build_site
-from tests.support import DEADLINE, MYSQL_DB, ImdServer, RedisTestMixin, make_settings, with_deadline
+from tests.support import DEADLINE, ImdServer, RedisTestMixin, make_settings, mysql_db, with_deadline
 
 
-def ensure_test_database(name=MYSQL_DB):
+def ensure_test_database(name=None):
     """Blocking: the test MySQL database exists (health checks SELECT 1 in it)."""
+    name = name or mysql_db()
     conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
     try:
         with conn.cursor() as cursor:

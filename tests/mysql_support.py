@@ -1,5 +1,6 @@
-"""MySQL fixtures: a fresh test database (``IMD_TEST_MYSQL_DB``) made by the
-same code as ``imd-admin schema apply``, and blocking queries run in a thread.
+"""MySQL fixtures: a fresh test database (this run's own,
+``tests.support.mysql_db``) made by the same code as ``imd-admin schema
+apply``, and blocking queries run in a thread.
 """
 
 import pymysql

@@ -1,9 +1,9 @@
 """Test fixtures: settings for the test Redis db / MySQL database, a real
 imd WebSocket listener on 127.0.0.1 port 0, and a real WebSocket client.
 
-Each suite run uses its own Redis db index (``IMD_TEST_REDIS_DB``, default 11)
-and MySQL database (``IMD_TEST_MYSQL_DB``, default imd_test), so several runs
-on one machine can be kept apart.
+Each test process uses a Redis db index and a MySQL database of its own
+(``redis_db()``, ``mysql_db()``: see tests/isolation.py), so runs beside each
+other or beside ``make run`` never touch each other's data.
 """
 
 import json
@@ -17,9 +17,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from imd.app import App
 from imd.auth import generate_key_pair, issue_token
 from imd.config import parse_settings
+from tests.isolation import RUN
 
-REDIS_DB = int(os.environ.get("IMD_TEST_REDIS_DB", "11"))
-MYSQL_DB = os.environ.get("IMD_TEST_MYSQL_DB", "imd_test")
 DEADLINE = 10.0  # seconds any single wait in a test may take # deadline
 
 _KEY_PAIR = []
@@ -32,13 +31,25 @@ def key_pair():
     return _KEY_PAIR[0]
 
 
-def settings_text(overrides=None, redis_db=REDIS_DB, redis_port=6379):
+def redis_db() -> int:
+    """This run's Redis db index on the shared Redis (leased on first use)."""
+    return RUN.redis_db()
+
+
+def mysql_db() -> str:
+    """This run's MySQL database name (dropped when the process exits)."""
+    return RUN.mysql_db()
+
+
+def settings_text(overrides=None, redis_db=None, redis_port=6379):
+    if redis_db is None:
+        redis_db = RUN.redis_db()
     sections = {
         "imd": {"roles": "ws", "node_id": "test-node-1"},
         "websocket": {"listen": "tcp:0:interface=127.0.0.1", "ping_interval": "0"},
         "http": {"listen": "tcp:0:interface=127.0.0.1"},
         "redis": {"url": "redis://127.0.0.1:%d/%d" % (redis_port, redis_db), "timeout": "1"},
-        "mysql": {"database": MYSQL_DB},
+        "mysql": {"database": RUN.mysql_db()},
     }
     for section, values in (overrides or {}).items():
         sections.setdefault(section, {}).update(values)
@@ -58,9 +69,17 @@ def with_deadline(d, seconds=DEADLINE, what="event"):
 
 
 @defer.inlineCallbacks
-def redis_connection(db=REDIS_DB, port=6379):
+def redis_connection(db=None, port=6379):
+    if db is None:
+        db = RUN.redis_db()
     conn = yield txredisapi.Connection("127.0.0.1", port, dbid=db, reconnect=False, convertNumbers=False)
     return conn
+
+
+def flush_run_db(conn):
+    """Empty this run's Redis db (``conn`` is on it), keeping the run's lease."""
+    script, keys, args = RUN.flush_args()
+    return conn.eval(script, keys, args)
 
 
 class RedisTestMixin:
@@ -69,7 +88,7 @@ class RedisTestMixin:
     @defer.inlineCallbacks
     def setUp(self):
         self.redis = yield redis_connection()
-        yield self.redis.flushdb()
+        yield flush_run_db(self.redis)
         public_pem, private_pem = key_pair()
         yield self.redis.mset({"publicKey": public_pem, "privateKey": private_pem})
         self.addCleanup(self.redis.disconnect)

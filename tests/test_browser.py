@@ -2,24 +2,32 @@
 Debian's Chromium (``/usr/bin/chromium``) against a real imd (http + ws) on
 127.0.0.1.
 
-Two pages log in as two friends; one sends a text; the other shows it; the
-sender's row turns acked; after a reload the text comes back as history (the
-page asks for it 3 s after login); when the server closes a connection the
-page shows the code and reason and logs in again by itself.  On failure a screenshot of each page is
-saved under tests/artifacts/.
+- Two pages log in as two friends; one sends a text; the other shows it; the
+  sender's row turns acked; after a reload the text comes back as history
+  (the page asks for it 3 s after login); when the server closes a
+  connection the page shows the code and reason and logs in again by itself.
+- History that arrives after live messages is merged into one timeline in
+  ``ts`` order, each message once.
+- No input's placeholder is cut off, on a phone and on a wide screen.
+- Throughout, the browser console shows no error and the server answers no
+  request of the page with 4xx/5xx (a missing favicon was one).
 
-The browser runs in a worker thread (Playwright's sync API) while the reactor
+On failure a screenshot of each page is saved under tests/artifacts/.  The
+browser runs in a worker thread (Playwright's sync API) while the reactor
 serves it; every wait is a Playwright wait with a deadline.
 """
 
+import contextlib
 import os
 import re
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
+from imd.http.site import ImdSite
 from tests.http_support import HttpTestMixin
 from tests.mysql_support import recreate_database
+from tests.support import ClientMixin, connect_client, drop
 
 CHROMIUM = os.environ.get("IMD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -27,6 +35,23 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 WAIT_MS = 10000
 HISTORY_WAIT_MS = 15000  # the page asks for history 3 s after login
+PHONE = {"width": 390, "height": 844}
+WIDE = {"width": 1280, "height": 800}
+OLD_MESSAGES = 105       # more than the page's first H asks for (100)
+
+# Run in the page: the inputs whose placeholder is wider than their text box.
+_CUT_PLACEHOLDERS = """() => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });
+  const ctx = document.createElement("canvas").getContext("2d");
+  return [...document.querySelectorAll("input[placeholder]")].filter((i) => i.offsetParent !== null)
+    .map((i) => {
+      const style = getComputedStyle(i, "::placeholder");
+      ctx.font = style.font;
+      const room = i.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      return {input: (i.closest("form").dataset.type || "login") + " " + (i.name || i.id), placeholder: i.placeholder,
+              width: Math.ceil(ctx.measureText(i.placeholder).width), room: Math.floor(room)};
+    }).filter((i) => i.width > i.room);
+}"""
 
 
 def browser_missing():
@@ -41,62 +66,135 @@ def browser_missing():
     return None
 
 
-def friends_chat(base_url, text, artifact_prefix, close_from_server):
-    """Blocking, in a worker thread: the whole scenario in Chromium."""
-    from playwright.sync_api import expect, sync_playwright
+class Browser:
+    """Chromium pages of one scenario, each noting its console errors and
+    failed responses in ``problems``."""
+
+    def __init__(self, playwright_browser, base_url):
+        self.browser = playwright_browser
+        self.base_url = base_url
+        self.pages = {}
+        self.problems = []
+
+    def open(self, name, path, viewport=PHONE):
+        page = self.browser.new_context(viewport=viewport).new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.on("console", lambda m: m.type == "error" and self.problems.append("%s console: %s" % (name, m.text)))
+        page.on("pageerror", lambda e: self.problems.append("%s page error: %s" % (name, e)))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(
+            "%s: HTTP %d for %s" % (name, r.status, r.url)))
+        self.pages[name] = page
+        page.goto(self.base_url + path)
+        return page
+
+    def screenshots(self, prefix):
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        for name, page in self.pages.items():
+            try:
+                page.screenshot(path=os.path.join(ARTIFACTS, "%s-%s.png" % (prefix, name)), full_page=True)
+            except Exception:
+                pass
+
+
+@contextlib.contextmanager
+def chromium(base_url, artifact_prefix):
+    """Blocking: a Browser; screenshots of its pages if the block fails."""
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pages = {}
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = Browser(launched, base_url)
         try:
-            for uid in (1, 2):
-                pages[uid] = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-                pages[uid].set_default_timeout(WAIT_MS)
-                pages[uid].goto("%s/?uid=%d&connect" % (base_url, uid))
-            alice, bob = pages[1], pages[2]
-            for uid, page in pages.items():
-                expect(page.locator("#status")).to_have_text("open as uid %d" % uid)
-
-            alice.fill("#t-to", "2")
-            alice.fill("#t-msg", text)
-            alice.click("#t-send")
-
-            live = bob.locator("#messages li[data-source=live]", has_text=text)
-            expect(live).to_have_count(1)
-            expect(live).to_have_attribute("data-from", "1")
-            sent = alice.locator("#log li[data-dir=out][data-type=t]")
-            expect(sent).to_have_attribute("data-state", "acked")
-            expect(sent.locator(".state")).to_have_text(re.compile(r"acked in \d+ ms"))
-            expect(alice.locator("#messages li[data-source=sent]", has_text=text)).to_have_count(1)
-
-            bob.reload()
-            expect(bob.locator("#status")).to_have_text("open as uid 2")
-            history = bob.locator("#messages li[data-source=history]", has_text=text)
-            expect(history).to_have_count(1, timeout=HISTORY_WAIT_MS)
-            expect(bob.locator("#log li[data-dir=out][data-type=H]")).to_have_attribute(
-                "data-state", "replied", timeout=HISTORY_WAIT_MS)
-
-            # The server closes Bob's connection: the page shows the code and
-            # reason, then logs in again on its own with a fresh token.
-            close_from_server(2, 4004, "idle for too long")
-            expect(bob.locator("#log li[data-dir=sys]", has_text="closed 4004: idle for too long")).to_have_count(1)
-            expect(bob.locator("#log li[data-dir=in][data-type=L]")).to_have_count(2)
-            expect(bob.locator("#status")).to_have_text("open as uid 2")
+            yield browser
         except BaseException:
-            os.makedirs(ARTIFACTS, exist_ok=True)
-            for uid, page in pages.items():
-                try:
-                    page.screenshot(path=os.path.join(ARTIFACTS, "%s-uid%d.png" % (artifact_prefix, uid)),
-                                    full_page=True)
-                except Exception:
-                    pass
+            browser.screenshots(artifact_prefix)
             raise
         finally:
-            browser.close()
+            launched.close()
 
 
-class BrowserTests(HttpTestMixin, unittest.TestCase):
+def expect_open(page, uid):
+    from playwright.sync_api import expect
+    expect(page.locator("#status")).to_have_text("open as uid %d" % uid)
+
+
+def friends_chat(browser, text, close_from_server):
+    """Blocking, in a worker thread: two friends chat, one reloads, one is closed."""
+    from playwright.sync_api import expect
+
+    alice = browser.open("uid1", "/?uid=1&connect")
+    bob = browser.open("uid2", "/?uid=2&connect")
+    expect_open(alice, 1)
+    expect_open(bob, 2)
+
+    alice.fill("#t-to", "2")
+    alice.fill("#t-msg", text)
+    alice.click("#t-send")
+
+    live = bob.locator("#messages li[data-source=live]", has_text=text)
+    expect(live).to_have_count(1)
+    expect(live).to_have_attribute("data-from", "1")
+    sent = alice.locator("#log li[data-dir=out][data-type=t]")
+    expect(sent).to_have_attribute("data-state", "acked")
+    expect(sent.locator(".state")).to_have_text(re.compile(r"acked in \d+ ms"))
+    expect(alice.locator("#messages li[data-source=sent]", has_text=text)).to_have_count(1)
+
+    bob.reload()
+    expect_open(bob, 2)
+    history = bob.locator("#messages li[data-source=history]", has_text=text)
+    expect(history).to_have_count(1, timeout=HISTORY_WAIT_MS)
+    expect(bob.locator("#log li[data-dir=out][data-type=H]")).to_have_attribute(
+        "data-state", "replied", timeout=HISTORY_WAIT_MS)
+
+    # The server closes Bob's connection: the page shows the code and
+    # reason, then logs in again on its own with a fresh token.
+    close_from_server(2, 4004, "idle for too long")
+    expect(bob.locator("#log li[data-dir=sys]", has_text="closed 4004: idle for too long")).to_have_count(1)
+    expect(bob.locator("#log li[data-dir=in][data-type=L]")).to_have_count(2)
+    expect_open(bob, 2)
+
+
+def history_after_live(browser, send_live):
+    """Blocking: Bob's first H brings the oldest 100 stored messages; one
+    arrives live; "More" brings the 5 older ones after it, and Bob answers.
+    Returns the ids of Bob's Messages panel, top to bottom, and their ts."""
+    from playwright.sync_api import expect
+
+    bob = browser.open("uid2", "/?uid=2&connect")
+    expect_open(bob, 2)
+    asked = bob.locator("#log li[data-dir=out][data-type=H]")
+    expect(asked).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
+    expect(bob.locator("#messages li[data-source=history]")).to_have_count(100)
+
+    send_live("live-1", "while the older ones are still to come")
+    expect(bob.locator("#messages li[data-source=live]")).to_have_count(1)
+
+    bob.click("#history-more")
+    expect(asked).to_have_count(2)
+    expect(asked.nth(1)).to_have_attribute("data-state", "replied")
+    expect(bob.locator("#messages li")).to_have_count(OLD_MESSAGES + 1)
+
+    bob.fill("#t-to", "1")
+    bob.fill("#t-msg", "bob answers last")
+    bob.click("#t-send")
+    expect(bob.locator("#messages li[data-source=sent]")).to_have_count(1)
+    items = bob.locator("#messages li")
+    return items.evaluate_all("(items) => items.map((i) => [i.dataset.from, i.dataset.id, Number(i.dataset.ts)])")
+
+
+def placeholders_cut(browser):
+    """Blocking: {viewport: [inputs whose placeholder does not fit]}."""
+    cut = {}
+    for name, viewport in (("phone", PHONE), ("wide", WIDE)):
+        page = browser.open(name, "/", viewport)
+        cut[name] = page.evaluate(_CUT_PLACEHOLDERS)
+    return cut
+
+
+class BrowserTests(ClientMixin, HttpTestMixin, unittest.TestCase):
     with_ws = True
+    # the history test stores 105 messages back to back
+    overrides = {"websocket": {"rate": "1000", "burst": "1000"}}
     timeout = 120
 
     @defer.inlineCallbacks
@@ -107,15 +205,66 @@ class BrowserTests(HttpTestMixin, unittest.TestCase):
         yield HttpTestMixin.setUp(self)
         # H reads the message table too: a fresh one, without rows of earlier runs.
         yield threads.deferToThread(recreate_database, self.http.app.settings.mysql)
+        self.server_errors = []
+        site_log = ImdSite.log
 
-    async def test_two_friends_chat_in_the_browser(self):
-        await self.befriend(1, 2)
+        def note_response(site, request):
+            # every request the http role answers, whoever made it (the
+            # browser's own favicon request included)
+            if request.code >= 400:
+                self.server_errors.append("HTTP %d for %s" % (request.code, request.uri.decode("latin-1")))
+            return site_log(site, request)
+        self.patch(ImdSite, "log", note_response)
         prefix = self.id().rsplit(".", 1)[-1]
         for stale in os.listdir(ARTIFACTS) if os.path.isdir(ARTIFACTS) else ():
             if stale.startswith(prefix):
                 os.remove(os.path.join(ARTIFACTS, stale))
-        await threads.deferToThread(friends_chat, self.http.base_url, "hello from chromium ✓", prefix,
-                                    self.close_from_server)
+
+    def in_browser(self, scenario, *args):
+        """Deferred: ``scenario(browser, *args)`` in a worker thread; then no
+        console error, no failed response."""
+        def run():
+            with chromium(self.http.base_url, self.id().rsplit(".", 1)[-1]) as browser:
+                result = scenario(browser, *args)
+                return result, browser.problems
+
+        def check(outcome):
+            result, problems = outcome
+            self.assertEqual([], problems + self.server_errors)
+            return result
+        return threads.deferToThread(run).addCallback(check)
+
+    @defer.inlineCallbacks
+    def connect(self, path):
+        client = yield connect_client(self.http.ws_port, path)
+        self.addCleanup(drop, client)
+        return client
+
+    async def test_two_friends_chat_in_the_browser(self):
+        await self.befriend(1, 2)
+        await self.in_browser(friends_chat, "hello from chromium ✓", self.close_from_server)
+
+    async def test_history_after_live_messages_makes_one_timeline(self):
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        old = ["old-%03d" % n for n in range(OLD_MESSAGES)]
+        for msg_id in old:
+            await self.ask(alice, {"id": msg_id, "to": 2, "type": "t", "msg": msg_id})
+
+        def send_live(msg_id, text):
+            reply = threads.blockingCallFromThread(
+                reactor, self.ask, alice, {"id": msg_id, "to": 2, "type": "t", "msg": text})
+            assert reply["type"] == "A", reply
+
+        shown = await self.in_browser(history_after_live, send_live)
+        self.assertEqual([("1", i) for i in old] + [("1", "live-1"), ("2", shown[-1][1])],
+                         [(sender, msg_id) for sender, msg_id, _ in shown])
+        stamps = [ts for _, _, ts in shown]
+        self.assertEqual(sorted(stamps), stamps)
+
+    async def test_no_placeholder_is_cut_off(self):
+        cut = await self.in_browser(placeholders_cut)
+        self.assertEqual({"phone": [], "wide": []}, cut)
 
     def close_from_server(self, uid, code, reason):
         """Called from the browser's thread: C + ``code`` to each connection of ``uid``."""
@@ -126,5 +275,3 @@ class BrowserTests(HttpTestMixin, unittest.TestCase):
             return len(sessions)
         closed = threads.blockingCallFromThread(reactor, close)
         assert closed == 1, "uid %d had %d connections" % (uid, closed)
-
-

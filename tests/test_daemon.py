@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.daemon_support import start_daemon
-from tests.support import REDIS_DB, RedisTestMixin, connect_client, drop, free_port, settings_text
+from tests.support import RedisTestMixin, connect_client, drop, free_port, redis_db, settings_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -99,7 +99,7 @@ class TwistdTests(ProgramTestMixin, unittest.TestCase):
         self.assertEqual((await alice.next())["type"], "A")
         self.assertEqual((await bob.next())["msg"], "via twistd")
         self.assertEqual(await self.redis.llen("MQ"), 1)
-        self.assertEqual(REDIS_DB, self.server_db(config))
+        self.assertEqual(redis_db(), self.server_db(config))
 
     @staticmethod
     def server_db(config):

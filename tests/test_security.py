@@ -22,7 +22,7 @@ from imd.handlers.history import encode_cursor
 from tests.daemon_support import start_daemon, write_config
 from tests.test_faults import report
 from tests.mysql_support import MysqlTestMixin, query
-from tests.support import REDIS_DB, ServerTestMixin, connect_client, drop
+from tests.support import ServerTestMixin, connect_client, drop, redis_db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG = os.environ.get("IMD_FAULTS") == "long"
@@ -105,7 +105,7 @@ class HandlerPropertyTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
         examples = 3000 if LONG else 400
         code, figures, output = await run_script(
             "bench/faults/handler_properties.py", "--port", self.server.port, "--uid", me,
-            "--redis", "redis://127.0.0.1:6379/%d" % REDIS_DB, "--examples", examples,
+            "--redis", "redis://127.0.0.1:6379/%d" % redis_db(), "--examples", examples,
             timeout=600 if LONG else 60)
         report("hypothesis over every handler (real connection)", **figures)
         self.assertEqual(code, 0, output[-3000:])
@@ -127,7 +127,7 @@ class FuzzDaemonTests(ServerTestMixin, unittest.TestCase):
         seconds = 60 if LONG else 6
         code, figures, output = await run_script(
             "bench/fuzz_ws.py", "--port", daemon.port, "--pid", daemon.pid,
-            "--redis", "redis://127.0.0.1:6379/%d" % REDIS_DB, "--seconds", seconds,
+            "--redis", "redis://127.0.0.1:6379/%d" % redis_db(), "--seconds", seconds,
             timeout=seconds + 60)
         report("websocket fuzzer against twistd", **figures)
         self.assertEqual(code, 0, output[-3000:])

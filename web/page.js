@@ -12,7 +12,11 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     ws: null, uid: null, pending: new Map(), userClosed: true, retry: 0,
-    retryTimer: null, historyTimer: null, nextCursor: null, seen: new Set(),
+    retryTimer: null, historyTimer: null, nextCursor: null,
+    // the Messages panel: entries {ts, estimated, seq, item} sorted by (ts, seq),
+    // and the same entries by messageKey
+    timeline: [], messages: new Map(), arrivals: 0,
+    skew: null,   // largest (ts - local clock) of a live packet: server time ≈ local time + skew
   };
 
   function packetId() {
@@ -68,12 +72,57 @@
     row.querySelector(".state").textContent = clock() + " " + text;
   }
 
-  // --- messages (live and history) ------------------------------------------
+  // --- messages: one timeline of live, sent and history, in ts order --------
+  //
+  // Each message is shown once, by (from, id), where it belongs by its ts:
+  // history asked for after live messages arrived slots in above them. Equal
+  // ts keep the order they reached the page (one H reply lists them in the
+  // server's order of acceptance). A sent message has no ts until history
+  // brings it (its A carries none): until then it is placed as the newest,
+  // and a later copy moves it to its server ts.
+
+  function messageKey(packet) {
+    return String(packet.from) + ":" + String(packet.id);
+  }
+
+  function isLater(a, b) {
+    return a.ts > b.ts || (a.ts === b.ts && a.seq > b.seq);
+  }
+
+  function place(entry) {
+    const timeline = state.timeline;
+    let at = timeline.length;
+    while (at > 0 && isLater(timeline[at - 1], entry)) at -= 1;
+    timeline.splice(at, 0, entry);
+    const list = $("messages");
+    const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+    list.insertBefore(entry.item, at + 1 < timeline.length ? timeline[at + 1].item : null);
+    entry.item.dataset.ts = String(entry.ts);
+    entry.item.querySelector(".when").textContent = new Date(entry.ts).toTimeString().slice(0, 8);
+    if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  function newestTs() {
+    const timeline = state.timeline;
+    return timeline.length ? timeline[timeline.length - 1].ts : 0;
+  }
 
   function addMessage(packet, source) {
-    const key = packet.from + ":" + JSON.stringify(packet.id);
-    if (state.seen.has(key)) return;
-    state.seen.add(key);
+    if (source === "live" && typeof packet.ts === "number") {
+      const skew = packet.ts - Date.now();   // the server's clock minus ours, less the delay
+      state.skew = state.skew === null ? skew : Math.max(state.skew, skew);
+    }
+    const key = messageKey(packet);
+    const known = state.messages.get(key);
+    if (known) {
+      if (known.estimated && typeof packet.ts === "number") {
+        state.timeline.splice(state.timeline.indexOf(known), 1);
+        known.ts = packet.ts;
+        known.estimated = false;
+        place(known);
+      }
+      return;
+    }
     const item = document.createElement("li");
     item.dataset.source = source;
     item.dataset.from = String(packet.from);
@@ -83,17 +132,20 @@
     if (packet.from === state.uid) item.classList.add("mine");
     const meta = document.createElement("span");
     meta.className = "meta";
-    const when = packet.ts ? new Date(packet.ts).toTimeString().slice(0, 8) : clock();
-    meta.textContent = when + " " + packet.from + " → " + packet.to + (source === "history" ? " (history)" : "");
+    const when = document.createElement("span");
+    when.className = "when";
+    meta.append(when, " " + packet.from + " → " + packet.to + (source === "history" ? " (history)" : ""));
     const body = document.createElement("span");
     body.className = "body";
     if (packet.type === "t") body.textContent = packet.msg;
     else if (packet.type === "i") body.textContent = "[image " + packet.msg + "]";
     else body.textContent = "[" + packet.type + "] " + JSON.stringify(packet.msg);
     item.append(meta, body);
-    const list = $("messages");
-    list.appendChild(item);
-    list.scrollTop = list.scrollHeight;
+    const estimated = typeof packet.ts !== "number";
+    const ts = estimated ? Math.max(Date.now() + (state.skew || 0), newestTs()) : packet.ts;
+    const entry = { ts: ts, estimated: estimated, seq: state.arrivals += 1, item: item };
+    state.messages.set(key, entry);
+    place(entry);
   }
 
   // --- sending ----------------------------------------------------------------
