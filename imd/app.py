@@ -59,7 +59,7 @@ class App:
         self.redis_client = RedisClient(settings.redis.url, settings.redis.timeout, self.clock,
                                         flusher=self.flusher)
         self.redis = RedisStore(self.redis_client, settings.redis.prefix, settings.redis.dedup_ttl)
-        self.verifier = TokenVerifier(self.redis, self.clock, settings.auth.single_use)
+        self.verifier = TokenVerifier(self.redis, self.clock, settings.auth.single_use, settings.auth.token_ttl)
         self.sessions = SessionRegistry()
         self.router = LocalRouter(self.sessions)
         self.presence = PresenceStore(self.redis_client, settings.redis.prefix, settings.redis.url.db,
