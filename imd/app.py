@@ -116,7 +116,7 @@ class App:
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
                                node=self.node_id, roles=settings.imd.roles)
         self.tls = TlsReloader(reactor)
-        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use)
+        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
                               self.metrics, healthy=lambda: self.bus.healthy)
         self.bus = NodeBus(self.presence, self._subscriber, self.clock, self.node.run_id, settings.presence.ttl,

@@ -1,18 +1,22 @@
-"""wstokens: RS256 JWTs verified against the public key kept in Redis.
+"""wstokens: RS256 JWTs signed with the private key and verified against the
+public key kept in Redis.
 
 PyJWT does the cryptography; expiry is checked here against the injected
 clock so tests can move time.  The public key is cached and re-read when a
-signature does not verify, so a key rotation takes effect without a restart.
+signature does not verify, so a key rotation takes effect without a restart;
+the private key is parsed once per PEM text Redis holds.
 """
 
 import binascii
+import math
 import re
 import uuid
 
 import jwt
 from jwt.utils import base64url_decode, base64url_encode
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from twisted.internet import defer
 
 from imd.errors import LoginRefused, StoreUnavailable
@@ -20,6 +24,9 @@ from imd.protocol import parse_uid
 
 TOKEN_TYPE = "websocket"
 ALGORITHM = "RS256"
+# The ceiling of [auth] token_ttl: a verifier built without a ttl still
+# refuses tokens meant to live longer.
+MAX_TOKEN_LIFETIME = 86400
 
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
 
@@ -76,11 +83,88 @@ def generate_key_pair(bits=2048):
     return public_pem, private_pem
 
 
-def issue_token(private_pem, uid, now, ttl=120):
-    """A wstoken for ``uid`` (contract §1 claims)."""
+def issue_token(private_key, uid, now, ttl=120):
+    """A wstoken for ``uid`` (contract §1 claims); ``private_key`` is a PEM
+    or a key :func:`load_private_key` parsed (much faster: see there)."""
     iat = int(now)
     claims = {"id": uid, "type": TOKEN_TYPE, "iat": iat, "exp": iat + ttl, "jti": uuid.uuid4().hex}
-    return jwt.encode(claims, private_pem, algorithm=ALGORITHM)
+    return jwt.encode(claims, private_key, algorithm=ALGORITHM)
+
+
+class IssuerKeyError(Exception):
+    """The private key in Redis is missing or cannot sign."""
+
+
+_PROBE = b"imd private key self-test"
+
+
+def load_private_key(pem) -> rsa.RSAPrivateKey:
+    """The RSA private key of ``pem``, checked by signing and verifying a probe.
+
+    cryptography's full key validation (primality of p and q) takes ~45 ms
+    of CPU and holds the GIL, so a thread would not take it off the reactor.
+    The key is our own (imd-admin keys init wrote it), so that validation is
+    skipped and a sign/verify round trip (~1 ms) proves the key signs what its
+    public half verifies.
+    """
+    data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_private_key(data, None, unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise IssuerKeyError("server private key is not a PEM key")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise IssuerKeyError("server private key is not an RSA key")
+    try:
+        signature = key.sign(_PROBE, padding.PKCS1v15(), hashes.SHA256())
+        key.public_key().verify(signature, _PROBE, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError):
+        raise IssuerKeyError("server private key does not verify its own signature")
+    return key
+
+
+class TokenIssuer:
+    """Signs wstokens with ``privateKey`` from Redis.
+
+    Each call GETs the PEM (so a rotation takes effect on the next token);
+    it is parsed only when its text differs from the last one.  Signing with
+    the parsed key takes ~0.6 ms and stays on the reactor: cryptography holds
+    the GIL while it signs (measured: two threads sign slower than one), and
+    the http role's rate limits bound how often it runs.
+    """
+
+    def __init__(self, store, clock, ttl: int):
+        self._store = store
+        self._clock = clock
+        self.ttl = ttl
+        self._key = None
+        self._key_pem = None
+        self._key_problem = None
+
+    @defer.inlineCallbacks
+    def issue(self, uid: int) -> defer.Deferred:
+        """A Deferred wstoken; StoreUnavailable or IssuerKeyError otherwise."""
+        pem = yield self._store.get_private_key()
+        if not pem:
+            raise IssuerKeyError("server keys are not set up (imd-admin keys init)")
+        if pem != self._key_pem:
+            # An unusable key is remembered too, so it is not parsed again
+            # for every request until the PEM changes.
+            try:
+                self._key, self._key_problem = load_private_key(pem), None
+            except IssuerKeyError as e:
+                self._key, self._key_problem = None, str(e)
+            self._key_pem = pem
+        if self._key_problem is not None:
+            raise IssuerKeyError(self._key_problem)
+        return issue_token(self._key, uid, self._clock.seconds(), self.ttl)
+
+
+def is_time(value) -> bool:
+    """A finite number of seconds (JSON allows NaN and 1e999 through PyJWT)."""
+    try:
+        return type(value) in (int, float) and math.isfinite(value)
+    except OverflowError:   # an int past float's range
+        return False
 
 
 def token_from_request(path, params):
@@ -95,10 +179,11 @@ def token_from_request(path, params):
 class TokenVerifier:
     """Checks a wstoken and returns the user id it names, or LoginRefused."""
 
-    def __init__(self, store, clock, single_use=True):
+    def __init__(self, store, clock, single_use=True, max_lifetime=MAX_TOKEN_LIFETIME):
         self._store = store
         self._clock = clock
         self._single_use = single_use
+        self._max_lifetime = max_lifetime
         self._key = None
         self._key_pem = None
 
@@ -171,16 +256,20 @@ class TokenVerifier:
         if claims.get("type") != TOKEN_TYPE:
             raise LoginRefused("wrong token type")
         exp = claims.get("exp")
-        if type(exp) not in (int, float):
+        if not is_time(exp):
             raise LoginRefused("token has no expiry")
         if exp <= now:
             raise LoginRefused("token expired")
         nbf = claims.get("nbf")
-        if nbf is not None and (type(nbf) not in (int, float) or nbf > now):
+        if nbf is not None and (not is_time(nbf) or nbf > now):
             raise LoginRefused("token not yet valid")
         iat = claims.get("iat")
-        if iat is not None and (type(iat) not in (int, float) or iat > now + 60):
+        if iat is not None and (not is_time(iat) or iat > now + 60):
             raise LoginRefused("token issued in the future")
+        # A token meant to live longer than imd issues them was not issued by
+        # this config; its exp would also be out of range for Redis (1e30).
+        if exp - (now if iat is None else iat) > self._max_lifetime:
+            raise LoginRefused("token lifetime over token_ttl")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not 0 < len(jti) <= 128:
             raise LoginRefused("token has no jti")

@@ -143,10 +143,19 @@ def _tls_endpoint(text):
     return text
 
 
+MIN_HS256_SECRET_BYTES = 32
+
+
 def _auth_mode(text):
     if text == "dev":
         return text
     if text.startswith("hs256:") and len(text) > len("hs256:"):
+        # A short HMAC secret can be found by brute force from one platform
+        # token, and then anyone can mint tokens for anyone (RFC 7518 3.2).
+        length = len(text[len("hs256:"):].encode("utf-8"))
+        if length < MIN_HS256_SECRET_BYTES:
+            raise _Invalid("the hs256 secret must be at least %d bytes (it has %d)"
+                           % (MIN_HS256_SECRET_BYTES, length))
         return text
     raise _Invalid("expected 'dev' or 'hs256:<secret>', got %r" % (text.split(":")[0],))
 
@@ -264,6 +273,12 @@ class HttpSettings:
     auth: str = _setting("dev", _auth_mode)
     public_ws_url: str = _setting("", _ws_url)
     cors_origins: tuple = _setting("", _origins)
+    token_user_rate: float = _setting("0.5", _number(strictly_positive=False))
+    token_user_burst: int = _setting("10", _int(1))
+    token_address_rate: float = _setting("10", _number(strictly_positive=False))
+    token_address_burst: int = _setting("40", _int(1))
+    request_timeout: float = _setting("10", _number())
+    max_connections: int = _setting("1000", _int(1))
     api_key: str = _setting("", _api_key)
 
 

@@ -5,13 +5,13 @@
 import json
 
 import pymysql
-from twisted.internet import defer, reactor, threads
-from twisted.internet.endpoints import serverFromString
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from imd.http import build_site
-from tests.support import DEADLINE, ImdServer, RedisTestMixin, make_settings, mysql_db, with_deadline
+from tests.support import ImdServer, RedisTestMixin, make_settings, mysql_db, wait_until, with_deadline
 
 
 def ensure_test_database(name=None):
@@ -51,6 +51,7 @@ class HttpServer(ImdServer):
         super().__init__(settings, clock)
         self.with_ws = with_ws
         self.ws_port = None
+        self.site = None
         self._http = None
 
     @defer.inlineCallbacks
@@ -63,9 +64,10 @@ class HttpServer(ImdServer):
         else:
             self.app.mysql.startService()  # connects on first use only
             self.app.redis_client.startService()
-            yield self.app.redis_client.wait_connected(DEADLINE)
-        site = build_site(self.app, ws_base_url=ws_base)
-        self._http = yield serverFromString(reactor, self.app.settings.http.listen).listen(site)
+            # polled on the real reactor: the app's own clock may be a task.Clock
+            yield wait_until(lambda: self.app.redis_client.connected, what="redis connection")
+        self.site = build_site(self.app, ws_base_url=ws_base)
+        self._http = yield serverFromString(reactor, self.app.settings.http.listen).listen(self.site)
         self.http_port = self._http.getHost().port
         return self
 
@@ -100,15 +102,16 @@ class HttpTestMixin(RedisTestMixin):
         self.addCleanup(self._pool.closeCachedConnections)
 
     @defer.inlineCallbacks
-    def start_server(self, settings):
-        server = HttpServer(settings, self.with_ws)
+    def start_server(self, settings, clock=None):
+        server = HttpServer(settings, self.with_ws, clock)
         self.addCleanup(server.stop)
         yield server.start()
         return server
 
     @defer.inlineCallbacks
-    def request(self, method, path, body=None, headers=None, server=None, chunked=False):
-        """``body``: bytes, or any other value sent as JSON."""
+    def request(self, method, path, body=None, headers=None, server=None, chunked=False, source=None):
+        """``body``: bytes, or any other value sent as JSON; ``source``: the
+        local address to send from (e.g. ``127.0.0.2``)."""
         server = server or self.http
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode("utf-8")
@@ -119,7 +122,7 @@ class HttpTestMixin(RedisTestMixin):
                 from twisted.web.iweb import UNKNOWN_LENGTH
                 producer.length = UNKNOWN_LENGTH
         raw = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in (headers or {}).items()})
-        agent = Agent(reactor, pool=self._pool)
+        agent = Agent(reactor, pool=self._pool, bindAddress=(source, 0) if source else None)
         response = yield with_deadline(
             agent.request(method.encode("ascii"), (server.base_url + path).encode("ascii"), raw, producer),
             what="HTTP response")
@@ -128,6 +131,53 @@ class HttpTestMixin(RedisTestMixin):
 
     def post_token(self, body=None, headers=None, **kwargs):
         return self.request("POST", "/IM/token", body, headers, **kwargs)
+
+
+class RawClient(protocol.Protocol):
+    """A TCP connection that sends what it is told and keeps what it gets."""
+
+    def __init__(self):
+        self.data = b""
+        self.closed = defer.Deferred()   # fires with everything received
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.data)
+
+    def status(self):
+        """The status code of the first answer, or None."""
+        line = self.data.split(b"\r\n", 1)[0].split()
+        return int(line[1]) if len(line) > 1 and line[1].isdigit() else None
+
+    def body_json(self):
+        return json.loads(self.data.partition(b"\r\n\r\n")[2].decode("utf-8"))
+
+
+def raw_connect(port, source=None):
+    """A :class:`RawClient` connected to 127.0.0.1:``port``."""
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0) if source else None)
+    return with_deadline(connectProtocol(endpoint, RawClient()), what="TCP connection")
+
+
+def count_bytes_received(site):
+    """[bytes the site's connections have read so far], kept up to date: the
+    test then knows a slow line has arrived before it moves a Clock."""
+    count = [0]
+    build = site.buildProtocol
+
+    def counting(addr):
+        channel = build(addr)
+        received = channel.dataReceived
+
+        def data_received(data):
+            count[0] += len(data)
+            return received(data)
+        channel.dataReceived = data_received
+        return channel
+    site.buildProtocol = counting
+    return count
 
 
 def _Stream(data):

@@ -83,7 +83,7 @@ class SettingsTests(unittest.SynchronousTestCase):
     def test_cross_key_rules(self):
         self.assert_error("[mysql]\npool_min = 9\n", "mysql", "pool_min", "pool_max")
         self.assert_error("[http]\nlisten = tcp:8766:interface=0.0.0.0\n", "http", "auth", "loopback")
-        parse_settings("[http]\nlisten = tcp:8766:interface=0.0.0.0\nauth = hs256:secret\n")
+        parse_settings("[http]\nlisten = tcp:8766:interface=0.0.0.0\nauth = hs256:%s\n" % ("s" * 32))
 
     def test_not_an_ini(self):
         self.assert_error("listen = 1\n", None, None, "cannot parse")

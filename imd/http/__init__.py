@@ -32,7 +32,8 @@ def build_site(app, ws_base_url=None):
     root.putChild(b"IM", im)
     root.putChild(b"healthz", HealthResource(app))
     root.putChild(b"metrics", MetricsResource(app))
-    return ImdSite(root, app.clock)
+    http = app.settings.http
+    return ImdSite(root, app.clock, http.request_timeout, http.max_connections)
 
 
 def build_metrics_site(app) -> ImdSite:
@@ -40,4 +41,5 @@ def build_metrics_site(app) -> ImdSite:
     root = Root()
     root.putChild(b"healthz", HealthResource(app))
     root.putChild(b"metrics", MetricsResource(app))
-    return ImdSite(root, app.clock)
+    http = app.settings.http
+    return ImdSite(root, app.clock, http.request_timeout, http.max_connections)

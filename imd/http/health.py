@@ -1,7 +1,9 @@
 """``GET /healthz``: can this process reach Redis and MySQL right now?
 
 200 ``{"redis": "ok", "mysql": "ok"}``; otherwise 503 with ``"down"`` for each
-store that failed and ``error`` saying why.  Redis is asked ``PING`` through
+store that failed.  Why it failed (the driver's message, which names hosts
+and ports) goes to the log only: the answer may be public (a proxy in front,
+a load balancer's probe).  Redis is asked ``PING`` through
 the App's own client (so the answer is about the connection the daemon uses);
 MySQL ``SELECT 1`` through the App's MySQL pool.
 """
@@ -41,7 +43,6 @@ class HealthResource(JsonResource):
             if not ok:
                 problems.append("%s: %s" % (name, value.getErrorMessage() or value.type.__name__))
         if problems:
-            body["error"] = "; ".join(problems)
-            _log.warn("health check failed: {problems}", problems=body["error"])
+            _log.warn("health check failed: {problems}", problems="; ".join(problems))
             return 503, body
         return 200, body

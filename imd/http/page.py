@@ -1,13 +1,19 @@
-"""The web test page (``web/``) served as plain files: no build step."""
+"""The web test page (``web/``) served as plain files: no build step.
+
+Only ``GET`` and ``HEAD`` of the three files; anything else (another method,
+a path below a file) is a JSON error like the rest of the site.
+"""
 
 import os
 
 from twisted.web.static import File
 
 import imd
+from imd.http.resource import ErrorResource, NotFound, error_result, finish_json, method_not_allowed
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(imd.__file__))), "web")
 PAGE_FILES = ("page.html", "page.js", "page.css")
+PAGE_METHODS = ("GET", "HEAD")
 
 # The page talks to this origin (tokens) and to any ws:/wss: address the
 # token's url names; nothing else runs on it.
@@ -16,7 +22,17 @@ _CSP = (b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:;
 
 
 class PageFile(File):
+    childNotFound = NotFound()
+    forbidden = ErrorResource(403, "forbidden")
+
+    def getChild(self, path, request):
+        return self.childNotFound   # each page file is a file: nothing below it
+
     def render(self, request):
+        if request.method.decode("ascii", "replace").upper() not in PAGE_METHODS:
+            return finish_json(request, error_result(method_not_allowed(request.method, PAGE_METHODS)))
+        # The files are a few KiB: whole answers only, so no 416 page either.
+        request.requestHeaders.removeHeader(b"range")
         request.setHeader(b"Content-Security-Policy", _CSP)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Cache-Control", b"no-cache")

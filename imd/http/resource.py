@@ -56,6 +56,37 @@ def apply_cors(request, origins):
     return False
 
 
+def finish_json(request, result) -> bytes:
+    """Set the status and headers of ``(status, body[, headers])`` on
+    ``request``; the body bytes to write (none for HEAD)."""
+    status, body, headers = result if len(result) == 3 else (result[0], result[1], {})
+    request.setResponseCode(status)
+    for name, value in headers.items():
+        request.setHeader(name, value)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    if isinstance(body, Raw):
+        request.setHeader(b"Content-Type", body.content_type.encode("ascii"))
+        data = body.data
+    else:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        data = json_bytes(body)
+    request.setHeader(b"Content-Length", str(len(data)).encode("ascii"))
+    return b"" if request.method == b"HEAD" else data
+
+
+def error_result(error) -> tuple:
+    """``(status, body, headers)`` of an :class:`HttpError`."""
+    return error.status, {"error": error.message}, error.headers
+
+
+def method_not_allowed(method, allowed) -> HttpError:
+    """405 naming the methods ``allowed`` (a tuple like ``("GET", "HEAD")``)."""
+    method = method.decode("ascii", "replace") if isinstance(method, bytes) else method
+    return HttpError(405, "method %s not allowed here (use %s)" % (method[:16], ", ".join(allowed)),
+                     {b"Allow": ", ".join(allowed).encode("ascii")})
+
+
 class JsonResource(Resource):
     isLeaf = True
     methods = ()   # e.g. ("GET",); HEAD follows GET, OPTIONS is the CORS preflight
@@ -74,9 +105,9 @@ class JsonResource(Resource):
         if method == "HEAD" and "GET" in self.methods:
             method = "GET"
         if method not in self.methods:
-            return self._finish(request, self._error(HttpError(
-                405, "method %s not allowed here (use %s)" % (method[:16], ", ".join(self.methods)),
-                {b"Allow": ", ".join(self.methods + ("OPTIONS",)).encode("ascii")})))
+            error = method_not_allowed(method, self.methods)
+            error.headers[b"Allow"] = ", ".join(self.methods + ("OPTIONS",)).encode("ascii")
+            return self._finish(request, self._error(error))
         if getattr(request, "body_too_large", False):
             return self._finish(request, self._error(HttpError(
                 413, "request body over %d bytes" % request.max_body)))
@@ -97,7 +128,7 @@ class JsonResource(Resource):
 
     @staticmethod
     def _error(error):
-        return error.status, {"error": error.message}, error.headers
+        return error_result(error)
 
     def _failed(self, failure, request):
         if failure.check(HttpError):
@@ -115,27 +146,25 @@ class JsonResource(Resource):
 
     @staticmethod
     def _finish(request, result):
-        status, body, headers = result if len(result) == 3 else (result[0], result[1], {})
-        request.setResponseCode(status)
-        for name, value in headers.items():
-            request.setHeader(name, value)
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        if isinstance(body, Raw):
-            request.setHeader(b"Content-Type", body.content_type.encode("ascii"))
-            data = body.data
-        else:
-            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-            data = json_bytes(body)
-        request.setHeader(b"Content-Length", str(len(data)).encode("ascii"))
-        return b"" if request.method == b"HEAD" else data
+        return finish_json(request, result)
 
 
-class NotFound(JsonResource):
-    methods = ("GET", "POST")
+class ErrorResource(Resource):
+    """Answers every request, whatever its method or path, with one JSON error."""
+    isLeaf = True
+
+    def __init__(self, status, message):
+        super().__init__()
+        self.status = status
+        self.message = message
 
     def render(self, request):
-        return self._finish(request, (404, {"error": "no such resource"}))
+        return finish_json(request, (self.status, {"error": self.message}))
+
+
+class NotFound(ErrorResource):
+    def __init__(self):
+        super().__init__(404, "no such resource")
 
 
 def read_json_object(request):

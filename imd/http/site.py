@@ -1,22 +1,50 @@
-"""The HTTP site: a body cap on every request and an access log that never
-holds a token.
+"""The HTTP site: bounded connections and requests, JSON errors, no version
+banner, and an access log that never holds a token.
 
-twisted.web reads a whole request body before rendering; :class:`CappedRequest`
-keeps at most ``max_body`` bytes of it and marks the request so the resource
-answers 413.  The access log goes through twisted.logger; its path has
-tokens masked (imd.logs.redact, the one redactor), and it holds no header
-values (no Authorization, no Referer).
+- At most ``[http] max_connections`` connections are open at once; past it a
+  new connection is answered ``503`` (JSON) and closed before any request is
+  read.
+- Each request must arrive whole (request line, headers, body) within
+  ``[http] request_timeout`` seconds of the connection being ready for it
+  (opened, or the previous answer sent).  Twisted's own timeout is an *idle*
+  timeout, reset by every byte, so a client sending one header line now and
+  then kept a connection forever; this deadline is not reset.  A late request
+  is answered ``408`` (JSON) and the connection closed.
+- twisted.web reads a whole request body before rendering;
+  :class:`CappedRequest` keeps at most ``max_body`` bytes of it and marks the
+  request so the resource answers 413.
+- No ``Server:`` header (it named the Twisted version), and a failure in a
+  resource is a JSON 500, not Twisted's HTML page.
+- The access log goes through twisted.logger; its path has tokens masked
+  (imd.logs.redact, the one redactor), and it holds no header values (no
+  Authorization, no Referer).
 """
 
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from imd.http.resource import finish_json, json_bytes
 from imd.logs import redact
 
 _log = Logger()
 
 MAX_BODY_BYTES = 8192
-REQUEST_IDLE_TIMEOUT = 60
+REQUEST_TIMEOUT = 10
+MAX_CONNECTIONS = 1000
+REFUSAL_LOG_INTERVAL = 10   # seconds between two log lines about refused connections
+
+_REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
+
+
+def closing_response(status: int, message: str, extra_headers: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer with a JSON error body, for a connection that
+    is closed right after it (written below twisted.web's Request)."""
+    body = json_bytes({"error": message})
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n"
+            % (status, _REASONS[status], len(body), extra_headers)) + body
 
 
 class CappedRequest(Request):
@@ -41,14 +69,127 @@ class CappedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def write(self, data):
+        if not self.startedWriting:
+            # twisted.web.server.Request.process sets it to TwistedWeb/<version>.
+            self.responseHeaders.removeHeader(b"server")
+        super().write(data)
+
+    def processingFailed(self, reason):
+        _log.failure("unexpected error answering {method} {path}", reason,
+                     method=self.method, path=redact(self.uri.decode("latin-1"))[:300])
+        if self.startedWriting or self.finished:
+            self.loseConnection()
+            return reason
+        self.responseHeaders = type(self.responseHeaders)()
+        self.write(finish_json(self, (500, {"error": "internal server error"})))
+        self.finish()
+        return reason
+
+
+class ImdChannel(HTTPChannel):
+    """HTTP/1.1 with a deadline on receiving each request in full."""
+
+    request_timeout = REQUEST_TIMEOUT
+    _deadline = None
+    _request_started = False
+    _counted = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._arm()
+
+    def dataReceived(self, data):
+        if self._deadline is not None:
+            self._request_started = True
+        super().dataReceived(data)
+
+    def allContentReceived(self):
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        # Armed before the base class replays pipelined bytes, which may hold
+        # the whole next request (and disarm it again).
+        if self.persistent:
+            self._arm()
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._disarm()
+        if self._counted:
+            self._counted = False
+            self.site.connection_closed()
+        super().connectionLost(reason)
+
+    def _arm(self):
+        self._disarm()
+        self._request_started = False
+        self._deadline = self.callLater(self.request_timeout, self._request_too_slow)
+
+    def _disarm(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _request_too_slow(self):
+        self._deadline = None
+        if self._request_started:
+            self.transport.write(closing_response(
+                408, "the request did not arrive within %g s" % self.request_timeout))
+        # As HTTPChannel.timeoutConnection: close once the answer is out,
+        # abort if the peer does not read it.
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+
+class _Refused(Protocol):
+    """Past ``max_connections``: one 503 and close, before reading anything."""
+
+    def connectionMade(self):
+        self.transport.write(closing_response(503, "too many connections, retry later", b"Retry-After: 5\r\n"))
+        self.transport.loseConnection()
+
 
 class ImdSite(Site):
     requestFactory = CappedRequest
+    protocol = ImdChannel   # HTTP/1.1 only (the TLS listeners offer no h2 either)
 
-    def __init__(self, resource, clock):
-        super().__init__(resource, timeout=REQUEST_IDLE_TIMEOUT)
+    def __init__(self, resource, clock, request_timeout=REQUEST_TIMEOUT, max_connections=MAX_CONNECTIONS):
+        # The idle timeout is off: ImdChannel's deadline covers idle
+        # connections too, and is not reset by each byte.
+        super().__init__(resource, timeout=None, reactor=clock)
         self._clock = clock
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.open_connections = 0
         self.displayTracebacks = False
+        self._refused = 0
+        self._refusal_logged_at = None
+
+    def buildProtocol(self, addr):
+        if self.open_connections >= self.max_connections:
+            self._note_refusal()
+            return _Refused()
+        channel = super().buildProtocol(addr)
+        channel.request_timeout = self.request_timeout
+        channel._counted = True
+        self.open_connections += 1
+        return channel
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+
+    def _note_refusal(self):
+        # One line per interval, however many are refused: a flood must not
+        # become a flood of log lines.
+        self._refused += 1
+        now = self._clock.seconds()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            _log.warn("http: {count} connection(s) refused, {open} open ([http] max_connections)",
+                      count=self._refused, open=self.open_connections)
+            self._refused, self._refusal_logged_at = 0, now
 
     def log(self, request):
         peer = request.getClientAddress()

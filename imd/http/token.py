@@ -1,9 +1,16 @@
 """``POST /IM/token``: who is asking (``[http] auth``), then a wstoken for them.
 
 ``dev``: the JSON body ``{"id": N}`` is trusted (config allows it only on
-loopback listeners).  ``hs256:<secret>``: ``Authorization: Bearer <JWT>``
-signed HS256 by the platform with the user id in claim ``id``; its ``exp`` and
-``nbf``, when present, are checked against the injected clock.
+loopback listeners), and only from a browser or tool on this machine: a
+request that came through a proxy, or names a ``Host`` other than a loopback
+one (DNS rebinding), is refused.  ``hs256:<secret>``: ``Authorization: Bearer
+<JWT>`` signed HS256 by the platform with the user id in claim ``id``; it
+must have an ``exp`` at most :data:`PLATFORM_MAX_LIFETIME` ahead, checked
+with ``nbf`` against the injected clock.
+
+Every request counts against its remote address's allowance, and every
+authenticated one against its user's (``[http] token_*``): past either the
+answer is 429 with ``Retry-After``, before any signing is done.
 """
 
 import ipaddress
@@ -14,16 +21,35 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from imd import endpoints
-from imd.auth import issue_token
+from imd.auth import IssuerKeyError, TokenIssuer, is_time
 from imd.errors import StoreUnavailable
+from imd.http.ratelimit import RateLimiter
 from imd.http.resource import HttpError, JsonResource, read_json_object
 from imd.protocol import parse_uid
 
 _log = Logger()
 
 PLATFORM_ALGORITHM = "HS256"
+# A platform token that leaks is good for at most this long.
+PLATFORM_MAX_LIFETIME = 86400
 _HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd"'}
+# Set by proxies (nginx's proxy_add_x_forwarded_for, RFC 7239, X-Real-IP).
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
+_LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
+
+
+def refuse_unless_local(request) -> None:
+    """HttpError 403 unless ``request`` came straight from this machine's
+    loopback under a loopback name (what ``[http] auth = dev`` trusts)."""
+    for name in PROXY_HEADERS:
+        if request.requestHeaders.hasHeader(name):
+            raise HttpError(403, "dev mode does not answer requests that came through a proxy "
+                                 "(%s is set); use [http] auth = hs256:<secret>" % name.decode("ascii"))
+    host = request.getHeader(b"host")
+    if host is None or not _LOOPBACK_HOST.fullmatch(host.decode("latin-1")):
+        raise HttpError(403, "dev mode answers only requests for localhost, 127.0.0.1 or [::1] "
+                             "(Host header)")
 
 
 def _is_unspecified(host):
@@ -57,28 +83,41 @@ class TokenResource(JsonResource):
     methods = ("POST",)
 
     def __init__(self, app, ws_base_url=None):
-        super().__init__(app.settings.http.cors_origins)
+        http = app.settings.http
+        super().__init__(http.cors_origins)
         self._app = app
         self._ws_base_url = ws_base_url
-        auth = app.settings.http.auth
-        self._secret = auth[len("hs256:"):] if auth.startswith("hs256:") else None
+        self._secret = http.auth[len("hs256:"):] if http.auth.startswith("hs256:") else None
+        self._issuer = TokenIssuer(app.tokens, app.clock, app.settings.auth.token_ttl)
+        self._per_address = RateLimiter(http.token_address_rate, http.token_address_burst)
+        self._per_user = RateLimiter(http.token_user_rate, http.token_user_burst)
 
     @defer.inlineCallbacks
     def render_POST(self, request):
-        uid = self._platform_user(request) if self._secret is not None else self._dev_user(request)
         app = self._app
+        if self._secret is None:
+            refuse_unless_local(request)
+        peer = getattr(request.getClientAddress(), "host", None) or "-"
+        self._spend(self._per_address, peer, "this address")
+        uid = self._platform_user(request) if self._secret is not None else self._dev_user(request)
+        self._spend(self._per_user, uid, "this user")
         try:
-            private_pem = yield app.tokens.get_private_key()
+            token = yield self._issuer.issue(uid)
         except StoreUnavailable as e:
             _log.warn("token not issued: {why}", why=str(e))
             app.metrics.store_error(str(e))
             raise HttpError(503, "storage unavailable, retry later")
-        if not private_pem:
-            raise HttpError(503, "server keys are not set up (imd-admin keys init)")
-        ttl = app.settings.auth.token_ttl
-        token = issue_token(private_pem, uid, app.clock.seconds(), ttl)
+        except IssuerKeyError as e:
+            _log.warn("token not issued: {why}", why=str(e))
+            raise HttpError(503, str(e))
         base = self._ws_base_url or ws_base_url(app.settings, request)
-        return 200, {"token": token, "expires_in": ttl, "url": base + token}
+        return 200, {"token": token, "expires_in": self._issuer.ttl, "url": base + token}
+
+    def _spend(self, limiter, key, whose):
+        wait = limiter.take(key, self._app.clock.seconds())
+        if wait:
+            raise HttpError(429, "too many token requests for %s, retry in %d s" % (whose, wait),
+                            {b"Retry-After": str(wait).encode("ascii")})
 
     def _dev_user(self, request):
         body = read_json_object(request)
@@ -112,9 +151,16 @@ class TokenResource(JsonResource):
         except jwt.PyJWTError as e:
             raise HttpError(401, "bad credentials: %s" % e, _CHALLENGE)
         now = self._app.clock.seconds()
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        if exp is not None and (type(exp) not in (int, float) or exp <= now):
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if exp is None:
+            raise HttpError(401, "bad credentials: the platform token has no exp", _CHALLENGE)
+        if not is_time(exp) or exp <= now:
             raise HttpError(401, "bad credentials: the platform token has expired", _CHALLENGE)
-        if nbf is not None and (type(nbf) not in (int, float) or nbf > now):
+        if nbf is not None and (not is_time(nbf) or nbf > now):
             raise HttpError(401, "bad credentials: the platform token is not yet valid", _CHALLENGE)
+        if iat is not None and not is_time(iat):
+            raise HttpError(401, "bad credentials: the platform token's iat is not a time", _CHALLENGE)
+        if exp - min(now, iat if iat is not None else now) > PLATFORM_MAX_LIFETIME:
+            raise HttpError(401, "bad credentials: the platform token lives longer than %d h"
+                            % (PLATFORM_MAX_LIFETIME // 3600), _CHALLENGE)
         return claims

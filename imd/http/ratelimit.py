@@ -1,0 +1,48 @@
+"""Token buckets keyed by caller (a user id, a remote address), in memory.
+
+Each process limits on its own: behind several http nodes the allowance is
+per node.  The number of buckets is bounded, so callers that keep changing
+their key (many user ids, many IPv6 addresses) cannot grow memory: past
+``max_keys`` the least recently seen bucket is forgotten (that caller starts
+again with a full bucket, which costs an attacker more requests than it
+gains).
+"""
+
+import math
+from collections import OrderedDict
+
+MAX_KEYS = 100000
+
+
+class RateLimiter:
+    """``rate`` requests per second per key, ``burst`` at once; rate 0 = no limit."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = MAX_KEYS):
+        self.rate = rate
+        self.burst = burst
+        self._max_keys = max_keys
+        self._buckets = OrderedDict()   # key -> (tokens, at)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, key, now: float) -> int:
+        """Spend one request of ``key``: 0 when allowed, else the whole
+        seconds to wait before the next one would be (for ``Retry-After``)."""
+        if not self.enabled:
+            return 0
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
+        if tokens >= 1:
+            tokens -= 1
+            wait = 0
+        else:
+            wait = max(1, math.ceil((1 - tokens) / self.rate))
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return wait
+
+    def __len__(self) -> int:
+        return len(self._buckets)
