@@ -4,9 +4,9 @@ import os
 
 from twisted.web.static import File
 
-import imd
+from imd.resources import data_dir
 
-WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(imd.__file__))), "web")
+WEB_DIR = data_dir("web")
 PAGE_FILES = ("page.html", "page.js", "page.css")
 
 # The page talks to this origin (tokens) and to any ws:/wss: address the
