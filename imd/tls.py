@@ -27,13 +27,19 @@ from cryptography.x509.oid import NameOID
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString, wrapServerTLS
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.ssl import (AcceptableCiphers, Certificate, CertificateOptions,
                                   DiffieHellmanParameters, KeyPair, TLSVersion)
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
+
+try:
+    from twisted.internet.endpoints import wrapServerTLS
+except ImportError:  # Twisted before 26 (PyPy 3.9 gets 25.5)
+    wrapServerTLS = None
 
 _log = Logger()
 
@@ -176,6 +182,25 @@ class ReloadableServerTLS:
         return True
 
 
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    """What Twisted's ``wrapServerTLS`` returns, for Twisted versions without it."""
+
+    def __init__(self, creator, wrapped):
+        self._creator = creator
+        self._wrapped = wrapped
+
+    def listen(self, factory):
+        return self._wrapped.listen(TLSMemoryBIOFactory(self._creator, False, factory))
+
+
+def wrap_server_tls(creator, endpoint):
+    """``endpoint`` with TLS from ``creator`` on every connection it accepts."""
+    if wrapServerTLS is not None:
+        return wrapServerTLS(creator, endpoint)
+    return _TLSServerEndpoint(creator, endpoint)
+
+
 class TlsReloader(Service):
     """Owns the reloadable listeners' certificates and reloads them on SIGHUP."""
 
@@ -192,7 +217,7 @@ class TlsReloader(Service):
         spec = parse_tls_endpoint(description)
         creator = ReloadableServerTLS.load(spec)
         self._creators.append(creator)
-        return wrapServerTLS(creator, serverFromString(self._reactor, spec.tcp_description()))
+        return wrap_server_tls(creator, serverFromString(self._reactor, spec.tcp_description()))
 
     def __len__(self):
         return len(self._creators)
