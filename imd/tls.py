@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -166,7 +167,12 @@ class ReloadableServerTLS:
         return cls(spec, load_certificate_options(spec))
 
     def serverConnectionForTLS(self, protocol):
-        return self._options.serverConnectionForTLS(protocol)
+        options = self._options
+        if hasattr(options, "serverConnectionForTLS"):
+            return options.serverConnectionForTLS(protocol)
+        # Twisted before 26 (PyPy 3.9's): CertificateOptions is only a context
+        # factory; this is what Twisted itself then does with one.
+        return SSL.Connection(options.getContext(), None)
 
     def reload(self):
         """Re-read the files; True when the new certificate is in use."""

@@ -50,6 +50,13 @@ class TlsEndpointParsingTests(unittest.SynchronousTestCase):
         self.assertRaises(ConfigError, parse_settings, text, "imd.ini")
 
 
+class _ContextFactoryOnly:
+    """CertificateOptions as Twisted before 26 has it: getContext alone."""
+
+    def __init__(self, options):
+        self.getContext = options.getContext
+
+
 class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
     """A real wss listener on 127.0.0.1 with a certificate from a test CA."""
 
@@ -107,12 +114,15 @@ class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
         self.assertEqual(alice.transport.negotiatedProtocol, b"http/1.1")
         self.assertEqual(alice.transport.getPeerCertificate().get_serial_number(), self.serial)
 
-    async def test_listener_without_twisteds_wrap_server_tls(self):
-        # Twisted before 26 (PyPy 3.9's) has no wrapServerTLS: imd wraps the
-        # TCP endpoint with TLSMemoryBIOFactory itself.
+    async def test_listener_as_on_twisted_before_26(self):
+        # Twisted before 26 (PyPy 3.9's) has no wrapServerTLS, and its
+        # CertificateOptions is only a context factory: imd wraps the TCP
+        # endpoint with TLSMemoryBIOFactory itself and makes the connection.
         self.patch(imd.tls, "wrapServerTLS", None)
         endpoint = self.app.server_endpoint(self.app.settings.websocket.tls_listen)
         self.assertIsInstance(endpoint, imd.tls._TLSServerEndpoint)
+        creator = self.app.tls._creators[-1]
+        creator._options = _ContextFactoryOnly(creator._options)
         listening = await endpoint.listen(self.app.websocket_factory(secure=True))
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port
