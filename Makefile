@@ -1,6 +1,8 @@
 # imd: `make run` sets everything up and runs the daemon; `make test` runs the suite.
-VENV    ?= .venv
+# PYTHON=pypy3 runs both on PyPy (Debian's pypy3, installed by bin/ensure-pypy),
+# each interpreter in its own venv: .venv for python3, .venv-pypy3 for pypy3.
 PYTHON  ?= python3
+VENV    ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 CONFIG  ?= etc/imd.ini
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
@@ -8,6 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 .PHONY: install services chromium promtool keys schema run test clean bench faults
 
 $(STAMP): setup.cfg pyproject.toml
+	$(if $(findstring pypy,$(PYTHON)),bin/ensure-pypy)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/imd_plugin.py
@@ -62,4 +65,4 @@ faults: install services
 	cat bench/faults/last-run.jsonl
 
 clean:
-	rm -rf $(VENV) _trial_temp build *.egg-info
+	rm -rf $(VENV) _trial_temp build dist *.egg-info

@@ -11,8 +11,7 @@ import json
 from collections import namedtuple
 from typing import Any, Tuple
 
-import orjson
-
+from imd import jsonfast
 from imd.protocol import MAX_ID_CHARS, MAX_UID
 
 MAX_TEXT_BYTES = 65535          # message.msg is TEXT
@@ -51,10 +50,14 @@ def _load(entry: str) -> Any:
     """``json.loads(entry)``, through orjson (~4 us a row faster) when that
     gives the same: orjson refuses what json takes (NaN, lone surrogates)
     and reads integers past 64 bits as floats, so anything but the plain
-    shape of a stored text message is read again by json."""
+    shape of a stored text message is read again by json.  Without orjson
+    (:mod:`imd.jsonfast`), json alone."""
+    fast = jsonfast.orjson
+    if fast is None:
+        return json.loads(entry)
     try:
-        obj = orjson.loads(entry)
-    except orjson.JSONDecodeError:
+        obj = fast.loads(entry)
+    except fast.JSONDecodeError:
         return json.loads(entry)
     if (type(obj) is dict and type(obj.get("id")) in (int, str) and type(obj.get("from")) is int
             and type(obj.get("to")) is int and type(obj.get("ts")) is int and type(obj.get("msg")) is str

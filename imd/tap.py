@@ -42,9 +42,11 @@ def _freeze_startup_heap():
     """Collect once, then move every object alive now (modules, classes,
     the services: what lives as long as the process) out of the collector's
     sight, so that full collections only walk what was made since (a ws
-    process starts with ~64,000 such objects)."""
+    process starts with ~64,000 such objects).  PyPy's collector has no
+    freeze (nor the need: it is generational and moving)."""
     gc.collect()
-    gc.freeze()
+    if hasattr(gc, "freeze"):
+        gc.freeze()
 
 
 def makeService(options):

@@ -25,18 +25,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString, wrapServerTLS
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.ssl import (AcceptableCiphers, Certificate, CertificateOptions,
                                   DiffieHellmanParameters, KeyPair, TLSVersion)
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from imd import endpoints
+
+try:
+    from twisted.internet.endpoints import wrapServerTLS
+except ImportError:  # Twisted before 26 (PyPy 3.9 gets 25.5)
+    wrapServerTLS = None
 
 _log = Logger()
 
@@ -148,7 +155,12 @@ class ReloadableServerTLS:
         return creator
 
     def serverConnectionForTLS(self, protocol):
-        return self._options.serverConnectionForTLS(protocol)
+        options = self._options
+        if hasattr(options, "serverConnectionForTLS"):
+            return options.serverConnectionForTLS(protocol)
+        # Twisted before 26 (PyPy 3.9's): CertificateOptions is only a context
+        # factory; this is what Twisted itself then does with one.
+        return SSL.Connection(options.getContext(), None)
 
     def reload(self):
         """Re-read the files; True when the new certificate is in use."""
@@ -164,6 +176,25 @@ class ReloadableServerTLS:
         self.not_after = not_after
         _log.info("TLS certificate reloaded from {cert}: {about}", cert=self.spec.cert_path, about=about)
         return True
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    """What Twisted's ``wrapServerTLS`` returns, for Twisted versions without it."""
+
+    def __init__(self, creator, wrapped):
+        self._creator = creator
+        self._wrapped = wrapped
+
+    def listen(self, factory):
+        return self._wrapped.listen(TLSMemoryBIOFactory(self._creator, False, factory))
+
+
+def wrap_server_tls(creator, endpoint):
+    """``endpoint`` with TLS from ``creator`` on every connection it accepts."""
+    if wrapServerTLS is not None:
+        return wrapServerTLS(creator, endpoint)
+    return _TLSServerEndpoint(creator, endpoint)
 
 
 class TlsReloader(Service):
@@ -182,7 +213,7 @@ class TlsReloader(Service):
         spec = parse_tls_endpoint(description)
         creator = ReloadableServerTLS.load(spec)
         self._creators.append(creator)
-        return wrapServerTLS(creator, serverFromString(self._reactor, spec.tcp_description()))
+        return wrap_server_tls(creator, serverFromString(self._reactor, spec.tcp_description()))
 
     def __len__(self):
         return len(self._creators)

@@ -1,11 +1,11 @@
-"""Reading MQ entries back (imd.stored): the orjson fast path reads exactly
-what json reads, errors included (pure logic)."""
+"""Reading MQ entries back (imd.stored): the orjson fast path and its json
+fallback read exactly what json reads, errors included (pure logic)."""
 
 import json
 
 from twisted.trial import unittest
 
-from imd import stored
+from imd import jsonfast, stored
 
 ENTRIES = [
     '{"id":"m1","from":1,"to":2,"type":"t","msg":"hello","ts":1700000000000}',
@@ -31,7 +31,12 @@ def outcome(entry):
         return ("error", str(e))
 
 
-class ParseStoredTests(unittest.TestCase):
+class ParseStoredMixin:
+    use_orjson = None
+
+    def setUp(self):
+        self.patch(jsonfast, "orjson", jsonfast.orjson)   # restored after the test
+        jsonfast.use_orjson(self.use_orjson)
 
     def test_same_as_reading_with_json_alone(self):
         fast = [outcome(entry) for entry in ENTRIES]
@@ -49,3 +54,13 @@ class ParseStoredTests(unittest.TestCase):
         for bad in (ENTRIES[1][:-1] + ',"seq":-1}', ENTRIES[1][:-1] + ',"seq":"7"}',
                     ENTRIES[1][:1] + '"seq":3,' + ENTRIES[1][1:]):
             self.assertRaises(ValueError, stored.parse_stored, bad)
+
+
+class OrjsonParseStoredTests(ParseStoredMixin, unittest.TestCase):
+    use_orjson = True
+    if not jsonfast.available():
+        skip = "orjson is not installed (CPython only): the json fallback is tested below"
+
+
+class JsonFallbackParseStoredTests(ParseStoredMixin, unittest.TestCase):
+    use_orjson = False

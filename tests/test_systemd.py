@@ -45,6 +45,14 @@ class UnitContentTests(unittest.SynchronousTestCase):
                            ("imd-migrate.service", "migrate"), ("imd-ws-activated@.service", "ws")):
             self.assertIn("--roles %s " % role, read_unit(name)["Service"]["ExecStart"] + " ")
 
+    def test_pypy_variant_in_a_comment_is_the_same_command_from_the_pypy_venv(self):
+        for name in ("imd-ws@.service", "imd-ws-activated@.service", "imd-migrate.service"):
+            with open(os.path.join(UNITS, name)) as f:
+                commented = [line[2:].strip() for line in f if line.startswith("# ExecStart=")]
+            expected = "ExecStart=" + read_unit(name)["Service"]["ExecStart"].replace(
+                "/opt/imd/.venv/", "/opt/imd/.venv-pypy3/")
+            self.assertEqual(commented, [expected], name)
+
     def test_command_lines_are_accepted_by_twistd_imd(self):
         from imd.tap import Options
         for name in SERVICES:

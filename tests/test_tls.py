@@ -12,6 +12,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial import unittest
 
+import imd.tls
 from imd.config import ConfigError, parse_settings
 from imd.tls import parse_tls_endpoint
 from tests.support import (DEADLINE, ClientMixin, ImdServer, RedisTestMixin, TestClient, drop, make_settings, settings_text,
@@ -47,6 +48,13 @@ class TlsEndpointParsingTests(unittest.SynchronousTestCase):
     def test_tls_listen_must_be_ssl(self):
         text = settings_text({"websocket": {"tls_listen": "tcp:8443"}})
         self.assertRaises(ConfigError, parse_settings, text, "imd.ini")
+
+
+class _ContextFactoryOnly:
+    """CertificateOptions as Twisted before 26 has it: getContext alone."""
+
+    def __init__(self, options):
+        self.getContext = options.getContext
 
 
 class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
@@ -105,6 +113,20 @@ class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
         self.assertEqual((delivered["from"], delivered["type"], delivered["msg"]), (1, "t", "over TLS"))
         self.assertEqual(alice.transport.negotiatedProtocol, b"http/1.1")
         self.assertEqual(alice.transport.getPeerCertificate().get_serial_number(), self.serial)
+
+    async def test_listener_as_on_twisted_before_26(self):
+        # Twisted before 26 (PyPy 3.9's) has no wrapServerTLS, and its
+        # CertificateOptions is only a context factory: imd wraps the TCP
+        # endpoint with TLSMemoryBIOFactory itself and makes the connection.
+        self.patch(imd.tls, "wrapServerTLS", None)
+        endpoint = self.app.server_endpoint(self.app.settings.websocket.tls_listen)
+        self.assertIsInstance(endpoint, imd.tls._TLSServerEndpoint)
+        creator = self.app.tls._creators[-1]
+        creator._options = _ContextFactoryOnly(creator._options)
+        listening = await endpoint.listen(self.app.websocket_factory(secure=True))
+        self.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+        await self.test_login_and_message_over_wss()
 
     async def test_refused_token_over_wss(self):
         client = await self.connect("/not-a-jwt")

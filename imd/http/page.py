@@ -8,10 +8,10 @@ import os
 
 from twisted.web.static import File
 
-import imd
 from imd.http.resource import ErrorResource, NotFound, error_result, finish_json, method_not_allowed
+from imd.resources import data_dir
 
-WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(imd.__file__))), "web")
+WEB_DIR = data_dir("web")
 PAGE_FILES = ("page.html", "page.js", "page.css")
 PAGE_METHODS = ("GET", "HEAD")
 

@@ -21,10 +21,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
+from imd.resources import data_dir
 
 _log = Logger()
 
-SQL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "sql")
+SQL_DIR = data_dir("sql")
 CONNECT_TIMEOUT = 5
 # A query that takes longer than this is treated as a lost server (a stopped,
 # not crashed, MySQL would otherwise hold a pool thread forever).

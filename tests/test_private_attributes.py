@@ -1,0 +1,116 @@
+"""Every private or undocumented attribute of a library that imd reads,
+calls or replaces is still there (pure: no server).
+
+setup.cfg bounds these libraries below their next major version; this test
+is what fails, naming the attribute, when a release inside that range (or a
+deliberate raise of the bound) drops one.  Where imd reads one with a
+default (``getattr(x, name, None)``) the code would go on silently with a
+wrong result, so those are checked here too.
+"""
+
+import jwt
+import txredisapi
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import abstract
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+import autobahn.websocket.protocol as autobahn_protocol
+
+
+class PrivateAttributeTestCase(unittest.SynchronousTestCase):
+
+    def assertHas(self, obj, names, where):
+        missing = [name for name in names if not hasattr(obj, name)]
+        self.assertEqual(missing, [], "%s no longer has %s: imd relies on it (see the module's comments)"
+                         % (where, ", ".join(missing)))
+
+
+class TwistedTests(PrivateAttributeTestCase):
+
+    def test_transport_buffers_for_the_turn_flusher(self):
+        # imd/transport/flush.py
+        self.assertHas(abstract.FileDescriptor(),
+                       ("dataBuffer", "_tempDataBuffer", "doWrite", "_writeDisconnecting", "connected",
+                        "disconnecting"), "twisted.internet.abstract.FileDescriptor")
+
+    def test_reactor_exit_signal(self):
+        # imd/shutdown.py: a SIGTERM stop exits 0
+        from twisted.internet import reactor
+        self.assertHas(reactor, ("_exitSignal",), "the reactor")
+
+
+class _Probe(WebSocketServerProtocol):
+    seen = None
+
+    def onMessageEnd(self):
+        # what imd.transport.websocket's onMessageEnd reads instead of Autobahn's own
+        self.seen = {name: getattr(self, name, "MISSING")
+                     for name in ("message_data", "message_is_binary", "failedByMe")}
+        return super().onMessageEnd()
+
+
+def _masked_text_frame(payload, mask=b"\x01\x02\x03\x04"):
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + masked
+
+
+_HANDSHAKE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class AutobahnTests(PrivateAttributeTestCase):
+
+    def test_module_level_names_imd_replaces(self):
+        # imd/transport/autobahn_tuning.py
+        self.assertHas(autobahn_protocol, ("create_xor_masker", "pformat", "Timings"),
+                       "autobahn.websocket.protocol")
+        self.assertHas(autobahn_protocol.Timings(), ("_timings",), "autobahn.websocket.protocol.Timings")
+        self.assertHas(WebSocketServerProtocol, ("CONFIG_ATTRS",), "WebSocketServerProtocol")
+
+    def test_protocol_state_imd_reads(self):
+        # imd/transport/websocket.py: onMessageEnd and send_packet
+        factory = WebSocketServerFactory("ws://127.0.0.1:1")
+        factory.setProtocolOptions(openHandshakeTimeout=0)   # no timer left behind
+        factory.protocol = _Probe
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertHas(protocol, ("_listeners", "_parent", "trackedTimings", "_perMessageCompress",
+                                  "send_queue", "state"), "an Autobahn server protocol")
+        protocol.dataReceived(_HANDSHAKE)
+        self.assertEqual(protocol.state, protocol.STATE_OPEN, transport.value())
+        protocol.dataReceived(_masked_text_frame(b"hello"))
+        self.assertEqual(protocol.seen, {"message_data": [b"hello"], "message_is_binary": False,
+                                         "failedByMe": False})
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class TxredisapiTests(PrivateAttributeTestCase):
+
+    def test_pool_and_connection_internals(self):
+        # imd/stores/redis.py: the pool's factory and its connections
+        # (what lazyConnectionPool builds, without connecting anywhere)
+        factory = txredisapi.RedisFactory("127.0.0.1:6379", 0, 1, isLazy=True)
+        self.assertIsInstance(factory.handler, txredisapi.ConnectionHandler)
+        self.assertHas(factory.handler, ("_factory",), "txredisapi's connection pool (ConnectionHandler)")
+        self.assertIs(factory.handler._factory, factory)
+        self.assertHas(factory, ("size", "pool"), "txredisapi's RedisFactory")
+        self.assertHas(txredisapi.RedisProtocol(), ("replyQueue", "_encode_value", "transport", "connected"),
+                       "txredisapi.RedisProtocol")
+
+
+class PyJWTTests(PrivateAttributeTestCase):
+
+    def test_decoder_internals(self):
+        # imd/auth.py: a PyJWT whose PyJWS is imd's faster segment check
+        self.assertTrue(callable(getattr(jwt.PyJWS, "_decode_base64url_segment", None)),
+                        "jwt.PyJWS._decode_base64url_segment is gone: imd.auth._JWS overrides it")
+        self.assertHas(jwt.PyJWT(), ("_jws", "_get_sig_options"), "jwt.PyJWT")
+
+    def test_imd_decoder_uses_its_jws(self):
+        from imd import auth
+        self.assertIsInstance(auth._DECODER._jws, auth._JWS)
+
