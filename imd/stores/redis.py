@@ -25,8 +25,8 @@ Writes leave in the reactor turn that made them (``flusher``, see
 imd.transport.flush).
 
 The txredisapi internals used here (``RedisProtocol.replyQueue``,
-``_encode_value``, ``whenConnected``, the factory hooks ``stopTrying``,
-``connectionError`` and ``isLazy``) are checked by tests/test_redis_client.py.
+``whenConnected``, the factory hooks ``stopTrying``,
+``connectionError`` and ``isLazy``) are checked by tests/test_private_attributes.py.
 """
 
 import hashlib
