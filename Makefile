@@ -47,6 +47,17 @@ run: keys schema
 test: install services chromium promtool
 	$(VENV)/bin/trial $(TRIAL_ARGS) tests
 
+# The WebSocket tests again on stock Autobahn (imd/transport/autobahn_tuning.py off).
+WS_TESTS ?= tests.test_messages tests.test_login tests.test_limits tests.test_idle tests.test_protocol \
+	tests.test_shutdown tests.test_nodes tests.test_platform tests.test_history tests.test_tls
+test-plain-autobahn: install services
+	IMD_PLAIN_AUTOBAHN=1 $(VENV)/bin/trial $(TRIAL_ARGS) $(WS_TESTS)
+
+# Type annotations of imd/ (mypy) and lint of imd/, tests/, bench/ (ruff).
+lint: install
+	$(VENV)/bin/ruff check imd tests bench
+	$(VENV)/bin/mypy
+
 # bench/run.py: imd vs the baseline relay (bench/baseline_relay.py), driven by
 # the Node load generator bench/loadgen; own Redis db 9 and MySQL imd_bench.
 bench: install services
