@@ -61,6 +61,14 @@ def build_parser():
     create.add_argument("customer", type=_uid, metavar="CUSTOMER")
     create.add_argument("--courier", type=_uid, metavar="UID", help="the courier who may take it with T")
     create.set_defaults(run=order_create, needs_mysql=True)
+    close = order_cmd.add_parser("close", help="close ORDER: both users get the closed event, and the friendship "
+                                               "the order made ends [orders] close_grace seconds later")
+    close.add_argument("order", type=_uid, metavar="ORDER")
+    close.set_defaults(run=order_close, needs_mysql=True)
+    show = order_cmd.add_parser("show", help="ORDER's conversation: its state, its two users, when it closed "
+                                             "and when the conversation ends")
+    show.add_argument("order", type=_uid, metavar="ORDER")
+    show.set_defaults(run=order_show, needs_mysql=True)
 
     kick = commands.add_parser("kick", help="close every connection of UID on every node (C + 4003)")
     kick.add_argument("uid", type=_uid, metavar="UID")
@@ -222,6 +230,71 @@ def order_create(app, args, out):
     yield app.mysql.create_order(app.settings.orders, args.order, args.customer, args.courier)
     courier = "courier %d" % args.courier if args.courier else "no courier yet"
     out.write("order %d: customer %d, %s\n" % (args.order, args.customer, courier))
+
+
+def _when(ms):
+    """Unix ms as an ISO 8601 UTC time."""
+    from datetime import datetime, timezone
+    stamp = datetime.fromtimestamp(ms / 1000.0, timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def _from_now(ms, now):
+    seconds = (ms - now) / 1000.0
+    return "in %.0fs" % seconds if seconds >= 0 else "%.0fs ago" % -seconds
+
+
+@defer.inlineCallbacks
+def order_close(app, args, out):
+    from imd.errors import ImdError
+    try:
+        closed = yield app.order_lifecycle.close(args.order)
+    except ImdError as e:
+        raise AdminError(e.reason)
+    # the closed events for users on other nodes leave before Redis is closed
+    yield app.node.flush()
+    out.write("order %d closed; the conversation ends at %s (ends_at %d)\n"
+              % (args.order, _when(closed["ends_at"]), closed["ends_at"]))
+
+
+_BEFORE = {"no": "no", "friends": "yes (kept after the order)", "order": "yes, through another order"}
+
+
+@defer.inlineCallbacks
+def order_show(app, args, out):
+    record = yield app.orders.record(args.order)
+    now = int(app.clock.seconds() * 1000)
+    if record is None:
+        parties = yield app.mysql.order_parties(app.settings.orders, args.order)
+        if parties is None:
+            raise AdminError("no order %d" % args.order)
+        customer, courier = parties
+        lines = [("state", "not taken (no T yet)"), ("customer", customer),
+                 ("courier", courier if courier else "none yet")]
+    else:
+        if not record.taken:
+            state = "closed before any T: no conversation"
+        elif record.closed_at is None:
+            state = "open"
+        elif record.ended_at is None:
+            state = "closed; the conversation ends %s" % _from_now(record.ends_at, now)
+        elif record.end == "ended":
+            state = "ended: no longer friends"
+        else:
+            state = "closed; they stay friends (%s)" % record.end
+        lines = [("state", state), ("courier", record.courier or "none"), ("customer", record.customer)]
+        if record.taken:
+            lines += [("friends before", _BEFORE.get(record.before, record.before)),
+                      ("taken", _when(record.taken_at))]
+        if record.closed_at is not None:
+            lines.append(("closed", _when(record.closed_at)))
+        if record.taken and record.ends_at is not None:
+            lines.append(("conversation ends", _when(record.ends_at)))
+        if record.ended_at is not None:
+            lines.append(("end ran", _when(record.ended_at)))
+    out.write("order %d\n" % args.order)
+    for name, value in lines:
+        out.write("  %-18s %s\n" % (name + ":", value))
 
 
 @defer.inlineCallbacks

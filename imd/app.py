@@ -24,7 +24,7 @@ from imd.bus import NodeBus
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
-from imd.handlers.orders import TakeOrderHandler
+from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.site import SiteHandler
 from imd.metrics import Metrics
 from imd.node import LocalNode
@@ -113,6 +113,7 @@ class App:
         self.positions = PositionStore(client, keys)
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None
+        self.order_ends: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
                                node=self.node_id, roles=settings.imd.roles)
         self.tls = TlsReloader(reactor)
@@ -132,6 +133,9 @@ class App:
             "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
             "H": HistoryHandler(self.messages, self.mysql).handle,
         }
+        # closing orders: the server API and imd-admin (contract §7.3)
+        self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
+                                              redis.dedup_ttl)
 
     def _subscriber(self, **callbacks: Any) -> RedisSubscriber:
         redis = self.settings.redis
@@ -195,14 +199,19 @@ class App:
     def migrator_service(self) -> MultiService:
         """The migrate role (it uses ``self.mysql``, started by the caller):
         its own Redis connection, so its batches never queue behind client
-        traffic, and the :class:`imd.migrator.Migrator`."""
+        traffic, the :class:`imd.migrator.Migrator`, and, while that leads,
+        the ends of closed orders' friendships (:mod:`imd.order_ends`)."""
         from imd.migrator import Migrator
+        from imd.order_ends import OrderEnds
         redis = self.settings.redis
         client = RedisClient(redis.url, redis.timeout, self.clock, self.reactor, name="redis (migrator)")
-        self.migrator = Migrator(QueueStore(client, self.keys), self.mysql, self.settings.migrate, self.clock)
-        # Stopped in order: the migrator finishes its batch before its Redis
-        # connection closes.
+        migrator = self.migrator = Migrator(QueueStore(client, self.keys), self.mysql, self.settings.migrate,
+                                            self.clock)
+        self.order_ends = OrderEnds(OrderStore(client, self.keys), self.clock, leading=lambda: migrator.is_leader)
+        # Stopped in order: the order ends and the migrator finish what they
+        # are doing before their Redis connection closes.
         group = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock)
         client.setServiceParent(group)
         self.migrator.setServiceParent(group)
+        self.order_ends.setServiceParent(group)
         return group

@@ -148,12 +148,21 @@ class LocalNode:
             session.send_packet(payload)
         return len(sessions)
 
-    def _route(self) -> None:
+    def _route(self) -> Deferred:
         self._route_call = None
         batch, self._remote = self._remote, []
         d = self.presence.route(batch)
         d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
                                          why=f.getErrorMessage()))
+        return d
+
+    def flush(self) -> Deferred:
+        """Publish what is waiting for the end of this turn now; fires once
+        Redis has it.  For a process about to stop (``imd-admin``)."""
+        if self._route_call is None:
+            return defer.succeed(None)
+        self._route_call.cancel()
+        return self._route()
 
     def kick(self, uid: int, reason: str) -> Deferred:
         """Close every connection of ``uid`` on every node (``C`` + 4003);

@@ -1,13 +1,21 @@
-"""``T`` take order (contract §4): the courier takes an order and the
-customer hears of it through a stored ``s`` packet."""
+"""An order's conversation: ``T`` (take order, contract §4) links the
+courier and the customer; :class:`OrderLifecycle` closes the order (§7.3),
+telling both through a stored ``s`` packet and scheduling the end of the
+friendship the order made (run by :mod:`imd.order_ends`)."""
 
-from typing import Any
+from typing import Any, Dict
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.stores.orders import CLOSED_UNTAKEN, OTHER_COURIER, TAKEN
+
+_log = Logger()
+
+CLOSE_TRIES = 3   # a T racing the close of an order nobody had taken: read again
 
 
 class TakeOrderHandler:
@@ -29,9 +37,81 @@ class TakeOrderHandler:
         ts = int(self._clock.seconds() * 1000)
         notice = {"order": packet.order, "event": "taken", "courier": sender}
         # A fixed id per order: the MySQL unique key (from, id, to) backs up
-        # the taken:<order> guard in Redis, so the s packet is stored once.
+        # the order's record in Redis, so the s packet is stored once.
         payload = protocol.system_message_json("taken-%d" % packet.order, sender, customer, notice, ts)
-        first = yield self._orders.take_order(packet.order, sender, customer, payload)
-        if first:
+        outcome = yield self._orders.take_order(packet.order, sender, customer, payload, ts)
+        if outcome == CLOSED_UNTAKEN:
+            raise ImdError("forbidden", "order %d is closed" % packet.order)
+        if outcome == OTHER_COURIER:
+            raise ImdError("forbidden", "order %d was taken by another courier" % packet.order)
+        if outcome == TAKEN:
             self._node.deliver(customer, payload)
+        # (a repeat, before or after the close, is acked again and changes nothing more)
         return Reply(protocol.ack(packet.id, {"order": packet.order, "uid": customer}))
+
+
+class OrderLifecycle:
+    """Closing orders (the server API and ``imd-admin order close``).
+
+    ``close`` is idempotent and safe to call on several nodes at once: the
+    store's close script decides, atomically, which call closes the order;
+    only that call delivers the ``closed`` events, and every call answers
+    with the same ``ends_at``.
+    """
+
+    def __init__(self, orders: Any, orders_db: Any, orders_settings: Any, node: Any, clock: Any,
+                 dedup_ttl: int) -> None:
+        self._orders = orders
+        self._orders_db = orders_db
+        self._settings = orders_settings
+        self._node = node
+        self._clock = clock
+        self._dedup_ttl = dedup_ttl
+
+    @defer.inlineCallbacks
+    def close(self, order_id: int) -> Any:
+        """Fires with ``{"order": order_id, "ends_at": <Unix ms>}``: when the
+        friendship the order made ends (for an order no ``T`` ever linked,
+        the close itself: there is no conversation to end).  ImdError
+        ``not_found`` for an order neither Redis nor the orders table knows;
+        StoreUnavailable when Redis or MySQL cannot be reached."""
+        if type(order_id) is not int or not 0 < order_id <= protocol.MAX_UID:
+            raise ImdError("bad_packet", "an order id is a positive integer")
+        for _ in range(CLOSE_TRIES):
+            record = yield self._orders.record(order_id)
+            now = int(self._clock.seconds() * 1000)
+            if record is not None and record.taken:
+                closed = yield self._close_taken(record, now)
+            elif record is not None and record.closed_at is not None:
+                closed = record   # closed before anybody took it
+            else:
+                closed = yield self._close_untaken(order_id, now)
+            if closed is not None:
+                return {"order": order_id, "ends_at": closed.ends_at}
+        raise ImdError("unavailable", "order %d kept changing while it was closed, retry" % order_id)
+
+    @defer.inlineCallbacks
+    def _close_taken(self, record: Any, now: int) -> Any:
+        notice = {"order": record.order, "event": "closed"}
+        packet_id = "closed-%d" % record.order
+        packets: Dict[int, bytes] = {uid: protocol.system_message_json(packet_id, 0, uid, notice, now)
+                                     for uid in (record.courier, record.customer)}
+        grace_ms = int(round(self._settings.close_grace * 1000))
+        closed = yield self._orders.close_order(record, now, grace_ms, packets, self._dedup_ttl)
+        if closed is not None and closed.now:
+            _log.info("order {order} closed: the conversation of {courier} and {customer} ends at {ends_at}",
+                      order=record.order, courier=record.courier, customer=record.customer, ends_at=closed.ends_at)
+            for uid in closed.stored:
+                self._node.deliver(uid, packets[uid])
+        return closed
+
+    @defer.inlineCallbacks
+    def _close_untaken(self, order_id: int, now: int) -> Any:
+        parties = yield self._orders_db.order_parties(self._settings, order_id)
+        if parties is None:
+            raise ImdError("not_found", "no order %d" % order_id)
+        customer, courier = parties
+        closed = yield self._orders.close_untaken(order_id, customer, courier, now)
+        if closed is not None and closed.now:
+            _log.info("order {order} closed before any T: nobody to tell, no friendship to end", order=order_id)
+        return closed

@@ -1,7 +1,9 @@
-"""Friend sets: ``URS:<uid>`` (imd.stores.keys), symmetric.
+"""Friend sets: ``URS:<uid>`` and ``kept:<uid>`` (imd.stores.keys), symmetric.
 
 Friendship is symmetric (``imd-admin friend add A B``: both directions), so
-both sets change in one script.
+both sets change in one script.  A friendship made here is explicit: it also
+goes into both users' ``kept:`` sets, so that no order's close ends it
+(imd.stores.orders); removing it here removes both marks too.
 """
 
 from typing import List
@@ -11,10 +13,12 @@ from twisted.internet.defer import Deferred
 from imd.stores.keys import Keys
 from imd.stores.redis import RedisClient, Script
 
-# KEYS: URS:<a>, URS:<b>.  ARGV: SADD or SREM, a, b
+# KEYS: URS:<a>, URS:<b>, kept:<a>, kept:<b>.  ARGV: SADD or SREM, a, b
 SET_FRIENDS = Script("""
 redis.call(ARGV[1], KEYS[1], ARGV[3])
 redis.call(ARGV[1], KEYS[2], ARGV[2])
+redis.call(ARGV[1], KEYS[3], ARGV[3])
+redis.call(ARGV[1], KEYS[4], ARGV[2])
 return 1
 """, "set_friends")
 
@@ -24,11 +28,16 @@ class FriendStore:
         self.client = client
         self.keys = keys
 
+    def _set(self, op: str, a: int, b: int) -> Deferred:
+        k = self.keys
+        return self.client.run(SET_FRIENDS, [k.friends(a), k.friends(b), k.kept(a), k.kept(b)], [op, a, b])
+
     def add_friends(self, a: int, b: int) -> Deferred:
-        return self.client.run(SET_FRIENDS, [self.keys.friends(a), self.keys.friends(b)], ["SADD", a, b])
+        """Friends both ways, for good: closing an order between them will not end it."""
+        return self._set("SADD", a, b)
 
     def remove_friends(self, a: int, b: int) -> Deferred:
-        return self.client.run(SET_FRIENDS, [self.keys.friends(a), self.keys.friends(b)], ["SREM", a, b])
+        return self._set("SREM", a, b)
 
     def list_friends(self, uid: int) -> Deferred:
         d = self.client.command("SMEMBERS", self.keys.friends(uid))

@@ -29,6 +29,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("privateKey", "string", "tokens", "PEM private key that signs wstokens"),
     KeySpec("jti:<jti>", "string", "tokens", "a single-use wstoken already used; expires at the token's exp"),
     KeySpec("URS:<uid>", "set", "friends", "the user's friends (uids)"),
+    KeySpec("kept:<uid>", "set", "friends",
+            "the user's friends that no order's close ends: made with friend add, or friends already "
+            "when an order's T came"),
     KeySpec("dedup:<uid>:<id>", "string", "messages",
             "a stored (sender, packet id), for [redis] dedup_ttl: a retry is acked, not stored again; "
             "the value is the recipient's uid"),
@@ -51,7 +54,14 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "the process registry: member '<node_id>/<roles>', score when that entry expires (Unix ms)"),
     KeySpec("processes:info", "hash", "processes",
             "'<node_id>/<roles>' -> JSON {node, roles, metrics, host, pid, version}"),
-    KeySpec("taken:<order>", "string", "orders", "the courier who took an order (T is idempotent)"),
+    KeySpec("order:<order>", "hash", "orders",
+            "an order's conversation: courier, customer, before, taken_at, closed_at, ends_at, ended_at, end; "
+            "30 days after its last T while open, kept from its close until its end, then 30 days"),
+    KeySpec("links:<a>:<b>", "sorted set", "orders",
+            "the orders that keep users a < b friends: member the order id, score until when (Unix ms): "
+            "an open order 30 days after its last T, a closed one inf (until its end removes it)"),
+    KeySpec("orders:ending", "sorted set", "orders",
+            "closed orders whose friendship end is still to run: member the order id, score when (Unix ms)"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -74,6 +84,7 @@ class Keys:
         self.mq_lock = prefix + "MQ:lock"
         self.mq_dead = prefix + "MQ:dead"
         self.geo_couriers = prefix + "geo:couriers"
+        self.orders_ending = prefix + "orders:ending"
         self.nodes = prefix + "nodes"
         self.processes = prefix + "processes"
         self.processes_info = prefix + "processes:info"
@@ -106,8 +117,17 @@ class Keys:
     def node_users(self, node_id: str) -> str:
         return "%snodeusers:%s" % (self.prefix, node_id)
 
-    def taken(self, order: int) -> str:
-        return "%staken:%d" % (self.prefix, order)
+    def kept(self, uid: Uid) -> str:
+        return "%skept:%d" % (self.prefix, uid)
+
+    def order(self, order: int) -> str:
+        return "%sorder:%d" % (self.prefix, order)
+
+    def links(self, a: Uid, b: Uid) -> str:
+        """One key per pair of users, whichever way round they are named."""
+        if a > b:
+            a, b = b, a
+        return "%slinks:%d:%d" % (self.prefix, a, b)
 
     def site(self, uid: Uid) -> str:
         return "%ssite:%d" % (self.prefix, uid)
