@@ -25,7 +25,9 @@ from imd.errors import StoreUnavailable
 from imd.stores.processes import ProcessRegistry, process_identity
 
 if TYPE_CHECKING:
-    from imd.app import App
+    from imd.config import Settings
+    from imd.stores.keys import Keys
+    from imd.stores.redis import RedisClient
 
 _log = Logger()
 
@@ -154,7 +156,28 @@ class ProcessAnnouncer(Service):
             self._warned = True
 
 
-def scrape_services(app: "App") -> MultiService:
+class ScrapedApp(typing.Protocol):
+    """What :func:`scrape_services` uses of imd.app.App (which imports this module)."""
+
+    @property
+    def settings(self) -> "Settings": ...
+
+    @property
+    def redis_client(self) -> "RedisClient": ...
+
+    @property
+    def keys(self) -> "Keys": ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    def server_endpoint(self, description: str) -> ServerEndpoint: ...
+
+
+def scrape_services(app: ScrapedApp) -> MultiService:
     """The metrics listener (when ``[imd] metrics_listen`` is set) and the
     announcer of this process, for ``App.build_service``."""
     settings = app.settings
