@@ -8,13 +8,16 @@ imd.stores.deadletter; this module only words it.
 import argparse
 import re
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, Generator, TextIO, Union
 
 from twisted.internet import defer, threads
 
 from imd.errors import AdminError
 from imd.stored import parse_stored
 from imd.stores.deadletter import DeadLetters
+
+if TYPE_CHECKING:
+    from imd.app import App
 
 LIST_WIDTH = 300   # characters of an entry ``dead list`` shows without --full
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -35,11 +38,11 @@ def format_age(seconds: float) -> str:
     return "%d d %d h" % (days, hours)
 
 
-def _text(entry) -> str:
+def _text(entry: Union[str, bytes]) -> str:
     return entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
 
 
-def entry_age(entry, now: float) -> str:
+def entry_age(entry: Union[str, bytes], now: float) -> str:
     """How long ago an entry was stored, from its ``ts``; or why not known."""
     try:
         return format_age(now - parse_stored(_text(entry)).ts / 1000.0) + " ago"
@@ -47,7 +50,7 @@ def entry_age(entry, now: float) -> str:
         return "(not a readable message)"
 
 
-def show_entry(entry, full: bool = False) -> str:
+def show_entry(entry: Union[str, bytes], full: bool = False) -> str:
     """One line: control characters as ``\\xNN``, long entries cut unless ``full``."""
     text = _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), _text(entry))
     if not full and len(text) > LIST_WIDTH:
@@ -59,12 +62,12 @@ def _entries(count: int) -> str:
     return "1 entry" if count == 1 else "%d entries" % count
 
 
-def dead_letters(app) -> DeadLetters:
+def dead_letters(app: "App") -> DeadLetters:
     return DeadLetters(app.redis_client, app.keys)
 
 
 @defer.inlineCallbacks
-def mq_status(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
+def mq_status(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     status = yield dead_letters(app).status()
     now = app.clock.seconds()
     queued = _entries(status.queued)
@@ -85,7 +88,7 @@ def mq_status(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
 
 
 @defer.inlineCallbacks
-def mq_dead_list(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
+def mq_dead_list(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     total, entries = yield dead_letters(app).oldest(args.limit)
     if not total:
         out.write("MQ:dead is empty\n")
@@ -98,7 +101,7 @@ def mq_dead_list(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
 
 
 @defer.inlineCallbacks
-def mq_dead_replay(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
+def mq_dead_replay(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     moved = yield dead_letters(app).replay(args.limit or 0)
     if not moved:
         out.write("mq dead replay: MQ:dead is empty; nothing moved\n")
@@ -115,7 +118,7 @@ def ask_on_terminal(prompt: str) -> defer.Deferred:
 
 
 @defer.inlineCallbacks
-def mq_dead_drop(app, args: argparse.Namespace, out: TextIO) -> defer.Deferred:
+def mq_dead_drop(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     letters = dead_letters(app)
     total = yield letters.length()
     count = min(total, args.limit) if args.limit else total

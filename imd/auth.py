@@ -11,6 +11,7 @@ import binascii
 import math
 import re
 import uuid
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Protocol, Tuple, Union
 
 import jwt
 from jwt.utils import base64url_decode, base64url_encode
@@ -22,6 +23,11 @@ from twisted.internet import defer
 from imd.errors import LoginRefused, StoreUnavailable
 from imd.protocol import parse_uid
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
+
+    from imd.stores.tokens import TokenStore
+
 TOKEN_TYPE = "websocket"
 ALGORITHM = "RS256"
 # The ceiling of [auth] token_ttl: a verifier built without a ttl still
@@ -29,6 +35,12 @@ ALGORITHM = "RS256"
 MAX_TOKEN_LIFETIME = 86400
 
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class Clock(Protocol):
+    """What the token code needs of a clock (the reactor, or a test's Clock)."""
+
+    def seconds(self) -> float: ...
 
 
 class _JWS(jwt.PyJWS):
@@ -40,7 +52,7 @@ class _JWS(jwt.PyJWS):
     good and bad segments."""
 
     @staticmethod
-    def _decode_base64url_segment(segment, name):
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
         padding = 0
         stripped = segment
         while stripped.endswith(b"="):
@@ -61,7 +73,7 @@ class _JWS(jwt.PyJWS):
         return decoded
 
 
-def _token_decoder():
+def _token_decoder() -> jwt.PyJWT:
     """PyJWT with :class:`_JWS`, where this PyJWT has the method it replaces
     (else PyJWT as it comes)."""
     decoder = jwt.PyJWT()
@@ -73,7 +85,7 @@ def _token_decoder():
 _DECODER = _token_decoder()
 
 
-def generate_key_pair(bits=2048):
+def generate_key_pair(bits: int = 2048) -> Tuple[str, str]:
     """(public PEM, private PEM) as text."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -83,7 +95,7 @@ def generate_key_pair(bits=2048):
     return public_pem, private_pem
 
 
-def issue_token(private_key, uid, now, ttl=120):
+def issue_token(private_key: Union[str, rsa.RSAPrivateKey], uid: int, now: float, ttl: int = 120) -> str:
     """A wstoken for ``uid`` (contract §1 claims); ``private_key`` is a PEM
     or a key :func:`load_private_key` parsed (much faster: see there)."""
     iat = int(now)
@@ -98,7 +110,7 @@ class IssuerKeyError(Exception):
 _PROBE = b"imd private key self-test"
 
 
-def load_private_key(pem) -> rsa.RSAPrivateKey:
+def load_private_key(pem: Union[str, bytes]) -> rsa.RSAPrivateKey:
     """The RSA private key of ``pem``, checked by signing and verifying a probe.
 
     cryptography's full key validation (primality of p and q) takes ~45 ms
@@ -132,16 +144,16 @@ class TokenIssuer:
     the http role's rate limits bound how often it runs.
     """
 
-    def __init__(self, store, clock, ttl: int):
+    def __init__(self, store: "TokenStore", clock: Clock, ttl: int) -> None:
         self._store = store
         self._clock = clock
         self.ttl = ttl
-        self._key = None
-        self._key_pem = None
-        self._key_problem = None
+        self._key: Optional[rsa.RSAPrivateKey] = None
+        self._key_pem: Optional[str] = None
+        self._key_problem: Optional[str] = None
 
     @defer.inlineCallbacks
-    def issue(self, uid: int) -> defer.Deferred:
+    def issue(self, uid: int) -> Generator[defer.Deferred, Any, str]:
         """A Deferred wstoken; StoreUnavailable or IssuerKeyError otherwise."""
         pem = yield self._store.get_private_key()
         if not pem:
@@ -156,10 +168,11 @@ class TokenIssuer:
             self._key_pem = pem
         if self._key_problem is not None:
             raise IssuerKeyError(self._key_problem)
+        assert self._key is not None   # parsed whenever there is no problem
         return issue_token(self._key, uid, self._clock.seconds(), self.ttl)
 
 
-def is_time(value) -> bool:
+def is_time(value: Any) -> "TypeGuard[float]":
     """A finite number of seconds (JSON allows NaN and 1e999 through PyJWT)."""
     try:
         return type(value) in (int, float) and math.isfinite(value)
@@ -167,7 +180,7 @@ def is_time(value) -> bool:
         return False
 
 
-def token_from_request(path, params):
+def token_from_request(path: str, params: Optional[Dict[str, List[str]]]) -> Optional[str]:
     """The token from ``/<token>`` or ``?token=<token>``; None when absent."""
     values = params.get("token") if params else None
     if values and values[0]:
@@ -179,16 +192,17 @@ def token_from_request(path, params):
 class TokenVerifier:
     """Checks a wstoken and returns the user id it names, or LoginRefused."""
 
-    def __init__(self, store, clock, single_use=True, max_lifetime=MAX_TOKEN_LIFETIME):
+    def __init__(self, store: "TokenStore", clock: Clock, single_use: bool = True,
+                 max_lifetime: float = MAX_TOKEN_LIFETIME) -> None:
         self._store = store
         self._clock = clock
         self._single_use = single_use
         self._max_lifetime = max_lifetime
-        self._key = None
-        self._key_pem = None
+        self._key: Optional[rsa.RSAPublicKey] = None
+        self._key_pem: Union[str, bytes, None] = None
 
     @defer.inlineCallbacks
-    def verify(self, token):
+    def verify(self, token: Optional[str]) -> Generator[defer.Deferred, Any, int]:
         if not token:
             raise LoginRefused("missing token")
         claims = yield self._decode(token)
@@ -203,7 +217,7 @@ class TokenVerifier:
         return uid
 
     @defer.inlineCallbacks
-    def _decode(self, token):
+    def _decode(self, token: str) -> Generator[defer.Deferred, Any, Dict[str, Any]]:
         if self._key is None:
             yield self._load_key()
         try:
@@ -215,11 +229,12 @@ class TokenVerifier:
                 raise LoginRefused("bad token signature")
             return self._decode_with_cached_key(token)
 
-    def _decode_with_cached_key(self, token):
+    def _decode_with_cached_key(self, token: str) -> Dict[str, Any]:
         # One decode does it all: PyJWT refuses any alg but RS256 (none,
         # HS256 keyed with the public PEM, ...) before it checks a signature.
         # (Reading the header first, as a separate step, decoded the token
         # twice: ~6% of a login's CPU.)
+        assert self._key is not None   # _decode loaded it
         try:
             return _DECODER.decode(token, self._key, algorithms=[ALGORITHM],
                                    options={"verify_exp": False, "verify_iat": False,
@@ -234,7 +249,7 @@ class TokenVerifier:
             raise LoginRefused("bad token: %s" % e)
 
     @defer.inlineCallbacks
-    def _load_key(self):
+    def _load_key(self) -> Generator[defer.Deferred, Any, bool]:
         """Re-read ``publicKey``; True when it differs from the cached one."""
         try:
             pem = yield self._store.get_public_key()
@@ -248,10 +263,12 @@ class TokenVerifier:
             key = serialization.load_pem_public_key(pem.encode("ascii") if isinstance(pem, str) else pem)
         except ValueError:
             raise LoginRefused("server public key is not a PEM key")
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise LoginRefused("server public key is not an RSA key")
         self._key, self._key_pem = key, pem
         return True
 
-    def _check_claims(self, claims):
+    def _check_claims(self, claims: Dict[str, Any]) -> int:
         now = self._clock.seconds()
         if claims.get("type") != TOKEN_TYPE:
             raise LoginRefused("wrong token type")

@@ -9,13 +9,17 @@ after every (re)subscription the node registers again: Redis may have
 restarted and lost its heartbeat and its connections.
 """
 
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imd.stores.redis import RedisSubscriber
+
+if TYPE_CHECKING:
+    from imd.stores.presence import PresenceStore
 
 _log = Logger()
 
@@ -25,7 +29,8 @@ class NodeBus(Service):
 
     name = "node-bus"
 
-    def __init__(self, presence: Any, subscriber_factory: Callable[..., RedisSubscriber], clock: Any,
+    def __init__(self, presence: "PresenceStore", subscriber_factory: Callable[..., RedisSubscriber],
+                 clock: IReactorTime,
                  run_id: str, ttl: float, on_frame: Callable[[Any], None],
                  local_connections: Callable[[], Iterable[Tuple[int, str, int]]] = lambda: ()) -> None:
         self.presence = presence
@@ -54,6 +59,8 @@ class NodeBus(Service):
         self._beat.clock = self._clock
         self._beat.start(max(0.2, self._ttl / 3.0), now=True)
 
+    # a Deferred; it yields the subscriber's Optional[Deferred], which
+    # twisted's annotation of inlineCallbacks does not allow
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
@@ -67,7 +74,7 @@ class NodeBus(Service):
             _log.info("node {node} not removed from redis on stop ({why}); it expires by itself",
                       node=self.presence.node_id, why=str(e))
 
-    def _heartbeat(self) -> Any:
+    def _heartbeat(self) -> Optional[defer.Deferred]:
         if not self.presence.client.connected:
             return None  # (re)connecting: _subscribed registers as soon as it can
         if self._subscriber.subscribed and not self._registered:
@@ -86,7 +93,7 @@ class NodeBus(Service):
         d.addErrback(lambda f: _log.warn("registering this node failed: {why}", why=f.getErrorMessage()))
 
     @defer.inlineCallbacks
-    def _register(self) -> Any:
+    def _register(self) -> Generator[defer.Deferred, Any, None]:
         """Beat at once (Redis may have restarted and lost this node), then
         say again who is connected here, in case it lost ``dev:<uid>`` too."""
         if self._started_node:

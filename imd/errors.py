@@ -1,5 +1,7 @@
 """The one error family that handlers raise and the transport turns into ``E``."""
 
+from typing import Optional
+
 # code -> default human-readable reason; the contract's table, §2 "Errors"
 ERROR_CODES = {
     "bad_packet": "malformed packet",
@@ -17,7 +19,7 @@ ERROR_CODES = {
 class ImdError(Exception):
     """A client-visible error: becomes ``{"type": "E", "code": code}``."""
 
-    def __init__(self, code, reason=None):
+    def __init__(self, code: str, reason: Optional[str] = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError("unknown error code %r" % (code,))
         self.code = code
@@ -32,7 +34,7 @@ class StoreUnavailable(Exception):
 class LoginRefused(Exception):
     """A wstoken was refused; ``reason`` is sent to the client in ``C``."""
 
-    def __init__(self, reason):
+    def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
 

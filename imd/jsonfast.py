@@ -8,13 +8,17 @@ path in :mod:`imd.protocol` and :mod:`imd.stored` checks :data:`orjson` at
 call time, and its differential test runs both ways.
 """
 
+from types import ModuleType
+from typing import Optional
+
+_orjson: Optional[ModuleType]
 try:
     import orjson as _orjson
 except ImportError:  # PyPy: not installed
     _orjson = None
 
 # The module the fast paths use now, or None for the json module alone.
-orjson = _orjson
+orjson: Optional[ModuleType] = _orjson
 
 
 def available() -> bool:

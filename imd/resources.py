@@ -8,6 +8,7 @@ them as ``imd/sql`` and ``imd/web``.  This is the one place that knows both.
 
 import importlib.resources
 import os
+from typing import cast
 
 import imd
 
@@ -20,7 +21,8 @@ def data_dir(name: str) -> str:
     if name not in DATA_DIRECTORIES:
         raise ValueError("not an imd data directory: %r" % (name,))
     # imd is installed unzipped (zip_safe = False): files() is a real directory
-    installed = os.fspath(importlib.resources.files(imd).joinpath(name))
+    # (typeshed's Traversable is not PathLike; the directory's Path is)
+    installed = os.fspath(cast("os.PathLike[str]", importlib.resources.files(imd).joinpath(name)))
     if os.path.isdir(installed):
         return installed
     checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(imd.__file__))), name)

@@ -9,15 +9,25 @@ Every process registers, with the URL of its ``/metrics``: the
 
 import os
 import socket
+import typing
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from imd import __version__, endpoints
 from imd.errors import StoreUnavailable
 from imd.stores.processes import ProcessRegistry, process_identity
+
+if TYPE_CHECKING:
+    from imd.config import Settings
+    from imd.stores.keys import Keys
+    from imd.stores.redis import RedisClient
 
 _log = Logger()
 
@@ -45,14 +55,27 @@ def configured_metrics_url(description: str) -> str:
     return metrics_url(endpoint.interface or "", endpoint.port, secure=endpoint.is_tls)
 
 
+class ListeningPort(typing.Protocol):
+    """What is read of a listening port (twisted's IListeningPort is a zope
+    interface, which mypy cannot call)."""
+
+    def getHost(self) -> Any: ...   # an IAddress: host and port for tcp and ssl
+
+
+class ServerEndpoint(typing.Protocol):
+    """A stream server endpoint (IStreamServerEndpoint), as this module uses it."""
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred: ...
+
+
 class _RecordingEndpoint:
     """A server endpoint that reports the port it got (``tcp:0`` in tests)."""
 
-    def __init__(self, endpoint, listening):
+    def __init__(self, endpoint: ServerEndpoint, listening: Callable[[ListeningPort], ListeningPort]) -> None:
         self._endpoint = endpoint
         self._listening = listening
 
-    def listen(self, factory):
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred:
         return self._endpoint.listen(factory).addCallback(self._listening)
 
 
@@ -63,12 +86,13 @@ class MetricsListener(StreamServerEndpointService):
     name = "metrics-listener"
     url = ""
 
-    def __init__(self, endpoint, site, secure: bool = False, on_url=lambda url: None):
+    def __init__(self, endpoint: ServerEndpoint, site: Site, secure: bool = False,
+                 on_url: Callable[[str], object] = lambda url: None) -> None:
         super().__init__(_RecordingEndpoint(endpoint, self._listening), site)
         self._secure = secure
         self._on_url = on_url
 
-    def _listening(self, port):
+    def _listening(self, port: ListeningPort) -> ListeningPort:
         address = port.getHost()
         if getattr(address, "port", None):
             self.url = metrics_url(address.host, address.port, self._secure)
@@ -82,15 +106,16 @@ class ProcessAnnouncer(Service):
 
     name = "process-announcer"
 
-    def __init__(self, registry: ProcessRegistry, identity: str, info, ttl: float, clock):
+    def __init__(self, registry: ProcessRegistry, identity: str, info: Callable[[], Dict[str, Any]], ttl: float,
+                 clock: IReactorTime) -> None:
         """``info()``: the dict to store, asked at each refresh."""
         self._registry = registry
         self._identity = identity
         self._info = info
         self._ttl = ttl
         self._clock = clock
-        self._loop = None
-        self._connecting = None
+        self._loop: Optional[task.LoopingCall] = None
+        self._connecting: Optional[defer.Deferred] = None
         self._warned = False
 
     def startService(self) -> None:
@@ -113,7 +138,7 @@ class ProcessAnnouncer(Service):
         d = self._registry.unregister(self._identity)
         return d.addErrback(lambda f: f.trap(StoreUnavailable))
 
-    def announce(self):  # -> Deferred or None
+    def announce(self) -> Optional[defer.Deferred]:
         """Refresh the entry now; a failure is logged once and retried."""
         if not self.running or not self._registry.client.connected:
             return None
@@ -121,27 +146,48 @@ class ProcessAnnouncer(Service):
         d.addCallbacks(self._announced, self._failed)
         return d
 
-    def _announced(self, _):
+    def _announced(self, _: object) -> None:
         self._warned = False
 
-    def _failed(self, failure):
+    def _failed(self, failure: Failure) -> None:
         failure.trap(StoreUnavailable)
         if not self._warned:
             _log.warn("cannot register this process in redis: {why}", why=failure.getErrorMessage())
             self._warned = True
 
 
-def scrape_services(app) -> MultiService:
+class ScrapedApp(typing.Protocol):
+    """What :func:`scrape_services` uses of imd.app.App (which imports this module)."""
+
+    @property
+    def settings(self) -> "Settings": ...
+
+    @property
+    def redis_client(self) -> "RedisClient": ...
+
+    @property
+    def keys(self) -> "Keys": ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    def server_endpoint(self, description: str) -> ServerEndpoint: ...
+
+
+def scrape_services(app: ScrapedApp) -> MultiService:
     """The metrics listener (when ``[imd] metrics_listen`` is set) and the
     announcer of this process, for ``App.build_service``."""
     settings = app.settings
     group = MultiService()
     group.setName("scrape")
     fallback = configured_metrics_url(settings.http.listen) if "http" in settings.imd.roles else ""
-    listener = None
+    listener: Optional[MetricsListener] = None
     registry = ProcessRegistry(app.redis_client, app.keys)
 
-    def info():
+    def info() -> Dict[str, Any]:
         return {"node": app.node_id, "roles": ",".join(sorted(settings.imd.roles)),
                 "metrics": (listener.url if listener is not None else "") or fallback,
                 "host": socket.gethostname(), "pid": os.getpid(), "version": __version__}

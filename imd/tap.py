@@ -2,10 +2,14 @@
 
 import gc
 import sys
+from typing import TYPE_CHECKING
 
 from twisted.python import usage
 
 from imd.config import ConfigError, load_settings, with_override
+
+if TYPE_CHECKING:
+    from imd.logs import LoggingRoot
 
 # Command-line options that override one key of the ini, so that several
 # systemd units can share /etc/imd/imd.ini (e.g. imd-ws@8765 runs
@@ -25,7 +29,7 @@ class Options(usage.Options):
         ["metrics-listen", None, None, "override [imd] metrics_listen (empty = none)"],
     ]
 
-    def postOptions(self):
+    def postOptions(self) -> None:
         try:
             settings = load_settings(self["config"])
             for option, section, key in OVERRIDES:
@@ -38,7 +42,7 @@ class Options(usage.Options):
             raise SystemExit(2)
 
 
-def _freeze_startup_heap():
+def _freeze_startup_heap() -> None:
     """Collect once, then move every object alive now (modules, classes,
     the services: what lives as long as the process) out of the collector's
     sight, so that full collections only walk what was made since (a ws
@@ -49,7 +53,7 @@ def _freeze_startup_heap():
         gc.freeze()
 
 
-def makeService(options):
+def makeService(options: Options) -> "LoggingRoot":
     from twisted.internet import reactor
 
     from imd.app import App

@@ -19,7 +19,9 @@ import hashlib
 import ipaddress
 import re
 import signal
-from typing import Optional
+import typing
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,16 +32,19 @@ from OpenSSL.crypto import FILETYPE_PEM
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.ssl import (AcceptableCiphers, Certificate, CertificateOptions,
                                   DiffieHellmanParameters, KeyPair, TLSVersion)
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from imd import endpoints
 
+if TYPE_CHECKING:
+    _WrapServerTLS = Callable[[IOpenSSLServerConnectionCreator, IStreamServerEndpoint], IStreamServerEndpoint]
+wrapServerTLS: "Optional[_WrapServerTLS]"
 try:
     from twisted.internet.endpoints import wrapServerTLS
 except ImportError:  # Twisted before 26 (PyPy 3.9 gets 25.5)
@@ -95,7 +100,7 @@ def parse_tls_endpoint(description: str) -> TlsEndpointSpec:
                            named.get("extraCertChain") or None, named.get("dhParameters") or None)
 
 
-def load_certificate_options(spec):
+def load_certificate_options(spec: TlsEndpointSpec) -> CertificateOptions:
     """Read the files named by ``spec`` into server :class:`CertificateOptions`.
 
     Every certificate after the first in the ``certKey`` file (a
@@ -124,13 +129,13 @@ def load_certificate_options(spec):
     return options
 
 
-def certificate_expiry(path):
+def certificate_expiry(path: str) -> float:
     """When the first certificate in ``path`` expires, as Unix time (for /metrics)."""
     cert = x509.load_pem_x509_certificate(_CERT_PEM.findall(FilePath(path).getContent())[0])
     return cert.not_valid_after_utc.timestamp()
 
 
-def describe_certificate(path):
+def describe_certificate(path: str) -> str:
     """``subject, expires ..., sha256 ...`` of the first certificate in ``path``, for the log."""
     cert = x509.load_pem_x509_certificate(_CERT_PEM.findall(FilePath(path).getContent())[0])
     return "%s, expires %s, sha256 %s" % (
@@ -142,19 +147,19 @@ def describe_certificate(path):
 class ReloadableServerTLS:
     """Gives each new TLS connection the certificate loaded most recently."""
 
-    not_after = None   # Unix time the certificate in use expires
+    not_after: Optional[float] = None   # Unix time the certificate in use expires
 
-    def __init__(self, spec, options):
+    def __init__(self, spec: TlsEndpointSpec, options: CertificateOptions) -> None:
         self.spec = spec
         self._options = options
 
     @classmethod
-    def load(cls, spec):
+    def load(cls, spec: TlsEndpointSpec) -> "ReloadableServerTLS":
         creator = cls(spec, load_certificate_options(spec))
         creator.not_after = certificate_expiry(spec.cert_path)
         return creator
 
-    def serverConnectionForTLS(self, protocol):
+    def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         options = self._options
         if hasattr(options, "serverConnectionForTLS"):
             return options.serverConnectionForTLS(protocol)
@@ -162,7 +167,7 @@ class ReloadableServerTLS:
         # factory; this is what Twisted itself then does with one.
         return SSL.Connection(options.getContext(), None)
 
-    def reload(self):
+    def reload(self) -> bool:
         """Re-read the files; True when the new certificate is in use."""
         try:
             options = load_certificate_options(self.spec)
@@ -178,23 +183,43 @@ class ReloadableServerTLS:
         return True
 
 
+class ServerEndpoint(typing.Protocol):
+    """A stream server endpoint as this module calls it (twisted's
+    IStreamServerEndpoint is a zope interface, which mypy cannot call; for
+    the same reason the casts below say which interface an object provides)."""
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred: ...
+
+
 @implementer(IStreamServerEndpoint)
 class _TLSServerEndpoint:
     """What Twisted's ``wrapServerTLS`` returns, for Twisted versions without it."""
 
-    def __init__(self, creator, wrapped):
+    def __init__(self, creator: ReloadableServerTLS, wrapped: ServerEndpoint) -> None:
         self._creator = creator
         self._wrapped = wrapped
 
-    def listen(self, factory):
-        return self._wrapped.listen(TLSMemoryBIOFactory(self._creator, False, factory))
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred:
+        creator = cast(IOpenSSLServerConnectionCreator, self._creator)
+        return self._wrapped.listen(cast(IProtocolFactory, TLSMemoryBIOFactory(creator, False, factory)))
 
 
-def wrap_server_tls(creator, endpoint):
+def wrap_server_tls(creator: ReloadableServerTLS, endpoint: ServerEndpoint) -> ServerEndpoint:
     """``endpoint`` with TLS from ``creator`` on every connection it accepts."""
     if wrapServerTLS is not None:
-        return wrapServerTLS(creator, endpoint)
+        wrapped = wrapServerTLS(cast(IOpenSSLServerConnectionCreator, creator), cast(IStreamServerEndpoint, endpoint))
+        return cast(ServerEndpoint, wrapped)
     return _TLSServerEndpoint(creator, endpoint)
+
+
+class Reactor(typing.Protocol):
+    """What the reloader calls on the reactor (which it also hands to
+    ``serverFromString``)."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: object, **kwargs: object) -> None: ...
+
+
+_SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers]
 
 
 class TlsReloader(Service):
@@ -202,27 +227,27 @@ class TlsReloader(Service):
 
     name = "tls-reloader"
 
-    def __init__(self, reactor):
+    def __init__(self, reactor: Reactor) -> None:
         self._reactor = reactor
-        self._creators = []
-        self._waiters = []
-        self._previous_handler = None
+        self._creators: List[ReloadableServerTLS] = []
+        self._waiters: List[defer.Deferred[int]] = []
+        self._previous_handler: Optional[_SignalHandler] = None
 
-    def endpoint(self, description):
+    def endpoint(self, description: str) -> ServerEndpoint:
         """A server endpoint for an ``ssl:`` string whose certificate reloads."""
         spec = parse_tls_endpoint(description)
         creator = ReloadableServerTLS.load(spec)
         self._creators.append(creator)
         return wrap_server_tls(creator, serverFromString(self._reactor, spec.tcp_description()))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._creators)
 
-    def certificates(self):
+    def certificates(self) -> List[Tuple[str, str, Optional[float]]]:
         """``(port, certificate path, expiry Unix time)`` of each listener."""
         return [(c.spec.port, c.spec.cert_path, c.not_after) for c in self._creators]
 
-    def reload(self):
+    def reload(self) -> int:
         """Reload every certificate; how many were replaced."""
         replaced = sum(1 for creator in self._creators if creator.reload())
         waiters, self._waiters = self._waiters, []
@@ -230,36 +255,37 @@ class TlsReloader(Service):
             waiter.callback(replaced)
         return replaced
 
-    def when_reloaded(self):
+    def when_reloaded(self) -> defer.Deferred:
         """Fires (with the number replaced) after the next reload."""
-        d = defer.Deferred()
+        d: defer.Deferred[int] = defer.Deferred()
         self._waiters.append(d)
         return d
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         # Installed even without TLS listeners: systemd's ExecReload sends
         # SIGHUP, whose default action would end the process.
         if hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
 
-    def stopService(self):
+    def stopService(self) -> None:
         super().stopService()
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
             self._previous_handler = None
 
-    def _on_sighup(self, signum, frame):
+    def _on_sighup(self, signum: int, frame: Optional[FrameType]) -> None:
         # A signal handler may run between any two bytecodes: hand the work
         # to the reactor thread (this also wakes the reactor up).
         _log.info("SIGHUP: reloading TLS certificates")
         self._reactor.callFromThread(self.reload)
 
 
-def self_signed(host, days=30, now=None):
+def self_signed(host: str, days: int = 30, now: Optional[datetime.datetime] = None) -> Tuple[bytes, bytes]:
     """(certificate PEM, private key PEM) for ``host``: development only."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: List[x509.GeneralName]
     try:
         alt_names = [x509.IPAddress(ipaddress.ip_address(host))]
     except ValueError:

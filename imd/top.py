@@ -12,18 +12,25 @@ line per refresh instead.  ``--iterations N`` stops after N refreshes.
 
 import argparse
 import sys
-from typing import TextIO
+import typing
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Optional, TextIO, cast
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from zope.interface import implementer
 
 from imd.errors import StoreUnavailable
 from imd.stores.deadletter import DeadLetters
 from imd.stores.processes import ProcessRegistry
-from imd.top_figures import NodeHistory, build_frame, parse_metrics, plain_line, screen_lines
+from imd.top_figures import Frame, NodeHistory, build_frame, parse_metrics, plain_line, screen_lines
+
+if TYPE_CHECKING:
+    import curses
+
+    from imd.app import App
 
 _log = Logger()
 
@@ -31,7 +38,7 @@ _log = Logger()
 class Collector:
     """What one refresh knows: Redis's view and each process's ``/metrics``."""
 
-    def __init__(self, app, interval: float):
+    def __init__(self, app: "App", interval: float) -> None:
         self._app = app
         self._letters = DeadLetters(app.redis_client, app.keys)
         self._registry = ProcessRegistry(app.redis_client, app.keys)
@@ -39,13 +46,13 @@ class Collector:
         self._pool.maxPersistentPerHost = 1
         self._agent = Agent(app.reactor, connectTimeout=interval, pool=self._pool)
         self._timeout = max(0.2, min(interval * 0.8, 5.0))
-        self._histories = {}
-        self._states = {}
+        self._histories: Dict[str, NodeHistory] = {}
+        self._states: Dict[str, str] = {}   # url -> "" or why it was not read
         address = app.settings.redis.url
         self.redis = "%s:%d/%d" % (address.host, address.port, address.db)
 
     @defer.inlineCallbacks
-    def refresh(self) -> defer.Deferred:
+    def refresh(self) -> Generator[defer.Deferred, Any, Frame]:
         """Fires with a :class:`imd.top_figures.Frame`."""
         clock = self._app.clock
         try:
@@ -64,7 +71,7 @@ class Collector:
                            self._states)
 
     @defer.inlineCallbacks
-    def _scrape(self, url):
+    def _scrape(self, url: str) -> Generator[defer.Deferred, Any, None]:
         clock = self._app.clock
         try:
             d = self._agent.request(b"GET", url.encode("ascii"))
@@ -83,20 +90,30 @@ class Collector:
         return self._pool.closeCachedConnections()
 
 
+class Output(typing.Protocol):
+    """Where the frames go: :class:`PlainOutput` or :class:`CursesOutput`."""
+
+    def start(self, quit: Callable[[], None]) -> None: ...
+
+    def show(self, frame: Frame) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class PlainOutput:
     """One line per refresh (stdout is not a terminal)."""
 
-    def __init__(self, out):
+    def __init__(self, out: TextIO) -> None:
         self._out = out
 
-    def start(self, quit):
+    def start(self, quit: Callable[[], None]) -> None:
         pass
 
-    def show(self, frame):
+    def show(self, frame: Frame) -> None:
         self._out.write(plain_line(frame) + "\n")
         self._out.flush()
 
-    def stop(self):
+    def stop(self) -> None:
         pass
 
 
@@ -104,15 +121,15 @@ class PlainOutput:
 class _Keys:
     """Keys typed while the view runs (stdin, read by curses)."""
 
-    def __init__(self, screen, quit, redraw):
+    def __init__(self, screen: "curses.window", quit: Callable[[], None], redraw: Callable[[], object]) -> None:
         self._screen = screen
         self._quit = quit
         self._redraw = redraw
 
-    def fileno(self):
+    def fileno(self) -> int:
         return sys.stdin.fileno()
 
-    def doRead(self):
+    def doRead(self) -> None:
         import curses
         while True:
             key = self._screen.getch()
@@ -124,24 +141,38 @@ class _Keys:
             if key == curses.KEY_RESIZE:
                 self._redraw()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
         pass
 
-    def logPrefix(self):
+    def logPrefix(self) -> str:
         return "imd-top"
+
+
+class Reactor(typing.Protocol):
+    """What the full-screen view calls on the reactor (the casts below say
+    that _Keys provides IReadDescriptor: mypy does not read @implementer)."""
+
+    def addSystemEventTrigger(self, phase: str, eventType: str, callable: Callable[..., Any],
+                              *args: object, **kwargs: object) -> object: ...
+
+    def removeSystemEventTrigger(self, triggerID: object) -> None: ...
+
+    def addReader(self, reader: IReadDescriptor) -> None: ...
+
+    def removeReader(self, reader: IReadDescriptor) -> None: ...
 
 
 class CursesOutput:
     """The full-screen view."""
 
-    def __init__(self, reactor, interval):
+    def __init__(self, reactor: Reactor, interval: float) -> None:
         self._reactor = reactor
         self._interval = interval
-        self._screen = None
-        self._keys = None
-        self._last = None
+        self._screen: Optional["curses.window"] = None
+        self._keys: Optional[_Keys] = None
+        self._last: Optional[Frame] = None
 
-    def start(self, quit):
+    def start(self, quit: Callable[[], None]) -> None:
         import curses
         self._curses = curses
         self._screen = curses.initscr()
@@ -158,10 +189,14 @@ class CursesOutput:
         # Restored however the program ends (Ctrl-C stops the reactor).
         self._trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self.stop)
         if sys.stdin.isatty():
-            self._keys = _Keys(self._screen, quit, lambda: self._last and self.show(self._last))
-            self._reactor.addReader(self._keys)
+            self._keys = _Keys(self._screen, quit, self._redraw)
+            self._reactor.addReader(cast(IReadDescriptor, self._keys))
 
-    def show(self, frame):
+    def _redraw(self) -> None:
+        if self._last:
+            self.show(self._last)
+
+    def show(self, frame: Frame) -> None:
         if self._screen is None:
             return
         curses = self._curses
@@ -169,18 +204,19 @@ class CursesOutput:
         height, width = self._screen.getmaxyx()
         self._screen.erase()
         for y, (text, emphasis) in enumerate(screen_lines(frame, self._interval)[:height]):
-            attribute = {"title": curses.A_BOLD, "header": curses.A_REVERSE}.get(emphasis, curses.A_NORMAL)
+            attributes: Dict[Optional[str], int] = {"title": curses.A_BOLD, "header": curses.A_REVERSE}
+            attribute = attributes.get(emphasis, curses.A_NORMAL)
             try:
                 self._screen.addnstr(y, 0, text, max(0, width - 1), attribute)
             except curses.error:
                 pass   # the last cell of a tiny window
         self._screen.refresh()
 
-    def stop(self):
+    def stop(self) -> None:
         if self._screen is None:
             return
         if self._keys is not None:
-            self._reactor.removeReader(self._keys)
+            self._reactor.removeReader(cast(IReadDescriptor, self._keys))
         self._reactor.removeSystemEventTrigger(self._trigger)
         curses = self._curses
         self._screen.keypad(False)
@@ -190,7 +226,7 @@ class CursesOutput:
         self._screen = None
 
 
-def choose_output(app, out: TextIO, interval: float):
+def choose_output(app: "App", out: TextIO, interval: float) -> Output:
     """The curses view on a terminal, plain lines otherwise (or when curses
     cannot drive this terminal, e.g. TERM unknown)."""
     if hasattr(out, "isatty") and out.isatty() and out is sys.stdout:
@@ -205,19 +241,20 @@ def choose_output(app, out: TextIO, interval: float):
 
 
 @defer.inlineCallbacks
-def run(app, args: argparse.Namespace, out: TextIO, output=None) -> defer.Deferred:
+def run(app: "App", args: argparse.Namespace, out: TextIO,
+        output: Optional[Output] = None) -> Generator[defer.Deferred, Any, None]:
     """Refresh until ``q``, Ctrl-C or ``args.iterations`` refreshes."""
     collector = Collector(app, args.interval)
     output = output or choose_output(app, out, args.interval)
-    done = defer.Deferred()
+    done: defer.Deferred[None] = defer.Deferred()
     count = [0]
 
-    def quit():
+    def quit() -> None:
         if not done.called:
             done.callback(None)
 
     @defer.inlineCallbacks
-    def tick():
+    def tick() -> Generator[defer.Deferred, Any, None]:
         frame = yield collector.refresh()
         if done.called:
             return
@@ -231,7 +268,11 @@ def run(app, args: argparse.Namespace, out: TextIO, output=None) -> defer.Deferr
     output.start(quit)
     try:
         finished = loop.start(args.interval, now=True)
-        finished.addErrback(lambda f: done.called or done.errback(f))
+
+        def loop_failed(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+        finished.addErrback(loop_failed)
         yield done
     finally:
         if loop.running:

@@ -8,8 +8,12 @@ Rates and the ack p99 are taken over the last ``WINDOW`` seconds of samples
 
 import time
 from collections import deque, namedtuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from imd.stores.deadletter import QueueStatus
 
 WINDOW = 5.0          # seconds of samples rates are taken over
 MESSAGE_TYPES = ("t", "i")
@@ -17,6 +21,11 @@ MESSAGE_TYPES = ("t", "i")
 Sample = namedtuple("Sample", "at connections packets messages acks errors buckets lag")
 Row = namedtuple("Row", "node roles connections in_rate msg_rate ack_p99 err_rate url state")
 Frame = namedtuple("Frame", "at redis queued in_flight dead lag leader nodes_up rows total problem")
+
+# A histogram as cumulative ``[(le, count)]``, bounds ascending.
+Buckets = Sequence[Tuple[float, float]]
+# ``(in/s, messages/s, errors/s, ack-latency bucket delta)``
+Rates = Tuple[Optional[float], Optional[float], Optional[float], Optional[List[Tuple[float, float]]]]
 
 
 def parse_metrics(text: str, at: float) -> Sample:
@@ -44,7 +53,7 @@ def parse_metrics(text: str, at: float) -> Sample:
     return Sample(at, connections, packets, messages, acks, errors, tuple(sorted(buckets.items())), lag)
 
 
-def histogram_quantile(q: float, buckets):
+def histogram_quantile(q: float, buckets: Buckets) -> Optional[float]:
     """``histogram_quantile`` of cumulative ``[(le, count)]``; None without observations."""
     if not buckets or buckets[-1][1] <= 0:
         return None
@@ -61,7 +70,7 @@ def histogram_quantile(q: float, buckets):
     return lower
 
 
-def bucket_delta(new: tuple, old: tuple):
+def bucket_delta(new: Buckets, old: Buckets) -> Optional[List[Tuple[float, float]]]:
     """Observations between two samples of one histogram (same bounds), or None."""
     if not new or [b for b, _ in new] != [b for b, _ in old]:
         return None
@@ -69,7 +78,7 @@ def bucket_delta(new: tuple, old: tuple):
     return None if any(count < 0 for _, count in delta) else delta   # a restart
 
 
-def merge_buckets(histograms: list):
+def merge_buckets(histograms: Sequence[Buckets]) -> Optional[List[Tuple[float, float]]]:
     """The sum of several ``[(le, count)]`` with the same bounds."""
     histograms = [h for h in histograms if h]
     if not histograms:
@@ -86,15 +95,15 @@ def merge_buckets(histograms: list):
 class NodeHistory:
     """The recent samples of one process; the rates over ``WINDOW``."""
 
-    def __init__(self):
-        self.samples = deque(maxlen=64)
+    def __init__(self) -> None:
+        self.samples: Deque[Sample] = deque(maxlen=64)
 
     def add(self, sample: Sample) -> None:
         self.samples.append(sample)
         while len(self.samples) > 2 and sample.at - self.samples[1].at >= WINDOW:
             self.samples.popleft()
 
-    def rates(self) -> tuple:
+    def rates(self) -> Rates:
         """``(in/s, messages/s, errors/s, ack-latency bucket delta)``, Nones until two samples."""
         if len(self.samples) < 2:
             return None, None, None, None
@@ -103,17 +112,19 @@ class NodeHistory:
         if elapsed <= 0:
             return None, None, None, None
 
-        def rate(field):
+        def rate(field: str) -> Optional[float]:
             delta = getattr(new, field) - getattr(old, field)
             return delta / elapsed if delta >= 0 else None
         return rate("packets"), rate("messages"), rate("errors"), bucket_delta(new.buckets, old.buckets)
 
 
-def build_frame(at, redis, status, processes, nodes_up, histories, states, problem=None) -> Frame:
+def build_frame(at: float, redis: str, status: Optional["QueueStatus"], processes: List[Dict[str, Any]],
+                nodes_up: Optional[int], histories: Dict[str, NodeHistory], states: Dict[str, str],
+                problem: Optional[str] = None) -> Frame:
     """One screen's worth: the queue from ``status`` (a QueueStatus, or None
     when Redis did not answer), a row per process, and the total."""
     rows, deltas = [], []
-    totals = {"connections": None, "in_rate": None, "msg_rate": None, "err_rate": None}
+    totals: Dict[str, Optional[float]] = {"connections": None, "in_rate": None, "msg_rate": None, "err_rate": None}
     for info in processes:
         url = info.get("metrics") or ""
         history = histories.get(url) if url else None
@@ -135,7 +146,7 @@ def build_frame(at, redis, status, processes, nodes_up, histories, states, probl
                 histogram_quantile(0.99, merged) if merged else None, totals["err_rate"], "", "")
     if status is None:
         return Frame(at, redis, None, None, None, None, None, nodes_up, rows, total, problem)
-    lag = 0.0
+    lag: Optional[float] = 0.0   # None: the oldest entry is unreadable
     oldest = status.oldest_in_flight or status.oldest_queued
     if oldest is not None:
         lag = _age(oldest, at)
@@ -143,7 +154,7 @@ def build_frame(at, redis, status, processes, nodes_up, histories, states, probl
                  total, problem)
 
 
-def _age(entry, now):
+def _age(entry: Union[str, bytes], now: float) -> Optional[float]:
     from imd.stored import parse_stored
     try:
         text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
@@ -154,7 +165,7 @@ def _age(entry, now):
 
 # --- words -------------------------------------------------------------------
 
-def _number(value, digits=1):
+def _number(value: Optional[float], digits: int = 1) -> str:
     if value is None:
         return "-"
     if digits == 0:
@@ -162,7 +173,7 @@ def _number(value, digits=1):
     return "%.*f" % (digits, value)
 
 
-def _latency(seconds):
+def _latency(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
     if seconds < 1:
@@ -170,7 +181,7 @@ def _latency(seconds):
     return "%.2f s" % seconds
 
 
-def _seconds(value):
+def _seconds(value: Optional[float]) -> str:
     return "-" if value is None else "%.1f s" % value
 
 
@@ -178,13 +189,13 @@ COLUMNS = (("NODE", 22, "<"), ("ROLES", 16, "<"), ("CONNS", 8, ">"), ("IN/S", 9,
            ("ACK p99", 9, ">"), ("ERR/S", 7, ">"), ("METRICS", 0, "<"))
 
 
-def _cells(row):
+def _cells(row: Row) -> Tuple[str, ...]:
     where = row.state or row.url
     return (row.node, row.roles, _number(row.connections, 0), _number(row.in_rate), _number(row.msg_rate),
             _latency(row.ack_p99), _number(row.err_rate), where)
 
 
-def _line(cells):
+def _line(cells: Sequence[str]) -> str:
     parts = []
     for (title, width, align), cell in zip(COLUMNS, cells):
         parts.append(cell if not width else ("%-*s" if align == "<" else "%*s") % (width, cell[:width]))
@@ -199,7 +210,7 @@ def queue_line(frame: Frame) -> str:
         frame.queued, frame.in_flight, frame.dead, _seconds(frame.lag), leader, _number(frame.nodes_up, 0))
 
 
-def screen_lines(frame: Frame, interval: float):
+def screen_lines(frame: Frame, interval: float) -> List[Tuple[str, Optional[str]]]:
     """``[(text, emphasis)]`` for the terminal; emphasis is None, "title" or "header"."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(frame.at))
     lines = [("imd top   redis %s   %s   (every %g s, rates over %g s; q quits)"

@@ -104,6 +104,16 @@ class LoginTests(ServerTestMixin, unittest.TestCase):
         await self.redis.delete("publicKey")
         await self.assert_refused("/" + self.token(1), "keys")
 
+    async def test_public_key_not_rsa(self):
+        # A PEM key of another kind is refused with a reason, like one that
+        # is no PEM at all (PyJWT raised a TypeError for it: an internal error).
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        public_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+        await self.redis.set("publicKey", public_pem)
+        await self.assert_refused("/" + self.token(1), "server public key is not an RSA key")
+
 
 class ReusableTokenTests(ServerTestMixin, unittest.TestCase):
     overrides = {"auth": {"single_use": "false"}}

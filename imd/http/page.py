@@ -5,7 +5,10 @@ a path below a file) is a JSON error like the rest of the site.
 """
 
 import os
+from typing import Dict, Union
 
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 from twisted.web.static import File
 
 from imd.http.resource import ErrorResource, NotFound, error_result, finish_json, method_not_allowed
@@ -22,13 +25,14 @@ _CSP = (b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:;
 
 
 class PageFile(File):
-    childNotFound = NotFound()
-    forbidden = ErrorResource(403, "forbidden")
+    # File declares these as its own HTML error pages; any resource serves
+    childNotFound = NotFound()   # type: ignore[assignment]
+    forbidden = ErrorResource(403, "forbidden")   # type: ignore[assignment]
 
-    def getChild(self, path, request):
+    def getChild(self, path: bytes, request: Request) -> Resource:
         return self.childNotFound   # each page file is a file: nothing below it
 
-    def render(self, request):
+    def render(self, request: Request) -> Union[bytes, int]:
         if request.method.decode("ascii", "replace").upper() not in PAGE_METHODS:
             return finish_json(request, error_result(method_not_allowed(request.method, PAGE_METHODS)))
         # The files are a few KiB: whole answers only, so no 416 page either.
@@ -39,7 +43,7 @@ class PageFile(File):
         return super().render(request)
 
 
-def page_resources(web_dir=WEB_DIR):
+def page_resources(web_dir: str = WEB_DIR) -> Dict[bytes, PageFile]:
     """{child name: resource}: ``/`` is page.html, the others by their names."""
     children = {b"": PageFile(os.path.join(web_dir, "page.html"), defaultType="text/html; charset=utf-8")}
     for name in PAGE_FILES:

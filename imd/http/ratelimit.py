@@ -10,6 +10,7 @@ gains).
 
 import math
 from collections import OrderedDict
+from typing import Hashable, Tuple
 
 MAX_KEYS = 100000
 
@@ -21,13 +22,13 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self._max_keys = max_keys
-        self._buckets = OrderedDict()   # key -> (tokens, at)
+        self._buckets: "OrderedDict[Hashable, Tuple[float, float]]" = OrderedDict()   # key -> (tokens, at)
 
     @property
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def take(self, key, now: float) -> int:
+    def take(self, key: Hashable, now: float) -> int:
         """Spend one request of ``key``: 0 when allowed, else the whole
         seconds to wait before the next one would be (for ``Retry-After``)."""
         if not self.enabled:

@@ -20,9 +20,17 @@ banner, and an access log that never holds a token.
   Authorization, no Referer).
 """
 
-from twisted.internet.protocol import Protocol
+import typing
+from typing import Any, Callable, Optional, cast
+
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from imd.http.resource import finish_json, json_bytes
@@ -36,6 +44,24 @@ MAX_CONNECTIONS = 1000
 REFUSAL_LOG_INTERVAL = 10   # seconds between two log lines about refused connections
 
 _REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
+
+
+class Clock(typing.Protocol):
+    """What the site needs of a clock (the reactor, or a test's Clock): the
+    channels' deadlines are called on it too."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kw: object) -> object: ...
+
+
+class _ClosingTransport(typing.Protocol):
+    """The two calls made below twisted.web, on the connection's transport
+    (twisted's ITransport is a zope interface, which mypy cannot call)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
 
 
 def closing_response(status: int, message: str, extra_headers: bytes = b"") -> bytes:
@@ -52,30 +78,31 @@ class CappedRequest(Request):
     body_too_large = False
     _body_bytes = 0
 
-    def gotLength(self, length):
+    def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self.max_body:
             self.body_too_large = True
             length = 0
         super().gotLength(length)
 
-    def handleContentChunk(self, data):
+    def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
             return
         self._body_bytes += len(data)
         if self._body_bytes > self.max_body:
             self.body_too_large = True
+            assert self.content is not None   # gotLength made it
             self.content.seek(0)
             self.content.truncate()
             return
         super().handleContentChunk(data)
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         if not self.startedWriting:
             # twisted.web.server.Request.process sets it to TwistedWeb/<version>.
             self.responseHeaders.removeHeader(b"server")
         super().write(data)
 
-    def processingFailed(self, reason):
+    def processingFailed(self, reason: Failure) -> Failure:
         _log.failure("unexpected error answering {method} {path}", reason,
                      method=self.method, path=redact(self.uri.decode("latin-1"))[:300])
         if self.startedWriting or self.finished:
@@ -90,52 +117,53 @@ class CappedRequest(Request):
 class ImdChannel(HTTPChannel):
     """HTTP/1.1 with a deadline on receiving each request in full."""
 
-    request_timeout = REQUEST_TIMEOUT
-    _deadline = None
+    site: "ImdSite"   # set by Site.buildProtocol
+    request_timeout: float = REQUEST_TIMEOUT
+    _deadline: Optional[DelayedCall] = None
     _request_started = False
     _counted = False
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         super().connectionMade()
         self._arm()
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         if self._deadline is not None:
             self._request_started = True
         super().dataReceived(data)
 
-    def allContentReceived(self):
+    def allContentReceived(self) -> None:
         self._disarm()
         super().allContentReceived()
 
-    def requestDone(self, request):
+    def requestDone(self, request: Request) -> None:
         # Armed before the base class replays pipelined bytes, which may hold
         # the whole next request (and disarm it again).
         if self.persistent:
             self._arm()
         super().requestDone(request)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         if self._counted:
             self._counted = False
             self.site.connection_closed()
         super().connectionLost(reason)
 
-    def _arm(self):
+    def _arm(self) -> None:
         self._disarm()
         self._request_started = False
         self._deadline = self.callLater(self.request_timeout, self._request_too_slow)
 
-    def _disarm(self):
+    def _disarm(self) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
 
-    def _request_too_slow(self):
+    def _request_too_slow(self) -> None:
         self._deadline = None
         if self._request_started:
-            self.transport.write(closing_response(
+            cast(_ClosingTransport, self.transport).write(closing_response(
                 408, "the request did not arrive within %g s" % self.request_timeout))
         # As HTTPChannel.timeoutConnection: close once the answer is out,
         # abort if the peer does not read it.
@@ -147,16 +175,20 @@ class ImdChannel(HTTPChannel):
 class _Refused(Protocol):
     """Past ``max_connections``: one 503 and close, before reading anything."""
 
-    def connectionMade(self):
-        self.transport.write(closing_response(503, "too many connections, retry later", b"Retry-After: 5\r\n"))
-        self.transport.loseConnection()
+    def connectionMade(self) -> None:
+        transport = cast(_ClosingTransport, self.transport)
+        transport.write(closing_response(503, "too many connections, retry later", b"Retry-After: 5\r\n"))
+        transport.loseConnection()
 
 
 class ImdSite(Site):
     requestFactory = CappedRequest
-    protocol = ImdChannel   # HTTP/1.1 only (the TLS listeners offer no h2 either)
+    # HTTP/1.1 only (the TLS listeners offer no h2 either); twisted types
+    # this as its wrapper that picks HTTP/1.1 or h2, not a bare channel
+    protocol = ImdChannel   # type: ignore[assignment]
 
-    def __init__(self, resource, clock, request_timeout=REQUEST_TIMEOUT, max_connections=MAX_CONNECTIONS):
+    def __init__(self, resource: Resource, clock: Clock, request_timeout: float = REQUEST_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         # The idle timeout is off: ImdChannel's deadline covers idle
         # connections too, and is not reset by each byte.
         super().__init__(resource, timeout=None, reactor=clock)
@@ -166,9 +198,10 @@ class ImdSite(Site):
         self.open_connections = 0
         self.displayTracebacks = False
         self._refused = 0
-        self._refusal_logged_at = None
+        self._refusal_logged_at: Optional[float] = None
 
-    def buildProtocol(self, addr):
+    # an ImdChannel or a _Refused, not the wrapper twisted types (see protocol)
+    def buildProtocol(self, addr: Optional[IAddress]) -> Protocol:  # type: ignore[override]
         if self.open_connections >= self.max_connections:
             self._note_refusal()
             return _Refused()
@@ -181,7 +214,7 @@ class ImdSite(Site):
     def connection_closed(self) -> None:
         self.open_connections -= 1
 
-    def _note_refusal(self):
+    def _note_refusal(self) -> None:
         # One line per interval, however many are refused: a flood must not
         # become a flood of log lines.
         self._refused += 1
@@ -191,7 +224,7 @@ class ImdSite(Site):
                       count=self._refused, open=self.open_connections)
             self._refused, self._refusal_logged_at = 0, now
 
-    def log(self, request):
+    def log(self, request: http.Request) -> None:
         peer = request.getClientAddress()
         _log.info("http {peer} {method} {path} {code} {length}",
                   peer=getattr(peer, "host", "-"),

@@ -9,6 +9,7 @@ the head) are not touched.
 """
 
 from collections import namedtuple
+from typing import Any, Generator, List, Optional, Tuple
 
 from twisted.internet import defer
 
@@ -51,7 +52,7 @@ return n
 QueueStatus = namedtuple("QueueStatus", "queued oldest_queued in_flight oldest_in_flight dead leader lock_ms")
 
 
-def _opt(value):
+def _opt(value: Optional[str]) -> Optional[str]:
     """A Lua false (nil) comes back as None."""
     return value if value not in (None, False) else None
 
@@ -66,7 +67,7 @@ class DeadLetters:
         k = self.keys
         d = self.client.run(STATUS, [k.mq, k.mq_processing, k.mq_dead, k.mq_lock], [])
 
-        def parsed(r):
+        def parsed(r: List[Any]) -> QueueStatus:
             return QueueStatus(int(r[0]), _opt(r[1]), int(r[2]), _opt(r[3]), int(r[4]), _opt(r[5]),
                                max(0, int(r[6])))
         return d.addCallback(parsed)
@@ -75,10 +76,10 @@ class DeadLetters:
         return self.client.command("LLEN", self.keys.mq_dead).addCallback(int)
 
     @defer.inlineCallbacks
-    def oldest(self, limit: int) -> defer.Deferred:
+    def oldest(self, limit: int) -> Generator[defer.Deferred, Any, Tuple[int, List[str]]]:
         """``(total, entries)``: the ``limit`` oldest entries, oldest first."""
         total = int((yield self.client.command("LLEN", self.keys.mq_dead)))
-        entries = []
+        entries: List[str] = []
         if total and limit > 0:
             entries = yield self.client.command("LRANGE", self.keys.mq_dead, -limit, -1)
             entries = list(reversed(entries))

@@ -18,6 +18,7 @@ a clean stop expires; the next refresh by any process deletes it.
 """
 
 import json
+from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.internet import defer
 
@@ -78,7 +79,7 @@ return n
 """, "ready_nodes")
 
 
-def process_identity(node_id: str, roles) -> str:
+def process_identity(node_id: str, roles: Iterable[str]) -> str:
     """``host:8765/ws``: one entry per process (a node id may be shared by
     processes of different roles, e.g. imd-http beside imd-ws@8765)."""
     return "%s/%s" % (node_id, ",".join(sorted(roles)))
@@ -110,7 +111,7 @@ class ProcessRegistry:
         return d.addCallback(int)
 
 
-def _decoded(replies):
+def _decoded(replies: Optional[List[str]]) -> List[Dict[str, Any]]:
     found = []
     for reply in replies or ():
         try:

@@ -7,7 +7,8 @@ The connection limits act on TCP connections, before any WebSocket or token
 work: a refused connection costs one short HTTP answer.
 """
 
-from typing import Any, Callable, Dict, Optional
+import typing
+from typing import Any, Callable, Dict, Optional, cast
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -74,6 +75,15 @@ class ConnectionLimits:
         return self._by_address.get(address, 0)
 
 
+class _ClosingTransport(typing.Protocol):
+    """What a refusal calls on its transport (twisted's ITransport is a zope
+    interface, which mypy cannot call)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+
 class Refusal(Protocol):
     """Answers a connection over a limit with an HTTP status and closes it."""
 
@@ -81,8 +91,9 @@ class Refusal(Protocol):
         self.status = status
 
     def connectionMade(self) -> None:
-        self.transport.write(_REFUSALS[self.status] + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-        self.transport.loseConnection()
+        transport = cast(_ClosingTransport, self.transport)
+        transport.write(_REFUSALS[self.status] + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         pass  # the request is not read: the answer does not depend on it
