@@ -69,6 +69,29 @@ class _MigratorCollector:
             yield CounterMetricFamily(name, text, value=float(getattr(migrator, attribute, 0)))
 
 
+class _PushCollector:
+    """The push drainer's counts (zero in a process that runs none: only
+    the leading migrator's process sends)."""
+
+    def __init__(self, get_drainer):
+        self._get_drainer = get_drainer
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        drainer = self._get_drainer()
+        yield CounterMetricFamily("imd_push_sent", "Pushes the gateway accepted (2xx)",
+                                  value=float(getattr(drainer, "sent", 0)))
+        failed = CounterMetricFamily("imd_push_failed", "Pushes given up: refused by the gateway (4xx, "
+                                     "not retried) or still failing after [push] max_age", labels=["reason"])
+        failed.add_metric(["rejected"], float(getattr(drainer, "rejected", 0)))
+        failed.add_metric(["expired"], float(getattr(drainer, "expired", 0)))
+        yield failed
+        yield CounterMetricFamily("imd_push_retried", "Push tries that failed (timeout, 5xx, no connection) "
+                                  "and were scheduled again", value=float(getattr(drainer, "retried", 0)))
+
+
 class _CertificateCollector:
     """When each TLS listener's certificate expires (read when scraped: a
     SIGHUP reload changes it)."""
@@ -138,8 +161,9 @@ class _PacketCollector:
 
 
 class Metrics:
-    def __init__(self, migrator=None, certificates=None, node="", roles=()):
+    def __init__(self, migrator=None, certificates=None, node="", roles=(), push=None):
         """``migrator()``: the App's migrator or None, read at each scrape;
+        ``push()``: the App's push drainer or None, likewise;
         ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
         ``node``, ``roles``: this process, for ``imd_process_info``."""
         # The *_created series only repeat the process start time.
@@ -178,6 +202,12 @@ class Metrics:
         self.nodes_registered = Gauge(
             "imd_nodes_registered", "WebSocket nodes registered in Redis with a live heartbeat "
             "(read at scrape time)", registry=registry)
+        self.push_pending = Gauge(
+            "imd_push_pending", "Pushes not sent yet: users whose [push] delay window is open, plus pushes "
+            "being sent or waiting for a retry (read at scrape time)", registry=registry)
+        self.push_oldest_age = Gauge(
+            "imd_push_oldest_pending_seconds", "Time since the delay window of the oldest pending push opened "
+            "(0 when none; read at scrape time)", registry=registry)
         self.store_up = Gauge(
             "imd_store_up", "1 when this process reached the store at scrape time (Redis LLEN, MySQL SELECT 1)",
             ["store"], registry=registry)
@@ -199,6 +229,7 @@ class Metrics:
             registry.register(_MigratorCollector(migrator))
         if certificates is not None:
             registry.register(_CertificateCollector(certificates))
+        registry.register(_PushCollector(push or (lambda: None)))
 
     # --- called by the transport ---------------------------------------------
 
