@@ -35,6 +35,7 @@ _log = Logger()
 
 INTERVAL = 0.25       # seconds between looks at the queue: a push goes out at most this late
 CONNECTIONS = 32      # POSTs at once (and pooled connections to the gateway)
+TAKE_BATCH = 8        # pushes taken (and started) at once: a bigger batch is work in one reactor turn
 LEASE_MARGIN = 5.0    # seconds past [push] timeout before another drainer may take an attempt over
 FIRST_STEP = 1.0      # seconds before the first retry
 MAX_STEP = 60.0       # the longest wait between tries
@@ -120,7 +121,7 @@ class PushDrainer(Service):
         """Take what is due (if this process leads) and start sending it;
         fires with one Deferred per push taken, each firing with its
         outcome once written to Redis."""
-        room = self.connections - len(self._sending)
+        room = min(TAKE_BATCH, self.connections - len(self._sending))
         if not self._leading() or room <= 0 or self._taking is not None:
             return defer.succeed([])
         now = int(self._clock.seconds() * 1000)
@@ -158,7 +159,7 @@ class PushDrainer(Service):
 
         def done(result: Any) -> Any:
             self._sending.pop(push.key, None)
-            if self._more and self._taking is None and self.running and len(self._sending) < self.connections:
+            if self._more and self._taking is None and self.running:
                 self._tick()
             return result
         return d.addErrback(failed).addBoth(done)
