@@ -31,7 +31,7 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("URS:<uid>", "set", "friends", "the user's friends (uids)"),
     KeySpec("dedup:<uid>:<id>", "string", "messages",
             "a stored (sender, packet id), for [redis] dedup_ttl: a retry is acked, not stored again; "
-            "the value is the recipient's uid"),
+            "the value is the recipient's uid, then ':d' or ':r' once receipts moved its state (receipts)"),
     KeySpec("dedup:0:<to>:<id>", "string", "messages",
             "the same for a system message (sender 0), per recipient"),
     KeySpec("MQ", "list", "messages", "stored entries (JSON) not yet migrated, newest at the head"),
@@ -51,6 +51,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "the process registry: member '<node_id>/<roles>', score when that entry expires (Unix ms)"),
     KeySpec("processes:info", "hash", "processes",
             "'<node_id>/<roles>' -> JSON {node, roles, metrics, host, pid, version}"),
+    KeySpec("typing:<uid>:<to>", "string", "typing",
+            "a 'typing' (Y true) from uid to a friend was relayed; expires after [typing] min_interval"),
     KeySpec("taken:<order>", "string", "orders", "the courier who took an order (T is idempotent)"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
@@ -105,6 +107,9 @@ class Keys:
 
     def node_users(self, node_id: str) -> str:
         return "%snodeusers:%s" % (self.prefix, node_id)
+
+    def typing(self, sender: Uid, to: Uid) -> str:
+        return "%styping:%d:%d" % (self.prefix, sender, to)
 
     def taken(self, order: int) -> str:
         return "%staken:%d" % (self.prefix, order)
