@@ -388,6 +388,13 @@ def system_message_json(packet_id, sender, to, msg, ts):
     return _dump({"id": packet_id, "from": sender, "to": to, "type": "s", "msg": msg, "ts": ts})
 
 
+def system_message_parts(packet_id, msg, ts):
+    """:func:`system_message_json` from 0 around its ``to``, for many
+    recipients at once: ``head + b"<uid>" + tail`` is each one's packet."""
+    head = _dump({"id": packet_id, "from": 0})[:-1] + b',"to":'
+    return head, b',"type":"s","msg":' + _dump(msg) + b',"ts":%d}' % ts
+
+
 def ack(packet_id, msg="success"):
     if type(msg) is not str:  # T's {"order", "uid"}: the general encoder
         return _dump({"id": packet_id, "from": 0, "type": "A", "msg": msg})

@@ -4,6 +4,10 @@ order and the per-user index that history reads.
 Keys (imd.stores.keys): ``URS:<uid>`` (read), ``dedup:<uid>:<id>``,
 ``dedup:0:<to>:<id>``, ``MQ``, ``MQ:seq``, ``pending:<uid>``.
 
+System messages (from 0, ``POST /IM/api/send``) are stored per recipient,
+deduplicated by ``dedup:0:<to>:<id>``, whose value is the recipient's uid
+like every dedup record (receipts are verified against it).
+
 An entry on ``MQ`` is the packet's JSON exactly as delivered, with one field
 added at the end: ``"seq"``, the accept order (``MQ:seq``, taken in the same
 script).  History sorts by ``(ts, seq)``, so a sender's messages keep the
@@ -16,7 +20,7 @@ not-yet-migrated messages costs time in proportion to the user's own
 entries, not to the length of ``MQ``.
 """
 
-from typing import Any, List
+from typing import Any, List, Sequence
 
 from twisted.internet.defer import Deferred
 
@@ -50,6 +54,24 @@ return 1
 """, "store_message")
 
 
+# KEYS: MQ, MQ:seq, then per recipient: dedup:0:<to>:<id>, pending:<to>
+# ARGV: dedup ttl, packet head, packet tail, then the recipients' uids.
+# A system message (from 0) to each recipient that has not had this id yet:
+# head .. uid .. tail is its packet.  Returns the 1-based indexes stored.
+STORE_SYSTEM = Script(STORE_ENTRY_LUA + """
+local stored = {}
+for i = 4, #ARGV do
+  local to = ARGV[i]
+  local j = 2 * (i - 4) + 3
+  if redis.call('SET', KEYS[j], to, 'NX', 'EX', ARGV[1]) then
+    store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], ARGV[2] .. to .. ARGV[3])
+    stored[#stored + 1] = i - 3
+  end
+end
+return stored
+""", "store_system")
+
+
 class MessageStore:
     """Friend check + dedup + MQ + pending index, atomically, in one round trip."""
 
@@ -66,6 +88,20 @@ class MessageStore:
                              keys.pending(sender), keys.pending(to)],
                             [to, packet, self.dedup_ttl])
         return d.addCallback(_store_result)
+
+    def store_system_messages(self, packet_id: str, recipients: Sequence[int], head: bytes, tail: bytes) -> Deferred:
+        """A system ``s`` message (from 0, id ``packet_id``) to each recipient,
+        stored once per (recipient, id) — the dedup record
+        ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
+        ``to`` is ``head + str(to) + tail``.  Fires with the recipients
+        stored now (the others had it already)."""
+        keys = self.keys
+        key_list = [keys.mq, keys.mq_seq]
+        for to in recipients:
+            key_list.append(keys.dedup(0, packet_id, to))
+            key_list.append(keys.pending(to))
+        d = self.client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail] + list(recipients))
+        return d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()])
 
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""
