@@ -8,8 +8,10 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.migrator_support import start_migrator, with_drain
-from tests.mysql_support import query
-from tests.support import ImdServer, connect_client, drop, make_settings
+from tests.mysql_support import MysqlTestMixin, query
+from tests.support import (ClientMixin, ImdServer, PrivateRedis, RedisTestMixin, connect_client, drop,
+                           make_settings, wait_until)
+from tests.test_faults import prepare_redis
 from tests.test_migrator import FAST, MigratorTestMixin
 
 
@@ -232,3 +234,47 @@ class TwoNodeReceiptTests(ReceiptTestMixin, unittest.TestCase):
         # typing crosses nodes too
         self.assertEqual((await self.ask(bob, {"id": "y", "to": 1, "type": "Y", "msg": True}))["type"], "A")
         self.assertEqual((await alice.next_of("Y"))["msg"], True)
+
+
+class RedisRestartTests(MysqlTestMixin, ClientMixin, RedisTestMixin, unittest.TestCase):
+    """A private redis-server with AOF (appendfsync always), killed with
+    SIGKILL and restarted: the states receipts reached survive, in history
+    and in the dedup records that keep them moving forward only."""
+
+    async def test_states_survive_a_redis_restart(self):
+        private = PrivateRedis(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+        await private.start()
+        self.addCleanup(private.stop)
+        await prepare_redis(private.port)
+        settings = make_settings(dict(FAST, redis={"timeout": "0.5"}, mysql={"database": self.mysql_settings.database}),
+                                 redis_db=0, redis_port=private.port)
+        server = await ImdServer(settings).start()
+        self.addCleanup(server.stop)
+        self.connect = lambda path: connect_client(server.port, path)
+        alice, bob = await self.login(1), await self.login(2)
+        for packet_id in ("m1", "m2"):
+            self.assertEqual((await self.ask(alice, {"id": packet_id, "to": 2, "type": "t", "msg": "x"}))["type"], "A")
+        self.assertEqual((await self.ask(bob, receipt("r1", 1, "read", ["m1"])))["type"], "A")
+        self.assertEqual((await self.ask(bob, receipt("r2", 1, "delivered", ["m2"])))["type"], "A")
+        await alice.next_of("R")
+        await alice.next_of("R")
+        private.process.kill()
+        private.process.wait(10)
+        await wait_until(lambda: not server.app.redis_client.connected, what="imd noticing redis is gone")
+        await private.start()
+        await wait_until(lambda: server.app.redis_client.connected and server.app.bus.healthy, seconds=30,
+                         what="reconnection to the restarted redis")
+        for client in (alice, bob):
+            drop(client)
+        alice, bob = await self.login(1), await self.login(2)
+        reply = await self.ask(alice, {"id": "h", "to": 0, "type": "H", "msg": 0})
+        self.assertEqual([(m["id"], m["state"]) for m in reply["msg"]], [("m1", "read"), ("m2", "delivered")])
+        # still only forward: nothing relayed for what was reached before the restart
+        self.assertEqual((await self.ask(bob, receipt("r3", 1, "delivered", ["m1", "m2"])))["type"], "A")
+        self.assertEqual((await self.ask(bob, receipt("r4", 1, "read", ["m1", "m2"])))["type"], "A")
+        relayed = await alice.next_of("R")
+        self.assertEqual((relayed["id"], relayed["msg"]["ids"]), ("r4", ["m2"]))
+        migrator = start_migrator(self, settings)
+        await with_drain(migrator)
+        rows = await query(self.mysql_settings, "SELECT msg_id, state FROM receipt ORDER BY accept_seq")
+        self.assertEqual([(bytes(m).decode(), s) for m, s in rows], [("m1", 2), ("m2", 1), ("m2", 2)])
