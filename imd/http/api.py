@@ -183,7 +183,8 @@ class ApiResource(JsonResource):
         if len(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) > MAX_MSG_BYTES:
             raise HttpError(400, "msg: its JSON is over %d bytes" % MAX_MSG_BYTES)
         packet_id = body.get("id")
-        if packet_id is not None and (not isinstance(packet_id, str) or not 1 <= len(packet_id) <= protocol.MAX_ID_CHARS):
+        if packet_id is not None and not (isinstance(packet_id, str)
+                                          and 1 <= len(packet_id) <= protocol.MAX_ID_CHARS):
             raise HttpError(400, "id: a string of 1-%d characters" % protocol.MAX_ID_CHARS)
         packet_id, stored = yield self._api.send(recipients, msg, packet_id)
         return 200, {"id": packet_id, "stored": stored}
