@@ -25,7 +25,9 @@ from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
+from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.site import SiteHandler
+from imd.handlers.typing import TypingHandler
 from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
@@ -38,8 +40,10 @@ from imd.stores.positions import PositionStore
 from imd.stores.presence import PresenceStore
 from imd.stores.push import PushNotes
 from imd.stores.queue import QueueStore
+from imd.stores.receipts import ReceiptStore
 from imd.stores.redis import RedisClient, RedisSubscriber
 from imd.stores.tokens import TokenStore
+from imd.stores.typing import TypingStore
 from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.flush import TurnFlusher
 
@@ -114,6 +118,8 @@ class App:
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes)
         self.positions = PositionStore(client, keys)
+        self.receipts = ReceiptStore(client, keys, redis.dedup_ttl)
+        self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None
         self.order_ends: Any = None
@@ -137,6 +143,8 @@ class App:
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
             "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
             "H": HistoryHandler(self.messages, self.mysql).handle,
+            "R": ReceiptHandler(self.receipts, self.messages, self.mysql, node, self.clock, self.metrics).handle,
+            "Y": TypingHandler(self.typing, node, self.metrics).handle,
         }
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,

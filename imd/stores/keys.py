@@ -34,7 +34,7 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "when an order's T came"),
     KeySpec("dedup:<uid>:<id>", "string", "messages",
             "a stored (sender, packet id), for [redis] dedup_ttl: a retry is acked, not stored again; "
-            "the value is the recipient's uid"),
+            "the value is the recipient's uid, then ':d' or ':r' once receipts moved its state (receipts)"),
     KeySpec("dedup:0:<to>:<id>", "string", "messages",
             "the same for a system message (sender 0), per recipient"),
     KeySpec("MQ", "list", "messages", "stored entries (JSON) not yet migrated, newest at the head"),
@@ -76,6 +76,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "of an attempt under way"),
     KeySpec("push:born", "sorted set", "push",
             "the in-flight pushes by when their delay window opened (Unix ms), for the oldest pending age"),
+    KeySpec("typing:<uid>:<to>", "string", "typing",
+            "a 'typing' (Y true) from uid to a friend was relayed; expires after [typing] min_interval"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -148,6 +150,9 @@ class Keys:
         if a > b:
             a, b = b, a
         return "%slinks:%d:%d" % (self.prefix, a, b)
+    def typing(self, sender: Uid, to: Uid) -> str:
+        return "%styping:%d:%d" % (self.prefix, sender, to)
+
 
     def site(self, uid: Uid) -> str:
         return "%ssite:%d" % (self.prefix, uid)
