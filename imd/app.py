@@ -118,7 +118,7 @@ class App:
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes)
         self.positions = PositionStore(client, keys)
-        self.receipts = ReceiptStore(client, keys, redis.dedup_ttl)
+        self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None

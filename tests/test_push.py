@@ -290,6 +290,19 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
                          p.payload["unread"]) for p in self.receiver.posts)
         self.assertEqual(pushes, [(10, 0, "closed-42", "closed", 2), (20, 0, "closed-42", "closed", 1)])
 
+    async def test_the_apis_send_notes_pushes(self):
+        app = self.server.app
+        now = int(self.clock.seconds() * 1000)
+        head, tail = protocol.system_message_parts("promo-1", {"event": "promotion", "code": "X"}, now)
+        for _ in range(2):   # the same id again stores (and notes) nothing
+            await app.messages.store_system_messages("promo-1", [5, 6], head, tail, now)
+        self.assertEqual(await self.redis.hgetall("push:unread"), {"5": "1", "6": "1"})
+        self.advance_to(now / 1000.0 + DELAY)
+        self.assertEqual(await self.drainer().run_due(), [SENT, SENT])
+        self.assertEqual(sorted((p.payload["to"], p.payload["from"], p.payload["id"], p.payload["preview"])
+                                for p in self.receiver.posts),
+                         [(5, 0, "promo-1", "promotion"), (6, 0, "promo-1", "promotion")])
+
     async def test_pending_and_oldest_age_on_metrics(self):
         from imd.http.metrics import MetricsResource
         await self.befriend(1, 2)
@@ -303,6 +316,61 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         self.assertIn("imd_push_pending 2.0", text)
         age = float(re.search(r"^imd_push_oldest_pending_seconds (\S+)$", text, re.M).group(1))
         self.assertTrue(0 <= age < 5, age)
+
+
+class ReceiptCancelTests(PushTestMixin, unittest.TestCase):
+    """A ``delivered`` (or ``read``) receipt lowers the recipient's unread
+    count in the receipt's own script; at 0 the waiting push is cancelled."""
+
+    async def receipt(self, client, sender, state, ids):
+        reply = await self.ask(client, {"id": "r-" + state, "to": sender, "type": "R",
+                                        "msg": {"state": state, "ids": ids}})
+        self.assertEqual(reply["type"], "A", reply)
+
+    async def test_recipient_online_reporting_delivered_within_the_delay_gets_no_post(self):
+        await self.befriend(1, 2)
+        sender, recipient = await self.login(1), await self.login(2)
+        await self.say(sender, 2, "one")
+        await self.say(sender, 2, "two")
+        due = await self.due(2)
+        self.assertEqual([(await recipient.next_of("t"))["id"] for _ in range(2)], ["one", "two"])
+        await self.receipt(recipient, 1, "delivered", ["one", "two"])
+        self.assertIsNone(await self.due(2))
+        self.assertEqual(await self.redis.hgetall("push:unread"), {})
+        self.assertEqual(await self.redis.hgetall("push:last"), {})
+        self.advance_to(due + DELAY)
+        self.assertEqual(await self.drainer().run_due(), [])
+        self.assertEqual(self.receiver.posts, [])
+
+    async def test_part_delivered_the_push_names_the_rest_and_read_counts_once(self):
+        await self.befriend(1, 2)
+        sender, recipient = await self.login(1), await self.login(2)
+        for text in ("a", "b", "c"):
+            await self.say(sender, 2, text)
+        await self.receipt(recipient, 1, "delivered", ["a"])
+        await self.receipt(recipient, 1, "read", ["a", "b"])    # a was delivered already: b only counts
+        self.assertEqual(await self.redis.hget("push:unread", "2"), "1")
+        self.advance_to(await self.due(2))
+        drainer = self.drainer()
+        self.assertEqual(await drainer.run_due(), [SENT])
+        self.assertEqual((self.receiver.posts[0].payload["id"], self.receiver.posts[0].payload["unread"]),
+                         ("c", 1))
+        # after the push: c delivered, nothing waits; a new message counts from 0
+        await self.receipt(recipient, 1, "delivered", ["c"])
+        self.assertEqual(await self.redis.hgetall("push:unread"), {})
+        await self.say(sender, 2, "d")
+        self.advance_to(await self.due(2))
+        self.assertEqual(await drainer.run_due(), [SENT])
+        self.assertEqual(self.receiver.posts[1].payload["unread"], 1)
+
+    async def test_a_receipt_from_someone_else_cancels_nothing(self):
+        await self.befriend(1, 2)
+        await self.befriend(1, 3)
+        sender, other = await self.login(1), await self.login(3)
+        await self.say(sender, 2, "for two")
+        await self.receipt(other, 1, "delivered", ["for two"])   # not 3's message
+        self.assertEqual(await self.redis.hget("push:unread", "2"), "1")
+        self.assertIsNotNone(await self.due(2))
 
 
 class PushOffTests(ServerTestMixin, unittest.TestCase):
