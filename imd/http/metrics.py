@@ -7,6 +7,8 @@ oldest, and whether Redis and MySQL answer.  A
 store that does not answer reads NaN (and ``imd_store_up`` 0).
 """
 
+from typing import Any, Tuple
+
 from twisted.internet import defer
 
 from imd.errors import StoreUnavailable
@@ -14,7 +16,7 @@ from imd.http.resource import JsonResource, Raw
 from imd.metrics import CONTENT_TYPE
 from imd.stores.deadletter import DeadLetters
 from imd.stores.processes import ProcessRegistry
-from imd.stores.push import PushStore
+from imd.stores.push import PushStats, PushStore
 
 MYSQL_TIMEOUT = 5
 
@@ -57,9 +59,9 @@ class MetricsResource(JsonResource):
         metrics.store_up.labels("mysql").set(results[-1][1])
         return 200, Raw(metrics.exposition(), CONTENT_TYPE)
 
-    def _push_figures(self):
+    def _push_figures(self) -> defer.Deferred:
         """(pending pushes, seconds since the oldest one's window opened)."""
-        def figures(stats):
+        def figures(stats: PushStats) -> Tuple[int, float]:
             age = 0.0 if stats.oldest is None else max(0.0, self._app.clock.seconds() - stats.oldest / 1000.0)
             return stats.waiting + stats.in_flight, age
         delay_ms = int(round(self._app.settings.push.delay * 1000))
@@ -75,5 +77,5 @@ class MetricsResource(JsonResource):
         return d.addCallbacks(lambda _: 1, down)
 
 
-def _one(figure):
+def _one(figure: Any) -> Tuple[Any]:
     return (figure,)
