@@ -63,6 +63,8 @@ class PayloadTests(unittest.SynchronousTestCase):
                           "unread": 3})
         self.assertEqual(json.loads(payload.body(2, packet, 3, with_preview=False))["preview"], "")
         self.assertEqual(payload.body(2, packet, 3), payload.body(2, packet, 3))   # the same on every try
+        for bad in ("[1]", "{", '"x"'):
+            self.assertRaises(ValueError, payload.body, 2, bad, 1)
 
     def test_signature_is_what_the_docs_verify(self):
         body = b'{"to":2}'
@@ -260,6 +262,15 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         first, second = self.receiver.posts
         self.assertEqual((first.delivery, first.body), (second.delivery, second.body))
         self.assertTrue(0.8 <= second.at - first.at - 2.0 <= 1.02)
+
+    async def test_an_unreadable_record_is_dropped_not_sent(self):
+        now = int(self.clock.seconds() * 1000)
+        await self.redis.hset("push:inflight", "k-1", "1 %d %d 2 1 not json" % (now, now))
+        await self.redis.zadd("push:sending", now, "k-1")
+        drainer = self.drainer()
+        self.assertEqual(await drainer.run_due(), [REJECTED])
+        self.assertEqual(self.receiver.posts, [])
+        self.assertEqual(await self.redis.hlen("push:inflight"), 0)
 
     async def test_preview_off_sends_an_empty_preview(self):
         await self.befriend(1, 2)

@@ -31,8 +31,11 @@ def preview(packet: Any, enabled: bool = True) -> str:
 
 def body(to: int, packet_json: str, unread: int, with_preview: bool = True) -> bytes:
     """``{"to","from","id","type","preview","ts","unread"}`` for the newest
-    message (its stored JSON) and the recipient's undelivered count."""
+    message (its stored JSON) and the recipient's undelivered count;
+    ValueError when that is not a JSON object."""
     packet = json.loads(packet_json)
+    if not isinstance(packet, dict):
+        raise ValueError("not a message: %r" % (packet_json[:100],))
     return json.dumps({"to": to, "from": packet.get("from"), "id": packet.get("id"), "type": packet.get("type"),
                        "preview": preview(packet, with_preview), "ts": packet.get("ts"), "unread": unread},
                       ensure_ascii=False, separators=(",", ":")).encode("utf-8")
