@@ -11,7 +11,12 @@ daemon's CPU and RSS from /proc, and writes:
 Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
-    .venv/bin/python bench/run.py [--quick] [--only throughput,latency,idle,login,migrate]
+    .venv/bin/python bench/run.py [--quick] [--only throughput,receipts,latency,idle,login,migrate]
+
+``receipts`` is the C=200 W=8 throughput run again with receipts in the load
+mix (contract §7.1): each delivered message answered by an ``R`` delivered,
+every tenth by an ``R`` read too, against both servers (the baseline relays
+an ``R`` like any packet).
 """
 
 import argparse
@@ -356,22 +361,25 @@ def profiled(server, label, duration):
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def throughput(setup, imd, base, conns_n, window, duration, warmup):
+def throughput(setup, imd, base, conns_n, window, duration, warmup, receipts=False):
     uids = setup.pairs(conns_n)
     out = {}
     for name, server in (("baseline", base), ("imd", imd)):
-        conns = setup.conns_file("tp-%s-%d" % (name, conns_n), uids, server.port, tokens=name == "imd")
-        log("throughput %s C=%d W=%d (load %s)" % (name, conns_n, window, loadavg()[0]))
+        conns = setup.conns_file("tp-%s-%d%s" % (name, conns_n, "-r" if receipts else ""), uids, server.port,
+                                 tokens=name == "imd")
+        log("throughput %s C=%d W=%d%s (load %s)" % (name, conns_n, window, " + receipts" if receipts else "",
+                                                     loadavg()[0]))
         proc = loadgen(conns, "closed", window=window, duration=duration, warmup=warmup,
-                       concurrency=100)
-        spy = profiled(server, "c%d" % conns_n, duration) if conns_n <= 200 else None
+                       concurrency=100, receipts=1 if receipts else 0)
+        spy = profiled(server, "c%d" % conns_n, duration) if conns_n <= 200 and not receipts else None
         out[name] = measured(server, proc, setup if name == "imd" else None)
         if spy is not None:
             spy.wait(30)
         if name == "imd":
             out[name]["migrator_drained_s"] = wait_drained(setup)
-        log("  %s: %.0f acked/s, ack p99 %.1f ms" % (name, out[name]["acked_per_s"],
-                                                    out[name]["ack_latency_ms"].get("p99", -1)))
+        log("  %s: %.0f acked/s, ack p99 %.1f ms%s" % (
+            name, out[name]["acked_per_s"], out[name]["ack_latency_ms"].get("p99", -1),
+            ", %.0f receipts acked/s" % out[name]["receipts_acked_per_s"] if receipts else ""))
     out["ratio"] = round(out["imd"]["acked_per_s"] / out["baseline"]["acked_per_s"], 3)
     return out
 
@@ -505,6 +513,10 @@ def fmt_lat(lat):
     return "%.1f / %.1f / %.1f" % (lat.get("p50", 0), lat.get("p99", 0), lat.get("p999", 0)) if lat.get("n") else "-"
 
 
+def fmt_lat2(lat):
+    return "%.1f / %.1f" % (lat.get("p50", 0), lat.get("p99", 0)) if lat.get("n") else "-"
+
+
 def cpu_parts(result):
     each = result.get("server_cpu_us_per_msg_each") or []
     return " (%s)" % " + ".join("%.1f" % x for x in each) if len(each) > 1 else ""
@@ -513,17 +525,26 @@ def cpu_parts(result):
 def table(report):
     rows = ["| measure | imd | baseline relay | ratio / target | met |", "|---|---|---|---|---|"]
     r = report["results"]
-    for key, target in (("throughput_c200_w8", 0.9), ("throughput_c2000_w1", None)):
+    for key, target in (("throughput_c200_w8", 0.9), ("throughput_c200_w8_receipts", None),
+                        ("throughput_c2000_w1", None)):
         if key not in r:
             continue
         t = r[key]
         imd, base = t["imd"], t["baseline"]
         lag = imd["migrator_lag"]["max_age_s"]
-        rows.append("| %s acked msgs/s (delivered) | %.0f (%.0f) | %.0f (%.0f) | %.2f× %s | %s |" % (
-            key.replace("throughput_", "").replace("_", " ").upper(), imd["acked_per_s"], imd["delivered_per_s"],
+        with_receipts = key.endswith("_receipts")
+        label = key.replace("throughput_", "").replace("_receipts", "").replace("_", " ").upper()
+        rows.append("| %s%s acked msgs/s (delivered) | %.0f (%.0f) | %.0f (%.0f) | %.2f× %s | %s |" % (
+            label, " + receipts" if with_receipts else "", imd["acked_per_s"], imd["delivered_per_s"],
             base["acked_per_s"], base["delivered_per_s"], t["ratio"],
             "(≥ 0.9×, lag < 2 s)" if target else "", ("yes" if t["ratio"] >= target and lag < 2 else "no")
             if target else "-"))
+        if with_receipts:
+            rows.append("| ↳ receipts acked/s (relayed), receipt ack p50/p99 ms | %.0f (%.0f), %s | %.0f (%.0f), %s "
+                        "| 1.1 per message | |" % (
+                            imd["receipts_acked_per_s"], imd["receipts_relayed_per_s"],
+                            fmt_lat2(imd["receipt_ack_latency_ms"]), base["receipts_acked_per_s"],
+                            base["receipts_relayed_per_s"], fmt_lat2(base["receipt_ack_latency_ms"])))
         rows.append("| ↳ ack latency p50/p99/p999 ms (closed loop) | %s | %s | | |" % (
             fmt_lat(imd["ack_latency_ms"]), fmt_lat(base["ack_latency_ms"])))
         rows.append("| ↳ server CPU µs/msg (imd: ws + migrator), peak RSS MB | %s%s, %.0f | %s, %.0f | | |" % (
@@ -579,7 +600,7 @@ def write_doc(report):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
-    parser.add_argument("--only", default="throughput,latency,idle,login,migrate")
+    parser.add_argument("--only", default="throughput,receipts,latency,idle,login,migrate")
     parser.add_argument("--profile", choices=["svg", "txt"], help="py-spy flame graph (svg) or raw stacks "
                         "(txt) of imd during the C=200 throughput run, into bench/results/")
     parser.add_argument("--rate", type=int, help="open-loop rate (default: half of imd's C=200 W=8 maximum)")
@@ -615,7 +636,7 @@ def main():
                  "--redis-db", str(REDIS_DB)]
     servers = []
     try:
-        if only & {"throughput", "latency"}:
+        if only & {"throughput", "receipts", "latency"}:
             imd = Server("imd", imd_argv, IMD_PORT, os.path.join(workdir, "imd.out"), imd_companions)
             base = Server("baseline", base_argv, BASE_PORT, os.path.join(workdir, "baseline.log"))
             servers += [imd, base]
@@ -624,6 +645,9 @@ def main():
                 r["throughput_c200_w8"] = throughput(setup, imd, base, 200, 8, duration, warmup)
                 max_rate = r["throughput_c200_w8"]["imd"]["acked_per_s"]
                 r["throughput_c2000_w1"] = throughput(setup, imd, base, 2000, 1, duration, warmup)
+            if "receipts" in only:
+                r["throughput_c200_w8_receipts"] = throughput(setup, imd, base, 200, 8, duration, warmup,
+                                                              receipts=True)
             if "latency" in only:
                 rate = args.rate or int((max_rate or 2000) / 2)
                 r["latency"] = latency(setup, imd, base, rate, duration, warmup)

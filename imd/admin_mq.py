@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generator, TextIO, Union
 from twisted.internet import defer, threads
 
 from imd.errors import AdminError
-from imd.stored import parse_stored
+from imd.stored import parse_entry
 from imd.stores.deadletter import DeadLetters
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def _text(entry: Union[str, bytes]) -> str:
 def entry_age(entry: Union[str, bytes], now: float) -> str:
     """How long ago an entry was stored, from its ``ts``; or why not known."""
     try:
-        return format_age(now - parse_stored(_text(entry)).ts / 1000.0) + " ago"
+        return format_age(now - parse_entry(_text(entry)).ts / 1000.0) + " ago"
     except ValueError:
         return "(not a readable message)"
 

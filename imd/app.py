@@ -25,7 +25,9 @@ from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
+from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.site import SiteHandler
+from imd.handlers.typing import TypingHandler
 from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
@@ -36,9 +38,12 @@ from imd.stores.mysql import MysqlStore
 from imd.stores.orders import OrderStore
 from imd.stores.positions import PositionStore
 from imd.stores.presence import PresenceStore
+from imd.stores.push import PushNotes
 from imd.stores.queue import QueueStore
+from imd.stores.receipts import ReceiptStore
 from imd.stores.redis import RedisClient, RedisSubscriber
 from imd.stores.tokens import TokenStore
+from imd.stores.typing import TypingStore
 from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.flush import TurnFlusher
 
@@ -107,14 +112,20 @@ class App:
         client, keys = self.redis_client, self.keys
         self.tokens = TokenStore(client, keys)
         self.friends = FriendStore(client, keys)
-        self.messages = MessageStore(client, keys, redis.dedup_ttl)
+        # [push] url set: the store scripts also note pending pushes (§7.5)
+        self.push_notes = PushNotes(keys, settings.push.delay) if settings.push.url else None
+        self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.presence = PresenceStore(client, keys, self.node_id)
-        self.orders = OrderStore(client, keys)
+        self.orders = OrderStore(client, keys, self.push_notes)
         self.positions = PositionStore(client, keys)
+        self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
+        self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None
         self.order_ends: Any = None
+        self.push_drainer: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
+                               push=lambda: self.push_drainer,
                                node=self.node_id, roles=settings.imd.roles)
         self.tls = TlsReloader(reactor)
         self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl)
@@ -132,6 +143,8 @@ class App:
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
             "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
             "H": HistoryHandler(self.messages, self.mysql).handle,
+            "R": ReceiptHandler(self.receipts, self.messages, self.mysql, node, self.clock, self.metrics).handle,
+            "Y": TypingHandler(self.typing, node, self.metrics).handle,
         }
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
@@ -200,7 +213,8 @@ class App:
         """The migrate role (it uses ``self.mysql``, started by the caller):
         its own Redis connection, so its batches never queue behind client
         traffic, the :class:`imd.migrator.Migrator`, and, while that leads,
-        the ends of closed orders' friendships (:mod:`imd.order_ends`)."""
+        the ends of closed orders' friendships (:mod:`imd.order_ends`) and,
+        with ``[push] url`` set, the push drainer (:mod:`imd.push.drainer`)."""
         from imd.migrator import Migrator
         from imd.order_ends import OrderEnds
         redis = self.settings.redis
@@ -214,4 +228,16 @@ class App:
         client.setServiceParent(group)
         self.migrator.setServiceParent(group)
         self.order_ends.setServiceParent(group)
+        if self.settings.push.url:
+            self.push_drainer = self.push_drainer_service(client, leading=lambda: migrator.is_leader)
+            self.push_drainer.setServiceParent(group)
         return group
+
+    def push_drainer_service(self, client: RedisClient, leading: Callable[[], bool]) -> Any:
+        """The drainer of pending pushes on ``client``, sending while ``leading()``."""
+        from imd.push.drainer import CONNECTIONS, PushDrainer
+        from imd.push.gateway import Gateway
+        from imd.stores.push import PushStore
+        push = self.settings.push
+        gateway = Gateway(self.reactor, self.clock, push.url, push.secret, push.timeout, CONNECTIONS)
+        return PushDrainer(PushStore(client, self.keys), gateway, push, self.clock, leading)

@@ -26,7 +26,8 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_TOKEN_PARAM = re.compile(r"((?:access_token|token|jwt)=)[^&\s'\"]+", re.IGNORECASE)
+# (a server API key in a query string is refused, and never logged either)
+_TOKEN_PARAM = re.compile(r"((?:access_token|token|jwt|api_key|apikey|key)=)[^&\s'\"]+", re.IGNORECASE)
 REDACTED = "[token]"
 
 

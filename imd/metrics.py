@@ -16,11 +16,14 @@ from prometheus_client.utils import floatToGoString
 
 from imd import __version__
 from imd.errors import ERROR_CODES
-from imd.protocol import COMMAND_TYPES, MESSAGE_TYPES
+from imd.protocol import COMMAND_TYPES, MESSAGE_TYPES, SIGNAL_TYPES, STATE_NAMES
 
-# Client packet types answered with an ``A`` when they succeed (contract §2, §4).
-ACKED_TYPES = frozenset("tiTS")
-_PACKET_TYPES = MESSAGE_TYPES | COMMAND_TYPES
+# Client packet types answered with an ``A`` when they succeed (contract §2, §4, §7).
+ACKED_TYPES = frozenset("tiTSRY")
+_PACKET_TYPES = MESSAGE_TYPES | COMMAND_TYPES | SIGNAL_TYPES
+_RECEIPT_STATES = STATE_NAMES[1:]
+# The server API's endpoints (imd.http.api), a fixed set of label values
+API_ENDPOINTS = ("send", "close", "kick", "online", "friends", "other")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -63,10 +66,34 @@ class _MigratorCollector:
         counters = (
             ("imd_migrator_rows_migrated", "Rows inserted into the message table", "rows_migrated"),
             ("imd_migrator_rows_skipped", "Rows already present (a replayed batch)", "rows_skipped"),
+            ("imd_migrator_receipts_migrated", "Rows inserted into the receipt table", "receipts_migrated"),
             ("imd_migrator_dead_entries", "MQ entries that could not be read, moved to MQ:dead", "dead_entries"),
         )
         for name, text, attribute in counters:
             yield CounterMetricFamily(name, text, value=float(getattr(migrator, attribute, 0)))
+
+
+class _PushCollector:
+    """The push drainer's counts (zero in a process that runs none: only
+    the leading migrator's process sends)."""
+
+    def __init__(self, get_drainer):
+        self._get_drainer = get_drainer
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        drainer = self._get_drainer()
+        yield CounterMetricFamily("imd_push_sent", "Pushes the gateway accepted (2xx)",
+                                  value=float(getattr(drainer, "sent", 0)))
+        failed = CounterMetricFamily("imd_push_failed", "Pushes given up: refused by the gateway (4xx, "
+                                     "not retried) or still failing after [push] max_age", labels=["reason"])
+        failed.add_metric(["rejected"], float(getattr(drainer, "rejected", 0)))
+        failed.add_metric(["expired"], float(getattr(drainer, "expired", 0)))
+        yield failed
+        yield CounterMetricFamily("imd_push_retried", "Push tries that failed (timeout, 5xx, no connection) "
+                                  "and were scheduled again", value=float(getattr(drainer, "retried", 0)))
 
 
 class _CertificateCollector:
@@ -122,6 +149,10 @@ class _PacketCollector:
         self.acks = 0
         self.ack_latency = _Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.fanout = _Histogram((0, 1, 2, 3, 5, 10))
+        self.receipt_ids = [0, 0, 0]        # by state (1 delivered, 2 read)
+        self.receipts_advanced = [0, 0, 0]
+        self.typing_relayed = 0
+        self.typing_coalesced = 0
 
     def describe(self):
         return []
@@ -133,13 +164,28 @@ class _PacketCollector:
             packets.add_metric([label], count)
         yield packets
         yield CounterMetricFamily("imd_acks", "A packets sent", value=self.acks)
+        receipts = CounterMetricFamily("imd_receipt_ids", "Message ids named in R packets received, by state",
+                                       labels=["state"])
+        advanced = CounterMetricFamily("imd_receipt_ids_advanced", "Message ids whose state an R moved "
+                                       "forward (stored and relayed), by state", labels=["state"])
+        for state, name in enumerate(_RECEIPT_STATES, 1):
+            receipts.add_metric([name], self.receipt_ids[state])
+            advanced.add_metric([name], self.receipts_advanced[state])
+        yield receipts
+        yield advanced
+        typing = CounterMetricFamily("imd_typing", "Y packets accepted, by outcome (relayed, or coalesced "
+                                     "inside [typing] min_interval)", labels=["outcome"])
+        typing.add_metric(["relayed"], self.typing_relayed)
+        typing.add_metric(["coalesced"], self.typing_coalesced)
+        yield typing
         yield self.ack_latency.family("imd_ack_latency_seconds", "Time from a frame received to its A sent")
         yield self.fanout.family("imd_delivery_fanout", "Connections of this process each relayed message reached")
 
 
 class Metrics:
-    def __init__(self, migrator=None, certificates=None, node="", roles=()):
+    def __init__(self, migrator=None, certificates=None, node="", roles=(), push=None):
         """``migrator()``: the App's migrator or None, read at each scrape;
+        ``push()``: the App's push drainer or None, likewise;
         ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
         ``node``, ``roles``: this process, for ``imd_process_info``."""
         # The *_created series only repeat the process start time.
@@ -158,6 +204,9 @@ class Metrics:
         self._fanout = per_packet.fanout
         self.errors = Counter(
             "imd_errors", "E packets sent, by code", ["code"], registry=registry)
+        self.api_requests = Counter(
+            "imd_api_requests", "Server API requests (/IM/api/), by endpoint and HTTP status",
+            ["endpoint", "status"], registry=registry)
         self.mq_length = Gauge(
             "imd_mq_length", "Messages in the Redis MQ list not yet migrated (read at scrape time)",
             registry=registry)
@@ -178,6 +227,12 @@ class Metrics:
         self.nodes_registered = Gauge(
             "imd_nodes_registered", "WebSocket nodes registered in Redis with a live heartbeat "
             "(read at scrape time)", registry=registry)
+        self.push_pending = Gauge(
+            "imd_push_pending", "Pushes not sent yet: users whose [push] delay window is open, plus pushes "
+            "being sent or waiting for a retry (read at scrape time)", registry=registry)
+        self.push_oldest_age = Gauge(
+            "imd_push_oldest_pending_seconds", "Time since the delay window of the oldest pending push opened "
+            "(0 when none; read at scrape time)", registry=registry)
         self.store_up = Gauge(
             "imd_store_up", "1 when this process reached the store at scrape time (Redis LLEN, MySQL SELECT 1)",
             ["store"], registry=registry)
@@ -195,10 +250,13 @@ class Metrics:
         for status in ("503", "429"):
             self.connections_refused.labels(status)
         self.logins.labels("ok", "")
+        for endpoint in API_ENDPOINTS:
+            self.api_requests.labels(endpoint, "200")
         if migrator is not None:
             registry.register(_MigratorCollector(migrator))
         if certificates is not None:
             registry.register(_CertificateCollector(certificates))
+        registry.register(_PushCollector(push or (lambda: None)))
 
     # --- called by the transport ---------------------------------------------
 
@@ -242,6 +300,22 @@ class Metrics:
 
     def delivered(self, connections):
         self._fanout.observe(connections)
+
+    def receipt_in(self, state, ids):
+        """An ``R`` naming ``ids`` message ids, ``state`` 1 or 2."""
+        self._per_packet.receipt_ids[state] += ids
+
+    def receipts_advanced(self, state, ids):
+        self._per_packet.receipts_advanced[state] += ids
+
+    def typing(self, relayed):
+        if relayed:
+            self._per_packet.typing_relayed += 1
+        else:
+            self._per_packet.typing_coalesced += 1
+
+    def api_request(self, endpoint, status):
+        self.api_requests.labels(endpoint if endpoint in API_ENDPOINTS else "other", str(status)).inc()
 
     def store_error(self, message):
         self.store_errors.labels(store_of(message)).inc()

@@ -1,10 +1,16 @@
-"""The migrator (role ``migrate``): Redis ``MQ`` -> MySQL ``message``.
+"""The migrator (role ``migrate``): Redis ``MQ`` -> MySQL ``message`` (and
+``receipt``, for the ``R`` entries).
 
 One step: move a batch from ``MQ`` into ``MQ:processing`` (atomic), insert it
 with multi-row ``INSERT IGNORE`` statements, and only after they are
 committed delete it from ``MQ:processing``.  A crash anywhere leaves the
 batch in ``MQ:processing`` and the next step (of this or any later migrator)
-inserts it again; ``UNIQUE (from_id, msg_id)`` turns the replay into a no-op.
+inserts it again; ``UNIQUE (from_id, msg_id, to_id)`` turns the replay into
+a no-op.  Receipts are rows of their own, keyed by the message they are
+about and the state (``PRIMARY KEY (from_id, msg_id, to_id, state)``), so a
+replayed receipt is a no-op too, and they go in with the same multi-row
+``INSERT IGNORE`` in the same transaction as the messages of their part:
+nothing about them depends on the order rows commit in.
 
 A large batch goes in as two halves in two transactions on two pool
 connections at once: the second half is read from JSON while MySQL inserts
@@ -26,14 +32,14 @@ Run alone: ``twistd -n imd --config etc/imd.ini --roles migrate``
 import os
 import socket
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.stored import parse_stored
+from imd.stored import StoredReceipt, parse_entry
 
 _log = Logger()
 
@@ -54,7 +60,8 @@ class Migrator(Service):
     For ``/metrics``: ``queue_length`` (entries in ``MQ`` + in flight),
     ``oldest_age`` (seconds since the oldest unmigrated entry was stored, 0
     when none), ``rows_migrated``, ``rows_skipped`` (already present),
-    ``dead_entries``, ``is_leader``, ``mysql_up``.
+    ``receipts_migrated`` (receipt rows inserted), ``dead_entries``,
+    ``is_leader``, ``mysql_up``.
     """
 
     def __init__(self, queue, mysql, settings, clock, token=None):
@@ -69,6 +76,7 @@ class Migrator(Service):
         self.oldest_age = 0.0
         self.rows_migrated = 0
         self.rows_skipped = 0
+        self.receipts_migrated = 0
         self.dead_entries = 0
         self.is_leader = False
         self.mysql_up = True
@@ -174,18 +182,23 @@ class Migrator(Service):
         parts = INSERTS_AT_ONCE if len(entries) >= SPLIT_FROM else 1
         size = -(-len(entries) // parts)
         inserts = []
+        messages_in_batch = 0
         for start in range(0, len(entries), size):
-            rows = self._rows(entries[start:start + size], dead, migrated)
-            if rows:
-                inserts.append(self.mysql.insert_messages(rows))
+            rows, receipts = self._rows(entries[start:start + size], dead, migrated)
+            messages_in_batch += len(rows)
+            if rows or receipts:
+                inserts.append(self.mysql.insert_entries(rows, receipts))
         results = yield defer.DeferredList(inserts, consumeErrors=True)
-        inserted, failure = 0, None
+        inserted, receipts_inserted, failure = 0, 0, None
         for ok, result in results:
             if ok:
-                inserted += result
+                inserted += result[0]
+                receipts_inserted += result[1]
             elif failure is None:
                 failure = result
-        self.rows_migrated += inserted   # committed, whatever became of the other part
+        # committed, whatever became of the other part
+        self.rows_migrated += inserted
+        self.receipts_migrated += receipts_inserted
         if failure is not None:
             if failure.check(StoreUnavailable):
                 self.mysql_up = False
@@ -196,30 +209,37 @@ class Migrator(Service):
         if replayed:
             _log.info("migrator: replayed a batch left in flight ({n} entries, {new} new)",
                       n=len(entries), new=inserted)
-        self.rows_skipped += len(entries) - len(dead) - inserted
+        self.rows_skipped += messages_in_batch - inserted
         self.dead_entries += len(dead)
         return 0 if len(entries) >= self.batch else self.interval
 
     @staticmethod
-    def _rows(entries: Sequence[str], dead: List[str], migrated: Dict[int, int]) -> List[Any]:
-        """The ``message`` rows of ``entries``; unreadable ones go to
-        ``dead``; ``migrated`` gets each party's highest ``seq``."""
-        rows = []
+    def _rows(entries: Sequence[str], dead: List[str],
+              migrated: Dict[int, int]) -> Tuple[List[Any], List[Any]]:
+        """The ``message`` and ``receipt`` rows of ``entries``; unreadable
+        ones go to ``dead``; ``migrated`` gets each party's highest ``seq``."""
+        rows: List[Any] = []
+        receipts: List[Any] = []
         for entry in entries:
             try:
-                message = parse_stored(entry)
+                stored = parse_entry(entry)
             except ValueError as e:
                 _log.error("migrator: cannot store MQ entry ({why}); moved to MQ:dead: {entry!r}",
                            why=e, entry=entry[:200])
                 dead.append(entry)
                 continue
-            rows.append(message.row())
-            seq = message.seq
+            if isinstance(stored, StoredReceipt):
+                receipts.extend(stored.rows())
+                parties: Tuple[int, ...] = (stored.reader, stored.sender) if stored.sender else (stored.reader,)
+            else:
+                rows.append(stored.row())
+                parties = (stored.from_id, stored.to_id)
+            seq = stored.seq
             if seq:
-                for uid in (message.from_id, message.to_id):
+                for uid in parties:
                     if seq > migrated.get(uid, 0):
                         migrated[uid] = seq
-        return rows
+        return rows, receipts
 
     def _became_leader(self):
         self.is_leader = True
@@ -254,7 +274,7 @@ class Migrator(Service):
         self.oldest_age = 0.0
         if oldest:
             try:
-                age = self._clock.seconds() - parse_stored(oldest).ts / 1000.0
+                age = self._clock.seconds() - parse_entry(oldest).ts / 1000.0
                 self.oldest_age = max(0.0, age)
             except ValueError:
                 pass

@@ -20,6 +20,7 @@ HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 500
 MAX_LONGITUDE = 180.0
 MAX_LATITUDE = 85.05112878
+MAX_RECEIPT_IDS = 100
 
 # WebSocket close codes (contract §1, §2 "Close")
 CLOSE_GOING_AWAY = 1001
@@ -31,6 +32,12 @@ CLOSE_TOO_MANY_ERRORS = 4008
 
 MESSAGE_TYPES = frozenset("ti")
 COMMAND_TYPES = frozenset("PTSOH")
+# Addressed to a user (``to``) like messages, never stored as one: R, Y
+SIGNAL_TYPES = frozenset("RY")
+
+# Receipt states in the order they move (contract §7.1); 0 = "sent", none yet
+RECEIPT_STATES = {"delivered": 1, "read": 2}
+STATE_NAMES = ("sent", "delivered", "read")
 
 
 class PacketError(ImdError):
@@ -110,6 +117,29 @@ class HistoryPacket(Packet):
     def __init__(self, packet_id, since=0, limit=HISTORY_DEFAULT_LIMIT, with_uid=None, after=None):
         super().__init__(packet_id)
         self.since, self.limit, self.with_uid, self.after = since, limit, with_uid, after
+
+
+class ReceiptPacket(Packet):
+    """``R``: ``state`` (1 delivered, 2 read) of the messages ``ids`` that
+    ``to`` sent to the reader; ``to`` 0 names system messages.  ``ids`` as
+    the client sent them; ``dedup_ids`` their decimal-string form."""
+    __slots__ = ("to", "state", "ids", "dedup_ids")
+    type = "R"
+
+    def __init__(self, packet_id, to, state, ids):
+        super().__init__(packet_id)
+        self.to, self.state, self.ids = to, state, ids
+        self.dedup_ids = [str(i) for i in ids]
+
+
+class TypingPacket(Packet):
+    """``Y``: the sender is typing to ``to`` (``typing`` True) or stopped."""
+    __slots__ = ("to", "typing")
+    type = "Y"
+
+    def __init__(self, packet_id, to, typing):
+        super().__init__(packet_id)
+        self.to, self.typing = to, typing
 
 
 # --- parsing ------------------------------------------------------------------
@@ -247,6 +277,45 @@ def _history(packet_id, obj):
     return HistoryPacket(packet_id, since=since, limit=limit, with_uid=with_uid)
 
 
+def _message_id(value):
+    """A message id named in a receipt: what ``_packet_id`` accepts."""
+    if _is_int(value):
+        return len(str(value)) <= MAX_ID_CHARS
+    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS and _encodable(value)
+
+
+def _receipt(packet_id, obj):
+    to = obj.get("to")
+    try:
+        to = 0 if (type(to) is int and to == 0) or to == "0" else parse_uid(to)
+    except ValueError:
+        raise PacketError("bad_packet", "R: to must be the uid of the messages' sender (0: the system)", packet_id)
+    msg = obj.get("msg")
+    if not isinstance(msg, dict) or set(msg) != {"state", "ids"}:
+        raise PacketError("bad_packet", 'R: msg must be {"state": "delivered"|"read", "ids": [...]}', packet_id)
+    state = RECEIPT_STATES.get(msg["state"]) if isinstance(msg["state"], str) else None
+    if state is None:
+        raise PacketError("bad_packet", 'R: state must be "delivered" or "read"', packet_id)
+    ids = msg["ids"]
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_RECEIPT_IDS:
+        raise PacketError("bad_packet", "R: ids must be a list of 1-%d message ids" % MAX_RECEIPT_IDS, packet_id)
+    if not all(_message_id(i) for i in ids):
+        raise PacketError("bad_packet", "R: each id must be a string of 1-%d characters or an integer"
+                          % MAX_ID_CHARS, packet_id)
+    return ReceiptPacket(packet_id, to, state, ids)
+
+
+def _typing(packet_id, obj):
+    try:
+        to = parse_uid(obj.get("to"))
+    except ValueError as e:
+        raise PacketError("bad_packet", "Y: " + str(e), packet_id)
+    msg = obj.get("msg")
+    if type(msg) is not bool:
+        raise PacketError("bad_packet", "Y: msg must be true or false", packet_id)
+    return TypingPacket(packet_id, to, msg)
+
+
 def _uid_command(packet_cls, field):
     def build(packet_id, obj):
         try:
@@ -263,6 +332,8 @@ _COMMANDS = {
     "S": _site,
     "O": _uid_command(OnlinePacket, "a user id"),
     "H": _history,
+    "R": _receipt,
+    "Y": _typing,
 }
 
 
@@ -319,6 +390,13 @@ def system_message_json(packet_id, sender, to, msg, ts):
     return _dump({"id": packet_id, "from": sender, "to": to, "type": "s", "msg": msg, "ts": ts})
 
 
+def system_message_parts(packet_id, msg, ts):
+    """:func:`system_message_json` from 0 around its ``to``, for many
+    recipients at once: ``head + b"<uid>" + tail`` is each one's packet."""
+    head = _dump({"id": packet_id, "from": 0})[:-1] + b',"to":'
+    return head, b',"type":"s","msg":' + _dump(msg) + b',"ts":%d}' % ts
+
+
 def ack(packet_id, msg="success"):
     if type(msg) is not str:  # T's {"order", "uid"}: the general encoder
         return _dump({"id": packet_id, "from": 0, "type": "A", "msg": msg})
@@ -348,6 +426,37 @@ def online(packet_id, uid, is_online):
 def site(server_id, courier, longitude, latitude, ts):
     return _dump({"id": server_id, "from": courier, "type": "S",
                   "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
+
+
+def receipt(packet_id, reader, sender, state, ids, ts):
+    """The ``R`` relayed to the messages' sender: only the ids that advanced."""
+    return _dump({"id": packet_id, "from": reader, "to": sender, "type": "R",
+                  "msg": {"state": STATE_NAMES[state], "ids": ids, "ts": ts}})
+
+
+def receipt_entry_parts(packet_id, reader, sender, state, ts):
+    """The stored form of a receipt, around its ids (joined by commas in
+    Redis, where it is known which advanced): the relayed ``R`` with ``ts``
+    at the top level too, like every stored entry."""
+    head = _dump({"id": packet_id, "from": reader, "to": sender, "type": "R"})[:-1]
+    return (head + b',"msg":{"state":"%s","ids":[' % STATE_NAMES[state].encode("ascii"),
+            b'],"ts":%d},"ts":%d}' % (ts, ts))
+
+
+def id_json(message_id):
+    """One id as JSON, for the stored receipt."""
+    return _dump(message_id)
+
+
+def typing(packet_id, sender, to, is_typing):
+    return _dump({"id": packet_id, "from": sender, "to": to, "type": "Y", "msg": is_typing})
+
+
+def with_state(stored, state):
+    """A stored packet (JSON object, bytes or str) with ``"state"`` added last, for ``H``."""
+    if isinstance(stored, str):
+        stored = stored.encode("utf-8")
+    return stored[:-1] + b',"state":"%s"}' % STATE_NAMES[state].encode("ascii")
 
 
 def history(packet_id, messages, more, next_cursor=None):

@@ -1,6 +1,7 @@
-"""A stored message read back: an entry of ``MQ`` (the packet's JSON built by
+"""A stored entry read back: an entry of ``MQ`` (the packet's JSON built by
 :func:`imd.protocol.message_json`, with ``"seq"`` added at its end by the
-store script) as one typed row.
+store script) as one typed row: a :class:`StoredMessage`, or for an ``R``
+entry a :class:`StoredReceipt`.
 
 Shared by the migrator (entry -> ``message`` row) and history (entries still
 in Redis, merged with rows from MySQL).  Every message has its history key
@@ -9,10 +10,10 @@ in Redis, merged with rows from MySQL).  Every message has its history key
 
 import json
 from collections import namedtuple
-from typing import Any, Tuple
+from typing import Any, List, Tuple, Union
 
 from imd import jsonfast
-from imd.protocol import MAX_ID_CHARS, MAX_UID
+from imd.protocol import MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES
 
 MAX_TEXT_BYTES = 65535          # message.msg is TEXT
 MAX_PACKET_BYTES = 16 * 1024 * 1024 - 1   # message.packet is MEDIUMTEXT
@@ -38,6 +39,22 @@ class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg t
         """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, seq,
         packet), every string as str."""
         return (self.msg_id.decode("utf-8"),) + tuple(self)[1:]
+
+
+class StoredReceipt(namedtuple("StoredReceipt", "reader sender state msg_ids ts seq")):
+    """An ``R`` that moved ``state`` (1 delivered, 2 read) forward for the
+    messages ``msg_ids`` (UTF-8 bytes, numbers as their decimal string) that
+    ``sender`` (0: the system) sent to ``reader``."""
+    __slots__ = ()
+
+    def identities(self) -> List[Tuple[int, bytes, int]]:
+        """The ``(from, id, to)`` of each message it is about."""
+        return [(self.sender, msg_id, self.reader) for msg_id in self.msg_ids]
+
+    def rows(self) -> List[Tuple[Any, ...]]:
+        """The ``receipt`` rows: (from_id, msg_id, to_id, state, ts, seq)."""
+        return [(self.sender, msg_id.decode("utf-8"), self.reader, self.state, self.ts, self.seq)
+                for msg_id in self.msg_ids]
 
 
 def _uid(value: Any, name: str) -> int:
@@ -69,9 +86,47 @@ def _load(entry: str) -> Any:
 SEQ_FIELD = ',"seq":'
 
 
-def parse_stored(entry: str) -> StoredMessage:
-    """One ``MQ`` entry (str) -> :class:`StoredMessage`, or ValueError."""
+def _receipt(obj: Any) -> StoredReceipt:
+    msg = obj.get("msg")
+    if not isinstance(msg, dict):
+        raise ValueError("R: msg: %r" % (msg,))
+    state = RECEIPT_STATES.get(msg.get("state")) if isinstance(msg.get("state"), str) else None
+    if state is None:
+        raise ValueError("R: state: %r" % (msg.get("state"),))
+    ids = msg.get("ids")
+    if not isinstance(ids, list) or not 0 < len(ids) <= MAX_RECEIPT_IDS:
+        raise ValueError("R: ids: %r" % (ids,))
+    msg_ids = []
+    for value in ids:
+        text = str(value) if type(value) is int else value
+        if not isinstance(text, str) or not 0 < len(text) <= MAX_ID_CHARS:
+            raise ValueError("R: id: %r" % (value,))
+        msg_ids.append(text.encode("utf-8"))
+    ts, seq = obj.get("ts"), obj.get("seq", 0)
+    if type(ts) is not int or not 0 <= ts < 2 ** 63:
+        raise ValueError("ts: %r" % (ts,))
+    if type(seq) is not int or not 0 <= seq < 2 ** 63:
+        raise ValueError("seq: %r" % (seq,))
+    sender = obj.get("to")
+    sender = 0 if sender == 0 and type(sender) is int else _uid(sender, "to")
+    return StoredReceipt(_uid(obj.get("from"), "from"), sender, state, tuple(msg_ids), ts, seq)
+
+
+def parse_entry(entry: str) -> Union[StoredMessage, StoredReceipt]:
+    """One ``MQ`` entry (str) -> :class:`StoredMessage` or
+    :class:`StoredReceipt`, or ValueError."""
     obj = _load(entry)
+    if isinstance(obj, dict) and obj.get("type") == "R":
+        return _receipt(obj)
+    return _message(entry, obj)
+
+
+def parse_stored(entry: str) -> StoredMessage:
+    """One ``MQ`` entry (str) that must be a message -> :class:`StoredMessage`, or ValueError."""
+    return _message(entry, _load(entry))
+
+
+def _message(entry: str, obj: Any) -> StoredMessage:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     packet_id = obj.get("id")
@@ -84,7 +139,7 @@ def parse_stored(entry: str) -> StoredMessage:
     if len(msg_id) > MAX_ID_CHARS:
         raise ValueError("id: longer than %d characters" % MAX_ID_CHARS)
     kind = obj.get("type")
-    if not isinstance(kind, str) or len(kind) != 1:
+    if not isinstance(kind, str) or len(kind) != 1 or kind == "R":
         raise ValueError("type: %r" % (kind,))
     ts = obj.get("ts")
     if type(ts) is not int or not 0 <= ts < 2 ** 63:

@@ -155,10 +155,10 @@ def build_frame(at: float, redis: str, status: Optional["QueueStatus"], processe
 
 
 def _age(entry: Union[str, bytes], now: float) -> Optional[float]:
-    from imd.stored import parse_stored
+    from imd.stored import parse_entry
     try:
         text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
-        return max(0.0, now - parse_stored(text).ts / 1000.0)
+        return max(0.0, now - parse_entry(text).ts / 1000.0)
     except ValueError:
         return None
 

@@ -9,6 +9,9 @@ Debian's Chromium (``/usr/bin/chromium``) against a real imd (http + ws) on
 - History that arrives after live messages is merged into one timeline in
   ``ts`` order, each message once.
 - No input's placeholder is cut off, on a phone and on a wide screen.
+- Receipts and typing: the reader's page answers with receipts, the
+  sender's shows ✓✓ delivered / read; "typing…" comes and goes; the read
+  receipts switch holds the read back.
 - Throughout, the browser console shows no error and the server answers no
   request of the page with 4xx/5xx (a missing favicon was one).
 
@@ -154,6 +157,45 @@ def friends_chat(browser, text, close_from_server):
     expect_open(bob, 2)
 
 
+def receipts_and_typing(browser):
+    """Blocking: Bob has his conversation with Alice open; Alice types (Bob
+    sees "typing…"), sends, and sees ✓✓ read; with Bob's read receipts off
+    her next message gets ✓✓ delivered only, and read once he turns them on."""
+    from playwright.sync_api import expect
+
+    alice = browser.open("uid1", "/?uid=1&connect")
+    bob = browser.open("uid2", "/?uid=2&connect")
+    expect_open(alice, 1)
+    expect_open(bob, 2)
+    bob.fill("#t-to", "1")
+    alice.fill("#t-to", "2")
+
+    alice.fill("#t-msg", "I'm at the gate")
+    typing = bob.locator("#typing")
+    expect(typing).to_be_visible()
+    expect(typing).to_have_text("uid 1 is typing…")
+    alice.click("#t-send")
+    expect(typing).to_be_hidden()
+    expect(bob.locator("#messages li[data-source=live]", has_text="I'm at the gate")).to_have_count(1)
+    first = alice.locator("#messages li[data-source=sent]", has_text="I'm at the gate").locator(".tick")
+    expect(first).to_have_attribute("data-state", "read")
+    expect(first).to_have_text("✓✓")
+    expect(bob.locator("#log li[data-dir=out][data-type=R]").last).to_have_attribute("data-state", "acked")
+
+    bob.uncheck("#read-receipts")
+    alice.fill("#t-msg", "second")
+    alice.click("#t-send")
+    second = alice.locator("#messages li[data-source=sent]", has_text="second").locator(".tick")
+    expect(second).to_have_attribute("data-state", "delivered")
+    expect(second).to_have_text("✓✓")
+    # the one R Bob sent for it says delivered, not read
+    expect(bob.locator("#log li[data-dir=out][data-type=R]")).to_have_count(2)
+    expect(bob.locator("#log li[data-dir=out][data-type=R]").last).to_contain_text('"state":"delivered"')
+    bob.check("#read-receipts")
+    expect(second).to_have_attribute("data-state", "read")
+    return alice.evaluate("() => getComputedStyle(document.querySelector('#messages .tick[data-state=read]')).color")
+
+
 def history_after_live(browser, send_live):
     """Blocking: Bob's first H brings the oldest 100 stored messages; one
     arrives live; "More" brings the 5 older ones after it, and Bob answers.
@@ -243,6 +285,11 @@ class BrowserTests(ClientMixin, HttpTestMixin, unittest.TestCase):
     async def test_two_friends_chat_in_the_browser(self):
         await self.befriend(1, 2)
         await self.in_browser(friends_chat, "hello from chromium ✓", self.close_from_server)
+
+    async def test_receipts_ticks_typing_and_the_receipts_switch(self):
+        await self.befriend(1, 2)
+        color = await self.in_browser(receipts_and_typing)
+        self.assertEqual(color, "rgb(45, 108, 223)")   # read ticks are blue
 
     async def test_history_after_live_messages_makes_one_timeline(self):
         await self.befriend(1, 2)

@@ -87,6 +87,10 @@ class HistoryTestMixin(MigratorTestMixin):
             pages += 1
             if limit_check is not None:
                 self.assertLessEqual(len(reply["msg"]), limit_check)
+            for packet in reply["msg"]:
+                # every message carries its receipt state, last (contract §7.1)
+                self.assertEqual(list(packet)[-1], "state", packet)
+                self.assertEqual(packet.pop("state"), "sent", packet)
             packets.extend(reply["msg"])
             if not reply["more"]:
                 self.assertNotIn("next", reply)

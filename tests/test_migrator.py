@@ -134,14 +134,14 @@ class SplitBatchTests(MigratorTestMixin, unittest.TestCase):
         alice = await self.login(1)
         acked = await send_and_collect(alice, 1, 2, list(range(1000)))
         migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400))
-        insert, calls = migrator.mysql.insert_messages, []
+        insert, calls = migrator.mysql.insert_entries, []
 
-        def second_half_fails_once(rows):
+        def second_half_fails_once(rows, receipts):
             calls.append(len(rows))
             if len(calls) == 2:
                 return defer.fail(StoreUnavailable("mysql: injected failure"))
-            return insert(rows)
-        migrator.mysql.insert_messages = second_half_fails_once
+            return insert(rows, receipts)
+        migrator.mysql.insert_entries = second_half_fails_once
         await with_drain(migrator)
         self.assertEqual(calls[:2], [200, 200])
         self.assertEqual(await self.rows_set(), acked)

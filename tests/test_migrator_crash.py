@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from tests.migrator_support import start_migrator, with_drain
+from tests.mysql_support import query
 from tests.test_migrator import MigratorTestMixin
 from tests.support import DEADLINE, settings_text, with_deadline
 
@@ -122,3 +123,87 @@ class CrashTests(MigratorTestMixin, unittest.TestCase):
             self.assertEqual(reply["type"], "A", reply)
             acked.add((sender, reply["id"]))
             on_ack()
+
+
+class ReceiptCrashTests(MigratorTestMixin, unittest.TestCase):
+    """The same with receipts flowing: each delivered message answered by a
+    ``delivered`` receipt, every tenth by a ``read`` too, while the migrator
+    is killed with SIGKILL at random moments; afterwards the receipt table
+    holds exactly the receipts that advanced a state, each once."""
+    overrides = CrashTests.overrides
+    write_config = CrashTests.write_config
+    MESSAGES, KILLS = 3000, 10
+
+    async def test_kill_9_while_receipts_flow_loses_and_doubles_no_receipt(self):
+        seed = random.randrange(2 ** 32)
+        rng = random.Random(seed)
+        config = self.write_config()
+        senders, readers = {}, {}
+        for uid in SENDERS:
+            await self.befriend(uid, uid + 100)
+            senders[uid] = await self.login(uid)
+            readers[uid] = await self.login(uid + 100)
+        acked, expected, processes = set(), set(), []
+        self.addCleanup(lambda: defer.gatherResults([p.kill() for p in processes]))
+        chunk = math.ceil(self.MESSAGES / self.KILLS)
+        for cycle in range(self.KILLS):
+            process = MigratorProcess(config).start()
+            processes.append(process)
+            await with_deadline(process.leading, DEADLINE, "migrator leading (seed %d)" % seed)
+            kill_at = rng.randrange(chunk)
+            counted = [0]
+
+            def on_ack(process=process, kill_at=kill_at, counted=counted):
+                counted[0] += 1
+                if counted[0] == kill_at + 1:
+                    process.kill()
+            await defer.gatherResults([
+                self.send_and_read(senders[uid], readers[uid], uid,
+                                   ["c%d-%d" % (cycle, n) for n in range(i, chunk, len(SENDERS))],
+                                   acked, expected, on_ack)
+                for i, uid in enumerate(SENDERS)])
+            await with_deadline(process.kill(), DEADLINE, "migrator exit")
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator, 30)
+        self.assertEqual(await self.rows_set(), acked, "seed %d" % seed)
+        rows = await query(self.mysql_settings, "SELECT from_id, msg_id, to_id, state FROM receipt")
+        stored = [(f, bytes(m).decode("utf-8"), t, s) for f, m, t, s in rows]
+        self.assertEqual(len(stored), len(set(stored)), "a receipt is in the table twice (seed %d)" % seed)
+        self.assertEqual(set(stored), expected, "seed %d" % seed)
+        self.assertGreater(len(expected), len(acked))
+        replays = sum(p.output.count(b"replayed a batch") for p in processes)
+        _log.info("receipt crash test: seed {seed}, {kills} kills, {n} receipts, {replays} batches replayed",
+                  seed=seed, kills=len(processes), n=len(expected), replays=replays)
+
+    def send_and_read(self, sender_client, reader_client, sender, ids, acked, expected, on_ack):
+        for packet_id in ids:
+            sender_client.send({"id": packet_id, "to": sender + 100, "type": "t", "msg": "crash " + packet_id})
+        return defer.gatherResults([self.collect_acks(sender_client, sender, ids, acked, on_ack),
+                                    self.read(reader_client, sender, len(ids), expected)])
+
+    @defer.inlineCallbacks
+    def collect_acks(self, client, sender, ids, acked, on_ack):
+        for _ in ids:
+            reply = yield client.next_of("AE")
+            self.assertEqual(reply["type"], "A", reply)
+            acked.add((sender, reply["id"]))
+            on_ack()
+
+    @defer.inlineCallbacks
+    def read(self, client, sender, count, expected):
+        """Answer each message with receipts as it arrives; until all are acked."""
+        received, unanswered = 0, 0
+        while received < count or unanswered:
+            packet = yield client.next()
+            if packet["type"] == "t":
+                received += 1
+                packet_id = packet["id"]
+                states = ("delivered", "read") if packet_id.endswith("0") else ("delivered",)
+                for state in states:
+                    client.send({"id": state[0] + "-" + packet_id, "to": sender, "type": "R",
+                                 "msg": {"state": state, "ids": [packet_id]}})
+                    expected.add((sender, packet_id, sender + 100, 1 if state == "delivered" else 2))
+                    unanswered += 1
+            else:
+                self.assertEqual(packet["type"], "A", packet)
+                unanswered -= 1

@@ -183,6 +183,16 @@ ALERT_CASES = {
         ({'imd_migrator_leader{instance="a"}': "1 0", 'imd_migrator_leader{instance="b"}': "0 0"},
          {"0m": False, "1m": True}),
         ({'imd_mq_length{instance="a"}': "0 0"}, {"1m": True})],
+    "ImdPushesDelayed": [
+        ({'imd_push_oldest_pending_seconds{instance="a"}': "10 200 400 10",
+          'imd_push_oldest_pending_seconds{instance="b"}': "10 10 10 10"},
+         {"1m": False, "2m": True, "3m": False})],
+    "ImdPushesRejected": [
+        ({'imd_push_sent_total': "0+100x20", 'imd_push_failed_total{reason="rejected"}': "0+50x20",
+          'imd_push_failed_total{reason="expired"}': "0x20"}, {"15m": True}),
+        ({'imd_push_sent_total': "0+100x20", 'imd_push_failed_total{reason="rejected"}': "0+5x20"},
+         {"15m": False}),
+        ({'imd_push_sent_total': "0x20", 'imd_push_failed_total{reason="rejected"}': "0x20"}, {"15m": False})],
 }
 
 

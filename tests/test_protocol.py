@@ -175,3 +175,36 @@ class PropertyTests(unittest.SynchronousTestCase):
         protocol.ack(packet.id)
         if isinstance(packet, protocol.MessagePacket):
             protocol.message_json(packet, 1, 0)
+
+
+class ReceiptAndTypingTests(unittest.SynchronousTestCase):
+    """R and Y (contract §7.1, §7.2): parsing and the packets built."""
+
+    def test_receipt_frames(self):
+        packet = parse_frame(frame(id="r", to="7", type="R", msg={"state": "read", "ids": ["a", 42]}))
+        self.assertEqual((packet.to, packet.state, packet.ids, packet.dedup_ids), (7, 2, ["a", 42], ["a", "42"]))
+        self.assertEqual(parse_frame(frame(id="r", to=0, type="R", msg={"state": "delivered", "ids": ["s"]})).to, 0)
+        for to in (False, 0.0, -1, "x", None):
+            with self.assertRaises(PacketError):
+                parse_frame(frame(id="r", to=to, type="R", msg={"state": "read", "ids": ["a"]}))
+
+    def test_typing_frames(self):
+        packet = parse_frame(frame(id="y", to=3, type="Y", msg=False))
+        self.assertEqual((packet.to, packet.typing), (3, False))
+        for msg in (0, 1, "true", None):
+            with self.assertRaises(PacketError):
+                parse_frame(frame(id="y", to=3, type="Y", msg=msg))
+
+    def test_built_packets(self):
+        self.assertEqual(json.loads(protocol.receipt("r", 2, 1, 1, ["a", 7], 5)),
+                         {"id": "r", "from": 2, "to": 1, "type": "R",
+                          "msg": {"state": "delivered", "ids": ["a", 7], "ts": 5}})
+        head, tail = protocol.receipt_entry_parts("r", 2, 1, 2, 5)
+        self.assertEqual(json.loads(head + b'"a",7' + tail),
+                         {"id": "r", "from": 2, "to": 1, "type": "R", "msg": {"state": "read", "ids": ["a", 7], "ts": 5},
+                          "ts": 5})
+        self.assertEqual(json.loads(protocol.typing("y", 1, 2, True)),
+                         {"id": "y", "from": 1, "to": 2, "type": "Y", "msg": True})
+        self.assertEqual(protocol.with_state(b'{"id":"a"}', 1), b'{"id":"a","state":"delivered"}')
+        head, tail = protocol.system_message_parts("e", {"event": "x"}, 9)
+        self.assertEqual(head + b"4" + tail, protocol.system_message_json("e", 0, 4, {"event": "x"}, 9))

@@ -64,3 +64,26 @@ class OrjsonParseStoredTests(ParseStoredMixin, unittest.TestCase):
 
 class JsonFallbackParseStoredTests(ParseStoredMixin, unittest.TestCase):
     use_orjson = False
+
+
+class ReceiptEntryTests(unittest.TestCase):
+    """An R entry of MQ: its receipt rows; a message parser refuses it."""
+
+    ENTRY = ('{"id":"r","from":2,"to":1,"type":"R","msg":{"state":"read","ids":["a",7],"ts":5},"ts":5,"seq":9}')
+
+    def test_receipt_rows(self):
+        receipt = stored.parse_entry(self.ENTRY)
+        self.assertEqual(receipt.rows(), [(1, "a", 2, 2, 5, 9), (1, "7", 2, 2, 5, 9)])
+        self.assertEqual(receipt.identities(), [(1, b"a", 2), (1, b"7", 2)])
+        self.assertEqual(receipt.ts, 5)
+        self.assertRaises(ValueError, stored.parse_stored, self.ENTRY)
+        system = stored.parse_entry(self.ENTRY.replace('"to":1', '"to":0'))
+        self.assertEqual(system.sender, 0)
+
+    def test_bad_receipt_entries(self):
+        for bad in (self.ENTRY.replace('"read"', '"seen"'), self.ENTRY.replace('["a",7]', '[]'),
+                    self.ENTRY.replace('"from":2', '"from":0'), self.ENTRY.replace('["a",7]', '[null]'),
+                    self.ENTRY.replace('"ts":5,', '')):
+            self.assertRaises(ValueError, stored.parse_entry, bad)
+        message = stored.parse_entry(ENTRIES[0])
+        self.assertEqual(message.msg_id, b"m1")

@@ -8,6 +8,11 @@
   const REPLY_TYPES = "AEPOH";          // every client packet gets exactly one of these
   const NO_RECONNECT = [4002, 4003];    // replaced by a newer device, kicked
   const MAX_BACKOFF_S = 30;
+  const TYPING_EVERY_MS = 2000;         // Y true at most this often while typing ([typing] min_interval)
+  const TYPING_SHOWN_MS = 6000;         // "typing…" without news from the peer for this long: gone
+  const MAX_RECEIPT_IDS = 100;          // ids in one R
+  const STATES = ["sent", "delivered", "read"];
+  const TICKS = { sent: "✓", delivered: "✓✓", read: "✓✓" };
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -17,6 +22,10 @@
     // and the same entries by messageKey
     timeline: [], messages: new Map(), arrivals: 0,
     skew: null,   // largest (ts - local clock) of a live packet: server time ≈ local time + skew
+    // receipts: the state of each message sent (by messageKey), and what was
+    // received: key -> {from, id, delivered, read}
+    sentState: new Map(), received: new Map(),
+    typingSentAt: 0, typingTo: null, typingTimer: null,
   };
 
   function packetId() {
@@ -141,11 +150,129 @@
     else if (packet.type === "i") body.textContent = "[image " + packet.msg + "]";
     else body.textContent = "[" + packet.type + "] " + JSON.stringify(packet.msg);
     item.append(meta, body);
+    if (packet.from === state.uid) {
+      const tick = document.createElement("span");
+      tick.className = "tick";
+      item.append(tick);
+    }
     const estimated = typeof packet.ts !== "number";
     const ts = estimated ? Math.max(Date.now() + (state.skew || 0), newestTs()) : packet.ts;
     const entry = { ts: ts, estimated: estimated, seq: state.arrivals += 1, item: item };
     state.messages.set(key, entry);
     place(entry);
+    if (packet.from === state.uid) showState(key);
+  }
+
+  // --- receipts: ticks on sent messages, R for received ones -----------------
+
+  function stateRank(name) {
+    return Math.max(0, STATES.indexOf(name));
+  }
+
+  // A sent message reached `name` (only forward); its tick follows.
+  function advanceSent(key, name) {
+    if (stateRank(name) > stateRank(state.sentState.get(key) || "sent")) state.sentState.set(key, name);
+    showState(key);
+  }
+
+  function showState(key) {
+    const entry = state.messages.get(key);
+    const tick = entry && entry.item.querySelector(".tick");
+    if (!tick) return;
+    const name = state.sentState.get(key) || "sent";
+    tick.dataset.state = name;
+    tick.textContent = TICKS[name];
+    tick.title = name;
+    entry.item.dataset.state = name;
+  }
+
+  // The user the t form is addressed to: the conversation on screen.
+  function openPeer() {
+    const to = idValue($("t-to").value);
+    return typeof to === "number" ? to : null;
+  }
+
+  function readsAllowed() {
+    return $("read-receipts").checked && document.visibilityState === "visible";
+  }
+
+  // Received messages not yet answered: R delivered for all, R read for the
+  // open conversation's (when read receipts are on), at most 100 ids each.
+  function sendReceipts() {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+    const due = new Map();   // "state peer" -> [ids]
+    const peer = openPeer();
+    state.received.forEach((m) => {
+      const wants = [];
+      if (!m.delivered) { m.delivered = true; wants.push("delivered"); }
+      if (!m.read && m.from === peer && readsAllowed()) { m.read = true; m.delivered = true; wants.push("read"); }
+      // read implies delivered: one R read is enough
+      const name = wants.includes("read") ? "read" : wants[0];
+      if (!name) return;
+      const group = name + " " + m.from;
+      if (!due.has(group)) due.set(group, []);
+      due.get(group).push(m.id);
+    });
+    due.forEach((ids, group) => {
+      const [name, from] = group.split(" ");
+      for (let i = 0; i < ids.length; i += MAX_RECEIPT_IDS) {
+        send({ id: packetId(), to: Number(from), type: "R", msg: { state: name, ids: ids.slice(i, i + MAX_RECEIPT_IDS) } });
+      }
+    });
+  }
+
+  // A message to this user (live or history, with its stored state).
+  function noteReceived(packet, stored) {
+    if (packet.to !== state.uid || packet.from === state.uid) return;
+    const key = messageKey(packet);
+    let m = state.received.get(key);
+    if (!m) {
+      m = { from: packet.from, id: packet.id, delivered: false, read: false };
+      state.received.set(key, m);
+    }
+    if (stateRank(stored) >= 1) m.delivered = true;
+    if (stateRank(stored) >= 2) m.read = true;
+  }
+
+  function onReceipt(packet) {
+    if (packet.to !== state.uid || !packet.msg || !Array.isArray(packet.msg.ids)) return;
+    packet.msg.ids.forEach((id) => advanceSent(String(state.uid) + ":" + String(id), packet.msg.state));
+  }
+
+  // --- typing ---------------------------------------------------------------
+
+  function typed() {
+    const to = openPeer();
+    const text = $("t-msg").value;
+    if (to === null || !state.ws) return;
+    if (text && Date.now() - state.typingSentAt >= TYPING_EVERY_MS) {
+      state.typingSentAt = Date.now();
+      state.typingTo = to;
+      send({ id: packetId(), to: to, type: "Y", msg: true });
+    } else if (!text) {
+      stoppedTyping();
+    }
+  }
+
+  function stoppedTyping() {
+    if (state.typingTo === null) return;
+    send({ id: packetId(), to: state.typingTo, type: "Y", msg: false });
+    state.typingTo = null;
+    state.typingSentAt = 0;
+  }
+
+  function showTyping(from, on) {
+    const shown = $("typing");
+    clearTimeout(state.typingTimer);
+    state.typingTimer = null;
+    if (on && from === openPeer()) {
+      shown.textContent = "uid " + from + " is typing…";
+      shown.hidden = false;
+      state.typingTimer = setTimeout(() => { shown.hidden = true; }, TYPING_SHOWN_MS);
+    } else if (!on || shown.dataset.from === String(from)) {
+      shown.hidden = true;
+    }
+    shown.dataset.from = String(from);
   }
 
   // --- sending ----------------------------------------------------------------
@@ -233,11 +360,25 @@
         break;
       case "t": case "i": case "s":
         addMessage(packet, "live");
+        if (packet.from === openPeer()) showTyping(packet.from, false);
+        noteReceived(packet, "sent");
+        sendReceipts();
         break;
       case "H":
-        (packet.msg || []).forEach((m) => addMessage(m, "history"));
+        (packet.msg || []).forEach((m) => {
+          addMessage(m, "history");
+          if (m.from === state.uid) advanceSent(messageKey(m), m.state);
+          else noteReceived(m, m.state);
+        });
+        sendReceipts();
         state.nextCursor = packet.more ? packet.next : null;
         $("history-more").disabled = !state.nextCursor;
+        break;
+      case "R":
+        onReceipt(packet);
+        break;
+      case "Y":
+        showTyping(packet.from, packet.msg === true);
         break;
     }
   }
@@ -357,9 +498,17 @@
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         const packet = buildPacket(form.dataset.type, form);
-        if (send(packet) && packet.type === "t") form.elements.msg.value = "";
+        if (send(packet) && packet.type === "t") {
+          form.elements.msg.value = "";
+          stoppedTyping();
+        }
       });
     });
+    $("t-msg").addEventListener("input", typed);
+    // Opening a conversation (or coming back to the page) reads what waits in it.
+    $("t-to").addEventListener("input", () => { $("typing").hidden = true; sendReceipts(); });
+    $("read-receipts").addEventListener("change", sendReceipts);
+    document.addEventListener("visibilitychange", sendReceipts);
     const params = new URLSearchParams(location.search);
     if (params.get("uid")) {
       $("uid").value = params.get("uid");

@@ -6,6 +6,8 @@
 //
 // FILE: one connection a line, "uid url".  Lines 2k and 2k+1 are a friend
 // pair: the first sends `t` packets to the second (closed/open modes).
+// --receipts 1: the second answers each message with an `R` delivered
+// receipt, and every tenth with an `R` read too (contract §7.1).
 // Prints progress on stderr and one JSON object (the result) on stdout.
 'use strict';
 
@@ -16,7 +18,7 @@ const { performance } = require('perf_hooks');
 function parseArgs(argv) {
   const opts = {
     mode: 'closed', window: 8, rate: 1000, warmup: 2, duration: 10,
-    concurrency: 100, hold: 60, drain: 3, size: 64, host: '127.0.0.1',
+    concurrency: 100, hold: 60, drain: 3, size: 64, host: '127.0.0.1', receipts: 0,
   };
   for (let i = 2; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, '');
@@ -114,13 +116,29 @@ async function runLoad() {
   let measuring = false;
   let stopped = false;
   let acked = 0, delivered = 0, sent = 0, failed = 0;
-  const ackLatency = [], e2eLatency = [];
+  let receiptsAcked = 0, receiptsRelayed = 0, receiptsSent = 0, receiptSeq = 0;
+  const ackLatency = [], e2eLatency = [], receiptLatency = [];
+
+  function sendReceipt(ws, to, state, id) {
+    const rid = `${tag}-r${receiptSeq++}`;
+    ws.receipts.set(rid, performance.now());
+    ws.send(`{"id":"${rid}","to":${to},"type":"R","msg":{"state":"${state}","ids":["${id}"]}}`);
+    receiptsSent++;
+  }
 
   function onPacket(ws, data) {
     const now = performance.now();
     const packet = JSON.parse(data);
     const type = packet.type;
-    if (type === 'A' || type === 'E') {
+    if ((type === 'A' || type === 'E') && ws.receipts && ws.receipts.has(packet.id)) {
+      const t0 = ws.receipts.get(packet.id);
+      ws.receipts.delete(packet.id);
+      if (type === 'A') {
+        if (measuring) { receiptsAcked++; receiptLatency.push(now - t0); }
+      } else {
+        countError('receipt_' + packet.code);
+      }
+    } else if (type === 'A' || type === 'E') {
       const s = ws.sender;
       const t0 = s && s.inFlight.get(packet.id);
       if (t0 === undefined) { countError('unexpected_' + type); return; }
@@ -134,6 +152,14 @@ async function runLoad() {
       if (opts.mode === 'closed' && !stopped) send(s);
     } else if (type === 't') {
       if (measuring) { delivered++; e2eLatency.push(now - parseFloat(packet.msg)); }
+      if (opts.receipts && !stopped) {
+        if (!ws.receipts) ws.receipts = new Map();
+        sendReceipt(ws, packet.from, 'delivered', packet.id);
+        ws.readCount = (ws.readCount || 0) + 1;
+        if (ws.readCount % 10 === 0) sendReceipt(ws, packet.from, 'read', packet.id);
+      }
+    } else if (type === 'R') {
+      if (measuring) receiptsRelayed++;
     } else if (type === 'C') {
       countError('closed_by_server');
     } else {
@@ -195,8 +221,9 @@ async function runLoad() {
   if (openTimer) clearInterval(openTimer);
   // Let the messages in flight finish, so the server is idle when we close.
   const deadline = performance.now() + opts.drain * 1000;
-  while (performance.now() < deadline && senders.some((s) => s.inFlight.size)) await sleep(20);
-  const unanswered = senders.reduce((n, s) => n + s.inFlight.size, 0);
+  const receiptsOut = () => sockets.reduce((n, ws) => n + (ws && ws.receipts ? ws.receipts.size : 0), 0);
+  while (performance.now() < deadline && (senders.some((s) => s.inFlight.size) || receiptsOut())) await sleep(20);
+  const unanswered = senders.reduce((n, s) => n + s.inFlight.size, 0) + receiptsOut();
   await closeAll(sockets);
   return {
     mode: opts.mode, connections: conns.length, connected: sockets.filter(Boolean).length,
@@ -206,6 +233,9 @@ async function runLoad() {
     acked_per_s: round(acked / elapsed), delivered_per_s: round(delivered / elapsed),
     failed_per_s: round(failed / elapsed), sent_total: sent, unanswered_at_end: unanswered,
     ack_latency_ms: percentiles(ackLatency), e2e_latency_ms: percentiles(e2eLatency),
+    receipts: Boolean(opts.receipts), receipts_sent_total: receiptsSent,
+    receipts_acked_per_s: round(receiptsAcked / elapsed), receipts_relayed_per_s: round(receiptsRelayed / elapsed),
+    receipt_ack_latency_ms: percentiles(receiptLatency),
     errors, generator_cpu_s: round(genCpu),
     generator_us_per_msg: acked ? round(genCpu * 1e6 / acked) : null,
   };

@@ -15,6 +15,13 @@ the overlap.
 
 Only messages where the user is the sender or the recipient are ever read,
 on both sides.
+
+Each message carries ``"state"`` (contract §7.1): the furthest of its
+receipts in MySQL (read with the rows, in the same statement) and of the
+receipt entries among the same pending entries.  A receipt follows its
+message in accept order, so whenever the message is read from Redis its
+receipts still are too, and once a receipt has left Redis its row is in
+MySQL.
 """
 
 import base64
@@ -27,7 +34,7 @@ from twisted.internet import defer
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stored import StoredMessage, parse_stored
+from imd.stored import StoredMessage, StoredReceipt, parse_entry
 
 CURSOR_VERSION = 2
 
@@ -87,17 +94,25 @@ class HistoryHandler:
             position, with_uid, limit = (packet.since, None), packet.with_uid, packet.limit
         pending = yield self._messages.pending(uid)
         rows = yield self._mysql.history(uid, with_uid, position, limit + 1)
-        found: Dict[Any, Tuple[Tuple[int, int], str]] = {}
-        for ts, seq, from_id, msg_id, to_id, stored in rows:
-            found[(from_id, bytes(msg_id), to_id)] = ((ts, seq), stored)
+        found: Dict[Any, Tuple[Tuple[int, int], str, Any]] = {}
+        states: Dict[Any, int] = {}
+        for ts, seq, from_id, msg_id, to_id, stored, state in rows:
+            identity = (from_id, bytes(msg_id), to_id)
+            found[identity] = ((ts, seq), stored, identity)
+            states[identity] = int(state)
         for entry in pending:
             try:
-                message = parse_stored(entry)
+                stored = parse_entry(entry)
             except ValueError:
                 continue  # the migrator moves it to MQ:dead
-            if _belongs(message, uid, with_uid) and _is_after(message.key, position):
-                found.setdefault(message.identity, (message.key, message.packet))
+            if isinstance(stored, StoredReceipt):
+                for identity in stored.identities():
+                    if states.get(identity, 0) < stored.state:
+                        states[identity] = stored.state
+            elif _belongs(stored, uid, with_uid) and _is_after(stored.key, position):
+                found.setdefault(stored.identity, (stored.key, stored.packet, stored.identity))
         ordered = sorted(found.values(), key=lambda item: item[0])
         page, more = ordered[:limit], len(ordered) > limit
         next_cursor = encode_cursor(page[-1][0], with_uid, limit) if more else None
-        return Reply(protocol.history(packet.id, [stored for _, stored in page], more, next_cursor))
+        items = [protocol.with_state(stored, states.get(identity, 0)) for _, stored, identity in page]
+        return Reply(protocol.history(packet.id, items, more, next_cursor))

@@ -33,7 +33,7 @@ class MessageHandler:
             raise ImdError("unavailable", "this node lost its message bus, retry")
         ts = int(self._clock.seconds() * 1000)
         payload = protocol.message_json(packet, sender, ts)
-        d = self._store.store_message(sender, packet.to, packet.dedup_id, payload)
+        d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts)
         return d.addCallback(self._stored, sender, packet, payload)
 
     def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes) -> Reply:

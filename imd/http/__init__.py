@@ -1,8 +1,11 @@
-"""The ``http`` role: token issuer, web test page, ``/healthz``, ``/metrics``;
-and the ``[imd] metrics_listen`` site that any process serves (the last two only)."""
+"""The ``http`` role: token issuer, web test page, ``/healthz``, ``/metrics``,
+the server API (``/IM/api/``); and the ``[imd] metrics_listen`` site that
+any process serves (``/metrics`` and ``/healthz`` only)."""
 
 from twisted.web.resource import Resource
 
+from imd.handlers.api import ServerApi
+from imd.http.api import ApiResource
 from imd.http.health import HealthResource
 from imd.http.metrics import MetricsResource
 from imd.http.page import page_resources
@@ -29,6 +32,9 @@ def build_site(app, ws_base_url=None):
         root.putChild(name, resource)
     im = _Folder()
     im.putChild(b"token", TokenResource(app, ws_base_url))
+    api = ServerApi(app.messages, app.presence, app.friends, app.node, app.clock,
+                    lambda: getattr(app, "order_lifecycle", None))
+    im.putChild(b"api", ApiResource(api, app.settings.http.api_key, app.metrics))
     root.putChild(b"IM", im)
     root.putChild(b"healthz", HealthResource(app))
     root.putChild(b"metrics", MetricsResource(app))

@@ -2,9 +2,12 @@
 
 Figures that live in the stores are read at scrape time (a gauge callback
 cannot wait for Redis), all at once: the ``MQ`` and ``MQ:dead`` lengths, how
-many WebSocket nodes are registered, and whether Redis and MySQL answer.  A
+many WebSocket nodes are registered, the pending pushes and the age of the
+oldest, and whether Redis and MySQL answer.  A
 store that does not answer reads NaN (and ``imd_store_up`` 0).
 """
+
+from typing import Any, Tuple
 
 from twisted.internet import defer
 
@@ -13,6 +16,7 @@ from imd.http.resource import JsonResource, Raw
 from imd.metrics import CONTENT_TYPE
 from imd.stores.deadletter import DeadLetters
 from imd.stores.processes import ProcessRegistry
+from imd.stores.push import PushStats, PushStore
 
 MYSQL_TIMEOUT = 5
 
@@ -25,30 +29,43 @@ class MetricsResource(JsonResource):
         self._app = app
         self._dead = DeadLetters(app.redis_client, app.keys)
         self._processes = ProcessRegistry(app.redis_client, app.keys)
+        self._push = PushStore(app.redis_client, app.keys)
 
     @defer.inlineCallbacks
     def render_GET(self, request):
         app, metrics = self._app, self._app.metrics
+        # (the gauges, a read firing with one figure for each)
         from_redis = (
-            (metrics.mq_length, lambda: app.redis_client.command("LLEN", app.keys.mq)),
-            (metrics.mq_dead_length, self._dead.length),
-            (metrics.nodes_registered, self._processes.ready_nodes),
+            ((metrics.mq_length,), lambda: app.redis_client.command("LLEN", app.keys.mq).addCallback(_one)),
+            ((metrics.mq_dead_length,), lambda: self._dead.length().addCallback(_one)),
+            ((metrics.nodes_registered,), lambda: self._processes.ready_nodes().addCallback(_one)),
+            ((metrics.push_pending, metrics.push_oldest_age), self._push_figures),
         )
         reads = [defer.maybeDeferred(read) for _, read in from_redis] + [self._mysql_up()]
         results = yield defer.DeferredList(reads, consumeErrors=True)
         failures = []
-        for (gauge, _), (ok, value) in zip(from_redis, results):
+        for (gauges, _), (ok, value) in zip(from_redis, results):
             if ok:
-                gauge.set(float(value))
+                for gauge, figure in zip(gauges, value):
+                    gauge.set(float(figure))
             else:
                 value.trap(StoreUnavailable)   # anything else is a bug: logged, answered 500
-                gauge.set(float("nan"))
+                for gauge in gauges:
+                    gauge.set(float("nan"))
                 failures.append(value.getErrorMessage())
         if failures:
             metrics.store_error(failures[0])
         metrics.store_up.labels("redis").set(0 if failures else 1)
         metrics.store_up.labels("mysql").set(results[-1][1])
         return 200, Raw(metrics.exposition(), CONTENT_TYPE)
+
+    def _push_figures(self) -> defer.Deferred:
+        """(pending pushes, seconds since the oldest one's window opened)."""
+        def figures(stats: PushStats) -> Tuple[int, float]:
+            age = 0.0 if stats.oldest is None else max(0.0, self._app.clock.seconds() - stats.oldest / 1000.0)
+            return stats.waiting + stats.in_flight, age
+        delay_ms = int(round(self._app.settings.push.delay * 1000))
+        return self._push.stats(delay_ms).addCallback(figures)
 
     def _mysql_up(self):
         """Fires with 1 or 0, never fails."""
@@ -58,3 +75,7 @@ class MetricsResource(JsonResource):
             self._app.metrics.store_error("mysql: %s" % (failure.getErrorMessage() or failure.type.__name__))
             return 0
         return d.addCallbacks(lambda _: 1, down)
+
+
+def _one(figure: Any) -> Tuple[Any]:
+    return (figure,)

@@ -39,6 +39,9 @@ from imd.logs import redact
 _log = Logger()
 
 MAX_BODY_BYTES = 8192
+# The server API (/IM/api/) takes larger bodies: a system message to 1000 users
+API_PATH = b"/IM/api/"
+API_MAX_BODY_BYTES = 65536
 REQUEST_TIMEOUT = 10
 MAX_CONNECTIONS = 1000
 REFUSAL_LOG_INTERVAL = 10   # seconds between two log lines about refused connections
@@ -79,6 +82,11 @@ class CappedRequest(Request):
     _body_bytes = 0
 
     def gotLength(self, length: Optional[int]) -> None:
+        # The request line is parsed (the channel holds its path) before the
+        # body arrives: the cap is chosen by path here.
+        path = getattr(self.channel, "_path", None) or b""
+        if path.startswith(API_PATH):
+            self.max_body = API_MAX_BODY_BYTES
         if length is not None and length > self.max_body:
             self.body_too_large = True
             length = 0

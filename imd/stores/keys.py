@@ -34,7 +34,7 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "when an order's T came"),
     KeySpec("dedup:<uid>:<id>", "string", "messages",
             "a stored (sender, packet id), for [redis] dedup_ttl: a retry is acked, not stored again; "
-            "the value is the recipient's uid"),
+            "the value is the recipient's uid, then ':d' or ':r' once receipts moved its state (receipts)"),
     KeySpec("dedup:0:<to>:<id>", "string", "messages",
             "the same for a system message (sender 0), per recipient"),
     KeySpec("MQ", "list", "messages", "stored entries (JSON) not yet migrated, newest at the head"),
@@ -62,6 +62,22 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "an open order 30 days after its last T, a closed one inf (until its end removes it)"),
     KeySpec("orders:ending", "sorted set", "orders",
             "closed orders whose friendship end is still to run: member the order id, score when (Unix ms)"),
+    KeySpec("push:unread", "hash", "push",
+            "uid -> the user's stored messages no receipt has marked delivered yet (with [push] url set)"),
+    KeySpec("push:last", "hash", "push",
+            "uid -> the JSON of the user's newest message not yet named by a push"),
+    KeySpec("push:due", "sorted set", "push",
+            "users with a push waiting for its delay window to end: member the uid, score when it is due (Unix ms)"),
+    KeySpec("push:inflight", "hash", "push",
+            "delivery key -> a push taken by the drainer and not yet answered: attempts, first try, window "
+            "start, recipient, unread, message JSON"),
+    KeySpec("push:sending", "sorted set", "push",
+            "the in-flight pushes by when they may be tried next (Unix ms): a retry's time, or the lease "
+            "of an attempt under way"),
+    KeySpec("push:born", "sorted set", "push",
+            "the in-flight pushes by when their delay window opened (Unix ms), for the oldest pending age"),
+    KeySpec("typing:<uid>:<to>", "string", "typing",
+            "a 'typing' (Y true) from uid to a friend was relayed; expires after [typing] min_interval"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -85,6 +101,12 @@ class Keys:
         self.mq_dead = prefix + "MQ:dead"
         self.geo_couriers = prefix + "geo:couriers"
         self.orders_ending = prefix + "orders:ending"
+        self.push_unread = prefix + "push:unread"
+        self.push_last = prefix + "push:last"
+        self.push_due = prefix + "push:due"
+        self.push_inflight = prefix + "push:inflight"
+        self.push_sending = prefix + "push:sending"
+        self.push_born = prefix + "push:born"
         self.nodes = prefix + "nodes"
         self.processes = prefix + "processes"
         self.processes_info = prefix + "processes:info"
@@ -128,6 +150,9 @@ class Keys:
         if a > b:
             a, b = b, a
         return "%slinks:%d:%d" % (self.prefix, a, b)
+    def typing(self, sender: Uid, to: Uid) -> str:
+        return "%styping:%d:%d" % (self.prefix, sender, to)
+
 
     def site(self, uid: Uid) -> str:
         return "%ssite:%d" % (self.prefix, uid)

@@ -2,7 +2,13 @@
 order and the per-user index that history reads.
 
 Keys (imd.stores.keys): ``URS:<uid>`` (read), ``dedup:<uid>:<id>``,
-``dedup:0:<to>:<id>``, ``MQ``, ``MQ:seq``, ``pending:<uid>``.
+``dedup:0:<to>:<id>``, ``MQ``, ``MQ:seq``, ``pending:<uid>``; with
+``[push] url`` set also ``push:unread``, ``push:last``, ``push:due``
+(imd.stores.push: the recipient's pending push, noted in the same script).
+
+System messages (from 0, ``POST /IM/api/send``) are stored per recipient,
+deduplicated by ``dedup:0:<to>:<id>``, whose value is the recipient's uid
+like every dedup record (receipts are verified against it).
 
 An entry on ``MQ`` is the packet's JSON exactly as delivered, with one field
 added at the end: ``"seq"``, the accept order (``MQ:seq``, taken in the same
@@ -16,11 +22,12 @@ not-yet-migrated messages costs time in proportion to the user's own
 entries, not to the length of ``MQ``.
 """
 
-from typing import Any, List
+from typing import Any, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
+from imd.stores.push import NOTE_PUSH_LUA, PushNotes
 from imd.stores.redis import RedisClient, Script
 
 STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
@@ -41,31 +48,80 @@ end
 """
 
 # KEYS: URS:<from>, dedup:<from>:<id>, MQ, MQ:seq, pending:<from>, pending:<to>
-# ARGV: to, packet, dedup ttl
-STORE_MESSAGE = Script(STORE_ENTRY_LUA + """
+#       [, push:unread, push:last, push:due: only with [push] url set]
+# ARGV: to, packet, dedup ttl [, when the push is due (ms)]
+STORE_MESSAGE = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[3]) then return 2 end
 store_entry(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
+if ARGV[4] then note_push(KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[4]) end
 return 1
 """, "store_message")
+
+
+# KEYS: MQ, MQ:seq [, push:unread, push:last, push:due: only with [push] url
+#       set], then per recipient: dedup:0:<to>:<id>, pending:<to>
+# ARGV: dedup ttl, packet head, packet tail, when the pushes are due (ms; ''
+#       without [push] url), then the recipients' uids.
+# A system message (from 0) to each recipient that has not had this id yet:
+# head .. uid .. tail is its packet.  Returns the 1-based indexes stored.
+STORE_SYSTEM = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
+local push = ARGV[4] ~= ''
+local first = push and 6 or 3
+local stored = {}
+for i = 5, #ARGV do
+  local to = ARGV[i]
+  local j = 2 * (i - 5) + first
+  if redis.call('SET', KEYS[j], to, 'NX', 'EX', ARGV[1]) then
+    local packet = ARGV[2] .. to .. ARGV[3]
+    store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], packet)
+    if push then note_push(KEYS[3], KEYS[4], KEYS[5], to, packet, ARGV[4]) end
+    stored[#stored + 1] = i - 4
+  end
+end
+return stored
+""", "store_system")
 
 
 class MessageStore:
     """Friend check + dedup + MQ + pending index, atomically, in one round trip."""
 
-    def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
+                 push: Optional[PushNotes] = None) -> None:
+        """``push``: set when ``[push] url`` is (each stored message then
+        notes the recipient's pending push)."""
         self.client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
+        self.push = push
 
-    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes) -> Deferred:
-        """Fires with STORED, NOT_FRIEND or DUPLICATE."""
-        keys = self.keys
-        d = self.client.run(STORE_MESSAGE,
-                            [keys.friends(sender), keys.dedup(sender, dedup_id, to), keys.mq, keys.mq_seq,
-                             keys.pending(sender), keys.pending(to)],
-                            [to, packet, self.dedup_ttl])
-        return d.addCallback(_store_result)
+    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred:
+        """Fires with STORED, NOT_FRIEND or DUPLICATE.  ``ts``: the
+        message's (Unix ms), from which its push's delay counts."""
+        keys, push = self.keys, self.push
+        key_list = [keys.friends(sender), keys.dedup(sender, dedup_id, to), keys.mq, keys.mq_seq,
+                    keys.pending(sender), keys.pending(to)]
+        args: List[Any] = [to, packet, self.dedup_ttl]
+        if push is not None:
+            key_list += push.keys
+            args.append(push.due(ts))
+        return self.client.run(STORE_MESSAGE, key_list, args).addCallback(_store_result)
+
+    def store_system_messages(self, packet_id: str, recipients: Sequence[int], head: bytes, tail: bytes,
+                              ts: int = 0) -> Deferred:
+        """A system ``s`` message (from 0, id ``packet_id``, sent at ``ts``)
+        to each recipient, stored once per (recipient, id) — the dedup record
+        ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
+        ``to`` is ``head + str(to) + tail``.  Fires with the recipients
+        stored now (the others had it already)."""
+        keys, push = self.keys, self.push
+        key_list = [keys.mq, keys.mq_seq] + (push.keys if push is not None else [])
+        for to in recipients:
+            key_list.append(keys.dedup(0, packet_id, to))
+            key_list.append(keys.pending(to))
+        due = push.due(ts) if push is not None else ""
+        d = self.client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
+        return d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()])
 
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""

@@ -214,16 +214,33 @@ class MysqlStore(Service):
         rows actually inserted."""
         return self.run_interaction(_insert_messages_txn, rows)
 
+    def insert_entries(self, rows, receipts):
+        """Insert message rows and receipt rows (``StoredReceipt.rows``) in
+        one transaction, each kind with multi-row ``INSERT IGNORE``.  Fires
+        with ``(messages inserted, receipts inserted)``."""
+        return self.run_interaction(_insert_entries_txn, rows, receipts)
+
+    def message_states(self, sender, reader, msg_ids):
+        """Which of ``msg_ids`` (str) ``sender`` sent to ``reader``, with the
+        state receipts gave each in MySQL (0 sent, 1 delivered, 2 read):
+        ``{msg_id: state}``, for receipts whose dedup record is gone."""
+        return self.run_interaction(_message_states_txn, sender, reader, list(msg_ids))
+
     def history(self, uid, with_uid, position, limit):
         """Up to ``limit`` of ``uid``'s messages after ``position``, in
         (ts, accept_seq) order: ``[(ts, seq, from_id, msg_id_bytes, to_id, packet)]``.
 
         ``position`` is ``(ts, None)`` for "ts strictly after" or a full
-        ``(ts, seq)`` key.  ``with_uid`` keeps one
+        ``(ts, seq)`` key.  Each row ends with the message's state from the
+        ``receipt`` table (0 sent, 1 delivered, 2 read), read in the same
+        statement.  ``with_uid`` keeps one
         conversation.  Only rows where ``uid`` is the sender or the recipient
         are ever read.
         """
         return self.run_interaction(_history_txn, uid, with_uid, position, limit)
+
+    def count_receipts(self):
+        return self.run_interaction(_count_receipts_txn)
 
     def count_messages(self):
         return self.run_interaction(_count_messages_txn)
@@ -265,6 +282,45 @@ def quote_text(value):
     return "'" + value + "'"
 
 
+def _insert_entries_txn(cursor, rows, receipts):
+    inserted = _insert_messages_txn(cursor, rows) if rows else 0
+    return inserted, (_insert_receipts_txn(cursor, receipts) if receipts else 0)
+
+
+_INSERT_RECEIPTS = "INSERT IGNORE INTO receipt (from_id, msg_id, to_id, state, ts, accept_seq) VALUES "
+
+
+def _text_quoter(cursor):
+    connection = cursor.connection
+    return (connection.escape if connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+            else quote_text)
+
+
+def _insert_receipts_txn(cursor, rows):
+    # As _insert_messages_txn: one VALUES list, ints checked by imd.stored.
+    text = _text_quoter(cursor)
+    inserted, values, size = 0, [], 0
+    for from_id, msg_id, to_id, state, ts, seq in rows:
+        value = "(%d,%s,%d,%d,%d,%d)" % (from_id, text(msg_id), to_id, state, ts, seq)
+        values.append(value)
+        size += len(value)
+        if size >= _MAX_STATEMENT_BYTES:
+            inserted += cursor.execute(_INSERT_RECEIPTS + ",".join(values))
+            values, size = [], 0
+    if values:
+        inserted += cursor.execute(_INSERT_RECEIPTS + ",".join(values))
+    return inserted
+
+
+def _message_states_txn(cursor, sender, reader, msg_ids):
+    if not msg_ids:
+        return {}
+    cursor.execute("SELECT m.msg_id, " + _STATE + " FROM message m"
+                   " WHERE m.from_id = %s AND m.to_id = %s AND m.msg_id IN (" + ",".join(["%s"] * len(msg_ids)) + ")",
+                   [sender, reader] + [m.encode("utf-8") for m in msg_ids])
+    return {bytes(msg_id).decode("utf-8"): int(state) for msg_id, state in cursor.fetchall()}
+
+
 def _insert_messages_txn(cursor, rows):
     # The VALUES list is built here rather than by executemany: PyMySQL's
     # generic per-value escaping was half the migrator's time.  The ints are
@@ -295,7 +351,11 @@ def _after(position):
     return "(ts > %s OR (ts = %s AND accept_seq > %s))", [ts, ts, seq]
 
 
-_HISTORY_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, packet FROM message"
+# A message's state: the furthest receipt (read implies delivered), by the
+# receipt table's primary key; 0 when there is none.
+_STATE = ("COALESCE((SELECT MAX(r.state) FROM receipt r WHERE r.from_id = m.from_id"
+          " AND r.msg_id = m.msg_id AND r.to_id = m.to_id), 0)")
+_HISTORY_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, packet, " + _STATE + " FROM message m"
 
 
 def _history_txn(cursor, uid, with_uid, position, limit):
@@ -320,6 +380,11 @@ def _history_txn(cursor, uid, with_uid, position, limit):
                    sent_args + after_args + [limit])
     rows.extend(cursor.fetchall())
     return rows
+
+
+def _count_receipts_txn(cursor):
+    cursor.execute("SELECT COUNT(*) FROM receipt")
+    return cursor.fetchone()[0]
 
 
 def _count_messages_txn(cursor):

@@ -6,7 +6,8 @@ Keys (imd.stores.keys): ``order:<order>`` (the order's record),
 ``links:<a>:<b>`` (the orders that keep a pair friends), ``orders:ending``
 (the schedule of ends), ``URS:<uid>`` and ``kept:<uid>`` of both parties,
 and, for the stored ``s`` packets, those of imd.stores.messages (``MQ``,
-``MQ:seq``, ``pending:<uid>``, ``dedup:0:<to>:<id>``).
+``MQ:seq``, ``pending:<uid>``, ``dedup:0:<to>:<id>``, and with ``[push] url``
+set ``push:unread``, ``push:last``, ``push:due`` of imd.stores.push).
 
 A friendship ends when its last link goes, unless it is kept: ``kept:<uid>``
 holds the friends made explicitly (imd.stores.friends) and those who were
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
 from imd.stores.messages import STORE_ENTRY_LUA
+from imd.stores.push import NOTE_PUSH_LUA, PushNotes
 from imd.stores.redis import RedisClient, Script
 
 OPEN_TTL = 30 * 86400     # seconds an order's record and link last after its last T while open
@@ -47,12 +49,13 @@ end
 
 # KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
 #       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>
-# ARGV: courier, customer, s packet, open ttl (s), now (ms), order
+#       [, push:unread, push:last, push:due: only with [push] url set]
+# ARGV: courier, customer, s packet, open ttl (s), now (ms), order [, push due (ms)]
 # 1: first T (friends, the s packet stored); 0: a repeat while open (friends
 # again, the link renewed); 2: a repeat after the close (nothing changes: a
 # late retry must not bring an ended friendship back); 3: the order was
 # closed before any T; 4: another courier took it.
-TAKE_ORDER = Script(STORE_ENTRY_LUA + EXPIRE_LINKS_LUA + """
+TAKE_ORDER = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + EXPIRE_LINKS_LUA + """
 local record = redis.call('HMGET', KEYS[3], 'courier', 'taken_at', 'closed_at')
 if record[2] then
   if record[1] ~= ARGV[1] then return 4 end
@@ -86,18 +89,20 @@ redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
 expire_links(KEYS[4])
 if not first then return 0 end
 store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
+if ARGV[7] then note_push(KEYS[11], KEYS[12], KEYS[13], ARGV[2], ARGV[3], ARGV[7]) end
 return 1
 """, "take_order")
 
 # KEYS: order:<order>, links:<pair>, orders:ending, MQ, MQ:seq,
 #       pending:<courier>, pending:<customer>,
 #       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>
+#       [, push:unread, push:last, push:due: only with [push] url set]
 # ARGV: order, courier, customer, now (ms), grace (ms), s packet to the
-#       courier, s packet to the customer, dedup ttl
+#       courier, s packet to the customer, dedup ttl [, push due (ms)]
 # {1, closed_at, ends_at, courier's stored, customer's stored}: closed now;
 # {0, closed_at, ends_at}: closed before; {-1}: the record is not a take by
 # that courier (gone meanwhile).
-CLOSE_ORDER = Script(STORE_ENTRY_LUA + """
+CLOSE_ORDER = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
 local record = redis.call('HMGET', KEYS[1], 'courier', 'taken_at', 'closed_at', 'ends_at')
 if record[1] ~= ARGV[2] or not record[2] then return {-1} end
 if record[3] then return {0, tonumber(record[3]), tonumber(record[4])} end
@@ -111,6 +116,7 @@ local stored = {0, 0}
 for i, to in ipairs({ARGV[2], ARGV[3]}) do
   if redis.call('SET', KEYS[7 + i], to, 'NX', 'EX', ARGV[8]) then
     store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
+    if ARGV[9] then note_push(KEYS[10], KEYS[11], KEYS[12], to, ARGV[5 + i], ARGV[9]) end
     stored[i] = 1
   end
 end
@@ -189,20 +195,25 @@ class Closed(NamedTuple):
 
 
 class OrderStore:
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, push: Optional[PushNotes] = None) -> None:
+        """``push``: set when ``[push] url`` is (the stored ``s`` packets
+        then note their recipients' pending pushes)."""
         self.client = client
         self.keys = keys
+        self.push = push
 
     def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int) -> Deferred:
         """Link the two (friends both ways); store the ``s`` packet the first
         time only.  Fires with TAKEN, TAKEN_AGAIN, CLOSED_AFTER_TAKE,
         CLOSED_UNTAKEN or OTHER_COURIER."""
-        k = self.keys
-        d = self.client.run(TAKE_ORDER,
-                            [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
-                             k.kept(courier), k.kept(customer), k.mq, k.mq_seq,
-                             k.pending(courier), k.pending(customer)],
-                            [courier, customer, packet, OPEN_TTL, now_ms, order])
+        k, push = self.keys, self.push
+        key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
+                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer)]
+        args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
+        if push is not None:
+            key_list += push.keys
+            args.append(push.due(now_ms))
+        d = self.client.run(TAKE_ORDER, key_list, args)
         return d.addCallback(lambda reply: _TAKE_RESULTS[int(reply)])
 
     def record(self, order: int) -> Deferred:
@@ -215,15 +226,18 @@ class OrderStore:
         """Close a taken order: schedule its end ``grace_ms`` from now and
         store ``packets`` ({uid: the ``closed`` s packet}) once.  Fires with
         :class:`Closed`, or None when the record changed meanwhile."""
-        k = self.keys
+        k, push = self.keys, self.push
         order, courier, customer = record.order, record.courier, record.customer
         packet_id = "closed-%d" % order
-        d = self.client.run(CLOSE_ORDER,
-                            [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
-                             k.pending(courier), k.pending(customer),
-                             k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer)],
-                            [order, courier, customer, now_ms, grace_ms, packets[courier], packets[customer],
-                             dedup_ttl])
+        key_list = [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
+                    k.pending(courier), k.pending(customer),
+                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer)]
+        args: List[Any] = [order, courier, customer, now_ms, grace_ms, packets[courier], packets[customer],
+                           dedup_ttl]
+        if push is not None:
+            key_list += push.keys
+            args.append(push.due(now_ms))
+        d = self.client.run(CLOSE_ORDER, key_list, args)
         return d.addCallback(_closed, (courier, customer))
 
     def close_untaken(self, order: int, customer: int, courier: Optional[int], now_ms: int) -> Deferred:

@@ -263,6 +263,10 @@ class PresenceStore:
         d = self.client.run(ONLINE_MANY, [keys.nodes] + [keys.devices(u) for u in uids], [])
         return d.addCallback(lambda answers: {u: bool(int(a)) for u, a in zip(uids, answers or ())})
 
+    def connection_count(self, uid: int) -> Deferred:
+        """How many connections of ``uid`` are registered, on every node."""
+        return self.client.command("ZCARD", self.keys.devices(uid)).addCallback(int)
+
     def live_nodes(self) -> Deferred:
         """The ids of nodes whose heartbeat has not expired."""
         d = self.client.command("TIME")

@@ -1,0 +1,77 @@
+"""The server API's logic (contract §7.4): what the platform's backend asks
+of imd without a WebSocket.  imd.http.api checks the caller and the JSON;
+this does the work, through the stores and the node.
+
+``send`` stores a system ``s`` message (from 0) for each recipient once per
+(recipient, id) in one script, then delivers the stored ones through the
+node: in an http-only process the node has no connections of its own, and
+delivery goes to the nodes that hold the recipients' connections.
+"""
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from twisted.internet import defer
+
+from imd import protocol
+from imd.errors import ImdError
+
+
+def new_message_id(clock: Any) -> str:
+    """An id for a system message sent without one: unique, and sorted by time."""
+    return "api-%x-%s" % (int(clock.seconds() * 1000), os.urandom(6).hex())
+
+
+class ServerApi:
+    def __init__(self, messages: Any, presence: Any, friends: Any, node: Any, clock: Any,
+                 order_lifecycle: Callable[[], Any] = lambda: None) -> None:
+        self._messages = messages
+        self._presence = presence
+        self._friends = friends
+        self._node = node
+        self._clock = clock
+        self._order_lifecycle = order_lifecycle
+
+    @defer.inlineCallbacks
+    def send(self, recipients: Sequence[int], msg: Dict[str, Any], packet_id: Optional[str]) -> Any:
+        """Store and deliver; fires with ``(id, number of messages stored now)``."""
+        packet_id = packet_id or new_message_id(self._clock)
+        ts = int(self._clock.seconds() * 1000)
+        head, tail = protocol.system_message_parts(packet_id, msg, ts)
+        stored = yield self._messages.store_system_messages(packet_id, list(recipients), head, tail, ts)
+        for to in stored:
+            self._node.deliver(to, head + b"%d" % to + tail)
+        return packet_id, len(stored)
+
+    def online(self, uids: Sequence[int]) -> Any:
+        """``{uid: bool}``, one round trip."""
+        return self._presence.online_many(list(uids))
+
+    @defer.inlineCallbacks
+    def kick(self, uid: int, reason: str) -> Any:
+        """Close every connection of ``uid`` on every node; fires with how
+        many connections were registered for it when asked."""
+        connections = yield self._presence.connection_count(uid)
+        yield self._node.kick(uid, reason)
+        return connections
+
+    def friends(self, a: int, b: int, add: bool) -> Any:
+        return self._friends.add_friends(a, b) if add else self._friends.remove_friends(a, b)
+
+    def close_order(self, order_id: int) -> Any:
+        """The order lifecycle's close (contract §7.3); ``{"order", "ends_at"}``."""
+        lifecycle = self._order_lifecycle()
+        if lifecycle is None:
+            raise ImdError("unavailable", "closing orders is not available in this imd")
+        return defer.maybeDeferred(lifecycle.close, order_id)
+
+
+def recipients_list(value: Any, limit: int) -> List[int]:
+    """``to`` of ``send``: a uid or a list of 1..limit uids (duplicates once), or ValueError."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError("to: at least one recipient")
+    if len(values) > limit:
+        raise ValueError("to: at most %d recipients" % limit)
+    uids = [protocol.parse_uid(v, "to") for v in values]
+    return list(dict.fromkeys(uids))

@@ -1,0 +1,94 @@
+"""``R`` receipts (contract §7.1): the reader tells the sender how far each
+message got; the server believes only what it stored.
+
+One script per ``R`` (imd.stores.receipts) checks every id against its dedup
+record — the reader must be the message's recipient — moves each state
+forward only, and stores what advanced as one entry (``MQ`` and both
+parties' ``pending:``), which the migrator copies into the ``receipt`` table.
+The ids that advanced are relayed to every connection of the sender.
+
+Ids without a dedup record (expired after ``[redis] dedup_ttl``, or a
+``T`` packet, stored without one) are verified against what is stored: the
+reader's entries still in Redis, then MySQL — read in that order, so a
+message that is migrated in between is seen by the second read — and their
+state found there is written back as the record before anything moves.
+Anything not found is ignored: acked, not relayed, not stored.
+"""
+
+from typing import Any, Dict, List, Set, Tuple
+
+from twisted.internet import defer
+
+from imd import protocol
+from imd.handlers import Reply
+from imd.stored import StoredReceipt, parse_entry
+from imd.stores.receipts import UNKNOWN
+
+
+class ReceiptHandler:
+    def __init__(self, receipts: Any, messages: Any, mysql: Any, node: Any, clock: Any, metrics: Any = None) -> None:
+        self._receipts = receipts
+        self._messages = messages
+        self._mysql = mysql
+        self._node = node
+        self._clock = clock
+        self._metrics = metrics
+
+    @defer.inlineCallbacks
+    def handle(self, reader: int, packet: protocol.ReceiptPacket) -> Any:
+        if self._metrics is not None:
+            self._metrics.receipt_in(packet.state, len(packet.ids))
+        if packet.to == reader:
+            # one's own messages: nothing to tell anybody
+            return Reply(protocol.ack(packet.id))
+        ts = int(self._clock.seconds() * 1000)
+        result = yield self._receipts.apply(packet, reader, ts)
+        if result.missing:
+            seeds = yield self._verify(reader, packet, result.missing)
+            result = yield self._receipts.apply(packet, reader, ts, seeds)
+        if result.advanced:
+            if self._metrics is not None:
+                self._metrics.receipts_advanced(packet.state, len(result.advanced))
+            if packet.to:
+                ids = [packet.ids[i] for i in result.advanced]
+                self._node.deliver(packet.to, protocol.receipt(packet.id, reader, packet.to, packet.state, ids, ts))
+        return Reply(protocol.ack(packet.id))
+
+    @defer.inlineCallbacks
+    def _verify(self, reader: int, packet: protocol.ReceiptPacket, missing: List[int]) -> Any:
+        """One seed per id: '' for ids that have a record, the state found
+        for the others, UNKNOWN when the reader never received it."""
+        wanted = {packet.dedup_ids[i].encode("utf-8") for i in missing}
+        entries = yield self._messages.pending(reader)
+        exists, receipts = self._in_pending(entries, packet.to, reader, wanted)
+        rest = [m.decode("utf-8") for m in wanted if m not in exists]
+        states = (yield self._mysql.message_states(packet.to, reader, rest)) if rest else {}
+        for msg_id, state in states.items():
+            exists[msg_id.encode("utf-8")] = state
+        seeds = [""] * len(packet.ids)
+        for i in missing:
+            key = packet.dedup_ids[i].encode("utf-8")
+            seeds[i] = str(max(exists[key], receipts.get(key, 0))) if key in exists else UNKNOWN
+        return seeds
+
+    @staticmethod
+    def _in_pending(entries: List[str], sender: int, reader: int,
+                    wanted: Set[bytes]) -> Tuple[Dict[bytes, int], Dict[bytes, int]]:
+        """Among the reader's entries still in Redis: the wanted messages
+        from ``sender`` (``{msg_id: 0}``), and the furthest state their
+        receipts there reached (``{msg_id: state}``)."""
+        exists: Dict[bytes, int] = {}
+        receipts: Dict[bytes, int] = {}
+        for entry in entries:
+            try:
+                stored = parse_entry(entry)
+            except ValueError:
+                continue
+            if isinstance(stored, StoredReceipt):
+                if stored.sender == sender and stored.reader == reader:
+                    for msg_id in stored.msg_ids:
+                        if msg_id in wanted:
+                            receipts[msg_id] = max(receipts.get(msg_id, 0), stored.state)
+            elif stored.from_id == sender and stored.to_id == reader and stored.msg_id in wanted:
+                exists[stored.msg_id] = 0
+        return exists, receipts

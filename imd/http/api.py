@@ -1,0 +1,232 @@
+"""``/IM/api/``: the server API for the platform's backend (contract §7.4).
+
+Off (every path 404) unless ``[http] api_key`` is set.  Every request sends
+``Authorization: Bearer <api_key>``; the key is compared in constant time
+(both sides hashed with SHA-256 first, so not even its length shows in the
+time of an answer).  A key in the query string is refused (400), whatever
+else the request holds: query strings end up in proxies' and browsers' logs.
+The access log (imd.http.site) never holds a header.
+
+Bodies are JSON objects of at most 64 KiB (:data:`API_MAX_BODY_BYTES`,
+applied by the site before the body is read); every error is ``{"error"}``
+with 400, 401, 404, 405, 413 or 503 (Redis or MySQL away).
+
+    POST /IM/api/send                 {"to": uid | [uids], "msg": {...}, "id": "..."}
+    POST /IM/api/orders/<order>/close
+    POST /IM/api/kick                 {"uid", "reason"}
+    GET  /IM/api/online?uid=1&uid=2
+    POST /IM/api/friends              {"a", "b", "op": "add" | "rm"}
+"""
+
+import hashlib
+import hmac
+import json
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
+
+from imd import protocol
+from imd.errors import ImdError, StoreUnavailable
+from imd.handlers.api import ServerApi, recipients_list
+from imd.http.resource import HttpError, JsonResource, read_json_object
+from imd.http.site import API_MAX_BODY_BYTES
+
+_log = Logger()
+
+MAX_RECIPIENTS = 1000
+MAX_UIDS = 1000
+MAX_REASON_BYTES = 100
+# JSON text of an s packet's msg: what message.msg (TEXT) holds
+MAX_MSG_BYTES = 65535
+# Query parameters that look like a credential: refused, never used.
+_CREDENTIAL_PARAMS = frozenset((b"api_key", b"apikey", b"key", b"token", b"access_token", b"authorization",
+                                b"auth", b"bearer"))
+_CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd-api"'}
+
+# (path) -> (endpoint label, method); orders/<id>/close is matched apart
+_ROUTES = {("send",): ("send", "POST"), ("kick",): ("kick", "POST"), ("online",): ("online", "GET"),
+           ("friends",): ("friends", "POST")}
+
+
+def _digest(text: bytes) -> bytes:
+    return hashlib.sha256(text).digest()
+
+
+class ApiKey:
+    """The configured key, compared in constant time."""
+
+    def __init__(self, key: str) -> None:
+        self._digest = _digest(key.encode("utf-8"))
+
+    def matches(self, presented: bytes) -> bool:
+        return hmac.compare_digest(_digest(presented), self._digest)
+
+
+def bearer(request: Any) -> Optional[bytes]:
+    """The token of ``Authorization: Bearer <token>``, or None."""
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token
+
+
+def _route(postpath: List[bytes]) -> Tuple[str, str, Optional[bytes]]:
+    """``(endpoint, method, order id)`` of a path under /IM/api/, or HttpError 404."""
+    parts = tuple(p for p in postpath if p)
+    if len(parts) == 3 and parts[0] == b"orders" and parts[2] == b"close":
+        return "close", "POST", parts[1]
+    names = tuple(p.decode("latin-1") for p in parts)
+    if names in _ROUTES:
+        endpoint, method = _ROUTES[names]
+        return endpoint, method, None
+    raise HttpError(404, "no such resource")
+
+
+def _query(request: Any) -> Dict[bytes, List[bytes]]:
+    """The query string's parameters (never a form body's)."""
+    return parse_qs(urlsplit(request.uri).query, keep_blank_values=True)
+
+
+def _uid(value: Any, name: str) -> int:
+    try:
+        return protocol.parse_uid(value, name)
+    except ValueError as e:
+        raise HttpError(400, str(e))
+
+
+class ApiResource(JsonResource):
+    """Everything under /IM/api/ (a leaf: the path is routed here)."""
+
+    def __init__(self, api: ServerApi, api_key: str, metrics: Any = None) -> None:
+        super().__init__(())
+        self._api = api
+        self._key = ApiKey(api_key) if api_key else None
+        self._metrics = metrics
+
+    def render(self, request: Any) -> Any:
+        endpoint = "other"
+        try:
+            if self._key is None:
+                raise HttpError(404, "no such resource")
+            endpoint, method, order = _route(request.postpath)
+            asked = request.method.decode("ascii", "replace").upper()
+            if asked == "HEAD" and method == "GET":
+                asked = "GET"
+            if asked != method:
+                raise HttpError(405, "method %s not allowed here (use %s)" % (asked[:16], method),
+                                {b"Allow": method.encode("ascii")})
+            if _CREDENTIAL_PARAMS & {name.lower() for name in _query(request)}:
+                raise HttpError(400, "credentials in the query string are refused (they end up in logs): "
+                                     "send Authorization: Bearer <api_key>")
+            presented = bearer(request)
+            if presented is None:
+                raise HttpError(401, "missing credentials: send Authorization: Bearer <api_key>", _CHALLENGE)
+            if not self._key.matches(presented):
+                raise HttpError(401, "bad credentials: wrong api key", _CHALLENGE)
+            if getattr(request, "body_too_large", False):
+                raise HttpError(413, "request body over %d bytes" % API_MAX_BODY_BYTES)
+            d = defer.maybeDeferred(getattr(self, "_" + endpoint), request, order)
+        except HttpError as e:
+            d = defer.fail(e)
+        d.addErrback(self._failed_api, request)
+        d.addErrback(self._failed, request)
+        d.addCallback(self._counted, request, endpoint)
+        d.addCallback(self._write, request)
+        return NOT_DONE_YET
+
+    def _failed_api(self, failure: Any, request: Any) -> Any:
+        if failure.check(StoreUnavailable):
+            _log.warn("server API: {why}", why=failure.getErrorMessage())
+            raise HttpError(503, "storage unavailable, retry later")
+        if failure.check(ImdError):
+            code = failure.value.code
+            status = {"not_found": 404, "unavailable": 503, "forbidden": 400, "bad_packet": 400}.get(code)
+            if status is None:
+                return failure
+            raise HttpError(status, failure.value.reason)
+        return failure
+
+    def _counted(self, result: Any, request: Any, endpoint: str) -> Any:
+        if self._metrics is not None:
+            self._metrics.api_request(endpoint, result[0])
+        return result
+
+    # --- the endpoints ------------------------------------------------------
+
+    @staticmethod
+    def _body(request: Any) -> Dict[str, Any]:
+        body = read_json_object(request)
+        if body is None:
+            raise HttpError(400, "the body must be a JSON object")
+        return body
+
+    @defer.inlineCallbacks
+    def _send(self, request: Any, _: Any) -> Any:
+        body = self._body(request)
+        unknown = set(body) - {"to", "msg", "id"}
+        if unknown:
+            raise HttpError(400, "unknown field %s" % sorted(unknown)[0])
+        try:
+            recipients = recipients_list(body.get("to"), MAX_RECIPIENTS)
+        except ValueError as e:
+            raise HttpError(400, str(e))
+        msg = body.get("msg")
+        if not isinstance(msg, dict):
+            raise HttpError(400, "msg: must be a JSON object")
+        if len(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) > MAX_MSG_BYTES:
+            raise HttpError(400, "msg: its JSON is over %d bytes" % MAX_MSG_BYTES)
+        packet_id = body.get("id")
+        if packet_id is not None and not (isinstance(packet_id, str)
+                                          and 1 <= len(packet_id) <= protocol.MAX_ID_CHARS):
+            raise HttpError(400, "id: a string of 1-%d characters" % protocol.MAX_ID_CHARS)
+        packet_id, stored = yield self._api.send(recipients, msg, packet_id)
+        return 200, {"id": packet_id, "stored": stored}
+
+    @defer.inlineCallbacks
+    def _close(self, request: Any, order: bytes) -> Any:
+        text = order.decode("latin-1")
+        if not (text.isascii() and text.isdigit() and 0 < len(text) <= 19) or not 0 < int(text) <= protocol.MAX_UID:
+            raise HttpError(400, "order id: a positive integer")
+        read_json_object(request)   # a body, when sent, must still be JSON
+        closed = yield self._api.close_order(int(text))
+        return 200, {"order": closed["order"], "ends_at": closed["ends_at"]}
+
+    @defer.inlineCallbacks
+    def _kick(self, request: Any, _: Any) -> Any:
+        body = self._body(request)
+        uid = _uid(body.get("uid"), "uid")
+        reason = body.get("reason", "kicked by an operator")
+        if not isinstance(reason, str) or not reason.strip() or len(reason.encode("utf-8")) > MAX_REASON_BYTES:
+            raise HttpError(400, "reason: 1-%d bytes of text" % MAX_REASON_BYTES)
+        kicked = yield self._api.kick(uid, reason)
+        return 200, {"kicked": kicked}
+
+    @defer.inlineCallbacks
+    def _online(self, request: Any, _: Any) -> Any:
+        values = _query(request).get(b"uid", [])
+        if not values:
+            raise HttpError(400, "uid: give one or more, ?uid=1&uid=2")
+        if len(values) > MAX_UIDS:
+            raise HttpError(400, "uid: at most %d" % MAX_UIDS)
+        uids = list(dict.fromkeys(_uid(v.decode("latin-1"), "uid") for v in values))
+        answers = yield self._api.online(uids)
+        return 200, {str(uid): answers[uid] for uid in uids}
+
+    @defer.inlineCallbacks
+    def _friends(self, request: Any, _: Any) -> Any:
+        body = self._body(request)
+        a, b = _uid(body.get("a"), "a"), _uid(body.get("b"), "b")
+        op = body.get("op")
+        if op not in ("add", "rm"):
+            raise HttpError(400, 'op: "add" or "rm"')
+        if a == b:
+            raise HttpError(400, "a and b must be two users")
+        yield self._api.friends(a, b, op == "add")
+        return 200, {"ok": True}

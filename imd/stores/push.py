@@ -1,0 +1,212 @@
+"""Pending offline pushes (contract §7.5) in Redis: what the message path
+notes, what a receipt cancels, and what the drainer takes, retries and
+finishes.
+
+Keys (imd.stores.keys): ``push:unread``, ``push:last``, ``push:due`` (written
+by the store scripts of imd.stores.messages and imd.stores.orders through
+:data:`NOTE_PUSH_LUA`, lowered by the receipt script through
+:data:`CANCEL_PUSH_LUA`), ``push:inflight``, ``push:sending``, ``push:born``
+(the drainer's).
+
+The message path adds no round trip: each store script that stores a
+message for a user also, when ``[push] url`` is set (the caller passes the
+three push keys and the due time; without them the scripts skip it), counts
+it in ``push:unread``, keeps it as the user's newest in ``push:last`` and
+puts the user on ``push:due`` with ``ZADD NX``: the first undelivered
+message opens a ``[push] delay`` window, later ones join it.  A receipt
+that moves messages of the user from sent to delivered lowers the count;
+at 0 the waiting push is gone.
+
+The drainer takes due users (one script: off ``push:due``, their newest
+message out of ``push:last``, a record under a fresh delivery key into
+``push:inflight``), so a message is named by one push at most.  An in-flight
+push stays in Redis until the gateway answered (or it is given up): killed
+between taking and answering, its lease on ``push:sending`` runs out and the
+next drainer sends it again under the same delivery key.
+
+An in-flight record is ``"<attempts> <first try ms> <window start ms> <to>
+<unread> <message JSON>"``.
+"""
+
+from typing import Any, List, NamedTuple, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+
+from imd.stores.keys import Keys
+from imd.stores.redis import RedisClient, Script
+
+# note_push(push:unread, push:last, push:due, to, packet, due ms): one more
+# undelivered message for ``to``.
+NOTE_PUSH_LUA = """
+local function note_push(unread, last, due, to, packet, due_ms)
+  redis.call('HINCRBY', unread, to, 1)
+  redis.call('HSET', last, to, packet)
+  redis.call('ZADD', due, 'NX', due_ms, to)
+end
+"""
+
+# cancel_push(push:unread, push:last, push:due, to, n): ``n`` messages of
+# ``to`` were reported delivered; none left undelivered: no push waits.
+CANCEL_PUSH_LUA = """
+local function cancel_push(unread, last, due, to, n)
+  if redis.call('HINCRBY', unread, to, -n) <= 0 then
+    redis.call('HDEL', unread, to)
+    redis.call('HDEL', last, to)
+    redis.call('ZREM', due, to)
+  end
+end
+"""
+
+# KEYS: push:due, push:unread, push:last, push:inflight, push:sending, push:born
+# ARGV: now (ms), limit, lease (ms), delivery key prefix, delay (ms)
+# Up to ``limit`` pushes to try now, as a flat list key, record, key, ...:
+# first the in-flight ones whose retry time (or lease) has come, each with
+# its attempt count raised, then users whose window has ended, each taken
+# off push:due and given a new record.  Every one taken is leased until
+# now + lease.
+TAKE = Script("""
+local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local taken = {}
+local again = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, limit)
+for _, key in ipairs(again) do
+  local record = redis.call('HGET', KEYS[4], key)
+  if record then
+    local attempts, rest = string.match(record, '^(%d+) (.*)$')
+    record = string.format('%d', tonumber(attempts) + 1) .. ' ' .. rest
+    redis.call('HSET', KEYS[4], key, record)
+    redis.call('ZADD', KEYS[5], now + lease, key)
+    taken[#taken + 1] = key
+    taken[#taken + 1] = record
+  else
+    redis.call('ZREM', KEYS[5], key)
+    redis.call('ZREM', KEYS[6], key)
+  end
+end
+local room = limit - #again
+if room <= 0 then return taken end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, room)
+for i = 1, #due, 2 do
+  local to = due[i]
+  redis.call('ZREM', KEYS[1], to)
+  local last = redis.call('HGET', KEYS[3], to)
+  local unread = tonumber(redis.call('HGET', KEYS[2], to) or '0')
+  if last and unread > 0 then
+    redis.call('HDEL', KEYS[3], to)
+    local key = ARGV[4] .. '-' .. string.format('%d', (i + 1) / 2)
+    local born = string.format('%d', tonumber(due[i + 1]) - tonumber(ARGV[5]))
+    local record = '1 ' .. ARGV[1] .. ' ' .. born .. ' ' .. to .. ' ' .. string.format('%d', unread) .. ' ' .. last
+    redis.call('HSET', KEYS[4], key, record)
+    redis.call('ZADD', KEYS[5], now + lease, key)
+    redis.call('ZADD', KEYS[6], born, key)
+    taken[#taken + 1] = key
+    taken[#taken + 1] = record
+  end
+end
+return taken
+""", "push_take")
+
+# KEYS: push:inflight, push:sending, push:born.  ARGV: delivery key.
+# The push is over (answered, refused or given up).
+FINISH = Script("""
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+""", "push_finish")
+
+# KEYS: push:inflight, push:sending.  ARGV: delivery key, when (ms).
+# Try it again then (unless it is over meanwhile).
+RETRY = Script("""
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+""", "push_retry")
+
+# KEYS: push:due, push:inflight, push:born.  ARGV: delay (ms).
+# {users waiting for their window, pushes in flight, when the oldest
+# pending push's window opened (ms) or false}
+STATS = Script("""
+local oldest = false
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first > 0 then oldest = tonumber(first[2]) - tonumber(ARGV[1]) end
+local born = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if #born > 0 and (not oldest or tonumber(born[2]) < oldest) then oldest = tonumber(born[2]) end
+return {redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[2]), oldest and string.format('%d', oldest) or false}
+""", "push_stats")
+
+
+class PushNotes:
+    """What a store script needs to note pushes when ``[push] url`` is set:
+    the three keys it appends to its KEYS, and each message's due time."""
+
+    __slots__ = ("keys", "delay_ms")
+
+    def __init__(self, keys: Keys, delay: float) -> None:
+        self.keys = [keys.push_unread, keys.push_last, keys.push_due]
+        self.delay_ms = int(round(delay * 1000))
+
+    def due(self, ts_ms: int) -> int:
+        return ts_ms + self.delay_ms
+
+
+class InFlight(NamedTuple):
+    """A push taken by the drainer.  Times are Unix ms; ``attempts``
+    counts this one."""
+    key: str
+    attempts: int
+    first: int
+    born: int
+    to: int
+    unread: int
+    packet: str
+
+
+class PushStats(NamedTuple):
+    waiting: int             # users whose delay window has not ended
+    in_flight: int           # pushes taken, not answered yet (retries included)
+    oldest: Optional[int]    # when the oldest pending push's window opened (ms)
+
+
+class PushStore:
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def take(self, now_ms: int, limit: int, lease_ms: int, key_prefix: str, delay_ms: int) -> Deferred:
+        """Up to ``limit`` pushes to try now (:class:`InFlight`), each leased
+        for ``lease_ms``; new ones get delivery keys ``<key_prefix>-<n>``."""
+        k = self.keys
+        d = self.client.run(TAKE, [k.push_due, k.push_unread, k.push_last, k.push_inflight, k.push_sending,
+                                   k.push_born],
+                            [now_ms, limit, lease_ms, key_prefix, delay_ms])
+        return d.addCallback(_taken)
+
+    def finish(self, key: str) -> Deferred:
+        k = self.keys
+        return self.client.run(FINISH, [k.push_inflight, k.push_sending, k.push_born], [key])
+
+    def retry(self, key: str, at_ms: int) -> Deferred:
+        """Fires with False when the push was over meanwhile."""
+        k = self.keys
+        d = self.client.run(RETRY, [k.push_inflight, k.push_sending], [key, at_ms])
+        return d.addCallback(lambda reply: bool(int(reply)))
+
+    def stats(self, delay_ms: int) -> Deferred:
+        """Fires with :class:`PushStats`."""
+        k = self.keys
+        d = self.client.run(STATS, [k.push_due, k.push_inflight, k.push_born], [delay_ms])
+        return d.addCallback(lambda r: PushStats(int(r[0]), int(r[1]), None if r[2] is None else int(r[2])))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_record(key: str, record: str) -> InFlight:
+    attempts, first, born, to, unread, packet = record.split(" ", 5)
+    return InFlight(key, int(attempts), int(first), int(born), int(to), int(unread), packet)
+
+
+def _taken(reply: Sequence[Any]) -> List[InFlight]:
+    reply = list(reply or ())
+    return [parse_record(_text(reply[i]), _text(reply[i + 1])) for i in range(0, len(reply), 2)]

@@ -1,0 +1,38 @@
+"""Typing (``Y``, contract §7.2): the friend check and the coalescing window,
+in one script; nothing is stored.
+
+Keys (imd.stores.keys): ``URS:<uid>`` (read), ``typing:<uid>:<to>``.
+
+``typing:<from>:<to>`` exists for ``[typing] min_interval`` after a
+``true`` was relayed: while it does, further ``true`` are not relayed.  It
+is shared by every node (a user typing on two devices, or reconnected to
+another node, is still coalesced) and expires by itself.
+"""
+
+from twisted.internet.defer import Deferred
+
+from imd.stores.keys import Keys
+from imd.stores.redis import RedisClient, Script
+
+NOT_FRIEND, RELAY, COALESCED = 0, 1, 2
+
+# KEYS: URS:<from>, typing:<from>:<to>.  ARGV: to, 1|0 (typing), window ms.
+TYPING = Script("""
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[2] == '0' or ARGV[3] == '0' then return 1 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 1 end
+return 2
+""", "typing")
+
+
+class TypingStore:
+    def __init__(self, client: RedisClient, keys: Keys, min_interval: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.window_ms = int(round(min_interval * 1000))
+
+    def check(self, sender: int, to: int, is_typing: bool) -> Deferred:
+        """Fires with NOT_FRIEND, RELAY or COALESCED (a ``true`` inside the window)."""
+        d = self.client.run(TYPING, [self.keys.friends(sender), self.keys.typing(sender, to)],
+                            [to, 1 if is_typing else 0, self.window_ms])
+        return d.addCallback(int)

@@ -1,0 +1,491 @@
+"""Contract §7.5: offline push.  Messages note pending pushes in their store
+script; one drainer sends them, signed, once per recipient per ``[push]
+delay`` window, retried with backoff on timeout/5xx until ``max_age``, not
+on 4xx; what is pending survives a kill -9.  The gateway is a real HTTP
+server of the test (tests/push_support.py); the drainer runs on a
+task.Clock where timing matters."""
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from imd import protocol
+from imd.push import payload
+from imd.push.drainer import REJECTED, RETRY, SENT, PushDrainer, backoff, outcome_of
+from imd.push.gateway import Gateway
+from imd.stores.push import PushStore
+from tests.mysql_support import MysqlTestMixin
+from tests.push_support import SECRET, Receiver
+from tests.support import ServerTestMixin, free_port, settings_text, wait_until, with_deadline
+from tests.test_migrator_crash import MigratorProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DELAY = 10.0   # seconds; the drainer runs on a task.Clock, so this costs no time
+
+
+def doc_code(language):
+    """The first ``language`` code block of docs/push.md."""
+    with open(os.path.join(ROOT, "docs", "push.md"), encoding="utf-8") as f:
+        text = f.read()
+    return re.search(r"```%s\n(.*?)```" % language, text, re.S).group(1)
+
+
+def doc_verify():
+    """docs/push.md's Python ``verify``, as a reader would paste it."""
+    namespace = {}
+    exec(compile(doc_code("python"), "docs/push.md", "exec"), namespace)
+    return namespace["verify"]
+
+
+class PayloadTests(unittest.SynchronousTestCase):
+
+    def test_preview(self):
+        self.assertEqual(payload.preview({"type": "t", "msg": "é" * 150}), "é" * 100)
+        self.assertEqual(payload.preview({"type": "t", "msg": "hi"}), "hi")
+        self.assertEqual(payload.preview({"type": "i", "msg": 42}), "[image]")
+        self.assertEqual(payload.preview({"type": "s", "msg": {"order": 1, "event": "taken"}}), "taken")
+        self.assertEqual(payload.preview({"type": "s", "msg": {"order": 1}}), "")
+        self.assertEqual(payload.preview({"type": "t", "msg": "secret"}, enabled=False), "")
+
+    def test_body(self):
+        packet = protocol.message_json(protocol.parse_frame(
+            b'{"id": 7, "to": 2, "type": "t", "msg": "hello"}'), 1, 1700000000123).decode()
+        self.assertEqual(json.loads(payload.body(2, packet, 3)),
+                         {"to": 2, "from": 1, "id": 7, "type": "t", "preview": "hello", "ts": 1700000000123,
+                          "unread": 3})
+        self.assertEqual(json.loads(payload.body(2, packet, 3, with_preview=False))["preview"], "")
+        self.assertEqual(payload.body(2, packet, 3), payload.body(2, packet, 3))   # the same on every try
+        for bad in ("[1]", "{", '"x"'):
+            self.assertRaises(ValueError, payload.body, 2, bad, 1)
+
+    def test_signature_is_what_the_docs_verify(self):
+        body = b'{"to":2}'
+        header = payload.signature(SECRET, body)
+        self.assertTrue(header.startswith("sha256="))
+        verify = doc_verify()
+        self.assertTrue(verify(SECRET.encode(), body, header))
+        self.assertFalse(verify(SECRET.encode(), body + b" ", header))
+        self.assertFalse(verify(b"other", body, header))
+
+    def test_backoff_doubles_to_60s_with_jitter(self):
+        rng = random.Random(1)
+        for attempts, step in ((1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (30, 60)):
+            waits = [backoff(attempts, rng) for _ in range(200)]
+            self.assertTrue(all(0.8 * step <= w <= step for w in waits), (attempts, min(waits), max(waits)))
+            self.assertGreater(max(waits) - min(waits), 0.1 * step)   # jittered
+
+    def test_outcomes(self):
+        self.assertEqual([outcome_of(s) for s in (200, 204, 400, 404, 429, 500, 503, 301, None)],
+                         [SENT, SENT, REJECTED, REJECTED, REJECTED, RETRY, RETRY, RETRY, RETRY])
+
+
+class NodeTestsOfTheNodeExample(unittest.TestCase):
+
+    def test_node_example_verifies_a_signature(self):
+        node = shutil.which("node")
+        if node is None:
+            raise unittest.SkipTest("node is not installed")
+        body = '{"to":2,"unread":1}'
+        script = doc_code("js") + (
+            "\nconst [s, text, signature] = process.argv.slice(-3), b = Buffer.from(text);"
+            "\nconsole.log(verify(s, b, signature), verify(s, b, 'sha256=00'), verify('x', b, signature));")
+        result = subprocess.run([node, "-e", script, SECRET, body, payload.signature(SECRET, body.encode())],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.stdout.strip(), "true false false", result.stderr)
+
+
+class PushTestMixin(ServerTestMixin):
+    """imd (ws role) with [push] url at a receiver of the test; drainers on
+    ``self.clock``."""
+
+    push = {}          # [push] values besides url, secret and delay
+    settings = {}      # other sections
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(time.time())
+        self.receiver = yield Receiver(self.clock).start()
+        self.addCleanup(self.receiver.stop)
+        values = {"url": self.receiver.url, "secret": SECRET, "delay": str(DELAY)}
+        values.update(self.push)
+        self.overrides = dict(self.settings, push=values)
+        yield super().setUp()
+
+    def drainer(self, url=None, **settings):
+        app = self.server.app
+        push = dataclasses.replace(app.settings.push, **settings)
+        gateway = Gateway(reactor, self.clock, url or push.url, push.secret, push.timeout, 8)
+        self.addCleanup(gateway.close)
+        return PushDrainer(PushStore(app.redis_client, app.keys), gateway, push, self.clock, lambda: True,
+                           rng=random.Random(5))
+
+    async def say(self, client, to, text, packet_id=None):
+        reply = await self.ask(client, {"id": packet_id or text, "to": to, "type": "t", "msg": text})
+        self.assertEqual(reply["type"], "A", reply)
+
+    async def due(self, uid):
+        """When the user's push is due (clock seconds), or None."""
+        score = await self.redis.zscore("push:due", uid)
+        return None if score is None else float(score) / 1000.0
+
+    def advance_to(self, seconds):
+        self.clock.advance(max(0.0, seconds - self.clock.seconds()))
+
+    async def run_until(self, drainer, done, step=0.01, limit=100.0):
+        """Run the drainer every ``step`` clock seconds until ``done()``."""
+        end = self.clock.seconds() + limit
+        while not done():
+            self.assertLess(self.clock.seconds(), end, "still not done after %ss of clock" % limit)
+            await drainer.run_due()
+            self.clock.advance(step)
+
+
+class OfflinePushTests(PushTestMixin, unittest.TestCase):
+
+    async def test_offline_recipient_gets_one_signed_post_after_the_delay(self):
+        await self.befriend(1, 2)
+        sender = await self.login(1)
+        for text in ("one", "two", "three"):
+            await self.say(sender, 2, text)
+        due = await self.due(2)
+        drainer = self.drainer()
+        self.advance_to(due - 0.01)
+        self.assertEqual(await drainer.run_due(), [])
+        self.assertEqual(self.receiver.posts, [])
+        self.advance_to(due)
+        self.assertEqual(await drainer.run_due(), [SENT])
+        [post] = self.receiver.posts
+        self.assertTrue(doc_verify()(SECRET.encode(), post.body, post.signature))
+        stored = json.loads(await self.redis.lindex("MQ", 0))
+        self.assertEqual(post.payload, {"to": 2, "from": 1, "id": "three", "type": "t", "preview": "three",
+                                        "ts": stored["ts"], "unread": 3})
+        self.assertTrue(post.delivery)
+        # the window is over and its messages are pushed: nothing more
+        self.clock.advance(DELAY * 10)
+        self.assertEqual(await drainer.run_due(), [])
+        # a new message opens a new window; unread counts all undelivered
+        await self.say(sender, 2, "four")
+        self.advance_to(await self.due(2))
+        self.assertEqual(await drainer.run_due(), [SENT])
+        self.assertEqual(len(self.receiver.posts), 2)
+        second = self.receiver.posts[1]
+        self.assertEqual((second.payload["id"], second.payload["unread"]), ("four", 4))
+        self.assertNotEqual(second.delivery, post.delivery)
+        self.assertEqual(drainer.sent, 2)
+        self.assertEqual(await self.redis.hlen("push:inflight"), 0)
+
+    async def test_a_duplicate_counts_once_and_each_recipient_has_its_own_window(self):
+        await self.befriend(1, 2)
+        await self.befriend(1, 3)
+        sender = await self.login(1)
+        await self.say(sender, 2, "a")
+        await self.say(sender, 2, "a")          # a retry: acked, not stored, not counted
+        await self.say(sender, 3, "b")
+        self.assertEqual(await self.redis.hgetall("push:unread"), {"2": "1", "3": "1"})
+        self.advance_to(max(await self.due(2), await self.due(3)))
+        self.assertEqual(sorted(await self.drainer().run_due()), [SENT, SENT])
+        self.assertEqual(sorted((p.payload["to"], p.payload["unread"]) for p in self.receiver.posts),
+                         [(2, 1), (3, 1)])
+
+    async def test_gateway_503_three_times_then_200(self):
+        self.receiver.answers = [503, 503, 503]
+        await self.befriend(1, 2)
+        await self.say(await self.login(1), 2, "hi")
+        self.advance_to(await self.due(2))
+        drainer = self.drainer()
+        await self.run_until(drainer, lambda: drainer.sent)
+        posts = self.receiver.posts
+        self.assertEqual(len(posts), 4)
+        self.assertEqual((drainer.sent, drainer.retried, drainer.rejected, drainer.expired), (1, 3, 0, 0))
+        # one push: the same delivery key, body and signature on every try
+        self.assertEqual({(p.delivery, p.signature, p.body) for p in posts}, {posts[0][:3]})
+        gaps = [b.at - a.at for a, b in zip(posts, posts[1:])]
+        for gap, step in zip(gaps, (1, 2, 4)):
+            self.assertTrue(0.8 * step - 0.02 <= gap <= step + 0.02, gaps)
+        self.clock.advance(120)
+        self.assertEqual(await drainer.run_due(), [])
+        self.assertEqual(len(self.receiver.posts), 4)
+        self.assertEqual(await self.redis.hlen("push:inflight"), 0)
+
+    async def test_gateway_down_past_max_age_drops_and_counts(self):
+        await self.befriend(1, 2)
+        await self.say(await self.login(1), 2, "hi")
+        self.advance_to(await self.due(2))
+        nobody = "http://127.0.0.1:%d/push" % free_port()
+        drainer = self.drainer(url=nobody, max_age=10.0)
+        self.server.app.push_drainer = drainer
+        first = self.clock.seconds()
+        await self.run_until(drainer, lambda: drainer.expired, step=0.05)
+        self.assertLessEqual(self.clock.seconds() - first, 10.0)
+        self.assertEqual((drainer.sent, drainer.expired, drainer.retried), (0, 1, 3))
+        for key in ("push:inflight", "push:sending", "push:born", "push:due"):
+            self.assertEqual(await self.redis.exists(key), 0, key)
+        exposition = self.server.app.metrics.exposition().decode()
+        self.assertIn('imd_push_failed_total{reason="expired"} 1.0', exposition)
+        self.assertIn("imd_push_retried_total 3.0", exposition)
+
+    async def test_4xx_is_not_retried(self):
+        self.receiver.answers = [400]
+        await self.befriend(1, 2)
+        await self.say(await self.login(1), 2, "hi")
+        self.advance_to(await self.due(2))
+        drainer = self.drainer()
+        self.assertEqual(await drainer.run_due(), [REJECTED])
+        for _ in range(10):
+            self.clock.advance(60)
+            self.assertEqual(await drainer.run_due(), [])
+        self.assertEqual(len(self.receiver.posts), 1)
+        self.assertEqual((drainer.rejected, drainer.retried), (1, 0))
+        self.assertEqual(await self.redis.hlen("push:inflight"), 0)
+
+    async def test_a_timeout_is_retried_under_the_same_delivery_key(self):
+        await self.befriend(1, 2)
+        await self.say(await self.login(1), 2, "hi")
+        self.advance_to(await self.due(2))
+        drainer = self.drainer(timeout=2.0)
+        self.receiver.hold = True
+        running = defer.ensureDeferred(drainer.run_due())
+        await self.receiver.wait_posts(1)
+        self.clock.advance(2.0)          # the gateway's time is up: the attempt is cancelled
+        self.assertEqual(await with_deadline(running), [RETRY])
+        self.receiver.hold = False
+        await self.run_until(drainer, lambda: drainer.sent)
+        first, second = self.receiver.posts
+        self.assertEqual((first.delivery, first.body), (second.delivery, second.body))
+        self.assertTrue(0.8 <= second.at - first.at - 2.0 <= 1.02)
+
+    async def test_an_unreadable_record_is_dropped_not_sent(self):
+        now = int(self.clock.seconds() * 1000)
+        await self.redis.hset("push:inflight", "k-1", "1 %d %d 2 1 not json" % (now, now))
+        await self.redis.zadd("push:sending", now, "k-1")
+        drainer = self.drainer()
+        self.assertEqual(await drainer.run_due(), [REJECTED])
+        self.assertEqual(self.receiver.posts, [])
+        self.assertEqual(await self.redis.hlen("push:inflight"), 0)
+
+    async def test_preview_off_sends_an_empty_preview(self):
+        await self.befriend(1, 2)
+        await self.say(await self.login(1), 2, "a private matter")
+        self.advance_to(await self.due(2))
+        self.assertEqual(await self.drainer(preview=False).run_due(), [SENT])
+        self.assertEqual(self.receiver.posts[0].payload["preview"], "")
+
+    async def test_order_events_note_pushes(self):
+        orders, app = self.server.app.orders, self.server.app
+        now = int(self.clock.seconds() * 1000)
+        taken = protocol.system_message_json("taken-42", 20, 10, {"order": 42, "event": "taken", "courier": 20},
+                                             now)
+        await orders.take_order(42, 20, 10, taken, now)
+        record = await orders.record(42)
+        closed = {uid: protocol.system_message_json("closed-42", 0, uid, {"order": 42, "event": "closed"}, now)
+                  for uid in (10, 20)}
+        await orders.close_order(record, now, 1000, closed, 3600)
+        await orders.close_order(record, now, 1000, closed, 3600)   # once however often
+        self.assertEqual(await self.redis.hgetall("push:unread"), {"10": "2", "20": "1"})
+        self.advance_to(now / 1000.0 + DELAY)
+        drainer = PushDrainer(PushStore(app.redis_client, app.keys),
+                              Gateway(reactor, self.clock, self.receiver.url, SECRET, 5, 4),
+                              app.settings.push, self.clock, lambda: True)
+        self.addCleanup(drainer._gateway.close)
+        self.assertEqual(await drainer.run_due(), [SENT, SENT])
+        pushes = sorted((p.payload["to"], p.payload["from"], p.payload["id"], p.payload["preview"],
+                         p.payload["unread"]) for p in self.receiver.posts)
+        self.assertEqual(pushes, [(10, 0, "closed-42", "closed", 2), (20, 0, "closed-42", "closed", 1)])
+
+    async def test_the_apis_send_notes_pushes(self):
+        app = self.server.app
+        now = int(self.clock.seconds() * 1000)
+        head, tail = protocol.system_message_parts("promo-1", {"event": "promotion", "code": "X"}, now)
+        for _ in range(2):   # the same id again stores (and notes) nothing
+            await app.messages.store_system_messages("promo-1", [5, 6], head, tail, now)
+        self.assertEqual(await self.redis.hgetall("push:unread"), {"5": "1", "6": "1"})
+        self.advance_to(now / 1000.0 + DELAY)
+        self.assertEqual(await self.drainer().run_due(), [SENT, SENT])
+        self.assertEqual(sorted((p.payload["to"], p.payload["from"], p.payload["id"], p.payload["preview"])
+                                for p in self.receiver.posts),
+                         [(5, 0, "promo-1", "promotion"), (6, 0, "promo-1", "promotion")])
+
+    async def test_pending_and_oldest_age_on_metrics(self):
+        from imd.http.metrics import MetricsResource
+        await self.befriend(1, 2)
+        await self.befriend(1, 3)
+        sender = await self.login(1)
+        await self.say(sender, 2, "a")
+        await self.say(sender, 3, "b")
+        resource = MetricsResource(self.server.app)
+        status, body = await resource.render_GET(None)
+        text = body.data.decode()
+        self.assertIn("imd_push_pending 2.0", text)
+        age = float(re.search(r"^imd_push_oldest_pending_seconds (\S+)$", text, re.M).group(1))
+        self.assertTrue(0 <= age < 5, age)
+
+
+class ReceiptCancelTests(PushTestMixin, unittest.TestCase):
+    """A ``delivered`` (or ``read``) receipt lowers the recipient's unread
+    count in the receipt's own script; at 0 the waiting push is cancelled."""
+
+    async def receipt(self, client, sender, state, ids):
+        reply = await self.ask(client, {"id": "r-" + state, "to": sender, "type": "R",
+                                        "msg": {"state": state, "ids": ids}})
+        self.assertEqual(reply["type"], "A", reply)
+
+    async def test_recipient_online_reporting_delivered_within_the_delay_gets_no_post(self):
+        await self.befriend(1, 2)
+        sender, recipient = await self.login(1), await self.login(2)
+        await self.say(sender, 2, "one")
+        await self.say(sender, 2, "two")
+        due = await self.due(2)
+        self.assertEqual([(await recipient.next_of("t"))["id"] for _ in range(2)], ["one", "two"])
+        await self.receipt(recipient, 1, "delivered", ["one", "two"])
+        self.assertIsNone(await self.due(2))
+        self.assertEqual(await self.redis.hgetall("push:unread"), {})
+        self.assertEqual(await self.redis.hgetall("push:last"), {})
+        self.advance_to(due + DELAY)
+        self.assertEqual(await self.drainer().run_due(), [])
+        self.assertEqual(self.receiver.posts, [])
+
+    async def test_part_delivered_the_push_names_the_rest_and_read_counts_once(self):
+        await self.befriend(1, 2)
+        sender, recipient = await self.login(1), await self.login(2)
+        for text in ("a", "b", "c"):
+            await self.say(sender, 2, text)
+        await self.receipt(recipient, 1, "delivered", ["a"])
+        await self.receipt(recipient, 1, "read", ["a", "b"])    # a was delivered already: b only counts
+        self.assertEqual(await self.redis.hget("push:unread", "2"), "1")
+        self.advance_to(await self.due(2))
+        drainer = self.drainer()
+        self.assertEqual(await drainer.run_due(), [SENT])
+        self.assertEqual((self.receiver.posts[0].payload["id"], self.receiver.posts[0].payload["unread"]),
+                         ("c", 1))
+        # after the push: c delivered, nothing waits; a new message counts from 0
+        await self.receipt(recipient, 1, "delivered", ["c"])
+        self.assertEqual(await self.redis.hgetall("push:unread"), {})
+        await self.say(sender, 2, "d")
+        self.advance_to(await self.due(2))
+        self.assertEqual(await drainer.run_due(), [SENT])
+        self.assertEqual(self.receiver.posts[1].payload["unread"], 1)
+
+    async def test_a_receipt_from_someone_else_cancels_nothing(self):
+        await self.befriend(1, 2)
+        await self.befriend(1, 3)
+        sender, other = await self.login(1), await self.login(3)
+        await self.say(sender, 2, "for two")
+        await self.receipt(other, 1, "delivered", ["for two"])   # not 3's message
+        self.assertEqual(await self.redis.hget("push:unread", "2"), "1")
+        self.assertIsNotNone(await self.due(2))
+
+
+class PushOffTests(ServerTestMixin, unittest.TestCase):
+
+    async def test_without_url_nothing_is_noted(self):
+        await self.befriend(1, 2)
+        reply = await self.ask(await self.login(1), {"id": "x", "to": 2, "type": "t", "msg": "hi"})
+        self.assertEqual(reply["type"], "A")
+        self.assertEqual(await self.redis.keys("push:*"), [])
+        self.assertIsNone(self.server.app.push_drainer)
+
+
+class KilledDrainerTests(MysqlTestMixin, PushTestMixin, unittest.TestCase):
+    """imd's migrate process (the drainer) kill -9'd with pushes taken and
+    unanswered, and another still in its window: after a restart each is
+    sent, under the delivery key it had, and nothing twice."""
+
+    push = {"delay": "0.3", "timeout": "1"}
+
+    def config(self, node):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(settings_text({"imd": {"roles": "migrate", "node_id": node},
+                                   "migrate": {"lock_ttl": "1"},
+                                   "push": dict(self.overrides["push"]),
+                                   "mysql": {"database": self.mysql_settings.database}}))
+        return path
+
+    def migrate_process(self, node):
+        process = MigratorProcess(self.config(node)).start()
+        self.addCleanup(process.kill)
+        return process
+
+    async def test_pushes_pending_at_kill_9_are_sent_after_restart_once(self):
+        self.receiver.clock = reactor
+        sender = await self.login(1)
+        for uid in (2, 3, 4, 5):
+            await self.befriend(1, uid)
+        self.receiver.hold = True           # taken, never answered
+        first = self.migrate_process("push-a")
+        await first.leading
+        for uid in (2, 3, 4):
+            await self.say(sender, uid, "to %d" % uid)
+        await self.receiver.wait_posts(3)
+        held = {post.delivery: post.payload["to"] for post in self.receiver.posts}
+        self.assertEqual(sorted(held.values()), [2, 3, 4])
+        await first.kill()
+        self.receiver.hold = False
+        await self.say(sender, 5, "to 5")   # pending in its window, no drainer running
+        self.assertEqual(await self.redis.hlen("push:inflight"), 3)
+
+        second = self.migrate_process("push-b")
+        await second.leading
+
+        async def all_sent():
+            return (len(self.receiver.deliveries) == 4 and await self.redis.hlen("push:inflight") == 0
+                    and await self.redis.zcard("push:due") == 0)
+        # the three held ones wait for their lease ([push] timeout + 5 s)
+        await wait_until(lambda: defer.ensureDeferred(all_sent()), seconds=30, what="every push sent")
+        again = {post.delivery: post.payload["to"] for post in self.receiver.posts[3:]}
+        self.assertEqual(len(self.receiver.posts), 3 + 4)       # the 3 unanswered tries, then one each
+        self.assertEqual(sorted(again.values()), [2, 3, 4, 5])
+        for key, to in held.items():
+            self.assertEqual(again[key], to)                    # the same delivery key as before the kill
+        self.assertEqual(len(self.receiver.deliveries), 4)
+
+
+class BurstTests(PushTestMixin, unittest.TestCase):
+    """1,000 recipients offline at once: the drainer shares the reactor with
+    the WebSocket listener, which keeps answering pings within 100 ms."""
+
+    push = {"delay": "0.5"}
+    settings = {"websocket": {"rate": "100000", "burst": "100000"}}
+    RECIPIENTS = 1000
+
+    async def test_the_reactor_stays_responsive_during_a_burst(self):
+        app = self.server.app
+        recipients = list(range(2, 2 + self.RECIPIENTS))
+        await self.redis.sadd("URS:1", recipients)
+        client = await self.login(1)
+        now = int(time.time() * 1000)
+        stores = [app.messages.store_message(1, uid, "m%d" % uid,
+                                             b'{"id":"m%d","from":1,"to":%d,"type":"t","msg":"hi","ts":%d}'
+                                             % (uid, uid, now), now)
+                  for uid in recipients]
+        await defer.gatherResults(stores)
+        gateway = Gateway(reactor, reactor, self.receiver.url, SECRET, 5, 32)
+        drainer = PushDrainer(PushStore(app.redis_client, app.keys), gateway, app.settings.push, reactor,
+                              lambda: True)
+        self.receiver.clock = reactor
+        drainer.startService()
+        self.addCleanup(drainer.stopService)
+        pings = []   # (POSTs received when sent, seconds to the pong)
+        deadline = time.time() + 30
+        while len(self.receiver.posts) < self.RECIPIENTS:
+            self.assertLess(time.time(), deadline, "the burst did not drain")
+            during = len(self.receiver.posts)
+            started = time.perf_counter()
+            client.send({"id": "p", "to": 0, "type": "P"})
+            reply = await client.next(seconds=1.0)
+            pings.append((during, time.perf_counter() - started))
+            self.assertEqual(reply["type"], "P")
+        during_burst = [rtt for posts, rtt in pings if 0 < posts < self.RECIPIENTS]
+        self.assertGreaterEqual(len(during_burst), 3, pings[:20])
+        self.assertLess(max(rtt for _, rtt in pings), 0.1, sorted(rtt for _, rtt in pings)[-5:])
+        self.assertEqual(len(self.receiver.deliveries), self.RECIPIENTS)
+        await wait_until(lambda: drainer.sent == self.RECIPIENTS, what="every push answered")
