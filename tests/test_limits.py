@@ -37,10 +37,37 @@ def raw_connect(port, source="127.0.0.1", send=b""):
     return client
 
 
-def upgrade_request(path="/"):
+def upgrade_request(path="/", headers=()):
+    extra = "".join("%s: %s\r\n" % header for header in headers)
     return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            % path).encode("ascii")
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+            % (path, extra)).encode("ascii")
+
+
+def http_answer(data):
+    """``(status, {lower-case header name: value}, body)`` of an HTTP answer."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+async def answer_to(port, request, closes=True):
+    """The server's answer to ``request`` on a fresh connection: read until
+    the server closes it (``closes``) or, for a 101, to the end of its headers."""
+    client = await raw_connect(port, send=request)
+    try:
+        if closes:
+            await with_deadline(client.lost, what="answer and close")
+        else:
+            await wait_until(lambda: b"\r\n\r\n" in client.data, what="answer")
+    finally:
+        if not client.lost.called:
+            client.transport.abortConnection()
+    return http_answer(client.data)
 
 
 class LimitsMixin(ServerTestMixin):
