@@ -123,6 +123,11 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self.factory.limits.release(self.limit_address)
             self.limit_address = None
         super().connectionLost(reason)
+        # Autobahn leaves the closing handshake's timer running once the TCP
+        # connection is gone; it would hold this connection for 5 s more.
+        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if call is not None:
+            call.cancel()
 
     def _release_handshake(self) -> None:
         if self._handshaking:
