@@ -180,3 +180,48 @@ class SlowConsumerTests(LimitsMixin, unittest.TestCase):
         self.assertEqual(stored["id"], count - 1)
         report("slow consumer, max_send_buffer = 65536", acked=count, stored=await self.redis.llen("MQ"), lost=0,
                sent_bytes=count * 1060, dropped=1)
+
+
+class HandshakeSizeTests(LimitsMixin, unittest.TestCase):
+    """Issue 13 item 5: before authentication a client could make imd buffer
+    an endless header line (48 connections: 302 MB of server RSS in 10 s)."""
+
+    async def test_request_line_and_headers_over_8_kib_get_431_and_are_closed(self):
+        # a complete request, and an endless header line sent in pieces
+        status, headers, body = await answer_to(self.server.port, upgrade_request("/", [("X-Pad", "x" * 8300)]))
+        self.assertEqual(status, 431)
+        self.assertTrue(headers.get("content-type", "").startswith("application/json"), headers)
+        self.assertIn("8192", json.loads(body)["error"])
+        endless = await self.raw(send=b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
+        for _ in range(9):
+            if endless.lost.called:
+                break
+            endless.transport.write(b"y" * 1024)
+            await wait_until(lambda: True)  # a reactor turn for the server to read it
+        await with_deadline(endless.lost, 3, "close after 431")
+        self.assertTrue(endless.data.startswith(b"HTTP/1.1 431 "), endless.data[:80])
+        # just under the cap is a normal login
+        path = "/" + self.token(1)
+        pad = 8192 - len(upgrade_request(path, [("X-Pad", "")]))
+        status, _, _ = await answer_to(self.server.port, upgrade_request(path, [("X-Pad", "x" * pad)]), closes=False)
+        self.assertEqual(status, 101)
+
+
+class HandshakesPerAddressTests(LimitsMixin, unittest.TestCase):
+    overrides = {"websocket": {"max_handshakes_per_address": "3"}}
+
+    async def test_more_connections_still_handshaking_from_one_address_get_429(self):
+        half = [await self.raw(send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(3)]
+        await self.assert_refused_with(429)
+        # another address is not affected
+        elsewhere = await self.raw(source="127.0.0.2", send=upgrade_request("/" + self.token(4)))
+        await wait_until(lambda: b"101 Switching Protocols" in elsewhere.data, what="upgrade from 127.0.0.2")
+        # a connection past its handshake no longer counts: the slot comes back
+        half[0].transport.write(b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await wait_until(lambda: b"101 Switching Protocols" in half[0].data, what="first handshake done")
+        client = await self.login(5)
+        self.assertEqual((await self.ask(client, {"id": 1, "to": 0, "type": "P"}))["type"], "P")
+        half.append(await self.raw(send=b"GET /y HTTP/1.1\r\n"))  # 3 handshaking again
+        await self.assert_refused_with(429)
+        report("max_handshakes_per_address = 3", handshaking=3, refused_429=2, admitted_after_one_finished=1)
