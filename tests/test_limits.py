@@ -225,3 +225,56 @@ class HandshakesPerAddressTests(LimitsMixin, unittest.TestCase):
         half.append(await self.raw(send=b"GET /y HTTP/1.1\r\n"))  # 3 handshaking again
         await self.assert_refused_with(429)
         report("max_handshakes_per_address = 3", handshaking=3, refused_429=2, admitted_after_one_finished=1)
+
+
+def client_frame(opcode, payload=b"", fin=True, rsv=0, masked=True):
+    """One client frame, masked unless told not to (RFC 6455 §5.2)."""
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = b"\x01\x02\x03\x04"
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class ServerCloseTests(LimitsMixin, unittest.TestCase):
+    """Issue 12 item 2: a close the server initiates on a client that can
+    still read is a WebSocket close frame with its code, never a dropped TCP
+    connection (which the client sees as 1006)."""
+
+    overrides = {"websocket": {"max_message_bytes": "1024"}}
+
+    async def close_code_after(self, uid, data):
+        client = await self.login(uid)
+        client.sendData(data)
+        code, _ = await client.wait_closed()
+        return code
+
+    async def test_a_frame_over_max_message_bytes_gets_close_1009(self):
+        client = await self.login(1)
+        client.send_raw(b"x" * 1025)
+        self.assertEqual((await client.wait_closed())[0], 1009)
+        # a message of fragments over the limit together too
+        self.assertEqual(await self.close_code_after(2, client_frame(1, b"x" * 600, fin=False)
+                                                     + client_frame(0, b"x" * 600)), 1009)
+
+    async def test_protocol_violations_get_a_close_frame_with_their_code(self):
+        cases = [
+            ("unmasked frame", client_frame(1, b"{}", masked=False), 1002),
+            ("reserved bits", client_frame(1, b"{}", rsv=4), 1002),
+            ("reserved opcode", client_frame(3, b"x"), 1002),
+            ("fragmented ping", client_frame(9, b"p", fin=False), 1002),
+            ("ping over 125 bytes", client_frame(9, b"p" * 126), 1002),
+            ("continuation without a start", client_frame(0, b"x"), 1002),
+            ("close code 999", client_frame(8, (999).to_bytes(2, "big")), 1002),
+            ("text that is not UTF-8", client_frame(1, b"\xff\xfe"), 1007),
+        ]
+        for uid, (what, data, code) in enumerate(cases, 1):
+            self.assertEqual(await self.close_code_after(uid, data), code, what)

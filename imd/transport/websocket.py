@@ -104,6 +104,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _bucket: Optional[TokenBucket] = None
     _history_bucket: Optional[TokenBucket] = None
     _control_strikes = 0
+    _close_frame_while_open = False
+    _flush_deadline: Any = None
     listener: Listener
 
     # --- TCP connection: limits ------------------------------------------------
@@ -125,14 +127,35 @@ class ImdServerProtocol(WebSocketServerProtocol):
         super().connectionLost(reason)
         # Autobahn leaves the closing handshake's timer running once the TCP
         # connection is gone; it would hold this connection for 5 s more.
-        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
-        if call is not None:
-            call.cancel()
+        if self.closeHandshakeTimeoutCall is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
+        if self._flush_deadline is not None and self._flush_deadline.active():
+            self._flush_deadline.cancel()
+        self._flush_deadline = None
 
     def _release_handshake(self) -> None:
         if self._handshaking:
             self._handshaking = False
             self.factory.limits.handshake_done(self.limit_address)
+
+    # A close frame with a code or reason it may not use: Autobahn answers it
+    # with 1002 (or 1007), then takes the same frame for the reply to that
+    # answer and aborts the TCP connection -- throwing the unsent answer
+    # away, so the client saw 1006.  Close gracefully instead, so the answer
+    # goes out, and abort after the closing handshake timeout at the latest.
+    def onCloseFrame(self, code: Optional[int], reasonRaw: Optional[bytes]) -> Any:
+        self._close_frame_while_open = self.state == WebSocketServerProtocol.STATE_OPEN
+        try:
+            return super().onCloseFrame(code, reasonRaw)
+        finally:
+            self._close_frame_while_open = False
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if abort and self._close_frame_while_open and self.state == WebSocketServerProtocol.STATE_CLOSING:
+            abort = False
+            self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
+        super().dropConnection(abort)
 
     def _not_reading(self) -> None:
         # A slow consumer: more than max_send_buffer waits for it in memory.
@@ -417,8 +440,13 @@ class ImdServerProtocol(WebSocketServerProtocol):
         return closed
 
     def abort(self) -> None:
-        """Drop the TCP connection now (a shutdown whose grace is over)."""
-        self.dropConnection(abort=True)
+        """Drop the TCP connection now (a shutdown whose grace is over),
+        whatever state the WebSocket is in."""
+        if self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.dropConnection(abort=True)
+        elif not self._gone and self.transport is not None:
+            # closed, but the TCP connection still flushes to a client that does not read
+            self.transport.abortConnection()
 
     def _idle(self) -> None:
         self._idle_call = None
