@@ -13,7 +13,9 @@ from imd.handlers.history import decode_cursor, encode_cursor
 from imd.stores.keys import Keys
 from imd.stores.messages import STORE_ENTRY_LUA
 from tests.migrator_support import start_migrator, with_drain
-from tests.support import wait_until
+from tests.mysql_support import MysqlTestMixin
+from tests.support import (ClientMixin, ImdServer, PrivateRedis, RedisTestMixin, ServerTestMixin, connect_client,
+                           drop, key_pair, make_settings, redis_connection, wait_until)
 from tests.test_migrator import FAST, MigratorTestMixin, send_and_collect
 
 TS = 1_700_000_000_000
@@ -276,3 +278,76 @@ class AcceptOrderTests(HistoryTestMixin, unittest.TestCase):
         same_ms = [(a["id"], b["id"]) for a, b in zip(seen, seen[1:])
                    if a["ts"] == b["ts"] and a["id"] > b["id"]]
         self.assertTrue(same_ms, "no two messages of one millisecond with ids out of string order")
+
+
+# Redis commands that read a list (MQ is one) or walk the keyspace
+_LIST_READS = ("lrange", "lindex", "lpos", "llen", "sort", "sort_ro", "scan", "keys")
+
+
+def command_calls(info):
+    """``{command: calls}`` from the text of ``INFO commandstats``."""
+    calls = {}
+    for line in info.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, stats = line[len("cmdstat_"):].partition(":")
+            calls[name] = int(stats.split(",")[0].split("=")[1])
+    return calls
+
+
+class HistoryCostTests(MysqlTestMixin, ClientMixin, RedisTestMixin, unittest.TestCase):
+    """Issue 13 item 4: each ``H`` scanned the whole ``MQ`` inside Redis
+    (26 ms instead of 1.2 ms with 20,000 unmigrated entries).  On a Redis of
+    the test's own, so that its command statistics are this test's alone."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        yield MysqlTestMixin.setUp(self)
+        self.private = yield PrivateRedis().start()
+        self.addCleanup(self.private.stop)
+        self.backlog = yield redis_connection(db=0, port=self.private.port)
+        self.addCleanup(self.backlog.disconnect)
+        yield self.backlog.mset(dict(zip(("publicKey", "privateKey"), key_pair())))
+        self.server = yield ImdServer(make_settings(redis_db=0, redis_port=self.private.port)).start()
+        self.addCleanup(self.server.stop)
+        self._clients = []
+
+    @defer.inlineCallbacks
+    def connect(self, path):
+        client = yield connect_client(self.server.port, path)
+        self.addCleanup(lambda: drop(client) if not client.closed.called else None)
+        return client
+
+    async def test_history_of_a_user_with_nothing_pending_never_reads_the_backlog(self):
+        # 20,000 unmigrated messages between other users (MySQL or the migrator is down)
+        await fill_backlog(self.backlog, [stored("b%d" % n, 10 + n % 50, 100 + n % 7, TS + n) for n in range(20000)])
+        self.assertEqual(await self.backlog.llen("MQ"), 20000)
+        alice = await self.login(1)
+        await self.backlog.execute_command("CONFIG", "RESETSTAT")
+        for n in range(5):
+            reply = await self.ask(alice, {"id": n, "to": 0, "type": "H", "msg": {"limit": 500}})
+            self.assertEqual((reply["type"], reply["msg"], reply["more"]), ("H", [], False))
+        calls = command_calls(await self.backlog.execute_command("INFO", "commandstats"))
+        self.assertGreaterEqual(sum(calls.values()) - calls.get("config|resetstat", 0), 5, calls)
+        self.assertEqual({name: calls[name] for name in _LIST_READS if name in calls}, {},
+                         "H read a list or walked the keyspace: %s" % calls)
+
+
+async def fill_backlog(redis, packets):
+    """``packets`` stored as the daemon stores them, unmigrated."""
+    await store_entries(redis, packets)
+
+
+class HistoryRateTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
+    """``H`` has a rate of its own, lower than the packets' ([websocket]
+    history_rate = 2/s, history_burst = 10 by default)."""
+
+    async def test_the_eleventh_h_of_a_burst_is_rate_limited(self):
+        alice = await self.login(1)
+        for n in range(11):
+            alice.send({"id": n, "to": 0, "type": "H", "msg": 0})
+        alice.send({"id": "p", "to": 0, "type": "P"})
+        replies = [await alice.next() for _ in range(12)]
+        self.assertEqual([(r["type"], r["id"]) for r in replies],
+                         [("H", n) for n in range(10)] + [("E", 10), ("P", "p")])
+        self.assertEqual(replies[10]["code"], "rate_limited")
