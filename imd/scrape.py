@@ -10,13 +10,13 @@ Every process registers, with the URL of its ``/metrics``: the
 import os
 import socket
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd import __version__, endpoints
 from imd.errors import StoreUnavailable
+from imd.listeners import ListeningService
 from imd.stores.processes import ProcessRegistry, process_identity
 
 _log = Logger()
@@ -56,15 +56,15 @@ class _RecordingEndpoint:
         return self._endpoint.listen(factory).addCallback(self._listening)
 
 
-class MetricsListener(StreamServerEndpointService):
+class MetricsListener(ListeningService):
     """``[imd] metrics_listen``: fails start-up like any listener when it
     cannot bind; ``url`` is set once it listens."""
 
-    name = "metrics-listener"
     url = ""
 
-    def __init__(self, endpoint, site, secure: bool = False, on_url=lambda url: None):
-        super().__init__(_RecordingEndpoint(endpoint, self._listening), site)
+    def __init__(self, description: str, endpoint, site, secure: bool = False, on_url=lambda url: None):
+        super().__init__(description, _RecordingEndpoint(endpoint, self._listening), site, "metrics")
+        self.name = "metrics-listener"
         self._secure = secure
         self._on_url = on_url
 
@@ -152,7 +152,7 @@ def scrape_services(app) -> MultiService:
         from imd.http import build_metrics_site
         from imd.tls import is_tls_endpoint
         description = settings.imd.metrics_listen
-        listener = MetricsListener(app.server_endpoint(description), build_metrics_site(app),
+        listener = MetricsListener(description, app.server_endpoint(description), build_metrics_site(app),
                                    secure=is_tls_endpoint(description),
                                    on_url=lambda url: announcer.announce())
         listener.setServiceParent(group)

@@ -72,9 +72,9 @@ def write_config(testcase, overrides=None):
     return path
 
 
-@defer.inlineCallbacks
-def start_daemon(testcase, config_path):
-    """A running ``twistd -n imd``; stopped (by its pid) in the test's cleanup."""
+def spawn_daemon(testcase, config_path):
+    """``twistd -n imd`` started (not waited for); killed by its pid in the
+    test's cleanup if it still runs."""
     daemon = Daemon()
     reactor.spawnProcess(daemon, TWISTD, [TWISTD, "-n", "--pidfile=", "imd", "--config", config_path],
                          env=dict(os.environ), path=ROOT)
@@ -85,5 +85,12 @@ def start_daemon(testcase, config_path):
         daemon.signal(signal.SIGKILL)
         return daemon.ended
     testcase.addCleanup(stop)
+    return daemon
+
+
+@defer.inlineCallbacks
+def start_daemon(testcase, config_path):
+    """A running ``twistd -n imd``; stopped (by its pid) in the test's cleanup."""
+    daemon = spawn_daemon(testcase, config_path)
     daemon.port = yield with_deadline(daemon.listening, DEADLINE * 2, "twistd listening")
     return daemon
