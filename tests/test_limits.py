@@ -278,3 +278,89 @@ class ServerCloseTests(LimitsMixin, unittest.TestCase):
         ]
         for uid, (what, data, code) in enumerate(cases, 1):
             self.assertEqual(await self.close_code_after(uid, data), code, what)
+
+
+async def raw_login(test, uid):
+    """A raw TCP client past a successful upgrade (its L is in ``data``)."""
+    client = await test.raw(send=upgrade_request("/" + test.token(uid)))
+    await wait_until(lambda: b'"type":"L"' in client.data.replace(b" ", b""), what="L")
+    return client
+
+
+class PingFloodTests(LimitsMixin, unittest.TestCase):
+    """Issue 13 item 1: Autobahn wrote the pong to every ping straight to
+    the transport, outside the send-buffer guard, so a client that writes
+    pings and never reads grew the server by ~12 MB/s without limit."""
+
+    # a rate that answers every ping: the buffer is what must stop it
+    overrides = {"websocket": {"max_send_buffer": "65536", "rate": "1000000", "burst": "1000000"}}
+
+    async def test_a_client_writing_pings_and_never_reading_is_dropped(self):
+        import socket
+        client = await raw_login(self, 1)
+        # stop reading, with a small receive window, so the pongs pile up in imd
+        client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.transport.pauseProducing()
+        ping = client_frame(9, b"p" * 125)
+        sent = []
+
+        def flood():
+            if not client.lost.called and len(sent) < 400:   # at most 400 x 1000 pings (52 MB)
+                client.transport.write(ping * 1000)
+                sent.append(1000)
+            return client.lost.called
+        await wait_until(flood, seconds=30, what="drop of the flooding client")
+        app = self.server.app
+        self.assertFalse(app.node.sessions_of(1))
+        self.assertIn("imd_slow_consumers_dropped_total 1.0", app.metrics.exposition().decode())
+        report("ping flood, never reading, max_send_buffer = 65536", pings_sent=sum(sent), dropped=1)
+
+
+class ControlFrameRateTests(LimitsMixin, unittest.TestCase):
+    """Pings and pongs take from the connection's rate like packets: over
+    it they are not answered, and max_errors of them in a row close the
+    connection (an empty-pong flood from 4 connections had taken a
+    bystander's round trip from 0.9 to 259 ms)."""
+
+    overrides = {"websocket": {"rate": "0.001", "burst": "5", "max_errors": "3"}}
+
+    async def test_control_frames_over_the_rate_are_not_answered_then_close_4008(self):
+        client = await self.login(1)
+        pongs = []
+        client.onPong = pongs.append
+        for n in range(8):   # 5 within the burst, then 3 over it
+            client.sendPing(b"%d" % n)
+        close = await client.next()
+        self.assertEqual((close["type"], close["msg"]), ("C", "too many control frames"))
+        self.assertEqual((await client.wait_closed())[0], 4008)
+        self.assertEqual(pongs, [b"0", b"1", b"2", b"3", b"4"])
+
+    async def test_unsolicited_pongs_count_too(self):
+        client = await self.login(1)
+        for _ in range(8):
+            client.sendPong(b"")
+        close = await client.next()
+        self.assertEqual((close["type"], close["msg"]), ("C", "too many control frames"))
+        self.assertEqual((await client.wait_closed())[0], 4008)
+
+
+class AutoPingTests(LimitsMixin, unittest.TestCase):
+    """Only the pong to imd's own ping proves a client alive: a client that
+    never reads but keeps sending packets used to restart the auto-ping
+    timeout with each of them, and lived for ever."""
+
+    overrides = {"websocket": {"ping_interval": "1", "rate": "1000", "burst": "1000"}}
+
+    async def test_a_client_that_sends_packets_but_never_reads_is_dropped(self):
+        client = await raw_login(self, 1)
+        client.transport.pauseProducing()
+        packet = client_frame(1, b'{"id":1,"to":0,"type":"P"}')
+        started = reactor.seconds()
+
+        def keep_sending():
+            if not client.lost.called:
+                client.transport.write(packet)
+            return client.lost.called
+        # Autobahn's batched timers round to whole seconds: ping after 1-2 s, dropped 1-2 s later
+        await wait_until(keep_sending, seconds=8, what="drop of a client that never answers imd's ping")
+        self.assertLess(reactor.seconds() - started, 5)
