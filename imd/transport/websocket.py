@@ -433,8 +433,10 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._closed_waiters.append(closed)
         self._draining = True
         if self.state != WebSocketServerProtocol.STATE_OPEN:
-            # still in its opening handshake (or closing): nothing to answer
-            self.dropConnection(abort=True)
+            # still in its opening handshake (or closing): nothing to answer.
+            # (Past Autobahn's dropConnection, which warns of every drop.)
+            self.wasNotCleanReason = "server shutting down"
+            self.transport.abortConnection()
         elif not getattr(self, "_pending", None):
             self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
         return closed
@@ -443,6 +445,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         """Drop the TCP connection now (a shutdown whose grace is over),
         whatever state the WebSocket is in."""
         if self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.wasNotCleanReason = self.wasNotCleanReason or "aborted by the server's stop"
             self.dropConnection(abort=True)
         elif not self._gone and self.transport is not None:
             # closed, but the TCP connection still flushes to a client that does not read
