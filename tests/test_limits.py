@@ -344,6 +344,23 @@ class ControlFrameRateTests(LimitsMixin, unittest.TestCase):
         self.assertEqual((await client.wait_closed())[0], 4008)
 
 
+class FloodCloseTests(LimitsMixin, unittest.TestCase):
+    """After C + 4008 imd reads no more of a flood: it does not wait out the
+    closing handshake (5 s) parsing what the flooder keeps sending (an
+    empty-pong flood from 4 connections took a bystander's round trip to
+    379 ms that way)."""
+
+    async def test_a_flooder_gets_its_close_frame_and_is_not_read_any_more(self):
+        client = await raw_login(self, 1)
+        started = reactor.seconds()
+        client.transport.write(client_frame(10, b"") * 20000)   # more than burst + max_errors
+        await with_deadline(client.lost, 3, "close of the flooder's connection")
+        self.assertLess(reactor.seconds() - started, 3)
+        self.assertIn(b"too many control frames", client.data)
+        self.assertIn(b"\x88\x19\x0f\xa8too many control frames", client.data)   # close frame, 4008
+        report("empty-pong flood of 20,000 frames", closed_after_s=round(reactor.seconds() - started, 2))
+
+
 class AutoPingTests(LimitsMixin, unittest.TestCase):
     """Only the pong to imd's own ping proves a client alive: a client that
     never reads but keeps sending packets used to restart the auto-ping

@@ -349,7 +349,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         if self._control_strikes >= self.listener.settings.websocket.max_errors and not self._closing:
             _log.warn("closing uid={uid} peer={peer}: control frames over [websocket] rate", uid=self.uid,
                       peer=self.peer_address)
-            self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, "too many control frames")
+            self._close_flooder("too many control frames")
         return False
 
     # --- replies out, in order -------------------------------------------------------
@@ -397,7 +397,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             return  # a server-side outage is not the client's fault: it retries
         self._errors += 1
         if self._errors >= self.listener.settings.websocket.max_errors and not self._closing:
-            self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, "too many errors")
+            self._close_flooder("too many errors")
 
     # --- packets out and closing --------------------------------------------------
 
@@ -422,6 +422,18 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
         else:
             self.sendClose(code, reason[:100])
+
+    def _close_flooder(self, reason: str) -> None:
+        """``C`` + 4008, then stop reading.  A client that floods frames gets
+        its close frame, but imd does not go on parsing its flood while it
+        waits for a close reply (an empty-pong flood kept a stopping
+        connection's reactor busy for the whole closing handshake timeout):
+        the TCP connection ends once the close frame is written, or after
+        that timeout at the latest."""
+        self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, reason)
+        self.wasNotCleanReason = "%s: C + 4008 sent, not reading any more" % reason
+        self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
+        self.dropConnection(abort=False)
 
     def go_away(self) -> Deferred:
         """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
