@@ -10,13 +10,11 @@ the other nodes), ``imd.http``, ``imd.migrator``.
 """
 
 import socket
-import sys
 from typing import Any, Callable, Dict
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from imd import endpoints
 from imd.auth import TokenVerifier
@@ -28,6 +26,7 @@ from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.site import SiteHandler
 from imd.handlers.typing import TypingHandler
+from imd.listeners import ListeningService
 from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
@@ -52,49 +51,6 @@ _log = Logger()
 
 def default_node_id(settings: Any) -> str:
     return "%s:%s" % (socket.gethostname(), endpoints.port_of(settings.websocket.listen) or 0)
-
-
-class ListeningService(Service):
-    """A listener that binds before anything else starts (twistd calls
-    ``privilegedStartService`` first): a port that cannot be bound stops
-    start-up with one line and exit status 1, before this node registers
-    anywhere."""
-
-    def __init__(self, description: str, endpoint: Any, factory: Any, role: str = "") -> None:
-        self.description = description
-        self.name = "%s listener %s" % (role, description)
-        self._endpoint = endpoint
-        self._factory = factory
-        self.port: Any = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        if self.port is None:
-            self.listen()
-
-    def startService(self) -> None:
-        super().startService()
-        if self.port is None:
-            self.listen()
-
-    def listen(self) -> None:
-        outcome = []
-        self._endpoint.listen(self._factory).addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
-            failure = outcome[0]
-            why = getattr(failure.value, "socketError", None) or failure.value
-            text = getattr(why, "strerror", None) or str(why)
-            sys.stderr.write("imd: cannot listen on %s: %s\n" % (self.description, text.lower()))
-            sys.stderr.flush()
-            raise SystemExit(1)
-        self.port = outcome[0] if outcome else None
-
-    def stopService(self) -> Any:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
 
 
 class App:

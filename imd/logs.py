@@ -16,12 +16,13 @@ sets.  The output goes where twistd's own would (stdout under ``-n``, else
 import json
 import re
 import sys
-from typing import Callable, Optional, Protocol, Tuple
+from typing import Any, Callable, Optional, Protocol, Tuple
 
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
@@ -136,14 +137,28 @@ def event_as_text(event: LogEvent) -> Optional[str]:
 # away under a transaction: the loss itself is reported (and retried) by
 # imd.stores.mysql, so these are one warning line each.
 _ADBAPI_CLEAN_UPS = frozenset(("Rollback failed", "Connection close failed"))
+# With cp_reconnect, adbapi reports the failed rollback, raises this, and
+# reports the same rollback again as failed with it: said once is enough.
+_ADBAPI_ECHO = "twisted.enterprise.adbapi.ConnectionLost"
+_SKIP = object()
 
 
-def _one_line(event: LogEvent) -> LogEvent:
-    failure = event["log_failure"]
-    return {"log_level": LogLevel.warn, "log_namespace": "imd.stores.mysql",
-            "log_time": event.get("log_time"), "log_system": event.get("log_system"),
-            "log_format": "mysql: {why} after a lost connection: {error}",
-            "why": event["why"].lower(), "error": failure.getErrorMessage() or failure.type.__name__}
+def _adbapi_clean_up(event: LogEvent) -> Any:
+    """The one warning line to write for an adbapi clean-up event, _SKIP for
+    its echo, else None.  adbapi logs with the legacy ``log.err``, whose
+    events carry ``failure`` (their text, traceback included, is in
+    ``log_text``), not ``log_failure``."""
+    if event.get("why") not in _ADBAPI_CLEAN_UPS:
+        return None
+    failure = event.get("log_failure") or event.get("failure")
+    if not isinstance(failure, Failure):
+        return None
+    if failure.check(_ADBAPI_ECHO):
+        return _SKIP
+    message = failure.getErrorMessage()
+    return {"log_level": LogLevel.warn, "log_namespace": "imd.stores.mysql", "log_time": event.get("log_time"),
+            "log_format": "mysql: {why} after a lost connection: {error}", "why": event["why"].lower(),
+            "error": "%s: %s" % (failure.type.__name__, message) if message else failure.type.__name__}
 
 
 @implementer(ILogObserver)
@@ -155,8 +170,11 @@ class ImdLogObserver:
         self._format: Callable[[LogEvent], Optional[str]] = event_as_json if format == "json" else event_as_text
 
     def __call__(self, event: LogEvent) -> None:
-        if event.get("log_failure") is not None and event.get("why") in _ADBAPI_CLEAN_UPS:
-            event = _one_line(event)
+        clean_up = _adbapi_clean_up(event)
+        if clean_up is _SKIP:
+            return
+        if clean_up is not None:
+            event = clean_up
         try:
             line = self._format(event)
         except Exception as e:

@@ -12,7 +12,6 @@ import socket
 import typing
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
@@ -22,6 +21,7 @@ from twisted.web.server import Site
 
 from imd import __version__, endpoints
 from imd.errors import StoreUnavailable
+from imd.listeners import ListeningService
 from imd.stores.processes import ProcessRegistry, process_identity
 
 if TYPE_CHECKING:
@@ -79,16 +79,16 @@ class _RecordingEndpoint:
         return self._endpoint.listen(factory).addCallback(self._listening)
 
 
-class MetricsListener(StreamServerEndpointService):
+class MetricsListener(ListeningService):
     """``[imd] metrics_listen``: fails start-up like any listener when it
     cannot bind; ``url`` is set once it listens."""
 
-    name = "metrics-listener"
     url = ""
 
-    def __init__(self, endpoint: ServerEndpoint, site: Site, secure: bool = False,
+    def __init__(self, description: str, endpoint: ServerEndpoint, site: Site, secure: bool = False,
                  on_url: Callable[[str], object] = lambda url: None) -> None:
-        super().__init__(_RecordingEndpoint(endpoint, self._listening), site)
+        super().__init__(description, _RecordingEndpoint(endpoint, self._listening), site, "metrics")
+        self.name = "metrics-listener"
         self._secure = secure
         self._on_url = on_url
 
@@ -198,7 +198,7 @@ def scrape_services(app: ScrapedApp) -> MultiService:
         from imd.http import build_metrics_site
         from imd.tls import is_tls_endpoint
         description = settings.imd.metrics_listen
-        listener = MetricsListener(app.server_endpoint(description), build_metrics_site(app),
+        listener = MetricsListener(description, app.server_endpoint(description), build_metrics_site(app),
                                    secure=is_tls_endpoint(description),
                                    on_url=lambda url: announcer.announce())
         listener.setServiceParent(group)

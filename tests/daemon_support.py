@@ -23,7 +23,8 @@ class Daemon(protocol.ProcessProtocol):
         self.stderr = b""
         self.exit_code = self.exit_signal = None
         self.listening = defer.Deferred()   # fires with the ws port once the node takes logins
-        self.ended = defer.Deferred()
+        self.has_ended = False
+        self._end_waiters = []
         self._partial = b""
         self._port = self._ready = None
 
@@ -49,7 +50,20 @@ class Daemon(protocol.ProcessProtocol):
         if not self.listening.called:
             self.listening.errback(AssertionError("twistd ended before listening: %s\n%s"
                                                   % (self.stderr.decode(errors="replace"), self.output())))
-        self.ended.callback(self.exit_code)
+        self.has_ended = True
+        waiters, self._end_waiters = self._end_waiters, []
+        for waiter in waiters:
+            waiter.callback(self.exit_code)
+
+    def when_ended(self):
+        """A Deferred of its own firing with the exit code: a deadline on it
+        cancels only it, so the clean-up still knows whether to kill."""
+        waiter = defer.Deferred()
+        if self.has_ended:
+            waiter.callback(self.exit_code)
+        else:
+            self._end_waiters.append(waiter)
+        return waiter
 
     def output(self):
         return b"\n".join(self.lines).decode("utf-8", "replace")
@@ -62,7 +76,7 @@ class Daemon(protocol.ProcessProtocol):
         os.kill(self.pid, number)
 
     def wait_ended(self, seconds=DEADLINE * 3):
-        return with_deadline(self.ended, seconds, "twistd exit")
+        return with_deadline(self.when_ended(), seconds, "twistd exit")
 
 
 def write_config(testcase, overrides=None):
@@ -72,18 +86,25 @@ def write_config(testcase, overrides=None):
     return path
 
 
-@defer.inlineCallbacks
-def start_daemon(testcase, config_path):
-    """A running ``twistd -n imd``; stopped (by its pid) in the test's cleanup."""
+def spawn_daemon(testcase, config_path):
+    """``twistd -n imd`` started (not waited for); killed by its pid in the
+    test's cleanup if it still runs."""
     daemon = Daemon()
     reactor.spawnProcess(daemon, TWISTD, [TWISTD, "-n", "--pidfile=", "imd", "--config", config_path],
                          env=dict(os.environ), path=ROOT)
 
     def stop():
-        if daemon.ended.called:
+        if daemon.has_ended:
             return None
         daemon.signal(signal.SIGKILL)
-        return daemon.ended
+        return daemon.when_ended()
     testcase.addCleanup(stop)
+    return daemon
+
+
+@defer.inlineCallbacks
+def start_daemon(testcase, config_path):
+    """A running ``twistd -n imd``; stopped (by its pid) in the test's cleanup."""
+    daemon = spawn_daemon(testcase, config_path)
     daemon.port = yield with_deadline(daemon.listening, DEADLINE * 2, "twistd listening")
     return daemon

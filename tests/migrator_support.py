@@ -6,9 +6,11 @@ from imd.app import App
 from tests.support import DEADLINE, with_deadline
 
 
-def start_migrator(test, settings):
-    """An App's MySQL pool and migrator service, running; stopped at cleanup."""
-    app = App(settings, reactor)
+def start_migrator(test, settings, clock=None):
+    """An App's MySQL pool and migrator service, running; stopped at cleanup.
+    With ``clock`` (a task.Clock) its waits between steps and its lock
+    renewals run only when the test advances that clock."""
+    app = App(settings, reactor, clock)
     app.mysql.startService()
     group = app.migrator_service()
     group.startService()

@@ -31,6 +31,18 @@ def key_pair():
     return _KEY_PAIR[0]
 
 
+_SIGNING_KEY = []
+
+
+def signing_key():
+    """The private key of ``key_pair()``, loaded once: parsing the PEM takes
+    tens of milliseconds, signing with the loaded key one."""
+    if not _SIGNING_KEY:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        _SIGNING_KEY.append(load_pem_private_key(key_pair()[1].encode("ascii"), password=None))
+    return _SIGNING_KEY[0]
+
+
 def redis_db() -> int:
     """This run's Redis db index on the shared Redis (leased on first use)."""
     return RUN.redis_db()
@@ -102,10 +114,10 @@ class RedisTestMixin:
         import jwt
         now = time.time() if now is None else now
         if not claims:
-            return issue_token(key_pair()[1], uid, now)
+            return issue_token(signing_key(), uid, now)
         base = {"id": uid, "type": "websocket", "iat": int(now), "exp": int(now) + 120, "jti": os.urandom(8).hex()}
         base.update(claims)
-        return jwt.encode({k: v for k, v in base.items() if v is not None}, key_pair()[1], algorithm="RS256")
+        return jwt.encode({k: v for k, v in base.items() if v is not None}, signing_key(), algorithm="RS256")
 
     def befriend(self, a, b):
         return defer.gatherResults([self.redis.sadd("URS:%d" % a, b), self.redis.sadd("URS:%d" % b, a)])

@@ -85,6 +85,19 @@ class SettingsTests(unittest.SynchronousTestCase):
         self.assert_error("[http]\nlisten = tcp:8766:interface=0.0.0.0\n", "http", "auth", "loopback")
         parse_settings("[http]\nlisten = tcp:8766:interface=0.0.0.0\nauth = hs256:%s\n" % ("s" * 32))
 
+    def test_a_listener_is_read_as_twisted_binds_it(self):
+        # issue 13 item 6: the loopback check read the first interface=,
+        # Twisted binds the last one (here every interface) -- an error naming the key
+        for section in ("http", "websocket"):
+            self.assert_error("[%s]\nlisten = tcp:8766:interface=127.0.0.1:interface=0.0.0.0\n" % section,
+                              section, "listen", "interface is given twice")
+        self.assert_error("[http]\nlisten = tcp:8766:127.0.0.1:interface=0.0.0.0\n", "http", "listen",
+                          "interface is given twice")
+        # IPv6 loopback (colons escaped, as Twisted reads them) is loopback for dev auth
+        settings = parse_settings("[http]\nlisten = tcp6:8766:interface=\\:\\:1\n")
+        self.assertEqual(settings.http.auth, "dev")
+        self.assert_error("[http]\nlisten = tcp6:8766:interface=\\:\\:\n", "http", "auth", "loopback")
+
     def test_not_an_ini(self):
         self.assert_error("listen = 1\n", None, None, "cannot parse")
 

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import jwt
-from twisted.internet import defer
+from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
-from tests.daemon_support import start_daemon
-from tests.support import RedisTestMixin, connect_client, drop, free_port, redis_db, settings_text
+from tests.daemon_support import spawn_daemon, start_daemon
+from tests.support import DEADLINE, RedisTestMixin, connect_client, drop, free_port, redis_db, settings_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -100,6 +100,28 @@ class TwistdTests(ProgramTestMixin, unittest.TestCase):
         self.assertEqual((await bob.next())["msg"], "via twistd")
         self.assertEqual(await self.redis.llen("MQ"), 1)
         self.assertEqual(redis_db(), self.server_db(config))
+
+    async def test_a_port_already_bound_stops_start_up_with_one_line_before_registering(self):
+        # issue 12 item 4: a second daemon printed two tracebacks, then
+        # registered in Redis and ran a standby migrator until killed
+        busy = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        taken = "tcp:%d:interface=127.0.0.1" % busy.getHost().port
+        for section, key in (("websocket", "listen"), ("http", "listen"), ("imd", "metrics_listen")):
+            overrides = {"imd": {"roles": "ws, http, migrate", "metrics_listen": "tcp:0:interface=127.0.0.1"},
+                         "migrate": {"lock_ttl": "3"}}
+            overrides.setdefault(section, {})[key] = taken
+            daemon = spawn_daemon(self, self.write_config(overrides))
+            daemon.listening.addErrback(lambda _: None)   # it is not meant to
+            where = "[%s] %s" % (section, key)
+            code = await daemon.wait_ended(DEADLINE)
+            self.assertNotEqual(code, 0, where)
+            self.assertEqual(daemon.stderr.decode().splitlines(),
+                             ["imd: cannot listen on %s: address already in use" % taken], where)
+            self.assertNotIn("Traceback", daemon.output(), where)
+            # never registered anywhere, and no migrator took the lock
+            self.assertEqual((await self.redis.zcard("nodes"), await self.redis.zcard("processes"),
+                              await self.redis.exists("MQ:lock")), (0, 0, 0), where)
 
     @staticmethod
     def server_db(config):

@@ -4,7 +4,7 @@ paged with ``after``, from MySQL and from Redis alike."""
 import base64
 import json
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from imd import protocol
@@ -13,7 +13,10 @@ from imd.handlers.history import decode_cursor, encode_cursor
 from imd.stores.keys import Keys
 from imd.stores.messages import STORE_ENTRY_LUA
 from tests.migrator_support import start_migrator, with_drain
-from tests.test_migrator import FAST, MigratorTestMixin
+from tests.mysql_support import MysqlTestMixin
+from tests.support import (ClientMixin, ImdServer, PrivateRedis, RedisTestMixin, ServerTestMixin, connect_client,
+                           drop, key_pair, make_settings, redis_connection, wait_until)
+from tests.test_migrator import FAST, MigratorTestMixin, send_and_collect
 
 TS = 1_700_000_000_000
 
@@ -217,3 +220,138 @@ class HistoryTests(HistoryTestMixin, unittest.TestCase):
             self.assertEqual((reply["type"], reply["code"], reply["id"]), ("E", "bad_packet", n), msg)
         reply = await self.ask(alice, {"id": "ok", "to": 0, "type": "H", "msg": {"after": good}})
         self.assertEqual((reply["type"], reply["msg"], reply["more"]), ("H", [], False))
+
+
+class AcceptOrderTests(HistoryTestMixin, unittest.TestCase):
+    """Issue 12 item 1: messages of one millisecond came back sorted by id
+    as a string ("10" before "9"); they come back in the order the server
+    accepted them, across pages, across the Redis/MySQL boundary and after
+    the migrator's two-part parallel insert."""
+
+    @defer.inlineCallbacks
+    def pages(self, client, msg, count):
+        """Up to ``count`` pages of 7: (packets, the query for the next page or None)."""
+        packets = []
+        for n in range(count):
+            reply = yield self.ask(client, {"id": "p%d" % n, "to": 0, "type": "H", "msg": msg})
+            self.assertEqual(reply["type"], "H", reply)
+            self.assertLessEqual(len(reply["msg"]), 7)
+            packets.extend(reply["msg"])
+            if not reply["more"]:
+                return packets, None
+            msg = {"after": reply["next"]}
+        return packets, msg
+
+    async def migrate_now(self, clock, rows):
+        """Wake the migrator (it sleeps on ``clock``) and wait until MySQL holds ``rows`` rows."""
+        clock.advance(1.0)
+        await wait_until(lambda: self.message_rows().addCallback(lambda found: len(found) == rows),
+                         what="%d rows migrated" % rows)
+
+    async def test_300_messages_sent_back_to_back_page_in_the_order_sent(self):
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        clock = task.Clock()
+        # batch 200: the first batch goes in as two halves of 100 at once
+        settings = self.server.app.settings.replace("migrate", batch=200, interval=1.0, lock_ttl=60.0)
+        migrator = start_migrator(self, settings, clock)
+        await with_drain(migrator)
+        ids = [str(n) for n in range(1, 301)]   # "10" sorts before "9"
+        await send_and_collect(alice, 1, 2, ids[:200])
+
+        # bob pages through while the first 200 migrate and the last 100 arrive
+        first, query = await self.pages(bob, {"limit": 7}, 5)
+        await self.migrate_now(clock, 200)
+        await send_and_collect(alice, 1, 2, ids[200:])
+        rest, query = await self.pages(bob, query, 100)
+        self.assertIsNone(query)
+        self.assertEqual([p["id"] for p in first + rest], ids)
+        seen = first + rest
+
+        # alice pages through while the last 100 migrate
+        first, query = await self.pages(alice, {"limit": 7}, 20)
+        await self.migrate_now(clock, 300)
+        rest, _ = await self.pages(alice, query, 100)
+        self.assertEqual(first + rest, seen)
+
+        # and from MySQL alone
+        for client, other in ((alice, 2), (bob, 1)):
+            packets, _ = await self.pages(client, {"limit": 7, "with": other}, 100)
+            self.assertEqual(packets, seen)
+        # what makes it a test: messages of one millisecond whose ids sort otherwise
+        same_ms = [(a["id"], b["id"]) for a, b in zip(seen, seen[1:])
+                   if a["ts"] == b["ts"] and a["id"] > b["id"]]
+        self.assertTrue(same_ms, "no two messages of one millisecond with ids out of string order")
+
+
+# Redis commands that read a list (MQ is one) or walk the keyspace
+_LIST_READS = ("lrange", "lindex", "lpos", "llen", "sort", "sort_ro", "scan", "keys")
+
+
+def command_calls(info):
+    """``{command: calls}`` from the text of ``INFO commandstats``."""
+    calls = {}
+    for line in info.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, stats = line[len("cmdstat_"):].partition(":")
+            calls[name] = int(stats.split(",")[0].split("=")[1])
+    return calls
+
+
+class HistoryCostTests(MysqlTestMixin, ClientMixin, RedisTestMixin, unittest.TestCase):
+    """Issue 13 item 4: each ``H`` scanned the whole ``MQ`` inside Redis
+    (26 ms instead of 1.2 ms with 20,000 unmigrated entries).  On a Redis of
+    the test's own, so that its command statistics are this test's alone."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        yield MysqlTestMixin.setUp(self)
+        self.private = yield PrivateRedis().start()
+        self.addCleanup(self.private.stop)
+        self.backlog = yield redis_connection(db=0, port=self.private.port)
+        self.addCleanup(self.backlog.disconnect)
+        yield self.backlog.mset(dict(zip(("publicKey", "privateKey"), key_pair())))
+        self.server = yield ImdServer(make_settings(redis_db=0, redis_port=self.private.port)).start()
+        self.addCleanup(self.server.stop)
+        self._clients = []
+
+    @defer.inlineCallbacks
+    def connect(self, path):
+        client = yield connect_client(self.server.port, path)
+        self.addCleanup(lambda: drop(client) if not client.closed.called else None)
+        return client
+
+    async def test_history_of_a_user_with_nothing_pending_never_reads_the_backlog(self):
+        # 20,000 unmigrated messages between other users (MySQL or the migrator is down)
+        await fill_backlog(self.backlog, [stored("b%d" % n, 10 + n % 50, 100 + n % 7, TS + n) for n in range(20000)])
+        self.assertEqual(await self.backlog.llen("MQ"), 20000)
+        alice = await self.login(1)
+        await self.backlog.execute_command("CONFIG", "RESETSTAT")
+        for n in range(5):
+            reply = await self.ask(alice, {"id": n, "to": 0, "type": "H", "msg": {"limit": 500}})
+            self.assertEqual((reply["type"], reply["msg"], reply["more"]), ("H", [], False))
+        calls = command_calls(await self.backlog.execute_command("INFO", "commandstats"))
+        self.assertGreaterEqual(sum(calls.values()) - calls.get("config|resetstat", 0), 5, calls)
+        self.assertEqual({name: calls[name] for name in _LIST_READS if name in calls}, {},
+                         "H read a list or walked the keyspace: %s" % calls)
+
+
+async def fill_backlog(redis, packets):
+    """``packets`` stored as the daemon stores them, unmigrated."""
+    await store_entries(redis, packets)
+
+
+class HistoryRateTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
+    """``H`` has a rate of its own, lower than the packets' ([websocket]
+    history_rate = 2/s, history_burst = 10 by default)."""
+
+    async def test_the_eleventh_h_of_a_burst_is_rate_limited(self):
+        alice = await self.login(1)
+        for n in range(11):
+            alice.send({"id": n, "to": 0, "type": "H", "msg": 0})
+        alice.send({"id": "p", "to": 0, "type": "P"})
+        replies = [await alice.next() for _ in range(12)]
+        self.assertEqual([(r["type"], r["id"]) for r in replies],
+                         [("H", n) for n in range(10)] + [("E", 10), ("P", "p")])
+        self.assertEqual(replies[10]["code"], "rate_limited")

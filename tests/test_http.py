@@ -10,10 +10,11 @@ from twisted.internet import reactor, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from imd.app import App, ListeningService
+from imd.app import App
 from imd.auth import TOKEN_TYPE
 from imd.http.ratelimit import RateLimiter
 from imd.http.site import ImdSite
+from imd.listeners import ListeningService
 from tests.http_support import HttpTestMixin, raw_connect
 from tests.mysql_support import recreate_database
 from tests.support import (PrivateRedis, connect_client, drop, free_port, key_pair, make_settings,

@@ -5,7 +5,7 @@ import time
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from tests.support import ImdServer, RedisTestMixin, connect_client, drop, make_settings
+from tests.support import ImdServer, RedisTestMixin, connect_client, drop, make_settings, wait_until
 
 
 class IdleTests(RedisTestMixin, unittest.TestCase):
@@ -34,6 +34,20 @@ class IdleTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual((await client.next())["type"], "P")
         self.clock.advance(89)  # 178 s since login, 89 s since the ping
         self.assertFalse(client.closed.called)
+        self.clock.advance(1.5)
+        close = await client.next()
+        self.assertEqual((close["type"], close["from"]), ("C", 0))
+        self.assertEqual((await client.wait_closed())[0], 4004)
+
+    async def test_pings_and_pongs_do_not_keep_a_connection_from_being_idle(self):
+        # issue 13 item 1: only packets the client sends count
+        client = await self.login(1)
+        pongs = []
+        client.onPong = pongs.append
+        self.clock.advance(89)
+        client.sendPing(b"still here")
+        client.sendPong(b"unasked")
+        await wait_until(lambda: pongs, what="pong")   # (both frames have been read)
         self.clock.advance(1.5)
         close = await client.next()
         self.assertEqual((close["type"], close["from"]), ("C", 0))

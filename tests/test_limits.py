@@ -37,10 +37,37 @@ def raw_connect(port, source="127.0.0.1", send=b""):
     return client
 
 
-def upgrade_request(path="/"):
+def upgrade_request(path="/", headers=()):
+    extra = "".join("%s: %s\r\n" % header for header in headers)
     return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            % path).encode("ascii")
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+            % (path, extra)).encode("ascii")
+
+
+def http_answer(data):
+    """``(status, {lower-case header name: value}, body)`` of an HTTP answer."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+async def answer_to(port, request, closes=True):
+    """The server's answer to ``request`` on a fresh connection: read until
+    the server closes it (``closes``) or, for a 101, to the end of its headers."""
+    client = await raw_connect(port, send=request)
+    try:
+        if closes:
+            await with_deadline(client.lost, what="answer and close")
+        else:
+            await wait_until(lambda: b"\r\n\r\n" in client.data, what="answer")
+    finally:
+        if not client.lost.called:
+            client.transport.abortConnection()
+    return http_answer(client.data)
 
 
 class LimitsMixin(ServerTestMixin):
@@ -153,3 +180,204 @@ class SlowConsumerTests(LimitsMixin, unittest.TestCase):
         self.assertEqual(stored["id"], count - 1)
         report("slow consumer, max_send_buffer = 65536", acked=count, stored=await self.redis.llen("MQ"), lost=0,
                sent_bytes=count * 1060, dropped=1)
+
+
+class HandshakeSizeTests(LimitsMixin, unittest.TestCase):
+    """Issue 13 item 5: before authentication a client could make imd buffer
+    an endless header line (48 connections: 302 MB of server RSS in 10 s)."""
+
+    async def test_request_line_and_headers_over_8_kib_get_431_and_are_closed(self):
+        # a complete request, and an endless header line sent in pieces
+        status, headers, body = await answer_to(self.server.port, upgrade_request("/", [("X-Pad", "x" * 8300)]))
+        self.assertEqual(status, 431)
+        self.assertTrue(headers.get("content-type", "").startswith("application/json"), headers)
+        self.assertIn("8192", json.loads(body)["error"])
+        endless = await self.raw(send=b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
+        for _ in range(9):
+            if endless.lost.called:
+                break
+            endless.transport.write(b"y" * 1024)
+            await wait_until(lambda: True)  # a reactor turn for the server to read it
+        await with_deadline(endless.lost, 3, "close after 431")
+        self.assertTrue(endless.data.startswith(b"HTTP/1.1 431 "), endless.data[:80])
+        # just under the cap is a normal login
+        path = "/" + self.token(1)
+        pad = 8192 - len(upgrade_request(path, [("X-Pad", "")]))
+        status, _, _ = await answer_to(self.server.port, upgrade_request(path, [("X-Pad", "x" * pad)]), closes=False)
+        self.assertEqual(status, 101)
+
+
+class HandshakesPerAddressTests(LimitsMixin, unittest.TestCase):
+    overrides = {"websocket": {"max_handshakes_per_address": "3"}}
+
+    async def test_more_connections_still_handshaking_from_one_address_get_429(self):
+        half = [await self.raw(send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(3)]
+        await self.assert_refused_with(429)
+        # another address is not affected
+        elsewhere = await self.raw(source="127.0.0.2", send=upgrade_request("/" + self.token(4)))
+        await wait_until(lambda: b"101 Switching Protocols" in elsewhere.data, what="upgrade from 127.0.0.2")
+        # a connection past its handshake no longer counts: the slot comes back
+        half[0].transport.write(b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await wait_until(lambda: b"101 Switching Protocols" in half[0].data, what="first handshake done")
+        client = await self.login(5)
+        self.assertEqual((await self.ask(client, {"id": 1, "to": 0, "type": "P"}))["type"], "P")
+        half.append(await self.raw(send=b"GET /y HTTP/1.1\r\n"))  # 3 handshaking again
+        await self.assert_refused_with(429)
+        report("max_handshakes_per_address = 3", handshaking=3, refused_429=2, admitted_after_one_finished=1)
+
+
+def client_frame(opcode, payload=b"", fin=True, rsv=0, masked=True):
+    """One client frame, masked unless told not to (RFC 6455 §5.2)."""
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = b"\x01\x02\x03\x04"
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class ServerCloseTests(LimitsMixin, unittest.TestCase):
+    """Issue 12 item 2: a close the server initiates on a client that can
+    still read is a WebSocket close frame with its code, never a dropped TCP
+    connection (which the client sees as 1006)."""
+
+    overrides = {"websocket": {"max_message_bytes": "1024"}}
+
+    async def close_code_after(self, uid, data):
+        client = await self.login(uid)
+        client.sendData(data)
+        code, _ = await client.wait_closed()
+        return code
+
+    async def test_a_frame_over_max_message_bytes_gets_close_1009(self):
+        client = await self.login(1)
+        client.send_raw(b"x" * 1025)
+        self.assertEqual((await client.wait_closed())[0], 1009)
+        # a message of fragments over the limit together too
+        self.assertEqual(await self.close_code_after(2, client_frame(1, b"x" * 600, fin=False)
+                                                     + client_frame(0, b"x" * 600)), 1009)
+
+    async def test_protocol_violations_get_a_close_frame_with_their_code(self):
+        cases = [
+            ("unmasked frame", client_frame(1, b"{}", masked=False), 1002),
+            ("reserved bits", client_frame(1, b"{}", rsv=4), 1002),
+            ("reserved opcode", client_frame(3, b"x"), 1002),
+            ("fragmented ping", client_frame(9, b"p", fin=False), 1002),
+            ("ping over 125 bytes", client_frame(9, b"p" * 126), 1002),
+            ("continuation without a start", client_frame(0, b"x"), 1002),
+            ("close code 999", client_frame(8, (999).to_bytes(2, "big")), 1002),
+            ("text that is not UTF-8", client_frame(1, b"\xff\xfe"), 1007),
+        ]
+        for uid, (what, data, code) in enumerate(cases, 1):
+            self.assertEqual(await self.close_code_after(uid, data), code, what)
+
+
+async def raw_login(test, uid):
+    """A raw TCP client past a successful upgrade (its L is in ``data``)."""
+    client = await test.raw(send=upgrade_request("/" + test.token(uid)))
+    await wait_until(lambda: b'"type":"L"' in client.data.replace(b" ", b""), what="L")
+    return client
+
+
+class PingFloodTests(LimitsMixin, unittest.TestCase):
+    """Issue 13 item 1: Autobahn wrote the pong to every ping straight to
+    the transport, outside the send-buffer guard, so a client that writes
+    pings and never reads grew the server by ~12 MB/s without limit."""
+
+    # a rate that answers every ping: the buffer is what must stop it
+    overrides = {"websocket": {"max_send_buffer": "65536", "rate": "1000000", "burst": "1000000"}}
+
+    async def test_a_client_writing_pings_and_never_reading_is_dropped(self):
+        import socket
+        client = await raw_login(self, 1)
+        # stop reading, with a small receive window, so the pongs pile up in imd
+        client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.transport.pauseProducing()
+        ping = client_frame(9, b"p" * 125)
+        sent = []
+
+        def flood():
+            if not client.lost.called and len(sent) < 400:   # at most 400 x 1000 pings (52 MB)
+                client.transport.write(ping * 1000)
+                sent.append(1000)
+            return client.lost.called
+        await wait_until(flood, seconds=30, what="drop of the flooding client")
+        app = self.server.app
+        self.assertFalse(app.node.sessions_of(1))
+        self.assertIn("imd_slow_consumers_dropped_total 1.0", app.metrics.exposition().decode())
+        report("ping flood, never reading, max_send_buffer = 65536", pings_sent=sum(sent), dropped=1)
+
+
+class ControlFrameRateTests(LimitsMixin, unittest.TestCase):
+    """Pings and pongs take from the connection's rate like packets: over
+    it they are not answered, and max_errors of them in a row close the
+    connection (an empty-pong flood from 4 connections had taken a
+    bystander's round trip from 0.9 to 259 ms)."""
+
+    overrides = {"websocket": {"rate": "0.001", "burst": "5", "max_errors": "3"}}
+
+    async def test_control_frames_over_the_rate_are_not_answered_then_close_4008(self):
+        client = await self.login(1)
+        pongs = []
+        client.onPong = pongs.append
+        for n in range(8):   # 5 within the burst, then 3 over it
+            client.sendPing(b"%d" % n)
+        close = await client.next()
+        self.assertEqual((close["type"], close["msg"]), ("C", "too many control frames"))
+        self.assertEqual((await client.wait_closed())[0], 4008)
+        self.assertEqual(pongs, [b"0", b"1", b"2", b"3", b"4"])
+
+    async def test_unsolicited_pongs_count_too(self):
+        client = await self.login(1)
+        for _ in range(8):
+            client.sendPong(b"")
+        close = await client.next()
+        self.assertEqual((close["type"], close["msg"]), ("C", "too many control frames"))
+        self.assertEqual((await client.wait_closed())[0], 4008)
+
+
+class FloodCloseTests(LimitsMixin, unittest.TestCase):
+    """After C + 4008 imd reads no more of a flood: it does not wait out the
+    closing handshake (5 s) parsing what the flooder keeps sending (an
+    empty-pong flood from 4 connections took a bystander's round trip to
+    379 ms that way)."""
+
+    async def test_a_flooder_gets_its_close_frame_and_is_not_read_any_more(self):
+        client = await raw_login(self, 1)
+        started = reactor.seconds()
+        client.transport.write(client_frame(10, b"") * 20000)   # more than burst + max_errors
+        await with_deadline(client.lost, 3, "close of the flooder's connection")
+        self.assertLess(reactor.seconds() - started, 3)
+        self.assertIn(b"too many control frames", client.data)
+        self.assertIn(b"\x88\x19\x0f\xa8too many control frames", client.data)   # close frame, 4008
+        report("empty-pong flood of 20,000 frames", closed_after_s=round(reactor.seconds() - started, 2))
+
+
+class AutoPingTests(LimitsMixin, unittest.TestCase):
+    """Only the pong to imd's own ping proves a client alive: a client that
+    never reads but keeps sending packets used to restart the auto-ping
+    timeout with each of them, and lived for ever."""
+
+    overrides = {"websocket": {"ping_interval": "1", "rate": "1000", "burst": "1000"}}
+
+    async def test_a_client_that_sends_packets_but_never_reads_is_dropped(self):
+        client = await raw_login(self, 1)
+        client.transport.pauseProducing()
+        packet = client_frame(1, b'{"id":1,"to":0,"type":"P"}')
+        started = reactor.seconds()
+
+        def keep_sending():
+            if not client.lost.called:
+                client.transport.write(packet)
+            return client.lost.called
+        # Autobahn's batched timers round to whole seconds: ping after 1-2 s, dropped 1-2 s later
+        await wait_until(keep_sending, seconds=8, what="drop of a client that never answers imd's ping")
+        self.assertLess(reactor.seconds() - started, 5)

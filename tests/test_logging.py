@@ -1,17 +1,23 @@
 """Logs: text or JSON lines, one line per login/logout/refusal with uid, node
 and peer, never a wstoken, message text only with [log] messages = true."""
 
+import dataclasses
 import io
 import json
 import signal
 import time
 
+import pymysql
+
+from twisted.enterprise import adbapi
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from imd.logs import ImdLogObserver, event_as_json, redact
+from imd.stores.mysql import MysqlStore, connect_kwargs
 from tests.daemon_support import start_daemon, write_config
+from tests.mysql_support import MysqlTestMixin
 from tests.support import RedisTestMixin, ServerTestMixin, connect_client, drop
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJpZCI6MSwidHlwZSI6IndlYnNvY2tldCJ9.c2lnbmF0dXJlLWJ5dGVz"
@@ -174,3 +180,70 @@ class DaemonJsonLogTests(RedisTestMixin, unittest.TestCase):
             self.assertTrue(record["node"], record)
         self.assertIn("expired", refusals[0]["text"])
         self.assertEqual({r["uid"]: r["code"] for r in logouts}[1], 1001)
+
+
+class CleanStopLogTests(RedisTestMixin, unittest.TestCase):
+    """Issue 12 item 7: a planned stop (SIGTERM) logs no warning."""
+
+    async def test_sigterm_logs_no_warning(self):
+        overrides = {"imd": {"roles": "ws, http, migrate", "metrics_listen": "tcp:0:interface=127.0.0.1"},
+                     "log": {"format": "json"}}
+        daemon = await start_daemon(self, write_config(self, overrides))
+        await self.befriend(1, 2)
+        alice = await connect_client(daemon.port, "/" + self.token(1))
+        bob = await connect_client(daemon.port, "/" + self.token(2))
+        for client in (alice, bob):
+            self.assertEqual((await client.next())["type"], "L")
+        alice.send({"id": "m", "to": 2, "type": "t", "msg": "before the stop"})
+        self.assertEqual((await alice.next())["type"], "A")
+        await bob.next()
+        daemon.signal(signal.SIGTERM)
+        for client in (alice, bob):
+            self.assertEqual((await client.wait_closed())[0], 1001)
+        self.assertEqual(await daemon.wait_ended(), 0)
+        records = [json.loads(line) for line in daemon.lines if line.strip()]
+        self.assertTrue([r for r in records if r["text"] == "shutdown complete"])
+        loud = [r["text"] for r in records if r["level"] not in ("debug", "info")]
+        self.assertEqual(loud, [])
+        self.assertEqual(daemon.stderr, b"")
+
+
+class LostMysqlLogTests(MysqlTestMixin, unittest.TestCase):
+    """Issue 12 item 7: when MySQL cuts a connection in the middle of a
+    transaction, adbapi logs "Rollback failed" with a traceback; in imd's
+    log that is one warning line (imd.stores.mysql retries and reports)."""
+
+    async def test_a_transaction_cut_off_by_mysql_is_one_warning_line(self):
+        settings = dataclasses.replace(self.mysql_settings, pool_min=1, pool_max=1)
+        store = MysqlStore(settings)
+        store.startService()
+        self.addCleanup(store.stopService)
+        out = io.StringIO()
+        observer = ImdLogObserver(out, "text")
+        captured = _Captured(self)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        killed = []
+
+        def cut_off(cursor):
+            cursor.execute("SELECT CONNECTION_ID()")
+            if not killed:   # the retry goes through
+                killed.append(cursor.fetchone()[0])
+                killer = pymysql.connect(**connect_kwargs(settings, database=False))
+                try:
+                    killer.cursor().execute("KILL %d" % killed[0])
+                finally:
+                    killer.close()
+                cursor.execute("SELECT 1")   # the server has closed this connection
+            return "done"
+        self.assertEqual(await store.run_interaction(cut_off), "done")
+        # adbapi's own event, as twisted.python.log.err makes it
+        self.assertIn("Rollback failed", [e.get("why") for e in captured.events if e.get("isError")])
+        self.flushLoggedErrors(pymysql.err.InterfaceError, adbapi.ConnectionLost)
+        lines = out.getvalue().splitlines()
+        self.assertNotIn("Traceback", out.getvalue())
+        rollback = [line for line in lines if "rollback failed" in line]
+        self.assertEqual(len(rollback), 1, lines)
+        self.assertIn("[imd.stores.mysql#warn] mysql: rollback failed after a lost connection: InterfaceError",
+                      rollback[0])
+        self.assertLessEqual(len(lines), len(captured.events), lines)   # at most a line per event

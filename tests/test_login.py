@@ -1,11 +1,14 @@
 """Contract §1: connecting with a wstoken, over a real WebSocket."""
 
+import re
 import time
 
 import jwt
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support import ServerTestMixin, key_pair
+from tests.support import ServerTestMixin, key_pair, wait_until, with_deadline
+from tests.test_limits import raw_connect, upgrade_request
 
 
 class LoginTests(ServerTestMixin, unittest.TestCase):
@@ -161,3 +164,79 @@ class TokenSegmentTests(unittest.TestCase):
     def test_tokens_are_decoded_with_it(self):
         from imd.auth import _DECODER, _JWS
         self.assertIsInstance(_DECODER._jws, _JWS)
+
+
+class AbandonedLoginTests(ServerTestMixin, unittest.TestCase):
+    """Issue 13 item 2: a client that sent its upgrade with a valid token
+    and left at once became a ghost: its login completed after it was gone,
+    it read as online for ever and shutdown waited for it."""
+
+    WATCHER = 999
+    overrides = {"websocket": {"rate": "10000", "burst": "10000"}}
+
+    def open_connections(self):
+        text = self.server.app.metrics.exposition().decode()
+        return float(re.search(r"^imd_connections_open (\S+)$", text, re.M).group(1))
+
+    async def leave_at_once(self, uid, abort):
+        """Send the upgrade with a valid token and close at once: a FIN right
+        behind it, or (``abort``) a RST as soon as the kernel has it."""
+        client = await raw_connect(self.server.port)
+        request = upgrade_request("/" + self.token(uid))
+        if abort:
+            client.transport.getHandle().sendall(request)
+            client.transport.abortConnection()
+        else:
+            client.transport.write(request)
+            client.transport.loseConnection()
+        await with_deadline(client.lost, what="the client's own close")
+
+    async def assert_nobody_online(self, uids):
+        factory = self.server._listening.factory
+        await wait_until(lambda: factory.limits.total == 0, what="every abandoned connection lost")
+        for uid in uids:
+            await self.befriend(self.WATCHER, uid)
+        watcher = await self.login(self.WATCHER)
+        # (the O round trips also see out any Redis work still under way for the ghosts)
+        for uid in uids:
+            reply = await self.ask(watcher, {"id": uid, "to": 0, "type": "O", "msg": uid})
+            self.assertEqual(reply["msg"], {"uid": uid, "online": False}, uid)
+        for uid in uids:
+            self.assertEqual(await self.redis.zcard("dev:%d" % uid), 0, uid)
+        self.assertEqual(self.open_connections(), 1.0)   # the watcher
+        self.assertEqual([s.uid for s in self.server.app.node.sessions()], [self.WATCHER])
+
+    async def test_a_hundred_logins_abandoned_at_once_leave_nothing_behind(self):
+        uids = list(range(1000, 1100))
+        for uid in uids:
+            await self.leave_at_once(uid, abort=uid % 2 == 0)
+        await self.assert_nobody_online(uids)
+
+    async def held(self, name, obj):
+        """Hold ``obj.name`` (a method returning a Deferred) at its next call:
+        (called, release) -- ``release()`` lets the real call go ahead."""
+        real, gate, called = getattr(obj, name), defer.Deferred(), defer.Deferred()
+
+        def holding(*args):
+            setattr(obj, name, real)
+            called.callback(None)
+            return gate.addCallback(lambda _: real(*args))
+        setattr(obj, name, holding)
+        return called, lambda: gate.callback(None)
+
+    async def test_a_login_abandoned_during_the_token_check_is_never_registered(self):
+        called, release = await self.held("verify", self.server.app.verifier)
+        await self.leave_at_once(5, abort=False)
+        await with_deadline(called, what="token check")
+        release()
+        await self.assert_nobody_online([5])
+
+    async def test_a_login_abandoned_while_it_is_recorded_is_unregistered(self):
+        called, release = await self.held("register", self.server.app.node)
+        client = await raw_connect(self.server.port, send=upgrade_request("/" + self.token(6)))
+        await with_deadline(called, what="registration")
+        client.transport.loseConnection()
+        await with_deadline(client.lost, what="the client's own close")
+        await wait_until(lambda: self.server._listening.factory.limits.total == 0, what="connection lost")
+        release()
+        await self.assert_nobody_online([6])

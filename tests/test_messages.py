@@ -1,5 +1,6 @@
 """Contract §2: P, t and i between real WebSocket clients, stored in real Redis."""
 
+import json
 
 from twisted.trial import unittest
 
@@ -80,6 +81,19 @@ class MessageTests(ServerTestMixin, unittest.TestCase):
         reply = await self.ask(alice, text("long", 2, "x" * 1024))
         self.assertEqual((reply["type"], reply["code"], reply["id"]), ("E", "too_long", "long"))
         self.assertEqual(len(await self.stored()), 1)
+
+    async def test_integer_image_id_over_128_digits_is_too_long_and_not_stored(self):
+        # issue 13 item 8: 10**4000 was acked and stored as 4,001 characters
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        widest = 10 ** 128 - 1  # 128 digits: the longest image id there is
+        self.assertEqual((await self.ask(alice, {"id": "ok", "to": 2, "type": "i", "msg": widest}))["type"], "A")
+        self.assertEqual((await bob.next())["msg"], widest)
+        for packet_id, image in (("129", 10 ** 128), ("huge", 10 ** 4000)):
+            reply = await self.ask(alice, {"id": packet_id, "to": 2, "type": "i", "msg": image})
+            self.assertEqual((reply["type"], reply.get("code"), reply["id"]), ("E", "too_long", packet_id))
+        self.assertEqual([json.loads(e)["id"] for e in await self.redis.lrange("MQ", 0, -1)], ["ok"])
+        self.assertEqual(await self.until_pong(bob), [], "bob got nothing more")
 
     async def test_empty_text_is_bad_packet(self):
         await self.befriend(1, 2)

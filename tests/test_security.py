@@ -30,6 +30,7 @@ from tests.daemon_support import start_daemon, write_config
 from tests.http_support import HttpTestMixin, count_bytes_received, raw_connect
 from tests.test_faults import report
 from tests.test_http import PLATFORM_SECRET, platform_token
+from tests.test_limits import answer_to, upgrade_request
 from tests.mysql_support import MysqlTestMixin, query
 from tests.support import (ServerTestMixin, connect_client, drop, make_settings, redis_db, wait_until,
                            with_deadline)
@@ -470,3 +471,63 @@ class PlatformTokenLifetimeTests(HttpTestMixin, unittest.TestCase):
             self.assertNotIn(secret, str(caught.exception))
         parse_settings("[http]\nauth = hs256:%s\n" % ("s" * 32))
         parse_settings("[http]\nauth = hs256:%s\n" % ("é" * 16))   # 32 bytes in UTF-8
+class WebSocketPortAnswerTests(ServerTestMixin, unittest.TestCase):
+    """What the ws port answers before a WebSocket opens (issue 13 items 6 and 11)."""
+
+    overrides = {"http": {"cors_origins": "https://app.example"}}
+
+    async def test_a_plain_get_gets_a_short_json_426(self):
+        status, headers, body = await answer_to(self.server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.assertEqual(status, 426)
+        self.assertEqual(headers.get("upgrade"), "websocket")
+        self.assertTrue(headers.get("content-type", "").startswith("application/json"), headers)
+        self.assertIn("error", json.loads(body))
+        self.assertLess(len(body), 200, body)
+
+    async def test_no_answer_carries_a_version_banner(self):
+        requests = {
+            "plain GET": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            "POST": b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.0": b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+            "garbage": b"hello\r\n\r\n",
+            "no key": upgrade_request("/").replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b""),
+            "foreign origin": upgrade_request("/", [("Origin", "https://evil.example")]),
+            "headers over 8 KiB": upgrade_request("/", [("X-Pad", "x" * 9000)]),
+        }
+        for what, request in requests.items():
+            status, headers, body = await answer_to(self.server.port, request)
+            self.assertGreaterEqual(status, 400, what)
+            self.assertNotIn("server", headers, what)
+            self.assertIn("error", json.loads(body), what)
+        status, headers, _ = await answer_to(self.server.port, upgrade_request("/" + self.token(1)), closes=False)
+        self.assertEqual(status, 101)
+        self.assertNotIn("server", headers)
+
+    async def test_a_browser_origin_not_in_cors_origins_is_refused_with_403(self):
+        for origin in ("https://evil.example", "https://app.example.evil.example", "null"):
+            status, headers, body = await answer_to(
+                self.server.port, upgrade_request("/" + self.token(1), [("Origin", origin)]))
+            self.assertEqual(status, 403, (origin, body))
+            self.assertTrue(headers.get("content-type", "").startswith("application/json"), headers)
+            self.assertIn("origin", json.loads(body)["error"])
+        self.assertEqual(await self.redis.zcard("dev:1"), 0, "nobody logged in")
+
+    async def test_a_listed_origin_and_no_origin_are_accepted(self):
+        status, _, _ = await answer_to(self.server.port,
+                                       upgrade_request("/" + self.token(1), [("Origin", "https://app.example")]),
+                                       closes=False)
+        self.assertEqual(status, 101)
+        client = await self.login(2)  # Autobahn's client sends no Origin: an app, not a browser
+        self.assertEqual((await self.ask(client, {"id": 1, "to": 0, "type": "P"}))["type"], "P")
+
+
+class AnyOriginTests(ServerTestMixin, unittest.TestCase):
+    """Without [http] cors_origins the ws port takes any Origin, "null" too
+    (a page opened from a file)."""
+
+    async def test_any_origin_is_accepted_when_cors_origins_is_empty(self):
+        for uid, origin in enumerate(("https://elsewhere.example", "null", "http://127.0.0.1:8766"), 1):
+            status, _, body = await answer_to(self.server.port,
+                                              upgrade_request("/" + self.token(uid), [("Origin", origin)]),
+                                              closes=False)
+            self.assertEqual(status, 101, (origin, body))

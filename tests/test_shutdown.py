@@ -3,13 +3,17 @@ every client sees C + 1001, and twistd exits 0 within [imd] shutdown_grace."""
 
 import signal
 
+import pymysql
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.application.service import Service
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from imd import protocol
+from imd.handlers import Reply
 from imd.migrator import Migrator
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
-from imd.stores.mysql import MysqlStore
+from imd.stores.mysql import MysqlStore, connect_kwargs
 from imd.stores.keys import Keys
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
@@ -17,6 +21,8 @@ from tests.daemon_support import start_daemon, write_config
 from tests.mysql_support import MysqlTestMixin
 from tests.support import (DEADLINE, RedisTestMixin, ServerTestMixin, connect_client, make_settings, wait_until,
                            with_deadline)
+from tests.test_faults import report
+from tests.test_limits import client_frame, raw_connect, upgrade_request
 
 
 class _Child(Service):
@@ -220,3 +226,138 @@ class SigtermTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         acked = {(s.uid, packet_id) for s in streams for packet_id in s.acked}
         self.assertGreaterEqual(len(acked), 60)
         self.assertEqual(acked - stored, set(), "every acked message is in MySQL")
+
+
+def hold(obj, name):
+    """Hold ``obj.name`` at its next call: (called, release); ``release()``
+    lets the real call go ahead (its outcome goes where it would have)."""
+    real, gate, called = getattr(obj, name), defer.Deferred(), defer.Deferred()
+
+    def holding(*args):
+        setattr(obj, name, real)
+        called.callback(None)
+        return gate.addCallback(lambda _: real(*args))
+    setattr(obj, name, holding)
+    return called, lambda: gate.callback(None)
+
+
+class DrainInEveryStateTests(ServerTestMixin, unittest.TestCase):
+    """Issue 13 item 2: the drain waited for ever for a connection that had
+    closed during its login, then raised AlreadyCalledError; the stop ends
+    within the grace whatever state each connection is in."""
+
+    overrides = {"websocket": {"max_message_bytes": "1024"}}
+
+    async def test_the_stop_ends_within_the_grace_with_connections_in_every_state(self):
+        app, port = self.server.app, self.server.port
+        # handshaking: half a request
+        shaking = await raw_connect(port, send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        self.addCleanup(shaking.transport.abortConnection)
+        # token checked, not yet open: its registration held
+        registering, release_registration = hold(app.node, "register")
+        verified = await raw_connect(port, send=upgrade_request("/" + self.token(2)))
+        self.addCleanup(verified.transport.abortConnection)
+        await with_deadline(registering, what="registration")
+        # open, with a packet in flight
+        gate = defer.Deferred()
+        app.handlers["P"] = lambda uid, packet: gate
+        busy = await self.login(3)
+        busy.send({"id": "in flight", "to": 0, "type": "P"})
+        await wait_until(lambda: any(s.uid == 3 and s._pending for s in app.node.sessions()), what="P in flight")
+        # closing: imd sent its close (1009) and waits for a reply that never comes
+        closing = await raw_connect(port, send=upgrade_request("/" + self.token(4)))
+        self.addCleanup(closing.transport.abortConnection)
+        await wait_until(lambda: app.node.sessions_of(4), what="login of 4")
+        closing.transport.pauseProducing()
+        closing.transport.write(client_frame(1, b"x" * 2000))
+        await wait_until(lambda: app.node.sessions_of(4)[0].state == WebSocketServerProtocol.STATE_CLOSING,
+                         what="imd closing 4")
+        # open and idle
+        idle = await self.login(5)
+
+        clock = task.Clock()
+        top = GracefulMultiService(2.0, clock)
+        ConnectionDrainer(app.node).setServiceParent(top)
+        top.startService()
+        stopped = top.stopService()
+        close = await idle.next()
+        self.assertEqual((close["type"], close["msg"]), ("C", "server shutting down"))
+        self.assertEqual((await idle.wait_closed())[0], 1001)
+        self.assertNoResult(stopped)   # the P in flight is waited for ...
+        clock.advance(2.1)             # ... until the grace is over
+        await with_deadline(stopped, what="stop")
+        closing.transport.resumeProducing()   # (a client that does not read does not see it go)
+        await with_deadline(closing.lost, what="closing connection dropped")
+        self.assertEqual((await busy.wait_closed())[0], 1006)
+        self.assertEqual(app.node.sessions(), [])
+
+        # what was held finishes after the stop: nothing comes alive
+        gate.callback(Reply(protocol.pong("in flight")))
+        release_registration()
+        # C, then the close frame with 1001 (0x03e9) and its reason
+        await wait_until(lambda: b"\x03\xe9server shutting down" in verified.data, what="the late login closed")
+        self.assertIn(b'"type":"C"', verified.data.replace(b" ", b""))
+        self.assertEqual(app.node.sessions(), [])
+        for uid in (2, 3, 4, 5):
+            self.assertEqual(await self.redis.zcard("dev:%d" % uid), 0, uid)
+        self.assertFalse(shaking.lost.called)   # never in the way: the listener's stop and the exit end it
+
+
+class SigtermInEveryStateTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
+    """SIGTERM to ``twistd -n imd`` with connections in every state a client
+    can leave them in: it exits 0 within shutdown_grace, and its node, its
+    registry entry and the migrator lock are gone (nothing renews them)."""
+
+    async def test_sigterm_ends_within_the_grace_whatever_the_connections_do(self):
+        grace = 3.0
+        overrides = {"imd": {"roles": "ws, migrate", "shutdown_grace": str(grace), "node_id": "sigterm-node"},
+                     "websocket": {"max_message_bytes": "1024"},
+                     "migrate": {"lock_ttl": "30"}}
+        daemon = await start_daemon(self, write_config(self, overrides))
+        port = daemon.port
+        await wait_until(lambda: self.redis.exists("MQ:lock"), what="migrator leading")
+        self.assertIsNotNone(await self.redis.zscore("nodes", "sigterm-node"))
+        # handshaking: half a request
+        shaking = await raw_connect(port, send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # open, with an H in flight: MySQL's message table is locked
+        locker = pymysql.connect(**connect_kwargs(self.mysql_settings))
+        self.addCleanup(locker.close)
+        await threads.deferToThread(locker.cursor().execute, "LOCK TABLES message WRITE")
+        reader = await connect_client(port, "/" + self.token(3))
+        self.assertEqual((await reader.next())["type"], "L")
+        reader.send({"id": "h", "to": 0, "type": "H", "msg": 0})
+        # closing: imd sent its close (1009) and waits for a reply that never comes
+        closing = await raw_connect(port, send=upgrade_request("/" + self.token(4)))
+        await wait_until(lambda: b'"type":"L"' in closing.data.replace(b" ", b""), what="login of 4")
+        closing.transport.pauseProducing()
+        closing.transport.write(client_frame(1, b"x" * 2000))
+        # open and idle
+        idle = await connect_client(port, "/" + self.token(5))
+        self.assertEqual((await idle.next())["type"], "L")
+        # and logins abandoned as they were sent
+        for uid in range(10, 20):
+            ghost = await raw_connect(port)
+            ghost.transport.write(upgrade_request("/" + self.token(uid)))
+            ghost.transport.loseConnection()
+        for client in (shaking, closing):
+            self.addCleanup(client.transport.abortConnection)
+
+        started = reactor.seconds()
+        daemon.signal(signal.SIGTERM)
+        self.assertEqual((await idle.wait_closed())[0], 1001)
+        try:
+            code = await daemon.wait_ended(grace + 10)
+        except AssertionError as e:
+            raise AssertionError("%s; its log ends:\n%s" % (e, daemon.output()[-3000:]))
+        took = reactor.seconds() - started
+        self.assertEqual(code, 0, daemon.stderr.decode(errors="replace") + daemon.output()[-3000:])
+        self.assertLess(took, grace + 2.0)
+        self.assertIn("shutdown complete", daemon.output())
+        self.assertEqual((await reader.wait_closed())[0], 1006)   # its H was still in flight at the end
+        # nothing of it left to renew
+        self.assertIsNone(await self.redis.zscore("nodes", "sigterm-node"))
+        self.assertEqual(await self.redis.exists("MQ:lock"), 0)
+        self.assertEqual(await self.redis.zcard("processes"), 0)
+        for uid in (3, 4, 5) + tuple(range(10, 20)):
+            self.assertEqual(await self.redis.zcard("dev:%d" % uid), 0, uid)
+        report("SIGTERM with connections in every state", grace_s=grace, exited_after_s=round(took, 2), exit_code=code)

@@ -11,6 +11,8 @@ here is idempotent).  Whatever says "the server is not there" becomes
 
 import os
 import re
+import socket
+import weakref
 
 import pymysql
 from pymysql.constants import SERVER_STATUS
@@ -138,7 +140,54 @@ def _execute_schema_statement(cursor, statement):
 # --- the pool -----------------------------------------------------------------
 
 class _PingingPool(adbapi.ConnectionPool):
-    """Checks a thread's connection before handing it out (``ping`` on checkout)."""
+    """Checks a thread's connection before handing it out (``ping`` on
+    checkout), and on close cuts off the queries MySQL is not answering.
+
+    ``close()`` joins every pool thread, so one query that MySQL never
+    answers (a wedged server, a lock that is never released) held a stopping
+    imd until ``read_timeout``, past ``[imd] shutdown_grace``.  Each
+    connection is made on a socket of the pool's own (PyMySQL's
+    ``defer_connect`` and ``connect(sock)``), and close ends their reading
+    side first: a blocked read returns at once, an idle connection still
+    says goodbye.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._address = (kwargs["host"], kwargs["port"])
+        self._sockets = weakref.WeakSet()
+        self._closing = False
+        super().__init__(*args, defer_connect=True, cp_openfun=self._open, **kwargs)
+
+    def _open(self, conn):
+        if self._closing:
+            raise pymysql.err.OperationalError(2013, "the mysql pool is closing")
+        try:
+            sock = socket.create_connection(self._address, CONNECT_TIMEOUT)
+        except OSError as e:
+            # what PyMySQL raises when it cannot connect itself
+            raise pymysql.err.OperationalError(2003, "Can't connect to MySQL server on %r (%s)"
+                                               % (self._address[0], e))
+        self._sockets.add(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            conn.connect(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def close(self):
+        self._closing = True
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass   # already closed
+        super().close()
+
+    @property
+    def closing(self):
+        return self._closing
 
     def connect(self):
         conn = super().connect()
@@ -189,18 +238,21 @@ class MysqlStore(Service):
     def run_interaction(self, interaction, *args):
         """``interaction(cursor, *args)`` in one transaction; retried once if
         the connection was lost, so it must be idempotent."""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise StoreUnavailable("mysql pool is not running")
         try:
-            result = yield self._pool.runInteraction(interaction, *args)
+            result = yield pool.runInteraction(interaction, *args)
         except Exception:
             failure = Failure()
             if not _is_link_lost(failure):
                 _as_unavailable(failure)
                 raise
+            if pool.closing:
+                raise StoreUnavailable("mysql: cut off by the stop (%s)" % (failure.getErrorMessage(),))
             _log.info("mysql connection lost ({why}); retrying once", why=failure.getErrorMessage())
             try:
-                result = yield self._pool.runInteraction(interaction, *args)
+                result = yield pool.runInteraction(interaction, *args)
             except Exception:
                 _as_unavailable(Failure())
                 raise

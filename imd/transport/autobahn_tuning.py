@@ -186,6 +186,7 @@ def tuned(factory: Any, protocol_class: Type[Any]) -> Type[Any]:
     if not enabled():
         return protocol_class
     defer_debug_formatting()
-    factory.setProtocolOptions(applyMask=False)
+    # (every setProtocolOptions call resets allowNullOrigin unless it is passed)
+    factory.setProtocolOptions(applyMask=False, allowNullOrigin=factory.allowNullOrigin)
     mixed = type(protocol_class.__name__, (AutobahnTuning, protocol_class), {})
     return protocol_with_options(factory, mixed)

@@ -104,6 +104,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _bucket: Optional[TokenBucket] = None
     _history_bucket: Optional[TokenBucket] = None
     _control_strikes = 0
+    _close_frame_while_open = False
+    _flush_deadline: Any = None
     listener: Listener
 
     # --- TCP connection: limits ------------------------------------------------
@@ -123,11 +125,37 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self.factory.limits.release(self.limit_address)
             self.limit_address = None
         super().connectionLost(reason)
+        # Autobahn leaves the closing handshake's timer running once the TCP
+        # connection is gone; it would hold this connection for 5 s more.
+        if self.closeHandshakeTimeoutCall is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
+        if self._flush_deadline is not None and self._flush_deadline.active():
+            self._flush_deadline.cancel()
+        self._flush_deadline = None
 
     def _release_handshake(self) -> None:
         if self._handshaking:
             self._handshaking = False
             self.factory.limits.handshake_done(self.limit_address)
+
+    # A close frame with a code or reason it may not use: Autobahn answers it
+    # with 1002 (or 1007), then takes the same frame for the reply to that
+    # answer and aborts the TCP connection -- throwing the unsent answer
+    # away, so the client saw 1006.  Close gracefully instead, so the answer
+    # goes out, and abort after the closing handshake timeout at the latest.
+    def onCloseFrame(self, code: Optional[int], reasonRaw: Optional[bytes]) -> Any:
+        self._close_frame_while_open = self.state == WebSocketServerProtocol.STATE_OPEN
+        try:
+            return super().onCloseFrame(code, reasonRaw)
+        finally:
+            self._close_frame_while_open = False
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if abort and self._close_frame_while_open and self.state == WebSocketServerProtocol.STATE_CLOSING:
+            abort = False
+            self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
+        super().dropConnection(abort)
 
     def _not_reading(self) -> None:
         # A slow consumer: more than max_send_buffer waits for it in memory.
@@ -321,7 +349,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         if self._control_strikes >= self.listener.settings.websocket.max_errors and not self._closing:
             _log.warn("closing uid={uid} peer={peer}: control frames over [websocket] rate", uid=self.uid,
                       peer=self.peer_address)
-            self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, "too many control frames")
+            self._close_flooder("too many control frames")
         return False
 
     # --- replies out, in order -------------------------------------------------------
@@ -369,7 +397,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             return  # a server-side outage is not the client's fault: it retries
         self._errors += 1
         if self._errors >= self.listener.settings.websocket.max_errors and not self._closing:
-            self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, "too many errors")
+            self._close_flooder("too many errors")
 
     # --- packets out and closing --------------------------------------------------
 
@@ -395,6 +423,18 @@ class ImdServerProtocol(WebSocketServerProtocol):
         else:
             self.sendClose(code, reason[:100])
 
+    def _close_flooder(self, reason: str) -> None:
+        """``C`` + 4008, then stop reading.  A client that floods frames gets
+        its close frame, but imd does not go on parsing its flood while it
+        waits for a close reply (an empty-pong flood kept a stopping
+        connection's reactor busy for the whole closing handshake timeout):
+        the TCP connection ends once the close frame is written, or after
+        that timeout at the latest."""
+        self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, reason)
+        self.wasNotCleanReason = "%s: C + 4008 sent, not reading any more" % reason
+        self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
+        self.dropConnection(abort=False)
+
     def go_away(self) -> Deferred:
         """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
         Fires once the connection is closed, whatever state it is in."""
@@ -405,15 +445,23 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._closed_waiters.append(closed)
         self._draining = True
         if self.state != WebSocketServerProtocol.STATE_OPEN:
-            # still in its opening handshake (or closing): nothing to answer
-            self.dropConnection(abort=True)
+            # still in its opening handshake (or closing): nothing to answer.
+            # (Past Autobahn's dropConnection, which warns of every drop.)
+            self.wasNotCleanReason = "server shutting down"
+            self.transport.abortConnection()
         elif not getattr(self, "_pending", None):
             self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
         return closed
 
     def abort(self) -> None:
-        """Drop the TCP connection now (a shutdown whose grace is over)."""
-        self.dropConnection(abort=True)
+        """Drop the TCP connection now (a shutdown whose grace is over),
+        whatever state the WebSocket is in."""
+        if self.state != WebSocketServerProtocol.STATE_CLOSED:
+            self.wasNotCleanReason = self.wasNotCleanReason or "aborted by the server's stop"
+            self.dropConnection(abort=True)
+        elif not self._gone and self.transport is not None:
+            # closed, but the TCP connection still flushes to a client that does not read
+            self.transport.abortConnection()
 
     def _idle(self) -> None:
         self._idle_call = None
