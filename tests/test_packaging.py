@@ -158,10 +158,10 @@ class InstalledWheelTests(RedisTestMixin, unittest.TestCase):
 
     @staticmethod
     def kill(daemon):
-        if daemon.ended.called:
+        if daemon.has_ended:
             return None
         daemon.signal(signal.SIGKILL)
-        return daemon.ended
+        return daemon.when_ended()
 
     async def test_wheel_installed_elsewhere_runs_the_whole_product(self):
         wheel = await self.build_wheel()
