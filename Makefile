@@ -7,7 +7,7 @@ CONFIG  ?= etc/imd.ini
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install services chromium promtool keys schema run test clean bench faults
+.PHONY: install services chromium promtool keys schema run test test-plain-autobahn lint clean bench faults
 
 $(STAMP): setup.cfg pyproject.toml
 	$(if $(findstring pypy,$(PYTHON)),bin/ensure-pypy)
@@ -66,14 +66,14 @@ bench: install services
 
 # issue 8, long variants (docs/reliability.md): ten times the messages and
 # five cycles per fault, 3000 hypothesis examples, a 60 s fuzz; bounded by
-# timeout. Figures: one JSON line per fault in bench/faults/last-run.jsonl.
+# timeout. Figures: one JSON line per fault in bench/results/faults-last-run.jsonl.
 FAULTS_TIMEOUT ?= 1500
 faults: install services
-	rm -f bench/faults/last-run.jsonl
-	IMD_FAULTS=long IMD_FAULTS_REPORT=$(CURDIR)/bench/faults/last-run.jsonl \
+	mkdir -p bench/results && rm -f bench/results/faults-last-run.jsonl
+	IMD_FAULTS=long IMD_FAULTS_REPORT=$(CURDIR)/bench/results/faults-last-run.jsonl \
 	  timeout $(FAULTS_TIMEOUT) $(VENV)/bin/trial $(TRIAL_ARGS) tests.test_faults tests.test_security \
 	  tests.test_limits tests.test_migrator_crash
-	cat bench/faults/last-run.jsonl
+	cat bench/results/faults-last-run.jsonl
 
 clean:
 	rm -rf $(VENV) _trial_temp build dist *.egg-info

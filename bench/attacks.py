@@ -37,10 +37,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fuzz_ws import OP_PING, OP_PONG, RawWs, redis_call, rss_kb  # noqa: E402
+from tests.fuzz_ws import OP_PING, OP_PONG, RawWs, redis_call, rss_kb  # noqa: E402
 
 from imd.auth import issue_token  # noqa: E402
 

@@ -115,7 +115,7 @@ class HandlerPropertyTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
                                           "(41, 1, 2), (42, %s, NULL), (43, %s, %s)", (me + 1, me + 1, me)))
         examples = 3000 if LONG else 400
         code, figures, output = await run_script(
-            "bench/faults/handler_properties.py", "--port", self.server.port, "--uid", me,
+            "tests/handler_properties.py", "--port", self.server.port, "--uid", me,
             "--redis", "redis://127.0.0.1:6379/%d" % redis_db(), "--examples", examples,
             timeout=600 if LONG else 60)
         report("hypothesis over every handler (real connection)", **figures)
@@ -129,7 +129,7 @@ class HandlerPropertyTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
 
 
 class FuzzDaemonTests(ServerTestMixin, unittest.TestCase):
-    """bench/fuzz_ws.py against a real ``twistd -n imd``: afterwards a normal
+    """tests/fuzz_ws.py against a real ``twistd -n imd``: afterwards a normal
     client is served, no descriptor leaked and memory came back down."""
 
     async def test_fuzzed_daemon_still_serves_and_gives_its_memory_back(self):
@@ -137,7 +137,7 @@ class FuzzDaemonTests(ServerTestMixin, unittest.TestCase):
         daemon = await start_daemon(self, config)
         seconds = 60 if LONG else 6
         code, figures, output = await run_script(
-            "bench/fuzz_ws.py", "--port", daemon.port, "--pid", daemon.pid,
+            "tests/fuzz_ws.py", "--port", daemon.port, "--pid", daemon.pid,
             "--redis", "redis://127.0.0.1:6379/%d" % redis_db(), "--seconds", seconds,
             timeout=seconds + 60)
         report("websocket fuzzer against twistd", **figures)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A bounded WebSocket fuzzer against a running imd (loopback only).
 
-    .venv/bin/python bench/fuzz_ws.py --port 8765 --redis redis://127.0.0.1:6379/0 \
+    .venv/bin/python tests/fuzz_ws.py --port 8765 --redis redis://127.0.0.1:6379/0 \
         --pid $(pgrep -of 'twistd.*imd') --seconds 20 --seed 1
 
 It logs in as fresh users (tokens signed with ``privateKey`` read from the

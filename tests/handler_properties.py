@@ -3,7 +3,7 @@
 WebSocket connection to a running imd (loopback).  Run by
 tests/test_security.py; usable by hand:
 
-    .venv/bin/python bench/faults/handler_properties.py --port P --redis redis://127.0.0.1:6379/0 \
+    .venv/bin/python tests/handler_properties.py --port P --redis redis://127.0.0.1:6379/0 \
         --uid 500 --examples 300
 
 User ``--uid`` (friend of ``--uid + 1``; the caller sets that up) sends
@@ -21,13 +21,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, os.path.dirname(HERE))   # the checkout: imd and tests
 
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fuzz_ws import RawWs  # noqa: E402
+from tests.fuzz_ws import RawWs  # noqa: E402
 
 ALLOWED = {
     "t": {"A", "E:bad_packet", "E:too_long", "E:not_friend"},
@@ -126,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    from fuzz_ws import Fuzzer
+    from tests.fuzz_ws import Fuzzer
     fuzz_args = argparse.Namespace(redis=args.redis, port=args.port, seed=args.seed, first_uid=args.uid)
     fuzzer = Fuzzer(fuzz_args)
     ws = RawWs(args.port, "/" + fuzzer.token(args.uid))
