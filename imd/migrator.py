@@ -14,8 +14,8 @@ nothing about them depends on the order rows commit in.
 
 A large batch goes in as two halves in two transactions on two pool
 connections at once: the second half is read from JSON while MySQL inserts
-the first, and MySQL inserts both on two cores (bench/run.py --only migrate:
-16,800-18,100 -> 19,900-20,800 rows/s).  The batch is deleted only when both
+the first, and MySQL inserts both on two cores (what it bought, measured with
+bench/run.py --only migrate: docs/performance.md).  The batch is deleted only when both
 have committed; if one fails, the whole batch is replayed and the half that
 did commit is skipped by the unique key.
 
