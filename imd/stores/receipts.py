@@ -43,22 +43,26 @@ UNKNOWN = "x"   # seed of an id that was not found anywhere: ignored
 RECEIPT = Script(STORE_ENTRY_LUA + """
 local reader, state = ARGV[1], tonumber(ARGV[2])
 local n = #KEYS - 4
+local values = {}
+for i = 1, n do values[i] = redis.call('GET', KEYS[4 + i]) end
 if ARGV[3] == 'check' then
   local missing = {}
   for i = 1, n do
-    if redis.call('EXISTS', KEYS[4 + i]) == 0 then missing[#missing + 1] = i end
+    if not values[i] then missing[#missing + 1] = i end
   end
   if #missing > 0 then return {0, missing} end
 end
 local marks = {[0] = '', [1] = ':d', [2] = ':r'}
-local advanced, ids = {}, {}
+local advanced, ids, written = {}, {}, {}
 for i = 1, n do
   local key = KEYS[4 + i]
-  local value = redis.call('GET', key)
+  -- (an id named twice: its second time sees what the first wrote)
+  local value = written[key] or values[i]
   local seed = ARGV[6 + 2 * i]
   if not value and seed ~= '' and seed ~= 'x' then
     value = reader .. marks[tonumber(seed)]
     redis.call('SET', key, value, 'EX', ARGV[4])
+    written[key] = value
   end
   if value then
     local to, current = value, 0
@@ -68,7 +72,8 @@ for i = 1, n do
       current = (string.sub(value, sep + 1) == 'r') and 2 or 1
     end
     if to == reader and state > current then
-      redis.call('SET', key, to .. marks[state], 'KEEPTTL')
+      written[key] = to .. marks[state]
+      redis.call('SET', key, written[key], 'KEEPTTL')
       advanced[#advanced + 1] = i
       ids[#ids + 1] = ARGV[5 + 2 * i]
     end
