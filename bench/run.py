@@ -47,7 +47,10 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 REDIS_DB = int(os.environ.get("IMD_BENCH_REDIS_DB", "9"))
 MYSQL_DB = os.environ.get("IMD_BENCH_MYSQL_DB", "imd_bench")
-IMD_PORT, HTTP_PORT, BASE_PORT = 8791, 8792, 8790
+# IMD_BENCH_PORT moves the three listeners (baseline, imd ws, imd http) so
+# that two checkouts can bench one after the other without a port clash
+BASE_PORT = int(os.environ.get("IMD_BENCH_PORT", "8790"))
+IMD_PORT, HTTP_PORT = BASE_PORT + 1, BASE_PORT + 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -204,9 +207,11 @@ node_id = bench
 shutdown_grace = 5
 [websocket]
 listen = tcp:{imd}:interface=127.0.0.1:backlog=4096
-; the bench measures the daemon, not the per-connection limiter
+; the bench measures the daemon, not the per-connection limiter, nor the
+; per-address handshake limit (every generator connection is from 127.0.0.1)
 rate = 1000000
 burst = 1000000
+max_handshakes_per_address = 0
 idle_timeout = 3600
 ping_interval = 30
 [http]

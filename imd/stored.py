@@ -77,9 +77,14 @@ def _load(entry: str) -> Any:
     except fast.JSONDecodeError:
         return json.loads(entry)
     if (type(obj) is dict and type(obj.get("id")) in (int, str) and type(obj.get("from")) is int
-            and type(obj.get("to")) is int and type(obj.get("ts")) is int and type(obj.get("msg")) is str
-            and type(obj.get("seq", 0)) is int):
-        return obj
+            and type(obj.get("to")) is int and type(obj.get("ts")) is int and type(obj.get("seq", 0)) is int):
+        msg = obj.get("msg")
+        if type(msg) is str:
+            return obj
+        # a receipt: {"state", "ids", "ts"}, its ids as the reader sent them
+        if (type(msg) is dict and type(msg.get("ids")) is list and type(msg.get("ts")) is int
+                and all(type(i) in (int, str) for i in msg["ids"])):
+            return obj
     return json.loads(entry)
 
 

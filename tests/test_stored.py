@@ -22,11 +22,18 @@ ENTRIES = [
     '{"id":"","from":1,"to":2,"type":"t","msg":"m","ts":5}',
     '[1,2]', 'not json', '',
 ]
+RECEIPT_ENTRIES = [
+    '{"id":"r","from":2,"to":1,"type":"R","msg":{"state":"read","ids":["a",7],"ts":5},"ts":5,"seq":9}',
+    '{"id":"r","from":2,"to":0,"type":"R","msg":{"state":"delivered","ids":[123456789012345678901234567890],'
+    '"ts":5},"ts":5}',
+    '{"id":"r","from":2,"to":1,"type":"R","msg":{"state":"read","ids":["\\ud800"],"ts":5},"ts":5}',
+    '{"id":"r","from":2,"to":1,"type":"R","msg":{"state":"read","ids":[1.5],"ts":5},"ts":5}',
+]
 
 
-def outcome(entry):
+def outcome(entry, parse=None):
     try:
-        return ("ok", stored.parse_stored(entry))
+        return ("ok", (parse or stored.parse_stored)(entry))
     except ValueError as e:
         return ("error", str(e))
 
@@ -39,9 +46,10 @@ class ParseStoredMixin:
         jsonfast.use_orjson(self.use_orjson)
 
     def test_same_as_reading_with_json_alone(self):
-        fast = [outcome(entry) for entry in ENTRIES]
+        fast = [outcome(entry) for entry in ENTRIES] + [outcome(e, stored.parse_entry) for e in RECEIPT_ENTRIES]
         self.patch(stored, "_load", json.loads)
-        self.assertEqual(fast, [outcome(entry) for entry in ENTRIES])
+        self.assertEqual(fast, [outcome(entry) for entry in ENTRIES]
+                         + [outcome(e, stored.parse_entry) for e in RECEIPT_ENTRIES])
 
     def test_a_stored_message_as_its_row(self):
         message = stored.parse_stored(ENTRIES[1])

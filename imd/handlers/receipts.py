@@ -34,7 +34,6 @@ class ReceiptHandler:
         self._clock = clock
         self._metrics = metrics
 
-    @defer.inlineCallbacks
     def handle(self, reader: int, packet: protocol.ReceiptPacket) -> Any:
         if self._metrics is not None:
             self._metrics.receipt_in(packet.state, len(packet.ids))
@@ -42,10 +41,18 @@ class ReceiptHandler:
             # one's own messages: nothing to tell anybody
             return Reply(protocol.ack(packet.id))
         ts = int(self._clock.seconds() * 1000)
-        result = yield self._receipts.apply(packet, reader, ts)
+        d = self._receipts.apply(packet, reader, ts)
+        return d.addCallback(self._applied, reader, packet, ts)
+
+    def _applied(self, result: Any, reader: int, packet: protocol.ReceiptPacket, ts: int) -> Any:
         if result.missing:
-            seeds = yield self._verify(reader, packet, result.missing)
-            result = yield self._receipts.apply(packet, reader, ts, seeds)
+            # (rare: records gone) verify, then settle every id in one more call
+            d = self._verify(reader, packet, result.missing)
+            d.addCallback(lambda seeds: self._receipts.apply(packet, reader, ts, seeds))
+            return d.addCallback(self._settled, reader, packet, ts)
+        return self._settled(result, reader, packet, ts)
+
+    def _settled(self, result: Any, reader: int, packet: protocol.ReceiptPacket, ts: int) -> Reply:
         if result.advanced:
             if self._metrics is not None:
                 self._metrics.receipts_advanced(packet.state, len(result.advanced))

@@ -51,22 +51,26 @@ local reader, state = ARGV[1], tonumber(ARGV[2])
 local push = ARGV[7] == '1'
 local first = push and 7 or 4
 local n = #KEYS - first
+local values = {}
+for i = 1, n do values[i] = redis.call('GET', KEYS[first + i]) end
 if ARGV[3] == 'check' then
   local missing = {}
   for i = 1, n do
-    if redis.call('EXISTS', KEYS[first + i]) == 0 then missing[#missing + 1] = i end
+    if not values[i] then missing[#missing + 1] = i end
   end
   if #missing > 0 then return {0, missing} end
 end
 local marks = {[0] = '', [1] = ':d', [2] = ':r'}
-local advanced, ids, delivered = {}, {}, 0
+local advanced, ids, written, delivered = {}, {}, {}, 0
 for i = 1, n do
   local key = KEYS[first + i]
-  local value = redis.call('GET', key)
+  -- (an id named twice: its second time sees what the first wrote)
+  local value = written[key] or values[i]
   local seed = ARGV[7 + 2 * i]
   if not value and seed ~= '' and seed ~= 'x' then
     value = reader .. marks[tonumber(seed)]
     redis.call('SET', key, value, 'EX', ARGV[4])
+    written[key] = value
   end
   if value then
     local to, current = value, 0
@@ -76,7 +80,8 @@ for i = 1, n do
       current = (string.sub(value, sep + 1) == 'r') and 2 or 1
     end
     if to == reader and state > current then
-      redis.call('SET', key, to .. marks[state], 'KEEPTTL')
+      written[key] = to .. marks[state]
+      redis.call('SET', key, written[key], 'KEEPTTL')
       advanced[#advanced + 1] = i
       ids[#ids + 1] = ARGV[6 + 2 * i]
       if current == 0 then delivered = delivered + 1 end
