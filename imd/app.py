@@ -38,6 +38,7 @@ from imd.stores.positions import PositionStore
 from imd.stores.presence import PresenceStore
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient, RedisSubscriber
+from imd.stores.sentinel import SentinelMaster
 from imd.stores.tokens import TokenStore
 from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.flush import TurnFlusher
@@ -103,7 +104,12 @@ class App:
         self.node_id = settings.imd.node_id or default_node_id(settings)
         self.keys = Keys(redis.prefix, redis.url.db)
         self.flusher = TurnFlusher(self.clock)
-        self.redis_client = RedisClient(redis.url, redis.timeout, self.clock, reactor, flusher=self.flusher)
+        # [redis] sentinels: every Redis connection finds the master through them.
+        self.sentinel = (SentinelMaster(redis.sentinels, redis.master_name, redis.timeout, self.clock, reactor)
+                         if redis.sentinels else None)
+        self.redis_client = self.redis_connection(RedisClient, flusher=self.flusher,
+                                                  min_replicas=redis.min_replicas,
+                                                  replica_timeout=redis.replica_timeout)
         client, keys = self.redis_client, self.keys
         self.tokens = TokenStore(client, keys)
         self.friends = FriendStore(client, keys)
@@ -114,7 +120,8 @@ class App:
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
-                               node=self.node_id, roles=settings.imd.roles)
+                               node=self.node_id, roles=settings.imd.roles,
+                               redis=lambda: (self.redis_client, self.sentinel))
         self.tls = TlsReloader(reactor)
         self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
@@ -133,9 +140,19 @@ class App:
             "H": HistoryHandler(self.messages, self.mysql).handle,
         }
 
-    def _subscriber(self, **callbacks: Any) -> RedisSubscriber:
+    def redis_connection(self, kind: Any, **options: Any) -> Any:
+        """A RedisClient or RedisSubscriber on ``[redis] url``, or on the master
+        the sentinels give (and follow) when ``[redis] sentinels`` is set."""
         redis = self.settings.redis
-        return RedisSubscriber(redis.url, redis.timeout, self.clock, self.reactor, **callbacks)
+        if self.sentinel is not None:
+            options.update(endpoint=self.sentinel.endpoint, check_role=True, max_retry_delay=1.0)
+        connection = kind(redis.url, redis.timeout, self.clock, self.reactor, **options)
+        if self.sentinel is not None:
+            self.sentinel.follow(connection.follow_master)
+        return connection
+
+    def _subscriber(self, **callbacks: Any) -> RedisSubscriber:
+        return self.redis_connection(RedisSubscriber, **callbacks)
 
     def websocket_factory(self, secure: bool = False) -> Any:
         from imd.transport.websocket import ImdServerFactory, Listener
@@ -151,6 +168,8 @@ class App:
         client), then whatever was added before it (bus, migrator, stores).
         """
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
+        if self.sentinel is not None:
+            self.sentinel.setServiceParent(top)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
         # [imd] metrics_listen and this process's registry entry: stopped
@@ -197,8 +216,9 @@ class App:
         its own Redis connection, so its batches never queue behind client
         traffic, and the :class:`imd.migrator.Migrator`."""
         from imd.migrator import Migrator
-        redis = self.settings.redis
-        client = RedisClient(redis.url, redis.timeout, self.clock, self.reactor, name="redis (migrator)")
+        # (no WAIT here: a batch whose claim or delete a failover loses is
+        # replayed, and MySQL's unique key keeps its rows once)
+        client = self.redis_connection(RedisClient, name="redis (migrator)")
         self.migrator = Migrator(QueueStore(client, self.keys), self.mysql, self.settings.migrate, self.clock)
         # Stopped in order: the migrator finishes its batch before its Redis
         # connection closes.

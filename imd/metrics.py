@@ -89,6 +89,45 @@ class _CertificateCollector:
         yield family
 
 
+class _RedisCollector:
+    """Which Redis master this process uses and what its replicas confirm
+    (read when scraped from the App's command client and sentinel)."""
+
+    def __init__(self, get_redis):
+        self._get_redis = get_redis
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        client, sentinel = self._get_redis()
+        master = GaugeMetricFamily("imd_redis_master_info", "1 for the Redis address this process's command "
+                                   "connection is on (none while down); via: url or sentinel",
+                                   labels=["address", "via"])
+        if client.master_address:
+            master.add_metric([client.master_address, "sentinel" if sentinel is not None else "url"], 1)
+        yield master
+        yield CounterMetricFamily("imd_redis_master_changes", "Times the command connection came back on "
+                                  "another Redis master (failovers seen)", value=client.master_changes)
+        yield CounterMetricFamily("imd_redis_switch_master_events", "+switch-master messages from the "
+                                  "sentinels for [redis] master_name",
+                                  value=sentinel.switch_events if sentinel is not None else 0)
+        yield GaugeMetricFamily("imd_redis_min_replicas", "[redis] min_replicas: replicas a write must reach "
+                                "before its A", value=client.min_replicas)
+        figures = client.wait_figures
+        yield GaugeMetricFamily("imd_redis_replicas_acknowledged", "Replicas that confirmed the last WAIT "
+                                "(NaN before the first)",
+                                value=figures.acknowledged if figures.acknowledged >= 0 else float("nan"))
+        yield CounterMetricFamily("imd_redis_wait_failures", "WAITs answered below [redis] min_replicas, "
+                                  "timed out or cut (their replies became E unavailable)", value=figures.failed)
+        buckets, total = [], 0
+        for bound, count in zip(figures.BOUNDS + (float("inf"),), figures.counts):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        yield HistogramMetricFamily("imd_redis_wait_seconds", "Time from a WAIT sent to its answer",
+                                    buckets=buckets, sum_value=figures.seconds)
+
+
 class _Histogram:
     """A histogram counted with plain ints (``le`` buckets, as Prometheus')."""
     __slots__ = ("bounds", "counts", "sum")
@@ -138,10 +177,11 @@ class _PacketCollector:
 
 
 class Metrics:
-    def __init__(self, migrator=None, certificates=None, node="", roles=()):
+    def __init__(self, migrator=None, certificates=None, node="", roles=(), redis=None):
         """``migrator()``: the App's migrator or None, read at each scrape;
         ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
-        ``node``, ``roles``: this process, for ``imd_process_info``."""
+        ``node``, ``roles``: this process, for ``imd_process_info``;
+        ``redis()``: ``(command RedisClient, SentinelMaster or None)``."""
         # The *_created series only repeat the process start time.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -199,6 +239,8 @@ class Metrics:
             registry.register(_MigratorCollector(migrator))
         if certificates is not None:
             registry.register(_CertificateCollector(certificates))
+        if redis is not None:
+            registry.register(_RedisCollector(redis))
 
     # --- called by the transport ---------------------------------------------
 

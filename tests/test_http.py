@@ -244,7 +244,11 @@ class HealthTests(HttpTestMixin, unittest.TestCase):
     async def test_healthy(self):
         response = await self.request("GET", "/healthz")
         self.assertEqual(response.code, 200, response)
-        self.assertEqual(response.json(), {"redis": "ok", "mysql": "ok"})
+        body = response.json()
+        self.assertEqual((body["redis"], body["mysql"], body["redis_failovers"]), ("ok", "ok", 0))
+        self.assertEqual(body["redis_master"], "127.0.0.1:6379")
+        self.assertNotIn("error", body)
+        self.assertNotIn("redis_replicas", body)   # [redis] min_replicas = 0
 
     async def test_mysql_down(self):
         settings = make_settings({"mysql": {"port": str(free_port())}})

@@ -32,6 +32,7 @@ class TakeOrderHandler:
         # the taken:<order> guard in Redis, so the s packet is stored once.
         payload = protocol.system_message_json("taken-%d" % packet.order, sender, customer, notice, ts)
         first = yield self._orders.take_order(packet.order, sender, customer, payload)
+        first = yield self._orders.client.replicated(first)   # [redis] min_replicas
         if first:
             self._node.deliver(customer, payload)
         return Reply(protocol.ack(packet.id, {"order": packet.order, "uid": customer}))

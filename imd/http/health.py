@@ -1,9 +1,16 @@
 """``GET /healthz``: can this process reach Redis and MySQL right now?
 
-200 ``{"redis": "ok", "mysql": "ok"}``; otherwise 503 with ``"down"`` for each
-store that failed and ``error`` saying why.  Redis is asked ``PING`` through
-the App's own client (so the answer is about the connection the daemon uses);
-MySQL ``SELECT 1`` through the App's MySQL pool.
+200 ``{"redis": "ok", "mysql": "ok", ...}``; otherwise 503 with ``"down"`` for
+each store that failed and ``error`` saying why.  Redis is asked ``PING``
+through the App's own client (so the answer is about the connection the
+daemon uses); MySQL ``SELECT 1`` through the App's MySQL pool.
+
+Also, whatever the status: ``redis_master`` (the ``host:port`` that
+connection is on, null while down; behind Sentinel, the master it found),
+``redis_failovers`` (times it came back on another master) and, with
+``[redis] min_replicas``, ``redis_replicas``: how many are required, how
+many confirmed the last ``WAIT``, how many ``WAIT`` s fell short, and their
+mean latency.
 """
 
 from twisted.internet import defer
@@ -29,6 +36,18 @@ class HealthResource(JsonResource):
     def check_mysql(self):
         return self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, self._app.clock)
 
+    def redis_figures(self):
+        client = self._app.redis_client
+        figures = {"redis_master": client.master_address, "redis_failovers": client.master_changes}
+        if client.min_replicas:
+            waits = client.wait_figures
+            figures["redis_replicas"] = {
+                "required": client.min_replicas,
+                "acknowledged": waits.acknowledged if waits.acknowledged >= 0 else None,
+                "waits": waits.waits, "waits_short": waits.failed,
+                "wait_ms_mean": round(waits.seconds * 1000.0 / waits.waits, 3) if waits.waits else None}
+        return figures
+
     @defer.inlineCallbacks
     def render_GET(self, request):
         names = ("redis", "mysql")
@@ -40,6 +59,7 @@ class HealthResource(JsonResource):
             body[name] = "ok" if ok else "down"
             if not ok:
                 problems.append("%s: %s" % (name, value.getErrorMessage() or value.type.__name__))
+        body.update(self.redis_figures())
         if problems:
             body["error"] = "; ".join(problems)
             _log.warn("health check failed: {problems}", problems=body["error"])
