@@ -9,6 +9,9 @@ from tests.support import DEADLINE, with_deadline
 def start_migrator(test, settings):
     """An App's MySQL pool and migrator service, running; stopped at cleanup."""
     app = App(settings, reactor)
+    if app.sentinel is not None:
+        app.sentinel.startService()
+        test.addCleanup(app.sentinel.stopService)
     app.mysql.startService()
     group = app.migrator_service()
     group.startService()

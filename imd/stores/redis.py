@@ -38,6 +38,7 @@ The txredisapi internals used here (``RedisProtocol.replyQueue``,
 """
 
 import hashlib
+import random
 from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple
@@ -177,6 +178,13 @@ def _endpoint(reactor: Any, address: Any, timeout: float) -> TCP4ClientEndpoint:
     return TCP4ClientEndpoint(reactor, address.host, address.port, timeout=timeout)
 
 
+def _retry_policy(max_delay: float) -> Callable[[int], float]:
+    """Back-off from 0.1 s to ``max_delay``, with a random part up to a
+    fifth of ``max_delay`` (Twisted's default adds up to a whole second,
+    which behind Sentinel would be most of a failover's cost)."""
+    return backoffPolicy(initialDelay=0.1, maxDelay=max_delay, jitter=lambda: random.random() * max_delay / 5.0)
+
+
 def ask_once(reactor: Any, clock: Any, host: str, port: int, args: Sequence[Arg], timeout: float) -> Deferred:
     """One command to ``host:port`` on a short connection of its own (no
     AUTH, no SELECT: a sentinel); fires with the reply, StoreUnavailable when
@@ -299,7 +307,7 @@ class RedisClient(Service):
             from twisted.internet import reactor
         endpoint = self._endpoint() if self._endpoint else _endpoint(reactor, self.address, self.timeout)
         self._service = ClientService(endpoint, _Factory(self, self.connection_class),
-                                      retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=self._max_retry_delay),
+                                      retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
         for interval, call in ((max(1.0, self.timeout), self._ping),
@@ -615,7 +623,7 @@ class RedisSubscriber(Service):
         super().startService()
         endpoint = self._endpoint() if self._endpoint else _endpoint(self._reactor, self.address, self.timeout)
         self._service = ClientService(endpoint, _SubscriptionFactory(self),
-                                      retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=self._max_retry_delay),
+                                      retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
 
