@@ -11,7 +11,12 @@ daemon's CPU and RSS from /proc, and writes:
 Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
-    .venv/bin/python bench/run.py [--quick] [--only throughput,latency,idle,login,migrate]
+    .venv/bin/python bench/run.py [--quick] [--only throughput,latency,idle,login,migrate,replicas]
+
+``replicas`` (not in the default set; ``--only replicas``, or ``--replicas``
+to add it): a private Redis master and one replica on free loopback ports,
+and imd's message throughput (closed loop) and ack latency (open loop, the
+same offered rate) with ``[redis] min_replicas`` 0, then 1, against them.
 """
 
 import argparse
@@ -41,6 +46,7 @@ DOC = os.path.join(ROOT, "docs", "performance.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 REDIS_DB = int(os.environ.get("IMD_BENCH_REDIS_DB", "9"))
+REDIS_PORT = 6379   # the replicas run points this at a private master
 MYSQL_DB = os.environ.get("IMD_BENCH_MYSQL_DB", "imd_bench")
 IMD_PORT, HTTP_PORT, BASE_PORT = 8791, 8792, 8790
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,8 +66,8 @@ def log(msg):
 # --- a tiny blocking Redis client (setup and lag samples only) -----------------
 
 class Redis:
-    def __init__(self, db, port=6379):
-        self.sock = socket.create_connection(("127.0.0.1", port))
+    def __init__(self, db, port=None):
+        self.sock = socket.create_connection(("127.0.0.1", port or REDIS_PORT))
         self.file = self.sock.makefile("rb")
         self.call("SELECT", db)
 
@@ -191,7 +197,7 @@ class Server:
 
 # --- set-up --------------------------------------------------------------------
 
-def bench_config(path):
+def bench_config(path, redis_extra=""):
     text = """
 [imd]
 roles = ws, http, migrate
@@ -207,19 +213,21 @@ ping_interval = 30
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 [redis]
-url = redis://127.0.0.1:6379/{db}
+url = redis://127.0.0.1:{redis_port}/{db}
+{redis_extra}
 [mysql]
 database = {mysql}
-""".format(imd=IMD_PORT, http=HTTP_PORT, db=REDIS_DB, mysql=MYSQL_DB)
+""".format(imd=IMD_PORT, http=HTTP_PORT, db=REDIS_DB, mysql=MYSQL_DB, redis_port=REDIS_PORT,
+           redis_extra=redis_extra)
     with open(path, "w") as f:
         f.write(text)
     return path
 
 
 class Setup:
-    def __init__(self, workdir):
+    def __init__(self, workdir, redis_extra=""):
         self.workdir = workdir
-        self.config = bench_config(os.path.join(workdir, "imd.ini"))
+        self.config = bench_config(os.path.join(workdir, "imd.ini"), redis_extra)
         self.redis = Redis(REDIS_DB)
         self.redis.call("FLUSHDB")
         public_pem, private_pem = generate_key_pair()
@@ -480,6 +488,113 @@ def migrate(setup, imd, rows):
     return result
 
 
+class RedisPair:
+    """A private redis-server master and one replica on free loopback ports
+    (diskless sync, no persistence), stopped here by pid."""
+
+    def __init__(self, workdir):
+        self.procs = []
+        self.ports = []
+        for role in ("master", "replica"):
+            port = free_port()
+            directory = os.path.join(workdir, "redis-" + role)
+            os.makedirs(directory, exist_ok=True)
+            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", directory, "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+            if self.ports:
+                argv += ["--replicaof", "127.0.0.1", str(self.ports[0])]
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.ports.append(port)
+            wait_port(port)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            replication = Redis(0, self.ports[0]).call("INFO", "replication").decode()
+            if "state=online" in replication:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the replica did not come in sync")
+        self.master_port = self.ports[0]
+        self.replica_pid = self.procs[1].pid
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replicas(workdir, imd_argv_for, duration, warmup, rate=None):
+    """imd against a private master + replica: min_replicas 0 then 1, closed
+    loop C=200 W=8 and open loop at one rate (half of min_replicas 0's
+    closed-loop maximum unless given)."""
+    global REDIS_PORT
+    pair = RedisPair(workdir)
+    saved = REDIS_PORT
+    REDIS_PORT = pair.master_port
+    out = {"redis_master_port": pair.master_port}
+    try:
+        for min_replicas in (0, 1):
+            setup = Setup(workdir, redis_extra="min_replicas = %d\nreplica_timeout = 0.5\n" % min_replicas)
+            argv, companions = imd_argv_for(setup.config)
+            imd = Server("imd", argv, IMD_PORT, os.path.join(workdir, "imd-replicas-%d.out" % min_replicas),
+                         companions)
+            try:
+                runs = {}
+                uids = setup.pairs(200)
+                conns = setup.conns_file("rep-%d" % min_replicas, uids, imd.port, tokens=True)
+                log("replicas: min_replicas %d, closed loop C=200 W=8 (load %s)" % (min_replicas, loadavg()[0]))
+                replica_cpu0 = proc_cpu(pair.replica_pid)
+                runs["closed"] = measured(imd, loadgen(conns, "closed", window=8, duration=duration, warmup=warmup,
+                                                       concurrency=100), setup)
+                runs["closed"]["replica_cpu_s"] = round(proc_cpu(pair.replica_pid) - replica_cpu0, 2)
+                runs["closed"]["migrator_drained_s"] = wait_drained(setup)
+                if rate is None:
+                    rate = int(runs["closed"]["acked_per_s"] / 2)
+                time.sleep(1.0)
+                uids = setup.pairs(200)
+                conns = setup.conns_file("rep-open-%d" % min_replicas, uids, imd.port, tokens=True)
+                log("replicas: min_replicas %d, open loop R=%d" % (min_replicas, rate))
+                runs["open"] = measured(imd, loadgen(conns, "open", rate=rate, duration=duration, warmup=warmup),
+                                        setup)
+                runs["open"]["rate"] = rate
+                runs["waits"] = imd_wait_figures()
+                log("  min_replicas %d: %.0f acked/s (p99 %.1f ms); open loop p99 %.1f ms" % (
+                    min_replicas, runs["closed"]["acked_per_s"], runs["closed"]["ack_latency_ms"].get("p99", -1),
+                    runs["open"]["ack_latency_ms"].get("p99", -1)))
+                out["min_replicas_%d" % min_replicas] = runs
+            finally:
+                imd.stop()
+    finally:
+        REDIS_PORT = saved
+        pair.stop()
+    zero, one = out["min_replicas_0"]["closed"], out["min_replicas_1"]["closed"]
+    out["throughput_ratio_1_vs_0"] = round(one["acked_per_s"] / zero["acked_per_s"], 3)
+    return out
+
+
+def imd_wait_figures():
+    """The daemon's WAIT figures from its /healthz (http role)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % HTTP_PORT, timeout=5) as response:
+            body = json.loads(response.read())
+    except Exception as e:   # a 503 still has a body, but the figures are a bonus here
+        return {"error": str(e)}
+    return body.get("redis_replicas")
+
+
 # --- the report ----------------------------------------------------------------
 
 def machine():
@@ -556,6 +671,18 @@ def table(report):
         n = r["migrate"]["rows_per_s"] or 0
         rows.append("| migrator rows/s (%d rows, batch 500) | %.0f | | ≥ 20,000 | %s |" % (
             r["migrate"]["rows"], n, "yes" if n >= 20000 else "no"))
+    if "replicas" in r:
+        rep = r["replicas"]
+        zero, one = rep["min_replicas_0"], rep["min_replicas_1"]
+        rows.append("| `[redis] min_replicas` 0 → 1 (private master + replica): C200 W8 acked msgs/s | "
+                    "%.0f → %.0f | | %.2f× | - |" % (zero["closed"]["acked_per_s"], one["closed"]["acked_per_s"],
+                                                   rep["throughput_ratio_1_vs_0"]))
+        rows.append("| ↳ ack latency p50/p99/p999 ms, closed loop | %s → %s | | | |" % (
+            fmt_lat(zero["closed"]["ack_latency_ms"]), fmt_lat(one["closed"]["ack_latency_ms"])))
+        rows.append("| ↳ open loop R=%d: ack p50/p99/p999 ms | %s → %s | | | |" % (
+            one["open"]["rate"], fmt_lat(zero["open"]["ack_latency_ms"]), fmt_lat(one["open"]["ack_latency_ms"])))
+        rows.append("| ↳ Redis master CPU µs/msg (upper bound), closed loop | %s → %s | | | |" % (
+            zero["closed"].get("redis_cpu_us_per_msg_upper"), one["closed"].get("redis_cpu_us_per_msg_upper")))
     m = report["machine"]
     head = ("Run %s on %d cores, %s; Python %s, Node %s, Redis %s; load average at start %s. "
             "Command: `%s` (%.0f s). Raw figures: `bench/results/%s.json`.\n\n" % (
@@ -584,8 +711,12 @@ def main():
                         "(txt) of imd during the C=200 throughput run, into bench/results/")
     parser.add_argument("--rate", type=int, help="open-loop rate (default: half of imd's C=200 W=8 maximum)")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
+    parser.add_argument("--replicas", action="store_true", help="also run the min_replicas 0 vs 1 comparison "
+                        "(a private master + replica)")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    if args.replicas:
+        only.add("replicas")
     duration, warmup = (3, 1) if args.quick else (10, 2)
     idle_n = 1000 if args.quick else 10000
     fds = raise_fd_limit()
@@ -606,11 +737,15 @@ def main():
     # (In one process the migrator starves behind a saturated reactor: at
     # C=200 W=8 its lag grew by ~0.5 s every second; alone it stays under
     # 0.5 s.  docs/performance.md.)
-    def twistd(log_name, roles):
+    def twistd(log_name, roles, config=None):
         return [os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "--logfile",
-                os.path.join(workdir, log_name), "imd", "--config", setup.config, "--roles", roles]
+                os.path.join(workdir, log_name), "imd", "--config", config or setup.config, "--roles", roles]
     imd_argv = twistd("imd.log", "ws,http")
     imd_companions = [["nice", "-n", "10"] + twistd("migrator.log", "migrate")]
+
+    def imd_argv_for(config):
+        return (twistd("imd.log", "ws,http", config),
+                [["nice", "-n", "10"] + twistd("migrator.log", "migrate", config)])
     base_argv = [sys.executable, os.path.join(HERE, "baseline_relay.py"), "--port", str(BASE_PORT),
                  "--redis-db", str(REDIS_DB)]
     servers = []
@@ -653,6 +788,9 @@ def main():
                 r["migrate"] = migrate(setup, imd, 20000 if args.quick else 100000)
             imd.stop()
             servers.remove(imd)
+        if "replicas" in only:
+            r["replicas"] = replicas(workdir, imd_argv_for, duration, warmup, args.rate if only == {"replicas"}
+                                     else None)
     finally:
         for server in servers:
             server.stop()
