@@ -259,6 +259,8 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         figures = dict(cycles=CYCLES, min_replicas=min_replicas, errors_answered=sender.errors,
                        reconnects=sender.reconnects, worst_promotion_s=round(max(promotions), 2),
                        worst_imd_on_new_master_s=round(max(reconnects), 2),
+                       promotion_s=[round(x, 2) for x in promotions],
+                       imd_on_new_master_s=[round(x, 2) for x in reconnects],
                        worst_outage_s=round(sender.outage or 0, 2), master_changes=client.master_changes,
                        switch_events=server.app.sentinel.switch_events, waits_short=client.wait_figures.failed)
         # (a loaded machine may also see a failover of the sentinels' own)
