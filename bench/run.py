@@ -48,7 +48,9 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REDIS_DB = int(os.environ.get("IMD_BENCH_REDIS_DB", "9"))
 REDIS_PORT = 6379   # the replicas run points this at a private master
 MYSQL_DB = os.environ.get("IMD_BENCH_MYSQL_DB", "imd_bench")
-IMD_PORT, HTTP_PORT, BASE_PORT = 8791, 8792, 8790
+# IMD_BENCH_PORTS=imd,http,baseline: two benches on one machine need their
+# own ports (and IMD_BENCH_REDIS_DB / IMD_BENCH_MYSQL_DB of their own).
+IMD_PORT, HTTP_PORT, BASE_PORT = (int(p) for p in os.environ.get("IMD_BENCH_PORTS", "8791,8792,8790").split(","))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -154,6 +156,14 @@ def loadavg():
         return [float(x) for x in f.read().split()[:3]]
 
 
+def port_taken(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_port(port, timeout=20.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -170,6 +180,9 @@ class Server:
 
     def __init__(self, name, argv, port, logfile, companions=()):
         self.name, self.port = name, port
+        if port_taken(port):
+            # else the run would measure whatever listens there
+            raise RuntimeError("127.0.0.1:%d is already taken (another bench? set IMD_BENCH_PORTS)" % port)
         self.log = open(logfile, "ab")
         self.procs = [subprocess.Popen(a, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
                       for a in [argv] + list(companions)]
@@ -731,7 +744,8 @@ def main():
                   " BENCH_ARGS='%s'" % " ".join(sys.argv[1:]) if len(sys.argv) > 1 else ""), "results": {}}
     r = report["results"]
     log("workdir %s; redis db %d, mysql %s; load %s" % (workdir, REDIS_DB, MYSQL_DB, report["loadavg_start"]))
-    setup = Setup(workdir)
+    # (the replicas run alone uses a private Redis: nothing of db REDIS_DB is touched)
+    setup = Setup(workdir) if only - {"replicas"} else None
     # imd as the shipped systemd units run it: the ws and http roles in one
     # process, the migrator in its own at nice 10 (imd-migrate.service).
     # (In one process the migrator starves behind a saturated reactor: at
@@ -740,8 +754,8 @@ def main():
     def twistd(log_name, roles, config=None):
         return [os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "--logfile",
                 os.path.join(workdir, log_name), "imd", "--config", config or setup.config, "--roles", roles]
-    imd_argv = twistd("imd.log", "ws,http")
-    imd_companions = [["nice", "-n", "10"] + twistd("migrator.log", "migrate")]
+    imd_argv = twistd("imd.log", "ws,http") if setup is not None else None
+    imd_companions = [["nice", "-n", "10"] + twistd("migrator.log", "migrate")] if setup is not None else None
 
     def imd_argv_for(config):
         return (twistd("imd.log", "ws,http", config),
@@ -794,7 +808,8 @@ def main():
     finally:
         for server in servers:
             server.stop()
-        setup.redis.call("FLUSHDB")
+        if setup is not None:
+            setup.redis.call("FLUSHDB")
     report["seconds"] = round(time.time() - started, 1)
     report["loadavg_end"] = loadavg()
     path = os.path.join(RESULTS, stamp + ".json")
