@@ -25,7 +25,7 @@ from twisted.trial import unittest
 from imd.errors import StoreUnavailable
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator
-from tests.mysql_support import MysqlTestMixin
+from tests.mysql_support import MysqlTestMixin, query
 from tests.sentinel_support import SentinelGroup, info, redis_call
 from tests.support import (ImdServer, PrivateRedis, RedisTestMixin, connect_client, drop, logged_in_client,
                            make_settings, redis_connection, wait_until, with_deadline)
@@ -157,6 +157,19 @@ class StoppedReplicaTests(MysqlTestMixin, RedisTestMixin, _Replicated):
         # may queue behind a WAIT in flight: at most twice replica_timeout.
         self.assertLess(worst, 2 * self.REPLICA_TIMEOUT + 0.3, answers)
         self.assertEqual(len(bob.received.pending), 0, "nothing delivered that the replica did not confirm")
+        # T waits for the replicas too
+        await query(self.mysql_settings, ("INSERT INTO orders (id, customer_id, courier_id) VALUES (%s, %s, %s)",
+                                          (42, 2, 1)))
+        alice.send({"id": "take", "to": 0, "type": "T", "msg": 42})
+        reply = await alice.next_of("AE")
+        self.assertEqual((reply["id"], reply["type"], reply["code"]), ("take", "E", "unavailable"))
+        self.assertEqual(len(bob.received.pending), 0, "the customer hears of it only once it is safe")
+        # and so does a login, which takes its presence entry back when refused
+        refused = await connect_client(server.port, "/" + self.token(3))
+        self.addCleanup(drop, refused)
+        closing = await refused.next()
+        self.assertEqual((closing["type"], closing["msg"]), ("C", "service unavailable, try again later"))
+        await wait_until(lambda: redis_call(self.master.port, "ZCARD", "dev:3") == 0, what="dev:3 taken back")
 
         resumed = reactor.seconds()
         self._resume()
@@ -175,7 +188,8 @@ class StoppedReplicaTests(MysqlTestMixin, RedisTestMixin, _Replicated):
         conn = await redis_connection(db=0, port=self.master.port)
         self.addCleanup(conn.disconnect)
         ids = sorted(__import__("json").loads(e)["id"] for e in await conn.lrange("MQ", 0, -1))
-        expected = sorted(["before-%d" % i for i in range(3)] + ["during-%d" % i for i in range(5)] + ["after-0"])
+        expected = sorted(["before-%d" % i for i in range(3)] + ["during-%d" % i for i in range(5)] + ["after-0"]
+                          + ["taken-42"])   # (stored, E'd: a T sent again is acked)
         self.assertEqual(ids, expected, "each message stored once")
         figures = server.app.redis_client.wait_figures
         report("replica SIGSTOP (min_replicas 1, replica_timeout %.1f s)" % self.REPLICA_TIMEOUT,
