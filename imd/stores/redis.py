@@ -136,6 +136,8 @@ def check_role(conn: Any, clock: Any, timeout: float, what: str) -> Deferred:
     def answered(reply: Any) -> Any:
         if _is_master(reply):
             return conn
+        if isinstance(reply, Exception):   # the connection went before ROLE's answer
+            raise StoreUnavailable("%s: %s" % (what, reply))
         host, port = _peer(conn) or ("?", 0)
         role = reply[0] if isinstance(reply, (list, tuple)) and reply else reply
         _log.warn("{what}: {host}:{port} is not a master (ROLE {role!r}); asking the sentinels again",
