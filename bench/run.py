@@ -218,9 +218,11 @@ node_id = bench
 shutdown_grace = 5
 [websocket]
 listen = tcp:{imd}:interface=127.0.0.1:backlog=4096
-; the bench measures the daemon, not the per-connection limiter
+; the bench measures the daemon, not the per-connection limiter, nor the
+; per-address handshake cap (every generated connection comes from 127.0.0.1)
 rate = 1000000
 burst = 1000000
+max_handshakes_per_address = 0
 idle_timeout = 3600
 ping_interval = 30
 [http]
@@ -598,14 +600,23 @@ def replicas(workdir, imd_argv_for, duration, warmup, rate=None):
 
 
 def imd_wait_figures():
-    """The daemon's WAIT figures from its /healthz (http role)."""
+    """The daemon's WAIT figures from its /healthz and the WAIT latency
+    histogram from its /metrics (http role)."""
     import urllib.request
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % HTTP_PORT, timeout=5) as response:
-            body = json.loads(response.read())
-    except Exception as e:   # a 503 still has a body, but the figures are a bonus here
+            figures = json.loads(response.read()).get("redis_replicas") or {}
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % HTTP_PORT, timeout=5) as response:
+            text = response.read().decode()
+    except Exception as e:   # the figures are a bonus here
         return {"error": str(e)}
-    return body.get("redis_replicas")
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("imd_redis_wait_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[bound] = int(float(line.rsplit(" ", 1)[1]))
+    figures["wait_seconds_buckets"] = buckets
+    return figures
 
 
 # --- the report ----------------------------------------------------------------
