@@ -584,6 +584,11 @@ def replicas(workdir, imd_argv_for, duration, warmup, rate=None):
                 runs["open"] = measured(imd, loadgen(conns, "open", rate=rate, duration=duration, warmup=warmup),
                                         setup)
                 runs["open"]["rate"] = rate
+                # Logins on the same daemon (Redis CPU per login, on a Redis nobody else uses)
+                runs["login"] = logins(setup, imd, 1000 if duration < 10 else 3000)
+                login = runs["login"]
+                if login.get("logged_in"):
+                    login["redis_cpu_us_per_login_upper"] = round(login["redis_cpu_s"] * 1e6 / login["logged_in"], 1)
                 runs["waits"] = imd_wait_figures()
                 log("  min_replicas %d: %.0f acked/s (p99 %.1f ms); open loop p99 %.1f ms" % (
                     min_replicas, runs["closed"]["acked_per_s"], runs["closed"]["ack_latency_ms"].get("p99", -1),
@@ -707,6 +712,9 @@ def table(report):
             one["open"]["rate"], fmt_lat(zero["open"]["ack_latency_ms"]), fmt_lat(one["open"]["ack_latency_ms"])))
         rows.append("| ↳ Redis master CPU µs/msg (upper bound), closed loop | %s → %s | | | |" % (
             zero["closed"].get("redis_cpu_us_per_msg_upper"), one["closed"].get("redis_cpu_us_per_msg_upper")))
+        rows.append("| ↳ logins/s; Redis master CPU µs/login (upper bound) | %s; %s → %s; %s | | | |" % (
+            zero["login"].get("logins_per_s"), zero["login"].get("redis_cpu_us_per_login_upper"),
+            one["login"].get("logins_per_s"), one["login"].get("redis_cpu_us_per_login_upper")))
     m = report["machine"]
     head = ("Run %s on %d cores, %s; Python %s, Node %s, Redis %s; load average at start %s. "
             "Command: `%s` (%.0f s). Raw figures: `bench/results/%s.json`.\n\n" % (
