@@ -15,8 +15,6 @@ import socket
 import subprocess
 import tempfile
 
-from twisted.internet import reactor
-
 from tests.support import PrivateRedis, free_port, wait_until
 
 MASTER_NAME = "imdtest"
@@ -254,7 +252,3 @@ class SentinelGroup:
             if node.process is not None and node.process.poll() is None:
                 node.process.send_signal(signal.SIGCONT)   # a test may have stopped it
             node.stop()
-
-
-def elapsed_since(started):
-    return round(reactor.seconds() - started, 2)

@@ -27,7 +27,7 @@ from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator
 from tests.mysql_support import MysqlTestMixin, query
 from tests.sentinel_support import SentinelGroup, info, redis_call
-from tests.support import (ImdServer, PrivateRedis, RedisTestMixin, connect_client, drop, logged_in_client,
+from tests.support import (ImdServer, RedisTestMixin, connect_client, drop, logged_in_client,
                            make_settings, redis_connection, wait_until, with_deadline)
 from tests.test_faults import (CYCLES, FAST, MESSAGES, SteadySender, exactly_once, prepare_redis, report,
                                rows_in_mysql)
