@@ -165,8 +165,25 @@ class SentinelGroup:
 
     # --- waiting for the group's state --------------------------------------------
 
+    def _follow_sentinels(self):
+        """On a busy machine the sentinels may fail over again by themselves:
+        whatever they all agree on is the master."""
+        if not self.sentinels:
+            return
+        try:
+            ports = {s.master_port() for s in self.sentinels}
+        except (OSError, RuntimeError, ConnectionError):
+            return
+        if len(ports) == 1 and None not in ports:
+            self.master_port = ports.pop()
+
+    def current_master(self):
+        self._follow_sentinels()
+        return self.master_port
+
     async def wait_replicas_in_sync(self, count, seconds=30):
         def in_sync():
+            self._follow_sentinels()
             try:
                 replication = info(self.master_port, "replication")
             except OSError:
@@ -177,6 +194,7 @@ class SentinelGroup:
                          % (count, self.master_port))
 
         def acking():
+            self._follow_sentinels()
             try:
                 _, acked = redis_calls(self.master_port, ("SET", "imd-test-sync", "1"), ("WAIT", count, 200))
             except (OSError, RuntimeError, ConnectionError):
@@ -187,6 +205,7 @@ class SentinelGroup:
     async def wait_sentinels_ready(self, seconds=30):
         """Every sentinel knows the master, the two other sentinels and each live replica."""
         def ready():
+            self._follow_sentinels()
             try:
                 for sentinel in self.sentinels:
                     state = sentinel.master()

@@ -254,6 +254,7 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
             promotions.append(reactor.seconds() - killed_at)
             await wait_until(lambda: server.app.redis_client.master_address == "127.0.0.1:%d" % new
                              and server.app.bus.healthy, seconds=30, what="imd on the new master")
+            # (should the sentinels fail over again by themselves, the group follows them)
             reconnects.append(reactor.seconds() - killed_at)
             # The killed node comes back (as systemd would restart it) as a
             # replica of the new master: with one replica, min_replicas = 1
