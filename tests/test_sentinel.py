@@ -9,8 +9,8 @@ test's own (a master, a replica, three sentinels; tests/sentinel_support.py).
 - ``FailoverTests``: the master ``kill -9``-ed under a stream of messages,
   with ``min_replicas`` 1 (nothing acked is lost) and 0 (how many acked
   messages a failover loses); a failover by ``SENTINEL FAILOVER`` (the old
-  master stays up, demoted) followed by both nodes' bus, presence and the
-  migrator.
+  master stays up, demoted), then a kill, each followed by both nodes' bus,
+  presence and the migrator.
 
 ``IMD_FAULTS=long`` (``make faults``) runs ten times the messages and five
 failovers; each fault test logs one ``faults:`` line (tests.test_faults.report).
@@ -355,5 +355,24 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         await with_deadline(migrator.wait_drained(), 30, "drained queue")
         rows = await rows_in_mysql(self.mysql_settings)
         self.assertEqual(rows, [(1, "after-failover")])
-        report("SENTINEL FAILOVER (old master demoted, stays up)", followed_s=round(followed, 2),
-               delivered_across_nodes=1, online_after=True, migrated=len(rows))
+
+        # and again after the master is killed -9 (no +switch-master needed:
+        # the connections break, and the sentinels give the new master)
+        started = reactor.seconds()
+        old = group.kill_master()
+        where = "127.0.0.1:%d" % await group.wait_promoted(old)
+        await wait_until(lambda: all(c.master_address == where for c in clients)
+                         and node1.app.bus.healthy and node2.app.bus.healthy, seconds=30,
+                         what="every connection on the master promoted after the kill")
+        recovered = reactor.seconds() - started
+        reply = await ask(alice, {"id": "after-kill", "to": 2, "type": "t", "msg": "and now?"})
+        self.assertEqual(reply["type"], "A", reply)
+        self.assertEqual((await bob.next_of("t"))["id"], "after-kill")
+        online = await ask(alice, {"id": "o2", "type": "O", "msg": 2})
+        self.assertEqual(online["msg"], {"uid": 2, "online": True}, online)
+        await with_deadline(migrator.wait_drained(), 30, "drained queue")
+        rows = await rows_in_mysql(self.mysql_settings)
+        self.assertEqual(sorted(rows), [(1, "after-failover"), (1, "after-kill")])
+        report("SENTINEL FAILOVER (old master demoted, stays up), then master kill -9; two nodes",
+               followed_s=round(followed, 2), recovered_after_kill_s=round(recovered, 2),
+               delivered_across_nodes=2, online_after=True, migrated=len(rows))
