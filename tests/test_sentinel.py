@@ -23,6 +23,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
+from imd.stores.keys import Keys
+from imd.stores.messages import DUPLICATE, STORED, MessageStore
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator
 from tests.mysql_support import MysqlTestMixin, query
@@ -85,6 +87,23 @@ class WaitTests(_Replicated):
         self.assertEqual(client.wait_figures.acknowledged, 1)
         self.assertEqual(client.wait_figures.failed, 0)
         self.assertEqual(redis_call(self.replica.port, "GET", "k199"), "199")
+
+    async def test_a_duplicate_is_a_write_that_wait_counts(self):
+        # A retry after a failover comes on a connection that never stored
+        # the message: its WAIT counts only that connection's own writes, so
+        # the duplicate must write too (it renews its dedup record).
+        await self.start_pair()
+        client = self.client(min_replicas=1)
+        await wait_until(lambda: client.connected, what="connection")
+        store = MessageStore(client, Keys(), 3600)
+        await client.command("SADD", Keys().friends(1), 2)
+        self.assertEqual(await store.store_message(1, 2, "m1", b'{"id":"m1"}'), STORED)
+
+        def offset():
+            return int(info(self.master.port, "replication")["master_repl_offset"])
+        before = offset()
+        self.assertEqual(await store.store_message(1, 2, "m1", b'{"id":"m1"}'), DUPLICATE)
+        self.assertGreater(offset(), before)
 
     async def test_without_min_replicas_the_value_comes_back_at_once(self):
         await self.start_pair()

@@ -42,9 +42,15 @@ end
 
 # KEYS: URS:<from>, dedup:<from>:<id>, MQ, MQ:seq, pending:<from>, pending:<to>
 # ARGV: to, packet, dedup ttl
+# A duplicate renews its dedup record: that write is what a WAIT after it
+# counts ([redis] min_replicas), so the retry is acked only once the
+# replicas are past the first store, even on a connection that never made it.
 STORE_MESSAGE = Script(STORE_ENTRY_LUA + """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[3]) then return 2 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[3]) then
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return 2
+end
 store_entry(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
 return 1
 """, "store_message")

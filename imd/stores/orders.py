@@ -17,10 +17,15 @@ TAKEN_TTL = 30 * 86400
 #       pending:<courier>, pending:<customer>
 # ARGV: courier, customer, s packet, taken ttl
 # Friends both ways every time; the s packet is stored the first time only.
+# A repeated T renews taken:<order>: that write is what a WAIT after it
+# counts ([redis] min_replicas; an SADD that adds nothing is not replicated).
 TAKE_ORDER = Script(STORE_ENTRY_LUA + """
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
-if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[4]) then return 0 end
+if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[4]) then
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  return 0
+end
 store_entry(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3])
 return 1
 """, "take_order")
