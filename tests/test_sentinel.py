@@ -18,6 +18,7 @@ failovers; each fault test logs one ``faults:`` line (tests.test_faults.report).
 
 import shutil
 import signal
+import socket
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -28,8 +29,8 @@ from imd.stores.messages import DUPLICATE, STORED, MessageStore
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator
 from tests.mysql_support import MysqlTestMixin, query
-from tests.sentinel_support import SentinelGroup, info, redis_call
-from tests.support import (ImdServer, RedisTestMixin, connect_client, drop, logged_in_client,
+from tests.sentinel_support import SentinelGroup, info, redis_call, redis_calls
+from tests.support import (ImdServer, PrivateRedis, RedisTestMixin, connect_client, drop, logged_in_client,
                            make_settings, redis_connection, wait_until, with_deadline)
 from tests.test_faults import (CYCLES, FAST, MESSAGES, SteadySender, exactly_once, prepare_redis, report,
                                rows_in_mysql)
@@ -132,6 +133,38 @@ class WaitTests(_Replicated):
         self.assertIn(client.wait_figures.acknowledged, (0, 1))   # 2 asked, 1 replica exists
         # the connection is still good
         self.assertEqual(await client.command("PING"), "PONG")
+
+
+class LoadingTests(unittest.TestCase):
+    """A Redis still loading its data answers ``-LOADING``: that is Redis
+    not serving yet (StoreUnavailable: E unavailable, the migrator retries),
+    not an error of the call (which the migrator logs as a bug)."""
+
+    async def test_loading_is_unavailable_not_an_error_reply(self):
+        if not _have_redis():
+            raise unittest.SkipTest("redis-server is not installed")
+        private = await PrivateRedis(extra_args=["--enable-debug-command", "yes",
+                                                 "--loading-process-events-interval-bytes", "1024"]).start()
+        self.addCleanup(private.stop)
+        redis_calls(private.port, ("CONFIG", "SET", "key-load-delay", "500"),
+                    ("EVAL", "for i = 1, 3000 do redis.call('SET', 'k' .. i, string.rep('x', 100)) end", 0))
+        client = RedisClient(make_settings(redis_db=0, redis_port=private.port).redis.url, 5, reactor, reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        await wait_until(lambda: client.connected, what="connection")
+        # DEBUG RELOAD (its own connection, answered when done) reloads slowly
+        reloading = socket.create_connection(("127.0.0.1", private.port))
+        self.addCleanup(reloading.close)
+        reloading.sendall(b"*2\r\n$5\r\nDEBUG\r\n$6\r\nRELOAD\r\n")
+
+        async def loading():
+            try:
+                await client.command("GET", "k1")
+            except StoreUnavailable as e:
+                return "LOADING" in str(e)
+            return False
+        await wait_until(lambda: defer.ensureDeferred(loading()), what="a LOADING reply as StoreUnavailable")
+        await wait_until(lambda: client.command("GET", "k1"), seconds=30, what="the data loaded")
 
 
 class StoppedReplicaTests(MysqlTestMixin, RedisTestMixin, _Replicated):

@@ -62,6 +62,11 @@ RedisReplyError = txredisapi.ResponseError
 Arg = Any  # bytes, str or int: what a command takes
 
 
+# Error replies that say Redis cannot serve now, not that the call was wrong:
+# they fail as StoreUnavailable (E unavailable; the migrator retries).
+_NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
+
+
 class Script:
     """A Lua script and its SHA-1 (for ``EVALSHA``)."""
     __slots__ = ("text", "sha", "name")
@@ -525,12 +530,15 @@ class RedisClient(Service):
         if isinstance(reply, Failure):
             raise StoreUnavailable("redis: %s" % (reply.getErrorMessage(),))
         if isinstance(reply, txredisapi.ResponseError):
-            if str(reply).startswith("READONLY"):
-                # A master demoted under us (a failover we were not told
-                # of): reconnect, through the sentinels if there are any.
-                _log.warn("{name}: redis answered READONLY; reconnecting", name=self.name)
-                self.drop_connection()
-                raise StoreUnavailable("redis: %s" % (reply,))
+            text = str(reply)
+            if text.startswith(_NOT_SERVING):
+                if text.startswith("READONLY"):
+                    # A master demoted under us (a failover we were not told
+                    # of): reconnect, through the sentinels if there are any.
+                    _log.warn("{name}: redis answered READONLY; reconnecting", name=self.name)
+                    self.drop_connection()
+                # (LOADING: a Redis restarted and still reading its AOF)
+                raise StoreUnavailable("redis: %s" % (text,))
             raise reply
         if isinstance(reply, Exception):  # txredisapi.ConnectionError("Lost connection"), ...
             raise StoreUnavailable("redis: %s" % (reply,))
