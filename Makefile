@@ -65,14 +65,15 @@ bench: install services
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # issue 8, long variants (docs/reliability.md): ten times the messages and
-# five cycles per fault, 3000 hypothesis examples, a 60 s fuzz; bounded by
+# five cycles per fault (five Sentinel failovers per test in
+# tests.test_sentinel), 3000 hypothesis examples, a 60 s fuzz; bounded by
 # timeout. Figures: one JSON line per fault in bench/results/faults-last-run.jsonl.
 FAULTS_TIMEOUT ?= 1500
 faults: install services
 	mkdir -p bench/results && rm -f bench/results/faults-last-run.jsonl
 	IMD_FAULTS=long IMD_FAULTS_REPORT=$(CURDIR)/bench/results/faults-last-run.jsonl \
 	  timeout $(FAULTS_TIMEOUT) $(VENV)/bin/trial $(TRIAL_ARGS) tests.test_faults tests.test_security \
-	  tests.test_limits tests.test_migrator_crash
+	  tests.test_limits tests.test_migrator_crash tests.test_sentinel
 	cat bench/results/faults-last-run.jsonl
 
 clean:

@@ -11,12 +11,17 @@ daemon's CPU and RSS from /proc, and writes:
 Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
-    .venv/bin/python bench/run.py [--quick] [--only throughput,receipts,latency,idle,login,migrate]
+    .venv/bin/python bench/run.py [--quick] [--only throughput,receipts,latency,idle,login,migrate,replicas]
 
 ``receipts`` is the C=200 W=8 throughput run again with receipts in the load
 mix (contract §7.1): each delivered message answered by an ``R`` delivered,
 every tenth by an ``R`` read too, against both servers (the baseline relays
 an ``R`` like any packet).
+
+``replicas`` (not in the default set; ``--only replicas``, or ``--replicas``
+to add it): a private Redis master and one replica on free loopback ports,
+and imd's message throughput (closed loop) and ack latency (open loop, the
+same offered rate) with ``[redis] min_replicas`` 0, then 1, against them.
 """
 
 import argparse
@@ -46,6 +51,7 @@ DOC = os.path.join(ROOT, "docs", "performance.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 REDIS_DB = int(os.environ.get("IMD_BENCH_REDIS_DB", "9"))
+REDIS_PORT = 6379   # the replicas run points this at a private master
 MYSQL_DB = os.environ.get("IMD_BENCH_MYSQL_DB", "imd_bench")
 # IMD_BENCH_PORT moves the three listeners (baseline, imd ws, imd http) so
 # that two checkouts can bench one after the other without a port clash
@@ -68,8 +74,8 @@ def log(msg):
 # --- a tiny blocking Redis client (setup and lag samples only) -----------------
 
 class Redis:
-    def __init__(self, db, port=6379):
-        self.sock = socket.create_connection(("127.0.0.1", port))
+    def __init__(self, db, port=None):
+        self.sock = socket.create_connection(("127.0.0.1", port or REDIS_PORT))
         self.file = self.sock.makefile("rb")
         self.call("SELECT", db)
 
@@ -156,6 +162,14 @@ def loadavg():
         return [float(x) for x in f.read().split()[:3]]
 
 
+def port_taken(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_port(port, timeout=20.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -172,6 +186,9 @@ class Server:
 
     def __init__(self, name, argv, port, logfile, companions=()):
         self.name, self.port = name, port
+        if port_taken(port):
+            # else the run would measure whatever listens there
+            raise RuntimeError("127.0.0.1:%d is already taken (another bench? set IMD_BENCH_PORT)" % port)
         self.log = open(logfile, "ab")
         self.procs = [subprocess.Popen(a, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
                       for a in [argv] + list(companions)]
@@ -199,7 +216,7 @@ class Server:
 
 # --- set-up --------------------------------------------------------------------
 
-def bench_config(path):
+def bench_config(path, redis_extra=""):
     text = """
 [imd]
 roles = ws, http, migrate
@@ -217,19 +234,21 @@ ping_interval = 30
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 [redis]
-url = redis://127.0.0.1:6379/{db}
+url = redis://127.0.0.1:{redis_port}/{db}
+{redis_extra}
 [mysql]
 database = {mysql}
-""".format(imd=IMD_PORT, http=HTTP_PORT, db=REDIS_DB, mysql=MYSQL_DB)
+""".format(imd=IMD_PORT, http=HTTP_PORT, db=REDIS_DB, mysql=MYSQL_DB, redis_port=REDIS_PORT,
+           redis_extra=redis_extra)
     with open(path, "w") as f:
         f.write(text)
     return path
 
 
 class Setup:
-    def __init__(self, workdir):
+    def __init__(self, workdir, redis_extra=""):
         self.workdir = workdir
-        self.config = bench_config(os.path.join(workdir, "imd.ini"))
+        self.config = bench_config(os.path.join(workdir, "imd.ini"), redis_extra)
         self.redis = Redis(REDIS_DB)
         self.redis.call("FLUSHDB")
         public_pem, private_pem = generate_key_pair()
@@ -493,6 +512,127 @@ def migrate(setup, imd, rows):
     return result
 
 
+class RedisPair:
+    """A private redis-server master and one replica on free loopback ports
+    (diskless sync, no persistence), stopped here by pid."""
+
+    def __init__(self, workdir):
+        self.procs = []
+        self.ports = []
+        for role in ("master", "replica"):
+            port = free_port()
+            directory = os.path.join(workdir, "redis-" + role)
+            os.makedirs(directory, exist_ok=True)
+            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", directory, "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+            if self.ports:
+                argv += ["--replicaof", "127.0.0.1", str(self.ports[0])]
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.ports.append(port)
+            wait_port(port)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            replication = Redis(0, self.ports[0]).call("INFO", "replication").decode()
+            if "state=online" in replication:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the replica did not come in sync")
+        self.master_port = self.ports[0]
+        self.replica_pid = self.procs[1].pid
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replicas(workdir, imd_argv_for, duration, warmup, rate=None):
+    """imd against a private master + replica: min_replicas 0 then 1, closed
+    loop C=200 W=8 and open loop at one rate (half of min_replicas 0's
+    closed-loop maximum unless given)."""
+    global REDIS_PORT
+    pair = RedisPair(workdir)
+    saved = REDIS_PORT
+    REDIS_PORT = pair.master_port
+    out = {"redis_master_port": pair.master_port}
+    try:
+        for min_replicas in (0, 1):
+            setup = Setup(workdir, redis_extra="min_replicas = %d\nreplica_timeout = 0.5\n" % min_replicas)
+            argv, companions = imd_argv_for(setup.config)
+            imd = Server("imd", argv, IMD_PORT, os.path.join(workdir, "imd-replicas-%d.out" % min_replicas),
+                         companions)
+            try:
+                runs = {}
+                uids = setup.pairs(200)
+                conns = setup.conns_file("rep-%d" % min_replicas, uids, imd.port, tokens=True)
+                log("replicas: min_replicas %d, closed loop C=200 W=8 (load %s)" % (min_replicas, loadavg()[0]))
+                replica_cpu0 = proc_cpu(pair.replica_pid)
+                runs["closed"] = measured(imd, loadgen(conns, "closed", window=8, duration=duration, warmup=warmup,
+                                                       concurrency=100), setup)
+                runs["closed"]["replica_cpu_s"] = round(proc_cpu(pair.replica_pid) - replica_cpu0, 2)
+                runs["closed"]["migrator_drained_s"] = wait_drained(setup)
+                if rate is None:
+                    rate = int(runs["closed"]["acked_per_s"] / 2)
+                time.sleep(1.0)
+                uids = setup.pairs(200)
+                conns = setup.conns_file("rep-open-%d" % min_replicas, uids, imd.port, tokens=True)
+                log("replicas: min_replicas %d, open loop R=%d" % (min_replicas, rate))
+                runs["open"] = measured(imd, loadgen(conns, "open", rate=rate, duration=duration, warmup=warmup),
+                                        setup)
+                runs["open"]["rate"] = rate
+                # Logins on the same daemon (Redis CPU per login, on a Redis nobody else uses)
+                runs["login"] = logins(setup, imd, 1000 if duration < 10 else 3000)
+                login = runs["login"]
+                if login.get("logged_in"):
+                    login["redis_cpu_us_per_login_upper"] = round(login["redis_cpu_s"] * 1e6 / login["logged_in"], 1)
+                runs["waits"] = imd_wait_figures()
+                log("  min_replicas %d: %.0f acked/s (p99 %.1f ms); open loop p99 %.1f ms" % (
+                    min_replicas, runs["closed"]["acked_per_s"], runs["closed"]["ack_latency_ms"].get("p99", -1),
+                    runs["open"]["ack_latency_ms"].get("p99", -1)))
+                out["min_replicas_%d" % min_replicas] = runs
+            finally:
+                imd.stop()
+    finally:
+        REDIS_PORT = saved
+        pair.stop()
+    zero, one = out["min_replicas_0"]["closed"], out["min_replicas_1"]["closed"]
+    out["throughput_ratio_1_vs_0"] = round(one["acked_per_s"] / zero["acked_per_s"], 3)
+    return out
+
+
+def imd_wait_figures():
+    """The daemon's WAIT figures from its /healthz and the WAIT latency
+    histogram from its /metrics (http role)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % HTTP_PORT, timeout=5) as response:
+            figures = json.loads(response.read()).get("redis_replicas") or {}
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % HTTP_PORT, timeout=5) as response:
+            text = response.read().decode()
+    except Exception as e:   # the figures are a bonus here
+        return {"error": str(e)}
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("imd_redis_wait_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[bound] = int(float(line.rsplit(" ", 1)[1]))
+    figures["wait_seconds_buckets"] = buckets
+    return figures
+
+
 # --- the report ----------------------------------------------------------------
 
 def machine():
@@ -582,6 +722,21 @@ def table(report):
         n = r["migrate"]["rows_per_s"] or 0
         rows.append("| migrator rows/s (%d rows, batch 500) | %.0f | | ≥ 20,000 | %s |" % (
             r["migrate"]["rows"], n, "yes" if n >= 20000 else "no"))
+    if "replicas" in r:
+        rep = r["replicas"]
+        zero, one = rep["min_replicas_0"], rep["min_replicas_1"]
+        rows.append("| `[redis] min_replicas` 0 → 1 (private master + replica): C200 W8 acked msgs/s | "
+                    "%.0f → %.0f | | %.2f× | - |" % (zero["closed"]["acked_per_s"], one["closed"]["acked_per_s"],
+                                                   rep["throughput_ratio_1_vs_0"]))
+        rows.append("| ↳ ack latency p50/p99/p999 ms, closed loop | %s → %s | | | |" % (
+            fmt_lat(zero["closed"]["ack_latency_ms"]), fmt_lat(one["closed"]["ack_latency_ms"])))
+        rows.append("| ↳ open loop R=%d: ack p50/p99/p999 ms | %s → %s | | | |" % (
+            one["open"]["rate"], fmt_lat(zero["open"]["ack_latency_ms"]), fmt_lat(one["open"]["ack_latency_ms"])))
+        rows.append("| ↳ Redis master CPU µs/msg (upper bound), closed loop | %s → %s | | | |" % (
+            zero["closed"].get("redis_cpu_us_per_msg_upper"), one["closed"].get("redis_cpu_us_per_msg_upper")))
+        rows.append("| ↳ logins/s; Redis master CPU µs/login (upper bound) | %s; %s → %s; %s | | | |" % (
+            zero["login"].get("logins_per_s"), zero["login"].get("redis_cpu_us_per_login_upper"),
+            one["login"].get("logins_per_s"), one["login"].get("redis_cpu_us_per_login_upper")))
     m = report["machine"]
     head = ("Run %s on %d cores, %s; Python %s, Node %s, Redis %s; load average at start %s. "
             "Command: `%s` (%.0f s). Raw figures: `bench/results/%s.json`.\n\n" % (
@@ -610,8 +765,12 @@ def main():
                         "(txt) of imd during the C=200 throughput run, into bench/results/")
     parser.add_argument("--rate", type=int, help="open-loop rate (default: half of imd's C=200 W=8 maximum)")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
+    parser.add_argument("--replicas", action="store_true", help="also run the min_replicas 0 vs 1 comparison "
+                        "(a private master + replica)")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    if args.replicas:
+        only.add("replicas")
     duration, warmup = (3, 1) if args.quick else (10, 2)
     idle_n = 1000 if args.quick else 10000
     fds = raise_fd_limit()
@@ -626,17 +785,22 @@ def main():
                   " BENCH_ARGS='%s'" % " ".join(sys.argv[1:]) if len(sys.argv) > 1 else ""), "results": {}}
     r = report["results"]
     log("workdir %s; redis db %d, mysql %s; load %s" % (workdir, REDIS_DB, MYSQL_DB, report["loadavg_start"]))
-    setup = Setup(workdir)
+    # (the replicas run alone uses a private Redis: nothing of db REDIS_DB is touched)
+    setup = Setup(workdir) if only - {"replicas"} else None
     # imd as the shipped systemd units run it: the ws and http roles in one
     # process, the migrator in its own at nice 10 (imd-migrate.service).
     # (In one process the migrator starves behind a saturated reactor: at
     # C=200 W=8 its lag grew by ~0.5 s every second; alone it stays under
     # 0.5 s.  docs/performance.md.)
-    def twistd(log_name, roles):
+    def twistd(log_name, roles, config=None):
         return [os.path.join(VENV_BIN, "twistd"), "-n", "--pidfile=", "--logfile",
-                os.path.join(workdir, log_name), "imd", "--config", setup.config, "--roles", roles]
-    imd_argv = twistd("imd.log", "ws,http")
-    imd_companions = [["nice", "-n", "10"] + twistd("migrator.log", "migrate")]
+                os.path.join(workdir, log_name), "imd", "--config", config or setup.config, "--roles", roles]
+    imd_argv = twistd("imd.log", "ws,http") if setup is not None else None
+    imd_companions = [["nice", "-n", "10"] + twistd("migrator.log", "migrate")] if setup is not None else None
+
+    def imd_argv_for(config):
+        return (twistd("imd.log", "ws,http", config),
+                [["nice", "-n", "10"] + twistd("migrator.log", "migrate", config)])
     base_argv = [sys.executable, os.path.join(HERE, "baseline_relay.py"), "--port", str(BASE_PORT),
                  "--redis-db", str(REDIS_DB)]
     servers = []
@@ -682,10 +846,14 @@ def main():
                 r["migrate"] = migrate(setup, imd, 20000 if args.quick else 100000)
             imd.stop()
             servers.remove(imd)
+        if "replicas" in only:
+            r["replicas"] = replicas(workdir, imd_argv_for, duration, warmup, args.rate if only == {"replicas"}
+                                     else None)
     finally:
         for server in servers:
             server.stop()
-        setup.redis.call("FLUSHDB")
+        if setup is not None:
+            setup.redis.call("FLUSHDB")
     report["seconds"] = round(time.time() - started, 1)
     report["loadavg_end"] = loadavg()
     path = os.path.join(RESULTS, stamp + ".json")

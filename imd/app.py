@@ -41,6 +41,7 @@ from imd.stores.push import PushNotes
 from imd.stores.queue import QueueStore
 from imd.stores.receipts import ReceiptStore
 from imd.stores.redis import RedisClient, RedisSubscriber
+from imd.stores.sentinel import SentinelMaster
 from imd.stores.tokens import TokenStore
 from imd.stores.typing import TypingStore
 from imd.tls import TlsReloader, is_tls_endpoint
@@ -64,7 +65,12 @@ class App:
         self.node_id = settings.imd.node_id or default_node_id(settings)
         self.keys = Keys(redis.prefix, redis.url.db)
         self.flusher = TurnFlusher(self.clock)
-        self.redis_client = RedisClient(redis.url, redis.timeout, self.clock, reactor, flusher=self.flusher)
+        # [redis] sentinels: every Redis connection finds the master through them.
+        self.sentinel = (SentinelMaster(redis.sentinels, redis.master_name, redis.timeout, self.clock, reactor)
+                         if redis.sentinels else None)
+        self.redis_client = self.redis_connection(RedisClient, flusher=self.flusher,
+                                                  min_replicas=redis.min_replicas,
+                                                  replica_timeout=redis.replica_timeout)
         client, keys = self.redis_client, self.keys
         self.tokens = TokenStore(client, keys)
         self.friends = FriendStore(client, keys)
@@ -82,7 +88,8 @@ class App:
         self.push_drainer: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
                                push=lambda: self.push_drainer,
-                               node=self.node_id, roles=settings.imd.roles)
+                               node=self.node_id, roles=settings.imd.roles,
+                               redis=lambda: (self.redis_client, self.sentinel))
         self.tls = TlsReloader(reactor)
         self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
@@ -106,9 +113,19 @@ class App:
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)
 
-    def _subscriber(self, **callbacks: Any) -> RedisSubscriber:
+    def redis_connection(self, kind: Any, **options: Any) -> Any:
+        """A RedisClient or RedisSubscriber on ``[redis] url``, or on the master
+        the sentinels give (and follow) when ``[redis] sentinels`` is set."""
         redis = self.settings.redis
-        return RedisSubscriber(redis.url, redis.timeout, self.clock, self.reactor, **callbacks)
+        if self.sentinel is not None:
+            options.update(endpoint=self.sentinel.endpoint, check_role=True, max_retry_delay=1.0)
+        connection = kind(redis.url, redis.timeout, self.clock, self.reactor, **options)
+        if self.sentinel is not None:
+            self.sentinel.follow(connection.follow_master)
+        return connection
+
+    def _subscriber(self, **callbacks: Any) -> RedisSubscriber:
+        return self.redis_connection(RedisSubscriber, **callbacks)
 
     def websocket_factory(self, secure: bool = False) -> Any:
         from imd.transport.websocket import ImdServerFactory, Listener
@@ -124,6 +141,8 @@ class App:
         client), then whatever was added before it (bus, migrator, stores).
         """
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
+        if self.sentinel is not None:
+            self.sentinel.setServiceParent(top)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
         # [imd] metrics_listen and this process's registry entry: stopped
@@ -173,8 +192,9 @@ class App:
         with ``[push] url`` set, the push drainer (:mod:`imd.push.drainer`)."""
         from imd.migrator import Migrator
         from imd.order_ends import OrderEnds
-        redis = self.settings.redis
-        client = RedisClient(redis.url, redis.timeout, self.clock, self.reactor, name="redis (migrator)")
+        # (no WAIT here: a batch whose claim or delete a failover loses is
+        # replayed, and MySQL's unique key keeps its rows once)
+        client = self.redis_connection(RedisClient, name="redis (migrator)")
         migrator = self.migrator = Migrator(QueueStore(client, self.keys), self.mysql, self.settings.migrate,
                                             self.clock)
         self.order_ends = OrderEnds(OrderStore(client, self.keys), self.clock, leading=lambda: migrator.is_leader)

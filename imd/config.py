@@ -194,7 +194,7 @@ def _http_url(text):
 
 
 def _host_ports(text):
-    """``host:port, host:port`` -> ((host, port), ...)."""
+    """``host:port, host:port`` -> ((host, port), ...), each once."""
     found = []
     for item in (i.strip() for i in text.split(",")):
         if not item:
@@ -203,8 +203,21 @@ def _host_ports(text):
         host = host.strip("[]")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise _Invalid("expected host:port, host:port, ...; got %r" % (item,))
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
+            raise _Invalid("expected a host name or IP address, got %r" % (host,))
+        if (host, int(port)) in found:
+            raise _Invalid("%s:%s is listed twice" % (host, port))
         found.append((host, int(port)))
     return tuple(found)
+
+
+def _master_name(text):
+    # Sentinel's own rule for names is looser, but +switch-master messages
+    # are split on spaces: a name with one could not be followed.
+    if text and not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", text):
+        raise _Invalid("expected the name the sentinels monitor (letters, digits, '.', '_', '-'), got %r"
+                       % (text,))
+    return text
 
 
 @dataclass(frozen=True)
@@ -295,9 +308,9 @@ class RedisSettings:
     timeout: float = _setting("5", _number())
     dedup_ttl: int = _setting("3600", _int(1))
     sentinels: tuple = _setting("", _host_ports)
-    master_name: str = _setting("", _text)
+    master_name: str = _setting("", _master_name)
     min_replicas: int = _setting("0", _int(0, 100))
-    replica_timeout: float = _setting("0.5", _number())
+    replica_timeout: float = _setting("0.5", _number(low=0.001, strictly_positive=False))
 
 
 @dataclass(frozen=True)
@@ -427,6 +440,11 @@ def _check_across_keys(path, settings):
     if redis.master_name and not redis.sentinels:
         raise ConfigError(path, "redis", "sentinels",
                           "is required with [redis] master_name (host:port of each sentinel)")
+    if redis.min_replicas and redis.replica_timeout >= redis.timeout:
+        # A WAIT holds the connection for up to replica_timeout; past
+        # [redis] timeout the reply watchdog would cut it first.
+        raise ConfigError(path, "redis", "replica_timeout",
+                          "must be less than [redis] timeout (%g >= %g)" % (redis.replica_timeout, redis.timeout))
     if settings.push.url and not settings.push.secret:
         raise ConfigError(path, "push", "secret", "is required with [push] url (it signs every push)")
     _check_metrics_port(path, settings)

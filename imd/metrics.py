@@ -116,6 +116,45 @@ class _CertificateCollector:
         yield family
 
 
+class _RedisCollector:
+    """Which Redis master this process uses and what its replicas confirm
+    (read when scraped from the App's command client and sentinel)."""
+
+    def __init__(self, get_redis):
+        self._get_redis = get_redis
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        client, sentinel = self._get_redis()
+        master = GaugeMetricFamily("imd_redis_master_info", "1 for the Redis address this process's command "
+                                   "connection is on (none while down); via: url or sentinel",
+                                   labels=["address", "via"])
+        if client.master_address:
+            master.add_metric([client.master_address, "sentinel" if sentinel is not None else "url"], 1)
+        yield master
+        yield CounterMetricFamily("imd_redis_master_changes", "Times the command connection came back on "
+                                  "another Redis master (failovers seen)", value=client.master_changes)
+        yield CounterMetricFamily("imd_redis_switch_master_events", "+switch-master messages from the "
+                                  "sentinels for [redis] master_name",
+                                  value=sentinel.switch_events if sentinel is not None else 0)
+        yield GaugeMetricFamily("imd_redis_min_replicas", "[redis] min_replicas: replicas a write must reach "
+                                "before its A", value=client.min_replicas)
+        figures = client.wait_figures
+        yield GaugeMetricFamily("imd_redis_replicas_acknowledged", "Replicas that confirmed the last WAIT "
+                                "(NaN before the first)",
+                                value=figures.acknowledged if figures.acknowledged >= 0 else float("nan"))
+        yield CounterMetricFamily("imd_redis_wait_failures", "WAITs answered below [redis] min_replicas, "
+                                  "timed out or cut (their replies became E unavailable)", value=figures.failed)
+        buckets, total = [], 0
+        for bound, count in zip(figures.BOUNDS + (float("inf"),), figures.counts):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        yield HistogramMetricFamily("imd_redis_wait_seconds", "Time from a WAIT sent to its answer",
+                                    buckets=buckets, sum_value=figures.seconds)
+
+
 class _Histogram:
     """A histogram counted with plain ints (``le`` buckets, as Prometheus')."""
     __slots__ = ("bounds", "counts", "sum")
@@ -183,11 +222,12 @@ class _PacketCollector:
 
 
 class Metrics:
-    def __init__(self, migrator=None, certificates=None, node="", roles=(), push=None):
+    def __init__(self, migrator=None, certificates=None, node="", roles=(), push=None, redis=None):
         """``migrator()``: the App's migrator or None, read at each scrape;
         ``push()``: the App's push drainer or None, likewise;
         ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
-        ``node``, ``roles``: this process, for ``imd_process_info``."""
+        ``node``, ``roles``: this process, for ``imd_process_info``;
+        ``redis()``: ``(command RedisClient, SentinelMaster or None)``."""
         # The *_created series only repeat the process start time.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -257,6 +297,8 @@ class Metrics:
         if certificates is not None:
             registry.register(_CertificateCollector(certificates))
         registry.register(_PushCollector(push or (lambda: None)))
+        if redis is not None:
+            registry.register(_RedisCollector(redis))
 
     # --- called by the transport ---------------------------------------------
 

@@ -11,6 +11,9 @@ def start_migrator(test, settings, clock=None):
     With ``clock`` (a task.Clock) its waits between steps and its lock
     renewals run only when the test advances that clock."""
     app = App(settings, reactor, clock)
+    if app.sentinel is not None:
+        app.sentinel.startService()
+        test.addCleanup(app.sentinel.stopService)
     app.mysql.startService()
     group = app.migrator_service()
     group.startService()

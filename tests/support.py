@@ -133,6 +133,8 @@ class ImdServer:
 
     @defer.inlineCallbacks
     def start(self):
+        if self.app.sentinel is not None:
+            self.app.sentinel.startService()
         self.app.redis_client.startService()
         self.app.mysql.startService()  # connects on first use only
         # polled on the real reactor: the app's own clock may be a task.Clock
@@ -153,6 +155,8 @@ class ImdServer:
         self.app.mysql.stopService()
         yield self.app.bus.stopService()
         yield self.app.redis_client.stopService()
+        if self.app.sentinel is not None:
+            yield self.app.sentinel.stopService()
 
 
 class TestClient(WebSocketClientProtocol):

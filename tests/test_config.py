@@ -98,6 +98,25 @@ class SettingsTests(unittest.SynchronousTestCase):
         self.assertEqual(settings.http.auth, "dev")
         self.assert_error("[http]\nlisten = tcp6:8766:interface=\\:\\:\n", "http", "auth", "loopback")
 
+    def test_redis_high_availability_keys(self):
+        s = parse_settings("[redis]\nsentinels = 127.0.0.1:26379, sentinel-2.example:26380\nmaster_name = imd\n"
+                           "min_replicas = 1\nreplica_timeout = 0.25\n")
+        self.assertEqual(s.redis.sentinels, (("127.0.0.1", 26379), ("sentinel-2.example", 26380)))
+        self.assertEqual((s.redis.master_name, s.redis.min_replicas, s.redis.replica_timeout), ("imd", 1, 0.25))
+        self.assert_error("[redis]\nsentinels = 127.0.0.1:26379\n", "redis", "master_name", "required")
+        self.assert_error("[redis]\nmaster_name = imd\n", "redis", "sentinels", "required")
+        self.assert_error("[redis]\nsentinels = 127.0.0.1\nmaster_name = imd\n", "redis", "sentinels", "host:port")
+        self.assert_error("[redis]\nsentinels = a:1, a:1\nmaster_name = imd\n", "redis", "sentinels", "twice")
+        self.assert_error("[redis]\nsentinels = a b:1\nmaster_name = imd\n", "redis", "sentinels", "host name")
+        self.assert_error("[redis]\nsentinels = a:1\nmaster_name = my master\n", "redis", "master_name",
+                          "letters, digits")
+        self.assert_error("[redis]\nmin_replicas = -1\n", "redis", "min_replicas", "at least 0")
+        self.assert_error("[redis]\nmin_replicas = one\n", "redis", "min_replicas", "integer")
+        self.assert_error("[redis]\nreplica_timeout = 0\n", "redis", "replica_timeout", "at least 0.001")
+        self.assert_error("[redis]\nmin_replicas = 1\nreplica_timeout = 5\n", "redis", "replica_timeout",
+                          "less than [redis] timeout")
+        parse_settings("[redis]\nmin_replicas = 0\nreplica_timeout = 5\n")   # unused without min_replicas
+
     def test_not_an_ini(self):
         self.assert_error("listen = 1\n", None, None, "cannot parse")
 

@@ -249,7 +249,16 @@ class HealthTests(HttpTestMixin, unittest.TestCase):
     async def test_healthy(self):
         response = await self.request("GET", "/healthz")
         self.assertEqual(response.code, 200, response)
-        self.assertEqual(response.json(), {"redis": "ok", "mysql": "ok"})
+        body = response.json()
+        self.assertEqual((body["redis"], body["mysql"], body["redis_failovers"]), ("ok", "ok", 0))
+        self.assertEqual(body["redis_master"], "127.0.0.1:6379")
+        self.assertNotIn("error", body)
+        self.assertNotIn("redis_replicas", body)   # [redis] min_replicas = 0
+
+    async def test_through_a_proxy_only_ok_or_down(self):
+        # the Redis address is for operators on this machine, not for the public
+        response = await self.request("GET", "/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual((response.code, response.json()), (200, {"redis": "ok", "mysql": "ok"}))
 
     def health_log(self):
         events = []
@@ -262,7 +271,7 @@ class HealthTests(HttpTestMixin, unittest.TestCase):
         settings = make_settings({"mysql": {"port": str(port)}})
         server = await self.start_server(settings)
         logged = self.health_log()
-        response = await self.request("GET", "/healthz", server=server)
+        response = await self.request("GET", "/healthz", server=server, headers={"X-Forwarded-For": "203.0.113.9"})
         self.assertEqual(response.code, 503, response)
         # only ok/down in public; why (host, port, driver text) is in the log
         self.assertEqual(response.json(), {"redis": "ok", "mysql": "down"})
@@ -279,7 +288,7 @@ class HealthTests(HttpTestMixin, unittest.TestCase):
         private.stop()
         await wait_until(lambda: not server.app.redis_client.connected, what="redis link down")
         logged = self.health_log()
-        response = await self.request("GET", "/healthz", server=server)
+        response = await self.request("GET", "/healthz", server=server, headers={"X-Forwarded-For": "203.0.113.9"})
         self.assertEqual(response.code, 503, response)
         self.assertEqual(response.json(), {"redis": "down", "mysql": "ok"})
         self.assertIn("redis: ", "\n".join(logged()))

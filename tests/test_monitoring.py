@@ -179,6 +179,13 @@ ALERT_CASES = {
     "ImdStoreDown": [
         ({'imd_store_up{instance="a",store="redis"}': "1 1 0", 'imd_store_up{instance="a",store="mysql"}': "1 1 1"},
          {"1m": False, "2m": True})],
+    "ImdRedisReplicasShort": [
+        ({'imd_redis_wait_failures_total{instance="a"}': "0+60x10"}, {"5m": True}),
+        ({'imd_redis_wait_failures_total{instance="a"}': "0+1x10"}, {"5m": False})],
+    "ImdRedisFailover": [
+        ({'imd_redis_master_changes_total{instance="a"}': "0 0 1 1", 'imd_redis_master_changes_total{instance="b"}':
+          "0 0 0 0"}, {"1m": False, "2m": True}),
+        ({'imd_redis_master_changes_total{instance="a"}': "3 3 3"}, {"2m": False})],
     "ImdNoMigratorLeading": [
         ({'imd_migrator_leader{instance="a"}': "1 0", 'imd_migrator_leader{instance="b"}': "0 0"},
          {"0m": False, "1m": True}),

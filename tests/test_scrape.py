@@ -2,6 +2,7 @@
 ``/healthz`` and registers where in Redis; the figures read at scrape time;
 the certificate expiry."""
 
+import json
 import os
 
 from twisted.internet import reactor, task
@@ -130,7 +131,9 @@ class EveryProcessIsScrapedTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(values['imd_process_info{node="test-node-1",roles="ws",version="0.1.0"}'], 1)
         self.assertNotIn("imd_migrator_lag_seconds", values)
         code, body = await http_get(imd.url.replace("/metrics", "/healthz"))
-        self.assertEqual((code, body), (200, b'{"redis": "ok", "mysql": "ok"}'))
+        health = json.loads(body)
+        self.assertEqual((code, health["redis"], health["mysql"]), (200, "ok", "ok"))
+        self.assertEqual(health["redis_master"], "127.0.0.1:6379")
         code, _ = await http_get(imd.url.replace("/metrics", "/IM/token"))
         self.assertEqual(code, 404)
 

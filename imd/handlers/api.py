@@ -39,6 +39,7 @@ class ServerApi:
         ts = int(self._clock.seconds() * 1000)
         head, tail = protocol.system_message_parts(packet_id, msg, ts)
         stored = yield self._messages.store_system_messages(packet_id, list(recipients), head, tail, ts)
+        yield self._messages.client.replicated()   # [redis] min_replicas: stored means on the replicas too
         for to in stored:
             self._node.deliver(to, head + b"%d" % to + tail)
         return packet_id, len(stored)

@@ -1,6 +1,7 @@
 """``t`` and ``i``: store in Redis (friend check, dedup, MQ), then deliver.
 
-The ``A`` goes back once the message is stored; every connection of the
+The ``A`` goes back once the message is stored (and, with ``[redis]
+min_replicas``, on that many replicas); every connection of the
 recipient, on this node and the others, gets it through the node as soon as
 Redis says it is stored (store replies come in the order the messages were
 sent, so deliveries keep that order).
@@ -25,6 +26,8 @@ class MessageHandler:
         self._node = node
         self._clock = clock
         self._log_messages = log_messages
+        client = store.client
+        self._replicas = client.replicated if client.min_replicas else None
 
     def handle(self, sender: int, packet: protocol.MessagePacket) -> Deferred:
         if not self._node.healthy:
@@ -34,6 +37,10 @@ class MessageHandler:
         ts = int(self._clock.seconds() * 1000)
         payload = protocol.message_json(packet, sender, ts)
         d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts)
+        if self._replicas:
+            # [redis] min_replicas: nothing is delivered or acked before the
+            # replicas have it (one WAIT per turn for all the turn's messages)
+            d.addCallback(self._replicas)
         return d.addCallback(self._stored, sender, packet, payload)
 
     def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes) -> Reply:

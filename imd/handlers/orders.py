@@ -40,6 +40,7 @@ class TakeOrderHandler:
         # the order's record in Redis, so the s packet is stored once.
         payload = protocol.system_message_json("taken-%d" % packet.order, sender, customer, notice, ts)
         outcome = yield self._orders.take_order(packet.order, sender, customer, payload, ts)
+        outcome = yield self._orders.client.replicated(outcome)   # [redis] min_replicas
         if outcome == CLOSED_UNTAKEN:
             raise ImdError("forbidden", "order %d is closed" % packet.order)
         if outcome == OTHER_COURIER:

@@ -45,7 +45,7 @@ def build_site(app, ws_base_url=None):
 def build_metrics_site(app) -> ImdSite:
     """``/metrics`` and ``/healthz`` alone, for ``[imd] metrics_listen``."""
     root = Root()
-    root.putChild(b"healthz", HealthResource(app))
+    root.putChild(b"healthz", HealthResource(app, details=True))
     root.putChild(b"metrics", MetricsResource(app))
     http = app.settings.http
     return ImdSite(root, app.clock, http.request_timeout, http.max_connections)

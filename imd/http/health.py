@@ -1,17 +1,26 @@
 """``GET /healthz``: can this process reach Redis and MySQL right now?
 
-200 ``{"redis": "ok", "mysql": "ok"}``; otherwise 503 with ``"down"`` for each
-store that failed.  Why it failed (the driver's message, which names hosts
-and ports) goes to the log only: the answer may be public (a proxy in front,
-a load balancer's probe).  Redis is asked ``PING`` through
-the App's own client (so the answer is about the connection the daemon uses);
-MySQL ``SELECT 1`` through the App's MySQL pool.
+200 ``{"redis": "ok", "mysql": "ok", ...}``; otherwise 503 with ``"down"`` for
+each store that failed.  Why it failed (the driver's message, which names hosts
+and ports) goes to the log only.  Redis is asked ``PING`` through the App's
+own client (so the answer is about the connection the daemon uses); MySQL
+``SELECT 1`` through the App's MySQL pool.
+
+The Redis figures, whatever the status: ``redis_master`` (the ``host:port``
+that connection is on, null while down; behind Sentinel, the master it
+found), ``redis_failovers`` (times it came back on another master) and, with
+``[redis] min_replicas``, ``redis_replicas``: how many are required, how many
+confirmed the last ``WAIT``, how many ``WAIT`` s fell short, and their mean
+latency.  They name an address, so they are shown only where the answer
+cannot be public: on ``[imd] metrics_listen``, and to a request that came
+straight from this machine's loopback (no proxy header).  Through a proxy,
+or from another host, ``/healthz`` says ok/down and nothing more.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from imd.http.resource import JsonResource
+from imd.http.resource import JsonResource, direct_from_loopback
 
 _log = Logger()
 
@@ -21,15 +30,29 @@ MYSQL_TIMEOUT = 5
 class HealthResource(JsonResource):
     methods = ("GET",)
 
-    def __init__(self, app):
+    def __init__(self, app, details=False):
+        """``details``: always add the Redis figures (the private metrics listener)."""
         super().__init__(app.settings.http.cors_origins)
         self._app = app
+        self._details = details
 
     def check_redis(self):
         return self._app.redis_client.command("PING")
 
     def check_mysql(self):
         return self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, self._app.clock)
+
+    def redis_figures(self):
+        client = self._app.redis_client
+        figures = {"redis_master": client.master_address, "redis_failovers": client.master_changes}
+        if client.min_replicas:
+            waits = client.wait_figures
+            figures["redis_replicas"] = {
+                "required": client.min_replicas,
+                "acknowledged": waits.acknowledged if waits.acknowledged >= 0 else None,
+                "waits": waits.waits, "waits_short": waits.failed,
+                "wait_ms_mean": round(waits.seconds * 1000.0 / waits.waits, 3) if waits.waits else None}
+        return figures
 
     @defer.inlineCallbacks
     def render_GET(self, request):
@@ -42,6 +65,8 @@ class HealthResource(JsonResource):
             body[name] = "ok" if ok else "down"
             if not ok:
                 problems.append("%s: %s" % (name, value.getErrorMessage() or value.type.__name__))
+        if self._details or direct_from_loopback(request):
+            body.update(self.redis_figures())
         if problems:
             _log.warn("health check failed: {problems}", problems="; ".join(problems))
             return 503, body

@@ -7,11 +7,14 @@ answered 500.  Every error body is ``{"error": "..."}``.
 """
 
 import json
+from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+
+from imd.endpoints import is_loopback_host
 
 _log = Logger()
 
@@ -180,3 +183,21 @@ def read_json_object(request):
     if not isinstance(obj, dict):
         raise HttpError(400, "the body must be a JSON object")
     return obj
+
+
+# Set by proxies (nginx's proxy_add_x_forwarded_for, RFC 7239, X-Real-IP).
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
+
+
+def came_through_proxy(request: Any) -> Optional[bytes]:
+    """The first proxy header ``request`` carries, or None."""
+    for name in PROXY_HEADERS:
+        if request.requestHeaders.hasHeader(name):
+            return name
+    return None
+
+
+def direct_from_loopback(request: Any) -> bool:
+    """``request`` came from this machine's loopback, through no proxy."""
+    peer = request.getClientAddress()
+    return came_through_proxy(request) is None and is_loopback_host(getattr(peer, "host", None))

@@ -24,7 +24,7 @@ from imd import endpoints
 from imd.auth import IssuerKeyError, TokenIssuer, is_time
 from imd.errors import StoreUnavailable
 from imd.http.ratelimit import RateLimiter
-from imd.http.resource import HttpError, JsonResource, read_json_object
+from imd.http.resource import HttpError, JsonResource, came_through_proxy, read_json_object
 from imd.protocol import parse_uid
 
 _log = Logger()
@@ -34,18 +34,16 @@ PLATFORM_ALGORITHM = "HS256"
 PLATFORM_MAX_LIFETIME = 86400
 _HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd"'}
-# Set by proxies (nginx's proxy_add_x_forwarded_for, RFC 7239, X-Real-IP).
-PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip")
 _LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
 
 
 def refuse_unless_local(request) -> None:
     """HttpError 403 unless ``request`` came straight from this machine's
     loopback under a loopback name (what ``[http] auth = dev`` trusts)."""
-    for name in PROXY_HEADERS:
-        if request.requestHeaders.hasHeader(name):
-            raise HttpError(403, "dev mode does not answer requests that came through a proxy "
-                                 "(%s is set); use [http] auth = hs256:<secret>" % name.decode("ascii"))
+    name = came_through_proxy(request)
+    if name is not None:
+        raise HttpError(403, "dev mode does not answer requests that came through a proxy "
+                             "(%s is set); use [http] auth = hs256:<secret>" % name.decode("ascii"))
     host = request.getHeader(b"host")
     if host is None or not _LOOPBACK_HOST.fullmatch(host.decode("latin-1")):
         raise HttpError(403, "dev mode answers only requests for localhost, 127.0.0.1 or [::1] "

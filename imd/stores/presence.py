@@ -214,7 +214,19 @@ class PresenceStore:
         d = self.client.run(LOGIN, [keys.devices(uid), keys.node_users(self.node_id)],
                             ["%s %s" % (self.node_id, conn_id), score, max_devices, self.node_id,
                              keys.channel_prefix, uid])
+        if self.client.min_replicas:
+            d.addCallback(self._replicated_login, uid, conn_id)
         return d.addCallback(lambda replaced: [_text(c) for c in replaced or ()])
+
+    def _replicated_login(self, replaced: Any, uid: int, conn_id: str) -> Deferred:
+        """[redis] min_replicas: the login waits for the replicas.  The WAIT
+        after this write also covers the token id claimed just before on the
+        same connection, so a failover cannot let a single-use token in
+        twice.  A login refused for want of replicas takes its entry back."""
+        def undo(failure: Any) -> Any:
+            self.logout(uid, conn_id).addErrback(lambda f: None)
+            return failure
+        return self.client.replicated(replaced).addErrback(undo)
 
     def logout(self, uid: int, conn_id: str) -> Deferred:
         keys = self.keys

@@ -20,6 +20,14 @@ Everything imd asks of Redis goes through :class:`RedisClient`:
 - :class:`RedisSubscriber` is the pub/sub side: a connection of its own
   (a subscribed connection can run nothing else) that subscribes again by
   itself after every reconnection.
+- Behind Sentinel (imd.stores.sentinel) the ``endpoint`` hook asks the
+  sentinels where the master is on every connection attempt, ``check_role``
+  has each new connection ask ``ROLE`` and drop itself unless it reached a
+  master, and :meth:`RedisClient.follow_master` drops a connection left on a
+  demoted master (``+switch-master``, or a ``READONLY`` reply).
+- :meth:`RedisClient.replicated` is how a reply waits for replicas
+  (``[redis] min_replicas``): one ``WAIT`` per reactor turn covers every
+  write the connection issued before it.
 
 Writes leave in the reactor turn that made them (``flusher``, see
 imd.transport.flush).
@@ -30,8 +38,10 @@ The txredisapi internals used here (``RedisProtocol.replyQueue``,
 """
 
 import hashlib
+import random
+from bisect import bisect_left
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set
+from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
@@ -50,6 +60,11 @@ RedisReplyError = txredisapi.ResponseError
 """An error reply from Redis (a script's ``error_reply``, a wrong type...)."""
 
 Arg = Any  # bytes, str or int: what a command takes
+
+
+# Error replies that say Redis cannot serve now, not that the call was wrong:
+# they fail as StoreUnavailable (E unavailable; the migrator retries).
+_NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
 
 
 class Script:
@@ -91,12 +106,54 @@ class _Connection(txredisapi.RedisProtocol):
 
     def connectionMade(self) -> Any:
         d = super().connectionMade()
-        self.whenConnected().addCallback(self.client._ready)
+        self.whenConnected().addCallback(self.client._authenticated)
         return d
 
     def connectionLost(self, why: Failure) -> None:
         self.client._lost(self)
         super().connectionLost(why)
+
+
+def _is_master(reply: Any) -> bool:
+    """``ROLE``'s first element is ``master`` (a replica says ``slave``, a
+    sentinel ``sentinel``)."""
+    if not isinstance(reply, (list, tuple)) or not reply:
+        return False
+    role = reply[0]
+    return (role.decode("ascii", "replace") if isinstance(role, bytes) else role) == "master"
+
+
+def _peer(conn: Any) -> Optional[Tuple[str, int]]:
+    transport = getattr(conn, "transport", None)
+    if transport is None:
+        return None
+    peer = transport.getPeer()
+    return (getattr(peer, "host", None), getattr(peer, "port", None))
+
+
+def check_role(conn: Any, clock: Any, timeout: float, what: str) -> Deferred:
+    """Ask ``ROLE`` on a connection past its AUTH/SELECT (nothing else is
+    written on it yet): fires with the connection when it reached a master;
+    otherwise the connection is dropped and the Deferred fails."""
+    conn.transport.write(encode_command(("ROLE",)))
+    d = conn.replyQueue.get().addTimeout(timeout, clock)
+
+    def answered(reply: Any) -> Any:
+        if _is_master(reply):
+            return conn
+        if isinstance(reply, Exception):   # the connection went before ROLE's answer
+            raise StoreUnavailable("%s: %s" % (what, reply))
+        host, port = _peer(conn) or ("?", 0)
+        role = reply[0] if isinstance(reply, (list, tuple)) and reply else reply
+        _log.warn("{what}: {host}:{port} is not a master (ROLE {role!r}); asking the sentinels again",
+                  what=what, host=host, port=port, role=role)
+        raise StoreUnavailable("%s:%s is not a master" % (host, port))
+
+    def dropped(failure: Failure) -> Failure:
+        if conn.transport is not None:
+            conn.transport.abortConnection()
+        return failure
+    return d.addCallback(answered).addErrback(dropped)
 
 
 class _Factory(protocol.Factory):
@@ -128,31 +185,125 @@ def _endpoint(reactor: Any, address: Any, timeout: float) -> TCP4ClientEndpoint:
     return TCP4ClientEndpoint(reactor, address.host, address.port, timeout=timeout)
 
 
+def _retry_policy(max_delay: float) -> Callable[[int], float]:
+    """Back-off from 0.1 s to ``max_delay``, with a random part up to a
+    fifth of ``max_delay`` (Twisted's default adds up to a whole second,
+    which behind Sentinel would be most of a failover's cost)."""
+    return backoffPolicy(initialDelay=0.1, maxDelay=max_delay, jitter=lambda: random.random() * max_delay / 5.0)
+
+
+def ask_once(reactor: Any, clock: Any, host: str, port: int, args: Sequence[Arg], timeout: float) -> Deferred:
+    """One command to ``host:port`` on a short connection of its own (no
+    AUTH, no SELECT: a sentinel); fires with the reply, StoreUnavailable when
+    it cannot connect, gets an error reply or no reply within ``timeout``."""
+    conns: List[Any] = []
+
+    def connected(conn: Any) -> Deferred:
+        conns.append(conn)
+        conn.transport.write(encode_command(args))
+        return conn.replyQueue.get()
+
+    def done(reply: Any) -> Any:
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+        if isinstance(reply, Failure):
+            if reply.check(defer.CancelledError, defer.TimeoutError):
+                raise StoreUnavailable("%s:%d: no answer in %gs" % (host, port, timeout))
+            raise StoreUnavailable("%s:%d: %s" % (host, port, reply.getErrorMessage()))
+        if isinstance(reply, Exception):
+            raise StoreUnavailable("%s:%d: %s" % (host, port, reply))
+        return reply
+    factory = protocol.Factory.forProtocol(lambda: txredisapi.RedisProtocol(convertNumbers=False))
+    d = TCP4ClientEndpoint(reactor, host, port, timeout=timeout).connect(factory)
+    return d.addCallback(connected).addTimeout(timeout, clock).addBoth(done)
+
+
+class _WaitBatch:
+    """The replies of one turn waiting for the ``WAIT`` that covers their writes."""
+    __slots__ = ("conn", "waiters", "deadline", "timer", "done")
+
+    def __init__(self, conn: Any, deadline: float) -> None:
+        self.conn = conn
+        self.waiters: List[Tuple[Deferred, Any]] = []
+        self.deadline = deadline
+        self.timer: Any = None
+        self.done = False
+
+    def succeed(self) -> None:
+        self._end()
+        for d, value in self.waiters:
+            d.callback(value)
+
+    def fail(self, why: str) -> None:
+        self._end()
+        for d, _ in self.waiters:
+            d.errback(StoreUnavailable(why))
+
+    def _end(self) -> None:
+        self.done = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class WaitFigures:
+    """What the ``WAIT`` s of one client measured (read by imd.metrics)."""
+    __slots__ = ("waits", "failed", "acknowledged", "bounds", "counts", "seconds")
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+    def __init__(self) -> None:
+        self.waits = 0            # WAITs answered
+        self.failed = 0           # answered below min_replicas, timed out or cut
+        self.acknowledged = -1    # replicas that confirmed the last WAIT (-1: none yet)
+        self.counts = [0] * (len(self.BOUNDS) + 1)   # WAIT latency, per bucket (the last is +Inf)
+        self.seconds = 0.0        # sum of the latencies
+
+    def observe(self, seconds: float) -> None:
+        self.waits += 1
+        self.seconds += seconds
+        self.counts[bisect_left(self.BOUNDS, seconds)] += 1
+
+
 class RedisClient(Service):
     """One self-reconnecting connection to Redis and the calls that never hang.
 
     ``endpoint`` (optional) builds the client endpoint for each connection
-    attempt, so that a new attempt may go somewhere else (a new master).
+    attempt, so that a new attempt may go somewhere else (a new master);
+    ``check_role`` makes each new connection prove it reached a master.
+    ``min_replicas`` / ``replica_timeout``: see :meth:`replicated`.
     """
 
     connection_class: type = _Connection
 
     def __init__(self, address: Any, timeout: float, clock: Any, reactor: Any = None,
                  flusher: Any = None, endpoint: Optional[Callable[[], Any]] = None,
-                 name: str = "redis") -> None:
+                 name: str = "redis", check_role: bool = False, min_replicas: int = 0,
+                 replica_timeout: float = 0.5, max_retry_delay: float = 5.0) -> None:
         self.address = address
         self.timeout = timeout
         self.name = name
+        self.check_role = check_role
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
+        self.wait_figures = WaitFigures()
+        self.master_changes = 0        # times a new connection reached another address (failovers seen)
+        self._last_master: Optional[Tuple[str, int]] = None
         self._clock = clock
         self._reactor = reactor
         self._flusher = flusher
         self._endpoint = endpoint
+        self._max_retry_delay = max_retry_delay
         self._service: Optional[ClientService] = None
         self._conn: Optional[_Connection] = None
         self._loaded: Set[str] = set()     # SHAs loaded on self._conn
         self._issued: Deque[float] = deque()  # when each reply still awaited was asked for
         self._timers: List[task.LoopingCall] = []
         self._waiters: List[Deferred] = []
+        self._next_batch: Optional[_WaitBatch] = None      # this turn's replies waiting for replicas
+        self._batch_in_flight: Optional[_WaitBatch] = None  # the one WAIT Redis is answering
+        self._wait_call: Any = None
 
     # --- service ---------------------------------------------------------------
 
@@ -163,7 +314,7 @@ class RedisClient(Service):
             from twisted.internet import reactor
         endpoint = self._endpoint() if self._endpoint else _endpoint(reactor, self.address, self.timeout)
         self._service = ClientService(endpoint, _Factory(self, self.connection_class),
-                                      retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=5.0),
+                                      retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
         for interval, call in ((max(1.0, self.timeout), self._ping),
@@ -206,9 +357,27 @@ class RedisClient(Service):
             raise StoreUnavailable("cannot connect to redis at %s:%d" % (self.address.host, self.address.port))
         return d.addTimeout(seconds, self._clock).addErrback(gave_up)
 
+    @property
+    def master_address(self) -> Optional[str]:
+        """``host:port`` this client's connection reached (None while down)."""
+        peer = _peer(self._conn) if self._conn is not None else None
+        return "%s:%s" % peer if peer else None
+
+    def _authenticated(self, conn: _Connection) -> None:
+        if not self.check_role:
+            self._ready(conn)
+            return
+        check_role(conn, self._clock, self.timeout, self.name).addCallbacks(self._ready, lambda f: None)
+
     def _ready(self, conn: _Connection) -> None:
         if conn.transport is None or not conn.connected:
             return
+        peer = _peer(conn)
+        if self._last_master is not None and peer != self._last_master:
+            self.master_changes += 1
+            _log.warn("{name}: now on the redis master at {host}:{port} (was {old})", name=self.name,
+                      host=peer[0], port=peer[1], old="%s:%s" % self._last_master)
+        self._last_master = peer
         self._conn = conn
         self._loaded = set()
         self._issued = deque()
@@ -221,12 +390,100 @@ class RedisClient(Service):
         if self._conn is conn:
             self._conn = None
             self._issued = deque()
+            batch, self._next_batch = self._next_batch, None
+            if batch is not None and not batch.done:
+                batch.fail("redis: lost the connection before its writes reached the replicas")
 
     def drop_connection(self) -> None:
         """Cut the connection (fault tests, a master that changed); it comes back by itself."""
         conn = self._conn
         if conn is not None and conn.transport is not None:
             conn.transport.abortConnection()
+
+    def follow_master(self, host: str, port: int) -> None:
+        """The sentinels moved the master to ``host:port``: a connection
+        elsewhere is dropped, and the next one asks where the master is."""
+        peer = _peer(self._conn)
+        if peer is not None and peer != (host, port):
+            _log.info("{name}: the master moved from {old} to {host}:{port}; reconnecting", name=self.name,
+                      old="%s:%s" % peer, host=host, port=port)
+            self.drop_connection()
+
+    # --- replicas (WAIT) -----------------------------------------------------------
+
+    def replicated(self, value: Any = None) -> Any:
+        """``value`` once every write this connection issued so far is on
+        ``min_replicas`` replicas.
+
+        With ``min_replicas`` 0: ``value`` itself, at once.  Otherwise a
+        Deferred firing with ``value`` after the ``WAIT`` that ends this
+        reactor turn: one ``WAIT min_replicas <ms>`` per turn covers every
+        reply that asked during it (Redis answers in order on one connection,
+        so the writes before the ``WAIT`` are the ones it counts).  One
+        ``WAIT`` at a time: asked while one is out, the next follows at once.
+        Fails with StoreUnavailable (-> ``E unavailable``) when fewer replicas
+        confirm, or none within ``replica_timeout`` of the call, or the
+        connection goes.  Use it after the write's reply, e.g.
+        ``d.addCallback(client.replicated)``.
+        """
+        if not self.min_replicas:
+            return value
+        conn = self._conn
+        if conn is None:
+            return defer.fail(StoreUnavailable("redis is not connected"))
+        batch = self._next_batch
+        if batch is None:
+            batch = self._next_batch = _WaitBatch(conn, self._clock.seconds() + self.replica_timeout)
+            batch.timer = self._clock.callLater(self.replica_timeout, self._batch_expired, batch)
+            if self._batch_in_flight is None and self._wait_call is None:
+                self._wait_call = self._clock.callLater(0, self._send_wait)
+        d = Deferred()
+        batch.waiters.append((d, value))
+        return d
+
+    def _send_wait(self) -> None:
+        self._wait_call = None
+        batch, self._next_batch = self._next_batch, None
+        if batch is None or batch.done:
+            return
+        conn = self._conn
+        if conn is None or conn is not batch.conn:
+            batch.fail("redis: lost the connection before its writes reached the replicas")
+            return
+        now = self._clock.seconds()
+        milliseconds = max(1, int(round((batch.deadline - now) * 1000)))  # (WAIT n 0 would block for ever)
+        self._batch_in_flight = batch
+        d = self._write(conn, encode_command(("WAIT", self.min_replicas, milliseconds)))
+        d.addBoth(self._replied, self._issued).addBoth(self._wait_answered, batch, now)
+
+    def _wait_answered(self, reply: Any, batch: _WaitBatch, started: float) -> None:
+        figures = self.wait_figures
+        figures.observe(self._clock.seconds() - started)
+        if self._batch_in_flight is batch:
+            self._batch_in_flight = None
+        if isinstance(reply, Failure):
+            figures.failed += 1
+            if not batch.done:
+                batch.fail("redis: WAIT: %s" % (reply.getErrorMessage(),))
+        else:
+            count = int(reply)
+            figures.acknowledged = count
+            if count < self.min_replicas:
+                figures.failed += 1
+                if not batch.done:
+                    batch.fail("redis: %d of %d replicas confirmed the write within %gs"
+                               % (count, self.min_replicas, self.replica_timeout))
+            elif not batch.done:
+                batch.succeed()
+        if self._next_batch is not None and self._wait_call is None:
+            # Written now, after every write the waiting replies came from.
+            self._send_wait()
+
+    def _batch_expired(self, batch: _WaitBatch) -> None:
+        batch.timer = None
+        if not batch.done:
+            batch.fail("redis: no confirmation from %d replicas within %gs"
+                       % (self.min_replicas, self.replica_timeout))
 
     # --- calls -------------------------------------------------------------------
 
@@ -267,13 +524,21 @@ class RedisClient(Service):
         self._issued.append(self._clock.seconds())
         return conn.replyQueue.get()
 
-    @staticmethod
-    def _replied(reply: Any, issued: Deque[float]) -> Any:
+    def _replied(self, reply: Any, issued: Deque[float]) -> Any:
         if issued:
             issued.popleft()
         if isinstance(reply, Failure):
             raise StoreUnavailable("redis: %s" % (reply.getErrorMessage(),))
         if isinstance(reply, txredisapi.ResponseError):
+            text = str(reply)
+            if text.startswith(_NOT_SERVING):
+                if text.startswith("READONLY"):
+                    # A master demoted under us (a failover we were not told
+                    # of): reconnect, through the sentinels if there are any.
+                    _log.warn("{name}: redis answered READONLY; reconnecting", name=self.name)
+                    self.drop_connection()
+                # (LOADING: a Redis restarted and still reading its AOF)
+                raise StoreUnavailable("redis: %s" % (text,))
             raise reply
         if isinstance(reply, Exception):  # txredisapi.ConnectionError("Lost connection"), ...
             raise StoreUnavailable("redis: %s" % (reply,))
@@ -345,25 +610,30 @@ class RedisSubscriber(Service):
     def __init__(self, address: Any, timeout: float, clock: Any, reactor: Any, channels: Iterable[str],
                  on_message: Callable[[Any], None], on_subscribed: Callable[[], None] = lambda: None,
                  on_lost: Callable[[], None] = lambda: None,
-                 endpoint: Optional[Callable[[], Any]] = None) -> None:
+                 endpoint: Optional[Callable[[], Any]] = None, check_role: bool = False,
+                 max_retry_delay: float = 5.0, name: str = "redis subscription") -> None:
         self.address = address
         self.timeout = timeout
         self.channels = list(channels)
         self.on_message = on_message
         self.on_subscribed = on_subscribed
         self.on_lost = on_lost
+        self.check_role = check_role
+        self.name = name
         self._clock = clock
         self._reactor = reactor
         self._endpoint = endpoint
+        self._max_retry_delay = max_retry_delay
         self._service: Optional[ClientService] = None
         self._conn: Optional[_Subscription] = None
+        self._connecting: Optional[_Subscription] = None
         self.subscribed = False
 
     def startService(self) -> None:
         super().startService()
         endpoint = self._endpoint() if self._endpoint else _endpoint(self._reactor, self.address, self.timeout)
         self._service = ClientService(endpoint, _SubscriptionFactory(self),
-                                      retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=5.0),
+                                      retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
 
@@ -373,10 +643,17 @@ class RedisSubscriber(Service):
         return service.stopService() if service is not None else None
 
     def _connected(self, conn: _Subscription) -> None:
-        d = conn.subscribe(self.channels)
+        self._connecting = conn
+        if self.check_role:
+            d = check_role(conn, self._clock, self.timeout, self.name)
+            d.addCallback(lambda _: conn.subscribe(self.channels))
+        else:
+            d = conn.subscribe(self.channels)
         d.addCallbacks(lambda _: self._subscribed(conn), lambda f: self._failed(f, conn))
 
     def _subscribed(self, conn: _Subscription) -> None:
+        if self._connecting is conn:
+            self._connecting = None
         if conn.transport is None or not conn.connected:
             return
         self._conn = conn
@@ -384,11 +661,14 @@ class RedisSubscriber(Service):
         self.on_subscribed()
 
     def _failed(self, failure: Failure, conn: _Subscription) -> None:
-        _log.warn("redis subscription failed: {why}", why=failure.getErrorMessage())
+        if not failure.check(StoreUnavailable):   # (check_role logged why)
+            _log.warn("{name} failed: {why}", name=self.name, why=failure.getErrorMessage())
         if conn.transport is not None:
             conn.transport.abortConnection()
 
     def _lost(self, conn: _Subscription) -> None:
+        if self._connecting is conn:
+            self._connecting = None
         if self._conn is conn:
             self._conn = None
             self.subscribed = False
@@ -402,3 +682,15 @@ class RedisSubscriber(Service):
             self.on_lost()
             if conn.transport is not None:
                 conn.transport.abortConnection()
+
+    def follow_master(self, host: str, port: int) -> None:
+        """As :meth:`RedisClient.follow_master`."""
+        for conn in (self._conn, self._connecting):
+            peer = _peer(conn)
+            if peer is not None and peer != (host, port):
+                _log.info("{name}: the master moved from {old} to {host}:{port}; subscribing there",
+                          name=self.name, old="%s:%s" % peer, host=host, port=port)
+                if conn is self._conn:
+                    self.drop_connection()
+                elif conn.transport is not None:
+                    conn.transport.abortConnection()
