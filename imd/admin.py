@@ -1,5 +1,6 @@
 """``imd-admin``: the operator's console (keys, tokens, friends, orders, kick,
-schema, TLS, the migration queue, the live view, retention)."""
+schema, TLS, the migration queue, the live view, the audit, exports and
+retention)."""
 
 import argparse
 import os
@@ -149,7 +150,35 @@ def add_mq_commands(commands):
 
 
 def add_audit_commands(commands: Any) -> None:
-    from imd import admin_retention
+    from imd import admin_export, admin_reconcile, admin_retention
+    when = admin_reconcile.time_argument
+    reconcile = commands.add_parser(
+        "reconcile", help="audit that every message acked in a window is in MySQL exactly once",
+        description="Audit that every message imd acked between --since and --until is in MySQL exactly once "
+                    "(or still queued). Exit status 0: all there; %d: messages missing or duplicated; "
+                    "1: the audit could not run. TIME: %s." % (admin_reconcile.EXIT_DISCREPANCY,
+                                                               _timespec_formats()))
+    reconcile.add_argument("--since", type=when, required=True, metavar="TIME", help="start of the window")
+    reconcile.add_argument("--until", type=when, metavar="TIME", help="end of the window (default: now)")
+    reconcile.add_argument("--show", type=_count, default=20, metavar="N",
+                           help="list at most N ids of each kind (default: %(default)s)")
+    reconcile.set_defaults(run=admin_reconcile.reconcile, needs_mysql=True)
+
+    export = commands.add_parser(
+        "export", help="a conversation with each message's receipt state, as H shows it (stdout)",
+        description="Write a conversation to stdout, oldest first, each message with its receipt state, "
+                    "including the messages not yet migrated. TIME: %s." % _timespec_formats())
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--order", type=_uid, metavar="ORDER", help="the order's conversation (courier and customer)")
+    which.add_argument("--user", type=_uid, metavar="UID", help="every message UID sent or received")
+    export.add_argument("--with", dest="with_uid", type=_uid, metavar="UID", help="with --user: only with this user")
+    export.add_argument("--since", type=when, metavar="TIME", help="from this time on")
+    export.add_argument("--until", type=when, metavar="TIME", help="before this time")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                        help="jsonl: the packets as H delivers them, one a line; csv: ts, time, from, to, id, type, "
+                             "state, msg (default: %(default)s)")
+    export.set_defaults(run=admin_export.export)
+
     retention = commands.add_parser("retention", help="messages older than a number of days")
     retention_cmd = retention.add_subparsers(dest="action", metavar="ACTION")
     retention_cmd.required = True
@@ -158,6 +187,11 @@ def add_audit_commands(commands: Any) -> None:
     purge.add_argument("--older-than", type=admin_retention.days_argument, required=True, metavar="DAYS")
     purge.add_argument("--dry-run", action="store_true", help="only count them")
     purge.set_defaults(run=admin_retention.retention_purge, needs_redis=False, needs_mysql=True)
+
+
+def _timespec_formats() -> str:
+    from imd.timespec import FORMATS
+    return FORMATS.replace("%", "%%")
 
 
 def run_top(app, args, out):
