@@ -7,9 +7,11 @@ so it writes one plain line every :data:`PLAIN_EVERY` seconds and one at the
 end.
 """
 
+import io
+import os
 import sys
 import time
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, Dict, Optional, TextIO, Tuple
 
 PLAIN_EVERY = 10.0   # seconds between two plain lines
 
@@ -71,8 +73,14 @@ class BarProgress:
 
     def __init__(self, what: str, total: Optional[int], unit: str, stream: TextIO) -> None:
         from tqdm import tqdm
-        self._bar = tqdm(total=total, desc=what, unit=" " + unit, file=stream, dynamic_ncols=True,
-                         mininterval=0.2, smoothing=0.1, leave=True)
+        # follow the terminal's size; one that reports none (a pty nobody
+        # sized, as under script(1)) would get no bar at all from tqdm
+        columns, rows = _size(stream)
+        size: Dict[str, Any] = {"dynamic_ncols": True} if columns else {"ncols": 80}
+        if not rows:
+            size["nrows"] = 24
+        self._bar = tqdm(total=total, desc=what, unit=" " + unit, file=stream, mininterval=0.2, smoothing=0.1,
+                         leave=True, **size)
 
     @property
     def count(self) -> int:
@@ -86,6 +94,14 @@ class BarProgress:
             self._bar.n = self._bar.total
             self._bar.refresh()
         self._bar.close()
+
+
+def _size(stream: TextIO) -> Tuple[int, int]:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0, 0
+    return size.columns, size.lines
 
 
 def progress(what: str, total: Optional[int], unit: str, stream: Optional[TextIO] = None,

@@ -83,14 +83,16 @@ class Terminal(protocol.ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
-def run_in_terminal(test, config, *argv):
-    """The installed imd-admin with stdin, stdout and stderr on a pty;
-    fires with the :class:`Terminal` once it ended."""
+def run_in_terminal(test, config, *argv, size=(30, 120)):
+    """The installed imd-admin with stdin, stdout and stderr on a pty of
+    ``size`` (rows, columns; None: as a new pty is, 0 x 0); fires with
+    ``(Terminal, exit status)`` once it ended."""
     import fcntl
     import struct
     import termios
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    if size is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
     terminal = Terminal()
     env = dict(os.environ, TERM="xterm")
     reactor.spawnProcess(terminal, ADMIN, [ADMIN, "--config", config] + list(argv), env=env, path=ROOT,

@@ -103,6 +103,14 @@ class TerminalTests(AdminAppMixin, unittest.TestCase):
         self.assertIn(b"\r", terminal.output.split(b"retention purge: deleted")[0])
         self.assertIn(b"retention purge: deleted 1,200 messages", terminal.output)
 
+    async def test_a_bar_on_a_terminal_of_no_size(self):
+        # a pty nobody sized (script(1), some CI runners): tqdm alone draws nothing there
+        await threads.deferToThread(insert_aged, self.mysql_settings, 1200, 40, "old")
+        terminal, code = await run_in_terminal(self, self.config_file(), "retention", "purge", "--older-than", "30",
+                                               size=None)
+        self.assertEqual(code, 0, terminal.output)
+        self.assertRegex(terminal.output, _BAR)
+
     async def test_plain_lines_elsewhere(self):
         await threads.deferToThread(insert_aged, self.mysql_settings, 1200, 40, "old")
         out, err, code = await self.run_admin("retention", "purge", "--older-than", "30")
