@@ -97,9 +97,12 @@ class Findings:
 
 
 class Reconcile:
-    def __init__(self, app: "App", since: int, until: int, show: int, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, app: "App", since: int, until: int, show: int, started: int,
+                 stream: Optional[TextIO] = None) -> None:
+        """``started``: the Unix ms the window was worked out at."""
         self.app = app
         self.since, self.until = since, until
+        self.started = started
         self.audit = AuditStore(app.redis_client, app.keys)
         self.rows = MessageRows(app.mysql)
         self.ttl_ms = app.settings.redis.dedup_ttl * 1000
@@ -310,7 +313,7 @@ def report(found: Findings, reconcile: Reconcile, out: TextIO) -> int:
     """Writes the findings; returns the exit status."""
     ttl = reconcile.ttl_ms // 1000
     out.write("reconcile: %s .. %s (UTC)\n" % (iso(reconcile.since), iso(reconcile.until)))
-    reach = reconcile._now_ms() - reconcile.ttl_ms
+    reach = reconcile.started - reconcile.ttl_ms
     if reconcile.since < reach:
         out.write("note: dedup records reach back [redis] dedup_ttl = %ds, to %s: messages acked before that\n"
                   "      are audited only while still queued\n" % (ttl, iso(reach)))
@@ -349,8 +352,9 @@ def report(found: Findings, reconcile: Reconcile, out: TextIO) -> int:
 
 @defer.inlineCallbacks
 def reconcile(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, int]:
-    since, until = window_of(args, app.clock.seconds())
-    run = Reconcile(app, since, until, args.show, getattr(args, "progress_stream", None))
+    now = app.clock.seconds()
+    since, until = window_of(args, now)
+    run = Reconcile(app, since, until, args.show, int(now * 1000), getattr(args, "progress_stream", None))
     found = yield run.run()
     return report(found, run, out)
 

@@ -25,15 +25,16 @@ from imd.stores.redis import RedisClient, Script
 
 SCAN_COUNT = 1000   # keys Redis looks at per SCAN call (about as many as it examines)
 
-# KEYS: dedup records.  Per key: its value (false when it expired since the
-# SCAN) and its ms left (-1: no expiry, -2: gone).
+# KEYS: dedup records.  One line per key, '<value> <ms left>' (value ''
+# when it expired since the SCAN; ms left -1: no expiry, -2: gone), as one
+# string: a reply of one bulk string is read far faster than one of
+# thousands (imd.stores.queue does the same for its batches).
 RECORDS = Script("""
 local out = {}
 for i = 1, #KEYS do
-  out[2 * i - 1] = redis.call('GET', KEYS[i])
-  out[2 * i] = redis.call('PTTL', KEYS[i])
+  out[i] = (redis.call('GET', KEYS[i]) or '') .. ' ' .. redis.call('PTTL', KEYS[i])
 end
-return out
+return table.concat(out, '\\n')
 """, "dedup_records")
 
 # KEYS: MQ, MQ:processing, MQ:dead.
@@ -101,10 +102,11 @@ class AuditStore:
             return defer.succeed((cursor, []))
         d = self.client.run(RECORDS, [key for key, _ in parsed], [])
 
-        def read(values: List[Any]) -> Tuple[int, List[DedupRecord]]:
+        def read(reply: Any) -> Tuple[int, List[DedupRecord]]:
             records = []
-            for i, (_, name) in enumerate(parsed):
-                record = parse_record(name, values[2 * i], values[2 * i + 1])
+            for (_, name), line in zip(parsed, _text(reply).split("\n")):
+                value, _, ms_left = line.rpartition(" ")
+                record = parse_record(name, value or None, ms_left)
                 if record is not None:
                     records.append(record)
             return cursor, records
