@@ -403,7 +403,11 @@ def main(argv=None, out=None):
                 status.append(result)
 
         def failed(failure):
-            if failure.check(AdminError, StoreUnavailable):
+            if failure.check(BrokenPipeError):
+                # the reader of stdout went away (| head): no traceback, and
+                # none either when Python flushes stdout at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            elif failure.check(AdminError, StoreUnavailable):
                 sys.stderr.write("imd-admin: %s\n" % failure.getErrorMessage())
             else:
                 sys.stderr.write("imd-admin: unexpected error: %s\n" % failure.getTraceback())

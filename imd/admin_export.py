@@ -23,7 +23,6 @@ event imd sent each of them.  The record lasts 30 days after the end.
 import argparse
 import csv
 import heapq
-import os
 import sys
 from typing import TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Tuple
 
@@ -204,15 +203,8 @@ def export(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer
     if conv.system_ids:
         # the other party's events are in their own pending index only
         entries = entries + (yield app.messages.pending(conv.with_uid))
-    try:
-        written = yield threads.deferToThread(write_export, app.settings.mysql, conv, entries, args.format, out,
-                                              getattr(args, "progress_stream", None))
-    except BrokenPipeError:
-        # the reader went away (| head): stop quietly, and keep Python from
-        # complaining again when it flushes stdout at exit
-        if out is sys.stdout:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return
+    written = yield threads.deferToThread(write_export, app.settings.mysql, conv, entries, args.format, out,
+                                          getattr(args, "progress_stream", None))
     stream = getattr(args, "progress_stream", None) or sys.stderr
     stream.write("export: %s, %s .. %s: %d messages\n"
                  % (conv.title, iso(conv.since), "now" if conv.until >= NO_END else iso(conv.until), written))
