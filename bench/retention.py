@@ -1,7 +1,7 @@
 """bench/retention: the migrator's insert rate while retention purges old rows.
 
     .venv/bin/python bench/retention.py [--old 1000000] [-n 300000] [--no-ts-index]
-        [--redis-db 15] [--mysql-db imd_bench_ret]
+        [--index-cost ROUNDS] [--redis-db 15] [--mysql-db imd_bench_ret]
 
 Fills ``message`` with ``--old`` rows 400 days old (a quarter of them with a
 receipt), then, twice: queues ``-n`` new messages on MQ and times the
@@ -9,8 +9,14 @@ migrator draining them -- first alone, then while imd.retention's purge
 (the loop the leader runs, on the same pool) deletes the old rows.  Prints
 rows/s of both, and the purge's own rate.  ``--no-ts-index`` drops
 ``message_by_ts`` (sql/005) first: the migrator's rate without the index,
-and what one purge batch costs without it.  Own Redis key prefix
-(imdbench-retention:) and MySQL database (dropped and re-created).
+and what one purge batch costs without it.
+
+``--index-cost ROUNDS``: only the migrator's rate, with and without the
+index in turn, ROUNDS times each (a shared machine's load drifts: turns
+taken in alternation see the same drift), and the median of each.
+
+Own Redis key prefix (imdbench-retention:) and MySQL database (dropped and
+re-created): one run at a time.
 """
 
 import argparse
@@ -91,7 +97,32 @@ def drain(reactor, app, n, offset):
 
 
 @defer.inlineCallbacks
+def index_cost(reactor, args):
+    settings = settings_for(args)
+    rates = {True: [], False: []}
+    for round_number in range(args.index_cost):
+        for keep_index in (True, False):
+            app = yield start(reactor, settings)
+            yield threads.deferToThread(load_old, settings.mysql, args.old, int(time.time() * 1000) - 10 ** 9,
+                                        keep_index)
+            app.mysql.startService()
+            seconds = yield drain(reactor, app, args.n, 0)
+            app.mysql.stopService()
+            yield app.redis_client.stopService()
+            rates[keep_index].append(args.n / seconds)
+            print("round %d, ts index %-3s: %d rows/s (load %.1f)"
+                  % (round_number + 1, "yes" if keep_index else "no", args.n / seconds, os.getloadavg()[0]))
+    with_index, without = sorted(rates[True]), sorted(rates[False])
+    median_with, median_without = with_index[len(with_index) // 2], without[len(without) // 2]
+    print("median: %d rows/s with message_by_ts, %d without (%+.1f%%)"
+          % (median_with, median_without, 100.0 * (median_with - median_without) / median_without))
+
+
+@defer.inlineCallbacks
 def main(reactor, args):
+    if args.index_cost:
+        yield index_cost(reactor, args)
+        return
     settings = settings_for(args)
     keep_index = not args.no_ts_index
     app = yield start(reactor, settings)   # empties the bench's own queue keys, re-creates the database
@@ -119,7 +150,7 @@ def main(reactor, args):
         deleted[0] += n
     purge_began = time.perf_counter()
     purging = defer.ensureDeferred(purge(rows, before, lambda s: task.deferLater(reactor, s, lambda: None),
-                                         progress=counted))
+                                         time.perf_counter, progress=counted))
     yield task.deferLater(reactor, 1.0, lambda: None)   # the purge under way first
     at_start = deleted[0]
     during = yield drain(reactor, app, args.n, args.n)
@@ -128,8 +159,8 @@ def main(reactor, args):
           % (args.n, during, args.n / during, during_purge, during_purge / during))
     messages, receipts = yield purging
     purge_seconds = time.perf_counter() - purge_began
-    print("purge: %d messages and %d receipts in %.1f s = %d messages/s (batch %d, pause %.2f s)"
-          % (messages, receipts, purge_seconds, messages / purge_seconds, BATCH, PAUSE))
+    print("purge: %d messages and %d receipts in %.1f s = %d messages/s (batch %d, pause as long as a batch,"
+          " %.2f s at least)" % (messages, receipts, purge_seconds, messages / purge_seconds, BATCH, PAUSE))
     count = yield app.mysql.count_messages()
     print("rows left: %d (expected %d); load %s" % (count, 2 * args.n, os.getloadavg()))
     app.mysql.stopService()
@@ -141,6 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--old", type=int, default=1000000)
     parser.add_argument("-n", type=int, default=300000)
     parser.add_argument("--no-ts-index", action="store_true")
+    parser.add_argument("--index-cost", type=int, default=0, metavar="ROUNDS")
     parser.add_argument("--redis-db", type=int, default=15)
     parser.add_argument("--mysql-db", default="imd_bench_ret")
     task.react(main, [parser.parse_args()])

@@ -44,7 +44,7 @@ def retention_purge(app: "App", args: argparse.Namespace, out: TextIO) -> Genera
     try:
         messages, receipts = yield defer.ensureDeferred(
             purge(rows, before, lambda seconds: task.deferLater(app.clock, seconds, lambda: None),
-                  progress=bar.update))
+                  app.clock.seconds, progress=bar.update))
     finally:
         bar.close()
     out.write("retention purge: deleted %s %s and %s receipts in %.1f s\n"

@@ -9,9 +9,10 @@ It never holds up the migrator's inserts: each batch is the :data:`BATCH`
 oldest rows, found through ``message_by_ts`` (sql/005) and deleted by
 primary key in one short transaction of its own (imd.stores.mysql
 ``MessageRows.purge_older``), which locks only the rows it deletes -- the
-inserts add rows at the other end of ``ts``.  Between batches it waits
-:data:`PAUSE` seconds, so the migrator's transactions always find the pool
-and MySQL's disk between two of its batches.  Figures (migrator rows/s
+inserts add rows at the other end of ``ts``.  Between batches it waits as
+long as the last batch took (at least :data:`PAUSE`): whatever MySQL has to
+spare, the purge takes at most half of one connection's time, and the
+migrator's transactions always find MySQL between two of its batches.  Figures (migrator rows/s
 while 1M rows are purged): docs/operations.md, "Retention".
 """
 
@@ -26,7 +27,7 @@ from imd.errors import StoreUnavailable
 _log = Logger()
 
 BATCH = 1000          # rows deleted per transaction
-PAUSE = 0.05          # seconds between two batches
+PAUSE = 0.05          # seconds between two batches at least (else as long as the last one took)
 RUN_EVERY = 3600.0    # seconds between two runs of the leader's purge
 CHECK_EVERY = 60.0    # seconds between looks whether a run is due (and this process leads)
 DAY_MS = 86400 * 1000
@@ -37,15 +38,17 @@ def cutoff(now: float, days: float) -> int:
     return int(now * 1000) - int(days * DAY_MS)
 
 
-async def purge(rows: Any, before: int, sleep: Callable[[float], Awaitable[Any]], batch: int = BATCH,
-                pause: float = PAUSE, keep_going: Callable[[], bool] = lambda: True,
+async def purge(rows: Any, before: int, sleep: Callable[[float], Awaitable[Any]], now: Callable[[], float],
+                batch: int = BATCH, pause: float = PAUSE, keep_going: Callable[[], bool] = lambda: True,
                 progress: Optional[Callable[[int], None]] = None) -> Tuple[int, int]:
     """Delete every message with ``ts < before`` (and its receipts), oldest
-    first, ``batch`` rows a transaction and ``pause`` seconds between, while
-    ``keep_going()``.  ``progress(n)`` hears of each batch.  Returns
+    first, ``batch`` rows a transaction, while ``keep_going()``; between
+    two batches ``sleep`` as long as the last one took by ``now()``, and at
+    least ``pause`` seconds.  ``progress(n)`` hears of each batch.  Returns
     ``(messages, receipts)`` deleted."""
     messages = receipts = 0
     while keep_going():
+        started = now()
         deleted, receipts_deleted = await rows.purge_older(before, batch)
         messages += deleted
         receipts += receipts_deleted
@@ -53,7 +56,7 @@ async def purge(rows: Any, before: int, sleep: Callable[[float], Awaitable[Any]]
             progress(deleted)
         if deleted < batch:
             break
-        await sleep(pause)
+        await sleep(max(pause, now() - started))
     return messages, receipts
 
 
@@ -134,8 +137,8 @@ class RetentionPurge(Service):
         """One run now: every message older than ``days`` days goes.  How many did."""
         started = self._clock.seconds()
         before = cutoff(started, self.days)
-        messages, receipts = await purge(self._rows, before, self._sleep, self.batch, self.pause,
-                                         keep_going=lambda: bool(self.running) and self._leading())
+        messages, receipts = await purge(self._rows, before, self._sleep, self._clock.seconds, self.batch,
+                                         self.pause, keep_going=lambda: bool(self.running) and self._leading())
         self.deleted += messages
         self.receipts_deleted += receipts
         self.last_run = started

@@ -82,8 +82,8 @@ class PurgeCommandTests(AdminAppMixin, unittest.TestCase):
             seen.append(migrator.rows_migrated)
         rows = MessageRows(self.app.mysql)
         messages, receipts = await purge(rows, int(reactor.seconds() * 1000) - 30 * DAY_MS,
-                                         lambda s: task.deferLater(reactor, s, lambda: None), batch=200,
-                                         progress=batch_done)
+                                         lambda s: task.deferLater(reactor, s, lambda: None), reactor.seconds,
+                                         batch=200, progress=batch_done)
         await with_drain(migrator)
         self.assertEqual((messages, receipts), (6000, 6000))
         self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM message"), ((6000,),))
