@@ -144,6 +144,16 @@ class ExportTests(AdminAppMixin, unittest.TestCase):
             await self.admin("export", "--order", "56")
         self.assertIn("order 56 has no record in Redis", str(caught.exception))
 
+    async def test_a_reader_that_goes_away(self):
+        # more than a pipe holds, so the export is still writing when head exits
+        await threads.deferToThread(insert_rows, self.mysql_settings, 3000)
+        command = "%s --config %s export --user 1 | head -n 1" % (ADMIN, self.config_file())
+        out, err, code = await utils.getProcessOutputAndValue("/bin/sh", ["-c", command], env=dict(os.environ),
+                                                              path=ROOT)
+        self.assertEqual(len(out.splitlines()), 1)
+        self.assertNotIn(b"Traceback", err)
+        self.assertNotIn(b"Exception ignored", err)
+
     async def test_bad_arguments(self):
         out, err, code = await self.run_admin("export", "--user", "1", "--order", "2")
         self.assertEqual(code, 2)
