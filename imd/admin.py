@@ -1,9 +1,11 @@
 """``imd-admin``: the operator's console (keys, tokens, friends, orders, kick,
-schema, TLS, the migration queue, the live view)."""
+schema, TLS, the migration queue, the live view, the audit, exports and
+retention)."""
 
 import argparse
 import os
 import sys
+from typing import Any
 
 from twisted.internet import defer, task
 
@@ -93,6 +95,7 @@ def build_parser():
     selfsigned.set_defaults(run=tls_selfsigned, offline=True)
 
     add_mq_commands(commands)
+    add_audit_commands(commands)
 
     top = commands.add_parser("top", help="live view of every node: connections, messages/s, ack p99, MQ, lag")
     top.add_argument("-n", "--iterations", type=_count, default=0, metavar="N",
@@ -144,6 +147,51 @@ def add_mq_commands(commands):
     drop.add_argument("--limit", type=_count, default=0, metavar="N", help="only the N oldest (default: all)")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     drop.set_defaults(run=admin_mq.mq_dead_drop)
+
+
+def add_audit_commands(commands: Any) -> None:
+    from imd import admin_export, admin_reconcile, admin_retention
+    when = admin_reconcile.time_argument
+    reconcile = commands.add_parser(
+        "reconcile", help="audit that every message acked in a window is in MySQL exactly once",
+        description="Audit that every message imd acked between --since and --until is in MySQL exactly once "
+                    "(or still queued). Exit status 0: all there; %d: messages missing or duplicated; "
+                    "1: the audit could not run. TIME: %s." % (admin_reconcile.EXIT_DISCREPANCY,
+                                                               _timespec_formats()))
+    reconcile.add_argument("--since", type=when, required=True, metavar="TIME", help="start of the window")
+    reconcile.add_argument("--until", type=when, metavar="TIME", help="end of the window (default: now)")
+    reconcile.add_argument("--show", type=_count, default=20, metavar="N",
+                           help="list at most N ids of each kind (default: %(default)s)")
+    reconcile.set_defaults(run=admin_reconcile.reconcile, needs_mysql=True)
+
+    export = commands.add_parser(
+        "export", help="a conversation with each message's receipt state, as H shows it (stdout)",
+        description="Write a conversation to stdout, oldest first, each message with its receipt state, "
+                    "including the messages not yet migrated. TIME: %s." % _timespec_formats())
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--order", type=_uid, metavar="ORDER", help="the order's conversation (courier and customer)")
+    which.add_argument("--user", type=_uid, metavar="UID", help="every message UID sent or received")
+    export.add_argument("--with", dest="with_uid", type=_uid, metavar="UID", help="with --user: only with this user")
+    export.add_argument("--since", type=when, metavar="TIME", help="from this time on")
+    export.add_argument("--until", type=when, metavar="TIME", help="before this time")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                        help="jsonl: the packets as H delivers them, one a line; csv: ts, time, from, to, id, type, "
+                             "state, msg (default: %(default)s)")
+    export.set_defaults(run=admin_export.export)
+
+    retention = commands.add_parser("retention", help="messages older than a number of days")
+    retention_cmd = retention.add_subparsers(dest="action", metavar="ACTION")
+    retention_cmd.required = True
+    purge = retention_cmd.add_parser("purge", help="delete messages older than DAYS days, and their receipts, "
+                                                   "in small batches")
+    purge.add_argument("--older-than", type=admin_retention.days_argument, required=True, metavar="DAYS")
+    purge.add_argument("--dry-run", action="store_true", help="only count them")
+    purge.set_defaults(run=admin_retention.retention_purge, needs_redis=False, needs_mysql=True)
+
+
+def _timespec_formats() -> str:
+    from imd.timespec import FORMATS
+    return FORMATS.replace("%", "%%")
 
 
 def run_top(app, args, out):
@@ -307,20 +355,24 @@ def kick_user(app, args, out):
 
 @defer.inlineCallbacks
 def run_command(reactor, app, args, out):
-    """Start what the command needs, run it, stop it again."""
-    if not getattr(args, "needs_redis", True):
-        yield args.run(app, args, out)
-        return
-    app.redis_client.startService()
-    if getattr(args, "needs_mysql", False):
+    """Start what the command needs, run it, stop it again.  Fires with the
+    command's result (an int is the exit status: reconcile's findings)."""
+    redis = getattr(args, "needs_redis", True)
+    mysql = getattr(args, "needs_mysql", False)
+    if redis:
+        app.redis_client.startService()
+    if mysql:
         app.mysql.startService()
     try:
-        yield app.redis_client.wait_connected()
-        yield args.run(app, args, out)
+        if redis:
+            yield app.redis_client.wait_connected()
+        result = yield args.run(app, args, out)
     finally:
-        if getattr(args, "needs_mysql", False):
+        if mysql:
             app.mysql.stopService()
-        yield app.redis_client.stopService()
+        if redis:
+            yield app.redis_client.stopService()
+    return result
 
 
 def main(argv=None, out=None):
@@ -346,13 +398,21 @@ def main(argv=None, out=None):
         app = App(settings, reactor)
         d = run_command(reactor, app, args, out)
 
+        def finished(result):
+            if isinstance(result, int) and not isinstance(result, bool):
+                status.append(result)
+
         def failed(failure):
-            if failure.check(AdminError, StoreUnavailable):
+            if failure.check(BrokenPipeError):
+                # the reader of stdout went away (| head): no traceback, and
+                # none either when Python flushes stdout at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            elif failure.check(AdminError, StoreUnavailable):
                 sys.stderr.write("imd-admin: %s\n" % failure.getErrorMessage())
             else:
                 sys.stderr.write("imd-admin: unexpected error: %s\n" % failure.getTraceback())
             status.append(1)
-        return d.addErrback(failed)
+        return d.addCallbacks(finished, failed)
 
     try:
         task.react(_run)

@@ -86,6 +86,7 @@ class App:
         self.migrator: Any = None
         self.order_ends: Any = None
         self.push_drainer: Any = None
+        self.retention: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
                                push=lambda: self.push_drainer,
                                node=self.node_id, roles=settings.imd.roles,
@@ -188,8 +189,10 @@ class App:
         """The migrate role (it uses ``self.mysql``, started by the caller):
         its own Redis connection, so its batches never queue behind client
         traffic, the :class:`imd.migrator.Migrator`, and, while that leads,
-        the ends of closed orders' friendships (:mod:`imd.order_ends`) and,
-        with ``[push] url`` set, the push drainer (:mod:`imd.push.drainer`)."""
+        the ends of closed orders' friendships (:mod:`imd.order_ends`),
+        with ``[push] url`` set the push drainer (:mod:`imd.push.drainer`),
+        and with ``[retention] days`` set the purge of older messages
+        (:mod:`imd.retention`)."""
         from imd.migrator import Migrator
         from imd.order_ends import OrderEnds
         # (no WAIT here: a batch whose claim or delete a failover loses is
@@ -207,6 +210,12 @@ class App:
         if self.settings.push.url:
             self.push_drainer = self.push_drainer_service(client, leading=lambda: migrator.is_leader)
             self.push_drainer.setServiceParent(group)
+        if self.settings.retention.days:
+            from imd.retention import RetentionPurge
+            from imd.stores.mysql import MessageRows
+            self.retention = RetentionPurge(MessageRows(self.mysql), self.settings.retention.days, self.clock,
+                                            leading=lambda: migrator.is_leader)
+            self.retention.setServiceParent(group)
         return group
 
     def push_drainer_service(self, client: RedisClient, leading: Callable[[], bool]) -> Any:

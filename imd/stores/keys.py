@@ -11,7 +11,8 @@ db index is part of their name: two installations on one Redis never hear
 each other.
 """
 
-from typing import NamedTuple, Tuple, Union
+import re
+from typing import NamedTuple, Optional, Tuple, Union
 
 Uid = int
 PacketId = str
@@ -83,6 +84,7 @@ SCHEMA: Tuple[KeySpec, ...] = (
 )
 
 CHANNEL_PATTERN = "imd:<db>:node:<node>"
+_GLOB = re.compile(r"[*?\[\]\\]")
 
 
 class Keys:
@@ -129,6 +131,31 @@ class Keys:
         if sender == 0:
             return "%sdedup:0:%d:%s" % (self.prefix, to, packet_id)
         return self._dedup % (sender, packet_id)
+
+    @property
+    def dedup_match(self) -> str:
+        """The SCAN ``MATCH`` pattern of every dedup record (the prefix's
+        glob characters escaped)."""
+        return _GLOB.sub(r"\\\g<0>", self.prefix) + "dedup:*"
+
+    def parse_dedup(self, key: Union[str, bytes]) -> Optional[Tuple[Uid, PacketId, Optional[Uid]]]:
+        """``(sender, packet id, recipient)`` of a dedup record's name; the
+        recipient is in the name only for the system (sender 0), else None.
+        None for a name that is not a dedup record's.  An id may hold ``:``:
+        the sender (and the system's recipient) come first."""
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        head = self.prefix + "dedup:"
+        if not key.startswith(head):
+            return None
+        sender, _, rest = key[len(head):].partition(":")
+        try:
+            if sender == "0":
+                to, _, packet_id = rest.partition(":")
+                return (0, packet_id, int(to)) if packet_id and to.isdigit() else None
+            return (int(sender), rest, None) if rest and sender.isdigit() else None
+        except ValueError:
+            return None
 
     def pending(self, uid: Uid) -> str:
         return self._pending % uid

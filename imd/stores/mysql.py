@@ -13,8 +13,10 @@ import os
 import re
 import socket
 import weakref
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pymysql
+import pymysql.cursors
 from pymysql.constants import SERVER_STATUS
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -468,3 +470,190 @@ def _create_order_txn(cursor, orders, order_id, customer_id, courier_id):
                       orders.customer_column, orders.customer_column,
                       orders.courier_column, orders.courier_column),
                    (order_id, customer_id, courier_id))
+
+
+# --- operators' reads and deletes (imd-admin reconcile, export, retention) ---
+
+class MessageRows:
+    """The operator's side of ``message`` (and ``receipt``): the audit's
+    lookups, retention's deletes, and conversations streamed for export.
+
+    Lookups and deletes go through a :class:`MysqlStore`'s pool (each one
+    short transaction); :meth:`conversation` is blocking (run it in a thread)
+    and reads on connections of its own with server-side cursors, so a
+    million rows pass through in constant memory.
+    """
+
+    def __init__(self, store: "MysqlStore") -> None:
+        self.store = store
+
+    def copies(self, messages: Iterable[Tuple[int, str]]) -> defer.Deferred:
+        """The rows stored for ``messages`` ([(from_id, msg_id str)]),
+        whatever their recipient: ``[(seq, from_id, msg_id bytes, to_id)]``."""
+        return self.store.run_interaction(_copies_txn, list(messages))
+
+    def misfiled(self, since: int, until: int, limit: int) -> defer.Deferred:
+        """Up to ``limit`` rows with ``since <= ts < until`` whose stored
+        packet does not carry the row's own id, sender and recipient (a
+        copy of another message, or a packet MySQL cannot read as JSON):
+        ``[(seq, from_id, msg_id bytes, to_id, packet)]``."""
+        return self.store.run_interaction(_misfiled_txn, since, until, limit)
+
+    def count_older(self, before: int) -> defer.Deferred:
+        """``(rows, oldest ts or None)`` of the messages with ``ts < before``."""
+        return self.store.run_interaction(_count_older_txn, before)
+
+    def purge_older(self, before: int, limit: int) -> defer.Deferred:
+        """Delete up to ``limit`` of the oldest messages with ``ts < before``
+        and their receipts, in one short transaction: fires with
+        ``(messages deleted, receipts deleted)``."""
+        return self.store.run_interaction(_purge_older_txn, before, limit)
+
+
+def _copies_txn(cursor: Any, messages: List[Tuple[int, str]]) -> List[Tuple[int, int, bytes, int]]:
+    if not messages:
+        return []
+    cursor.execute("SELECT seq, from_id, msg_id, to_id FROM message WHERE (from_id, msg_id) IN ("
+                   + ",".join(["(%s,%s)"] * len(messages)) + ")",
+                   [value for from_id, msg_id in messages for value in (from_id, msg_id.encode("utf-8"))])
+    return [(seq, from_id, bytes(msg_id), to_id) for seq, from_id, msg_id, to_id in cursor.fetchall()]
+
+
+# A packet names the row it is stored under when its id (a number's decimal
+# string, as the dedup key and msg_id have it), from and to are the row's.
+# <=>: a packet MySQL cannot read gives NULL, and counts as not naming it.
+_NAMES_ITS_ROW = ("CAST(JSON_UNQUOTE(JSON_EXTRACT(packet, '$.id')) AS BINARY) <=> msg_id"
+                  " AND JSON_EXTRACT(packet, '$.from') <=> from_id AND JSON_EXTRACT(packet, '$.to') <=> to_id")
+
+
+def _misfiled_txn(cursor: Any, since: int, until: int, limit: int) -> List[Tuple[int, int, bytes, int, str]]:
+    cursor.execute("SELECT seq, from_id, msg_id, to_id, packet FROM message"
+                   " WHERE ts >= %s AND ts < %s AND NOT (" + _NAMES_ITS_ROW + ") ORDER BY ts LIMIT %s",
+                   (since, until, limit))
+    return [(seq, from_id, bytes(msg_id), to_id, packet) for seq, from_id, msg_id, to_id, packet in cursor.fetchall()]
+
+
+def _count_older_txn(cursor: Any, before: int) -> Tuple[int, Optional[int]]:
+    # message_by_ts (sql/005): read from the index alone
+    cursor.execute("SELECT COUNT(*), MIN(ts) FROM message WHERE ts < %s", (before,))
+    count, oldest = cursor.fetchone()
+    return int(count), (int(oldest) if oldest is not None else None)
+
+
+def _purge_older_txn(cursor: Any, before: int, limit: int) -> Tuple[int, int]:
+    # A plain (non-locking) read of the batch, then deletes by primary key:
+    # the transaction locks only the rows it deletes, never a range, so the
+    # migrator's inserts (new rows, at the other end of ts) never wait on it.
+    cursor.execute("SELECT seq, from_id, msg_id, to_id FROM message WHERE ts < %s ORDER BY ts LIMIT %s",
+                   (before, limit))
+    rows = cursor.fetchall()
+    if not rows:
+        return 0, 0
+    receipts = cursor.execute("DELETE FROM receipt WHERE (from_id, msg_id, to_id) IN ("
+                              + ",".join(["(%s,%s,%s)"] * len(rows)) + ")",
+                              [value for _, from_id, msg_id, to_id in rows for value in (from_id, msg_id, to_id)])
+    deleted = cursor.execute("DELETE FROM message WHERE seq IN (" + ",".join(["%s"] * len(rows)) + ") AND ts < %s",
+                             [seq for seq, _, _, _ in rows] + [before])
+    return deleted, receipts
+
+
+EXPORT_FETCH = 1000          # rows a server-side cursor hands over at a time
+EXPORT_WRITE_TIMEOUT = 3600  # s MySQL waits for a slow reader (a pipe into gzip) before it gives up
+_CONVERSATION_COLUMNS = ("SELECT ts, accept_seq, from_id, msg_id, to_id, type, msg, packet, " + _STATE
+                         + " FROM message m WHERE ")
+
+
+def _conversation_sides(uid: int, with_uid: Optional[int], since: int, until: int,
+                        system_ids: Sequence[str] = ()) -> List[Tuple[str, List[Any]]]:
+    """``[(where, args)]``: the messages ``uid`` received and those it sent
+    (to ``with_uid`` only, if given), each side read in (ts, accept_seq)
+    order straight from an index (message_by_recipient, message_by_sender,
+    message_by_pair), so MySQL streams it without sorting; and the system's
+    messages ``system_ids`` to either of them (a few rows, by the unique key)."""
+    window, window_args = " AND ts >= %s AND ts < %s", [since, until]
+    received, received_args = "to_id = %s", [uid]
+    if with_uid is not None:
+        received += " AND from_id = %s"
+        received_args.append(with_uid)
+    sides: List[Tuple[str, List[Any]]] = [(received + window, list(received_args) + window_args)]
+    # a message to oneself was read as received
+    if with_uid is None:
+        sides.append(("from_id = %s AND to_id <> %s" + window, [uid, uid] + window_args))
+    elif with_uid != uid:
+        sides.append(("from_id = %s AND to_id = %s" + window, [uid, with_uid] + window_args))
+    if system_ids and with_uid is not None:
+        sides.append(("from_id = 0 AND msg_id IN (" + ",".join(["%s"] * len(system_ids)) + ") AND to_id IN (%s, %s)"
+                      + window, [i.encode("utf-8") for i in system_ids] + [uid, with_uid] + window_args))
+    return sides
+
+
+class ConversationReader:
+    """A user's messages (or one conversation) in a window, oldest first,
+    with each one's receipt state, read with server-side cursors
+    (``SSCursor``) on connections of its own: blocking, for a thread.
+
+    ``with ConversationReader(...) as reader: reader.count(); for row in reader.rows()``;
+    a row is ``(ts, accept_seq, from_id, msg_id bytes, to_id, type, msg,
+    packet, state)``, as :func:`_history_txn` orders them.
+    """
+
+    def __init__(self, settings: Any, uid: int, with_uid: Optional[int], since: int, until: int,
+                 system_ids: Sequence[str] = ()) -> None:
+        self._settings = settings
+        self._sides = _conversation_sides(uid, with_uid, since, until, system_ids)
+        self._connections: List[Any] = []
+
+    def __enter__(self) -> "ConversationReader":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except pymysql.err.Error:
+                pass   # it is gone either way
+
+    def _connect(self) -> Any:
+        kwargs = connect_kwargs(self._settings)
+        kwargs.update(read_timeout=None, write_timeout=None, cursorclass=pymysql.cursors.SSCursor)
+        try:
+            conn = pymysql.connect(**kwargs)
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION net_write_timeout = %s", (EXPORT_WRITE_TIMEOUT,))
+        except pymysql.err.OperationalError as e:
+            raise StoreUnavailable("mysql at %s:%d: %s" % (self._settings.host, self._settings.port, e))
+        self._connections.append(conn)
+        return conn
+
+    def count(self) -> int:
+        """How many rows :meth:`rows` yields (read first: for a progress bar)."""
+        conn = self._connect()
+        total = 0
+        with conn.cursor(pymysql.cursors.Cursor) as cur:
+            for where, args in self._sides:
+                cur.execute("SELECT COUNT(*) FROM message m WHERE " + where, args)
+                total += cur.fetchone()[0]
+        return int(total)
+
+    def rows(self) -> Iterator[Tuple[Any, ...]]:
+        import heapq
+        streams = [self._side(where, args) for where, args in self._sides]
+        return heapq.merge(*streams, key=lambda row: (row[0], row[1]))
+
+    def _side(self, where: str, args: List[Any]) -> Iterator[Tuple[Any, ...]]:
+        conn = self._connect()
+        cur = conn.cursor()
+        try:
+            cur.execute(_CONVERSATION_COLUMNS + where + " ORDER BY ts, accept_seq", args)
+            while True:
+                rows = cur.fetchmany(EXPORT_FETCH)
+                if not rows:
+                    return
+                for ts, seq, from_id, msg_id, to_id, kind, msg, packet, state in rows:
+                    yield ts, seq, from_id, bytes(msg_id), to_id, kind, msg, packet, int(state)
+        except pymysql.err.OperationalError as e:
+            raise StoreUnavailable("mysql: %s" % (e,))

@@ -1,0 +1,142 @@
+"""Retention: ``imd-admin retention purge`` and the leader's hourly purge
+(``[retention] days``) delete the old messages and their receipts, leave
+the newer ones, and let the migrator's inserts go on meanwhile."""
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
+
+from imd import protocol
+from imd.app import App
+from imd.retention import DAY_MS, RetentionPurge, purge
+from imd.stores.mysql import MessageRows, connect_kwargs
+from tests.admin_support import AdminAppMixin
+from tests.migrator_support import start_migrator, with_drain
+from tests.mysql_support import query
+from tests.support import make_settings, wait_until
+
+
+def insert_aged(settings, count, days_old, prefix, receipts=True):
+    """``count`` messages 1 -> 2 ``days_old`` days old, each with a receipt."""
+    import time
+
+    import pymysql
+    ts0 = int(time.time() * 1000) - int(days_old * DAY_MS)
+    conn = pymysql.connect(**connect_kwargs(settings))
+    try:
+        with conn.cursor() as cur:
+            for start in range(0, count, 5000):
+                rows = []
+                for i in range(start, min(count, start + 5000)):
+                    packet = protocol.message_json(protocol.MessagePacket("%s%d" % (prefix, i), "t", 2, "old"), 1,
+                                                   ts0 + i)
+                    rows.append(("%s%d" % (prefix, i), 1, 2, "t", "old", ts0 + i, i, packet.decode("utf-8")))
+                cur.executemany("INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, accept_seq, packet)"
+                                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+                if receipts:
+                    cur.executemany("INSERT INTO receipt (from_id, msg_id, to_id, state, ts, accept_seq)"
+                                    " VALUES (1, %s, 2, 2, %s, %s)", [(r[0], r[5] + 1, r[6]) for r in rows])
+                conn.commit()
+    finally:
+        conn.close()
+
+
+class PurgeCommandTests(AdminAppMixin, unittest.TestCase):
+
+    async def counts(self):
+        rows = await query(self.mysql_settings, "SELECT (SELECT COUNT(*) FROM message), (SELECT COUNT(*) FROM receipt)")
+        return tuple(int(n) for n in rows[0])
+
+    async def test_dry_run_then_purge_leaves_the_newer_rows(self):
+        await threads.deferToThread(insert_aged, self.mysql_settings, 2500, 40, "old")
+        await threads.deferToThread(insert_aged, self.mysql_settings, 300, 20, "new")
+        out, _, _ = await self.admin("retention", "purge", "--older-than", "30", "--dry-run")
+        self.assertRegex(out, r"^retention purge: would delete 2,500 messages older than 30 days \(before \S+Z\), "
+                              r"the oldest from \S+Z, and their receipts \(dry run\)\n$")
+        self.assertEqual(await self.counts(), (2800, 2800))
+        out, _, progress_text = await self.admin("retention", "purge", "--older-than", "30")
+        self.assertRegex(out, r"^retention purge: deleted 2,500 messages older than 30 days \(before \S+Z\) "
+                              r"and 2,500 receipts in [\d.]+ s\n$")
+        self.assertEqual(await self.counts(), (300, 300))
+        left = await query(self.mysql_settings, "SELECT msg_id FROM message WHERE msg_id LIKE 'old%'")
+        self.assertEqual(left, ())
+        self.assertRegex(progress_text, r"(?m)^retention purge: 2,500 messages in 0:\d\d \([\d,]+ messages/s\)$")
+        out, _, _ = await self.admin("retention", "purge", "--older-than", "30")
+        self.assertRegex(out, r"^retention purge: no messages older than 30 days")
+
+    async def test_days_must_be_whole_and_positive(self):
+        for bad in ("0", "-3", "1.5", "x"):
+            out, err, code = await self.run_admin("retention", "purge", "--older-than", bad)
+            self.assertEqual(code, 2, bad)
+            self.assertIn("expected a whole number of days, 1 or more, got %r" % bad, err.decode("utf-8"))
+
+    async def test_runs_while_the_migrator_inserts(self):
+        await threads.deferToThread(insert_aged, self.mysql_settings, 6000, 40, "old")
+        fresh = [protocol.message_json(protocol.MessagePacket("n%d" % i, "t", 4, "new"), 3,
+                                       int(reactor.seconds() * 1000)).decode("utf-8") for i in range(6000)]
+        for start in range(0, len(fresh), 1000):
+            await self.redis.lpush("MQ", fresh[start:start + 1000])
+        migrator = start_migrator(self, self.settings)
+        seen = []   # rows the migrator had inserted when each purge batch committed
+
+        def batch_done(deleted):
+            seen.append(migrator.rows_migrated)
+        rows = MessageRows(self.app.mysql)
+        messages, receipts = await purge(rows, int(reactor.seconds() * 1000) - 30 * DAY_MS,
+                                         lambda s: task.deferLater(reactor, s, lambda: None), reactor.seconds,
+                                         batch=200, progress=batch_done)
+        await with_drain(migrator)
+        self.assertEqual((messages, receipts), (6000, 6000))
+        self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM message"), ((6000,),))
+        self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM message WHERE from_id = 3"),
+                         ((6000,),))
+        # the inserts went on between the purge's batches: neither waited for the other to finish
+        self.assertEqual(len(seen), 30)
+        self.assertLess(seen[0], 6000, seen)
+        self.assertGreater(len(set(seen)), 2, seen)
+
+
+class LeaderPurgeTests(AdminAppMixin, unittest.TestCase):
+
+    def test_only_with_days_set(self):
+        app = App(make_settings({"imd": {"roles": "migrate"}}), reactor)
+        app.migrator_service()
+        self.assertIsNone(app.retention)
+        app = App(make_settings({"imd": {"roles": "migrate"}, "retention": {"days": "180"}}), reactor)
+        group = app.migrator_service()
+        self.assertEqual((app.retention.days, app.retention.running), (180, False))
+        self.assertIn(app.retention, list(group))
+
+    async def test_while_leading_once_per_run_interval(self):
+        await threads.deferToThread(insert_aged, self.mysql_settings, 40, 10, "old")
+        await threads.deferToThread(insert_aged, self.mysql_settings, 5, 3, "new")
+        clock = task.Clock()
+        clock.advance(reactor.seconds())
+        leading = [False]
+        service = RetentionPurge(MessageRows(self.app.mysql), 7, clock, lambda: leading[0], check_every=60,
+                                 run_every=3600)
+        service.startService()
+        self.addCleanup(service.stopService)
+        clock.advance(60)
+        self.assertEqual(service.deleted, 0)   # not leading: nothing
+        leading[0] = True
+        clock.advance(60)
+        await wait_until(lambda: service.deleted == 40 and service._run is None, what="the purge")
+        self.assertEqual(service.receipts_deleted, 40)
+        await threads.deferToThread(insert_aged, self.mysql_settings, 10, 9, "later")
+        clock.advance(60)   # not an hour yet
+        self.assertIsNone(service._run)
+        clock.advance(3600)
+        await wait_until(lambda: service.deleted == 50 and service._run is None, what="the next hour's purge")
+        self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM message"), ((5,),))
+
+    async def test_a_stop_ends_the_run_between_batches(self):
+        await threads.deferToThread(insert_aged, self.mysql_settings, 300, 10, "old", False)
+        clock = task.Clock()
+        clock.advance(reactor.seconds())
+        service = RetentionPurge(MessageRows(self.app.mysql), 7, clock, lambda: True, check_every=1, batch=100,
+                                 pause=5)
+        service.startService()
+        clock.advance(1)
+        await wait_until(lambda: service._sleeping is not None, what="the pause after the first batch")
+        await defer.maybeDeferred(service.stopService)
+        self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM message"), ((200,),))
