@@ -5,24 +5,29 @@ retention)."""
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, TextIO, Union
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.failure import Failure
 
 from imd.auth import generate_key_pair, issue_token
 from imd.config import ConfigError, load_settings
 from imd.errors import AdminError, StoreUnavailable
 from imd.protocol import parse_uid
 
+if TYPE_CHECKING:
+    from imd.app import App
 
-def _uid(text):
+
+def _uid(text: str) -> int:
     try:
         return parse_uid(text, "uid")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imd-admin", description="Operate an imd installation.")
     parser.add_argument("--config", default="etc/imd.ini", help="the imd.ini to use (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -88,7 +93,8 @@ def build_parser():
     tls_cmd.required = True
     selfsigned = tls_cmd.add_parser("selfsigned", help="write a self-signed certificate and key (development only)")
     selfsigned.add_argument("--host", required=True, help="the name (or IP address) clients connect to")
-    selfsigned.add_argument("--out", default="etc/tls", help="directory for cert.pem and key.pem (default: %(default)s)")
+    selfsigned.add_argument("--out", default="etc/tls",
+                            help="directory for cert.pem and key.pem (default: %(default)s)")
     selfsigned.add_argument("--days", type=int, default=30, help="validity in days (default: %(default)s)")
     selfsigned.add_argument("--force", action="store_true", help="replace existing files")
     # Needs neither the config nor Redis.
@@ -106,7 +112,7 @@ def build_parser():
     return parser
 
 
-def _count(text):
+def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -116,7 +122,7 @@ def _count(text):
     return value
 
 
-def _seconds(text):
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -126,7 +132,7 @@ def _seconds(text):
     return value
 
 
-def add_mq_commands(commands):
+def add_mq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from imd import admin_mq
     mq = commands.add_parser("mq", help="the migration queue: MQ, MQ:processing, MQ:dead")
     mq_cmd = mq.add_subparsers(dest="action", metavar="ACTION")
@@ -149,7 +155,7 @@ def add_mq_commands(commands):
     drop.set_defaults(run=admin_mq.mq_dead_drop)
 
 
-def add_audit_commands(commands: Any) -> None:
+def add_audit_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from imd import admin_export, admin_reconcile, admin_retention
     when = admin_reconcile.time_argument
     reconcile = commands.add_parser(
@@ -194,12 +200,12 @@ def _timespec_formats() -> str:
     return FORMATS.replace("%", "%%")
 
 
-def run_top(app, args, out):
+def run_top(app: "App", args: argparse.Namespace, out: TextIO) -> defer.Deferred:
     from imd.top import run
     return run(app, args, out)
 
 
-def tls_selfsigned(args, out):
+def tls_selfsigned(args: argparse.Namespace, out: TextIO) -> None:
     from imd.tls import self_signed
     cert_path = os.path.join(args.out, "cert.pem")
     key_path = os.path.join(args.out, "key.pem")
@@ -222,7 +228,7 @@ def tls_selfsigned(args, out):
 
 
 @defer.inlineCallbacks
-def schema_apply(app, args, out):
+def schema_apply(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     from twisted.internet import threads
 
     from imd.stores.mysql import apply_schema
@@ -235,7 +241,7 @@ def schema_apply(app, args, out):
 
 
 @defer.inlineCallbacks
-def keys_init(app, args, out):
+def keys_init(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     public_pem, private_pem = generate_key_pair()
     stored = yield app.tokens.set_key_pair(public_pem, private_pem, force=args.force)
     if stored:
@@ -245,7 +251,7 @@ def keys_init(app, args, out):
 
 
 @defer.inlineCallbacks
-def token_issue(app, args, out):
+def token_issue(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     private_pem = yield app.tokens.get_private_key()
     if not private_pem:
         raise AdminError("no privateKey in Redis: run 'imd-admin keys init' first")
@@ -253,7 +259,7 @@ def token_issue(app, args, out):
 
 
 @defer.inlineCallbacks
-def friend_add(app, args, out):
+def friend_add(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     if args.a == args.b:
         raise AdminError("a user cannot befriend themselves")
     yield app.friends.add_friends(args.a, args.b)
@@ -261,39 +267,39 @@ def friend_add(app, args, out):
 
 
 @defer.inlineCallbacks
-def friend_rm(app, args, out):
+def friend_rm(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     yield app.friends.remove_friends(args.a, args.b)
     out.write("no longer friends: %d <-> %d\n" % (args.a, args.b))
 
 
 @defer.inlineCallbacks
-def friend_list(app, args, out):
+def friend_list(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     friends = yield app.friends.list_friends(args.a)
     for uid in friends:
         out.write("%d\n" % uid)
 
 
 @defer.inlineCallbacks
-def order_create(app, args, out):
+def order_create(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     yield app.mysql.create_order(app.settings.orders, args.order, args.customer, args.courier)
     courier = "courier %d" % args.courier if args.courier else "no courier yet"
     out.write("order %d: customer %d, %s\n" % (args.order, args.customer, courier))
 
 
-def _when(ms):
+def _when(ms: int) -> str:
     """Unix ms as an ISO 8601 UTC time."""
     from datetime import datetime, timezone
     stamp = datetime.fromtimestamp(ms / 1000.0, timezone.utc).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
 
-def _from_now(ms, now):
+def _from_now(ms: int, now: int) -> str:
     seconds = (ms - now) / 1000.0
     return "in %.0fs" % seconds if seconds >= 0 else "%.0fs ago" % -seconds
 
 
 @defer.inlineCallbacks
-def order_close(app, args, out):
+def order_close(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     from imd.errors import ImdError
     try:
         closed = yield app.order_lifecycle.close(args.order)
@@ -309,7 +315,7 @@ _BEFORE = {"no": "no", "friends": "yes (kept after the order)", "order": "yes, t
 
 
 @defer.inlineCallbacks
-def order_show(app, args, out):
+def order_show(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     record = yield app.orders.record(args.order)
     now = int(app.clock.seconds() * 1000)
     if record is None:
@@ -346,7 +352,7 @@ def order_show(app, args, out):
 
 
 @defer.inlineCallbacks
-def kick_user(app, args, out):
+def kick_user(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     if not args.reason.strip() or len(args.reason.encode("utf-8")) > 100:
         raise AdminError("--reason must be 1-100 bytes of text")
     nodes = yield app.node.kick(args.uid, args.reason)
@@ -354,7 +360,8 @@ def kick_user(app, args, out):
 
 
 @defer.inlineCallbacks
-def run_command(reactor, app, args, out):
+def run_command(reactor: IReactorCore, app: "App", args: argparse.Namespace,
+                out: TextIO) -> Generator[defer.Deferred, Any, Any]:
     """Start what the command needs, run it, stop it again.  Fires with the
     command's result (an int is the exit status: reconcile's findings)."""
     redis = getattr(args, "needs_redis", True)
@@ -375,7 +382,7 @@ def run_command(reactor, app, args, out):
     return result
 
 
-def main(argv=None, out=None):
+def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> Union[int, str]:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     if getattr(args, "offline", False):
@@ -391,18 +398,18 @@ def main(argv=None, out=None):
         sys.stderr.write("imd-admin: config error: %s\n" % e)
         return 2
 
-    status = []
+    status: List[int] = []
 
-    def _run(reactor):
+    def _run(reactor: IReactorCore) -> defer.Deferred:
         from imd.app import App
         app = App(settings, reactor)
         d = run_command(reactor, app, args, out)
 
-        def finished(result):
+        def finished(result: object) -> None:
             if isinstance(result, int) and not isinstance(result, bool):
                 status.append(result)
 
-        def failed(failure):
+        def failed(failure: Failure) -> None:
             if failure.check(BrokenPipeError):
                 # the reader of stdout went away (| head): no traceback, and
                 # none either when Python flushes stdout at exit

@@ -12,7 +12,7 @@ the other nodes), ``imd.http``, ``imd.migrator``.
 import socket
 from typing import Any, Callable, Dict
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -175,7 +175,7 @@ class App:
             return self.tls.endpoint(description)
         return serverFromString(self.reactor, description)
 
-    def listening_service(self, description: str, factory: Any, role: str = "") -> IService:
+    def listening_service(self, description: str, factory: Any, role: str = "") -> ListeningService:
         return ListeningService(description, self.server_endpoint(description), factory, role)
 
     def http_site(self) -> Any:

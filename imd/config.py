@@ -10,15 +10,21 @@ import configparser
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
 from urllib.parse import urlsplit, unquote
 
 from imd import endpoints
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
 
 
 class ConfigError(Exception):
     """One line: ``FILE: [section] key: problem``."""
 
-    def __init__(self, path, section, key, problem):
+    def __init__(self, path: str, section: Optional[str], key: Optional[str], problem: str) -> None:
         self.path, self.section, self.key, self.problem = path, section, key, problem
         where = "[%s]" % section if section else ""
         if key:
@@ -32,8 +38,8 @@ class _Invalid(ValueError):
 
 # --- value parsers: str -> typed value, or _Invalid ---------------------------
 
-def _int(low=None, high=None):
-    def parse(text):
+def _int(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
         try:
             value = int(text, 10)
         except ValueError:
@@ -46,8 +52,8 @@ def _int(low=None, high=None):
     return parse
 
 
-def _number(low=0.0, strictly_positive=True):
-    def parse(text):
+def _number(low: float = 0.0, strictly_positive: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -66,25 +72,25 @@ _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
              "false": False, "no": False, "off": False, "0": False}
 
 
-def _bool(text):
+def _bool(text: str) -> bool:
     try:
         return _BOOLEANS[text.lower()]
     except KeyError:
         raise _Invalid("expected true or false, got %r" % (text,))
 
 
-def _text(text):
+def _text(text: str) -> str:
     return text
 
 
-def _identifier(text):
+def _identifier(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,63}", text):
         raise _Invalid("expected a SQL identifier (letters, digits, _), got %r" % (text,))
     return text
 
 
-def _choice(*choices):
-    def parse(text):
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
         if text not in choices:
             raise _Invalid("expected one of %s, got %r" % (", ".join(choices), text))
         return text
@@ -94,7 +100,7 @@ def _choice(*choices):
 ROLES = ("ws", "http", "migrate")
 
 
-def _roles(text):
+def _roles(text: str) -> FrozenSet[str]:
     roles = tuple(r.strip() for r in text.split(",") if r.strip())
     if not roles:
         raise _Invalid("at least one role is needed (%s)" % ", ".join(ROLES))
@@ -104,8 +110,8 @@ def _roles(text):
     return frozenset(roles)
 
 
-def _endpoint(optional, tls=False):
-    def parse(text):
+def _endpoint(optional: bool, tls: bool = False) -> Callable[[str], str]:
+    def parse(text: str) -> str:
         if not text:
             if optional:
                 return ""
@@ -128,7 +134,7 @@ def _endpoint(optional, tls=False):
     return parse
 
 
-def _tls_endpoint(text):
+def _tls_endpoint(text: str) -> str:
     """An ``ssl:`` string whose key and certificate load and match."""
     from imd.tls import load_certificate_options, parse_tls_endpoint
     try:
@@ -146,7 +152,7 @@ def _tls_endpoint(text):
 MIN_HS256_SECRET_BYTES = 32
 
 
-def _auth_mode(text):
+def _auth_mode(text: str) -> str:
     if text == "dev":
         return text
     if text.startswith("hs256:") and len(text) > len("hs256:"):
@@ -160,7 +166,7 @@ def _auth_mode(text):
     raise _Invalid("expected 'dev' or 'hs256:<secret>', got %r" % (text.split(":")[0],))
 
 
-def _ws_url(text):
+def _ws_url(text: str) -> str:
     if not text:
         return ""
     parts = urlsplit(text)
@@ -169,7 +175,7 @@ def _ws_url(text):
     return text if text.endswith("/") else text + "/"
 
 
-def _origins(text):
+def _origins(text: str) -> Tuple[str, ...]:
     origins = tuple(o.strip() for o in text.split(",") if o.strip())
     for origin in origins:
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
@@ -177,14 +183,14 @@ def _origins(text):
     return origins
 
 
-def _api_key(text):
+def _api_key(text: str) -> str:
     if text and (len(text) < 32 or not text.isprintable() or " " in text):
         raise _Invalid("expected empty (server API off) or a key of at least 32 printable characters "
                        "without spaces")
     return text
 
 
-def _http_url(text):
+def _http_url(text: str) -> str:
     if not text:
         return ""
     parts = urlsplit(text)
@@ -193,9 +199,9 @@ def _http_url(text):
     return text
 
 
-def _host_ports(text):
+def _host_ports(text: str) -> Tuple[Tuple[str, int], ...]:
     """``host:port, host:port`` -> ((host, port), ...), each once."""
-    found = []
+    found: List[Tuple[str, int]] = []
     for item in (i.strip() for i in text.split(",")):
         if not item:
             continue
@@ -211,7 +217,7 @@ def _host_ports(text):
     return tuple(found)
 
 
-def _master_name(text):
+def _master_name(text: str) -> str:
     # Sentinel's own rule for names is looser, but +switch-master messages
     # are split on spaces: a name with one could not be followed.
     if text and not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", text):
@@ -225,10 +231,10 @@ class RedisAddress:
     host: str
     port: int
     db: int
-    password: str = None
+    password: Optional[str] = None
 
 
-def _redis_url(text):
+def _redis_url(text: str) -> RedisAddress:
     parts = urlsplit(text)
     if parts.scheme != "redis" or not parts.hostname:
         raise _Invalid("expected redis://[:password@]host[:port][/db], got %r" % (text,))
@@ -243,7 +249,9 @@ def _redis_url(text):
     return RedisAddress(parts.hostname, port, int(path or 0), password)
 
 
-def _setting(default, parse, doc=""):
+def _setting(default: str, parse: Callable[[str], Any], doc: str = "") -> Any:
+    # Any: dataclasses' field() passes for the field's value, but this
+    # default is the ini text, which _build_section parses.
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
 
@@ -251,7 +259,7 @@ def _setting(default, parse, doc=""):
 
 @dataclass(frozen=True)
 class ImdSettings:
-    roles: frozenset = _setting("ws, http, migrate", _roles)
+    roles: FrozenSet[str] = _setting("ws, http, migrate", _roles)
     node_id: str = _setting("", _text)
     shutdown_grace: float = _setting("10", _number())
     # /metrics and /healthz of this process whatever its roles (empty = none
@@ -285,7 +293,7 @@ class HttpSettings:
     tls_listen: str = _setting("", _endpoint(optional=True, tls=True))
     auth: str = _setting("dev", _auth_mode)
     public_ws_url: str = _setting("", _ws_url)
-    cors_origins: tuple = _setting("", _origins)
+    cors_origins: Tuple[str, ...] = _setting("", _origins)
     token_user_rate: float = _setting("0.5", _number(strictly_positive=False))
     token_user_burst: int = _setting("10", _int(1))
     token_address_rate: float = _setting("10", _number(strictly_positive=False))
@@ -307,7 +315,7 @@ class RedisSettings:
     prefix: str = _setting("", _text)
     timeout: float = _setting("5", _number())
     dedup_ttl: int = _setting("3600", _int(1))
-    sentinels: tuple = _setting("", _host_ports)
+    sentinels: Tuple[Tuple[str, int], ...] = _setting("", _host_ports)
     master_name: str = _setting("", _master_name)
     min_replicas: int = _setting("0", _int(0, 100))
     replica_timeout: float = _setting("0.5", _number(low=0.001, strictly_positive=False))
@@ -412,16 +420,18 @@ class Settings:
     retention: RetentionSettings
     log: LogSettings
 
-    def replace(self, section, **values):
+    def replace(self, section: str, **values: Any) -> "Settings":
         """A copy with some typed values of one section changed (for tests)."""
         updated = dataclasses.replace(getattr(self, section), **values)
         return dataclasses.replace(self, **{section: updated})
 
 
-def _build_section(path, name, cls, raw):
+def _build_section(path: str, name: str, cls: Type[_Section], raw: Dict[str, str]) -> _Section:
     values = {}
     for f in dataclasses.fields(cls):
-        text = raw.pop(f.name, f.default).strip()
+        default = f.default
+        assert isinstance(default, str)   # every setting's default is its ini text (_setting)
+        text = raw.pop(f.name, default).strip()
         try:
             values[f.name] = f.metadata["parse"](text)
         except _Invalid as e:
@@ -432,7 +442,7 @@ def _build_section(path, name, cls, raw):
     return cls(**values)
 
 
-def _check_across_keys(path, settings):
+def _check_across_keys(path: str, settings: Settings) -> None:
     redis = settings.redis
     if redis.sentinels and not redis.master_name:
         raise ConfigError(path, "redis", "master_name",
@@ -461,13 +471,13 @@ def _check_across_keys(path, settings):
                                   "listeners; [http] %s is %r" % (key, endpoint))
 
 
-def _check_metrics_port(path, settings):
+def _check_metrics_port(path: str, settings: Settings) -> None:
     """``metrics_listen`` on a port another listener of this process takes
     would only fail at start-up, with a less clear message."""
     metrics = _fixed_port(settings.imd.metrics_listen)
     if metrics is None:
         return
-    others = []
+    others: List[Tuple[str, str]] = []
     if "ws" in settings.imd.roles:
         others += [("websocket", "listen"), ("websocket", "tls_listen")]
     if "http" in settings.imd.roles:
@@ -479,7 +489,7 @@ def _check_metrics_port(path, settings):
                               % (metrics, section, key))
 
 
-def _fixed_port(description):
+def _fixed_port(description: str) -> Optional[int]:
     """The port of a tcp:/ssl: endpoint string, None for port 0 or none."""
     port = endpoints.port_of(description) if description else None
     return port or None
@@ -493,10 +503,10 @@ def is_loopback_endpoint(description: str) -> bool:
         return False
 
 
-def parse_settings(text, path="<string>"):
+def parse_settings(text: str, path: str = "<string>") -> Settings:
     """Settings from the text of an ini file (for tests and ``load``)."""
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
-    parser.optionxform = str
+    parser.optionxform = str   # type: ignore[method-assign, assignment]  # keys keep their case (configparser's way)
     try:
         parser.read_string(text, source=path)
     except configparser.Error as e:
@@ -506,7 +516,7 @@ def parse_settings(text, path="<string>"):
         if name not in SECTIONS:
             raise ConfigError(path, name, None,
                               "unknown section (known: %s)" % ", ".join(SECTIONS))
-    built = {}
+    built: Dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         raw = dict(parser.items(name)) if parser.has_section(name) else {}
         built[name] = _build_section(path, name, cls, raw)
@@ -515,7 +525,7 @@ def parse_settings(text, path="<string>"):
     return settings
 
 
-def load_settings(path):
+def load_settings(path: str) -> Settings:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -526,11 +536,11 @@ def load_settings(path):
     return parse_settings(text, path)
 
 
-def default_settings():
+def default_settings() -> Settings:
     return parse_settings("", "<defaults>")
 
 
-def with_override(settings, section, key, text, source):
+def with_override(settings: Settings, section: str, key: str, text: str, source: str) -> Settings:
     """``settings`` with one key set from the command line (``source`` names
     the option in errors), validated like the ini value."""
     cls = type(getattr(settings, section))

@@ -8,7 +8,7 @@ node or the process registers anywhere in Redis (those start in
 """
 
 import sys
-from typing import Any
+from typing import Any, List
 
 from twisted.application.service import Service
 from twisted.python.failure import Failure
@@ -39,7 +39,7 @@ class ListeningService(Service):
 
     def listen(self) -> None:
         self._listen_called = True
-        outcome = []
+        outcome: List[Any] = []   # the listening port, or the Failure of listen
         self._endpoint.listen(self._factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
             failure = outcome[0]

@@ -156,6 +156,7 @@ def _adbapi_clean_up(event: LogEvent) -> Any:
     if failure.check(_ADBAPI_ECHO):
         return _SKIP
     message = failure.getErrorMessage()
+    assert failure.type is not None   # a Failure always has its exception's class
     return {"log_level": LogLevel.warn, "log_namespace": "imd.stores.mysql", "log_time": event.get("log_time"),
             "log_format": "mysql: {why} after a lost connection: {error}", "why": event["why"].lower(),
             "error": "%s: %s" % (failure.type.__name__, message) if message else failure.type.__name__}

@@ -8,15 +8,20 @@ count as ``other``, refusal reasons lose their variable tail.
 
 import re
 from bisect import bisect_left
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
 from imd import __version__
 from imd.errors import ERROR_CODES
 from imd.protocol import COMMAND_TYPES, MESSAGE_TYPES, SIGNAL_TYPES, STATE_NAMES
+
+if TYPE_CHECKING:
+    from imd.stores.redis import RedisClient
+    from imd.stores.sentinel import SentinelMaster
 
 # Client packet types answered with an ``A`` when they succeed (contract §2, §4, §7).
 ACKED_TYPES = frozenset("tiTSRY")
@@ -27,15 +32,18 @@ API_ENDPOINTS = ("send", "close", "kick", "online", "friends", "other")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# ``(port, certificate path, expiry Unix time or None)`` of each TLS listener
+Certificates = Iterable[Tuple[str, str, Optional[float]]]
 
-def refusal_label(reason):
+
+def refusal_label(reason: str) -> str:
     """``"bad token: Signature has expired"`` -> ``"bad_token"``: a bounded label."""
     head = reason.split(":", 1)[0].strip().lower()
     label = re.sub(r"[^a-z0-9]+", "_", head).strip("_")[:40]
     return label or "other"
 
 
-def store_of(message):
+def store_of(message: str) -> str:
     """Which store a StoreUnavailable message is about (they name it first)."""
     return "mysql" if "mysql" in message.lower() else "redis"
 
@@ -44,13 +52,13 @@ class _MigratorCollector:
     """The migrator's own figures, read when scraped (none when this process
     does not run the migrate role)."""
 
-    def __init__(self, get_migrator):
-        self._get_migrator = get_migrator
+    def __init__(self, get_migrator: Callable[[], object]) -> None:
+        self._get_migrator = get_migrator   # its figures are read by name (getattr)
 
-    def describe(self):
+    def describe(self) -> List[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         migrator = self._get_migrator()
         if migrator is None:
             return
@@ -77,13 +85,13 @@ class _PushCollector:
     """The push drainer's counts (zero in a process that runs none: only
     the leading migrator's process sends)."""
 
-    def __init__(self, get_drainer):
-        self._get_drainer = get_drainer
+    def __init__(self, get_drainer: Callable[[], object]) -> None:
+        self._get_drainer = get_drainer   # its counts are read by name (getattr); None: all 0
 
-    def describe(self):
+    def describe(self) -> List[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         drainer = self._get_drainer()
         yield CounterMetricFamily("imd_push_sent", "Pushes the gateway accepted (2xx)",
                                   value=float(getattr(drainer, "sent", 0)))
@@ -100,13 +108,13 @@ class _CertificateCollector:
     """When each TLS listener's certificate expires (read when scraped: a
     SIGHUP reload changes it)."""
 
-    def __init__(self, get_certificates):
+    def __init__(self, get_certificates: Callable[[], Certificates]) -> None:
         self._get_certificates = get_certificates
 
-    def describe(self):
+    def describe(self) -> List[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "imd_tls_certificate_expiry_timestamp_seconds",
             "When the certificate a TLS listener serves expires (Unix time)", labels=["port", "certificate"])
@@ -120,13 +128,13 @@ class _RedisCollector:
     """Which Redis master this process uses and what its replicas confirm
     (read when scraped from the App's command client and sentinel)."""
 
-    def __init__(self, get_redis):
+    def __init__(self, get_redis: Callable[[], Tuple["RedisClient", Optional["SentinelMaster"]]]) -> None:
         self._get_redis = get_redis
 
-    def describe(self):
+    def describe(self) -> List[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         client, sentinel = self._get_redis()
         master = GaugeMetricFamily("imd_redis_master_info", "1 for the Redis address this process's command "
                                    "connection is on (none while down); via: url or sentinel",
@@ -159,16 +167,16 @@ class _Histogram:
     """A histogram counted with plain ints (``le`` buckets, as Prometheus')."""
     __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, bounds):
+    def __init__(self, bounds: Iterable[float]) -> None:
         self.bounds = tuple(float(b) for b in bounds)
         self.counts = [0] * (len(self.bounds) + 1)   # the last one is +Inf
         self.sum = 0.0
 
-    def observe(self, value):
+    def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def family(self, name, documentation):
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         buckets, total = [], 0
         for bound, count in zip(self.bounds + (float("inf"),), self.counts):
             total += count
@@ -182,7 +190,7 @@ class _PacketCollector:
     ``inc``/``observe`` (four per relayed message, ~5% of the ws process's
     CPU at full load); this process's reactor is single-threaded."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # label -> count; every label at 0 from the start (a rate() of 0, not absent)
         self.packets_in = dict.fromkeys(sorted(_PACKET_TYPES | {"other", "invalid"}), 0)
         self.acks = 0
@@ -193,10 +201,10 @@ class _PacketCollector:
         self.typing_relayed = 0
         self.typing_coalesced = 0
 
-    def describe(self):
+    def describe(self) -> List[Metric]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         packets = CounterMetricFamily("imd_packets_in", "Client packets received, by type (invalid = not parsed)",
                                       labels=["type"])
         for label, count in sorted(self.packets_in.items()):
@@ -222,7 +230,10 @@ class _PacketCollector:
 
 
 class Metrics:
-    def __init__(self, migrator=None, certificates=None, node="", roles=(), push=None, redis=None):
+    def __init__(self, migrator: Optional[Callable[[], object]] = None,
+                 certificates: Optional[Callable[[], Certificates]] = None, node: str = "",
+                 roles: Collection[str] = (), push: Optional[Callable[[], object]] = None,
+                 redis: Optional[Callable[[], Tuple["RedisClient", Optional["SentinelMaster"]]]] = None) -> None:
         """``migrator()``: the App's migrator or None, read at each scrape;
         ``push()``: the App's push drainer or None, likewise;
         ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
@@ -302,66 +313,66 @@ class Metrics:
 
     # --- called by the transport ---------------------------------------------
 
-    def connection_opened(self):
+    def connection_opened(self) -> None:
         self.connections_open.inc()
 
-    def connection_closed(self):
+    def connection_closed(self) -> None:
         self.connections_open.dec()
 
-    def connection_refused(self, status):
+    def connection_refused(self, status: int) -> None:
         self.connections_refused.labels(str(status)).inc()
 
-    def slow_consumer_dropped(self):
+    def slow_consumer_dropped(self) -> None:
         self.slow_consumers.inc()
 
-    def login_ok(self):
+    def login_ok(self) -> None:
         self.logins.labels("ok", "").inc()
 
-    def login_refused(self, reason):
+    def login_refused(self, reason: str) -> None:
         self.logins.labels("refused", refusal_label(reason)).inc()
 
-    def packet_in(self, packet_type):
+    def packet_in(self, packet_type: str) -> None:
         label = packet_type if packet_type in _PACKET_TYPES else "other"
         counts = self._packets_in
         counts[label] = counts.get(label, 0) + 1
 
-    def frame_rejected(self, code):
+    def frame_rejected(self, code: str) -> None:
         """A frame that did not parse: an unknown type, or anything else wrong."""
         label = "other" if code == "unknown_type" else "invalid"
         counts = self._packets_in
         counts[label] = counts.get(label, 0) + 1
 
-    def reply_sent(self, packet_type, received_at, now):
+    def reply_sent(self, packet_type: str, received_at: float, now: float) -> None:
         """A successful reply to a ``packet_type`` packet left at ``now``."""
         if packet_type in ACKED_TYPES:
             self._per_packet.acks += 1
             self._ack_latency.observe(max(0.0, now - received_at))
 
-    def error_sent(self, code):
+    def error_sent(self, code: str) -> None:
         self.errors.labels(code if code in ERROR_CODES else "internal").inc()
 
-    def delivered(self, connections):
+    def delivered(self, connections: int) -> None:
         self._fanout.observe(connections)
 
-    def receipt_in(self, state, ids):
+    def receipt_in(self, state: int, ids: int) -> None:
         """An ``R`` naming ``ids`` message ids, ``state`` 1 or 2."""
         self._per_packet.receipt_ids[state] += ids
 
-    def receipts_advanced(self, state, ids):
+    def receipts_advanced(self, state: int, ids: int) -> None:
         self._per_packet.receipts_advanced[state] += ids
 
-    def typing(self, relayed):
+    def typing(self, relayed: bool) -> None:
         if relayed:
             self._per_packet.typing_relayed += 1
         else:
             self._per_packet.typing_coalesced += 1
 
-    def api_request(self, endpoint, status):
+    def api_request(self, endpoint: str, status: int) -> None:
         self.api_requests.labels(endpoint if endpoint in API_ENDPOINTS else "other", str(status)).inc()
 
-    def store_error(self, message):
+    def store_error(self, message: str) -> None:
         self.store_errors.labels(store_of(message)).inc()
 
-    def exposition(self):
+    def exposition(self) -> bytes:
         """The Prometheus text of every metric (bytes)."""
         return generate_latest(self.registry)

@@ -26,7 +26,9 @@ from imd.stores.processes import ProcessRegistry, process_identity
 
 if TYPE_CHECKING:
     from imd.config import Settings
+    from imd.metrics import Metrics
     from imd.stores.keys import Keys
+    from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
 
 _log = Logger()
@@ -157,7 +159,8 @@ class ProcessAnnouncer(Service):
 
 
 class ScrapedApp(typing.Protocol):
-    """What :func:`scrape_services` uses of imd.app.App (which imports this module)."""
+    """What :func:`scrape_services` uses of imd.app.App (which imports this module),
+    the metrics site's (imd.http.build_metrics_site) included."""
 
     @property
     def settings(self) -> "Settings": ...
@@ -167,6 +170,12 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def keys(self) -> "Keys": ...
+
+    @property
+    def mysql(self) -> "MysqlStore": ...
+
+    @property
+    def metrics(self) -> "Metrics": ...
 
     @property
     def node_id(self) -> str: ...

@@ -95,9 +95,10 @@ def _receipt(obj: Any) -> StoredReceipt:
     msg = obj.get("msg")
     if not isinstance(msg, dict):
         raise ValueError("R: msg: %r" % (msg,))
-    state = RECEIPT_STATES.get(msg.get("state")) if isinstance(msg.get("state"), str) else None
+    state_name = msg.get("state")
+    state = RECEIPT_STATES.get(state_name) if isinstance(state_name, str) else None
     if state is None:
-        raise ValueError("R: state: %r" % (msg.get("state"),))
+        raise ValueError("R: state: %r" % (state_name,))
     ids = msg.get("ids")
     if not isinstance(ids, list) or not 0 < len(ids) <= MAX_RECEIPT_IDS:
         raise ValueError("R: ids: %r" % (ids,))

@@ -35,7 +35,8 @@ class SettingsTests(unittest.SynchronousTestCase):
                           s.websocket.max_errors, s.websocket.rate, s.websocket.burst),
                          (65536, 90, 5, 20, 20, 40))
         self.assertEqual((s.auth.single_use, s.auth.token_ttl), (True, 120))
-        self.assertEqual((s.redis.url.host, s.redis.url.port, s.redis.url.db, s.redis.timeout), ("127.0.0.1", 6379, 0, 5))
+        self.assertEqual((s.redis.url.host, s.redis.url.port, s.redis.url.db, s.redis.timeout),
+                         ("127.0.0.1", 6379, 0, 5))
         self.assertEqual((s.mysql.database, s.mysql.pool_min, s.mysql.pool_max), ("imd", 2, 8))
         self.assertEqual((s.migrate.batch, s.migrate.interval), (500, 0.2))
         self.assertEqual(s.orders.courier_column, "courier_id")

@@ -27,8 +27,8 @@ from tests.daemon_support import start_daemon
 from tests.migrator_support import start_migrator
 from tests.mysql_support import MysqlTestMixin, query
 from tests.support import (ImdServer, PrivateRedis, RedisTestMixin, ServerTestMixin, connect_client, drop,
-                           logged_in_client, free_port, key_pair, make_settings, redis_connection, settings_text, wait_until,
-                           with_deadline)
+                           logged_in_client, free_port, key_pair, make_settings, redis_connection, settings_text,
+                           wait_until, with_deadline)
 
 _log = Logger()
 LONG = os.environ.get("IMD_FAULTS") == "long"

@@ -100,10 +100,12 @@ class SiteTests(PlatformTestMixin, unittest.TestCase):
     async def test_ranges_are_checked(self):
         courier = await self.login(20)
         for lon, lat in ((180, 85.05112878), (-180, -85.05112878)):
-            reply = await self.ask(courier, {"id": "ok", "to": 0, "type": "S", "msg": {"longitude": lon, "latitude": lat}})
+            reply = await self.ask(courier, {"id": "ok", "to": 0, "type": "S",
+                                             "msg": {"longitude": lon, "latitude": lat}})
             self.assertEqual(reply["type"], "A")
         for lon, lat in ((180.0001, 0), (0, 85.06), (0, -90), ("1", 0)):
-            reply = await self.ask(courier, {"id": "bad", "to": 0, "type": "S", "msg": {"longitude": lon, "latitude": lat}})
+            reply = await self.ask(courier, {"id": "bad", "to": 0, "type": "S",
+                                             "msg": {"longitude": lon, "latitude": lat}})
             self.assertEqual((reply["type"], reply["code"]), ("E", "bad_packet"), (lon, lat))
 
 

@@ -15,8 +15,8 @@ from twisted.trial import unittest
 import imd.tls
 from imd.config import ConfigError, parse_settings
 from imd.tls import parse_tls_endpoint
-from tests.support import (DEADLINE, ClientMixin, ImdServer, RedisTestMixin, TestClient, drop, make_settings, settings_text,
-                           with_deadline)
+from tests.support import (DEADLINE, ClientMixin, ImdServer, RedisTestMixin, TestClient, drop, make_settings,
+                           settings_text, with_deadline)
 from tests.tls_support import TestCA
 
 

@@ -17,34 +17,61 @@ straight from this machine's loopback (no proxy header).  Through a proxy,
 or from another host, ``/healthz`` says ok/down and nothing more.
 """
 
-from twisted.internet import defer
-from twisted.logger import Logger
+import typing
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, cast
 
-from imd.http.resource import JsonResource, direct_from_loopback
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from imd.http.resource import JsonResource, JsonResult, direct_from_loopback
+from imd.http.site import Clock
+
+if TYPE_CHECKING:
+    from imd.config import Settings
+    from imd.stores.mysql import MysqlStore
+    from imd.stores.redis import RedisClient
 
 _log = Logger()
 
 MYSQL_TIMEOUT = 5
 
 
+class HealthApp(typing.Protocol):
+    """What ``/healthz`` uses of imd.app.App (which imports this package)."""
+
+    @property
+    def settings(self) -> "Settings": ...
+
+    @property
+    def redis_client(self) -> "RedisClient": ...
+
+    @property
+    def mysql(self) -> "MysqlStore": ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+
 class HealthResource(JsonResource):
     methods = ("GET",)
 
-    def __init__(self, app, details=False):
+    def __init__(self, app: HealthApp, details: bool = False) -> None:
         """``details``: always add the Redis figures (the private metrics listener)."""
         super().__init__(app.settings.http.cors_origins)
         self._app = app
         self._details = details
 
-    def check_redis(self):
+    def check_redis(self) -> defer.Deferred:
         return self._app.redis_client.command("PING")
 
-    def check_mysql(self):
-        return self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, self._app.clock)
+    def check_mysql(self) -> defer.Deferred:
+        return self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, cast(IReactorTime, self._app.clock))
 
-    def redis_figures(self):
+    def redis_figures(self) -> Dict[str, Any]:
         client = self._app.redis_client
-        figures = {"redis_master": client.master_address, "redis_failovers": client.master_changes}
+        figures: Dict[str, Any] = {"redis_master": client.master_address, "redis_failovers": client.master_changes}
         if client.min_replicas:
             waits = client.wait_figures
             figures["redis_replicas"] = {
@@ -55,12 +82,13 @@ class HealthResource(JsonResource):
         return figures
 
     @defer.inlineCallbacks
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> Generator[defer.Deferred, Any, JsonResult]:
         names = ("redis", "mysql")
         results = yield defer.DeferredList([defer.maybeDeferred(self.check_redis),
                                             defer.maybeDeferred(self.check_mysql)],
                                            consumeErrors=True)
-        body, problems = {}, []
+        body: Dict[str, Any] = {}
+        problems: List[str] = []
         for name, (ok, value) in zip(names, results):
             body[name] = "ok" if ok else "down"
             if not ok:

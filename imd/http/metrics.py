@@ -7,24 +7,57 @@ oldest, and whether Redis and MySQL answer.  A
 store that does not answer reads NaN (and ``imd_store_up`` 0).
 """
 
-from typing import Any, Tuple
+import typing
+from typing import TYPE_CHECKING, Any, Generator, List, Tuple, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.server import Request
 
 from imd.errors import StoreUnavailable
-from imd.http.resource import JsonResource, Raw
-from imd.metrics import CONTENT_TYPE
+from imd.http.resource import JsonResource, JsonResult, Raw
+from imd.http.site import Clock
+from imd.metrics import CONTENT_TYPE, Metrics
 from imd.stores.deadletter import DeadLetters
 from imd.stores.processes import ProcessRegistry
 from imd.stores.push import PushStats, PushStore
 
+if TYPE_CHECKING:
+    from imd.config import Settings
+    from imd.stores.keys import Keys
+    from imd.stores.mysql import MysqlStore
+    from imd.stores.redis import RedisClient
+
 MYSQL_TIMEOUT = 5
+
+
+class MetricsApp(typing.Protocol):
+    """What ``/metrics`` uses of imd.app.App (which imports this package)."""
+
+    @property
+    def settings(self) -> "Settings": ...
+
+    @property
+    def redis_client(self) -> "RedisClient": ...
+
+    @property
+    def keys(self) -> "Keys": ...
+
+    @property
+    def mysql(self) -> "MysqlStore": ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def clock(self) -> Clock: ...
 
 
 class MetricsResource(JsonResource):
     methods = ("GET",)
 
-    def __init__(self, app):
+    def __init__(self, app: MetricsApp) -> None:
         super().__init__(app.settings.http.cors_origins)
         self._app = app
         self._dead = DeadLetters(app.redis_client, app.keys)
@@ -32,7 +65,7 @@ class MetricsResource(JsonResource):
         self._push = PushStore(app.redis_client, app.keys)
 
     @defer.inlineCallbacks
-    def render_GET(self, request):
+    def render_GET(self, request: Request) -> Generator[defer.Deferred, Any, JsonResult]:
         app, metrics = self._app, self._app.metrics
         # (the gauges, a read firing with one figure for each)
         from_redis = (
@@ -43,7 +76,7 @@ class MetricsResource(JsonResource):
         )
         reads = [defer.maybeDeferred(read) for _, read in from_redis] + [self._mysql_up()]
         results = yield defer.DeferredList(reads, consumeErrors=True)
-        failures = []
+        failures: List[str] = []
         for (gauges, _), (ok, value) in zip(from_redis, results):
             if ok:
                 for gauge, figure in zip(gauges, value):
@@ -67,11 +100,12 @@ class MetricsResource(JsonResource):
         delay_ms = int(round(self._app.settings.push.delay * 1000))
         return self._push.stats(delay_ms).addCallback(figures)
 
-    def _mysql_up(self):
+    def _mysql_up(self) -> defer.Deferred:
         """Fires with 1 or 0, never fails."""
-        d = self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, self._app.clock)
+        d = self._app.mysql.ping().addTimeout(MYSQL_TIMEOUT, cast(IReactorTime, self._app.clock))
 
-        def down(failure):
+        def down(failure: Failure) -> int:
+            assert failure.type is not None   # a Failure always has its exception's class
             self._app.metrics.store_error("mysql: %s" % (failure.getErrorMessage() or failure.type.__name__))
             return 0
         return d.addCallbacks(lambda _: 1, down)

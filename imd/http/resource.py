@@ -7,12 +7,13 @@ answered 500.  Every error body is ``{"error": "..."}``.
 """
 
 import json
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from imd.endpoints import is_loopback_host
 
@@ -20,9 +21,13 @@ _log = Logger()
 
 PREFLIGHT_MAX_AGE = 600
 
+# What a render_<METHOD> answers: (status, body) or (status, body, headers);
+# the body is a JSON value or a Raw.
+JsonResult = Union[Tuple[int, Any], Tuple[int, Any, Dict[bytes, bytes]]]
+
 
 class HttpError(Exception):
-    def __init__(self, status, message, headers=None):
+    def __init__(self, status: int, message: str, headers: Optional[Dict[bytes, bytes]] = None) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
@@ -33,16 +38,16 @@ class Raw:
     """A non-JSON body: ``Raw(b"...", "text/plain; charset=utf-8")``."""
     __slots__ = ("data", "content_type")
 
-    def __init__(self, data, content_type):
+    def __init__(self, data: bytes, content_type: str) -> None:
         self.data = data
         self.content_type = content_type
 
 
-def json_bytes(obj):
+def json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")).encode("utf-8")
 
 
-def apply_cors(request, origins):
+def apply_cors(request: Request, origins: Sequence[str]) -> bool:
     """Allow the request's Origin when ``[http] cors_origins`` lists it (or ``*``)."""
     if not origins:
         return False
@@ -59,7 +64,7 @@ def apply_cors(request, origins):
     return False
 
 
-def finish_json(request, result) -> bytes:
+def finish_json(request: Request, result: JsonResult) -> bytes:
     """Set the status and headers of ``(status, body[, headers])`` on
     ``request``; the body bytes to write (none for HEAD)."""
     status, body, headers = result if len(result) == 3 else (result[0], result[1], {})
@@ -78,12 +83,12 @@ def finish_json(request, result) -> bytes:
     return b"" if request.method == b"HEAD" else data
 
 
-def error_result(error) -> tuple:
+def error_result(error: HttpError) -> Tuple[int, Dict[str, str], Dict[bytes, bytes]]:
     """``(status, body, headers)`` of an :class:`HttpError`."""
     return error.status, {"error": error.message}, error.headers
 
 
-def method_not_allowed(method, allowed) -> HttpError:
+def method_not_allowed(method: Union[bytes, str], allowed: Sequence[str]) -> HttpError:
     """405 naming the methods ``allowed`` (a tuple like ``("GET", "HEAD")``)."""
     method = method.decode("ascii", "replace") if isinstance(method, bytes) else method
     return HttpError(405, "method %s not allowed here (use %s)" % (method[:16], ", ".join(allowed)),
@@ -92,14 +97,15 @@ def method_not_allowed(method, allowed) -> HttpError:
 
 class JsonResource(Resource):
     isLeaf = True
-    methods = ()   # e.g. ("GET",); HEAD follows GET, OPTIONS is the CORS preflight
+    methods: Tuple[str, ...] = ()   # e.g. ("GET",); HEAD follows GET, OPTIONS is the CORS preflight
 
-    def __init__(self, cors_origins=()):
+    def __init__(self, cors_origins: Sequence[str] = ()) -> None:
         super().__init__()
         self.cors_origins = cors_origins
 
-    def render(self, request):
+    def render(self, request: Request) -> Union[bytes, int]:
         allowed = apply_cors(request, self.cors_origins)
+        assert request.postpath is not None   # the site set it, finding this resource
         if any(request.postpath):
             return self._finish(request, (404, {"error": "no such resource"}))
         method = request.method.decode("ascii", "replace").upper()
@@ -112,14 +118,15 @@ class JsonResource(Resource):
             error.headers[b"Allow"] = ", ".join(self.methods + ("OPTIONS",)).encode("ascii")
             return self._finish(request, self._error(error))
         if getattr(request, "body_too_large", False):
-            return self._finish(request, self._error(HttpError(
-                413, "request body over %d bytes" % request.max_body)))
+            # a CappedRequest (imd.http.site, which imports this module)
+            max_body: int = getattr(request, "max_body")
+            return self._finish(request, self._error(HttpError(413, "request body over %d bytes" % max_body)))
         d = defer.maybeDeferred(getattr(self, "render_" + method), request)
         d.addErrback(self._failed, request)
         d.addCallback(self._write, request)
         return NOT_DONE_YET
 
-    def _preflight(self, request, allowed):
+    def _preflight(self, request: Request, allowed: bool) -> bytes:
         request.setResponseCode(204)
         request.setHeader(b"Allow", ", ".join(self.methods + ("OPTIONS",)).encode("ascii"))
         if allowed:
@@ -130,17 +137,17 @@ class JsonResource(Resource):
         return b""
 
     @staticmethod
-    def _error(error):
+    def _error(error: HttpError) -> JsonResult:
         return error_result(error)
 
-    def _failed(self, failure, request):
-        if failure.check(HttpError):
+    def _failed(self, failure: Failure, request: Request) -> JsonResult:
+        if isinstance(failure.value, HttpError):
             return self._error(failure.value)
         _log.failure("unexpected error answering {method} {path}", failure,
                      method=request.method, path=request.path)
         return 500, {"error": "internal server error"}, {}
 
-    def _write(self, result, request):
+    def _write(self, result: JsonResult, request: Request) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
         body = self._finish(request, result)
@@ -148,7 +155,7 @@ class JsonResource(Resource):
         request.finish()
 
     @staticmethod
-    def _finish(request, result):
+    def _finish(request: Request, result: JsonResult) -> bytes:
         return finish_json(request, result)
 
 
@@ -156,22 +163,23 @@ class ErrorResource(Resource):
     """Answers every request, whatever its method or path, with one JSON error."""
     isLeaf = True
 
-    def __init__(self, status, message):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__()
         self.status = status
         self.message = message
 
-    def render(self, request):
+    def render(self, request: Request) -> bytes:
         return finish_json(request, (self.status, {"error": self.message}))
 
 
 class NotFound(ErrorResource):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(404, "no such resource")
 
 
-def read_json_object(request):
+def read_json_object(request: Request) -> Optional[Dict[str, Any]]:
     """The body as a JSON object; None when empty; HttpError 400 otherwise."""
+    assert request.content is not None   # the body, read in full before rendering
     request.content.seek(0)
     data = request.content.read()
     if not data.strip():

@@ -15,17 +15,26 @@ answer is 429 with ``Retry-After``, before any signing is done.
 
 import ipaddress
 import re
+import typing
+from typing import TYPE_CHECKING, Any, Dict, Generator, Hashable, Optional
 
 import jwt
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.server import Request
 
 from imd import endpoints
 from imd.auth import IssuerKeyError, TokenIssuer, is_time
 from imd.errors import StoreUnavailable
 from imd.http.ratelimit import RateLimiter
-from imd.http.resource import HttpError, JsonResource, came_through_proxy, read_json_object
+from imd.http.resource import HttpError, JsonResource, JsonResult, came_through_proxy, read_json_object
+from imd.http.site import Clock
 from imd.protocol import parse_uid
+
+if TYPE_CHECKING:
+    from imd.config import Settings
+    from imd.metrics import Metrics
+    from imd.stores.tokens import TokenStore
 
 _log = Logger()
 
@@ -37,7 +46,7 @@ _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd"'}
 _LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
 
 
-def refuse_unless_local(request) -> None:
+def refuse_unless_local(request: Request) -> None:
     """HttpError 403 unless ``request`` came straight from this machine's
     loopback under a loopback name (what ``[http] auth = dev`` trusts)."""
     name = came_through_proxy(request)
@@ -50,14 +59,14 @@ def refuse_unless_local(request) -> None:
                              "(Host header)")
 
 
-def _is_unspecified(host):
+def _is_unspecified(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
 
 
-def ws_base_url(settings, request):
+def ws_base_url(settings: "Settings", request: Request) -> str:
     """Where clients connect: ``[http] public_ws_url``, else the ws listener's
     own address (``wss`` and ``tls_listen`` when this request came over TLS).
     A listener on all interfaces is named by the host the client asked for.
@@ -77,10 +86,26 @@ def ws_base_url(settings, request):
     return "%s://%s:%d/" % ("wss" if secure else "ws", host, endpoint.port or 0)
 
 
+class TokenApp(typing.Protocol):
+    """What ``/IM/token`` uses of imd.app.App (which imports this package)."""
+
+    @property
+    def settings(self) -> "Settings": ...
+
+    @property
+    def tokens(self) -> "TokenStore": ...
+
+    @property
+    def metrics(self) -> "Metrics": ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+
 class TokenResource(JsonResource):
     methods = ("POST",)
 
-    def __init__(self, app, ws_base_url=None):
+    def __init__(self, app: TokenApp, ws_base_url: Optional[str] = None) -> None:
         http = app.settings.http
         super().__init__(http.cors_origins)
         self._app = app
@@ -91,7 +116,7 @@ class TokenResource(JsonResource):
         self._per_user = RateLimiter(http.token_user_rate, http.token_user_burst)
 
     @defer.inlineCallbacks
-    def render_POST(self, request):
+    def render_POST(self, request: Request) -> Generator[defer.Deferred, Any, JsonResult]:
         app = self._app
         if self._secret is None:
             refuse_unless_local(request)
@@ -111,13 +136,13 @@ class TokenResource(JsonResource):
         base = self._ws_base_url or ws_base_url(app.settings, request)
         return 200, {"token": token, "expires_in": self._issuer.ttl, "url": base + token}
 
-    def _spend(self, limiter, key, whose):
+    def _spend(self, limiter: RateLimiter, key: Hashable, whose: str) -> None:
         wait = limiter.take(key, self._app.clock.seconds())
         if wait:
             raise HttpError(429, "too many token requests for %s, retry in %d s" % (whose, wait),
                             {b"Retry-After": str(wait).encode("ascii")})
 
-    def _dev_user(self, request):
+    def _dev_user(self, request: Request) -> int:
         body = read_json_object(request)
         if body is None or "id" not in body:
             raise HttpError(401, 'missing credentials: send the JSON body {"id": <user id>}')
@@ -126,7 +151,7 @@ class TokenResource(JsonResource):
         except ValueError as e:
             raise HttpError(401, "bad credentials: %s" % e)
 
-    def _platform_user(self, request):
+    def _platform_user(self, request: Request) -> int:
         header = request.getHeader(b"authorization")
         if header is None:
             raise HttpError(401, "missing credentials: send Authorization: Bearer <platform JWT>", _CHALLENGE)
@@ -141,7 +166,8 @@ class TokenResource(JsonResource):
         except ValueError as e:
             raise HttpError(401, "bad credentials: claim %s" % e, _CHALLENGE)
 
-    def _verify_platform_token(self, token):
+    def _verify_platform_token(self, token: str) -> Dict[str, Any]:
+        assert self._secret is not None   # asked only with [http] auth = hs256:<secret>
         try:
             claims = jwt.decode(token, self._secret, algorithms=[PLATFORM_ALGORITHM],
                                 options={"verify_exp": False, "verify_nbf": False,

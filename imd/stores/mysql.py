@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import weakref
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pymysql
 import pymysql.cursors
@@ -26,6 +26,9 @@ from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
 from imd.resources import data_dir
+
+if TYPE_CHECKING:
+    from imd.config import MysqlSettings, OrdersSettings
 
 _log = Logger()
 
@@ -41,7 +44,7 @@ _LINK_LOST = frozenset((2006, 2013, 2014, 2045, 2055))
 _NO_SUCH_TABLE = 1146
 
 
-def connect_kwargs(settings, database=True):
+def connect_kwargs(settings: "MysqlSettings", database: bool = True) -> Dict[str, Any]:
     kwargs = dict(host=settings.host, port=settings.port, user=settings.user,
                   password=settings.password, charset="utf8mb4", autocommit=False,
                   connect_timeout=CONNECT_TIMEOUT, read_timeout=QUERY_TIMEOUT,
@@ -56,7 +59,7 @@ def connect_kwargs(settings, database=True):
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([A-Za-z0-9_]+)\.sql$")
 
 
-def migrations(directory=SQL_DIR):
+def migrations(directory: str = SQL_DIR) -> List[Tuple[int, str, str]]:
     """``[(version, name, path)]`` of ``NNN_name.sql`` files, in version order."""
     found = []
     for entry in sorted(os.listdir(directory)):
@@ -69,7 +72,7 @@ def migrations(directory=SQL_DIR):
     return found
 
 
-def split_statements(text):
+def split_statements(text: str) -> List[str]:
     """The statements of a schema file: ``--`` comments dropped, split on a
     ``;`` that ends a line."""
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
@@ -77,7 +80,8 @@ def split_statements(text):
     return [s.strip() for s in statements if s.strip()]
 
 
-def apply_schema(settings, upto=None, directory=SQL_DIR):
+def apply_schema(settings: "MysqlSettings", upto: Optional[int] = None,
+                 directory: str = SQL_DIR) -> Tuple[int, int]:
     """Create the database and bring it to the newest version (or ``upto``).
 
     Blocking (run it in a thread).  Returns ``(version_before, version_after)``;
@@ -128,7 +132,7 @@ def apply_schema(settings, upto=None, directory=SQL_DIR):
 _ALREADY_DONE = frozenset((1060, 1061, 1091))
 
 
-def _execute_schema_statement(cursor, statement):
+def _execute_schema_statement(cursor: pymysql.cursors.Cursor, statement: str) -> None:
     """Run one schema statement; one whose change is already there (a file
     cut short part-way and run again) is skipped."""
     try:
@@ -154,13 +158,13 @@ class _PingingPool(adbapi.ConnectionPool):
     says goodbye.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._address = (kwargs["host"], kwargs["port"])
-        self._sockets = weakref.WeakSet()
+        self._sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._closing = False
         super().__init__(*args, defer_connect=True, cp_openfun=self._open, **kwargs)
 
-    def _open(self, conn):
+    def _open(self, conn: pymysql.connections.Connection) -> None:
         if self._closing:
             raise pymysql.err.OperationalError(2013, "the mysql pool is closing")
         try:
@@ -178,7 +182,7 @@ class _PingingPool(adbapi.ConnectionPool):
             sock.close()
             raise
 
-    def close(self):
+    def close(self) -> None:
         self._closing = True
         for sock in list(self._sockets):
             try:
@@ -188,10 +192,10 @@ class _PingingPool(adbapi.ConnectionPool):
         super().close()
 
     @property
-    def closing(self):
+    def closing(self) -> bool:
         return self._closing
 
-    def connect(self):
+    def connect(self) -> pymysql.connections.Connection:
         conn = super().connect()
         try:
             conn.ping(reconnect=False)
@@ -201,18 +205,19 @@ class _PingingPool(adbapi.ConnectionPool):
         return conn
 
 
-def _is_link_lost(failure):
+def _is_link_lost(failure: Failure) -> bool:
     if failure.check(adbapi.ConnectionLost, pymysql.err.InterfaceError):
         return True
-    if failure.check(pymysql.err.OperationalError):
-        return failure.value.args and failure.value.args[0] in _LINK_LOST
+    error = failure.value
+    if isinstance(error, pymysql.err.OperationalError):
+        return bool(error.args) and error.args[0] in _LINK_LOST
     return False
 
 
-def _as_unavailable(failure):
+def _as_unavailable(failure: Failure) -> Failure:
     if failure.check(adbapi.ConnectionLost, pymysql.err.OperationalError, pymysql.err.InterfaceError):
         raise StoreUnavailable("mysql: %s" % (failure.getErrorMessage(),))
-    if failure.check(pymysql.err.ProgrammingError) and failure.value.args[0] == _NO_SUCH_TABLE:
+    if isinstance(failure.value, pymysql.err.ProgrammingError) and failure.value.args[0] == _NO_SUCH_TABLE:
         raise StoreUnavailable("mysql: %s (run 'imd-admin schema apply')" % (failure.getErrorMessage(),))
     return failure
 
@@ -220,24 +225,24 @@ def _as_unavailable(failure):
 class MysqlStore(Service):
     """The adbapi pool (started and closed with the service) and the queries."""
 
-    def __init__(self, settings):
+    def __init__(self, settings: "MysqlSettings") -> None:
         self.settings = settings
-        self._pool = None
+        self._pool: Optional[_PingingPool] = None
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         s = self.settings
         self._pool = _PingingPool("pymysql", cp_min=s.pool_min, cp_max=s.pool_max,
                                   cp_reconnect=True, cp_noisy=False, **connect_kwargs(s))
 
-    def stopService(self):
+    def stopService(self) -> None:
         super().stopService()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.close()
 
     @defer.inlineCallbacks
-    def run_interaction(self, interaction, *args):
+    def run_interaction(self, interaction: Callable[..., Any], *args: Any) -> Generator[defer.Deferred, Any, Any]:
         """``interaction(cursor, *args)`` in one transaction; retried once if
         the connection was lost, so it must be idempotent."""
         pool = self._pool
@@ -262,25 +267,26 @@ class MysqlStore(Service):
 
     # --- message (contract §5) -----------------------------------------------
 
-    def insert_messages(self, rows):
+    def insert_messages(self, rows: Sequence[Tuple[Any, ...]]) -> defer.Deferred:
         """Insert ``MessageRow`` tuples in one transaction; rows already present
         (same ``from_id``, ``msg_id``) are skipped.  Fires with the number of
         rows actually inserted."""
         return self.run_interaction(_insert_messages_txn, rows)
 
-    def insert_entries(self, rows, receipts):
+    def insert_entries(self, rows: Sequence[Tuple[Any, ...]], receipts: Sequence[Tuple[Any, ...]]) -> defer.Deferred:
         """Insert message rows and receipt rows (``StoredReceipt.rows``) in
         one transaction, each kind with multi-row ``INSERT IGNORE``.  Fires
         with ``(messages inserted, receipts inserted)``."""
         return self.run_interaction(_insert_entries_txn, rows, receipts)
 
-    def message_states(self, sender, reader, msg_ids):
+    def message_states(self, sender: int, reader: int, msg_ids: Iterable[str]) -> defer.Deferred:
         """Which of ``msg_ids`` (str) ``sender`` sent to ``reader``, with the
         state receipts gave each in MySQL (0 sent, 1 delivered, 2 read):
         ``{msg_id: state}``, for receipts whose dedup record is gone."""
         return self.run_interaction(_message_states_txn, sender, reader, list(msg_ids))
 
-    def history(self, uid, with_uid, position, limit):
+    def history(self, uid: int, with_uid: Optional[int], position: Tuple[int, Optional[int]],
+                limit: int) -> defer.Deferred:
         """Up to ``limit`` of ``uid``'s messages after ``position``, in
         (ts, accept_seq) order: ``[(ts, seq, from_id, msg_id_bytes, to_id, packet)]``.
 
@@ -293,23 +299,24 @@ class MysqlStore(Service):
         """
         return self.run_interaction(_history_txn, uid, with_uid, position, limit)
 
-    def count_receipts(self):
+    def count_receipts(self) -> defer.Deferred:
         return self.run_interaction(_count_receipts_txn)
 
-    def count_messages(self):
+    def count_messages(self) -> defer.Deferred:
         return self.run_interaction(_count_messages_txn)
 
     # --- orders (contract §4 T; table and columns from [orders]) ---------------
 
-    def order_parties(self, orders, order_id):
+    def order_parties(self, orders: "OrdersSettings", order_id: int) -> defer.Deferred:
         """``(customer_id, courier_id or None)`` of an order, or None if unknown."""
         return self.run_interaction(_order_parties_txn, orders, order_id)
 
-    def create_order(self, orders, order_id, customer_id, courier_id=None):
+    def create_order(self, orders: "OrdersSettings", order_id: int, customer_id: int,
+                     courier_id: Optional[int] = None) -> defer.Deferred:
         """Insert or update a row of the reference orders table (imd-admin)."""
         return self.run_interaction(_create_order_txn, orders, order_id, customer_id, courier_id)
 
-    def ping(self):
+    def ping(self) -> defer.Deferred:
         """``SELECT 1`` through the pool: is MySQL reachable right now (/healthz)."""
         return self.run_interaction(_ping_txn)
 
@@ -325,7 +332,7 @@ _TEXT_ESCAPES = (("\0", "\\0"), ("\n", "\\n"), ("\r", "\\r"), ("\x1a", "\\Z"),
                  ("'", "\\'"), ('"', '\\"'))
 
 
-def quote_text(value):
+def quote_text(value: str) -> str:
     """``value`` as a quoted MySQL string literal, with backslash escapes
     (the default sql_mode; see :func:`_insert_messages_txn`)."""
     if "\\" in value:
@@ -336,7 +343,8 @@ def quote_text(value):
     return "'" + value + "'"
 
 
-def _insert_entries_txn(cursor, rows, receipts):
+def _insert_entries_txn(cursor: pymysql.cursors.Cursor, rows: Sequence[Tuple[Any, ...]],
+                        receipts: Sequence[Tuple[Any, ...]]) -> Tuple[int, int]:
     inserted = _insert_messages_txn(cursor, rows) if rows else 0
     return inserted, (_insert_receipts_txn(cursor, receipts) if receipts else 0)
 
@@ -344,13 +352,13 @@ def _insert_entries_txn(cursor, rows, receipts):
 _INSERT_RECEIPTS = "INSERT IGNORE INTO receipt (from_id, msg_id, to_id, state, ts, accept_seq) VALUES "
 
 
-def _text_quoter(cursor):
+def _text_quoter(cursor: pymysql.cursors.Cursor) -> Callable[[str], str]:
     connection = cursor.connection
     return (connection.escape if connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
             else quote_text)
 
 
-def _insert_receipts_txn(cursor, rows):
+def _insert_receipts_txn(cursor: pymysql.cursors.Cursor, rows: Sequence[Tuple[Any, ...]]) -> int:
     # As _insert_messages_txn: one VALUES list, ints checked by imd.stored.
     text = _text_quoter(cursor)
     inserted, values, size = 0, [], 0
@@ -366,7 +374,8 @@ def _insert_receipts_txn(cursor, rows):
     return inserted
 
 
-def _message_states_txn(cursor, sender, reader, msg_ids):
+def _message_states_txn(cursor: pymysql.cursors.Cursor, sender: int, reader: int,
+                        msg_ids: List[str]) -> Dict[str, int]:
     if not msg_ids:
         return {}
     cursor.execute("SELECT m.msg_id, " + _STATE + " FROM message m"
@@ -375,7 +384,7 @@ def _message_states_txn(cursor, sender, reader, msg_ids):
     return {bytes(msg_id).decode("utf-8"): int(state) for msg_id, state in cursor.fetchall()}
 
 
-def _insert_messages_txn(cursor, rows):
+def _insert_messages_txn(cursor: pymysql.cursors.Cursor, rows: Sequence[Tuple[Any, ...]]) -> int:
     # The VALUES list is built here rather than by executemany: PyMySQL's
     # generic per-value escaping was half the migrator's time.  The ints are
     # ints (checked by imd.stored); text is quoted by quote_text, or by the
@@ -398,7 +407,7 @@ def _insert_messages_txn(cursor, rows):
     return inserted
 
 
-def _after(position):
+def _after(position: Tuple[int, Optional[int]]) -> Tuple[str, List[int]]:
     ts, seq = position
     if seq is None:
         return "ts > %s", [ts]
@@ -412,7 +421,8 @@ _STATE = ("COALESCE((SELECT MAX(r.state) FROM receipt r WHERE r.from_id = m.from
 _HISTORY_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, packet, " + _STATE + " FROM message m"
 
 
-def _history_txn(cursor, uid, with_uid, position, limit):
+def _history_txn(cursor: pymysql.cursors.Cursor, uid: int, with_uid: Optional[int], position: Tuple[int, Optional[int]],
+                 limit: int) -> List[Tuple[Any, ...]]:
     after, after_args = _after(position)
     received = _HISTORY_COLUMNS + " WHERE to_id = %s"
     received_args = [uid]
@@ -436,22 +446,23 @@ def _history_txn(cursor, uid, with_uid, position, limit):
     return rows
 
 
-def _count_receipts_txn(cursor):
+def _count_receipts_txn(cursor: pymysql.cursors.Cursor) -> int:
     cursor.execute("SELECT COUNT(*) FROM receipt")
     return cursor.fetchone()[0]
 
 
-def _count_messages_txn(cursor):
+def _count_messages_txn(cursor: pymysql.cursors.Cursor) -> int:
     cursor.execute("SELECT COUNT(*) FROM message")
     return cursor.fetchone()[0]
 
 
-def _ping_txn(cursor):
+def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:
     cursor.execute("SELECT 1")
     return cursor.fetchone()[0]
 
 
-def _order_parties_txn(cursor, orders, order_id):
+def _order_parties_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings",
+                       order_id: int) -> Optional[Tuple[int, Optional[int]]]:
     # Identifiers come from [orders], validated as SQL identifiers by imd.config.
     cursor.execute("SELECT `%s`, `%s` FROM `%s` WHERE `%s` = %%s"
                    % (orders.customer_column, orders.courier_column, orders.table, orders.id_column),
@@ -463,7 +474,8 @@ def _order_parties_txn(cursor, orders, order_id):
     return int(customer), (int(courier) if courier is not None else None)
 
 
-def _create_order_txn(cursor, orders, order_id, customer_id, courier_id):
+def _create_order_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings", order_id: int, customer_id: int,
+                      courier_id: Optional[int]) -> None:
     cursor.execute("INSERT INTO `%s` (`%s`, `%s`, `%s`) VALUES (%%s, %%s, %%s)"
                    " ON DUPLICATE KEY UPDATE `%s` = VALUES(`%s`), `%s` = VALUES(`%s`)"
                    % (orders.table, orders.id_column, orders.customer_column, orders.courier_column,
@@ -510,7 +522,7 @@ class MessageRows:
         return self.store.run_interaction(_purge_older_txn, before, limit)
 
 
-def _copies_txn(cursor: Any, messages: List[Tuple[int, str]]) -> List[Tuple[int, int, bytes, int]]:
+def _copies_txn(cursor: pymysql.cursors.Cursor, messages: List[Tuple[int, str]]) -> List[Tuple[int, int, bytes, int]]:
     if not messages:
         return []
     cursor.execute("SELECT seq, from_id, msg_id, to_id FROM message WHERE (from_id, msg_id) IN ("
@@ -526,21 +538,22 @@ _NAMES_ITS_ROW = ("CAST(JSON_UNQUOTE(JSON_EXTRACT(packet, '$.id')) AS BINARY) <=
                   " AND JSON_EXTRACT(packet, '$.from') <=> from_id AND JSON_EXTRACT(packet, '$.to') <=> to_id")
 
 
-def _misfiled_txn(cursor: Any, since: int, until: int, limit: int) -> List[Tuple[int, int, bytes, int, str]]:
+def _misfiled_txn(cursor: pymysql.cursors.Cursor, since: int, until: int,
+                  limit: int) -> List[Tuple[int, int, bytes, int, str]]:
     cursor.execute("SELECT seq, from_id, msg_id, to_id, packet FROM message"
                    " WHERE ts >= %s AND ts < %s AND NOT (" + _NAMES_ITS_ROW + ") ORDER BY ts LIMIT %s",
                    (since, until, limit))
     return [(seq, from_id, bytes(msg_id), to_id, packet) for seq, from_id, msg_id, to_id, packet in cursor.fetchall()]
 
 
-def _count_older_txn(cursor: Any, before: int) -> Tuple[int, Optional[int]]:
+def _count_older_txn(cursor: pymysql.cursors.Cursor, before: int) -> Tuple[int, Optional[int]]:
     # message_by_ts (sql/005): read from the index alone
     cursor.execute("SELECT COUNT(*), MIN(ts) FROM message WHERE ts < %s", (before,))
     count, oldest = cursor.fetchone()
     return int(count), (int(oldest) if oldest is not None else None)
 
 
-def _purge_older_txn(cursor: Any, before: int, limit: int) -> Tuple[int, int]:
+def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) -> Tuple[int, int]:
     # A plain (non-locking) read of the batch, then deletes by primary key:
     # the transaction locks only the rows it deletes, never a range, so the
     # migrator's inserts (new rows, at the other end of ts) never wait on it.
@@ -597,7 +610,7 @@ class ConversationReader:
     packet, state)``, as :func:`_history_txn` orders them.
     """
 
-    def __init__(self, settings: Any, uid: int, with_uid: Optional[int], since: int, until: int,
+    def __init__(self, settings: "MysqlSettings", uid: int, with_uid: Optional[int], since: int, until: int,
                  system_ids: Sequence[str] = ()) -> None:
         self._settings = settings
         self._sides = _conversation_sides(uid, with_uid, since, until, system_ids)

@@ -228,6 +228,7 @@ class OrderStore:
         :class:`Closed`, or None when the record changed meanwhile."""
         k, push = self.keys, self.push
         order, courier, customer = record.order, record.courier, record.customer
+        assert courier is not None and customer is not None   # a taken order has both
         packet_id = "closed-%d" % order
         key_list = [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
                     k.pending(courier), k.pending(customer),

@@ -18,13 +18,16 @@ line is sent as soon as it is ready.
 """
 
 import json
+import typing
 from collections import deque
 from http import HTTPStatus
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Type, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,11 +38,35 @@ from imd.handlers import Reply
 from imd.transport.autobahn_tuning import tuned
 from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, TokenBucket, peer_address
 
+if TYPE_CHECKING:
+    from imd.auth import TokenVerifier
+    from imd.config import Settings
+    from imd.metrics import Metrics
+    from imd.node import LocalNode
+    from imd.transport.flush import TurnFlusher
+
 _log = Logger()
 
 # The opening handshake's request line and headers may not be longer than
 # this (Autobahn buffers whatever comes until the blank line).
 MAX_HANDSHAKE_BYTES = 8192
+
+
+class Clock(typing.Protocol):
+    """What the connections need of a clock (the reactor, or a test's Clock)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kw: object) -> DelayedCall: ...
+
+
+class _Transport(typing.Protocol):
+    """What is called on the TCP transport (twisted's ITransport is a zope
+    interface, which mypy cannot call)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def abortConnection(self) -> None: ...
 
 
 class _Failed:
@@ -60,7 +87,7 @@ class _Slot:
 
 
 def _as_failed(failure: Failure, packet_id: Any) -> _Failed:
-    if failure.check(ImdError):
+    if isinstance(failure.value, ImdError):
         return _Failed(packet_id, failure.value)
     if failure.check(StoreUnavailable):
         _log.warn("store unavailable: {why}", why=failure.getErrorMessage())
@@ -72,8 +99,9 @@ def _as_failed(failure: Failure, packet_id: Any) -> _Failed:
 class Listener:
     """What the connections of one listener share (built by the App)."""
 
-    def __init__(self, settings: Any, node: Any, verifier: Any, handlers: Dict[str, Callable[..., Any]],
-                 metrics: Any, clock: Any, flusher: Any = None, allowed_origins: Sequence[str] = ()) -> None:
+    def __init__(self, settings: "Settings", node: "LocalNode", verifier: "TokenVerifier",
+                 handlers: Dict[str, Callable[..., Any]], metrics: "Metrics", clock: Clock,
+                 flusher: Optional["TurnFlusher"] = None, allowed_origins: Sequence[str] = ()) -> None:
         self.settings = settings            # the whole Settings
         self.node = node                    # imd.node.LocalNode
         self.verifier = verifier            # imd.auth.TokenVerifier
@@ -107,6 +135,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _close_frame_while_open = False
     _flush_deadline: Any = None
     listener: Listener
+    closeHandshakeTimeout: float    # copied from the factory's options by Autobahn
 
     # --- TCP connection: limits ------------------------------------------------
 
@@ -118,7 +147,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self._send_guard = SendBufferGuard(limit, self._not_reading)
             self.registerProducer(self._send_guard, True)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         self._release_handshake()
         if self.limit_address is not None:
@@ -147,7 +176,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
     def onCloseFrame(self, code: Optional[int], reasonRaw: Optional[bytes]) -> Any:
         self._close_frame_while_open = self.state == WebSocketServerProtocol.STATE_OPEN
         try:
-            return super().onCloseFrame(code, reasonRaw)
+            # Autobahn annotates both as present; a close frame without a code has neither
+            return super().onCloseFrame(code, reasonRaw)   # type: ignore[arg-type]
         finally:
             self._close_frame_while_open = False
 
@@ -185,7 +215,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         guard = self._send_guard
         if guard is not None:
             guard.sent(len(frame))
-        self.transport.write(frame)
+        cast(_Transport, self.transport).write(frame)
 
     # --- the opening handshake ---------------------------------------------------
 
@@ -211,7 +241,9 @@ class ImdServerProtocol(WebSocketServerProtocol):
             head.append("%s: %s" % (name, value))
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
-    def onConnect(self, request: Any) -> Deferred:
+    # Autobahn on Twisted waits for a Deferred here (its annotation lists only
+    # the immediate answers): the login is checked during the handshake.
+    def onConnect(self, request: Any) -> Deferred:   # type: ignore[override]
         listener = self.listener
         self.peer_address = request.peer
         origin = request.headers.get("origin")
@@ -252,7 +284,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         raise LoginRefused("service unavailable, try again later")
 
     def _token_refused(self, failure: Failure) -> None:
-        if failure.check(LoginRefused):
+        if isinstance(failure.value, LoginRefused):
             self._refusal = failure.value.reason
         else:
             _log.failure("login check failed", failure)
@@ -285,7 +317,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
         self._counted = True
         listener.metrics.login_ok()
         listener.metrics.connection_opened()
-        node.add(self, self._replaced)
+        # logged in: uid and conn_id are set for as long as the node holds it (a Session)
+        node.add(self, self._replaced)   # type: ignore[arg-type]
         _log.info("login uid={uid} peer={peer} node={node}", uid=self.uid, peer=self.peer_address,
                   node=node.node_id)
         self.send_packet(protocol.login(node.next_server_id(), self.uid))
@@ -295,6 +328,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.uid is None or self._closing:
             return
+        assert self._bucket is not None and self._history_bucket is not None   # onOpen made them, with uid
         listener = self.listener
         now = listener.clock.seconds()
         self._idle_call.reset(listener.settings.websocket.idle_timeout)
@@ -448,7 +482,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             # still in its opening handshake (or closing): nothing to answer.
             # (Past Autobahn's dropConnection, which warns of every drop.)
             self.wasNotCleanReason = "server shutting down"
-            self.transport.abortConnection()
+            cast(_Transport, self.transport).abortConnection()
         elif not getattr(self, "_pending", None):
             self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
         return closed
@@ -469,7 +503,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
 
     def _forget(self) -> None:
         if self.uid is not None:
-            self.listener.node.remove(self)
+            self.listener.node.remove(self)   # type: ignore[arg-type]  # a Session: see onOpen
         self._forget_registration()
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
@@ -529,7 +563,9 @@ class ImdServerFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
         )
-        self.protocol = type(ImdServerProtocol.__name__, (ImdServerProtocol,), {"listener": listener})
+        # (type() makes a subclass, which mypy sees only as a type)
+        self.protocol = cast(Type[ImdServerProtocol],
+                             type(ImdServerProtocol.__name__, (ImdServerProtocol,), {"listener": listener}))
         self.protocol = tuned(self, self.protocol)
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -540,7 +576,7 @@ class ImdServerFactory(WebSocketServerFactory):
             _log.warn("refused a connection from {peer} node={node}: HTTP {status} ({open} open)",
                       peer=address, node=self.listener.node.node_id, status=status, open=self.limits.total)
             return Refusal(status)
-        protocol = super().buildProtocol(addr)
+        protocol = cast(ImdServerProtocol, super().buildProtocol(addr))   # one of self.protocol
         protocol.limit_address = address
         protocol._handshaking = True
         return protocol
