@@ -6,6 +6,7 @@ contract's error code and the packet's ``id`` when one could be read.
 """
 
 import json
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from imd import jsonfast
 from imd.errors import ImdError
@@ -39,11 +40,16 @@ SIGNAL_TYPES = frozenset("RY")
 RECEIPT_STATES = {"delivered": 1, "read": 2}
 STATE_NAMES = ("sent", "delivered", "read")
 
+# A packet's ``id``: as the client sent it (a string or an integer), or a server-made string
+PacketId = Union[int, str]
+# A decoded JSON object, as the client sent it
+JsonObject = Dict[str, Any]
+
 
 class PacketError(ImdError):
     """A client frame that cannot be served; ``packet_id`` is echoed in ``E``."""
 
-    def __init__(self, code, reason=None, packet_id=None):
+    def __init__(self, code: str, reason: Optional[str] = None, packet_id: Optional[PacketId] = None) -> None:
         super().__init__(code, reason)
         self.packet_id = packet_id
 
@@ -52,26 +58,27 @@ class PacketError(ImdError):
 
 class Packet:
     __slots__ = ("id", "dedup_id")
-    type = None
+    type: Optional[str] = None
 
-    def __init__(self, packet_id):
+    def __init__(self, packet_id: PacketId) -> None:
         self.id = packet_id                  # echoed exactly as sent
         self.dedup_id = str(packet_id)       # the (from, id) key for retries
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join("%s=%r" % (n, getattr(self, n))
                            for c in type(self).__mro__ for n in getattr(c, "__slots__", ()))
         return "%s(%s)" % (type(self).__name__, fields)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and repr(self) == repr(other)
 
 
 class MessagePacket(Packet):
     """``t`` (text) or ``i`` (image id): stored, then relayed to ``to``."""
     __slots__ = ("type", "to", "msg")
+    type: str
 
-    def __init__(self, packet_id, type, to, msg):
+    def __init__(self, packet_id: PacketId, type: str, to: int, msg: Union[str, int]) -> None:
         super().__init__(packet_id)
         self.type, self.to, self.msg = type, to, msg
 
@@ -85,7 +92,7 @@ class TakeOrderPacket(Packet):
     __slots__ = ("order",)
     type = "T"
 
-    def __init__(self, packet_id, order):
+    def __init__(self, packet_id: PacketId, order: int) -> None:
         super().__init__(packet_id)
         self.order = order
 
@@ -94,7 +101,7 @@ class SitePacket(Packet):
     __slots__ = ("longitude", "latitude")
     type = "S"
 
-    def __init__(self, packet_id, longitude, latitude):
+    def __init__(self, packet_id: PacketId, longitude: float, latitude: float) -> None:
         super().__init__(packet_id)
         self.longitude, self.latitude = longitude, latitude
 
@@ -103,7 +110,7 @@ class OnlinePacket(Packet):
     __slots__ = ("uid",)
     type = "O"
 
-    def __init__(self, packet_id, uid):
+    def __init__(self, packet_id: PacketId, uid: int) -> None:
         super().__init__(packet_id)
         self.uid = uid
 
@@ -114,7 +121,8 @@ class HistoryPacket(Packet):
     __slots__ = ("since", "limit", "with_uid", "after")
     type = "H"
 
-    def __init__(self, packet_id, since=0, limit=HISTORY_DEFAULT_LIMIT, with_uid=None, after=None):
+    def __init__(self, packet_id: PacketId, since: int = 0, limit: int = HISTORY_DEFAULT_LIMIT,
+                 with_uid: Optional[int] = None, after: Optional[str] = None) -> None:
         super().__init__(packet_id)
         self.since, self.limit, self.with_uid, self.after = since, limit, with_uid, after
 
@@ -126,7 +134,7 @@ class ReceiptPacket(Packet):
     __slots__ = ("to", "state", "ids", "dedup_ids")
     type = "R"
 
-    def __init__(self, packet_id, to, state, ids):
+    def __init__(self, packet_id: PacketId, to: int, state: int, ids: List[PacketId]) -> None:
         super().__init__(packet_id)
         self.to, self.state, self.ids = to, state, ids
         self.dedup_ids = [str(i) for i in ids]
@@ -137,25 +145,30 @@ class TypingPacket(Packet):
     __slots__ = ("to", "typing")
     type = "Y"
 
-    def __init__(self, packet_id, to, typing):
+    def __init__(self, packet_id: PacketId, to: int, typing: bool) -> None:
         super().__init__(packet_id)
         self.to, self.typing = to, typing
 
 
+# What parse_frame returns: each has a ``type`` string
+ClientPacket = Union[MessagePacket, PingPacket, TakeOrderPacket, SitePacket, OnlinePacket, HistoryPacket,
+                     ReceiptPacket, TypingPacket]
+
+
 # --- parsing ------------------------------------------------------------------
 
-def _reject_constant(name):
+def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not JSON" % name)
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def _is_int(value):
+def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
-def _encodable(text):
+def _encodable(text: str) -> bool:
     """False for strings holding lone surrogates (JSON allows "\\ud800")."""
     try:
         text.encode("utf-8")
@@ -164,7 +177,7 @@ def _encodable(text):
     return True
 
 
-def _packet_id(obj):
+def _packet_id(obj: JsonObject) -> PacketId:
     if "id" not in obj:
         raise PacketError("bad_packet", "missing field: id")
     value = obj["id"]
@@ -179,7 +192,7 @@ def _packet_id(obj):
     raise PacketError("bad_packet", "id: must be a string or an integer")
 
 
-def parse_uid(value, field="to"):
+def parse_uid(value: Any, field: str = "to") -> int:
     """A user id: a positive integer or a string of digits.  Returns int."""
     if _is_int(value):
         uid = value
@@ -192,7 +205,7 @@ def parse_uid(value, field="to"):
     return uid
 
 
-def _message(packet_id, kind, obj):
+def _message(packet_id: PacketId, kind: str, obj: JsonObject) -> MessagePacket:
     try:
         to = parse_uid(obj.get("to"))
     except ValueError as e:
@@ -221,7 +234,7 @@ def _message(packet_id, kind, obj):
     return MessagePacket(packet_id, kind, to, msg)
 
 
-def _coordinate(msg, names, bound, packet_id):
+def _coordinate(msg: JsonObject, names: Tuple[str, ...], bound: float, packet_id: PacketId) -> float:
     for name in names:
         if name in msg:
             value = msg[name]
@@ -233,7 +246,7 @@ def _coordinate(msg, names, bound, packet_id):
     raise PacketError("bad_packet", "S: missing %s" % names[0], packet_id)
 
 
-def _site(packet_id, obj):
+def _site(packet_id: PacketId, obj: JsonObject) -> SitePacket:
     msg = obj.get("msg")
     if not isinstance(msg, dict):
         raise PacketError("bad_packet", "S: msg must be an object {longitude, latitude}", packet_id)
@@ -242,13 +255,13 @@ def _site(packet_id, obj):
     return SitePacket(packet_id, longitude, latitude)
 
 
-def _timestamp(value, name, packet_id):
+def _timestamp(value: Any, name: str, packet_id: PacketId) -> int:
     if type(value) not in (int, float) or not 0 <= value < 2 ** 53:
         raise PacketError("bad_packet", "H: %s must be a Unix time in milliseconds" % name, packet_id)
     return int(value)
 
 
-def _history(packet_id, obj):
+def _history(packet_id: PacketId, obj: JsonObject) -> HistoryPacket:
     if "msg" not in obj:
         raise PacketError("bad_packet", "missing field: msg", packet_id)
     msg = obj["msg"]
@@ -277,14 +290,14 @@ def _history(packet_id, obj):
     return HistoryPacket(packet_id, since=since, limit=limit, with_uid=with_uid)
 
 
-def _message_id(value):
+def _message_id(value: Any) -> bool:
     """A message id named in a receipt: what ``_packet_id`` accepts."""
     if _is_int(value):
         return len(str(value)) <= MAX_ID_CHARS
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS and _encodable(value)
 
 
-def _receipt(packet_id, obj):
+def _receipt(packet_id: PacketId, obj: JsonObject) -> ReceiptPacket:
     to = obj.get("to")
     try:
         to = 0 if (type(to) is int and to == 0) or to == "0" else parse_uid(to)
@@ -305,7 +318,7 @@ def _receipt(packet_id, obj):
     return ReceiptPacket(packet_id, to, state, ids)
 
 
-def _typing(packet_id, obj):
+def _typing(packet_id: PacketId, obj: JsonObject) -> TypingPacket:
     try:
         to = parse_uid(obj.get("to"))
     except ValueError as e:
@@ -316,8 +329,9 @@ def _typing(packet_id, obj):
     return TypingPacket(packet_id, to, msg)
 
 
-def _uid_command(packet_cls, field):
-    def build(packet_id, obj):
+def _uid_command(packet_cls: Union[Type[TakeOrderPacket], Type[OnlinePacket]],
+                 field: str) -> Callable[[PacketId, JsonObject], ClientPacket]:
+    def build(packet_id: PacketId, obj: JsonObject) -> ClientPacket:
         try:
             value = parse_uid(obj.get("msg"), "msg")
         except ValueError:
@@ -326,7 +340,7 @@ def _uid_command(packet_cls, field):
     return build
 
 
-_COMMANDS = {
+_COMMANDS: Dict[str, Callable[[PacketId, JsonObject], ClientPacket]] = {
     "P": lambda packet_id, obj: PingPacket(packet_id),
     "T": _uid_command(TakeOrderPacket, "an order id"),
     "S": _site,
@@ -337,7 +351,7 @@ _COMMANDS = {
 }
 
 
-def parse_frame(payload, is_binary=False):
+def parse_frame(payload: Union[bytes, str], is_binary: bool = False) -> ClientPacket:
     """One client frame -> a typed packet, or :class:`PacketError`."""
     if is_binary:
         raise PacketError("bad_packet", "binary frames are not accepted; send JSON text")
@@ -361,11 +375,11 @@ def parse_frame(payload, is_binary=False):
 
 # --- server packets -----------------------------------------------------------
 
-def _dump(obj):
+def _dump(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _dump_fast(obj):
+def _dump_fast(obj: Any) -> bytes:
     """``_dump`` for the message path (two per message): orjson, 0.2 µs
     instead of 4 µs, where :mod:`imd.jsonfast` has it.  For str and int
     values its bytes are the same as ``_dump``'s; an int past 64 bits (a
@@ -379,62 +393,63 @@ def _dump_fast(obj):
         return _dump(obj)
 
 
-def message_json(packet, sender, ts):
+def message_json(packet: MessagePacket, sender: int, ts: int) -> bytes:
     """The stored and delivered form of a message: ``{"id","from","to","type","msg","ts"}``."""
     return _dump_fast({"id": packet.id, "from": sender, "to": packet.to,
                        "type": packet.type, "msg": packet.msg, "ts": ts})
 
 
-def system_message_json(packet_id, sender, to, msg, ts):
+def system_message_json(packet_id: PacketId, sender: int, to: int, msg: Any, ts: int) -> bytes:
     """An ``s`` packet (server-made, stored like any message)."""
     return _dump({"id": packet_id, "from": sender, "to": to, "type": "s", "msg": msg, "ts": ts})
 
 
-def system_message_parts(packet_id, msg, ts):
+def system_message_parts(packet_id: PacketId, msg: Any, ts: int) -> Tuple[bytes, bytes]:
     """:func:`system_message_json` from 0 around its ``to``, for many
     recipients at once: ``head + b"<uid>" + tail`` is each one's packet."""
     head = _dump({"id": packet_id, "from": 0})[:-1] + b',"to":'
     return head, b',"type":"s","msg":' + _dump(msg) + b',"ts":%d}' % ts
 
 
-def ack(packet_id, msg="success"):
+def ack(packet_id: PacketId, msg: Any = "success") -> bytes:
     if type(msg) is not str:  # T's {"order", "uid"}: the general encoder
         return _dump({"id": packet_id, "from": 0, "type": "A", "msg": msg})
     return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": msg})
 
 
-def error(packet_id, code, reason):
+def error(packet_id: Optional[PacketId], code: str, reason: str) -> bytes:
     return _dump({"id": packet_id, "from": 0, "type": "E", "msg": reason, "code": code})
 
 
-def pong(packet_id):
+def pong(packet_id: PacketId) -> bytes:
     return _dump({"id": packet_id, "from": 0, "type": "P", "msg": "pong"})
 
 
-def login(server_id, uid):
+def login(server_id: str, uid: int) -> bytes:
     return _dump({"id": server_id, "from": 0, "type": "L", "msg": "login in", "uid": uid})
 
 
-def close(server_id, reason):
+def close(server_id: str, reason: str) -> bytes:
     return _dump({"id": server_id, "from": 0, "type": "C", "msg": reason})
 
 
-def online(packet_id, uid, is_online):
+def online(packet_id: PacketId, uid: int, is_online: bool) -> bytes:
     return _dump({"id": packet_id, "from": 0, "type": "O", "msg": {"uid": uid, "online": is_online}})
 
 
-def site(server_id, courier, longitude, latitude, ts):
+def site(server_id: str, courier: int, longitude: float, latitude: float, ts: int) -> bytes:
     return _dump({"id": server_id, "from": courier, "type": "S",
                   "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
 
 
-def receipt(packet_id, reader, sender, state, ids, ts):
+def receipt(packet_id: PacketId, reader: int, sender: int, state: int, ids: List[PacketId], ts: int) -> bytes:
     """The ``R`` relayed to the messages' sender: only the ids that advanced."""
     return _dump_fast({"id": packet_id, "from": reader, "to": sender, "type": "R",
                        "msg": {"state": STATE_NAMES[state], "ids": ids, "ts": ts}})
 
 
-def receipt_entry_parts(packet_id, reader, sender, state, ts):
+def receipt_entry_parts(packet_id: PacketId, reader: int, sender: int, state: int,
+                        ts: int) -> Tuple[bytes, bytes]:
     """The stored form of a receipt, around its ids (joined by commas in
     Redis, where it is known which advanced): the relayed ``R`` with ``ts``
     at the top level too, like every stored entry."""
@@ -443,23 +458,24 @@ def receipt_entry_parts(packet_id, reader, sender, state, ts):
             b'],"ts":%d},"ts":%d}' % (ts, ts))
 
 
-def id_json(message_id):
+def id_json(message_id: PacketId) -> bytes:
     """One id as JSON, for the stored receipt."""
     return _dump_fast(message_id)
 
 
-def typing(packet_id, sender, to, is_typing):
+def typing(packet_id: PacketId, sender: int, to: int, is_typing: bool) -> bytes:
     return _dump_fast({"id": packet_id, "from": sender, "to": to, "type": "Y", "msg": is_typing})
 
 
-def with_state(stored, state):
+def with_state(stored: Union[bytes, str], state: int) -> bytes:
     """A stored packet (JSON object, bytes or str) with ``"state"`` added last, for ``H``."""
     if isinstance(stored, str):
         stored = stored.encode("utf-8")
     return stored[:-1] + b',"state":"%s"}' % STATE_NAMES[state].encode("ascii")
 
 
-def history(packet_id, messages, more, next_cursor=None):
+def history(packet_id: PacketId, messages: Iterable[Union[bytes, str]], more: bool,
+            next_cursor: Optional[str] = None) -> bytes:
     """``messages``: the stored JSON (bytes or str) of each, oldest first."""
     head = {"id": packet_id, "from": 0, "type": "H", "msg": None, "more": more}
     if more:
