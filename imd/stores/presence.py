@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 
 from imd import busframes
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import Arg, RedisClient, Script
 
 _NODE_OF = busframes.LUA + """
 local function node_of(member)
@@ -237,7 +237,8 @@ class PresenceStore:
         """Register again ``[(uid, conn_id, score)]`` of this node, e.g. after
         Redis restarted without its data."""
         keys = self.keys
-        dev_keys, args = [keys.node_users(self.node_id)], [self.node_id]
+        dev_keys = [keys.node_users(self.node_id)]
+        args: List[Arg] = [self.node_id]   # then uid, conn_id, score per connection
         for uid, conn_id, score in connections:
             dev_keys.append(keys.devices(uid))
             args.extend((uid, conn_id, score))
