@@ -41,7 +41,7 @@ import hashlib
 import random
 from bisect import bisect_left
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple, cast
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
@@ -49,6 +49,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, protocol, task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -60,6 +61,7 @@ RedisReplyError = txredisapi.ResponseError
 """An error reply from Redis (a script's ``error_reply``, a wrong type...)."""
 
 Arg = Any  # bytes, str or int: what a command takes
+_Peer = Tuple[Optional[str], Optional[int]]  # (host, port) a connection reached; None where its address has none
 
 
 # Error replies that say Redis cannot serve now, not that the call was wrong:
@@ -123,7 +125,7 @@ def _is_master(reply: Any) -> bool:
     return (role.decode("ascii", "replace") if isinstance(role, bytes) else role) == "master"
 
 
-def _peer(conn: Any) -> Optional[Tuple[str, int]]:
+def _peer(conn: Any) -> Optional[_Peer]:
     transport = getattr(conn, "transport", None)
     if transport is None:
         return None
@@ -161,7 +163,7 @@ class _Factory(protocol.Factory):
     isLazy = True
     noisy = False   # no "Starting factory" line for each reconnection
 
-    def __init__(self, client: "RedisClient", connection_class: type = _Connection) -> None:
+    def __init__(self, client: Any, connection_class: type = _Connection) -> None:  # RedisClient or RedisSubscriber
         self.client = client
         self.connection_class = connection_class
 
@@ -181,8 +183,8 @@ class _Factory(protocol.Factory):
                    port=self.client.address.port, why=why)
 
 
-def _endpoint(reactor: Any, address: Any, timeout: float) -> TCP4ClientEndpoint:
-    return TCP4ClientEndpoint(reactor, address.host, address.port, timeout=timeout)
+def _endpoint(reactor: Any, address: Any, timeout: float) -> IStreamClientEndpoint:
+    return cast(IStreamClientEndpoint, TCP4ClientEndpoint(reactor, address.host, address.port, timeout=timeout))
 
 
 def _retry_policy(max_delay: float) -> Callable[[int], float]:
@@ -215,7 +217,7 @@ def ask_once(reactor: Any, clock: Any, host: str, port: int, args: Sequence[Arg]
             raise StoreUnavailable("%s:%d: %s" % (host, port, reply))
         return reply
     factory = protocol.Factory.forProtocol(lambda: txredisapi.RedisProtocol(convertNumbers=False))
-    d = TCP4ClientEndpoint(reactor, host, port, timeout=timeout).connect(factory)
+    d = TCP4ClientEndpoint(reactor, host, port, timeout=timeout).connect(cast(IProtocolFactory, factory))
     return d.addCallback(connected).addTimeout(timeout, clock).addBoth(done)
 
 
@@ -283,13 +285,13 @@ class RedisClient(Service):
                  replica_timeout: float = 0.5, max_retry_delay: float = 5.0) -> None:
         self.address = address
         self.timeout = timeout
-        self.name = name
+        self.name: str = name
         self.check_role = check_role
         self.min_replicas = min_replicas
         self.replica_timeout = replica_timeout
         self.wait_figures = WaitFigures()
         self.master_changes = 0        # times a new connection reached another address (failovers seen)
-        self._last_master: Optional[Tuple[str, int]] = None
+        self._last_master: Optional[_Peer] = None
         self._clock = clock
         self._reactor = reactor
         self._flusher = flusher
@@ -313,7 +315,7 @@ class RedisClient(Service):
         if reactor is None:
             from twisted.internet import reactor
         endpoint = self._endpoint() if self._endpoint else _endpoint(reactor, self.address, self.timeout)
-        self._service = ClientService(endpoint, _Factory(self, self.connection_class),
+        self._service = ClientService(endpoint, cast(IProtocolFactory, _Factory(self, self.connection_class)),
                                       retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
@@ -346,7 +348,7 @@ class RedisClient(Service):
         """Fires once a connection is up; StoreUnavailable after ``timeout``."""
         if self._conn is not None:
             return defer.succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._waiters.append(d)
         seconds = self.timeout if timeout is None else timeout
 
@@ -373,6 +375,7 @@ class RedisClient(Service):
         if conn.transport is None or not conn.connected:
             return
         peer = _peer(conn)
+        assert peer is not None   # its transport is up (above)
         if self._last_master is not None and peer != self._last_master:
             self.master_changes += 1
             _log.warn("{name}: now on the redis master at {host}:{port} (was {old})", name=self.name,
@@ -437,7 +440,7 @@ class RedisClient(Service):
             batch.timer = self._clock.callLater(self.replica_timeout, self._batch_expired, batch)
             if self._batch_in_flight is None and self._wait_call is None:
                 self._wait_call = self._clock.callLater(0, self._send_wait)
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         batch.waiters.append((d, value))
         return d
 
@@ -619,7 +622,7 @@ class RedisSubscriber(Service):
         self.on_subscribed = on_subscribed
         self.on_lost = on_lost
         self.check_role = check_role
-        self.name = name
+        self.name: str = name
         self._clock = clock
         self._reactor = reactor
         self._endpoint = endpoint
@@ -632,7 +635,7 @@ class RedisSubscriber(Service):
     def startService(self) -> None:
         super().startService()
         endpoint = self._endpoint() if self._endpoint else _endpoint(self._reactor, self.address, self.timeout)
-        self._service = ClientService(endpoint, _SubscriptionFactory(self),
+        self._service = ClientService(endpoint, cast(IProtocolFactory, _SubscriptionFactory(self)),
                                       retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
@@ -692,5 +695,5 @@ class RedisSubscriber(Service):
                           name=self.name, old="%s:%s" % peer, host=host, port=port)
                 if conn is self._conn:
                     self.drop_connection()
-                elif conn.transport is not None:
+                elif conn is not None and conn.transport is not None:
                     conn.transport.abortConnection()
