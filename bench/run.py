@@ -945,6 +945,11 @@ def cpu_parts(result):
     return " (%s)" % " + ".join("%.1f" % x for x in each) if len(each) > 1 else ""
 
 
+def over_capacity(result):
+    skipped = result.get("errors", {}).get("generator_backlog")
+    return " (over its capacity: the generator skipped %s sends)" % n0(skipped) if skipped else ""
+
+
 def fmt_ms(x):
     return "%.1f" % x if x is not None else "-"
 
@@ -1043,8 +1048,8 @@ def targets_table(report):
                        "; " + others if others else "", met([cp["kb_per_connection"] <= 12]) if cp else "-"))
     for name, lat in sorted(r.get("latency", {}).items(), key=lambda kv: ORDER.index(kv[0])):
         p99 = lat[name]["ack_latency_ms"].get("p99")
-        others = ", ".join("%s %s ms" % ("Node reference" if n == "node" else "Python baseline",
-                                        fmt_ms(lat[n]["ack_latency_ms"].get("p99")))
+        others = ", ".join("%s %s ms%s" % ("Node reference" if n == "node" else "Python baseline",
+                                          fmt_ms(lat[n]["ack_latency_ms"].get("p99")), over_capacity(lat[n]))
                            for n in ("node", "baseline") if n in lat)
         rows.append("| open loop at half of imd's maximum (%s, %s msgs/s): ack p99 ≤ 25 ms | imd %s ms; at the same "
                     "rate %s | %s |" % ("PyPy" if name == "imd_pypy" else "CPython", n0(lat["rate"]), fmt_ms(p99),
@@ -1079,7 +1084,7 @@ def side_table(report):
             runs[0][c].get("redis_cpu_us_per_msg_upper", "-"), runs[0][c].get("mysql_cpu_us_per_msg_upper", "-")))
         row("↳ migrator max lag s / MQ empty s after the load, run 1; run 2", lambda c: "; ".join(
             "%.2f / %s" % (run[c]["migrator_lag"]["max_age_s"], run[c]["migrator_drained_s"]) for run in runs))
-        row("↳ cores busy: server + generator + Redis + MariaDB, run 1; run 2",
+        row("↳ cores busy, averaged over the whole run: server + generator + Redis + MariaDB, run 1; run 2",
             lambda c: "; ".join("%.2f" % run[c]["cores_busy"] for run in runs))
         row("↳ generator CPU µs/acked msg",
             lambda c: " / ".join("%.0f" % run[c]["generator_us_per_msg"] for run in runs))
@@ -1097,10 +1102,12 @@ def side_table(report):
         row("↳ ack latency p50 / p99 ms; server CPU µs/msg", lambda c: "%s; %.1f" % (
             fmt_lat2(big[c]["ack_latency_ms"]), big[c]["server_cpu_us_per_msg"]))
     for name, lat in sorted(r.get("latency", {}).items(), key=lambda kv: ORDER.index(kv[0])):
-        row("open loop R=%s msgs/s (half of %s's max): ack p50 / p99 / p999 ms" % (n0(lat["rate"]), LABELS[name]),
+        row("open loop R=%s msgs/s (half of imd on %s's max): ack p50 / p99 / p999 ms" % (
+            n0(lat["rate"]), "PyPy" if name == "imd_pypy" else "CPython"),
             lambda c, lat=lat: fmt_lat(lat[c]["ack_latency_ms"]))
-        row("↳ end-to-end p50 / p99 / p999 ms; server CPU µs/msg; cores busy", lambda c, lat=lat: "%s; %.1f; %.2f" % (
-            fmt_lat(lat[c]["e2e_latency_ms"]), lat[c]["server_cpu_us_per_msg"], lat[c]["cores_busy"]))
+        row("↳ end-to-end p50 / p99 / p999 ms; server CPU µs/msg; cores busy (whole run)",
+            lambda c, lat=lat: "%s; %.1f; %.2f" % (fmt_lat(lat[c]["e2e_latency_ms"]), lat[c]["server_cpu_us_per_msg"],
+                                                  lat[c]["cores_busy"]))
     if "idle" in r:
         row("RSS per idle logged-in connection, KB (%s connections)" % n0(next(iter(r["idle"].values()))["connected"]),
             lambda c: "%.1f" % r["idle"][c]["kb_per_connection"])
@@ -1182,9 +1189,19 @@ def main():
                         "(txt) of the Python servers during the C=200 throughput runs, into bench/results/")
     parser.add_argument("--rate", type=int, help="open-loop rate (default: half of each imd's C=200 W=8 maximum)")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
+    parser.add_argument("--report", metavar="JSON", help="measure nothing: print the tables of a stored run "
+                        "(bench/results/<stamp>.json) and write them into docs/performance.md")
     parser.add_argument("--replicas", action="store_true", help="also run the min_replicas 0 vs 1 comparison "
                         "(a private master + replica)")
     args = parser.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            report = json.load(f)
+        print(table(report))
+        if not args.no_doc:
+            write_doc(report)
+            log("summary table of %s written to %s" % (args.report, DOC))
+        return
     only = set(args.only.split(","))
     if args.replicas:
         only.add("replicas")
