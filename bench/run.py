@@ -551,7 +551,7 @@ PROFILE = None  # set by --profile: py-spy records the servers during the C=200 
 
 
 def profiled(server, label, duration):
-    if PROFILE is None or server.name == "node":
+    if PROFILE is None or server.name in ("node", "imd_pypy"):   # py-spy reads CPython only
         return None
     out = os.path.join(RESULTS, "%s-%s-%s.%s" % (PROFILE[0], server.name, label, PROFILE[1]))
     argv = [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.pid), "--duration",
