@@ -34,6 +34,7 @@ processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
         [--only throughput,receipts,c2000,latency,idle,login,migrate,replicas]
+    .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
 ``throughput``: closed loop, C=200 W=8, two runs of each server, the second
 round in the reverse order of the first; every ratio is against the same
