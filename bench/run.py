@@ -236,6 +236,9 @@ idle_timeout = 3600
 ping_interval = 30
 [http]
 listen = tcp:{http}:interface=127.0.0.1
+[auth]
+; the generator's tokens are all issued ahead of the run, to live 600 s
+token_ttl = 600
 [redis]
 url = redis://127.0.0.1:{redis_port}/{db}
 {redis_extra}
