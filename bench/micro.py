@@ -38,7 +38,53 @@ def parse_frame():
     return old, new, "hooked decoder", "json.loads (default here: %s)" % ("on" if saved else "off")
 
 
-CASES = {"parse_frame": parse_frame}
+def _protocol(tuned):
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet.testing import StringTransport
+
+    from imd.transport import autobahn_tuning
+
+    class Quiet(WebSocketServerProtocol):
+        def onMessage(self, payload, is_binary):
+            pass
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0)
+    factory.protocol = autobahn_tuning.tuned(factory, Quiet) if tuned else Quiet
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.state, protocol._perMessageCompress = protocol.STATE_OPEN, None
+    protocol.websocket_version, protocol.inside_message, protocol.current_frame = 13, False, None
+    return protocol
+
+
+def _client_frame(payload, mask=b"\x01\x02\x03\x04"):
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def frame_in():
+    """One chat frame through Autobahn to onMessage: the tuned class with
+    Autobahn's own dataReceived (before) and with its own (after)."""
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+    frame = _client_frame(PACKET)
+    protocol = _protocol(tuned=True)
+    old = per_call(lambda data: WebSocketServerProtocol.dataReceived(protocol, data), frame)
+    new = per_call(protocol.dataReceived, frame)
+    return old, new, "Autobahn's dataReceived", "tuned dataReceived"
+
+
+def masker():
+    """Unmasking one chat frame: the integer XOR against Autobahn's masker."""
+    from autobahn.websocket.xormasker import create_xor_masker
+
+    from imd.transport import autobahn_tuning
+    mask = b"\x01\x02\x03\x04"
+    old = per_call(lambda data: autobahn_tuning.IntXorMasker(mask).process(data), PACKET)
+    new = per_call(lambda data: create_xor_masker(mask, len(data)).process(data), PACKET)
+    return old, new, "integer XOR", "Autobahn's masker (SMALL_FRAME here: %d)" % autobahn_tuning.SMALL_FRAME
+
+
+CASES = {"parse_frame": parse_frame, "frame_in": frame_in, "masker": masker}
 
 
 def main(names):
