@@ -84,7 +84,37 @@ def masker():
     return old, new, "integer XOR", "Autobahn's masker (SMALL_FRAME here: %d)" % autobahn_tuning.SMALL_FRAME
 
 
-CASES = {"parse_frame": parse_frame, "frame_in": frame_in, "masker": masker}
+def _encode_before(args):
+    """imd.stores.redis.encode_command before its tables."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        kind = type(arg)
+        if kind is bytes:
+            value = arg
+        elif kind is str:
+            value = arg.encode("utf-8")
+        elif kind is int:
+            value = b"%d" % arg
+        else:
+            value = str(arg).encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    return b"".join(out)
+
+
+def redis_encode():
+    """The EVALSHA of a chat message's store script (12 arguments)."""
+    from imd.stores.redis import Script, encode_command
+    script = Script("return 1")
+    keys = ("MQ", "pending:1", "pending:2", "URS:1")
+    args = ("12345", 1, 2, PACKET, 1700000000123)
+    assert encode_command((4, *keys, *args), script.evalsha, 2) == _encode_before(
+        ("EVALSHA", script.sha, 4, *keys, *args))
+    old = per_call(lambda a: _encode_before(("EVALSHA", script.sha, len(keys), *keys, *a)), args)
+    new = per_call(lambda a: encode_command((len(keys), *keys, *a), script.evalsha, 2), args)
+    return old, new, "formatted per argument", "header tables, EVALSHA head per script"
+
+
+CASES = {"parse_frame": parse_frame, "frame_in": frame_in, "masker": masker, "redis_encode": redis_encode}
 
 
 def main(names):
