@@ -118,6 +118,7 @@ class AutobahnTuning(_TunedProtocol):
     _plain_frames = False   # set by protocol_with_options
     write_frame: Callable[[bytes], None]   # imd.transport.websocket's protocol has it
     maxMessagePayloadSize: int   # an Autobahn option: a class attribute (protocol_with_options)
+    logOctets: bool              # another (the tuned dataReceived leaves logged octets to Autobahn)
 
     # --- bytes in: no debug arguments, straight to the frame parser ------------
 
