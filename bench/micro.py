@@ -114,7 +114,28 @@ def redis_encode():
     return old, new, "formatted per argument", "header tables, EVALSHA head per script"
 
 
-CASES = {"parse_frame": parse_frame, "frame_in": frame_in, "masker": masker, "redis_encode": redis_encode}
+def message_json():
+    """A message's stored/delivered JSON and its ack without orjson (PyPy):
+    the json module, then jsonfast.dumps_flat."""
+    saved = jsonfast.orjson, jsonfast.flat_dumps
+    packet = protocol.parse_frame(PACKET)
+
+    def both(p):
+        protocol.message_json(p, 7, 1700000000123)
+        protocol.ack(p.id)
+    try:
+        jsonfast.use_orjson(False)
+        jsonfast.use_flat_dumps(False)
+        old = per_call(both, packet)
+        jsonfast.use_flat_dumps(True)
+        new = per_call(both, packet)
+    finally:
+        jsonfast.orjson, jsonfast.flat_dumps = saved
+    return old, new, "json module", "dumps_flat (orjson installed here, and used instead: %s)" % jsonfast.available()
+
+
+CASES = {"message_json": message_json, "parse_frame": parse_frame, "frame_in": frame_in, "masker": masker,
+         "redis_encode": redis_encode}
 
 
 def main(names):

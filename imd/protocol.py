@@ -384,12 +384,18 @@ def _dump_fast(obj):
     values its bytes are the same as ``_dump``'s; an int past 64 bits (a
     long numeric packet id) is left to ``_dump``."""
     fast = jsonfast.orjson
-    if fast is None:
-        return _dump(obj)
-    try:
-        return fast.dumps(obj)
-    except TypeError:
-        return _dump(obj)
+    if fast is not None:
+        try:
+            return fast.dumps(obj)
+        except TypeError:
+            return _dump(obj)
+    flat = jsonfast.flat_dumps   # without orjson (PyPy): strings and ints only
+    if flat is not None:
+        try:
+            return flat(obj)
+        except TypeError:
+            pass
+    return _dump(obj)
 
 
 def message_json(packet, sender, ts):
