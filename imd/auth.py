@@ -11,7 +11,7 @@ import binascii
 import math
 import re
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, NamedTuple, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Protocol, Tuple, Union
 
 import jwt
 from jwt.utils import base64url_decode, base64url_encode
@@ -189,21 +189,8 @@ def token_from_request(path: str, params: Optional[Dict[str, List[str]]]) -> Opt
     return token or None
 
 
-class TokenLogin(NamedTuple):
-    """A token that passed :meth:`TokenVerifier.check`: its user id, and
-    the token id still to claim (None when tokens are not single-use)
-    with the token's expiry."""
-    uid: int
-    jti: Optional[str]
-    expires_at: float
-
-
 class TokenVerifier:
-    """Checks a wstoken and returns the user id it names, or LoginRefused.
-
-    :meth:`verify` checks and claims the token id; the WebSocket login uses
-    :meth:`check` and claims the id in its registration script instead (one
-    Redis round trip: :meth:`imd.stores.presence.PresenceStore.login`)."""
+    """Checks a wstoken and returns the user id it names, or LoginRefused."""
 
     def __init__(self, store: "TokenStore", clock: Clock, single_use: bool = True,
                  max_lifetime: float = MAX_TOKEN_LIFETIME) -> None:
@@ -216,29 +203,18 @@ class TokenVerifier:
 
     @defer.inlineCallbacks
     def verify(self, token: Optional[str]) -> Generator[defer.Deferred, Any, int]:
-        login = yield self.check(token)
-        yield self.claim(login)
-        return login.uid
-
-    @defer.inlineCallbacks
-    def check(self, token: Optional[str]) -> Generator[defer.Deferred, Any, TokenLogin]:
-        """Signature and claims; the token id is left to claim."""
         if not token:
             raise LoginRefused("missing token")
         claims = yield self._decode(token)
         uid = self._check_claims(claims)
-        return TokenLogin(uid, claims["jti"] if self._single_use else None, claims["exp"])
-
-    @defer.inlineCallbacks
-    def claim(self, login: TokenLogin) -> Generator[defer.Deferred, Any, None]:
-        """Claim ``login``'s token id on its own: LoginRefused if it was used."""
-        if login.jti is not None:
+        if self._single_use:
             try:
-                fresh = yield self._store.claim_jti(login.jti, login.expires_at)
+                fresh = yield self._store.claim_jti(claims["jti"], claims["exp"])
             except StoreUnavailable:
                 raise LoginRefused("service unavailable, try again later")
             if not fresh:
                 raise LoginRefused("token already used")
+        return uid
 
     @defer.inlineCallbacks
     def _decode(self, token: str) -> Generator[defer.Deferred, Any, Dict[str, Any]]:

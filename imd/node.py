@@ -77,13 +77,10 @@ class LocalNode:
 
     # --- sessions ----------------------------------------------------------------
 
-    def register(self, uid: int, conn_id: str, score: int,
-                 jti: Optional[str] = None, expires_at: float = 0) -> Deferred:
+    def register(self, uid: int, conn_id: str, score: int) -> Deferred:
         """Record a new connection in Redis (``[websocket] max_devices``
-        across nodes); fires with the conn ids of this node it pushes out.
-        With ``jti``, claims the token id in the same round trip: fires with
-        None, recording nothing, when it was used before."""
-        return self.presence.login(uid, conn_id, score, self.max_devices, jti, expires_at)
+        across nodes); fires with the conn ids of this node it pushes out."""
+        return self.presence.login(uid, conn_id, score, self.max_devices)
 
     def unregister(self, uid: int, conn_id: str) -> None:
         d = self.presence.logout(uid, conn_id)

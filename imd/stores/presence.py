@@ -1,8 +1,7 @@
 """Presence and cross-node routing, kept in Redis.
 
 Keys (imd.stores.keys): ``dev:<uid>``, ``nodes``, ``nodeusers:<node>``;
-``URS:<uid>`` is read by the online check; a login claims its token's
-``jti:<jti>`` (as :meth:`TokenStore.claim_jti` does) in the same script.
+``URS:<uid>`` is read by the online check.
 
 - ``dev:<uid>``: sorted set of the user's live connections, member
   ``"<node_id> <conn_id>"``, score = login time (µs).  Its size is what
@@ -21,7 +20,7 @@ every *other* node holding a connection of their recipients; the frames are
 those of :mod:`imd.busframes`.
 """
 
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -53,16 +52,11 @@ end
 return 1
 """, "route")
 
-# KEYS: dev:<uid>, nodeusers:<node>[, jti:<jti>]
-# ARGV: member, score, max devices, own node, channel prefix, uid[, token expiry]
+# KEYS: dev:<uid>, nodeusers:<node>
+# ARGV: member, score, max devices, own node, channel prefix, uid
 # Returns the conn ids on this node that the new login pushes out; the
-# other nodes hear of theirs through an 'r' frame.  With a third key, the
-# token id is claimed first (SET NX until the token expires, the claim
-# TokenStore.claim_jti makes): -1, and nothing written, if it was used.
+# other nodes hear of theirs through an 'r' frame.
 LOGIN = Script(_NODE_OF + """
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EXAT', ARGV[7]) then
-  return -1
-end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[6])
 local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
@@ -214,32 +208,20 @@ class PresenceStore:
 
     # --- connections -------------------------------------------------------------
 
-    def login(self, uid: int, conn_id: str, score: int, max_devices: int,
-              jti: Optional[str] = None, expires_at: float = 0) -> Deferred:
-        """Register a connection; fires with the local conn ids it replaces.
-        With ``jti``, the token id is claimed in the same script (one round
-        trip for a login): fires with None, registering nothing, when it was
-        used before."""
+    def login(self, uid: int, conn_id: str, score: int, max_devices: int) -> Deferred:
+        """Register a connection; fires with the local conn ids it replaces."""
         keys = self.keys
-        redis_keys = [keys.devices(uid), keys.node_users(self.node_id)]
-        args = ["%s %s" % (self.node_id, conn_id), score, max_devices, self.node_id, keys.channel_prefix, uid]
-        if jti is not None:
-            redis_keys.append(keys.used_jti(jti))
-            args.append(int(expires_at))
-        d = self.client.run(LOGIN, redis_keys, args)
+        d = self.client.run(LOGIN, [keys.devices(uid), keys.node_users(self.node_id)],
+                            ["%s %s" % (self.node_id, conn_id), score, max_devices, self.node_id,
+                             keys.channel_prefix, uid])
         if self.client.min_replicas:
             d.addCallback(self._replicated_login, uid, conn_id)
-        return d.addCallback(_replaced_ids)
+        return d.addCallback(lambda replaced: [_text(c) for c in replaced or ()])
 
-    def _replicated_login(self, replaced: Any, uid: int, conn_id: str) -> Any:
-        if replaced == -1:
-            return replaced   # the token was used: nothing written, nothing to wait for
-        return self._wait_replicas(replaced, uid, conn_id)
-
-    def _wait_replicas(self, replaced: Any, uid: int, conn_id: str) -> Deferred:
+    def _replicated_login(self, replaced: Any, uid: int, conn_id: str) -> Deferred:
         """[redis] min_replicas: the login waits for the replicas.  The WAIT
-        after this write also covers the token id the script claimed, so a
-        failover cannot let a single-use token in
+        after this write also covers the token id claimed just before on the
+        same connection, so a failover cannot let a single-use token in
         twice.  A login refused for want of replicas takes its entry back."""
         def undo(failure: Any) -> Any:
             self.logout(uid, conn_id).addErrback(lambda f: None)
@@ -310,10 +292,3 @@ class PresenceStore:
 def _online_answer(reply: Any) -> Any:
     reply = int(reply)
     return None if reply < 0 else bool(reply)
-
-
-def _replaced_ids(replaced: Any) -> Optional[List[str]]:
-    """LOGIN's reply: the conn ids replaced, or None for -1 (token used)."""
-    if replaced == -1:
-        return None
-    return [_text(c) for c in replaced or ()]

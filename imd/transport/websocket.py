@@ -39,7 +39,7 @@ from imd.transport.autobahn_tuning import tuned
 from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, TokenBucket, peer_address
 
 if TYPE_CHECKING:
-    from imd.auth import TokenLogin, TokenVerifier
+    from imd.auth import TokenVerifier
     from imd.config import Settings
     from imd.metrics import Metrics
     from imd.node import LocalNode
@@ -252,21 +252,12 @@ class ImdServerProtocol(WebSocketServerProtocol):
                       peer=request.peer, origin=origin[:100])
             raise ConnectionDeny(403, "origin not allowed")
         token = token_from_request(request.path, request.params)
-        d = listener.verifier.check(token)
-        d.addCallback(self._token_checked)
+        d = listener.verifier.verify(token)
+        d.addCallback(self._token_verified)
         d.addErrback(self._token_refused)
         return d
 
-    def _token_checked(self, login: "TokenLogin") -> Any:
-        if self._gone or not self.listener.node.healthy:
-            # registering nothing: the token id is claimed on its own, as
-            # always, before the refusal (or the silence for a client gone)
-            d = self.listener.verifier.claim(login)
-            return d.addCallback(lambda _: self._token_verified(login.uid))
-        # the usual way: the token id claimed by the registration script
-        return self._token_verified(login.uid, login)
-
-    def _token_verified(self, uid: int, login: Optional["TokenLogin"] = None) -> Any:
+    def _token_verified(self, uid: int) -> Any:
         node = self.listener.node
         if self._gone:
             return None   # the client left during the check: register nothing
@@ -274,17 +265,11 @@ class ImdServerProtocol(WebSocketServerProtocol):
             raise LoginRefused("service unavailable, try again later")
         self.conn_id = node.next_server_id()
         self.login_score = int(self.listener.clock.seconds() * 1e6)
-        if login is None:
-            d = node.register(uid, self.conn_id, self.login_score)
-        else:
-            d = node.register(uid, self.conn_id, self.login_score, login.jti, login.expires_at)
+        d = node.register(uid, self.conn_id, self.login_score)
         d.addCallbacks(self._registered, self._registration_failed, callbackArgs=(uid,))
         return d
 
-    def _registered(self, replaced: Optional[Sequence[str]], uid: int) -> None:
-        if replaced is None:   # the registration script found the token id used
-            self.conn_id = None
-            raise LoginRefused("token already used")
+    def _registered(self, replaced: Sequence[str], uid: int) -> None:
         self._registered_uid = uid
         if self._gone:
             # It left while Redis recorded it: take the record back at once.
