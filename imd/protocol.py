@@ -162,6 +162,19 @@ def _reject_constant(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# PyPy's json.loads nests deeper than the decoder (a recursion per level): a
+# text with more brackets than this goes to the decoder, which decides.
+_PLAIN_MAX_BRACKETS = 100
+
+
+def _loads(text: str) -> object:
+    """``_decoder.decode``; through plain ``json.loads`` where
+    :mod:`imd.jsonfast` chose it (PyPy), no constant can be in the text and
+    it cannot nest deep enough for the decoder's recursion limit."""
+    if (jsonfast.plain_loads and "NaN" not in text and "Infinity" not in text
+            and text.count("[") + text.count("{") <= _PLAIN_MAX_BRACKETS):
+        return json.loads(text)
+    return _decoder.decode(text)
 
 
 def _is_int(value: Any) -> bool:
@@ -356,7 +369,7 @@ def parse_frame(payload: Union[bytes, str], is_binary: bool = False) -> ClientPa
     if is_binary:
         raise PacketError("bad_packet", "binary frames are not accepted; send JSON text")
     try:
-        obj = _decoder.decode(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
+        obj = _loads(payload.decode("utf-8") if isinstance(payload, bytes) else payload)
     except (ValueError, RecursionError):
         raise PacketError("bad_packet", "not JSON")
     if not isinstance(obj, dict):
@@ -385,12 +398,18 @@ def _dump_fast(obj: Any) -> bytes:
     values its bytes are the same as ``_dump``'s; an int past 64 bits (a
     long numeric packet id) is left to ``_dump``."""
     fast = jsonfast.orjson
-    if fast is None:
-        return _dump(obj)
-    try:
-        return fast.dumps(obj)
-    except TypeError:
-        return _dump(obj)
+    if fast is not None:
+        try:
+            return fast.dumps(obj)
+        except TypeError:
+            return _dump(obj)
+    flat = jsonfast.flat_dumps   # without orjson (PyPy): strings and ints only
+    if flat is not None:
+        try:
+            return flat(obj)
+        except TypeError:
+            pass
+    return _dump(obj)
 
 
 def message_json(packet: MessagePacket, sender: int, ts: int) -> bytes:

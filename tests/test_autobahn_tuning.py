@@ -3,8 +3,11 @@ Autobahn itself gives (pure logic: no server).  The whole suite also runs on
 stock Autobahn with ``IMD_PLAIN_AUTOBAHN=1`` (``make test`` does both)."""
 
 import os
+import platform
 import random
 import struct
+
+import txaio
 
 try:
     from autobahn.nvx._xormasker import create_xor_masker as compiled_masker
@@ -22,7 +25,7 @@ class MaskingTests(unittest.TestCase):
 
     def test_same_bytes_as_the_compiled_masker_in_any_pieces(self):
         rng = random.Random(7)
-        for length in list(range(0, 40)) + [125, 126, 1000, SMALL_FRAME - 1]:
+        for length in list(range(0, 40)) + [125, 126, 1000, 1535]:
             mask, data = os.urandom(4), os.urandom(length)
             expected = compiled_masker(mask, length).process(data)
             masker = IntXorMasker(mask)
@@ -42,8 +45,15 @@ class MaskingTests(unittest.TestCase):
         self.assertEqual(masker.process(b"abcdef"), first)
 
     def test_small_frames_use_the_integer_masker_large_ones_the_compiled(self):
+        self.patch(autobahn_tuning, "SMALL_FRAME", 1536)   # CPython's
         self.assertIsInstance(create_xor_masker(b"abcd", 100), IntXorMasker)
-        self.assertNotIsInstance(create_xor_masker(b"abcd", SMALL_FRAME), IntXorMasker)
+        self.assertNotIsInstance(create_xor_masker(b"abcd", 1536), IntXorMasker)
+
+    def test_small_frame_threshold_per_interpreter(self):
+        # on PyPy Autobahn's own masker is the faster at every size
+        self.assertEqual(SMALL_FRAME, 0 if platform.python_implementation() == "PyPy" else 1536)
+        if SMALL_FRAME == 0:
+            self.assertNotIsInstance(create_xor_masker(b"abcd", 1), IntXorMasker)
 
     def test_autobahn_itself_is_left_as_it_comes(self):
         # installed per protocol class by the factory, never patched into Autobahn
@@ -112,6 +122,20 @@ class TunedProtocolTests(unittest.TestCase):
         return results
 
     def test_same_messages_and_answers_as_stock_autobahn(self):
+        # debug logging off, as imd runs: the tuned dataReceived's own path
+        self.assertIs(_Recording.log.debug, autobahn_tuning._LOG_OFF)
+        for small_frame in (0, 1536):   # PyPy's threshold, CPython's
+            self.patch(autobahn_tuning, "SMALL_FRAME", small_frame)
+            self.same_messages_and_answers()
+
+    def test_same_with_debug_logging_on(self):
+        # the tuned dataReceived leaves debug logging to Autobahn's own
+        self.patch(_Recording, "log", txaio.make_logger())
+        _Recording.log.set_log_level("debug")
+        self.assertIsNot(_Recording.log.debug, autobahn_tuning._LOG_OFF)
+        self.same_messages_and_answers()
+
+    def same_messages_and_answers(self):
         rng = random.Random(11)
         data = b"".join([
             client_frame(1, b'{"id":1,"type":"P","msg":0}'),

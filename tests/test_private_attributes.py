@@ -71,6 +71,17 @@ class AutobahnTests(PrivateAttributeTestCase):
         from autobahn.websocket import xormasker
         self.assertHas(xormasker, ("create_xor_masker",), "autobahn.websocket.xormasker")
 
+    def test_what_the_tuned_data_received_reads(self):
+        # imd/transport/autobahn_tuning.py: txaio binds a disabled level to _no_op;
+        # the tuned dataReceived does what _dataReceived and consumeData do
+        import txaio.tx
+        self.assertHas(txaio.tx, ("_no_op",), "txaio.tx")
+        logger = txaio.make_logger()
+        logger.set_log_level("info")
+        self.assertIs(logger.debug, txaio.tx._no_op)
+        self.assertHas(WebSocketServerProtocol, ("_dataReceived", "consumeData", "processData", "STATE_OPEN",
+                                                 "STATE_CLOSED"), "WebSocketServerProtocol")
+
     def test_protocol_state_imd_reads(self):
         # imd/transport/websocket.py: onMessageEnd and send_packet
         factory = WebSocketServerFactory("ws://127.0.0.1:1")

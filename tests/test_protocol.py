@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from imd import protocol
+from imd import jsonfast, protocol
 from imd.protocol import PacketError, parse_frame
 
 
@@ -208,3 +208,76 @@ class ReceiptAndTypingTests(unittest.SynchronousTestCase):
         self.assertEqual(protocol.with_state(b'{"id":"a"}', 1), b'{"id":"a","state":"delivered"}')
         head, tail = protocol.system_message_parts("e", {"event": "x"}, 9)
         self.assertEqual(head + b"4" + tail, protocol.system_message_json("e", 0, 4, {"event": "x"}, 9))
+
+
+# Malformed and unusual JSON for the differential test below, beside GOOD and BAD.
+ODD_JSON = [
+    b'{"id": "a", "to": 2, "type": "t", "msg": "x", "n": NaN}',
+    b'{"id": "a", "to": 2, "type": "t", "msg": "x", "n": -Infinity}',
+    b'{"id": "a", "to": 2, "type": "t", "msg": "NaN and Infinity"}',
+    b'{"id": "a", "to": 0, "type": "S", "msg": {"longitude": Infinity, "latitude": 0}}',
+    b'{"id": "a", "to": 0, "type": "H", "msg": 1e999}',
+    b'{"id": "a", "to": 2, "type": "i", "msg": 1e400}',
+    b'{"id": 0.0, "type": "P"}', b'{"id": -0, "type": "P"}', b'{"id": 01, "type": "P"}',
+    b'{"id": "a", "type": "P",}', b'{"id": "a" "type": "P"}', b'{"id": "a", "type": "P"} x',
+    b'{"id": "a", "type": "P"}\n', b' \t{"id": "a", "type": "P"} ', b'{"id": "a", "type": "P", "id": "b"}',
+    b'{"id": "a\x01", "type": "P"}', b'{"id": "\\x", "type": "P"}', b'{"id": "\\u12", "type": "P"}',
+    b'{"id": "\\udc00\\ud800", "type": "P"}', b'{"id": "\\ud83d\\ude00", "type": "P"}',
+    b'{"id": "a", "type": "P", "msg": [' + b'[' * 3000 + b']' * 3000 + b']}',
+    b'{"id": "a", "type": "P", "msg": [' + b'[],' * 150 + b'[]]}',
+    b'{"id": "a", "type": "P", "msg": ' + b'{"k":' * 3000 + b'1' + b'}' * 3000 + b'}',
+    b'\xef\xbb\xbf{"id": "a", "type": "P"}', b'{"id": "\xff", "type": "P"}', b'{"id": "\xc3\xa9", "type": "P"}',
+    b'{"id": 123456789012345678901234567890, "type": "P"}', b'{"id": 1E2, "type": "P"}', b'tru', b'"abc',
+    b'{"id": "a", "type": "Y", "to": 2, "msg": true}', b'{"id": "a", "type": "Y", "to": 2, "msg": True}',
+    b'{"id": null, "type": "P"}', b'{}', b'{"": 1}', b'1', b'-', b'"\\u0000"',
+]
+
+
+def outcome(payload):
+    """What parse_frame makes of ``payload``: the packet, or the error's fields."""
+    try:
+        packet = parse_frame(payload)
+    except PacketError as e:
+        return ("error", e.code, e.reason, e.packet_id)
+    return ("packet", repr(packet))
+
+
+class PlainLoadsDifferentialTests(unittest.SynchronousTestCase):
+    """jsonfast.plain_loads (on by default on PyPy) parses through plain
+    json.loads: every payload must come out exactly as through the hooked
+    decoder alone (on CPython this compares its json.loads with the decoder)."""
+
+    def setUp(self):
+        self.patch(jsonfast, "plain_loads", jsonfast.plain_loads)   # restored after the test
+
+    def both_ways(self, payload):
+        jsonfast.use_plain_loads(False)
+        hooked = outcome(payload)
+        jsonfast.use_plain_loads(True)
+        self.assertEqual(outcome(payload), hooked, payload[:80])
+
+    def test_corpus(self):
+        for payload in [p for p, _ in GOOD] + [p for p, _ in BAD] + ODD_JSON:
+            self.both_ways(payload)
+
+    def test_constants_take_the_hooked_decoder(self):
+        jsonfast.use_plain_loads(True)
+        self.assertEqual(outcome(b'{"id": "a", "type": "P", "x": NaN}'), ("error", "bad_packet", "not JSON", None))
+        self.assertEqual(outcome(b'{"id": "NaN", "type": "P"}'), ("packet", repr(protocol.PingPacket("NaN"))))
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_any_bytes(self, payload):
+        self.both_ways(payload)
+
+    @settings(max_examples=500, deadline=None)
+    @given(packet_like)
+    def test_any_packet_like_object(self, obj):
+        self.both_ways(json.dumps(obj).encode("utf-8"))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(['{', '}', '[', ']', '"', ':', ',', ' ', 'NaN', 'Infinity', '-', '1', '.5',
+                                     'e9', 'true', 'null', '"id"', '"type"', '"P"', '"t"', '\\', 'u12', '\x00',
+                                     '\ud800', 'é']), max_size=40))
+    def test_json_like_text(self, pieces):
+        self.both_ways("".join(pieces).encode("utf-8", "surrogatepass"))

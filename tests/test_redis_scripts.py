@@ -4,15 +4,49 @@ import os
 import signal
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, RedisReplyError, Script
+from imd.stores.redis import RedisClient, RedisReplyError, Script, encode_command
 from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_deadline
 
 ECHO = Script("return {KEYS[1], ARGV[1]}", "echo")
+
+
+def plain_encoding(args):
+    """The Redis protocol written out the plain way, for encode_command's tables."""
+    out = b"*%d\r\n" % len(args)
+    for arg in args:
+        value = arg if isinstance(arg, bytes) else (repr(arg) if isinstance(arg, float) else str(arg)).encode()
+        out += b"$%d\r\n%s\r\n" % (len(value), value)
+    return out
+
+
+class EncodeCommandTests(unittest.SynchronousTestCase):
+    """encode_command's precomputed headers (and a script's precomputed
+    EVALSHA head) give the bytes the plain encoding gives."""
+
+    args = st.lists(st.binary(max_size=1100) | st.text(max_size=400) | st.integers() | st.floats(allow_nan=False),
+                    max_size=70)
+
+    @settings(max_examples=300, deadline=None)
+    @given(args)
+    def test_same_bytes_as_the_plain_encoding(self, args):
+        self.assertEqual(encode_command(args), plain_encoding(args))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(max_size=50), args)
+    def test_evalsha_head(self, text, args):
+        script = Script(text)
+        self.assertEqual(encode_command(args, script.evalsha, 2), plain_encoding(["EVALSHA", script.sha] + args))
+
+    def test_sizes_past_the_tables(self):
+        for args in (list(range(63, 66)), [b"x" * 1023, b"y" * 1024, "z" * 5000]):
+            self.assertEqual(encode_command(args), plain_encoding(args))
 
 
 class _ClientMixin(RedisTestMixin):

@@ -71,20 +71,29 @@ _NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
 
 class Script:
     """A Lua script and its SHA-1 (for ``EVALSHA``)."""
-    __slots__ = ("text", "sha", "name")
+    __slots__ = ("text", "sha", "name", "evalsha")
 
     def __init__(self, text: str, name: str = "script") -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
         self.name = name
+        # EVALSHA and the SHA-1 as encode_command writes them, once
+        self.evalsha = encode_command(("EVALSHA", self.sha)).split(b"\r\n", 1)[1]
 
     def __repr__(self) -> str:
         return "<Script %s %s>" % (self.name, self.sha[:8])
 
 
-def encode_command(args: Sequence[Arg]) -> bytes:
-    """One command in the Redis protocol."""
-    out = [b"*%d\r\n" % len(args)]
+# The headers of arrays and bulk strings up to these sizes, made once
+_ARRAY_HEADS = [b"*%d\r\n" % n for n in range(64)]
+_BULK_HEADS = [b"$%d\r\n" % n for n in range(1024)]
+
+
+def encode_command(args: Sequence[Arg], head: bytes = b"", head_count: int = 0) -> bytes:
+    """One command in the Redis protocol; ``head``: its first ``head_count``
+    arguments already encoded (:attr:`Script.evalsha`)."""
+    n = len(args) + head_count
+    out = [_ARRAY_HEADS[n] if n < 64 else b"*%d\r\n" % n, head]
     for arg in args:
         kind = type(arg)
         if kind is bytes:
@@ -97,7 +106,10 @@ def encode_command(args: Sequence[Arg]) -> bytes:
             value = repr(arg).encode("ascii")
         else:
             value = str(arg).encode("utf-8")
-        out.append(b"$%d\r\n%s\r\n" % (len(value), value))
+        size = len(value)
+        out.append(_BULK_HEADS[size] if size < 1024 else b"$%d\r\n" % size)
+        out.append(value)
+        out.append(b"\r\n")
     return b"".join(out)
 
 
@@ -514,7 +526,7 @@ class RedisClient(Service):
                 self._loaded.add(script.sha)
                 self._write(conn, encode_command(("SCRIPT", "LOAD", script.text))).addBoth(
                     self._replied, self._issued).addErrback(lambda f: None)
-            d = self._write(conn, encode_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
+            d = self._write(conn, encode_command((len(keys), *keys, *args), script.evalsha, 2))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
         # one callback for the reply (each one on a Deferred costs ~1.5 us)
