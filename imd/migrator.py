@@ -32,7 +32,7 @@ Run alone: ``twistd -n imd --config etc/imd.ini --roles migrate``
 import os
 import socket
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -40,6 +40,11 @@ from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
 from imd.stored import StoredReceipt, parse_entry
+
+if TYPE_CHECKING:
+    from imd.config import MigrateSettings
+    from imd.stores.mysql import MysqlStore
+    from imd.stores.queue import QueueStore
 
 _log = Logger()
 
@@ -50,7 +55,7 @@ LAG_INTERVAL = 1.0       # seconds between lag samples
 LAG_LOG_INTERVAL = 30.0  # seconds between lag log lines
 
 
-def new_token():
+def new_token() -> str:
     return "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(6).hex())
 
 
@@ -64,7 +69,8 @@ class Migrator(Service):
     ``is_leader``, ``mysql_up``.
     """
 
-    def __init__(self, queue, mysql, settings, clock, token=None):
+    def __init__(self, queue: "QueueStore", mysql: "MysqlStore", settings: "MigrateSettings", clock: Any,
+                 token: Optional[str] = None) -> None:
         self.queue = queue
         self.mysql = mysql
         self.batch = settings.batch
@@ -81,15 +87,15 @@ class Migrator(Service):
         self.is_leader = False
         self.mysql_up = True
         self._running = False
-        self._loop = None
-        self._sleeping = None
-        self._drain_waiters = []
-        self._timers = []
-        self._last_lag_log = None
+        self._loop: Optional[defer.Deferred] = None
+        self._sleeping: Optional[defer.Deferred] = None
+        self._drain_waiters: List[defer.Deferred] = []
+        self._timers: List[task.LoopingCall] = []
+        self._last_lag_log: Optional[float] = None
 
     # --- service -------------------------------------------------------------
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         self._running = True
         for interval, call in ((self.lock_ttl / 3.0, self._renew_lock), (LAG_INTERVAL, self._sample_lag)):
@@ -100,7 +106,7 @@ class Migrator(Service):
         self._loop = self._run()
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> Generator[defer.Deferred, Any, None]:
         super().stopService()
         self._running = False
         for timer in self._timers:
@@ -118,16 +124,16 @@ class Migrator(Service):
             except StoreUnavailable:
                 pass  # it expires by itself
 
-    def wait_drained(self):
+    def wait_drained(self) -> defer.Deferred:
         """Fires the next time a step finds nothing to migrate."""
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         self._drain_waiters.append(d)
         return d
 
     # --- the loop ------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def _run(self):
+    def _run(self) -> Generator[defer.Deferred, Any, None]:
         failures = 0
         while self._running:
             try:
@@ -148,18 +154,18 @@ class Migrator(Service):
             if delay and self._running:
                 yield self._sleep(delay)
 
-    def _sleep(self, seconds):
+    def _sleep(self, seconds: float) -> defer.Deferred:
         self._sleeping = task.deferLater(self._clock, seconds, lambda: None)
         self._sleeping.addErrback(lambda f: f.trap(defer.CancelledError))
         self._sleeping.addBoth(self._woke)
         return self._sleeping
 
-    def _woke(self, result):
+    def _woke(self, result: Any) -> Any:
         self._sleeping = None
         return result
 
     @defer.inlineCallbacks
-    def _step(self):
+    def _step(self) -> Generator[defer.Deferred, Any, float]:
         """One batch.  Returns the seconds to wait before the next step."""
         if not self.queue.client.connected:
             yield self.queue.client.wait_connected()
@@ -241,34 +247,34 @@ class Migrator(Service):
                         migrated[uid] = seq
         return rows, receipts
 
-    def _became_leader(self):
+    def _became_leader(self) -> None:
         self.is_leader = True
         _log.info("migrator: leading (lock token {token})", token=self.token)
 
-    def _lost_lock(self):
+    def _lost_lock(self) -> None:
         if self.is_leader:
             _log.warn("migrator: lost the lock; standing by")
         self.is_leader = False
 
     # --- timers --------------------------------------------------------------
 
-    def _renew_lock(self):
+    def _renew_lock(self) -> Optional[defer.Deferred]:
         if not self.is_leader:
             return None
         d = self.queue.hold_lock(self.token, self.lock_ttl)
 
-        def renewed(held):
+        def renewed(held: bool) -> None:
             if not held:
                 self._lost_lock()
         d.addCallbacks(renewed, lambda f: f.trap(StoreUnavailable))
         return d
 
-    def _sample_lag(self):
+    def _sample_lag(self) -> defer.Deferred:
         d = self.queue.lag()
         d.addCallbacks(self._lag, lambda f: f.trap(StoreUnavailable))
         return d
 
-    def _lag(self, sample):
+    def _lag(self, sample: Tuple[int, int, Optional[str]]) -> None:
         queued, in_flight, oldest = sample
         self.queue_length = queued + in_flight
         self.oldest_age = 0.0

@@ -98,7 +98,7 @@ return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), oldest}
 """, "lag")
 
 
-def _split(joined, count):
+def _split(joined: Any, count: int) -> List[str]:
     """Entries from a ``JOIN_ENTRIES`` reply."""
     if not count:
         return []
