@@ -13,11 +13,16 @@ replayed receipt is a no-op too, and they go in with the same multi-row
 nothing about them depends on the order rows commit in.
 
 A large batch goes in as two halves in two transactions on two pool
-connections at once: the second half is read from JSON while MySQL inserts
-the first, and MySQL inserts both on two cores (what it bought, measured with
-bench/run.py --only migrate: docs/performance.md).  The batch is deleted only when both
-have committed; if one fails, the whole batch is replayed and the half that
-did commit is skipped by the unique key.
+connections at once: MySQL inserts both on two cores (what it bought,
+measured with bench/run.py --only migrate: docs/performance.md).  The batch
+is deleted only when both have committed; if one fails, the whole batch is
+replayed and the half that did commit is skipped by the unique key.
+
+While full batches keep coming the stages overlap (``_step``): the next
+batch is claimed and read from JSON while MySQL inserts the current one,
+and deletes do not hold up the next insert; inserts still go one batch after
+the other and deletes in the order claimed (docs/storage.md, "The
+migrator").  ``IMD_MIGRATOR_SERIAL=1`` turns that off.
 
 Several migrators may run (one per node, say): exactly one leads, the holder
 of ``MQ:lock`` (a Redis key with an expiry, extended by its holder every
