@@ -194,11 +194,12 @@ class Migrator(Service):
         """Batches, one after the other, while full ones keep coming.
         Returns the seconds to wait before the next step.
 
-        The stages overlap: while a batch's INSERT runs in the pool's
-        threads, the next batch is claimed and its rows prepared, and the
-        batch before is acked (from a step's second batch on).  What keeps exactly once and ``pending:``
-        right: inserts go one batch after the other (a batch's insert starts
-        once the previous batch has committed), and the acks are chained
+        The stages overlap (from a step's second batch on): while a batch's
+        INSERT runs in the pool's threads, the next batch is claimed and its
+        rows prepared, and the batch before is acked.  What keeps exactly
+        once and ``pending:`` right: inserts go one batch after the other (a
+        batch's insert starts once the previous batch has committed), and
+        the acks are chained
         (each is sent once the one before it has succeeded), so a batch
         leaves ``MQ:processing`` only after it and every batch claimed before
         it have committed.  When anything fails, nothing more starts; the
@@ -242,7 +243,7 @@ class Migrator(Service):
                 first = False
                 batch = yield following
                 following = None
-        except BaseException as e:
+        except Exception as e:
             # Nothing more starts; wait for what is under way (a claimed
             # batch stays in MQ:processing for the next step to replay).
             yield defer.DeferredList([d for d in (following, acks) if d is not None], consumeErrors=True)
