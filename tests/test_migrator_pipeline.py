@@ -10,13 +10,11 @@ while the migrator claims the third behind it."""
 
 import json
 
-import pymysql
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from imd.stores.mysql import connect_kwargs
 from tests.migrator_support import start_migrator, with_drain
-from tests.mysql_support import query
+from tests.mysql_support import RowLock, query
 from tests.support import DEADLINE, wait_until, with_deadline
 from tests.test_migrator import MigratorTestMixin, send_and_collect
 from tests import test_migrator_crash as crash
@@ -24,36 +22,6 @@ from tests import test_migrator_crash as crash
 BATCH = 50            # under SPLIT_FROM: each batch is one insert
 MESSAGES = 300
 BLOCKED_ID = "75"     # in the second batch (ids 50-99, claimed in accept order)
-
-
-class _RowLock:
-    """An open transaction holding a row with the identity of a message:
-    an INSERT IGNORE of that message waits until it ends."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.conn = None
-
-    def _take(self, from_id, msg_id, to_id):
-        self.conn = pymysql.connect(**connect_kwargs(self.settings))
-        self.conn.begin()
-        with self.conn.cursor() as cur:
-            cur.execute("INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, accept_seq, packet)"
-                        " VALUES (%s, %s, %s, 't', 'lock', 0, 0, '{}')", (msg_id, from_id, to_id))
-
-    def take(self, from_id, msg_id, to_id):
-        return threads.deferToThread(self._take, from_id, msg_id, to_id)
-
-    def _release(self):
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            try:
-                conn.rollback()
-            finally:
-                conn.close()
-
-    def release(self):
-        return threads.deferToThread(self._release)
 
 
 class PipelineTestMixin(MigratorTestMixin):
@@ -68,7 +36,7 @@ class PipelineTestMixin(MigratorTestMixin):
         alice = await self.login(1)
         acked = await send_and_collect(alice, 1, 2, [str(n) for n in range(MESSAGES)])
         self.assertEqual(len(acked), MESSAGES)
-        lock = _RowLock(self.mysql_settings)
+        lock = RowLock(self.mysql_settings)
         self.addCleanup(lock.release)
         await lock.take(1, BLOCKED_ID, 2)
         return acked, lock
