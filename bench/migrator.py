@@ -4,7 +4,9 @@
         [--rate 5000 --seconds 10] [--redis-db 15] [--mysql-db imd_bench_mig]
 
 Phase 1, for each batch size: fill MQ with N messages (as the daemon stores
-them), start a migrator, time until MQ is empty.  Phase 2: push at a steady
+them), start a migrator, time until MQ is empty; with the CPU each of this
+process (the migrator), MariaDB and Redis used meanwhile (100% = one core)
+and how busy the whole machine was (100% = every core).  Phase 2: push at a steady
 rate (through the same Lua call the daemon acks with) while the migrator runs
 with the default batch size, sampling its lag once a second.  It uses its own
 Redis key prefix (imdbench:) and MySQL database (dropped and re-created).
@@ -23,6 +25,58 @@ from imd import protocol  # noqa: E402
 from imd.app import App  # noqa: E402
 from imd.config import parse_settings  # noqa: E402
 from imd.stores.mysql import apply_schema  # noqa: E402
+
+
+def _server_pids(names):
+    """{name: pid} of the local server processes named ``names`` (from /proc)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/comm" % entry) as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            for name in names:
+                if comm == name and name not in found:
+                    found[name] = int(entry)
+    return found
+
+
+def _cpu_seconds(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine():
+    """(busy, total) jiffies of all cores."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+class CpuShares:
+    """CPU of the migrator (this process), MariaDB and Redis over a stretch."""
+
+    def __init__(self):
+        self.pids = _server_pids(("mariadbd", "mysqld", "redis-server"))
+        self.began = (time.perf_counter(), os.times(), {n: _cpu_seconds(p) for n, p in self.pids.items()},
+                      _machine())
+
+    def shares(self):
+        wall0, own0, servers0, machine0 = self.began
+        wall, own, machine = time.perf_counter() - wall0, os.times(), _machine()
+        used = {n: _cpu_seconds(p) - servers0[n] for n, p in self.pids.items()}
+        mariadb = used.get("mariadbd", used.get("mysqld", 0.0))
+        busy = (machine[0] - machine0[0]) / max(1, machine[1] - machine0[1])
+        return {"migrator": 100.0 * (own.user + own.system - own0.user - own0.system) / wall,
+                "mariadb": 100.0 * mariadb / wall, "redis": 100.0 * used.get("redis-server", 0.0) / wall,
+                "machine": 100.0 * busy}
 
 
 def settings_for(args, batch):
@@ -72,16 +126,18 @@ def throughput(reactor, args, batch):
     yield fill(app, entries(0, args.n, int(time.time() * 1000)))
     app.mysql.startService()
     group = app.migrator_service()
+    cpu = CpuShares()
     began = time.perf_counter()
     group.startService()
     yield app.migrator.wait_drained()
     elapsed = time.perf_counter() - began
+    shares = cpu.shares()
     count = yield app.mysql.count_messages()
     yield group.stopService()
     app.mysql.stopService()
     yield app.redis_client.stopService()
     assert count == args.n, (count, args.n)
-    return elapsed
+    return elapsed, shares
 
 
 @defer.inlineCallbacks
@@ -117,13 +173,15 @@ def steady(reactor, args):
 
 @defer.inlineCallbacks
 def main(reactor, args):
-    print("bench/migrator: %d messages per run, Redis db %d, MySQL database %s"
-          % (args.n, args.redis_db, args.mysql_db))
-    print("| batch | seconds | rows/s |")
-    print("|---:|---:|---:|")
+    print("bench/migrator: %d messages per run, Redis db %d, MySQL database %s, %s %s, %d cores, load %s"
+          % (args.n, args.redis_db, args.mysql_db, sys.implementation.name, sys.version.split()[0],
+             os.cpu_count() or 0, " ".join("%.2f" % x for x in os.getloadavg())))
+    print("| batch | seconds | rows/s | CPU % migrator | MariaDB | Redis | machine busy % |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for batch in args.batches:
-        elapsed = yield throughput(reactor, args, batch)
-        print("| %d | %.2f | %d |" % (batch, elapsed, args.n / elapsed))
+        elapsed, cpu = yield throughput(reactor, args, batch)
+        print("| %d | %.2f | %d | %.0f | %.0f | %.0f | %.0f |" % (
+            batch, elapsed, args.n / elapsed, cpu["migrator"], cpu["mariadb"], cpu["redis"], cpu["machine"]))
     if args.seconds:
         sent, count, samples = yield steady(reactor, args)
         print("\nsteady load %d msg/s for %ds, batch 500: %d sent, %d rows" % (args.rate, args.seconds, sent, count))

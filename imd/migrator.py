@@ -13,11 +13,16 @@ replayed receipt is a no-op too, and they go in with the same multi-row
 nothing about them depends on the order rows commit in.
 
 A large batch goes in as two halves in two transactions on two pool
-connections at once: the second half is read from JSON while MySQL inserts
-the first, and MySQL inserts both on two cores (what it bought, measured with
-bench/run.py --only migrate: docs/performance.md).  The batch is deleted only when both
-have committed; if one fails, the whole batch is replayed and the half that
-did commit is skipped by the unique key.
+connections at once: MySQL inserts both on two cores (what it bought,
+measured with bench/run.py --only migrate: docs/performance.md).  The batch
+is deleted only when both have committed; if one fails, the whole batch is
+replayed and the half that did commit is skipped by the unique key.
+
+While full batches keep coming the stages overlap (``_step``): the next
+batch is claimed and read from JSON while MySQL inserts the current one,
+and deletes do not hold up the next insert; inserts still go one batch after
+the other and deletes in the order claimed (docs/storage.md, "The
+migrator").  ``IMD_MIGRATOR_SERIAL=1`` turns that off.
 
 Several migrators may run (one per node, say): exactly one leads, the holder
 of ``MQ:lock`` (a Redis key with an expiry, extended by its holder every
@@ -32,7 +37,7 @@ Run alone: ``twistd -n imd --config etc/imd.ini --roles migrate``
 import os
 import socket
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -41,6 +46,11 @@ from twisted.logger import Logger
 from imd.errors import StoreUnavailable
 from imd.stored import StoredReceipt, parse_entry
 
+if TYPE_CHECKING:
+    from imd.config import MigrateSettings
+    from imd.stores.mysql import MysqlStore
+    from imd.stores.queue import QueueStore
+
 _log = Logger()
 
 MAX_BACKOFF = 5.0        # seconds between tries while a store is away
@@ -48,9 +58,29 @@ SPLIT_FROM = 200         # rows: from here a batch is inserted in parts at once
 INSERTS_AT_ONCE = 2      # parts (3 or 4 were slower on 2 cores: bench/run.py --only migrate)
 LAG_INTERVAL = 1.0       # seconds between lag samples
 LAG_LOG_INTERVAL = 30.0  # seconds between lag log lines
+# Claim and prepare the next batch while the current one is inserted, ack
+# without waiting (IMD_MIGRATOR_SERIAL=1: one stage after the other, as
+# before; for comparing).
+PIPELINE = os.environ.get("IMD_MIGRATOR_SERIAL", "") != "1"
 
 
-def new_token():
+class _Batch:
+    """A claimed batch on its way: its insert parts, its unreadable entries,
+    each party's highest ``seq`` in it (for the ack)."""
+
+    __slots__ = ("replayed", "size", "parts", "dead", "migrated", "messages", "inserted")
+
+    def __init__(self, replayed: bool, size: int) -> None:
+        self.replayed = replayed
+        self.size = size
+        self.parts: List[Tuple[List[Any], List[Any]]] = []
+        self.dead: List[str] = []
+        self.migrated: Dict[int, int] = {}   # uid -> highest seq of theirs in this batch
+        self.messages = 0
+        self.inserted = 0
+
+
+def new_token() -> str:
     return "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(6).hex())
 
 
@@ -64,7 +94,8 @@ class Migrator(Service):
     ``is_leader``, ``mysql_up``.
     """
 
-    def __init__(self, queue, mysql, settings, clock, token=None):
+    def __init__(self, queue: "QueueStore", mysql: "MysqlStore", settings: "MigrateSettings", clock: Any,
+                 token: Optional[str] = None) -> None:
         self.queue = queue
         self.mysql = mysql
         self.batch = settings.batch
@@ -81,15 +112,15 @@ class Migrator(Service):
         self.is_leader = False
         self.mysql_up = True
         self._running = False
-        self._loop = None
-        self._sleeping = None
-        self._drain_waiters = []
-        self._timers = []
-        self._last_lag_log = None
+        self._loop: Optional[defer.Deferred] = None
+        self._sleeping: Optional[defer.Deferred] = None
+        self._drain_waiters: List[defer.Deferred] = []
+        self._timers: List[task.LoopingCall] = []
+        self._last_lag_log: Optional[float] = None
 
     # --- service -------------------------------------------------------------
 
-    def startService(self):
+    def startService(self) -> None:
         super().startService()
         self._running = True
         for interval, call in ((self.lock_ttl / 3.0, self._renew_lock), (LAG_INTERVAL, self._sample_lag)):
@@ -100,7 +131,7 @@ class Migrator(Service):
         self._loop = self._run()
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> Generator[defer.Deferred, Any, None]:
         super().stopService()
         self._running = False
         for timer in self._timers:
@@ -118,16 +149,16 @@ class Migrator(Service):
             except StoreUnavailable:
                 pass  # it expires by itself
 
-    def wait_drained(self):
+    def wait_drained(self) -> defer.Deferred:
         """Fires the next time a step finds nothing to migrate."""
-        d = defer.Deferred()
+        d: defer.Deferred = defer.Deferred()
         self._drain_waiters.append(d)
         return d
 
     # --- the loop ------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def _run(self):
+    def _run(self) -> Generator[defer.Deferred, Any, None]:
         failures = 0
         while self._running:
             try:
@@ -148,47 +179,111 @@ class Migrator(Service):
             if delay and self._running:
                 yield self._sleep(delay)
 
-    def _sleep(self, seconds):
+    def _sleep(self, seconds: float) -> defer.Deferred:
         self._sleeping = task.deferLater(self._clock, seconds, lambda: None)
         self._sleeping.addErrback(lambda f: f.trap(defer.CancelledError))
         self._sleeping.addBoth(self._woke)
         return self._sleeping
 
-    def _woke(self, result):
+    def _woke(self, result: Any) -> Any:
         self._sleeping = None
         return result
 
     @defer.inlineCallbacks
-    def _step(self):
-        """One batch.  Returns the seconds to wait before the next step."""
+    def _step(self) -> Generator[defer.Deferred, Any, float]:
+        """Batches, one after the other, while full ones keep coming.
+        Returns the seconds to wait before the next step.
+
+        The stages overlap (from a step's second batch on): while a batch's
+        INSERT runs in the pool's threads, the next batch is claimed and its
+        rows prepared, and the batch before is acked.  What keeps exactly
+        once and ``pending:`` right: inserts go one batch after the other (a
+        batch's insert starts once the previous batch has committed), and
+        the acks are chained
+        (each is sent once the one before it has succeeded), so a batch
+        leaves ``MQ:processing`` only after it and every batch claimed before
+        it have committed.  When anything fails, nothing more starts; the
+        step waits for what is under way and fails, and the next step
+        replays whatever is still in ``MQ:processing``."""
         if not self.queue.client.connected:
             yield self.queue.client.wait_connected()
         if not self.is_leader:
             if not (yield self.queue.hold_lock(self.token, self.lock_ttl)):
                 return self.lock_ttl / 3.0
             self._became_leader()
-        claimed = yield self.queue.claim(self.token, self.batch)
-        if claimed is None:
+        batch = yield self._claim(more=False)
+        acks: defer.Deferred = defer.succeed(True)
+        following: Optional[defer.Deferred] = None
+        delay = 0.0
+        trouble: List[bool] = []    # an ack found the lock lost, or failed
+
+        def watch(result: Any) -> Any:
+            if result is not True:
+                trouble.append(True)
+            return result
+        try:
+            first = True
+            while batch is not None and batch.size:
+                inserting = self._insert(batch)
+                more = batch.replayed or batch.size >= self.batch
+                go_on = more and self._running and PIPELINE
+                # Not during a step's first insert: until MySQL has taken a
+                # batch, MQ:processing holds one (a step that fails again
+                # and again, MySQL away, replays the same batch).
+                following = self._claim(more=True) if go_on and not first else None
+                yield inserting
+                acks.addCallback(self._ack, batch).addBoth(watch)
+                if not go_on:
+                    delay = 0.0 if more else self.interval
+                    break
+                if trouble:
+                    break   # (a failure is raised below)
+                if following is None:
+                    following = self._claim(more=True)
+                first = False
+                batch = yield following
+                following = None
+        except Exception as e:
+            # Nothing more starts; wait for what is under way (a claimed
+            # batch stays in MQ:processing for the next step to replay).
+            yield defer.DeferredList([d for d in (following, acks) if d is not None], consumeErrors=True)
+            raise e
+        if following is not None:
+            yield defer.DeferredList([following], consumeErrors=True)
+        if not (yield acks) or batch is None:
             self._lost_lock()
-            return self.lock_ttl / 3.0
-        replayed, entries = claimed
-        if not entries:
+            return self.lock_ttl / 3.0 if batch is None else 0.0
+        if not batch.size:
             waiters, self._drain_waiters = self._drain_waiters, []
             for d in waiters:
                 d.callback(None)
             return self.interval
-        dead: List[str] = []
-        migrated: Dict[int, int] = {}   # uid -> highest seq of theirs in this batch
+        return delay
+
+    def _claim(self, more: bool) -> defer.Deferred:
+        """The next batch, its rows prepared (None: not the leader)."""
+        return self.queue.claim(self.token, self.batch, more).addCallback(self._prepare)
+
+    def _prepare(self, claimed: Optional[Tuple[bool, List[str]]]) -> Optional["_Batch"]:
+        if claimed is None:
+            return None
+        replayed, entries = claimed
+        batch = _Batch(replayed, len(entries))
         parts = INSERTS_AT_ONCE if len(entries) >= SPLIT_FROM else 1
-        size = -(-len(entries) // parts)
-        inserts = []
-        messages_in_batch = 0
+        size = -(-len(entries) // parts) if entries else 1
         for start in range(0, len(entries), size):
-            rows, receipts = self._rows(entries[start:start + size], dead, migrated)
-            messages_in_batch += len(rows)
+            rows, receipts = self._rows(entries[start:start + size], batch.dead, batch.migrated)
+            batch.messages += len(rows)
             if rows or receipts:
-                inserts.append(self.mysql.insert_entries(rows, receipts))
-        results = yield defer.DeferredList(inserts, consumeErrors=True)
+                batch.parts.append((rows, receipts))
+        return batch
+
+    @defer.inlineCallbacks
+    def _insert(self, batch: "_Batch") -> Generator[defer.Deferred, Any, None]:
+        """Every part of ``batch`` committed (at once, on pool connections
+        of their own), or the first failure once all have settled."""
+        results = yield defer.DeferredList([self.mysql.insert_entries(rows, receipts)
+                                            for rows, receipts in batch.parts], consumeErrors=True)
         inserted, receipts_inserted, failure = 0, 0, None
         for ok, result in results:
             if ok:
@@ -197,21 +292,30 @@ class Migrator(Service):
             elif failure is None:
                 failure = result
         # committed, whatever became of the other part
+        batch.inserted = inserted
         self.rows_migrated += inserted
         self.receipts_migrated += receipts_inserted
         if failure is not None:
             if failure.check(StoreUnavailable):
                 self.mysql_up = False
             failure.raiseException()
-        if not (yield self.queue.ack(self.token, dead, migrated)):
-            self._lost_lock()
-            return 0
-        if replayed:
-            _log.info("migrator: replayed a batch left in flight ({n} entries, {new} new)",
-                      n=len(entries), new=inserted)
-        self.rows_skipped += messages_in_batch - inserted
-        self.dead_entries += len(dead)
-        return 0 if len(entries) >= self.batch else self.interval
+        self.mysql_up = True
+
+    def _ack(self, previous_held: bool, batch: "_Batch") -> Any:
+        """After the ack before it: this batch's (committed) ack."""
+        if not previous_held:
+            return False
+        d = self.queue.ack(self.token, batch.size, batch.dead, batch.migrated)
+        return d.addCallback(self._acked, batch)
+
+    def _acked(self, held: bool, batch: "_Batch") -> bool:
+        if held:
+            if batch.replayed:
+                _log.info("migrator: replayed a batch left in flight ({n} entries, {new} new)",
+                          n=batch.size, new=batch.inserted)
+            self.rows_skipped += batch.messages - batch.inserted
+            self.dead_entries += len(batch.dead)
+        return held
 
     @staticmethod
     def _rows(entries: Sequence[str], dead: List[str],
@@ -241,34 +345,34 @@ class Migrator(Service):
                         migrated[uid] = seq
         return rows, receipts
 
-    def _became_leader(self):
+    def _became_leader(self) -> None:
         self.is_leader = True
         _log.info("migrator: leading (lock token {token})", token=self.token)
 
-    def _lost_lock(self):
+    def _lost_lock(self) -> None:
         if self.is_leader:
             _log.warn("migrator: lost the lock; standing by")
         self.is_leader = False
 
     # --- timers --------------------------------------------------------------
 
-    def _renew_lock(self):
+    def _renew_lock(self) -> Optional[defer.Deferred]:
         if not self.is_leader:
             return None
         d = self.queue.hold_lock(self.token, self.lock_ttl)
 
-        def renewed(held):
+        def renewed(held: bool) -> None:
             if not held:
                 self._lost_lock()
         d.addCallbacks(renewed, lambda f: f.trap(StoreUnavailable))
         return d
 
-    def _sample_lag(self):
+    def _sample_lag(self) -> defer.Deferred:
         d = self.queue.lag()
         d.addCallbacks(self._lag, lambda f: f.trap(StoreUnavailable))
         return d
 
-    def _lag(self, sample):
+    def _lag(self, sample: Tuple[int, int, Optional[str]]) -> None:
         queued, in_flight, oldest = sample
         self.queue_length = queued + in_flight
         self.oldest_age = 0.0

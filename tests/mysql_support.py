@@ -67,3 +67,33 @@ class MysqlTestMixin:
         """Deferred: ``[(from_id, msg_id str, packet)]`` of every row."""
         d = query(self.mysql_settings, "SELECT from_id, msg_id, packet FROM message ORDER BY seq")
         return d.addCallback(lambda rows: [(f, bytes(m).decode("utf-8"), p) for f, m, p in rows])
+
+
+class RowLock:
+    """An open transaction holding a row with the identity of a message:
+    an INSERT IGNORE of that message waits until it ends."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.conn = None
+
+    def _take(self, from_id, msg_id, to_id):
+        self.conn = pymysql.connect(**connect_kwargs(self.settings))
+        self.conn.begin()
+        with self.conn.cursor() as cur:
+            cur.execute("INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, accept_seq, packet)"
+                        " VALUES (%s, %s, %s, 't', 'lock', 0, 0, '{}')", (msg_id, from_id, to_id))
+
+    def take(self, from_id, msg_id, to_id):
+        return threads.deferToThread(self._take, from_id, msg_id, to_id)
+
+    def _release(self):
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            try:
+                conn.rollback()
+            finally:
+                conn.close()
+
+    def release(self):
+        return threads.deferToThread(self._release)

@@ -13,7 +13,7 @@ from imd.handlers.history import decode_cursor, encode_cursor
 from imd.stores.keys import Keys
 from imd.stores.messages import STORE_ENTRY_LUA
 from tests.migrator_support import start_migrator, with_drain
-from tests.mysql_support import MysqlTestMixin
+from tests.mysql_support import MysqlTestMixin, RowLock
 from tests.support import (ClientMixin, ImdServer, PrivateRedis, RedisTestMixin, ServerTestMixin, connect_client,
                            drop, key_pair, make_settings, redis_connection, wait_until)
 from tests.test_migrator import FAST, MigratorTestMixin, send_and_collect
@@ -193,6 +193,13 @@ class HistoryTests(HistoryTestMixin, unittest.TestCase):
         await store_entries(self.redis, entries)
         expected = [json.loads(e) for e in entries if 1 in (json.loads(e)["from"], json.loads(e)["to"])]
         alice = await self.login(1)
+        # The migration stops half way, at the batch holding entry 700 (its
+        # insert waits on this uncommitted row, the next batch claimed
+        # behind it), until two passes have run there: however fast the
+        # migrator, passes run while it is half done.
+        lock = RowLock(self.mysql_settings)
+        self.addCleanup(lock.release)
+        await lock.take(1, "b700", 2)
         settings = self.server.app.settings.replace("migrate", batch=20, interval=0.01)
         migrator = start_migrator(self, settings)
         passes = mixed = 0
@@ -203,9 +210,11 @@ class HistoryTests(HistoryTestMixin, unittest.TestCase):
             passes += 1
             if 0 < in_redis < 1500:
                 mixed += 1
+                if mixed == 2:
+                    await lock.release()
             if in_redis == 0 and not await self.redis.llen("MQ:processing"):
                 break
-        self.assertGreaterEqual(mixed, 1, "no pass ran while the migration was half done")
+        self.assertGreaterEqual(mixed, 2, "no pass ran while the migration was half done")
         self.assertEqual(len(await self.message_rows()), 1500)
         self.assertGreaterEqual(migrator.rows_migrated, 1)
 

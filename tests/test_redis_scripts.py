@@ -151,9 +151,30 @@ class ClaimTests(_ClientMixin, unittest.TestCase):
         self.assertEqual((yield self.redis.lrange("MQ", 0, -1)), list(reversed(entries[9000:])))
         # in flight, in MQ's order: claimed again as such until acked
         self.assertEqual((yield self.queue.claim("me", 9000)), (True, entries[:9000]))
-        self.assertTrue((yield self.queue.ack("me")))
+        self.assertTrue((yield self.queue.ack("me", 9000)))
         self.assertEqual((yield self.queue.claim("me", 9000)), (False, entries[9000:]))
         self.assertEqual((yield self.redis.exists("MQ")), 0)
+
+    @defer.inlineCallbacks
+    def test_the_next_batch_is_claimed_behind_the_one_in_flight_and_acks_go_oldest_first(self):
+        entries = ["e%d" % i for i in range(2500)]   # e0 is the oldest
+        yield self.redis.lpush("MQ", entries)
+        self.assertEqual((yield self.queue.claim("me", 1000)), (False, entries[:1000]))
+        # the first batch is being inserted: the next comes after it, never as a replay
+        self.assertEqual((yield self.queue.claim("me", 1000, more=True)), (False, entries[1000:2000]))
+        in_flight = yield self.redis.lrange("MQ:processing", 0, -1)
+        self.assertEqual(in_flight, list(reversed(entries[:2000])), "MQ's order, the oldest batch at the tail")
+        # a leader starting now (or after a failure) replays both, oldest first
+        self.assertEqual((yield self.queue.claim("me", 1000)), (True, entries[:2000]))
+        # the ack of the first batch takes exactly it
+        self.assertTrue((yield self.queue.ack("me", 1000)))
+        self.assertEqual((yield self.redis.lrange("MQ:processing", 0, -1)), list(reversed(entries[1000:2000])))
+        self.assertEqual((yield self.queue.claim("me", 1000, more=True)), (False, entries[2000:]))
+        self.assertTrue((yield self.queue.ack("me", 1000)))
+        self.assertEqual((yield self.redis.lrange("MQ:processing", 0, -1)), list(reversed(entries[2000:])))
+        self.assertTrue((yield self.queue.ack("me", 500)))
+        self.assertEqual((yield self.redis.exists("MQ:processing")), 0)
+        self.assertFalse((yield self.queue.ack("someone else", 1)))
 
     @defer.inlineCallbacks
     def test_empty_queue_claims_nothing_and_others_claim_nothing(self):

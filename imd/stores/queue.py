@@ -2,9 +2,11 @@
 
 A reliable queue: a batch is *moved* from ``MQ`` into ``MQ:processing`` (one
 Lua call, atomic) and deleted from there only after the MySQL transaction
-holding it has committed.  A migrator that dies at any point leaves its
-batch in ``MQ:processing``; the next leader inserts it again first (the
-insert ignores rows already present).
+holding it has committed.  The leader claims its next batch while the
+previous one is inserted, so ``MQ:processing`` may hold two (batches are
+acked in the order claimed, each the oldest there).  A migrator that dies
+at any point leaves its batches in ``MQ:processing``; the next leader
+inserts them again first (the insert ignores rows already present).
 
 Only the holder of ``MQ:lock`` may move or delete: every script checks the
 caller's token, so a migrator that lost the lock (paused, partitioned) can
@@ -33,41 +35,55 @@ local function joined(entries)
 end
 """
 
-# KEYS: lock, processing, MQ.  ARGV: token, batch size.
+# KEYS: lock, processing, MQ.  ARGV: token, batch size, more (0/1).
 # Returns false when the caller does not hold the lock, else
 # {replayed (0/1), entries newest first, count}.
-# The batch is the oldest ``batch`` entries (the tail of MQ), moved with one
-# LRANGE, LTRIM and RPUSH (in slices: Lua's unpack has a limit) rather than
+# With more = 0 (a leader's first claim, or its first after a failure) the
+# batches left in MQ:processing, if any, come back whole (replayed = 1).
+# With more = 1 the leader claims its next batch while the ones it claimed
+# before are still being inserted: those stay where they are.
+# A batch is the oldest ``batch`` entries (the tail of MQ), moved with one
+# LRANGE, LTRIM and LPUSH (in slices: Lua's unpack has a limit) rather than
 # one LMOVE each: 2.4 -> 1.4 ms of Redis per 500 entries, during which Redis
-# serves nobody else.  MQ:processing holds them in MQ's order.
+# serves nobody else.  It goes on at the head of MQ:processing, so that list
+# holds its batches in MQ's order, the oldest batch at the tail.
 CLAIM = Script(JOIN_ENTRIES + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local entries = redis.call('LRANGE', KEYS[2], 0, -1)
-if #entries > 0 then return {1, joined(entries), #entries} end
+local entries
+if ARGV[3] ~= '1' then
+  entries = redis.call('LRANGE', KEYS[2], 0, -1)
+  if #entries > 0 then return {1, joined(entries), #entries} end
+end
 local n = tonumber(ARGV[2])
 entries = redis.call('LRANGE', KEYS[3], -n, -1)
 if #entries > 0 then
   redis.call('LTRIM', KEYS[3], 0, -n - 1)
-  for i = 1, #entries, 1000 do
-    redis.call('RPUSH', KEYS[2], unpack(entries, i, math.min(i + 999, #entries)))
+  local reversed = {}
+  for i = #entries, 1, -1 do reversed[#reversed + 1] = entries[i] end
+  for i = 1, #reversed, 1000 do
+    redis.call('LPUSH', KEYS[2], unpack(reversed, i, math.min(i + 999, #reversed)))
   end
 end
 return {0, joined(entries), #entries}
 """, "claim")
 
 # KEYS: lock, processing, dead, then pending:<uid> of every party of the batch.
-# ARGV: token, number of dead entries, the dead entries, then for each
-# pending key the highest accept order of the batch for that user.
-# Called only after the batch's COMMIT.  A user's entries are claimed in
-# accept order, so everything of theirs up to that seq is in MySQL now.
+# ARGV: token, size of the batch, number of dead entries, the dead entries,
+# then for each pending key the highest accept order of the batch for that user.
+# Called only after the batch's COMMIT, and after the ack of every batch
+# claimed before it: the batch is then the oldest in MQ:processing, its
+# tail, which goes.  A user's entries are claimed in accept order and
+# batches commit in the order claimed, so everything of theirs up to that
+# seq is in MySQL now.
 ACK = Script("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local dead = tonumber(ARGV[2])
-for i = 3, 2 + dead do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+local size = tonumber(ARGV[2])
+local dead = tonumber(ARGV[3])
+for i = 4, 3 + dead do redis.call('LPUSH', KEYS[3], ARGV[i]) end
 for i = 4, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[dead + i - 1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[dead + i])
 end
-redis.call('DEL', KEYS[2])
+redis.call('LTRIM', KEYS[2], 0, -size - 1)
 return 1
 """, "ack")
 
@@ -98,7 +114,7 @@ return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), oldest}
 """, "lag")
 
 
-def _split(joined, count):
+def _split(joined: Any, count: int) -> List[str]:
     """Entries from a ``JOIN_ENTRIES`` reply."""
     if not count:
         return []
@@ -114,22 +130,28 @@ class QueueStore:
         self.client = client
         self.keys = keys
 
-    def claim(self, token: str, batch: int) -> Deferred:
-        """The batch to insert, oldest first: the one left in flight if any
-        (``replayed`` True), else up to ``batch`` entries moved from ``MQ``.
-        Fires with ``(replayed, entries)``, or None when not the leader."""
+    def claim(self, token: str, batch: int, more: bool = False) -> Deferred:
+        """The batch to insert, oldest first: the batches left in flight if
+        any (``replayed`` True), else up to ``batch`` entries moved from
+        ``MQ``.  With ``more`` the caller still has batches in flight (their
+        inserts are under way) and this is the next one after them: never a
+        replay.  Fires with ``(replayed, entries)``, or None when not the
+        leader."""
         k = self.keys
-        d = self.client.run(CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch])
+        d = self.client.run(CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch, 1 if more else 0])
         return d.addCallback(_claimed)
 
-    def ack(self, token: str, dead: Sequence[str] = (), migrated: Optional[Dict[int, int]] = None) -> Deferred:
-        """Forget the batch in flight (after COMMIT); ``dead`` entries go to
-        ``MQ:dead``; ``migrated`` ({uid: highest seq}) trims each user's
-        pending index.  Fires with False when the lock was lost meanwhile."""
+    def ack(self, token: str, size: int, dead: Sequence[str] = (),
+            migrated: Optional[Dict[int, int]] = None) -> Deferred:
+        """Forget the oldest batch in flight, of ``size`` entries (after its
+        COMMIT, and after the ack of every batch claimed before it);
+        ``dead`` entries go to ``MQ:dead``; ``migrated`` ({uid: highest
+        seq}) trims each user's pending index.  Fires with False when the
+        lock was lost meanwhile."""
         k = self.keys
         parties = sorted((migrated or {}).items())
         keys = [k.mq_lock, k.mq_processing, k.mq_dead] + [k.pending(uid) for uid, _ in parties]
-        args = [token, len(dead)] + list(dead) + [seq for _, seq in parties]
+        args = [token, size, len(dead)] + list(dead) + [seq for _, seq in parties]
         return self.client.run(ACK, keys, args).addCallback(_true)
 
     def hold_lock(self, token: str, ttl: float) -> Deferred:
