@@ -14,7 +14,9 @@ decoder with a hook is the pure-Python one (1.25 µs) while plain
 ``json.loads`` is PyPy's own (0.12 µs; measured on 2 cores).  So on PyPy
 :data:`plain_loads` is on: protocol uses ``json.loads`` for every text with
 neither ``NaN`` nor ``Infinity`` in it (where the hook could not have been
-called), the hooked decoder for the rest.  tests/test_protocol.py parses one
+called) and at most 100 brackets (PyPy's ``json.loads`` nests deeper than
+the decoder, whose depth error the client gets), the hooked decoder for the
+rest.  tests/test_protocol.py parses one
 corpus both ways.
 
 Without orjson, the message path's packets (flat objects of strings and
