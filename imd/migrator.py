@@ -359,7 +359,8 @@ class Migrator(Service):
     def _renew_lock(self) -> Optional[defer.Deferred]:
         if not self.is_leader:
             return None
-        d = self.queue.hold_lock(self.token, self.lock_ttl)
+        # extend only: a lapsed lock is lost, whoever holds it now
+        d = self.queue.extend_lock(self.token, self.lock_ttl)
 
         def renewed(held: bool) -> None:
             if not held:

@@ -133,3 +133,26 @@ class SerialSwitchTests(PipelineTestMixin, unittest.TestCase):
     async def _second_batch_waits(self):
         return (await self.redis.llen("MQ") == MESSAGES - 2 * BATCH
                 and len(await self.rows_set()) == BATCH)
+
+
+class LapsedLockTests(PipelineTestMixin, unittest.TestCase):
+    """A leader whose lock lapsed mid-step (a pause, Redis slow) has lost it,
+    even once it is free again: its renew timer must not take it back, or
+    an ack of its old term would carry a valid token and trim batches the
+    next leader claimed and has not committed (the scripts' side of that:
+    test_redis_scripts.ClaimTests)."""
+
+    async def test_a_lapsed_lock_is_not_taken_back_by_the_renew_timer(self):
+        acked, lock = await self.fill_and_block()
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.wait_two_batches_in_flight()
+        # the lock lapses while the second batch's insert waits
+        await self.redis.delete("MQ:lock")
+        await wait_until(lambda: not migrator.is_leader, what="the migrator standing by")
+        self.assertEqual(await self.redis.exists("MQ:lock"), 0, "the renew timer took a free lock")
+        await self.assert_history_sees_everything(acked)
+        # once its step is over it leads again, replays what is in flight, drains the rest
+        await lock.release()
+        await with_drain(migrator)
+        self.assertTrue(migrator.is_leader)
+        await self.assert_exactly_once_and_clean(acked)

@@ -177,6 +177,32 @@ class ClaimTests(_ClientMixin, unittest.TestCase):
         self.assertFalse((yield self.queue.ack("someone else", 1)))
 
     @defer.inlineCallbacks
+    def test_a_lapsed_lock_is_extended_by_nobody(self):
+        # the renew timer's script: extends its own lock, never takes a free one
+        self.assertTrue((yield self.queue.extend_lock("me", 10)))
+        self.assertFalse((yield self.queue.extend_lock("someone else", 10)))
+        self.assertEqual((yield self.redis.get("MQ:lock")), "me")
+        yield self.redis.delete("MQ:lock")
+        self.assertFalse((yield self.queue.extend_lock("me", 10)))
+        self.assertEqual((yield self.redis.exists("MQ:lock")), 0)
+
+    @defer.inlineCallbacks
+    def test_a_stale_ack_cannot_trim_the_next_leaders_batch(self):
+        entries = ["e%d" % i for i in range(6)]      # e0 is the oldest
+        yield self.redis.lpush("MQ", entries)
+        _, old = yield self.queue.claim("me", 3)       # "me" inserts e0-e2, slowly
+        yield self.redis.delete("MQ:lock")             # and its lock lapses
+        self.assertTrue((yield self.queue.hold_lock("next", 10)))
+        self.assertEqual((yield self.queue.claim("next", 3)), (True, old))
+        self.assertTrue((yield self.queue.ack("next", 3)))
+        self.assertEqual((yield self.queue.claim("next", 3)), (False, entries[3:]))
+        yield self.redis.delete("MQ:lock")             # "next" lapses too, e3-e5 not committed
+        # "me"'s timer cannot take the free lock back, so its stale ack is refused
+        self.assertFalse((yield self.queue.extend_lock("me", 10)))
+        self.assertFalse((yield self.queue.ack("me", 3)))
+        self.assertEqual((yield self.redis.lrange("MQ:processing", 0, -1)), list(reversed(entries[3:])))
+
+    @defer.inlineCallbacks
     def test_empty_queue_claims_nothing_and_others_claim_nothing(self):
         self.assertEqual((yield self.queue.claim("me", 500)), (False, []))
         yield self.redis.lpush("MQ", ["x"])

@@ -101,6 +101,20 @@ end
 return 0
 """, "hold_lock")
 
+# KEYS: lock.  ARGV: token, ttl ms.  Extends the caller's own lock only:
+# a leader whose lock lapsed must not take a free lock back from its renew
+# timer, mid-step -- an ack of its old term would then carry a valid token
+# and trim the batch another leader claimed since (and has not committed).
+# Only a step's start takes a free lock (HOLD_LOCK), once the acks of the
+# step before have settled.
+EXTEND_LOCK = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+""", "extend_lock")
+
 RELEASE_LOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
@@ -156,6 +170,12 @@ class QueueStore:
 
     def hold_lock(self, token: str, ttl: float) -> Deferred:
         d = self.client.run(HOLD_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
+        return d.addCallback(_true)
+
+    def extend_lock(self, token: str, ttl: float) -> Deferred:
+        """Extend the lock ``token`` holds; fires False when it does not
+        hold it (lapsed, or another's), never taking a free lock."""
+        d = self.client.run(EXTEND_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
         return d.addCallback(_true)
 
     def release_lock(self, token: str) -> Deferred:
