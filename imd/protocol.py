@@ -6,6 +6,8 @@ contract's error code and the packet's ``id`` when one could be read.
 """
 
 import json
+import platform
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from imd import jsonfast
@@ -167,6 +169,14 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _PLAIN_MAX_BRACKETS = 100
 
 
+# PyPy's hooked decoder is the pure-Python one, which reads a "\\uXXXX"
+# escape with int(XXXX, 16): that also takes "_", "+", spaces and "0x", where
+# JSON (and the C scanners, and json.loads) want four hex digits.  On PyPy a
+# "\\u" escape (one not itself escaped) without them is refused first.
+_BAD_ESCAPE = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u(?![0-9a-fA-F]{4})")
+_CHECK_ESCAPES = platform.python_implementation() == "PyPy"
+
+
 def _loads(text: str) -> object:
     """``_decoder.decode``; through plain ``json.loads`` where
     :mod:`imd.jsonfast` chose it (PyPy), no constant can be in the text and
@@ -174,6 +184,8 @@ def _loads(text: str) -> object:
     if (jsonfast.plain_loads and "NaN" not in text and "Infinity" not in text
             and text.count("[") + text.count("{") <= _PLAIN_MAX_BRACKETS):
         return json.loads(text)
+    if _CHECK_ESCAPES and "\\u" in text and _BAD_ESCAPE.search(text):
+        raise ValueError("a \\u escape without four hex digits")
     return _decoder.decode(text)
 
 

@@ -230,6 +230,11 @@ ODD_JSON = [
     b'{"id": 123456789012345678901234567890, "type": "P"}', b'{"id": 1E2, "type": "P"}', b'tru', b'"abc',
     b'{"id": "a", "type": "Y", "to": 2, "msg": true}', b'{"id": "a", "type": "Y", "to": 2, "msg": True}',
     b'{"id": null, "type": "P"}', b'{}', b'{"": 1}', b'1', b'-', b'"\\u0000"',
+    # "\\u" with what int(x, 16) takes but JSON does not (PyPy's pure-Python decoder read them)
+    b'{"id": "\\u0_41", "type": "P"}', b'{"id": "\\u+041", "type": "P"}', b'{"id": "\\u 041", "type": "P"}',
+    b'{"id": "\\u0x41", "type": "P"}', b'{"id": "\\u0_41", "type": "P", "x": NaN}',
+    b'{"id": "\\u004", "type": "P"}', b'{"id": "\\\\u0_41", "type": "P"}', b'{"id": "\\\\\\u0041", "type": "P"}',
+    b'{"id": "a", "type": "P", "msg": [' + b'[],' * 150 + b'"\\u0_41"]}',
 ]
 
 
@@ -259,6 +264,16 @@ class PlainLoadsDifferentialTests(unittest.SynchronousTestCase):
     def test_corpus(self):
         for payload in [p for p, _ in GOOD] + [p for p, _ in BAD] + ODD_JSON:
             self.both_ways(payload)
+
+    def test_escapes_need_four_hex_digits_both_ways(self):
+        for plain in (False, True):
+            jsonfast.use_plain_loads(plain)
+            for text in (b'{"id": "\\u0_41", "type": "P"}', b'{"id": "\\u0_41", "type": "P", "x": "NaN"}',
+                         b'{"id": "\\u0x41", "type": "P", "x": "Infinity"}'):
+                self.assertEqual(outcome(text), ("error", "bad_packet", "not JSON", None), (plain, text))
+            # an escaped backslash before "u" is no escape: the id is the text \u0_41
+            self.assertEqual(outcome(b'{"id": "\\\\u0_41", "type": "P", "x": "NaN"}'),
+                             ("packet", repr(protocol.PingPacket("\\u0_41"))))
 
     def test_constants_take_the_hooked_decoder(self):
         jsonfast.use_plain_loads(True)
