@@ -1,6 +1,7 @@
 """Crash safety: the migrator, a subprocess, is killed with SIGKILL at random
-moments (22 times) while 10,000+ messages are sent and acked over real
-WebSockets; after a final clean run the table holds exactly the acked set."""
+moments (22 times or more, until 3 kills landed mid-batch) while 10,000+
+messages are sent and acked over real WebSockets; after a final clean run
+the table holds exactly the acked set."""
 
 import math
 import os
@@ -21,6 +22,7 @@ _log = Logger()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGES = 10_000
 KILLS = 22
+MID_BATCH = 3   # kills that must leave a claimed batch behind
 SENDERS = (21, 22, 23, 24)
 
 
@@ -83,7 +85,13 @@ class CrashTests(MigratorTestMixin, unittest.TestCase):
         acked, processes = set(), []
         chunk = math.ceil(MESSAGES / KILLS)
         self.addCleanup(lambda: defer.gatherResults([p.kill() for p in processes]))
-        for cycle in range(KILLS):
+        # A kill lands mid-batch when it leaves a claimed batch in
+        # MQ:processing.  How often a kill at a random ack does depends on
+        # how fast this interpreter acks against how often the migrator
+        # claims (about 4 kills in 5 on CPython, 1 in 5 on PyPy): past
+        # KILLS, cycles go on (up to 3 * KILLS) until MID_BATCH kills did.
+        mid_batch, cycle = 0, 0
+        while cycle < KILLS or (mid_batch < MID_BATCH and cycle < 3 * KILLS):
             process = MigratorProcess(config).start()
             processes.append(process)
             await with_deadline(process.leading, DEADLINE, "migrator leading (seed %d)" % seed)
@@ -99,7 +107,9 @@ class CrashTests(MigratorTestMixin, unittest.TestCase):
                                   acked, on_ack)
                 for i, uid in enumerate(SENDERS)])
             await with_deadline(process.kill(), DEADLINE, "migrator exit")
-        self.assertGreaterEqual(len(processes), 20)
+            if await self.redis.llen("MQ:processing"):
+                mid_batch += 1
+            cycle += 1
         self.assertGreaterEqual(len(acked), MESSAGES)
         replays = sum(p.output.count(b"replayed a batch") for p in processes)
 
@@ -109,10 +119,12 @@ class CrashTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual(await self.rows_set(), acked, "seed %d" % seed)
         self.assertEqual(await self.redis.llen("MQ"), 0)
         self.assertEqual(await self.redis.llen("MQ:processing"), 0)
-        _log.info("crash test: seed {seed}, {kills} kills, {acked} acked, {replays} batches replayed",
-                  seed=seed, kills=len(processes), acked=len(acked), replays=replays)
-        # Evidence that kills landed between a batch's move and its delete.
-        self.assertGreaterEqual(replays, 1, "seed %d" % seed)
+        _log.info("crash test: seed {seed}, {kills} kills, {mid} mid-batch, {acked} acked, {replays} batches "
+                  "replayed", seed=seed, kills=len(processes), mid=mid_batch, acked=len(acked), replays=replays)
+        # Evidence that kills landed between a batch's move and its delete
+        # (what they left was replayed by a later leader, or by the final
+        # run: the rows above are exactly the acked set).
+        self.assertGreaterEqual(mid_batch, MID_BATCH, "seed %d" % seed)
 
     @defer.inlineCallbacks
     def send_counted(self, client, sender, ids, acked, on_ack):
