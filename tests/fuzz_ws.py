@@ -10,10 +10,12 @@ bad UTF-8, huge and deeply nested JSON, wrong field types, fragmented and
 control frames (in and out of the rules), unmasked and reserved-bit frames,
 garbage handshakes and abrupt closes mid-frame.  It stops by itself after
 ``--seconds`` or ``--cases``.  Afterwards it checks that the daemon still
-serves a normal client (login, ping, a message acked and delivered) and,
-given ``--pid``, that its open file descriptors came back to where they were
-and its resident memory came back down.  Prints one JSON line of figures;
-exit status 0 when every check passed.
+serves a normal client (login, ping, a message acked and delivered).
+Given ``--pid`` it reports the daemon's sockets on the port and its resident
+memory before the first connection and the peak memory while fuzzing, for
+the caller to check that they come back (tests/test_security.py waits for
+the fuzzed connections to close, with a deadline, then compares).  Prints
+one JSON line of figures; exit status 0 when every check passed.
 """
 
 import argparse
@@ -387,16 +389,14 @@ def main(argv=None):
     parser.add_argument("--cases", type=int, default=100000)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--first-uid", type=int, default=None, help="default: random (fresh users each run)")
-    parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait for fds and memory to come back")
-    parser.add_argument("--rss-slack-kb", type=int, default=30000)
     args = parser.parse_args(argv)
     args.seed = args.seed if args.seed is not None else random.randrange(2 ** 32)
     if args.first_uid is None:
         args.first_uid = random.Random(args.seed).randrange(10 ** 6, 10 ** 12, 2)
     fuzzer = Fuzzer(args)
-    fuzzer.normal_client_works()
-    time.sleep(0.5)
+    # before this run's first connection: nothing of it to wait for
     before = {"rss_kb": rss_kb(args.pid), "fds": fd_count(args.pid, args.port)} if args.pid else {}
+    fuzzer.normal_client_works()
     peak_rss = before.get("rss_kb", 0)
     started = time.monotonic()
     cases = 0
@@ -416,20 +416,7 @@ def main(argv=None):
         result["normal_client_after"] = "FAILED: %r" % (e,)
         ok = False
     if args.pid:
-        # Connections close on their own (handshake and close timeouts);
-        # wait for the descriptors, then compare memory.
-        deadline = time.monotonic() + args.settle
-        while fd_count(args.pid, args.port) > before["fds"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        after = {"rss_kb": rss_kb(args.pid), "fds": fd_count(args.pid, args.port)}
-        result.update(rss_before_kb=before["rss_kb"], rss_peak_kb=peak_rss, rss_after_kb=after["rss_kb"],
-                      fds_before=before["fds"], fds_after=after["fds"])
-        if after["fds"] > before["fds"]:
-            ok = False
-            result["fds_check"] = "FAILED: descriptors leaked"
-        if after["rss_kb"] > before["rss_kb"] + args.rss_slack_kb:
-            ok = False
-            result["rss_check"] = "FAILED: memory did not come back within %d KB" % args.rss_slack_kb
+        result.update(rss_before_kb=before["rss_kb"], rss_peak_kb=peak_rss, fds_before=before["fds"])
     result["ok"] = ok
     print(json.dumps(result, sort_keys=True))
     return 0 if ok else 1
