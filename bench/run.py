@@ -1,24 +1,30 @@
-"""``make bench``: imd on CPython and on PyPy against two baselines, on this
-machine, in one run.
+"""``make bench``: imd on CPython and on PyPy against the original design's
+Node stack and two relays, on this machine, in one run.
 
-Four servers, measured in the same run so that the machine's noise hits all
+Five servers, measured in the same run so that the machine's noise hits all
 of them alike:
 
-- ``node``: the Node reference, the original design's stack
-  (``bench/baseline_node.js``: ``ws`` + ioredis, ``LPUSH`` before the ack);
+- ``node_original``: the original design in Node, whole stack
+  (``bench/original``: a ``ws`` server verifying RS256 wstokens and storing
+  each message with one Lua call -- friend check ``URS:<from>`` and ``LPUSH
+  MQ`` -- before the ack, plus a migrator moving ``MQ`` into MariaDB in
+  batches of 500, crash-safe with ``MQ:processing``);
+- ``node``: the bare Node relay (``bench/baseline_node.js``: ``ws`` +
+  ioredis, ``LPUSH`` before the ack, no auth, no friend check, no MySQL);
 - ``baseline``: the Python baseline (``bench/baseline_relay.py``: Twisted +
   Autobahn, ``LPUSH`` with txredisapi before the ack);
 - ``imd``: imd on CPython (``.venv``), every guarantee on;
 - ``imd_pypy``: imd on PyPy (``.venv-pypy3``, Debian's pypy3), every
   guarantee on, each measured run after 8 s at load (its JIT's warm-up).
 
-Neither baseline authenticates, checks friends or deduplicates.  It sets up
+Neither relay authenticates, checks friends or deduplicates.  It sets up
 its own Redis db index and MySQL databases (never db 0 / ``imd``; each imd
-under a key prefix of its own in that db and with a MySQL database of its
-own), starts the servers (imd as the systemd units run it: ws+http in one
-process, the migrator in its own at nice 10), drives them with
-``bench/loadgen`` (Node ``ws``) over loopback, reads CPU and RSS from /proc,
-and writes:
+and the Node original design under a key prefix of its own in that db and
+with a MySQL database of its own), starts the servers (imd as the systemd
+units run it: ws+http in one process, the migrator in its own at nice 10;
+the Node original design's migrator at nice 10 too), drives them with
+``bench/loadgen`` (Node ``ws``) over loopback, reads CPU and RSS from /proc
+(Redis's from INFO), and writes:
 
 - ``bench/results/<stamp>.json``: everything measured;
 - the summary tables in ``docs/performance.md`` (between the bench markers).
@@ -33,17 +39,24 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,replicas]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,replicas]
+        [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
 ``throughput``: closed loop, C=200 W=8, two runs of each server, the second
 round in the reverse order of the first; every ratio is against the same
-round's baselines.  ``receipts`` is the C=200 W=8 run again with receipts in
-the load mix (contract §7.1): each delivered message answered by an ``R``
-delivered, every tenth by an ``R`` read too (the baselines relay an ``R``
-like any packet).  ``c2000``: C=2000 W=1, once each.  ``latency``: open loop
-at half of each imd's C=200 W=8 maximum (the mean of its two runs), with
-both baselines at the same rate.
+round's other servers.  For each: msgs/s, ack p50/p99, and the CPU per
+message of every process of its stack (server, migrator, Redis, MariaDB:
+``stack_cpu``) with their sum, and for the stacks with a migrator the rows
+in MariaDB against the messages acked.  ``receipts`` is the C=200 W=8 run
+again with receipts in the load mix (contract §7.1): each delivered message
+answered by an ``R`` delivered, every tenth by an ``R`` read too (the relays
+relay an ``R`` like any packet; the original design has no receipts and is
+left out).  ``c2000``: C=2000 W=1, once each.  ``latency``: open loop at
+half of each imd's C=200 W=8 maximum (the mean of its two runs), with the
+other servers at the same rate.  ``crash``: the Node original design's
+migrator killed (SIGKILL) 12 times during a 100,000-message drain; every
+message must be one row.
 
 ``replicas`` (not in the default set; ``--only replicas``, or ``--replicas``
 to add it): a private Redis master and one replica on free loopback ports,
@@ -56,6 +69,7 @@ import fcntl
 import json
 import os
 import platform
+import random
 import resource
 import signal
 import socket
@@ -90,15 +104,20 @@ BASE_PORT = int(os.environ.get("IMD_BENCH_PORT", "8790"))
 IMD_PORT, HTTP_PORT = BASE_PORT + 1, BASE_PORT + 2
 NODE_PORT = BASE_PORT + 3
 PYPY_PORT, PYPY_HTTP_PORT = BASE_PORT + 4, BASE_PORT + 5
+ORIGINAL_PORT = BASE_PORT + 6
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 assert REDIS_DB != 0 and MYSQL_DB != "imd", "the bench never touches db 0 / database imd"
 
-# the four servers, in the order of the first round and of the tables
-ORDER = ("node", "imd", "baseline", "imd_pypy")
-LABELS = {"node": "Node ws + ioredis (reference)", "imd": "imd, CPython",
-          "baseline": "Twisted + Autobahn relay (baseline)", "imd_pypy": "imd, PyPy"}
+# the five servers, in the order of the first round and of the tables (each
+# target's pair is next to each other in both orders of the rounds)
+ORDER = ("baseline", "imd", "node", "imd_pypy", "node_original")
+LABELS = {"node": "bare Node relay (ws + ioredis LPUSH)", "imd": "imd, CPython",
+          "baseline": "Twisted + Autobahn relay (baseline)", "imd_pypy": "imd, PyPy",
+          "node_original": "original design in Node (ws server + migrator)"}
+SHORT = {"node": "bare Node relay", "imd": "imd on CPython", "baseline": "Python baseline", "imd_pypy": "imd on PyPy",
+         "node_original": "Node original design"}
 
 
 class Flavour:
@@ -117,6 +136,25 @@ class Flavour:
 CPYTHON = Flavour("imd", VENV_BIN, IMD_PORT, HTTP_PORT, "cpy:", MYSQL_DB, "bench", 0)
 PYPY = Flavour("imd_pypy", os.path.join(PYPY_VENV, "bin"), PYPY_PORT, PYPY_HTTP_PORT, "pypy:",
                MYSQL_DB + "_pypy", "bench-pypy", 8)
+
+
+class NodeStack:
+    """The original design's Node stack under test (bench/original: server.js
+    and migrator.js): its port, key prefix and MySQL database, like a
+    Flavour's (its migrator moves MQ into MariaDB too)."""
+
+    schema = os.path.join(HERE, "original", "schema.sql")
+
+    def __init__(self, name, port, prefix, mysql_db):
+        self.name, self.port, self.prefix, self.mysql_db = name, port, prefix, mysql_db
+        self.warmup = 0
+        self.auto_pipelining = 1   # --original-auto-pipelining
+
+    def key(self, name):
+        return self.prefix + name
+
+
+ORIGINAL = NodeStack("node_original", ORIGINAL_PORT, "orig:", MYSQL_DB + "_orig")
 
 
 _T0 = time.time()
@@ -403,6 +441,10 @@ class Setup:
         self.private_key = serialization.load_pem_private_key(private_pem.encode(), None)
         for flavour in self.flavours:
             assert flavour.mysql_db != "imd"
+            if isinstance(flavour, NodeStack):
+                self.redis.call("MSET", flavour.key("publicKey"), public_pem, flavour.key("privateKey"), private_pem)
+                self.create_node_database(flavour)
+                continue
             flavour.config = bench_config(os.path.join(workdir, "%s.ini" % flavour.name), flavour, redis_extra)
             self.redis.call("MSET", flavour.key("publicKey"), public_pem, flavour.key("privateKey"), private_pem)
             conn = pymysql.connect(host="127.0.0.1", user="root")
@@ -412,6 +454,17 @@ class Setup:
             subprocess.run([os.path.join(VENV_BIN, "imd-admin"), "--config", flavour.config, "schema", "apply"],
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         self.next_uid = 1
+
+    def create_node_database(self, stack):
+        """``stack``'s MySQL database, re-created with bench/original/schema.sql."""
+        conn = pymysql.connect(host="127.0.0.1", user="root")
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS `%s`" % stack.mysql_db)
+            cur.execute("CREATE DATABASE `%s`" % stack.mysql_db)
+            cur.execute("USE `%s`" % stack.mysql_db)
+            with open(stack.schema) as f:
+                cur.execute(f.read())
+        conn.close()
 
     def drop(self):
         self.redis.call("FLUSHDB")
@@ -474,12 +527,66 @@ def loadgen(conns, mode, **options):
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
 
 
+def stack_sample(server):
+    """CPU seconds so far of each of the server's processes, of Redis and of
+    MariaDB (None when its pid is not found)."""
+    return {"each": server.sample()["cpu_each_s"], "redis": redis_cpu(), "mysql": mysql_cpu()}
+
+
+def _mysql_query(db, sql):
+    conn = pymysql.connect(host="127.0.0.1", user="root", database=db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def last_seq(db):
+    """The highest ``seq`` committed in ``db``.message (0: none yet)."""
+    return int(_mysql_query(db, "SELECT COALESCE(MAX(seq), 0) FROM message")[0])
+
+
+def rows_after(db, *seqs):
+    """How many rows of ``db``.message have a ``seq`` over each of ``seqs``
+    (both migrators insert with an AUTO_INCREMENT ``seq``, one batch after
+    the other)."""
+    seqs = [int(x) for x in seqs]
+    sums = ", ".join("COALESCE(SUM(seq > %d), 0)" % x for x in seqs)
+    return [int(n) for n in _mysql_query(db, "SELECT %s FROM message WHERE seq > %d" % (sums, min(seqs)))]
+
+
+def stack_cpu(start, end, drained, messages, rows):
+    """CPU µs per message of each process of a stack: the server (the first
+    process) over the measured window, per message delivered in it; with a
+    migrator (a second process), the migrator and MariaDB from the start of
+    the window to MQ empty after it, per row migrated in that time (a
+    migrator behind at the start or the end is counted right), and Redis over
+    the same time per message of the window (its stores, and the claims of
+    the migrator); without one, Redis over the window."""
+    stop = drained if drained is not None else end
+    parts = {"server": (end["each"][0] - start["each"][0]) * 1e6 / messages,
+             "redis": (stop["redis"] - start["redis"]) * 1e6 / messages}
+    if len(start["each"]) > 1 and rows:
+        parts["migrator"] = (stop["each"][1] - start["each"][1]) * 1e6 / rows
+        if start["mysql"] is not None and stop["mysql"] is not None:
+            parts["mariadb"] = (stop["mysql"] - start["mysql"]) * 1e6 / rows
+    parts = {k: round(v, 1) for k, v in parts.items()}
+    parts["sum"] = round(sum(parts.values()), 1)
+    return parts
+
+
 def measured(server, proc, setup=None):
     """Wait for the generator; the server's CPU (over the measured window, from
-    the generator's start/end marks) and peak RSS meanwhile, and (for imd,
-    given ``setup``) the migrator's lag sampled every 0.5 s and, after the
-    load, the seconds from the end of the measured window to MQ empty."""
+    the generator's start/end marks) and peak RSS meanwhile, and (for imd and
+    the Node original design, given ``setup``) the migrator's lag sampled
+    every 0.5 s and, after the load, the seconds from the end of the measured
+    window to MQ empty, the rows migrated (against the messages acked) and
+    the CPU per message of every process of the stack (stack_cpu)."""
     flavour = server.flavour if setup is not None else None
+    db = flavour.mysql_db if flavour is not None else None
+    seqs = {"before": last_seq(db)} if db else {}
     before = server.sample()
     redis_cpu0, mysql_cpu0 = redis_cpu(), mysql_cpu()
     reset_peak_rss(server.pid)
@@ -492,7 +599,9 @@ def measured(server, proc, setup=None):
             if line.startswith('{"measure"'):
                 name = json.loads(line)["measure"]
                 mark_times[name] = time.time()
-                marks[name] = server.sample()["cpu_each_s"]
+                marks[name] = stack_sample(server)
+                if db and name == "start":
+                    seqs["start"] = last_seq(db)
             else:
                 lines.append(line)
     reader = threading.Thread(target=read, daemon=True)
@@ -533,18 +642,30 @@ def measured(server, proc, setup=None):
         result["mysql_cpu_us_per_msg_upper"] = round(
             (mysql_cpu1 - mysql_cpu0) * 1e6 / (delivered * result["measured_seconds"]), 1)
     if delivered and "start" in marks and "end" in marks:
-        each = [end - start for start, end in zip(marks["start"], marks["end"])]
+        each = [end - start for start, end in zip(marks["start"]["each"], marks["end"]["each"])]
         window_cpu = sum(each)
         result["server_cpu_window_s"] = round(window_cpu, 2)
         result["server_cpu_us_per_msg"] = round(window_cpu * 1e6 / (delivered * result["measured_seconds"]), 1)
-        # imd: [ws+http process, migrator process]
+        # imd: [ws+http process, migrator process]; Node original: [server, migrator]
         result["server_cpu_us_per_msg_each"] = [
             round(cpu * 1e6 / (delivered * result["measured_seconds"]), 1) for cpu in each]
+    drained = None
     if flavour is not None:
         result["migrator_lag"] = lag
         empty_at = wait_drained(setup, flavour)
         result["migrator_drained_s"] = (round(empty_at - mark_times["end"], 2)
                                         if empty_at is not None and "end" in mark_times else None)
+        if empty_at is not None:
+            drained = stack_sample(server)
+            rows = rows_after(db, seqs["before"], seqs.get("start", seqs["before"]))
+            # every message acked during the run (warm-up and drain too) is a
+            # row now, once: no receipts here, and the generator never repeats an id
+            result["rows_migrated"] = rows[0]
+            result["rows_migrated_since_window"] = rows[1]
+    if delivered and "start" in marks and "end" in marks:
+        result["stack_cpu_us_per_msg"] = stack_cpu(
+            marks["start"], marks["end"], drained, delivered * result["measured_seconds"],
+            result.get("rows_migrated_since_window"))
     return result
 
 
@@ -552,7 +673,7 @@ PROFILE = None  # set by --profile: py-spy records the servers during the C=200 
 
 
 def profiled(server, label, duration):
-    if PROFILE is None or server.name in ("node", "imd_pypy"):   # py-spy reads CPython only
+    if PROFILE is None or server.name in ("node", "node_original", "imd_pypy"):   # py-spy reads CPython only
         return None
     out = os.path.join(RESULTS, "%s-%s-%s.%s" % (PROFILE[0], server.name, label, PROFILE[1]))
     argv = [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.pid), "--duration",
@@ -586,15 +707,16 @@ def closed_run(setup, server, uids, label, window, duration, warmup, receipts=Fa
 
 
 def ratios(results):
-    """imd on PyPy against the Node reference, imd on CPython against the
-    Python baseline (and the cross ratios), all from one round."""
+    """imd on PyPy against the Node original design and the bare Node relay,
+    imd on CPython against the Python baseline (and the cross ratios), all
+    from one round."""
     def ratio(a, b):
         if a in results and b in results and results[b]["acked_per_s"]:
             return round(results[a]["acked_per_s"] / results[b]["acked_per_s"], 3)
         return None
-    out = {"imd_pypy/node": ratio("imd_pypy", "node"), "imd/baseline": ratio("imd", "baseline"),
-           "imd/node": ratio("imd", "node"), "imd_pypy/baseline": ratio("imd_pypy", "baseline"),
-           "node/baseline": ratio("node", "baseline")}
+    pairs = [("imd_pypy", "node_original"), ("imd_pypy", "node"), ("imd", "baseline"), ("imd", "node_original"),
+             ("imd", "node"), ("imd_pypy", "baseline"), ("node", "baseline"), ("node_original", "node")]
+    out = {"%s/%s" % pair: ratio(*pair) for pair in pairs}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -618,7 +740,8 @@ def throughput_rounds(setup, servers, conns_n, window, duration, warmup, rounds=
 def once_each(setup, servers, conns_n, window, duration, warmup, label, receipts=False):
     uids = setup.pairs(conns_n)
     results = {}
-    for name in (s for s in ORDER if s in servers):
+    # the original design has no receipts (an R is unknown_type there)
+    for name in (s for s in ORDER if s in servers and not (receipts and s == "node_original")):
         results[name] = closed_run(setup, servers[name], uids, label, window, duration, warmup, receipts)
     results["ratios"] = ratios(results)
     return results
@@ -708,26 +831,32 @@ def logins(setup, imd, count, warm=0):
     return result
 
 
+def mq_burst(mq, n, id_prefix):
+    """LPUSH commands (1,000 entries each) queueing ``n`` stored messages on
+    ``mq`` as both servers store them, ids ``<id_prefix><i>``."""
+    now = int(time.time() * 1000)
+    commands, batch = [], []
+    for i in range(n):
+        batch.append(json.dumps({"id": "%s%d" % (id_prefix, i), "from": 1, "to": 2, "type": "t",
+                                 "msg": "migrated message %d" % i, "ts": now}, separators=(",", ":")))
+        if len(batch) == 1000:
+            commands.append(["LPUSH", mq] + batch)
+            batch = []
+    if batch:
+        commands.append(["LPUSH", mq] + batch)
+    return commands
+
+
 def migrate(setup, imd, rows, warm=0):
     """Queue ``rows`` messages at once (one pipelined burst of LPUSH) while the
-    daemon's migrator runs, and time from the start of the burst to MQ empty;
-    the migrator's, MariaDB's and Redis's CPU meanwhile.  ``warm`` rows
-    first, not measured (PyPy's JIT)."""
+    daemon's migrator (or the Node original design's) runs, and time from the
+    start of the burst to MQ empty; the migrator's, MariaDB's and Redis's CPU
+    meanwhile.  ``warm`` rows first, not measured (PyPy's JIT)."""
     flavour = imd.flavour
     mq = flavour.key("MQ")
 
     def burst(n, id_prefix):
-        now = int(time.time() * 1000)
-        commands, batch = [], []
-        for i in range(n):
-            batch.append(json.dumps({"id": "%s%d" % (id_prefix, i), "from": 1, "to": 2, "type": "t",
-                                     "msg": "migrated message %d" % i, "ts": now}, separators=(",", ":")))
-            if len(batch) == 1000:
-                commands.append(["LPUSH", mq] + batch)
-                batch = []
-        if batch:
-            commands.append(["LPUSH", mq] + batch)
-        return commands
+        return mq_burst(mq, n, id_prefix)
 
     if warm:
         log("migrate %s: %d rows to warm up" % (imd.name, warm))
@@ -761,8 +890,88 @@ def migrate(setup, imd, rows, warm=0):
         result["migrator_cores"] = round(result["migrator_cpu_s"] / seconds, 2)
         result["mysql_share_of_machine"] = round(result["mysql_cpu_s"] / (seconds * os.cpu_count()), 3)
         result["mysql_share_of_used"] = round(result["mysql_cpu_s"] / used, 3) if used else None
+        if inserted:
+            result["us_per_row"] = {"migrator": round(result["migrator_cpu_s"] * 1e6 / inserted, 1),
+                                    "mariadb": round(result["mysql_cpu_s"] * 1e6 / inserted, 1),
+                                    "redis": round(result["redis_cpu_s"] * 1e6 / inserted, 1)}
     log("  %s rows/s (%d inserted; MariaDB %s cores, migrator %s)" % (
         result["rows_per_s"], inserted, result.get("mysql_cores"), result.get("migrator_cores")))
+    return result
+
+
+def original_migrator_argv(stack):
+    return ["node", os.path.join(HERE, "original", "migrator.js"), "--redis-db", str(REDIS_DB),
+            "--redis-port", str(REDIS_PORT), "--prefix", stack.prefix, "--mysql-db", stack.mysql_db]
+
+
+def original_crash(setup, workdir, rows, kills, timeout=120.0):
+    """The Node original design's migrator killed (SIGKILL) ``kills`` times
+    while it drains ``rows`` messages queued at once on an empty table: each
+    kill once the migrator holds a batch of its own (MQ:processing not empty,
+    and not the batch the last kill left there) and a random 0-40 ms later
+    (claimed, inserting, inserted or deleting); then it drains.  Every
+    message must be one row, none twice, none left in Redis."""
+    stack = ORIGINAL
+    setup.create_node_database(stack)
+    mq, processing, dead = stack.key("MQ"), stack.key("MQ:processing"), stack.key("MQ:dead")
+    setup.redis.call("DEL", mq, processing, dead)
+    setup.redis.pipeline(mq_burst(mq, rows, "k"))
+    logfile = os.path.join(workdir, "original-crash.log")
+    out = open(logfile, "ab")
+    rng = random.Random(29)
+    argv = original_migrator_argv(stack)
+    log("crash check: the Node original design's migrator, %d kill -9 during a %d-message drain (load %s)" % (
+        kills, rows, loadavg()[0]))
+    started = time.time()
+    deadline = started + timeout
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    killed = []
+    try:
+        left = None   # the newest entry of the batch the last kill left in MQ:processing
+        while len(killed) < kills and time.time() < deadline:
+            # until this migrator holds a batch of its own: it has replayed
+            # and deleted what the last kill left (a cold start killed again
+            # at once would test nothing new)
+            while time.time() < deadline and proc.poll() is None:
+                head = setup.redis.call("LINDEX", processing, 0)
+                if head is not None and head != left:
+                    break
+                if head is None and not setup.redis.call("LLEN", mq):
+                    break
+                time.sleep(0.002)
+            if not setup.redis.call("LLEN", mq) and not setup.redis.call("LLEN", processing):
+                break   # drained before all kills were made: the check says so
+            time.sleep(rng.uniform(0, 0.04))
+            proc.kill()
+            proc.wait()
+            # a batch claimed and not yet deleted: the kill was mid-batch
+            killed.append(setup.redis.call("LLEN", processing))
+            left = setup.redis.call("LINDEX", processing, 0)
+            proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        drained = wait_drained(setup, stack, timeout=max(1.0, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        out.close()
+    count, distinct = _mysql_query(stack.mysql_db, "SELECT COUNT(*), COUNT(DISTINCT from_id, msg_id) FROM message")
+    expected = _mysql_query(stack.mysql_db, "SELECT COUNT(*) FROM message WHERE from_id = 1 AND msg_id LIKE 'k%'")[0]
+    with open(logfile) as f:
+        replays = sum(1 for line in f if "replaying" in line)
+    result = {"rows_queued": rows, "kills": len(killed), "kills_wanted": kills,
+              "kills_mid_batch": sum(1 for n in killed if n), "replays_logged": replays,
+              "rows": int(count), "distinct_ids": int(distinct), "rows_of_the_queued_ids": int(expected),
+              "left_in_redis": setup.redis.call("LLEN", mq) + setup.redis.call("LLEN", processing),
+              "dead": setup.redis.call("LLEN", dead), "drained": drained is not None,
+              "seconds": round(time.time() - started, 1), "loadavg": loadavg()}
+    result["ok"] = bool(result["drained"] and count == distinct == expected == rows and not result["dead"]
+                        and result["kills"] == kills)
+    log("  %d kills (%d mid-batch, %d replays logged): %d rows for %d queued, %d distinct; %s" % (
+        result["kills"], result["kills_mid_batch"], replays, count, rows, distinct, "ok" if result["ok"] else "FAILED"))
     return result
 
 
@@ -951,6 +1160,13 @@ def over_capacity(result):
     return " (over its capacity: the generator skipped %s sends)" % n0(skipped) if skipped else ""
 
 
+def fmt_stack(parts):
+    """'52.1 (20.3 + 8.0 + 10.1 + 13.7)': the sum, then server, migrator,
+    Redis, MariaDB (those measured)."""
+    names = [n for n in ("server", "migrator", "redis", "mariadb") if n in parts]
+    return "%.1f (%s)" % (parts["sum"], " + ".join("%.1f" % parts[n] for n in names))
+
+
 def fmt_ms(x):
     return "%.1f" % x if x is not None else "-"
 
@@ -999,10 +1215,35 @@ def targets_table(report):
 
     if not runs:
         ratio_row = lambda *args: None  # noqa: E731  (no C=200 W=8 runs: no ratio rows)
-    ratio_row("imd on PyPy ≥ 1.0× the Node reference, C=200 W=8, every guarantee on", "imd_pypy", "node",
+    ratio_row("imd on PyPy ≥ 1.25× the original design's Node stack (server + migrator), C=200 W=8, every "
+              "guarantee on", "imd_pypy", "node_original", "imd_pypy/node_original", 1.25)
+    ratio_row("imd on PyPy ≥ 1.0× the bare Node relay, C=200 W=8, every guarantee on", "imd_pypy", "node",
               "imd_pypy/node", 1.0)
     ratio_row("imd on CPython ≥ 1.3× the Python baseline, C=200 W=8, every guarantee on", "imd", "baseline",
               "imd/baseline", 1.3)
+    for name in ("imd_pypy", "imd"):
+        figures, flags = [], []
+        for k, run in enumerate(runs):
+            ours = run.get(name, {}).get("stack_cpu_us_per_msg")
+            theirs = run.get("node_original", {}).get("stack_cpu_us_per_msg")
+            if not ours or not theirs or "mariadb" not in ours or "mariadb" not in theirs:
+                continue
+            figures.append("run %d: %s against %s" % (k + 1, fmt_stack(ours), fmt_stack(theirs)))
+            flags.append(ours["sum"] <= theirs["sum"])
+        if figures:
+            rows.append("| whole-stack CPU per message, imd on %s (ws + migrator + Redis + MariaDB) ≤ the original "
+                        "design's Node stack (server + migrator + Redis + MariaDB), C=200 W=8, µs | %s | %s |" % (
+                            "PyPy" if name == "imd_pypy" else "CPython", "; ".join(figures), met(flags)))
+    figures, flags = [], []
+    for name in (n for n in ORDER if n in ("node_original", "imd_pypy", "imd")):
+        checked = [(k, run[name]) for k, run in enumerate(runs) if "rows_migrated" in run.get(name, {})]
+        if checked:
+            figures.append("%s: %s" % (LABELS[name], ", ".join("run %d %s / %s" % (
+                k + 1, n0(res["rows_migrated"]), n0(res["acked_total"])) for k, res in checked)))
+            flags += [res["rows_migrated"] == res["acked_total"] for k, res in checked]
+    if figures:
+        rows.append("| after each C=200 W=8 run, every message acked (warm-up and drain included) is one row in "
+                    "MariaDB: rows / acked | %s | %s |" % ("; ".join(figures), met(flags)))
     figures, flags = [], []
     for k, run in enumerate(runs):
         if "imd_pypy" in run:
@@ -1030,6 +1271,14 @@ def targets_table(report):
             flags.append(("PyPy" if name == "imd_pypy" else "CPython") + (" yes" if (n or 0) >= 40000 else " no"))
         rows.append("| migrator alone ≥ 40,000 rows/s (%s rows, batch 500), MariaDB's share of the CPU | %s | %s |" % (
             n0(next(iter(r["migrate"].values()))["rows"]), "; ".join(figures), ", ".join(flags)))
+    crash = r.get("original_crash")
+    if crash:
+        rows.append("| the original design's Node migrator loses and duplicates nothing: %d `kill -9` during a "
+                    "%s-message drain | %d kills (%d mid-batch, %d replays logged), %s rows, %s distinct ids, %d "
+                    "left in Redis, %d dead, %.0f s | %s |" % (
+                        crash["kills_wanted"], n0(crash["rows_queued"]), crash["kills"], crash["kills_mid_batch"],
+                        crash["replays_logged"], n0(crash["rows"]), n0(crash["distinct_ids"]), crash["left_in_redis"],
+                        crash["dead"], crash["seconds"], met([crash["ok"]])))
     if "login" in r:
         figures = []
         for name in ("imd_pypy", "imd"):
@@ -1043,18 +1292,17 @@ def targets_table(report):
     if "idle" in r:
         idle_r = r["idle"]
         cp = idle_r.get("imd")
-        others = ", ".join("%s %.1f KB" % (LABELS[n].split(" (")[0] if n != "imd_pypy" else "imd on PyPy",
-                                          idle_r[n]["kb_per_connection"])
-                           for n in ("imd_pypy", "baseline", "node") if n in idle_r)
+        others = ", ".join("%s %.1f KB" % (SHORT[n], idle_r[n]["kb_per_connection"])
+                           for n in ("imd_pypy", "baseline", "node_original", "node") if n in idle_r)
         rows.append("| RSS per idle logged-in connection ≤ 12 KB on CPython (%s connections); PyPy reported "
                     "| %s%s | %s |" % (n0((cp or next(iter(idle_r.values())))["connected"]),
                        "imd on CPython %.1f KB" % cp["kb_per_connection"] if cp else "",
                        "; " + others if others else "", met([cp["kb_per_connection"] <= 12]) if cp else "-"))
     for name, lat in sorted(r.get("latency", {}).items(), key=lambda kv: ORDER.index(kv[0])):
         p99 = lat[name]["ack_latency_ms"].get("p99")
-        others = ", ".join("%s %s ms%s" % ("Node reference" if n == "node" else "Python baseline",
-                                          fmt_ms(lat[n]["ack_latency_ms"].get("p99")), over_capacity(lat[n]))
-                           for n in ("node", "baseline") if n in lat)
+        others = ", ".join("%s %s ms%s" % (SHORT[n], fmt_ms(lat[n]["ack_latency_ms"].get("p99")),
+                                          over_capacity(lat[n]))
+                           for n in ("node_original", "node", "baseline") if n in lat)
         rows.append("| open loop at half of imd's maximum (%s, %s msgs/s): ack p99 ≤ 25 ms | imd %s ms; at the same "
                     "rate %s | %s |" % ("PyPy" if name == "imd_pypy" else "CPython", n0(lat["rate"]), fmt_ms(p99),
                                         others, met([p99 is not None and p99 <= 25])))
@@ -1081,11 +1329,14 @@ def side_table(report):
         row("↳ delivered msgs/s, run 1 / run 2", lambda c: " / ".join(n0(run[c]["delivered_per_s"]) for run in runs))
         row("↳ ack latency p50 / p99 ms (closed loop), run 1; run 2",
             lambda c: "; ".join(fmt_lat2(run[c]["ack_latency_ms"]) for run in runs))
-        row("↳ server CPU µs/msg (imd: ws + migrator), run 1; run 2",
+        row("↳ server CPU µs/msg over the measured window (imd: ws + migrator; Node original: server + "
+            "migrator), run 1; run 2",
             lambda c: "; ".join("%.1f%s" % (run[c]["server_cpu_us_per_msg"], cpu_parts(run[c])) for run in runs))
+        row("↳ whole stack CPU µs/msg: sum (server + migrator + Redis + MariaDB; relays: server + Redis), "
+            "run 1; run 2", lambda c: "; ".join(fmt_stack(run[c]["stack_cpu_us_per_msg"]) for run in runs))
         row("↳ peak RSS MB", lambda c: " / ".join("%.0f" % (run[c]["server_peak_rss_kb"] / 1024.0) for run in runs))
-        row("↳ Redis, MariaDB CPU µs/msg (upper bounds), run 1", lambda c: "%s, %s" % (
-            runs[0][c].get("redis_cpu_us_per_msg_upper", "-"), runs[0][c].get("mysql_cpu_us_per_msg_upper", "-")))
+        row("↳ rows in MariaDB / messages acked (whole run), run 1; run 2", lambda c: "; ".join(
+            "%s / %s" % (n0(run[c]["rows_migrated"]), n0(run[c]["acked_total"])) for run in runs))
         row("↳ migrator max lag s / MQ empty s after the load, run 1; run 2", lambda c: "; ".join(
             "%.2f / %s" % (run[c]["migrator_lag"]["max_age_s"], run[c]["migrator_drained_s"]) for run in runs))
         row("↳ cores busy, averaged over the whole run: server + generator + Redis + MariaDB, run 1; run 2",
@@ -1121,6 +1372,8 @@ def side_table(report):
     if "migrate" in r:
         row("migrator rows/s (batch 500); MariaDB cores, migrator cores", lambda c: "%s; %s, %s" % (
             n0(r["migrate"][c]["rows_per_s"]), r["migrate"][c]["mysql_cores"], r["migrate"][c]["migrator_cores"]))
+        row("↳ CPU µs per row: migrator + MariaDB + Redis", lambda c: "{migrator} + {mariadb} + {redis}".format(
+            **r["migrate"][c]["us_per_row"]))
     if "replicas" in r:
         rep = r["replicas"]
         zero, one = rep["min_replicas_0"], rep["min_replicas_1"]
@@ -1188,8 +1441,12 @@ def main():
     global QUICK, PROFILE
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
-    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate")
+    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,crash",
+                        help="what to measure (default: %(default)s; also: replicas)")
+    parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
+    parser.add_argument("--original-auto-pipelining", type=int, choices=[0, 1], default=ORIGINAL.auto_pipelining,
+                        help="ioredis auto-pipelining in the Node original design's server (default: %(default)s)")
     parser.add_argument("--profile", choices=["svg", "txt"], help="py-spy flame graph (svg) or raw stacks "
                         "(txt) of the Python servers during the C=200 throughput runs, into bench/results/")
     parser.add_argument("--rate", type=int, help="open-loop rate (default: half of each imd's C=200 W=8 maximum)")
@@ -1208,6 +1465,11 @@ def main():
             log("summary table of %s written to %s" % (args.report, DOC))
         return
     only = set(args.only.split(","))
+    selected = set(name.strip().replace("-", "_") for name in args.servers.split(","))
+    unknown = selected - set(ORDER)
+    if unknown:
+        parser.error("unknown servers: %s (known: %s)" % (", ".join(sorted(unknown)), ", ".join(ORDER)))
+    ORIGINAL.auto_pipelining = args.original_auto_pipelining
     if args.replicas:
         only.add("replicas")
     QUICK = args.quick
@@ -1226,18 +1488,23 @@ def main():
               "loadavg_start": loadavg(), "fd_limit": fds, "command": "make bench" + (
                   " BENCH_ARGS='%s'" % " ".join(sys.argv[1:]) if len(sys.argv) > 1 else ""),
               "pypy_warmup_s": PYPY.warmup, "results": {}}
-    flavours = [CPYTHON]
-    missing = "left out (--no-pypy)" if args.no_pypy else pypy_ready()
-    if missing:
-        report["pypy_missing"] = missing
-        log("imd on PyPy not measured: %s" % missing)
-    else:
-        flavours.append(PYPY)
+    report["servers"] = [name for name in ORDER if name in selected]
+    report["original_auto_pipelining"] = ORIGINAL.auto_pipelining
+    flavours = [CPYTHON] if "imd" in selected else []
+    if "imd_pypy" in selected:
+        missing = "left out (--no-pypy)" if args.no_pypy else pypy_ready()
+        if missing:
+            report["pypy_missing"] = missing
+            log("imd on PyPy not measured: %s" % missing)
+        else:
+            flavours.append(PYPY)
+    # every stack with a migrator: the imds and the Node original design
+    stacks = flavours + ([ORIGINAL] if "node_original" in selected or "crash" in only else [])
     r = report["results"]
     log("workdir %s; redis db %d, mysql %s; load %s" % (
-        workdir, REDIS_DB, ", ".join(f.mysql_db for f in flavours), report["loadavg_start"]))
+        workdir, REDIS_DB, ", ".join(f.mysql_db for f in stacks), report["loadavg_start"]))
     # (the replicas run alone uses a private Redis: nothing of db REDIS_DB is touched)
-    setup = Setup(workdir, flavours) if only - {"replicas"} else None
+    setup = Setup(workdir, stacks) if only - {"replicas"} else None
 
     # imd as the shipped systemd units run it: the ws and http roles in one
     # process, the migrator in its own at nice 10 (imd-migrate.service).
@@ -1260,11 +1527,19 @@ def main():
             argv = ["node", os.path.join(HERE, "baseline_node.js"), "--port", str(NODE_PORT),
                     "--redis-db", str(REDIS_DB)]
             return Server(name, argv, NODE_PORT, os.path.join(workdir, "node%s.log" % tag))
+        if name == "node_original":
+            # its migrator at nice 10 too, as imd's (the same deployment for both)
+            argv = ["node", os.path.join(HERE, "original", "server.js"), "--port", str(ORIGINAL.port),
+                    "--redis-db", str(REDIS_DB), "--redis-port", str(REDIS_PORT), "--prefix", ORIGINAL.prefix,
+                    "--auto-pipelining", str(ORIGINAL.auto_pipelining)]
+            return Server(name, argv, ORIGINAL.port, os.path.join(workdir, "node_original%s.log" % tag),
+                          [["nice", "-n", "10"] + original_migrator_argv(ORIGINAL)], ORIGINAL)
         flavour = CPYTHON if name == "imd" else PYPY
         argv, companions = imd_argv_for(flavour, tag)
         return Server(name, argv, flavour.port, os.path.join(workdir, "%s%s.out" % (name, tag)), companions, flavour)
 
-    names = [n for n in ORDER if n in ("node", "baseline") or any(f.name == n for f in flavours)]
+    names = [n for n in ORDER if n in selected and (n in ("node", "baseline", "node_original")
+                                                     or any(f.name == n for f in flavours))]
     servers = {}
     try:
         if only & {"throughput", "receipts", "c2000", "latency"}:
@@ -1286,8 +1561,9 @@ def main():
                 r["latency"] = {}
                 for f in flavours:
                     rate = args.rate or int(max_rate.get(f.name, 4000) / 2)
-                    r["latency"][f.name] = open_runs(setup, servers, ["node", "baseline", f.name], rate, duration,
-                                                     warmup)
+                    r["latency"][f.name] = open_runs(
+                        setup, servers, [n for n in ("node", "node_original", "baseline", f.name) if n in servers],
+                        rate, duration, warmup)
             for name in list(servers):
                 servers.pop(name).stop()
         if "idle" in only:
@@ -1295,13 +1571,13 @@ def main():
             r["idle"] = {}
             for name in names:
                 servers[name] = start(name, "-idle")
-                r["idle"][name] = idle(setup, servers[name], idle_n, tokens=name.startswith("imd"))
+                r["idle"][name] = idle(setup, servers[name], idle_n, tokens=servers[name].flavour is not None)
                 servers.pop(name).stop()
         # A daemon of their own: after the idle run's 10,000 connections the
         # same process took logins at ~690/s against ~840/s fresh, though it
         # had freed every object (gc) and its CPU was back to idle.
         if only & {"login", "migrate"}:
-            for f in flavours:
+            for f in flavours + ([ORIGINAL] if "node_original" in names else []):
                 servers[f.name] = imd = start(f.name, "-login")
                 pypy = f is PYPY
                 if "login" in only:
@@ -1312,6 +1588,8 @@ def main():
                         setup, imd, 20000 if args.quick else 100000,
                         warm=(10000 if args.quick else 40000) if pypy else 0)
                 servers.pop(f.name).stop()
+        if "crash" in only:
+            r["original_crash"] = original_crash(setup, workdir, 20000 if args.quick else 100000, 12)
         if "replicas" in only:
             r["replicas"] = replicas(workdir, imd_argv_for, duration, warmup,
                                      args.rate if only == {"replicas"} else None)

@@ -115,7 +115,7 @@ async function runLoad() {
   const pad = 'x'.repeat(Math.max(0, opts.size - 14));
   let measuring = false;
   let stopped = false;
-  let acked = 0, delivered = 0, sent = 0, failed = 0;
+  let acked = 0, delivered = 0, sent = 0, failed = 0, ackedTotal = 0;
   let receiptsAcked = 0, receiptsRelayed = 0, receiptsSent = 0, receiptSeq = 0;
   const ackLatency = [], e2eLatency = [], receiptLatency = [];
 
@@ -144,6 +144,7 @@ async function runLoad() {
       if (t0 === undefined) { countError('unexpected_' + type); return; }
       s.inFlight.delete(packet.id);
       if (type === 'A') {
+        ackedTotal++;
         if (measuring) { acked++; ackLatency.push(now - t0); }
       } else {
         countError(packet.code);
@@ -232,6 +233,7 @@ async function runLoad() {
     connect_seconds: round(connectSeconds), measured_seconds: round(elapsed),
     acked_per_s: round(acked / elapsed), delivered_per_s: round(delivered / elapsed),
     failed_per_s: round(failed / elapsed), sent_total: sent, unanswered_at_end: unanswered,
+    acked_total: ackedTotal,   // warm-up and drain included: the messages stored
     ack_latency_ms: percentiles(ackLatency), e2e_latency_ms: percentiles(e2eLatency),
     receipts: Boolean(opts.receipts), receipts_sent_total: receiptsSent,
     receipts_acked_per_s: round(receiptsAcked / elapsed), receipts_relayed_per_s: round(receiptsRelayed / elapsed),
