@@ -1194,6 +1194,7 @@ def columns(report):
         present.update(k for k in run if k in LABELS)
     present.update(r.get("idle", {}))
     present.update(r.get("login", {}))
+    present.update(r.get("migrate", {}))
     return [name for name in ORDER if name in present]
 
 
