@@ -60,10 +60,12 @@ lint: install
 
 # bench/run.py: imd on CPython (.venv) and on PyPy (.venv-pypy3, built here
 # when missing, as `make install PYTHON=pypy3`; its rows are skipped, saying
-# why, when it cannot be) against the Python baseline relay
-# (bench/baseline_relay.py) and the Node reference (bench/baseline_node.js),
-# driven by the Node load generator bench/loadgen; own Redis db 9 and MySQL
-# imd_bench(_pypy). One run at a time: it holds an flock on /tmp/imd-bench.lock.
+# why, when it cannot be) against the original design's Node stack
+# (bench/original: ws server + migrator), the bare Node relay
+# (bench/baseline_node.js) and the Python baseline relay
+# (bench/baseline_relay.py), driven by the Node load generator bench/loadgen;
+# own Redis db 9 and MySQL imd_bench(_pypy, _orig). One run at a time: it
+# holds an flock on /tmp/imd-bench.lock.
 bench: install services
 	cd bench && npm ci --no-audit --no-fund --silent
 	$(if $(findstring --no-pypy,$(BENCH_ARGS)),,$(MAKE) --no-print-directory install PYTHON=pypy3 || \
