@@ -780,3 +780,17 @@ class ServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)   # the cache refresh
         self.keys.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_retries_back_off_to_30_s_and_never_stop(self):
+        self.keys.startService()
+        delays = []
+        for _ in range(1100):   # past 2 ** 1024: an hour and more of outage at 30 s
+            self.answers[-1].errback(FetchError("down"))
+            [call] = self.clock.getDelayedCalls()
+            delays.append(call.getTime() - self.clock.seconds())
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays[:7], [1, 2, 4, 8, 16, 30, 30])
+        self.assertEqual(set(delays[5:]), {30})
+        self.assertEqual((len(self.answers), self.keys.fetches_failed), (1101, 1100))
+        self.answer(signing_key("rsa-a"))
+        self.assertTrue(self.keys.available)

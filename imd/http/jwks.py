@@ -3,17 +3,17 @@ verify platform tokens, fetched at start, kept ``[http] jwks_cache``
 seconds, refetched for an unknown key id at most once per
 :data:`REFETCH_INTERVAL` seconds.
 
-- Keys are PyJWT's :class:`jwt.PyJWK` (one by one rather than through
-  ``PyJWKSet``, which lets a malformed member's KeyError through); only RS256 (RSA of at least 2048
-  bits) and ES256 (P-256) public keys are kept, by ``(kid, alg)``.  Others
-  in the set (Keycloak's ``RSA-OAEP`` encryption key, HS256 ``oct`` keys,
-  RS512...) are skipped; a set with none of ours is a failed fetch.
-- Every fetch starts at least :data:`REFETCH_INTERVAL` after the previous
-  one (the one at start counts), except the refresh when the cache expires
-  and the retries after a failure (1, 2, 4... s, at most 30 s apart).  A
-  token whose key is unknown while the limit holds is refused
-  (:class:`UnknownKey`, a 401); one that arrives while a fetch is under way
-  waits for it.
+- Keys are PyJWT's :class:`jwt.PyJWK`, built one by one (``PyJWKSet``
+  lets a malformed member's KeyError through); only RS256 (RSA of at least
+  2048 bits) and ES256 (P-256) public keys are kept, by ``(kid, alg)``.
+  Others in the set (Keycloak's ``RSA-OAEP`` encryption key, HS256 ``oct``
+  keys, RS512...) are skipped; a set with none of ours is a failed fetch.
+- Fetches: at start, when the cache expires, after a failure (1, 2, 4...
+  s later, at most :data:`REFETCH_INTERVAL` apart), and for a token whose
+  key is not held -- only when the last fetch of any kind (the one at
+  start included) began at least :data:`REFETCH_INTERVAL` ago; while that
+  limit holds, the token is refused (:class:`UnknownKey`, a 401).  A token
+  that arrives while a fetch is under way waits for it.
 - While the set cannot be had (the last fetch failed, or none has
   succeeded yet), keys already held keep verifying and a token whose key is
   not held gets :class:`KeySetUnavailable` (a 503).
@@ -288,7 +288,8 @@ class JwksKeys(Service):
         self.available, self.problem = False, problem
         self.fetches_failed += 1
         self._failures += 1
-        self._schedule(min(REFETCH_INTERVAL, FIRST_RETRY * 2 ** (self._failures - 1)), "retry")
+        # (the exponent is capped: 2.0 ** 1024 would not be a float)
+        self._schedule(min(REFETCH_INTERVAL, FIRST_RETRY * 2.0 ** min(self._failures - 1, 16)), "retry")
 
     def _schedule(self, delay: float, why: str) -> None:
         self._cancel_timer()
