@@ -88,10 +88,13 @@ class App:
         self.push_drainer: Any = None
         self.retention: Any = None
         self.metrics = Metrics(migrator=lambda: self.migrator, certificates=lambda: self.tls.certificates(),
-                               push=lambda: self.push_drainer,
+                               push=lambda: self.push_drainer, jwks=lambda: self.jwks,
                                node=self.node_id, roles=settings.imd.roles,
                                redis=lambda: (self.redis_client, self.sentinel))
         self.tls = TlsReloader(reactor)
+        # [http] auth = jwks:<url>: the platform's key set, fetched by the http role
+        self.jwks = self._jwks_keys() if "http" in settings.imd.roles and settings.http.auth.startswith("jwks:") \
+            else None
         self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
                               self.metrics, healthy=lambda: self.bus.healthy)
@@ -113,6 +116,14 @@ class App:
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)
+
+    def _jwks_keys(self) -> Any:
+        from imd.http.jwks import JwksKeys
+        from imd.http.jwks_fetch import JwksFetcher
+        http = self.settings.http
+        url = http.auth[len("jwks:"):]
+        fetcher = JwksFetcher(self.reactor, self.clock, url, http.jwks_ca)
+        return JwksKeys(fetcher.fetch, self.clock, http.jwks_cache, url)
 
     def redis_connection(self, kind: Any, **options: Any) -> Any:
         """A RedisClient or RedisSubscriber on ``[redis] url``, or on the master
@@ -161,6 +172,8 @@ class App:
                 if description:
                     self.listening_service(description, self.websocket_factory(secure), "ws").setServiceParent(top)
         if "http" in roles:
+            if self.jwks is not None:
+                self.jwks.setServiceParent(top)   # fetched at start; imd starts even when it cannot be
             for description in (self.settings.http.listen, self.settings.http.tls_listen):
                 if description:
                     self.listening_service(description, self.http_site(), "http").setServiceParent(top)

@@ -163,7 +163,44 @@ def _auth_mode(text: str) -> str:
             raise _Invalid("the hs256 secret must be at least %d bytes (it has %d)"
                            % (MIN_HS256_SECRET_BYTES, length))
         return text
-    raise _Invalid("expected 'dev' or 'hs256:<secret>', got %r" % (text.split(":")[0],))
+    if text.startswith("jwks:"):
+        return "jwks:" + _jwks_url(text[len("jwks:"):])
+    raise _Invalid("expected 'dev', 'hs256:<secret>' or 'jwks:<url>', got %r" % (text.split(":")[0],))
+
+
+def _jwks_url(text: str) -> str:
+    """The URL of ``auth = jwks:<url>``: https, or plain http to a loopback
+    host (a key set fetched in clear over a network could be replaced, and
+    with it every user's identity)."""
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        parts.port   # raises on a port that is not a number in range
+    except ValueError:
+        raise _Invalid("jwks: expected an https:// URL, got %r" % (text,))
+    if parts.scheme not in ("http", "https") or not host:
+        raise _Invalid("jwks: expected an https:// URL, got %r" % (text,))
+    if parts.username is not None or parts.password is not None:
+        raise _Invalid("jwks: the URL must not hold credentials (it is logged)")
+    if parts.fragment:
+        raise _Invalid("jwks: the URL must not have a #fragment")
+    if parts.scheme == "http" and not endpoints.is_loopback_host(host):
+        raise _Invalid("jwks: plain http is allowed only for a loopback host (localhost, 127.0.0.1, [::1]); "
+                       "use https:// for %s" % (host,))
+    return text
+
+
+def _ca_file(text: str) -> str:
+    """A PEM file of one or more CA certificates (empty: none)."""
+    if not text:
+        return ""
+    from imd.tls import load_ca_certificates
+    try:
+        load_ca_certificates(text)
+    except Exception as e:   # OSError, ValueError, OpenSSL's Error for a PEM block that does not parse
+        raise _Invalid("cannot load CA certificates from %s: %s"
+                       % (text, getattr(e, "strerror", None) or str(e) or e.__class__.__name__))
+    return text
 
 
 def _ws_url(text: str) -> str:
@@ -301,6 +338,12 @@ class HttpSettings:
     request_timeout: float = _setting("10", _number())
     max_connections: int = _setting("1000", _int(1))
     api_key: str = _setting("", _api_key)
+    # auth = jwks:<url> (docs/http.md): claims the platform tokens must hold,
+    # how long the key set is kept, extra CAs for an https key set URL
+    jwks_audience: str = _setting("", _text)
+    jwks_issuer: str = _setting("", _text)
+    jwks_cache: int = _setting("600", _int(30, 86400))
+    jwks_ca: str = _setting("", _ca_file)
 
 
 @dataclass(frozen=True)
@@ -462,6 +505,7 @@ def _check_across_keys(path: str, settings: Settings) -> None:
         raise ConfigError(path, "mysql", "pool_min",
                           "must not exceed pool_max (%d > %d)"
                           % (settings.mysql.pool_min, settings.mysql.pool_max))
+    _check_jwks_keys(path, settings)
     if settings.http.auth == "dev" and "http" in settings.imd.roles:
         for key in ("listen", "tls_listen"):
             endpoint = getattr(settings.http, key)
@@ -469,6 +513,21 @@ def _check_across_keys(path: str, settings: Settings) -> None:
                 raise ConfigError(path, "http", "auth",
                                   "'dev' trusts any caller and is allowed only on loopback "
                                   "listeners; [http] %s is %r" % (key, endpoint))
+
+
+def _check_jwks_keys(path: str, settings: Settings) -> None:
+    """The jwks_* keys that only ``auth = jwks:<url>`` reads: set with
+    another mode they would look like checks that are not made."""
+    http = settings.http
+    if http.auth.startswith("jwks:"):
+        if http.jwks_ca and not http.auth.startswith("jwks:https:"):
+            raise ConfigError(path, "http", "jwks_ca", "is for an https:// key set URL; [http] auth is %r"
+                              % (http.auth,))
+        return
+    for key in ("jwks_audience", "jwks_issuer", "jwks_ca"):
+        if getattr(http, key):
+            raise ConfigError(path, "http", key, "applies only with [http] auth = jwks:<url> "
+                                                 "(auth is %s)" % http.auth.split(":")[0])
 
 
 def _check_metrics_port(path: str, settings: Settings) -> None:

@@ -8,7 +8,7 @@ count as ``other``, refusal reasons lose their variable tail.
 
 import re
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Callable, Collection, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -102,6 +102,44 @@ class _PushCollector:
         yield failed
         yield CounterMetricFamily("imd_push_retried", "Push tries that failed (timeout, 5xx, no connection) "
                                   "and were scheduled again", value=float(getattr(drainer, "retried", 0)))
+
+
+class _JwksCollector:
+    """The platform key set of ``[http] auth = jwks:<url>`` (imd.http.jwks),
+    read when scraped; nothing in a process without one."""
+
+    def __init__(self, get_jwks: Callable[[], object]) -> None:
+        self._get_jwks = get_jwks   # its figures are read by name (getattr)
+
+    def describe(self) -> List[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        jwks: Any = self._get_jwks()
+        if jwks is None:
+            return
+        yield GaugeMetricFamily("imd_jwks_available", "0 while the platform's key set cannot be had (the last "
+                                "fetch failed, or none succeeded yet): held keys still verify, others get 503",
+                                value=1.0 if jwks.available else 0.0)
+        yield GaugeMetricFamily("imd_jwks_keys", "RS256/ES256 keys of the platform's key set held",
+                                value=float(len(jwks.keys)))
+        age = jwks.fetch_age()
+        yield GaugeMetricFamily("imd_jwks_age_seconds", "Time since the key set was last fetched (NaN: never)",
+                                value=float("nan") if age is None else age)
+        yield GaugeMetricFamily("imd_jwks_cache_seconds", "[http] jwks_cache: how long a fetched key set is "
+                                "kept before it is fetched again", value=float(jwks.cache_seconds))
+        yield GaugeMetricFamily("imd_jwks_refetch_wait_seconds", "Time until a token with an unknown kid may "
+                                "refetch the key set (the limit: once per 30 s; 0 = now)",
+                                value=jwks.refetch_wait())
+        fetches = CounterMetricFamily("imd_jwks_fetches", "Fetches of the key set, by result", labels=["result"])
+        fetches.add_metric(["ok"], float(jwks.fetches_ok))
+        fetches.add_metric(["failed"], float(jwks.fetches_failed))
+        yield fetches
+        yield CounterMetricFamily("imd_jwks_refetches_held_back", "Tokens with an unknown kid refused (401) "
+                                  "because the key set was fetched less than 30 s before",
+                                  value=float(jwks.held_back))
+        yield CounterMetricFamily("imd_jwks_rotations", "Key set fetches that added, removed or replaced keys",
+                                  value=float(jwks.rotations))
 
 
 class _CertificateCollector:
@@ -233,12 +271,14 @@ class Metrics:
     def __init__(self, migrator: Optional[Callable[[], object]] = None,
                  certificates: Optional[Callable[[], Certificates]] = None, node: str = "",
                  roles: Collection[str] = (), push: Optional[Callable[[], object]] = None,
-                 redis: Optional[Callable[[], Tuple["RedisClient", Optional["SentinelMaster"]]]] = None) -> None:
+                 redis: Optional[Callable[[], Tuple["RedisClient", Optional["SentinelMaster"]]]] = None,
+                 jwks: Optional[Callable[[], object]] = None) -> None:
         """``migrator()``: the App's migrator or None, read at each scrape;
         ``push()``: the App's push drainer or None, likewise;
         ``certificates()``: ``(port, path, expiry)`` of each TLS listener;
         ``node``, ``roles``: this process, for ``imd_process_info``;
-        ``redis()``: ``(command RedisClient, SentinelMaster or None)``."""
+        ``redis()``: ``(command RedisClient, SentinelMaster or None)``;
+        ``jwks()``: the App's platform key set (imd.http.jwks) or None."""
         # The *_created series only repeat the process start time.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -310,6 +350,8 @@ class Metrics:
         registry.register(_PushCollector(push or (lambda: None)))
         if redis is not None:
             registry.register(_RedisCollector(redis))
+        if jwks is not None:
+            registry.register(_JwksCollector(jwks))
 
     # --- called by the transport ---------------------------------------------
 

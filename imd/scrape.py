@@ -26,6 +26,7 @@ from imd.stores.processes import ProcessRegistry, process_identity
 
 if TYPE_CHECKING:
     from imd.config import Settings
+    from imd.http.jwks import JwksKeys
     from imd.metrics import Metrics
     from imd.stores.keys import Keys
     from imd.stores.mysql import MysqlStore
@@ -182,6 +183,9 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def clock(self) -> IReactorTime: ...
+
+    @property
+    def jwks(self) -> "Optional[JwksKeys]": ...
 
     def server_endpoint(self, description: str) -> ServerEndpoint: ...
 

@@ -33,11 +33,14 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.ssl import (AcceptableCiphers, Certificate, CertificateOptions,
-                                  DiffieHellmanParameters, KeyPair, TLSVersion)
+                                  DiffieHellmanParameters, KeyPair, TLSVersion, platformTrust,
+                                  trustRootFromCertificates)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.filepath import FilePath
+from twisted.web.client import BrowserLikePolicyForHTTPS
 from zope.interface import implementer
 
 from imd import endpoints
@@ -305,3 +308,37 @@ def self_signed(host: str, days: int = 30, now: Optional[datetime.datetime] = No
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption()))
+
+
+# --- the client side: trusting a server imd fetches from ----------------------
+
+def load_ca_certificates(path: str) -> List[Certificate]:
+    """Every certificate in the PEM file ``path`` (OSError, or ValueError when
+    it holds none or one does not parse)."""
+    pems = _CERT_PEM.findall(FilePath(path).getContent())
+    if not pems:
+        raise ValueError("no PEM certificate in the file")
+    return [Certificate.loadPEM(pem) for pem in pems]
+
+
+@implementer(IOpenSSLTrustRoot)
+class _SystemAndExtraCAs:
+    """The system's CAs (Twisted's ``platformTrust``) and some more."""
+
+    def __init__(self, extra: List[Certificate]) -> None:
+        self._system: Any = platformTrust()
+        self._extra: Any = trustRootFromCertificates(extra)
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        # IOpenSSLTrustRoot's one method: each adds to the same context's store
+        self._system._addCACertsToContext(context)
+        self._extra._addCACertsToContext(context)
+
+
+def client_tls_policy(ca_path: str = "") -> BrowserLikePolicyForHTTPS:
+    """What an ``Agent`` checks an https server against: the system's CAs,
+    plus those of the PEM file ``ca_path`` when given; the host name is
+    checked by service_identity."""
+    if not ca_path:
+        return BrowserLikePolicyForHTTPS()
+    return BrowserLikePolicyForHTTPS(trustRoot=_SystemAndExtraCAs(load_ca_certificates(ca_path)))

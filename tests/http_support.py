@@ -66,6 +66,8 @@ class HttpServer(ImdServer):
             self.app.redis_client.startService()
             # polled on the real reactor: the app's own clock may be a task.Clock
             yield wait_until(lambda: self.app.redis_client.connected, what="redis connection")
+        if self.app.jwks is not None:   # [http] auth = jwks:<url>: its first fetch starts now
+            self.app.jwks.startService()
         self.site = build_site(self.app, ws_base_url=ws_base)
         self._http = yield serverFromString(reactor, self.app.settings.http.listen).listen(self.site)
         self.http_port = self._http.getHost().port
@@ -79,6 +81,8 @@ class HttpServer(ImdServer):
     def stop(self):
         if self._http is not None:
             yield self._http.stopListening()
+        if self.app.jwks is not None and self.app.jwks.running:
+            self.app.jwks.stopService()
         if self.with_ws:
             yield ImdServer.stop(self)
             return

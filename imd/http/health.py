@@ -15,10 +15,18 @@ latency.  They name an address, so they are shown only where the answer
 cannot be public: on ``[imd] metrics_listen``, and to a request that came
 straight from this machine's loopback (no proxy header).  Through a proxy,
 or from another host, ``/healthz`` says ok/down and nothing more.
+
+With ``[http] auth = jwks:<url>``, ``"jwks"`` says ``"ok"`` or ``"down"``
+(the platform's key set cannot be had).  It does not make the answer 503:
+held keys keep verifying, and every node shares the same key set, so a
+load balancer taking nodes out for it would refuse every user.  The
+details add ``jwks_keys`` (held), ``jwks_age`` (seconds since fetched),
+``jwks_refetch_wait`` (seconds before an unknown kid may refetch) and
+``jwks_problem`` (why it cannot be had).
 """
 
 import typing
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, cast
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -30,6 +38,7 @@ from imd.http.site import Clock
 
 if TYPE_CHECKING:
     from imd.config import Settings
+    from imd.http.jwks import JwksKeys
     from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
 
@@ -52,6 +61,9 @@ class HealthApp(typing.Protocol):
 
     @property
     def clock(self) -> Clock: ...
+
+    @property
+    def jwks(self) -> "Optional[JwksKeys]": ...
 
 
 class HealthResource(JsonResource):
@@ -93,8 +105,15 @@ class HealthResource(JsonResource):
             body[name] = "ok" if ok else "down"
             if not ok:
                 problems.append("%s: %s" % (name, value.getErrorMessage() or value.type.__name__))
+        jwks = self._app.jwks
+        if jwks is not None:
+            body["jwks"] = "ok" if jwks.available else "down"
         if self._details or direct_from_loopback(request):
             body.update(self.redis_figures())
+            if jwks is not None:
+                age = jwks.fetch_age()
+                body.update(jwks_keys=len(jwks.keys), jwks_age=None if age is None else round(age, 1),
+                            jwks_refetch_wait=round(jwks.refetch_wait(), 1), jwks_problem=jwks.problem)
         if problems:
             _log.warn("health check failed: {problems}", problems="; ".join(problems))
             return 503, body

@@ -6,7 +6,10 @@ request that came through a proxy, or names a ``Host`` other than a loopback
 one (DNS rebinding), is refused.  ``hs256:<secret>``: ``Authorization: Bearer
 <JWT>`` signed HS256 by the platform with the user id in claim ``id``; it
 must have an ``exp`` at most :data:`PLATFORM_MAX_LIFETIME` ahead, checked
-with ``nbf`` against the injected clock.
+with ``nbf`` against the injected clock.  ``jwks:<url>``: the same, signed
+RS256 or ES256 by a key of the platform's key set (imd.http.jwks), with
+``aud`` and ``iss`` checked when ``[http] jwks_audience`` / ``jwks_issuer``
+are set; the body is not read.
 
 Every request counts against its remote address's allowance, and every
 authenticated one against its user's (``[http] token_*``): past either the
@@ -26,6 +29,7 @@ from twisted.web.server import Request
 from imd import endpoints
 from imd.auth import IssuerKeyError, TokenIssuer, is_time
 from imd.errors import StoreUnavailable
+from imd.http.jwks import ALGORITHMS, KeySetUnavailable, UnknownKey
 from imd.http.ratelimit import RateLimiter
 from imd.http.resource import HttpError, JsonResource, JsonResult, came_through_proxy, read_json_object
 from imd.http.site import Clock
@@ -33,6 +37,7 @@ from imd.protocol import parse_uid
 
 if TYPE_CHECKING:
     from imd.config import Settings
+    from imd.http.jwks import JwksKeys
     from imd.metrics import Metrics
     from imd.stores.tokens import TokenStore
 
@@ -101,6 +106,9 @@ class TokenApp(typing.Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    @property
+    def jwks(self) -> "Optional[JwksKeys]": ...
+
 
 class TokenResource(JsonResource):
     methods = ("POST",)
@@ -110,7 +118,13 @@ class TokenResource(JsonResource):
         super().__init__(http.cors_origins)
         self._app = app
         self._ws_base_url = ws_base_url
-        self._secret = http.auth[len("hs256:"):] if http.auth.startswith("hs256:") else None
+        self._mode = http.auth.split(":", 1)[0]   # dev, hs256 or jwks
+        self._secret = http.auth[len("hs256:"):] if self._mode == "hs256" else None
+        self._jwks = app.jwks if self._mode == "jwks" else None
+        if self._mode == "jwks" and self._jwks is None:
+            raise ValueError("[http] auth = jwks:<url> needs the App's key set (App.jwks)")
+        self._audience = http.jwks_audience or None
+        self._jwks_issuer = http.jwks_issuer or None
         self._issuer = TokenIssuer(app.tokens, app.clock, app.settings.auth.token_ttl)
         self._per_address = RateLimiter(http.token_address_rate, http.token_address_burst)
         self._per_user = RateLimiter(http.token_user_rate, http.token_user_burst)
@@ -118,11 +132,16 @@ class TokenResource(JsonResource):
     @defer.inlineCallbacks
     def render_POST(self, request: Request) -> Generator[defer.Deferred, Any, JsonResult]:
         app = self._app
-        if self._secret is None:
+        if self._mode == "dev":
             refuse_unless_local(request)
         peer = getattr(request.getClientAddress(), "host", None) or "-"
         self._spend(self._per_address, peer, "this address")
-        uid = self._platform_user(request) if self._secret is not None else self._dev_user(request)
+        if self._mode == "jwks":
+            uid = yield self._jwks_user(request)
+        elif self._mode == "hs256":
+            uid = self._platform_user(request)
+        else:
+            uid = self._dev_user(request)
         self._spend(self._per_user, uid, "this user")
         try:
             token = yield self._issuer.issue(uid)
@@ -152,19 +171,9 @@ class TokenResource(JsonResource):
             raise HttpError(401, "bad credentials: %s" % e)
 
     def _platform_user(self, request: Request) -> int:
-        header = request.getHeader(b"authorization")
-        if header is None:
-            raise HttpError(401, "missing credentials: send Authorization: Bearer <platform JWT>", _CHALLENGE)
-        scheme, _, token = header.decode("latin-1").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise HttpError(401, "bad credentials: expected Authorization: Bearer <platform JWT>", _CHALLENGE)
-        claims = self._verify_platform_token(token)
+        claims = self._verify_platform_token(_bearer_token(request))
         read_json_object(request)  # a body, when sent, must still be JSON
-        try:
-            return parse_uid(claims.get("id"), "id")
-        except ValueError as e:
-            raise HttpError(401, "bad credentials: claim %s" % e, _CHALLENGE)
+        return _user_of(claims)
 
     def _verify_platform_token(self, token: str) -> Dict[str, Any]:
         assert self._secret is not None   # asked only with [http] auth = hs256:<secret>
@@ -174,6 +183,46 @@ class TokenResource(JsonResource):
                                          "verify_iat": False, "verify_aud": False})
         except jwt.PyJWTError as e:
             raise HttpError(401, "bad credentials: %s" % e, _CHALLENGE)
+        return self._check_times(claims)
+
+    @defer.inlineCallbacks
+    def _jwks_user(self, request: Request) -> Generator[defer.Deferred, Any, int]:
+        token = _bearer_token(request)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise HttpError(401, "bad credentials: %s" % e, _CHALLENGE)
+        alg, kid = header.get("alg"), header.get("kid")
+        # none, HS256 (keyed with a public key, or not), RS512...: refused
+        # before any key is looked up, so they never cause a refetch
+        if alg not in ALGORITHMS:
+            raise HttpError(401, "bad credentials: the token's alg must be RS256 or ES256, not %.20r" % (alg,),
+                            _CHALLENGE)
+        if kid is not None and (not isinstance(kid, str) or not kid):
+            raise HttpError(401, "bad credentials: the token's kid is not a key id", _CHALLENGE)
+        assert self._jwks is not None   # asked only with [http] auth = jwks:<url>
+        try:
+            key = yield self._jwks.key_for(kid, alg)
+        except UnknownKey as e:
+            raise HttpError(401, "bad credentials: %s" % e, _CHALLENGE)
+        except KeySetUnavailable as e:
+            raise HttpError(503, str(e), {b"Retry-After": b"%d" % max(1, round(e.retry_after))})
+        try:
+            # the key's own algorithm only (the header's was checked above);
+            # PyJWT refuses a token without aud / iss when one is asked for;
+            # times are checked below, against the injected clock
+            claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name], audience=self._audience,
+                                issuer=self._jwks_issuer,
+                                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                                         "verify_aud": self._audience is not None,
+                                         "verify_iss": self._jwks_issuer is not None})
+        except jwt.PyJWTError as e:
+            raise HttpError(401, "bad credentials: %s" % e, _CHALLENGE)
+        return _user_of(self._check_times(claims))
+
+    def _check_times(self, claims: Dict[str, Any]) -> Dict[str, Any]:
+        """``claims`` when ``exp`` (required), ``nbf`` and ``iat`` allow the
+        token now, and it lives at most :data:`PLATFORM_MAX_LIFETIME`."""
         now = self._app.clock.seconds()
         exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
         if exp is None:
@@ -188,3 +237,21 @@ class TokenResource(JsonResource):
             raise HttpError(401, "bad credentials: the platform token lives longer than %d h"
                             % (PLATFORM_MAX_LIFETIME // 3600), _CHALLENGE)
         return claims
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.getHeader(b"authorization")
+    if header is None:
+        raise HttpError(401, "missing credentials: send Authorization: Bearer <platform JWT>", _CHALLENGE)
+    scheme, _, token = header.decode("latin-1").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HttpError(401, "bad credentials: expected Authorization: Bearer <platform JWT>", _CHALLENGE)
+    return token
+
+
+def _user_of(claims: Dict[str, Any]) -> int:
+    try:
+        return parse_uid(claims.get("id"), "id")
+    except ValueError as e:
+        raise HttpError(401, "bad credentials: claim %s" % e, _CHALLENGE)
