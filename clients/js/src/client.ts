@@ -725,12 +725,13 @@ export class ImdClient {
     const id = String(packet.id);
     // Sent by this client: its send() or recall() has (or will have) the A.
     const own = this.userId !== null && Number(packet.from) === this.userId && (this.ownIds.has(id) || this.outboxIds.has(id));
+    if (typeof pos === "number") this.highest = pos;
+    if (!own) this.events.emit("message", packet as MessagePacket);
+    // Stored after the handler ran: a crash in between delivers the packet again after a restart, never loses it.
     if (typeof pos === "number") {
-      this.highest = pos;
       if (this.pruneOwn()) this.persist("outbox");
       this.persist("pos");
     }
-    if (!own) this.events.emit("message", packet as MessagePacket);
   }
 
   private rememberOwn(id: string, pos: number | null): void {

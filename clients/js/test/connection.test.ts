@@ -97,9 +97,9 @@ describe("reconnect", () => {
     h.socket().open();
     h.socket().kick(4001, "token already used");
     await flush();
-    await rejected;
     assert.deepEqual(h.closed, [{ code: 4001, reason: "token already used" }]);
     assert.equal(h.client.state, "closed");
+    await rejected;
     await h.clock.tick(600000);
     assert.equal(h.sockets.length, 2, "no more attempts");
     await assert.rejects(h.client.send({ to: 2, type: "t", msg: "x" }), (err: unknown) => err instanceof ImdError && err.code === "closed");
@@ -133,10 +133,11 @@ describe("reconnect", () => {
       const history = assert.rejects(pages.next(), (err: unknown) => err instanceof ImdError && err.code === errorCode);
       await flush();
       socket.kick(code, reason);
-      await rejected;
-      await history;
+      await flush();
       assert.deepEqual(h.closed, [{ code, reason }]);
       assert.equal(h.client.state, "closed");
+      await rejected;
+      await history;
       await h.clock.tick(600000);
       assert.equal(h.sockets.length, 1);
       assert.equal(h.client.outboxSize, 1, "the unsent packet waits for a later connect()");
@@ -150,6 +151,8 @@ describe("reconnect", () => {
     await flush();
     const id = socket.last("t").id;
     socket.kick(4002, "replaced");
+    await flush();
+    assert.equal(h.client.state, "closed");
     assert.equal(await first, "replaced");
     const again = await connectAndSync(h);
     assert.equal(again.last("t").id, id);

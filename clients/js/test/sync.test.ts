@@ -129,6 +129,18 @@ describe("sync", () => {
     assert.deepEqual(pos(h2.messages), [9]);
   });
 
+  it("writes the position to the store only after the message handler ran", async () => {
+    const values = new Map<string, string>();
+    const seenInHandler: Array<string | undefined> = [];
+    const h = setup({ store: { get: (k) => values.get(k), set: (k, v) => void values.set(k, v) } });
+    h.client.on("message", () => seenInHandler.push(values.get("imd:1:pos")));
+    const socket = await connectAndSync(h, 1, [[msg(1)]]);
+    socket.receive(msg(2));
+    await flush();
+    assert.deepEqual(seenInHandler, ["0", "1"]);
+    assert.equal(values.get("imd:1:pos"), "2");
+  });
+
   it("keeps each user's position under its own key", async () => {
     const store = new RecordingStore();
     store.values.set("imd:1:pos", "40");
