@@ -521,7 +521,7 @@ export class ImdClient {
   }
 
   private pages<T>(first: Record<string, unknown>, toPage: (reply: HistoryPacket) => T): AsyncIterableIterator<T> {
-    const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
+    const self = this;
     return (async function* () {
       let msg = first;
       for (;;) {

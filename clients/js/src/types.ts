@@ -139,7 +139,6 @@ export interface Store {
  * The WebSocket the client uses: the browser's, React Native's, or the `ws`
  * package's (anything with the WHATWG `on…` handlers and `send`/`close`).
  */
-/* eslint-disable @typescript-eslint/no-explicit-any */
 export interface WebSocketLike {
   readonly readyState: number;
   onopen: ((event: any) => void) | null;
@@ -150,7 +149,6 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
-/* eslint-enable @typescript-eslint/no-explicit-any */
 
 /** What `token()` may return: a wstoken, a full `ws(s)://` URL, or the body of `POST /IM/token`. */
 export type TokenResult = string | { url?: string; token?: string };

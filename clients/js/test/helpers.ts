@@ -65,7 +65,7 @@ export class FakeClock implements Timers {
   }
 }
 
-export type Sent = { id: string; type: string; to?: number | string; room?: string; msg: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+export type Sent = { id: string; type: string; to?: number | string; room?: string; msg: any };
 
 /** The server's side of one connection, played by the test. */
 export class FakeSocket implements WebSocketLike {
