@@ -7,7 +7,7 @@ CONFIG  ?= etc/imd.ini
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install services chromium promtool keys schema run test test-plain-autobahn lint clean bench faults
+.PHONY: install services chromium promtool keys schema run test test-js test-plain-autobahn lint clean bench faults
 
 $(STAMP): setup.cfg pyproject.toml
 	$(if $(findstring pypy,$(PYTHON)),bin/ensure-pypy)
@@ -44,8 +44,19 @@ run: keys schema
 # Each trial process (each worker of TRIAL_ARGS=-j2 too) leases a Redis db and
 # a MySQL database of its own and removes them at exit (tests/isolation.py):
 # two `make test` can run at once, beside `make run`.
+# The JavaScript SDK's tests run first (seconds); trial runs even when they
+# fail, so its summary still ends the output (.ci/run reads it), and a
+# failure of either makes `make test` fail.
 test: install services chromium promtool
-	$(VENV)/bin/trial $(TRIAL_ARGS) tests
+	$(MAKE) --no-print-directory test-js; js=$$?; \
+	$(VENV)/bin/trial $(TRIAL_ARGS) tests || exit $$?; \
+	if [ $$js != 0 ]; then echo "make test: the SDK's tests failed (make test-js)" >&2; fi; \
+	exit $$js
+
+# The JavaScript/TypeScript SDK in clients/js: its dev dependencies from
+# package-lock.json, then `npm test` (tsc builds dist/ and the tests, node --test runs them).
+test-js:
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 # The WebSocket tests again on stock Autobahn (imd/transport/autobahn_tuning.py off).
 WS_TESTS ?= tests.test_messages tests.test_login tests.test_limits tests.test_idle tests.test_protocol \
@@ -85,4 +96,4 @@ faults: install services
 	cat bench/results/faults-last-run.jsonl
 
 clean:
-	rm -rf $(VENV) _trial_temp build dist *.egg-info
+	rm -rf $(VENV) _trial_temp build dist *.egg-info clients/js/dist clients/js/build
