@@ -12,11 +12,12 @@ from twisted.web import resource, server
 
 from tests.support import wait_until
 
-SECRET = "test-push-secret"
+SECRET = "test-push-secret-of-at-least-32-bytes"
 
 
 class Post(NamedTuple):
     delivery: str
+    timestamp: str
     signature: str
     body: bytes
     at: float          # the drainer's clock when it arrived (see Receiver.clock)
@@ -37,6 +38,7 @@ class _Gateway(resource.Resource):
         r = self._receiver
         header = request.requestHeaders.getRawHeaders
         r.posts.append(Post((header(b"x-imd-delivery") or [b""])[0].decode(),
+                            (header(b"x-imd-timestamp") or [b""])[0].decode(),
                             (header(b"x-imd-signature") or [b""])[0].decode(),
                             request.content.read(), r.clock.seconds()))
         if r.hold:

@@ -6,6 +6,8 @@ server of the test (tests/push_support.py); the drainer runs on a
 task.Clock where timing matters."""
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -45,6 +47,13 @@ def doc_verify():
     return namespace["verify"]
 
 
+def verified(post):
+    """The POST passes docs/push.md's check when it arrived, and its
+    X-Imd-Timestamp is the time of that attempt."""
+    return (post.timestamp == "%d" % int(post.at)
+            and doc_verify()(SECRET.encode(), post.body, post.delivery, post.timestamp, post.signature, now=post.at))
+
+
 class PayloadTests(unittest.SynchronousTestCase):
 
     def test_preview(self):
@@ -61,19 +70,32 @@ class PayloadTests(unittest.SynchronousTestCase):
         self.assertEqual(json.loads(payload.body(2, packet, 3)),
                          {"to": 2, "from": 1, "id": 7, "type": "t", "preview": "hello", "ts": 1700000000123,
                           "unread": 3})
-        self.assertEqual(json.loads(payload.body(2, packet, 3, with_preview=False))["preview"], "")
+        # without previews the client-chosen id goes too: ids can carry text (contract §7.5)
+        self.assertEqual(json.loads(payload.body(2, packet, 3, with_preview=False)),
+                         {"to": 2, "from": 1, "id": "", "type": "t", "preview": "", "ts": 1700000000123,
+                          "unread": 3})
         self.assertEqual(payload.body(2, packet, 3), payload.body(2, packet, 3))   # the same on every try
         for bad in ("[1]", "{", '"x"'):
             self.assertRaises(ValueError, payload.body, 2, bad, 1)
 
     def test_signature_is_what_the_docs_verify(self):
-        body = b'{"to":2}'
-        header = payload.signature(SECRET, body)
-        self.assertTrue(header.startswith("sha256="))
-        verify = doc_verify()
-        self.assertTrue(verify(SECRET.encode(), body, header))
-        self.assertFalse(verify(SECRET.encode(), body + b" ", header))
-        self.assertFalse(verify(b"other", body, header))
+        body, key, ts = b'{"to":2}', "3f2a9c0d41b7e6a8-1", 1700000010
+        header = payload.signature(SECRET, ts, key, body)
+        # sha256=<hex HMAC-SHA256 of "<timestamp>.<delivery key>.<body>"> (contract §7.5)
+        self.assertEqual(header, "sha256=" + hmac.new(SECRET.encode(), b"1700000010.3f2a9c0d41b7e6a8-1." + body,
+                                                      hashlib.sha256).hexdigest())
+        verify, secret = doc_verify(), SECRET.encode()
+        self.assertTrue(verify(secret, body, key, str(ts), header, now=ts))
+        self.assertTrue(verify(secret, body, key, str(ts), header, now=ts + 300))
+        self.assertFalse(verify(secret, body + b" ", key, str(ts), header, now=ts))
+        self.assertFalse(verify(secret, body, key + "0", str(ts), header, now=ts))          # re-keyed
+        self.assertFalse(verify(secret, body, key, str(ts + 1), header, now=ts))            # re-dated
+        self.assertFalse(verify(b"other", body, key, str(ts), header, now=ts))
+        self.assertFalse(verify(secret, body, key, str(ts), header, now=ts + 301))          # replayed late
+        self.assertFalse(verify(secret, body, key, str(ts), header, now=ts - 301))          # from the future
+        for bad in ("", "x", "-1", "1e9", " %d" % ts):
+            self.assertFalse(verify(secret, body, key, bad, header, now=ts), bad)
+        self.assertFalse(verify(secret, body, key, str(ts), "sha256=é", now=ts))
 
     def test_backoff_doubles_to_60s_with_jitter(self):
         rng = random.Random(1)
@@ -93,13 +115,18 @@ class NodeTestsOfTheNodeExample(unittest.TestCase):
         node = shutil.which("node")
         if node is None:
             raise unittest.SkipTest("node is not installed")
-        body = '{"to":2,"unread":1}'
+        body, key, ts = '{"to":2,"unread":1}', "3f2a9c0d41b7e6a8-1", 1700000010
         script = doc_code("js") + (
-            "\nconst [s, text, signature] = process.argv.slice(-3), b = Buffer.from(text);"
-            "\nconsole.log(verify(s, b, signature), verify(s, b, 'sha256=00'), verify('x', b, signature));")
-        result = subprocess.run([node, "-e", script, SECRET, body, payload.signature(SECRET, body.encode())],
+            "\nconst [s, text, key, ts, signature] = process.argv.slice(-5), b = Buffer.from(text), t = Number(ts);"
+            "\nconsole.log([verify(s, b, key, ts, signature, t), verify(s, b, key, ts, signature, t + 300),"
+            " verify(s, b, key, ts, 'sha256=00', t), verify('x', b, key, ts, signature, t),"
+            " verify(s, Buffer.from(text + ' '), key, ts, signature, t), verify(s, b, key + '0', ts, signature, t),"
+            " verify(s, b, key, String(t + 1), signature, t), verify(s, b, key, ts, signature, t + 301),"
+            " verify(s, b, key, ts, signature, t - 301), verify(s, b, key, '1e9', signature, t)].join(' '));")
+        result = subprocess.run([node, "-e", script, SECRET, body, key, str(ts),
+                                 payload.signature(SECRET, ts, key, body.encode())],
                                 capture_output=True, text=True, timeout=30)
-        self.assertEqual(result.stdout.strip(), "true false false", result.stderr)
+        self.assertEqual(result.stdout.strip(), "true true" + " false" * 8, result.stderr)
 
 
 class PushTestMixin(ServerTestMixin):
@@ -164,7 +191,7 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         self.advance_to(due)
         self.assertEqual(await drainer.run_due(), [SENT])
         [post] = self.receiver.posts
-        self.assertTrue(doc_verify()(SECRET.encode(), post.body, post.signature))
+        self.assertTrue(verified(post), post)
         stored = json.loads(await self.redis.lindex("MQ", 0))
         self.assertEqual(post.payload, {"to": 2, "from": 1, "id": "three", "type": "t", "preview": "three",
                                         "ts": stored["ts"], "unread": 3})
@@ -206,8 +233,10 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         posts = self.receiver.posts
         self.assertEqual(len(posts), 4)
         self.assertEqual((drainer.sent, drainer.retried, drainer.rejected, drainer.expired), (1, 3, 0, 0))
-        # one push: the same delivery key, body and signature on every try
-        self.assertEqual({(p.delivery, p.signature, p.body) for p in posts}, {posts[0][:3]})
+        # one push: the same delivery key and body on every try, each signed
+        # with the time of its own attempt
+        self.assertEqual({(p.delivery, p.body) for p in posts}, {(posts[0].delivery, posts[0].body)})
+        self.assertTrue(all(verified(p) for p in posts), posts)
         gaps = [b.at - a.at for a, b in zip(posts, posts[1:])]
         for gap, step in zip(gaps, (1, 2, 4)):
             self.assertTrue(0.8 * step - 0.02 <= gap <= step + 0.02, gaps)
@@ -272,12 +301,15 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         self.assertEqual(self.receiver.posts, [])
         self.assertEqual(await self.redis.hlen("push:inflight"), 0)
 
-    async def test_preview_off_sends_an_empty_preview(self):
+    async def test_preview_off_sends_neither_preview_nor_id(self):
         await self.befriend(1, 2)
-        await self.say(await self.login(1), 2, "a private matter")
+        await self.say(await self.login(1), 2, "a private matter", packet_id="meet at 5, gate 3")
         self.advance_to(await self.due(2))
         self.assertEqual(await self.drainer(preview=False).run_due(), [SENT])
-        self.assertEqual(self.receiver.posts[0].payload["preview"], "")
+        [post] = self.receiver.posts
+        self.assertEqual((post.payload["preview"], post.payload["id"]), ("", ""))
+        self.assertNotIn(b"gate", post.body)
+        self.assertTrue(verified(post))
 
     async def test_order_events_note_pushes(self):
         orders, app = self.server.app.orders, self.server.app
