@@ -1,10 +1,10 @@
 """A push gateway for the tests: a real HTTP server on 127.0.0.1 port 0
 that records every POST and answers as the test tells it (a status per
-request in turn, 200 once they run out, or no answer at all while
-``hold`` is set)."""
+request in turn, 200 once they run out; ``status`` to every request while
+it is set; or no answer at all while ``hold`` is set)."""
 
 import json
-from typing import Any, List, NamedTuple
+from typing import Any, List, NamedTuple, Optional
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
@@ -45,18 +45,20 @@ class _Gateway(resource.Resource):
             r.held.append(request)
             request.notifyFinish().addErrback(lambda _: None)
             return server.NOT_DONE_YET
-        request.setResponseCode(r.answers.pop(0) if r.answers else 200)
+        request.setResponseCode(r.status or (r.answers.pop(0) if r.answers else 200))
         request.setHeader(b"content-type", b"application/json")
         return b"{}"
 
 
 class Receiver:
-    """``posts`` in arrival order; ``answers`` the statuses to give next."""
+    """``posts`` in arrival order; ``answers`` the statuses to give next;
+    ``status`` the one to give every request while set."""
 
     def __init__(self, clock: Any = reactor) -> None:
         self.clock = clock
         self.posts: List[Post] = []
         self.answers: List[int] = []
+        self.status: Optional[int] = None
         self.hold = False
         self.held: List[Any] = []
         self._port: Any = None
@@ -68,6 +70,15 @@ class Receiver:
         self._port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.url = "http://127.0.0.1:%d/push" % self._port.getHost().port
         return self
+
+    def release(self, status: int = 200) -> None:
+        """Answer the held requests now."""
+        held, self.held = self.held, []
+        for request in held:
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(b"{}")
+            request.finish()
 
     def stop(self) -> Any:
         for request in self.held:
