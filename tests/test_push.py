@@ -339,6 +339,30 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         for key in ("push:inflight", "push:sending", "push:born", "push:due", "push:last", "push:current"):
             self.assertEqual(await self.redis.exists(key), 0, key)
 
+    async def test_windows_ending_behind_pushes_in_flight_join_them_in_one_take(self):
+        app = self.server.app
+        store = PushStore(app.redis_client, app.keys)
+        users = list(range(2, 42))
+        await self.redis.sadd("URS:1", users)
+        now = int(self.clock.seconds() * 1000)
+
+        async def message(n):
+            for uid in users:   # due now: sent one delay ago
+                await app.messages.store_message(1, uid, "m%d-%d" % (uid, n), b'{"id":"m%d-%d","from":1,"to":%d,'
+                                                 b'"type":"t","msg":"hi","ts":%d}' % (uid, n, uid, now), now - 10000)
+        await message(1)
+        first = await store.take(now, 40, 60000, "k", 10000)
+        self.assertEqual(len(first), 40)
+        await message(2)
+        # 40 windows end behind 40 leased pushes: one take of 8 joins them all, and starts nothing new
+        self.assertEqual(await store.take(now, 8, 60000, "k2", 10000), [])
+        self.assertEqual(await self.redis.zcard("push:due"), 0)
+        records = await self.redis.hgetall("push:inflight")
+        self.assertEqual(sorted(records), sorted(p.key for p in first))
+        self.assertEqual({json.loads(r.split(" ", 5)[5])["id"] for r in records.values()},
+                         {"m%d-2" % uid for uid in users})
+        self.assertEqual({r.split(" ", 5)[4] for r in records.values()}, {"2"})
+
     async def test_an_unreadable_record_is_dropped_not_sent(self):
         now = int(self.clock.seconds() * 1000)
         await self.redis.hset("push:inflight", "k-1", "1 %d %d 2 1 not json" % (now, now))

@@ -111,33 +111,37 @@ for _, key in ipairs(again) do
 end
 local room = limit - #again
 if room <= 0 then return taken end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
-                      math.max(room, tonumber(ARGV[6])))
-local fresh = 0
-for i = 1, #due, 2 do
-  if fresh >= room then break end
-  local to = due[i]
-  redis.call('ZREM', KEYS[1], to)
-  local last = redis.call('HGET', KEYS[3], to)
-  local unread = tonumber(redis.call('HGET', KEYS[2], to) or '0')
-  if last and unread > 0 then
-    redis.call('HDEL', KEYS[3], to)
-    local current = redis.call('HGET', KEYS[7], to)
-    local record = current and redis.call('HGET', KEYS[4], current)
-    local head = record and string.match(record, '^(%d+ %d+ %d+ %d+) ')
-    if head then
-      redis.call('HSET', KEYS[4], current, head .. ' ' .. string.format('%d', unread) .. ' ' .. last)
-    else
-      fresh = fresh + 1
-      local key = ARGV[4] .. '-' .. string.format('%d', fresh)
-      local born = string.format('%d', tonumber(due[i + 1]) - tonumber(ARGV[5]))
-      record = '1 ' .. ARGV[1] .. ' ' .. born .. ' ' .. to .. ' ' .. string.format('%d', unread) .. ' ' .. last
-      redis.call('HSET', KEYS[4], key, record)
-      redis.call('ZADD', KEYS[5], now + lease, key)
-      redis.call('ZADD', KEYS[6], born, key)
-      redis.call('HSET', KEYS[7], to, key)
-      taken[#taken + 1] = key
-      taken[#taken + 1] = record
+-- new pushes until ``room`` are taken; joins do not count, up to ``joins`` looked at
+local fresh, looked, budget = 0, 0, math.max(room, tonumber(ARGV[6]))
+while fresh < room and looked < budget do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                        math.min(room - fresh, budget - looked))
+  if #due == 0 then break end
+  for i = 1, #due, 2 do
+    looked = looked + 1
+    local to = due[i]
+    redis.call('ZREM', KEYS[1], to)
+    local last = redis.call('HGET', KEYS[3], to)
+    local unread = tonumber(redis.call('HGET', KEYS[2], to) or '0')
+    if last and unread > 0 then
+      redis.call('HDEL', KEYS[3], to)
+      local current = redis.call('HGET', KEYS[7], to)
+      local record = current and redis.call('HGET', KEYS[4], current)
+      local head = record and string.match(record, '^(%d+ %d+ %d+ %d+) ')
+      if head then
+        redis.call('HSET', KEYS[4], current, head .. ' ' .. string.format('%d', unread) .. ' ' .. last)
+      else
+        fresh = fresh + 1
+        local key = ARGV[4] .. '-' .. string.format('%d', fresh)
+        local born = string.format('%d', tonumber(due[i + 1]) - tonumber(ARGV[5]))
+        record = '1 ' .. ARGV[1] .. ' ' .. born .. ' ' .. to .. ' ' .. string.format('%d', unread) .. ' ' .. last
+        redis.call('HSET', KEYS[4], key, record)
+        redis.call('ZADD', KEYS[5], now + lease, key)
+        redis.call('ZADD', KEYS[6], born, key)
+        redis.call('HSET', KEYS[7], to, key)
+        taken[#taken + 1] = key
+        taken[#taken + 1] = record
+      end
     end
   end
 end
