@@ -178,7 +178,8 @@ def run(reactor, args):
                     yield task.deferLater(reactor, 0.05, lambda: None)
         settings = parse_settings(
             "[imd]\nroles = migrate\n[redis]\nurl = redis://127.0.0.1:%d/0\n"
-            "[push]\nurl = http://127.0.0.1:%d/push\nsecret = bench\ndelay = 0\n" % (redis_port, gateway_port),
+            "[push]\nurl = http://127.0.0.1:%d/push\nsecret = bench-push-secret-of-32-bytes-or-more\ndelay = 0\n"
+            % (redis_port, gateway_port),
             "<bench>")
         app = App(settings, reactor)
         app.redis_client.startService()

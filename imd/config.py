@@ -203,6 +203,19 @@ def _ca_file(text: str) -> str:
     return text
 
 
+MIN_PUSH_SECRET_BYTES = 32
+
+
+def _push_secret(text: str) -> str:
+    # The gateway trusts whatever this key signs: a short one is guessed
+    # offline from one captured push (contract §7.5: at least 32 bytes).
+    length = len(text.encode("utf-8"))
+    if text and length < MIN_PUSH_SECRET_BYTES:
+        raise _Invalid("must be at least %d bytes (it has %d); e.g. the output of `openssl rand -hex 32`"
+                       % (MIN_PUSH_SECRET_BYTES, length))
+    return text
+
+
 def _ws_url(text: str) -> str:
     if not text:
         return ""
@@ -399,7 +412,7 @@ class TypingSettings:
 @dataclass(frozen=True)
 class PushSettings:
     url: str = _setting("", _http_url)
-    secret: str = _setting("", _text)
+    secret: str = _setting("", _push_secret)
     delay: float = _setting("10", _number(strictly_positive=False))
     timeout: float = _setting("5", _number())
     max_age: float = _setting("3600", _number())

@@ -448,6 +448,13 @@ def ack(packet_id: PacketId, msg: Any = "success") -> bytes:
     return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": msg})
 
 
+def ack_duplicate(packet_id: PacketId) -> bytes:
+    """The ``A`` of a retry that was stored the first time (contract §2 item
+    4): ``"dup": true`` tells a person trying packets by hand why nothing
+    arrived this time."""
+    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True})
+
+
 def error(packet_id: Optional[PacketId], code: str, reason: str) -> bytes:
     return _dump({"id": packet_id, "from": 0, "type": "E", "msg": reason, "code": code})
 

@@ -1,10 +1,10 @@
 """A push gateway for the tests: a real HTTP server on 127.0.0.1 port 0
 that records every POST and answers as the test tells it (a status per
-request in turn, 200 once they run out, or no answer at all while
-``hold`` is set)."""
+request in turn, 200 once they run out; ``status`` to every request while
+it is set; or no answer at all while ``hold`` is set)."""
 
 import json
-from typing import Any, List, NamedTuple
+from typing import Any, List, NamedTuple, Optional
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
@@ -12,11 +12,12 @@ from twisted.web import resource, server
 
 from tests.support import wait_until
 
-SECRET = "test-push-secret"
+SECRET = "test-push-secret-of-at-least-32-bytes"
 
 
 class Post(NamedTuple):
     delivery: str
+    timestamp: str
     signature: str
     body: bytes
     at: float          # the drainer's clock when it arrived (see Receiver.clock)
@@ -37,24 +38,27 @@ class _Gateway(resource.Resource):
         r = self._receiver
         header = request.requestHeaders.getRawHeaders
         r.posts.append(Post((header(b"x-imd-delivery") or [b""])[0].decode(),
+                            (header(b"x-imd-timestamp") or [b""])[0].decode(),
                             (header(b"x-imd-signature") or [b""])[0].decode(),
                             request.content.read(), r.clock.seconds()))
         if r.hold:
             r.held.append(request)
             request.notifyFinish().addErrback(lambda _: None)
             return server.NOT_DONE_YET
-        request.setResponseCode(r.answers.pop(0) if r.answers else 200)
+        request.setResponseCode(r.status or (r.answers.pop(0) if r.answers else 200))
         request.setHeader(b"content-type", b"application/json")
         return b"{}"
 
 
 class Receiver:
-    """``posts`` in arrival order; ``answers`` the statuses to give next."""
+    """``posts`` in arrival order; ``answers`` the statuses to give next;
+    ``status`` the one to give every request while set."""
 
     def __init__(self, clock: Any = reactor) -> None:
         self.clock = clock
         self.posts: List[Post] = []
         self.answers: List[int] = []
+        self.status: Optional[int] = None
         self.hold = False
         self.held: List[Any] = []
         self._port: Any = None
@@ -66,6 +70,15 @@ class Receiver:
         self._port = yield serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.url = "http://127.0.0.1:%d/push" % self._port.getHost().port
         return self
+
+    def release(self, status: int = 200) -> None:
+        """Answer the held requests now."""
+        held, self.held = self.held, []
+        for request in held:
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(b"{}")
+            request.finish()
 
     def stop(self) -> Any:
         for request in self.held:

@@ -86,6 +86,16 @@ class SettingsTests(unittest.SynchronousTestCase):
         self.assert_error("[http]\nlisten = tcp:8766:interface=0.0.0.0\n", "http", "auth", "loopback")
         parse_settings("[http]\nlisten = tcp:8766:interface=0.0.0.0\nauth = hs256:%s\n" % ("s" * 32))
 
+    def test_push_secret_is_required_with_url_and_long(self):
+        url = "[push]\nurl = http://127.0.0.1:9/push\n"
+        self.assert_error(url, "push", "secret", "required")
+        # contract §7.5: at least 32 bytes (a short one is guessed from one captured push)
+        self.assert_error(url + "secret = %s\n" % ("s" * 31), "push", "secret", "at least 32 bytes (it has 31)")
+        self.assert_error("[push]\nsecret = short\n", "push", "secret", "at least 32 bytes")
+        self.assert_error(url + "secret = %s\n" % ("é" * 15), "push", "secret", "(it has 30)")   # bytes, not characters
+        self.assertEqual(parse_settings(url + "secret = %s\n" % ("s" * 32)).push.secret, "s" * 32)
+        self.assertEqual(parse_settings("[push]\n").push.secret, "")
+
     def test_a_listener_is_read_as_twisted_binds_it(self):
         # issue 13 item 6: the loopback check read the first interface=,
         # Twisted binds the last one (here every interface) -- an error naming the key

@@ -139,14 +139,23 @@ class MessageTests(ServerTestMixin, unittest.TestCase):
     async def test_retry_is_acked_but_stored_and_delivered_once(self):
         await self.befriend(1, 2)
         alice, bob = await self.login(1), await self.login(2)
-        for _ in range(3):
-            self.assertEqual((await self.ask(alice, text("same", 2)))["type"], "A")
+        # the first A says nothing more; each retry's A says dup (contract §2 item 4)
+        self.assertEqual(await self.ask(alice, text("same", 2)), {"id": "same", "from": 0, "type": "A",
+                                                                   "msg": "success"})
+        for _ in range(2):
+            self.assertEqual(await self.ask(alice, text("same", 2)), {"id": "same", "from": 0, "type": "A",
+                                                                       "msg": "success", "dup": True})
         # numeric 42 and "42" are the same id for dedup
-        self.assertEqual((await self.ask(alice, text(42, 2)))["type"], "A")
-        self.assertEqual((await self.ask(alice, text("42", 2)))["id"], "42")
+        self.assertNotIn("dup", await self.ask(alice, text(42, 2)))
+        self.assertEqual(await self.ask(alice, text("42", 2)), {"id": "42", "from": 0, "type": "A",
+                                                                 "msg": "success", "dup": True})
+        # an image retry too
+        image = {"id": "img", "to": 2, "type": "i", "msg": 7}
+        self.assertNotIn("dup", await self.ask(alice, image))
+        self.assertIs((await self.ask(alice, image))["dup"], True)
         got = await self.until_pong(bob)
-        self.assertEqual([p["id"] for p in got], ["same", 42])
-        self.assertEqual([m["id"] for m in await self.stored()], ["same", 42])
+        self.assertEqual([p["id"] for p in got], ["same", 42, "img"])
+        self.assertEqual([m["id"] for m in await self.stored()], ["same", 42, "img"])
 
     async def test_same_id_from_two_senders_is_two_messages(self):
         await self.befriend(1, 3)

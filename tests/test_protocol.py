@@ -114,6 +114,8 @@ class BuildTests(unittest.SynchronousTestCase):
 
     def test_server_packets(self):
         self.assertEqual(json.loads(protocol.ack(5)), {"id": 5, "from": 0, "type": "A", "msg": "success"})
+        self.assertEqual(json.loads(protocol.ack_duplicate(5)),
+                         {"id": 5, "from": 0, "type": "A", "msg": "success", "dup": True})
         self.assertEqual(json.loads(protocol.error(None, "bad_packet", "why")),
                          {"id": None, "from": 0, "type": "E", "msg": "why", "code": "bad_packet"})
         self.assertEqual(json.loads(protocol.login("s1", 7)),

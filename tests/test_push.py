@@ -6,6 +6,8 @@ server of the test (tests/push_support.py); the drainer runs on a
 task.Clock where timing matters."""
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -45,6 +47,13 @@ def doc_verify():
     return namespace["verify"]
 
 
+def verified(post):
+    """The POST passes docs/push.md's check when it arrived, and its
+    X-Imd-Timestamp is the time of that attempt."""
+    return (post.timestamp == "%d" % int(post.at)
+            and doc_verify()(SECRET.encode(), post.body, post.delivery, post.timestamp, post.signature, now=post.at))
+
+
 class PayloadTests(unittest.SynchronousTestCase):
 
     def test_preview(self):
@@ -61,19 +70,32 @@ class PayloadTests(unittest.SynchronousTestCase):
         self.assertEqual(json.loads(payload.body(2, packet, 3)),
                          {"to": 2, "from": 1, "id": 7, "type": "t", "preview": "hello", "ts": 1700000000123,
                           "unread": 3})
-        self.assertEqual(json.loads(payload.body(2, packet, 3, with_preview=False))["preview"], "")
+        # without previews the client-chosen id goes too: ids can carry text (contract §7.5)
+        self.assertEqual(json.loads(payload.body(2, packet, 3, with_preview=False)),
+                         {"to": 2, "from": 1, "id": "", "type": "t", "preview": "", "ts": 1700000000123,
+                          "unread": 3})
         self.assertEqual(payload.body(2, packet, 3), payload.body(2, packet, 3))   # the same on every try
         for bad in ("[1]", "{", '"x"'):
             self.assertRaises(ValueError, payload.body, 2, bad, 1)
 
     def test_signature_is_what_the_docs_verify(self):
-        body = b'{"to":2}'
-        header = payload.signature(SECRET, body)
-        self.assertTrue(header.startswith("sha256="))
-        verify = doc_verify()
-        self.assertTrue(verify(SECRET.encode(), body, header))
-        self.assertFalse(verify(SECRET.encode(), body + b" ", header))
-        self.assertFalse(verify(b"other", body, header))
+        body, key, ts = b'{"to":2}', "3f2a9c0d41b7e6a8-1", 1700000010
+        header = payload.signature(SECRET, ts, key, body)
+        # sha256=<hex HMAC-SHA256 of "<timestamp>.<delivery key>.<body>"> (contract §7.5)
+        self.assertEqual(header, "sha256=" + hmac.new(SECRET.encode(), b"1700000010.3f2a9c0d41b7e6a8-1." + body,
+                                                      hashlib.sha256).hexdigest())
+        verify, secret = doc_verify(), SECRET.encode()
+        self.assertTrue(verify(secret, body, key, str(ts), header, now=ts))
+        self.assertTrue(verify(secret, body, key, str(ts), header, now=ts + 300))
+        self.assertFalse(verify(secret, body + b" ", key, str(ts), header, now=ts))
+        self.assertFalse(verify(secret, body, key + "0", str(ts), header, now=ts))          # re-keyed
+        self.assertFalse(verify(secret, body, key, str(ts + 1), header, now=ts))            # re-dated
+        self.assertFalse(verify(b"other", body, key, str(ts), header, now=ts))
+        self.assertFalse(verify(secret, body, key, str(ts), header, now=ts + 301))          # replayed late
+        self.assertFalse(verify(secret, body, key, str(ts), header, now=ts - 301))          # from the future
+        for bad in ("", "x", "-1", "1e9", " %d" % ts):
+            self.assertFalse(verify(secret, body, key, bad, header, now=ts), bad)
+        self.assertFalse(verify(secret, body, key, str(ts), "sha256=é", now=ts))
 
     def test_backoff_doubles_to_60s_with_jitter(self):
         rng = random.Random(1)
@@ -93,13 +115,18 @@ class NodeTestsOfTheNodeExample(unittest.TestCase):
         node = shutil.which("node")
         if node is None:
             raise unittest.SkipTest("node is not installed")
-        body = '{"to":2,"unread":1}'
+        body, key, ts = '{"to":2,"unread":1}', "3f2a9c0d41b7e6a8-1", 1700000010
         script = doc_code("js") + (
-            "\nconst [s, text, signature] = process.argv.slice(-3), b = Buffer.from(text);"
-            "\nconsole.log(verify(s, b, signature), verify(s, b, 'sha256=00'), verify('x', b, signature));")
-        result = subprocess.run([node, "-e", script, SECRET, body, payload.signature(SECRET, body.encode())],
+            "\nconst [s, text, key, ts, signature] = process.argv.slice(-5), b = Buffer.from(text), t = Number(ts);"
+            "\nconsole.log([verify(s, b, key, ts, signature, t), verify(s, b, key, ts, signature, t + 300),"
+            " verify(s, b, key, ts, 'sha256=00', t), verify('x', b, key, ts, signature, t),"
+            " verify(s, Buffer.from(text + ' '), key, ts, signature, t), verify(s, b, key + '0', ts, signature, t),"
+            " verify(s, b, key, String(t + 1), signature, t), verify(s, b, key, ts, signature, t + 301),"
+            " verify(s, b, key, ts, signature, t - 301), verify(s, b, key, '1e9', signature, t)].join(' '));")
+        result = subprocess.run([node, "-e", script, SECRET, body, key, str(ts),
+                                 payload.signature(SECRET, ts, key, body.encode())],
                                 capture_output=True, text=True, timeout=30)
-        self.assertEqual(result.stdout.strip(), "true false false", result.stderr)
+        self.assertEqual(result.stdout.strip(), "true true" + " false" * 8, result.stderr)
 
 
 class PushTestMixin(ServerTestMixin):
@@ -164,7 +191,7 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         self.advance_to(due)
         self.assertEqual(await drainer.run_due(), [SENT])
         [post] = self.receiver.posts
-        self.assertTrue(doc_verify()(SECRET.encode(), post.body, post.signature))
+        self.assertTrue(verified(post), post)
         stored = json.loads(await self.redis.lindex("MQ", 0))
         self.assertEqual(post.payload, {"to": 2, "from": 1, "id": "three", "type": "t", "preview": "three",
                                         "ts": stored["ts"], "unread": 3})
@@ -206,8 +233,10 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         posts = self.receiver.posts
         self.assertEqual(len(posts), 4)
         self.assertEqual((drainer.sent, drainer.retried, drainer.rejected, drainer.expired), (1, 3, 0, 0))
-        # one push: the same delivery key, body and signature on every try
-        self.assertEqual({(p.delivery, p.signature, p.body) for p in posts}, {posts[0][:3]})
+        # one push: the same delivery key and body on every try, each signed
+        # with the time of its own attempt
+        self.assertEqual({(p.delivery, p.body) for p in posts}, {(posts[0].delivery, posts[0].body)})
+        self.assertTrue(all(verified(p) for p in posts), posts)
         gaps = [b.at - a.at for a, b in zip(posts, posts[1:])]
         for gap, step in zip(gaps, (1, 2, 4)):
             self.assertTrue(0.8 * step - 0.02 <= gap <= step + 0.02, gaps)
@@ -227,7 +256,7 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         await self.run_until(drainer, lambda: drainer.expired, step=0.05)
         self.assertLessEqual(self.clock.seconds() - first, 10.0)
         self.assertEqual((drainer.sent, drainer.expired, drainer.retried), (0, 1, 3))
-        for key in ("push:inflight", "push:sending", "push:born", "push:due"):
+        for key in ("push:inflight", "push:sending", "push:born", "push:due", "push:current"):
             self.assertEqual(await self.redis.exists(key), 0, key)
         exposition = self.server.app.metrics.exposition().decode()
         self.assertIn('imd_push_failed_total{reason="expired"} 1.0', exposition)
@@ -263,6 +292,77 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         self.assertEqual((first.delivery, first.body), (second.delivery, second.body))
         self.assertTrue(0.8 <= second.at - first.at - 2.0 <= 1.02)
 
+    async def test_a_retry_carries_the_unread_count_of_its_time(self):
+        self.receiver.answers = [503]
+        await self.befriend(1, 2)
+        sender = await self.login(1)
+        for text in ("a", "b", "c"):
+            await self.say(sender, 2, text)
+        self.advance_to(await self.due(2))
+        drainer = self.drainer()
+        self.assertEqual(await drainer.run_due(), [RETRY])
+        recipient = await self.login(2)
+        reply = await self.ask(recipient, {"id": "r", "to": 1, "type": "R", "msg": {"state": "delivered",
+                                                                                   "ids": ["a", "b"]}})
+        self.assertEqual(reply["type"], "A")
+        await self.run_until(drainer, lambda: drainer.sent)
+        first, second = self.receiver.posts
+        self.assertEqual((first.payload["id"], first.payload["unread"]), ("c", 3))
+        self.assertEqual((second.payload["id"], second.payload["unread"]), ("c", 1))
+        self.assertEqual(second.delivery, first.delivery)
+        self.assertTrue(verified(second))
+
+    async def test_a_message_joining_a_push_under_way_goes_out_after_it(self):
+        await self.befriend(1, 2)
+        sender = await self.login(1)
+        await self.say(sender, 2, "one")
+        self.advance_to(await self.due(2))
+        drainer = self.drainer(timeout=30.0)
+        self.receiver.hold = True
+        running = defer.ensureDeferred(drainer.run_due())
+        await self.receiver.wait_posts(1)
+        # while the gateway has it, a newer message's window ends: it joins the push under way
+        await self.say(sender, 2, "two")
+        self.advance_to(await self.due(2))
+        self.assertEqual(await drainer.take_due(), [])          # nothing new to send
+        self.assertEqual(await self.redis.hlen("push:inflight"), 1)
+        self.receiver.hold = False
+        self.receiver.release(200)
+        self.assertEqual(await with_deadline(running), [SENT])
+        # that try named "one" only: "two" goes out in a push of its own, at once
+        self.assertEqual(await drainer.run_due(), [SENT])
+        first, second = self.receiver.posts
+        self.assertEqual([(p.payload["id"], p.payload["unread"]) for p in (first, second)], [("one", 1), ("two", 2)])
+        self.assertNotEqual(first.delivery, second.delivery)
+        self.clock.advance(DELAY * 10)
+        self.assertEqual(await drainer.run_due(), [])
+        for key in ("push:inflight", "push:sending", "push:born", "push:due", "push:last", "push:current"):
+            self.assertEqual(await self.redis.exists(key), 0, key)
+
+    async def test_windows_ending_behind_pushes_in_flight_join_them_in_one_take(self):
+        app = self.server.app
+        store = PushStore(app.redis_client, app.keys)
+        users = list(range(2, 42))
+        await self.redis.sadd("URS:1", users)
+        now = int(self.clock.seconds() * 1000)
+
+        async def message(n):
+            for uid in users:   # due now: sent one delay ago
+                await app.messages.store_message(1, uid, "m%d-%d" % (uid, n), b'{"id":"m%d-%d","from":1,"to":%d,'
+                                                 b'"type":"t","msg":"hi","ts":%d}' % (uid, n, uid, now), now - 10000)
+        await message(1)
+        first = await store.take(now, 40, 60000, "k", 10000)
+        self.assertEqual(len(first), 40)
+        await message(2)
+        # 40 windows end behind 40 leased pushes: one take of 8 joins them all, and starts nothing new
+        self.assertEqual(await store.take(now, 8, 60000, "k2", 10000), [])
+        self.assertEqual(await self.redis.zcard("push:due"), 0)
+        records = await self.redis.hgetall("push:inflight")
+        self.assertEqual(sorted(records), sorted(p.key for p in first))
+        self.assertEqual({json.loads(r.split(" ", 5)[5])["id"] for r in records.values()},
+                         {"m%d-2" % uid for uid in users})
+        self.assertEqual({r.split(" ", 5)[4] for r in records.values()}, {"2"})
+
     async def test_an_unreadable_record_is_dropped_not_sent(self):
         now = int(self.clock.seconds() * 1000)
         await self.redis.hset("push:inflight", "k-1", "1 %d %d 2 1 not json" % (now, now))
@@ -272,12 +372,15 @@ class OfflinePushTests(PushTestMixin, unittest.TestCase):
         self.assertEqual(self.receiver.posts, [])
         self.assertEqual(await self.redis.hlen("push:inflight"), 0)
 
-    async def test_preview_off_sends_an_empty_preview(self):
+    async def test_preview_off_sends_neither_preview_nor_id(self):
         await self.befriend(1, 2)
-        await self.say(await self.login(1), 2, "a private matter")
+        await self.say(await self.login(1), 2, "a private matter", packet_id="meet at 5, gate 3")
         self.advance_to(await self.due(2))
         self.assertEqual(await self.drainer(preview=False).run_due(), [SENT])
-        self.assertEqual(self.receiver.posts[0].payload["preview"], "")
+        [post] = self.receiver.posts
+        self.assertEqual((post.payload["preview"], post.payload["id"]), ("", ""))
+        self.assertNotIn(b"gate", post.body)
+        self.assertTrue(verified(post))
 
     async def test_order_events_note_pushes(self):
         orders, app = self.server.app.orders, self.server.app
@@ -382,6 +485,99 @@ class ReceiptCancelTests(PushTestMixin, unittest.TestCase):
         await self.receipt(other, 1, "delivered", ["for two"])   # not 3's message
         self.assertEqual(await self.redis.hget("push:unread", "2"), "1")
         self.assertIsNotNone(await self.due(2))
+
+
+class FailingGatewayTests(PushTestMixin, unittest.TestCase):
+    """Issue 22 item 11: while the gateway answered 503, recipients who kept
+    getting messages got a new push record at the end of every ``delay``
+    window, each retried on its own (100 recipients: 457 records and 1,788
+    POSTs in 25 s, about 72k records an hour).  One pending push per
+    recipient: its retries name the newest message and the current unread
+    count, under the push's delivery key.
+
+    Replayed on the drainer's clock: 100 recipients get a message every 2 s
+    for 60 s with the gateway answering 503, then it answers 200."""
+
+    push = {"delay": "5"}
+    RECIPIENTS = 100
+    FAILING = 60.0      # clock seconds the gateway answers 503
+    EVERY = 2.0         # each recipient gets a message this often meanwhile
+    STEP = 0.25         # the drainer's interval
+
+    async def drain(self, drainer):
+        """Run the drainer until nothing more is due now (bounded)."""
+        now = int(self.clock.seconds() * 1000)
+        for _ in range(200):
+            if not await drainer.run_due() and not await self.redis.zcount("push:due", "-inf", now):
+                return
+        self.fail("the drainer never ran dry")
+
+    async def records(self):
+        """The recipient of each in-flight push record."""
+        return [int(record.split(" ")[3]) for record in (await self.redis.hvals("push:inflight"))]
+
+    async def test_a_failing_gateway_keeps_one_push_per_recipient(self):
+        app = self.server.app
+        recipients = list(range(2, 2 + self.RECIPIENTS))
+        await self.redis.sadd("URS:1", recipients)
+        self.receiver.status = 503
+        drainer = self.drainer()
+        start = self.clock.seconds()
+        rounds = []                 # clock time of each round of messages (message n is rounds[n - 1])
+        most_records = 0
+        while self.clock.seconds() < start + self.FAILING:
+            if not rounds or self.clock.seconds() - rounds[-1] >= self.EVERY - 1e-6:
+                rounds.append(self.clock.seconds())
+                now, n = int(self.clock.seconds() * 1000), len(rounds)
+                await defer.gatherResults([
+                    app.messages.store_message(1, uid, "m%d-%d" % (uid, n),
+                                               b'{"id":"m%d-%d","from":1,"to":%d,"type":"t","msg":"hi %d","ts":%d}'
+                                               % (uid, n, uid, n, now), now)
+                    for uid in recipients])
+            await self.drain(drainer)
+            on_record = await self.records()
+            most_records = max(most_records, len(on_record))
+            self.assertEqual(len(on_record), len(set(on_record)), "a recipient with two pushes in flight")
+            self.clock.advance(self.STEP)
+        failing_posts = list(self.receiver.posts)
+        figures = "%d POSTs, at most %d records in %ds" % (len(failing_posts), most_records, self.FAILING)
+        self.assertLessEqual(most_records, self.RECIPIENTS, figures)
+        # the windows: each opened by the first message after the one before was taken, ending 5 s later
+        # (messages come at even seconds from the start, windows end at odd ones)
+        ends = []
+        for r in rounds:
+            if not ends or r > ends[-1]:
+                ends.append(r + 5.0)
+        by_recipient = {uid: [p for p in failing_posts if p.payload["to"] == uid] for uid in recipients}
+        for uid, posts in by_recipient.items():
+            # one push, tried with backoff: at 0, 1, 3, 7, 15, 31 s (less up to a fifth each) in the 55 s
+            # after the first window ended
+            self.assertTrue(4 <= len(posts) <= 7, (uid, len(posts), figures))
+            self.assertEqual({p.delivery for p in posts}, {posts[0].delivery}, uid)
+            self.assertTrue(all(verified(p) for p in posts))
+            for post in posts:
+                # the current unread count: every message stored so far (none was delivered)
+                self.assertEqual(post.payload["unread"], sum(1 for r in rounds if r <= post.at), post)
+                # the newest message of the last window that had ended when the try was taken
+                ended = max(e for e in ends if e <= post.at)
+                newest = max(n for n, r in enumerate(rounds, 1) if r <= ended)
+                self.assertEqual(post.payload["id"], "m%d-%d" % (uid, newest), post)
+
+        # the gateway is back: each recipient's next try names the newest message, then nothing is pending
+        self.receiver.status = None
+        newest = {uid: "m%d-%d" % (uid, len(rounds)) for uid in recipients}
+        end = self.clock.seconds() + 120
+        while (await self.redis.hlen("push:inflight") or await self.redis.zcard("push:due")
+               or await self.redis.hlen("push:last")):
+            self.assertLess(self.clock.seconds(), end, "pushes still pending 120 s after the gateway came back")
+            await self.drain(drainer)
+            self.clock.advance(self.STEP)
+        recovered = self.receiver.posts[len(failing_posts):]
+        self.assertEqual({p.payload["to"]: (p.payload["id"], p.payload["unread"]) for p in recovered},
+                         {uid: (newest[uid], len(rounds)) for uid in recipients})
+        self.assertLessEqual(len(recovered), 2 * self.RECIPIENTS)
+        self.assertEqual((drainer.rejected, drainer.expired), (0, 0))
+        self.assertEqual(drainer.sent, len(recovered))
 
 
 class PushOffTests(ServerTestMixin, unittest.TestCase):

@@ -337,8 +337,10 @@
       state.pending.delete(key);
       const ms = Math.round(performance.now() - asked.sent);
       if (packet.type === "A") {
-        markRow(asked.row, "acked", "acked in " + ms + " ms");
-        if ("ti".includes(asked.packet.type)) {
+        // dup: a retry of an id sent before, stored and delivered the first time only
+        const dup = packet.dup ? " (dup: this id was sent before, not delivered again)" : "";
+        markRow(asked.row, "acked", "acked in " + ms + " ms" + dup);
+        if ("ti".includes(asked.packet.type) && !packet.dup) {
           addMessage(Object.assign({ from: state.uid }, asked.packet), "sent");
         }
       } else if (packet.type === "E") {

@@ -46,11 +46,12 @@ class MessageHandler:
     def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes) -> Reply:
         if result == NOT_FRIEND:
             raise ImdError("not_friend", "user %d is not your friend" % packet.to)
-        if result != DUPLICATE:
-            # (a duplicate was stored and delivered the first time: acked again, nothing more)
-            if self._log_messages:
-                # ("message" is a reserved key of Twisted's legacy log bridge)
-                _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
-                          node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
-            self._node.deliver(packet.to, payload)
+        if result == DUPLICATE:
+            # stored and delivered the first time: acked again, saying so, nothing more
+            return Reply(protocol.ack_duplicate(packet.id))
+        if self._log_messages:
+            # ("message" is a reserved key of Twisted's legacy log bridge)
+            _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
+                      node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
+        self._node.deliver(packet.to, payload)
         return Reply(protocol.ack(packet.id))

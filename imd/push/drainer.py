@@ -17,6 +17,12 @@ At least once: a push stays in Redis until one of those outcomes is
 written; a drainer killed in between leaves it leased, and the next drainer
 takes it when the lease ends and sends it under the same ``X-Imd-Delivery``
 key.
+
+One push per recipient at a time: while one waits for its retry, newer
+messages of that recipient join it (imd.stores.push), so each retry names
+the newest message and the unread count as they are then, under the same
+key, and a failing gateway sees each recipient at most once per backoff
+step however many messages arrive.
 """
 
 import os
@@ -124,7 +130,7 @@ class PushDrainer(Service):
         room = min(TAKE_BATCH, self.connections - len(self._sending))
         if not self._leading() or room <= 0 or self._taking is not None:
             return defer.succeed([])
-        now = int(self._clock.seconds() * 1000)
+        now = self._now_ms()
         d = self._taking = self._store.take(now, room, self._lease_ms, os.urandom(8).hex(), self._delay_ms)
 
         def taken(pushes: List[InFlight]) -> List[defer.Deferred]:
@@ -170,7 +176,7 @@ class PushDrainer(Service):
         except ValueError as e:
             _log.error("push {key}: unreadable message ({why}); dropped: {packet!r}", key=push.key, why=e,
                        packet=push.packet[:200])
-            await self._store.finish(push.key)
+            await self._store.finish(push.key, push.packet, self._now_ms())
             self.rejected += 1
             return REJECTED
         status, why = None, ""
@@ -196,7 +202,7 @@ class PushDrainer(Service):
         if outcome == REJECTED:
             _log.warn("push {key} to {to}: the gateway refused it (HTTP {status}); not retried",
                       key=push.key, to=push.to, status=status)
-        await self._store.finish(push.key)
+        await self._store.finish(push.key, push.packet, self._now_ms())
         if outcome == SENT:
             self.sent += 1
         elif outcome == REJECTED:
@@ -204,6 +210,9 @@ class PushDrainer(Service):
         else:
             self.expired += 1
         return outcome
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
 
     def _gateway_failing(self, why: str) -> None:
         if not self._failing:

@@ -1,7 +1,7 @@
-"""The HTTP client of the platform's push gateway: one signed POST per
-attempt, on Twisted's ``Agent`` with a persistent connection pool, each
-bounded by ``[push] timeout`` (connect, request, answer and its body).
-Nothing blocks the reactor."""
+"""The HTTP client of the platform's push gateway: one POST per attempt,
+signed with the attempt's time (imd.push.payload), on Twisted's ``Agent``
+with a persistent connection pool, each bounded by ``[push] timeout``
+(connect, request, answer and its body).  Nothing blocks the reactor."""
 
 from typing import Any, cast
 
@@ -70,11 +70,14 @@ class Gateway:
         self._agent = Agent.usingEndpointFactory(reactor, _OneEndpoint(reactor, self._url, timeout), self._pool)
 
     def post(self, data: bytes, delivery: str) -> defer.Deferred:
+        # each attempt is signed with its own time: a gateway refuses old ones
+        timestamp = int(self._clock.seconds())
         headers = Headers({
             b"Content-Type": [b"application/json"],
             b"User-Agent": [b"imd/" + __version__.encode("ascii")],
-            b"X-Imd-Signature": [signature(self._secret, data).encode("ascii")],
             b"X-Imd-Delivery": [delivery.encode("ascii")],
+            b"X-Imd-Timestamp": [b"%d" % timestamp],
+            b"X-Imd-Signature": [signature(self._secret, timestamp, delivery, data).encode("ascii")],
         })
         d = self._agent.request(b"POST", self._url, headers, cast(IBodyProducer, _Body(data)))
         # the answer's body is read (a small one, from the platform's own

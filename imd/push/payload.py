@@ -1,7 +1,10 @@
 """What a push POSTs: the JSON body and its signature.  Pure.
 
-The body is built from the in-flight record alone, the same bytes on every
-attempt, so a retry carries the same ``X-Imd-Signature`` as the first try.
+The body is built from the in-flight record alone.  The signature (contract
+§7.5) covers ``"<timestamp>.<delivery key>.<body>"``: the timestamp of the
+attempt and the delivery key are in the signed text, so a gateway can
+refuse a request replayed later (an old timestamp) or re-keyed to slip past
+its duplicate check.
 """
 
 import hashlib
@@ -32,15 +35,20 @@ def preview(packet: Any, enabled: bool = True) -> str:
 def body(to: int, packet_json: str, unread: int, with_preview: bool = True) -> bytes:
     """``{"to","from","id","type","preview","ts","unread"}`` for the newest
     message (its stored JSON) and the recipient's undelivered count;
-    ValueError when that is not a JSON object."""
+    ValueError when that is not a JSON object.  Without previews the
+    client-chosen ``id`` is ``""`` too: an id can carry text."""
     packet = json.loads(packet_json)
     if not isinstance(packet, dict):
         raise ValueError("not a message: %r" % (packet_json[:100],))
-    return json.dumps({"to": to, "from": packet.get("from"), "id": packet.get("id"), "type": packet.get("type"),
-                       "preview": preview(packet, with_preview), "ts": packet.get("ts"), "unread": unread},
+    return json.dumps({"to": to, "from": packet.get("from"), "id": packet.get("id") if with_preview else "",
+                       "type": packet.get("type"), "preview": preview(packet, with_preview), "ts": packet.get("ts"),
+                       "unread": unread},
                       ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def signature(secret: str, data: bytes) -> str:
-    """``X-Imd-Signature``: ``sha256=<hex HMAC-SHA256 of the body>``."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), data, hashlib.sha256).hexdigest()
+def signature(secret: str, timestamp: int, delivery: str, data: bytes) -> str:
+    """``X-Imd-Signature``: ``sha256=<hex HMAC-SHA256 of
+    "<timestamp>.<delivery key>.<body>">`` (``timestamp``: the attempt's
+    ``X-Imd-Timestamp``, Unix seconds)."""
+    signed = b"%d.%s." % (timestamp, delivery.encode("ascii")) + data
+    return "sha256=" + hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()

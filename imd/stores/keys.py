@@ -77,6 +77,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "of an attempt under way"),
     KeySpec("push:born", "sorted set", "push",
             "the in-flight pushes by when their delay window opened (Unix ms), for the oldest pending age"),
+    KeySpec("push:current", "hash", "push",
+            "uid -> the delivery key of the user's push in flight (one at most): a window ending meanwhile "
+            "joins it"),
     KeySpec("typing:<uid>:<to>", "string", "typing",
             "a 'typing' (Y true) from uid to a friend was relayed; expires after [typing] min_interval"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
@@ -109,6 +112,7 @@ class Keys:
         self.push_inflight = prefix + "push:inflight"
         self.push_sending = prefix + "push:sending"
         self.push_born = prefix + "push:born"
+        self.push_current = prefix + "push:current"
         self.nodes = prefix + "nodes"
         self.processes = prefix + "processes"
         self.processes_info = prefix + "processes:info"

@@ -5,8 +5,8 @@ finishes.
 Keys (imd.stores.keys): ``push:unread``, ``push:last``, ``push:due`` (written
 by the store scripts of imd.stores.messages and imd.stores.orders through
 :data:`NOTE_PUSH_LUA`, lowered by the receipt script through
-:data:`CANCEL_PUSH_LUA`), ``push:inflight``, ``push:sending``, ``push:born``
-(the drainer's).
+:data:`CANCEL_PUSH_LUA`), ``push:inflight``, ``push:sending``, ``push:born``,
+``push:current`` (the drainer's).
 
 The message path adds no round trip: each store script that stores a
 message for a user also, when ``[push] url`` is set (the caller passes the
@@ -23,6 +23,15 @@ message out of ``push:last``, a record under a fresh delivery key into
 push stays in Redis until the gateway answered (or it is given up): killed
 between taking and answering, its lease on ``push:sending`` runs out and the
 next drainer sends it again under the same delivery key.
+
+A user has one push in flight at most (``push:current``): while it waits
+for a retry (the gateway failing), a window of that user that ends joins
+it — its record takes the newest message — instead of making a second
+record, and every retry carries the user's unread count as it is then.  So
+a failing gateway costs one record and one retry schedule per user, however
+many messages keep coming.  A push answered while a newer message had
+joined it after its last try was taken hands that message back to
+``push:last``, due at once: it goes in a push of its own.
 
 An in-flight record is ``"<attempts> <first try ms> <window start ms> <to>
 <unread> <message JSON>"``.
@@ -57,60 +66,108 @@ local function cancel_push(unread, last, due, to, n)
 end
 """
 
-# KEYS: push:due, push:unread, push:last, push:inflight, push:sending, push:born
-# ARGV: now (ms), limit, lease (ms), delivery key prefix, delay (ms)
+# KEYS: push:due, push:unread, push:last, push:inflight, push:sending, push:born,
+#       push:current
+# ARGV: now (ms), limit, lease (ms), delivery key prefix, delay (ms), joins
 # Up to ``limit`` pushes to try now, as a flat list key, record, key, ...:
 # first the in-flight ones whose retry time (or lease) has come, each with
-# its attempt count raised, then users whose window has ended, each taken
-# off push:due and given a new record.  Every one taken is leased until
-# now + lease.
+# its attempt count raised, the user's unread count as it is now, and the
+# user's newest message if a window of the user has ended meanwhile (taken
+# off push:due); then users whose window has ended, each taken off push:due
+# and given a new record -- or, when the user has a push in flight already,
+# joined to it (its record names the newest message from its next try on;
+# not taken now; up to ``joins`` users looked at).  Every one taken is
+# leased until now + lease.  A record that does not parse is dropped (it
+# could only stall every take).
 TAKE = Script("""
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local taken = {}
 local again = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, key in ipairs(again) do
   local record = redis.call('HGET', KEYS[4], key)
+  local attempts, head, to, packet
   if record then
-    local attempts, rest = string.match(record, '^(%d+) (.*)$')
-    record = string.format('%d', tonumber(attempts) + 1) .. ' ' .. rest
+    attempts, head, to, packet = string.match(record, '^(%d+) (%d+ %d+) (%d+) %-?%d+ (.*)$')
+  end
+  if attempts then
+    local due_at = redis.call('ZSCORE', KEYS[1], to)
+    if due_at and tonumber(due_at) <= now then
+      redis.call('ZREM', KEYS[1], to)
+      packet = redis.call('HGET', KEYS[3], to) or packet
+      redis.call('HDEL', KEYS[3], to)
+    end
+    local unread = redis.call('HGET', KEYS[2], to) or '0'
+    record = string.format('%d', tonumber(attempts) + 1) .. ' ' .. head .. ' ' .. to .. ' ' .. unread .. ' ' .. packet
     redis.call('HSET', KEYS[4], key, record)
     redis.call('ZADD', KEYS[5], now + lease, key)
+    redis.call('HSETNX', KEYS[7], to, key)
     taken[#taken + 1] = key
     taken[#taken + 1] = record
   else
+    redis.call('HDEL', KEYS[4], key)
     redis.call('ZREM', KEYS[5], key)
     redis.call('ZREM', KEYS[6], key)
   end
 end
 local room = limit - #again
 if room <= 0 then return taken end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, room)
-for i = 1, #due, 2 do
-  local to = due[i]
-  redis.call('ZREM', KEYS[1], to)
-  local last = redis.call('HGET', KEYS[3], to)
-  local unread = tonumber(redis.call('HGET', KEYS[2], to) or '0')
-  if last and unread > 0 then
-    redis.call('HDEL', KEYS[3], to)
-    local key = ARGV[4] .. '-' .. string.format('%d', (i + 1) / 2)
-    local born = string.format('%d', tonumber(due[i + 1]) - tonumber(ARGV[5]))
-    local record = '1 ' .. ARGV[1] .. ' ' .. born .. ' ' .. to .. ' ' .. string.format('%d', unread) .. ' ' .. last
-    redis.call('HSET', KEYS[4], key, record)
-    redis.call('ZADD', KEYS[5], now + lease, key)
-    redis.call('ZADD', KEYS[6], born, key)
-    taken[#taken + 1] = key
-    taken[#taken + 1] = record
+-- new pushes until ``room`` are taken; joins do not count, up to ``joins`` looked at
+local fresh, looked, budget = 0, 0, math.max(room, tonumber(ARGV[6]))
+while fresh < room and looked < budget do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                        math.min(room - fresh, budget - looked))
+  if #due == 0 then break end
+  for i = 1, #due, 2 do
+    looked = looked + 1
+    local to = due[i]
+    redis.call('ZREM', KEYS[1], to)
+    local last = redis.call('HGET', KEYS[3], to)
+    local unread = tonumber(redis.call('HGET', KEYS[2], to) or '0')
+    if last and unread > 0 then
+      redis.call('HDEL', KEYS[3], to)
+      local current = redis.call('HGET', KEYS[7], to)
+      local record = current and redis.call('HGET', KEYS[4], current)
+      local head = record and string.match(record, '^(%d+ %d+ %d+ %d+) ')
+      if head then
+        redis.call('HSET', KEYS[4], current, head .. ' ' .. string.format('%d', unread) .. ' ' .. last)
+      else
+        fresh = fresh + 1
+        local key = ARGV[4] .. '-' .. string.format('%d', fresh)
+        local born = string.format('%d', tonumber(due[i + 1]) - tonumber(ARGV[5]))
+        record = '1 ' .. ARGV[1] .. ' ' .. born .. ' ' .. to .. ' ' .. string.format('%d', unread) .. ' ' .. last
+        redis.call('HSET', KEYS[4], key, record)
+        redis.call('ZADD', KEYS[5], now + lease, key)
+        redis.call('ZADD', KEYS[6], born, key)
+        redis.call('HSET', KEYS[7], to, key)
+        taken[#taken + 1] = key
+        taken[#taken + 1] = record
+      end
+    end
   end
 end
 return taken
 """, "push_take")
 
-# KEYS: push:inflight, push:sending, push:born.  ARGV: delivery key.
-# The push is over (answered, refused or given up).
+# KEYS: push:inflight, push:sending, push:born, push:current, push:unread,
+#       push:last, push:due
+# ARGV: delivery key, the message JSON its last try named, now (ms)
+# The push is over (answered, refused or given up).  A newer message that
+# joined it after that try was taken was not named by it: back to
+# push:last (unless a newer one waits there), due now -- a push of its own.
 FINISH = Script("""
+local record = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+if not record then return 0 end
+local to, packet = string.match(record, '^%d+ %d+ %d+ (%d+) %-?%d+ (.*)$')
+if not to then return 1 end
+if redis.call('HGET', KEYS[4], to) == ARGV[1] then redis.call('HDEL', KEYS[4], to) end
+if packet ~= ARGV[2] and tonumber(redis.call('HGET', KEYS[5], to) or '0') > 0 then
+  redis.call('HSETNX', KEYS[6], to, packet)
+  redis.call('ZADD', KEYS[7], 'NX', ARGV[3], to)
+  return 2
+end
 return 1
 """, "push_finish")
 
@@ -133,6 +190,12 @@ local born = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if #born > 0 and (not oldest or tonumber(born[2]) < oldest) then oldest = tonumber(born[2]) end
 return {redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[2]), oldest and string.format('%d', oldest) or false}
 """, "push_stats")
+
+
+# Due users looked at per take: a window that joins a push in flight is a
+# few hash writes, not a POST, so a take goes on past its ``limit`` of new
+# pushes for these (a bounded script: ~1 ms of Redis at most).
+JOINS = 128
 
 
 class PushNotes:
@@ -172,18 +235,25 @@ class PushStore:
         self.client = client
         self.keys = keys
 
-    def take(self, now_ms: int, limit: int, lease_ms: int, key_prefix: str, delay_ms: int) -> Deferred:
+    def take(self, now_ms: int, limit: int, lease_ms: int, key_prefix: str, delay_ms: int,
+             joins: int = JOINS) -> Deferred:
         """Up to ``limit`` pushes to try now (:class:`InFlight`), each leased
-        for ``lease_ms``; new ones get delivery keys ``<key_prefix>-<n>``."""
+        for ``lease_ms``; new ones get delivery keys ``<key_prefix>-<n>``
+        (a user with a push in flight gets none: the window joins it; up to
+        ``joins`` due users are looked at in one call)."""
         k = self.keys
         d = self.client.run(TAKE, [k.push_due, k.push_unread, k.push_last, k.push_inflight, k.push_sending,
-                                   k.push_born],
-                            [now_ms, limit, lease_ms, key_prefix, delay_ms])
+                                   k.push_born, k.push_current],
+                            [now_ms, limit, lease_ms, key_prefix, delay_ms, joins])
         return d.addCallback(_taken)
 
-    def finish(self, key: str) -> Deferred:
+    def finish(self, key: str, packet: str, now_ms: int) -> Deferred:
+        """The push is over; ``packet`` is the message its last try named
+        (a newer one that joined it since goes out on its own, due at
+        ``now_ms``)."""
         k = self.keys
-        return self.client.run(FINISH, [k.push_inflight, k.push_sending, k.push_born], [key])
+        return self.client.run(FINISH, [k.push_inflight, k.push_sending, k.push_born, k.push_current,
+                                        k.push_unread, k.push_last, k.push_due], [key, packet, now_ms])
 
     def retry(self, key: str, at_ms: int) -> Deferred:
         """Fires with False when the push was over meanwhile."""
