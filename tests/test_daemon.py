@@ -85,7 +85,8 @@ class TwistdTests(ProgramTestMixin, unittest.TestCase):
 
     async def test_twistd_imd_serves_logins_and_messages(self):
         port = free_port()
-        config = self.write_config({"websocket": {"listen": "tcp:%d:interface=127.0.0.1" % port}})
+        config = self.write_config({"websocket": {"listen": "tcp:%d:interface=127.0.0.1" % port},
+                                    "imd": {"roles": "ws, http"}})
         # listening, subscribed and registered: a login before that is refused
         daemon = await start_daemon(self, config)
         self.assertEqual(daemon.port, port)
@@ -100,6 +101,8 @@ class TwistdTests(ProgramTestMixin, unittest.TestCase):
         self.assertEqual((await bob.next())["msg"], "via twistd")
         self.assertEqual(await self.redis.llen("MQ"), 1)
         self.assertEqual(redis_db(), self.server_db(config))
+        # [http] auth = dev (the default): warned once, at start (issue 22 item 15)
+        self.assertEqual(daemon.output().count("[http] auth = dev: POST /IM/token trusts"), 1, daemon.output())
 
     async def test_a_port_already_bound_stops_start_up_with_one_line_before_registering(self):
         # issue 12 item 4: a second daemon printed two tracebacks, then
