@@ -7,6 +7,7 @@ import time
 
 import jwt
 from twisted.internet import reactor, threads
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -364,6 +365,25 @@ class MetricsTests(HttpTestMixin, unittest.TestCase):
         await wait_until(lambda: self.http.app.metrics.connections_open._value.get() == 1,
                          what="connection count to drop")
         self.assertEqual((await self.scrape())["imd_connections_open"], 1)
+
+    async def test_the_redis_address_is_only_for_this_machine(self):
+        # issue 22 item 14: imd_redis_master_info{address} went to anyone
+        # who reached the http port
+        series = 'imd_redis_master_info{address="127.0.0.1:6379",via="url"}'
+        self.assertEqual((await self.scrape())[series], 1)
+        proxied = await self.request("GET", "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual(proxied.code, 200, proxied)
+        self.assertNotIn(b"imd_redis_master_info", proxied.body)
+        self.assertNotIn(b"6379", proxied.body)
+        self.assertIn(b"imd_redis_master_changes_total", proxied.body)   # only the address is held back
+        # [imd] metrics_listen's site is internal: it shows it whoever asks
+        from imd.http import build_metrics_site
+        internal = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            build_metrics_site(self.http.app))
+        self.addCleanup(internal.stopListening)
+        where = type("Where", (), {"base_url": "http://127.0.0.1:%d" % internal.getHost().port})()
+        proxied = await self.request("GET", "/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, server=where)
+        self.assertIn(series.encode() + b" 1.0", proxied.body)
 
     async def test_migrator_figures(self):
         self.assertNotIn("imd_migrator_lag_seconds", await self.scrape())

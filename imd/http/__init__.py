@@ -81,6 +81,6 @@ def build_metrics_site(app: MetricsSiteApp) -> ImdSite:
     """``/metrics`` and ``/healthz`` alone, for ``[imd] metrics_listen``."""
     root = Root()
     _put(root, b"healthz", HealthResource(app, details=True))
-    _put(root, b"metrics", MetricsResource(app))
+    _put(root, b"metrics", MetricsResource(app, details=True))
     http = app.settings.http
     return ImdSite(root, app.clock, http.request_timeout, http.max_connections)
