@@ -34,6 +34,7 @@ from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
 from imd.stores.mysql import MysqlStore
+from imd.stores.mysql_check import MysqlLoginCheck
 from imd.stores.orders import OrderStore
 from imd.stores.positions import PositionStore
 from imd.stores.presence import PresenceStore
@@ -179,6 +180,9 @@ class App:
             self.sentinel.setServiceParent(top)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
+        # a MySQL that refuses imd's login stops start-up here, before
+        # anything listens or registers (imd.stores.mysql_check)
+        MysqlLoginCheck(self.settings.mysql, self.settings.path, self.clock).setServiceParent(top)
         # [imd] metrics_listen and this process's registry entry: stopped
         # late, so a draining node can still be scraped.
         from imd.scrape import scrape_services
