@@ -30,6 +30,8 @@ from imd.listeners import ListeningService
 from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
+from imd.startup import HOLD as STARTUP_HOLD
+from imd.startup import StartupGate
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
@@ -125,7 +127,15 @@ class App:
                                node=self.node_id, roles=settings.imd.roles,
                                redis=lambda: (self.redis_client, self.sentinel))
         self.tls = TlsReloader(reactor)
-        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl)
+        # Until Redis answers and the keys are set, requests and logins wait (imd.startup).
+        roles = settings.imd.roles
+        self.startup = StartupGate(self.redis_client, self.keys, self.clock, needs_keys=bool({"ws", "http"} & roles),
+                                   node_ready=(lambda: self.bus.healthy) if "ws" in roles else None)
+        handshake = settings.websocket.open_handshake_timeout
+        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl,
+                                      startup=self.startup,
+                                      # a held login still leaves time to finish the handshake
+                                      hold=min(STARTUP_HOLD, handshake / 2.0) if handshake else STARTUP_HOLD)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
                               self.metrics, healthy=lambda: self.bus.healthy)
         self.bus = NodeBus(self.presence, self._subscriber, self.clock, self.node.run_id, settings.presence.ttl,
@@ -204,6 +214,8 @@ class App:
         # SIGHUP reloads the certificates of every ssl: listener built through
         # server_endpoint (and is harmless without any: see imd.tls).
         self.tls.setServiceParent(top)
+        # Started last: holds the requests that come before Redis answers.
+        self.startup.setServiceParent(top)
         return top
 
     def server_endpoint(self, description: str) -> Any:

@@ -27,6 +27,7 @@ from imd.stores.processes import ProcessRegistry, process_identity
 if TYPE_CHECKING:
     from imd.config import Settings
     from imd.metrics import Metrics
+    from imd.startup import StartupGate
     from imd.stores.keys import Keys
     from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
@@ -182,6 +183,9 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def clock(self) -> IReactorTime: ...
+
+    @property
+    def startup(self) -> "StartupGate": ...   # /healthz says "starting" meanwhile
 
     def server_endpoint(self, description: str) -> ServerEndpoint: ...
 

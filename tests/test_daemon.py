@@ -12,8 +12,8 @@ from twisted.trial import unittest
 
 from tests.daemon_support import spawn_daemon, start_daemon
 from tests.http_support import ensure_test_database
-from tests.support import (DEADLINE, RedisTestMixin, connect_client, drop, free_port, mysql_db, redis_db,
-                           settings_text, wait_until)
+from tests.support import (DEADLINE, PrivateRedis, RedisTestMixin, connect_client, drop, free_port, key_pair,
+                           mysql_db, redis_connection, redis_db, settings_text, wait_until, with_deadline)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -228,6 +228,66 @@ class MysqlStartupTests(ProgramTestMixin, unittest.TestCase):
                          seconds=DEADLINE * 2, what="the login retried")
         code, body = await threads.deferToThread(_http_get, http_port, "/healthz")
         self.assertEqual((code, json.loads(body)["mysql"]), (200, "ok"))
+
+
+def _accepts(port):
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _http_post(port, path, body):
+    """Blocking: (status, body) of a JSON POST to the daemon's http port."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=DEADLINE * 3) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class EarlyRequestTests(ProgramTestMixin, unittest.TestCase):
+    """Issue 22 item 3: POST /IM/token right after the http port opened
+    answered 503 "storage unavailable" (1 start in 7): the listeners open
+    before Redis answers."""
+
+    async def test_a_token_asked_as_soon_as_the_port_accepts_waits_for_redis_and_the_keys(self):
+        redis_port, http_port = free_port(), free_port()
+        config = self.write_config({"imd": {"roles": "ws, http"},
+                                    "http": {"listen": "tcp:%d:interface=127.0.0.1" % http_port},
+                                    "redis": {"url": "redis://127.0.0.1:%d/0" % redis_port}})
+        daemon = spawn_daemon(self, config)
+        await wait_until(lambda: _accepts(http_port), what="the http port accepting")
+        # asked at once, while no Redis answers on its port
+        token = threads.deferToThread(_http_post, http_port, "/IM/token", {"id": 1})
+        code, body = await threads.deferToThread(_http_get, http_port, "/healthz")
+        self.assertEqual((code, json.loads(body)["status"]), (503, "starting"), body)
+        private = await PrivateRedis(port=redis_port).start()
+        self.addCleanup(private.stop)
+        # Redis answers; the key pair comes a moment later (imd-admin keys init)
+        code, body = await threads.deferToThread(_http_get, http_port, "/healthz")
+        self.assertEqual(code, 503, body)
+        keys = await redis_connection(db=0, port=redis_port)
+        self.addCleanup(keys.disconnect)
+        public_pem, private_pem = key_pair()
+        await keys.mset({"publicKey": public_pem, "privateKey": private_pem})
+        code, body = await with_deadline(token, DEADLINE * 2, "the held token request")
+        self.assertEqual(code, 200, body)
+        answer = json.loads(body)
+        code, body = await threads.deferToThread(_http_get, http_port, "/healthz")
+        self.assertEqual((code, json.loads(body).get("status")), (200, None), body)
+        self.assertIn("started in", daemon.output())
+        # and the token logs in
+        port = await with_deadline(daemon.listening, DEADLINE, "the node taking logins")
+        client = await connect_client(port, "/" + answer["token"])
+        self.addCleanup(drop, client)
+        self.assertEqual((await client.next())["type"], "L")
 
 
 class StartupHeapTests(unittest.SynchronousTestCase):

@@ -74,7 +74,8 @@ def build_site(app: SiteApp, ws_base_url: Optional[str] = None) -> ImdSite:
     _put(root, b"healthz", HealthResource(app))
     _put(root, b"metrics", MetricsResource(app))
     http = app.settings.http
-    return ImdSite(root, app.clock, http.request_timeout, http.max_connections)
+    # /IM/ requests wait while the process is starting (imd.startup)
+    return ImdSite(root, app.clock, http.request_timeout, http.max_connections, startup=app.startup)
 
 
 def build_metrics_site(app: MetricsSiteApp) -> ImdSite:

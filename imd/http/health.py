@@ -1,7 +1,9 @@
 """``GET /healthz``: can this process reach Redis and MySQL right now?
 
 200 ``{"redis": "ok", "mysql": "ok", ...}``; otherwise 503 with ``"down"`` for
-each store that failed.  Why it failed (the driver's message, which names hosts
+each store that failed.  While the process is starting (imd.startup: Redis
+not answering yet, the key pair not set, a ws node not registered), 503 with
+``"status": "starting"`` first, whatever the stores say.  Why it failed (the driver's message, which names hosts
 and ports) goes to the log only.  Redis is asked ``PING`` through the App's
 own client (so the answer is about the connection the daemon uses); MySQL
 ``SELECT 1`` through the App's MySQL pool.
@@ -31,6 +33,7 @@ from imd.http.site import Clock
 if TYPE_CHECKING:
     from imd.config import Settings
     from imd.stores.mysql import MysqlStore
+    from imd.startup import StartupGate
     from imd.stores.redis import RedisClient
 
 _log = Logger()
@@ -52,6 +55,9 @@ class HealthApp(typing.Protocol):
 
     @property
     def clock(self) -> Clock: ...
+
+    @property
+    def startup(self) -> "StartupGate": ...
 
 
 class HealthResource(JsonResource):
@@ -95,6 +101,9 @@ class HealthResource(JsonResource):
                 problems.append("%s: %s" % (name, value.getErrorMessage() or value.type.__name__))
         if self._details or direct_from_loopback(request):
             body.update(self.redis_figures())
+        if self._app.startup.starting:
+            # requests under /IM/ are held meanwhile (imd.startup)
+            return 503, dict(status="starting", **body)
         if problems:
             _log.warn("health check failed: {problems}", problems="; ".join(problems))
             return 503, body
