@@ -3,10 +3,11 @@
 200 ``{"redis": "ok", "mysql": "ok", ...}``; otherwise 503 with ``"down"`` for
 each store that failed.  While the process is starting (imd.startup: Redis
 not answering yet, the key pair not set, a ws node not registered), 503 with
-``"status": "starting"`` first, whatever the stores say.  Why it failed (the driver's message, which names hosts
-and ports) goes to the log only.  Redis is asked ``PING`` through the App's
-own client (so the answer is about the connection the daemon uses); MySQL
-``SELECT 1`` through the App's MySQL pool.
+``"status": "starting"`` first, whatever the stores say.  Why a store failed
+(the driver's message, which names hosts and ports) goes to the log only.
+Redis is asked ``PING`` through the App's own client (so the answer is about
+the connection the daemon uses); MySQL ``SELECT 1`` through the App's MySQL
+pool.
 
 The Redis figures, whatever the status: ``redis_master`` (the ``host:port``
 that connection is on, null while down; behind Sentinel, the master it
@@ -32,8 +33,8 @@ from imd.http.site import Clock
 
 if TYPE_CHECKING:
     from imd.config import Settings
-    from imd.stores.mysql import MysqlStore
     from imd.startup import StartupGate
+    from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
 
 _log = Logger()
