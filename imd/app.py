@@ -10,9 +10,9 @@ the other nodes), ``imd.http``, ``imd.migrator``.
 """
 
 import socket
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -31,7 +31,7 @@ from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
 from imd.startup import HOLD as STARTUP_HOLD
-from imd.startup import StartupGate
+from imd.startup import StartupGate, StartWarnings, start_warnings
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
@@ -51,38 +51,6 @@ from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.flush import TurnFlusher
 
 _log = Logger()
-
-
-# Logged at start by a process whose http role runs with [http] auth = dev.
-DEV_MODE_WARNING = (
-    "[http] auth = dev: POST /IM/token trusts {\"id\": N} from whoever reaches it from this machine. "
-    "It refuses requests carrying proxy headers, but a forwarder that adds none (nginx with a plain "
-    "proxy_pass, stunnel, socat, an ssh tunnel) cannot be told from a local caller: never make this "
-    "listener reachable through a proxy or a port forward, or it hands out every user's token. "
-    "Anything but development: [http] auth = hs256:<secret> (docs/http.md)")
-
-
-def start_warnings(settings: Any) -> List[str]:
-    """What a process with these settings warns about when it starts."""
-    warnings = []
-    if "http" in settings.imd.roles and settings.http.auth == "dev":
-        warnings.append(DEV_MODE_WARNING)
-    return warnings
-
-
-class StartWarnings(Service):
-    """Logs :func:`start_warnings` when the process starts (once twistd's
-    log observer is in place)."""
-
-    name = "start-warnings"
-
-    def __init__(self, warnings: List[str]) -> None:
-        self.warnings = warnings
-
-    def startService(self) -> None:
-        super().startService()
-        for text in self.warnings:
-            _log.warn("{text}", text=text)
 
 
 def default_node_id(settings: Any) -> str:

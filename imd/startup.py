@@ -21,6 +21,9 @@ is not serving), early requests are *held*:
 
 A gate that was never started (imd-admin, tests that start the stores by
 hand) holds nothing.
+
+And what a process warns about when it starts (:func:`start_warnings`):
+``[http] auth = dev`` must never be reachable through a proxy.
 """
 
 from typing import TYPE_CHECKING, Any, Callable, List, Optional
@@ -34,6 +37,7 @@ from twisted.python.failure import Failure
 from imd.errors import StoreUnavailable
 
 if TYPE_CHECKING:
+    from imd.config import Settings
     from imd.stores.keys import Keys
     from imd.stores.redis import RedisClient
 
@@ -164,3 +168,35 @@ class StartupGate(Service):
             _log.warn("starting: {what}; requests wait up to {hold:g} s, then get 503, and /healthz says "
                       "starting", what=what, hold=self.hold)
             self._logged = what
+
+
+# Logged at start by a process whose http role runs with [http] auth = dev.
+DEV_MODE_WARNING = (
+    "[http] auth = dev: POST /IM/token trusts {\"id\": N} from whoever reaches it from this machine. "
+    "It refuses requests carrying proxy headers, but a forwarder that adds none (nginx with a plain "
+    "proxy_pass, stunnel, socat, an ssh tunnel) cannot be told from a local caller: never make this "
+    "listener reachable through a proxy or a port forward, or it hands out every user's token. "
+    "Anything but development: [http] auth = hs256:<secret> (docs/http.md)")
+
+
+def start_warnings(settings: "Settings") -> List[str]:
+    """What a process with these settings warns about when it starts."""
+    warnings = []
+    if "http" in settings.imd.roles and settings.http.auth == "dev":
+        warnings.append(DEV_MODE_WARNING)
+    return warnings
+
+
+class StartWarnings(Service):
+    """Logs :func:`start_warnings` when the process starts (once twistd's
+    log observer is in place)."""
+
+    name = "start-warnings"
+
+    def __init__(self, warnings: List[str]) -> None:
+        self.warnings = warnings
+
+    def startService(self) -> None:
+        super().startService()
+        for text in self.warnings:
+            _log.warn("{text}", text=text)
