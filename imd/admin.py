@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     tls_cmd = tls.add_subparsers(dest="action", metavar="ACTION")
     tls_cmd.required = True
     selfsigned = tls_cmd.add_parser("selfsigned", help="write a self-signed certificate and key (development only)")
-    selfsigned.add_argument("--host", required=True, help="the name (or IP address) clients connect to")
+    selfsigned.add_argument("--host", action="append", default=[], metavar="NAME",
+                            help="a name or IP address clients connect to, beside localhost, 127.0.0.1 and "
+                                 "::1 which it always covers (may be given several times)")
     selfsigned.add_argument("--out", default="etc/tls",
                             help="directory for cert.pem and key.pem (default: %(default)s)")
     selfsigned.add_argument("--days", type=int, default=30, help="validity in days (default: %(default)s)")
@@ -206,23 +208,28 @@ def run_top(app: "App", args: argparse.Namespace, out: TextIO) -> defer.Deferred
 
 
 def tls_selfsigned(args: argparse.Namespace, out: TextIO) -> None:
-    from imd.tls import self_signed
+    from imd.tls import LOOPBACK_NAMES, self_signed
     cert_path = os.path.join(args.out, "cert.pem")
     key_path = os.path.join(args.out, "key.pem")
     for path in (cert_path, key_path):
         if os.path.exists(path) and not args.force:
             raise AdminError("%s exists (use --force to replace it)" % path)
     cert_pem, key_pem = self_signed(args.host, days=args.days)
+    names = ", ".join(dict.fromkeys(args.host + list(LOOPBACK_NAMES)))
     os.makedirs(args.out, exist_ok=True)
-    with open(cert_path, "wb") as f:
+    # A certificate is public (0644); its key is not (0600), whatever the umask.
+    fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
         f.write(cert_pem)
+    os.chmod(cert_path, 0o644)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_pem)
     os.chmod(key_path, 0o600)
     sys.stderr.write("imd-admin: WARNING: a self-signed certificate is for development only: clients do "
                      "not trust it unless told to. Use a certificate from a real CA in production.\n")
-    out.write("tls: wrote %s and %s for %s, valid %d days\n" % (cert_path, key_path, args.host, args.days))
+    out.write("tls: wrote %s (mode 0644: a certificate is public) and %s (mode 0600) for %s, valid %d days\n"
+              % (cert_path, key_path, names, args.days))
     out.write("tls: e.g. [websocket] tls_listen = ssl:8443:interface=127.0.0.1:privateKey=%s:certKey=%s\n"
               % (key_path.replace(":", "\\:"), cert_path.replace(":", "\\:")))
 

@@ -30,10 +30,13 @@ from imd.listeners import ListeningService
 from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
+from imd.startup import HOLD as STARTUP_HOLD
+from imd.startup import StartupGate, StartWarnings, start_warnings
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
 from imd.stores.mysql import MysqlStore
+from imd.stores.mysql_check import MysqlLoginCheck
 from imd.stores.orders import OrderStore
 from imd.stores.positions import PositionStore
 from imd.stores.presence import PresenceStore
@@ -95,7 +98,15 @@ class App:
         # [http] auth = jwks:<url>: the platform's key set, fetched by the http role
         self.jwks = self._jwks_keys() if "http" in settings.imd.roles and settings.http.auth.startswith("jwks:") \
             else None
-        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl)
+        # Until Redis answers and the keys are set, requests and logins wait (imd.startup).
+        roles = settings.imd.roles
+        self.startup = StartupGate(self.redis_client, self.keys, self.clock, needs_keys=bool({"ws", "http"} & roles),
+                                   node_ready=(lambda: self.bus.healthy) if "ws" in roles else None)
+        handshake = settings.websocket.open_handshake_timeout
+        self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl,
+                                      startup=self.startup,
+                                      # a held login still leaves time to finish the handshake
+                                      hold=min(STARTUP_HOLD, handshake / 2.0) if handshake else STARTUP_HOLD)
         self.node = LocalNode(self.node_id, self.presence, self.clock, settings.websocket.max_devices,
                               self.metrics, healthy=lambda: self.bus.healthy)
         self.bus = NodeBus(self.presence, self._subscriber, self.clock, self.node.run_id, settings.presence.ttl,
@@ -153,10 +164,14 @@ class App:
         client), then whatever was added before it (bus, migrator, stores).
         """
         top = GracefulMultiService(self.settings.imd.shutdown_grace, self.clock, self.reactor)
+        StartWarnings(start_warnings(self.settings)).setServiceParent(top)
         if self.sentinel is not None:
             self.sentinel.setServiceParent(top)
         self.redis_client.setServiceParent(top)
         self.mysql.setServiceParent(top)
+        # a MySQL that refuses imd's login stops start-up here, before
+        # anything listens or registers (imd.stores.mysql_check)
+        MysqlLoginCheck(self.settings.mysql, self.settings.path, self.clock).setServiceParent(top)
         # [imd] metrics_listen and this process's registry entry: stopped
         # late, so a draining node can still be scraped.
         from imd.scrape import scrape_services
@@ -180,6 +195,8 @@ class App:
         # SIGHUP reloads the certificates of every ssl: listener built through
         # server_endpoint (and is harmless without any: see imd.tls).
         self.tls.setServiceParent(top)
+        # Started last: holds the requests that come before Redis answers.
+        self.startup.setServiceParent(top)
         return top
 
     def server_endpoint(self, description: str) -> Any:

@@ -22,6 +22,7 @@ from twisted.internet import defer
 
 from imd.errors import LoginRefused, StoreUnavailable
 from imd.protocol import parse_uid
+from imd.startup import StartupGate, StillStarting
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
@@ -193,11 +194,16 @@ class TokenVerifier:
     """Checks a wstoken and returns the user id it names, or LoginRefused."""
 
     def __init__(self, store: "TokenStore", clock: Clock, single_use: bool = True,
-                 max_lifetime: float = MAX_TOKEN_LIFETIME) -> None:
+                 max_lifetime: float = MAX_TOKEN_LIFETIME, startup: Optional[StartupGate] = None,
+                 hold: Optional[float] = None) -> None:
+        """``startup``: while the process is starting, a login waits for
+        it, at most ``hold`` seconds (imd.startup)."""
         self._store = store
         self._clock = clock
         self._single_use = single_use
         self._max_lifetime = max_lifetime
+        self._startup = startup
+        self._hold = hold
         self._key: Optional[rsa.RSAPublicKey] = None
         self._key_pem: Union[str, bytes, None] = None
 
@@ -205,6 +211,11 @@ class TokenVerifier:
     def verify(self, token: Optional[str]) -> Generator[defer.Deferred, Any, int]:
         if not token:
             raise LoginRefused("missing token")
+        if self._startup is not None and self._startup.starting:
+            try:
+                yield self._startup.wait(self._hold)
+            except StillStarting:
+                raise LoginRefused("service unavailable, try again later")
         claims = yield self._decode(token)
         uid = self._check_claims(claims)
         if self._single_use:

@@ -602,7 +602,10 @@ def load_settings(path: str) -> Settings:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(path, None, None, "cannot read the config file: %s" % (e.strerror or e))
+        # imd-admin and twistd imd both default to etc/imd.ini, relative to
+        # the working directory: outside the checkout, say how to name it.
+        raise ConfigError(path, None, None, "cannot read the config file: %s (name it with --config FILE)"
+                          % (e.strerror or e))
     except UnicodeDecodeError:
         raise ConfigError(path, None, None, "the config file is not UTF-8 text")
     return parse_settings(text, path)

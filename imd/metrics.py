@@ -162,9 +162,9 @@ class _CertificateCollector:
         yield family
 
 
-class _RedisCollector:
-    """Which Redis master this process uses and what its replicas confirm
-    (read when scraped from the App's command client and sentinel)."""
+class _RedisAddressCollector:
+    """Which Redis address this process's command connection is on: a
+    private figure (see :meth:`Metrics.exposition`)."""
 
     def __init__(self, get_redis: Callable[[], Tuple["RedisClient", Optional["SentinelMaster"]]]) -> None:
         self._get_redis = get_redis
@@ -180,6 +180,21 @@ class _RedisCollector:
         if client.master_address:
             master.add_metric([client.master_address, "sentinel" if sentinel is not None else "url"], 1)
         yield master
+
+
+class _RedisCollector:
+    """What this process's Redis connection went through and what its
+    replicas confirm (read when scraped from the App's command client and
+    sentinel)."""
+
+    def __init__(self, get_redis: Callable[[], Tuple["RedisClient", Optional["SentinelMaster"]]]) -> None:
+        self._get_redis = get_redis
+
+    def describe(self) -> List[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        client, sentinel = self._get_redis()
         yield CounterMetricFamily("imd_redis_master_changes", "Times the command connection came back on "
                                   "another Redis master (failovers seen)", value=client.master_changes)
         yield CounterMetricFamily("imd_redis_switch_master_events", "+switch-master messages from the "
@@ -282,6 +297,9 @@ class Metrics:
         # The *_created series only repeat the process start time.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        # Figures that name an address (the Redis master's): shown only
+        # where the answer cannot be public (exposition(private=True)).
+        self.private_registry = CollectorRegistry(auto_describe=True)
         self.connections_open = Gauge(
             "imd_connections_open", "Logged-in WebSocket connections of this process",
             registry=registry)
@@ -352,6 +370,7 @@ class Metrics:
             registry.register(_RedisCollector(redis))
         if jwks is not None:
             registry.register(_JwksCollector(jwks))
+            self.private_registry.register(_RedisAddressCollector(redis))
 
     # --- called by the transport ---------------------------------------------
 
@@ -415,6 +434,9 @@ class Metrics:
     def store_error(self, message: str) -> None:
         self.store_errors.labels(store_of(message)).inc()
 
-    def exposition(self) -> bytes:
-        """The Prometheus text of every metric (bytes)."""
-        return generate_latest(self.registry)
+    def exposition(self, private: bool = True) -> bytes:
+        """The Prometheus text of every metric (bytes); without ``private``,
+        less the ones that name an address (``imd_redis_master_info``), for
+        an answer that may reach the public."""
+        text = generate_latest(self.registry)
+        return text + generate_latest(self.private_registry) if private else text

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from imd.config import Settings
     from imd.http.jwks import JwksKeys
     from imd.metrics import Metrics
+    from imd.startup import StartupGate
     from imd.stores.keys import Keys
     from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
@@ -186,6 +187,7 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def jwks(self) -> "Optional[JwksKeys]": ...
+    def startup(self) -> "StartupGate": ...   # /healthz says "starting" meanwhile
 
     def server_endpoint(self, description: str) -> ServerEndpoint: ...
 

@@ -21,7 +21,7 @@ import re
 import signal
 import typing
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -284,15 +284,28 @@ class TlsReloader(Service):
         self._reactor.callFromThread(self.reload)
 
 
-def self_signed(host: str, days: int = 30, now: Optional[datetime.datetime] = None) -> Tuple[bytes, bytes]:
-    """(certificate PEM, private key PEM) for ``host``: development only."""
+# What a development certificate always covers: a client on this machine
+# may be handed ws URLs with any of them (a listener on interface=127.0.0.1
+# gives wss://127.0.0.1:PORT/ URLs, a browser asks for localhost).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def self_signed(hosts: Union[str, Sequence[str]] = (), days: int = 30,
+                now: Optional[datetime.datetime] = None) -> Tuple[bytes, bytes]:
+    """(certificate PEM, private key PEM) for ``hosts`` (names or IP
+    addresses) and the loopback names: development only."""
+    if isinstance(hosts, str):
+        hosts = (hosts,)
+    names = list(dict.fromkeys(list(hosts) + list(LOOPBACK_NAMES)))
+    host = names[0]
     now = now or datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
-    alt_names: List[x509.GeneralName]
-    try:
-        alt_names = [x509.IPAddress(ipaddress.ip_address(host))]
-    except ValueError:
-        alt_names = [x509.DNSName(host)]
+    alt_names: List[x509.GeneralName] = []
+    for each in names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(each)))
+        except ValueError:
+            alt_names.append(x509.DNSName(each))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imd development (self-signed)")])
     cert = (x509.CertificateBuilder()

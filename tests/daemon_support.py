@@ -88,7 +88,11 @@ def write_config(testcase, overrides=None):
 
 def spawn_daemon(testcase, config_path):
     """``twistd -n imd`` started (not waited for); killed by its pid in the
-    test's cleanup if it still runs."""
+    test's cleanup if it still runs.  This run's MySQL database is made
+    first when missing: a daemon whose database does not exist stops at
+    start-up (imd.stores.mysql_check)."""
+    from tests.http_support import ensure_test_database
+    ensure_test_database()
     daemon = Daemon()
     reactor.spawnProcess(daemon, TWISTD, [TWISTD, "-n", "--pidfile=", "imd", "--config", config_path],
                          env=dict(os.environ), path=ROOT)

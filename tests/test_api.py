@@ -227,6 +227,26 @@ class AuthTests(ApiTestMixin, unittest.TestCase):
         self.assertEqual((await self.api("POST", "friends", {"a": 1, "b": 2, "op": "add"},
                                          headers={"Authorization": "bearer  " + API_KEY})).code, 200)
 
+    async def test_without_the_key_every_method_and_path_gets_the_same_401(self):
+        # issue 22 item 14: 405 for a known path and 404 for an unknown one
+        # told an unauthenticated caller which routes exist
+        answers = set()
+        for headers in ({}, {"Authorization": "Bearer " + API_KEY[:-1] + "X"}, {"Authorization": "Basic x"}):
+            for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+                for path in ("send", "online?uid=1", "kick", "friends", "orders/1/close", "orders/1/open",
+                             "nothing", "", "send/x", "a/b/c/d"):
+                    response = await self.api(method, path, {"to": 2, "msg": {}} if method == "POST" else None,
+                                              headers=headers)
+                    answers.add((response.code, response.body, response.header(b"www-authenticate"),
+                                 response.header(b"allow")))
+        self.assertEqual(len(answers), 1, answers)
+        code, body, challenge, allow = answers.pop()
+        self.assertEqual((code, challenge, allow), (401, 'Bearer realm="imd-api"', None))
+        self.assertEqual(list(json.loads(body)), ["error"])
+        head = await self.api("HEAD", "nothing", headers={})
+        self.assertEqual((head.code, head.body), (401, b""))
+        self.assertEqual(await self.redis.llen("MQ"), 0)
+
     async def test_key_in_the_query_string_is_refused(self):
         for query in ("api_key=" + API_KEY, "key=" + API_KEY, "token=" + API_KEY, "Authorization=x"):
             response = await self.api("GET", "online?uid=1&" + query)

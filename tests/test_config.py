@@ -136,6 +136,7 @@ class SettingsTests(unittest.SynchronousTestCase):
             load_settings("/nonexistent/imd.ini")
         self.assertIn("/nonexistent/imd.ini", str(caught.exception))
         self.assertIn("cannot read", str(caught.exception))
+        self.assertIn("--config FILE", str(caught.exception))
 
 
 class TwistdConfigErrorTests(unittest.TestCase):
@@ -167,3 +168,16 @@ class TwistdConfigErrorTests(unittest.TestCase):
         result = self.run_twistd("/nonexistent/imd.ini")
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("/nonexistent/imd.ini", result.stderr)
+
+    def test_imd_admin_outside_the_checkout_names_the_option(self):
+        # issue 22 item 16: run from elsewhere without --config, it said only
+        # "cannot read the config file"
+        elsewhere = os.path.abspath(self.mktemp())
+        os.mkdir(elsewhere)
+        admin = os.path.join(os.path.dirname(sys.executable), "imd-admin")
+        result = subprocess.run([admin, "friend", "list", "1"], cwd=elsewhere, capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(result.stderr.splitlines(),
+                         ["imd-admin: config error: etc/imd.ini: cannot read the config file: "
+                          "No such file or directory (name it with --config FILE)"])

@@ -1,6 +1,8 @@
 """The repository stands alone: no tracked file points at a file outside it,
 every markdown table in docs/ is one table, and etc/imd.ini describes what
-each key does now.  Pure: reads files, no servers."""
+each key does now.  The lists in the docs are whole: alert rules, dashboard
+rows and config keys as etc/ and imd/config.py hold them.  Pure: reads
+files, no servers."""
 
 import os
 import re
@@ -93,3 +95,119 @@ class CheckerTests(unittest.SynchronousTestCase):
         self.assertEqual([], split_tables("x.md", whole))
         self.assertEqual(["x.md:5: | 3 | 4 |"], split_tables("x.md", split))
         self.assertEqual([], split_tables("x.md", "```\n| not a table\n```\n"))
+
+
+# --- lists in the docs kept in step with the files they describe (issue 22 item 19)
+
+def section(text, heading):
+    """The lines under the markdown ``heading`` (a whole heading line, e.g.
+    ``## Grafana``) up to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = text.splitlines()
+    start = lines.index(heading) + 1
+    for end in range(start, len(lines)):
+        line = lines[end]
+        if line.startswith("#") and len(line) - len(line.lstrip("#")) <= level and not lines[end - 1].startswith("```"):
+            return "\n".join(lines[start:end])
+    return "\n".join(lines[start:])
+
+
+def alert_names(yml_text):
+    import yaml
+    document = yaml.safe_load(yml_text)
+    return [rule["alert"] for group in document["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def dashboard_rows(dashboard_json):
+    import json
+    panels = json.loads(dashboard_json)["panels"]
+    rows = [p for p in panels if p.get("type") == "row"]
+    return [p["title"] for p in sorted(rows, key=lambda p: p["gridPos"]["y"])]
+
+
+def config_keys():
+    """``{(section, key)}`` that imd/config.py reads."""
+    import dataclasses
+
+    from imd.config import SECTIONS
+    return {(name, f.name) for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def protocol_table_keys(text):
+    """``{(section, key)}`` named in the ``| `[section]` | `key` [default], ... |``
+    rows of every "Configuration keys" table of docs/protocol.md (§6 and §7)."""
+    found = set()
+    for heading in re.findall(r"^###? .*Configuration keys.*$", text, re.M):
+        for match in re.finditer(r"^\| `\[(\w+)\]` \| (.*) \|$", section(text, heading), re.M):
+            found.update((match.group(1), key) for key in re.findall(r"`(\w+)`", match.group(2)))
+    return found
+
+
+def readme_table_keys(text):
+    """``{(section, key)}`` of the ``| `[section] key`, `key2` | default | meaning |``
+    rows of README.md's configuration reference."""
+    found = set()
+    table = section(text, "### Configuration reference")
+    for match in re.finditer(r"^\| `\[(\w+)\] (\w+)`((?:, `\w+`)*) \|", table, re.M):
+        found.add((match.group(1), match.group(2)))
+        found.update((match.group(1), key) for key in re.findall(r"`(\w+)`", match.group(3)))
+    return found
+
+
+class DocsInStepTests(unittest.SynchronousTestCase):
+    """README.md and docs/ list what etc/ and imd/config.py hold, all of it."""
+
+    def read(self, name):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            return f.read()
+
+    def test_the_readme_names_every_alert_rule(self):
+        alerts = alert_names(self.read("etc/prometheus/imd-alerts.yml"))
+        self.assertGreaterEqual(len(alerts), 12)
+        text = section(self.read("README.md"), "### Monitoring and the queue")
+        named = list(dict.fromkeys(re.findall(r"`(Imd[A-Za-z]+)`", text)))
+        self.assertEqual(named, alerts)
+        self.assertIn("The %d alerts" % len(alerts), " ".join(text.split()))
+
+    def test_the_operations_guide_has_every_alert_rule_and_its_runbook(self):
+        alerts = alert_names(self.read("etc/prometheus/imd-alerts.yml"))
+        text = section(self.read("docs/operations.md"), "## Alerts")
+        self.assertEqual(re.findall(r"^\| `(Imd[A-Za-z]+)` \|", text, re.M), alerts)
+        self.assertEqual(re.findall(r"^### (Imd[A-Za-z]+)$", text, re.M), alerts)
+
+    def test_the_operations_guide_describes_every_dashboard_row(self):
+        rows = dashboard_rows(self.read("etc/grafana/imd.json"))
+        self.assertGreaterEqual(len(rows), 8)
+        text = section(self.read("docs/operations.md"), "## Grafana")
+        self.assertEqual(re.findall(r"^- \*\*(.+?)\*\*:", text, re.M), rows)
+        self.assertIn("Its %d rows" % len(rows), " ".join(text.split()))
+
+    def test_the_protocol_tables_name_every_config_key(self):
+        keys = config_keys()
+        self.assertGreater(len(keys), 60)
+        documented = protocol_table_keys(self.read("docs/protocol.md"))
+        self.assertEqual(sorted(keys - documented), [], "config keys missing from docs/protocol.md's tables")
+        self.assertEqual(sorted(documented - keys), [], "docs/protocol.md names keys imd does not read")
+
+    def test_the_readme_configuration_reference_names_every_config_key(self):
+        keys = config_keys()
+        documented = readme_table_keys(self.read("README.md"))
+        self.assertEqual(sorted(keys - documented), [], "config keys missing from README.md's table")
+        self.assertEqual(sorted(documented - keys), [], "README.md names keys imd does not read")
+
+
+class InStepCheckerTests(unittest.SynchronousTestCase):
+    """The parsers above find what they are meant to."""
+
+    def test_section_stops_at_the_next_heading_of_its_level(self):
+        text = "# a\n## b\nin b\n### c\nin c\n## d\nin d\n"
+        self.assertEqual(section(text, "## b"), "in b\n### c\nin c")
+
+    def test_table_keys(self):
+        protocol = ("### Configuration keys\n\n| section | keys |\n|---|---|\n"
+                    "| `[http]` | `listen` [tcp:8766], `auth` [dev] |\n\n## 7.\n| `[x]` | `y` |\n")
+        self.assertEqual(protocol_table_keys(protocol), {("http", "listen"), ("http", "auth")})
+        readme = ("### Configuration reference\n\n| key | default | meaning |\n|---|---|---|\n"
+                  "| `[mysql] host`, `port`, `user` | a | b |\n| `[imd] roles` | `ws` | c |\n")
+        self.assertEqual(readme_table_keys(readme),
+                         {("mysql", "host"), ("mysql", "port"), ("mysql", "user"), ("imd", "roles")})

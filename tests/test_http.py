@@ -7,18 +7,23 @@ import time
 
 import jwt
 from twisted.internet import reactor, threads
+from twisted.internet.task import Clock
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from imd.app import App
 from imd.auth import TOKEN_TYPE
+from imd.errors import LoginRefused
+from imd.http import build_site
 from imd.http.ratelimit import RateLimiter
 from imd.http.site import ImdSite
 from imd.listeners import ListeningService
+from imd.startup import HOLD
 from tests.http_support import HttpTestMixin, raw_connect
 from tests.mysql_support import recreate_database
 from tests.support import (PrivateRedis, connect_client, drop, free_port, key_pair, make_settings,
-                           wait_until)
+                           wait_until, with_deadline)
 
 PLATFORM_SECRET = "platform-secret-of-at-least-32-bytes!"
 
@@ -365,6 +370,25 @@ class MetricsTests(HttpTestMixin, unittest.TestCase):
                          what="connection count to drop")
         self.assertEqual((await self.scrape())["imd_connections_open"], 1)
 
+    async def test_the_redis_address_is_only_for_this_machine(self):
+        # issue 22 item 14: imd_redis_master_info{address} went to anyone
+        # who reached the http port
+        series = 'imd_redis_master_info{address="127.0.0.1:6379",via="url"}'
+        self.assertEqual((await self.scrape())[series], 1)
+        proxied = await self.request("GET", "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual(proxied.code, 200, proxied)
+        self.assertNotIn(b"imd_redis_master_info", proxied.body)
+        self.assertNotIn(b"6379", proxied.body)
+        self.assertIn(b"imd_redis_master_changes_total", proxied.body)   # only the address is held back
+        # [imd] metrics_listen's site is internal: it shows it whoever asks
+        from imd.http import build_metrics_site
+        internal = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            build_metrics_site(self.http.app))
+        self.addCleanup(internal.stopListening)
+        where = type("Where", (), {"base_url": "http://127.0.0.1:%d" % internal.getHost().port})()
+        proxied = await self.request("GET", "/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, server=where)
+        self.assertIn(series.encode() + b" 1.0", proxied.body)
+
     async def test_migrator_figures(self):
         self.assertNotIn("imd_migrator_lag_seconds", await self.scrape())
         await threads.deferToThread(recreate_database, self.http.app.settings.mysql)
@@ -409,6 +433,68 @@ class WiringTests(unittest.SynchronousTestCase):
 
     def test_no_http_role_no_site(self):
         self.assertEqual(self.http_sites("ws"), [])
+
+
+class StartingTests(HttpTestMixin, unittest.TestCase):
+    """Issue 22 item 3: while the process is starting (Redis not answering
+    yet, or no key pair in it), requests under /IM/ wait for it, for a
+    bounded time (imd.startup); /healthz says "starting" meanwhile.  The
+    daemon's side: tests/test_daemon.py EarlyRequestTests."""
+
+    async def start_starting(self, clock):
+        """An App whose Redis never answers (nothing listens on its port),
+        its gate started, its site on port 0."""
+        settings = make_settings({"imd": {"roles": "ws, http"}}, redis_port=free_port())
+        app = App(settings, reactor, clock)
+        app.mysql.startService()
+        self.addCleanup(app.mysql.stopService)
+        app.startup.startService()
+        self.addCleanup(app.startup.stopService)
+        listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(build_site(app))
+        self.addCleanup(listening.stopListening)
+        return app, type("Where", (), {"base_url": "http://127.0.0.1:%d" % listening.getHost().port})()
+
+    async def test_held_for_at_most_the_hold_then_503(self):
+        clock = Clock()
+        app, where = await self.start_starting(clock)
+        self.assertTrue(app.startup.starting)
+        token = self.post_token({"id": 1}, server=where)
+        api = self.request("GET", "/IM/api/online?uid=1", server=where)
+        await wait_until(lambda: app.startup.waiting == 2, what="both requests held")
+        # the page and /healthz answer at once
+        self.assertEqual((await self.request("GET", "/", server=where)).code, 200)
+        health = await self.request("GET", "/healthz", server=where)
+        self.assertEqual((health.code, health.json()["status"]), (503, "starting"), health)
+        clock.advance(HOLD - 0.5)
+        self.assertFalse(token.called)
+        clock.advance(0.5)
+        for response in (await token, await api):
+            self.assertEqual((response.code, response.json(), response.header(b"retry-after")),
+                             (503, {"error": "imd is starting, retry later"}, "5"), response)
+
+    async def test_a_login_while_starting_waits_then_is_refused_as_unavailable(self):
+        clock = Clock()
+        app, _ = await self.start_starting(clock)
+        refused = app.verifier.verify(self.token(1))
+        self.assertEqual(app.startup.waiting, 1)
+        clock.advance(5)   # half of [websocket] open_handshake_timeout
+        failure = self.failureResultOf(refused, LoginRefused)
+        self.assertEqual(failure.value.reason, "service unavailable, try again later")
+
+    async def test_ready_releases_what_waits(self):
+        # Redis answers and the test's key pair is in it (an http-only
+        # process has no node to register)
+        app = App(make_settings({"imd": {"roles": "http"}}), reactor)
+        app.redis_client.startService()
+        self.addCleanup(app.redis_client.stopService)
+        app.mysql.startService()
+        self.addCleanup(app.mysql.stopService)
+        app.startup.startService()
+        self.addCleanup(app.startup.stopService)
+        waited = app.startup.wait()
+        await with_deadline(waited, what="ready")
+        self.assertFalse(app.startup.starting)
+        self.assertTrue(app.startup.wait().called)   # no wait once ready
 
 
 class RequestLogTests(HttpTestMixin, unittest.TestCase):

@@ -186,8 +186,9 @@ class CleanStopLogTests(RedisTestMixin, unittest.TestCase):
     """Issue 12 item 7: a planned stop (SIGTERM) logs no warning."""
 
     async def test_sigterm_logs_no_warning(self):
+        # hs256, as in production: dev mode warns at every start (issue 22 item 15)
         overrides = {"imd": {"roles": "ws, http, migrate", "metrics_listen": "tcp:0:interface=127.0.0.1"},
-                     "log": {"format": "json"}}
+                     "http": {"auth": "hs256:" + "s" * 32}, "log": {"format": "json"}}
         daemon = await start_daemon(self, write_config(self, overrides))
         await self.befriend(1, 2)
         alice = await connect_client(daemon.port, "/" + self.token(1))

@@ -41,6 +41,14 @@ class TwistedTests(PrivateAttributeTestCase):
         from twisted.internet import reactor
         self.assertHas(reactor, ("_exitSignal",), "the reactor")
 
+    def test_request_knows_its_connection_is_gone(self):
+        # imd/http/site.py (a request held while starting) and
+        # imd/http/resource.py: nothing is written to a client that left
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from imd.http.site import CappedRequest
+        self.assertHas(CappedRequest(DummyChannel()), ("_disconnected",), "twisted.web.http.Request")
+
 
 class _Probe(WebSocketServerProtocol):
     seen = None

@@ -2,14 +2,17 @@
 and a second run changes nothing."""
 
 import os
+import re
 import sys
 
+import pymysql
 from twisted.internet import threads, utils
 from twisted.trial import unittest
 
-from imd.stores.mysql import apply_schema, migrations, split_statements
-from tests.mysql_support import MysqlTestMixin, query
-from tests.support import free_port, settings_text
+from imd.stores.mysql import MessageRows, MysqlStore, apply_schema, connect_kwargs, migrations, split_statements
+from imd.stores.mysql_check import check_login
+from tests.mysql_support import MysqlTestMixin, mysql_settings, query
+from tests.support import free_port, make_settings, settings_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,3 +106,84 @@ class SchemaUpgradeTests(MysqlTestMixin, unittest.TestCase):
         await query(self.mysql_settings,
                     "INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
                     " VALUES ('closed-1', 0, 2, 's', '{}', 5, '{}'), ('closed-1', 0, 3, 's', '{}', 5, '{}')")
+
+
+def readme_grants():
+    """The SQL block of README.md's "MySQL user" section, one statement each."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    part = text[text.index("### MySQL user"):]
+    block = re.search(r"```sql\n(.*?)```", part, re.S).group(1)
+    return [s for s in split_statements(block)]
+
+
+def _as_root(*statements):
+    import pymysql
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
+    try:
+        with conn.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class ReadmeGrantTests(unittest.TestCase):
+    """Issue 22 item 4: the GRANTs README.md names are enough: ``schema
+    apply`` as the schema user makes a database from nothing, and imd's own
+    user stores, reads, and purges messages, reads orders and passes the
+    start-up login check, with nothing more."""
+
+    async def test_the_readme_grants_are_enough(self):
+        tag = "%d_%s" % (os.getpid(), os.urandom(3).hex())
+        database, names = "imd_t22_grants_" + tag, {"imd": "imd_t22_run_" + tag, "imd_schema": "imd_t22_sch_" + tag}
+        passwords = {name: "pw-" + user for name, user in names.items()}
+        statements = []
+        for statement in readme_grants():
+            statement = statement.replace("`imd`.*", "`%s`.*" % database)
+            for name, user in names.items():
+                statement = statement.replace("'%s'@'127.0.0.1'" % name, "'%s'@'127.0.0.1'" % user)
+            statement = re.sub(r"IDENTIFIED BY '[^']*'", "IDENTIFIED BY '@PASSWORD@'", statement)
+            user = re.search(r"CREATE USER '(\w+)'", statement)
+            if user:
+                name = [n for n, u in names.items() if u == user.group(1)][0]
+                statement = statement.replace("@PASSWORD@", passwords[name])
+            statements.append(statement)
+        self.assertEqual(len(statements), 4, statements)
+        self.assertEqual([s.split()[0] for s in statements], ["CREATE", "GRANT", "CREATE", "GRANT"])
+        self.addCleanup(threads.deferToThread, _as_root, "DROP DATABASE IF EXISTS `%s`" % database,
+                        *["DROP USER IF EXISTS '%s'@'127.0.0.1'" % user for user in names.values()])
+        await threads.deferToThread(_as_root, *statements)
+
+        schema = mysql_settings(user=names["imd_schema"], password=passwords["imd_schema"], database=database)
+        before, after = await threads.deferToThread(apply_schema, schema)
+        self.assertEqual((before, after), (0, len(migrations())))
+
+        own = mysql_settings(user=names["imd"], password=passwords["imd"], database=database)
+        self.assertIsNone(await threads.deferToThread(check_login, own))
+        store = MysqlStore(own)
+        store.startService()
+        self.addCleanup(store.stopService)
+        packet = '{"id": "m1", "from": 1, "to": 2, "type": "t", "msg": "hi", "ts": 5}'
+        inserted = await store.insert_entries([("m1", 1, 2, "t", "hi", 5, 1, packet)], [(1, "m1", 2, 2, 6, 2)])
+        self.assertEqual(inserted, (1, 1))
+        self.assertEqual([row[3] for row in await store.history(2, None, (0, None), 10)], [b"m1"])
+        self.assertEqual(await store.message_states(1, 2, ["m1"]), {"m1": 2})
+        await threads.deferToThread(_as_root, "INSERT INTO `%s`.orders (id, customer_id, courier_id) VALUES "
+                                              "(42, 2, 1)" % database)
+        orders = make_settings().orders
+        self.assertEqual(await store.order_parties(orders, 42), (2, 1))
+        self.assertEqual(await MessageRows(store).purge_older(10, 100), (1, 1))
+        # and nothing beyond: imd's own user cannot change the schema
+        with self.assertRaises(pymysql.err.OperationalError):
+            await threads.deferToThread(_as_user, own, "ALTER TABLE message ADD COLUMN x INT")
+
+
+def _as_user(settings, statement):
+    conn = pymysql.connect(**connect_kwargs(settings))
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        conn.close()

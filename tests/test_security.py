@@ -21,7 +21,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import utils
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from imd.auth import generate_key_pair
@@ -311,6 +311,38 @@ class DevGuardTests(HttpTestMixin, unittest.TestCase):
         # what nginx sends upstream: Host is the upstream's name, X-Forwarded-For the client
         await self.assert_refused({"Host": "imd_http", "X-Forwarded-For": "203.0.113.7"})
         await self.assert_refused({"X-Forwarded-For": "203.0.113.7"})
+
+    def test_dev_mode_warns_at_start_that_no_proxy_may_reach_it(self):
+        # issue 22 item 15: a forwarder that adds no header (nginx with a
+        # plain proxy_pass, stunnel, socat) cannot be detected: say so
+        from twisted.internet import reactor
+
+        from imd.app import App
+
+        def logged_at_start(overrides):
+            top = App(make_settings(overrides), reactor).build_service()
+            events = []
+            globalLogPublisher.addObserver(events.append)
+            try:
+                top.getServiceNamed("start-warnings").startService()
+            finally:
+                globalLogPublisher.removeObserver(events.append)
+            return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+        warnings = logged_at_start({"imd": {"roles": "ws, http"}, "http": {"auth": "dev"}})
+        self.assertEqual(len(warnings), 1, warnings)
+        for words in ("[http] auth = dev", "proxy_pass", "never make this listener reachable through a proxy",
+                      "hs256"):
+            self.assertIn(words, warnings[0])
+        self.assertEqual(logged_at_start({"imd": {"roles": "ws, http"},
+                                          "http": {"auth": "hs256:" + PLATFORM_SECRET}}), [])
+        self.assertEqual(logged_at_start({"imd": {"roles": "ws, migrate"}, "http": {"auth": "dev"}}), [])
+        # and the docs say it next to the nginx example
+        with open(os.path.join(ROOT, "docs", "http.md")) as f:
+            text = " ".join(f.read().split())
+        nginx = text.index("etc/nginx/imd.conf")
+        self.assertIn("a forwarder that adds none of these headers", text[nginx:nginx + 600])
+        self.assertIn("Never make a dev-mode imd reachable through a proxy", text[nginx:nginx + 1000])
 
     async def test_hs256_mode_works_behind_a_proxy(self):
         settings = make_settings({"http": {"auth": "hs256:" + PLATFORM_SECRET}})

@@ -5,11 +5,17 @@ import os
 import signal
 import socket
 import ssl
+import stat
+import subprocess
+import sys
 
 from autobahn.twisted.websocket import WebSocketClientFactory
+from cryptography import x509
 from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.protocols.wire import Echo
 from twisted.trial import unittest
 
 import imd.tls
@@ -186,3 +192,70 @@ class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
         self.assertEqual(version, "TLSv1.2")
         with self.assertRaises((ssl.SSLError, ConnectionError)):
             await threads.deferToThread(self._stdlib_handshake, ssl.TLSVersion.TLSv1_1)
+
+
+class SelfSignedTests(unittest.TestCase):
+    """``imd-admin tls selfsigned``: the development certificate serves
+    every loopback name a client on this machine may be handed."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        self.cert_path = os.path.join(self.dir, "cert.pem")
+        self.key_path = os.path.join(self.dir, "key.pem")
+
+    def selfsigned(self, *hosts):
+        admin = os.path.join(os.path.dirname(sys.executable), "imd-admin")
+        argv = [admin, "tls", "selfsigned", "--out", self.dir]
+        for host in hosts:
+            argv += ["--host", host]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout
+
+    async def listen(self, interface):
+        escaped = interface.replace(":", "\\:")
+        description = "ssl:0:interface=%s:privateKey=%s:certKey=%s" % (escaped, self.key_path, self.cert_path)
+        port = await imd.tls.TlsReloader(reactor).endpoint(description).listen(Factory.forProtocol(Echo))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def verified_handshake(self, address, port, name):
+        """A TLS handshake to ``address`` as a client that trusts only the
+        generated certificate and checks it names ``name``."""
+        context = ssl.create_default_context(cafile=self.cert_path)
+        with socket.create_connection((address, port), timeout=DEADLINE) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                return tls.version()
+
+    async def test_the_certificate_for_localhost_verifies_for_every_loopback_name(self):
+        # issue 22 item 18: --host localhost, then wss://127.0.0.1:PORT/ URLs
+        # (interface=127.0.0.1) failed verification
+        out = self.selfsigned("localhost")
+        self.assertIn("localhost, 127.0.0.1, ::1", out)
+        port4 = await self.listen("127.0.0.1")
+        port6 = await self.listen("::1")
+        for address, port, name in (("127.0.0.1", port4, "127.0.0.1"), ("127.0.0.1", port4, "localhost"),
+                                    ("::1", port6, "::1")):
+            version = await threads.deferToThread(self.verified_handshake, address, port, name)
+            self.assertIn(version, ("TLSv1.2", "TLSv1.3"), name)
+        # a name it does not cover still fails: the client does verify
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            await threads.deferToThread(self.verified_handshake, "127.0.0.1", port4, "imd.example.org")
+        # the certificate is public, its key is not
+        self.assertEqual((stat.S_IMODE(os.stat(self.cert_path).st_mode), stat.S_IMODE(os.stat(self.key_path).st_mode)),
+                         (0o644, 0o600))
+
+    async def test_no_host_covers_the_loopback_names_and_other_hosts_are_added(self):
+        self.selfsigned("imd.example.org", "192.0.2.7")
+        with open(self.cert_path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(([str(n) for n in names.get_values_for_type(x509.DNSName)],
+                          [str(a) for a in names.get_values_for_type(x509.IPAddress)]),
+                         (["imd.example.org", "localhost"], ["192.0.2.7", "127.0.0.1", "::1"]))
+        os.remove(self.cert_path)
+        os.remove(self.key_path)
+        self.selfsigned()
+        port = await self.listen("127.0.0.1")
+        self.assertIn(await threads.deferToThread(self.verified_handshake, "127.0.0.1", port, "127.0.0.1"),
+                      ("TLSv1.2", "TLSv1.3"))

@@ -74,13 +74,14 @@ def build_site(app: SiteApp, ws_base_url: Optional[str] = None) -> ImdSite:
     _put(root, b"healthz", HealthResource(app))
     _put(root, b"metrics", MetricsResource(app))
     http = app.settings.http
-    return ImdSite(root, app.clock, http.request_timeout, http.max_connections)
+    # /IM/ requests wait while the process is starting (imd.startup)
+    return ImdSite(root, app.clock, http.request_timeout, http.max_connections, startup=app.startup)
 
 
 def build_metrics_site(app: MetricsSiteApp) -> ImdSite:
     """``/metrics`` and ``/healthz`` alone, for ``[imd] metrics_listen``."""
     root = Root()
     _put(root, b"healthz", HealthResource(app, details=True))
-    _put(root, b"metrics", MetricsResource(app))
+    _put(root, b"metrics", MetricsResource(app, details=True))
     http = app.settings.http
     return ImdSite(root, app.clock, http.request_timeout, http.max_connections)

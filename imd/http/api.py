@@ -7,9 +7,13 @@ time of an answer).  A key in the query string is refused (400), whatever
 else the request holds: query strings end up in proxies' and browsers' logs.
 The access log (imd.http.site) never holds a header.
 
-Bodies are JSON objects of at most 64 KiB (:data:`API_MAX_BODY_BYTES`,
-applied by the site before the body is read); every error is ``{"error"}``
-with 400, 401, 404, 405, 413 or 503 (Redis or MySQL away).
+The credentials are checked before the path and the method: a request
+without the right key gets the same 401 whatever its method and path (a key
+in the query string, the same 400), so the routes cannot be mapped from
+outside.  Bodies are JSON objects of at most 64 KiB
+(:data:`API_MAX_BODY_BYTES`, applied by the site before the body is read);
+every error is ``{"error"}`` with 400, 401, 404, 405, 413 or 503 (Redis or
+MySQL away).
 
     POST /IM/api/send                 {"to": uid | [uids], "msg": {...}, "id": "..."}
     POST /IM/api/orders/<order>/close
@@ -89,6 +93,14 @@ def _route(postpath: List[bytes]) -> Tuple[str, str, Optional[bytes]]:
     raise HttpError(404, "no such resource")
 
 
+def _endpoint_label(postpath: List[bytes]) -> str:
+    """The endpoint a path names, or ``other``: a metrics label."""
+    try:
+        return _route(postpath)[0]
+    except HttpError:
+        return "other"
+
+
 def _query(request: Any) -> Dict[bytes, List[bytes]]:
     """The query string's parameters (never a form body's)."""
     return parse_qs(urlsplit(request.uri).query, keep_blank_values=True)
@@ -111,10 +123,20 @@ class ApiResource(JsonResource):
         self._metrics = metrics
 
     def render(self, request: Any) -> Any:
-        endpoint = "other"
+        endpoint = _endpoint_label(request.postpath)   # for the metrics only, never the answer
         try:
             if self._key is None:
                 raise HttpError(404, "no such resource")
+            # Credentials before routing: without the key, every method and
+            # path gets the same answer, so the API's routes cannot be
+            # mapped (a 405 or a 404 would tell which exist).
+            if _CREDENTIAL_PARAMS & {name.lower() for name in _query(request)}:
+                raise HttpError(400, "credentials in the query string are refused (they end up in logs): "
+                                     "send Authorization: Bearer <api_key>")
+            presented = bearer(request)
+            if presented is None or not self._key.matches(presented):
+                raise HttpError(401, "missing or bad credentials: send Authorization: Bearer <api_key>",
+                                _CHALLENGE)
             endpoint, method, order = _route(request.postpath)
             asked = request.method.decode("ascii", "replace").upper()
             if asked == "HEAD" and method == "GET":
@@ -122,14 +144,6 @@ class ApiResource(JsonResource):
             if asked != method:
                 raise HttpError(405, "method %s not allowed here (use %s)" % (asked[:16], method),
                                 {b"Allow": method.encode("ascii")})
-            if _CREDENTIAL_PARAMS & {name.lower() for name in _query(request)}:
-                raise HttpError(400, "credentials in the query string are refused (they end up in logs): "
-                                     "send Authorization: Bearer <api_key>")
-            presented = bearer(request)
-            if presented is None:
-                raise HttpError(401, "missing credentials: send Authorization: Bearer <api_key>", _CHALLENGE)
-            if not self._key.matches(presented):
-                raise HttpError(401, "bad credentials: wrong api key", _CHALLENGE)
             if getattr(request, "body_too_large", False):
                 raise HttpError(413, "request body over %d bytes" % API_MAX_BODY_BYTES)
             d = defer.maybeDeferred(getattr(self, "_" + endpoint), request, order)

@@ -1,10 +1,13 @@
 """``GET /healthz``: can this process reach Redis and MySQL right now?
 
 200 ``{"redis": "ok", "mysql": "ok", ...}``; otherwise 503 with ``"down"`` for
-each store that failed.  Why it failed (the driver's message, which names hosts
-and ports) goes to the log only.  Redis is asked ``PING`` through the App's
-own client (so the answer is about the connection the daemon uses); MySQL
-``SELECT 1`` through the App's MySQL pool.
+each store that failed.  While the process is starting (imd.startup: Redis
+not answering yet, the key pair not set, a ws node not registered), 503 with
+``"status": "starting"`` first, whatever the stores say.  Why a store failed
+(the driver's message, which names hosts and ports) goes to the log only.
+Redis is asked ``PING`` through the App's own client (so the answer is about
+the connection the daemon uses); MySQL ``SELECT 1`` through the App's MySQL
+pool.
 
 The Redis figures, whatever the status: ``redis_master`` (the ``host:port``
 that connection is on, null while down; behind Sentinel, the master it
@@ -39,6 +42,7 @@ from imd.http.site import Clock
 if TYPE_CHECKING:
     from imd.config import Settings
     from imd.http.jwks import JwksKeys
+    from imd.startup import StartupGate
     from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
 
@@ -64,6 +68,7 @@ class HealthApp(typing.Protocol):
 
     @property
     def jwks(self) -> "Optional[JwksKeys]": ...
+    def startup(self) -> "StartupGate": ...
 
 
 class HealthResource(JsonResource):
@@ -114,6 +119,9 @@ class HealthResource(JsonResource):
                 age = jwks.fetch_age()
                 body.update(jwks_keys=len(jwks.keys), jwks_age=None if age is None else round(age, 1),
                             jwks_refetch_wait=round(jwks.refetch_wait(), 1), jwks_problem=jwks.problem)
+        if self._app.startup.starting:
+            # requests under /IM/ are held meanwhile (imd.startup)
+            return 503, dict(status="starting", **body)
         if problems:
             _log.warn("health check failed: {problems}", problems="; ".join(problems))
             return 503, body

@@ -5,6 +5,12 @@ cannot wait for Redis), all at once: the ``MQ`` and ``MQ:dead`` lengths, how
 many WebSocket nodes are registered, the pending pushes and the age of the
 oldest, and whether Redis and MySQL answer.  A
 store that does not answer reads NaN (and ``imd_store_up`` 0).
+
+``imd_redis_master_info`` names the Redis address: like the Redis figures of
+``/healthz`` it is left out of an answer that may be public.  It is there on
+``[imd] metrics_listen`` (an internal listener), and on the http role's
+listener only to a request straight from this machine's loopback (no proxy
+header); through a proxy or from another host, everything else.
 """
 
 import typing
@@ -16,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from imd.errors import StoreUnavailable
-from imd.http.resource import JsonResource, JsonResult, Raw
+from imd.http.resource import JsonResource, JsonResult, Raw, direct_from_loopback
 from imd.http.site import Clock
 from imd.metrics import CONTENT_TYPE, Metrics
 from imd.stores.deadletter import DeadLetters
@@ -57,9 +63,13 @@ class MetricsApp(typing.Protocol):
 class MetricsResource(JsonResource):
     methods = ("GET",)
 
-    def __init__(self, app: MetricsApp) -> None:
+    def __init__(self, app: MetricsApp, details: bool = False) -> None:
+        """``details``: always add the figures that name an address (the
+        private metrics listener); otherwise only for a request straight
+        from this machine's loopback, as ``/healthz``."""
         super().__init__(app.settings.http.cors_origins)
         self._app = app
+        self._details = details
         self._dead = DeadLetters(app.redis_client, app.keys)
         self._processes = ProcessRegistry(app.redis_client, app.keys)
         self._push = PushStore(app.redis_client, app.keys)
@@ -90,7 +100,8 @@ class MetricsResource(JsonResource):
             metrics.store_error(failures[0])
         metrics.store_up.labels("redis").set(0 if failures else 1)
         metrics.store_up.labels("mysql").set(results[-1][1])
-        return 200, Raw(metrics.exposition(), CONTENT_TYPE)
+        private = self._details or direct_from_loopback(request)
+        return 200, Raw(metrics.exposition(private=private), CONTENT_TYPE)
 
     def _push_figures(self) -> defer.Deferred:
         """(pending pushes, seconds since the oldest one's window opened)."""

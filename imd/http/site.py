@@ -15,6 +15,11 @@ banner, and an access log that never holds a token.
   request so the resource answers 413.
 - No ``Server:`` header (it named the Twisted version), and a failure in a
   resource is a JSON 500, not Twisted's HTML page.
+- While the process is starting (imd.startup: Redis not answering yet, or
+  the key pair not set), a request under ``/IM/`` waits for the end of it,
+  at most :data:`imd.startup.HOLD` seconds; past that it gets ``503``
+  (JSON, ``Retry-After``).  ``/healthz``, ``/metrics`` and the page answer
+  at once.
 - The access log goes through twisted.logger; its path has tokens masked
   (imd.logs.redact, the one redactor), and it holds no header values (no
   Authorization, no Referer).
@@ -35,6 +40,10 @@ from twisted.web.server import Request, Site
 
 from imd.http.resource import finish_json, json_bytes
 from imd.logs import redact
+from imd.startup import StillStarting
+
+if typing.TYPE_CHECKING:
+    from imd.startup import StartupGate
 
 _log = Logger()
 
@@ -45,6 +54,10 @@ API_MAX_BODY_BYTES = 65536
 REQUEST_TIMEOUT = 10
 MAX_CONNECTIONS = 1000
 REFUSAL_LOG_INTERVAL = 10   # seconds between two log lines about refused connections
+# What waits while the process is starting (imd.startup), and the Retry-After
+# of a request that waited in vain.
+HELD_PATH = b"/IM/"
+START_RETRY_AFTER = 5
 
 _REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
 
@@ -103,6 +116,31 @@ class CappedRequest(Request):
             self.content.truncate()
             return
         super().handleContentChunk(data)
+
+    def process(self) -> None:
+        # While the process is starting (imd.startup), a request under /IM/
+        # (tokens, the server API: they need Redis) waits for it, bounded.
+        gate = getattr(getattr(self.channel, "site", None), "startup", None)
+        if gate is not None and gate.starting and self.path.startswith(HELD_PATH):
+            d = gate.wait()
+            d.addCallbacks(self._started, self._still_starting)
+            d.addErrback(self.processingFailed)
+            return
+        super().process()
+
+    def _started(self, _: object) -> None:
+        if not self._disconnected:
+            super().process()
+
+    def _still_starting(self, failure: Failure) -> None:
+        failure.trap(StillStarting)
+        if self._disconnected:
+            return
+        _log.warn("http: {method} {path} answered 503: {why}", method=self.method.decode("latin-1")[:16],
+                  path=redact(self.uri.decode("latin-1"))[:300], why=failure.getErrorMessage())
+        self.write(finish_json(self, (503, {"error": "imd is starting, retry later"},
+                                      {b"Retry-After": b"%d" % START_RETRY_AFTER})))
+        self.finish()
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -191,12 +229,13 @@ class _Refused(Protocol):
 
 class ImdSite(Site):
     requestFactory = CappedRequest
+    startup: Optional["StartupGate"] = None   # holds /IM/ requests while starting
     # HTTP/1.1 only (the TLS listeners offer no h2 either); twisted types
     # this as its wrapper that picks HTTP/1.1 or h2, not a bare channel
     protocol = ImdChannel   # type: ignore[assignment]
 
     def __init__(self, resource: Resource, clock: Clock, request_timeout: float = REQUEST_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, startup: Optional["StartupGate"] = None) -> None:
         # The idle timeout is off: ImdChannel's deadline covers idle
         # connections too, and is not reset by each byte.
         super().__init__(resource, timeout=None, reactor=clock)
@@ -205,6 +244,7 @@ class ImdSite(Site):
         self.max_connections = max_connections
         self.open_connections = 0
         self.displayTracebacks = False
+        self.startup = startup
         self._refused = 0
         self._refusal_logged_at: Optional[float] = None
 
