@@ -368,9 +368,9 @@ class Metrics:
         registry.register(_PushCollector(push or (lambda: None)))
         if redis is not None:
             registry.register(_RedisCollector(redis))
+            self.private_registry.register(_RedisAddressCollector(redis))
         if jwks is not None:
             registry.register(_JwksCollector(jwks))
-            self.private_registry.register(_RedisAddressCollector(redis))
 
     # --- called by the transport ---------------------------------------------
 

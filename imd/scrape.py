@@ -187,6 +187,8 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def jwks(self) -> "Optional[JwksKeys]": ...
+
+    @property
     def startup(self) -> "StartupGate": ...   # /healthz says "starting" meanwhile
 
     def server_endpoint(self, description: str) -> ServerEndpoint: ...

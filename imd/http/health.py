@@ -68,6 +68,8 @@ class HealthApp(typing.Protocol):
 
     @property
     def jwks(self) -> "Optional[JwksKeys]": ...
+
+    @property
     def startup(self) -> "StartupGate": ...
 
 
