@@ -145,6 +145,64 @@ class SendTests(ApiTestMixin, unittest.TestCase):
         self.assertEqual(len([e for e in await self.redis.lrange("MQ", 0, -1) if '"type":"R"' in e]), 2)
 
 
+class StrictJsonTests(ApiTestMixin, unittest.TestCase):
+    """Issue 22 item 6: ``NaN``, ``Infinity`` (and ``1e999``, which Python
+    reads as infinity) were taken and stored, so a strict client failed on
+    the whole ``H`` page; a lone surrogate escape gave 500 and a logged
+    traceback.  Both are 400 with a JSON error on every route with a body,
+    and on ``POST /IM/token``."""
+
+    # (route, a good body with BAD where the bad value goes)
+    ROUTES = (("send", '{"to": 2, "msg": {"x": BAD}}'), ("send", '{"to": 2, "msg": {}, "id": BAD}'),
+              ("orders/42/close", '{"note": BAD}'), ("kick", '{"uid": 2, "reason": BAD}'),
+              ("friends", '{"a": 1, "b": 2, "op": "add", "note": BAD}'))
+    NUMBERS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")
+    SURROGATES = ('"\\ud800"', '"a\\udfffb"', '"\\ude00\\ud83d"')
+
+    def assert_refused(self, response, words):
+        self.assert_error(response, 400, words)
+
+    async def test_nan_infinity_and_lone_surrogates_are_400_everywhere(self):
+        failures = []
+
+        def observe(event):
+            if event.get("log_failure") is not None:
+                failures.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        bob = await self.login(2)
+        for path, template in self.ROUTES:
+            for bad in self.NUMBERS:
+                body = template.replace("BAD", bad).encode()
+                self.assert_refused(await self.api("POST", path, body), "is not a JSON number"
+                                          if "e999" not in bad else "too large for a number")
+            for bad in self.SURROGATES:
+                body = template.replace("BAD", bad).encode()
+                self.assert_refused(await self.api("POST", path, body), "lone UTF-16 surrogate")
+        # a key holding one, too
+        self.assert_refused(await self.api("POST", "send", b'{"to": 2, "msg": {"\\udc00": 1}}'),
+                                  "surrogate")
+        for bad in self.NUMBERS:
+            response = await self.request("POST", "/IM/token", ('{"id": 2, "x": %s}' % bad).encode())
+            self.assert_error(response, 400, "JSON")
+        for bad in self.SURROGATES:
+            response = await self.request("POST", "/IM/token", ('{"id": 2, "x": %s}' % bad).encode())
+            self.assert_error(response, 400, "surrogate")
+        # nothing stored, nothing delivered, no friendship, nobody kicked, no traceback
+        self.assertEqual(await self.redis.llen("MQ"), 0)
+        self.assertEqual(await self.redis.smembers("URS:1"), set())
+        self.assertEqual((await self.ask(bob, {"id": "p", "to": 0, "type": "P"}))["type"], "P")
+        self.assertEqual(failures, [])
+        # what is JSON still goes through: a surrogate pair, big and small finite numbers
+        response = await self.api("POST", "send", b'{"to": 2, "msg": {"e": "\\ud83d\\ude00", "n": 1e308, '
+                                                  b'"m": -1.5e-300}}')
+        self.assertEqual(response.code, 200, response)
+        packet = await bob.next()
+        self.assertEqual(packet["msg"], {"e": "\U0001F600", "n": 1e308, "m": -1.5e-300})
+        history = await self.ask(bob, {"id": "h", "to": 0, "type": "H", "msg": 0})
+        self.assertEqual([m["msg"] for m in history["msg"]], [packet["msg"]])
+
+
 class EndpointTests(ApiTestMixin, unittest.TestCase):
 
     async def test_online(self):
