@@ -30,6 +30,7 @@ from imd.listeners import ListeningService
 from imd.metrics import Metrics
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
+from imd.stores.budgets import Budget
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
@@ -106,7 +107,9 @@ class App:
             "O": OnlineHandler(self.presence).handle,
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
             "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
-            "H": HistoryHandler(self.messages, self.mysql).handle,
+            "H": HistoryHandler(self.messages, self.mysql, self.clock,
+                                Budget(settings.websocket.history_user_rate,
+                                       settings.websocket.history_user_burst)).handle,
             "R": ReceiptHandler(self.receipts, self.messages, self.mysql, node, self.clock, self.metrics).handle,
             "Y": TypingHandler(self.typing, node, self.metrics).handle,
         }

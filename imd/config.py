@@ -285,6 +285,9 @@ class WebSocketSettings:
     max_handshakes_per_address: int = _setting("8", _int(0))
     history_rate: float = _setting("2", _number())
     history_burst: int = _setting("10", _int(1))
+    # the same per user, across its connections and nodes (Redis): 0 = off
+    history_user_rate: float = _setting("2", _number(strictly_positive=False))
+    history_user_burst: int = _setting("10", _int(1))
 
 
 @dataclass(frozen=True)

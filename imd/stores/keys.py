@@ -79,6 +79,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "the in-flight pushes by when their delay window opened (Unix ms), for the oldest pending age"),
     KeySpec("typing:<uid>:<to>", "string", "typing",
             "a 'typing' (Y true) from uid to a friend was relayed; expires after [typing] min_interval"),
+    KeySpec("budget:history:<uid>", "hash", "budgets",
+            "the user's H budget across its connections and nodes ([websocket] history_user_rate, "
+            "history_user_burst): t (tokens), at (Unix ms); expires once full again"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -180,6 +183,10 @@ class Keys:
     def typing(self, sender: Uid, to: Uid) -> str:
         return "%styping:%d:%d" % (self.prefix, sender, to)
 
+
+    def budget(self, kind: str, uid: Uid) -> str:
+        """A user's budget of ``kind`` (``history``, ``lookups``): imd.stores.budgets."""
+        return "%sbudget:%s:%d" % (self.prefix, kind, uid)
 
     def site(self, uid: Uid) -> str:
         return "%ssite:%d" % (self.prefix, uid)
