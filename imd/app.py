@@ -79,7 +79,7 @@ class App:
         self.push_notes = PushNotes(keys, settings.push.delay) if settings.push.url else None
         self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.presence = PresenceStore(client, keys, self.node_id)
-        self.orders = OrderStore(client, keys, self.push_notes)
+        self.orders = OrderStore(client, keys, self.push_notes, redis.dedup_ttl)
         self.positions = PositionStore(client, keys)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
@@ -110,7 +110,9 @@ class App:
             "H": HistoryHandler(self.messages, self.mysql, self.clock,
                                 Budget(settings.websocket.history_user_rate,
                                        settings.websocket.history_user_burst)).handle,
-            "R": ReceiptHandler(self.receipts, self.messages, self.mysql, node, self.clock, self.metrics).handle,
+            "R": ReceiptHandler(self.receipts, self.mysql, node, self.clock,
+                                Budget(settings.websocket.receipt_lookup_rate,
+                                       settings.websocket.receipt_lookup_burst), self.metrics).handle,
             "Y": TypingHandler(self.typing, node, self.metrics).handle,
         }
         # closing orders: the server API and imd-admin (contract §7.3)

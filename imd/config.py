@@ -288,6 +288,10 @@ class WebSocketSettings:
     # the same per user, across its connections and nodes (Redis): 0 = off
     history_user_rate: float = _setting("2", _number(strictly_positive=False))
     history_user_burst: int = _setting("10", _int(1))
+    # R packets per user naming ids without a dedup record (looked up in
+    # Redis and MySQL): 0 = off
+    receipt_lookup_rate: float = _setting("1", _number(strictly_positive=False))
+    receipt_lookup_burst: int = _setting("20", _int(1))
 
 
 @dataclass(frozen=True)

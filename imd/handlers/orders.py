@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, TAKEN, TAKEN_AGAIN
+from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, TAKEN, TAKEN_AGAIN, taken_id
 
 _log = Logger()
 
@@ -50,7 +50,7 @@ class TakeOrderHandler:
         notice = {"order": packet.order, "event": "taken", "courier": sender}
         # A fixed id per order: the MySQL unique key (from, id, to) backs up
         # the order's record in Redis, so the s packet is stored once.
-        payload = protocol.system_message_json("taken-%d" % packet.order, sender, customer, notice, ts)
+        payload = protocol.system_message_json(taken_id(packet.order), sender, customer, notice, ts)
         take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier)
         take = yield self._orders.client.replicated(take)   # [redis] min_replicas
         _refuse_closed(packet.order, take.outcome)

@@ -82,6 +82,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("budget:history:<uid>", "hash", "budgets",
             "the user's H budget across its connections and nodes ([websocket] history_user_rate, "
             "history_user_burst): t (tokens), at (Unix ms); expires once full again"),
+    KeySpec("budget:lookups:<uid>", "hash", "budgets",
+            "the user's budget of R packets naming ids without a dedup record, each looked up in "
+            "pending:<uid> and MySQL ([websocket] receipt_lookup_rate, receipt_lookup_burst)"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )

@@ -71,11 +71,14 @@ end
 """
 
 # KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
-#       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>
+#       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
+#       dedup:<courier>:taken-<order>
 #       [, push:unread, push:last, push:due: only with [push] url set]
 # ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
 #       what MySQL kept of an earlier T ('' when nothing: its courier,
-#       taken_at, before) [, push due (ms)]
+#       taken_at, before), dedup ttl (s) [, push due (ms)]
+# The s packet gets a dedup record like any message: the customer's
+# receipts for it are verified against that, as for every message.
 # {1, taken_at, before}: first T (friends, the s packet stored);
 # {0, taken_at, before}: a repeat while open (the record and link renewed:
 # nothing else, not even the friendship, which friend rm may have ended);
@@ -124,7 +127,8 @@ redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
 expire_links(KEYS[4])
 store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
-if ARGV[10] then note_push(KEYS[11], KEYS[12], KEYS[13], ARGV[2], ARGV[3], ARGV[10]) end
+redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
+if ARGV[11] then note_push(KEYS[12], KEYS[13], KEYS[14], ARGV[2], ARGV[3], ARGV[11]) end
 return {1, now, before}
 """, "take_order")
 
@@ -212,6 +216,11 @@ return outcome
 ENDED, LINKED_BY_ANOTHER, FRIENDS_BEFORE = "ended", "another order links them", "friends before the order"
 
 
+def taken_id(order: int) -> str:
+    """The id of the ``s`` packet a first ``T`` sends the customer (one per order)."""
+    return "taken-%d" % order
+
+
 class OrderRecord(NamedTuple):
     """``order:<order>``: times are Unix ms, None until they happen."""
     order: int
@@ -239,12 +248,15 @@ class Closed(NamedTuple):
 
 
 class OrderStore:
-    def __init__(self, client: RedisClient, keys: Keys, push: Optional[PushNotes] = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, push: Optional[PushNotes] = None,
+                 dedup_ttl: int = 3600) -> None:
         """``push``: set when ``[push] url`` is (the stored ``s`` packets
-        then note their recipients' pending pushes)."""
+        then note their recipients' pending pushes); ``dedup_ttl``: ``[redis]
+        dedup_ttl``, the life of the "taken" packet's dedup record."""
         self.client = client
         self.keys = keys
         self.push = push
+        self.dedup_ttl = dedup_ttl
 
     def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int,
                    earlier: Optional[Tuple[int, int, Optional[str]]] = None) -> Deferred:
@@ -254,12 +266,14 @@ class OrderStore:
         restored; nothing else happens).  Fires with a :class:`Take`."""
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
-                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer)]
+                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
+                    k.dedup(courier, taken_id(order), customer)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
         if earlier is None:
             args += ["", "", ""]
         else:
             args += [earlier[0], earlier[1], earlier[2] or ""]
+        args.append(self.dedup_ttl)
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))

@@ -348,7 +348,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             # Shutting down: only packets received before the stop are handled.
             self._answer(_Failed(packet.id, ImdError("unavailable", "server shutting down, retry")))
             return
-        if not self._bucket.take(now) or (kind == "H" and not self._history_bucket.take(now)):
+        if not self._bucket.take(now, packet.cost) or (kind == "H" and not self._history_bucket.take(now)):
             self._answer(_Failed(packet.id, ImdError("rate_limited")))
             return
         handler = listener.handlers.get(kind)
