@@ -308,6 +308,10 @@ class HttpSettings:
     request_timeout: float = _setting("10", _number())
     max_connections: int = _setting("1000", _int(1))
     api_key: str = _setting("", _api_key)
+    # the server API's allowance per key, in units per second (a request is
+    # one; a send one per recipient per started 4 KiB of its msg): 0 = off
+    api_rate: float = _setting("1000", _number(strictly_positive=False))
+    api_burst: int = _setting("5000", _int(1))
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,81 @@ class FanoutTests(ApiTestMixin, unittest.TestCase):
         self.assertLess(max(gaps), 0.25, report)
 
 
+class ApiAllowanceTests(ApiTestMixin, unittest.TestCase):
+    """Issue 22 item 10: the API had no rate limit; a leaked key could store
+    1 000 messages per request as fast as it liked.  The key has an
+    allowance now, a send charged by its recipients and size."""
+
+    overrides = dict(ApiTestMixin.overrides, http={"api_key": API_KEY, "api_rate": "0.001", "api_burst": "100"})
+
+    async def test_sends_spend_by_recipients_and_size_past_it_429(self):
+        small, big = {"n": 1}, {"text": "x" * 8200}     # big: 3 started 4 KiB
+        response = await self.api("POST", "send", {"to": list(range(1, 51)), "msg": small, "id": "a"})
+        self.assertEqual(response.code, 200, response)                     # 50 spent
+        response = await self.api("POST", "send", {"to": list(range(1, 11)), "msg": big, "id": "b"})
+        self.assertEqual(response.code, 200, response)                     # 30 more: 20 left
+        response = await self.api("POST", "send", {"to": list(range(1, 22)), "msg": small, "id": "c"})
+        self.assert_error(response, 429, "api_rate")
+        self.assertTrue(int(response.header(b"retry-after")) >= 1, response)
+        self.assertEqual(await self.redis.llen("MQ"), 60, "the refused send stored nothing")
+        # other requests take one each; a wrong key spends nothing
+        for _ in range(3):
+            response = await self.api("POST", "friends", {"a": 1, "b": 2, "op": "add"},
+                                      headers={"Authorization": "Bearer " + "w" * 40})
+            self.assertEqual(response.code, 401)
+        for n in range(20):
+            self.assertEqual((await self.api("GET", "online?uid=1")).code, 200, n)
+        self.assert_error(await self.api("POST", "friends", {"a": 1, "b": 2, "op": "add"}), 429)
+        self.assertEqual(await self.redis.smembers("URS:1"), set())
+        text = self.http.app.metrics.exposition().decode()
+        self.assertIn('imd_api_requests_total{endpoint="send",status="429"} 1.0', text)
+
+    async def test_one_send_never_costs_more_than_a_full_bucket(self):
+        response = await self.api("POST", "send", {"to": list(range(1, 1001)), "msg": {"n": 1}})
+        self.assertEqual(response.code, 200, response)
+        self.assert_error(await self.api("GET", "online?uid=1"), 429)
+
+
+class NginxExampleTests(unittest.SynchronousTestCase):
+    """Issue 22 item 10: the shipped nginx example routed all of ``/IM/``,
+    ``/IM/api/`` included, to the internet.  Which location nginx picks for
+    a path (an exact match, else the longest prefix; the file has no regex
+    locations) is worked out from the file."""
+
+    def locations(self):
+        import os
+        import re
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "nginx", "imd.conf")
+        with open(path) as f:
+            self.text = f.read()
+        bare = re.sub(r"#[^\n]*", "", self.text)
+        found = [(m.group(1) or "", m.group(2), m.group(3))
+                 for m in re.finditer(r"location\s+([=~^]+\*?\s*)?(\S+)\s*\{([^}]*)\}", bare)]
+        self.assertFalse([p for kind, p, _ in found if kind.strip() not in ("", "=")],
+                         "regex or ^~ locations: teach this test how nginx picks them")
+        return found
+
+    def chosen(self, uri):
+        found = self.locations()
+        exact = [body for kind, path, body in found if kind.strip() == "=" and path == uri]
+        if exact:
+            return exact[0]
+        prefixes = [(len(path), body) for kind, path, body in found if not kind.strip() and uri.startswith(path)]
+        return max(prefixes)[1] if prefixes else None
+
+    def test_the_server_api_is_not_routed(self):
+        for uri in ("/IM/api/", "/IM/api/send", "/IM/api/orders/42/close", "/IM/api/online?uid=1"):
+            body = self.chosen(uri)
+            self.assertNotIn("proxy_pass", body, uri)
+            self.assertRegex(body, r"return\s+40[34]\s*;", uri)
+        for uri in ("/IM/token", "/IM/other", "/healthz"):
+            self.assertIn("proxy_pass http://imd_http", self.chosen(uri), uri)
+        # and it says why, next to the location
+        before = self.text.split("location /IM/api/")[0].rsplit("}", 1)[-1]
+        self.assertIn("backend", before)
+        self.assertIn("internet", before)
+
+
 class StrictJsonTests(ApiTestMixin, unittest.TestCase):
     """Issue 22 item 6: ``NaN``, ``Infinity`` (and ``1e999``, which Python
     reads as infinity) were taken and stored, so a strict client failed on
