@@ -15,9 +15,10 @@ really received the message (its value names the reader) and holds the state
 that may only move forward, at the cost of one script per ``R`` whatever the
 number of ids, like a message.
 
-A record lives ``[redis] dedup_ttl`` from its message, renewed by each
-receipt that moves it.  For ids whose record is gone (expired, or an id the
-reader never received) the first call changes nothing and names them; the
+A record lives ``[redis] dedup_ttl`` from its message (receipts keep its
+expiry: ``imd-admin reconcile`` dates a message by it).  For ids whose
+record is gone (expired, or an id the reader never received) the first call
+changes nothing and names them; the
 caller verifies them against what is stored (the reader's pending entries,
 then MySQL) and calls again with a *seed* per id: the state found there,
 which is written back as the record, or :data:`UNKNOWN` for an id the reader
@@ -27,10 +28,12 @@ entry and one relay.
 That verification is the expensive part of a receipt, and ids nobody sent
 cost it every time: each ``R`` that needs it is charged to the reader's budget
 (``budget:lookups:<uid>``, imd.stores.budgets), and the pending entries are
-read only where such an id can be: an entry whose record is gone was
-accepted more than ``dedup_ttl`` ago (a record outlives its message and
-every receipt of it by that much), so :meth:`ReceiptStore.old_pending` reads
-the oldest entries only, and none while the migrator keeps up.
+read only where such a message can be: one whose record is gone was
+accepted more than ``dedup_ttl`` ago, so :meth:`ReceiptStore.old_pending`
+reads the oldest entries only, and none while the migrator keeps up.  (A
+receipt of it accepted later than that and not yet migrated is not seen:
+with a migrator that far behind, a receipt repeated then may be relayed
+again.)
 """
 
 from typing import Any, List, NamedTuple, Optional, Sequence
@@ -92,9 +95,7 @@ for i = 1, n do
     end
     if to == reader and state > current then
       written[key] = to .. marks[state]
-      -- renewed: a receipt still in pending: always has its record (see
-      -- OLD_PENDING below)
-      redis.call('SET', key, written[key], 'EX', ARGV[4])
+      redis.call('SET', key, written[key], 'KEEPTTL')
       advanced[#advanced + 1] = i
       ids[#ids + 1] = ARGV[6 + 2 * i]
       if current == 0 then delivered = delivered + 1 end
@@ -199,12 +200,12 @@ class ReceiptStore:
 
     def old_pending(self, reader: int, sender: int, now_ms: int, lookups: Budget) -> Deferred:
         """The reader's pending entries that may hold a message from
-        ``sender``, or the reader's receipt of one, whose dedup record is
-        gone: entries accepted more than ``dedup_ttl`` ago (a record lives
-        ``dedup_ttl`` from its message, renewed by each receipt; a clock
-        skew's margin kept), from the conversation of the two.  In a healthy
-        system (the migrator keeps up) there are none, and one look at the
-        oldest pending entry says so: the set is never read whole.
+        ``sender`` whose dedup record is gone, and the reader's receipts as
+        old: entries accepted more than ``dedup_ttl`` ago (a record lives
+        ``dedup_ttl`` from its message; a clock skew's margin kept), of the
+        conversation of the two.  In a healthy system (the migrator keeps
+        up) there are none, and one look at the oldest pending entry says
+        so: the set is never read whole.
 
         One lookup is charged to the reader's budget (``lookups``) first:
         fires with None when it is spent, else with the entries (str)."""
