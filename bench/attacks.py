@@ -22,6 +22,18 @@ running imd on loopback: each prints one JSON line of what it measured.
   then the time of one ``H`` for a user with nothing pending, and the ``A``
   latency of a pair of users exchanging messages, without and with two
   clients sending ``--h-rate`` ``H`` per second each.
+- ``receipt-flood``: ``--connections`` connections (2 per user), each user
+  with ``--backlog`` unmigrated messages, send an ``R`` naming 10 ids nobody
+  sent and a ``P``, 10 times a second each (the packet rate); a bystander's
+  ``A`` latency without and with them, what the flooders were answered, and
+  the daemon's share of a core (``--pid``).
+- ``history-users``: ``--connections`` connections, 5 per user, each
+  sending ``H`` at the allowed 2/s over a user with ``--backlog`` unmigrated
+  messages; a bystander's ``H`` time without and with them, the answers, the
+  daemon's share of a core.
+- ``api-fanout``: ``--count`` server API sends (``--http-port``,
+  ``--api-key``) of a 50 KB message to 1 000 users (a 64 KiB body); a bystander's ``P``
+  round trip (50/s: its worst is the longest stall) and the answers.
 
 Tokens are signed with ``privateKey`` from the given Redis, where friends
 are set too.  Loopback only; every scenario stops by itself.
@@ -342,6 +354,218 @@ def history(args, users):
             "h_answered": sum(t[0] for t in totals), "h_rate_limited": sum(t[1] for t in totals)}
 
 
+# --- receipt flood, history per user, API fan-out (issue 22 items 7, 9, 10) -------------
+
+def cpu_seconds(pid):
+    """User + system CPU the process used so far (0 without a pid)."""
+    if not pid:
+        return 0.0
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pending_backlog(redis_url, sender, uids, count):
+    """``count`` messages from ``sender`` to each of ``uids``, stored as the
+    daemon stores them and left unmigrated (a migrator lagging, or run the
+    daemon without the migrate role): what each user's ``pending:`` holds."""
+    from imd.stores.messages import STORE_ENTRY_LUA
+    script = STORE_ENTRY_LUA + """
+for i = 1, #ARGV do store_entry(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[i]) end
+return 1
+"""
+    now = int(time.time() * 1000)
+    for uid in uids:
+        for start in range(0, count, 500):
+            packets = [json.dumps({"id": "old%d" % n, "from": sender, "to": uid, "type": "t",
+                                   "msg": "an older message, not migrated yet %d" % n, "ts": now - count + n},
+                                  separators=(",", ":")) for n in range(start, min(count, start + 500))]
+            redis_call(redis_url, "EVAL", script, 4, "MQ", "MQ:seq", "pending:%d" % sender, "pending:%d" % uid,
+                       *packets)
+
+
+def _receipt_flooder(port, redis_url, uids, per_user, sender, seconds, counts):
+    """``per_user`` connections of each uid, each sending an R naming 10
+    ids nobody sent and a P, 10 times a second (the packet rate, 20/s)."""
+    import threading
+    users = Users(redis_url, 0)
+    tally, lock = {}, threading.Lock()
+
+    def one(uid, n):
+        try:
+            ws = users.login(port, uid)
+        except (OSError, ConnectionError):
+            return
+        k = 0
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                k += 1
+                fake = ["fake-%d-%d-%d-%d" % (uid, n, k, i) for i in range(10)]
+                ws.send_json({"id": "r%d" % k, "to": sender, "type": "R", "msg": {"state": "read", "ids": fake}})
+                ws.send_json({"id": "p%d" % k, "to": 0, "type": "P"})
+                for _ in range(2):
+                    reply = ws.recv_json()
+                    key = reply.get("code", reply.get("type"))
+                    with lock:
+                        tally[key] = tally.get(key, 0) + 1
+                time.sleep(0.1)
+        except (OSError, ValueError, ConnectionError):
+            with lock:
+                tally["closed"] = tally.get("closed", 0) + 1
+        ws.close()
+    threads = [threading.Thread(target=one, args=(uid, n)) for uid in uids for n in range(per_user)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    counts.put(tally)
+
+
+def receipt_flood(args, users):
+    sender, others = users.fresh()[0], users.fresh(args.connections // 2)
+    pending_backlog(args.redis, sender, others, args.backlog)
+    alice, bob = users.fresh(2)
+    users.befriend(alice, bob)
+    bystander, receiver = users.login(args.port, alice), users.login(args.port, bob)
+    quiet = ack_latencies(bystander, bob, 3.0, tag="q")
+    counts = multiprocessing.Queue()
+    halves = [others[::2], others[1::2]]
+    cpu = cpu_seconds(args.pid)
+    flooders = [multiprocessing.Process(target=_receipt_flooder,
+                                        args=(args.port, args.redis, half, 2, sender, args.seconds, counts))
+                for half in halves]
+    for process in flooders:
+        process.start()
+    time.sleep(1.0)
+    loaded = ack_latencies(bystander, bob, args.seconds - 2.0, tag="l")
+    for process in flooders:
+        process.join(args.seconds + 60)
+    cpu = cpu_seconds(args.pid) - cpu
+    tally = {}
+    for _ in flooders:
+        for key, n in counts.get(timeout=5).items():
+            tally[key] = tally.get(key, 0) + n
+    bystander.close()
+    receiver.close()
+    return {"connections": args.connections, "pending_per_user": args.backlog, "seconds": args.seconds,
+            "ack_quiet": percentiles(quiet), "ack_during": percentiles(loaded), "flood_answers": tally,
+            "daemon_cpu_share": round(cpu / args.seconds, 2)}
+
+
+def _history_user(port, redis_url, uid, devices, rate, seconds, counts):
+    import threading
+    users = Users(redis_url, 0)
+    tally, lock = {}, threading.Lock()
+
+    def one():
+        ws = users.login(port, uid)
+        n = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            n += 1
+            ws.send_json({"id": n, "to": 0, "type": "H", "msg": {"limit": 100}})
+            reply = ws.recv_json()
+            key = reply.get("code", reply.get("type"))
+            with lock:
+                tally[key] = tally.get(key, 0) + 1
+            time.sleep(1.0 / rate)
+        ws.close()
+    threads = [threading.Thread(target=one) for _ in range(devices)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    counts.put(tally)
+
+
+def history_users(args, users):
+    """``--connections`` connections, 5 per user (max_devices), each sending
+    ``H`` at the allowed 2/s over a user with ``--backlog`` unmigrated
+    messages; a bystander's own ``H`` (nothing pending) once a second."""
+    sender = users.fresh()[0]
+    readers = users.fresh(max(1, args.connections // 5))
+    pending_backlog(args.redis, sender, readers, args.backlog)
+    bystander = users.login(args.port, users.fresh()[0])
+
+    def h_times(seconds):
+        samples, n = [], 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            n += 1
+            started = time.perf_counter()
+            bystander.send_json({"id": "b%d" % n, "to": 0, "type": "H", "msg": {"limit": 100}})
+            reply = bystander.recv_json()
+            if reply.get("type") == "H":
+                samples.append((time.perf_counter() - started) * 1000)
+            time.sleep(1.0)
+        return samples
+    quiet = h_times(3.0)
+    counts = multiprocessing.Queue()
+    cpu = cpu_seconds(args.pid)
+    processes = [multiprocessing.Process(target=_history_user,
+                                         args=(args.port, args.redis, uid, 5, 2.0, args.seconds, counts))
+                 for uid in readers]
+    for process in processes:
+        process.start()
+    time.sleep(1.0)
+    loaded = h_times(args.seconds - 2.0)
+    for process in processes:
+        process.join(args.seconds + 60)
+    cpu = cpu_seconds(args.pid) - cpu
+    tally = {}
+    for _ in processes:
+        for key, n in counts.get(timeout=5).items():
+            tally[key] = tally.get(key, 0) + n
+    bystander.close()
+    return {"connections": len(readers) * 5, "users": len(readers), "pending_per_user": args.backlog,
+            "seconds": args.seconds, "bystander_h_quiet": percentiles(quiet), "bystander_h_during": percentiles(loaded),
+            "h_answers": tally, "daemon_cpu_share": round(cpu / args.seconds, 2)}
+
+
+def api_fanout(args, users):
+    """``--count`` sends of a 50 KB message to 1 000 recipients (a 64 KiB body), one after
+    the other, while a bystander's ``P`` round trip is measured 50 times a
+    second (its worst is the longest the reactor stood still)."""
+    import threading
+    import urllib.error
+    import urllib.request
+    bystander = users.login(args.port, users.fresh()[0])
+    first = users.fresh(1000)
+    body = json.dumps({"to": first, "msg": {"text": "x" * 50000}}).encode()   # 64 KiB with the uids
+    done = threading.Event()
+    answers = {}
+
+    def send():
+        for _ in range(args.count):
+            request = urllib.request.Request("http://127.0.0.1:%d/IM/api/send" % args.http_port, body,
+                                             {"Authorization": "Bearer " + args.api_key,
+                                              "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    status = response.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            answers[status] = answers.get(status, 0) + 1
+        done.set()
+    quiet = round_trips(bystander, 2.0, "q", rate=50)
+    cpu = cpu_seconds(args.pid)
+    started = time.monotonic()
+    thread = threading.Thread(target=send)
+    thread.start()
+    during, n = [], 0
+    while not done.is_set():
+        n += 1
+        during += round_trips(bystander, 0.2, "d%d-" % n, rate=50)
+    elapsed = time.monotonic() - started
+    thread.join()
+    bystander.close()
+    mq = int(redis_call(args.redis, "LLEN", "MQ"))
+    return {"sends": args.count, "answers": answers, "seconds": round(elapsed, 2), "mq_entries": mq,
+            "bystander_quiet": percentiles(quiet), "bystander_during": percentiles(during),
+            "daemon_cpu_s": round(cpu_seconds(args.pid) - cpu, 2)}
+
+
 # --- abandoned logins ----------------------------------------------------------------
 
 def abandoned_logins(args, users):
@@ -364,7 +588,8 @@ def abandoned_logins(args, users):
 
 
 SCENARIOS = {"ping-flood": ping_flood, "pong-flood": pong_flood, "header-flood": header_flood, "history": history,
-             "abandoned-logins": abandoned_logins}
+             "abandoned-logins": abandoned_logins, "receipt-flood": receipt_flood, "history-users": history_users,
+             "api-fanout": api_fanout}
 
 
 def main(argv=None):
@@ -379,10 +604,15 @@ def main(argv=None):
     parser.add_argument("--backlog", type=int, default=20000)
     parser.add_argument("--h-rate", type=float, default=15.0)
     parser.add_argument("--h-samples", type=int, default=20)
-    parser.add_argument("--count", type=int, default=100, help="abandoned-logins")
+    parser.add_argument("--count", type=int, default=None, help="abandoned-logins (100), api-fanout (5)")
+    parser.add_argument("--http-port", type=int, default=8766, help="api-fanout")
+    parser.add_argument("--api-key", default="", help="api-fanout: [http] api_key")
     args = parser.parse_args(argv)
+    if args.count is None:
+        args.count = 5 if args.scenario == "api-fanout" else 100
     if args.connections is None:
-        args.connections = {"pong-flood": 4, "header-flood": 48}.get(args.scenario, 1)
+        args.connections = {"pong-flood": 4, "header-flood": 48, "receipt-flood": 40,
+                            "history-users": 30}.get(args.scenario, 1)
     first_uid = args.first_uid if args.first_uid is not None else random.randrange(10 ** 9, 10 ** 12)
     result = SCENARIOS[args.scenario](args, Users(args.redis, first_uid))
     print(json.dumps(dict(result, scenario=args.scenario), sort_keys=True))

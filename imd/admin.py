@@ -325,7 +325,22 @@ _BEFORE = {"no": "no", "friends": "yes (kept after the order)", "order": "yes, t
 def order_show(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     record = yield app.orders.record(args.order)
     now = int(app.clock.seconds() * 1000)
-    if record is None:
+    kept = (yield app.mysql.order_conversation(args.order)) if record is None else None
+    if record is None and kept is not None:
+        # the Redis record expired (30 days after the end): what MySQL kept
+        if kept.closed_at is None:
+            state = "open (no T for 30 days: the next T or the close restores its record)"
+        else:
+            state = "closed before any T: no conversation" if kept.taken_at is None else "closed; ended"
+        lines = [("state", state), ("courier", kept.courier or "none"), ("customer", kept.customer)]
+        if kept.taken_at is not None:
+            lines += [("friends before", _BEFORE.get(kept.friends_before or "", kept.friends_before)),
+                      ("taken", _when(kept.taken_at))]
+        if kept.closed_at is not None:
+            lines.append(("closed", _when(kept.closed_at)))
+        if kept.taken_at is not None and kept.ends_at is not None:
+            lines.append(("conversation ends", _when(kept.ends_at)))
+    elif record is None:
         parties = yield app.mysql.order_parties(app.settings.orders, args.order)
         if parties is None:
             raise AdminError("no order %d" % args.order)

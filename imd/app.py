@@ -32,6 +32,7 @@ from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
 from imd.startup import HOLD as STARTUP_HOLD
 from imd.startup import StartupGate, StartWarnings, start_warnings
+from imd.stores.budgets import Budget
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
@@ -81,7 +82,7 @@ class App:
         self.push_notes = PushNotes(keys, settings.push.delay) if settings.push.url else None
         self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.presence = PresenceStore(client, keys, self.node_id)
-        self.orders = OrderStore(client, keys, self.push_notes)
+        self.orders = OrderStore(client, keys, self.push_notes, redis.dedup_ttl)
         self.positions = PositionStore(client, keys)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
@@ -120,8 +121,12 @@ class App:
             "O": OnlineHandler(self.presence).handle,
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
             "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
-            "H": HistoryHandler(self.messages, self.mysql).handle,
-            "R": ReceiptHandler(self.receipts, self.messages, self.mysql, node, self.clock, self.metrics).handle,
+            "H": HistoryHandler(self.messages, self.mysql, self.clock,
+                                Budget(settings.websocket.history_user_rate,
+                                       settings.websocket.history_user_burst)).handle,
+            "R": ReceiptHandler(self.receipts, self.mysql, node, self.clock,
+                                Budget(settings.websocket.receipt_lookup_rate,
+                                       settings.websocket.receipt_lookup_burst), self.metrics).handle,
             "Y": TypingHandler(self.typing, node, self.metrics).handle,
         }
         # closing orders: the server API and imd-admin (contract §7.3)

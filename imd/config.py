@@ -335,6 +335,13 @@ class WebSocketSettings:
     max_handshakes_per_address: int = _setting("8", _int(0))
     history_rate: float = _setting("2", _number())
     history_burst: int = _setting("10", _int(1))
+    # the same per user, across its connections and nodes (Redis): 0 = off
+    history_user_rate: float = _setting("2", _number(strictly_positive=False))
+    history_user_burst: int = _setting("10", _int(1))
+    # R packets per user naming ids without a dedup record (looked up in
+    # Redis and MySQL): 0 = off
+    receipt_lookup_rate: float = _setting("1", _number(strictly_positive=False))
+    receipt_lookup_burst: int = _setting("20", _int(1))
 
 
 @dataclass(frozen=True)
@@ -357,6 +364,10 @@ class HttpSettings:
     jwks_issuer: str = _setting("", _text)
     jwks_cache: int = _setting("600", _int(30, 86400))
     jwks_ca: str = _setting("", _ca_file)
+    # the server API's allowance per key, in units per second (a request is
+    # one; a send one per recipient per started 4 KiB of its msg): 0 = off
+    api_rate: float = _setting("1000", _number(strictly_positive=False))
+    api_burst: int = _setting("5000", _int(1))
 
 
 @dataclass(frozen=True)

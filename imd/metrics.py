@@ -313,6 +313,9 @@ class Metrics:
         self._fanout = per_packet.fanout
         self.errors = Counter(
             "imd_errors", "E packets sent, by code", ["code"], registry=registry)
+        self.takes_refused = Counter(
+            "imd_order_takes_refused", "T packets refused: the order is another courier's or closed "
+            "(forbidden), or unknown (not_found)", ["code"], registry=registry)
         self.api_requests = Counter(
             "imd_api_requests", "Server API requests (/IM/api/), by endpoint and HTTP status",
             ["endpoint", "status"], registry=registry)
@@ -353,6 +356,8 @@ class Metrics:
         # rate() over it is 0 rather than absent before the first event.
         for code in ERROR_CODES:
             self.errors.labels(code)
+        for code in ("forbidden", "not_found"):
+            self.takes_refused.labels(code)
         for store in ("redis", "mysql"):
             self.store_errors.labels(store)
             self.store_up.labels(store)
@@ -411,6 +416,10 @@ class Metrics:
 
     def error_sent(self, code: str) -> None:
         self.errors.labels(code if code in ERROR_CODES else "internal").inc()
+
+    def take_refused(self, code: str) -> None:
+        """A ``T`` answered ``forbidden`` or ``not_found``."""
+        self.takes_refused.labels(code).inc()
 
     def delivered(self, connections: int) -> None:
         self._fanout.observe(connections)

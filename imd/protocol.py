@@ -24,6 +24,8 @@ HISTORY_MAX_LIMIT = 500
 MAX_LONGITUDE = 180.0
 MAX_LATITUDE = 85.05112878
 MAX_RECEIPT_IDS = 100
+# An R takes one token of the connection's rate per this many ids it names
+RECEIPT_IDS_PER_TOKEN = 10
 
 # WebSocket close codes (contract §1, §2 "Close")
 CLOSE_GOING_AWAY = 1001
@@ -61,6 +63,7 @@ class PacketError(ImdError):
 class Packet:
     __slots__ = ("id", "dedup_id")
     type: Optional[str] = None
+    cost = 1   # tokens of the connection's rate ([websocket] rate) it takes
 
     def __init__(self, packet_id: PacketId) -> None:
         self.id = packet_id                  # echoed exactly as sent
@@ -133,13 +136,15 @@ class ReceiptPacket(Packet):
     """``R``: ``state`` (1 delivered, 2 read) of the messages ``ids`` that
     ``to`` sent to the reader; ``to`` 0 names system messages.  ``ids`` as
     the client sent them; ``dedup_ids`` their decimal-string form."""
-    __slots__ = ("to", "state", "ids", "dedup_ids")
+    __slots__ = ("to", "state", "ids", "dedup_ids", "cost")
     type = "R"
 
     def __init__(self, packet_id: PacketId, to: int, state: int, ids: List[PacketId]) -> None:
         super().__init__(packet_id)
         self.to, self.state, self.ids = to, state, ids
         self.dedup_ids = [str(i) for i in ids]
+        # charged by the ids it names: each is a Redis read, maybe more
+        self.cost = -(-len(ids) // RECEIPT_IDS_PER_TOKEN)
 
 
 class TypingPacket(Packet):

@@ -127,7 +127,7 @@ class ExportTests(AdminAppMixin, unittest.TestCase):
         await self.send(7, 8, "before", "before the order", ts=now - 60000)
         taken = protocol.system_message_json("taken-55", 8, 7, {"order": 55, "event": "taken", "courier": 8},
                                              now - 50000)
-        self.assertEqual(await self.app.orders.take_order(55, 8, 7, taken, now - 50000), "taken")
+        self.assertEqual((await self.app.orders.take_order(55, 8, 7, taken, now - 50000)).outcome, "taken")
         await self.send(7, 8, "o1", "where are you?", ts=now - 40000)
         await self.send(8, 7, "o2", "at the door", ts=now - 30000)
         await self.send(7, 9, "other", "someone else", ts=now - 30000)

@@ -364,3 +364,84 @@ class HistoryRateTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
         self.assertEqual([(r["type"], r["id"]) for r in replies],
                          [("H", n) for n in range(10)] + [("E", 10), ("P", "p")])
         self.assertEqual(replies[10]["code"], "rate_limited")
+
+
+class UserHistoryBudgetTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
+    """Issue 22 item 9: ``history_rate`` was per connection, so 30
+    connections at the allowed 2 ``H``/s took 59% of a core.  A user's
+    connections, on every node, now share one budget as well
+    (``history_user_rate``, ``history_user_burst``), kept in Redis; the
+    nodes run on one task.Clock, which the test moves."""
+
+    overrides = {"websocket": {"history_user_rate": "2", "history_user_burst": "4"}}
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        import time
+        self.clock = task.Clock()
+        self.clock.advance(time.time())   # the tokens' time
+        yield super().setUp()
+        # the first node of ServerTestMixin runs on the reactor: two more on the Clock
+        self.nodes = []
+        for name in ("budget-a", "budget-b"):
+            node = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": name})), self.clock).start()
+            self.addCleanup(node.stop)
+            self.nodes.append(node)
+
+    @defer.inlineCallbacks
+    def login_on(self, node, uid):
+        client = yield connect_client(node.port, "/" + self.token(uid))
+        self._clients.append(client)
+        self.assertEqual((yield client.next())["type"], "L")
+        return client
+
+    async def history_round(self, clients, per_client):
+        """Each client sends ``per_client`` H at once; the answers' types/codes."""
+        for client in clients:
+            for n in range(per_client):
+                client.send({"id": n, "to": 0, "type": "H", "msg": 0})
+        answers = []
+        for client in clients:
+            for n in range(per_client):
+                reply = await client.next()
+                self.assertEqual(reply["id"], n)
+                answers.append(reply.get("code", reply["type"]))
+        return answers
+
+    async def test_connections_of_one_user_on_two_nodes_share_one_budget(self):
+        a, b = self.nodes
+        phone, web, tablet = await self.login_on(a, 1), await self.login_on(b, 1), await self.login_on(b, 1)
+        other = await self.login_on(a, 2)
+        # 9 H, each connection well within its own history_burst of 10: 4 answered in all
+        answers = await self.history_round([phone, web, tablet], 3)
+        self.assertEqual(sorted(answers), ["H"] * 4 + ["rate_limited"] * 5, answers)
+        reply = await self.ask(web, {"id": "x", "to": 0, "type": "H", "msg": 0})
+        self.assertIn("history budget", reply["msg"])
+        # another user has a budget of its own
+        self.assertEqual(await self.history_round([other], 4), ["H"] * 4)
+        # 2/s: one second later two more, whichever connection asks
+        self.clock.advance(1)
+        self.assertEqual(sorted(await self.history_round([tablet, phone], 2)), ["H", "H", "rate_limited",
+                                                                               "rate_limited"])
+        # the bucket expires once it would be full again
+        ttl = await self.redis.execute_command("PTTL", "budget:history:1")
+        self.assertTrue(0 < ttl <= 3000, ttl)
+
+    async def test_the_bucket_refills_at_its_rate_and_stops_at_its_burst(self):
+        from imd.stores.budgets import Budget
+        messages = self.server.app.messages
+        budget = Budget(2, 3)
+        now = 1700000000000
+
+        async def take(at):
+            return (await messages.pending_for_history(7, budget, at)) is not None
+        self.assertEqual([await take(now) for _ in range(4)], [True, True, True, False])
+        self.assertEqual([await take(now + 499), await take(now + 500), await take(now + 500)], [False, True, False])
+        # a clock behind the bucket's (another node's) refills nothing
+        self.assertFalse(await take(now - 60000))
+        # idle long enough: full again, never more than the burst
+        self.assertEqual([await take(now + 3600000) for _ in range(4)], [True, True, True, False])
+        # rate 0: no per-user limit
+        self.assertTrue(all([await messages.pending_for_history(8, Budget(0, 1), now) is not None
+                             for _ in range(20)]))
+        self.assertEqual(await self.redis.exists("budget:history:8"), 0)

@@ -16,7 +16,8 @@ from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import MysqlTestMixin
 from tests.support import ServerTestMixin, free_port, make_settings, wait_until
 
-FAST = {"websocket": {"rate": "100000", "burst": "100000", "history_rate": "100000", "history_burst": "100000"},
+FAST = {"websocket": {"rate": "100000", "burst": "100000", "history_rate": "100000", "history_burst": "100000",
+                      "history_user_rate": "0"},
         "migrate": {"batch": "50", "interval": "0.02", "lock_ttl": "0.6"}}
 
 

@@ -114,6 +114,17 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "both"})
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "rm"}, headers={})
 
+        # 429: a server whose key may make one request
+        limited = await self.start_server(make_settings(dict(self.overrides, http={
+            "api_key": API_KEY, "api_rate": "0.001", "api_burst": "1"})))
+        limited.app.order_lifecycle = Lifecycle()
+        await self.check(online, "GET", "online?uid=5", server=limited)
+        await self.check(send, "POST", "send", {"to": 5, "msg": {}}, server=limited, request_ok=False)
+        await self.check(close, "POST", "orders/42/close", server=limited)
+        await self.check(kick, "POST", "kick", {"uid": 5}, server=limited)
+        await self.check(online, "GET", "online?uid=5", server=limited)
+        await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "add"}, server=limited)
+
         # 503: the same App's stores away (a server of its own on a private redis-server)
         private = await PrivateRedis().start()
         self.addCleanup(private.stop)

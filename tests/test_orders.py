@@ -195,6 +195,115 @@ class CloseTests(OrderTestMixin, unittest.TestCase):
         self.assertEqual(await self.redis.zcard("orders:ending"), 0)
 
 
+class DurableOrderTests(OrderTestMixin, unittest.TestCase):
+    """Issue 22 item 5: once an order's Redis record expired (30 days after
+    its end, or after an open order's last T), a T made the two friends
+    again and sent "taken" again; and a repeated T undid a friend rm while
+    the order was open.  MySQL's order_conversation row now outlives the
+    record.  The expiry is played by deleting the record (its TTL is
+    checked in test_what_redis_keeps_and_for_how_long)."""
+
+    async def expire_record(self, order):
+        self.assertEqual(await self.redis.delete("order:%d" % order), 1)
+
+    async def conversation_row(self, order):
+        rows = await query(self.mysql_settings, ("SELECT customer_id, courier_id, friends_before, taken_at IS NOT NULL,"
+                                                 " closed_at, ends_at FROM order_conversation WHERE order_id = %s",
+                                                 (order,)))
+        return rows[0] if rows else None
+
+    async def taken_count(self, order):
+        entries = [_json(e) for e in await self.redis.lrange("MQ", 0, -1)]
+        return len([e for e in entries if e["id"] == "taken-%d" % order])
+
+    async def test_a_t_after_the_record_expired_brings_nothing_back(self):
+        await self.create_order(42, customer=10, courier=20)
+        courier, customer = await self.login_on(self.server, 20), await self.login_on(self.node2, 10)
+        await self.take(courier, 42)
+        self.assertEqual((await customer.next())["id"], "taken-42")
+        self.assertEqual(tuple(await self.conversation_row(42))[:4], (10, 20, "no", 1))
+        ends_at = (await self.lifecycle().close(42))["ends_at"]
+        self.assertEqual(await self.conversation_row(42), (10, 20, "no", 1, ends_at - GRACE * 1000, ends_at))
+        self.assertEqual((await customer.next())["id"], "closed-42")
+        self.assertEqual(await self.run_ends_at(ends_at), 1)
+        self.assertEqual(await self.friends(20), set())
+        await self.expire_record(42)
+        for packet_id in ("late", "later"):
+            reply = await self.take(courier, 42, packet_id)
+            self.assertEqual(reply["msg"], {"order": 42, "uid": 10})
+        self.assertEqual(await self.friends(20), set())
+        self.assertEqual(await self.friends(10), set())
+        self.assertEqual(await self.say(courier, 10, "hello again?"), "not_friend")
+        await self.quiet(customer)                      # no second "taken"
+        self.assertEqual(await self.taken_count(42), 1)
+        self.assertEqual(await self.redis.exists("order:42"), 0, "nothing written back")
+        # a close now answers what MySQL kept, and tells nobody again
+        self.assertEqual(await self.lifecycle().close(42), {"order": 42, "ends_at": ends_at})
+        await self.quiet(customer)
+        self.assertEqual(await self.redis.zcard("orders:ending"), 0)
+
+    async def test_a_repeated_t_does_not_undo_a_friend_rm(self):
+        await self.create_order(42, customer=10, courier=20)
+        courier, customer = await self.login_on(self.server, 20), await self.login_on(self.server, 10)
+        await self.take(courier, 42)
+        self.assertEqual((await customer.next())["id"], "taken-42")
+        await self.server.app.friends.remove_friends(20, 10)      # POST /IM/api/friends op rm
+        reply = await self.take(courier, 42, "again")
+        self.assertEqual(reply["msg"], {"order": 42, "uid": 10})
+        self.assertEqual(await self.friends(20), set())
+        self.assertEqual(await self.say(courier, 10, "hi"), "not_friend")
+        await self.quiet(customer)
+        self.assertEqual(await self.taken_count(42), 1)
+        # the record and the link were renewed all the same
+        self.assertTrue(30 * 86400 - 5 <= await self.redis.ttl("order:42"))
+
+    async def test_closed_before_any_t_stays_closed_after_the_record_expired(self):
+        await self.create_order(42, customer=10, courier=20)
+        closed = await self.lifecycle().close(42)
+        self.assertEqual(await self.conversation_row(42), (10, None, None, 0, closed["ends_at"], closed["ends_at"]))
+        await self.expire_record(42)
+        courier = await self.login_on(self.server, 20)
+        reply = await self.ask(courier, {"id": "late", "to": 0, "type": "T", "msg": 42})
+        self.assertEqual((reply["type"], reply.get("code"), reply["msg"]), ("E", "forbidden", "order 42 is closed"))
+        self.assertEqual(await self.friends(20), set())
+        self.assertEqual(await self.redis.llen("MQ"), 0)
+
+    async def test_another_couriers_order_stays_theirs_after_the_record_expired(self):
+        await self.create_order(42, customer=10, courier=20)
+        await self.take(await self.login_on(self.server, 20), 42)
+        ends_at = (await self.lifecycle().close(42))["ends_at"]
+        await self.run_ends_at(ends_at)
+        await self.expire_record(42)
+        await query(self.mysql_settings, "UPDATE orders SET courier_id = 21 WHERE id = 42")
+        reply = await self.ask(await self.login_on(self.server, 21), {"id": "t", "to": 0, "type": "T", "msg": 42})
+        self.assertEqual((reply["code"], reply["msg"]), ("forbidden", "order 42 was taken by another courier"))
+        self.assertEqual(await self.friends(21), set())
+
+    async def test_an_open_order_whose_record_expired_still_ends_its_friendship(self):
+        # 30 days without a T: the record and the link expire, the friendship stays
+        for order in (42, 43):
+            await self.create_order(order, customer=10 + order, courier=20)
+        courier = await self.login_on(self.server, 20)
+        await self.take(courier, 42)
+        await self.take(courier, 43, "take 43")
+        for order in (42, 43):
+            await self.expire_record(order)
+            await self.redis.delete("links:%d:20" % (10 + order))
+        # 42: the courier's T comes again: the record is back, nothing else happens
+        customer = await self.login_on(self.server, 52)
+        await self.take(courier, 42, "again")
+        await self.quiet(customer)
+        self.assertEqual(await self.taken_count(42), 1)
+        record = await self.server.app.orders.record(42)
+        self.assertEqual((record.courier, record.customer, record.before), (20, 52, "no"))
+        # 43: closed without another T
+        for order in (42, 43):
+            ends_at = (await self.lifecycle().close(order))["ends_at"]
+            self.assertEqual(await self.run_ends_at(ends_at), 1)
+            self.assertEqual((await self.server.app.orders.record(order)).end, "ended")
+        self.assertEqual(await self.friends(20), set())
+
+
 class KeptFriendshipTests(OrderTestMixin, unittest.TestCase):
 
     async def close_and_end(self, order):
@@ -337,6 +446,13 @@ class AdminTests(OrderTestMixin, unittest.TestCase):
         out, err, code = await self.admin("order", "show", "42")
         self.assertIn(b"state:             ended: no longer friends", out)
         self.assertIn(b"end ran:", out)
+
+        # 30 days later the record is gone; MySQL still says what happened
+        await self.redis.delete("order:42")
+        out, err, code = await self.admin("order", "show", "42")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"state:             closed; ended", out)
+        self.assertIn(b"friends before:    no", out)
 
         out, err, code = await self.admin("order", "close", "999")
         self.assertEqual((code, err), (1, b"imd-admin: no order 999\n"))

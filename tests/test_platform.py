@@ -75,6 +75,53 @@ class TakeOrderTests(PlatformTestMixin, unittest.TestCase):
         self.assertEqual([m["from"] for m in await self.stored()], [20])
 
 
+class OrderEnumerationTests(PlatformTestMixin, unittest.TestCase):
+    """Issue 22 item 20: a courier walking through order ids gets
+    ``forbidden`` and ``not_found`` (48 ids/s); both are counted on
+    /metrics, and a connection whose T keep being refused is closed at
+    ``max_errors`` even when it sends other packets in between."""
+
+    overrides = {"websocket": {"max_errors": "5"}}
+
+    def refused(self):
+        text = self.server.app.metrics.exposition().decode()
+        return {code: float(_sample(text, 'imd_order_takes_refused_total{code="%s"}' % code))
+                for code in ("forbidden", "not_found")}
+
+    async def test_refused_takes_are_counted_and_close_the_connection(self):
+        self.assertEqual(self.refused(), {"forbidden": 0.0, "not_found": 0.0})
+        await self.create_order(50, customer=10, courier=20)
+        await self.create_order(51, customer=11, courier=21)
+        courier = await self.login(21)
+        # a successful P between refused T does not reset their count
+        answers = []
+        for n, order in enumerate((50, 999, 50, 998)):
+            answers.append((await self.ask(courier, {"id": n, "to": 0, "type": "T", "msg": order})).get("code"))
+            answers.append((await self.ask(courier, {"id": "p%d" % n, "to": 0, "type": "P"}))["type"])
+        self.assertEqual(answers, ["forbidden", "P", "not_found", "P", "forbidden", "P", "not_found", "P"])
+        self.assertEqual(self.refused(), {"forbidden": 2.0, "not_found": 2.0})
+        # a T that succeeds does
+        self.assertEqual((await self.ask(courier, {"id": "ok", "to": 0, "type": "T", "msg": 51}))["type"], "A")
+        for n in range(4):
+            reply = await self.ask(courier, {"id": "again%d" % n, "to": 0, "type": "T", "msg": 997 - n})
+            self.assertEqual(reply["code"], "not_found")
+            self.assertEqual((await self.ask(courier, {"id": "q%d" % n, "to": 0, "type": "P"}))["type"], "P")
+        courier.send({"id": "fifth", "to": 0, "type": "T", "msg": 50})
+        self.assertEqual((await courier.next())["code"], "forbidden")
+        close = await courier.next()
+        self.assertEqual((close["type"], close["msg"]), ("C", "too many refused T"))
+        self.assertEqual((await courier.wait_closed())[0], 4008)
+        self.assertEqual(self.refused(), {"forbidden": 3.0, "not_found": 6.0})
+        self.assertEqual(await self.redis.smembers("URS:21"), {"11"})
+
+
+def _sample(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return line.split()[-1]
+    raise AssertionError("%s not in the exposition" % name)
+
+
 class SiteTests(PlatformTestMixin, unittest.TestCase):
     overrides = {"site": {"min_interval": "0"}}
 

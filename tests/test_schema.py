@@ -31,7 +31,8 @@ class SchemaFilesTests(unittest.SynchronousTestCase):
 class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
 
     def describe(self):
-        return threads.deferToThread(self._describe_sync, ("schema_version", "message", "orders", "receipt"))
+        return threads.deferToThread(self._describe_sync, ("schema_version", "message", "orders", "receipt",
+                                                                     "order_conversation"))
 
     def _describe_sync(self, tables):
         import pymysql
@@ -53,10 +54,11 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
     async def test_second_apply_changes_nothing(self):
         before = await self.describe()
         self.assertEqual([v[:2] for v in before["versions"]], [(1, "message"), (2, "orders"), (3, "accept_order"),
-                                                               (4, "receipts"), (5, "message_by_ts")])
+                                                               (4, "receipts"), (5, "message_by_ts"),
+                                                               (6, "order_conversation")])
         self.assertIn("KEY `message_by_ts` (`ts`)", before["message"])
         result = await threads.deferToThread(apply_schema, self.mysql_settings)
-        self.assertEqual(result, (5, 5))
+        self.assertEqual(result, (6, 6))
         self.assertEqual(await self.describe(), before)
 
     async def test_cli_applies_and_is_idempotent(self):
@@ -67,10 +69,10 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
         argv = ["-m", "imd.admin", "--config", config, "schema", "apply"]
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"upgraded from version 0 to 5", out)
+        self.assertIn(b"upgraded from version 0 to 6", out)
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"at version 5; nothing to do", out)
+        self.assertIn(b"at version 6; nothing to do", out)
 
     async def test_cli_mysql_away_is_one_line(self):
         config = os.path.abspath(self.mktemp())
@@ -94,9 +96,10 @@ class SchemaUpgradeTests(MysqlTestMixin, unittest.TestCase):
                     "INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
                     " VALUES ('1', 1, 2, 't', 'x', 5, '{}')")
         result = await threads.deferToThread(apply_schema, self.mysql_settings)
-        self.assertEqual(result, (1, 5))
+        self.assertEqual(result, (1, 6))
         tables = await query(self.mysql_settings, "SHOW TABLES")
-        self.assertEqual(sorted(t for (t,) in tables), ["message", "orders", "receipt", "schema_version"])
+        self.assertEqual(sorted(t for (t,) in tables), ["message", "order_conversation", "orders", "receipt",
+                                                          "schema_version"])
         rows = await query(self.mysql_settings, "SELECT COUNT(*) FROM message")
         self.assertEqual(rows[0][0], 1)
         # the older row keeps its place in history: its insertion order

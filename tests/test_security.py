@@ -103,7 +103,7 @@ class ForgedCursorTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
 
 class HandlerPropertyTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
     overrides = {"websocket": {"rate": "100000", "burst": "100000", "max_errors": "1000000",
-                               "history_rate": "100000", "history_burst": "100000"},
+                               "history_rate": "100000", "history_burst": "100000", "history_user_rate": "0"},
                  "site": {"min_interval": "0"}}
 
     async def test_every_handler_answers_any_argument_once_and_within_the_contract(self):

@@ -17,6 +17,11 @@ from imd import protocol
 from imd.errors import ImdError
 
 
+# About this many bytes of packets are stored and delivered per slice of a
+# send to many recipients (imd.stores' script and one publish per slice).
+FANOUT_SLICE_BYTES = 256 * 1024
+
+
 def new_message_id(clock: Any) -> str:
     """An id for a system message sent without one: unique, and sorted by time."""
     return "api-%x-%s" % (int(clock.seconds() * 1000), os.urandom(6).hex())
@@ -34,15 +39,31 @@ class ServerApi:
 
     @defer.inlineCallbacks
     def send(self, recipients: Sequence[int], msg: Dict[str, Any], packet_id: Optional[str]) -> Any:
-        """Store and deliver; fires with ``(id, number of messages stored now)``."""
+        """Store and deliver; fires with ``(id, number of messages stored now)``.
+
+        In slices of about :data:`FANOUT_SLICE_BYTES` of packets: each
+        slice is stored (one script) and delivered (its publish to the other
+        nodes leaves at the end of that turn) before the next one is stored;
+        while Redis stores a slice the reactor serves everybody else.  One
+        script and one publish for a 64 KiB message to 1000 users moved 64 MB
+        at once and held the reactor for 420-474 ms.  A slice that fails
+        (Redis away) fails the call: the slices before it are stored and
+        delivered, and a retry with the same ``id`` stores the rest only.
+        """
         packet_id = packet_id or new_message_id(self._clock)
         ts = int(self._clock.seconds() * 1000)
         head, tail = protocol.system_message_parts(packet_id, msg, ts)
-        stored = yield self._messages.store_system_messages(packet_id, list(recipients), head, tail, ts)
-        yield self._messages.client.replicated()   # [redis] min_replicas: stored means on the replicas too
-        for to in stored:
-            self._node.deliver(to, head + b"%d" % to + tail)
-        return packet_id, len(stored)
+        recipients = list(recipients)
+        size = max(1, FANOUT_SLICE_BYTES // (len(head) + len(tail) + 20))
+        stored_count = 0
+        for start in range(0, len(recipients), size):
+            chunk = recipients[start:start + size]
+            stored = yield self._messages.store_system_messages(packet_id, chunk, head, tail, ts)
+            yield self._messages.client.replicated()   # [redis] min_replicas: stored means on the replicas too
+            for to in stored:
+                self._node.deliver(to, head + b"%d" % to + tail)
+            stored_count += len(stored)
+        return packet_id, stored_count
 
     def online(self, uids: Sequence[int]) -> Any:
         """``{uid: bool}``, one round trip."""

@@ -82,9 +82,14 @@ def _belongs(message: StoredMessage, uid: int, with_uid: Optional[int]) -> bool:
 
 
 class HistoryHandler:
-    def __init__(self, messages: Any, mysql: Any) -> None:
+    def __init__(self, messages: Any, mysql: Any, clock: Any = None, user_budget: Any = None) -> None:
+        """``user_budget``: an imd.stores.budgets.Budget that every ``H`` of
+        a user, on any connection and node, spends from (with ``clock``);
+        None: no such budget."""
         self._messages = messages
         self._mysql = mysql
+        self._clock = clock
+        self._user_budget = user_budget
 
     @defer.inlineCallbacks
     def handle(self, uid: int, packet: protocol.HistoryPacket) -> Any:
@@ -92,7 +97,14 @@ class HistoryHandler:
             position, with_uid, limit = decode_cursor(packet.after)
         else:
             position, with_uid, limit = (packet.since, None), packet.with_uid, packet.limit
-        pending = yield self._messages.pending(uid)
+        if self._user_budget is None:
+            pending = yield self._messages.pending(uid)
+        else:
+            pending = yield self._messages.pending_for_history(uid, self._user_budget,
+                                                               int(self._clock.seconds() * 1000))
+            if pending is None:
+                raise ImdError("rate_limited", "H: over this user's history budget "
+                                               "([websocket] history_user_rate), retry later")
         rows = yield self._mysql.history(uid, with_uid, position, limit + 1)
         found: Dict[Any, Tuple[Tuple[int, int], str, Any]] = {}
         states: Dict[Any, int] = {}

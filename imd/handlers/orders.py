@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stores.orders import CLOSED_UNTAKEN, OTHER_COURIER, TAKEN
+from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, TAKEN, TAKEN_AGAIN, taken_id
 
 _log = Logger()
 
@@ -19,6 +19,11 @@ CLOSE_TRIES = 3   # a T racing the close of an order nobody had taken: read agai
 
 
 class TakeOrderHandler:
+    """``T``.  The order's Redis record decides while it lives; MySQL's
+    ``order_conversation`` row (written at the first ``T`` and at the close)
+    outlives it, so a ``T`` long after the order closed, or after an open
+    order's record expired, changes nothing either."""
+
     def __init__(self, orders_db: Any, orders_settings: Any, orders: Any, node: Any, clock: Any) -> None:
         self._orders_db = orders_db
         self._orders_settings = orders_settings
@@ -28,27 +33,42 @@ class TakeOrderHandler:
 
     @defer.inlineCallbacks
     def handle(self, sender: int, packet: protocol.TakeOrderPacket) -> Any:
-        parties = yield self._orders_db.order_parties(self._orders_settings, packet.order)
+        parties, kept = yield self._orders_db.order_for_take(self._orders_settings, packet.order)
         if parties is None:
             raise ImdError("not_found", "no order %d" % packet.order)
         customer, courier = parties
         if courier != sender:
             raise ImdError("forbidden", "order %d is not yours" % packet.order)
+        answer = Reply(protocol.ack(packet.id, {"order": packet.order, "uid": customer}))
+        if kept is not None and kept.closed_at is not None:
+            # closed: final, whether or not Redis still has the record
+            _refuse_closed(packet.order, CLOSED_UNTAKEN if kept.courier is None else
+                           OTHER_COURIER if kept.courier != sender else CLOSED_AFTER_TAKE)
+            return answer   # a repeat after the close: acked, nothing changes
+        earlier = (kept.courier, kept.taken_at, kept.friends_before) if kept is not None and kept.taken_at else None
         ts = int(self._clock.seconds() * 1000)
         notice = {"order": packet.order, "event": "taken", "courier": sender}
         # A fixed id per order: the MySQL unique key (from, id, to) backs up
         # the order's record in Redis, so the s packet is stored once.
-        payload = protocol.system_message_json("taken-%d" % packet.order, sender, customer, notice, ts)
-        outcome = yield self._orders.take_order(packet.order, sender, customer, payload, ts)
-        outcome = yield self._orders.client.replicated(outcome)   # [redis] min_replicas
-        if outcome == CLOSED_UNTAKEN:
-            raise ImdError("forbidden", "order %d is closed" % packet.order)
-        if outcome == OTHER_COURIER:
-            raise ImdError("forbidden", "order %d was taken by another courier" % packet.order)
-        if outcome == TAKEN:
+        payload = protocol.system_message_json(taken_id(packet.order), sender, customer, notice, ts)
+        take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier)
+        take = yield self._orders.client.replicated(take)   # [redis] min_replicas
+        _refuse_closed(packet.order, take.outcome)
+        if take.outcome == TAKEN:
             self._node.deliver(customer, payload)
+        if earlier is None and take.outcome in (TAKEN, TAKEN_AGAIN):
+            # kept for good (after the live delivery: if MySQL fails now,
+            # the client's retry of this E unavailable writes it)
+            yield self._orders_db.record_taken(packet.order, customer, sender, take.before, take.taken_at)
         # (a repeat, before or after the close, is acked again and changes nothing more)
-        return Reply(protocol.ack(packet.id, {"order": packet.order, "uid": customer}))
+        return answer
+
+
+def _refuse_closed(order: int, outcome: str) -> None:
+    if outcome == CLOSED_UNTAKEN:
+        raise ImdError("forbidden", "order %d is closed" % order)
+    if outcome == OTHER_COURIER:
+        raise ImdError("forbidden", "order %d was taken by another courier" % order)
 
 
 class OrderLifecycle:
@@ -81,10 +101,24 @@ class OrderLifecycle:
         for _ in range(CLOSE_TRIES):
             record = yield self._orders.record(order_id)
             now = int(self._clock.seconds() * 1000)
+            if record is None:
+                # no record in Redis: expired (30 days after the end, or
+                # after an open order's last T), or never made
+                kept = yield self._orders_db.order_conversation(order_id)
+                if kept is not None and kept.closed_at is not None:
+                    return {"order": order_id, "ends_at": kept.ends_at}
+                if kept is not None and kept.courier is not None and kept.taken_at is not None:
+                    # taken and still open: its close must end the friendship its T made
+                    yield self._orders.restore_taken(order_id, kept.courier, kept.customer, kept.taken_at,
+                                                     kept.friends_before, now)
+                    continue
             if record is not None and record.taken:
                 closed = yield self._close_taken(record, now)
             elif record is not None and record.closed_at is not None:
                 closed = record   # closed before anybody took it
+                assert record.customer is not None and record.ends_at is not None
+                yield self._orders_db.record_closed(order_id, record.customer, None, None, None, record.closed_at,
+                                                    record.ends_at)
             else:
                 closed = yield self._close_untaken(order_id, now)
             if closed is not None:
@@ -104,6 +138,11 @@ class OrderLifecycle:
                       order=record.order, courier=record.courier, customer=record.customer, ends_at=closed.ends_at)
             for uid in closed.stored:
                 self._node.deliver(uid, packets[uid])
+        if closed is not None:
+            # kept for good, every time (a close whose write failed is
+            # answered 503, and its retry writes it)
+            yield self._orders_db.record_closed(record.order, record.customer, record.courier, record.before,
+                                                record.taken_at, closed.closed_at, closed.ends_at)
         return closed
 
     @defer.inlineCallbacks
@@ -115,4 +154,7 @@ class OrderLifecycle:
         closed = yield self._orders.close_untaken(order_id, customer, courier, now)
         if closed is not None and closed.now:
             _log.info("order {order} closed before any T: nobody to tell, no friendship to end", order=order_id)
+        if closed is not None:
+            yield self._orders_db.record_closed(order_id, customer, None, None, None, closed.closed_at,
+                                                closed.ends_at)
         return closed

@@ -7,12 +7,16 @@ forward only, and stores what advanced as one entry (``MQ`` and both
 parties' ``pending:``), which the migrator copies into the ``receipt`` table.
 The ids that advanced are relayed to every connection of the sender.
 
-Ids without a dedup record (expired after ``[redis] dedup_ttl``, or a
-``T`` packet, stored without one) are verified against what is stored: the
+Ids without a dedup record (expired after ``[redis] dedup_ttl``, or ids
+the reader never received) are verified against what is stored: the
 reader's entries still in Redis, then MySQL — read in that order, so a
 message that is migrated in between is seen by the second read — and their
 state found there is written back as the record before anything moves.
-Anything not found is ignored: acked, not relayed, not stored.
+Anything not found is ignored: acked, not relayed, not stored.  Each ``R``
+that needs this is charged to the reader's lookup budget (all its
+connections, every node); past it ``E rate_limited`` and nothing changes.
+Only the reader's pending entries old enough to have lost their record are
+read (imd.stores.receipts), never the whole set.
 """
 
 from typing import Any, Dict, List, Set, Tuple
@@ -21,18 +25,23 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from imd import protocol
+from imd.errors import ImdError
 from imd.handlers import Reply
 from imd.stored import StoredReceipt, parse_entry
+from imd.stores.budgets import Budget
 from imd.stores.receipts import UNKNOWN
 
 
 class ReceiptHandler:
-    def __init__(self, receipts: Any, messages: Any, mysql: Any, node: Any, clock: Any, metrics: Any = None) -> None:
+    def __init__(self, receipts: Any, mysql: Any, node: Any, clock: Any, lookups: Budget,
+                 metrics: Any = None) -> None:
+        """``lookups``: the budget of ``R`` packets naming ids without a
+        record, per reader."""
         self._receipts = receipts
-        self._messages = messages
         self._mysql = mysql
         self._node = node
         self._clock = clock
+        self._lookups = lookups
         self._metrics = metrics
 
     def handle(self, reader: int, packet: protocol.ReceiptPacket) -> Any:
@@ -48,7 +57,7 @@ class ReceiptHandler:
     def _applied(self, result: Any, reader: int, packet: protocol.ReceiptPacket, ts: int) -> Any:
         if result.missing:
             # (rare: records gone) verify, then settle every id in one more call
-            d = self._verify(reader, packet, result.missing)
+            d = self._verify(reader, packet, result.missing, ts)
             d.addCallback(lambda seeds: self._receipts.apply(packet, reader, ts, seeds))
             return d.addCallback(self._replicated, reader, packet, ts)
         return self._replicated(result, reader, packet, ts)
@@ -71,11 +80,14 @@ class ReceiptHandler:
         return Reply(protocol.ack(packet.id))
 
     @defer.inlineCallbacks
-    def _verify(self, reader: int, packet: protocol.ReceiptPacket, missing: List[int]) -> Any:
+    def _verify(self, reader: int, packet: protocol.ReceiptPacket, missing: List[int], ts: int) -> Any:
         """One seed per id: '' for ids that have a record, the state found
         for the others, UNKNOWN when the reader never received it."""
         wanted = {packet.dedup_ids[i].encode("utf-8") for i in missing}
-        entries = yield self._messages.pending(reader)
+        entries = yield self._receipts.old_pending(reader, packet.to, ts, self._lookups)
+        if entries is None:
+            raise ImdError("rate_limited", "R: too many receipts for unknown or old messages "
+                                           "([websocket] receipt_lookup_rate), retry later")
         exists, receipts = self._in_pending(entries, packet.to, reader, wanted)
         rest = [m.decode("utf-8") for m in wanted if m not in exists]
         states = (yield self._mysql.message_states(packet.to, reader, rest)) if rest else {}

@@ -12,8 +12,14 @@ without the right key gets the same 401 whatever its method and path (a key
 in the query string, the same 400), so the routes cannot be mapped from
 outside.  Bodies are JSON objects of at most 64 KiB
 (:data:`API_MAX_BODY_BYTES`, applied by the site before the body is read);
-every error is ``{"error"}`` with 400, 401, 404, 405, 413 or 503 (Redis or
+every error is ``{"error"}`` with 400, 401, 404, 405, 413, 429 or 503 (Redis or
 MySQL away).
+
+The key has an allowance (``[http] api_rate`` units per second, ``api_burst``
+at once, per http process): a request takes one unit, a ``send`` one per
+recipient per started 4 KiB of its ``msg`` (so a 64 KiB message to 1000
+users, 64 MB to store, waits for a full bucket); past it ``429`` with
+``Retry-After``, before anything is stored.
 
     POST /IM/api/send                 {"to": uid | [uids], "msg": {...}, "id": "..."}
     POST /IM/api/orders/<order>/close
@@ -35,12 +41,15 @@ from twisted.web.server import NOT_DONE_YET
 from imd import protocol
 from imd.errors import ImdError, StoreUnavailable
 from imd.handlers.api import ServerApi, recipients_list
+from imd.http.ratelimit import RateLimiter
 from imd.http.resource import HttpError, JsonResource, read_json_object
 from imd.http.site import API_MAX_BODY_BYTES
 
 _log = Logger()
 
 MAX_RECIPIENTS = 1000
+# a send costs one unit of the key's allowance per recipient per started COST_BYTES of msg
+COST_BYTES = 4096
 MAX_UIDS = 1000
 MAX_REASON_BYTES = 100
 # JSON text of an s packet's msg: what message.msg (TEXT) holds
@@ -64,6 +73,8 @@ class ApiKey:
 
     def __init__(self, key: str) -> None:
         self._digest = _digest(key.encode("utf-8"))
+        # what the key's allowance is filed under: never the key itself
+        self.name = self._digest[:8].hex()
 
     def matches(self, presented: bytes) -> bool:
         return hmac.compare_digest(_digest(presented), self._digest)
@@ -113,14 +124,25 @@ def _uid(value: Any, name: str) -> int:
         raise HttpError(400, str(e))
 
 
+def send_cost(recipients: int, msg_bytes: int) -> int:
+    """What a ``send`` takes of the key's allowance: one per recipient per
+    started :data:`COST_BYTES` of its ``msg``."""
+    return max(1, recipients) * max(1, -(-msg_bytes // COST_BYTES))
+
+
 class ApiResource(JsonResource):
     """Everything under /IM/api/ (a leaf: the path is routed here)."""
 
-    def __init__(self, api: ServerApi, api_key: str, metrics: Any = None) -> None:
+    def __init__(self, api: ServerApi, api_key: str, metrics: Any = None, clock: Any = None,
+                 rate: float = 0, burst: int = 1) -> None:
+        """``rate``/``burst``: the key's allowance (``[http] api_rate``,
+        ``api_burst``; rate 0: none), counted on ``clock``."""
         super().__init__(())
         self._api = api
         self._key = ApiKey(api_key) if api_key else None
         self._metrics = metrics
+        self._clock = clock
+        self._allowance = RateLimiter(rate, burst)
 
     def render(self, request: Any) -> Any:
         endpoint = _endpoint_label(request.postpath)   # for the metrics only, never the answer
@@ -146,6 +168,8 @@ class ApiResource(JsonResource):
                                 {b"Allow": method.encode("ascii")})
             if getattr(request, "body_too_large", False):
                 raise HttpError(413, "request body over %d bytes" % API_MAX_BODY_BYTES)
+            if endpoint != "send":   # (a send is charged by its size, once read)
+                self._spend(1)
             d = defer.maybeDeferred(getattr(self, "_" + endpoint), request, order)
         except HttpError as e:
             d = defer.fail(e)
@@ -166,6 +190,16 @@ class ApiResource(JsonResource):
                 return failure
             raise HttpError(status, failure.value.reason)
         return failure
+
+    def _spend(self, cost: int) -> None:
+        """Charge the key's allowance (per key: there is one key, whose
+        digest names its bucket); HttpError 429 past it."""
+        if self._clock is None or self._key is None:
+            return
+        wait = self._allowance.take(self._key.name, self._clock.seconds(), cost)
+        if wait:
+            raise HttpError(429, "over this key's allowance ([http] api_rate), retry in %d s" % wait,
+                            {b"Retry-After": str(wait).encode("ascii")})
 
     def _counted(self, result: Any, request: Any, endpoint: str) -> Any:
         if self._metrics is not None:
@@ -194,12 +228,14 @@ class ApiResource(JsonResource):
         msg = body.get("msg")
         if not isinstance(msg, dict):
             raise HttpError(400, "msg: must be a JSON object")
-        if len(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) > MAX_MSG_BYTES:
+        msg_bytes = len(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        if msg_bytes > MAX_MSG_BYTES:
             raise HttpError(400, "msg: its JSON is over %d bytes" % MAX_MSG_BYTES)
         packet_id = body.get("id")
         if packet_id is not None and not (isinstance(packet_id, str)
                                           and 1 <= len(packet_id) <= protocol.MAX_ID_CHARS):
             raise HttpError(400, "id: a string of 1-%d characters" % protocol.MAX_ID_CHARS)
+        self._spend(send_cost(len(recipients), msg_bytes))
         packet_id, stored = yield self._api.send(recipients, msg, packet_id)
         return 200, {"id": packet_id, "stored": stored}
 

@@ -28,18 +28,20 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def take(self, key: Hashable, now: float) -> int:
-        """Spend one request of ``key``: 0 when allowed, else the whole
-        seconds to wait before the next one would be (for ``Retry-After``)."""
+    def take(self, key: Hashable, now: float, cost: float = 1) -> int:
+        """Spend ``cost`` (one request; at most the burst) of ``key``: 0
+        when allowed, else the whole seconds to wait before it would be (for
+        ``Retry-After``)."""
         if not self.enabled:
             return 0
+        cost = min(float(cost), float(self.burst))
         tokens, at = self._buckets.pop(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
-        if tokens >= 1:
-            tokens -= 1
+        if tokens >= cost:
+            tokens -= cost
             wait = 0
         else:
-            wait = max(1, math.ceil((1 - tokens) / self.rate))
+            wait = max(1, math.ceil((cost - tokens) / self.rate))
         self._buckets[key] = (tokens, now)
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)

@@ -177,19 +177,60 @@ class NotFound(ErrorResource):
         super().__init__(404, "no such resource")
 
 
+class _NotJson(ValueError):
+    """What the strict decoder's hooks raise: text ``json`` takes but JSON is not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson("%s is not a JSON number" % name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotJson("%s is too large for a number" % text[:20])
+    return value
+
+
+# Python's json takes NaN, Infinity and -Infinity (and reads 1e999 as
+# infinity): none is JSON, and a strict client reading one back (in an s
+# packet of an H page) fails on the whole page.
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _encodable(obj: Any) -> bool:
+    """False when a string of ``obj``, key or value, holds a lone UTF-16
+    surrogate (JSON's "\\ud800" escape decodes to one): it cannot be
+    encoded as UTF-8, so storing or answering it would fail later."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_json_object(request: Request) -> Optional[Dict[str, Any]]:
-    """The body as a JSON object; None when empty; HttpError 400 otherwise."""
+    """The body as a JSON object; None when empty; HttpError 400 otherwise:
+    not UTF-8, not JSON, not an object, ``NaN`` or ``Infinity``, a number
+    too large for a float, or a lone surrogate in a string."""
     assert request.content is not None   # the body, read in full before rendering
     request.content.seek(0)
     data = request.content.read()
     if not data.strip():
         return None
     try:
-        obj = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        obj = _STRICT.decode(text)
+    except _NotJson as e:
+        raise HttpError(400, "the body must be JSON: %s" % e)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise HttpError(400, "the body must be a JSON object")
     if not isinstance(obj, dict):
         raise HttpError(400, "the body must be a JSON object")
+    # (UTF-8 bytes never decode to a surrogate: only a \u escape makes one)
+    if "\\u" in text and not _encodable(obj):
+        raise HttpError(400, "the body must be JSON: a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+                             "without its pair) is not a character")
     return obj
 
 

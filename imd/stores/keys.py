@@ -82,6 +82,12 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "joins it"),
     KeySpec("typing:<uid>:<to>", "string", "typing",
             "a 'typing' (Y true) from uid to a friend was relayed; expires after [typing] min_interval"),
+    KeySpec("budget:history:<uid>", "hash", "budgets",
+            "the user's H budget across its connections and nodes ([websocket] history_user_rate, "
+            "history_user_burst): t (tokens), at (Unix ms); expires once full again"),
+    KeySpec("budget:lookups:<uid>", "hash", "budgets",
+            "the user's budget of R packets naming ids without a dedup record, each looked up in "
+            "pending:<uid> and MySQL ([websocket] receipt_lookup_rate, receipt_lookup_burst)"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -184,6 +190,10 @@ class Keys:
     def typing(self, sender: Uid, to: Uid) -> str:
         return "%styping:%d:%d" % (self.prefix, sender, to)
 
+
+    def budget(self, kind: str, uid: Uid) -> str:
+        """A user's budget of ``kind`` (``history``, ``lookups``): imd.stores.budgets."""
+        return "%sbudget:%s:%d" % (self.prefix, kind, uid)
 
     def site(self, uid: Uid) -> str:
         return "%ssite:%d" % (self.prefix, uid)

@@ -2,7 +2,8 @@
 order and the per-user index that history reads.
 
 Keys (imd.stores.keys): ``URS:<uid>`` (read), ``dedup:<uid>:<id>``,
-``dedup:0:<to>:<id>``, ``MQ``, ``MQ:seq``, ``pending:<uid>``; with
+``dedup:0:<to>:<id>``, ``MQ``, ``MQ:seq``, ``pending:<uid>``,
+``budget:history:<uid>`` (imd.stores.budgets, spent by ``H``); with
 ``[push] url`` set also ``push:unread``, ``push:last``, ``push:due``
 (imd.stores.push: the recipient's pending push, noted in the same script).
 
@@ -26,6 +27,7 @@ from typing import Any, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
+from imd.stores.budgets import TAKE_TOKENS_LUA, Budget
 from imd.stores.keys import Keys
 from imd.stores.push import NOTE_PUSH_LUA, PushNotes
 from imd.stores.redis import RedisClient, Script
@@ -89,6 +91,14 @@ return stored
 """, "store_system")
 
 
+# KEYS: pending:<uid>, budget:history:<uid>.  ARGV: rate, burst, now (ms).
+# The user's entries not yet migrated, or false when its H budget is spent.
+PENDING_FOR_HISTORY = Script(TAKE_TOKENS_LUA + """
+if not take_tokens(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1) then return false end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+""", "pending_for_history")
+
+
 class MessageStore:
     """Friend check + dedup + MQ + pending index, atomically, in one round trip."""
 
@@ -132,6 +142,15 @@ class MessageStore:
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""
         return self.client.command("ZRANGE", self.keys.pending(uid), 0, -1).addCallback(_entries)
+
+    def pending_for_history(self, uid: int, budget: Budget, now_ms: int) -> Deferred:
+        """:meth:`pending`, once one ``H`` is taken from the user's budget
+        (every connection's, on every node: ``budget:history:<uid>``), in
+        the same call; fires with None when the budget is spent."""
+        keys = self.keys
+        d = self.client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
+                            budget.args(now_ms))
+        return d.addCallback(lambda reply: None if reply is None else _entries(reply))
 
 
 def _store_result(reply: Any) -> str:

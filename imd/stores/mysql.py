@@ -13,7 +13,8 @@ import os
 import re
 import socket
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import pymysql
 import pymysql.cursors
@@ -311,6 +312,31 @@ class MysqlStore(Service):
         """``(customer_id, courier_id or None)`` of an order, or None if unknown."""
         return self.run_interaction(_order_parties_txn, orders, order_id)
 
+    def order_for_take(self, orders: "OrdersSettings", order_id: int) -> defer.Deferred:
+        """``(parties, conversation)`` in one transaction: the order's
+        ``(customer_id, courier_id or None)`` from the orders table, or
+        None; and imd's own :class:`OrderConversation` of it, or None."""
+        return self.run_interaction(_order_for_take_txn, orders, order_id)
+
+    def order_conversation(self, order_id: int) -> defer.Deferred:
+        """imd's :class:`OrderConversation` of an order, or None."""
+        return self.run_interaction(_order_conversation_txn, order_id)
+
+    def record_taken(self, order_id: int, customer_id: int, courier_id: int, friends_before: Optional[str],
+                     taken_at: int) -> defer.Deferred:
+        """The order's first ``T`` (what its Redis record says), kept for
+        good; a row that has it already keeps what it had."""
+        return self.run_interaction(_record_conversation_txn, order_id, customer_id, courier_id, friends_before,
+                                    taken_at, None, None)
+
+    def record_closed(self, order_id: int, customer_id: int, courier_id: Optional[int],
+                      friends_before: Optional[str], taken_at: Optional[int], closed_at: int,
+                      ends_at: int) -> defer.Deferred:
+        """The order's close (``courier_id``, ``taken_at`` None: closed
+        before any ``T``); columns already set keep their value."""
+        return self.run_interaction(_record_conversation_txn, order_id, customer_id, courier_id, friends_before,
+                                    taken_at, closed_at, ends_at)
+
     def create_order(self, orders: "OrdersSettings", order_id: int, customer_id: int,
                      courier_id: Optional[int] = None) -> defer.Deferred:
         """Insert or update a row of the reference orders table (imd-admin)."""
@@ -472,6 +498,57 @@ def _order_parties_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings",
         return None
     customer, courier = row
     return int(customer), (int(courier) if courier is not None else None)
+
+
+class OrderConversation(NamedTuple):
+    """A row of ``order_conversation`` (sql/006): what imd recorded of an
+    order's conversation, for good.  Times are Unix ms, None until then."""
+    order: int
+    customer: int
+    courier: Optional[int]          # the courier whose T took it; None: never taken
+    friends_before: Optional[str]
+    taken_at: Optional[int]
+    closed_at: Optional[int]
+    ends_at: Optional[int]
+
+
+_CONVERSATION = ("SELECT order_id, customer_id, courier_id, friends_before, taken_at, closed_at, ends_at"
+                 " FROM order_conversation WHERE order_id = %s")
+
+
+def _order_conversation_txn(cursor: pymysql.cursors.Cursor, order_id: int) -> Optional[OrderConversation]:
+    cursor.execute(_CONVERSATION, (order_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    order, customer, courier, before, taken_at, closed_at, ends_at = row
+    return OrderConversation(int(order), int(customer), _int_or_none(courier), before, _int_or_none(taken_at),
+                             _int_or_none(closed_at), _int_or_none(ends_at))
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+def _order_for_take_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings",
+                        order_id: int) -> Tuple[Optional[Tuple[int, Optional[int]]], Optional[OrderConversation]]:
+    return _order_parties_txn(cursor, orders, order_id), _order_conversation_txn(cursor, order_id)
+
+
+def _record_conversation_txn(cursor: pymysql.cursors.Cursor, order_id: int, customer_id: int,
+                             courier_id: Optional[int], friends_before: Optional[str], taken_at: Optional[int],
+                             closed_at: Optional[int], ends_at: Optional[int]) -> None:
+    # COALESCE(column, new): a column once set is never changed, so a replay,
+    # or a close racing a late T's write, leaves the first values.
+    cursor.execute("INSERT INTO order_conversation"
+                   " (order_id, customer_id, courier_id, friends_before, taken_at, closed_at, ends_at)"
+                   " VALUES (%s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE"
+                   " courier_id = COALESCE(courier_id, VALUES(courier_id)),"
+                   " friends_before = COALESCE(friends_before, VALUES(friends_before)),"
+                   " taken_at = COALESCE(taken_at, VALUES(taken_at)),"
+                   " closed_at = COALESCE(closed_at, VALUES(closed_at)),"
+                   " ends_at = COALESCE(ends_at, VALUES(ends_at))",
+                   (order_id, customer_id, courier_id, friends_before, taken_at, closed_at, ends_at))
 
 
 def _create_order_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings", order_id: int, customer_id: int,

@@ -16,7 +16,7 @@ lasts :data:`OPEN_TTL` after its last ``T`` (an order never closed does not
 keep a pair linked for ever); a closed order's link lasts until its end.
 """
 
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 
@@ -33,6 +33,15 @@ TAKEN, TAKEN_AGAIN, CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER = (
     "taken", "taken_again", "closed_after_take", "closed_untaken", "other_courier")
 _TAKE_RESULTS = {1: TAKEN, 0: TAKEN_AGAIN, 2: CLOSED_AFTER_TAKE, 3: CLOSED_UNTAKEN, 4: OTHER_COURIER}
 
+
+class Take(NamedTuple):
+    """What a ``T`` did: its outcome, and for TAKEN and TAKEN_AGAIN the
+    order's first ``T`` (``taken_at``, Unix ms) and whether the two were
+    friends before it (``before``), to keep in MySQL."""
+    outcome: str
+    taken_at: Optional[int] = None
+    before: Optional[str] = None
+
 # A link set's expiry follows its longest link: none while a closed order's
 # link (score inf) is in it, gone with it once empty.
 EXPIRE_LINKS_LUA = """
@@ -47,51 +56,90 @@ local function expire_links(key)
 end
 """
 
+# restore(order key, links key, courier, customer, before, taken_at, open
+# ttl (s), now (ms), order): an open order's record that expired (30 days
+# without a T) made again from what MySQL kept (order_conversation), with
+# its link, and no friendship added: so that its close still ends the
+# friendship its first T made.
+RESTORE_LUA = EXPIRE_LINKS_LUA + """
+local function restore(order_key, links_key, courier, customer, before, taken_at, ttl, now, order)
+  redis.call('HSET', order_key, 'courier', courier, 'customer', customer, 'before', before, 'taken_at', taken_at)
+  redis.call('EXPIRE', order_key, ttl)
+  redis.call('ZADD', links_key, now + ttl * 1000, order)
+  expire_links(links_key)
+end
+"""
+
 # KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
-#       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>
+#       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
+#       dedup:<courier>:taken-<order>
 #       [, push:unread, push:last, push:due: only with [push] url set]
-# ARGV: courier, customer, s packet, open ttl (s), now (ms), order [, push due (ms)]
-# 1: first T (friends, the s packet stored); 0: a repeat while open (friends
-# again, the link renewed); 2: a repeat after the close (nothing changes: a
-# late retry must not bring an ended friendship back); 3: the order was
-# closed before any T; 4: another courier took it.
-TAKE_ORDER = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + EXPIRE_LINKS_LUA + """
-local record = redis.call('HMGET', KEYS[3], 'courier', 'taken_at', 'closed_at')
+# ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
+#       what MySQL kept of an earlier T ('' when nothing: its courier,
+#       taken_at, before), dedup ttl (s) [, push due (ms)]
+# The s packet gets a dedup record like any message: the customer's
+# receipts for it are verified against that, as for every message.
+# {1, taken_at, before}: first T (friends, the s packet stored);
+# {0, taken_at, before}: a repeat while open (the record and link renewed:
+# nothing else, not even the friendship, which friend rm may have ended);
+# {2}: a repeat after the close (nothing changes: a late retry must not
+# bring an ended friendship back); {3}: the order was closed before any T;
+# {4}: another courier took it.  With no record in Redis (it expired) but
+# an earlier T in MySQL, the record is restored and it is a repeat.
+TAKE_ORDER = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + RESTORE_LUA + """
+local record = redis.call('HMGET', KEYS[3], 'courier', 'taken_at', 'closed_at', 'before')
 if record[2] then
-  if record[1] ~= ARGV[1] then return 4 end
-  if record[3] then return 2 end
+  if record[1] ~= ARGV[1] then return {4} end
+  if record[3] then return {2} end
 elseif record[3] then
-  return 3
+  return {3}
 end
 local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[4])
-local first = not record[2]
-if first then
-  -- friends already, and not through another order still linking them:
-  -- that friendship is not this order's to end
-  local before = 'no'
-  if redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 1 then
-    before = 'friends'
-  elseif redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then
-    if redis.call('ZCOUNT', KEYS[4], '(' .. ARGV[5], '+inf') > 0 then
-      before = 'order'
-    else
-      before = 'friends'
-      redis.call('SADD', KEYS[5], ARGV[2])
-      redis.call('SADD', KEYS[6], ARGV[1])
-    end
-  end
-  redis.call('HSET', KEYS[3], 'courier', ARGV[1], 'customer', ARGV[2], 'before', before, 'taken_at', ARGV[5])
+if not record[2] and ARGV[7] ~= '' then
+  if ARGV[7] ~= ARGV[1] then return {4} end
+  restore(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[9], ARGV[8], ttl, now, ARGV[6])
+  return {0, tonumber(ARGV[8]), ARGV[9]}
 end
+if record[2] then
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
+  expire_links(KEYS[4])
+  return {0, tonumber(record[2]), record[4] or ''}
+end
+-- friends already, and not through another order still linking them:
+-- that friendship is not this order's to end
+local before = 'no'
+if redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 1 then
+  before = 'friends'
+elseif redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then
+  if redis.call('ZCOUNT', KEYS[4], '(' .. ARGV[5], '+inf') > 0 then
+    before = 'order'
+  else
+    before = 'friends'
+    redis.call('SADD', KEYS[5], ARGV[2])
+    redis.call('SADD', KEYS[6], ARGV[1])
+  end
+end
+redis.call('HSET', KEYS[3], 'courier', ARGV[1], 'customer', ARGV[2], 'before', before, 'taken_at', ARGV[5])
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
 expire_links(KEYS[4])
-if not first then return 0 end
 store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
-if ARGV[7] then note_push(KEYS[11], KEYS[12], KEYS[13], ARGV[2], ARGV[3], ARGV[7]) end
-return 1
+redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
+if ARGV[11] then note_push(KEYS[12], KEYS[13], KEYS[14], ARGV[2], ARGV[3], ARGV[11]) end
+return {1, now, before}
 """, "take_order")
+
+# KEYS: order:<order>, links:<pair>.  ARGV: courier, customer, before,
+# taken_at, open ttl (s), now (ms), order.  1: restored; 0: Redis has a
+# record (nothing changed).
+RESTORE_TAKEN = Script(RESTORE_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+restore(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+return 1
+""", "restore_taken")
 
 # KEYS: order:<order>, links:<pair>, orders:ending, MQ, MQ:seq,
 #       pending:<courier>, pending:<customer>,
@@ -168,6 +216,11 @@ return outcome
 ENDED, LINKED_BY_ANOTHER, FRIENDS_BEFORE = "ended", "another order links them", "friends before the order"
 
 
+def taken_id(order: int) -> str:
+    """The id of the ``s`` packet a first ``T`` sends the customer (one per order)."""
+    return "taken-%d" % order
+
+
 class OrderRecord(NamedTuple):
     """``order:<order>``: times are Unix ms, None until they happen."""
     order: int
@@ -195,26 +248,47 @@ class Closed(NamedTuple):
 
 
 class OrderStore:
-    def __init__(self, client: RedisClient, keys: Keys, push: Optional[PushNotes] = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, push: Optional[PushNotes] = None,
+                 dedup_ttl: int = 3600) -> None:
         """``push``: set when ``[push] url`` is (the stored ``s`` packets
-        then note their recipients' pending pushes)."""
+        then note their recipients' pending pushes); ``dedup_ttl``: ``[redis]
+        dedup_ttl``, the life of the "taken" packet's dedup record."""
         self.client = client
         self.keys = keys
         self.push = push
+        self.dedup_ttl = dedup_ttl
 
-    def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int) -> Deferred:
-        """Link the two (friends both ways); store the ``s`` packet the first
-        time only.  Fires with TAKEN, TAKEN_AGAIN, CLOSED_AFTER_TAKE,
-        CLOSED_UNTAKEN or OTHER_COURIER."""
+    def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int,
+                   earlier: Optional[Tuple[int, int, Optional[str]]] = None) -> Deferred:
+        """Link the two (friends both ways) and store the ``s`` packet, the
+        first time only.  ``earlier``: ``(courier, taken_at, before)`` of a
+        ``T`` MySQL kept, which stands in for an expired record (it is
+        restored; nothing else happens).  Fires with a :class:`Take`."""
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
-                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer)]
+                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
+                    k.dedup(courier, taken_id(order), customer)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
+        if earlier is None:
+            args += ["", "", ""]
+        else:
+            args += [earlier[0], earlier[1], earlier[2] or ""]
+        args.append(self.dedup_ttl)
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))
         d = self.client.run(TAKE_ORDER, key_list, args)
-        return d.addCallback(lambda reply: _TAKE_RESULTS[int(reply)])
+        return d.addCallback(_take)
+
+    def restore_taken(self, order: int, courier: int, customer: int, taken_at: int, before: Optional[str],
+                      now_ms: int) -> Deferred:
+        """Make an open order's expired record again from what MySQL kept
+        of its first ``T`` (no friendship added).  Fires True when restored,
+        False when Redis had a record."""
+        k = self.keys
+        d = self.client.run(RESTORE_TAKEN, [k.order(order), k.links(courier, customer)],
+                            [courier, customer, before or "", taken_at, OPEN_TTL, now_ms, order])
+        return d.addCallback(lambda reply: bool(int(reply)))
 
     def record(self, order: int) -> Deferred:
         """The order's :class:`OrderRecord`, or None when Redis has none."""
@@ -270,6 +344,13 @@ class OrderStore:
                                 [order, now_ms, a, b, RECORD_TTL])
             return d.addCallback(_text)
         return self.client.command("HMGET", k.order(order), "courier", "customer").addCallback(run)
+
+
+def _take(reply: Any) -> Take:
+    outcome = _TAKE_RESULTS[int(reply[0])]
+    if len(reply) < 3:
+        return Take(outcome)
+    return Take(outcome, int(reply[1]), _text(reply[2]) or None)
 
 
 def _text(reply: Any) -> Optional[str]:

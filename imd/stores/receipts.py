@@ -3,7 +3,8 @@ stored in one script per packet.
 
 Keys (imd.stores.keys): ``dedup:<uid>:<id>`` and ``dedup:0:<to>:<id>`` (read
 and updated), ``MQ``, ``MQ:seq``, ``pending:<uid>`` (through
-``STORE_ENTRY_LUA``), and with ``[push] url`` set ``push:unread``,
+``STORE_ENTRY_LUA``; its oldest entries read by :meth:`ReceiptStore.old_pending`),
+``budget:lookups:<uid>``, and with ``[push] url`` set ``push:unread``,
 ``push:last``, ``push:due`` (imd.stores.push: messages reported delivered
 lower the reader's undelivered count; at 0 no push waits any more).
 
@@ -14,13 +15,25 @@ really received the message (its value names the reader) and holds the state
 that may only move forward, at the cost of one script per ``R`` whatever the
 number of ids, like a message.
 
-A record lives ``[redis] dedup_ttl``.  For ids whose record is gone (expired,
-or never written, like ``T``'s ``s`` packet) the first call changes nothing
-and names them; the caller verifies them against what is stored (the
-reader's pending entries, then MySQL) and calls again with a *seed* per id:
-the state found there, which is written back as the record, or
-:data:`UNKNOWN` for an id the reader never received.  Only then is anything
-moved, so one ``R`` makes one stored entry and one relay.
+A record lives ``[redis] dedup_ttl`` from its message (receipts keep its
+expiry: ``imd-admin reconcile`` dates a message by it).  For ids whose
+record is gone (expired, or an id the reader never received) the first call
+changes nothing and names them; the
+caller verifies them against what is stored (the reader's pending entries,
+then MySQL) and calls again with a *seed* per id: the state found there,
+which is written back as the record, or :data:`UNKNOWN` for an id the reader
+never received.  Only then is anything moved, so one ``R`` makes one stored
+entry and one relay.
+
+That verification is the expensive part of a receipt, and ids nobody sent
+cost it every time: each ``R`` that needs it is charged to the reader's budget
+(``budget:lookups:<uid>``, imd.stores.budgets), and the pending entries are
+read only where such a message can be: one whose record is gone was
+accepted more than ``dedup_ttl`` ago, so :meth:`ReceiptStore.old_pending`
+reads the oldest entries only, and none while the migrator keeps up.  (A
+receipt of it accepted later than that and not yet migrated is not seen:
+with a migrator that far behind, a receipt repeated then may be relayed
+again.)
 """
 
 from typing import Any, List, NamedTuple, Optional, Sequence
@@ -28,6 +41,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence
 from twisted.internet.defer import Deferred
 
 from imd import protocol
+from imd.stores.budgets import TAKE_TOKENS_LUA, Budget
 from imd.stores.keys import Keys
 from imd.stores.messages import STORE_ENTRY_LUA
 from imd.stores.push import CANCEL_PUSH_LUA, PushNotes
@@ -96,6 +110,54 @@ return {1, advanced}
 """, "receipt")
 
 
+# KEYS: pending:<reader>, budget:lookups:<reader>.
+# ARGV: rate, burst, now (ms) of the lookup budget (rate 0: not charged),
+#       the score to start after ('-inf' first, else '(<seq>'), the ts limit
+#       (ms), how many entries to scan at most, then the needles.
+# The reader's pending entries older than the limit (by accept order, from
+# the oldest; the first one at or past the limit ends the scan) that hold
+# one of the needles: {done (0/1), where to go on, matches...}; false when
+# the budget is spent (nothing read).  Read 1, 8, 64... entries at a time:
+# while the migrator keeps up, the oldest entry is young and the only one read.
+OLD_PENDING = Script(TAKE_TOKENS_LUA + """
+if not take_tokens(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1) then return false end
+local limit, most = tonumber(ARGV[5]), tonumber(ARGV[6])
+local out = {0, ARGV[4]}
+local scanned, step = 0, 1
+while scanned < most do
+  local n = math.min(step, most - scanned)
+  local entries = redis.call('ZRANGEBYSCORE', KEYS[1], out[2], '+inf', 'WITHSCORES', 'LIMIT', 0, n)
+  for i = 1, #entries, 2 do
+    local entry = entries[i]
+    local ts = tonumber(string.match(entry, '"ts":(%d+),"seq":%d+}$'))
+    if ts and ts >= limit then
+      out[1] = 1
+      return out
+    end
+    out[2] = '(' .. entries[i + 1]
+    for j = 7, #ARGV do
+      if string.find(entry, ARGV[j], 1, true) then
+        out[#out + 1] = entry
+        break
+      end
+    end
+  end
+  if #entries < 2 * n then
+    out[1] = 1
+    return out
+  end
+  scanned = scanned + n
+  step = math.min(step * 8, 512)
+end
+return out
+""", "old_pending")
+
+# Entries scanned by one OLD_PENDING call (Redis serves nobody else meanwhile)
+OLD_PENDING_SCAN = 1000
+# How far behind each other the clocks of imd's nodes and Redis's may be (ms)
+CLOCK_SKEW_MS = 60000
+
+
 class ReceiptResult(NamedTuple):
     """``missing``: indexes of ids without a record (nothing was changed);
     else ``advanced``: indexes of the ids whose state moved forward."""
@@ -134,6 +196,42 @@ class ReceiptStore:
             args.append("" if seeds is None else seeds[i])
         d = self.client.run(RECEIPT, key_list, args)
         return d.addCallback(_result)
+
+
+    def old_pending(self, reader: int, sender: int, now_ms: int, lookups: Budget) -> Deferred:
+        """The reader's pending entries that may hold a message from
+        ``sender`` whose dedup record is gone, and the reader's receipts as
+        old: entries accepted more than ``dedup_ttl`` ago (a record lives
+        ``dedup_ttl`` from its message; a clock skew's margin kept), of the
+        conversation of the two.  In a healthy system (the migrator keeps
+        up) there are none, and one look at the oldest pending entry says
+        so: the set is never read whole.
+
+        One lookup is charged to the reader's budget (``lookups``) first:
+        fires with None when it is spent, else with the entries (str)."""
+        keys = self.keys
+        limit = now_ms - self.dedup_ttl * 1000 + 2 * CLOCK_SKEW_MS
+        needles = [b',"from":%d,"to":%d,' % (sender, reader), b',"from":%d,"to":%d,"type":"R"' % (reader, sender)]
+        key_list = [keys.pending(reader), keys.budget("lookups", reader)]
+        found: List[str] = []
+
+        def scan(start: str, budget: List[Any]) -> Deferred:
+            d = self.client.run(OLD_PENDING, key_list, budget + [start, limit, OLD_PENDING_SCAN] + needles)
+            return d.addCallback(scanned)
+
+        def scanned(reply: Any) -> Any:
+            if reply is None:
+                return None
+            done, after = int(reply[0]), reply[1]
+            found.extend(_entry_text(e) for e in reply[2:])
+            if done:
+                return found
+            return scan(_entry_text(after), [0, 1, now_ms])   # charged once
+        return scan("-inf", lookups.args(now_ms))
+
+
+def _entry_text(entry: Any) -> str:
+    return entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
 
 
 def _result(reply: Any) -> ReceiptResult:

@@ -148,14 +148,16 @@ class TokenBucket:
         self.tokens = float(burst)
         self.at = now
 
-    def take(self, now: float) -> bool:
-        """One token if there is one."""
+    def take(self, now: float, cost: int = 1) -> bool:
+        """``cost`` tokens (at most the burst) if there are as many."""
+        if cost > self.burst:
+            cost = int(self.burst)
         tokens = self.tokens + (now - self.at) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         self.at = now
-        if tokens < 1.0:
+        if tokens < cost:
             self.tokens = tokens
             return False
-        self.tokens = tokens - 1.0
+        self.tokens = tokens - cost
         return True

@@ -50,6 +50,8 @@ _log = Logger()
 # The opening handshake's request line and headers may not be longer than
 # this (Autobahn buffers whatever comes until the blank line).
 MAX_HANDSHAKE_BYTES = 8192
+# A T answered with one of these: the order is not the sender's to take.
+REFUSED_TAKE_CODES = frozenset(("forbidden", "not_found"))
 
 
 class Clock(typing.Protocol):
@@ -132,6 +134,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _bucket: Optional[TokenBucket] = None
     _history_bucket: Optional[TokenBucket] = None
     _control_strikes = 0
+    _refused_takes = 0              # T answered forbidden/not_found since the last T that succeeded
     _close_frame_while_open = False
     _flush_deadline: Any = None
     listener: Listener
@@ -345,7 +348,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
             # Shutting down: only packets received before the stop are handled.
             self._answer(_Failed(packet.id, ImdError("unavailable", "server shutting down, retry")))
             return
-        if not self._bucket.take(now) or (kind == "H" and not self._history_bucket.take(now)):
+        if not self._bucket.take(now, packet.cost) or (kind == "H" and not self._history_bucket.take(now)):
             self._answer(_Failed(packet.id, ImdError("rate_limited")))
             return
         handler = listener.handlers.get(kind)
@@ -420,6 +423,8 @@ class ImdServerProtocol(WebSocketServerProtocol):
         metrics = self.listener.metrics
         if isinstance(outcome, Reply):
             self._errors = 0
+            if timing is not None and timing[0] == "T":
+                self._refused_takes = 0
             self.send_packet(outcome.frame)
             if timing is not None:
                 metrics.reply_sent(timing[0], timing[1], self.listener.clock.seconds())
@@ -430,7 +435,15 @@ class ImdServerProtocol(WebSocketServerProtocol):
         if error.code == "unavailable":
             return  # a server-side outage is not the client's fault: it retries
         self._errors += 1
-        if self._errors >= self.listener.settings.websocket.max_errors and not self._closing:
+        max_errors = self.listener.settings.websocket.max_errors
+        if timing is not None and timing[0] == "T" and error.code in REFUSED_TAKE_CODES:
+            # Enumerating order ids: other replies in between (a P) do not
+            # reset this count, only a T that succeeds does.
+            metrics.take_refused(error.code)
+            self._refused_takes += 1
+            if self._refused_takes >= max_errors and not self._closing:
+                self._close_flooder("too many refused T")
+        if self._errors >= max_errors and not self._closing:
             self._close_flooder("too many errors")
 
     # --- packets out and closing --------------------------------------------------
