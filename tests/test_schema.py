@@ -177,6 +177,10 @@ class ReadmeGrantTests(unittest.TestCase):
                                               "(42, 2, 1)" % database)
         orders = make_settings().orders
         self.assertEqual(await store.order_parties(orders, 42), (2, 1))
+        # T and the close record the order's conversation in imd's own table (an upsert)
+        await store.record_taken(42, 2, 1, None, 7)
+        await store.record_closed(42, 2, 1, None, 7, 8, 9)
+        self.assertEqual((await store.order_conversation(42)).closed_at, 8)
         self.assertEqual(await MessageRows(store).purge_older(10, 100), (1, 1))
         # and nothing beyond: imd's own user cannot change the schema
         with self.assertRaises(pymysql.err.OperationalError):
