@@ -26,6 +26,7 @@ from imd.stores.processes import ProcessRegistry, process_identity
 
 if TYPE_CHECKING:
     from imd.config import Settings
+    from imd.http.health import ChildStatus
     from imd.http.jwks import JwksKeys
     from imd.metrics import Metrics
     from imd.stores.keys import Keys
@@ -186,6 +187,9 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def jwks(self) -> "Optional[JwksKeys]": ...
+
+    @property
+    def migrator_process(self) -> "Optional[ChildStatus]": ...
 
     def server_endpoint(self, description: str) -> ServerEndpoint: ...
 
