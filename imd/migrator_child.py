@@ -37,7 +37,8 @@ The parent: :class:`MigratorProcess`, a service of the ws process.
 
 The child: :class:`ParentLink`, which ``--supervised`` adds to the service.
 
-- Runs at niceness +10, as ``imd-migrate.service`` does (:func:`lower_priority`).
+- Runs at niceness +10, as ``imd-migrate.service`` does, in a process
+  group of its own (:func:`become_child`).
 - Logs JSON lines on stdout, whatever ``[log] format`` says (the parent
   writes them in its own format).
 - Stops (cleanly: it finishes its batch and releases the lock) when its
@@ -363,13 +364,20 @@ class MigratorProcess(Service):
 
 # --- the child's side ---------------------------------------------------------
 
-def lower_priority() -> None:
-    """Niceness +10 for this process's threads, those started later
-    included (they inherit it): call it before any thread starts."""
+def become_child() -> None:
+    """What the child does first, before any thread starts: niceness +10
+    for its threads, those started later included (they inherit it); and a
+    process group of its own, so that Ctrl-C in the terminal of ``make
+    run`` reaches the parent only, which stops it in order (SIGTERM, then
+    the wait) instead of both stopping at once."""
     try:
         os.nice(NICENESS)
     except OSError as e:
         _log.warn("migrator: cannot lower its priority: {why}", why=e)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass   # a session leader already: nothing from a terminal reaches it
 
 
 class _EndOfFile:

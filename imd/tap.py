@@ -66,8 +66,8 @@ def makeService(options: Options) -> "LoggingRoot":
     settings = options.settings
     supervised = bool(options["supervised"])
     if supervised:
-        from imd.migrator_child import lower_priority
-        lower_priority()   # before any thread starts: they inherit it
+        from imd.migrator_child import become_child
+        become_child()   # before any thread starts: they inherit its priority
     twistd_options = getattr(options, "parent", None)
     observer = None
     if supervised or not (twistd_options and twistd_options.get("syslog")):

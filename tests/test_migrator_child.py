@@ -325,6 +325,11 @@ def gone(pid):
         return False
 
 
+def niceness(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def line_after(daemon, pattern, start=0):
     """The first line of ``daemon`` from index ``start`` matching ``pattern`` (bytes regex), or None."""
     regex = re.compile(pattern)
@@ -368,6 +373,9 @@ class DefaultLayoutTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         pid = child_pids(daemon)[0]
         self.assertNotEqual(pid, daemon.pid)
         self.assertIn(":%d:" % pid, await self.redis.get("MQ:lock"))   # the child holds the queue lock
+        # at niceness +10, in a process group of its own (Ctrl-C reaches the parent only)
+        self.assertEqual(niceness(pid), min(niceness(daemon.pid) + 10, 19))
+        self.assertEqual(os.getpgid(pid), pid)
         await self.befriend(1, 2)
         alice = await connect_client(daemon.port, "/" + self.token(1))
         self.addCleanup(drop, alice)
