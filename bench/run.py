@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,replicas]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts,replicas]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -57,6 +57,16 @@ half of each imd's C=200 W=8 maximum (the mean of its two runs), with the
 other servers at the same rate.  ``crash``: the Node original design's
 migrator killed (SIGKILL) 12 times during a 100,000-message drain; every
 message must be one row.
+
+``layouts``: imd's two ways of running the migrator beside the ws role,
+on CPython and on PyPy, C=200 W=8, two rounds (the second in the reverse
+order): ``split`` (ws+http in one process, the migrator in its own at nice
+10, as the systemd units and the runs above), ``default`` (one ``twistd
+imd`` with every role, as ``make run``: the migrator is its child process,
+``[imd] migrator = child``) and ``inline`` (one process, the migrator on its
+reactor: ``[imd] migrator = inline``, the default layout before issue 30).
+Each run on a freshly started daemon; the CPU columns count the migrator's
+process in both layouts that have one.
 
 ``replicas`` (not in the default set; ``--only replicas``, or ``--replicas``
 to add it): a private Redis master and one replica on free loopback ports,
@@ -303,6 +313,20 @@ def reset_peak_rss(pid):
         pass
 
 
+def child_pids(parent):
+    """The pids of ``parent``'s child processes."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return sorted(found)
+
+
 def redis_cpu():
     """CPU seconds of the Redis server so far (INFO cpu)."""
     r = Redis(REDIS_DB)
@@ -376,6 +400,21 @@ class Server:
         except RuntimeError:
             self.stop()
             raise
+
+    def adopt_child(self, timeout=30.0):
+        """Count the child process the first one starts (the default layout's
+        migrator) as one of its processes."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            children = child_pids(self.pid)
+            if children:
+                self.pids.append(children[0])
+                return children[0]
+            if self.procs[0].poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("%s started no child process within %ss" % (self.name, timeout))
 
     def sample(self):
         """CPU of all its processes (and of each), RSS of the listening one."""
@@ -673,7 +712,8 @@ PROFILE = None  # set by --profile: py-spy records the servers during the C=200 
 
 
 def profiled(server, label, duration):
-    if PROFILE is None or server.name in ("node", "node_original", "imd_pypy"):   # py-spy reads CPython only
+    # py-spy reads CPython only
+    if PROFILE is None or server.name in ("node", "node_original", "imd_pypy") or server.flavour is PYPY:
         return None
     out = os.path.join(RESULTS, "%s-%s-%s.%s" % (PROFILE[0], server.name, label, PROFILE[1]))
     argv = [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(server.pid), "--duration",
@@ -745,6 +785,40 @@ def once_each(setup, servers, conns_n, window, duration, warmup, label, receipts
         results[name] = closed_run(setup, servers[name], uids, label, window, duration, warmup, receipts)
     results["ratios"] = ratios(results)
     return results
+
+
+LAYOUTS = ("split", "default", "inline")
+
+
+def layouts(setup, flavours, start_layout, duration, warmup, rounds=2):
+    """C=200 W=8 against each layout of each flavour (``start_layout(flavour,
+    layout, tag)`` starts one), ``rounds`` rounds, the order reversed each
+    round; per round, each layout's msgs/s against the split one's."""
+    out = {"runs": []}
+    for k in range(rounds):
+        uids = setup.pairs(200)
+        order = [(f, layout) for f in flavours for layout in LAYOUTS]
+        if k % 2:
+            order.reverse()
+        results = {}
+        for flavour, layout in order:
+            server = start_layout(flavour, layout, "-layout%d" % (k + 1))
+            try:
+                results["%s/%s" % (flavour.name, layout)] = closed_run(
+                    setup, server, uids, "layout%d" % (k + 1), 8, duration, warmup)
+            finally:
+                server.stop()
+        ratios = {}
+        for flavour in flavours:
+            split = results["%s/split" % flavour.name]["acked_per_s"]
+            for layout in ("default", "inline"):
+                ratios["%s/%s" % (flavour.name, layout)] = round(
+                    results["%s/%s" % (flavour.name, layout)]["acked_per_s"] / split, 3) if split else None
+        results["ratios"] = ratios
+        results["order"] = ["%s/%s" % (f.name, layout) for f, layout in order]
+        log("  layouts round %d, against split: %s" % (k + 1, ratios))
+        out["runs"].append(results)
+    return out
 
 
 def wait_drained(setup, flavour, timeout=60.0):
@@ -1222,6 +1296,23 @@ def targets_table(report):
               "imd_pypy/node", 1.0)
     ratio_row("imd on CPython ≥ 1.3× the Python baseline, C=200 W=8, every guarantee on", "imd", "baseline",
               "imd/baseline", 1.3)
+    layout_runs = r.get("layouts", {}).get("runs", [])
+    if layout_runs:
+        figures, flags = [], []
+        for name in ("imd", "imd_pypy"):
+            per = []
+            for k, run in enumerate(layout_runs):
+                ratio = run["ratios"].get("%s/default" % name)
+                if ratio is not None:
+                    default, split = run[name + "/default"], run[name + "/split"]
+                    per.append("run %d %.2f× (%s / %s msgs/s)" % (
+                        k + 1, ratio, n0(default["acked_per_s"]), n0(split["acked_per_s"])))
+                    flags.append(ratio >= 0.95)
+            if per:
+                figures.append("%s: %s" % ("PyPy" if name == "imd_pypy" else "CPython", ", ".join(per)))
+        rows.append("| the default layout (one `twistd imd`, the migrator its child process) ≥ 0.95× the split "
+                    "layout (the migrator a service of its own), C=200 W=8, CPython and PyPy in the same run "
+                    "| %s | %s |" % ("; ".join(figures), met(flags)))
     for name in ("imd_pypy", "imd"):
         figures, flags = [], []
         for k, run in enumerate(runs):
@@ -1392,6 +1483,41 @@ def side_table(report):
     return rows
 
 
+def layouts_table(report):
+    """imd's layouts side by side: a row group per interpreter, a column per layout."""
+    runs = report["results"].get("layouts", {}).get("runs", [])
+    if not runs:
+        return []
+    heads = {"split": "split: ws+http, migrator in its own process (nice 10)",
+             "default": "default: one `twistd imd`, migrator its child (nice 10)",
+             "inline": "inline: one process, migrator on its reactor"}
+    rows = ["| C=200 W=8, run 1; run 2 | " + " | ".join(heads[x] for x in LAYOUTS) + " |",
+            "|---|" + "---|" * len(LAYOUTS)]
+    for name in ("imd", "imd_pypy"):
+        if not any("%s/split" % name in run for run in runs):
+            continue
+
+        def row(label, cell, name=name):
+            cells = []
+            for layout in LAYOUTS:
+                try:
+                    cells.append("; ".join(cell(run, run["%s/%s" % (name, layout)], layout) for run in runs))
+                except (KeyError, TypeError, IndexError):
+                    cells.append("-")
+            rows.append("| %s | %s |" % (label, " | ".join(cells)))
+        row("%s: acked msgs/s" % SHORT[name], lambda run, res, layout: n0(res["acked_per_s"]))
+        row("↳ × split, same round", lambda run, res, layout: "1" if layout == "split" else "%.2f" % (
+            run["ratios"]["%s/%s" % (name, layout)]))
+        row("↳ ack p50 / p99 ms", lambda run, res, layout: fmt_lat2(res["ack_latency_ms"]))
+        row("↳ CPU µs/msg over the window: all (ws process + migrator process)",
+            lambda run, res, layout: "%.1f%s" % (res["server_cpu_us_per_msg"], cpu_parts(res)))
+        row("↳ rows in MariaDB / acked; MQ empty s after the load",
+            lambda run, res, layout: "%s / %s; %s" % (n0(res["rows_migrated"]), n0(res["acked_total"]),
+                                                      res["migrator_drained_s"]))
+        row("↳ load average (1 min) before the run", lambda run, res, layout: "%.2f" % res["loadavg_before"][0])
+    return rows
+
+
 def table(report):
     m = report["machine"]
     head = ("Run %s on %d cores (%s, %s GiB), Redis %s and MariaDB %s on the same host; CPython %s, PyPy %s, "
@@ -1409,6 +1535,9 @@ def table(report):
     if len(targets) > 2:
         parts.append("\n".join(targets) + "\n")
     parts.append("\n".join(side_table(report)) + "\n")
+    layout_rows = layouts_table(report)
+    if layout_rows:
+        parts.append("imd's layouts (`--only layouts`):\n\n" + "\n".join(layout_rows) + "\n")
     return "\n".join(parts)
 
 
@@ -1442,7 +1571,7 @@ def main():
     global QUICK, PROFILE
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
-    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,crash",
+    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts",
                         help="what to measure (default: %(default)s; also: replicas)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
@@ -1519,6 +1648,28 @@ def main():
                     flavour.config, "--roles", roles]
         return twistd("ws.log", "ws,http"), [["nice", "-n", "10"] + twistd("migrator.log", "migrate")]
 
+    def start_layout(flavour, layout, tag):
+        """imd in ``layout`` (LAYOUTS): split as imd_argv_for; default and
+        inline one ``twistd imd`` with every role of the ini."""
+        name = "%s-%s" % (flavour.name, layout)   # (a file name too)
+        out = os.path.join(workdir, "%s-%s%s.out" % (flavour.name, layout, tag))
+        if layout == "split":
+            argv, companions = imd_argv_for(flavour, tag)
+            return Server(name, argv, flavour.port, out, companions, flavour)
+        config = flavour.config
+        if layout == "inline":
+            config = os.path.join(workdir, "%s-inline.ini" % flavour.name)
+            with open(flavour.config) as f:
+                text = f.read().replace("\n[imd]\n", "\n[imd]\nmigrator = inline\n", 1)
+            with open(config, "w") as f:
+                f.write(text)
+        argv = [os.path.join(flavour.bin_dir, "twistd"), "-n", "--pidfile=", "--logfile",
+                os.path.join(workdir, "%s%s-%s.log" % (flavour.name, tag, layout)), "imd", "--config", config]
+        server = Server(name, argv, flavour.port, out, (), flavour)
+        if layout == "default":
+            server.adopt_child()
+        return server
+
     def start(name, tag=""):
         if name == "baseline":
             argv = [sys.executable, os.path.join(HERE, "baseline_relay.py"), "--port", str(BASE_PORT),
@@ -1589,6 +1740,8 @@ def main():
                         setup, imd, 20000 if args.quick else 100000,
                         warm=(10000 if args.quick else 40000) if pypy else 0)
                 servers.pop(f.name).stop()
+        if "layouts" in only and flavours:
+            r["layouts"] = layouts(setup, flavours, start_layout, duration, warmup)
         if "crash" in only:
             r["original_crash"] = original_crash(setup, workdir, 20000 if args.quick else 100000, 12)
         if "replicas" in only:

@@ -88,6 +88,7 @@ class App:
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
         self.migrator: Any = None
+        self.migrator_process: Any = None   # [imd] migrator = child: imd.migrator_child.MigratorProcess
         self.order_ends: Any = None
         self.push_drainer: Any = None
         self.retention: Any = None
@@ -183,7 +184,7 @@ class App:
         scrape_services(self).setServiceParent(top)
         roles = self.settings.imd.roles
         if "migrate" in roles:
-            self.migrator_service().setServiceParent(top)
+            self.migrate_role().setServiceParent(top)
         if "ws" in roles:
             self.bus.setServiceParent(top)
             ConnectionDrainer(self.node).setServiceParent(top)
@@ -219,6 +220,24 @@ class App:
             from imd.http import build_site
             self._http_site = build_site(self)
         return self._http_site
+
+    def migrate_role(self) -> Any:
+        """The migrate role's service: beside the ws role and with ``[imd]
+        migrator = child`` (the default), a child process of its own that
+        this one supervises (:mod:`imd.migrator_child`: the migrator's work
+        is not taken from the clients); else :meth:`migrator_service`, here.
+        With no ws role there is no client traffic to protect: no child."""
+        if "ws" not in self.settings.imd.roles or self.settings.imd.migrator != "child":
+            return self.migrator_service()
+        import sys
+
+        from imd.migrator_child import MigratorProcess, child_arguments
+        process = self.migrator_process = MigratorProcess(
+            sys.executable, child_arguments(self.settings.path, self.node_id), self.settings.imd.shutdown_grace,
+            self.reactor, self.clock)
+        # its figures, as the child reports them, for /metrics
+        self.migrator, self.push_drainer = process.migrator, process.push
+        return process
 
     def migrator_service(self) -> MultiService:
         """The migrate role (it uses ``self.mysql``, started by the caller):

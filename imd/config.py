@@ -315,6 +315,9 @@ class ImdSettings:
     # /metrics and /healthz of this process whatever its roles (empty = none
     # beyond the http role's own); docs/http.md
     metrics_listen: str = _setting("", _endpoint(optional=True))
+    # with ws and migrate in one process: the migrator in a child process of
+    # its own (child) or on this process's reactor (inline); imd.migrator_child
+    migrator: str = _setting("child", _choice("child", "inline"))
 
 
 @dataclass(frozen=True)

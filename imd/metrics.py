@@ -79,6 +79,13 @@ class _MigratorCollector:
         )
         for name, text, attribute in counters:
             yield CounterMetricFamily(name, text, value=float(getattr(migrator, attribute, 0)))
+        # [imd] migrator = child: the figures above are the child's, as it last reported them
+        up = getattr(migrator, "process_up", None)
+        if up is not None:
+            yield GaugeMetricFamily("imd_migrator_process_up", "1 while the migrator's child process runs "
+                                    "([imd] migrator = child)", value=float(up))
+            yield CounterMetricFamily("imd_migrator_process_restarts", "Times the migrator's child process "
+                                      "died and was started again", value=float(getattr(migrator, "process_restarts")))
 
 
 class _PushCollector:

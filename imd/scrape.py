@@ -26,6 +26,7 @@ from imd.stores.processes import ProcessRegistry, process_identity
 
 if TYPE_CHECKING:
     from imd.config import Settings
+    from imd.http.health import ChildStatus
     from imd.http.jwks import JwksKeys
     from imd.metrics import Metrics
     from imd.startup import StartupGate
@@ -190,6 +191,9 @@ class ScrapedApp(typing.Protocol):
 
     @property
     def startup(self) -> "StartupGate": ...   # /healthz says "starting" meanwhile
+
+    @property
+    def migrator_process(self) -> "Optional[ChildStatus]": ...
 
     def server_endpoint(self, description: str) -> ServerEndpoint: ...
 

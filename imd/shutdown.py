@@ -12,6 +12,11 @@ first, so the order of ``App.build_service`` is the order of shutdown:
 3. the migrator finishes its batch;
 4. the Redis and MySQL connections close.
 
+A child with a ``begin_stop()`` is told as the stop begins, before anyone
+is stopped: the migrator's child process (imd.migrator_child) gets its
+SIGTERM then and finishes its batch while the connections drain; it is
+waited for in its turn.
+
 Whatever is still running when the grace is over is cancelled (connections
 are dropped), and the process exits 0.
 """
@@ -36,7 +41,12 @@ class GracefulMultiService(MultiService):
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
-        return self._stop_children(self._clock.seconds() + self.grace)
+        deadline = self._clock.seconds() + self.grace
+        for child in list(self):
+            begin_stop = getattr(child, "begin_stop", None)
+            if begin_stop is not None and child.running:
+                begin_stop()
+        return self._stop_children(deadline)
 
     @defer.inlineCallbacks
     def _stop_children(self, deadline: float) -> Any:

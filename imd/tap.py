@@ -20,7 +20,12 @@ OVERRIDES = (("roles", "imd", "roles"), ("listen", "websocket", "listen"), ("nod
 
 class Options(usage.Options):
     synopsis = ("[--config FILE] [--roles ROLES] [--listen ENDPOINT] [--node-id NAME] "
-                "[--metrics-listen ENDPOINT]")
+                "[--metrics-listen ENDPOINT] [--supervised]")
+    optFlags = [
+        # how a ws process starts its migrator (imd.migrator_child), not for operators
+        ["supervised", None, "run as the child of the process that started this one: stop when stdin "
+                             "closes, log JSON lines, report figures on fd 3, at niceness +10"],
+    ]
     optParameters = [
         ["config", "c", "etc/imd.ini", "the imd.ini file to run with"],
         ["roles", None, None, "override [imd] roles, e.g. ws"],
@@ -59,11 +64,21 @@ def makeService(options: Options) -> "LoggingRoot":
     from imd.app import App
     from imd.logs import ImdLogObserver, LoggingRoot, twistd_log_file
     settings = options.settings
+    supervised = bool(options["supervised"])
+    if supervised:
+        from imd.migrator_child import become_child
+        become_child()   # before any thread starts: they inherit its priority
     twistd_options = getattr(options, "parent", None)
     observer = None
-    if not (twistd_options and twistd_options.get("syslog")):
-        observer = ImdLogObserver(twistd_log_file(twistd_options), settings.log.format)
-    root = LoggingRoot(observer, App(settings, reactor).build_service())
+    if supervised or not (twistd_options and twistd_options.get("syslog")):
+        # a supervised process's lines are written by its parent, in the parent's format
+        observer = ImdLogObserver(twistd_log_file(twistd_options), "json" if supervised else settings.log.format)
+    app = App(settings, reactor)
+    service = app.build_service()
+    if supervised:
+        from imd.migrator_child import ParentLink, figures_of
+        ParentLink(figures_of(app), reactor).setServiceParent(service)
+    root = LoggingRoot(observer, service)
     # before the reactor runs: nothing listens yet, so no client waits on it
     _freeze_startup_heap()
     return root

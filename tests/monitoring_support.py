@@ -36,7 +36,8 @@ class RunningImd:
     def __init__(self, testcase, overrides=None):
         key, cert = write_certificate(testcase)
         values = {
-            "imd": {"roles": "ws, http, migrate", "metrics_listen": "tcp:0:interface=127.0.0.1"},
+            # (the migrator in this process: its settings have no ini file for a child to read)
+            "imd": {"roles": "ws, http, migrate", "metrics_listen": "tcp:0:interface=127.0.0.1", "migrator": "inline"},
             "websocket": {"tls_listen": "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)},
             "presence": {"ttl": "3"},
         }

@@ -19,6 +19,13 @@ cannot be public: on ``[imd] metrics_listen``, and to a request that came
 straight from this machine's loopback (no proxy header).  Through a proxy,
 or from another host, ``/healthz`` says ok/down and nothing more.
 
+When the migrator runs as this process's child (``[imd] migrator =
+child``, imd.migrator_child), ``"migrator"`` says ``"running"`` or
+``"restarting"`` (it died and is started again after a back-off); the
+details add ``migrator_pid`` and ``migrator_restarts``.  It does not make
+the answer 503 either: the clients of this node are served all the same,
+and what the queue does is on ``/metrics`` (``imd_migrator_*``).
+
 With ``[http] auth = jwks:<url>``, ``"jwks"`` says ``"ok"`` or ``"down"``
 (the platform's key set cannot be had).  It does not make the answer 503:
 held keys keep verifying, and every node shares the same key set, so a
@@ -72,6 +79,22 @@ class HealthApp(typing.Protocol):
     @property
     def startup(self) -> "StartupGate": ...
 
+    @property
+    def migrator_process(self) -> "Optional[ChildStatus]": ...
+
+
+class ChildStatus(typing.Protocol):
+    """What ``/healthz`` reads of imd.migrator_child.MigratorProcess."""
+
+    @property
+    def running_child(self) -> bool: ...
+
+    @property
+    def pid(self) -> Optional[int]: ...
+
+    @property
+    def restarts(self) -> int: ...
+
 
 class HealthResource(JsonResource):
     methods = ("GET",)
@@ -115,8 +138,14 @@ class HealthResource(JsonResource):
         jwks = self._app.jwks
         if jwks is not None:
             body["jwks"] = "ok" if jwks.available else "down"
+        child = self._app.migrator_process
+        if child is not None:
+            body["migrator"] = "running" if child.running_child else "restarting"
         if self._details or direct_from_loopback(request):
             body.update(self.redis_figures())
+            if child is not None:
+                body.update(migrator_pid=child.pid if child.running_child else None,
+                            migrator_restarts=child.restarts)
             if jwks is not None:
                 age = jwks.fetch_age()
                 body.update(jwks_keys=len(jwks.keys), jwks_age=None if age is None else round(age, 1),
