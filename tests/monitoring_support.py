@@ -53,6 +53,7 @@ class RunningImd:
         self.service = self.app.build_service()
         self.service.startService()
         yield wait_until(lambda: self.app.bus.healthy, what="node registered")
+        yield wait_until(lambda: not self.app.startup.starting, what="start-up over (/healthz no longer 'starting')")
         yield wait_until(self.metrics_url, what="metrics URL in the process registry")
         self.url = yield self.metrics_url()
         return self
