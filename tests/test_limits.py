@@ -5,12 +5,14 @@ too many errors, are in tests/test_messages.py (RateLimitTests,
 TooManyErrorsTests)."""
 
 import json
+import time
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.support import ServerTestMixin, wait_until, with_deadline
+from tests.support import ImdServer, RedisTestMixin, ServerTestMixin, make_settings, wait_until, with_deadline
 from tests.test_faults import report
 
 
@@ -124,6 +126,56 @@ class PerNodeTests(LimitsMixin, unittest.TestCase):
         await self.assert_refused_with(503)
         self.assertEqual(self.server._listening.factory.limits.total, 3)
         report("max_connections = 3", admitted=3, refused_503=2)
+
+
+class RefusalLogTests(LimitsMixin, unittest.TestCase):
+    """Issue 22 item 12: the ws port wrote a warning per refused connection
+    (22,680 lines in 8 s from one flooder).  Each is counted on /metrics;
+    the log gets a line at most every 10 s (task.Clock), with the count."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        self._clients = []
+        self.clock = task.Clock()
+        self.clock.advance(time.time())
+        self.server = ImdServer(make_settings({"websocket": {"max_connections": "2"}}), clock=self.clock)
+        yield self.server.start()
+        self.addCleanup(self.server.stop)
+        self.lines = []
+
+        def observe(event):
+            if event.get("log_namespace") == "imd.transport.websocket" and "refused" in (event.get("log_format") or ""):
+                self.lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    async def refuse(self, count):
+        refused = [await self.raw(send=upgrade_request("/x")) for _ in range(count)]
+        answers = await with_deadline(defer.gatherResults([c.lost for c in refused]), what="refusals")
+        self.assertTrue(all(a.startswith(b"HTTP/1.1 503 ") for a in answers))
+
+    async def test_a_flood_of_refused_connections_is_a_line_per_10_s_and_counted(self):
+        held = [await self.raw() for _ in range(2)]
+        await wait_until(lambda: self.server._listening.factory.limits.total == 2, what="2 connections held")
+        await self.refuse(30)
+        self.assertEqual(len(self.lines), 1, self.lines)
+        self.assertIn("refused 1 connection(s) ([websocket] max_connections: 1), the last from 127.0.0.1",
+                      self.lines[0])
+        self.clock.advance(9.9)
+        self.assertEqual(len(self.lines), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.lines), 2)
+        self.assertIn("refused 29 connection(s) ([websocket] max_connections: 29)", self.lines[1])
+        await self.refuse(5)
+        self.clock.advance(10)
+        self.assertEqual(len(self.lines), 3)
+        self.assertIn("refused 5 connection(s)", self.lines[2])
+        metrics = self.server.app.metrics.exposition().decode()
+        self.assertIn('imd_connections_refused_total{status="503"} 35.0', metrics)
+        self.assertEqual(len(held), 2)
+        report("35 connections refused by max_connections = 2 (task.Clock)", log_lines=len(self.lines),
+               counted_on_metrics=35)
 
 
 class OpenHandshakeTimeoutTests(LimitsMixin, unittest.TestCase):

@@ -35,6 +35,7 @@ from imd import protocol
 from imd.auth import token_from_request
 from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
+from imd.logs import ThrottledLine
 from imd.transport.autobahn_tuning import tuned
 from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, TokenBucket, peer_address
 
@@ -545,6 +546,9 @@ class ImdServerFactory(WebSocketServerFactory):
         self.listener = listener
         ws = listener.settings.websocket
         self.limits = ConnectionLimits(ws.max_connections, ws.max_per_address, ws.max_handshakes_per_address)
+        # counted on /metrics one by one; a flood of them is a log line every 10 s
+        self.refusals = ThrottledLine(listener.clock, self._log_refusals)
+        self._last_refused: Any = None
         self.setProtocolOptions(
             maxMessagePayloadSize=ws.max_message_bytes,
             maxFramePayloadSize=ws.max_message_bytes,
@@ -568,13 +572,23 @@ class ImdServerFactory(WebSocketServerFactory):
                              type(ImdServerProtocol.__name__, (ImdServerProtocol,), {"listener": listener}))
         self.protocol = tuned(self, self.protocol)
 
+    def _log_refusals(self, counts: Dict[str, int]) -> None:
+        limits = ", ".join("[websocket] %s: %d" % kv for kv in sorted(counts.items()))
+        _log.warn("refused {count} connection(s) ({limits}), the last from {peer}; {open} open node={node}",
+                  count=sum(counts.values()), limits=limits, peer=self._last_refused, open=self.limits.total,
+                  node=self.listener.node.node_id)
+
+    def stopFactory(self) -> None:
+        self.refusals.stop()
+        super().stopFactory()
+
     def buildProtocol(self, addr: Any) -> Any:
         address = peer_address(addr)
         status = self.limits.admit(address)
         if status is not None:
             self.listener.metrics.connection_refused(status)
-            _log.warn("refused a connection from {peer} node={node}: HTTP {status} ({open} open)",
-                      peer=address, node=self.listener.node.node_id, status=status, open=self.limits.total)
+            self._last_refused = address
+            self.refusals.note(self.limits.refused_by)
             return Refusal(status)
         protocol = cast(ImdServerProtocol, super().buildProtocol(addr))   # one of self.protocol
         protocol.limit_address = address
