@@ -279,6 +279,28 @@ class HandshakesPerAddressTests(LimitsMixin, unittest.TestCase):
         report("max_handshakes_per_address = 3", handshaking=3, refused_429=2, admitted_after_one_finished=1)
 
 
+class SharedAddressTests(LimitsMixin, unittest.TestCase):
+    """Issue 22 item 8: with the defaults, 8 idle sockets from one address
+    (``max_handshakes_per_address = 8``) locked every other phone behind the
+    same carrier NAT out of the ws port (victim 0 of 50 logins).  Per-address
+    limits are opt-in now; the defaults must let the victim in."""
+
+    overrides = None   # the defaults, as shipped
+
+    async def test_idle_sockets_from_one_address_do_not_lock_out_others_behind_it(self):
+        idle = [await self.raw() for _ in range(40)]
+        half = [await self.raw(send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(10)]
+        limits = self.server._listening.factory.limits
+        await wait_until(lambda: limits.handshaking("127.0.0.1") == 50, what="50 connections handshaking")
+        victims = [await self.login(uid) for uid in range(1, 6)]
+        for uid, victim in enumerate(victims, 1):
+            self.assertEqual((await self.ask(victim, {"id": uid, "to": 0, "type": "P"}))["type"], "P")
+        self.assertFalse(any(c.lost.called for c in idle + half))
+        metrics = self.server.app.metrics.exposition().decode()
+        self.assertIn('imd_connections_refused_total{status="429"} 0.0', metrics)
+        report("50 idle sockets from 127.0.0.1, default limits", victim_logins=len(victims), refused=0)
+
+
 def client_frame(opcode, payload=b"", fin=True, rsv=0, masked=True):
     """One client frame, masked unless told not to (RFC 6455 §5.2)."""
     head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
