@@ -84,7 +84,7 @@ class _Slot:
 
     def __init__(self, timing: Any = None) -> None:
         self.outcome: Any = None
-        self.timing = timing  # (packet type, time received) for the metrics
+        self.timing = timing  # (packet type, time received, packet id) of a handled packet
 
 
 def _as_failed(failure: Failure, packet_id: Any) -> _Failed:
@@ -137,6 +137,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _flush_deadline: Any = None
     listener: Listener
     closeHandshakeTimeout: float    # copied from the factory's options by Autobahn
+    maxMessagePayloadSize: int      # the same ([websocket] max_message_bytes)
 
     # --- TCP connection: limits ------------------------------------------------
 
@@ -208,8 +209,19 @@ class ImdServerProtocol(WebSocketServerProtocol):
         super().sendData(data, sync, chopsize)
 
     def send_text(self, payload: bytes) -> None:
-        """One text message (the tuned protocol writes the frame itself)."""
-        self.sendMessage(payload)
+        """One text message (the tuned protocol writes the frame itself).
+
+        ``maxMessagePayloadSize`` is ``[websocket] max_message_bytes``, the
+        limit of what clients send; Autobahn's ``sendMessage`` applies it to
+        what is sent too, and raised for every server packet over it (an
+        ``H`` page, a large server API message).  Those go as a prepared
+        message: the same frame, by Autobahn's public API, without that
+        check."""
+        limit = self.maxMessagePayloadSize
+        if 0 < limit < len(payload):
+            self.sendPreparedMessage(self.factory.prepareMessage(payload))
+        else:
+            self.sendMessage(payload)
 
     def write_frame(self, frame: bytes) -> None:
         """A whole frame straight on the transport (nothing queued before it)."""
@@ -360,7 +372,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("unexpected error while handling a packet")
             outcome = _Failed(packet.id, ImdError("internal"))
-        self._answer(outcome, packet.id, (kind, now))
+        self._answer(outcome, packet.id, (kind, now, packet.id))
 
     # Control frames: they take from the same rate as packets; past it they
     # are not answered, and max_errors of them in a row close the connection.
@@ -413,18 +425,24 @@ class ImdServerProtocol(WebSocketServerProtocol):
         pending = self._pending
         while pending and pending[0].outcome is not None:
             head = pending.popleft()
-            self._emit(head.outcome, head.timing)
+            try:
+                self._emit(head.outcome, head.timing)
+            except Exception:
+                # never leave the replies behind it waiting for the next one
+                _log.failure("sending a reply to uid={uid} failed", uid=self.uid)
         if self._draining and not pending:
             self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
 
     def _emit(self, outcome: Any, timing: Any = None) -> None:
         metrics = self.listener.metrics
         if isinstance(outcome, Reply):
-            self._errors = 0
-            self.send_packet(outcome.frame)
-            if timing is not None:
-                metrics.reply_sent(timing[0], timing[1], self.listener.clock.seconds())
-            return
+            if self._write_packet(outcome.frame):
+                self._errors = 0
+                if timing is not None:
+                    metrics.reply_sent(timing[0], timing[1], self.listener.clock.seconds())
+                return
+            # it could not be sent: the packet still gets its one reply
+            outcome = _Failed(timing[2] if timing is not None else None, ImdError("internal"))
         error = outcome.error
         metrics.error_sent(error.code)
         self.send_packet(protocol.error(outcome.packet_id, error.code, error.reason))
@@ -437,11 +455,22 @@ class ImdServerProtocol(WebSocketServerProtocol):
     # --- packets out and closing --------------------------------------------------
 
     def send_packet(self, payload: bytes) -> None:
+        self._write_packet(payload)
+
+    def _write_packet(self, payload: bytes) -> bool:
+        """False when sending ``payload`` raised (logged): whatever went
+        wrong, it stays with this one packet."""
         if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
-            self.send_text(payload)
+            try:
+                self.send_text(payload)
+            except Exception:
+                _log.failure("sending a packet of {size} bytes to uid={uid} failed", size=len(payload),
+                             uid=self.uid)
+                return False
             flusher = self.listener.flusher
             if flusher is not None:
                 flusher.written(self.transport)
+        return True
 
     def close_with(self, code: int, reason: str) -> None:
         """``C`` with ``reason``, then the WebSocket close ``code``."""
