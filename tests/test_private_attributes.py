@@ -82,6 +82,15 @@ class AutobahnTests(PrivateAttributeTestCase):
         self.assertHas(WebSocketServerProtocol, ("_dataReceived", "consumeData", "processData", "STATE_OPEN",
                                                  "STATE_CLOSED"), "WebSocketServerProtocol")
 
+    def test_what_the_lingering_close_replaces(self):
+        # imd/transport/websocket.py: after 4008 the TCP connection is half-closed
+        # (Autobahn's _closeConnection replaced) and what still comes is thrown
+        # away (its _dataReceived replaced); a transport without half-close is
+        # closed as before (read with getattr)
+        from twisted.internet import tcp
+        self.assertHas(WebSocketServerProtocol, ("_closeConnection", "_dataReceived"), "WebSocketServerProtocol")
+        self.assertHas(tcp.Connection, ("loseWriteConnection", "resumeProducing"), "twisted.internet.tcp.Connection")
+
     def test_protocol_state_imd_reads(self):
         # imd/transport/websocket.py: onMessageEnd and send_packet
         factory = WebSocketServerFactory("ws://127.0.0.1:1")

@@ -14,14 +14,15 @@ verification Deferred), so by ``onOpen`` we know whether to send ``L`` or
 
 Replies leave in the order their packets arrived even though handlers answer
 asynchronously: each packet takes a place in ``_pending`` and the head of the
-line is sent as soon as it is ready.
+line is sent as soon as it is ready.  A close (``C`` and the close frame)
+waits for that line to be answered, whatever decided it (close_with).
 """
 
 import json
 import typing
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Type, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Type, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -51,6 +52,9 @@ _log = Logger()
 # The opening handshake's request line and headers may not be longer than
 # this (Autobahn buffers whatever comes until the blank line).
 MAX_HANDSHAKE_BYTES = 8192
+# What a connection closed with 4008 may still send, read and thrown away,
+# while its replies, C and close frame reach it (_closeConnection).
+LINGER_BYTES = 65536
 
 
 class Clock(typing.Protocol):
@@ -68,6 +72,10 @@ class _Transport(typing.Protocol):
     def write(self, data: bytes) -> None: ...
 
     def abortConnection(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
 
 
 class _Failed:
@@ -121,7 +129,11 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _registered_uid: Optional[int] = None
     _replaced: Sequence[str] = ()
     _refusal: Optional[str] = None
-    _closing = False
+    _closing = False                # a close is decided: no packet is taken any more
+    _close_after_line: Optional[Tuple[int, str]] = None   # (code, reason) once the line is answered
+    _close_sent = False             # the C is written: nothing more is
+    _drop_after_close = False       # the flooder's: no close handshake, TCP closed at once
+    _linger_left: Optional[int] = None   # bytes it may still send once closed (LINGER_BYTES)
     _gone = False                   # the TCP connection is lost
     _draining = False
     _closed_waiters: Any = ()
@@ -188,6 +200,36 @@ class ImdServerProtocol(WebSocketServerProtocol):
             abort = False
             self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
         super().dropConnection(abort)
+
+    # The flooder's TCP connection, closed once its close frame is written
+    # (_close_flooder).  A client may well still be sending then: the rest of
+    # a burst written in pieces, its close reply.  A socket closed with
+    # unread input answers with a reset, and on a reset a client's library
+    # (or a TCP stack on the way) may drop what it had not read yet -- its
+    # last replies, the C, the close frame: a burst's client saw its write
+    # fail with EPIPE before it had read anything (1 run in 200, stock
+    # Autobahn).  So the server only half-closes (FIN after the close frame)
+    # and reads and throws away what still comes, up to LINGER_BYTES and the
+    # closing handshake timeout (_flush_deadline), until the client closes;
+    # a flooder past that is aborted.  (A TLS transport has no half-close:
+    # closed as before.)
+    def _closeConnection(self, abort: bool = False) -> None:
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if abort or not self._drop_after_close or half_close is None:
+            return super()._closeConnection(abort)
+        self._linger_left = LINGER_BYTES
+        half_close()
+        cast(_Transport, self.transport).resumeProducing()
+        return None
+
+    def _dataReceived(self, data: bytes) -> None:
+        if self._linger_left is None:
+            return super()._dataReceived(data)
+        if self._linger_left >= 0:
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and not self._gone:
+                cast(_Transport, self.transport).abortConnection()
+        return None
 
     def _not_reading(self) -> None:
         # A slow consumer: more than max_send_buffer waits for it in memory.
@@ -430,8 +472,11 @@ class ImdServerProtocol(WebSocketServerProtocol):
             except Exception:
                 # never leave the replies behind it waiting for the next one
                 _log.failure("sending a reply to uid={uid} failed", uid=self.uid)
-        if self._draining and not pending:
-            self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
+        if not pending:
+            if self._close_after_line is not None:
+                self._line_answered()
+            elif self._draining:
+                self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
 
     def _emit(self, outcome: Any, timing: Any = None) -> None:
         metrics = self.listener.metrics
@@ -459,8 +504,9 @@ class ImdServerProtocol(WebSocketServerProtocol):
 
     def _write_packet(self, payload: bytes) -> bool:
         """False when sending ``payload`` raised (logged): whatever went
-        wrong, it stays with this one packet."""
-        if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
+        wrong, it stays with this one packet.  Nothing is written after the
+        ``C``."""
+        if self.state == WebSocketServerProtocol.STATE_OPEN and not self._close_sent:
             try:
                 self.send_text(payload)
             except Exception:
@@ -473,31 +519,70 @@ class ImdServerProtocol(WebSocketServerProtocol):
         return True
 
     def close_with(self, code: int, reason: str) -> None:
-        """``C`` with ``reason``, then the WebSocket close ``code``."""
+        """``C`` with ``reason``, then the WebSocket close ``code`` -- once
+        every packet already taken has its reply.
+
+        From now on no packet is taken and nothing is delivered here, but the
+        replies still in the line go out first, whichever close this is
+        (4002, 4003, 4004, 4008, 1001): a client whose ``t`` was stored gets
+        its ``A`` before the ``C``, never a close frame in its place.  Every
+        frame goes through the one transport buffer in the order written, so
+        the ``C`` and the close frame, written last, arrive last.  A line
+        that does not empty within the closing handshake timeout (a store
+        that does not answer) is cut: the ``C`` and the close frame go then."""
         if self._closing:
             return
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(protocol.close(self.listener.node.next_server_id(), reason))
         self._closing = True
         self._forget()
-        if code == protocol.CLOSE_GOING_AWAY:
-            # sendClose only lets applications use 1000 and 3000-4999, but
-            # 1001 "going away" is the standard code for a server stopping.
-            self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
-        else:
-            self.sendClose(code, reason[:100])
+        if self.state == WebSocketServerProtocol.STATE_OPEN and getattr(self, "_pending", None):
+            self._close_after_line = (code, reason)
+            self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self._line_cut)
+            return
+        self._send_close(code, reason)
+
+    def _line_cut(self) -> None:
+        self._flush_deadline = None
+        _log.warn("uid={uid} peer={peer}: replies still pending after {seconds} s of closing: closed without them",
+                  uid=self.uid, peer=self.peer_address, seconds=self.closeHandshakeTimeout)
+        self._pending.clear()
+        self._line_answered()
+
+    def _line_answered(self) -> None:
+        if self._close_after_line is not None:
+            code, reason = self._close_after_line
+            self._close_after_line = None
+            if self._flush_deadline is not None and self._flush_deadline.active():
+                self._flush_deadline.cancel()
+            self._flush_deadline = None
+            self._send_close(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self._write_packet(protocol.close(self.listener.node.next_server_id(), reason))
+            self._close_sent = True
+            if code == protocol.CLOSE_GOING_AWAY:
+                # sendClose only lets applications use 1000 and 3000-4999, but
+                # 1001 "going away" is the standard code for a server stopping.
+                self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
+            else:
+                self.sendClose(code, reason[:100])
+        if self._drop_after_close and self.state != WebSocketServerProtocol.STATE_CLOSED:
+            # the flooder: the TCP connection ends once the close frame is
+            # written, or after the closing handshake timeout at the latest
+            self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
+            self.dropConnection(abort=False)
 
     def _close_flooder(self, reason: str) -> None:
-        """``C`` + 4008, then stop reading.  A client that floods frames gets
-        its close frame, but imd does not go on parsing its flood while it
-        waits for a close reply (an empty-pong flood kept a stopping
-        connection's reactor busy for the whole closing handshake timeout):
-        the TCP connection ends once the close frame is written, or after
-        that timeout at the latest."""
-        self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, reason)
+        """``C`` + 4008, and nothing more read.  A client that floods frames
+        gets its replies and its close frame, but imd does not go on parsing
+        its flood while it waits for a close reply (an empty-pong flood kept
+        a stopping connection's reactor busy for the whole closing handshake
+        timeout): it stops reading now, and the TCP connection ends once the
+        close frame is written."""
         self.wasNotCleanReason = "%s: C + 4008 sent, not reading any more" % reason
-        self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
-        self.dropConnection(abort=False)
+        self._drop_after_close = True
+        cast(_Transport, self.transport).pauseProducing()
+        self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, reason)
 
     def go_away(self) -> Deferred:
         """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
