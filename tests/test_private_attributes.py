@@ -83,13 +83,17 @@ class AutobahnTests(PrivateAttributeTestCase):
                                                  "STATE_CLOSED"), "WebSocketServerProtocol")
 
     def test_what_the_lingering_close_replaces(self):
-        # imd/transport/websocket.py: after 4008 the TCP connection is half-closed
+        # imd/transport/websocket.py: after 4008 a TCP connection is half-closed
         # (Autobahn's _closeConnection replaced) and what still comes is thrown
-        # away (its _dataReceived replaced); a transport without half-close is
-        # closed as before (read with getattr)
+        # away (its _dataReceived replaced); a transport that is not a
+        # half-closeable descriptor (TLS) is closed as before
         from twisted.internet import tcp
+        from twisted.internet.interfaces import IHalfCloseableDescriptor
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
         self.assertHas(WebSocketServerProtocol, ("_closeConnection", "_dataReceived"), "WebSocketServerProtocol")
-        self.assertHas(tcp.Connection, ("loseWriteConnection", "resumeProducing"), "twisted.internet.tcp.Connection")
+        self.assertTrue(IHalfCloseableDescriptor.implementedBy(tcp.Server), "tcp.Server no longer half-closes")
+        self.assertFalse(IHalfCloseableDescriptor.implementedBy(TLSMemoryBIOProtocol))
+        self.assertHas(tcp.Server, ("loseWriteConnection", "resumeProducing"), "twisted.internet.tcp.Server")
 
     def test_protocol_state_imd_reads(self):
         # imd/transport/websocket.py: onMessageEnd and send_packet
