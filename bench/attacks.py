@@ -34,6 +34,16 @@ running imd on loopback: each prints one JSON line of what it measured.
 - ``api-fanout``: ``--count`` server API sends (``--http-port``,
   ``--api-key``) of a 50 KB message to 1 000 users (a 64 KiB body); a bystander's ``P``
   round trip (50/s: its worst is the longest stall) and the answers.
+- ``shared-address``: ``--connections`` idle sockets from 127.0.0.1 on the
+  ws port (and as many token requests without credentials when
+  ``--http-port`` is given), then ``--count`` other users log in from the
+  same address (and ask for a token first): how many got in, as phones
+  behind one carrier NAT would.
+- ``refused-flood``: ``--connections`` logged-in clients fill the node (run
+  it with ``[websocket] max_connections`` = that many), then new connections
+  are opened as fast as they are refused for ``--seconds``; how many were
+  refused and how many lines the daemon's log (``--log``, its stdout
+  saved to a file) gained about them.
 
 Tokens are signed with ``privateKey`` from the given Redis, where friends
 are set too.  Loopback only; every scenario stops by itself.
@@ -587,9 +597,68 @@ def abandoned_logins(args, users):
     return dict(rss.figures(), abandoned=args.count, still_online=online)
 
 
+# --- one address shared by many clients (a carrier NAT) ---------------------------
+
+def _token_status(http_port, body):
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", http_port), timeout=5) as sock:
+        sock.sendall(b"POST /IM/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(data), data))
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+def shared_address(args, users):
+    idle = [socket.create_connection(("127.0.0.1", args.port), timeout=5) for _ in range(args.connections)]
+    spent = [_token_status(args.http_port, {}) for _ in range(args.connections)] if args.http_port else []
+    logins = tokens = 0
+    for uid in users.fresh(args.count):
+        if args.http_port and _token_status(args.http_port, {"id": uid}) == 200:
+            tokens += 1
+        try:
+            users.login(args.port, uid).close()
+            logins += 1
+        except (ConnectionError, OSError, ValueError):
+            pass
+    for sock in idle:
+        sock.close()
+    figures = {"idle_sockets": args.connections, "victims": args.count, "victim_logins": logins}
+    if args.http_port:
+        figures.update(token_requests_spent=len(spent), victim_tokens=tokens)
+    return figures
+
+
+# --- refused connections and the log ------------------------------------------------
+
+def _log_lines_about_refusals(path):
+    with open(path, "rb") as f:
+        return sum(1 for line in f if b"refused" in line and b"connection" in line)
+
+
+def refused_flood(args, users):
+    before = _log_lines_about_refusals(args.log)
+    held = [users.login(args.port, uid) for uid in users.fresh(args.connections)]
+    refused = 0
+    started = time.monotonic()
+    while time.monotonic() - started < args.seconds:
+        with socket.create_connection(("127.0.0.1", args.port), timeout=5) as sock:
+            if sock.recv(200).startswith((b"HTTP/1.1 503", b"HTTP/1.1 429")):
+                refused += 1
+    for ws in held:
+        ws.close()
+    time.sleep(1.0)   # the daemon's log lines reach the file
+    return {"held": args.connections, "seconds": args.seconds, "refused": refused,
+            "log_lines": _log_lines_about_refusals(args.log) - before}
+
+
 SCENARIOS = {"ping-flood": ping_flood, "pong-flood": pong_flood, "header-flood": header_flood, "history": history,
              "abandoned-logins": abandoned_logins, "receipt-flood": receipt_flood, "history-users": history_users,
-             "api-fanout": api_fanout}
+             "api-fanout": api_fanout, "shared-address": shared_address, "refused-flood": refused_flood}
 
 
 def main(argv=None):
@@ -604,15 +673,18 @@ def main(argv=None):
     parser.add_argument("--backlog", type=int, default=20000)
     parser.add_argument("--h-rate", type=float, default=15.0)
     parser.add_argument("--h-samples", type=int, default=20)
-    parser.add_argument("--count", type=int, default=None, help="abandoned-logins (100), api-fanout (5)")
-    parser.add_argument("--http-port", type=int, default=8766, help="api-fanout")
+    parser.add_argument("--count", type=int, default=None, help="abandoned-logins (100), api-fanout (5), shared-address (100)")
+    parser.add_argument("--http-port", type=int, default=None, help="api-fanout (8766), shared-address: the token endpoint's")
     parser.add_argument("--api-key", default="", help="api-fanout: [http] api_key")
+    parser.add_argument("--log", help="refused-flood: the daemon's log file")
     args = parser.parse_args(argv)
     if args.count is None:
         args.count = 5 if args.scenario == "api-fanout" else 100
+    if args.http_port is None and args.scenario == "api-fanout":
+        args.http_port = 8766
     if args.connections is None:
         args.connections = {"pong-flood": 4, "header-flood": 48, "receipt-flood": 40,
-                            "history-users": 30}.get(args.scenario, 1)
+                            "history-users": 30, "shared-address": 50, "refused-flood": 10}.get(args.scenario, 1)
     first_uid = args.first_uid if args.first_uid is not None else random.randrange(10 ** 9, 10 ** 12)
     result = SCENARIOS[args.scenario](args, Users(args.redis, first_uid))
     print(json.dumps(dict(result, scenario=args.scenario), sort_keys=True))

@@ -335,7 +335,7 @@ class WebSocketSettings:
     max_connections: int = _setting("50000", _int(0))
     max_per_address: int = _setting("0", _int(0))
     max_send_buffer: int = _setting("1048576", _int(0))
-    max_handshakes_per_address: int = _setting("8", _int(0))
+    max_handshakes_per_address: int = _setting("0", _int(0))
     history_rate: float = _setting("2", _number())
     history_burst: int = _setting("10", _int(1))
     # the same per user, across its connections and nodes (Redis): 0 = off
@@ -356,7 +356,7 @@ class HttpSettings:
     cors_origins: Tuple[str, ...] = _setting("", _origins)
     token_user_rate: float = _setting("0.5", _number(strictly_positive=False))
     token_user_burst: int = _setting("10", _int(1))
-    token_address_rate: float = _setting("10", _number(strictly_positive=False))
+    token_address_rate: float = _setting("0", _number(strictly_positive=False))
     token_address_burst: int = _setting("40", _int(1))
     request_timeout: float = _setting("10", _number())
     max_connections: int = _setting("1000", _int(1))

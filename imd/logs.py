@@ -16,7 +16,8 @@ sets.  The output goes where twistd's own would (stdout under ``-n``, else
 import json
 import re
 import sys
-from typing import Any, Callable, Optional, Protocol, Tuple
+from collections import Counter
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
@@ -37,6 +38,62 @@ def redact(text: str) -> str:
     ``access_token=``, ``jwt=``) value replaced: the one redactor of imd,
     for log lines and the HTTP access log alike."""
     return _TOKEN_PARAM.sub(r"\1" + REDACTED, _JWT.sub(REDACTED, text))
+
+
+class _Clock(Protocol):
+    """What :class:`ThrottledLine` needs of a clock (the reactor, or a test's Clock)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kw: object) -> Any: ...
+
+
+REFUSAL_LOG_INTERVAL = 10.0   # seconds between two lines about refused connections, on every port
+
+
+class ThrottledLine:
+    """At most one log line per ``interval`` seconds for events that come in
+    floods (connections refused by a listener's limits): the first is
+    written at once; those that follow within the interval are counted, by
+    kind, and written as one line with their counts when it ends.  A flood
+    of refusals (22,680 in 8 s from one attacker) is then a line every
+    ``interval`` seconds; the metrics count each one.
+
+    ``write(counts)`` writes the line: ``counts`` maps each kind to how many
+    happened since the previous line.  :meth:`stop` writes what is counted
+    and cancels the timer (a listener that stops)."""
+
+    def __init__(self, clock: _Clock, write: Callable[[Dict[str, int]], None],
+                 interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self._clock = clock
+        self._write = write
+        self.interval = interval
+        self._counts: "Counter[str]" = Counter()
+        self._written_at: Optional[float] = None
+        self._call: Any = None
+
+    def note(self, kind: str = "") -> None:
+        """One event of ``kind``."""
+        self._counts[kind] += 1
+        if self._call is not None:
+            return
+        now = self._clock.seconds()
+        if self._written_at is None or now - self._written_at >= self.interval:
+            self._flush()
+        else:
+            self._call = self._clock.callLater(self._written_at + self.interval - now, self._flush)
+
+    def _flush(self) -> None:
+        self._call = None
+        counts, self._counts = dict(self._counts), Counter()
+        if counts:
+            self._written_at = self._clock.seconds()
+            self._write(counts)
+
+    def stop(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._flush()
 
 
 class LogOutput(Protocol):

@@ -125,6 +125,28 @@ class SendTests(ApiTestMixin, unittest.TestCase):
         response = await self.request("POST", "/IM/token", {"id": 1, "pad": "x" * 9000})
         self.assertEqual(response.code, 413)
 
+    async def test_a_message_inside_the_limit_is_delivered_live_and_pages_in_history(self):
+        # Issue 22 item 2: over 64 KiB as delivered, it was stored, answered
+        # 500, never delivered live, and bob's history could not page past it.
+        bob = await self.login(2)
+        sizes = []
+        on_message = bob.onMessage
+        bob.onMessage = lambda payload, binary: (sizes.append(len(payload)), on_message(payload, binary))
+        room = 65536 - len(json.dumps({"to": 2, "msg": {"text": ""}, "id": "big"}))
+        text = "x" * room   # the whole 64 KiB body
+        response = await self.api("POST", "send", {"to": 2, "msg": {"text": text}, "id": "big"})
+        self.assertEqual((response.code, response.json()), (200, {"id": "big", "stored": 1}), response)
+        packet = await bob.next()
+        self.assertEqual((packet["id"], packet["type"], packet["msg"]), ("big", "s", {"text": text}))
+        self.assertGreater(sizes[-1], 65536)
+        response = await self.api("POST", "send", {"to": 2, "msg": {"text": "after"}, "id": "small"})
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual((await bob.next())["id"], "small")
+        first = await self.ask(bob, {"id": "h1", "to": 0, "type": "H", "msg": {"since": 0, "limit": 1}})
+        self.assertEqual(([m["id"] for m in first["msg"]], first["more"]), (["big"], True))
+        second = await self.ask(bob, {"id": "h2", "to": 0, "type": "H", "msg": {"after": first["next"]}})
+        self.assertEqual(([m["id"] for m in second["msg"]], second["more"]), (["small"], False))
+
     async def test_receipt_on_a_system_message(self):
         bob = await self.login(2)
         await self.api("POST", "send", {"to": 2, "msg": {"event": "near"}, "id": "e-7"})

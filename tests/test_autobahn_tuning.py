@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from imd.transport import autobahn_tuning
 from imd.transport.autobahn_tuning import SMALL_FRAME, IntXorMasker, create_xor_masker, text_frame
+from imd.transport.websocket import ImdServerProtocol
 
 
 class MaskingTests(unittest.TestCase):
@@ -182,3 +183,41 @@ class TextFrameTests(unittest.TestCase):
         self.assertTrue(autobahn_tuning.protocol_with_options(factory, WebSocketServerProtocol)._plain_frames)
         factory.setProtocolOptions(autoFragmentSize=1000)
         self.assertFalse(autobahn_tuning.protocol_with_options(factory, WebSocketServerProtocol)._plain_frames)
+
+
+class _Sender(_Recording):
+    send_text = ImdServerProtocol.send_text
+
+
+class ServerSendTests(unittest.TestCase):
+    """Issue 22 item 2: ``[websocket] max_message_bytes`` (Autobahn's
+    maxMessagePayloadSize) limits what clients send; Autobahn's sendMessage
+    applied it to what the server sends too and raised.  Both send paths
+    write every size, the same bytes."""
+
+    def sent(self, make, payload, **options):
+        factory = WebSocketServerFactory()
+        factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0, maxMessagePayloadSize=1024,
+                                   **options)
+        factory.seen = []
+        factory.protocol = make(factory)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.transport.clear()
+        protocol.state = protocol.STATE_OPEN
+        protocol._perMessageCompress = None
+        protocol.send_text(payload)
+        return protocol.transport.value()
+
+    def test_over_max_message_bytes_both_ways(self):
+        for length in (10, 1024, 1025, 65535, 65536, 70000, 1024 * 1024):
+            payload = b"x" * length
+            plain = self.sent(lambda f: _Sender, payload)
+            tuned = self.sent(lambda f: autobahn_tuning.tuned(f, _Sender), payload)
+            self.assertEqual(plain, text_frame(payload), "length %d" % length)
+            self.assertEqual(tuned, plain, "length %d" % length)
+
+    def test_the_tuned_path_hands_what_it_does_not_write_itself_to_the_plain_one(self):
+        payload = b"y" * 5000
+        frames = self.sent(lambda f: autobahn_tuning.tuned(f, _Sender), payload, autoFragmentSize=1000)
+        self.assertEqual(frames, text_frame(payload))   # a prepared message: never fragmented

@@ -231,6 +231,72 @@ class HistoryTests(HistoryTestMixin, unittest.TestCase):
         self.assertEqual((reply["type"], reply["msg"], reply["more"]), ("H", [], False))
 
 
+def long_text(n, length=1023):
+    """``length`` characters, multi-byte in UTF-8 (3 or 4 bytes each): 17 of them are over 64 KiB."""
+    alphabet = "😀😀中😀"
+    return "".join(alphabet[(n + i) % 4] for i in range(length))
+
+
+def record_sizes(client):
+    """The byte size of each text frame ``client`` receives, in order."""
+    sizes = []
+    on_message = client.onMessage
+
+    def record(payload, is_binary):
+        sizes.append(len(payload))
+        on_message(payload, is_binary)
+    client.onMessage = record
+    return sizes
+
+
+class LargeReplyTests(HistoryTestMixin, unittest.TestCase):
+    """Issue 22 item 2: Autobahn applied max_message_bytes (64 KiB) to what
+    the server sends: a friend's 17 long texts left the victim's ``H``
+    without a reply, and the replies pipelined after it stuck.  Contract §3:
+    an ``H`` reply holds at most 1 MiB of JSON, a larger page is cut short
+    with ``more``."""
+
+    async def test_seventeen_long_texts_and_the_replies_pipelined_after_them(self):
+        await self.befriend(1, 2)
+        friend, victim = await self.login(1), await self.login(2)
+        sizes = record_sizes(victim)
+        texts = [long_text(n) for n in range(17)]
+        for n, text in enumerate(texts):
+            self.assertEqual((await self.ask(friend, {"id": n, "to": 2, "type": "t", "msg": text}))["type"], "A")
+        for _ in texts:
+            await victim.next_of("t")
+        del sizes[:]
+        victim.send({"id": "h", "to": 0, "type": "H", "msg": {"since": 0, "limit": 100}})
+        victim.send({"id": "p", "to": 0, "type": "P"})
+        victim.send({"id": "e", "to": 0, "type": "Q"})
+        replies = [await victim.next() for _ in range(3)]
+        self.assertEqual([(r["id"], r["type"]) for r in replies], [("h", "H"), ("p", "P"), ("e", "E")])
+        self.assertEqual([m["msg"] for m in replies[0]["msg"]], texts)
+        self.assertFalse(replies[0]["more"])
+        self.assertGreater(sizes[0], 65536)
+        self.assertLessEqual(sizes[0], 1024 * 1024)
+
+    async def test_a_page_over_1_mib_is_cut_short_and_paging_goes_on(self):
+        # 300 texts of 1023 four-byte characters: ~1.2 MB in one page of 500
+        texts = ["😀" * 1023] * 300
+        await store_entries(self.redis, [stored(n, 1, 2, TS + n, msg) for n, msg in enumerate(texts)])
+        victim = await self.login(2)
+        sizes = record_sizes(victim)
+        received, pages, msg = [], [], {"since": 0, "limit": 500}
+        while True:
+            reply = await self.ask(victim, {"id": len(pages), "to": 0, "type": "H", "msg": msg})
+            pages.append((len(reply["msg"]), reply["more"], sizes[-1]))
+            received += [m["id"] for m in reply["msg"]]
+            if not reply["more"]:
+                break
+            msg = {"after": reply["next"]}
+        self.assertEqual(received, list(range(300)))   # nothing skipped, nothing twice, in order
+        self.assertGreater(len(pages), 1)
+        self.assertTrue(all(size <= 1024 * 1024 for _, _, size in pages), pages)
+        self.assertGreater(pages[0][2], 1024 * 1024 - 5000, pages)   # cut close to the cap, not far below
+        self.assertLess(pages[0][0], 300)
+
+
 class AcceptOrderTests(HistoryTestMixin, unittest.TestCase):
     """Issue 12 item 1: messages of one millisecond came back sorted by id
     as a string ("10" before "9"); they come back in the order the server

@@ -5,12 +5,19 @@ too many errors, are in tests/test_messages.py (RateLimitTests,
 TooManyErrorsTests)."""
 
 import json
+import time
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.support import ServerTestMixin, wait_until, with_deadline
+from zope.interface import implementer
+
+from imd.transport.websocket import LINGER_BYTES
+from tests.support import ImdServer, RedisTestMixin, ServerTestMixin, make_settings, wait_until, with_deadline
 from tests.test_faults import report
 
 
@@ -29,9 +36,9 @@ class RawClient(protocol.Protocol):
 
 
 @defer.inlineCallbacks
-def raw_connect(port, source="127.0.0.1", send=b""):
+def raw_connect(port, source="127.0.0.1", send=b"", client=None):
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
-    client = yield connectProtocol(endpoint, RawClient())
+    client = yield connectProtocol(endpoint, client or RawClient())
     if send:
         client.transport.write(send)
     return client
@@ -124,6 +131,56 @@ class PerNodeTests(LimitsMixin, unittest.TestCase):
         await self.assert_refused_with(503)
         self.assertEqual(self.server._listening.factory.limits.total, 3)
         report("max_connections = 3", admitted=3, refused_503=2)
+
+
+class RefusalLogTests(LimitsMixin, unittest.TestCase):
+    """Issue 22 item 12: the ws port wrote a warning per refused connection
+    (22,680 lines in 8 s from one flooder).  Each is counted on /metrics;
+    the log gets a line at most every 10 s (task.Clock), with the count."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        self._clients = []
+        self.clock = task.Clock()
+        self.clock.advance(time.time())
+        self.server = ImdServer(make_settings({"websocket": {"max_connections": "2"}}), clock=self.clock)
+        yield self.server.start()
+        self.addCleanup(self.server.stop)
+        self.lines = []
+
+        def observe(event):
+            if event.get("log_namespace") == "imd.transport.websocket" and "refused" in (event.get("log_format") or ""):
+                self.lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    async def refuse(self, count):
+        refused = [await self.raw(send=upgrade_request("/x")) for _ in range(count)]
+        answers = await with_deadline(defer.gatherResults([c.lost for c in refused]), what="refusals")
+        self.assertTrue(all(a.startswith(b"HTTP/1.1 503 ") for a in answers))
+
+    async def test_a_flood_of_refused_connections_is_a_line_per_10_s_and_counted(self):
+        held = [await self.raw() for _ in range(2)]
+        await wait_until(lambda: self.server._listening.factory.limits.total == 2, what="2 connections held")
+        await self.refuse(30)
+        self.assertEqual(len(self.lines), 1, self.lines)
+        self.assertIn("refused 1 connection(s) ([websocket] max_connections: 1), the last from 127.0.0.1",
+                      self.lines[0])
+        self.clock.advance(9.9)
+        self.assertEqual(len(self.lines), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.lines), 2)
+        self.assertIn("refused 29 connection(s) ([websocket] max_connections: 29)", self.lines[1])
+        await self.refuse(5)
+        self.clock.advance(10)
+        self.assertEqual(len(self.lines), 3)
+        self.assertIn("refused 5 connection(s)", self.lines[2])
+        metrics = self.server.app.metrics.exposition().decode()
+        self.assertIn('imd_connections_refused_total{status="503"} 35.0', metrics)
+        self.assertEqual(len(held), 2)
+        report("35 connections refused by max_connections = 2 (task.Clock)", log_lines=len(self.lines),
+               counted_on_metrics=35)
 
 
 class OpenHandshakeTimeoutTests(LimitsMixin, unittest.TestCase):
@@ -225,6 +282,28 @@ class HandshakesPerAddressTests(LimitsMixin, unittest.TestCase):
         half.append(await self.raw(send=b"GET /y HTTP/1.1\r\n"))  # 3 handshaking again
         await self.assert_refused_with(429)
         report("max_handshakes_per_address = 3", handshaking=3, refused_429=2, admitted_after_one_finished=1)
+
+
+class SharedAddressTests(LimitsMixin, unittest.TestCase):
+    """Issue 22 item 8: with the defaults, 8 idle sockets from one address
+    (``max_handshakes_per_address = 8``) locked every other phone behind the
+    same carrier NAT out of the ws port (victim 0 of 50 logins).  Per-address
+    limits are opt-in now; the defaults must let the victim in."""
+
+    overrides = None   # the defaults, as shipped
+
+    async def test_idle_sockets_from_one_address_do_not_lock_out_others_behind_it(self):
+        idle = [await self.raw() for _ in range(40)]
+        half = [await self.raw(send=b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(10)]
+        limits = self.server._listening.factory.limits
+        await wait_until(lambda: limits.handshaking("127.0.0.1") == 50, what="50 connections handshaking")
+        victims = [await self.login(uid) for uid in range(1, 6)]
+        for uid, victim in enumerate(victims, 1):
+            self.assertEqual((await self.ask(victim, {"id": uid, "to": 0, "type": "P"}))["type"], "P")
+        self.assertFalse(any(c.lost.called for c in idle + half))
+        metrics = self.server.app.metrics.exposition().decode()
+        self.assertIn('imd_connections_refused_total{status="429"} 0.0', metrics)
+        report("50 idle sockets from 127.0.0.1, default limits", victim_logins=len(victims), refused=0)
 
 
 def client_frame(opcode, payload=b"", fin=True, rsv=0, masked=True):
@@ -381,3 +460,226 @@ class AutoPingTests(LimitsMixin, unittest.TestCase):
         # Autobahn's batched timers round to whole seconds: ping after 1-2 s, dropped 1-2 s later
         await wait_until(keep_sending, seconds=8, what="drop of a client that never answers imd's ping")
         self.assertLess(reactor.seconds() - started, 5)
+
+
+def server_frames(data):
+    """``(opcode, payload)`` of each whole frame the server sent after its
+    ``101`` answer, in the order they came."""
+    _, _, data = data.partition(b"\r\n\r\n")
+    frames = []
+    while len(data) >= 2:
+        n, at = data[1] & 0x7F, 2
+        if n == 126:
+            n, at = int.from_bytes(data[2:4], "big"), 4
+        elif n == 127:
+            n, at = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < at + n:
+            break
+        frames.append((data[0] & 0x0F, data[at:at + n]))
+        data = data[at + n:]
+    return frames
+
+
+def seen(client):
+    """What a client saw, in order: ``"L"``, ``"C"``, ``(type, id)`` of
+    every other packet, ``("close", code)`` of a close frame."""
+    items = []
+    for opcode, payload in server_frames(client.data):
+        if opcode == 8:
+            items.append(("close", int.from_bytes(payload[:2], "big")))
+        elif opcode == 1:
+            packet = json.loads(payload)
+            items.append(packet["type"] if packet["type"] in "LC" else (packet["type"], packet["id"]))
+        else:
+            items.append(("opcode", opcode))
+    return items
+
+
+def packets(*packets):
+    """Client frames of ``packets``, for one write."""
+    return b"".join(client_frame(1, json.dumps(packet).encode()) for packet in packets)
+
+
+class EchoingClient(RawClient):
+    """A raw TCP client that answers the server's close frame with its own,
+    as a WebSocket client does, and keeps every byte it got."""
+
+    echoed = False
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        closes = [payload for opcode, payload in server_frames(self.data) if opcode == 8]
+        if closes and not self.echoed:
+            self.echoed = True
+            self.transport.write(client_frame(8, closes[0][:2]))
+
+
+@implementer(IHalfCloseableProtocol)
+class StillSendingClient(RawClient):
+    """A raw TCP client that goes on sending after the server's FIN (a
+    burst written in pieces, a close reply) and keeps reading."""
+
+    fin = False
+    reason = None
+
+    def readConnectionLost(self):
+        self.fin = True
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        super().connectionLost(reason)
+
+
+class CloseOrderMixin(LimitsMixin):
+
+    async def login_raw(self, uid, now=None):
+        client = await self.raw(send=upgrade_request("/" + self.token(uid, now=now)), client=EchoingClient())
+        await wait_until(lambda: seen(client)[:1] == ["L"], what="L")
+        return client
+
+    def gate(self, kind):
+        """Replies to ``kind`` packets wait until ``release()``; the packets
+        themselves are taken (handled) as they come."""
+        handlers = self.server.app.handlers
+        original = handlers[kind]
+        waiting = []
+
+        def gated(uid, packet):
+            d = defer.Deferred()
+            d.addCallback(lambda _: original(uid, packet))
+            waiting.append(d)
+            return d
+
+        def release():
+            for d in waiting:
+                d.callback(None)
+        handlers[kind] = gated
+        self.addCleanup(handlers.__setitem__, kind, original)
+        return release
+
+    def line_of(self, uid):
+        """How many replies uid's connection holds back in its reply line."""
+        sessions = self.server.app.node.sessions_of(uid)
+        return len(sessions[0]._pending) if sessions else 0
+
+    async def closed(self, client):
+        await with_deadline(client.lost, what="the connection to end")
+        return seen(client)
+
+
+class CloseOrderTests(CloseOrderMixin, unittest.TestCase):
+    """Issue 22 item 1: on every close path, every reply and the ``C`` reach
+    the client before the close frame, and nothing after it.  A close decided
+    while replies were still in the reply line (a kick, a newer device, the
+    error limit) wrote ``C`` and the close frame at once and dropped them:
+    a ``t`` already stored and delivered never got its ``A``."""
+
+    async def test_bursts_past_max_errors_get_every_E_then_C_then_4008(self):
+        # max_errors + 2 unknown-type packets in one write, on 50 connections at once
+        clients = [await self.login_raw(uid) for uid in range(1, 51)]
+        burst = packets(*({"id": n, "to": 0, "type": "X"} for n in range(22)))
+        for client in clients:
+            client.transport.write(burst)
+        expected = ["L"] + [("E", n) for n in range(20)] + ["C", ("close", 4008)]
+        for uid, client in enumerate(clients, 1):
+            self.assertEqual(await self.closed(client), expected, "connection of uid %d" % uid)
+        report("50 connections, 22 unknown-type packets each in one write", all_e_then_c_then_4008=50)
+
+    async def test_after_4008_what_the_client_still_sends_does_not_reset_the_connection(self):
+        # The server closed its socket once the close frame was written; what
+        # the client still sent (the rest of its burst, its close reply) met
+        # a closed socket and got a reset, on which a client may drop what it
+        # has not read yet (a burst's client saw EPIPE before reading its Es).
+        client = await self.raw(send=upgrade_request("/" + self.token(1)), client=StillSendingClient())
+        await wait_until(lambda: seen(client)[:1] == ["L"], what="L")
+        connection = self.server.app.node.sessions_of(1)[0]
+        client.transport.write(packets(*({"id": n, "to": 0, "type": "X"} for n in range(20))))
+        await wait_until(lambda: client.fin or client.lost.called, what="the close frame and the server's FIN")
+        self.assertEqual(seen(client), ["L"] + [("E", n) for n in range(20)] + ["C", ("close", 4008)])
+        client.transport.write(packets(*({"id": n, "to": 0, "type": "X"} for n in range(20, 22)))
+                               + client_frame(8, (4008).to_bytes(2, "big")))
+        await wait_until(lambda: client.lost.called or (connection._linger_left or LINGER_BYTES) < LINGER_BYTES,
+                         what="the server to read (not reset) what came after its close")
+        self.assertFalse(client.lost.called, "reset by the server: %s" % client.reason)
+        client.transport.loseConnection()
+        await with_deadline(client.lost, what="the end of the connection")
+        self.assertTrue(client.reason.check(ConnectionDone), client.reason)
+        await wait_until(lambda: connection._gone, what="the server's side to end")
+
+    async def test_4008_waits_for_the_replies_in_the_line(self):
+        await self.befriend(1, 2)
+        release = self.gate("O")
+        alice, bob = await self.login_raw(1), await self.login_raw(2)
+        alice.transport.write(packets({"id": "o", "to": 0, "type": "O", "msg": 2},
+                                      *({"id": n, "to": 0, "type": "X"} for n in range(20)),
+                                      {"id": "t", "to": 2, "type": "t", "msg": "taken before the close"}))
+        await wait_until(lambda: ("t", "t") in [(k[0], k[1]) for k in seen(bob) if isinstance(k, tuple)],
+                         what="the t stored and delivered")
+        release()
+        self.assertEqual(await self.closed(alice),
+                         ["L", ("O", "o")] + [("E", n) for n in range(20)] + [("A", "t"), "C", ("close", 4008)])
+
+    async def test_kick_waits_for_the_replies_in_the_line(self):
+        release = self.gate("O")
+        alice = await self.login_raw(1)
+        alice.transport.write(packets({"id": "o", "to": 0, "type": "O", "msg": 2}, {"id": "p1", "to": 0, "type": "P"},
+                                      {"id": "p2", "to": 0, "type": "P"}))
+        await wait_until(lambda: self.line_of(1) == 3, what="3 replies in the line")
+        self.server.app.node.kick_local(1, "kicked")
+        self.assertEqual(seen(alice), ["L"])
+        release()
+        self.assertEqual(await self.closed(alice), ["L", ("E", "o"), ("P", "p1"), ("P", "p2"), "C", ("close", 4003)])
+
+    async def test_shutdown_waits_for_the_replies_in_the_line(self):
+        release = self.gate("P")
+        alice = await self.login_raw(1)
+        alice.transport.write(packets({"id": "p1", "to": 0, "type": "P"}, {"id": "p2", "to": 0, "type": "P"}))
+        await wait_until(lambda: self.line_of(1) == 2, what="2 replies in the line")
+        drained = self.server.app.node.drain()
+        release()
+        self.assertEqual(await self.closed(alice), ["L", ("P", "p1"), ("P", "p2"), "C", ("close", 1001)])
+        await drained
+
+    async def test_refused_login_is_C_then_4001_and_nothing_else(self):
+        client = await self.raw(send=upgrade_request("/" + self.token(1, exp=1)), client=EchoingClient())
+        self.assertEqual(await self.closed(client), ["C", ("close", 4001)])
+
+
+class ReplacedCloseOrderTests(CloseOrderMixin, unittest.TestCase):
+    overrides = {"websocket": {"max_devices": "1"}}
+
+    async def test_a_newer_device_waits_for_the_replies_in_the_line(self):
+        release = self.gate("P")
+        phone = await self.login_raw(1)
+        phone.transport.write(packets({"id": "p1", "to": 0, "type": "P"}, {"id": "p2", "to": 0, "type": "P"}))
+        await wait_until(lambda: self.line_of(1) == 2, what="2 replies in the line")
+        await self.login_raw(1)   # the newer device
+        self.assertEqual(seen(phone), ["L"])
+        release()
+        self.assertEqual(await self.closed(phone), ["L", ("P", "p1"), ("P", "p2"), "C", ("close", 4002)])
+
+
+class IdleCloseOrderTests(CloseOrderMixin, unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RedisTestMixin.setUp(self)
+        self._clients = []
+        self.clock = task.Clock()
+        self.clock.advance(time.time())
+        self.server = ImdServer(make_settings({"websocket": {"idle_timeout": "90"}}), clock=self.clock)
+        yield self.server.start()
+        self.addCleanup(self.server.stop)
+
+    async def test_idle_close_waits_for_the_replies_in_the_line(self):
+        release = self.gate("P")
+        alice = await self.login_raw(1, now=self.clock.seconds())
+        alice.transport.write(packets({"id": "p1", "to": 0, "type": "P"}))
+        await wait_until(lambda: self.line_of(1) == 1, what="a reply in the line")
+        self.clock.advance(90)
+        self.assertEqual(seen(alice), ["L"])
+        release()
+        self.assertEqual(await self.closed(alice), ["L", ("P", "p1"), "C", ("close", 4004)])

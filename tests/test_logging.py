@@ -10,11 +10,12 @@ import time
 import pymysql
 
 from twisted.enterprise import adbapi
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from imd.logs import ImdLogObserver, event_as_json, redact
+from imd.logs import ImdLogObserver, ThrottledLine, event_as_json, redact
 from imd.stores.mysql import MysqlStore, connect_kwargs
 from tests.daemon_support import start_daemon, write_config
 from tests.mysql_support import MysqlTestMixin
@@ -98,6 +99,38 @@ class ClassicLineTests(unittest.SynchronousTestCase):
         ]
         for event in events:
             self.assertEqual(classic_line(dict(event)), formatEventAsClassicLogText(dict(event)), event)
+
+
+class ThrottledLineTests(unittest.SynchronousTestCase):
+    """Issue 22 item 12: refused connections are one log line per 10 s with
+    their count, on both ports (the one mechanism they share)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.lines = []
+        self.throttle = ThrottledLine(self.clock, self.lines.append, 10)
+
+    def test_the_first_at_once_then_one_line_per_interval_with_the_count(self):
+        self.throttle.note("max_connections")
+        self.assertEqual(self.lines, [{"max_connections": 1}])
+        for _ in range(5000):
+            self.throttle.note("max_connections")
+        self.clock.advance(4)
+        self.throttle.note("max_per_address")
+        self.assertEqual(len(self.lines), 1)
+        self.clock.advance(6)   # 10 s after the first line
+        self.assertEqual(self.lines[1:], [{"max_connections": 5000, "max_per_address": 1}])
+        self.clock.advance(60)   # nothing refused since: nothing written
+        self.assertEqual(len(self.lines), 2)
+        self.throttle.note()   # a quiet interval has passed: at once again
+        self.assertEqual(self.lines[2:], [{"": 1}])
+
+    def test_stop_writes_what_is_counted_and_leaves_no_timer(self):
+        self.throttle.note()
+        self.throttle.note()
+        self.throttle.stop()
+        self.assertEqual(self.lines, [{"": 1}, {"": 1}])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class _Captured:

@@ -247,3 +247,30 @@ class DevicesTests(ServerTestMixin, unittest.TestCase):
         await self.ask(alice, text("m", 2, "to the newest two"))
         self.assertEqual((await second.next())["msg"], "to the newest two")
         self.assertEqual((await third.next())["msg"], "to the newest two")
+
+
+class ReplyLineTests(ServerTestMixin, unittest.TestCase):
+    """Issue 22 item 2: a reply whose send raised (a packet over 64 KiB did)
+    took the replies pipelined behind it down with it: they waited for the
+    next reply to flush them."""
+
+    async def test_a_reply_that_cannot_be_sent_is_E_internal_and_the_line_goes_on(self):
+        protocol_class = self.server._listening.factory.protocol
+        send_text = protocol_class.send_text
+
+        def failing(connection, payload):
+            if b'"id":"boom"' in payload and b'"type":"P"' in payload:
+                raise RuntimeError("the send failed")
+            return send_text(connection, payload)
+        self.patch(protocol_class, "send_text", failing)
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        alice.send({"id": "o", "to": 0, "type": "O", "msg": 2})   # answered from Redis: the others wait behind it
+        alice.send({"id": "boom", "to": 0, "type": "P"})
+        alice.send({"id": "after", "to": 0, "type": "P"})
+        alice.send({"id": "x", "to": 0, "type": "Q"})
+        replies = [await alice.next() for _ in range(4)]
+        self.assertEqual([(r["id"], r["type"], r.get("code")) for r in replies],
+                         [("o", "O", None), ("boom", "E", "internal"), ("after", "P", None),
+                          ("x", "E", "unknown_type")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

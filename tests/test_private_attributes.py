@@ -90,6 +90,19 @@ class AutobahnTests(PrivateAttributeTestCase):
         self.assertHas(WebSocketServerProtocol, ("_dataReceived", "consumeData", "processData", "STATE_OPEN",
                                                  "STATE_CLOSED"), "WebSocketServerProtocol")
 
+    def test_what_the_lingering_close_replaces(self):
+        # imd/transport/websocket.py: after 4008 a TCP connection is half-closed
+        # (Autobahn's _closeConnection replaced) and what still comes is thrown
+        # away (its _dataReceived replaced); a transport that is not a
+        # half-closeable descriptor (TLS) is closed as before
+        from twisted.internet import tcp
+        from twisted.internet.interfaces import IHalfCloseableDescriptor
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+        self.assertHas(WebSocketServerProtocol, ("_closeConnection", "_dataReceived"), "WebSocketServerProtocol")
+        self.assertTrue(IHalfCloseableDescriptor.implementedBy(tcp.Server), "tcp.Server no longer half-closes")
+        self.assertFalse(IHalfCloseableDescriptor.implementedBy(TLSMemoryBIOProtocol))
+        self.assertHas(tcp.Server, ("loseWriteConnection", "resumeProducing"), "twisted.internet.tcp.Server")
+
     def test_protocol_state_imd_reads(self):
         # imd/transport/websocket.py: onMessageEnd and send_packet
         factory = WebSocketServerFactory("ws://127.0.0.1:1")

@@ -249,6 +249,20 @@ class TokenRateLimitTests(HttpTestMixin, unittest.TestCase):
         clock.advance(retry_after)
         self.assertEqual((await self.post_token({"id": 4}, server=server)).code, 200)
 
+    async def test_the_defaults_do_not_lock_out_users_sharing_an_address(self):
+        # Issue 22 item 8: 40 requests from one address (the old default
+        # token_address_burst) locked every other phone behind that carrier
+        # NAT out (victim 4 of 34 tokens); per-address limits are opt-in now.
+        server, clock = await self.limited_server()
+        for _ in range(60):   # no credentials: 401, each counted by an address limit
+            self.assertEqual((await self.post_token({}, server=server)).code, 401)
+        for uid in range(1, 21):
+            self.assertEqual((await self.post_token({"id": uid}, server=server)).code, 200)
+        victims = [(await self.post_token({"id": uid}, server=server)).code for uid in range(100, 134)]
+        self.assertEqual(victims, [200] * 34)
+        report("80 token requests from 127.0.0.1, then 34 phones behind it, default limits",
+               victim_tokens=victims.count(200), of=len(victims))
+
     async def test_per_user(self):
         server, clock = await self.limited_server(token_user_rate="0.1", token_user_burst="2",
                                                   token_address_rate="0")

@@ -1,6 +1,7 @@
 """wss: the same login and packets over TLS, the TLS policy, and certificate
 reload on SIGHUP without dropping open connections."""
 
+import json
 import os
 import signal
 import socket
@@ -119,6 +120,19 @@ class WssTests(ClientMixin, RedisTestMixin, unittest.TestCase):
         self.assertEqual((delivered["from"], delivered["type"], delivered["msg"]), (1, "t", "over TLS"))
         self.assertEqual(alice.transport.negotiatedProtocol, b"http/1.1")
         self.assertEqual(alice.transport.getPeerCertificate().get_serial_number(), self.serial)
+
+    async def test_a_burst_past_max_errors_over_wss_gets_every_E_then_C_then_4008(self):
+        # issue 22 item 1: over TLS the connection is closed, not half-closed,
+        # once the close frame is written; everything before it still arrives
+        client = await self.login(1)
+        seen = []
+        on_message = client.onMessage
+        client.onMessage = lambda payload, binary: (seen.append(json.loads(payload)["type"]),
+                                                    on_message(payload, binary))
+        for n in range(22):
+            client.send({"id": n, "to": 0, "type": "X"})
+        code, _ = await client.wait_closed()
+        self.assertEqual((seen, code), (["E"] * 20 + ["C"], 4008))
 
     async def test_listener_as_on_twisted_before_26(self):
         # Twisted before 26 (PyPy 3.9's) has no wrapServerTLS, and its

@@ -16,6 +16,11 @@ the overlap.
 Only messages where the user is the sender or the recipient are ever read,
 on both sides.
 
+A reply holds at most :data:`MAX_REPLY_BYTES` (1 MiB) of JSON (contract §3):
+a page that would be larger ends early, with ``more`` and a cursor right
+after its last message, so 500 messages of 1023 four-byte characters page
+as several replies, never one of 2 MB.
+
 Each message carries ``"state"`` (contract §7.1): the furthest of its
 receipts in MySQL (read with the rows, in the same statement) and of the
 receipt entries among the same pending entries.  A receipt follows its
@@ -27,7 +32,7 @@ MySQL.
 import base64
 import binascii
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
@@ -37,6 +42,9 @@ from imd.handlers import Reply
 from imd.stored import StoredMessage, StoredReceipt, parse_entry
 
 CURSOR_VERSION = 2
+# An H reply holds at most this much JSON (contract §3): a page that would be
+# larger ends early, with ``more`` and a cursor right after its last message.
+MAX_REPLY_BYTES = 1024 * 1024
 
 Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after"
 
@@ -65,6 +73,20 @@ def decode_cursor(cursor: str) -> Tuple[Position, Optional[int], int]:
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         pass
     raise ImdError("bad_packet", "H: after is not a cursor from a previous reply (start a fresh query)")
+
+
+def _fitting(items: List[bytes], packet_id: Any, with_uid: Optional[int], limit: int,
+             max_bytes: int = MAX_REPLY_BYTES) -> int:
+    """How many of ``items`` (oldest first) an H reply can hold in
+    ``max_bytes`` of JSON, with ``more`` and the longest cursor; at least one,
+    so paging always moves on (one message is far below the cap)."""
+    longest_cursor = encode_cursor((2 ** 63 - 1, 2 ** 63 - 1), with_uid, limit)
+    room = max_bytes - len(protocol.history(packet_id, (), True, longest_cursor))
+    for count, item in enumerate(items):
+        room -= len(item) + (1 if count else 0)   # the comma before it
+        if room < 0:
+            return max(count, 1)
+    return len(items)
 
 
 def _is_after(key: Tuple[int, int], position: Position) -> bool:
@@ -125,6 +147,9 @@ class HistoryHandler:
                 found.setdefault(stored.identity, (stored.key, stored.packet, stored.identity))
         ordered = sorted(found.values(), key=lambda item: item[0])
         page, more = ordered[:limit], len(ordered) > limit
-        next_cursor = encode_cursor(page[-1][0], with_uid, limit) if more else None
         items = [protocol.with_state(stored, states.get(identity, 0)) for _, stored, identity in page]
+        fitting = _fitting(items, packet.id, with_uid, limit)
+        if fitting < len(items):
+            page, items, more = page[:fitting], items[:fitting], True
+        next_cursor = encode_cursor(page[-1][0], with_uid, limit) if more else None
         return Reply(protocol.history(packet.id, items, more, next_cursor))

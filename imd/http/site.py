@@ -26,7 +26,7 @@ banner, and an access log that never holds a token.
 """
 
 import typing
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Dict, Optional, cast
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IAddress
@@ -39,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from imd.http.resource import finish_json, json_bytes
-from imd.logs import redact
+from imd.logs import REFUSAL_LOG_INTERVAL, ThrottledLine, redact
 from imd.startup import StillStarting
 
 if typing.TYPE_CHECKING:
@@ -53,7 +53,6 @@ API_PATH = b"/IM/api/"
 API_MAX_BODY_BYTES = 65536
 REQUEST_TIMEOUT = 10
 MAX_CONNECTIONS = 1000
-REFUSAL_LOG_INTERVAL = 10   # seconds between two log lines about refused connections
 # What waits while the process is starting (imd.startup), and the Retry-After
 # of a request that waited in vain.
 HELD_PATH = b"/IM/"
@@ -245,13 +244,13 @@ class ImdSite(Site):
         self.open_connections = 0
         self.displayTracebacks = False
         self.startup = startup
-        self._refused = 0
-        self._refusal_logged_at: Optional[float] = None
+        # a flood of refusals is a line every REFUSAL_LOG_INTERVAL seconds
+        self.refusals = ThrottledLine(clock, self._log_refusals, REFUSAL_LOG_INTERVAL)
 
     # an ImdChannel or a _Refused, not the wrapper twisted types (see protocol)
     def buildProtocol(self, addr: Optional[IAddress]) -> Protocol:  # type: ignore[override]
         if self.open_connections >= self.max_connections:
-            self._note_refusal()
+            self.refusals.note()
             return _Refused()
         channel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
@@ -262,15 +261,13 @@ class ImdSite(Site):
     def connection_closed(self) -> None:
         self.open_connections -= 1
 
-    def _note_refusal(self) -> None:
-        # One line per interval, however many are refused: a flood must not
-        # become a flood of log lines.
-        self._refused += 1
-        now = self._clock.seconds()
-        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
-            _log.warn("http: {count} connection(s) refused, {open} open ([http] max_connections)",
-                      count=self._refused, open=self.open_connections)
-            self._refused, self._refusal_logged_at = 0, now
+    def _log_refusals(self, counts: Dict[str, int]) -> None:
+        _log.warn("http: {count} connection(s) refused, {open} open ([http] max_connections)",
+                  count=sum(counts.values()), open=self.open_connections)
+
+    def stopFactory(self) -> None:
+        self.refusals.stop()
+        super().stopFactory()
 
     def log(self, request: http.Request) -> None:
         peer = request.getClientAddress()

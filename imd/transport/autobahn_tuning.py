@@ -117,8 +117,7 @@ class AutobahnTuning(_TunedProtocol):
     _unmasker: Any = None
     _plain_frames = False   # set by protocol_with_options
     write_frame: Callable[[bytes], None]   # imd.transport.websocket's protocol has it
-    maxMessagePayloadSize: int   # an Autobahn option: a class attribute (protocol_with_options)
-    logOctets: bool              # another (the tuned dataReceived leaves logged octets to Autobahn)
+    logOctets: bool              # an Autobahn option (the tuned dataReceived leaves logged octets to Autobahn)
 
     # --- bytes in: no debug arguments, straight to the frame parser ------------
 
@@ -161,11 +160,13 @@ class AutobahnTuning(_TunedProtocol):
     # --- packets out: the frame written directly ------------------------------
 
     def send_text(self, payload: bytes) -> None:
-        if (self.send_queue or self._perMessageCompress is not None or not self._plain_frames
-                or 0 < self.maxMessagePayloadSize < len(payload)):
-            self.sendMessage(payload)
+        if self.send_queue or self._perMessageCompress is not None or not self._plain_frames:
+            # the plain protocol's (imd.transport.websocket), whatever the size
+            super().send_text(payload)   # type: ignore[misc]  # (the class this is mixed into)
         else:
             # what sendMessage would write here, without its generic path
+            # (and without its check of maxMessagePayloadSize, which limits
+            # what clients send, not what the server sends)
             self.write_frame(text_frame(payload))
 
 

@@ -32,20 +32,24 @@ class ConnectionLimits:
         self.max_per_address = max_per_address
         self.max_handshakes_per_address = max_handshakes_per_address
         self.total = 0
+        self.refused_by = ""   # the [websocket] key of the last refusal's limit
         self._by_address: Dict[Any, int] = {}
         self._handshaking: Dict[Any, int] = {}
 
     def admit(self, address: Any) -> Optional[int]:
         """None when a connection from ``address`` may open (and is counted,
         as handshaking until :meth:`handshake_done`), else the HTTP status to
-        refuse it with."""
+        refuse it with (and :attr:`refused_by` names the limit)."""
         if self.max_total and self.total >= self.max_total:
+            self.refused_by = "max_connections"
             return 503
         held = self._by_address.get(address, 0)
         if self.max_per_address and held >= self.max_per_address:
+            self.refused_by = "max_per_address"
             return 429
         shaking = self._handshaking.get(address, 0)
         if self.max_handshakes_per_address and shaking >= self.max_handshakes_per_address:
+            self.refused_by = "max_handshakes_per_address"
             return 429
         self.total += 1
         self._by_address[address] = held + 1

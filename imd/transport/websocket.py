@@ -14,19 +14,21 @@ verification Deferred), so by ``onOpen`` we know whether to send ``L`` or
 
 Replies leave in the order their packets arrived even though handlers answer
 asynchronously: each packet takes a place in ``_pending`` and the head of the
-line is sent as soon as it is ready.
+line is sent as soon as it is ready.  A close (``C`` and the close frame)
+waits for that line to be answered, whatever decided it (close_with).
 """
 
 import json
 import typing
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Type, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Type, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +37,7 @@ from imd import protocol
 from imd.auth import token_from_request
 from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
+from imd.logs import ThrottledLine
 from imd.transport.autobahn_tuning import tuned
 from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, TokenBucket, peer_address
 
@@ -52,6 +55,9 @@ _log = Logger()
 MAX_HANDSHAKE_BYTES = 8192
 # A T answered with one of these: the order is not the sender's to take.
 REFUSED_TAKE_CODES = frozenset(("forbidden", "not_found"))
+# What a connection closed with 4008 may still send, read and thrown away,
+# while its replies, C and close frame reach it (_closeConnection).
+LINGER_BYTES = 65536
 
 
 class Clock(typing.Protocol):
@@ -70,6 +76,12 @@ class _Transport(typing.Protocol):
 
     def abortConnection(self) -> None: ...
 
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def loseWriteConnection(self) -> None: ...
+
 
 class _Failed:
     """An ``E`` waiting for its turn in the reply line."""
@@ -85,7 +97,7 @@ class _Slot:
 
     def __init__(self, timing: Any = None) -> None:
         self.outcome: Any = None
-        self.timing = timing  # (packet type, time received) for the metrics
+        self.timing = timing  # (packet type, time received, packet id) of a handled packet
 
 
 def _as_failed(failure: Failure, packet_id: Any) -> _Failed:
@@ -122,7 +134,11 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _registered_uid: Optional[int] = None
     _replaced: Sequence[str] = ()
     _refusal: Optional[str] = None
-    _closing = False
+    _closing = False                # a close is decided: no packet is taken any more
+    _close_after_line: Optional[Tuple[int, str]] = None   # (code, reason) once the line is answered
+    _close_sent = False             # the C is written: nothing more is
+    _drop_after_close = False       # the flooder's: no close handshake, TCP half-closed at once
+    _linger_left: Optional[int] = None   # bytes it may still send once closed (LINGER_BYTES)
     _gone = False                   # the TCP connection is lost
     _draining = False
     _closed_waiters: Any = ()
@@ -139,6 +155,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
     _flush_deadline: Any = None
     listener: Listener
     closeHandshakeTimeout: float    # copied from the factory's options by Autobahn
+    maxMessagePayloadSize: int      # the same ([websocket] max_message_bytes)
 
     # --- TCP connection: limits ------------------------------------------------
 
@@ -190,6 +207,39 @@ class ImdServerProtocol(WebSocketServerProtocol):
             self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
         super().dropConnection(abort)
 
+    # The flooder's TCP connection, closed once its close frame is written
+    # (_close_flooder).  A client may well still be sending then: the rest of
+    # a burst written in pieces, its close reply.  A socket closed with
+    # unread input answers with a reset, and on a reset a client's library
+    # (or a TCP stack on the way) may drop what it had not read yet -- its
+    # last replies, the C, the close frame (against twistd, 10 of 1,850
+    # bursts written packet by packet were reset, two before their client had
+    # read anything: its next write failed with EPIPE).  So the server only
+    # half-closes (FIN after the close frame) and reads and throws away what
+    # still comes, up to LINGER_BYTES and the closing handshake timeout
+    # (_flush_deadline), until the client closes; a flooder past that is
+    # aborted.  (Over TLS the transport is a wrapper, which has no
+    # half-close of its own -- its attribute lookups fall through to the TCP
+    # connection beneath, which must not be half-closed under unsent TLS
+    # records: closed as before.)
+    def _closeConnection(self, abort: bool = False) -> None:
+        if abort or not self._drop_after_close or not IHalfCloseableDescriptor.providedBy(self.transport):
+            return super()._closeConnection(abort)
+        self._linger_left = LINGER_BYTES
+        transport = cast(_Transport, self.transport)
+        transport.loseWriteConnection()
+        transport.resumeProducing()
+        return None
+
+    def _dataReceived(self, data: bytes) -> None:
+        if self._linger_left is None:
+            return super()._dataReceived(data)
+        if self._linger_left >= 0:
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and not self._gone:
+                cast(_Transport, self.transport).abortConnection()
+        return None
+
     def _not_reading(self) -> None:
         # A slow consumer: more than max_send_buffer waits for it in memory.
         # It cannot read a close frame either; what it missed is stored (H).
@@ -210,8 +260,19 @@ class ImdServerProtocol(WebSocketServerProtocol):
         super().sendData(data, sync, chopsize)
 
     def send_text(self, payload: bytes) -> None:
-        """One text message (the tuned protocol writes the frame itself)."""
-        self.sendMessage(payload)
+        """One text message (the tuned protocol writes the frame itself).
+
+        ``maxMessagePayloadSize`` is ``[websocket] max_message_bytes``, the
+        limit of what clients send; Autobahn's ``sendMessage`` applies it to
+        what is sent too, and raised for every server packet over it (an
+        ``H`` page, a large server API message).  Those go as a prepared
+        message: the same frame, by Autobahn's public API, without that
+        check."""
+        limit = self.maxMessagePayloadSize
+        if 0 < limit < len(payload):
+            self.sendPreparedMessage(self.factory.prepareMessage(payload))
+        else:
+            self.sendMessage(payload)
 
     def write_frame(self, frame: bytes) -> None:
         """A whole frame straight on the transport (nothing queued before it)."""
@@ -362,7 +423,7 @@ class ImdServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("unexpected error while handling a packet")
             outcome = _Failed(packet.id, ImdError("internal"))
-        self._answer(outcome, packet.id, (kind, now))
+        self._answer(outcome, packet.id, (kind, now, packet.id))
 
     # Control frames: they take from the same rate as packets; past it they
     # are not answered, and max_errors of them in a row close the connection.
@@ -415,20 +476,29 @@ class ImdServerProtocol(WebSocketServerProtocol):
         pending = self._pending
         while pending and pending[0].outcome is not None:
             head = pending.popleft()
-            self._emit(head.outcome, head.timing)
-        if self._draining and not pending:
-            self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
+            try:
+                self._emit(head.outcome, head.timing)
+            except Exception:
+                # never leave the replies behind it waiting for the next one
+                _log.failure("sending a reply to uid={uid} failed", uid=self.uid)
+        if not pending:
+            if self._close_after_line is not None:
+                self._line_answered()
+            elif self._draining:
+                self.close_with(protocol.CLOSE_GOING_AWAY, "server shutting down")
 
     def _emit(self, outcome: Any, timing: Any = None) -> None:
         metrics = self.listener.metrics
         if isinstance(outcome, Reply):
-            self._errors = 0
-            if timing is not None and timing[0] == "T":
-                self._refused_takes = 0
-            self.send_packet(outcome.frame)
-            if timing is not None:
-                metrics.reply_sent(timing[0], timing[1], self.listener.clock.seconds())
-            return
+            if self._write_packet(outcome.frame):
+                self._errors = 0
+                if timing is not None and timing[0] == "T":
+                    self._refused_takes = 0
+                if timing is not None:
+                    metrics.reply_sent(timing[0], timing[1], self.listener.clock.seconds())
+                return
+            # it could not be sent: the packet still gets its one reply
+            outcome = _Failed(timing[2] if timing is not None else None, ImdError("internal"))
         error = outcome.error
         metrics.error_sent(error.code)
         self.send_packet(protocol.error(outcome.packet_id, error.code, error.reason))
@@ -449,38 +519,89 @@ class ImdServerProtocol(WebSocketServerProtocol):
     # --- packets out and closing --------------------------------------------------
 
     def send_packet(self, payload: bytes) -> None:
-        if self.state == WebSocketServerProtocol.STATE_OPEN and not self._closing:
-            self.send_text(payload)
+        self._write_packet(payload)
+
+    def _write_packet(self, payload: bytes) -> bool:
+        """False when sending ``payload`` raised (logged): whatever went
+        wrong, it stays with this one packet.  Nothing is written after the
+        ``C``."""
+        if self.state == WebSocketServerProtocol.STATE_OPEN and not self._close_sent:
+            try:
+                self.send_text(payload)
+            except Exception:
+                _log.failure("sending a packet of {size} bytes to uid={uid} failed", size=len(payload),
+                             uid=self.uid)
+                return False
             flusher = self.listener.flusher
             if flusher is not None:
                 flusher.written(self.transport)
+        return True
 
     def close_with(self, code: int, reason: str) -> None:
-        """``C`` with ``reason``, then the WebSocket close ``code``."""
+        """``C`` with ``reason``, then the WebSocket close ``code`` -- once
+        every packet already taken has its reply.
+
+        From now on no packet is taken and nothing is delivered here, but the
+        replies still in the line go out first, whichever close this is
+        (4002, 4003, 4004, 4008, 1001): a client whose ``t`` was stored gets
+        its ``A`` before the ``C``, never a close frame in its place.  Every
+        frame goes through the one transport buffer in the order written, so
+        the ``C`` and the close frame, written last, arrive last.  A line
+        that does not empty within the closing handshake timeout (a store
+        that does not answer) is cut: the ``C`` and the close frame go then."""
         if self._closing:
             return
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            self.sendMessage(protocol.close(self.listener.node.next_server_id(), reason))
         self._closing = True
         self._forget()
-        if code == protocol.CLOSE_GOING_AWAY:
-            # sendClose only lets applications use 1000 and 3000-4999, but
-            # 1001 "going away" is the standard code for a server stopping.
-            self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
-        else:
-            self.sendClose(code, reason[:100])
+        if self.state == WebSocketServerProtocol.STATE_OPEN and getattr(self, "_pending", None):
+            self._close_after_line = (code, reason)
+            self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self._line_cut)
+            return
+        self._send_close(code, reason)
+
+    def _line_cut(self) -> None:
+        self._flush_deadline = None
+        _log.warn("uid={uid} peer={peer}: replies still pending after {seconds} s of closing: closed without them",
+                  uid=self.uid, peer=self.peer_address, seconds=self.closeHandshakeTimeout)
+        self._pending.clear()
+        self._line_answered()
+
+    def _line_answered(self) -> None:
+        if self._close_after_line is not None:
+            code, reason = self._close_after_line
+            self._close_after_line = None
+            if self._flush_deadline is not None and self._flush_deadline.active():
+                self._flush_deadline.cancel()
+            self._flush_deadline = None
+            self._send_close(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self._write_packet(protocol.close(self.listener.node.next_server_id(), reason))
+            self._close_sent = True
+            if code == protocol.CLOSE_GOING_AWAY:
+                # sendClose only lets applications use 1000 and 3000-4999, but
+                # 1001 "going away" is the standard code for a server stopping.
+                self.sendCloseFrame(code=code, reasonUtf8=reason[:100].encode("utf-8"), isReply=False)
+            else:
+                self.sendClose(code, reason[:100])
+        if self._drop_after_close and self.state != WebSocketServerProtocol.STATE_CLOSED:
+            # the flooder: the TCP connection ends once the close frame is
+            # written, or after the closing handshake timeout at the latest
+            self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
+            self.dropConnection(abort=False)
 
     def _close_flooder(self, reason: str) -> None:
-        """``C`` + 4008, then stop reading.  A client that floods frames gets
-        its close frame, but imd does not go on parsing its flood while it
-        waits for a close reply (an empty-pong flood kept a stopping
-        connection's reactor busy for the whole closing handshake timeout):
-        the TCP connection ends once the close frame is written, or after
-        that timeout at the latest."""
-        self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, reason)
+        """``C`` + 4008, and nothing more read.  A client that floods frames
+        gets its replies and its close frame, but imd does not go on parsing
+        its flood while it waits for a close reply (an empty-pong flood kept
+        a stopping connection's reactor busy for the whole closing handshake
+        timeout): it stops reading now, and the TCP connection ends once the
+        close frame is written."""
         self.wasNotCleanReason = "%s: C + 4008 sent, not reading any more" % reason
-        self._flush_deadline = self.listener.clock.callLater(self.closeHandshakeTimeout, self.abort)
-        self.dropConnection(abort=False)
+        self._drop_after_close = True
+        cast(_Transport, self.transport).pauseProducing()
+        self.close_with(protocol.CLOSE_TOO_MANY_ERRORS, reason)
 
     def go_away(self) -> Deferred:
         """Graceful shutdown: answer the packets in hand, then ``C`` + 1001.
@@ -558,6 +679,9 @@ class ImdServerFactory(WebSocketServerFactory):
         self.listener = listener
         ws = listener.settings.websocket
         self.limits = ConnectionLimits(ws.max_connections, ws.max_per_address, ws.max_handshakes_per_address)
+        # counted on /metrics one by one; a flood of them is a log line every 10 s
+        self.refusals = ThrottledLine(listener.clock, self._log_refusals)
+        self._last_refused: Any = None
         self.setProtocolOptions(
             maxMessagePayloadSize=ws.max_message_bytes,
             maxFramePayloadSize=ws.max_message_bytes,
@@ -581,13 +705,23 @@ class ImdServerFactory(WebSocketServerFactory):
                              type(ImdServerProtocol.__name__, (ImdServerProtocol,), {"listener": listener}))
         self.protocol = tuned(self, self.protocol)
 
+    def _log_refusals(self, counts: Dict[str, int]) -> None:
+        limits = ", ".join("[websocket] %s: %d" % kv for kv in sorted(counts.items()))
+        _log.warn("refused {count} connection(s) ({limits}), the last from {peer}; {open} open node={node}",
+                  count=sum(counts.values()), limits=limits, peer=self._last_refused, open=self.limits.total,
+                  node=self.listener.node.node_id)
+
+    def stopFactory(self) -> None:
+        self.refusals.stop()
+        super().stopFactory()
+
     def buildProtocol(self, addr: Any) -> Any:
         address = peer_address(addr)
         status = self.limits.admit(address)
         if status is not None:
             self.listener.metrics.connection_refused(status)
-            _log.warn("refused a connection from {peer} node={node}: HTTP {status} ({open} open)",
-                      peer=address, node=self.listener.node.node_id, status=status, open=self.limits.total)
+            self._last_refused = address
+            self.refusals.note(self.limits.refused_by)
             return Refusal(status)
         protocol = cast(ImdServerProtocol, super().buildProtocol(addr))   # one of self.protocol
         protocol.limit_address = address
