@@ -673,8 +673,10 @@ def main(argv=None):
     parser.add_argument("--backlog", type=int, default=20000)
     parser.add_argument("--h-rate", type=float, default=15.0)
     parser.add_argument("--h-samples", type=int, default=20)
-    parser.add_argument("--count", type=int, default=None, help="abandoned-logins (100), api-fanout (5), shared-address (100)")
-    parser.add_argument("--http-port", type=int, default=None, help="api-fanout (8766), shared-address: the token endpoint's")
+    parser.add_argument("--count", type=int, default=None,
+                        help="abandoned-logins (100), api-fanout (5), shared-address (100)")
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="api-fanout (8766), shared-address: the token endpoint's")
     parser.add_argument("--api-key", default="", help="api-fanout: [http] api_key")
     parser.add_argument("--log", help="refused-flood: the daemon's log file")
     args = parser.parse_args(argv)
