@@ -40,7 +40,7 @@ from imd.stores.messages import MessageStore
 from imd.stores.mysql import MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck
 from imd.stores.orders import OrderStore
-from imd.stores.positions import PositionStore
+from imd.stores.positions import PositionAudience, PositionStore
 from imd.stores.presence import PresenceStore
 from imd.stores.push import PushNotes
 from imd.stores.queue import QueueStore
@@ -85,6 +85,8 @@ class App:
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes)
         self.positions = PositionStore(client, keys)
+        # [privacy] positions: who a courier's S goes to (rooms add those tracking it)
+        self.position_audience = PositionAudience(client, keys, settings.privacy.positions)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
@@ -122,7 +124,8 @@ class App:
             "P": PingHandler().handle,
             "O": OnlineHandler(self.presence).handle,
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
-            "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
+            "S": SiteHandler(self.positions, self.position_audience, node, self.clock,
+                             settings.site.min_interval).handle,
             "H": HistoryHandler(self.messages, self.mysql).handle,
             "R": ReceiptHandler(self.receipts, self.messages, self.mysql, node, self.clock, self.metrics).handle,
             "Y": TypingHandler(self.typing, node, self.metrics).handle,

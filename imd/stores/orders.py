@@ -3,7 +3,8 @@ customer, the order's close schedules the end of that link, and the end
 (run by :mod:`imd.order_ends`) takes them out of each other's friend sets.
 
 Keys (imd.stores.keys): ``order:<order>`` (the order's record),
-``links:<a>:<b>`` (the orders that keep a pair friends), ``orders:ending``
+``links:<a>:<b>`` (the orders that keep a pair friends), ``open:<courier>``
+(the courier's open orders: who its positions go to), ``orders:ending``
 (the schedule of ends), ``URS:<uid>`` and ``kept:<uid>`` of both parties,
 and, for the stored ``s`` packets, those of imd.stores.messages (``MQ``,
 ``MQ:seq``, ``pending:<uid>``, ``dedup:0:<to>:<id>``, and with ``[push] url``
@@ -48,8 +49,8 @@ end
 """
 
 # KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
-#       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>
-#       [, push:unread, push:last, push:due: only with [push] url set]
+#       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
+#       open:<courier> [, push:unread, push:last, push:due: only with [push] url set]
 # ARGV: courier, customer, s packet, open ttl (s), now (ms), order [, push due (ms)]
 # 1: first T (friends, the s packet stored); 0: a repeat while open (friends
 # again, the link renewed); 2: a repeat after the close (nothing changes: a
@@ -87,15 +88,19 @@ redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
 expire_links(KEYS[4])
+-- open while taken and not closed: the courier's positions go to this customer
+redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now)
+redis.call('ZADD', KEYS[11], now + ttl * 1000, ARGV[6] .. ':' .. ARGV[2])
+expire_links(KEYS[11])
 if not first then return 0 end
 store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
-if ARGV[7] then note_push(KEYS[11], KEYS[12], KEYS[13], ARGV[2], ARGV[3], ARGV[7]) end
+if ARGV[7] then note_push(KEYS[12], KEYS[13], KEYS[14], ARGV[2], ARGV[3], ARGV[7]) end
 return 1
 """, "take_order")
 
 # KEYS: order:<order>, links:<pair>, orders:ending, MQ, MQ:seq,
 #       pending:<courier>, pending:<customer>,
-#       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>
+#       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>, open:<courier>
 #       [, push:unread, push:last, push:due: only with [push] url set]
 # ARGV: order, courier, customer, now (ms), grace (ms), s packet to the
 #       courier, s packet to the customer, dedup ttl [, push due (ms)]
@@ -112,11 +117,13 @@ redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[3], ends, ARGV[1])
+-- no longer open: the courier's next position does not go to the customer
+redis.call('ZREM', KEYS[10], ARGV[1] .. ':' .. ARGV[3])
 local stored = {0, 0}
 for i, to in ipairs({ARGV[2], ARGV[3]}) do
   if redis.call('SET', KEYS[7 + i], to, 'NX', 'EX', ARGV[8]) then
     store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
-    if ARGV[9] then note_push(KEYS[10], KEYS[11], KEYS[12], to, ARGV[5 + i], ARGV[9]) end
+    if ARGV[9] then note_push(KEYS[11], KEYS[12], KEYS[13], to, ARGV[5 + i], ARGV[9]) end
     stored[i] = 1
   end
 end
@@ -208,7 +215,8 @@ class OrderStore:
         CLOSED_UNTAKEN or OTHER_COURIER."""
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
-                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer)]
+                    k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
+                    k.open_orders(courier)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
         if push is not None:
             key_list += push.keys
@@ -232,7 +240,7 @@ class OrderStore:
         packet_id = "closed-%d" % order
         key_list = [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
                     k.pending(courier), k.pending(customer),
-                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer)]
+                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer), k.open_orders(courier)]
         args: List[Any] = [order, courier, customer, now_ms, grace_ms, packets[courier], packets[customer],
                            dedup_ttl]
         if push is not None:
