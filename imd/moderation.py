@@ -23,6 +23,7 @@ node has more than 256.  UTF-8 is self-synchronising: a word's bytes can
 only match at a character boundary of the text.
 """
 
+import platform
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
@@ -44,10 +45,17 @@ PHONE_TOKEN, EMAIL_TOKEN = "[phone]", "[email]"
 Span = Tuple[int, int]
 
 
+# CPython tells text NFKC leaves alone at ~1 ns a character; PyPy's check
+# costs as much as normalising by runs
+_CHECK_NORMALIZED = platform.python_implementation() == "CPython"
+
+
 def fold(text: str) -> str:
     """The form blocked words are compared in: NFKC, then case-folded."""
     if text.isascii():
         return text.lower()   # NFKC leaves ASCII alone; casefold is lower there
+    if _CHECK_NORMALIZED and unicodedata.is_normalized("NFKC", text):
+        return text.casefold()
     return _nfkc(text).casefold()
 
 
@@ -61,12 +69,18 @@ def _nfkc(text: str) -> str:
     compares the two)."""
     pieces, at = [], 0
     for run in _changeable_runs().finditer(text):
-        start = run.start()
-        if start > at:
-            start -= 1
-        pieces.append(text[at:start])
-        pieces.append(unicodedata.normalize("NFKC", text[start:run.end()]))
-        at = run.end()
+        start, end = run.span()
+        simple = _TO_ASCII.get(text[start:end]) if end - start == 1 else None
+        if simple is not None:
+            # (fullwidth punctuation: what NFKC makes of it composes with nothing)
+            pieces.append(text[at:start])
+            pieces.append(simple)
+        else:
+            if start > at:
+                start -= 1
+            pieces.append(text[at:start])
+            pieces.append(unicodedata.normalize("NFKC", text[start:end]))
+        at = end
     if not pieces:
         return text
     pieces.append(text[at:])
@@ -74,6 +88,10 @@ def _nfkc(text: str) -> str:
 
 
 _CHANGEABLE: List["re.Pattern[str]"] = []
+# the fullwidth forms of ASCII and the ideographic space: NFKC makes each
+# an ASCII character, which composes with nothing before or after it
+_TO_ASCII = {chr(code): chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)}
+_TO_ASCII["\u3000"] = " "
 
 
 def _changeable_runs() -> "re.Pattern[str]":
@@ -209,6 +227,7 @@ class Blocklist:
     """Words and phrases found in any text, after :func:`fold`."""
 
     def __init__(self, entries: Iterable[str]) -> None:
+        _changeable_runs()   # built now (once), not while a message waits
         words = {fold(entry.strip()) for entry in entries}
         words.discard("")
         self.size = len(words)
