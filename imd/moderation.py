@@ -64,7 +64,7 @@ def _nfkc(text: str) -> str:
     of characters NFKC may change, each with the character before it (which
     such a run may compose with: ``e`` + U+0301, ``ｶ`` + ``ﾞ``).  CPython's
     NFKC of 100 Chinese characters with one fullwidth comma costs ~12 µs,
-    this ~2.  A run's neighbours are starters that compose with nothing
+    this about half (docs/performance.md).  A run's neighbours are starters that compose with nothing
     before them, so the runs normalise independently (a property test
     compares the two)."""
     pieces, at = [], 0
