@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from imd import endpoints
 from imd.auth import TokenVerifier
 from imd.bus import NodeBus
+from imd.config import ConfigError
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
@@ -28,6 +29,7 @@ from imd.handlers.site import SiteHandler
 from imd.handlers.typing import TypingHandler
 from imd.listeners import ListeningService
 from imd.metrics import Metrics
+from imd.moderation import BlocklistError, PrivateDataMask, TextPolicy, blocklist_reloader, load_blocklist
 from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
 from imd.startup import HOLD as STARTUP_HOLD
@@ -39,7 +41,7 @@ from imd.stores.messages import MessageStore
 from imd.stores.mysql import MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck
 from imd.stores.orders import OrderStore
-from imd.stores.positions import PositionStore
+from imd.stores.positions import PositionAudience, PositionStore
 from imd.stores.presence import PresenceStore
 from imd.stores.push import PushNotes
 from imd.stores.queue import QueueStore
@@ -84,6 +86,8 @@ class App:
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes, redis.dedup_ttl)
         self.positions = PositionStore(client, keys)
+        # [privacy] positions: who a courier's S goes to (rooms add those tracking it)
+        self.position_audience = PositionAudience(client, keys, settings.privacy.positions)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
@@ -114,14 +118,16 @@ class App:
         self.bus = NodeBus(self.presence, self._subscriber, self.clock, self.node.run_id, settings.presence.ttl,
                            self.node.frame_received, self.node.connections)
         node = self.node
-        messages = MessageHandler(self.messages, node, self.clock, settings.log.messages)
+        self.text_policy = self._text_policy()
+        messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
         self.handlers: Dict[str, Callable[..., Any]] = {
             "t": messages.handle,
             "i": messages.handle,
             "P": PingHandler().handle,
             "O": OnlineHandler(self.presence).handle,
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
-            "S": SiteHandler(self.positions, self.friends, node, self.clock, settings.site.min_interval).handle,
+            "S": SiteHandler(self.positions, self.position_audience, node, self.clock,
+                             settings.site.min_interval).handle,
             "H": HistoryHandler(self.messages, self.mysql, self.clock,
                                 Budget(settings.websocket.history_user_rate,
                                        settings.websocket.history_user_burst)).handle,
@@ -133,6 +139,23 @@ class App:
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)
+
+    def _text_policy(self) -> TextPolicy:
+        """``[privacy] mask`` and ``[moderation]``; the blocklist file is
+        read now (the config check read it too) and again on SIGHUP."""
+        privacy, moderation = self.settings.privacy, self.settings.moderation
+        blocklist = None
+        if moderation.blocklist:
+            try:
+                blocklist = load_blocklist(moderation.blocklist)
+            except BlocklistError as e:   # gone since the config was checked
+                raise ConfigError(self.settings.path, "moderation", "blocklist", str(e))
+            _log.info("blocklist {path}: {entries} entries, action {action}", path=moderation.blocklist,
+                      entries=len(blocklist), action=moderation.action)
+        policy = TextPolicy(PrivateDataMask(privacy.mask, privacy.phone_min_digits), blocklist, moderation.action)
+        if moderation.blocklist:
+            self.tls.also_reload("the blocklist", blocklist_reloader(policy, moderation.blocklist))
+        return policy
 
     def _jwks_keys(self) -> Any:
         from imd.http.jwks import JwksKeys

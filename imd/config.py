@@ -276,6 +276,31 @@ def _master_name(text: str) -> str:
     return text
 
 
+MASK_KINDS = ("phone", "email")   # imd.moderation's, without importing it here
+
+
+def _mask_kinds(text: str) -> Tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    for kind in kinds:
+        if kind not in MASK_KINDS:
+            raise _Invalid("unknown mask %r (known: %s)" % (kind, ", ".join(MASK_KINDS)))
+    if len(set(kinds)) != len(kinds):
+        raise _Invalid("a mask is listed twice in %r" % (text,))
+    return kinds
+
+
+def _blocklist_file(text: str) -> str:
+    """A file of blocked words that imd can read now (it is read again on SIGHUP)."""
+    if not text:
+        return ""
+    from imd.moderation import BlocklistError, load_blocklist
+    try:
+        load_blocklist(text)
+    except BlocklistError as e:
+        raise _Invalid(str(e))
+    return text
+
+
 @dataclass(frozen=True)
 class RedisAddress:
     host: str
@@ -449,6 +474,21 @@ class SiteSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    # phone numbers and e-mail addresses in t replaced before storing (imd.moderation)
+    mask: Tuple[str, ...] = _setting("", _mask_kinds)
+    phone_min_digits: int = _setting("8", _int(4, 20))
+    # who gets a courier's S: the customers of its open orders, or its friends (contract §4)
+    positions: str = _setting("orders", _choice("orders", "friends"))
+
+
+@dataclass(frozen=True)
+class ModerationSettings:
+    blocklist: str = _setting("", _blocklist_file)
+    action: str = _setting("refuse", _choice("refuse", "mask"))
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = _setting("text", _choice("text", "json"))
     messages: bool = _setting("false", _bool)
@@ -468,6 +508,8 @@ SECTIONS = {
     "typing": TypingSettings,
     "push": PushSettings,
     "retention": RetentionSettings,
+    "privacy": PrivacySettings,
+    "moderation": ModerationSettings,
     "log": LogSettings,
 }
 
@@ -488,6 +530,8 @@ class Settings:
     typing: TypingSettings
     push: PushSettings
     retention: RetentionSettings
+    privacy: PrivacySettings
+    moderation: ModerationSettings
     log: LogSettings
 
     def replace(self, section: str, **values: Any) -> "Settings":

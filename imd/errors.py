@@ -11,6 +11,7 @@ ERROR_CODES = {
     "forbidden": "not allowed",
     "not_found": "no such object",
     "rate_limited": "too many packets, slow down",
+    "blocked": "the message contains a blocked word",
     "unavailable": "storage unavailable, retry later",
     "internal": "internal server error",
 }

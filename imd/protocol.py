@@ -453,11 +453,19 @@ def ack(packet_id: PacketId, msg: Any = "success") -> bytes:
     return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": msg})
 
 
-def ack_duplicate(packet_id: PacketId) -> bytes:
+def ack_duplicate(packet_id: PacketId, masked: bool = False) -> bytes:
     """The ``A`` of a retry that was stored the first time (contract §2 item
     4): ``"dup": true`` tells a person trying packets by hand why nothing
-    arrived this time."""
+    arrived this time (``masked`` as for :func:`ack_masked`)."""
+    if masked:
+        return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True, "masked": True})
     return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True})
+
+
+def ack_masked(packet_id: PacketId) -> bytes:
+    """The ``A`` of a ``t`` stored with something replaced (a phone number,
+    an address, a blocked word: contract §11)."""
+    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "masked": True})
 
 
 def error(packet_id: Optional[PacketId], code: str, reason: str) -> bytes:

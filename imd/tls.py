@@ -226,7 +226,9 @@ _SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Ha
 
 
 class TlsReloader(Service):
-    """Owns the reloadable listeners' certificates and reloads them on SIGHUP."""
+    """Owns the reloadable listeners' certificates and reloads them on
+    SIGHUP, with whatever else registered through :meth:`also_reload` (the
+    blocklist, imd.moderation): the process's one SIGHUP handler."""
 
     name = "tls-reloader"
 
@@ -235,6 +237,7 @@ class TlsReloader(Service):
         self._creators: List[ReloadableServerTLS] = []
         self._waiters: List[defer.Deferred[int]] = []
         self._previous_handler: Optional[_SignalHandler] = None
+        self._also: List[Tuple[str, Callable[[], Any]]] = []
 
     def endpoint(self, description: str) -> ServerEndpoint:
         """A server endpoint for an ``ssl:`` string whose certificate reloads."""
@@ -250,9 +253,20 @@ class TlsReloader(Service):
         """``(port, certificate path, expiry Unix time)`` of each listener."""
         return [(c.spec.port, c.spec.cert_path, c.not_after) for c in self._creators]
 
+    def also_reload(self, what: str, reload: Callable[[], Any]) -> None:
+        """Something else SIGHUP reloads (``what`` names it in the log
+        line), after the certificates: one signal handler for the process."""
+        self._also.append((what, reload))
+
     def reload(self) -> int:
-        """Reload every certificate; how many were replaced."""
+        """Reload every certificate, then what :meth:`also_reload` added;
+        how many certificates were replaced."""
         replaced = sum(1 for creator in self._creators if creator.reload())
+        for what, reload in self._also:
+            try:
+                reload()
+            except Exception:
+                _log.failure("reloading {what} failed", what=what)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(replaced)
@@ -280,7 +294,7 @@ class TlsReloader(Service):
     def _on_sighup(self, signum: int, frame: Optional[FrameType]) -> None:
         # A signal handler may run between any two bytecodes: hand the work
         # to the reactor thread (this also wakes the reactor up).
-        _log.info("SIGHUP: reloading TLS certificates")
+        _log.info("SIGHUP: reloading {what}", what=", ".join(["TLS certificates"] + [w for w, _ in self._also]))
         self._reactor.callFromThread(self.reload)
 
 

@@ -123,7 +123,8 @@ def _sample(text, name):
 
 
 class SiteTests(PlatformTestMixin, unittest.TestCase):
-    overrides = {"site": {"min_interval": "0"}}
+    """§4 with [privacy] positions = friends (the default, orders: tests/test_privacy.py)."""
+    overrides = {"site": {"min_interval": "0"}, "privacy": {"positions": "friends"}}
 
     async def test_position_is_kept_and_pushed_to_online_friends_only(self):
         await self.befriend(20, 10)
@@ -161,7 +162,7 @@ class SiteThrottleTests(PlatformTestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.overrides = {"site": {"min_interval": "5"}}
+        self.overrides = {"site": {"min_interval": "5"}, "privacy": {"positions": "friends"}}
         yield PlatformTestMixin.setUp(self)
 
     async def test_only_the_newest_of_a_burst_is_pushed_after_the_interval(self):

@@ -5,9 +5,14 @@ min_replicas``, on that many replicas); every connection of the
 recipient, on this node and the others, gets it through the node as soon as
 Redis says it is stored (store replies come in the order the messages were
 sent, so deliveries keep that order).
+
+A ``t``'s text goes through the :class:`imd.moderation.TextPolicy` first
+(``[privacy] mask``, ``[moderation]``): what is stored, delivered, logged
+and pushed is what it gives back, and the ``A`` says ``"masked": true``
+when that differs.
 """
 
-from typing import Any
+from typing import Any, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -15,17 +20,21 @@ from twisted.logger import Logger
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.moderation import TextPolicy
 from imd.stores.messages import DUPLICATE, NOT_FRIEND
 
 _log = Logger()
 
 
 class MessageHandler:
-    def __init__(self, store: Any, node: Any, clock: Any, log_messages: bool = False) -> None:
+    def __init__(self, store: Any, node: Any, clock: Any, log_messages: bool = False,
+                 text_policy: Optional[TextPolicy] = None) -> None:
         self._store = store
         self._node = node
         self._clock = clock
         self._log_messages = log_messages
+        # [privacy] mask, [moderation]: applied to every t before it is stored
+        self._text_policy = text_policy if text_policy is not None and text_policy.active else None
         client = store.client
         self._replicas = client.replicated if client.min_replicas else None
 
@@ -34,6 +43,10 @@ class MessageHandler:
             # Without its subscription this node cannot route replies or
             # deliveries reliably: no A for what it cannot stand behind.
             raise ImdError("unavailable", "this node lost its message bus, retry")
+        masked = False
+        if self._text_policy is not None and packet.type == "t":
+            # the original text goes no further than this (contract §11)
+            packet.msg, masked = self._text_policy.apply(cast(str, packet.msg))
         ts = int(self._clock.seconds() * 1000)
         payload = protocol.message_json(packet, sender, ts)
         d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts)
@@ -41,17 +54,18 @@ class MessageHandler:
             # [redis] min_replicas: nothing is delivered or acked before the
             # replicas have it (one WAIT per turn for all the turn's messages)
             d.addCallback(self._replicas)
-        return d.addCallback(self._stored, sender, packet, payload)
+        return d.addCallback(self._stored, sender, packet, payload, masked)
 
-    def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes) -> Reply:
+    def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes,
+                masked: bool) -> Reply:
         if result == NOT_FRIEND:
             raise ImdError("not_friend", "user %d is not your friend" % packet.to)
         if result == DUPLICATE:
             # stored and delivered the first time: acked again, saying so, nothing more
-            return Reply(protocol.ack_duplicate(packet.id))
+            return Reply(protocol.ack_duplicate(packet.id, masked))
         if self._log_messages:
             # ("message" is a reserved key of Twisted's legacy log bridge)
             _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
                       node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
         self._node.deliver(packet.to, payload)
-        return Reply(protocol.ack(packet.id))
+        return Reply(protocol.ack_masked(packet.id) if masked else protocol.ack(packet.id))

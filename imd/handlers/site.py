@@ -1,19 +1,24 @@
-"""``S`` site (contract §4): a courier's position, kept in Redis and pushed
-to the courier's online friends at most once per ``[site] min_interval``.
+"""``S`` site (contract §4, §11): a courier's position, kept in Redis and
+pushed at most once per ``[site] min_interval`` to its audience
+(:class:`imd.stores.positions.PositionAudience`: with ``[privacy] positions
+= orders`` the customers of its open orders, with ``friends`` its friends),
+read afresh for every push: after an order's close, on whatever node, the
+next push leaves its customer out.
 
 Every valid ``S`` is acked and recorded (so the stored position is always the
 latest).  Pushes are throttled per courier: when positions come faster than
 ``min_interval``, the ones in between are not pushed, and the newest is pushed
-when the interval is over — friends never see an older position last.
+when the interval is over — nobody sees an older position last.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from imd import protocol
 from imd.handlers import Reply
+from imd.stores.positions import Audience
 
 _log = Logger()
 
@@ -29,9 +34,9 @@ class _Window:
 
 
 class SiteHandler:
-    def __init__(self, positions: Any, friends: Any, node: Any, clock: Any, min_interval: float) -> None:
+    def __init__(self, positions: Any, audience: Any, node: Any, clock: Any, min_interval: float) -> None:
         self._positions = positions
-        self._friends = friends
+        self._audience = audience
         self._node = node
         self._clock = clock
         self._min_interval = min_interval
@@ -63,11 +68,11 @@ class SiteHandler:
         window.timer = self._clock.callLater(self._min_interval, self._window_over, sender, window)
 
     def _push(self, sender: int, payload: bytes) -> None:
-        d = self._friends.list_friends(sender)
+        d = self._audience.audience(sender, int(self._clock.seconds() * 1000))
         d.addCallback(self._deliver, payload)
         d.addErrback(lambda f: _log.warn("position push of {uid} failed: {why}", uid=sender,
                                          why=f.getErrorMessage()))
 
-    def _deliver(self, friends: List[int], payload: bytes) -> None:
-        for friend in friends:
-            self._node.deliver(friend, payload)
+    def _deliver(self, audience: Audience, payload: bytes) -> None:
+        for uid in audience.users:
+            self._node.deliver(uid, payload)

@@ -61,6 +61,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("links:<a>:<b>", "sorted set", "orders",
             "the orders that keep users a < b friends: member the order id, score until when (Unix ms): "
             "an open order 30 days after its last T, a closed one inf (until its end removes it)"),
+    KeySpec("open:<courier>", "sorted set", "orders",
+            "the courier's open orders (taken, not closed), who its positions go to: member "
+            "'<order>:<customer>', score until when (Unix ms): 30 days after the order's last T"),
     KeySpec("orders:ending", "sorted set", "orders",
             "closed orders whose friendship end is still to run: member the order id, score when (Unix ms)"),
     KeySpec("push:unread", "hash", "push",
@@ -181,6 +184,9 @@ class Keys:
 
     def order(self, order: int) -> str:
         return "%sorder:%d" % (self.prefix, order)
+
+    def open_orders(self, courier: Uid) -> str:
+        return "%sopen:%d" % (self.prefix, courier)
 
     def links(self, a: Uid, b: Uid) -> str:
         """One key per pair of users, whichever way round they are named."""

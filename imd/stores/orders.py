@@ -3,7 +3,8 @@ customer, the order's close schedules the end of that link, and the end
 (run by :mod:`imd.order_ends`) takes them out of each other's friend sets.
 
 Keys (imd.stores.keys): ``order:<order>`` (the order's record),
-``links:<a>:<b>`` (the orders that keep a pair friends), ``orders:ending``
+``links:<a>:<b>`` (the orders that keep a pair friends), ``open:<courier>``
+(the courier's open orders: who its positions go to), ``orders:ending``
 (the schedule of ends), ``URS:<uid>`` and ``kept:<uid>`` of both parties,
 and, for the stored ``s`` packets, those of imd.stores.messages (``MQ``,
 ``MQ:seq``, ``pending:<uid>``, ``dedup:0:<to>:<id>``, and with ``[push] url``
@@ -72,7 +73,7 @@ end
 
 # KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
 #       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
-#       dedup:<courier>:taken-<order>
+#       dedup:<courier>:taken-<order>, open:<courier>
 #       [, push:unread, push:last, push:due: only with [push] url set]
 # ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
 #       what MySQL kept of an earlier T ('' when nothing: its courier,
@@ -87,6 +88,12 @@ end
 # {4}: another courier took it.  With no record in Redis (it expired) but
 # an earlier T in MySQL, the record is restored and it is a repeat.
 TAKE_ORDER = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + RESTORE_LUA + """
+-- open while taken and not closed: the courier's positions go to this customer
+local function mark_open(now, ttl)
+  redis.call('ZREMRANGEBYSCORE', KEYS[12], '-inf', now)
+  redis.call('ZADD', KEYS[12], now + ttl * 1000, ARGV[6] .. ':' .. ARGV[2])
+  expire_links(KEYS[12])
+end
 local record = redis.call('HMGET', KEYS[3], 'courier', 'taken_at', 'closed_at', 'before')
 if record[2] then
   if record[1] ~= ARGV[1] then return {4} end
@@ -98,12 +105,14 @@ local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[4])
 if not record[2] and ARGV[7] ~= '' then
   if ARGV[7] ~= ARGV[1] then return {4} end
   restore(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[9], ARGV[8], ttl, now, ARGV[6])
+  mark_open(now, ttl)
   return {0, tonumber(ARGV[8]), ARGV[9]}
 end
 if record[2] then
   redis.call('EXPIRE', KEYS[3], ttl)
   redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
   expire_links(KEYS[4])
+  mark_open(now, ttl)
   return {0, tonumber(record[2]), record[4] or ''}
 end
 -- friends already, and not through another order still linking them:
@@ -128,7 +137,8 @@ redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
 expire_links(KEYS[4])
 store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
 redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
-if ARGV[11] then note_push(KEYS[12], KEYS[13], KEYS[14], ARGV[2], ARGV[3], ARGV[11]) end
+mark_open(now, ttl)
+if ARGV[11] then note_push(KEYS[13], KEYS[14], KEYS[15], ARGV[2], ARGV[3], ARGV[11]) end
 return {1, now, before}
 """, "take_order")
 
@@ -143,7 +153,7 @@ return 1
 
 # KEYS: order:<order>, links:<pair>, orders:ending, MQ, MQ:seq,
 #       pending:<courier>, pending:<customer>,
-#       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>
+#       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>, open:<courier>
 #       [, push:unread, push:last, push:due: only with [push] url set]
 # ARGV: order, courier, customer, now (ms), grace (ms), s packet to the
 #       courier, s packet to the customer, dedup ttl [, push due (ms)]
@@ -160,11 +170,13 @@ redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[3], ends, ARGV[1])
+-- no longer open: the courier's next position does not go to the customer
+redis.call('ZREM', KEYS[10], ARGV[1] .. ':' .. ARGV[3])
 local stored = {0, 0}
 for i, to in ipairs({ARGV[2], ARGV[3]}) do
   if redis.call('SET', KEYS[7 + i], to, 'NX', 'EX', ARGV[8]) then
     store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
-    if ARGV[9] then note_push(KEYS[10], KEYS[11], KEYS[12], to, ARGV[5 + i], ARGV[9]) end
+    if ARGV[9] then note_push(KEYS[11], KEYS[12], KEYS[13], to, ARGV[5 + i], ARGV[9]) end
     stored[i] = 1
   end
 end
@@ -267,7 +279,7 @@ class OrderStore:
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
                     k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
-                    k.dedup(courier, taken_id(order), customer)]
+                    k.dedup(courier, taken_id(order), customer), k.open_orders(courier)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
         if earlier is None:
             args += ["", "", ""]
@@ -306,7 +318,7 @@ class OrderStore:
         packet_id = "closed-%d" % order
         key_list = [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
                     k.pending(courier), k.pending(customer),
-                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer)]
+                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer), k.open_orders(courier)]
         args: List[Any] = [order, courier, customer, now_ms, grace_ms, packets[courier], packets[customer],
                            dedup_ttl]
         if push is not None:
