@@ -1,6 +1,9 @@
-"""RedisClient (the one Redis adapter) against the real Redis: scripts, commands, timeouts."""
+"""RedisClient (the one Redis adapter) against the real Redis: scripts, commands, timeouts; the Lua
+files of imd/stores/lua and how they are composed."""
 
+import glob
 import os
+import re
 import signal
 import time
 
@@ -10,8 +13,10 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
+from imd.stores import redis as redis_module
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, RedisReplyError, Script, encode_command
+from imd.stores.redis import (LUA_DIRECTORY, RedisClient, RedisReplyError, Script, compose_lua, encode_command,
+                              lua_source)
 from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_deadline
 
 ECHO = Script("return {KEYS[1], ARGV[1]}", "echo")
@@ -47,6 +52,65 @@ class EncodeCommandTests(unittest.SynchronousTestCase):
     def test_sizes_past_the_tables(self):
         for args in (list(range(63, 66)), [b"x" * 1023, b"y" * 1024, "z" * 5000]):
             self.assertEqual(encode_command(args), plain_encoding(args))
+
+
+def lua_names():
+    return sorted(os.path.basename(path)[:-4] for path in glob.glob(os.path.join(LUA_DIRECTORY, "*.lua")))
+
+
+def includes_of(name):
+    with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+        first = f.readline()
+    return first[len("-- include:"):].split() if first.startswith("-- include:") else []
+
+
+class LuaFileTests(unittest.SynchronousTestCase):
+    """The scripts in imd/stores/lua: loaded by name, their includes resolved."""
+
+    def test_a_snippet_comes_once_before_what_uses_it(self):
+        text = compose_lua("-- include: store_entry note_push store_entry\nreturn 1\n")
+        self.assertEqual(text.count("local function store_entry("), 1)
+        self.assertEqual(text.count("local function note_push("), 1)
+        self.assertLess(text.index("local function store_entry("), text.index("local function note_push("))
+        self.assertTrue(text.endswith("\nreturn 1\n"))
+        self.assertNotIn("-- include:", text)
+        # an include of an include comes before it, once
+        text = lua_source("take_order")
+        self.assertEqual(text.count("local function expire_links("), 1)
+        self.assertLess(text.index("local function expire_links("), text.index("local function restore("))
+
+    def test_every_include_names_a_snippet_defining_that_function(self):
+        names = set(lua_names())
+        snippets = {included for name in names for included in includes_of(name)}
+        self.assertEqual(sorted(snippets - names), [], "included but missing")
+        for snippet in sorted(snippets):
+            self.assertRegex(lua_source(snippet), r"(?m)^local function %s\(" % snippet)
+
+    def test_every_script_names_its_keys_and_arguments(self):
+        snippets = {included for name in lua_names() for included in includes_of(name)}
+        for name in lua_names():
+            if name in snippets:
+                continue
+            with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+                text = f.read()
+            if re.search(r"KEYS\[|#KEYS", text):
+                self.assertIn("-- KEYS", text, name)
+            if re.search(r"ARGV\[|#ARGV", text):
+                self.assertIn("ARGV", "".join(line for line in text.splitlines() if line.startswith("--")), name)
+
+    def test_the_sha_is_that_of_the_composed_text(self):
+        script = Script.load("store_message")
+        self.assertEqual(script.text, lua_source("store_message"))
+        self.assertIn("local function store_entry(", script.text)
+        self.assertEqual(Script(script.text).sha, script.sha)
+
+    def test_a_cycle_or_a_bad_name_is_refused(self):
+        self.assertRaises(ValueError, Script.load, "../redis")
+        self.assertRaises(ValueError, compose_lua, "-- include: Store_Entry\n")
+        files = {"a": "-- include: b\nlocal function a() end\n", "b": "-- include: a\nlocal function b() end\n"}
+        self.patch(redis_module, "_lua_file", files.__getitem__)
+        error = self.assertRaises(ValueError, compose_lua, "-- include: a\n")
+        self.assertIn("a -> b -> a", str(error))
 
 
 class _ClientMixin(RedisTestMixin):
@@ -92,6 +156,13 @@ class EvalScriptTests(_ClientMixin, unittest.TestCase):
         yield with_deadline(client.wait_connected())
         yield client.command("SET", "where-am-i", "here")
         self.assertEqual((yield self.redis.get("where-am-i")), "here")
+
+    @defer.inlineCallbacks
+    def test_every_script_compiles_in_redis(self):
+        for name in lua_names():
+            script = Script.load(name)
+            sha = yield self.client.command("SCRIPT", "LOAD", script.text)
+            self.assertEqual(sha, script.sha, name)
 
     @defer.inlineCallbacks
     def test_not_connected_is_unavailable(self):

@@ -25,22 +25,8 @@ from imd.stores.redis import RedisClient, Script
 
 SCAN_COUNT = 1000   # keys Redis looks at per SCAN call (about as many as it examines)
 
-# KEYS: dedup records.  One line per key, '<value> <ms left>' (value ''
-# when it expired since the SCAN; ms left -1: no expiry, -2: gone), as one
-# string: a reply of one bulk string is read far faster than one of
-# thousands (imd.stores.queue does the same for its batches).
-RECORDS = Script("""
-local out = {}
-for i = 1, #KEYS do
-  out[i] = (redis.call('GET', KEYS[i]) or '') .. ' ' .. redis.call('PTTL', KEYS[i])
-end
-return table.concat(out, '\\n')
-""", "dedup_records")
-
-# KEYS: MQ, MQ:processing, MQ:dead.
-LENGTHS = Script("""
-return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('LLEN', KEYS[3])}
-""", "queue_lengths")
+RECORDS = Script.load("dedup_records")
+LENGTHS = Script.load("queue_lengths")
 
 STATES = {"": "sent", "d": "delivered", "r": "read"}
 

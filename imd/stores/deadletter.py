@@ -16,38 +16,9 @@ from twisted.internet import defer
 from imd.stores.keys import Keys
 from imd.stores.redis import RedisClient, Script
 
-# KEYS: MQ, MQ:processing, MQ:dead, MQ:lock.  One atomic snapshot:
-# {len MQ, its oldest entry, len processing, its oldest, len dead, lock holder, lock ms left}.
-STATUS = Script("""
-return {redis.call('LLEN', KEYS[1]), redis.call('LINDEX', KEYS[1], -1),
-        redis.call('LLEN', KEYS[2]), redis.call('LINDEX', KEYS[2], -1),
-        redis.call('LLEN', KEYS[3]), redis.call('GET', KEYS[4]), redis.call('PTTL', KEYS[4])}
-""", "status")
-
-# KEYS: MQ:dead, MQ.  ARGV: how many (0 = all).  Moves the oldest entries of
-# MQ:dead to the tail of MQ, where the migrator claims its next batch, the
-# oldest last (so it is claimed first).  Returns how many moved.
-REPLAY = Script("""
-local n = tonumber(ARGV[1])
-local len = redis.call('LLEN', KEYS[1])
-if n <= 0 or n > len then n = len end
-if n == 0 then return 0 end
-local entries = redis.call('LRANGE', KEYS[1], -n, -1)
-redis.call('LTRIM', KEYS[1], 0, -n - 1)
-for i = 1, #entries, 1000 do
-  redis.call('RPUSH', KEYS[2], unpack(entries, i, math.min(i + 999, #entries)))
-end
-return n
-""", "replay")
-
-# KEYS: MQ:dead.  ARGV: how many (0 = all).  Deletes the oldest entries.
-DROP = Script("""
-local n = tonumber(ARGV[1])
-local len = redis.call('LLEN', KEYS[1])
-if n <= 0 or n > len then n = len end
-if n > 0 then redis.call('LTRIM', KEYS[1], 0, -n - 1) end
-return n
-""", "drop")
+STATUS = Script.load("status")
+REPLAY = Script.load("replay")
+DROP = Script.load("drop")
 
 QueueStatus = namedtuple("QueueStatus", "queued oldest_queued in_flight oldest_in_flight dead leader lock_ms")
 

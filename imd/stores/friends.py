@@ -13,14 +13,7 @@ from twisted.internet.defer import Deferred
 from imd.stores.keys import Keys
 from imd.stores.redis import RedisClient, Script
 
-# KEYS: URS:<a>, URS:<b>, kept:<a>, kept:<b>.  ARGV: SADD or SREM, a, b
-SET_FRIENDS = Script("""
-redis.call(ARGV[1], KEYS[1], ARGV[3])
-redis.call(ARGV[1], KEYS[2], ARGV[2])
-redis.call(ARGV[1], KEYS[3], ARGV[3])
-redis.call(ARGV[1], KEYS[4], ARGV[2])
-return 1
-""", "set_friends")
+SET_FRIENDS = Script.load("set_friends")
 
 
 class FriendStore:

@@ -27,76 +27,17 @@ from typing import Any, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from imd.stores.budgets import TAKE_TOKENS_LUA, Budget
+from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
-from imd.stores.push import NOTE_PUSH_LUA, PushNotes
+from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, Script
 
 STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
 STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
 
-# Lua shared by every script that stores an entry: the accept order, MQ and
-# both parties' pending index, in one go.
-# store_entry(MQ, MQ:seq, pending:<a>, pending:<b>, packet JSON) -> seq
-STORE_ENTRY_LUA = """
-local function store_entry(mq, seq_key, pending_a, pending_b, packet)
-  local seq = redis.call('INCR', seq_key)
-  local entry = string.sub(packet, 1, -2) .. ',"seq":' .. seq .. '}'
-  redis.call('LPUSH', mq, entry)
-  redis.call('ZADD', pending_a, seq, entry)
-  if pending_b ~= pending_a then redis.call('ZADD', pending_b, seq, entry) end
-  return seq
-end
-"""
-
-# KEYS: URS:<from>, dedup:<from>:<id>, MQ, MQ:seq, pending:<from>, pending:<to>
-#       [, push:unread, push:last, push:due: only with [push] url set]
-# ARGV: to, packet, dedup ttl [, when the push is due (ms)]
-# A duplicate renews its dedup record: that write is what a WAIT after it
-# counts ([redis] min_replicas), so the retry is acked only once the
-# replicas are past the first store, even on a connection that never made it.
-STORE_MESSAGE = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[3]) then
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  return 2
-end
-store_entry(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
-if ARGV[4] then note_push(KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[4]) end
-return 1
-""", "store_message")
-
-
-# KEYS: MQ, MQ:seq [, push:unread, push:last, push:due: only with [push] url
-#       set], then per recipient: dedup:0:<to>:<id>, pending:<to>
-# ARGV: dedup ttl, packet head, packet tail, when the pushes are due (ms; ''
-#       without [push] url), then the recipients' uids.
-# A system message (from 0) to each recipient that has not had this id yet:
-# head .. uid .. tail is its packet.  Returns the 1-based indexes stored.
-STORE_SYSTEM = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
-local push = ARGV[4] ~= ''
-local first = push and 6 or 3
-local stored = {}
-for i = 5, #ARGV do
-  local to = ARGV[i]
-  local j = 2 * (i - 5) + first
-  if redis.call('SET', KEYS[j], to, 'NX', 'EX', ARGV[1]) then
-    local packet = ARGV[2] .. to .. ARGV[3]
-    store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], packet)
-    if push then note_push(KEYS[3], KEYS[4], KEYS[5], to, packet, ARGV[4]) end
-    stored[#stored + 1] = i - 4
-  end
-end
-return stored
-""", "store_system")
-
-
-# KEYS: pending:<uid>, budget:history:<uid>.  ARGV: rate, burst, now (ms).
-# The user's entries not yet migrated, or false when its H budget is spent.
-PENDING_FOR_HISTORY = Script(TAKE_TOKENS_LUA + """
-if not take_tokens(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1) then return false end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-""", "pending_for_history")
+STORE_MESSAGE = Script.load("store_message")
+STORE_SYSTEM = Script.load("store_system")
+PENDING_FOR_HISTORY = Script.load("pending_for_history")
 
 
 class MessageStore:

@@ -8,12 +8,7 @@ from twisted.internet.defer import Deferred
 from imd.stores.keys import Keys
 from imd.stores.redis import RedisClient, Script
 
-# KEYS: geo:couriers, site:<uid>; ARGV: uid, longitude, latitude, ts
-RECORD_SITE = Script("""
-redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'longitude', ARGV[2], 'latitude', ARGV[3], 'ts', ARGV[4])
-return 1
-""", "record_site")
+RECORD_SITE = Script.load("record_site")
 
 
 class PositionStore:

@@ -37,8 +37,11 @@ The txredisapi internals used here (``RedisProtocol.replyQueue``,
 ``connectionError`` and ``isLazy``) are checked by tests/test_private_attributes.py.
 """
 
+import functools
 import hashlib
+import os
 import random
+import re
 from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple, cast
@@ -69,16 +72,79 @@ _Peer = Tuple[Optional[str], Optional[int]]  # (host, port) a connection reached
 _NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
 
 
+# --- Lua ---------------------------------------------------------------------------
+
+LUA_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
+_INCLUDE = "-- include:"
+_LUA_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+@functools.lru_cache(maxsize=None)
+def _lua_file(name: str) -> str:
+    if not _LUA_NAME.match(name):
+        raise ValueError("not a Lua file name: %r" % (name,))
+    with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+        return f.read()
+
+
+def compose_lua(text: str) -> str:
+    """``text`` with its includes resolved: the one way a Lua script shares
+    code (Redis has no ``require``).
+
+    A script or snippet that uses others names them on its first line,
+    ``-- include: store_entry note_push``.  That line is replaced by the
+    text of each ``lua/<name>.lua`` named, in that order, each with its own
+    includes resolved the same way before it; a snippet is put in once
+    however many times it is named (so what a snippet defines comes before
+    whatever uses it).  A snippet is a file that defines one ``local
+    function`` of its name (``store_entry.lua``: ``store_entry``); an
+    include cycle is a ValueError.
+    """
+    parts: List[str] = []
+    _compose(text, parts, set(), ())
+    return "".join(parts)
+
+
+def _compose(text: str, parts: List[str], done: Set[str], chain: Tuple[str, ...]) -> None:
+    first, _, rest = text.partition("\n")
+    if first.startswith(_INCLUDE):
+        for name in first[len(_INCLUDE):].split():
+            if name in chain:
+                raise ValueError("Lua include cycle: %s" % " -> ".join(chain + (name,)))
+            if name not in done:
+                _compose(_lua_file(name), parts, done, chain + (name,))
+                done.add(name)
+        text = rest
+    parts.append(text)
+
+
+def lua_source(name: str) -> str:
+    """The text Redis runs for ``lua/<name>.lua``: the file, its includes resolved."""
+    return compose_lua(_lua_file(name))
+
+
 class Script:
-    """A Lua script and its SHA-1 (for ``EVALSHA``)."""
+    """A Lua script and its SHA-1 (for ``EVALSHA``).
+
+    The scripts live in ``imd/stores/lua/`` (package data, shipped in the
+    wheel), one ``<name>.lua`` each with the comment that names its
+    ``KEYS`` and ``ARGV``; :meth:`load` reads one by name and resolves its
+    includes (:func:`compose_lua`).  The SHA-1 is that of the composed text.
+    """
     __slots__ = ("text", "sha", "name", "evalsha")
 
     def __init__(self, text: str, name: str = "script") -> None:
+        """``text``: the whole script, as Redis runs it."""
         self.text = text
         self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
         self.name = name
         # EVALSHA and the SHA-1 as encode_command writes them, once
         self.evalsha = encode_command(("EVALSHA", self.sha)).split(b"\r\n", 1)[1]
+
+    @classmethod
+    def load(cls, name: str) -> "Script":
+        """The script of ``imd/stores/lua/<name>.lua``."""
+        return cls(lua_source(name), name)
 
     def __repr__(self) -> str:
         return "<Script %s %s>" % (self.name, self.sha[:8])

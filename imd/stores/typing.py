@@ -16,13 +16,7 @@ from imd.stores.redis import RedisClient, Script
 
 NOT_FRIEND, RELAY, COALESCED = 0, 1, 2
 
-# KEYS: URS:<from>, typing:<from>:<to>.  ARGV: to, 1|0 (typing), window ms.
-TYPING = Script("""
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[2] == '0' or ARGV[3] == '0' then return 1 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 1 end
-return 2
-""", "typing")
+TYPING = Script.load("typing")
 
 
 class TypingStore:
