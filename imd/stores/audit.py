@@ -41,16 +41,12 @@ class DedupRecord(NamedTuple):
     ms_left: int
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def parse_record(name: Tuple[int, str, Optional[int]], value: Any, ms_left: Any) -> Optional[DedupRecord]:
     """The record of a parsed key name, its value and PTTL; None when it is
     gone or its value is not ``<to>[:d|:r]``."""
     if value is None or int(ms_left) == -2:
         return None
-    to_text, _, mark = _text(value).partition(":")
+    to_text, _, mark = value.partition(":")
     if not to_text.isdigit() or mark not in STATES:
         return None
     sender, packet_id, to = name
@@ -78,7 +74,7 @@ class AuditStore:
         return d.addCallback(self._records)
 
     def _records(self, reply: Any) -> Deferred:
-        cursor, names = int(reply[0]), [_text(k) for k in reply[1] or ()]
+        cursor, names = int(reply[0]), reply[1] or []
         parsed = []
         for key in names:
             name = self.keys.parse_dedup(key)
@@ -90,7 +86,7 @@ class AuditStore:
 
         def read(reply: Any) -> Tuple[int, List[DedupRecord]]:
             records = []
-            for (_, name), line in zip(parsed, _text(reply).split("\n")):
+            for (_, name), line in zip(parsed, reply.split("\n")):
                 value, _, ms_left = line.rpartition(" ")
                 record = parse_record(name, value or None, ms_left)
                 if record is not None:
@@ -108,5 +104,4 @@ class AuditStore:
         """Entries ``start``..``stop`` (LRANGE indexes, 0 the newest) of
         ``MQ`` or ``MQ:processing``, as str."""
         key = self.keys.mq_processing if processing else self.keys.mq
-        d = self.client.command("LRANGE", key, start, stop)
-        return d.addCallback(lambda reply: [_text(e) for e in reply or ()])
+        return self.client.command("LRANGE", key, start, stop)

@@ -82,7 +82,7 @@ class MessageStore:
 
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""
-        return self.client.command("ZRANGE", self.keys.pending(uid), 0, -1).addCallback(_entries)
+        return self.client.command("ZRANGE", self.keys.pending(uid), 0, -1)
 
     def pending_for_history(self, uid: int, budget: Budget, now_ms: int) -> Deferred:
         """:meth:`pending`, once one ``H`` is taken from the user's budget
@@ -91,12 +91,9 @@ class MessageStore:
         keys = self.keys
         d = self.client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
                             budget.args(now_ms))
-        return d.addCallback(lambda reply: None if reply is None else _entries(reply))
+        return d
 
 
 def _store_result(reply: Any) -> str:
     return STORE_RESULTS[int(reply)]
 
-
-def _entries(reply: Any) -> List[str]:
-    return [e.decode("utf-8", "replace") if isinstance(e, bytes) else e for e in reply or ()]

@@ -173,11 +173,10 @@ class OrderStore:
                 # no record (an operator deleted it): nothing left to end
                 return self.client.command("ZREM", k.orders_ending, order).addCallback(lambda _: None)
             a, b = int(courier), int(customer)
-            d = self.client.run(END_ORDER,
-                                [k.orders_ending, k.order(order), k.links(a, b), k.friends(a), k.friends(b),
-                                 k.kept(a)],
-                                [order, now_ms, a, b, RECORD_TTL])
-            return d.addCallback(_text)
+            return self.client.run(END_ORDER,
+                                   [k.orders_ending, k.order(order), k.links(a, b), k.friends(a), k.friends(b),
+                                    k.kept(a)],
+                                   [order, now_ms, a, b, RECORD_TTL])
         return self.client.command("HMGET", k.order(order), "courier", "customer").addCallback(run)
 
 
@@ -185,13 +184,7 @@ def _take(reply: Any) -> Take:
     outcome = _TAKE_RESULTS[int(reply[0])]
     if len(reply) < 3:
         return Take(outcome)
-    return Take(outcome, int(reply[1]), _text(reply[2]) or None)
-
-
-def _text(reply: Any) -> Optional[str]:
-    if reply is None:
-        return None
-    return reply.decode("utf-8") if isinstance(reply, bytes) else str(reply)
+    return Take(outcome, int(reply[1]), reply[2] or None)
 
 
 def _int(value: Any) -> Optional[int]:
@@ -201,7 +194,7 @@ def _int(value: Any) -> Optional[int]:
 def _record(reply: Any, order: int) -> Optional[OrderRecord]:
     if not reply:
         return None
-    fields = {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}
+    fields = dict(zip(reply[0::2], reply[1::2]))
     return OrderRecord(order, _int(fields.get("courier")), _int(fields.get("customer")), fields.get("before"),
                        _int(fields.get("taken_at")), _int(fields.get("closed_at")), _int(fields.get("ends_at")),
                        _int(fields.get("ended_at")), fields.get("end"))

@@ -39,10 +39,6 @@ ONLINE_MANY = Script.load("online_many")
 KICK = Script.load("kick")
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
 class PresenceStore:
     """Connections, node heartbeats, online checks, and publishing to other nodes."""
 
@@ -78,7 +74,7 @@ class PresenceStore:
                              keys.channel_prefix, uid])
         if self.client.min_replicas:
             d.addCallback(self._replicated_login, uid, conn_id)
-        return d.addCallback(lambda replaced: [_text(c) for c in replaced or ()])
+        return d
 
     def _replicated_login(self, replaced: Any, uid: int, conn_id: str) -> Deferred:
         """[redis] min_replicas: the login waits for the replicas.  The WAIT
@@ -149,7 +145,7 @@ class PresenceStore:
         def ask(now: Any) -> Deferred:
             ms = int(now[0]) * 1000 + int(now[1]) // 1000
             return self.client.command("ZRANGEBYSCORE", self.keys.nodes, "(%d" % ms, "+inf")
-        return d.addCallback(ask).addCallback(lambda ids: [_text(i) for i in ids or ()])
+        return d.addCallback(ask).addCallback(lambda ids: ids or [])
 
 
 def _online_answer(reply: Any) -> Any:

@@ -126,10 +126,6 @@ class PushStore:
         return d.addCallback(lambda r: PushStats(int(r[0]), int(r[1]), None if r[2] is None else int(r[2])))
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def parse_record(key: str, record: str) -> InFlight:
     attempts, first, born, to, unread, packet = record.split(" ", 5)
     return InFlight(key, int(attempts), int(first), int(born), int(to), int(unread), packet)
@@ -137,4 +133,4 @@ def parse_record(key: str, record: str) -> InFlight:
 
 def _taken(reply: Sequence[Any]) -> List[InFlight]:
     reply = list(reply or ())
-    return [parse_record(_text(reply[i]), _text(reply[i + 1])) for i in range(0, len(reply), 2)]
+    return [parse_record(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]

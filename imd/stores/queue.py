@@ -37,8 +37,6 @@ def _split(joined: Any, count: int) -> List[str]:
         return []
     if isinstance(joined, list):
         return joined
-    if isinstance(joined, bytes):  # not UTF-8: left undecoded by txredisapi
-        joined = joined.decode("utf-8", "replace")
     return joined.split("\n")
 
 

@@ -122,15 +122,11 @@ class ReceiptStore:
             if reply is None:
                 return None
             done, after = int(reply[0]), reply[1]
-            found.extend(_entry_text(e) for e in reply[2:])
+            found.extend(reply[2:])
             if done:
                 return found
-            return scan(_entry_text(after), [0, 1, now_ms])   # charged once
+            return scan(after, [0, 1, now_ms])   # charged once
         return scan("-inf", lookups.args(now_ms))
-
-
-def _entry_text(entry: Any) -> str:
-    return entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
 
 
 def _result(reply: Any) -> ReceiptResult:
