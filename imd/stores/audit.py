@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 SCAN_COUNT = 1000   # keys Redis looks at per SCAN call (about as many as it examines)
 
@@ -55,22 +55,22 @@ def parse_record(name: Tuple[int, str, Optional[int]], value: Any, ms_left: Any)
     return DedupRecord(sender, packet_id, int(to_text), STATES[mark], int(ms_left))
 
 
-class AuditStore:
+class AuditStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, count: int = SCAN_COUNT) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.count = count
 
     def key_count(self) -> Deferred:
         """Keys in the database (``DBSIZE``): about what a full SCAN looks at."""
-        return self.client.command("DBSIZE").addCallback(int)
+        return self._client.command("DBSIZE").addCallback(int)
 
     def dedup_page(self, cursor: int) -> Deferred:
         """One SCAN step over the dedup records: fires with ``(next cursor,
         [DedupRecord])``; the next cursor is 0 when the scan is complete.
         A key may come twice while Redis resizes its table (SCAN's
         guarantee is at least once)."""
-        d = self.client.command("SCAN", cursor, "MATCH", self.keys.dedup_match, "COUNT", self.count)
+        d = self._client.command("SCAN", cursor, "MATCH", self.keys.dedup_match, "COUNT", self.count)
         return d.addCallback(self._records)
 
     def _records(self, reply: Any) -> Deferred:
@@ -82,7 +82,7 @@ class AuditStore:
                 parsed.append((key, name))
         if not parsed:
             return defer.succeed((cursor, []))
-        d = self.client.run(RECORDS, [key for key, _ in parsed], [])
+        d = self._client.run(RECORDS, [key for key, _ in parsed], [])
 
         def read(reply: Any) -> Tuple[int, List[DedupRecord]]:
             records = []
@@ -97,11 +97,11 @@ class AuditStore:
     def lengths(self) -> Deferred:
         """``(len MQ, len MQ:processing, len MQ:dead)``."""
         k = self.keys
-        d = self.client.run(LENGTHS, [k.mq, k.mq_processing, k.mq_dead], [])
+        d = self._client.run(LENGTHS, [k.mq, k.mq_processing, k.mq_dead], [])
         return d.addCallback(lambda r: (int(r[0]), int(r[1]), int(r[2])))
 
     def queue_page(self, processing: bool, start: int, stop: int) -> Deferred:
         """Entries ``start``..``stop`` (LRANGE indexes, 0 the newest) of
         ``MQ`` or ``MQ:processing``, as str."""
         key = self.keys.mq_processing if processing else self.keys.mq
-        return self.client.command("LRANGE", key, start, stop)
+        return self._client.command("LRANGE", key, start, stop)

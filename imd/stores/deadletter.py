@@ -14,7 +14,7 @@ from typing import Any, Generator, List, Optional, Tuple
 from twisted.internet import defer
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 STATUS = Script.load("status")
 REPLAY = Script.load("replay")
@@ -28,15 +28,15 @@ def _opt(value: Optional[str]) -> Optional[str]:
     return value if value not in (None, False) else None
 
 
-class DeadLetters:
+class DeadLetters(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
 
     def status(self) -> defer.Deferred:
         """Fires with a :class:`QueueStatus` (entries as Redis gave them)."""
         k = self.keys
-        d = self.client.run(STATUS, [k.mq, k.mq_processing, k.mq_dead, k.mq_lock], [])
+        d = self._client.run(STATUS, [k.mq, k.mq_processing, k.mq_dead, k.mq_lock], [])
 
         def parsed(r: List[Any]) -> QueueStatus:
             return QueueStatus(int(r[0]), _opt(r[1]), int(r[2]), _opt(r[3]), int(r[4]), _opt(r[5]),
@@ -44,24 +44,28 @@ class DeadLetters:
         return d.addCallback(parsed)
 
     def length(self) -> defer.Deferred:
-        return self.client.command("LLEN", self.keys.mq_dead).addCallback(int)
+        return self._client.command("LLEN", self.keys.mq_dead).addCallback(int)
+
+    def queued(self) -> defer.Deferred:
+        """How many entries ``MQ`` holds (not migrated, not claimed)."""
+        return self._client.command("LLEN", self.keys.mq).addCallback(int)
 
     @defer.inlineCallbacks
     def oldest(self, limit: int) -> Generator[defer.Deferred, Any, Tuple[int, List[str]]]:
         """``(total, entries)``: the ``limit`` oldest entries, oldest first."""
-        total = int((yield self.client.command("LLEN", self.keys.mq_dead)))
+        total = int((yield self._client.command("LLEN", self.keys.mq_dead)))
         entries: List[str] = []
         if total and limit > 0:
-            entries = yield self.client.command("LRANGE", self.keys.mq_dead, -limit, -1)
+            entries = yield self._client.command("LRANGE", self.keys.mq_dead, -limit, -1)
             entries = list(reversed(entries))
         return total, entries
 
     def replay(self, count: int = 0) -> defer.Deferred:
         """Move the ``count`` oldest entries (0 = all) back to ``MQ``; fires with how many moved."""
-        d = self.client.run(REPLAY, [self.keys.mq_dead, self.keys.mq], [max(0, int(count))])
+        d = self._client.run(REPLAY, [self.keys.mq_dead, self.keys.mq], [max(0, int(count))])
         return d.addCallback(int)
 
     def drop(self, count: int = 0) -> defer.Deferred:
         """Delete the ``count`` oldest entries (0 = all); fires with how many went."""
-        d = self.client.run(DROP, [self.keys.mq_dead], [max(0, int(count))])
+        d = self._client.run(DROP, [self.keys.mq_dead], [max(0, int(count))])
         return d.addCallback(int)

@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred
 from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
 STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
@@ -40,21 +40,26 @@ STORE_SYSTEM = Script.load("store_system")
 PENDING_FOR_HISTORY = Script.load("pending_for_history")
 
 
-class MessageStore:
+class MessageStore(RedisStore):
     """Friend check + dedup + MQ + pending index, atomically, in one round trip."""
 
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
                  push: Optional[PushNotes] = None) -> None:
         """``push``: set when ``[push] url`` is (each stored message then
         notes the recipient's pending push)."""
-        self.client = client
+        self._client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.push = push
+        # one callback per message either way
+        self._store_result = self._store_result_replicated if client.min_replicas else _store_result
 
     def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred:
-        """Fires with STORED, NOT_FRIEND or DUPLICATE.  ``ts``: the
-        message's (Unix ms), from which its push's delay counts."""
+        """Fires with STORED, NOT_FRIEND or DUPLICATE, once the write is on
+        ``[redis] min_replicas`` replicas whatever the outcome (a duplicate
+        renews its dedup record: the WAIT after that write is what tells
+        that the first store reached them).  ``ts``: the message's (Unix
+        ms), from which its push's delay counts."""
         keys, push = self.keys, self.push
         key_list = [keys.friends(sender), keys.dedup(sender, dedup_id, to), keys.mq, keys.mq_seq,
                     keys.pending(sender), keys.pending(to)]
@@ -62,7 +67,10 @@ class MessageStore:
         if push is not None:
             key_list += push.keys
             args.append(push.due(ts))
-        return self.client.run(STORE_MESSAGE, key_list, args).addCallback(_store_result)
+        return self._client.run(STORE_MESSAGE, key_list, args).addCallback(self._store_result)
+
+    def _store_result_replicated(self, reply: Any) -> Any:
+        return self._client.replicated(_store_result(reply))
 
     def store_system_messages(self, packet_id: str, recipients: Sequence[int], head: bytes, tail: bytes,
                               ts: int = 0) -> Deferred:
@@ -70,26 +78,27 @@ class MessageStore:
         to each recipient, stored once per (recipient, id) — the dedup record
         ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
         ``to`` is ``head + str(to) + tail``.  Fires with the recipients
-        stored now (the others had it already)."""
+        stored now (the others had it already), once the write is on
+        ``[redis] min_replicas`` replicas."""
         keys, push = self.keys, self.push
         key_list = [keys.mq, keys.mq_seq] + (push.keys if push is not None else [])
         for to in recipients:
             key_list.append(keys.dedup(0, packet_id, to))
             key_list.append(keys.pending(to))
         due = push.due(ts) if push is not None else ""
-        d = self.client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
-        return d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()])
+        d = self._client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
+        return self._replicated(d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()]))
 
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""
-        return self.client.command("ZRANGE", self.keys.pending(uid), 0, -1)
+        return self._client.command("ZRANGE", self.keys.pending(uid), 0, -1)
 
     def pending_for_history(self, uid: int, budget: Budget, now_ms: int) -> Deferred:
         """:meth:`pending`, once one ``H`` is taken from the user's budget
         (every connection's, on every node: ``budget:history:<uid>``), in
         the same call; fires with None when the budget is spent."""
         keys = self.keys
-        d = self.client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
+        d = self._client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
                             budget.args(now_ms))
         return d
 

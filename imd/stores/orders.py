@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 OPEN_TTL = 30 * 86400     # seconds an order's record and link last after its last T while open
 RECORD_TTL = 30 * 86400   # seconds a record is kept after its end (or after closing a never-taken order)
@@ -82,13 +82,13 @@ class Closed(NamedTuple):
     stored: List[int]
 
 
-class OrderStore:
+class OrderStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, push: Optional[PushNotes] = None,
                  dedup_ttl: int = 3600) -> None:
         """``push``: set when ``[push] url`` is (the stored ``s`` packets
         then note their recipients' pending pushes); ``dedup_ttl``: ``[redis]
         dedup_ttl``, the life of the "taken" packet's dedup record."""
-        self.client = client
+        self._client = client
         self.keys = keys
         self.push = push
         self.dedup_ttl = dedup_ttl
@@ -98,7 +98,8 @@ class OrderStore:
         """Link the two (friends both ways) and store the ``s`` packet, the
         first time only.  ``earlier``: ``(courier, taken_at, before)`` of a
         ``T`` MySQL kept, which stands in for an expired record (it is
-        restored; nothing else happens).  Fires with a :class:`Take`."""
+        restored; nothing else happens).  Fires with a :class:`Take`, once
+        the write is on ``[redis] min_replicas`` replicas."""
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
                     k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
@@ -112,8 +113,8 @@ class OrderStore:
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))
-        d = self.client.run(TAKE_ORDER, key_list, args)
-        return d.addCallback(_take)
+        d = self._client.run(TAKE_ORDER, key_list, args)
+        return self._replicated(d.addCallback(_take))
 
     def restore_taken(self, order: int, courier: int, customer: int, taken_at: int, before: Optional[str],
                       now_ms: int) -> Deferred:
@@ -121,13 +122,13 @@ class OrderStore:
         of its first ``T`` (no friendship added).  Fires True when restored,
         False when Redis had a record."""
         k = self.keys
-        d = self.client.run(RESTORE_TAKEN, [k.order(order), k.links(courier, customer)],
+        d = self._client.run(RESTORE_TAKEN, [k.order(order), k.links(courier, customer)],
                             [courier, customer, before or "", taken_at, OPEN_TTL, now_ms, order])
         return d.addCallback(lambda reply: bool(int(reply)))
 
     def record(self, order: int) -> Deferred:
         """The order's :class:`OrderRecord`, or None when Redis has none."""
-        d = self.client.command("HGETALL", self.keys.order(order))
+        d = self._client.command("HGETALL", self.keys.order(order))
         return d.addCallback(_record, order)
 
     def close_order(self, record: OrderRecord, now_ms: int, grace_ms: int, packets: Dict[int, bytes],
@@ -147,18 +148,18 @@ class OrderStore:
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))
-        d = self.client.run(CLOSE_ORDER, key_list, args)
+        d = self._client.run(CLOSE_ORDER, key_list, args)
         return d.addCallback(_closed, (courier, customer))
 
     def close_untaken(self, order: int, customer: int, courier: Optional[int], now_ms: int) -> Deferred:
         """Record an order no ``T`` linked as closed.  Fires with
         :class:`Closed`, or None when a ``T`` took it meanwhile."""
-        d = self.client.run(CLOSE_UNTAKEN, [self.keys.order(order)], [now_ms, customer, courier or 0, RECORD_TTL])
+        d = self._client.run(CLOSE_UNTAKEN, [self.keys.order(order)], [now_ms, customer, courier or 0, RECORD_TTL])
         return d.addCallback(_closed, ())
 
     def due_ends(self, now_ms: int, limit: int) -> Deferred:
         """Up to ``limit`` order ids whose end is due, the most overdue first."""
-        d = self.client.command("ZRANGEBYSCORE", self.keys.orders_ending, "-inf", now_ms, "LIMIT", 0, limit)
+        d = self._client.command("ZRANGEBYSCORE", self.keys.orders_ending, "-inf", now_ms, "LIMIT", 0, limit)
         return d.addCallback(lambda reply: [int(m) for m in reply or ()])
 
     def end_order(self, order: int, now_ms: int) -> Deferred:
@@ -171,13 +172,13 @@ class OrderStore:
             courier, customer = reply or (None, None)
             if courier is None or customer is None:
                 # no record (an operator deleted it): nothing left to end
-                return self.client.command("ZREM", k.orders_ending, order).addCallback(lambda _: None)
+                return self._client.command("ZREM", k.orders_ending, order).addCallback(lambda _: None)
             a, b = int(courier), int(customer)
-            return self.client.run(END_ORDER,
+            return self._client.run(END_ORDER,
                                    [k.orders_ending, k.order(order), k.links(a, b), k.friends(a), k.friends(b),
                                     k.kept(a)],
                                    [order, now_ms, a, b, RECORD_TTL])
-        return self.client.command("HMGET", k.order(order), "courier", "customer").addCallback(run)
+        return self._client.command("HMGET", k.order(order), "courier", "customer").addCallback(run)
 
 
 def _take(reply: Any) -> Take:

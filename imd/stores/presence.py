@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import Arg, RedisClient, Script
+from imd.stores.redis import Arg, RedisClient, RedisStore, Script
 
 ROUTE = Script.load("route")
 LOGIN = Script.load("login")
@@ -39,11 +39,11 @@ ONLINE_MANY = Script.load("online_many")
 KICK = Script.load("kick")
 
 
-class PresenceStore:
+class PresenceStore(RedisStore):
     """Connections, node heartbeats, online checks, and publishing to other nodes."""
 
     def __init__(self, client: RedisClient, keys: Keys, node_id: str) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.node_id = node_id
         self.channel = keys.channel(node_id)
@@ -57,11 +57,11 @@ class PresenceStore:
         for uid, packet in deliveries:
             args.append(uid)
             args.append(packet)
-        return self.client.run(ROUTE, [keys.devices(uid) for uid, _ in deliveries], args)
+        return self._client.run(ROUTE, [keys.devices(uid) for uid, _ in deliveries], args)
 
     def kick(self, uid: int, reason: str) -> Deferred:
         """Tell every node holding a connection of ``uid``; fires with how many."""
-        d = self.client.run(KICK, [self.keys.devices(uid)], [uid, reason, self.keys.channel_prefix])
+        d = self._client.run(KICK, [self.keys.devices(uid)], [uid, reason, self.keys.channel_prefix])
         return d.addCallback(int)
 
     # --- connections -------------------------------------------------------------
@@ -69,10 +69,10 @@ class PresenceStore:
     def login(self, uid: int, conn_id: str, score: int, max_devices: int) -> Deferred:
         """Register a connection; fires with the local conn ids it replaces."""
         keys = self.keys
-        d = self.client.run(LOGIN, [keys.devices(uid), keys.node_users(self.node_id)],
+        d = self._client.run(LOGIN, [keys.devices(uid), keys.node_users(self.node_id)],
                             ["%s %s" % (self.node_id, conn_id), score, max_devices, self.node_id,
                              keys.channel_prefix, uid])
-        if self.client.min_replicas:
+        if self._client.min_replicas:
             d.addCallback(self._replicated_login, uid, conn_id)
         return d
 
@@ -84,11 +84,11 @@ class PresenceStore:
         def undo(failure: Any) -> Any:
             self.logout(uid, conn_id).addErrback(lambda f: None)
             return failure
-        return self.client.replicated(replaced).addErrback(undo)
+        return self._client.replicated(replaced).addErrback(undo)
 
     def logout(self, uid: int, conn_id: str) -> Deferred:
         keys = self.keys
-        return self.client.run(LOGOUT, [keys.devices(uid), keys.node_users(self.node_id)],
+        return self._client.run(LOGOUT, [keys.devices(uid), keys.node_users(self.node_id)],
                                ["%s %s" % (self.node_id, conn_id), self.node_id, uid])
 
     def reassert(self, connections: Iterable[Tuple[int, str, int]]) -> Deferred:
@@ -100,7 +100,7 @@ class PresenceStore:
         for uid, conn_id, score in connections:
             dev_keys.append(keys.devices(uid))
             args.extend((uid, conn_id, score))
-        return self.client.run(REASSERT, dev_keys, args)
+        return self._client.run(REASSERT, dev_keys, args)
 
     # --- the node ------------------------------------------------------------------
 
@@ -108,43 +108,43 @@ class PresenceStore:
     def start_node(self, run_id: str, ttl: float) -> Any:
         """Forget an earlier run's connections of this node id, then beat."""
         keys = self.keys
-        members = yield self.client.command("SMEMBERS", keys.node_users(self.node_id))
+        members = yield self._client.command("SMEMBERS", keys.node_users(self.node_id))
         uids = [int(m) for m in members or ()]
-        yield self.client.run(NODE_START,
+        yield self._client.run(NODE_START,
                               [keys.node_users(self.node_id), keys.nodes] + [keys.devices(u) for u in uids],
                               [self.node_id, run_id, int(ttl * 1000)] + uids)
 
     def heartbeat(self, ttl: float) -> Deferred:
-        return self.client.run(HEARTBEAT, [self.keys.nodes], [self.node_id, int(ttl * 1000)])
+        return self._client.run(HEARTBEAT, [self.keys.nodes], [self.node_id, int(ttl * 1000)])
 
     def stop_node(self) -> Deferred:
-        return self.client.command("ZREM", self.keys.nodes, self.node_id)
+        return self._client.command("ZREM", self.keys.nodes, self.node_id)
 
     # --- online ----------------------------------------------------------------------
 
     def is_online(self, asker: int, uid: int) -> Deferred:
         """True/False, or None when ``uid`` is neither ``asker`` nor a friend."""
         keys = self.keys
-        d = self.client.run(ONLINE, [keys.friends(asker), keys.devices(uid), keys.nodes], [asker, uid])
+        d = self._client.run(ONLINE, [keys.friends(asker), keys.devices(uid), keys.nodes], [asker, uid])
         return d.addCallback(_online_answer)
 
     def online_many(self, uids: Sequence[int]) -> Deferred:
         """``{uid: bool}`` for every uid, in one round trip (no friendship check)."""
         keys = self.keys
-        d = self.client.run(ONLINE_MANY, [keys.nodes] + [keys.devices(u) for u in uids], [])
+        d = self._client.run(ONLINE_MANY, [keys.nodes] + [keys.devices(u) for u in uids], [])
         return d.addCallback(lambda answers: {u: bool(int(a)) for u, a in zip(uids, answers or ())})
 
     def connection_count(self, uid: int) -> Deferred:
         """How many connections of ``uid`` are registered, on every node."""
-        return self.client.command("ZCARD", self.keys.devices(uid)).addCallback(int)
+        return self._client.command("ZCARD", self.keys.devices(uid)).addCallback(int)
 
     def live_nodes(self) -> Deferred:
         """The ids of nodes whose heartbeat has not expired."""
-        d = self.client.command("TIME")
+        d = self._client.command("TIME")
 
         def ask(now: Any) -> Deferred:
             ms = int(now[0]) * 1000 + int(now[1]) // 1000
-            return self.client.command("ZRANGEBYSCORE", self.keys.nodes, "(%d" % ms, "+inf")
+            return self._client.command("ZRANGEBYSCORE", self.keys.nodes, "(%d" % ms, "+inf")
         return d.addCallback(ask).addCallback(lambda ids: ids or [])
 
 

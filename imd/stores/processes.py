@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional
 from twisted.internet import defer
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 REGISTER = Script.load("register")
 UNREGISTER = Script.load("unregister")
@@ -37,29 +37,29 @@ def process_identity(node_id: str, roles: Iterable[str]) -> str:
     return "%s/%s" % (node_id, ",".join(sorted(roles)))
 
 
-class ProcessRegistry:
+class ProcessRegistry(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.key = keys.processes
         self.info_key = keys.processes_info
 
     def register(self, identity: str, info: dict, ttl: float) -> defer.Deferred:
         """Add or refresh this process's entry for ``ttl`` seconds."""
-        return self.client.run(REGISTER, [self.key, self.info_key],
+        return self._client.run(REGISTER, [self.key, self.info_key],
                                 [identity, json.dumps(info, sort_keys=True), max(1, int(ttl * 1000))])
 
     def unregister(self, identity: str) -> defer.Deferred:
-        return self.client.run(UNREGISTER, [self.key, self.info_key], [identity])
+        return self._client.run(UNREGISTER, [self.key, self.info_key], [identity])
 
     def processes(self) -> defer.Deferred:
         """Fires with the info dicts of the live entries (unreadable ones skipped)."""
-        d = self.client.run(LIVE, [self.key, self.info_key], [])
+        d = self._client.run(LIVE, [self.key, self.info_key], [])
         return d.addCallback(_decoded)
 
     def ready_nodes(self) -> defer.Deferred:
         """Fires with how many WebSocket nodes are registered and beating."""
-        d = self.client.run(READY_NODES, [self.key, self.keys.nodes], [])
+        d = self._client.run(READY_NODES, [self.key, self.keys.nodes], [])
         return d.addCallback(int)
 
 

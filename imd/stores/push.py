@@ -42,7 +42,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 TAKE = Script.load("push_take")
 FINISH = Script.load("push_finish")
@@ -88,9 +88,9 @@ class PushStats(NamedTuple):
     oldest: Optional[int]    # when the oldest pending push's window opened (ms)
 
 
-class PushStore:
+class PushStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
 
     def take(self, now_ms: int, limit: int, lease_ms: int, key_prefix: str, delay_ms: int,
@@ -100,7 +100,7 @@ class PushStore:
         (a user with a push in flight gets none: the window joins it; up to
         ``joins`` due users are looked at in one call)."""
         k = self.keys
-        d = self.client.run(TAKE, [k.push_due, k.push_unread, k.push_last, k.push_inflight, k.push_sending,
+        d = self._client.run(TAKE, [k.push_due, k.push_unread, k.push_last, k.push_inflight, k.push_sending,
                                    k.push_born, k.push_current],
                             [now_ms, limit, lease_ms, key_prefix, delay_ms, joins])
         return d.addCallback(_taken)
@@ -110,19 +110,19 @@ class PushStore:
         (a newer one that joined it since goes out on its own, due at
         ``now_ms``)."""
         k = self.keys
-        return self.client.run(FINISH, [k.push_inflight, k.push_sending, k.push_born, k.push_current,
+        return self._client.run(FINISH, [k.push_inflight, k.push_sending, k.push_born, k.push_current,
                                         k.push_unread, k.push_last, k.push_due], [key, packet, now_ms])
 
     def retry(self, key: str, at_ms: int) -> Deferred:
         """Fires with False when the push was over meanwhile."""
         k = self.keys
-        d = self.client.run(RETRY, [k.push_inflight, k.push_sending], [key, at_ms])
+        d = self._client.run(RETRY, [k.push_inflight, k.push_sending], [key, at_ms])
         return d.addCallback(lambda reply: bool(int(reply)))
 
     def stats(self, delay_ms: int) -> Deferred:
         """Fires with :class:`PushStats`."""
         k = self.keys
-        d = self.client.run(STATS, [k.push_due, k.push_inflight, k.push_born], [delay_ms])
+        d = self._client.run(STATS, [k.push_due, k.push_inflight, k.push_born], [delay_ms])
         return d.addCallback(lambda r: PushStats(int(r[0]), int(r[1]), None if r[2] is None else int(r[2])))
 
 

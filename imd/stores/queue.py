@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 CLAIM = Script.load("claim")
 ACK = Script.load("ack")
@@ -40,9 +40,9 @@ def _split(joined: Any, count: int) -> List[str]:
     return joined.split("\n")
 
 
-class QueueStore:
+class QueueStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
 
     def claim(self, token: str, batch: int, more: bool = False) -> Deferred:
@@ -53,7 +53,7 @@ class QueueStore:
         replay.  Fires with ``(replayed, entries)``, or None when not the
         leader."""
         k = self.keys
-        d = self.client.run(CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch, 1 if more else 0])
+        d = self._client.run(CLAIM, [k.mq_lock, k.mq_processing, k.mq], [token, batch, 1 if more else 0])
         return d.addCallback(_claimed)
 
     def ack(self, token: str, size: int, dead: Sequence[str] = (),
@@ -67,24 +67,24 @@ class QueueStore:
         parties = sorted((migrated or {}).items())
         keys = [k.mq_lock, k.mq_processing, k.mq_dead] + [k.pending(uid) for uid, _ in parties]
         args = [token, size, len(dead)] + list(dead) + [seq for _, seq in parties]
-        return self.client.run(ACK, keys, args).addCallback(_true)
+        return self._client.run(ACK, keys, args).addCallback(_true)
 
     def hold_lock(self, token: str, ttl: float) -> Deferred:
-        d = self.client.run(HOLD_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
+        d = self._client.run(HOLD_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
         return d.addCallback(_true)
 
     def extend_lock(self, token: str, ttl: float) -> Deferred:
         """Extend the lock ``token`` holds; fires False when it does not
         hold it (lapsed, or another's), never taking a free lock."""
-        d = self.client.run(EXTEND_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
+        d = self._client.run(EXTEND_LOCK, [self.keys.mq_lock], [token, max(1, int(ttl * 1000))])
         return d.addCallback(_true)
 
     def release_lock(self, token: str) -> Deferred:
-        return self.client.run(RELEASE_LOCK, [self.keys.mq_lock], [token])
+        return self._client.run(RELEASE_LOCK, [self.keys.mq_lock], [token])
 
     def lag(self) -> Deferred:
         """``(len MQ, len processing, oldest unmigrated entry or None)``."""
-        d = self.client.run(LAG, [self.keys.mq, self.keys.mq_processing], [])
+        d = self._client.run(LAG, [self.keys.mq, self.keys.mq_processing], [])
         return d.addCallback(_lag)
 
 

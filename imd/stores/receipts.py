@@ -44,7 +44,7 @@ from imd import protocol
 from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 UNKNOWN = "x"   # seed of an id that was not found anywhere: ignored
 
@@ -64,23 +64,26 @@ class ReceiptResult(NamedTuple):
     advanced: List[int]
 
 
-class ReceiptStore:
+class ReceiptStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
                  push: Optional[PushNotes] = None) -> None:
         """``push``: set when ``[push] url`` is (receipts then lower the
         reader's undelivered count, in the same script)."""
-        self.client = client
+        self._client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.push = push
+        self._result = self._result_replicated if client.min_replicas else _result
 
     def apply(self, packet: protocol.ReceiptPacket, reader: int, ts: int,
               seeds: Optional[Sequence[str]] = None) -> Deferred:
         """Move the state of ``packet.ids`` (messages from ``packet.to`` to
         ``reader``) forward and store what advanced; fires with a
         :class:`ReceiptResult`.  Without ``seeds`` nothing changes when an id
-        has no record; with them (one per id: '' / :data:`UNKNOWN` / a state
-        0-2 found elsewhere) every id is settled."""
+        has no record (``missing``: fires at once); with them (one per id: ''
+        / :data:`UNKNOWN` / a state 0-2 found elsewhere) every id is settled.
+        A settled result comes once the write is on ``[redis] min_replicas``
+        replicas."""
         keys, sender = self.keys, packet.to
         head, tail = protocol.receipt_entry_parts(packet.id, reader, sender, packet.state, ts)
         pending_sender = keys.pending(sender if sender else reader)
@@ -93,8 +96,12 @@ class ReceiptStore:
             key_list.append(keys.dedup(sender, dedup_id, reader))
             args.append(protocol.id_json(message_id))
             args.append("" if seeds is None else seeds[i])
-        d = self.client.run(RECEIPT, key_list, args)
-        return d.addCallback(_result)
+        d = self._client.run(RECEIPT, key_list, args)
+        return d.addCallback(self._result)
+
+    def _result_replicated(self, reply: Any) -> Any:
+        result = _result(reply)
+        return result if result.missing else self._client.replicated(result)
 
 
     def old_pending(self, reader: int, sender: int, now_ms: int, lookups: Budget) -> Deferred:
@@ -115,7 +122,7 @@ class ReceiptStore:
         found: List[str] = []
 
         def scan(start: str, budget: List[Any]) -> Deferred:
-            d = self.client.run(OLD_PENDING, key_list, budget + [start, limit, OLD_PENDING_SCAN] + needles)
+            d = self._client.run(OLD_PENDING, key_list, budget + [start, limit, OLD_PENDING_SCAN] + needles)
             return d.addCallback(scanned)
 
         def scanned(reply: Any) -> Any:

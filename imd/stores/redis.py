@@ -853,3 +853,31 @@ class RedisSubscriber(Service):
                     self.drop_connection()
                 elif conn is not None and conn.transport is not None:
                     conn.transport.abortConnection()
+
+
+# --- stores ------------------------------------------------------------------------
+
+class RedisStore:
+    """What every Redis store is: its client is its own (``_client``):
+    nothing above the stores reaches through one to Redis.  A store method
+    that writes what an ``A`` stands for returns its result only once the
+    write is on ``[redis] min_replicas`` replicas (:meth:`_replicated`)."""
+
+    _client: RedisClient
+
+    @property
+    def connected(self) -> bool:
+        """Redis is reachable now (a connection is up, past its AUTH/SELECT)."""
+        return self._client.connected
+
+    def wait_connected(self, timeout: Optional[float] = None) -> Deferred:
+        """Fires once Redis is reachable; StoreUnavailable after ``timeout``
+        (default ``[redis] timeout``)."""
+        return self._client.wait_connected(timeout)
+
+    def _replicated(self, d: Deferred) -> Deferred:
+        """``d``, firing with its result once every write issued so far is
+        on ``min_replicas`` replicas (one ``WAIT`` per reactor turn for all:
+        :meth:`RedisClient.replicated`); as it is without ``min_replicas``."""
+        client = self._client
+        return d.addCallback(client.replicated) if client.min_replicas else d
