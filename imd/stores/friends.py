@@ -36,10 +36,6 @@ class FriendStore(RedisStore):
         d = self._client.command("SMEMBERS", self.keys.friends(uid))
         return d.addCallback(_sorted_uids)
 
-    def are_friends(self, uid: int, other: int) -> Deferred:
-        d = self._client.command("SISMEMBER", self.keys.friends(uid), other)
-        return d.addCallback(lambda reply: bool(int(reply)))
-
 
 def _sorted_uids(members: List[str]) -> List[int]:
     return sorted(int(m) for m in members or ())

@@ -138,15 +138,6 @@ class PresenceStore(RedisStore):
         """How many connections of ``uid`` are registered, on every node."""
         return self._client.command("ZCARD", self.keys.devices(uid)).addCallback(int)
 
-    def live_nodes(self) -> Deferred:
-        """The ids of nodes whose heartbeat has not expired."""
-        d = self._client.command("TIME")
-
-        def ask(now: Any) -> Deferred:
-            ms = int(now[0]) * 1000 + int(now[1]) // 1000
-            return self._client.command("ZRANGEBYSCORE", self.keys.nodes, "(%d" % ms, "+inf")
-        return d.addCallback(ask).addCallback(lambda ids: ids or [])
-
 
 def _online_answer(reply: Any) -> Any:
     reply = int(reply)
