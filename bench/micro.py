@@ -114,6 +114,36 @@ def redis_encode():
     return old, new, "formatted per argument", "header tables, EVALSHA head per script"
 
 
+def redis_reply():
+    """A store script's reply and a stored entry read back, each through
+    the reply parser into the Deferred waiting for it: txredisapi's own
+    protocol (it decodes, leaving bytes that are not UTF-8 for the store to
+    decode) against imd's connection (decoded once, its reply-timeout
+    bookkeeping included)."""
+    import txredisapi
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from imd.stores.redis import _Connection, _Factory
+    entry = b"$%d\r\n%s\r\n" % (len(PACKET), PACKET)
+
+    def reading(conn):
+        def one(_):
+            conn.replyQueue.get()
+            conn.dataReceived(b":1\r\n")
+            d = conn.replyQueue.get()
+            conn.dataReceived(entry)   # (one bulk string per read: see imd.stores.redis's tests)
+            d.addCallback(lambda e: e.decode("utf-8", "replace") if isinstance(e, bytes) else e)
+        return one
+    plain = txredisapi.BaseRedisProtocol(convertNumbers=False)
+    plain.makeConnection(StringTransport())
+    imd_conn = _Factory(_Connection, Clock(), 5.0, "bench").buildProtocol(None)
+    imd_conn.makeConnection(StringTransport())
+    old = per_call(reading(plain), None)
+    new = per_call(reading(imd_conn), None)
+    return old, new, "txredisapi's protocol", "imd's connection"
+
+
 def message_json():
     """A message's stored/delivered JSON and its ack without orjson (PyPy):
     the json module, then jsonfast.dumps_flat."""
@@ -135,7 +165,7 @@ def message_json():
 
 
 CASES = {"message_json": message_json, "parse_frame": parse_frame, "frame_in": frame_in, "masker": masker,
-         "redis_encode": redis_encode}
+         "redis_encode": redis_encode, "redis_reply": redis_reply}
 
 
 def main(names):
