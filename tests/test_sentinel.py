@@ -421,7 +421,7 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         self.assertEqual(group.failover(), "OK")
         new = await group.wait_master_changed(old)
         where = "127.0.0.1:%d" % new
-        clients = [node1.app.redis_client, node2.app.redis_client, migrator.queue.client]
+        clients = [node1.app.redis_client, node2.app.redis_client, migrator.queue]
         await wait_until(lambda: all(c.master_address == where for c in clients)
                          and node1.app.bus.healthy and node2.app.bus.healthy, seconds=30,
                          what="every connection on the new master")

@@ -98,9 +98,8 @@ class MessageStore(RedisStore):
         (every connection's, on every node: ``budget:history:<uid>``), in
         the same call; fires with None when the budget is spent."""
         keys = self.keys
-        d = self._client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
-                            budget.args(now_ms))
-        return d
+        return self._client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
+                                budget.args(now_ms))
 
 
 def _store_result(reply: Any) -> str:

@@ -875,6 +875,12 @@ class RedisStore:
         (default ``[redis] timeout``)."""
         return self._client.wait_connected(timeout)
 
+    @property
+    def master_address(self) -> Optional[str]:
+        """``host:port`` of the Redis this store's connection reached (None
+        while down): behind Sentinel, the master it found."""
+        return self._client.master_address
+
     def _replicated(self, d: Deferred) -> Deferred:
         """``d``, firing with its result once every write issued so far is
         on ``min_replicas`` replicas (one ``WAIT`` per reactor turn for all:
