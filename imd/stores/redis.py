@@ -183,28 +183,30 @@ def encode_command(args: Sequence[Arg], head: bytes = b"", head_count: int = 0) 
     arguments already encoded (:attr:`Script.evalsha`).  A ``str`` is
     written as UTF-8, a lone surrogate that stands for a byte as that byte
     (:data:`TEXT_ERRORS`)."""
-    n = len(args) + head_count
-    out = [_ARRAY_HEADS[n] if n < 64 else b"*%d\r\n" % n, head]
-    for arg in args:
-        kind = type(arg)
-        if kind is bytes:
-            value = arg
-        elif kind is str:
-            try:
-                value = arg.encode("utf-8")   # (as fast as it gets: the errors argument costs 5-10%)
-            except UnicodeEncodeError:
-                value = arg.encode("utf-8", TEXT_ERRORS)
-        elif kind is int:
-            value = b"%d" % arg
-        elif kind is float:
-            value = repr(arg).encode("ascii")
-        else:
-            value = str(arg).encode("utf-8", TEXT_ERRORS)
-        size = len(value)
-        out.append(_BULK_HEADS[size] if size < 1024 else b"$%d\r\n" % size)
-        out.append(value)
-        out.append(b"\r\n")
-    return b"".join(out)
+    try:
+        n = len(args) + head_count
+        out = [_ARRAY_HEADS[n] if n < 64 else b"*%d\r\n" % n, head]
+        for arg in args:
+            kind = type(arg)
+            if kind is bytes:
+                value = arg
+            elif kind is str:
+                value = arg.encode("utf-8")   # (the errors argument here would cost 5-10% on PyPy)
+            elif kind is int:
+                value = b"%d" % arg
+            elif kind is float:
+                value = repr(arg).encode("ascii")
+            else:
+                value = str(arg).encode("utf-8", TEXT_ERRORS)
+            size = len(value)
+            out.append(_BULK_HEADS[size] if size < 1024 else b"$%d\r\n" % size)
+            out.append(value)
+            out.append(b"\r\n")
+        return b"".join(out)
+    except UnicodeEncodeError:
+        # text holding a byte that was not UTF-8 (as replies come up): that byte
+        return encode_command([arg.encode("utf-8", TEXT_ERRORS) if type(arg) is str else arg for arg in args],
+                              head, head_count)
 
 
 # --- connections -------------------------------------------------------------------
