@@ -379,11 +379,11 @@ def pending_backlog(redis_url, sender, uids, count):
     """``count`` messages from ``sender`` to each of ``uids``, stored as the
     daemon stores them and left unmigrated (a migrator lagging, or run the
     daemon without the migrate role): what each user's ``pending:`` holds."""
-    from imd.stores.messages import STORE_ENTRY_LUA
-    script = STORE_ENTRY_LUA + """
+    from imd.stores.redis import compose_lua
+    script = compose_lua("""-- include: store_entry
 for i = 1, #ARGV do store_entry(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[i]) end
 return 1
-"""
+""")
     now = int(time.time() * 1000)
     for uid in uids:
         for start in range(0, count, 500):

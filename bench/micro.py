@@ -114,6 +114,44 @@ def redis_encode():
     return old, new, "formatted per argument", "header tables, EVALSHA head per script"
 
 
+def redis_reply():
+    """A store script's reply and a stored entry read back, each through
+    the reply parser into the Deferred waiting for it, with the reply
+    timeout's bookkeeping: txredisapi's protocol with imd's bookkeeping in
+    the reply's callback, which also decoded what txredisapi left as bytes
+    (before), against imd's connection, which does both in the parser
+    (after)."""
+    from collections import deque
+
+    import txredisapi
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from imd.stores.redis import _Connection, _Factory
+    entry = b"$%d\r\n%s\r\n" % (len(PACKET), PACKET)
+
+    def reading(conn, issued, replied):
+        def one(_):
+            for data in (b":1\r\n", entry):   # (one bulk string per read: see imd.stores.redis's tests)
+                issued.append(0.0)
+                conn.replyQueue.get().addBoth(replied)
+                conn.dataReceived(data)
+        return one
+    plain = txredisapi.BaseRedisProtocol(convertNumbers=False)
+    plain.makeConnection(StringTransport())
+    awaited: deque = deque()
+
+    def replied_before(reply):
+        if awaited:
+            awaited.popleft()
+        return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    imd_conn = _Factory(_Connection, Clock(), 5.0, "bench").buildProtocol(None)
+    imd_conn.makeConnection(StringTransport())
+    old = per_call(reading(plain, awaited, replied_before), None)
+    new = per_call(reading(imd_conn, imd_conn.issued, lambda reply: reply), None)
+    return old, new, "txredisapi's parser, then imd", "imd's connection"
+
+
 def message_json():
     """A message's stored/delivered JSON and its ack without orjson (PyPy):
     the json module, then jsonfast.dumps_flat."""
@@ -209,7 +247,7 @@ def moderation():
 
 
 CASES = {"message_json": message_json, "parse_frame": parse_frame, "frame_in": frame_in, "masker": masker,
-         "redis_encode": redis_encode, "moderation": moderation}
+         "redis_encode": redis_encode, "redis_reply": redis_reply, "moderation": moderation}
 
 
 def main(names):

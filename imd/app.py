@@ -106,7 +106,7 @@ class App:
             else None
         # Until Redis answers and the keys are set, requests and logins wait (imd.startup).
         roles = settings.imd.roles
-        self.startup = StartupGate(self.redis_client, self.keys, self.clock, needs_keys=bool({"ws", "http"} & roles),
+        self.startup = StartupGate(self.redis_client, self.tokens, self.clock, needs_keys=bool({"ws", "http"} & roles),
                                    node_ready=(lambda: self.bus.healthy) if "ws" in roles else None)
         handshake = settings.websocket.open_handshake_timeout
         self.verifier = TokenVerifier(self.tokens, self.clock, settings.auth.single_use, settings.auth.token_ttl,

@@ -75,7 +75,7 @@ class NodeBus(Service):
                       node=self.presence.node_id, why=str(e))
 
     def _heartbeat(self) -> Optional[defer.Deferred]:
-        if not self.presence.client.connected:
+        if not self.presence.connected:
             return None  # (re)connecting: _subscribed registers as soon as it can
         if self._subscriber.subscribed and not self._registered:
             d = self._register()
@@ -88,7 +88,7 @@ class NodeBus(Service):
     def _subscribed(self) -> None:
         _log.info("subscribed to {channel}", channel=self.presence.channel)
         self._registered = False
-        d = self.presence.client.wait_connected()
+        d = self.presence.wait_connected()
         d.addCallback(lambda _: self._register())
         d.addErrback(lambda f: _log.warn("registering this node failed: {why}", why=f.getErrorMessage()))
 

@@ -1,6 +1,7 @@
 """The frames nodes send each other over Redis pub/sub: one codec, used by the
-Python side (:func:`encode`, :func:`decode`) and, as the Lua functions in
-:data:`LUA`, by the scripts that publish from inside Redis.
+Python side (:func:`encode`, :func:`decode`) and, as the Lua function
+``frame`` of ``imd/stores/lua/frame.lua``, by the scripts that publish from
+inside Redis.
 
 A frame is text: ``<kind> <uid> <rest>``.
 
@@ -15,13 +16,6 @@ from typing import NamedTuple, Union
 
 DELIVER, KICK, REPLACE = "d", "k", "r"
 KINDS = frozenset((DELIVER, KICK, REPLACE))
-
-# The same frames built inside Redis (prepended to the scripts that publish).
-LUA = """
-local function frame(kind, uid, rest)
-  return kind .. ' ' .. uid .. ' ' .. rest
-end
-"""
 
 
 class Frame(NamedTuple):

@@ -205,8 +205,8 @@ class Migrator(Service):
         it have committed.  When anything fails, nothing more starts; the
         step waits for what is under way and fails, and the next step
         replays whatever is still in ``MQ:processing``."""
-        if not self.queue.client.connected:
-            yield self.queue.client.wait_connected()
+        if not self.queue.connected:
+            yield self.queue.wait_connected()
         if not self.is_leader:
             if not (yield self.queue.hold_lock(self.token, self.lock_ttl)):
                 return self.lock_ttl / 3.0

@@ -177,15 +177,18 @@ class LocalNode:
             session.close_with(protocol.CLOSE_REPLACED, "replaced by a newer device")
 
     def frame_received(self, frame: Any) -> None:
-        """A frame from another node (imd.busframes)."""
+        """A frame from another node (imd.busframes), as the subscription
+        decoded it (imd.stores.redis: a byte that is not UTF-8 is a lone
+        surrogate, which the encode of its rest refuses)."""
         try:
             kind, uid, rest = busframes.decode(frame)
-        except busframes.BadFrame:
-            _log.warn("ignoring a malformed bus frame: {frame!r}", frame=bytes(frame[:80]) if frame else frame)
+            payload = rest.encode("utf-8")
+        except (busframes.BadFrame, UnicodeEncodeError):
+            _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80] if frame else frame)
             return
         try:
             if kind == busframes.DELIVER:
-                self.deliver_local(uid, rest.encode("utf-8"))
+                self.deliver_local(uid, payload)
             elif kind == busframes.KICK:
                 self.kick_local(uid, rest)
             else:

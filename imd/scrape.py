@@ -130,7 +130,7 @@ class ProcessAnnouncer(Service):
         self._loop.start(self._ttl / 3.0, now=False)
         # The first entry as soon as Redis is connected (the loop retries
         # if it is not within ttl).
-        self._connecting = self._registry.client.wait_connected(self._ttl)
+        self._connecting = self._registry.wait_connected(self._ttl)
         self._connecting.addCallbacks(lambda _: self.announce(),
                                       lambda f: f.trap(StoreUnavailable, defer.CancelledError))
 
@@ -145,7 +145,7 @@ class ProcessAnnouncer(Service):
 
     def announce(self) -> Optional[defer.Deferred]:
         """Refresh the entry now; a failure is logged once and retried."""
-        if not self.running or not self._registry.client.connected:
+        if not self.running or not self._registry.connected:
             return None
         d = self._registry.register(self._identity, self._info(), self._ttl)
         d.addCallbacks(self._announced, self._failed)

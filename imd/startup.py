@@ -38,8 +38,8 @@ from imd.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from imd.config import Settings
-    from imd.stores.keys import Keys
     from imd.stores.redis import RedisClient
+    from imd.stores.tokens import TokenStore
 
 _log = Logger()
 
@@ -58,12 +58,12 @@ class StillStarting(StoreUnavailable):
 class StartupGate(Service):
     name = "startup-gate"
 
-    def __init__(self, client: "RedisClient", keys: "Keys", clock: Any, needs_keys: bool,
+    def __init__(self, client: "RedisClient", tokens: "TokenStore", clock: Any, needs_keys: bool,
                  node_ready: Optional[Callable[[], bool]] = None, hold: float = HOLD) -> None:
         """``needs_keys``: wait for the key pair; ``node_ready()``: a ws
         node's registration (imd.bus.NodeBus.healthy)."""
         self._client = client
-        self._keys = keys
+        self._tokens = tokens
         self._clock = clock
         self._needs_keys = needs_keys
         self._node_ready = node_ready
@@ -132,10 +132,10 @@ class StartupGate(Service):
             self._awaiting_now("redis at %s:%s does not answer yet" % (address.host, address.port))
             return None
         if not self._needs_keys:
-            self._keys_checked(2)
+            self._keys_checked(True)
             return None
         self._looking = True
-        d = self._client.command("EXISTS", self._keys.public_key, self._keys.private_key)
+        d = self._tokens.has_key_pair()
         d.addCallbacks(self._keys_checked, lambda f: f.trap(StoreUnavailable))
         d.addBoth(self._looked)
         return d
@@ -143,10 +143,10 @@ class StartupGate(Service):
     def _looked(self, _: object) -> None:
         self._looking = False
 
-    def _keys_checked(self, count: Any) -> None:
+    def _keys_checked(self, key_pair: bool) -> None:
         if not self.running or self.ready:
             return
-        if int(count) != 2:
+        if not key_pair:
             self._awaiting_now("the key pair is not in redis (run imd-admin keys init)")
             return
         if self._node_ready is not None and not self._node_ready():

@@ -118,9 +118,34 @@ def _receipt(obj: Any) -> StoredReceipt:
     return StoredReceipt(_uid(obj.get("from"), "from"), sender, state, tuple(msg_ids), ts, seq)
 
 
+def readable(entry: str) -> str:
+    """``entry`` as text a client or MySQL can take: each byte that was not
+    UTF-8 in Redis (which imd.stores.redis hands up as a lone surrogate, so
+    that it can be written back as it was) becomes U+FFFD."""
+    try:
+        entry.encode("utf-8")
+        return entry
+    except UnicodeEncodeError:
+        return entry.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def parse_entry(entry: str) -> Union[StoredMessage, StoredReceipt]:
     """One ``MQ`` entry (str) -> :class:`StoredMessage` or
-    :class:`StoredReceipt`, or ValueError."""
+    :class:`StoredReceipt`, or ValueError.  An entry holding bytes that are
+    not UTF-8 is read as :func:`readable` makes it (each such byte U+FFFD)."""
+    try:
+        return _parse(entry)
+    except UnicodeEncodeError:
+        # (only such an entry fails to encode, or one with a lone surrogate
+        # escaped in its JSON: every message's is encoded below to check its
+        # size, every receipt's ids, all that is read of it)
+        clean = readable(entry)
+        if clean is entry:
+            raise
+        return _parse(clean)
+
+
+def _parse(entry: str) -> Union[StoredMessage, StoredReceipt]:
     obj = _load(entry)
     if isinstance(obj, dict) and obj.get("type") == "R":
         return _receipt(obj)
@@ -128,8 +153,15 @@ def parse_entry(entry: str) -> Union[StoredMessage, StoredReceipt]:
 
 
 def parse_stored(entry: str) -> StoredMessage:
-    """One ``MQ`` entry (str) that must be a message -> :class:`StoredMessage`, or ValueError."""
-    return _message(entry, _load(entry))
+    """One ``MQ`` entry (str) that must be a message -> :class:`StoredMessage`,
+    or ValueError (bytes that are not UTF-8 as :func:`parse_entry` reads them)."""
+    try:
+        return _message(entry, _load(entry))
+    except UnicodeEncodeError:
+        clean = readable(entry)
+        if clean is entry:
+            raise
+        return _message(clean, _load(clean))
 
 
 def _message(entry: str, obj: Any) -> StoredMessage:

@@ -8,7 +8,7 @@ Rates and the ack p99 are taken over the last ``WINDOW`` seconds of samples
 
 import time
 from collections import deque, namedtuple
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -154,11 +154,10 @@ def build_frame(at: float, redis: str, status: Optional["QueueStatus"], processe
                  total, problem)
 
 
-def _age(entry: Union[str, bytes], now: float) -> Optional[float]:
+def _age(entry: str, now: float) -> Optional[float]:
     from imd.stored import parse_entry
     try:
-        text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
-        return max(0.0, now - parse_entry(text).ts / 1000.0)
+        return max(0.0, now - parse_entry(entry).ts / 1000.0)
     except ValueError:
         return None
 

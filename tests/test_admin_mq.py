@@ -35,6 +35,7 @@ class WordingTests(unittest.SynchronousTestCase):
     def test_entries_stay_on_one_line(self):
         self.assertEqual(show_entry("a\nb\x00c"), "a\\x0ab\\x00c")
         self.assertEqual(show_entry(b"\xff"), "\ufffd")
+        self.assertEqual(show_entry("a\udcff"), "a\ufffd")   # a byte that is not UTF-8, as imd.stores.redis reads it
         long = "x" * 1000
         self.assertEqual(show_entry(long), "x" * 300 + "... (1000 bytes)")
         self.assertEqual(show_entry(long, full=True), long)

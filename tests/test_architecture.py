@@ -149,9 +149,13 @@ class KeySchemaTests(unittest.SynchronousTestCase):
     def test_no_key_is_built_outside_keys_py(self):
         # every other module asks imd.stores.keys for names; a literal like
         # "URS:%d" or 'dev:' elsewhere would be a second way to build a key
+        # (and no Lua script builds one: each gets its keys as KEYS)
         patterns = sorted({spec.pattern.split("<")[0] for spec in SCHEMA if "<" in spec.pattern})
+        lua = os.path.join(PACKAGE, "stores", "lua")
+        sources = dict(modules(), **{"lua/" + n: os.path.join(lua, n) for n in os.listdir(lua) if n.endswith(".lua")})
+        self.assertIn("lua/store_message.lua", sources)
         found = []
-        for name, path in modules().items():
+        for name, path in sources.items():
             if name == "imd.stores.keys":
                 continue
             source = open(path, encoding="utf-8").read()

@@ -11,7 +11,7 @@ from imd import protocol
 from imd.errors import ImdError
 from imd.handlers.history import decode_cursor, encode_cursor
 from imd.stores.keys import Keys
-from imd.stores.messages import STORE_ENTRY_LUA
+from imd.stores.redis import compose_lua
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import MysqlTestMixin, RowLock
 from tests.support import (ClientMixin, ImdServer, PrivateRedis, RedisTestMixin, ServerTestMixin, connect_client,
@@ -28,12 +28,12 @@ def stored(packet_id, sender, to, ts, msg="x", kind="t"):
 
 # The store script's own way of storing an entry (accept order, MQ, both
 # parties' pending index), for many entries at once.
-_STORE_ENTRIES = STORE_ENTRY_LUA + """
+_STORE_ENTRIES = compose_lua("""-- include: store_entry
 for i = 1, #ARGV do
   store_entry(KEYS[1], KEYS[2], KEYS[2 * i + 1], KEYS[2 * i + 2], ARGV[i])
 end
 return 1
-"""
+""")
 
 
 async def store_entries(redis, packets):

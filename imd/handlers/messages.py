@@ -35,8 +35,6 @@ class MessageHandler:
         self._log_messages = log_messages
         # [privacy] mask, [moderation]: applied to every t before it is stored
         self._text_policy = text_policy if text_policy is not None and text_policy.active else None
-        client = store.client
-        self._replicas = client.replicated if client.min_replicas else None
 
     def handle(self, sender: int, packet: protocol.MessagePacket) -> Deferred:
         if not self._node.healthy:
@@ -49,11 +47,9 @@ class MessageHandler:
             packet.msg, masked = self._text_policy.apply(cast(str, packet.msg))
         ts = int(self._clock.seconds() * 1000)
         payload = protocol.message_json(packet, sender, ts)
+        # (with [redis] min_replicas it fires once the replicas have it:
+        # nothing is delivered or acked before)
         d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts)
-        if self._replicas:
-            # [redis] min_replicas: nothing is delivered or acked before the
-            # replicas have it (one WAIT per turn for all the turn's messages)
-            d.addCallback(self._replicas)
         return d.addCallback(self._stored, sender, packet, payload, masked)
 
     def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes,

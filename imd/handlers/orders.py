@@ -51,8 +51,8 @@ class TakeOrderHandler:
         # A fixed id per order: the MySQL unique key (from, id, to) backs up
         # the order's record in Redis, so the s packet is stored once.
         payload = protocol.system_message_json(taken_id(packet.order), sender, customer, notice, ts)
+        # ([redis] min_replicas: it fires once the replicas have it)
         take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier)
-        take = yield self._orders.client.replicated(take)   # [redis] min_replicas
         _refuse_closed(packet.order, take.outcome)
         if take.outcome == TAKEN:
             self._node.deliver(customer, payload)

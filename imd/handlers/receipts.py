@@ -22,7 +22,6 @@ read (imd.stores.receipts), never the whole set.
 from typing import Any, Dict, List, Set, Tuple
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
 
 from imd import protocol
 from imd.errors import ImdError
@@ -59,15 +58,7 @@ class ReceiptHandler:
             # (rare: records gone) verify, then settle every id in one more call
             d = self._verify(reader, packet, result.missing, ts)
             d.addCallback(lambda seeds: self._receipts.apply(packet, reader, ts, seeds))
-            return d.addCallback(self._replicated, reader, packet, ts)
-        return self._replicated(result, reader, packet, ts)
-
-    def _replicated(self, result: Any, reader: int, packet: protocol.ReceiptPacket, ts: int) -> Any:
-        # [redis] min_replicas: nothing is relayed or acked before the
-        # replicas have the new states (one WAIT per turn for the whole turn)
-        replicated = self._receipts.client.replicated(result)
-        if isinstance(replicated, Deferred):
-            return replicated.addCallback(self._settled, reader, packet, ts)
+            return d.addCallback(self._settled, reader, packet, ts)
         return self._settled(result, reader, packet, ts)
 
     def _settled(self, result: Any, reader: int, packet: protocol.ReceiptPacket, ts: int) -> Reply:

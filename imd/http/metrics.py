@@ -76,10 +76,10 @@ class MetricsResource(JsonResource):
 
     @defer.inlineCallbacks
     def render_GET(self, request: Request) -> Generator[defer.Deferred, Any, JsonResult]:
-        app, metrics = self._app, self._app.metrics
+        metrics = self._app.metrics
         # (the gauges, a read firing with one figure for each)
         from_redis = (
-            ((metrics.mq_length,), lambda: app.redis_client.command("LLEN", app.keys.mq).addCallback(_one)),
+            ((metrics.mq_length,), lambda: self._dead.queued().addCallback(_one)),
             ((metrics.mq_dead_length,), lambda: self._dead.length().addCallback(_one)),
             ((metrics.nodes_registered,), lambda: self._processes.ready_nodes().addCallback(_one)),
             ((metrics.push_pending, metrics.push_oldest_age), self._push_figures),

@@ -21,26 +21,12 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 SCAN_COUNT = 1000   # keys Redis looks at per SCAN call (about as many as it examines)
 
-# KEYS: dedup records.  One line per key, '<value> <ms left>' (value ''
-# when it expired since the SCAN; ms left -1: no expiry, -2: gone), as one
-# string: a reply of one bulk string is read far faster than one of
-# thousands (imd.stores.queue does the same for its batches).
-RECORDS = Script("""
-local out = {}
-for i = 1, #KEYS do
-  out[i] = (redis.call('GET', KEYS[i]) or '') .. ' ' .. redis.call('PTTL', KEYS[i])
-end
-return table.concat(out, '\\n')
-""", "dedup_records")
-
-# KEYS: MQ, MQ:processing, MQ:dead.
-LENGTHS = Script("""
-return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('LLEN', KEYS[3])}
-""", "queue_lengths")
+RECORDS = Script.load("dedup_records")
+LENGTHS = Script.load("queue_lengths")
 
 STATES = {"": "sent", "d": "delivered", "r": "read"}
 
@@ -55,16 +41,12 @@ class DedupRecord(NamedTuple):
     ms_left: int
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def parse_record(name: Tuple[int, str, Optional[int]], value: Any, ms_left: Any) -> Optional[DedupRecord]:
     """The record of a parsed key name, its value and PTTL; None when it is
     gone or its value is not ``<to>[:d|:r]``."""
     if value is None or int(ms_left) == -2:
         return None
-    to_text, _, mark = _text(value).partition(":")
+    to_text, _, mark = value.partition(":")
     if not to_text.isdigit() or mark not in STATES:
         return None
     sender, packet_id, to = name
@@ -73,26 +55,26 @@ def parse_record(name: Tuple[int, str, Optional[int]], value: Any, ms_left: Any)
     return DedupRecord(sender, packet_id, int(to_text), STATES[mark], int(ms_left))
 
 
-class AuditStore:
+class AuditStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, count: int = SCAN_COUNT) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.count = count
 
     def key_count(self) -> Deferred:
         """Keys in the database (``DBSIZE``): about what a full SCAN looks at."""
-        return self.client.command("DBSIZE").addCallback(int)
+        return self._client.command("DBSIZE").addCallback(int)
 
     def dedup_page(self, cursor: int) -> Deferred:
         """One SCAN step over the dedup records: fires with ``(next cursor,
         [DedupRecord])``; the next cursor is 0 when the scan is complete.
         A key may come twice while Redis resizes its table (SCAN's
         guarantee is at least once)."""
-        d = self.client.command("SCAN", cursor, "MATCH", self.keys.dedup_match, "COUNT", self.count)
+        d = self._client.command("SCAN", cursor, "MATCH", self.keys.dedup_match, "COUNT", self.count)
         return d.addCallback(self._records)
 
     def _records(self, reply: Any) -> Deferred:
-        cursor, names = int(reply[0]), [_text(k) for k in reply[1] or ()]
+        cursor, names = int(reply[0]), reply[1] or []
         parsed = []
         for key in names:
             name = self.keys.parse_dedup(key)
@@ -100,11 +82,11 @@ class AuditStore:
                 parsed.append((key, name))
         if not parsed:
             return defer.succeed((cursor, []))
-        d = self.client.run(RECORDS, [key for key, _ in parsed], [])
+        d = self._client.run(RECORDS, [key for key, _ in parsed], [])
 
         def read(reply: Any) -> Tuple[int, List[DedupRecord]]:
             records = []
-            for (_, name), line in zip(parsed, _text(reply).split("\n")):
+            for (_, name), line in zip(parsed, reply.split("\n")):
                 value, _, ms_left = line.rpartition(" ")
                 record = parse_record(name, value or None, ms_left)
                 if record is not None:
@@ -115,12 +97,11 @@ class AuditStore:
     def lengths(self) -> Deferred:
         """``(len MQ, len MQ:processing, len MQ:dead)``."""
         k = self.keys
-        d = self.client.run(LENGTHS, [k.mq, k.mq_processing, k.mq_dead], [])
+        d = self._client.run(LENGTHS, [k.mq, k.mq_processing, k.mq_dead], [])
         return d.addCallback(lambda r: (int(r[0]), int(r[1]), int(r[2])))
 
     def queue_page(self, processing: bool, start: int, stop: int) -> Deferred:
         """Entries ``start``..``stop`` (LRANGE indexes, 0 the newest) of
         ``MQ`` or ``MQ:processing``, as str."""
         key = self.keys.mq_processing if processing else self.keys.mq
-        d = self.client.command("LRANGE", key, start, stop)
-        return d.addCallback(lambda reply: [_text(e) for e in reply or ()])
+        return self._client.command("LRANGE", key, start, stop)

@@ -14,40 +14,11 @@ from typing import Any, Generator, List, Optional, Tuple
 from twisted.internet import defer
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
-# KEYS: MQ, MQ:processing, MQ:dead, MQ:lock.  One atomic snapshot:
-# {len MQ, its oldest entry, len processing, its oldest, len dead, lock holder, lock ms left}.
-STATUS = Script("""
-return {redis.call('LLEN', KEYS[1]), redis.call('LINDEX', KEYS[1], -1),
-        redis.call('LLEN', KEYS[2]), redis.call('LINDEX', KEYS[2], -1),
-        redis.call('LLEN', KEYS[3]), redis.call('GET', KEYS[4]), redis.call('PTTL', KEYS[4])}
-""", "status")
-
-# KEYS: MQ:dead, MQ.  ARGV: how many (0 = all).  Moves the oldest entries of
-# MQ:dead to the tail of MQ, where the migrator claims its next batch, the
-# oldest last (so it is claimed first).  Returns how many moved.
-REPLAY = Script("""
-local n = tonumber(ARGV[1])
-local len = redis.call('LLEN', KEYS[1])
-if n <= 0 or n > len then n = len end
-if n == 0 then return 0 end
-local entries = redis.call('LRANGE', KEYS[1], -n, -1)
-redis.call('LTRIM', KEYS[1], 0, -n - 1)
-for i = 1, #entries, 1000 do
-  redis.call('RPUSH', KEYS[2], unpack(entries, i, math.min(i + 999, #entries)))
-end
-return n
-""", "replay")
-
-# KEYS: MQ:dead.  ARGV: how many (0 = all).  Deletes the oldest entries.
-DROP = Script("""
-local n = tonumber(ARGV[1])
-local len = redis.call('LLEN', KEYS[1])
-if n <= 0 or n > len then n = len end
-if n > 0 then redis.call('LTRIM', KEYS[1], 0, -n - 1) end
-return n
-""", "drop")
+STATUS = Script.load("status")
+REPLAY = Script.load("replay")
+DROP = Script.load("drop")
 
 QueueStatus = namedtuple("QueueStatus", "queued oldest_queued in_flight oldest_in_flight dead leader lock_ms")
 
@@ -57,15 +28,15 @@ def _opt(value: Optional[str]) -> Optional[str]:
     return value if value not in (None, False) else None
 
 
-class DeadLetters:
+class DeadLetters(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
 
     def status(self) -> defer.Deferred:
         """Fires with a :class:`QueueStatus` (entries as Redis gave them)."""
         k = self.keys
-        d = self.client.run(STATUS, [k.mq, k.mq_processing, k.mq_dead, k.mq_lock], [])
+        d = self._client.run(STATUS, [k.mq, k.mq_processing, k.mq_dead, k.mq_lock], [])
 
         def parsed(r: List[Any]) -> QueueStatus:
             return QueueStatus(int(r[0]), _opt(r[1]), int(r[2]), _opt(r[3]), int(r[4]), _opt(r[5]),
@@ -73,24 +44,28 @@ class DeadLetters:
         return d.addCallback(parsed)
 
     def length(self) -> defer.Deferred:
-        return self.client.command("LLEN", self.keys.mq_dead).addCallback(int)
+        return self._client.command("LLEN", self.keys.mq_dead).addCallback(int)
+
+    def queued(self) -> defer.Deferred:
+        """How many entries ``MQ`` holds (not migrated, not claimed)."""
+        return self._client.command("LLEN", self.keys.mq).addCallback(int)
 
     @defer.inlineCallbacks
     def oldest(self, limit: int) -> Generator[defer.Deferred, Any, Tuple[int, List[str]]]:
         """``(total, entries)``: the ``limit`` oldest entries, oldest first."""
-        total = int((yield self.client.command("LLEN", self.keys.mq_dead)))
+        total = int((yield self._client.command("LLEN", self.keys.mq_dead)))
         entries: List[str] = []
         if total and limit > 0:
-            entries = yield self.client.command("LRANGE", self.keys.mq_dead, -limit, -1)
+            entries = yield self._client.command("LRANGE", self.keys.mq_dead, -limit, -1)
             entries = list(reversed(entries))
         return total, entries
 
     def replay(self, count: int = 0) -> defer.Deferred:
         """Move the ``count`` oldest entries (0 = all) back to ``MQ``; fires with how many moved."""
-        d = self.client.run(REPLAY, [self.keys.mq_dead, self.keys.mq], [max(0, int(count))])
+        d = self._client.run(REPLAY, [self.keys.mq_dead, self.keys.mq], [max(0, int(count))])
         return d.addCallback(int)
 
     def drop(self, count: int = 0) -> defer.Deferred:
         """Delete the ``count`` oldest entries (0 = all); fires with how many went."""
-        d = self.client.run(DROP, [self.keys.mq_dead], [max(0, int(count))])
+        d = self._client.run(DROP, [self.keys.mq_dead], [max(0, int(count))])
         return d.addCallback(int)

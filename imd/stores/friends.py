@@ -11,26 +11,19 @@ from typing import List
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
-# KEYS: URS:<a>, URS:<b>, kept:<a>, kept:<b>.  ARGV: SADD or SREM, a, b
-SET_FRIENDS = Script("""
-redis.call(ARGV[1], KEYS[1], ARGV[3])
-redis.call(ARGV[1], KEYS[2], ARGV[2])
-redis.call(ARGV[1], KEYS[3], ARGV[3])
-redis.call(ARGV[1], KEYS[4], ARGV[2])
-return 1
-""", "set_friends")
+SET_FRIENDS = Script.load("set_friends")
 
 
-class FriendStore:
+class FriendStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
 
     def _set(self, op: str, a: int, b: int) -> Deferred:
         k = self.keys
-        return self.client.run(SET_FRIENDS, [k.friends(a), k.friends(b), k.kept(a), k.kept(b)], [op, a, b])
+        return self._client.run(SET_FRIENDS, [k.friends(a), k.friends(b), k.kept(a), k.kept(b)], [op, a, b])
 
     def add_friends(self, a: int, b: int) -> Deferred:
         """Friends both ways, for good: closing an order between them will not end it."""
@@ -40,12 +33,8 @@ class FriendStore:
         return self._set("SREM", a, b)
 
     def list_friends(self, uid: int) -> Deferred:
-        d = self.client.command("SMEMBERS", self.keys.friends(uid))
+        d = self._client.command("SMEMBERS", self.keys.friends(uid))
         return d.addCallback(_sorted_uids)
-
-    def are_friends(self, uid: int, other: int) -> Deferred:
-        d = self.client.command("SISMEMBER", self.keys.friends(uid), other)
-        return d.addCallback(lambda reply: bool(int(reply)))
 
 
 def _sorted_uids(members: List[str]) -> List[int]:

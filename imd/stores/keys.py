@@ -12,7 +12,7 @@ each other.
 """
 
 import re
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple
 
 Uid = int
 PacketId = str
@@ -151,13 +151,11 @@ class Keys:
         glob characters escaped)."""
         return _GLOB.sub(r"\\\g<0>", self.prefix) + "dedup:*"
 
-    def parse_dedup(self, key: Union[str, bytes]) -> Optional[Tuple[Uid, PacketId, Optional[Uid]]]:
+    def parse_dedup(self, key: str) -> Optional[Tuple[Uid, PacketId, Optional[Uid]]]:
         """``(sender, packet id, recipient)`` of a dedup record's name; the
         recipient is in the name only for the system (sender 0), else None.
         None for a name that is not a dedup record's.  An id may hold ``:``:
         the sender (and the system's recipient) come first."""
-        if isinstance(key, bytes):
-            key = key.decode("utf-8", "replace")
         head = self.prefix + "dedup:"
         if not key.startswith(head):
             return None
@@ -204,10 +202,8 @@ class Keys:
     def site(self, uid: Uid) -> str:
         return "%ssite:%d" % (self.prefix, uid)
 
-    def channel(self, node_id: Union[str, bytes]) -> str:
+    def channel(self, node_id: str) -> str:
         """The pub/sub channel a node listens on."""
-        if isinstance(node_id, bytes):
-            node_id = node_id.decode("utf-8")
         return self._channel_prefix + node_id
 
     @property

@@ -27,93 +27,39 @@ from typing import Any, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from imd.stores.budgets import TAKE_TOKENS_LUA, Budget
+from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
-from imd.stores.push import NOTE_PUSH_LUA, PushNotes
-from imd.stores.redis import RedisClient, Script
+from imd.stores.push import PushNotes
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
 STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
 
-# Lua shared by every script that stores an entry: the accept order, MQ and
-# both parties' pending index, in one go.
-# store_entry(MQ, MQ:seq, pending:<a>, pending:<b>, packet JSON) -> seq
-STORE_ENTRY_LUA = """
-local function store_entry(mq, seq_key, pending_a, pending_b, packet)
-  local seq = redis.call('INCR', seq_key)
-  local entry = string.sub(packet, 1, -2) .. ',"seq":' .. seq .. '}'
-  redis.call('LPUSH', mq, entry)
-  redis.call('ZADD', pending_a, seq, entry)
-  if pending_b ~= pending_a then redis.call('ZADD', pending_b, seq, entry) end
-  return seq
-end
-"""
-
-# KEYS: URS:<from>, dedup:<from>:<id>, MQ, MQ:seq, pending:<from>, pending:<to>
-#       [, push:unread, push:last, push:due: only with [push] url set]
-# ARGV: to, packet, dedup ttl [, when the push is due (ms)]
-# A duplicate renews its dedup record: that write is what a WAIT after it
-# counts ([redis] min_replicas), so the retry is acked only once the
-# replicas are past the first store, even on a connection that never made it.
-STORE_MESSAGE = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[3]) then
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  return 2
-end
-store_entry(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
-if ARGV[4] then note_push(KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[4]) end
-return 1
-""", "store_message")
+STORE_MESSAGE = Script.load("store_message")
+STORE_SYSTEM = Script.load("store_system")
+PENDING_FOR_HISTORY = Script.load("pending_for_history")
 
 
-# KEYS: MQ, MQ:seq [, push:unread, push:last, push:due: only with [push] url
-#       set], then per recipient: dedup:0:<to>:<id>, pending:<to>
-# ARGV: dedup ttl, packet head, packet tail, when the pushes are due (ms; ''
-#       without [push] url), then the recipients' uids.
-# A system message (from 0) to each recipient that has not had this id yet:
-# head .. uid .. tail is its packet.  Returns the 1-based indexes stored.
-STORE_SYSTEM = Script(STORE_ENTRY_LUA + NOTE_PUSH_LUA + """
-local push = ARGV[4] ~= ''
-local first = push and 6 or 3
-local stored = {}
-for i = 5, #ARGV do
-  local to = ARGV[i]
-  local j = 2 * (i - 5) + first
-  if redis.call('SET', KEYS[j], to, 'NX', 'EX', ARGV[1]) then
-    local packet = ARGV[2] .. to .. ARGV[3]
-    store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], packet)
-    if push then note_push(KEYS[3], KEYS[4], KEYS[5], to, packet, ARGV[4]) end
-    stored[#stored + 1] = i - 4
-  end
-end
-return stored
-""", "store_system")
-
-
-# KEYS: pending:<uid>, budget:history:<uid>.  ARGV: rate, burst, now (ms).
-# The user's entries not yet migrated, or false when its H budget is spent.
-PENDING_FOR_HISTORY = Script(TAKE_TOKENS_LUA + """
-if not take_tokens(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1) then return false end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-""", "pending_for_history")
-
-
-class MessageStore:
+class MessageStore(RedisStore):
     """Friend check + dedup + MQ + pending index, atomically, in one round trip."""
 
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
                  push: Optional[PushNotes] = None) -> None:
         """``push``: set when ``[push] url`` is (each stored message then
         notes the recipient's pending push)."""
-        self.client = client
+        self._client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.push = push
+        # one callback per message either way
+        self._store_result = self._store_result_replicated if client.min_replicas else _store_result
 
     def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred:
-        """Fires with STORED, NOT_FRIEND or DUPLICATE.  ``ts``: the
-        message's (Unix ms), from which its push's delay counts."""
+        """Fires with STORED, NOT_FRIEND or DUPLICATE, once the write is on
+        ``[redis] min_replicas`` replicas whatever the outcome (a duplicate
+        renews its dedup record: the WAIT after that write is what tells
+        that the first store reached them).  ``ts``: the message's (Unix
+        ms), from which its push's delay counts."""
         keys, push = self.keys, self.push
         key_list = [keys.friends(sender), keys.dedup(sender, dedup_id, to), keys.mq, keys.mq_seq,
                     keys.pending(sender), keys.pending(to)]
@@ -121,7 +67,10 @@ class MessageStore:
         if push is not None:
             key_list += push.keys
             args.append(push.due(ts))
-        return self.client.run(STORE_MESSAGE, key_list, args).addCallback(_store_result)
+        return self._client.run(STORE_MESSAGE, key_list, args).addCallback(self._store_result)
+
+    def _store_result_replicated(self, reply: Any) -> Any:
+        return self._client.replicated(_store_result(reply))
 
     def store_system_messages(self, packet_id: str, recipients: Sequence[int], head: bytes, tail: bytes,
                               ts: int = 0) -> Deferred:
@@ -129,33 +78,30 @@ class MessageStore:
         to each recipient, stored once per (recipient, id) — the dedup record
         ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
         ``to`` is ``head + str(to) + tail``.  Fires with the recipients
-        stored now (the others had it already)."""
+        stored now (the others had it already), once the write is on
+        ``[redis] min_replicas`` replicas."""
         keys, push = self.keys, self.push
         key_list = [keys.mq, keys.mq_seq] + (push.keys if push is not None else [])
         for to in recipients:
             key_list.append(keys.dedup(0, packet_id, to))
             key_list.append(keys.pending(to))
         due = push.due(ts) if push is not None else ""
-        d = self.client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
-        return d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()])
+        d = self._client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
+        return self._replicated(d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()]))
 
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""
-        return self.client.command("ZRANGE", self.keys.pending(uid), 0, -1).addCallback(_entries)
+        return self._client.command("ZRANGE", self.keys.pending(uid), 0, -1)
 
     def pending_for_history(self, uid: int, budget: Budget, now_ms: int) -> Deferred:
         """:meth:`pending`, once one ``H`` is taken from the user's budget
         (every connection's, on every node: ``budget:history:<uid>``), in
         the same call; fires with None when the budget is spent."""
         keys = self.keys
-        d = self.client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
-                            budget.args(now_ms))
-        return d.addCallback(lambda reply: None if reply is None else _entries(reply))
+        return self._client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
+                                budget.args(now_ms))
 
 
 def _store_result(reply: Any) -> str:
     return STORE_RESULTS[int(reply)]
 
-
-def _entries(reply: Any) -> List[str]:
-    return [e.decode("utf-8", "replace") if isinstance(e, bytes) else e for e in reply or ()]

@@ -268,12 +268,6 @@ class MysqlStore(Service):
 
     # --- message (contract §5) -----------------------------------------------
 
-    def insert_messages(self, rows: Sequence[Tuple[Any, ...]]) -> defer.Deferred:
-        """Insert ``MessageRow`` tuples in one transaction; rows already present
-        (same ``from_id``, ``msg_id``) are skipped.  Fires with the number of
-        rows actually inserted."""
-        return self.run_interaction(_insert_messages_txn, rows)
-
     def insert_entries(self, rows: Sequence[Tuple[Any, ...]], receipts: Sequence[Tuple[Any, ...]]) -> defer.Deferred:
         """Insert message rows and receipt rows (``StoredReceipt.rows``) in
         one transaction, each kind with multi-row ``INSERT IGNORE``.  Fires
@@ -299,12 +293,6 @@ class MysqlStore(Service):
         are ever read.
         """
         return self.run_interaction(_history_txn, uid, with_uid, position, limit)
-
-    def count_receipts(self) -> defer.Deferred:
-        return self.run_interaction(_count_receipts_txn)
-
-    def count_messages(self) -> defer.Deferred:
-        return self.run_interaction(_count_messages_txn)
 
     # --- orders (contract §4 T; table and columns from [orders]) ---------------
 
@@ -470,16 +458,6 @@ def _history_txn(cursor: pymysql.cursors.Cursor, uid: int, with_uid: Optional[in
                    sent_args + after_args + [limit])
     rows.extend(cursor.fetchall())
     return rows
-
-
-def _count_receipts_txn(cursor: pymysql.cursors.Cursor) -> int:
-    cursor.execute("SELECT COUNT(*) FROM receipt")
-    return cursor.fetchone()[0]
-
-
-def _count_messages_txn(cursor: pymysql.cursors.Cursor) -> int:
-    cursor.execute("SELECT COUNT(*) FROM message")
-    return cursor.fetchone()[0]
 
 
 def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:

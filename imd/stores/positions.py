@@ -11,25 +11,20 @@ from typing import Any, List, NamedTuple
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
-# KEYS: geo:couriers, site:<uid>; ARGV: uid, longitude, latitude, ts
-RECORD_SITE = Script("""
-redis.call('GEOADD', KEYS[1], ARGV[2], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'longitude', ARGV[2], 'latitude', ARGV[3], 'ts', ARGV[4])
-return 1
-""", "record_site")
+RECORD_SITE = Script.load("record_site")
 
 FRIENDS, ORDERS = "friends", "orders"
 
 
-class PositionStore:
+class PositionStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
 
     def record_site(self, uid: int, longitude: float, latitude: float, ts: int) -> Deferred:
-        return self.client.run(RECORD_SITE, [self.keys.geo_couriers, self.keys.site(uid)],
+        return self._client.run(RECORD_SITE, [self.keys.geo_couriers, self.keys.site(uid)],
                                [uid, repr(longitude), repr(latitude), ts])
 
 
@@ -40,7 +35,7 @@ class Audience(NamedTuple):
     users: List[int]
 
 
-class PositionAudience:
+class PositionAudience(RedisStore):
     """Who a courier's ``S`` goes to (contract §4, §11), read from Redis at
     each push, so a close on any node counts from the next push on.
 
@@ -51,16 +46,16 @@ class PositionAudience:
     def __init__(self, client: RedisClient, keys: Keys, mode: str = ORDERS) -> None:
         if mode not in (FRIENDS, ORDERS):
             raise ValueError("unknown positions mode %r" % (mode,))
-        self.client = client
+        self._client = client
         self.keys = keys
         self.mode = mode
 
     def audience(self, courier: int, now_ms: int) -> Deferred:
         """Fires with the :class:`Audience` of a position of ``courier`` sent now."""
         if self.mode == FRIENDS:
-            d = self.client.command("SMEMBERS", self.keys.friends(courier))
+            d = self._client.command("SMEMBERS", self.keys.friends(courier))
             return d.addCallback(lambda members: Audience(sorted(int(m) for m in members or ())))
-        d = self.client.command("ZRANGEBYSCORE", self.keys.open_orders(courier), "(%d" % now_ms, "+inf")
+        d = self._client.command("ZRANGEBYSCORE", self.keys.open_orders(courier), "(%d" % now_ms, "+inf")
         return d.addCallback(_customers)
 
 
@@ -68,7 +63,5 @@ def _customers(members: Any) -> Audience:
     """``<order>:<customer>`` members -> each customer once."""
     customers = set()
     for member in members or ():
-        if isinstance(member, bytes):
-            member = member.decode("ascii")
         customers.add(int(member.rpartition(":")[2]))
     return Audience(sorted(customers))

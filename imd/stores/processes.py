@@ -23,60 +23,12 @@ from typing import Any, Dict, Iterable, List, Optional
 from twisted.internet import defer
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
-# KEYS: processes, processes:info.  ARGV: identity, info JSON, ttl ms.
-REGISTER = Script("""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 1, #gone do redis.call('HDEL', KEYS[2], gone[i]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
--- both keys vanish a while after the last process stopped refreshing
-for i = 1, 2 do
-  if redis.call('PTTL', KEYS[i]) < 2 * ttl then redis.call('PEXPIRE', KEYS[i], 2 * ttl) end
-end
-return 1
-""", "register")
-
-# KEYS: processes, processes:info.  ARGV: identity.
-UNREGISTER = Script("""
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
-""", "unregister")
-
-# KEYS: processes, processes:info.  The info JSON of every live entry.
-LIVE = Script("""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  local info = redis.call('HGET', KEYS[2], id)
-  if info then out[#out + 1] = info end
-end
-return out
-""", "live")
-
-# KEYS: processes, nodes.  How many live entries run the ws role and whose
-# node's presence heartbeat has not expired (``nodes``, imd.stores.presence):
-# WebSocket nodes that take logins.
-READY_NODES = Script("""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  local node, roles = string.match(id, '^(.*)/([^/]*)$')
-  if node and string.find(',' .. roles .. ',', ',ws,', 1, true)
-      and (tonumber(redis.call('ZSCORE', KEYS[2], node) or 0) > now) then
-    n = n + 1
-  end
-end
-return n
-""", "ready_nodes")
+REGISTER = Script.load("register")
+UNREGISTER = Script.load("unregister")
+LIVE = Script.load("live")
+READY_NODES = Script.load("ready_nodes")
 
 
 def process_identity(node_id: str, roles: Iterable[str]) -> str:
@@ -85,29 +37,29 @@ def process_identity(node_id: str, roles: Iterable[str]) -> str:
     return "%s/%s" % (node_id, ",".join(sorted(roles)))
 
 
-class ProcessRegistry:
+class ProcessRegistry(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.key = keys.processes
         self.info_key = keys.processes_info
 
     def register(self, identity: str, info: dict, ttl: float) -> defer.Deferred:
         """Add or refresh this process's entry for ``ttl`` seconds."""
-        return self.client.run(REGISTER, [self.key, self.info_key],
+        return self._client.run(REGISTER, [self.key, self.info_key],
                                 [identity, json.dumps(info, sort_keys=True), max(1, int(ttl * 1000))])
 
     def unregister(self, identity: str) -> defer.Deferred:
-        return self.client.run(UNREGISTER, [self.key, self.info_key], [identity])
+        return self._client.run(UNREGISTER, [self.key, self.info_key], [identity])
 
     def processes(self) -> defer.Deferred:
         """Fires with the info dicts of the live entries (unreadable ones skipped)."""
-        d = self.client.run(LIVE, [self.key, self.info_key], [])
+        d = self._client.run(LIVE, [self.key, self.info_key], [])
         return d.addCallback(_decoded)
 
     def ready_nodes(self) -> defer.Deferred:
         """Fires with how many WebSocket nodes are registered and beating."""
-        d = self.client.run(READY_NODES, [self.key, self.keys.nodes], [])
+        d = self._client.run(READY_NODES, [self.key, self.keys.nodes], [])
         return d.addCallback(int)
 
 

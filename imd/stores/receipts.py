@@ -3,7 +3,7 @@ stored in one script per packet.
 
 Keys (imd.stores.keys): ``dedup:<uid>:<id>`` and ``dedup:0:<to>:<id>`` (read
 and updated), ``MQ``, ``MQ:seq``, ``pending:<uid>`` (through
-``STORE_ENTRY_LUA``; its oldest entries read by :meth:`ReceiptStore.old_pending`),
+the ``store_entry`` Lua snippet; its oldest entries read by :meth:`ReceiptStore.old_pending`),
 ``budget:lookups:<uid>``, and with ``[push] url`` set ``push:unread``,
 ``push:last``, ``push:due`` (imd.stores.push: messages reported delivered
 lower the reader's undelivered count; at 0 no push waits any more).
@@ -41,116 +41,15 @@ from typing import Any, List, NamedTuple, Optional, Sequence
 from twisted.internet.defer import Deferred
 
 from imd import protocol
-from imd.stores.budgets import TAKE_TOKENS_LUA, Budget
+from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
-from imd.stores.messages import STORE_ENTRY_LUA
-from imd.stores.push import CANCEL_PUSH_LUA, PushNotes
-from imd.stores.redis import RedisClient, Script
+from imd.stores.push import PushNotes
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 UNKNOWN = "x"   # seed of an id that was not found anywhere: ignored
 
-# KEYS: MQ, MQ:seq, pending:<reader>, pending:<sender> (the reader's again
-#       for the system), [push:unread, push:last, push:due: only with
-#       [push] url set,] then the dedup record of each id.
-# ARGV: reader, state (1|2), "check"|"final", dedup ttl, entry head, entry
-#       tail, '1' with [push] url set (else '0'), then per id: its JSON and
-#       its seed ('' none, 'x' unknown, else the state found in MySQL: 0, 1
-#       or 2).
-# Returns {0, {i...}}: the ids (1-based) without a record, nothing changed
-# ("check" only); or {1, {i...}}: the ids whose state advanced (stored as one
-# entry, the head .. their JSON .. the tail).  The ids that leave "sent"
-# lower the reader's undelivered count, which cancels a waiting push at 0.
-RECEIPT = Script(STORE_ENTRY_LUA + CANCEL_PUSH_LUA + """
-local reader, state = ARGV[1], tonumber(ARGV[2])
-local push = ARGV[7] == '1'
-local first = push and 7 or 4
-local n = #KEYS - first
-local values = {}
-for i = 1, n do values[i] = redis.call('GET', KEYS[first + i]) end
-if ARGV[3] == 'check' then
-  local missing = {}
-  for i = 1, n do
-    if not values[i] then missing[#missing + 1] = i end
-  end
-  if #missing > 0 then return {0, missing} end
-end
-local marks = {[0] = '', [1] = ':d', [2] = ':r'}
-local advanced, ids, written, delivered = {}, {}, {}, 0
-for i = 1, n do
-  local key = KEYS[first + i]
-  -- (an id named twice: its second time sees what the first wrote)
-  local value = written[key] or values[i]
-  local seed = ARGV[7 + 2 * i]
-  if not value and seed ~= '' and seed ~= 'x' then
-    value = reader .. marks[tonumber(seed)]
-    redis.call('SET', key, value, 'EX', ARGV[4])
-    written[key] = value
-  end
-  if value then
-    local to, current = value, 0
-    local sep = string.find(value, ':', 1, true)
-    if sep then
-      to = string.sub(value, 1, sep - 1)
-      current = (string.sub(value, sep + 1) == 'r') and 2 or 1
-    end
-    if to == reader and state > current then
-      written[key] = to .. marks[state]
-      redis.call('SET', key, written[key], 'KEEPTTL')
-      advanced[#advanced + 1] = i
-      ids[#ids + 1] = ARGV[6 + 2 * i]
-      if current == 0 then delivered = delivered + 1 end
-    end
-  end
-end
-if #advanced > 0 then
-  store_entry(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. table.concat(ids, ',') .. ARGV[6])
-end
-if push and delivered > 0 then cancel_push(KEYS[5], KEYS[6], KEYS[7], reader, delivered) end
-return {1, advanced}
-""", "receipt")
-
-
-# KEYS: pending:<reader>, budget:lookups:<reader>.
-# ARGV: rate, burst, now (ms) of the lookup budget (rate 0: not charged),
-#       the score to start after ('-inf' first, else '(<seq>'), the ts limit
-#       (ms), how many entries to scan at most, then the needles.
-# The reader's pending entries older than the limit (by accept order, from
-# the oldest; the first one at or past the limit ends the scan) that hold
-# one of the needles: {done (0/1), where to go on, matches...}; false when
-# the budget is spent (nothing read).  Read 1, 8, 64... entries at a time:
-# while the migrator keeps up, the oldest entry is young and the only one read.
-OLD_PENDING = Script(TAKE_TOKENS_LUA + """
-if not take_tokens(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), 1) then return false end
-local limit, most = tonumber(ARGV[5]), tonumber(ARGV[6])
-local out = {0, ARGV[4]}
-local scanned, step = 0, 1
-while scanned < most do
-  local n = math.min(step, most - scanned)
-  local entries = redis.call('ZRANGEBYSCORE', KEYS[1], out[2], '+inf', 'WITHSCORES', 'LIMIT', 0, n)
-  for i = 1, #entries, 2 do
-    local entry = entries[i]
-    local ts = tonumber(string.match(entry, '"ts":(%d+),"seq":%d+}$'))
-    if ts and ts >= limit then
-      out[1] = 1
-      return out
-    end
-    out[2] = '(' .. entries[i + 1]
-    for j = 7, #ARGV do
-      if string.find(entry, ARGV[j], 1, true) then
-        out[#out + 1] = entry
-        break
-      end
-    end
-  end
-  if #entries < 2 * n then
-    out[1] = 1
-    return out
-  end
-  scanned = scanned + n
-  step = math.min(step * 8, 512)
-end
-return out
-""", "old_pending")
+RECEIPT = Script.load("receipt")
+OLD_PENDING = Script.load("old_pending")
 
 # Entries scanned by one OLD_PENDING call (Redis serves nobody else meanwhile)
 OLD_PENDING_SCAN = 1000
@@ -165,23 +64,26 @@ class ReceiptResult(NamedTuple):
     advanced: List[int]
 
 
-class ReceiptStore:
+class ReceiptStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
                  push: Optional[PushNotes] = None) -> None:
         """``push``: set when ``[push] url`` is (receipts then lower the
         reader's undelivered count, in the same script)."""
-        self.client = client
+        self._client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.push = push
+        self._result = self._result_replicated if client.min_replicas else _result
 
     def apply(self, packet: protocol.ReceiptPacket, reader: int, ts: int,
               seeds: Optional[Sequence[str]] = None) -> Deferred:
         """Move the state of ``packet.ids`` (messages from ``packet.to`` to
         ``reader``) forward and store what advanced; fires with a
         :class:`ReceiptResult`.  Without ``seeds`` nothing changes when an id
-        has no record; with them (one per id: '' / :data:`UNKNOWN` / a state
-        0-2 found elsewhere) every id is settled."""
+        has no record (``missing``: fires at once); with them (one per id: ''
+        / :data:`UNKNOWN` / a state 0-2 found elsewhere) every id is settled.
+        A settled result comes once the write is on ``[redis] min_replicas``
+        replicas."""
         keys, sender = self.keys, packet.to
         head, tail = protocol.receipt_entry_parts(packet.id, reader, sender, packet.state, ts)
         pending_sender = keys.pending(sender if sender else reader)
@@ -194,8 +96,12 @@ class ReceiptStore:
             key_list.append(keys.dedup(sender, dedup_id, reader))
             args.append(protocol.id_json(message_id))
             args.append("" if seeds is None else seeds[i])
-        d = self.client.run(RECEIPT, key_list, args)
-        return d.addCallback(_result)
+        d = self._client.run(RECEIPT, key_list, args)
+        return d.addCallback(self._result)
+
+    def _result_replicated(self, reply: Any) -> Any:
+        result = _result(reply)
+        return result if result.missing else self._client.replicated(result)
 
 
     def old_pending(self, reader: int, sender: int, now_ms: int, lookups: Budget) -> Deferred:
@@ -216,22 +122,18 @@ class ReceiptStore:
         found: List[str] = []
 
         def scan(start: str, budget: List[Any]) -> Deferred:
-            d = self.client.run(OLD_PENDING, key_list, budget + [start, limit, OLD_PENDING_SCAN] + needles)
+            d = self._client.run(OLD_PENDING, key_list, budget + [start, limit, OLD_PENDING_SCAN] + needles)
             return d.addCallback(scanned)
 
         def scanned(reply: Any) -> Any:
             if reply is None:
                 return None
             done, after = int(reply[0]), reply[1]
-            found.extend(_entry_text(e) for e in reply[2:])
+            found.extend(reply[2:])
             if done:
                 return found
-            return scan(_entry_text(after), [0, 1, now_ms])   # charged once
+            return scan(after, [0, 1, now_ms])   # charged once
         return scan("-inf", lookups.args(now_ms))
-
-
-def _entry_text(entry: Any) -> str:
-    return entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
 
 
 def _result(reply: Any) -> ReceiptResult:

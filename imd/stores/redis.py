@@ -1,22 +1,39 @@
 """The one Redis client adapter: the only module that knows txredisapi.
 
-Everything imd asks of Redis goes through :class:`RedisClient`:
+Everything imd asks of Redis goes through here, on connections of one kind
+(``_Connection``: txredisapi's reply parser, and nothing else of it):
 
-- :meth:`RedisClient.command` sends one command, :meth:`RedisClient.run` one
-  Lua :class:`Script` (``EVALSHA``; the script is loaded with ``SCRIPT LOAD``
-  ahead of its first use on each connection, and sent whole with ``EVAL``
-  after a ``NOSCRIPT``).  Both encode the command once and write it straight
-  on the one connection; the reply is the next one txredisapi's parser
-  queues (Redis answers in order).  One connection means Redis runs commands
-  in the order they were issued: that is what keeps one sender's messages in
+- One write path, ``_Connection.send``: a command encoded once
+  (:func:`encode_command`) and written straight on the connection; its
+  reply is the next one the parser queues (Redis answers in order).  Every
+  command takes it: :meth:`RedisClient.command`, :meth:`RedisClient.run` (a
+  Lua :class:`Script` by ``EVALSHA``; loaded with ``SCRIPT LOAD`` ahead of
+  its first use on each connection, sent whole with ``EVAL`` after a
+  ``NOSCRIPT``), ``WAIT``, the ``AUTH`` and ``SELECT`` of a new connection,
+  its ``ROLE`` check behind Sentinel (:func:`check_role`), ``SUBSCRIBE``
+  (:class:`RedisSubscriber`) and the questions to the sentinels
+  (:func:`ask_once`).  One command connection means Redis runs commands in
+  the order they were issued: that is what keeps one sender's messages in
   order without waiting for each reply.
-- One timeout mechanism: a watchdog drops the connection when the oldest
-  reply still awaited is older than ``[redis] timeout``, which fails every
-  call in flight with :class:`StoreUnavailable`; a call made while no
-  connection is up fails at once.  (txredisapi alone waits forever.)
+- One timeout mechanism: a connection notes when each reply it awaits was
+  asked for, and its watchdog (every quarter of ``[redis] timeout``) drops
+  it when the oldest is older than ``timeout``: every call in flight on it
+  then fails with :class:`StoreUnavailable`, and whoever owns it connects
+  again.  A call made while no connection is up fails at once.
+  (txredisapi alone waits for ever.)
+- Replies are decoded once, here: a bulk string comes up as ``str``, its
+  bytes read as UTF-8, and a byte that is not UTF-8 kept as a lone
+  surrogate (Python's ``surrogateescape``); a ``str`` argument is encoded
+  the same way.  So no store sees ``bytes`` from Redis or decodes anything,
+  and a value read back is written back byte for byte (an unreadable
+  entry moved to ``MQ:dead``, a key name a ``SCAN`` found).  Where such
+  text leaves imd it is checked there: a stored entry by
+  imd.stored.readable (each such byte as U+FFFD, for clients and MySQL),
+  a bus frame by imd.node (refused).
 - One way to connect: a Twisted ``ClientService`` that reconnects with
-  backoff for ever (txredisapi gives up after a failed AUTH/SELECT) and
-  hands out a connection only once its AUTH/SELECT are done.
+  backoff for ever and hands out a connection only once its AUTH/SELECT
+  are done (a failed one is logged and the connection tried again: an
+  operator may fix the password).
 - :class:`RedisSubscriber` is the pub/sub side: a connection of its own
   (a subscribed connection can run nothing else) that subscribes again by
   itself after every reconnection.
@@ -25,20 +42,27 @@ Everything imd asks of Redis goes through :class:`RedisClient`:
   has each new connection ask ``ROLE`` and drop itself unless it reached a
   master, and :meth:`RedisClient.follow_master` drops a connection left on a
   demoted master (``+switch-master``, or a ``READONLY`` reply).
-- :meth:`RedisClient.replicated` is how a reply waits for replicas
+- :meth:`RedisClient.replicated` is how a write waits for replicas
   (``[redis] min_replicas``): one ``WAIT`` per reactor turn covers every
-  write the connection issued before it.
+  write the connection issued before it.  The stores call it themselves
+  for the writes an ``A`` stands for; nothing above them sees the client.
+- The Lua scripts live in ``imd/stores/lua/``, one file each, loaded by
+  name (:meth:`Script.load`; shared snippets by :func:`compose_lua`).
 
 Writes leave in the reactor turn that made them (``flusher``, see
 imd.transport.flush).
 
-The txredisapi internals used here (``RedisProtocol.replyQueue``,
-``whenConnected``, the factory hooks ``stopTrying``,
-``connectionError`` and ``isLazy``) are checked by tests/test_private_attributes.py.
+The txredisapi internals used here (``BaseRedisProtocol``, its
+``replyQueue``, the ``tryConvertData`` and ``replyReceived`` hooks its
+parser calls, and its ``connectionLost`` failing the replies awaited) are
+checked by tests/test_private_attributes.py.
 """
 
+import functools
 import hashlib
+import os
 import random
+import re
 from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Set, Tuple, cast
@@ -63,22 +87,87 @@ RedisReplyError = txredisapi.ResponseError
 Arg = Any  # bytes, str or int: what a command takes
 _Peer = Tuple[Optional[str], Optional[int]]  # (host, port) a connection reached; None where its address has none
 
+# How text is encoded to Redis and decoded from it (see the module).
+TEXT_ERRORS = "surrogateescape"
 
 # Error replies that say Redis cannot serve now, not that the call was wrong:
 # they fail as StoreUnavailable (E unavailable; the migrator retries).
 _NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
 
 
+# --- Lua ---------------------------------------------------------------------------
+
+LUA_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
+_INCLUDE = "-- include:"
+_LUA_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+@functools.lru_cache(maxsize=None)
+def _lua_file(name: str) -> str:
+    if not _LUA_NAME.match(name):
+        raise ValueError("not a Lua file name: %r" % (name,))
+    with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+        return f.read()
+
+
+def compose_lua(text: str) -> str:
+    """``text`` with its includes resolved: the one way a Lua script shares
+    code (Redis has no ``require``).
+
+    A script or snippet that uses others names them on its first line,
+    ``-- include: store_entry note_push``.  That line is replaced by the
+    text of each ``lua/<name>.lua`` named, in that order, each with its own
+    includes resolved the same way before it; a snippet is put in once
+    however many times it is named (so what a snippet defines comes before
+    whatever uses it).  A snippet is a file that defines one ``local
+    function`` of its name (``store_entry.lua``: ``store_entry``); an
+    include cycle is a ValueError.
+    """
+    parts: List[str] = []
+    _compose(text, parts, set(), ())
+    return "".join(parts)
+
+
+def _compose(text: str, parts: List[str], done: Set[str], chain: Tuple[str, ...]) -> None:
+    first, _, rest = text.partition("\n")
+    if first.startswith(_INCLUDE):
+        for name in first[len(_INCLUDE):].split():
+            if name in chain:
+                raise ValueError("Lua include cycle: %s" % " -> ".join(chain + (name,)))
+            if name not in done:
+                _compose(_lua_file(name), parts, done, chain + (name,))
+                done.add(name)
+        text = rest
+    parts.append(text)
+
+
+def lua_source(name: str) -> str:
+    """The text Redis runs for ``lua/<name>.lua``: the file, its includes resolved."""
+    return compose_lua(_lua_file(name))
+
+
 class Script:
-    """A Lua script and its SHA-1 (for ``EVALSHA``)."""
+    """A Lua script and its SHA-1 (for ``EVALSHA``).
+
+    The scripts live in ``imd/stores/lua/`` (package data, shipped in the
+    wheel), one ``<name>.lua`` each with the comment that names its
+    ``KEYS`` and ``ARGV``; :meth:`load` reads one by name and resolves its
+    includes (:func:`compose_lua`).  The SHA-1 is that of the composed text.
+    """
     __slots__ = ("text", "sha", "name", "evalsha")
 
     def __init__(self, text: str, name: str = "script") -> None:
+        """``text``: the whole script, as Redis runs it."""
         self.text = text
         self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
         self.name = name
         # EVALSHA and the SHA-1 as encode_command writes them, once
         self.evalsha = encode_command(("EVALSHA", self.sha)).split(b"\r\n", 1)[1]
+
+    @classmethod
+    def load(cls, name: str) -> "Script":
+        """The script of ``imd/stores/lua/<name>.lua``."""
+        return cls(lua_source(name), name)
 
     def __repr__(self) -> str:
         return "<Script %s %s>" % (self.name, self.sha[:8])
@@ -91,50 +180,162 @@ _BULK_HEADS = [b"$%d\r\n" % n for n in range(1024)]
 
 def encode_command(args: Sequence[Arg], head: bytes = b"", head_count: int = 0) -> bytes:
     """One command in the Redis protocol; ``head``: its first ``head_count``
-    arguments already encoded (:attr:`Script.evalsha`)."""
-    n = len(args) + head_count
-    out = [_ARRAY_HEADS[n] if n < 64 else b"*%d\r\n" % n, head]
-    for arg in args:
-        kind = type(arg)
-        if kind is bytes:
-            value = arg
-        elif kind is str:
-            value = arg.encode("utf-8")
-        elif kind is int:
-            value = b"%d" % arg
-        elif kind is float:
-            value = repr(arg).encode("ascii")
-        else:
-            value = str(arg).encode("utf-8")
-        size = len(value)
-        out.append(_BULK_HEADS[size] if size < 1024 else b"$%d\r\n" % size)
-        out.append(value)
-        out.append(b"\r\n")
-    return b"".join(out)
+    arguments already encoded (:attr:`Script.evalsha`).  A ``str`` is
+    written as UTF-8, a lone surrogate that stands for a byte as that byte
+    (:data:`TEXT_ERRORS`)."""
+    try:
+        n = len(args) + head_count
+        out = [_ARRAY_HEADS[n] if n < 64 else b"*%d\r\n" % n, head]
+        for arg in args:
+            kind = type(arg)
+            if kind is bytes:
+                value = arg
+            elif kind is str:
+                value = arg.encode("utf-8")   # (the errors argument here would cost 5-10% on PyPy)
+            elif kind is int:
+                value = b"%d" % arg
+            elif kind is float:
+                value = repr(arg).encode("ascii")
+            else:
+                value = str(arg).encode("utf-8", TEXT_ERRORS)
+            size = len(value)
+            out.append(_BULK_HEADS[size] if size < 1024 else b"$%d\r\n" % size)
+            out.append(value)
+            out.append(b"\r\n")
+        return b"".join(out)
+    except UnicodeEncodeError:
+        # text holding a byte that was not UTF-8 (as replies come up): that byte
+        return encode_command([arg.encode("utf-8", TEXT_ERRORS) if type(arg) is str else arg for arg in args],
+                              head, head_count)
 
 
-class _Connection(txredisapi.RedisProtocol):
-    """txredisapi's reply parser, AUTH and SELECT; nothing else of it is used."""
+# --- connections -------------------------------------------------------------------
 
-    client: "RedisClient"
+class _Connection(txredisapi.BaseRedisProtocol):
+    """One connection: txredisapi's reply parser (nothing else of it), the
+    one write path (:meth:`send`) and the watchdog of its replies.
 
-    def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        self.whenConnected().addCallback(self.client._authenticated)
-        return d
+    Made by :class:`_Factory`, which sets what it needs: ``owner`` (a
+    RedisClient or RedisSubscriber, told through ``_authenticated(conn)``
+    once AUTH/SELECT are done and ``_lost(conn)`` when it goes; None for
+    :func:`ask_once`), ``clock``, ``timeout``, ``name`` and ``flusher``."""
 
-    def connectionLost(self, why: Failure) -> None:
-        self.client._lost(self)
-        super().connectionLost(why)
+    owner: Any = None
+    clock: Any = None
+    timeout: float = 5.0
+    name: str = "redis"
+    flusher: Any = None
+    dropped: Optional[str] = None   # why the watchdog cut it
+    issued: Deque[float]            # when each reply still awaited was asked for
+    _watchdog: Optional[task.LoopingCall] = None
+
+    def connectionMade(self) -> None:
+        # Not txredisapi's: AUTH and SELECT go through send, under the watchdog.
+        self.issued = deque()
+        watchdog = self._watchdog = task.LoopingCall(self._check_replies)
+        watchdog.clock = self.clock
+        watchdog.start(max(0.05, self.timeout / 4.0), now=False)
+        steps = []
+        if self.password is not None:
+            steps.append(("auth", ("AUTH", self.password)))
+        if self.dbid is not None:
+            steps.append(("set dbid=%s" % (self.dbid,), ("SELECT", self.dbid)))
+        if not steps:
+            self._authenticated()
+            return
+        replies = [self.send(encode_command(command)) for _, command in steps]
+        defer.gatherResults(replies).addCallback(self._steps_answered, [what for what, _ in steps])
+
+    def _steps_answered(self, replies: List[Any], steps: List[str]) -> None:
+        for what, reply in zip(steps, replies):
+            if isinstance(reply, Exception):
+                if self.connected and not self.dropped:
+                    address = self.transport.getPeer()
+                    _log.error("{name}: redis at {host}:{port}: could not {what}: {why}", name=self.name,
+                               host=getattr(address, "host", "?"), port=getattr(address, "port", 0),
+                               what=what, why=str(reply))
+                    self.transport.loseConnection()   # and the owner connects again
+                return
+        self._authenticated()
+
+    def _authenticated(self) -> None:
+        if self.owner is not None and self.connected and not self.dropped:
+            self.owner._authenticated(self)
+
+    def send(self, command: bytes) -> Deferred:
+        """The one write path: ``command`` (encoded) written now; fires with
+        its reply -- a value, or the exception txredisapi made of an error
+        reply or of the connection's loss."""
+        transport = self.transport
+        transport.write(command)
+        flusher = self.flusher
+        if flusher is not None:
+            flusher.written(transport)
+        self.issued.append(self.clock.seconds())
+        return self.replyQueue.get()
+
+    def replyReceived(self, reply: Any) -> None:
+        issued = self.issued
+        if issued:
+            issued.popleft()
+        self.replyQueue.put(reply)
+
+    def tryConvertData(self, data: Any) -> Any:
+        # Each bulk string, decoded once (see the module)
+        return data.decode("utf-8", TEXT_ERRORS)
+
+    def _check_replies(self) -> None:
+        """The reply timeout: drop the link when its oldest awaited reply is late."""
+        issued = self.issued
+        if issued and self.clock.seconds() - issued[0] > self.timeout:
+            self.drop("no reply in %gs" % (self.timeout,))
+
+    def drop(self, why: str) -> None:
+        """Cut the connection: every reply awaited fails (its owner connects again)."""
+        if not self.connected or self.dropped:
+            return
+        self.dropped = why
+        _log.warn("{name}: {why}; dropping the connection", name=self.name, why=why)
+        if self.owner is not None:
+            self.owner._lost(self)   # at once: nothing more is written on it
+        self.transport.abortConnection()
+
+    def connectionLost(self, why: Failure = protocol.connectionDone) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.running:
+            watchdog.stop()
+        if self.owner is not None:
+            self.owner._lost(self)
+        super().connectionLost(why)   # (txredisapi fails every reply awaited: ConnectionError)
+
+
+class _Factory(protocol.Factory):
+    noisy = False   # no "Starting factory" line for each reconnection
+
+    def __init__(self, connection_class: type, clock: Any, timeout: float, name: str, owner: Any = None,
+                 password: Optional[str] = None, dbid: Optional[int] = None, flusher: Any = None) -> None:
+        self.connection_class = connection_class
+        self.clock = clock
+        self.timeout = timeout
+        self.name = name
+        self.owner = owner
+        self.password = password
+        self.dbid = dbid
+        self.flusher = flusher
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        conn = self.connection_class(replyTimeout=None, password=self.password, dbid=self.dbid,
+                                     convertNumbers=False)
+        conn.factory = self
+        conn.owner, conn.clock, conn.timeout, conn.name, conn.flusher = (
+            self.owner, self.clock, self.timeout, self.name, self.flusher)
+        return conn
 
 
 def _is_master(reply: Any) -> bool:
     """``ROLE``'s first element is ``master`` (a replica says ``slave``, a
     sentinel ``sentinel``)."""
-    if not isinstance(reply, (list, tuple)) or not reply:
-        return False
-    role = reply[0]
-    return (role.decode("ascii", "replace") if isinstance(role, bytes) else role) == "master"
+    return isinstance(reply, list) and bool(reply) and reply[0] == "master"
 
 
 def _peer(conn: Any) -> Optional[_Peer]:
@@ -145,20 +346,20 @@ def _peer(conn: Any) -> Optional[_Peer]:
     return (getattr(peer, "host", None), getattr(peer, "port", None))
 
 
-def check_role(conn: Any, clock: Any, timeout: float, what: str) -> Deferred:
+def check_role(conn: _Connection, what: str) -> Deferred:
     """Ask ``ROLE`` on a connection past its AUTH/SELECT (nothing else is
     written on it yet): fires with the connection when it reached a master;
-    otherwise the connection is dropped and the Deferred fails."""
-    conn.transport.write(encode_command(("ROLE",)))
-    d = conn.replyQueue.get().addTimeout(timeout, clock)
+    otherwise the connection is dropped and the Deferred fails with
+    StoreUnavailable (no answer within the timeout included: the watchdog)."""
+    d = conn.send(encode_command(("ROLE",)))
 
     def answered(reply: Any) -> Any:
         if _is_master(reply):
             return conn
         if isinstance(reply, Exception):   # the connection went before ROLE's answer
-            raise StoreUnavailable("%s: %s" % (what, reply))
+            raise StoreUnavailable("%s: %s" % (what, conn.dropped or reply))
         host, port = _peer(conn) or ("?", 0)
-        role = reply[0] if isinstance(reply, (list, tuple)) and reply else reply
+        role = reply[0] if isinstance(reply, list) and reply else reply
         _log.warn("{what}: {host}:{port} is not a master (ROLE {role!r}); asking the sentinels again",
                   what=what, host=host, port=port, role=role)
         raise StoreUnavailable("%s:%s is not a master" % (host, port))
@@ -168,31 +369,6 @@ def check_role(conn: Any, clock: Any, timeout: float, what: str) -> Deferred:
             conn.transport.abortConnection()
         return failure
     return d.addCallback(answered).addErrback(dropped)
-
-
-class _Factory(protocol.Factory):
-    # read by txredisapi's connectionMade when AUTH or SELECT fails
-    isLazy = True
-    noisy = False   # no "Starting factory" line for each reconnection
-
-    def __init__(self, client: Any, connection_class: type = _Connection) -> None:  # RedisClient or RedisSubscriber
-        self.client = client
-        self.connection_class = connection_class
-
-    def buildProtocol(self, addr: Any) -> _Connection:
-        address = self.client.address
-        conn = self.connection_class(replyTimeout=None, password=address.password, dbid=address.db,
-                                     convertNumbers=False)
-        conn.factory = self
-        conn.client = self.client
-        return conn
-
-    def stopTrying(self) -> None:
-        pass   # ClientService keeps trying: an operator may fix the password
-
-    def connectionError(self, why: str) -> None:
-        _log.error("redis at {host}:{port}: {why}", host=self.client.address.host,
-                   port=self.client.address.port, why=why)
 
 
 def _endpoint(reactor: Any, address: Any, timeout: float) -> IStreamClientEndpoint:
@@ -209,28 +385,27 @@ def _retry_policy(max_delay: float) -> Callable[[int], float]:
 def ask_once(reactor: Any, clock: Any, host: str, port: int, args: Sequence[Arg], timeout: float) -> Deferred:
     """One command to ``host:port`` on a short connection of its own (no
     AUTH, no SELECT: a sentinel); fires with the reply, StoreUnavailable when
-    it cannot connect, gets an error reply or no reply within ``timeout``."""
-    conns: List[Any] = []
+    it cannot connect within ``timeout``, gets an error reply or no reply
+    within ``timeout`` (the watchdog of every connection)."""
+    where = "%s:%d" % (host, port)
+    factory = _Factory(_Connection, clock, timeout, "sentinel %s" % (where,))
 
-    def connected(conn: Any) -> Deferred:
-        conns.append(conn)
-        conn.transport.write(encode_command(args))
-        return conn.replyQueue.get()
+    def connected(conn: _Connection) -> Deferred:
+        return conn.send(encode_command(args)).addCallback(answered, conn)
 
-    def done(reply: Any) -> Any:
-        for conn in conns:
-            if conn.transport is not None:
-                conn.transport.loseConnection()
-        if isinstance(reply, Failure):
-            if reply.check(defer.CancelledError, defer.TimeoutError):
-                raise StoreUnavailable("%s:%d: no answer in %gs" % (host, port, timeout))
-            raise StoreUnavailable("%s:%d: %s" % (host, port, reply.getErrorMessage()))
+    def answered(reply: Any, conn: _Connection) -> Any:
+        if conn.transport is not None:
+            conn.transport.loseConnection()
         if isinstance(reply, Exception):
-            raise StoreUnavailable("%s:%d: %s" % (host, port, reply))
+            raise StoreUnavailable("%s: %s" % (where, "no answer in %gs" % timeout if conn.dropped else reply))
         return reply
-    factory = protocol.Factory.forProtocol(lambda: txredisapi.RedisProtocol(convertNumbers=False))
+
+    def failed(failure: Failure) -> None:
+        if failure.check(StoreUnavailable):
+            failure.raiseException()
+        raise StoreUnavailable("%s: %s" % (where, failure.getErrorMessage()))
     d = TCP4ClientEndpoint(reactor, host, port, timeout=timeout).connect(cast(IProtocolFactory, factory))
-    return d.addCallback(connected).addTimeout(timeout, clock).addBoth(done)
+    return d.addCallback(connected).addErrback(failed)
 
 
 class _WaitBatch:
@@ -312,7 +487,6 @@ class RedisClient(Service):
         self._service: Optional[ClientService] = None
         self._conn: Optional[_Connection] = None
         self._loaded: Set[str] = set()     # SHAs loaded on self._conn
-        self._issued: Deque[float] = deque()  # when each reply still awaited was asked for
         self._timers: List[task.LoopingCall] = []
         self._waiters: List[Deferred] = []
         self._next_batch: Optional[_WaitBatch] = None      # this turn's replies waiting for replicas
@@ -327,16 +501,17 @@ class RedisClient(Service):
         if reactor is None:
             from twisted.internet import reactor
         endpoint = self._endpoint() if self._endpoint else _endpoint(reactor, self.address, self.timeout)
-        self._service = ClientService(endpoint, cast(IProtocolFactory, _Factory(self, self.connection_class)),
+        factory = _Factory(self.connection_class, self._clock, self.timeout, self.name, owner=self,
+                           password=self.address.password, dbid=self.address.db, flusher=self._flusher)
+        self._service = ClientService(endpoint, cast(IProtocolFactory, factory),
                                       retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
-        for interval, call in ((max(1.0, self.timeout), self._ping),
-                               (max(0.05, self.timeout / 4.0), self._check_replies)):
-            timer = task.LoopingCall(call)
-            timer.clock = self._clock
-            timer.start(interval, now=False)
-            self._timers.append(timer)
+        # A dead link is noticed by its watchdog once a PING goes unanswered.
+        timer = task.LoopingCall(self._ping)
+        timer.clock = self._clock
+        timer.start(max(1.0, self.timeout), now=False)
+        self._timers.append(timer)
 
     def stopService(self) -> Optional[Deferred]:
         super().stopService()
@@ -381,10 +556,10 @@ class RedisClient(Service):
         if not self.check_role:
             self._ready(conn)
             return
-        check_role(conn, self._clock, self.timeout, self.name).addCallbacks(self._ready, lambda f: None)
+        check_role(conn, self.name).addCallbacks(self._ready, lambda f: None)
 
     def _ready(self, conn: _Connection) -> None:
-        if conn.transport is None or not conn.connected:
+        if conn.transport is None or not conn.connected or conn.dropped:
             return
         peer = _peer(conn)
         assert peer is not None   # its transport is up (above)
@@ -395,7 +570,6 @@ class RedisClient(Service):
         self._last_master = peer
         self._conn = conn
         self._loaded = set()
-        self._issued = deque()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.called:
@@ -404,7 +578,6 @@ class RedisClient(Service):
     def _lost(self, conn: _Connection) -> None:
         if self._conn is conn:
             self._conn = None
-            self._issued = deque()
             batch, self._next_batch = self._next_batch, None
             if batch is not None and not batch.done:
                 batch.fail("redis: lost the connection before its writes reached the replicas")
@@ -468,8 +641,8 @@ class RedisClient(Service):
         now = self._clock.seconds()
         milliseconds = max(1, int(round((batch.deadline - now) * 1000)))  # (WAIT n 0 would block for ever)
         self._batch_in_flight = batch
-        d = self._write(conn, encode_command(("WAIT", self.min_replicas, milliseconds)))
-        d.addBoth(self._replied, self._issued).addBoth(self._wait_answered, batch, now)
+        d = conn.send(encode_command(("WAIT", self.min_replicas, milliseconds)))
+        d.addBoth(self._replied).addBoth(self._wait_answered, batch, now)
 
     def _wait_answered(self, reply: Any, batch: _WaitBatch, started: float) -> None:
         figures = self.wait_figures
@@ -510,10 +683,10 @@ class RedisClient(Service):
         if conn is None:
             return defer.fail(StoreUnavailable("redis is not connected"))
         try:
-            d = self._write(conn, encode_command(args))
+            d = conn.send(encode_command(args))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
-        return d.addBoth(self._replied, self._issued)
+        return d.addBoth(self._replied)
 
     def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Deferred:
         """``script`` with ``keys`` and ``args``: the reply, as :meth:`command`."""
@@ -524,24 +697,15 @@ class RedisClient(Service):
             if script.sha not in self._loaded:
                 # Redis runs commands in order: the EVALSHA below finds it loaded.
                 self._loaded.add(script.sha)
-                self._write(conn, encode_command(("SCRIPT", "LOAD", script.text))).addBoth(
-                    self._replied, self._issued).addErrback(lambda f: None)
-            d = self._write(conn, encode_command((len(keys), *keys, *args), script.evalsha, 2))
+                conn.send(encode_command(("SCRIPT", "LOAD", script.text))).addBoth(
+                    self._replied).addErrback(lambda f: None)
+            d = conn.send(encode_command((len(keys), *keys, *args), script.evalsha, 2))
         except Exception as e:
             return defer.fail(StoreUnavailable("redis: %s" % (e,)))
         # one callback for the reply (each one on a Deferred costs ~1.5 us)
-        return d.addBoth(self._script_replied, self._issued, conn, script, keys, args)
+        return d.addBoth(self._script_replied, conn, script, keys, args)
 
-    def _write(self, conn: _Connection, command: bytes) -> Deferred:
-        conn.transport.write(command)
-        if self._flusher is not None:
-            self._flusher.written(conn.transport)
-        self._issued.append(self._clock.seconds())
-        return conn.replyQueue.get()
-
-    def _replied(self, reply: Any, issued: Deque[float]) -> Any:
-        if issued:
-            issued.popleft()
+    def _replied(self, reply: Any) -> Any:
         if isinstance(reply, Failure):
             raise StoreUnavailable("redis: %s" % (reply.getErrorMessage(),))
         if isinstance(reply, txredisapi.ResponseError):
@@ -559,17 +723,15 @@ class RedisClient(Service):
             raise StoreUnavailable("redis: %s" % (reply,))
         return reply
 
-    def _script_replied(self, reply: Any, issued: Deque[float], conn: _Connection, script: Script,
-                        keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+    def _script_replied(self, reply: Any, conn: _Connection, script: Script, keys: Sequence[Arg],
+                        args: Sequence[Arg]) -> Any:
         if (isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("NOSCRIPT")
                 and self._conn is conn):
             # An operator's SCRIPT FLUSH: send the text, and load it again next time.
-            if issued:
-                issued.popleft()
             self._loaded.discard(script.sha)
-            d = self._write(conn, encode_command(("EVAL", script.text, len(keys), *keys, *args)))
-            return d.addBoth(self._replied, self._issued)
-        return self._replied(reply, issued)
+            d = conn.send(encode_command(("EVAL", script.text, len(keys), *keys, *args)))
+            return d.addBoth(self._replied)
+        return self._replied(reply)
 
     # --- timers ------------------------------------------------------------------
 
@@ -578,49 +740,25 @@ class RedisClient(Service):
             # A dead link is noticed here: the watchdog drops it.
             self.command("PING").addErrback(lambda f: None)
 
-    def _check_replies(self) -> None:
-        """The reply timeout: drop a link whose oldest awaited reply is late."""
-        issued, conn = self._issued, self._conn
-        if issued and conn is not None and self._clock.seconds() - issued[0] > self.timeout:
-            _log.warn("{name}: no reply in {timeout}s; dropping the connection", name=self.name,
-                      timeout=self.timeout)
-            self._issued = deque()
-            self._conn = None
-            if conn.transport is not None:
-                conn.transport.abortConnection()
 
+# --- pub/sub ---
 
-# --- pub/sub ---------------------------------------------------------------------
+class _Subscription(_Connection):
+    """A subscribed connection: each message goes to its subscriber's
+    ``on_message``; the replies (``SUBSCRIBE``'s) as on any connection."""
 
-class _Subscription(txredisapi.SubscriberProtocol):
-    subscriber: "RedisSubscriber"
-
-    def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        self.whenConnected().addCallback(lambda _: self.subscriber._connected(self))
-        return d
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.subscriber.on_message(message)
-
-    def connectionLost(self, why: Failure) -> None:
-        self.subscriber._lost(self)
-        super().connectionLost(why)
-
-
-class _SubscriptionFactory(_Factory):
-    def buildProtocol(self, addr: Any) -> _Subscription:
-        address = self.client.address
-        conn = _Subscription(replyTimeout=None, password=address.password, convertNumbers=False)
-        conn.factory = self
-        conn.subscriber = self.client
-        return conn
+    def replyReceived(self, reply: Any) -> None:
+        if type(reply) is list and len(reply) == 3 and reply[0] == "message":
+            self.owner.on_message(reply[2])
+        else:
+            super().replyReceived(reply)
 
 
 class RedisSubscriber(Service):
     """A connection subscribed to ``channels``: ``on_message(message)`` for
-    each message, ``on_subscribed()`` after each (re)subscription,
-    ``on_lost()`` when the subscription is gone (it comes back by itself)."""
+    each message (str, decoded as every reply), ``on_subscribed()`` after
+    each (re)subscription, ``on_lost()`` when the subscription is gone (it
+    comes back by itself)."""
 
     def __init__(self, address: Any, timeout: float, clock: Any, reactor: Any, channels: Iterable[str],
                  on_message: Callable[[Any], None], on_subscribed: Callable[[], None] = lambda: None,
@@ -647,7 +785,10 @@ class RedisSubscriber(Service):
     def startService(self) -> None:
         super().startService()
         endpoint = self._endpoint() if self._endpoint else _endpoint(self._reactor, self.address, self.timeout)
-        self._service = ClientService(endpoint, cast(IProtocolFactory, _SubscriptionFactory(self)),
+        # (channels are not per db: no SELECT)
+        factory = _Factory(_Subscription, self._clock, self.timeout, self.name, owner=self,
+                           password=self.address.password)
+        self._service = ClientService(endpoint, cast(IProtocolFactory, factory),
                                       retryPolicy=_retry_policy(self._max_retry_delay),
                                       clock=self._clock)
         self._service.startService()
@@ -657,14 +798,19 @@ class RedisSubscriber(Service):
         service, self._service = self._service, None
         return service.stopService() if service is not None else None
 
-    def _connected(self, conn: _Subscription) -> None:
+    def _authenticated(self, conn: _Subscription) -> None:
         self._connecting = conn
-        if self.check_role:
-            d = check_role(conn, self._clock, self.timeout, self.name)
-            d.addCallback(lambda _: conn.subscribe(self.channels))
-        else:
-            d = conn.subscribe(self.channels)
+        d = check_role(conn, self.name) if self.check_role else defer.succeed(conn)
+        d.addCallback(self._subscribe)
         d.addCallbacks(lambda _: self._subscribed(conn), lambda f: self._failed(f, conn))
+
+    def _subscribe(self, conn: _Subscription) -> Deferred:
+        def answered(replies: List[Any]) -> None:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise StoreUnavailable("%s: SUBSCRIBE: %s" % (self.name, conn.dropped or reply))
+        replies = [conn.send(encode_command(("SUBSCRIBE", channel))) for channel in self.channels]
+        return defer.gatherResults(replies).addCallback(answered)
 
     def _subscribed(self, conn: _Subscription) -> None:
         if self._connecting is conn:
@@ -709,3 +855,37 @@ class RedisSubscriber(Service):
                     self.drop_connection()
                 elif conn is not None and conn.transport is not None:
                     conn.transport.abortConnection()
+
+
+# --- stores ------------------------------------------------------------------------
+
+class RedisStore:
+    """What every Redis store is: its client is its own (``_client``):
+    nothing above the stores reaches through one to Redis.  A store method
+    that writes what an ``A`` stands for returns its result only once the
+    write is on ``[redis] min_replicas`` replicas (:meth:`_replicated`)."""
+
+    _client: RedisClient
+
+    @property
+    def connected(self) -> bool:
+        """Redis is reachable now (a connection is up, past its AUTH/SELECT)."""
+        return self._client.connected
+
+    def wait_connected(self, timeout: Optional[float] = None) -> Deferred:
+        """Fires once Redis is reachable; StoreUnavailable after ``timeout``
+        (default ``[redis] timeout``)."""
+        return self._client.wait_connected(timeout)
+
+    @property
+    def master_address(self) -> Optional[str]:
+        """``host:port`` of the Redis this store's connection reached (None
+        while down): behind Sentinel, the master it found."""
+        return self._client.master_address
+
+    def _replicated(self, d: Deferred) -> Deferred:
+        """``d``, firing with its result once every write issued so far is
+        on ``min_replicas`` replicas (one ``WAIT`` per reactor turn for all:
+        :meth:`RedisClient.replicated`); as it is without ``min_replicas``."""
+        client = self._client
+        return d.addCallback(client.replicated) if client.min_replicas else d

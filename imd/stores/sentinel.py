@@ -28,8 +28,9 @@ its discovery timer runs on the global reactor (no injected clock, no
 ``task.Clock`` in tests); and it only looks for a new master when a
 connection breaks: it has no ``+switch-master`` subscription, so a master
 demoted while still up (a manual failover, a healed partition) keeps it on
-a replica.  What is used of txredisapi is its reply parser, through
-imd.stores.redis (``ask_once``, ``RedisSubscriber``).
+a replica.  The sentinels are asked through imd.stores.redis like Redis
+itself (``ask_once``, ``RedisSubscriber``): the same write path, the same
+reply timeout, replies decoded the same way.
 """
 
 from collections import namedtuple
@@ -54,10 +55,6 @@ Address = Tuple[str, int]
 
 # What RedisSubscriber needs of an address; a sentinel gets no AUTH, no SELECT.
 _SentinelAddress = namedtuple("_SentinelAddress", "host port db password")
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @implementer(IStreamClientEndpoint)
@@ -159,7 +156,7 @@ class SentinelMaster(Service):
             if self.sentinels[0] != sentinel:
                 self.sentinels.remove(sentinel)
                 self.sentinels.insert(0, sentinel)
-            address = (_text(reply[0]), int(reply[1]))
+            address = (str(reply[0]), int(reply[1]))
             self._learned(address)
             return address
         why = "; ".join(problems)
@@ -179,7 +176,7 @@ class SentinelMaster(Service):
 
     def _switch_message(self, message: Any) -> None:
         # "<master name> <old ip> <old port> <new ip> <new port>"
-        fields = _text(message).split()
+        fields = message.split()
         if len(fields) != 5 or fields[0] != self.master_name or not fields[4].isdigit():
             return
         self.switch_events += 1

@@ -12,27 +12,21 @@ another node, is still coalesced) and expires by itself.
 from twisted.internet.defer import Deferred
 
 from imd.stores.keys import Keys
-from imd.stores.redis import RedisClient, Script
+from imd.stores.redis import RedisClient, RedisStore, Script
 
 NOT_FRIEND, RELAY, COALESCED = 0, 1, 2
 
-# KEYS: URS:<from>, typing:<from>:<to>.  ARGV: to, 1|0 (typing), window ms.
-TYPING = Script("""
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[2] == '0' or ARGV[3] == '0' then return 1 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 1 end
-return 2
-""", "typing")
+TYPING = Script.load("typing")
 
 
-class TypingStore:
+class TypingStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, min_interval: float) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.window_ms = int(round(min_interval * 1000))
 
     def check(self, sender: int, to: int, is_typing: bool) -> Deferred:
         """Fires with NOT_FRIEND, RELAY or COALESCED (a ``true`` inside the window)."""
-        d = self.client.run(TYPING, [self.keys.friends(sender), self.keys.typing(sender, to)],
+        d = self._client.run(TYPING, [self.keys.friends(sender), self.keys.typing(sender, to)],
                             [to, 1 if is_typing else 0, self.window_ms])
         return d.addCallback(int)

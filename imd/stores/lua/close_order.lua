@@ -1,0 +1,30 @@
+-- include: store_entry note_push
+-- KEYS: order:<order>, links:<pair>, orders:ending, MQ, MQ:seq,
+--       pending:<courier>, pending:<customer>,
+--       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>, open:<courier>
+--       [, push:unread, push:last, push:due: only with [push] url set]
+-- ARGV: order, courier, customer, now (ms), grace (ms), s packet to the
+--       courier, s packet to the customer, dedup ttl [, push due (ms)]
+-- {1, closed_at, ends_at, courier's stored, customer's stored}: closed now;
+-- {0, closed_at, ends_at}: closed before; {-1}: the record is not a take by
+-- that courier (gone meanwhile).
+local record = redis.call('HMGET', KEYS[1], 'courier', 'taken_at', 'closed_at', 'ends_at')
+if record[1] ~= ARGV[2] or not record[2] then return {-1} end
+if record[3] then return {0, tonumber(record[3]), tonumber(record[4])} end
+local ends = tonumber(ARGV[4]) + tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'closed_at', ARGV[4], 'ends_at', ends)
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
+redis.call('PERSIST', KEYS[2])
+redis.call('ZADD', KEYS[3], ends, ARGV[1])
+-- no longer open: the courier's next position does not go to the customer
+redis.call('ZREM', KEYS[10], ARGV[1] .. ':' .. ARGV[3])
+local stored = {0, 0}
+for i, to in ipairs({ARGV[2], ARGV[3]}) do
+  if redis.call('SET', KEYS[7 + i], to, 'NX', 'EX', ARGV[8]) then
+    store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
+    if ARGV[9] then note_push(KEYS[11], KEYS[12], KEYS[13], to, ARGV[5 + i], ARGV[9]) end
+    stored[i] = 1
+  end
+end
+return {1, tonumber(ARGV[4]), ends, stored[1], stored[2]}

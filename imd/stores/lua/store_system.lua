@@ -1,0 +1,21 @@
+-- include: store_entry note_push
+-- KEYS: MQ, MQ:seq [, push:unread, push:last, push:due: only with [push] url
+--       set], then per recipient: dedup:0:<to>:<id>, pending:<to>
+-- ARGV: dedup ttl, packet head, packet tail, when the pushes are due (ms; ''
+--       without [push] url), then the recipients' uids.
+-- A system message (from 0) to each recipient that has not had this id yet:
+-- head .. uid .. tail is its packet.  Returns the 1-based indexes stored.
+local push = ARGV[4] ~= ''
+local first = push and 6 or 3
+local stored = {}
+for i = 5, #ARGV do
+  local to = ARGV[i]
+  local j = 2 * (i - 5) + first
+  if redis.call('SET', KEYS[j], to, 'NX', 'EX', ARGV[1]) then
+    local packet = ARGV[2] .. to .. ARGV[3]
+    store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], packet)
+    if push then note_push(KEYS[3], KEYS[4], KEYS[5], to, packet, ARGV[4]) end
+    stored[#stored + 1] = i - 4
+  end
+end
+return stored

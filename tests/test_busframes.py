@@ -1,0 +1,66 @@
+"""The bus frames nodes send each other (imd.busframes): the Python codec and
+its Lua half (imd/stores/lua/frame.lua) write the same frame, and a node
+ignores a frame it cannot read, with a warning, and takes the next one."""
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from imd import busframes
+from imd.node import LocalNode
+from imd.stores.redis import compose_lua
+from tests.support import RedisTestMixin
+
+
+class _Session:
+    def __init__(self, uid, conn_id="c1"):
+        self.uid, self.conn_id, self.login_score = uid, conn_id, 0
+        self.sent, self.closed = [], []
+
+    def send_packet(self, payload):
+        self.sent.append(payload)
+
+    def close_with(self, code, reason):
+        self.closed.append((code, reason))
+
+
+class FrameReceivedTests(unittest.SynchronousTestCase):
+
+    def setUp(self):
+        self.node = LocalNode("n1", None, Clock(), 5)
+        self.session = _Session(7)
+        self.node.add(self.session)
+        self.warnings = []
+
+        def observe(event):
+            if event.get("log_format", "").startswith("ignoring a malformed bus frame"):
+                self.warnings.append(event)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def test_delivers_and_closes_as_the_frame_says(self):
+        self.node.frame_received(busframes.encode(busframes.DELIVER, 7, '{"m":"é"}').decode("utf-8"))
+        self.node.frame_received("k 7 an operator's kick")
+        self.assertEqual(self.session.sent, ['{"m":"é"}'.encode("utf-8")])
+        self.assertEqual(self.session.closed, [(4003, "an operator's kick")])
+        self.assertEqual(self.warnings, [])
+
+    def test_a_frame_that_is_not_utf8_or_not_a_frame_is_ignored(self):
+        # a byte that is not UTF-8 reaches the node as a lone surrogate (imd.stores.redis)
+        for frame in ('d 7 {"m":"\udcff"}', "k 7 \udcff", "x 7 what", "d seven {}", "", b"d 7 \xff"):
+            self.node.frame_received(frame)
+        self.assertEqual((self.session.sent, self.session.closed), ([], []))
+        self.assertEqual(len(self.warnings), 6)
+        self.node.frame_received('d 7 {"m":1}')
+        self.assertEqual(self.session.sent, [b'{"m":1}'])
+
+
+class LuaFrameTests(RedisTestMixin, unittest.TestCase):
+
+    async def test_lua_builds_the_frame_python_reads(self):
+        script = compose_lua("-- include: frame\nreturn frame(ARGV[1], ARGV[2], ARGV[3])\n")
+        for kind, uid, rest in ((busframes.DELIVER, 7, '{"msg":"é x"}'), (busframes.KICK, 12, "bye now"),
+                                (busframes.REPLACE, 3, "a1-4")):
+            built = await self.redis.eval(script, [], [kind, str(uid), rest])
+            self.assertEqual(built, busframes.encode(kind, uid, rest).decode("utf-8"))
+            self.assertEqual(busframes.decode(built), (kind, uid, rest))
