@@ -39,7 +39,8 @@ from imd.errors import ImdError, LoginRefused, StoreUnavailable
 from imd.handlers import Reply
 from imd.logs import ThrottledLine
 from imd.transport.autobahn_tuning import tuned
-from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, TokenBucket, peer_address
+from imd.tokenbucket import TokenBucket
+from imd.transport.limits import ConnectionLimits, Refusal, SendBufferGuard, peer_address
 
 if TYPE_CHECKING:
     from imd.auth import TokenVerifier
