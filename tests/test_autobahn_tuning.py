@@ -186,7 +186,7 @@ class TextFrameTests(unittest.TestCase):
 
 
 class _Sender(_Recording):
-    send_text = ImdServerProtocol.send_text
+    write_text = ImdServerProtocol.write_text
 
 
 class ServerSendTests(unittest.TestCase):
@@ -206,7 +206,7 @@ class ServerSendTests(unittest.TestCase):
         protocol.transport.clear()
         protocol.state = protocol.STATE_OPEN
         protocol._perMessageCompress = None
-        protocol.send_text(payload)
+        protocol.write_text(payload)
         return protocol.transport.value()
 
     def test_over_max_message_bytes_both_ways(self):

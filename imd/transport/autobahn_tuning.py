@@ -159,10 +159,10 @@ class AutobahnTuning(_TunedProtocol):
 
     # --- packets out: the frame written directly ------------------------------
 
-    def send_text(self, payload: bytes) -> None:
+    def write_text(self, payload: bytes) -> None:
         if self.send_queue or self._perMessageCompress is not None or not self._plain_frames:
             # the plain protocol's (imd.transport.websocket), whatever the size
-            super().send_text(payload)   # type: ignore[misc]  # (the class this is mixed into)
+            super().write_text(payload)   # type: ignore[misc]  # (the class this is mixed into)
         else:
             # what sendMessage would write here, without its generic path
             # (and without its check of maxMessagePayloadSize, which limits
