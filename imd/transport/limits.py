@@ -116,6 +116,7 @@ class SendBufferGuard:
     when all of it has gone.  Bytes sent in between are counted; past
     ``limit`` the client is not reading and ``on_overflow`` is called (once).
     """
+    __slots__ = ("limit", "on_overflow", "paused", "backlog", "overflowed")
 
     def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
         self.limit = limit
