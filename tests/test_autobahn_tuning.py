@@ -63,7 +63,8 @@ class MaskingTests(unittest.TestCase):
     def test_autobahn_itself_is_left_as_it_comes(self):
         # installed per protocol class by the factory, never patched into Autobahn
         from autobahn.websocket.xormasker import create_xor_masker as stock
-        autobahn_tuning.tuned(WebSocketServerFactory(), _Recording)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_AUTOBAHN"})
+        self.assertIsNot(autobahn_tuning.tuned(WebSocketServerFactory(), _Recording), _Recording)
         self.assertIs(autobahn_protocol.create_xor_masker, stock)
         self.assertIs(autobahn_protocol.pformat, pprint.pformat)
         self.assertEqual(autobahn_protocol.Timings.__str__.__module__, "autobahn.websocket.protocol")
@@ -175,6 +176,8 @@ class OptionsTests(unittest.TestCase):
     class: stock Autobahn in the same process formats as it always did."""
 
     def setUp(self):
+        # (the tuned class, even where the suite runs with IMD_PLAIN_AUTOBAHN=1)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_AUTOBAHN"})
         self.factory = WebSocketServerFactory()
         self.factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0, maxMessagePayloadSize=1024)
         self.formatted = []
