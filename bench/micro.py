@@ -73,6 +73,82 @@ def frame_in():
     return old, new, "Autobahn's dataReceived", "tuned dataReceived"
 
 
+class _Presence:
+    """The node's presence store, answering at once (no Redis)."""
+
+    def login(self, uid, conn_id, score, max_devices):
+        from twisted.internet import defer
+        return defer.succeed([])
+
+    def logout(self, uid, conn_id):
+        from twisted.internet import defer
+        return defer.succeed(None)
+
+
+def _connection(handlers):
+    """A logged-in connection of imd's own WebSocket listener (the tuned
+    protocol, as imd runs it) on a transport that throws its bytes away."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from imd.config import parse_settings
+    from imd.metrics import Metrics
+    from imd.node import LocalNode
+    from imd.transport.websocket import ImdServerFactory, Listener
+
+    class Verifier:
+        def verify(self, token):
+            return defer.succeed(1)
+
+    class Discard(StringTransport):
+        def write(self, data):
+            pass
+
+    class Now(Clock):
+        seconds = staticmethod(time.perf_counter)   # the rate's bucket refills
+
+    settings = parse_settings("[imd]\nroles = ws\n[websocket]\nping_interval = 0\nrate = 1000000000\n"
+                              "burst = 1000000\n")
+    clock = Now()
+    node = LocalNode("bench", _Presence(), clock, 4)
+    factory = ImdServerFactory(Listener(settings, node, Verifier(), handlers, Metrics(), clock))
+    factory.setProtocolOptions(openHandshakeTimeout=0)
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"GET /token HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                            b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert node.sessions_of(1) and b'"type":"L"' in transport.value(), transport.value()
+    connection.transport = Discard()
+    return connection
+
+
+def packet_path():
+    """One packet through imd's connection: frame in, parsed, handed to its
+    handler, the reply framed and written.  A P (answered at once), and a t
+    whose handler answers later (a Deferred fired after the frame was
+    taken, as a store's answer is)."""
+    from twisted.internet import defer
+
+    from imd.handlers import Reply
+    waiting = []
+
+    def later(uid, packet):
+        d = defer.Deferred()
+        waiting.append((d, packet.id))
+        return d
+    connection = _connection({"P": lambda uid, packet: Reply(protocol.pong(packet.id)), "t": later})
+    ping = per_call(connection.dataReceived, _client_frame(b'{"id":12345,"type":"P","to":0}'))
+
+    def message(frame):
+        connection.dataReceived(frame)
+        d, packet_id = waiting.pop()
+        d.callback(Reply(protocol.ack(packet_id)))
+    return ping, per_call(message, _client_frame(PACKET)), "P, answered at once", "t, answered later"
+
+
 def masker():
     """Unmasking one chat frame: the integer XOR against Autobahn's masker."""
     from autobahn.websocket.xormasker import create_xor_masker
@@ -247,7 +323,8 @@ def moderation():
 
 
 CASES = {"message_json": message_json, "parse_frame": parse_frame, "frame_in": frame_in, "masker": masker,
-         "redis_encode": redis_encode, "redis_reply": redis_reply, "moderation": moderation}
+         "redis_encode": redis_encode, "redis_reply": redis_reply, "moderation": moderation,
+         "packet_path": packet_path}
 
 
 def main(names):

@@ -27,7 +27,7 @@ _log = Logger()
 
 
 class Session(Protocol):
-    """What the node needs of a connection (imd.transport.websocket implements it)."""
+    """What the node needs of a logged-in connection (imd.transport.session.Session is one)."""
 
     uid: int
     conn_id: str

@@ -59,6 +59,18 @@ def imports_of(path, name, known):
     return result
 
 
+def dotted_imports(path):
+    """The full dotted name of every module imported in the file (``from a.b import c``: ``a.b``)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+    return found
+
+
 def graph():
     known = modules()
     return {name: imports_of(path, name, known) for name, path in known.items()}
@@ -124,6 +136,18 @@ class ImportGraphTests(unittest.SynchronousTestCase):
             self.assertEqual(users, allowed, library)
         autobahn = {name for name, targets in edges.items() if "autobahn" in targets}
         self.assertEqual(autobahn, {"imd.transport.websocket", "imd.transport.autobahn_tuning"})
+
+    def test_a_session_knows_no_websocket_library_and_no_reactor(self):
+        # imd.transport.session: Autobahn stays in the adapter (websocket.py),
+        # time comes from the clock it is given; of Twisted only Deferreds,
+        # failures and the logger
+        allowed_twisted = {"twisted.internet.defer", "twisted.logger", "twisted.python.failure"}
+        for name in ("imd.transport.session", "imd.tokenbucket"):
+            found = dotted_imports(modules()[name])
+            self.assertEqual(sorted(t for t in found if t.startswith("autobahn")), [], name)
+            self.assertEqual(sorted(t for t in found if t.startswith("twisted") and t not in allowed_twisted), [],
+                             name)
+        self.assertEqual({t for t in imd_edges(graph())["imd.tokenbucket"]}, set())
 
 
 def storage_doc_keys():

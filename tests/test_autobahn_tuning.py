@@ -4,6 +4,7 @@ stock Autobahn with ``IMD_PLAIN_AUTOBAHN=1`` (``make test`` does both)."""
 
 import os
 import platform
+import pprint
 import random
 import struct
 
@@ -13,8 +14,11 @@ try:
     from autobahn.nvx._xormasker import create_xor_masker as compiled_masker
 except ImportError:  # PyPy: Autobahn's masker is its pure-Python one there
     from autobahn.websocket.xormasker import create_xor_masker as compiled_masker
+import autobahn.websocket.protocol as autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from imd.transport import autobahn_tuning
@@ -58,9 +62,15 @@ class MaskingTests(unittest.TestCase):
 
     def test_autobahn_itself_is_left_as_it_comes(self):
         # installed per protocol class by the factory, never patched into Autobahn
-        import autobahn.websocket.protocol as autobahn_protocol
         from autobahn.websocket.xormasker import create_xor_masker as stock
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_AUTOBAHN"})
+        self.assertIsNot(autobahn_tuning.tuned(WebSocketServerFactory(), _Recording), _Recording)
         self.assertIs(autobahn_protocol.create_xor_masker, stock)
+        self.assertIs(autobahn_protocol.pformat, pprint.pformat)
+        self.assertEqual(autobahn_protocol.Timings.__str__.__module__, "autobahn.websocket.protocol")
+        timings = autobahn_protocol.Timings()
+        timings.track("onOpen")
+        self.assertEqual(str(timings), pprint.pformat(timings._timings))
 
 
 def client_frame(opcode, payload, fin=True, mask=None):
@@ -159,6 +169,56 @@ class TunedProtocolTests(unittest.TestCase):
         self.assertIs(autobahn_tuning.tuned(factory, _Recording), _Recording)
 
 
+class OptionsTests(unittest.TestCase):
+    """Autobahn copies its options into each new connection and formats
+    them for a debug line, logged or not; the tuned class has them as class
+    attributes and, while debug logging is off, formats nothing.  Per
+    class: stock Autobahn in the same process formats as it always did."""
+
+    def setUp(self):
+        # (the tuned class, even where the suite runs with IMD_PLAIN_AUTOBAHN=1)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_AUTOBAHN"})
+        self.factory = WebSocketServerFactory()
+        self.factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0, maxMessagePayloadSize=1024)
+        self.formatted = []
+
+        def recording(value):
+            self.formatted.append(value)
+            return pprint.pformat(value)
+        self.patch(autobahn_protocol, "pformat", recording)
+
+    def connection(self, protocol_class):
+        """A connection of ``protocol_class`` and the lists Autobahn formatted for it."""
+        del self.formatted[:]
+        self.factory.protocol = protocol_class
+        protocol = self.factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return protocol, list(self.formatted)
+
+    def options(self, protocol):
+        return {name: getattr(protocol, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+
+    def test_same_options_as_stock_and_nothing_formatted(self):
+        self.assertIs(_Recording.log.debug, autobahn_tuning._LOG_OFF)
+        stock, stock_formatted = self.connection(_Recording)
+        tuned, tuned_formatted = self.connection(autobahn_tuning.tuned(self.factory, _Recording))
+        expected = dict(self.options(stock), applyMask=False)   # the tuning unmasks frames itself
+        self.assertEqual(self.options(tuned), expected)
+        self.assertEqual([len(value) for value in stock_formatted], [len(WebSocketServerProtocol.CONFIG_ATTRS)])
+        self.assertEqual(tuned_formatted, [[]])
+        self.assertNotIn("maxMessagePayloadSize", tuned.__dict__)   # read from its class
+        self.assertEqual(list(type(tuned).CONFIG_ATTRS), list(WebSocketServerProtocol.CONFIG_ATTRS))
+
+    def test_with_debug_logging_on_every_option_is_formatted_as_by_stock(self):
+        self.patch(_Recording, "log", txaio.make_logger())
+        _Recording.log.set_log_level("debug")
+        _, stock_formatted = self.connection(_Recording)
+        _, tuned_formatted = self.connection(autobahn_tuning.tuned(self.factory, _Recording))
+        self.assertEqual([(name, value) for name, value, _ in tuned_formatted[0]],
+                         [(name, False if name == "applyMask" else value) for name, value, _ in stock_formatted[0]])
+
+
 class TextFrameTests(unittest.TestCase):
 
     def autobahn_frame(self, payload):
@@ -186,7 +246,7 @@ class TextFrameTests(unittest.TestCase):
 
 
 class _Sender(_Recording):
-    send_text = ImdServerProtocol.send_text
+    write_text = ImdServerProtocol.write_text
 
 
 class ServerSendTests(unittest.TestCase):
@@ -206,7 +266,7 @@ class ServerSendTests(unittest.TestCase):
         protocol.transport.clear()
         protocol.state = protocol.STATE_OPEN
         protocol._perMessageCompress = None
-        protocol.send_text(payload)
+        protocol.write_text(payload)
         return protocol.transport.value()
 
     def test_over_max_message_bytes_both_ways(self):

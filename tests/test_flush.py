@@ -1,5 +1,9 @@
 """TurnFlusher: what a turn wrote is sent once, at the end of that turn."""
 
+import os
+import select
+import socket
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
@@ -7,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from imd.transport.flush import TurnFlusher
-from tests.support import with_deadline
+from tests.support import wait_until, with_deadline
 
 
 class _Transport:
@@ -105,7 +109,43 @@ class RealSocketTests(unittest.TestCase):
         self.assertFalse(flusher.on)
         return self._bytes_arrive_whole_and_in_order(flusher)
 
-    def test_the_environment_switch_turns_it_off(self):
-        import os
+    async def _a_client_socket_and_its_server_transport(self):
+        """A plain socket (read without the reactor) connected to a
+        listener on the real reactor, and the server side's transport."""
+        made = Deferred()
+
+        class Server(Protocol):
+            def connectionMade(self):
+                made.callback(self.transport)
+        port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        self.addCleanup(client.close)
+        transport = await with_deadline(made, what="connection")
+        self.addCleanup(transport.abortConnection)
+        return client, transport
+
+    async def test_a_client_has_what_a_turn_wrote_when_the_turn_ends(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_TWISTED"})
+        client, transport = await self._a_client_socket_and_its_server_transport()
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        transport.write(b"A reply")
+        flusher.written(transport)
+        clock.advance(0)   # the end of the turn; the reactor does not run again before the read
+        self.assertEqual(select.select([client], [], [], 5)[0], [client], "nothing sent at the end of the turn")
+        self.assertEqual(client.recv(100), b"A reply")
+
+    async def test_with_the_environment_switch_it_waits_for_the_reactors_next_poll(self):
+        # IMD_PLAIN_TWISTED=1: stock Twisted, the bytes leave when the
+        # reactor next polls the socket -- not at the end of the turn
         self.patch(os, "environ", dict(os.environ, IMD_PLAIN_TWISTED="1"))
-        self.assertFalse(TurnFlusher(reactor).on)
+        client, transport = await self._a_client_socket_and_its_server_transport()
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        transport.write(b"A reply")
+        flusher.written(transport)
+        clock.advance(0)
+        self.assertEqual(select.select([client], [], [], 0.2)[0], [])
+        await wait_until(lambda: select.select([client], [], [], 0)[0], what="the reactor's write")
+        self.assertEqual(client.recv(100), b"A reply")

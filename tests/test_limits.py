@@ -563,7 +563,7 @@ class CloseOrderMixin(LimitsMixin):
     def line_of(self, uid):
         """How many replies uid's connection holds back in its reply line."""
         sessions = self.server.app.node.sessions_of(uid)
-        return len(sessions[0]._pending) if sessions else 0
+        return sessions[0].replies_waiting if sessions else 0
 
     async def closed(self, client):
         await with_deadline(client.lost, what="the connection to end")
@@ -595,7 +595,8 @@ class CloseOrderTests(CloseOrderMixin, unittest.TestCase):
         # has not read yet (a burst's client saw EPIPE before reading its Es).
         client = await self.raw(send=upgrade_request("/" + self.token(1)), client=StillSendingClient())
         await wait_until(lambda: seen(client)[:1] == ["L"], what="L")
-        connection = self.server.app.node.sessions_of(1)[0]
+        session = self.server.app.node.sessions_of(1)[0]
+        connection = session.wire   # the Autobahn adapter beneath it, which lingers
         client.transport.write(packets(*({"id": n, "to": 0, "type": "X"} for n in range(20))))
         await wait_until(lambda: client.fin or client.lost.called, what="the close frame and the server's FIN")
         self.assertEqual(seen(client), ["L"] + [("E", n) for n in range(20)] + ["C", ("close", 4008)])
@@ -607,7 +608,7 @@ class CloseOrderTests(CloseOrderMixin, unittest.TestCase):
         client.transport.loseConnection()
         await with_deadline(client.lost, what="the end of the connection")
         self.assertTrue(client.reason.check(ConnectionDone), client.reason)
-        await wait_until(lambda: connection._gone, what="the server's side to end")
+        await wait_until(lambda: session.closed, what="the server's side to end")
 
     async def test_4008_waits_for_the_replies_in_the_line(self):
         await self.befriend(1, 2)

@@ -17,8 +17,6 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-import autobahn.websocket.protocol as autobahn_protocol
-
 
 class PrivateAttributeTestCase(unittest.SynchronousTestCase):
 
@@ -54,7 +52,8 @@ class _Probe(WebSocketServerProtocol):
     seen = None
 
     def onMessageEnd(self):
-        # what imd.transport.websocket's onMessageEnd reads instead of Autobahn's own
+        # what the tuned onMessageEnd (imd/transport/autobahn_tuning.py,
+        # AutobahnTuning) reads instead of calling Autobahn's own
         self.seen = {name: getattr(self, name, "MISSING")
                      for name in ("message_data", "message_is_binary", "failedByMe")}
         return super().onMessageEnd()
@@ -71,11 +70,11 @@ _HANDSHAKE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConne
 
 class AutobahnTests(PrivateAttributeTestCase):
 
-    def test_module_level_names_imd_replaces(self):
-        # imd/transport/autobahn_tuning.py: the lazy pformat, the compiled masker it still uses
-        self.assertHas(autobahn_protocol, ("pformat", "Timings"), "autobahn.websocket.protocol")
-        self.assertHas(autobahn_protocol.Timings(), ("_timings",), "autobahn.websocket.protocol.Timings")
-        self.assertHas(WebSocketServerProtocol, ("CONFIG_ATTRS",), "WebSocketServerProtocol")
+    def test_what_the_tuned_class_replaces(self):
+        # imd/transport/autobahn_tuning.py: the options as class attributes,
+        # and the list of them (CONFIG_ATTRS) that _connectionMade walks and
+        # formats replaced on the tuned class; the compiled masker it still uses
+        self.assertHas(WebSocketServerProtocol, ("CONFIG_ATTRS", "_connectionMade"), "WebSocketServerProtocol")
         from autobahn.websocket import xormasker
         self.assertHas(xormasker, ("create_xor_masker",), "autobahn.websocket.xormasker")
 
@@ -104,7 +103,9 @@ class AutobahnTests(PrivateAttributeTestCase):
         self.assertHas(tcp.Server, ("loseWriteConnection", "resumeProducing"), "twisted.internet.tcp.Server")
 
     def test_protocol_state_imd_reads(self):
-        # imd/transport/websocket.py: onMessageEnd and send_packet
+        # imd/transport/autobahn_tuning.py (onMessageEnd, write_text) and
+        # imd/transport/websocket.py (the handshake's size cap, the close
+        # code of onClose, the timer connectionLost cancels, why a drop)
         factory = WebSocketServerFactory("ws://127.0.0.1:1")
         factory.setProtocolOptions(openHandshakeTimeout=0)   # no timer left behind
         factory.protocol = _Probe
@@ -113,7 +114,8 @@ class AutobahnTests(PrivateAttributeTestCase):
         protocol.makeConnection(transport)
         self.assertHas(protocol, ("_listeners", "_parent", "trackedTimings", "_perMessageCompress",
                                   "send_queue", "state", "applyMask", "data",
-                                  "maxMessagePayloadSize", "localCloseCode", "closedByMe"),
+                                  "maxMessagePayloadSize", "localCloseCode", "closedByMe",
+                                  "closeHandshakeTimeoutCall", "wasNotCleanReason"),
                        "an Autobahn server protocol")
         protocol.dataReceived(_HANDSHAKE)
         self.assertEqual(protocol.state, protocol.STATE_OPEN, transport.value())

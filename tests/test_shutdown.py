@@ -106,7 +106,7 @@ class DrainerTests(ServerTestMixin, unittest.TestCase):
         stopped = ConnectionDrainer(app.node).stopService()
         alice.send({"id": "m2", "to": 2, "type": "t", "msg": "too late"})
         # (sync only) m2 has reached the server once it waits behind m1
-        await wait_until(lambda: len(session._pending) == 2, what="m2 received")
+        await wait_until(lambda: session.replies_waiting == 2, what="m2 received")
         gate.callback(None)
 
         ack, refused, close = await alice.next(), await alice.next(), await alice.next()
@@ -263,14 +263,15 @@ class DrainInEveryStateTests(ServerTestMixin, unittest.TestCase):
         app.handlers["P"] = lambda uid, packet: gate
         busy = await self.login(3)
         busy.send({"id": "in flight", "to": 0, "type": "P"})
-        await wait_until(lambda: any(s.uid == 3 and s._pending for s in app.node.sessions()), what="P in flight")
+        await wait_until(lambda: any(s.uid == 3 and s.replies_waiting for s in app.node.sessions()),
+                         what="P in flight")
         # closing: imd sent its close (1009) and waits for a reply that never comes
         closing = await raw_connect(port, send=upgrade_request("/" + self.token(4)))
         self.addCleanup(closing.transport.abortConnection)
         await wait_until(lambda: app.node.sessions_of(4), what="login of 4")
         closing.transport.pauseProducing()
         closing.transport.write(client_frame(1, b"x" * 2000))
-        await wait_until(lambda: app.node.sessions_of(4)[0].state == WebSocketServerProtocol.STATE_CLOSING,
+        await wait_until(lambda: app.node.sessions_of(4)[0].wire.state == WebSocketServerProtocol.STATE_CLOSING,
                          what="imd closing 4")
         # open and idle
         idle = await self.login(5)

@@ -1,4 +1,5 @@
-"""Token buckets keyed by caller (a user id, a remote address), in memory.
+"""Token buckets (imd.tokenbucket) keyed by caller (a user id, a remote
+address), in memory.
 
 Each process limits on its own: behind several http nodes the allowance is
 per node.  The number of buckets is bounded, so callers that keep changing
@@ -8,9 +9,10 @@ again with a full bucket, which costs an attacker more requests than it
 gains).
 """
 
-import math
 from collections import OrderedDict
-from typing import Hashable, Tuple
+from typing import Hashable
+
+from imd.tokenbucket import TokenBucket
 
 MAX_KEYS = 100000
 
@@ -22,7 +24,8 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self._max_keys = max_keys
-        self._buckets: "OrderedDict[Hashable, Tuple[float, float]]" = OrderedDict()   # key -> (tokens, at)
+        self._full = float(burst)   # (one float object, shared by every bucket)
+        self._buckets: "OrderedDict[Hashable, TokenBucket]" = OrderedDict()   # least recently seen first
 
     @property
     def enabled(self) -> bool:
@@ -34,17 +37,14 @@ class RateLimiter:
         ``Retry-After``)."""
         if not self.enabled:
             return 0
-        cost = min(float(cost), float(self.burst))
-        tokens, at = self._buckets.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
-        if tokens >= cost:
-            tokens -= cost
-            wait = 0
-        else:
-            wait = max(1, math.ceil((cost - tokens) / self.rate))
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self._full, now)
+        wait = 0 if bucket.take(now, cost) else bucket.wait(cost)
+        buckets[key] = bucket
+        while len(buckets) > self._max_keys:
+            buckets.popitem(last=False)
         return wait
 
     def __len__(self) -> int:

@@ -1,1 +1,2 @@
-"""Transport: frames in, packets out; local sessions; routing to users."""
+"""Transport: connections (session.py, no WebSocket library in it), their
+Autobahn adapter (websocket.py) and their limits."""

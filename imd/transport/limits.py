@@ -1,7 +1,8 @@
 """Abuse limits of the WebSocket listener: connections per node and per
-remote address (and those still in their opening handshake), a token bucket
-for each connection's packet rate, and a cap on what may wait in memory for
-a client that does not read (a slow consumer).
+remote address (and those still in their opening handshake), and a cap on
+what may wait in memory for a client that does not read (a slow consumer).
+Each connection's packet rates are its session's (imd.transport.session,
+with imd.tokenbucket).
 
 The connection limits act on TCP connections, before any WebSocket or token
 work: a refused connection costs one short HTTP answer.
@@ -115,6 +116,7 @@ class SendBufferGuard:
     when all of it has gone.  Bytes sent in between are counted; past
     ``limit`` the client is not reading and ``on_overflow`` is called (once).
     """
+    __slots__ = ("limit", "on_overflow", "paused", "backlog", "overflowed")
 
     def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
         self.limit = limit
@@ -140,28 +142,3 @@ class SendBufferGuard:
         if self.limit and self.backlog > self.limit:
             self.overflowed = True
             self.on_overflow()
-
-
-class TokenBucket:
-    """``rate`` per second, at most ``burst`` at once."""
-    __slots__ = ("rate", "burst", "tokens", "at")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.at = now
-
-    def take(self, now: float, cost: int = 1) -> bool:
-        """``cost`` tokens (at most the burst) if there are as many."""
-        if cost > self.burst:
-            cost = int(self.burst)
-        tokens = self.tokens + (now - self.at) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        self.at = now
-        if tokens < cost:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - cost
-        return True
