@@ -700,9 +700,11 @@ class BurstTests(PushTestMixin, unittest.TestCase):
         self.assertGreaterEqual(len(during_burst), 3, pings[:20])
         # 99 pings in 100 within 100 ms, and none near a stall: on PyPy a
         # garbage collection or a compiled bridge now and then takes one
-        # ping past 100 ms (seen up to 139 ms), where a drainer that took the
-        # whole burst in one turn holds the reactor for seconds
+        # ping past 100 ms (seen up to 139 ms), and on a CI machine busy with
+        # other work one ping in a run has taken 261 ms on CPython, where a
+        # drainer that took the whole burst in one turn holds the reactor for
+        # seconds (no pong within the 1 s each ping waits)
         rtts = sorted(rtt for _, rtt in pings)
         self.assertLess(rtts[int(len(rtts) * 0.99)], 0.1, rtts[-10:])
-        self.assertLess(rtts[-1], 0.25, rtts[-10:])
+        self.assertLess(rtts[-1], 0.75, rtts[-10:])
         self.assertEqual(len(self.receiver.deliveries), 2 * self.RECIPIENTS)
