@@ -322,9 +322,77 @@ def moderation():
     ]
 
 
+# --- the message log read back: the migrator's rows, an H reply ---
+
+def _log_entries(count, ts0=1700000000000):
+    """``count`` MQ entries as the store script leaves them (``"seq"`` added
+    last): every tenth a receipt, the rest texts between users 1 and 2."""
+    entries = []
+    for n in range(count):
+        sender, to = (1, 2) if n % 2 else (2, 1)
+        if n % 10 == 9:
+            head, tail = protocol.receipt_entry_parts("r%d" % n, to, sender, 2, ts0 + n)
+            packet = head + protocol.id_json("m%d" % (n - 1)) + tail
+        else:
+            text = "hello there, message %d of a chat of typical length" % n
+            packet = protocol.message_json(protocol.MessagePacket("m%d" % n, "t", to, text), sender, ts0 + n)
+        entries.append((packet[:-1] + b',"seq":%d}' % (n + 1)).decode("utf-8"))
+    return entries
+
+
+def migrator_rows():
+    """A batch of 500 MQ entries read back into message and receipt rows
+    (imd.migrator's ``_rows``: the orjson fast path where installed)."""
+    from imd.migrator import Migrator
+    entries = _log_entries(500)
+
+    def batch(_):
+        Migrator._rows(entries, [], {})
+    return [("500 entries read back into rows", per_call(batch, None, n=200) / len(entries))]
+
+
+def history_reply():
+    """An ``H`` of 100 messages: 60 rows from MySQL (with their states) and
+    the user's pending entries (40 messages, some receipts), merged,
+    deduplicated and written as one reply (handlers.history without I/O)."""
+    from twisted.internet import defer
+
+    from imd.handlers.history import HistoryHandler
+    entries = _log_entries(50, ts0=1700000000060)
+    rows = []
+    for n in range(60):
+        sender, to = (1, 2) if n % 2 else (2, 1)
+        text = "an older message %d, already in MySQL" % n
+        packet = protocol.message_json(protocol.MessagePacket("old%d" % n, "t", to, text), sender,
+                                       1700000000000 + n).decode("utf-8")
+        rows.append(_history_row(1700000000000 + n, n + 1, sender, b"old%d" % n, to, "t", text, packet, n % 3))
+
+    class Messages:
+        def pending(self, uid):
+            return defer.succeed(entries)
+
+    class Mysql:
+        def history(self, uid, with_uid, position, limit):
+            return defer.succeed(rows)
+    handler = HistoryHandler(Messages(), Mysql())
+    packet = protocol.HistoryPacket("h", since=0, limit=100)
+    replies = []
+
+    def one(_):
+        handler.handle(1, packet).addCallback(replies.append)
+    one(None)
+    assert replies[0].frame.count(b'"state"') == 100, replies[0].frame[:300]
+    return [("100 messages, 60 from MySQL and 40 pending", per_call(one, None, n=2000) / 100)]
+
+
+def _history_row(ts, seq, from_id, msg_id, to_id, kind, msg, packet, state):
+    """A row of MySQL's history read, in the shape the store hands up."""
+    return (ts, seq, from_id, msg_id, to_id, packet, state)
+
+
 CASES = {"message_json": message_json, "parse_frame": parse_frame, "frame_in": frame_in, "masker": masker,
          "redis_encode": redis_encode, "redis_reply": redis_reply, "moderation": moderation,
-         "packet_path": packet_path}
+         "packet_path": packet_path, "migrator_rows": migrator_rows, "history_reply": history_reply}
 
 
 def main(names):
