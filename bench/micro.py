@@ -327,12 +327,13 @@ def moderation():
 def _log_entries(count, ts0=1700000000000):
     """``count`` MQ entries as the store script leaves them (``"seq"`` added
     last): every tenth a receipt, the rest texts between users 1 and 2."""
+    from imd.messagelog.entry import id_json, receipt_entry_parts
     entries = []
     for n in range(count):
         sender, to = (1, 2) if n % 2 else (2, 1)
         if n % 10 == 9:
-            head, tail = protocol.receipt_entry_parts("r%d" % n, to, sender, 2, ts0 + n)
-            packet = head + protocol.id_json("m%d" % (n - 1)) + tail
+            head, tail = receipt_entry_parts("r%d" % n, to, sender, 2, ts0 + n)
+            packet = head + id_json("m%d" % (n - 1)) + tail
         else:
             text = "hello there, message %d of a chat of typical length" % n
             packet = protocol.message_json(protocol.MessagePacket("m%d" % n, "t", to, text), sender, ts0 + n)

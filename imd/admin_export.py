@@ -31,7 +31,7 @@ from twisted.internet import defer, threads
 from imd import protocol
 from imd.errors import AdminError
 from imd.progress import progress
-from imd.stored import StoredMessage, StoredReceipt, parse_entry
+from imd.messagelog.entry import StoredMessage, StoredReceipt, parse_entry
 from imd.stores.mysql import ConversationReader
 from imd.timespec import iso
 

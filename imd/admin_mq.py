@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generator, TextIO, Union
 from twisted.internet import defer, threads
 
 from imd.errors import AdminError
-from imd.stored import parse_entry, readable
+from imd.messagelog.entry import parse_entry, readable
 from imd.stores.deadletter import DeadLetters
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def format_age(seconds: float) -> str:
 
 
 def _text(entry: Union[str, bytes]) -> str:
-    """For the terminal: a byte that is not UTF-8 as U+FFFD (imd.stored.readable)."""
+    """For the terminal: a byte that is not UTF-8 as U+FFFD (imd.messagelog.entry.readable)."""
     return readable(entry.decode("utf-8", "surrogateescape") if isinstance(entry, bytes) else entry)
 
 

@@ -44,7 +44,7 @@ from twisted.internet import defer
 
 from imd.errors import AdminError
 from imd.progress import progress
-from imd.stored import StoredMessage, parse_entry
+from imd.messagelog.entry import StoredMessage, parse_entry
 from imd.stores.audit import SCAN_COUNT, AuditStore, DedupRecord
 from imd.stores.mysql import MessageRows
 from imd.timespec import TimeSpec, iso

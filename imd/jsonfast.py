@@ -4,7 +4,7 @@ orjson (a C extension, installed on CPython only: setup.cfg's marker) makes
 the message path's encoding and the reading of stored messages several
 times cheaper.  Where it is missing (PyPy, whose JIT runs the json module
 well) or switched off, the users fall back to the json module: each fast
-path in :mod:`imd.protocol` and :mod:`imd.stored` checks :data:`orjson` at
+path in :mod:`imd.protocol` and :mod:`imd.messagelog.entry` checks :data:`orjson` at
 call time, and its differential test runs both ways.
 
 Client packets are parsed the other way round: :mod:`imd.protocol` reads

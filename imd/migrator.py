@@ -44,7 +44,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.stored import StoredReceipt, parse_entry
+from imd.messagelog.entry import StoredReceipt, parse_entry
 
 if TYPE_CHECKING:
     from imd.config import MigrateSettings

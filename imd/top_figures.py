@@ -155,7 +155,7 @@ def build_frame(at: float, redis: str, status: Optional["QueueStatus"], processe
 
 
 def _age(entry: str, now: float) -> Optional[float]:
-    from imd.stored import parse_entry
+    from imd.messagelog.entry import parse_entry
     try:
         return max(0.0, now - parse_entry(entry).ts / 1000.0)
     except ValueError:

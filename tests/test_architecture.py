@@ -175,9 +175,11 @@ class KeySchemaTests(unittest.SynchronousTestCase):
         # "URS:%d" or 'dev:' elsewhere would be a second way to build a key
         # (and no Lua script builds one: each gets its keys as KEYS)
         patterns = sorted({spec.pattern.split("<")[0] for spec in SCHEMA if "<" in spec.pattern})
-        lua = os.path.join(PACKAGE, "stores", "lua")
-        sources = dict(modules(), **{"lua/" + n: os.path.join(lua, n) for n in os.listdir(lua) if n.endswith(".lua")})
+        sources = dict(modules())
+        for lua in (os.path.join(PACKAGE, "stores", "lua"), os.path.join(PACKAGE, "messagelog", "lua")):
+            sources.update({"lua/" + n: os.path.join(lua, n) for n in os.listdir(lua) if n.endswith(".lua")})
         self.assertIn("lua/store_message.lua", sources)
+        self.assertIn("lua/store_entry.lua", sources)
         found = []
         for name, path in sources.items():
             if name == "imd.stores.keys":

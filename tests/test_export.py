@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from imd import protocol
 from imd.errors import AdminError
 from imd.handlers.history import HistoryHandler
+from imd.messagelog.entry import id_json, receipt_entry_parts
 from imd.stores.mysql import connect_kwargs
 from tests.admin_support import ADMIN, ROOT, AdminAppMixin
 from tests.mysql_support import query
@@ -39,8 +40,8 @@ async def history(app, uid, with_uid=None):
 
 
 def receipt_entry(reader, sender, state, ids, ts):
-    head, tail = protocol.receipt_entry_parts("r%d" % ts, reader, sender, state, ts)
-    return (head + b",".join(protocol.id_json(i) for i in ids) + tail).decode("utf-8")
+    head, tail = receipt_entry_parts("r%d" % ts, reader, sender, state, ts)
+    return (head + b",".join(id_json(i) for i in ids) + tail).decode("utf-8")
 
 
 def insert_rows(settings, count, sender=1, to=2, ts0=1_600_000_000_000):

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from imd.errors import StoreUnavailable
 from imd.stores import redis as redis_module
 from imd.stores.keys import Keys
-from imd.stores.redis import (LUA_DIRECTORY, RedisClient, RedisReplyError, Script, _Connection, _Factory, check_role,
+from imd.stores.redis import (LUA_DIRECTORIES, RedisClient, RedisReplyError, Script, _Connection, _Factory, check_role,
                               compose_lua, encode_command, lua_source)
 from tests.support import PrivateRedis, RedisTestMixin, make_settings, with_deadline
 
@@ -147,18 +147,33 @@ class ConnectionTests(unittest.SynchronousTestCase):
         self.assertIs(self.successResultOf(d), conn)
 
 
+def lua_paths():
+    """{name: path} of every Lua file, in imd/stores/lua and imd/messagelog/lua."""
+    return {os.path.basename(path)[:-4]: path
+            for directory in LUA_DIRECTORIES for path in glob.glob(os.path.join(directory, "*.lua"))}
+
+
 def lua_names():
-    return sorted(os.path.basename(path)[:-4] for path in glob.glob(os.path.join(LUA_DIRECTORY, "*.lua")))
+    return sorted(lua_paths())
 
 
 def includes_of(name):
-    with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+    with open(lua_paths()[name], encoding="utf-8") as f:
         first = f.readline()
     return first[len("-- include:"):].split() if first.startswith("-- include:") else []
 
 
 class LuaFileTests(unittest.SynchronousTestCase):
-    """The scripts in imd/stores/lua: loaded by name, their includes resolved."""
+    """The scripts in imd/stores/lua (and the message log's snippets in
+    imd/messagelog/lua): loaded by name, their includes resolved."""
+
+    def test_each_name_is_in_one_directory_only(self):
+        found = [os.path.basename(path)[:-4]
+                 for directory in LUA_DIRECTORIES for path in glob.glob(os.path.join(directory, "*.lua"))]
+        self.assertEqual(sorted(found), sorted(set(found)))
+        self.assertIn("store_entry", found)
+        self.assertFalse(os.path.exists(os.path.join(LUA_DIRECTORIES[0], "store_entry.lua")),
+                         "the entry's writer lives with the message log")
 
     def test_a_snippet_comes_once_before_what_uses_it(self):
         text = compose_lua("-- include: store_entry note_push store_entry\nreturn 1\n")
@@ -184,7 +199,7 @@ class LuaFileTests(unittest.SynchronousTestCase):
         for name in lua_names():
             if name in snippets:
                 continue
-            with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
+            with open(lua_paths()[name], encoding="utf-8") as f:
                 text = f.read()
             if re.search(r"KEYS\[|#KEYS", text):
                 self.assertIn("-- KEYS", text, name)

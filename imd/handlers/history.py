@@ -39,7 +39,7 @@ from twisted.internet import defer
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stored import StoredMessage, StoredReceipt, parse_entry
+from imd.messagelog.entry import StoredMessage, StoredReceipt, parse_entry
 
 CURSOR_VERSION = 2
 # An H reply holds at most this much JSON (contract §3): a page that would be

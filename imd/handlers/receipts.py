@@ -26,7 +26,7 @@ from twisted.internet import defer
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.stored import StoredReceipt, parse_entry
+from imd.messagelog.entry import StoredReceipt, parse_entry
 from imd.stores.budgets import Budget
 from imd.stores.receipts import UNKNOWN
 

@@ -13,9 +13,9 @@ like every dedup record (receipts are verified against it).
 
 An entry on ``MQ`` is the packet's JSON exactly as delivered, with one field
 added at the end: ``"seq"``, the accept order (``MQ:seq``, taken in the same
-script).  History sorts by ``(ts, seq)``, so a sender's messages keep the
+script by the message log's ``store_entry`` snippet).  History sorts by ``(ts, seq)``, so a sender's messages keep the
 order they were sent in whatever their ids; the migrator copies ``seq`` into
-MySQL and stores the packet without it (see :mod:`imd.stored`).
+MySQL and stores the packet without it (see :mod:`imd.messagelog.entry`).
 
 Each entry is also in ``pending:<uid>`` of its sender and its recipient
 (score: ``seq``) until the migrator has committed it, so that history of

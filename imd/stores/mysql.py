@@ -373,7 +373,7 @@ def _text_quoter(cursor: pymysql.cursors.Cursor) -> Callable[[str], str]:
 
 
 def _insert_receipts_txn(cursor: pymysql.cursors.Cursor, rows: Sequence[Tuple[Any, ...]]) -> int:
-    # As _insert_messages_txn: one VALUES list, ints checked by imd.stored.
+    # As _insert_messages_txn: one VALUES list, ints checked by imd.messagelog.entry.
     text = _text_quoter(cursor)
     inserted, values, size = 0, [], 0
     for from_id, msg_id, to_id, state, ts, seq in rows:
@@ -401,7 +401,7 @@ def _message_states_txn(cursor: pymysql.cursors.Cursor, sender: int, reader: int
 def _insert_messages_txn(cursor: pymysql.cursors.Cursor, rows: Sequence[Tuple[Any, ...]]) -> int:
     # The VALUES list is built here rather than by executemany: PyMySQL's
     # generic per-value escaping was half the migrator's time.  The ints are
-    # ints (checked by imd.stored); text is quoted by quote_text, or by the
+    # ints (checked by imd.messagelog.entry); text is quoted by quote_text, or by the
     # PyMySQL connection's own escape when the server runs with
     # NO_BACKSLASH_ESCAPES (then only '' escapes a quote).
     connection = cursor.connection

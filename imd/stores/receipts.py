@@ -41,6 +41,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence
 from twisted.internet.defer import Deferred
 
 from imd import protocol
+from imd.messagelog.entry import conversation_needles, id_json, receipt_entry_parts
 from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
@@ -85,7 +86,7 @@ class ReceiptStore(RedisStore):
         A settled result comes once the write is on ``[redis] min_replicas``
         replicas."""
         keys, sender = self.keys, packet.to
-        head, tail = protocol.receipt_entry_parts(packet.id, reader, sender, packet.state, ts)
+        head, tail = receipt_entry_parts(packet.id, reader, sender, packet.state, ts)
         pending_sender = keys.pending(sender if sender else reader)
         key_list = [keys.mq, keys.mq_seq, keys.pending(reader), pending_sender]
         if self.push is not None:
@@ -94,7 +95,7 @@ class ReceiptStore(RedisStore):
                            "0" if self.push is None else "1"]
         for i, (message_id, dedup_id) in enumerate(zip(packet.ids, packet.dedup_ids)):
             key_list.append(keys.dedup(sender, dedup_id, reader))
-            args.append(protocol.id_json(message_id))
+            args.append(id_json(message_id))
             args.append("" if seeds is None else seeds[i])
         d = self._client.run(RECEIPT, key_list, args)
         return d.addCallback(self._result)
@@ -117,7 +118,7 @@ class ReceiptStore(RedisStore):
         fires with None when it is spent, else with the entries (str)."""
         keys = self.keys
         limit = now_ms - self.dedup_ttl * 1000 + 2 * CLOCK_SKEW_MS
-        needles = [b',"from":%d,"to":%d,' % (sender, reader), b',"from":%d,"to":%d,"type":"R"' % (reader, sender)]
+        needles = conversation_needles(sender, reader)
         key_list = [keys.pending(reader), keys.budget("lookups", reader)]
         found: List[str] = []
 

@@ -28,7 +28,7 @@ Everything imd asks of Redis goes through here, on connections of one kind
   and a value read back is written back byte for byte (an unreadable
   entry moved to ``MQ:dead``, a key name a ``SCAN`` found).  Where such
   text leaves imd it is checked there: a stored entry by
-  imd.stored.readable (each such byte as U+FFFD, for clients and MySQL),
+  imd.messagelog.entry.readable (each such byte as U+FFFD, for clients and MySQL),
   a bus frame by imd.node (refused).
 - One way to connect: a Twisted ``ClientService`` that reconnects with
   backoff for ever and hands out a connection only once its AUTH/SELECT
@@ -46,8 +46,9 @@ Everything imd asks of Redis goes through here, on connections of one kind
   (``[redis] min_replicas``): one ``WAIT`` per reactor turn covers every
   write the connection issued before it.  The stores call it themselves
   for the writes an ``A`` stands for; nothing above them sees the client.
-- The Lua scripts live in ``imd/stores/lua/``, one file each, loaded by
-  name (:meth:`Script.load`; shared snippets by :func:`compose_lua`).
+- The Lua scripts live in ``imd/stores/lua/`` (the message log's snippets
+  in ``imd/messagelog/lua/``), one file each, loaded by name
+  (:meth:`Script.load`; shared snippets by :func:`compose_lua`).
 
 Writes leave in the reactor turn that made them (``flusher``, see
 imd.transport.flush).
@@ -97,7 +98,11 @@ _NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
 
 # --- Lua ---------------------------------------------------------------------------
 
-LUA_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua")
+_IMD = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where scripts and snippets are found by name: the stores' own, and the
+# message log's (imd/messagelog/lua: the snippets that write and read an MQ
+# entry, the one place that knows its format).  A name is in one of them only.
+LUA_DIRECTORIES = (os.path.join(_IMD, "stores", "lua"), os.path.join(_IMD, "messagelog", "lua"))
 _INCLUDE = "-- include:"
 _LUA_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 
@@ -106,8 +111,12 @@ _LUA_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 def _lua_file(name: str) -> str:
     if not _LUA_NAME.match(name):
         raise ValueError("not a Lua file name: %r" % (name,))
-    with open(os.path.join(LUA_DIRECTORY, name + ".lua"), encoding="utf-8") as f:
-        return f.read()
+    for directory in LUA_DIRECTORIES:
+        path = os.path.join(directory, name + ".lua")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+    raise FileNotFoundError("no Lua file %s.lua in %s" % (name, " or ".join(LUA_DIRECTORIES)))
 
 
 def compose_lua(text: str) -> str:
@@ -116,8 +125,8 @@ def compose_lua(text: str) -> str:
 
     A script or snippet that uses others names them on its first line,
     ``-- include: store_entry note_push``.  That line is replaced by the
-    text of each ``lua/<name>.lua`` named, in that order, each with its own
-    includes resolved the same way before it; a snippet is put in once
+    text of each ``<name>.lua`` named (:data:`LUA_DIRECTORIES`), in that
+    order, each with its own includes resolved the same way before it; a snippet is put in once
     however many times it is named (so what a snippet defines comes before
     whatever uses it).  A snippet is a file that defines one ``local
     function`` of its name (``store_entry.lua``: ``store_entry``); an
@@ -142,15 +151,16 @@ def _compose(text: str, parts: List[str], done: Set[str], chain: Tuple[str, ...]
 
 
 def lua_source(name: str) -> str:
-    """The text Redis runs for ``lua/<name>.lua``: the file, its includes resolved."""
+    """The text Redis runs for ``<name>.lua``: the file, its includes resolved."""
     return compose_lua(_lua_file(name))
 
 
 class Script:
     """A Lua script and its SHA-1 (for ``EVALSHA``).
 
-    The scripts live in ``imd/stores/lua/`` (package data, shipped in the
-    wheel), one ``<name>.lua`` each with the comment that names its
+    The scripts live in ``imd/stores/lua/`` and ``imd/messagelog/lua/``
+    (:data:`LUA_DIRECTORIES`; package data, shipped in the wheel), one
+    ``<name>.lua`` each with the comment that names its
     ``KEYS`` and ``ARGV``; :meth:`load` reads one by name and resolves its
     includes (:func:`compose_lua`).  The SHA-1 is that of the composed text.
     """
@@ -166,7 +176,7 @@ class Script:
 
     @classmethod
     def load(cls, name: str) -> "Script":
-        """The script of ``imd/stores/lua/<name>.lua``."""
+        """The script ``<name>.lua`` (of :data:`LUA_DIRECTORIES`)."""
         return cls(lua_source(name), name)
 
     def __repr__(self) -> str:

@@ -1,4 +1,4 @@
--- include: take_tokens
+-- include: take_tokens entry_ts
 -- KEYS: pending:<reader>, budget:lookups:<reader>.
 -- ARGV: rate, burst, now (ms) of the lookup budget (rate 0: not charged),
 --       the score to start after ('-inf' first, else '(<seq>'), the ts limit
@@ -17,7 +17,7 @@ while scanned < most do
   local entries = redis.call('ZRANGEBYSCORE', KEYS[1], out[2], '+inf', 'WITHSCORES', 'LIMIT', 0, n)
   for i = 1, #entries, 2 do
     local entry = entries[i]
-    local ts = tonumber(string.match(entry, '"ts":(%d+),"seq":%d+}$'))
+    local ts = entry_ts(entry)
     if ts and ts >= limit then
       out[1] = 1
       return out

@@ -1,11 +1,13 @@
-"""Reading MQ entries back (imd.stored): the orjson fast path and its json
-fallback read exactly what json reads, errors included (pure logic)."""
+"""The message log's entry (imd.messagelog.entry): read back, the orjson
+fast path and its json fallback read exactly what json reads, errors
+included; a receipt's entry as written (pure logic)."""
 
 import json
 
 from twisted.trial import unittest
 
-from imd import jsonfast, stored
+from imd import jsonfast
+from imd.messagelog import entry as stored
 
 ENTRIES = [
     '{"id":"m1","from":1,"to":2,"type":"t","msg":"hello","ts":1700000000000}',
@@ -107,3 +109,12 @@ class ReceiptEntryTests(unittest.TestCase):
             self.assertRaises(ValueError, stored.parse_entry, bad)
         message = stored.parse_entry(ENTRIES[0])
         self.assertEqual(message.msg_id, b"m1")
+
+    def test_a_receipt_entry_as_written(self):
+        head, tail = stored.receipt_entry_parts("r", 2, 1, 2, 5)
+        self.assertEqual(json.loads(head + b'"a",7' + tail),
+                         {"id": "r", "from": 2, "to": 1, "type": "R",
+                          "msg": {"state": "read", "ids": ["a", 7], "ts": 5}, "ts": 5})
+        # as the store_entry snippet leaves it, read back: its rows
+        entry = (head + stored.id_json("a") + b"," + stored.id_json(7) + tail)[:-1] + b',"seq":9}'
+        self.assertEqual(stored.parse_entry(entry.decode("utf-8")).rows(), [(1, "a", 2, 2, 5, 9), (1, "7", 2, 2, 5, 9)])

@@ -1,27 +1,39 @@
-"""A stored entry read back: an entry of ``MQ`` (the packet's JSON built by
-:func:`imd.protocol.message_json`, with ``"seq"`` added at its end by the
-store script) as one typed row: a :class:`StoredMessage`, or for an ``R``
-entry a :class:`StoredReceipt`.
+"""The entry of the message log: an entry of ``MQ`` (and of both parties'
+``pending:<uid>``) is the packet's JSON exactly as delivered (built by
+:func:`imd.protocol.message_json`; a receipt's by
+:func:`receipt_entry_parts`), with one field added at its end by the
+``store_entry`` Lua snippet (``lua/store_entry.lua``): ``"seq"``, the
+accept order.  This module is the one place that knows that format: it
+builds the receipt entry, reads an entry back as one typed value (a
+:class:`StoredMessage`, or for an ``R`` entry a :class:`StoredReceipt`),
+gives the packet as delivered (the entry without its ``seq``), maps a value
+to its MySQL rows (the migrator) and a MySQL row back to a value
+(:func:`from_row`: history and export), and names the text that finds a
+conversation's entries in Redis (:func:`conversation_needles`; the
+``entry_ts`` snippet reads an entry's ``ts`` there).
 
-Shared by the migrator (entry -> ``message`` row) and history (entries still
-in Redis, merged with rows from MySQL).  Every message has its history key
-``(ts, seq)`` from the moment it is stored, so both sides sort alike.
+Every message has its history key ``(ts, seq)`` from the moment it is
+stored, so entries still in Redis and rows in MySQL sort alike.
 """
 
 import json
 from collections import namedtuple
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from imd import jsonfast
-from imd.protocol import MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES
+from imd.protocol import MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast
 
 MAX_TEXT_BYTES = 65535          # message.msg is TEXT
 MAX_PACKET_BYTES = 16 * 1024 * 1024 - 1   # message.packet is MEDIUMTEXT
 
 
+Identity = Tuple[int, bytes, int]   # (from, id as UTF-8, to): a message, once, wherever it is read
+
+
 class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg ts seq packet")):
     """``msg_id`` is the id as its decimal string for numbers (the dedup key),
-    as UTF-8 bytes; ``msg`` is text (JSON for non-strings); ``seq`` the
+    as UTF-8 bytes; ``msg`` is text (JSON for non-strings; None when read
+    from MySQL for ``H``, which replays ``packet`` only); ``seq`` the
     accept order (0 for an entry an older imd stored); ``packet`` the packet
     exactly as delivered (the entry without its ``seq``)."""
     __slots__ = ()
@@ -32,7 +44,7 @@ class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg t
         return (self.ts, self.seq)
 
     @property
-    def identity(self) -> Tuple[int, bytes, int]:
+    def identity(self) -> Identity:
         return (self.from_id, self.msg_id, self.to_id)
 
     def row(self) -> Tuple[Any, ...]:
@@ -47,7 +59,7 @@ class StoredReceipt(namedtuple("StoredReceipt", "reader sender state msg_ids ts 
     ``sender`` (0: the system) sent to ``reader``."""
     __slots__ = ()
 
-    def identities(self) -> List[Tuple[int, bytes, int]]:
+    def identities(self) -> List[Identity]:
         """The ``(from, id, to)`` of each message it is about."""
         return [(self.sender, msg_id, self.reader) for msg_id in self.msg_ids]
 
@@ -88,6 +100,7 @@ def _load(entry: str) -> Any:
     return json.loads(entry)
 
 
+# The field the store_entry snippet appends to a packet: ``,"seq":<n>}``
 SEQ_FIELD = ',"seq":'
 
 
@@ -200,3 +213,34 @@ def _message(entry: str, obj: Any) -> StoredMessage:
         packet = entry[:cut] + "}"
     from_id = _uid(obj.get("from"), "from") if kind != "s" or obj.get("from") != 0 else 0
     return StoredMessage(msg_id.encode("utf-8"), from_id, _uid(obj.get("to"), "to"), kind, text, ts, seq, packet)
+
+
+def from_row(ts: int, seq: int, from_id: int, msg_id: Any, to_id: int, kind: str, msg: Optional[str],
+             packet: str) -> StoredMessage:
+    """A ``message`` row read back from MySQL (``msg_id`` as MySQL hands up
+    a VARBINARY) as the value its entry was."""
+    return StoredMessage(bytes(msg_id), from_id, to_id, kind, msg, ts, seq, packet)
+
+
+def receipt_entry_parts(packet_id: PacketId, reader: int, sender: int, state: int,
+                        ts: int) -> Tuple[bytes, bytes]:
+    """The stored form of a receipt, around its ids (joined by commas in
+    Redis, where it is known which advanced): the relayed ``R``
+    (:func:`imd.protocol.receipt`) with ``ts`` at the top level too, like
+    every stored entry."""
+    head = dump_fast({"id": packet_id, "from": reader, "to": sender, "type": "R"})[:-1]
+    return (head + b',"msg":{"state":"%s","ids":[' % STATE_NAMES[state].encode("ascii"),
+            b'],"ts":%d},"ts":%d}' % (ts, ts))
+
+
+def id_json(message_id: PacketId) -> bytes:
+    """One id as JSON, for the stored receipt."""
+    return dump_fast(message_id)
+
+
+def conversation_needles(sender: int, reader: int) -> List[bytes]:
+    """What an entry between ``sender`` and ``reader`` holds as text (for a
+    Lua scan of ``pending:<reader>``, imd.stores.receipts): a message from
+    ``sender`` to ``reader``, and a receipt of ``reader``'s about
+    ``sender``'s messages."""
+    return [b',"from":%d,"to":%d,' % (sender, reader), b',"from":%d,"to":%d,"type":"R"' % (reader, sender)]
