@@ -387,8 +387,9 @@ def history_reply():
 
 
 def _history_row(ts, seq, from_id, msg_id, to_id, kind, msg, packet, state):
-    """A row of MySQL's history read, in the shape the store hands up."""
-    return (ts, seq, from_id, msg_id, to_id, packet, state)
+    """A row of MySQL's history read, in the shape the store hands up (H
+    does not read msg)."""
+    return (ts, seq, from_id, msg_id, to_id, kind, None, packet, state)
 
 
 CASES = {"message_json": message_json, "parse_frame": parse_frame, "frame_in": frame_in, "masker": masker,

@@ -4,14 +4,14 @@ it, for support or an archive.
 
 Each message with its receipt state (``sent``, ``delivered``, ``read``),
 oldest first by ``(ts, accept order)``.  The messages still in Redis
-(``pending:<uid>``, not yet migrated) are merged with the rows of MySQL as
-``H`` merges them (imd/handlers/history.py): Redis is read first, then
+(``pending:<uid>``, not yet migrated) are merged with the rows of MySQL by
+the merge ``H`` uses (imd.messagelog.merge): Redis is read first, then
 MySQL, duplicates dropped by ``(from, id, to)``, and a message's state is
 the furthest of its receipt rows and of the receipt entries still pending.
 
 MySQL is read by server-side cursors in a thread (imd.stores.mysql
-``ConversationReader``) and each message written as it comes: memory stays
-the same for a million rows.  Only the user's pending entries (what the
+``LogReader``: ``H``'s statements, streamed) and each message written as it
+comes: memory stays the same for a million rows.  Only the user's pending entries (what the
 migrator has not stored yet) are held.
 
 ``--order``: the two users of the order's record in Redis (its courier and
@@ -22,17 +22,17 @@ event imd sent each of them.  The record lasts 30 days after the end.
 
 import argparse
 import csv
-import heapq
 import sys
-from typing import TYPE_CHECKING, Any, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Generator, List, NamedTuple, Optional, TextIO, Tuple
 
 from twisted.internet import defer, threads
 
 from imd import protocol
 from imd.errors import AdminError
 from imd.progress import progress
-from imd.messagelog.entry import StoredMessage, StoredReceipt, parse_entry
-from imd.stores.mysql import ConversationReader
+from imd.messagelog.entry import StoredMessage
+from imd.messagelog.merge import Pending, Selection, merged
+from imd.stores.mysql import LogReader
 from imd.timespec import iso
 
 if TYPE_CHECKING:
@@ -53,21 +53,9 @@ class Conversation(NamedTuple):
     system_ids: Tuple[str, ...] = ()
     title: str = ""
 
-
-class Item(NamedTuple):
-    ts: int
-    seq: int
-    from_id: int
-    msg_id: str
-    to_id: int
-    type: str
-    msg: str
-    packet: str
-    state: int
-
     @property
-    def identity(self) -> Tuple[int, str, int]:
-        return (self.from_id, self.msg_id, self.to_id)
+    def selection(self) -> Selection:
+        return Selection(self.uid, self.with_uid, since=self.since, until=self.until, system_ids=self.system_ids)
 
 
 def _bounded(args: argparse.Namespace, now: float, since: int, until: int) -> Tuple[int, int]:
@@ -101,68 +89,12 @@ def conversation_of(app: "App", args: argparse.Namespace) -> Generator[defer.Def
                         "order %d (customer %d, courier %d)" % (args.order, record.customer, record.courier))
 
 
-def _belongs(stored: StoredMessage, conv: Conversation) -> bool:
-    if not conv.since <= stored.ts < conv.until:
-        return False
-    uid, with_uid = conv.uid, conv.with_uid
-    if stored.from_id == 0 and stored.to_id in (uid, with_uid) and stored.msg_id.decode("utf-8") in conv.system_ids:
-        return True
-    if stored.from_id == uid:
-        return with_uid is None or stored.to_id == with_uid
-    if stored.to_id == uid:
-        return with_uid is None or stored.from_id == with_uid
-    return False
-
-
-def pending_items(entries: Iterable[str], conv: Conversation) -> Tuple[List[Item], Dict[Tuple[int, str, int], int]]:
-    """The conversation's messages among the user's pending entries, in
-    history order, and the states their receipt entries give."""
-    items: Dict[Tuple[int, str, int], Item] = {}
-    states: Dict[Tuple[int, str, int], int] = {}
-    for entry in entries:
-        try:
-            stored = parse_entry(entry)
-        except ValueError:
-            continue   # the migrator moves it to MQ:dead
-        if isinstance(stored, StoredReceipt):
-            for sender, msg_id, reader in stored.identities():
-                identity = (sender, msg_id.decode("utf-8"), reader)
-                states[identity] = max(states.get(identity, 0), stored.state)
-        elif _belongs(stored, conv):
-            item = Item(stored.ts, stored.seq, stored.from_id, stored.msg_id.decode("utf-8"), stored.to_id,
-                        stored.type, stored.msg, stored.packet, 0)
-            items.setdefault(item.identity, item)
-    return sorted(items.values(), key=lambda i: (i.ts, i.seq)), states
-
-
-def merged(rows: Iterable[Tuple[Any, ...]], pending: List[Item],
-           states: Dict[Tuple[int, str, int], int]) -> Iterator[Item]:
-    """MySQL's rows and the pending messages in one history order, each
-    message once, with the furthest state either side knows."""
-    pending_ids = {item.identity for item in pending}
-    seen = set()
-
-    def from_mysql() -> Iterator[Item]:
-        for ts, seq, from_id, msg_id, to_id, kind, msg, packet, state in rows:
-            yield Item(ts, seq, from_id, msg_id.decode("utf-8"), to_id, kind, msg, packet, state)
-    # on equal keys heapq.merge gives the first iterable's item first: the
-    # row, so the pending copy of a message migrated meanwhile is dropped
-    for item in heapq.merge(from_mysql(), pending, key=lambda i: (i.ts, i.seq)):
-        identity = item.identity
-        if identity in pending_ids:
-            if identity in seen:
-                continue
-            seen.add(identity)
-        extra = states.get(identity, 0)
-        yield item._replace(state=extra) if extra > item.state else item
-
-
 class JsonLines:
     def __init__(self, out: TextIO) -> None:
         self.out = out
 
-    def write(self, item: Item) -> None:
-        self.out.write(protocol.with_state(item.packet, item.state).decode("utf-8") + "\n")
+    def write(self, message: StoredMessage, state: int) -> None:
+        self.out.write(protocol.history_item(message.packet, state).decode("utf-8") + "\n")
 
 
 class CsvRows:
@@ -170,23 +102,23 @@ class CsvRows:
         self.writer = csv.writer(out, lineterminator="\n")
         self.writer.writerow(CSV_COLUMNS)
 
-    def write(self, item: Item) -> None:
-        self.writer.writerow((item.ts, iso(item.ts), item.from_id, item.to_id, item.msg_id, item.type,
-                              protocol.STATE_NAMES[item.state], item.msg))
+    def write(self, message: StoredMessage, state: int) -> None:
+        self.writer.writerow((message.ts, iso(message.ts), message.from_id, message.to_id,
+                              message.msg_id.decode("utf-8"), message.type, protocol.STATE_NAMES[state], message.msg))
 
 
 def write_export(mysql_settings: Any, conv: Conversation, entries: List[str], fmt: str, out: TextIO,
                  stream: Optional[TextIO] = None) -> int:
     """Blocking (a thread): the conversation written to ``out``; how many messages."""
-    pending, states = pending_items(entries, conv)
+    selection = conv.selection
+    pending = Pending(entries, selection.matches)
     writer = JsonLines(out) if fmt == "jsonl" else CsvRows(out)
     written = 0
-    with ConversationReader(mysql_settings, conv.uid, conv.with_uid, conv.since, conv.until,
-                            conv.system_ids) as reader:
-        bar = progress("export", reader.count() + len(pending), "messages", stream)
+    with LogReader(mysql_settings, selection) as reader:
+        bar = progress("export", reader.count() + len(pending.messages), "messages", stream)
         try:
-            for item in merged(reader.rows(), pending, states):
-                writer.write(item)
+            for message, state in merged(reader.rows(), pending):
+                writer.write(message, state)
                 written += 1
                 bar.update(1)
             out.flush()

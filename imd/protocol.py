@@ -510,18 +510,25 @@ def typing(packet_id: PacketId, sender: int, to: int, is_typing: bool) -> bytes:
     return _dump_fast({"id": packet_id, "from": sender, "to": to, "type": "Y", "msg": is_typing})
 
 
-def with_state(stored: Union[bytes, str], state: int) -> bytes:
-    """A stored packet (JSON object, bytes or str) with ``"state"`` added last, for ``H``."""
-    if isinstance(stored, str):
-        stored = stored.encode("utf-8")
-    return stored[:-1] + b',"state":"%s"}' % STATE_NAMES[state].encode("ascii")
+def history_item(packet: Union[bytes, str], state: int) -> bytes:
+    """One message of an ``H`` reply (and of ``imd-admin export``'s JSON
+    lines): its packet as delivered (a JSON object, replayed verbatim:
+    bytes or str) with its receipt state as ``"state"``, its last member."""
+    if isinstance(packet, str):
+        packet = packet.encode("utf-8")
+    return packet[:-1] + _STATE_MEMBERS[state]
+
+
+# ``,"state":"<name>"}``: what an H item ends with, per state
+_STATE_MEMBERS = tuple(b',"state":%s}' % _dump(name) for name in STATE_NAMES)
 
 
 def history(packet_id: PacketId, messages: Iterable[Union[bytes, str]], more: bool,
             next_cursor: Optional[str] = None) -> bytes:
-    """``messages``: the stored JSON (bytes or str) of each, oldest first."""
-    head = {"id": packet_id, "from": 0, "type": "H", "msg": None, "more": more}
-    if more:
-        head["next"] = next_cursor
+    """The ``H`` reply: ``messages``, each a :func:`history_item` (bytes
+    or str), oldest first; ``next`` only with ``more``."""
     items = b",".join(m if isinstance(m, bytes) else m.encode("utf-8") for m in messages)
-    return _dump(head).replace(b'"msg":null', b'"msg":[' + items + b"]", 1)
+    out = b'{"id":' + _dump(packet_id) + b',"from":0,"type":"H","msg":[' + items + b'],"more":' + _dump(more)
+    if more:
+        out += b',"next":' + _dump(next_cursor)
+    return out + b"}"

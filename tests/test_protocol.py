@@ -138,6 +138,32 @@ class BuildTests(unittest.SynchronousTestCase):
                                  "more": True, "next": "cur"})
         self.assertNotIn("next", json.loads(protocol.history("h", [], False)))
 
+    def test_history_reply_bytes(self):
+        # the bytes clients have always had: the head's members in this
+        # order, each item its packet verbatim with "state" last
+        items = [protocol.history_item('{"id":"a","msg":"é"}', 0), protocol.history_item(b'{"id":7}', 2)]
+        self.assertEqual(protocol.history(9, items, True, "cur"),
+                         '{"id":9,"from":0,"type":"H","msg":[{"id":"a","msg":"é","state":"sent"},'
+                         '{"id":7,"state":"read"}],"more":true,"next":"cur"}'.encode("utf-8"))
+        self.assertEqual(protocol.history("h\"msg\":null", [], False),
+                         b'{"id":"h\\"msg\\":null","from":0,"type":"H","msg":[],"more":false}')
+        # the same bytes as the compact JSON of the whole reply as one value
+        for packet_id in (9, "h", 'q"\\é\u2028', 2 ** 70):
+            for more, cursor in ((False, None), (True, "abc_-")):
+                packets = [protocol.message_json(protocol.MessagePacket(n, "t", 2, "m%d é" % n), 1, 5)
+                           for n in range(3)]
+                reply = protocol.history(packet_id, [protocol.history_item(p, n % 3) for n, p in enumerate(packets)],
+                                         more, cursor)
+                whole = {"id": packet_id, "from": 0, "type": "H",
+                         "msg": [dict(json.loads(p), state=protocol.STATE_NAMES[n % 3]) for n, p in enumerate(packets)],
+                         "more": more}
+                if more:
+                    whole["next"] = cursor
+                self.assertEqual(reply, json.dumps(whole, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        self.assertEqual(protocol.history("h", [b'{"id":"a","state":"delivered"}'], True, None),
+                         b'{"id":"h","from":0,"type":"H","msg":[{"id":"a","state":"delivered"}],"more":true,'
+                         b'"next":null}')
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
@@ -203,7 +229,7 @@ class ReceiptAndTypingTests(unittest.SynchronousTestCase):
                           "msg": {"state": "delivered", "ids": ["a", 7], "ts": 5}})
         self.assertEqual(json.loads(protocol.typing("y", 1, 2, True)),
                          {"id": "y", "from": 1, "to": 2, "type": "Y", "msg": True})
-        self.assertEqual(protocol.with_state(b'{"id":"a"}', 1), b'{"id":"a","state":"delivered"}')
+        self.assertEqual(protocol.history_item(b'{"id":"a"}', 1), b'{"id":"a","state":"delivered"}')
         head, tail = protocol.system_message_parts("e", {"event": "x"}, 9)
         self.assertEqual(head + b"4" + tail, protocol.system_message_json("e", 0, 4, {"event": "x"}, 9))
 

@@ -4,14 +4,10 @@ Every message is ordered by ``(ts, seq)``: its server time, then the order
 the server accepted it in (``seq``, taken in Redis by the script that stored
 it), so one sender's messages come back in the order sent, whatever their
 ids.  A message has that key from the moment it is stored, before the
-migrator copies it.  A page is the union of the rows in MySQL and the user's
-entries still in Redis (``pending:<uid>``), deduplicated by
-``(from, id, to)`` and cut at the cursor's key.
-
-Redis is read *before* MySQL: an entry leaves Redis only after its row has
-committed, so whatever is not in the Redis snapshot is already visible to
-the MySQL read that follows — no gap at the boundary, and the dedup removes
-the overlap.
+migrator copies it.  A page is the union of the rows in MySQL and the
+user's entries still in Redis (``pending:<uid>``), merged by the message
+log (imd.messagelog.merge: Redis read first, each ``(from, id, to)`` once)
+and cut at the cursor's key.
 
 Only messages where the user is the sender or the recipient are ever read,
 on both sides.
@@ -22,31 +18,26 @@ after its last message, so 500 messages of 1023 four-byte characters page
 as several replies, never one of 2 MB.
 
 Each message carries ``"state"`` (contract §7.1): the furthest of its
-receipts in MySQL (read with the rows, in the same statement) and of the
-receipt entries among the same pending entries.  A receipt follows its
-message in accept order, so whenever the message is read from Redis its
-receipts still are too, and once a receipt has left Redis its row is in
-MySQL.
+receipts in MySQL and among the same pending entries (imd.messagelog.merge).
 """
 
 import base64
 import binascii
+import itertools
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.messagelog.entry import StoredMessage, StoredReceipt, parse_entry
+from imd.messagelog.merge import Pending, Position, Selection, merged
 
 CURSOR_VERSION = 2
 # An H reply holds at most this much JSON (contract §3): a page that would be
 # larger ends early, with ``more`` and a cursor right after its last message.
 MAX_REPLY_BYTES = 1024 * 1024
-
-Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after"
 
 
 def encode_cursor(key: Tuple[int, int], with_uid: Optional[int], limit: int) -> str:
@@ -89,20 +80,6 @@ def _fitting(items: List[bytes], packet_id: Any, with_uid: Optional[int], limit:
     return len(items)
 
 
-def _is_after(key: Tuple[int, int], position: Position) -> bool:
-    if position[1] is None:
-        return key[0] > position[0]
-    return key > position
-
-
-def _belongs(message: StoredMessage, uid: int, with_uid: Optional[int]) -> bool:
-    if message.from_id == uid:
-        return with_uid is None or message.to_id == with_uid
-    if message.to_id == uid:
-        return with_uid is None or message.from_id == with_uid
-    return False
-
-
 class HistoryHandler:
     def __init__(self, messages: Any, mysql: Any, clock: Any = None, user_budget: Any = None) -> None:
         """``user_budget``: an imd.stores.budgets.Budget that every ``H`` of
@@ -128,28 +105,12 @@ class HistoryHandler:
                 raise ImdError("rate_limited", "H: over this user's history budget "
                                                "([websocket] history_user_rate), retry later")
         rows = yield self._mysql.history(uid, with_uid, position, limit + 1)
-        found: Dict[Any, Tuple[Tuple[int, int], str, Any]] = {}
-        states: Dict[Any, int] = {}
-        for ts, seq, from_id, msg_id, to_id, stored, state in rows:
-            identity = (from_id, bytes(msg_id), to_id)
-            found[identity] = ((ts, seq), stored, identity)
-            states[identity] = int(state)
-        for entry in pending:
-            try:
-                stored = parse_entry(entry)
-            except ValueError:
-                continue  # the migrator moves it to MQ:dead
-            if isinstance(stored, StoredReceipt):
-                for identity in stored.identities():
-                    if states.get(identity, 0) < stored.state:
-                        states[identity] = stored.state
-            elif _belongs(stored, uid, with_uid) and _is_after(stored.key, position):
-                found.setdefault(stored.identity, (stored.key, stored.packet, stored.identity))
-        ordered = sorted(found.values(), key=lambda item: item[0])
-        page, more = ordered[:limit], len(ordered) > limit
-        items = [protocol.with_state(stored, states.get(identity, 0)) for _, stored, identity in page]
+        selection = Selection(uid, with_uid, after=position)
+        page = list(itertools.islice(merged(rows, Pending(pending, selection.matches)), limit + 1))
+        page, more = page[:limit], len(page) > limit
+        items = [protocol.history_item(message.packet, state) for message, state in page]
         fitting = _fitting(items, packet.id, with_uid, limit)
         if fitting < len(items):
             page, items, more = page[:fitting], items[:fitting], True
-        next_cursor = encode_cursor(page[-1][0], with_uid, limit) if more else None
+        next_cursor = encode_cursor(page[-1][0].key, with_uid, limit) if more else None
         return Reply(protocol.history(packet.id, items, more, next_cursor))

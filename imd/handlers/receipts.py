@@ -19,14 +19,14 @@ Only the reader's pending entries old enough to have lost their record are
 read (imd.stores.receipts), never the whole set.
 """
 
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, List
 
 from twisted.internet import defer
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.messagelog.entry import StoredReceipt, parse_entry
+from imd.messagelog.merge import Pending, found_states
 from imd.stores.budgets import Budget
 from imd.stores.receipts import UNKNOWN
 
@@ -79,35 +79,14 @@ class ReceiptHandler:
         if entries is None:
             raise ImdError("rate_limited", "R: too many receipts for unknown or old messages "
                                            "([websocket] receipt_lookup_rate), retry later")
-        exists, receipts = self._in_pending(entries, packet.to, reader, wanted)
-        rest = [m.decode("utf-8") for m in wanted if m not in exists]
-        states = (yield self._mysql.message_states(packet.to, reader, rest)) if rest else {}
-        for msg_id, state in states.items():
-            exists[msg_id.encode("utf-8")] = state
+        sender = packet.to
+        pending = Pending(entries, lambda m: m.from_id == sender and m.to_id == reader and m.msg_id in wanted)
+        in_pending = {m.msg_id for m in pending.messages}
+        rest = [m.decode("utf-8") for m in wanted if m not in in_pending]
+        states = (yield self._mysql.message_states(sender, reader, rest)) if rest else {}
+        found = found_states(pending, sender, reader, {msg_id.encode("utf-8"): s for msg_id, s in states.items()})
         seeds = [""] * len(packet.ids)
         for i in missing:
             key = packet.dedup_ids[i].encode("utf-8")
-            seeds[i] = str(max(exists[key], receipts.get(key, 0))) if key in exists else UNKNOWN
+            seeds[i] = str(found[key]) if key in found else UNKNOWN
         return seeds
-
-    @staticmethod
-    def _in_pending(entries: List[str], sender: int, reader: int,
-                    wanted: Set[bytes]) -> Tuple[Dict[bytes, int], Dict[bytes, int]]:
-        """Among the reader's entries still in Redis: the wanted messages
-        from ``sender`` (``{msg_id: 0}``), and the furthest state their
-        receipts there reached (``{msg_id: state}``)."""
-        exists: Dict[bytes, int] = {}
-        receipts: Dict[bytes, int] = {}
-        for entry in entries:
-            try:
-                stored = parse_entry(entry)
-            except ValueError:
-                continue
-            if isinstance(stored, StoredReceipt):
-                if stored.sender == sender and stored.reader == reader:
-                    for msg_id in stored.msg_ids:
-                        if msg_id in wanted:
-                            receipts[msg_id] = max(receipts.get(msg_id, 0), stored.state)
-            elif stored.from_id == sender and stored.to_id == reader and stored.msg_id in wanted:
-                exists[stored.msg_id] = 0
-        return exists, receipts

@@ -7,10 +7,10 @@ accept order.  This module is the one place that knows that format: it
 builds the receipt entry, reads an entry back as one typed value (a
 :class:`StoredMessage`, or for an ``R`` entry a :class:`StoredReceipt`),
 gives the packet as delivered (the entry without its ``seq``), maps a value
-to its MySQL rows (the migrator) and a MySQL row back to a value
-(:func:`from_row`: history and export), and names the text that finds a
-conversation's entries in Redis (:func:`conversation_needles`; the
-``entry_ts`` snippet reads an entry's ``ts`` there).
+to its MySQL rows (the migrator; :mod:`imd.messagelog.merge` reads them
+back as values), and names the text that finds a conversation's entries in
+Redis (:func:`conversation_needles`; the ``entry_ts`` snippet reads an
+entry's ``ts`` there).
 
 Every message has its history key ``(ts, seq)`` from the moment it is
 stored, so entries still in Redis and rows in MySQL sort alike.
@@ -18,7 +18,7 @@ stored, so entries still in Redis and rows in MySQL sort alike.
 
 import json
 from collections import namedtuple
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Tuple, Union
 
 from imd import jsonfast
 from imd.protocol import MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast
@@ -213,13 +213,6 @@ def _message(entry: str, obj: Any) -> StoredMessage:
         packet = entry[:cut] + "}"
     from_id = _uid(obj.get("from"), "from") if kind != "s" or obj.get("from") != 0 else 0
     return StoredMessage(msg_id.encode("utf-8"), from_id, _uid(obj.get("to"), "to"), kind, text, ts, seq, packet)
-
-
-def from_row(ts: int, seq: int, from_id: int, msg_id: Any, to_id: int, kind: str, msg: Optional[str],
-             packet: str) -> StoredMessage:
-    """A ``message`` row read back from MySQL (``msg_id`` as MySQL hands up
-    a VARBINARY) as the value its entry was."""
-    return StoredMessage(bytes(msg_id), from_id, to_id, kind, msg, ts, seq, packet)
 
 
 def receipt_entry_parts(packet_id: PacketId, reader: int, sender: int, state: int,

@@ -9,6 +9,7 @@ here is idempotent).  Whatever says "the server is not there" becomes
 :class:`imd.errors.StoreUnavailable`.
 """
 
+import heapq
 import os
 import re
 import socket
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
+from imd.messagelog.merge import Selection
 from imd.resources import data_dir
 
 if TYPE_CHECKING:
@@ -282,17 +284,16 @@ class MysqlStore(Service):
 
     def history(self, uid: int, with_uid: Optional[int], position: Tuple[int, Optional[int]],
                 limit: int) -> defer.Deferred:
-        """Up to ``limit`` of ``uid``'s messages after ``position``, in
-        (ts, accept_seq) order: ``[(ts, seq, from_id, msg_id_bytes, to_id, packet)]``.
+        """Up to ``limit`` of ``uid``'s messages after ``position`` (``with_uid``
+        keeps one conversation), as :class:`LogReader` reads a selection,
+        through the pool: a list of rows in (ts, accept_seq) order.
 
         ``position`` is ``(ts, None)`` for "ts strictly after" or a full
-        ``(ts, seq)`` key.  Each row ends with the message's state from the
-        ``receipt`` table (0 sent, 1 delivered, 2 read), read in the same
-        statement.  ``with_uid`` keeps one
-        conversation.  Only rows where ``uid`` is the sender or the recipient
-        are ever read.
+        ``(ts, seq)`` key.  A row's ``msg`` is not read (None: ``H``
+        replays the packet).
         """
-        return self.run_interaction(_history_txn, uid, with_uid, position, limit)
+        selection = Selection(uid, with_uid, after=position)
+        return self.run_interaction(_history_txn, selection, limit)
 
     # --- orders (contract §4 T; table and columns from [orders]) ---------------
 
@@ -432,32 +433,14 @@ def _after(position: Tuple[int, Optional[int]]) -> Tuple[str, List[int]]:
 # receipt table's primary key; 0 when there is none.
 _STATE = ("COALESCE((SELECT MAX(r.state) FROM receipt r WHERE r.from_id = m.from_id"
           " AND r.msg_id = m.msg_id AND r.to_id = m.to_id), 0)")
-_HISTORY_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, packet, " + _STATE + " FROM message m"
 
 
-def _history_txn(cursor: pymysql.cursors.Cursor, uid: int, with_uid: Optional[int], position: Tuple[int, Optional[int]],
-                 limit: int) -> List[Tuple[Any, ...]]:
-    after, after_args = _after(position)
-    received = _HISTORY_COLUMNS + " WHERE to_id = %s"
-    received_args = [uid]
-    if with_uid is not None:
-        received += " AND from_id = %s"
-        received_args.append(with_uid)
-    cursor.execute(received + " AND " + after + " ORDER BY ts, accept_seq LIMIT %s",
-                   received_args + after_args + [limit])
-    rows = list(cursor.fetchall())
-    # Sent messages; a message to oneself was already read as received.
-    sent = _HISTORY_COLUMNS + " WHERE from_id = %s AND to_id <> %s"
-    sent_args = [uid, uid]
-    if with_uid is not None:
-        if with_uid == uid:
-            return rows
-        sent += " AND to_id = %s"
-        sent_args.append(with_uid)
-    cursor.execute(sent + " AND " + after + " ORDER BY ts, accept_seq LIMIT %s",
-                   sent_args + after_args + [limit])
-    rows.extend(cursor.fetchall())
-    return rows
+def _history_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int) -> List[Tuple[Any, ...]]:
+    sides = []
+    for statement, args in log_statements(selection, limit, text=False):
+        cursor.execute(statement, args)
+        sides.append([_log_row(row) for row in cursor.fetchall()])
+    return list(heapq.merge(*sides, key=_log_key)) if len(sides) > 1 else sides[0]
 
 
 def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:
@@ -543,12 +526,9 @@ def _create_order_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings", 
 
 class MessageRows:
     """The operator's side of ``message`` (and ``receipt``): the audit's
-    lookups, retention's deletes, and conversations streamed for export.
-
-    Lookups and deletes go through a :class:`MysqlStore`'s pool (each one
-    short transaction); :meth:`conversation` is blocking (run it in a thread)
-    and reads on connections of its own with server-side cursors, so a
-    million rows pass through in constant memory.
+    lookups and retention's deletes, through a :class:`MysqlStore`'s pool
+    (each one short transaction).  (Export streams a conversation with
+    :class:`LogReader`.)
     """
 
     def __init__(self, store: "MysqlStore") -> None:
@@ -627,51 +607,87 @@ def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) ->
 
 EXPORT_FETCH = 1000          # rows a server-side cursor hands over at a time
 EXPORT_WRITE_TIMEOUT = 3600  # s MySQL waits for a slow reader (a pipe into gzip) before it gives up
-_CONVERSATION_COLUMNS = ("SELECT ts, accept_seq, from_id, msg_id, to_id, type, msg, packet, " + _STATE
-                         + " FROM message m WHERE ")
+
+# --- the message log's one reader -------------------------------------------
+
+# A row of the log as read: (ts, accept_seq, from_id, msg_id, to_id, type,
+# msg, packet, state), imd.messagelog.merge's shape; without ``text`` (H)
+# msg is not read.
+_LOG_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, type, %s, packet, " + _STATE + " FROM message m WHERE "
 
 
-def _conversation_sides(uid: int, with_uid: Optional[int], since: int, until: int,
-                        system_ids: Sequence[str] = ()) -> List[Tuple[str, List[Any]]]:
-    """``[(where, args)]``: the messages ``uid`` received and those it sent
-    (to ``with_uid`` only, if given), each side read in (ts, accept_seq)
-    order straight from an index (message_by_recipient, message_by_sender,
-    message_by_pair), so MySQL streams it without sorting; and the system's
-    messages ``system_ids`` to either of them (a few rows, by the unique key)."""
-    window, window_args = " AND ts >= %s AND ts < %s", [since, until]
+def _log_sides(selection: Selection) -> List[Tuple[str, List[Any]]]:
+    """``[(where, args)]``: the messages the selection's user received and
+    those it sent (to ``with_uid`` only, if given), each side read in (ts,
+    accept_seq) order straight from an index (message_by_recipient,
+    message_by_sender, message_by_pair), so MySQL streams it without
+    sorting; and the system's messages ``system_ids`` to either of them (a
+    few rows, by the unique key).  Only rows where the user is the sender
+    or the recipient are ever read."""
+    uid, with_uid = selection.uid, selection.with_uid
+    window, window_args = "", []   # type: str, List[Any]
+    if selection.after is not None:
+        after, window_args = _after(selection.after)
+        window = " AND " + after
+    if selection.since is not None:
+        window += " AND ts >= %s"
+        window_args = window_args + [selection.since]
+    if selection.until is not None:
+        window += " AND ts < %s"
+        window_args = window_args + [selection.until]
     received, received_args = "to_id = %s", [uid]
     if with_uid is not None:
         received += " AND from_id = %s"
         received_args.append(with_uid)
-    sides: List[Tuple[str, List[Any]]] = [(received + window, list(received_args) + window_args)]
+    sides: List[Tuple[str, List[Any]]] = [(received + window, received_args + window_args)]
     # a message to oneself was read as received
     if with_uid is None:
         sides.append(("from_id = %s AND to_id <> %s" + window, [uid, uid] + window_args))
     elif with_uid != uid:
         sides.append(("from_id = %s AND to_id = %s" + window, [uid, with_uid] + window_args))
+    system_ids = selection.system_ids
     if system_ids and with_uid is not None:
         sides.append(("from_id = 0 AND msg_id IN (" + ",".join(["%s"] * len(system_ids)) + ") AND to_id IN (%s, %s)"
                       + window, [i.encode("utf-8") for i in system_ids] + [uid, with_uid] + window_args))
     return sides
 
 
-class ConversationReader:
-    """A user's messages (or one conversation) in a window, oldest first,
-    with each one's receipt state, read with server-side cursors
-    (``SSCursor``) on connections of its own: blocking, for a thread.
+def log_statements(selection: Selection, limit: Optional[int] = None,
+                   text: bool = True) -> List[Tuple[str, List[Any]]]:
+    """The statements that read a selection's rows from MySQL, one per side
+    (:func:`_log_sides`), each in (ts, accept_seq) order, with at most
+    ``limit`` rows each; ``text``: read ``msg`` too (export's CSV)."""
+    head = _LOG_COLUMNS % ("msg" if text else "NULL")
+    tail = " ORDER BY ts, accept_seq" + ("" if limit is None else " LIMIT %s")
+    more = [] if limit is None else [limit]
+    return [(head + where + tail, args + more) for where, args in _log_sides(selection)]
 
-    ``with ConversationReader(...) as reader: reader.count(); for row in reader.rows()``;
-    a row is ``(ts, accept_seq, from_id, msg_id bytes, to_id, type, msg,
-    packet, state)``, as :func:`_history_txn` orders them.
+
+def _log_row(row: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    ts, seq, from_id, msg_id, to_id, kind, msg, packet, state = row
+    return ts, seq, from_id, bytes(msg_id), to_id, kind, msg, packet, int(state)
+
+
+def _log_key(row: Tuple[Any, ...]) -> Tuple[int, int]:
+    return (row[0], row[1])
+
+
+class LogReader:
+    """A selection of the message log read from MySQL with server-side
+    cursors (``SSCursor``) on connections of its own, so a million rows
+    pass through in constant memory: blocking, for a thread (export).
+    The statements and rows are :meth:`MysqlStore.history`'s
+    (:func:`log_statements`), without its limit.
+
+    ``with LogReader(...) as reader: reader.count(); for row in reader.rows()``.
     """
 
-    def __init__(self, settings: "MysqlSettings", uid: int, with_uid: Optional[int], since: int, until: int,
-                 system_ids: Sequence[str] = ()) -> None:
+    def __init__(self, settings: "MysqlSettings", selection: Selection) -> None:
         self._settings = settings
-        self._sides = _conversation_sides(uid, with_uid, since, until, system_ids)
+        self._selection = selection
         self._connections: List[Any] = []
 
-    def __enter__(self) -> "ConversationReader":
+    def __enter__(self) -> "LogReader":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -702,26 +718,26 @@ class ConversationReader:
         conn = self._connect()
         total = 0
         with conn.cursor(pymysql.cursors.Cursor) as cur:
-            for where, args in self._sides:
+            for where, args in _log_sides(self._selection):
                 cur.execute("SELECT COUNT(*) FROM message m WHERE " + where, args)
                 total += cur.fetchone()[0]
         return int(total)
 
     def rows(self) -> Iterator[Tuple[Any, ...]]:
-        import heapq
-        streams = [self._side(where, args) for where, args in self._sides]
-        return heapq.merge(*streams, key=lambda row: (row[0], row[1]))
+        """The rows, in (ts, accept_seq) order."""
+        streams = [self._side(statement, args) for statement, args in log_statements(self._selection)]
+        return heapq.merge(*streams, key=_log_key)
 
-    def _side(self, where: str, args: List[Any]) -> Iterator[Tuple[Any, ...]]:
+    def _side(self, statement: str, args: List[Any]) -> Iterator[Tuple[Any, ...]]:
         conn = self._connect()
         cur = conn.cursor()
         try:
-            cur.execute(_CONVERSATION_COLUMNS + where + " ORDER BY ts, accept_seq", args)
+            cur.execute(statement, args)
             while True:
                 rows = cur.fetchmany(EXPORT_FETCH)
                 if not rows:
                     return
-                for ts, seq, from_id, msg_id, to_id, kind, msg, packet, state in rows:
-                    yield ts, seq, from_id, bytes(msg_id), to_id, kind, msg, packet, int(state)
+                for row in rows:
+                    yield _log_row(row)
         except pymysql.err.OperationalError as e:
             raise StoreUnavailable("mysql: %s" % (e,))
