@@ -9,5 +9,10 @@ The one place that knows the stored entry's format:
   an entry (the accept order, ``MQ``, both pending indexes);
   ``lua/entry_ts.lua``: its ``ts`` read in Redis;
 - :mod:`imd.messagelog.entry`: the entry read back as typed values, the
-  receipt's entry written, the rows the migrator inserts.
+  receipt's entry written, the rows the migrator inserts;
+- :mod:`imd.messagelog.merge`: the one merge of a user's entries still in
+  Redis with the rows read from MySQL (imd.stores.mysql reads them for a
+  :class:`~imd.messagelog.merge.Selection`), each message once, with the
+  furthest receipt state either side knows: ``H``, export and the
+  receipts' verification.
 """
