@@ -334,13 +334,11 @@ class Migrator(Service):
                 continue
             if isinstance(stored, StoredReceipt):
                 receipts.extend(stored.rows())
-                parties: Tuple[int, ...] = (stored.reader, stored.sender) if stored.sender else (stored.reader,)
             else:
                 rows.append(stored.row())
-                parties = (stored.from_id, stored.to_id)
             seq = stored.seq
             if seq:
-                for uid in parties:
+                for uid in stored.parties:
                     if seq > migrated.get(uid, 0):
                         migrated[uid] = seq
         return rows, receipts

@@ -99,8 +99,10 @@ class ReceiptEntryTests(unittest.TestCase):
         self.assertEqual(receipt.identities(), [(1, b"a", 2), (1, b"7", 2)])
         self.assertEqual(receipt.ts, 5)
         self.assertRaises(ValueError, stored.parse_stored, self.ENTRY)
+        self.assertEqual(receipt.parties, (2, 1))
         system = stored.parse_entry(self.ENTRY.replace('"to":1', '"to":0'))
         self.assertEqual(system.sender, 0)
+        self.assertEqual(system.parties, (2,), "the system has no pending index")
 
     def test_bad_receipt_entries(self):
         for bad in (self.ENTRY.replace('"read"', '"seen"'), self.ENTRY.replace('["a",7]', '[]'),
@@ -109,6 +111,7 @@ class ReceiptEntryTests(unittest.TestCase):
             self.assertRaises(ValueError, stored.parse_entry, bad)
         message = stored.parse_entry(ENTRIES[0])
         self.assertEqual(message.msg_id, b"m1")
+        self.assertEqual(message.parties, (1, 2))
 
     def test_a_receipt_entry_as_written(self):
         head, tail = stored.receipt_entry_parts("r", 2, 1, 2, 5)

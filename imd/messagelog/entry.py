@@ -47,6 +47,12 @@ class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg t
     def identity(self) -> Identity:
         return (self.from_id, self.msg_id, self.to_id)
 
+    @property
+    def parties(self) -> Tuple[int, ...]:
+        """The users whose ``pending:<uid>`` holds the entry (its sender, 0
+        for the system, and its recipient)."""
+        return (self.from_id, self.to_id)
+
     def row(self) -> Tuple[Any, ...]:
         """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, seq,
         packet), every string as str."""
@@ -62,6 +68,12 @@ class StoredReceipt(namedtuple("StoredReceipt", "reader sender state msg_ids ts 
     def identities(self) -> List[Identity]:
         """The ``(from, id, to)`` of each message it is about."""
         return [(self.sender, msg_id, self.reader) for msg_id in self.msg_ids]
+
+    @property
+    def parties(self) -> Tuple[int, ...]:
+        """The users whose ``pending:<uid>`` holds the entry: the reader, and
+        the sender unless it is the system."""
+        return (self.reader, self.sender) if self.sender else (self.reader,)
 
     def rows(self) -> List[Tuple[Any, ...]]:
         """The ``receipt`` rows: (from_id, msg_id, to_id, state, ts, seq)."""
