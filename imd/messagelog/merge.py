@@ -19,12 +19,16 @@ sides: :meth:`Selection.matches` picks the pending entries, and
 imd.stores.mysql reads the rows of the same selection (one SQL reader).
 """
 
+import operator
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from imd.messagelog.entry import Identity, StoredMessage, StoredReceipt, parse_entry
 
 Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after"
 Item = Tuple[StoredMessage, int]       # a message and its receipt state
+
+
+_history_key = operator.itemgetter(5, 6)   # StoredMessage.key: (ts, seq)
 
 
 class Selection(NamedTuple):
@@ -82,7 +86,7 @@ class Pending:
                         states[identity] = state
             elif keep(value):
                 messages.setdefault(value.identity, value)
-        self.messages: List[StoredMessage] = sorted(messages.values(), key=lambda m: m.key)
+        self.messages: List[StoredMessage] = sorted(messages.values(), key=_history_key)
         self.states = states
 
     def state(self, identity: Identity, known: int = 0) -> int:
@@ -115,7 +119,7 @@ def merged(rows: Iterable[Sequence[Any]], pending: Pending) -> Iterator[Item]:
             if first[5] > ts or (first[5] == ts and first[6] >= seq):
                 break
             i += 1
-            identity = first.identity
+            identity = (first[1], first[0], first[2])
             if identity not in seen:
                 seen.add(identity)
                 yield first, states.get(identity, 0)
@@ -132,7 +136,7 @@ def merged(rows: Iterable[Sequence[Any]], pending: Pending) -> Iterator[Item]:
     while i < n:
         first = waiting[i]
         i += 1
-        identity = first.identity
+        identity = (first[1], first[0], first[2])   # (from, id, to)
         if identity not in seen:
             seen.add(identity)
             yield first, states.get(identity, 0)
