@@ -25,7 +25,7 @@ from imd.handlers.history import HistoryHandler
 from imd.handlers.messages import MessageHandler
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.receipts import ReceiptHandler
-from imd.handlers.site import SiteHandler
+from imd.handlers.positions import SiteHandler
 from imd.handlers.typing import TypingHandler
 from imd.listeners import ListeningService
 from imd.metrics import Metrics

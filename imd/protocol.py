@@ -8,6 +8,8 @@ contract's error code and the packet's ``id`` when one could be read.
 import json
 import platform
 import re
+from array import array
+from itertools import accumulate
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from imd import jsonfast
@@ -169,9 +171,28 @@ def _reject_constant(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
-# PyPy's json.loads nests deeper than the decoder (a recursion per level): a
-# text with more brackets than this goes to the decoder, which decides.
-_PLAIN_MAX_BRACKETS = 100
+# A packet nests at most this deep.  The decoders recurse once or more per
+# level, so where they give up depends on the interpreter, the stack the
+# call starts from and, on PyPy, on what the JIT has compiled: the same
+# packet was taken by one call and refused by the next.  The limit is
+# checked first, so the answer is always the same.
+MAX_NESTING = 100
+# A text with at most this many brackets cannot nest past MAX_NESTING, and
+# PyPy's plain json.loads may read it; any other text is measured first.
+_PLAIN_MAX_BRACKETS = MAX_NESTING
+# A JSON string, or an unterminated one running to the end: never failing
+# once it has started, so the scan stays linear whatever the text.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.S)
+# Each byte of the text, strings taken out, as its step in depth.
+_DEPTH_STEPS = bytes(1 if byte in b"[{" else 255 if byte in b"]}" else 0 for byte in range(256))
+
+
+def nesting(text: str) -> int:
+    """How deep ``text``'s arrays and objects nest, brackets inside JSON
+    strings not counted (for a text that is not JSON, a bound the decoder
+    would have refused or not reached anyway)."""
+    steps = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass").translate(_DEPTH_STEPS)
+    return max(accumulate(array("b", steps)), default=0)
 
 
 # PyPy's hooked decoder is the pure-Python one, which reads a "\\uXXXX"
@@ -185,10 +206,13 @@ _CHECK_ESCAPES = platform.python_implementation() == "PyPy"
 def _loads(text: str) -> object:
     """``_decoder.decode``; through plain ``json.loads`` where
     :mod:`imd.jsonfast` chose it (PyPy), no constant can be in the text and
-    it cannot nest deep enough for the decoder's recursion limit."""
-    if (jsonfast.plain_loads and "NaN" not in text and "Infinity" not in text
-            and text.count("[") + text.count("{") <= _PLAIN_MAX_BRACKETS):
-        return json.loads(text)
+    it cannot nest past :data:`MAX_NESTING`; a text nested deeper is refused
+    before either reads it."""
+    if text.count("[") + text.count("{") <= _PLAIN_MAX_BRACKETS:
+        if jsonfast.plain_loads and "NaN" not in text and "Infinity" not in text:
+            return json.loads(text)
+    elif nesting(text) > MAX_NESTING:
+        raise ValueError("nested more than %d deep" % MAX_NESTING)
     if _CHECK_ESCAPES and "\\u" in text and _BAD_ESCAPE.search(text):
         raise ValueError("a \\u escape without four hex digits")
     return _decoder.decode(text)

@@ -9,7 +9,7 @@ import sys
 from twisted.internet import defer, protocol, reactor, utils
 
 from imd import protocol as packets
-from imd.admin import build_parser
+from imd.admin.console import build_parser
 from imd.app import App
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import MysqlTestMixin

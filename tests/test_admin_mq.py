@@ -10,8 +10,8 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from imd.admin import AdminError, build_parser
-from imd.admin_mq import format_age, show_entry
+from imd.admin.console import AdminError, build_parser
+from imd.admin.mq import format_age, show_entry
 from imd.app import App
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import MysqlTestMixin

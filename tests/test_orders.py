@@ -411,7 +411,7 @@ class AdminTests(OrderTestMixin, unittest.TestCase):
         with open(config, "w") as f:
             f.write(settings_text({"imd": {"node_id": "test-admin"}, "orders": {"close_grace": str(GRACE)},
                                    "mysql": {"database": self.mysql_settings.database}}))
-        script = "import sys; from imd.admin import main; sys.exit(main(sys.argv[1:]))"
+        script = "import sys; from imd.admin.console import main; sys.exit(main(sys.argv[1:]))"
         return utils.getProcessOutputAndValue(sys.executable, ["-c", script, "--config", config] + list(args),
                                               env=dict(os.environ))
 

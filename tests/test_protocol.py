@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from imd import jsonfast, protocol
-from imd.protocol import PacketError, parse_frame
+from imd.protocol import MAX_NESTING, PacketError, parse_frame
 
 
 def frame(**fields):
@@ -108,6 +108,41 @@ class ParseTests(unittest.SynchronousTestCase):
 
     def test_text_length_counts_code_points(self):
         self.assertEqual(parse_frame(frame(id="a", to=2, type="t", msg="😀" * 1023)).msg, "😀" * 1023)
+
+
+class NestingTests(unittest.SynchronousTestCase):
+    """A packet nests at most MAX_NESTING deep, checked before any decoder
+    reads it: where a decoder's recursion gives up depends on the
+    interpreter and its stack (on PyPy one call took a packet 3,000 deep and
+    the next refused it), so a client always gets the same answer."""
+
+    def nested(self, depth, opener=b"[", closer=b"]"):
+        inner = b"1" if opener == b"[" else b'"k":1'
+        body = opener * depth + inner + closer * depth
+        if opener == b"{":  # keys for every level but the innermost
+            body = b'{"k":' * (depth - 1) + b'{"k":1}' + b"}" * (depth - 1)
+        return b'{"id": "a", "type": "P", "msg": ' + body + b"}"
+
+    def test_at_the_limit_taken_past_it_refused_on_every_path(self):
+        for plain in (False, True):
+            self.patch(jsonfast, "plain_loads", plain)
+            for opener, closer in ((b"[", b"]"), (b"{", b"}")):
+                # the packet's own object is one level
+                self.assertEqual(parse_frame(self.nested(MAX_NESTING - 1, opener, closer)).type, "P")
+                for depth in (MAX_NESTING, 3000):
+                    for _ in range(20):
+                        self.assertEqual(outcome(self.nested(depth, opener, closer)),
+                                         ("error", "bad_packet", "not JSON", None), (plain, opener, depth))
+
+    def test_brackets_inside_strings_do_not_count(self):
+        text = ('{"id": "a", "type": "t", "to": 2, "msg": "%s"}' % ("[{" * 200 + r'\"' + "]}" * 200)).encode()
+        packet = parse_frame(text)
+        self.assertEqual(packet.msg, "[{" * 200 + '"' + "]}" * 200)
+
+    def test_depth(self):
+        for text, depth in (("", 0), ("1", 0), ("[]", 1), ('[[], {"a": [1]}]', 3), ('["]]", "[[[\\"]', 1),
+                            ('"unterminated [[[', 0), ('[' * 500, 500), ('"\\' * 1000, 0), ('"' * 1001, 0)):
+            self.assertEqual(protocol.nesting(text), depth, text[:40])
 
 
 class BuildTests(unittest.SynchronousTestCase):

@@ -6,7 +6,7 @@ daemon stores them and migrated by the real migrator."""
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from imd.admin_reconcile import EXIT_DISCREPANCY
+from imd.admin.reconcile import EXIT_DISCREPANCY
 from imd.stores.keys import Keys
 from tests.admin_support import AdminAppMixin
 from tests.mysql_support import query

@@ -13,7 +13,7 @@ from twisted.internet import defer, protocol, reactor, utils
 from twisted.trial import unittest
 
 from imd.stores.deadletter import QueueStatus
-from imd.top_figures import (NodeHistory, build_frame, histogram_quantile, parse_metrics, plain_line,
+from imd.admin.top_figures import (NodeHistory, build_frame, histogram_quantile, parse_metrics, plain_line,
                              screen_lines)
 from tests.monitoring_support import RunningImd
 from tests.support import DEADLINE, RedisTestMixin, connect_client, drop, free_port, settings_text, wait_until

@@ -135,7 +135,7 @@ def _seconds(text: str) -> float:
 
 
 def add_mq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from imd import admin_mq
+    from imd.admin import mq as admin_mq
     mq = commands.add_parser("mq", help="the migration queue: MQ, MQ:processing, MQ:dead")
     mq_cmd = mq.add_subparsers(dest="action", metavar="ACTION")
     mq_cmd.required = True
@@ -158,7 +158,7 @@ def add_mq_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def add_audit_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from imd import admin_export, admin_reconcile, admin_retention
+    from imd.admin import export as admin_export, reconcile as admin_reconcile, retention as admin_retention
     when = admin_reconcile.time_argument
     reconcile = commands.add_parser(
         "reconcile", help="audit that every message acked in a window is in MySQL exactly once",
@@ -203,7 +203,7 @@ def _timespec_formats() -> str:
 
 
 def run_top(app: "App", args: argparse.Namespace, out: TextIO) -> defer.Deferred:
-    from imd.top import run
+    from imd.admin.top import run
     return run(app, args, out)
 
 

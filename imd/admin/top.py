@@ -2,7 +2,7 @@
 
 Each refresh reads the process registry and the queue from Redis
 (imd.stores.processes, imd.stores.deadletter) and every registered
-``/metrics`` at once; imd.top_figures turns that into a screen.
+``/metrics`` at once; imd.admin.top_figures turns that into a screen.
 
 On a terminal it is a full-screen view drawn with the standard library's
 ``curses`` (no dependency: a table redrawn in place is all it needs), which
@@ -25,7 +25,7 @@ from zope.interface import implementer
 from imd.errors import StoreUnavailable
 from imd.stores.deadletter import DeadLetters
 from imd.stores.processes import ProcessRegistry
-from imd.top_figures import Frame, NodeHistory, build_frame, parse_metrics, plain_line, screen_lines
+from imd.admin.top_figures import Frame, NodeHistory, build_frame, parse_metrics, plain_line, screen_lines
 
 if TYPE_CHECKING:
     import curses
@@ -53,7 +53,7 @@ class Collector:
 
     @defer.inlineCallbacks
     def refresh(self) -> Generator[defer.Deferred, Any, Frame]:
-        """Fires with a :class:`imd.top_figures.Frame`."""
+        """Fires with a :class:`imd.admin.top_figures.Frame`."""
         clock = self._app.clock
         try:
             status, processes, nodes_up = yield defer.gatherResults(
