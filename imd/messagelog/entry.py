@@ -17,7 +17,6 @@ stored, so entries still in Redis and rows in MySQL sort alike.
 """
 
 import json
-import operator
 from collections import namedtuple
 from typing import Any, List, Tuple, Union
 
@@ -48,10 +47,11 @@ class StoredMessage(namedtuple("StoredMessage", "msg_id from_id to_id type msg t
     def identity(self) -> Identity:
         return (self.from_id, self.msg_id, self.to_id)
 
-    # The users whose ``pending:<uid>`` holds the entry: (from_id, to_id),
-    # its sender (0 for the system) and its recipient (C-level: the
-    # migrator asks it of every entry)
-    parties = property(operator.itemgetter(1, 2))
+    @property
+    def parties(self) -> Tuple[int, ...]:
+        """The users whose ``pending:<uid>`` holds the entry: its sender (0
+        for the system) and its recipient."""
+        return (self[1], self[2])   # (by index: the migrator asks it of every entry)
 
     def row(self) -> Tuple[Any, ...]:
         """The ``message`` row: (msg_id, from_id, to_id, type, msg, ts, seq,
