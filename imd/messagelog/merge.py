@@ -19,7 +19,6 @@ sides: :meth:`Selection.matches` picks the pending entries, and
 imd.stores.mysql reads the rows of the same selection (one SQL reader).
 """
 
-import operator
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from imd.messagelog.entry import Identity, StoredMessage, StoredReceipt, parse_entry
@@ -28,7 +27,8 @@ Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after
 Item = Tuple[StoredMessage, int]       # a message and its receipt state
 
 
-_history_key = operator.itemgetter(5, 6)   # StoredMessage.key: (ts, seq)
+def _history_key(message: StoredMessage) -> Tuple[int, int]:
+    return (message[5], message[6])   # StoredMessage.key: (ts, seq)
 
 
 class Selection(NamedTuple):
