@@ -256,7 +256,7 @@ class PageTests(HttpTestMixin, unittest.TestCase):
         self.assertIsNotNone(built, "the SDK is not built: make sdk")
         script = await self.request("GET", "/page.js")
         self.assertEqual(script.header(b"content-type"), "text/javascript; charset=utf-8")
-        #PENDING-PAGE self.assertIn(b'import("./sdk/index.js")', script.body)
+        self.assertIn(b'import("./sdk/index.js")', script.body)
         # every module the SDK's entry point imports, and theirs, as built
         wanted, seen = ["index.js"], set()
         while wanted:
