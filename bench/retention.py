@@ -143,7 +143,7 @@ def main(reactor, args):
         app.mysql.stopService()
         yield app.redis_client.stopService()
         return
-    rows = MessageRows(app.mysql)
+    rows = app.message_rows
     deleted = [0]
 
     def counted(n):
