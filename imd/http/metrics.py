@@ -23,7 +23,7 @@ from twisted.web.server import Request
 
 from imd.errors import StoreUnavailable
 from imd.http.resource import JsonResource, JsonResult, Raw, direct_from_loopback
-from imd.http.site import Clock
+from imd.clock import Clock
 from imd.metrics import CONTENT_TYPE, Metrics
 from imd.stores.push import PushStats
 
