@@ -39,6 +39,8 @@ from twisted.internet import defer
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import HistoryRows, Messages
+from imd.stores.budgets import Budget
 from imd.stored import StoredMessage, StoredReceipt, parse_entry
 
 CURSOR_VERSION = 2
@@ -104,7 +106,8 @@ def _belongs(message: StoredMessage, uid: int, with_uid: Optional[int]) -> bool:
 
 
 class HistoryHandler:
-    def __init__(self, messages: Any, mysql: Any, clock: Any = None, user_budget: Any = None) -> None:
+    def __init__(self, messages: Messages, mysql: HistoryRows, clock: Any = None,
+                 user_budget: Optional[Budget] = None) -> None:
         """``user_budget``: an imd.stores.budgets.Budget that every ``H`` of
         a user, on any connection and node, spends from (with ``clock``);
         None: no such budget."""
