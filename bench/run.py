@@ -905,6 +905,195 @@ def logins(setup, imd, count, warm=0):
     return result
 
 
+# --- reconnect storm (issue 29) ---------------------------------------------------
+
+# The per-address handshake limit an operator would choose where clients have
+# addresses of their own (README's example): what it does when they do not.
+STORM_HANDSHAKE_LIMIT = 8
+# (label, signal, config): SIGTERM is a restart (the graceful stop's C + 1001
+# to every connection), SIGKILL a crash (the connections drop without a close)
+STORM_PLAN = (("restart", "SIGTERM", "default"), ("kill", "SIGKILL", "default"),
+              ("restart_limited", "SIGTERM", "limited"))
+STORM_DEADLINE = {"default": 120, "limited": 240}   # seconds a storm may take
+STORM_TOKEN_TTL = 900
+
+
+def storm_config(path, flavour, websocket_extra=""):
+    """imd with its default limits but for the listeners, the stores and two
+    keys that play no part in a reconnect: ``idle_timeout`` (the held
+    connections stand for SDK clients, whose ``P`` pings keep them from
+    idling out between storms) and ``token_ttl`` (each storm's tokens are
+    issued before it, where the SDK fetches one per attempt)."""
+    text = """
+[imd]
+roles = ws, http
+node_id = {node_id}
+[websocket]
+listen = tcp:{port}:interface=127.0.0.1
+idle_timeout = 3600
+{extra}
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+[auth]
+token_ttl = {ttl}
+[redis]
+url = redis://127.0.0.1:{redis_port}/{db}
+prefix = {prefix}
+[mysql]
+database = {mysql}
+""".format(port=flavour.port, http=flavour.http_port, db=REDIS_DB, mysql=flavour.mysql_db, redis_port=REDIS_PORT,
+           node_id=flavour.node_id, prefix=flavour.prefix, extra=websocket_extra, ttl=STORM_TOKEN_TTL)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def storm_tokens(setup, name, uids, per_uid, url_port=None):
+    """A file of ``per_uid`` fresh tokens a uid: "uid token token ..." a line,
+    or with ``url_port`` "uid ws://127.0.0.1:<port>/<token> token ..." (the
+    generator's connections file)."""
+    now = time.time()
+    path = os.path.join(setup.workdir, name)
+    with open(path, "w") as f:
+        for uid in uids:
+            tokens = [issue_token(setup.private_key, uid, now, STORM_TOKEN_TTL) for _ in range(per_uid)]
+            if url_port is not None:
+                tokens[0] = "ws://127.0.0.1:%d/%s" % (url_port, tokens[0])
+            f.write("%d %s\n" % (uid, " ".join(tokens)))
+    return path
+
+
+class Lines:
+    """The generator's stdout, one JSON object a line, read by a thread."""
+
+    def __init__(self, proc):
+        import queue
+        self.proc, self.queue = proc, queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def next(self, key, timeout, tick=None):
+        """The next object with ``key``, within ``timeout`` s; ``tick()``
+        called about once a second meanwhile."""
+        import queue
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.queue.get(timeout=min(1.0, max(0.01, deadline - time.time())))
+            except queue.Empty:
+                line = ""
+            if tick is not None:
+                tick()
+            if line is None:
+                raise RuntimeError("the load generator ended (exit %s) before %r" % (self.proc.poll(), key))
+            if line.strip():
+                obj = json.loads(line)
+                if key in obj:
+                    return obj
+        raise RuntimeError("no %r from the load generator within %s s" % (key, timeout))
+
+
+def wait_exit(server, timeout):
+    """Wait (up to ``timeout`` s) for ``server``'s process to exit, reaping it
+    here: (seconds waited, its CPU seconds and peak RSS KB over its life), or
+    None after a SIGKILL when it did not exit in time."""
+    proc = server.procs[0]
+    started = time.time()
+    while time.time() - started < timeout:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            server.log.close()
+            return time.time() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        time.sleep(0.02)
+    server.stop()
+    return None
+
+
+def storm(setup, start_server, count, limit=STORM_HANDSHAKE_LIMIT):
+    """``count`` logged-in connections to one imd ws process (CPython), then
+    each storm of STORM_PLAN: the process is stopped by its signal and
+    started again on the same port (``start_server(config)``) with that
+    storm's config, while every client reconnects with the SDK's backoff,
+    logs in with a fresh token and catches up (bench/loadgen/storm.js)."""
+    flavour = CPYTHON
+    configs = {"default": storm_config(os.path.join(setup.workdir, "storm-default.ini"), flavour),
+               "limited": storm_config(os.path.join(setup.workdir, "storm-limited.ini"), flavour,
+                                       "max_handshakes_per_address = %d" % limit)}
+    uids = setup.pairs(count)
+    conns = storm_tokens(setup, "storm.conns", uids, 2, url_port=flavour.port)
+    server = start_server(configs["default"], "")
+    proc = None
+    out = {"connections": count, "handshake_limit": limit, "storms": {}, "fd_limit": resource.getrlimit(
+        resource.RLIMIT_NOFILE)[0], "deadlines_s": STORM_DEADLINE, "backlog": "Twisted's default (50)"}
+    try:
+        log("storm: %d connections (load %s)" % (count, loadavg()[0]))
+        proc = loadgen(conns, "storm", concurrency=200, hold=180)
+        lines = Lines(proc)
+        ready = lines.next("ready", 240)
+        out["logged_in_at_start"], out["connect_seconds"] = ready["connected"], ready["connect_seconds"]
+        out["rss_kb_with_connections"] = proc_rss_kb(server.pid)
+        log("  %d logged in in %.1f s" % (ready["connected"], ready["connect_seconds"]))
+        for n, (label, signame, config) in enumerate(STORM_PLAN):
+            tokens = storm_tokens(setup, "storm-%d.tokens" % n, uids, 2)
+            quiet = wait_quiet(server)
+            before = server.sample()
+            rss_before = proc_rss_kb(server.pid)
+            redis0, mysql0 = redis_cpu(), mysql_cpu()
+            load = loadavg()
+            proc.stdin.write("storm %s %s %d\n" % (label, tokens, STORM_DEADLINE[config]))
+            proc.stdin.flush()
+            lines.next("armed", 30)
+            t_signal = time.time()
+            os.kill(server.pid, getattr(signal, signame))
+            gone = wait_exit(server, 30)
+            if gone is None:
+                raise RuntimeError("imd did not exit within 30 s of %s" % signame)
+            stopped_s, old_cpu, old_hwm = gone
+            server = start_server(configs[config], "-%d" % n)
+            listening_s = time.time() - t_signal
+            startup_cpu = server.sample()["cpu_s"]
+            samples = [(time.time(), startup_cpu)]
+
+            def tick(server=server, samples=samples):
+                samples.append((time.time(), server.sample()["cpu_s"]))
+            result = lines.next("storm_result", STORM_DEADLINE[config] + 30, tick)["storm_result"]
+            tick()
+            cores = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(samples, samples[1:]) if t1 - t0 >= 0.5]
+            mysql1 = mysql_cpu()
+            result.update(
+                signal=signame, config=config, loadavg_before=load, quiet_wait_s=quiet,
+                old_process={"rss_kb": rss_before, "peak_rss_kb": old_hwm, "exit_s": round(stopped_s, 2),
+                              "stop_cpu_s": round(old_cpu - before["cpu_s"], 2)},
+                new_process={"listening_s": round(listening_s, 2), "startup_cpu_s": round(startup_cpu, 2),
+                             "cpu_s": round(server.sample()["cpu_s"], 2),
+                             "peak_cores": round(max(cores), 2) if cores else None,
+                             "peak_rss_kb": proc_rss_kb(server.pid, "VmHWM"), "rss_kb": proc_rss_kb(server.pid)},
+                redis_cpu_s=round(redis_cpu() - redis0, 2),
+                mysql_cpu_s=round(mysql1 - mysql0, 2) if mysql0 is not None and mysql1 is not None else None)
+            out["storms"][label] = result
+            log("  %s (%s): logged in again 50%% %s s, 99%% %s s, 100%% %s s; caught up 100%% %s s; refused %s" % (
+                label, signame, result["login_s"]["p50"], result["login_s"]["p99"], result["login_s"]["p100"],
+                result["synced_s"]["p100"], result["refused"] or "none"))
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        final = lines.next("mode", 60)
+        out["startup_refused"], out["startup_drops"] = final["startup_refused"], final["startup_drops"]
+        out["generator_cpu_total_s"] = final.get("generator_cpu_total_s")
+        proc.wait(30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop()
+    out["loadavg_after"] = loadavg()
+    return out
+
+
 def mq_burst(mq, n, id_prefix):
     """LPUSH commands (1,000 entries each) queueing ``n`` stored messages on
     ``mq`` as both servers store them, ids ``<id_prefix><i>``."""
@@ -1572,7 +1761,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
     parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts",
-                        help="what to measure (default: %(default)s; also: replicas)")
+                        help="what to measure (default: %(default)s; also: replicas, storm)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
     parser.add_argument("--original-auto-pipelining", type=int, choices=[0, 1], default=ORIGINAL.auto_pipelining,
@@ -1583,6 +1772,8 @@ def main():
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
     parser.add_argument("--report", metavar="JSON", help="measure nothing: print the tables of a stored run "
                         "(bench/results/<stamp>.json) and write them into docs/performance.md")
+    parser.add_argument("--storm-connections", type=int, help="connections of the reconnect storm (--only storm; "
+                        "default 10,000, 1,000 with --quick)")
     parser.add_argument("--replicas", action="store_true", help="also run the min_replicas 0 vs 1 comparison "
                         "(a private master + replica)")
     args = parser.parse_args()
@@ -1690,6 +1881,12 @@ def main():
         argv, companions = imd_argv_for(flavour, tag)
         return Server(name, argv, flavour.port, os.path.join(workdir, "%s%s.out" % (name, tag)), companions, flavour)
 
+    def start_storm(config, tag):
+        """imd (CPython) for the reconnect storm: the ws and http roles of ``config``."""
+        argv = [os.path.join(CPYTHON.bin_dir, "twistd"), "-n", "--pidfile=", "--logfile",
+                os.path.join(workdir, "imd-storm%s.log" % tag), "imd", "--config", config, "--roles", "ws,http"]
+        return Server("imd-storm", argv, CPYTHON.port, os.path.join(workdir, "imd-storm%s.out" % tag), (), CPYTHON)
+
     names = [n for n in ORDER if n in selected and (n in ("node", "baseline", "node_original")
                                                      or any(f.name == n for f in flavours))]
     servers = {}
@@ -1740,6 +1937,15 @@ def main():
                         setup, imd, 20000 if args.quick else 100000,
                         warm=(10000 if args.quick else 40000) if pypy else 0)
                 servers.pop(f.name).stop()
+        if "storm" in only:
+            if CPYTHON not in flavours:
+                log("storm: not measured (it runs imd on CPython, left out by --servers)")
+            else:
+                count = args.storm_connections or (1000 if args.quick else 10000)
+                if fds < count + 1000:
+                    raise RuntimeError("storm: %d connections need a higher open-file limit than %d (ulimit -n)"
+                                       % (count, fds))
+                r["storm"] = storm(setup, start_storm, count)
         if "layouts" in only and flavours:
             r["layouts"] = layouts(setup, flavours, start_layout, duration, warmup)
         if "crash" in only:
