@@ -1707,6 +1707,69 @@ def layouts_table(report):
     return rows
 
 
+STORM_HEADS = {"restart": "restart (SIGTERM: C + 1001 to each, then start again)",
+               "kill": "crash (SIGKILL: dropped without a close, then start again)",
+               "restart_limited": "restart, `max_handshakes_per_address = %d`"}
+
+
+def storm_table(report):
+    """The reconnect storm (``--only storm``): a column per storm."""
+    st = report["results"].get("storm")
+    if not st or not st.get("storms"):
+        return []
+    labels = [label for label, _, _ in STORM_PLAN if label in st["storms"]]
+    heads = [STORM_HEADS[label] % st["handshake_limit"] if "%d" in STORM_HEADS[label] else STORM_HEADS[label]
+             for label in labels]
+    rows = ["| %s connections, all from 127.0.0.1 | %s |" % (n0(st["connections"]), " | ".join(heads)),
+            "|---|" + "---|" * len(labels)]
+
+    def row(label, cell):
+        cells = []
+        for name in labels:
+            try:
+                cells.append(cell(st["storms"][name]))
+            except (KeyError, TypeError, IndexError, ValueError):
+                cells.append("-")
+        rows.append("| %s | %s |" % (label, " | ".join(cells)))
+
+    def secs(x):
+        return "%.1f" % x if x is not None else "not all"
+
+    def fractions(f):
+        return " / ".join(secs(f[k]) for k in ("p50", "p99", "p100"))
+
+    row("old process gone / new one listening, s after the signal", lambda s: "%.1f / %.1f" % (
+        s["old_process"]["exit_s"], s["new_process"]["listening_s"]))
+    row("logged in again: 50 % / 99 % / 100 %, s after the signal", lambda s: fractions(s["login_s"]))
+    row("caught up (`H` answered): 50 % / 99 % / 100 %, s", lambda s: fractions(s["synced_s"]))
+    row("logins/s over the storm; busiest second", lambda s: "%s; %s" % (n0(s["logins_per_s"]),
+                                                                        n0(s["peak_logins_per_s"])))
+    row("refused attempts, by reason", lambda s: ", ".join(
+        "%s %s" % (k, n0(v)) for k, v in sorted(s["refused"].items())) or "none")
+    row("clients refused at least once; max attempts of one client", lambda s: "%s; %d" % (
+        n0(s["refused_clients"]), s["max_attempts"]))
+    def waiting(s, t):
+        """Clients not logged in ``t`` s after the signal: '-' past the end
+        of a storm some never came back from."""
+        if t <= s["seconds"]:
+            return n0(s["not_logged_in_after_s"][str(t)])
+        return "0" if s["logged_in"] == s["connections"] else "-"
+    row("clients not logged in yet after 5 / 10 / 30 / 60 s", lambda s: " / ".join(
+        waiting(s, t) for t in (5, 10, 30, 60)))
+    row("new process: CPU s (of which start-up); busiest second, cores; peak RSS MB", lambda s: "%.1f (%.1f); %s; %.0f"
+        % (s["new_process"]["cpu_s"], s["new_process"]["startup_cpu_s"], s["new_process"]["peak_cores"],
+           s["new_process"]["peak_rss_kb"] / 1024.0))
+    row("old process: RSS MB with the connections; CPU s of its stop", lambda s: "%.0f; %.2f" % (
+        s["old_process"]["rss_kb"] / 1024.0, s["old_process"]["stop_cpu_s"]))
+    row("Redis / MariaDB CPU s; generator CPU s", lambda s: "%.1f / %s; %.1f" % (
+        s["redis_cpu_s"], "%.1f" % s["mysql_cpu_s"] if s["mysql_cpu_s"] is not None else "-", s["generator_cpu_s"]))
+    row("drops after the login, `E` to the catch-up, out of tokens", lambda s: "%d, %s, %d" % (
+        s["drops_after_login"], ", ".join("%s %d" % kv for kv in sorted(s["catch_up_errors"].items())) or "0",
+        s["out_of_tokens"]))
+    row("load average (1 min) before", lambda s: "%.2f" % s["loadavg_before"][0])
+    return rows
+
+
 def table(report):
     m = report["machine"]
     head = ("Run %s on %d cores (%s, %s GiB), Redis %s and MariaDB %s on the same host; CPython %s, PyPy %s, "
@@ -1727,6 +1790,10 @@ def table(report):
     layout_rows = layouts_table(report)
     if layout_rows:
         parts.append("imd's layouts (`--only layouts`):\n\n" + "\n".join(layout_rows) + "\n")
+    storm_rows = storm_table(report)
+    if storm_rows:
+        parts.append("Reconnect storm (`--only storm`; imd on CPython, every client back with the SDK's backoff, "
+                     "a fresh token and one `H`):\n\n" + "\n".join(storm_rows) + "\n")
     return "\n".join(parts)
 
 
