@@ -1748,6 +1748,9 @@ def storm_table(report):
         "%s %s" % (k, n0(v)) for k, v in sorted(s["refused"].items())) or "none")
     row("clients refused at least once; max attempts of one client", lambda s: "%s; %d" % (
         n0(s["refused_clients"]), s["max_attempts"]))
+    row("↳ by reason: clients, and when they were caught up (50 % / 99 % / 100 % of them, s)", lambda s: "; ".join(
+        "%s: %s, %s" % (k, n0(v["clients"]), fractions(v["synced_s"]))
+        for k, v in sorted(s["refused_clients_by_reason"].items())) or "none")
     def waiting(s, t):
         """Clients not logged in ``t`` s after the signal: '-' past the end
         of a storm some never came back from."""

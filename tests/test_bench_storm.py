@@ -97,7 +97,10 @@ def storm_result(**overrides):
         "connections": 10, "logged_in": 10, "synced": 10, "seconds": 12.5,
         "login_s": {"p50": 2.25, "p99": 8.0, "p100": 12.0}, "synced_s": {"p50": 2.5, "p99": 8.25, "p100": 12.5},
         "logins_per_s": 1, "peak_logins_per_s": 4, "refused": {"http_429": 30, "socket_ECONNREFUSED": 10},
-        "refused_clients": 9, "max_attempts": 6, "not_logged_in_after_s": {"5": 4, "10": 1},
+        "refused_clients": 9, "max_attempts": 6, "refused_clients_by_reason": {
+            "http_429": {"clients": 7, "synced_s": {"p50": 4.0, "p99": 12.0, "p100": 12.5}},
+            "socket_ECONNREFUSED": {"clients": 5, "synced_s": {"p50": 2.0, "p99": 3.0, "p100": None}}},
+        "not_logged_in_after_s": {"5": 4, "10": 1},
         "new_process": {"cpu_s": 3.5, "startup_cpu_s": 0.5, "peak_cores": 0.9, "peak_rss_kb": 102400,
                         "listening_s": 1.5},
         "old_process": {"rss_kb": 204800, "stop_cpu_s": 0.25, "exit_s": 0.5},
@@ -111,7 +114,7 @@ class StormTableTests(unittest.TestCase):
     def test_each_storm_is_a_column_with_its_figures(self):
         run = load_run()
         back_late = storm_result(logged_in=9, synced=9, login_s={"p50": 3.0, "p99": None, "p100": None},
-                                 refused={}, seconds=240.0,
+                                 refused={}, refused_clients_by_reason={}, seconds=240.0,
                                  not_logged_in_after_s={"5": 5, "10": 3, "30": 2, "60": 1, "120": 1})
         report = {"results": {"storm": {"connections": 10, "handshake_limit": 8, "storms": {
             "restart": storm_result(), "restart_limited": back_late}}}}
@@ -123,6 +126,9 @@ class StormTableTests(unittest.TestCase):
                          by_label["logged in again: 50 % / 99 % / 100 %, s after the signal"])
         self.assertEqual(["http_429 30, socket_ECONNREFUSED 10", "none |"],
                          by_label["refused attempts, by reason"])
+        self.assertEqual(["http_429: 7, 4.0 / 12.0 / 12.5; socket_ECONNREFUSED: 5, 2.0 / 3.0 / not all", "none |"],
+                         by_label["↳ by reason: clients, and when they were caught up (50 % / 99 % / 100 % of "
+                                  "them, s)"])
         # past the end of a storm all came back from: 0; of one some never came back from: counted
         self.assertEqual(["4 / 1 / 0 / 0", "5 / 3 / 2 / 1 |"],
                          by_label["clients not logged in yet after 5 / 10 / 30 / 60 s"])

@@ -69,7 +69,9 @@ function stormSummary(storm, clients, now) {
     if (at <= (now - storm.t0) / 1000) waiting[at] = total - logins.filter((t) => t <= at).length;
   }
   const attempts = clients.map((c) => c.stormAttempts);
-  const refusedClients = clients.filter((c) => c.stormRefusals > 0);
+  const refusedClients = clients.filter((c) => c.stormReasons.size > 0);
+  const syncedOf = (some) => fractions(some.filter((c) => c.syncedAt !== null).map((c) => c.syncedAt)
+    .sort((a, b) => a - b), some.length);
   return {
     storm: storm.label, connections: total,
     dropped: clients.filter((c) => c.dropped).length,
@@ -80,8 +82,13 @@ function stormSummary(storm, clients, now) {
     peak_logins_per_s: Math.max(0, ...buckets.values()),
     refused: storm.refused,
     refused_clients: refusedClients.length,
-    refused_clients_synced_s: fractions(refusedClients.filter((c) => c.syncedAt !== null)
-      .map((c) => c.syncedAt).sort((a, b) => a - b), refusedClients.length),
+    refused_clients_synced_s: syncedOf(refusedClients),
+    // by reason: how many clients were refused so at least once, and when
+    // those were caught up (50/99/100 % of them)
+    refused_clients_by_reason: Object.fromEntries(Object.keys(storm.refused).map((reason) => {
+      const hit = clients.filter((c) => c.stormReasons.has(reason));
+      return [reason, { clients: hit.length, synced_s: syncedOf(hit) }];
+    })),
     not_logged_in_after_s: waiting,
     attempts: attempts.reduce((a, b) => a + b, 0), max_attempts: Math.max(0, ...attempts),
     catch_up_errors: storm.catchUpErrors, drops_after_login: storm.dropsAfterLogin,
@@ -99,7 +106,7 @@ async function runStorm(opts, lines, log) {
     return {
       uid: Number(uid), base: url.slice(0, cut), tokens: [url.slice(cut), ...spare], tokenIndex: 0,
       ws: null, up: false, attempt: 0, authRetried: false, timer: null, lastTs: 0, catchUpSeq: 0, catchUpId: null,
-      dropped: false, syncedAt: null, stormAttempts: 0, stormRefusals: 0, onSynced: null,
+      dropped: false, syncedAt: null, stormAttempts: 0, stormReasons: new Set(), onSynced: null,
     };
   });
   let storm = null;   // the armed storm, null before the first
@@ -179,7 +186,7 @@ async function runStorm(opts, lines, log) {
         return;
       }
       const why = reason || 'close_' + code;
-      if (storm) { count(storm.refused, why); client.stormRefusals += 1; } else count(startup.refused, why);
+      if (storm) { count(storm.refused, why); client.stormReasons.add(why); } else count(startup.refused, why);
       if (code === 4001 && !client.authRetried) {
         // the SDK: once, a fresh token at once (a token is never used twice)
         client.authRetried = true;
@@ -226,7 +233,7 @@ async function runStorm(opts, lines, log) {
       client.dropped = false;
       client.syncedAt = null;
       client.stormAttempts = 0;
-      client.stormRefusals = 0;
+      client.stormReasons = new Set();
     }
     const result = await new Promise((resolve) => {
       storm = { label, t0: performance.now(), cpu0: process.cpuUsage(), logins: [], synced: [], refused: {},
