@@ -912,13 +912,16 @@ def logins(setup, imd, count, warm=0):
 STORM_HANDSHAKE_LIMIT = 8
 # (label, signal, config): SIGTERM is a restart (the graceful stop's C + 1001
 # to every connection), SIGKILL a crash (the connections drop without a close)
+# (a crash again with a listen queue of 4096 instead of Twisted's default 50:
+# what the kernel turns away while the reactor is busy with the handshakes)
 STORM_PLAN = (("restart", "SIGTERM", "default"), ("kill", "SIGKILL", "default"),
-              ("restart_limited", "SIGTERM", "limited"))
-STORM_DEADLINE = {"default": 120, "limited": 240}   # seconds a storm may take
+              ("restart_limited", "SIGTERM", "limited"), ("kill_backlog", "SIGKILL", "backlog"))
+STORM_DEADLINE = {"default": 120, "limited": 240, "backlog": 120}   # seconds a storm may take
+STORM_BACKLOG = 4096
 STORM_TOKEN_TTL = 900
 
 
-def storm_config(path, flavour, websocket_extra=""):
+def storm_config(path, flavour, websocket_extra="", listen_extra=""):
     """imd with its default limits but for the listeners, the stores and two
     keys that play no part in a reconnect: ``idle_timeout`` (the held
     connections stand for SDK clients, whose ``P`` pings keep them from
@@ -929,7 +932,7 @@ def storm_config(path, flavour, websocket_extra=""):
 roles = ws, http
 node_id = {node_id}
 [websocket]
-listen = tcp:{port}:interface=127.0.0.1
+listen = tcp:{port}:interface=127.0.0.1{listen_extra}
 idle_timeout = 3600
 {extra}
 [http]
@@ -942,7 +945,8 @@ prefix = {prefix}
 [mysql]
 database = {mysql}
 """.format(port=flavour.port, http=flavour.http_port, db=REDIS_DB, mysql=flavour.mysql_db, redis_port=REDIS_PORT,
-           node_id=flavour.node_id, prefix=flavour.prefix, extra=websocket_extra, ttl=STORM_TOKEN_TTL)
+           node_id=flavour.node_id, prefix=flavour.prefix, extra=websocket_extra, ttl=STORM_TOKEN_TTL,
+           listen_extra=listen_extra)
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -997,6 +1001,27 @@ class Lines:
         raise RuntimeError("no %r from the load generator within %s s" % (key, timeout))
 
 
+def somaxconn():
+    """net.core.somaxconn, the ceiling of any listen queue, or None."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def listen_overflows():
+    """The kernel's count of connections a full listen queue turned away
+    (TcpExt ListenOverflows in /proc/net/netstat: the whole host, since boot),
+    or None where it cannot be read."""
+    try:
+        with open("/proc/net/netstat") as f:
+            rows = [line.split() for line in f if line.startswith("TcpExt:")]
+        return int(dict(zip(rows[0], rows[1]))["ListenOverflows"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
 def wait_exit(server, timeout):
     """Wait (up to ``timeout`` s) for ``server``'s process to exit, reaping it
     here: (seconds waited, its CPU seconds and peak RSS KB over its life), or
@@ -1023,13 +1048,16 @@ def storm(setup, start_server, count, limit=STORM_HANDSHAKE_LIMIT):
     flavour = CPYTHON
     configs = {"default": storm_config(os.path.join(setup.workdir, "storm-default.ini"), flavour),
                "limited": storm_config(os.path.join(setup.workdir, "storm-limited.ini"), flavour,
-                                       "max_handshakes_per_address = %d" % limit)}
+                                       "max_handshakes_per_address = %d" % limit),
+               "backlog": storm_config(os.path.join(setup.workdir, "storm-backlog.ini"), flavour,
+                                       listen_extra=":backlog=%d" % STORM_BACKLOG)}
     uids = setup.pairs(count)
     conns = storm_tokens(setup, "storm.conns", uids, 2, url_port=flavour.port)
     server = start_server(configs["default"], "")
     proc = None
     out = {"connections": count, "handshake_limit": limit, "storms": {}, "fd_limit": resource.getrlimit(
-        resource.RLIMIT_NOFILE)[0], "deadlines_s": STORM_DEADLINE, "backlog": "Twisted's default (50)"}
+        resource.RLIMIT_NOFILE)[0], "deadlines_s": STORM_DEADLINE, "backlog": STORM_BACKLOG,
+        "somaxconn": somaxconn()}
     try:
         log("storm: %d connections (load %s)" % (count, loadavg()[0]))
         proc = loadgen(conns, "storm", concurrency=200, hold=180)
@@ -1043,7 +1071,7 @@ def storm(setup, start_server, count, limit=STORM_HANDSHAKE_LIMIT):
             quiet = wait_quiet(server)
             before = server.sample()
             rss_before = proc_rss_kb(server.pid)
-            redis0, mysql0 = redis_cpu(), mysql_cpu()
+            redis0, mysql0, overflows0 = redis_cpu(), mysql_cpu(), listen_overflows()
             load = loadavg()
             proc.stdin.write("storm %s %s %d\n" % (label, tokens, STORM_DEADLINE[config]))
             proc.stdin.flush()
@@ -1064,8 +1092,10 @@ def storm(setup, start_server, count, limit=STORM_HANDSHAKE_LIMIT):
             result = lines.next("storm_result", STORM_DEADLINE[config] + 30, tick)["storm_result"]
             tick()
             cores = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(samples, samples[1:]) if t1 - t0 >= 0.5]
-            mysql1 = mysql_cpu()
+            mysql1, overflows1 = mysql_cpu(), listen_overflows()
             result.update(
+                # the whole host's: other work on the machine counts too
+                listen_overflows=overflows1 - overflows0 if None not in (overflows0, overflows1) else None,
                 signal=signame, config=config, loadavg_before=load, quiet_wait_s=quiet,
                 old_process={"rss_kb": rss_before, "peak_rss_kb": old_hwm, "exit_s": round(stopped_s, 2),
                               "stop_cpu_s": round(old_cpu - before["cpu_s"], 2)},
@@ -1709,7 +1739,8 @@ def layouts_table(report):
 
 STORM_HEADS = {"restart": "restart (SIGTERM: C + 1001 to each, then start again)",
                "kill": "crash (SIGKILL: dropped without a close, then start again)",
-               "restart_limited": "restart, `max_handshakes_per_address = %d`"}
+               "restart_limited": "restart, `max_handshakes_per_address = %d`",
+               "kill_backlog": "crash, listen queue %s (`:backlog=%s`)" % (STORM_BACKLOG, STORM_BACKLOG)}
 
 
 def storm_table(report):
@@ -1757,6 +1788,8 @@ def storm_table(report):
         if t <= s["seconds"]:
             return n0(s["not_logged_in_after_s"][str(t)])
         return "0" if s["logged_in"] == s["connections"] else "-"
+    row("connections a full listen queue turned away (the host's TcpExt ListenOverflows)",
+        lambda s: n0(s["listen_overflows"]))
     row("clients not logged in yet after 5 / 10 / 30 / 60 s", lambda s: " / ".join(
         waiting(s, t) for t in (5, 10, 30, 60)))
     row("new process: CPU s (of which start-up); busiest second, cores; peak RSS MB", lambda s: "%.1f (%.1f); %s; %.0f"
