@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts,replicas]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts,replicas,storm]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -67,6 +67,15 @@ imd`` with every role, as ``make run``: the migrator is its child process,
 reactor: ``[imd] migrator = inline``, the default layout before issue 30).
 Each run on a freshly started daemon; the CPU columns count the migrator's
 process in both layouts that have one.
+
+``storm`` (not in the default set: 3-4 minutes at 10,000 connections;
+``--only storm``, ``--storm-connections N``, default 10,000): N clients of
+the load generator (bench/loadgen/storm.js) logged in to one imd ws process
+(CPython, default limits), which is then restarted (SIGTERM), killed
+(SIGKILL), restarted with ``max_handshakes_per_address`` set, and killed
+with a listen queue of 4096; every client comes back with the SDK's backoff,
+a fresh token and one ``H``: the time until 50/99/100 % are back, the
+refusals by reason, the process's CPU and peak RSS.
 
 ``replicas`` (not in the default set; ``--only replicas``, or ``--replicas``
 to add it): a private Redis master and one replica on free loopback ports,
