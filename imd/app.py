@@ -241,7 +241,7 @@ class App:
         """The endpoint for a listener string; ``ssl:`` ones reload their certificate on SIGHUP."""
         if is_tls_endpoint(description):
             return self.tls.endpoint(description)
-        return serverFromString(self.reactor, description)
+        return serverFromString(self.reactor, endpoints.with_backlog(description))
 
     def listening_service(self, description: str, factory: Any, role: str = "") -> ListeningService:
         return ListeningService(description, self.server_endpoint(description), factory, role)

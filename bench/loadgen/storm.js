@@ -15,8 +15,14 @@
 
 const fs = require('fs');
 const readline = require('readline');
-const WebSocket = require('ws');
 const { performance } = require('perf_hooks');
+// (required when a storm runs, not when the pure helpers are loaded: the
+// repository's tests load them without bench/'s npm packages installed)
+let WebSocket = null;
+function webSocketClass() {
+  if (WebSocket === null) WebSocket = require('ws');
+  return WebSocket;
+}
 const { backoffDelay, SDK_MIN_DELAY_MS, SDK_MAX_DELAY_MS } = require('./backoff');
 
 // The catch-up step after a login: today the history request of contract §3
@@ -133,7 +139,7 @@ async function runStorm(opts, lines, log) {
       return;
     }
     if (storm) client.stormAttempts += 1;
-    const ws = new WebSocket(client.base + client.tokens[client.tokenIndex],
+    const ws = new (webSocketClass())(client.base + client.tokens[client.tokenIndex],
                              { perMessageDeflate: false, handshakeTimeout: 30000 });
     client.ws = ws;
     let loggedIn = false;
