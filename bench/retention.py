@@ -32,7 +32,7 @@ from twisted.internet import defer, task, threads  # noqa: E402
 from bench.migrator import entries, fill, start  # noqa: E402
 from imd.config import parse_settings  # noqa: E402
 from imd.retention import BATCH, PAUSE, cutoff, purge  # noqa: E402
-from imd.stores.mysql import MessageRows, connect_kwargs  # noqa: E402
+from imd.stores.mysql import connect_kwargs  # noqa: E402
 
 OLD_DAYS = 400
 
@@ -143,7 +143,7 @@ def main(reactor, args):
         app.mysql.stopService()
         yield app.redis_client.stopService()
         return
-    rows = MessageRows(app.mysql)
+    rows = app.message_rows
     deleted = [0]
 
     def counted(n):

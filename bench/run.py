@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts,replicas]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts,replicas,storm]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -67,6 +67,15 @@ imd`` with every role, as ``make run``: the migrator is its child process,
 reactor: ``[imd] migrator = inline``, the default layout before issue 30).
 Each run on a freshly started daemon; the CPU columns count the migrator's
 process in both layouts that have one.
+
+``storm`` (not in the default set: 3-4 minutes at 10,000 connections;
+``--only storm``, ``--storm-connections N``, default 10,000): N clients of
+the load generator (bench/loadgen/storm.js) logged in to one imd ws process
+(CPython, default limits), which is then restarted (SIGTERM), killed
+(SIGKILL), restarted with ``max_handshakes_per_address`` set, and killed
+with a listen queue of 4096; every client comes back with the SDK's backoff,
+a fresh token and one ``H``: the time until 50/99/100 % are back, the
+refusals by reason, the process's CPU and peak RSS.
 
 ``replicas`` (not in the default set; ``--only replicas``, or ``--replicas``
 to add it): a private Redis master and one replica on free loopback ports,
@@ -905,6 +914,226 @@ def logins(setup, imd, count, warm=0):
     return result
 
 
+# --- reconnect storm (issue 29) ---------------------------------------------------
+
+# The per-address handshake limit an operator would choose where clients have
+# addresses of their own (README's example): what it does when they do not.
+STORM_HANDSHAKE_LIMIT = 8
+# (label, signal, config): SIGTERM is a restart (the graceful stop's C + 1001
+# to every connection), SIGKILL a crash (the connections drop without a close)
+# (a crash again with Twisted's listen queue of 50, imd's before it asked for
+# 4096 (imd.endpoints.DEFAULT_BACKLOG): what the kernel turns away while the
+# reactor is busy with the handshakes)
+STORM_PLAN = (("restart", "SIGTERM", "default"), ("kill", "SIGKILL", "default"),
+              ("restart_limited", "SIGTERM", "limited"), ("kill_backlog", "SIGKILL", "backlog"))
+STORM_DEADLINE = {"default": 120, "limited": 240, "backlog": 120}   # seconds a storm may take
+STORM_BACKLOG = 50
+STORM_TOKEN_TTL = 900
+
+
+def storm_config(path, flavour, websocket_extra="", listen_extra=""):
+    """imd with its default limits but for the listeners, the stores and two
+    keys that play no part in a reconnect: ``idle_timeout`` (the held
+    connections stand for SDK clients, whose ``P`` pings keep them from
+    idling out between storms) and ``token_ttl`` (each storm's tokens are
+    issued before it, where the SDK fetches one per attempt)."""
+    text = """
+[imd]
+roles = ws, http
+node_id = {node_id}
+[websocket]
+listen = tcp:{port}:interface=127.0.0.1{listen_extra}
+idle_timeout = 3600
+{extra}
+[http]
+listen = tcp:{http}:interface=127.0.0.1
+[auth]
+token_ttl = {ttl}
+[redis]
+url = redis://127.0.0.1:{redis_port}/{db}
+prefix = {prefix}
+[mysql]
+database = {mysql}
+""".format(port=flavour.port, http=flavour.http_port, db=REDIS_DB, mysql=flavour.mysql_db, redis_port=REDIS_PORT,
+           node_id=flavour.node_id, prefix=flavour.prefix, extra=websocket_extra, ttl=STORM_TOKEN_TTL,
+           listen_extra=listen_extra)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def storm_tokens(setup, name, uids, per_uid, url_port=None):
+    """A file of ``per_uid`` fresh tokens a uid: "uid token token ..." a line,
+    or with ``url_port`` "uid ws://127.0.0.1:<port>/<token> token ..." (the
+    generator's connections file)."""
+    now = time.time()
+    path = os.path.join(setup.workdir, name)
+    with open(path, "w") as f:
+        for uid in uids:
+            tokens = [issue_token(setup.private_key, uid, now, STORM_TOKEN_TTL) for _ in range(per_uid)]
+            if url_port is not None:
+                tokens[0] = "ws://127.0.0.1:%d/%s" % (url_port, tokens[0])
+            f.write("%d %s\n" % (uid, " ".join(tokens)))
+    return path
+
+
+class Lines:
+    """The generator's stdout, one JSON object a line, read by a thread."""
+
+    def __init__(self, proc):
+        import queue
+        self.proc, self.queue = proc, queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def next(self, key, timeout, tick=None):
+        """The next object with ``key``, within ``timeout`` s; ``tick()``
+        called about once a second meanwhile."""
+        import queue
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.queue.get(timeout=min(1.0, max(0.01, deadline - time.time())))
+            except queue.Empty:
+                line = ""
+            if tick is not None:
+                tick()
+            if line is None:
+                raise RuntimeError("the load generator ended (exit %s) before %r" % (self.proc.poll(), key))
+            if line.strip():
+                obj = json.loads(line)
+                if key in obj:
+                    return obj
+        raise RuntimeError("no %r from the load generator within %s s" % (key, timeout))
+
+
+def somaxconn():
+    """net.core.somaxconn, the ceiling of any listen queue, or None."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def listen_overflows():
+    """The kernel's count of connections a full listen queue turned away
+    (TcpExt ListenOverflows in /proc/net/netstat: the whole host, since boot),
+    or None where it cannot be read."""
+    try:
+        with open("/proc/net/netstat") as f:
+            rows = [line.split() for line in f if line.startswith("TcpExt:")]
+        return int(dict(zip(rows[0], rows[1]))["ListenOverflows"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
+def wait_exit(server, timeout):
+    """Wait (up to ``timeout`` s) for ``server``'s process to exit, reaping it
+    here: (seconds waited, its CPU seconds and peak RSS KB over its life), or
+    None after a SIGKILL when it did not exit in time."""
+    proc = server.procs[0]
+    started = time.time()
+    while time.time() - started < timeout:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            server.log.close()
+            return time.time() - started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        time.sleep(0.02)
+    server.stop()
+    return None
+
+
+def storm(setup, start_server, count, limit=STORM_HANDSHAKE_LIMIT):
+    """``count`` logged-in connections to one imd ws process (CPython), then
+    each storm of STORM_PLAN: the process is stopped by its signal and
+    started again on the same port (``start_server(config)``) with that
+    storm's config, while every client reconnects with the SDK's backoff,
+    logs in with a fresh token and catches up (bench/loadgen/storm.js)."""
+    flavour = CPYTHON
+    configs = {"default": storm_config(os.path.join(setup.workdir, "storm-default.ini"), flavour),
+               "limited": storm_config(os.path.join(setup.workdir, "storm-limited.ini"), flavour,
+                                       "max_handshakes_per_address = %d" % limit),
+               "backlog": storm_config(os.path.join(setup.workdir, "storm-backlog.ini"), flavour,
+                                       listen_extra=":backlog=%d" % STORM_BACKLOG)}
+    uids = setup.pairs(count)
+    conns = storm_tokens(setup, "storm.conns", uids, 2, url_port=flavour.port)
+    server = start_server(configs["default"], "")
+    proc = None
+    out = {"connections": count, "handshake_limit": limit, "storms": {}, "fd_limit": resource.getrlimit(
+        resource.RLIMIT_NOFILE)[0], "deadlines_s": STORM_DEADLINE, "backlog": STORM_BACKLOG,
+        "somaxconn": somaxconn()}
+    try:
+        log("storm: %d connections (load %s)" % (count, loadavg()[0]))
+        proc = loadgen(conns, "storm", concurrency=200, hold=180)
+        lines = Lines(proc)
+        ready = lines.next("ready", 240)
+        out["logged_in_at_start"], out["connect_seconds"] = ready["connected"], ready["connect_seconds"]
+        out["rss_kb_with_connections"] = proc_rss_kb(server.pid)
+        log("  %d logged in in %.1f s" % (ready["connected"], ready["connect_seconds"]))
+        for n, (label, signame, config) in enumerate(STORM_PLAN):
+            tokens = storm_tokens(setup, "storm-%d.tokens" % n, uids, 2)
+            quiet = wait_quiet(server)
+            before = server.sample()
+            rss_before = proc_rss_kb(server.pid)
+            redis0, mysql0, overflows0 = redis_cpu(), mysql_cpu(), listen_overflows()
+            load = loadavg()
+            proc.stdin.write("storm %s %s %d\n" % (label, tokens, STORM_DEADLINE[config]))
+            proc.stdin.flush()
+            lines.next("armed", 30)
+            t_signal = time.time()
+            os.kill(server.pid, getattr(signal, signame))
+            gone = wait_exit(server, 30)
+            if gone is None:
+                raise RuntimeError("imd did not exit within 30 s of %s" % signame)
+            stopped_s, old_cpu, old_hwm = gone
+            server = start_server(configs[config], "-%d" % n)
+            listening_s = time.time() - t_signal
+            startup_cpu = server.sample()["cpu_s"]
+            samples = [(time.time(), startup_cpu)]
+
+            def tick(server=server, samples=samples):
+                samples.append((time.time(), server.sample()["cpu_s"]))
+            result = lines.next("storm_result", STORM_DEADLINE[config] + 30, tick)["storm_result"]
+            tick()
+            cores = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(samples, samples[1:]) if t1 - t0 >= 0.5]
+            mysql1, overflows1 = mysql_cpu(), listen_overflows()
+            result.update(
+                # the whole host's: other work on the machine counts too
+                listen_overflows=overflows1 - overflows0 if None not in (overflows0, overflows1) else None,
+                signal=signame, config=config, loadavg_before=load, quiet_wait_s=quiet,
+                old_process={"rss_kb": rss_before, "peak_rss_kb": old_hwm, "exit_s": round(stopped_s, 2),
+                              "stop_cpu_s": round(old_cpu - before["cpu_s"], 2)},
+                new_process={"listening_s": round(listening_s, 2), "startup_cpu_s": round(startup_cpu, 2),
+                             "cpu_s": round(server.sample()["cpu_s"], 2),
+                             "peak_cores": round(max(cores), 2) if cores else None,
+                             "peak_rss_kb": proc_rss_kb(server.pid, "VmHWM"), "rss_kb": proc_rss_kb(server.pid)},
+                redis_cpu_s=round(redis_cpu() - redis0, 2),
+                mysql_cpu_s=round(mysql1 - mysql0, 2) if mysql0 is not None and mysql1 is not None else None)
+            out["storms"][label] = result
+            log("  %s (%s): logged in again 50%% %s s, 99%% %s s, 100%% %s s; caught up 100%% %s s; refused %s" % (
+                label, signame, result["login_s"]["p50"], result["login_s"]["p99"], result["login_s"]["p100"],
+                result["synced_s"]["p100"], result["refused"] or "none"))
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        final = lines.next("mode", 60)
+        out["startup_refused"], out["startup_drops"] = final["startup_refused"], final["startup_drops"]
+        out["generator_cpu_total_s"] = final.get("generator_cpu_total_s")
+        proc.wait(30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop()
+    out["loadavg_after"] = loadavg()
+    return out
+
+
 def mq_burst(mq, n, id_prefix):
     """LPUSH commands (1,000 entries each) queueing ``n`` stored messages on
     ``mq`` as both servers store them, ids ``<id_prefix><i>``."""
@@ -1518,6 +1747,76 @@ def layouts_table(report):
     return rows
 
 
+STORM_HEADS = {"restart": "restart (SIGTERM: C + 1001 to each, then start again)",
+               "kill": "crash (SIGKILL: dropped without a close, then start again)",
+               "restart_limited": "restart, `max_handshakes_per_address = %d`",
+               "kill_backlog": "crash, Twisted's listen queue of %s (`:backlog=%s`; imd's default is 4096)"
+                               % (STORM_BACKLOG, STORM_BACKLOG)}
+
+
+def storm_table(report):
+    """The reconnect storm (``--only storm``): a column per storm."""
+    st = report["results"].get("storm")
+    if not st or not st.get("storms"):
+        return []
+    labels = [label for label, _, _ in STORM_PLAN if label in st["storms"]]
+    heads = [STORM_HEADS[label] % st["handshake_limit"] if "%d" in STORM_HEADS[label] else STORM_HEADS[label]
+             for label in labels]
+    rows = ["| %s connections, all from 127.0.0.1 | %s |" % (n0(st["connections"]), " | ".join(heads)),
+            "|---|" + "---|" * len(labels)]
+
+    def row(label, cell):
+        cells = []
+        for name in labels:
+            try:
+                cells.append(cell(st["storms"][name]))
+            except (KeyError, TypeError, IndexError, ValueError):
+                cells.append("-")
+        rows.append("| %s | %s |" % (label, " | ".join(cells)))
+
+    def secs(x):
+        return "%.1f" % x if x is not None else "not all"
+
+    def fractions(f):
+        return " / ".join(secs(f[k]) for k in ("p50", "p99", "p100"))
+
+    row("old process gone / new one listening, s after the signal", lambda s: "%.1f / %.1f" % (
+        s["old_process"]["exit_s"], s["new_process"]["listening_s"]))
+    row("logged in again: 50 % / 99 % / 100 %, s after the signal", lambda s: fractions(s["login_s"]))
+    row("caught up (`H` answered): 50 % / 99 % / 100 %, s", lambda s: fractions(s["synced_s"]))
+    row("logins/s over the storm; busiest second", lambda s: "%s; %s" % (n0(s["logins_per_s"]),
+                                                                        n0(s["peak_logins_per_s"])))
+    row("refused attempts, by reason", lambda s: ", ".join(
+        "%s %s" % (k, n0(v)) for k, v in sorted(s["refused"].items())) or "none")
+    row("clients refused at least once; max attempts of one client", lambda s: "%s; %d" % (
+        n0(s["refused_clients"]), s["max_attempts"]))
+    row("↳ by reason: clients, and when they were caught up (50 % / 99 % / 100 % of them, s)", lambda s: "; ".join(
+        "%s: %s, %s" % (k, n0(v["clients"]), fractions(v["synced_s"]))
+        for k, v in sorted(s["refused_clients_by_reason"].items())) or "none")
+    def waiting(s, t):
+        """Clients not logged in ``t`` s after the signal: '-' past the end
+        of a storm some never came back from."""
+        if t <= s["seconds"]:
+            return n0(s["not_logged_in_after_s"][str(t)])
+        return "0" if s["logged_in"] == s["connections"] else "-"
+    row("connections a full listen queue turned away (the host's TcpExt ListenOverflows)",
+        lambda s: n0(s["listen_overflows"]))
+    row("clients not logged in yet after 5 / 10 / 30 / 60 s", lambda s: " / ".join(
+        waiting(s, t) for t in (5, 10, 30, 60)))
+    row("new process: CPU s (of which start-up); busiest second, cores; peak RSS MB", lambda s: "%.1f (%.1f); %s; %.0f"
+        % (s["new_process"]["cpu_s"], s["new_process"]["startup_cpu_s"], s["new_process"]["peak_cores"],
+           s["new_process"]["peak_rss_kb"] / 1024.0))
+    row("old process: RSS MB with the connections; CPU s of its stop", lambda s: "%.0f; %.2f" % (
+        s["old_process"]["rss_kb"] / 1024.0, s["old_process"]["stop_cpu_s"]))
+    row("Redis / MariaDB CPU s; generator CPU s", lambda s: "%.1f / %s; %.1f" % (
+        s["redis_cpu_s"], "%.1f" % s["mysql_cpu_s"] if s["mysql_cpu_s"] is not None else "-", s["generator_cpu_s"]))
+    row("drops after the login, `E` to the catch-up, out of tokens", lambda s: "%d, %s, %d" % (
+        s["drops_after_login"], ", ".join("%s %d" % kv for kv in sorted(s["catch_up_errors"].items())) or "0",
+        s["out_of_tokens"]))
+    row("load average (1 min) before", lambda s: "%.2f" % s["loadavg_before"][0])
+    return rows
+
+
 def table(report):
     m = report["machine"]
     head = ("Run %s on %d cores (%s, %s GiB), Redis %s and MariaDB %s on the same host; CPython %s, PyPy %s, "
@@ -1538,6 +1837,10 @@ def table(report):
     layout_rows = layouts_table(report)
     if layout_rows:
         parts.append("imd's layouts (`--only layouts`):\n\n" + "\n".join(layout_rows) + "\n")
+    storm_rows = storm_table(report)
+    if storm_rows:
+        parts.append("Reconnect storm (`--only storm`; imd on CPython, every client back with the SDK's backoff, "
+                     "a fresh token and one `H`):\n\n" + "\n".join(storm_rows) + "\n")
     return "\n".join(parts)
 
 
@@ -1572,7 +1875,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
     parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts",
-                        help="what to measure (default: %(default)s; also: replicas)")
+                        help="what to measure (default: %(default)s; also: replicas, storm)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
     parser.add_argument("--original-auto-pipelining", type=int, choices=[0, 1], default=ORIGINAL.auto_pipelining,
@@ -1583,6 +1886,8 @@ def main():
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
     parser.add_argument("--report", metavar="JSON", help="measure nothing: print the tables of a stored run "
                         "(bench/results/<stamp>.json) and write them into docs/performance.md")
+    parser.add_argument("--storm-connections", type=int, help="connections of the reconnect storm (--only storm; "
+                        "default 10,000, 1,000 with --quick)")
     parser.add_argument("--replicas", action="store_true", help="also run the min_replicas 0 vs 1 comparison "
                         "(a private master + replica)")
     args = parser.parse_args()
@@ -1690,6 +1995,12 @@ def main():
         argv, companions = imd_argv_for(flavour, tag)
         return Server(name, argv, flavour.port, os.path.join(workdir, "%s%s.out" % (name, tag)), companions, flavour)
 
+    def start_storm(config, tag):
+        """imd (CPython) for the reconnect storm: the ws and http roles of ``config``."""
+        argv = [os.path.join(CPYTHON.bin_dir, "twistd"), "-n", "--pidfile=", "--logfile",
+                os.path.join(workdir, "imd-storm%s.log" % tag), "imd", "--config", config, "--roles", "ws,http"]
+        return Server("imd-storm", argv, CPYTHON.port, os.path.join(workdir, "imd-storm%s.out" % tag), (), CPYTHON)
+
     names = [n for n in ORDER if n in selected and (n in ("node", "baseline", "node_original")
                                                      or any(f.name == n for f in flavours))]
     servers = {}
@@ -1740,6 +2051,15 @@ def main():
                         setup, imd, 20000 if args.quick else 100000,
                         warm=(10000 if args.quick else 40000) if pypy else 0)
                 servers.pop(f.name).stop()
+        if "storm" in only:
+            if CPYTHON not in flavours:
+                log("storm: not measured (it runs imd on CPython, left out by --servers)")
+            else:
+                count = args.storm_connections or (1000 if args.quick else 10000)
+                if fds < count + 1000:
+                    raise RuntimeError("storm: %d connections need a higher open-file limit than %d (ulimit -n)"
+                                       % (count, fds))
+                r["storm"] = storm(setup, start_storm, count)
         if "layouts" in only and flavours:
             r["layouts"] = layouts(setup, flavours, start_layout, duration, warmup)
         if "crash" in only:

@@ -34,16 +34,19 @@ from imd.node import LocalNode
 from imd.shutdown import ConnectionDrainer, GracefulMultiService
 from imd.startup import HOLD as STARTUP_HOLD
 from imd.startup import StartupGate, StartWarnings, start_warnings
+from imd.stores.audit import AuditStore
 from imd.stores.budgets import Budget
+from imd.stores.deadletter import DeadLetters
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
-from imd.stores.mysql import MysqlStore
+from imd.stores.mysql import MessageRows, MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck
 from imd.stores.orders import OrderStore
 from imd.stores.positions import PositionAudience, PositionStore
 from imd.stores.presence import PresenceStore
-from imd.stores.push import PushNotes
+from imd.stores.processes import ProcessRegistry
+from imd.stores.push import PushNotes, PushStore
 from imd.stores.queue import QueueStore
 from imd.stores.receipts import ReceiptStore
 from imd.stores.redis import RedisClient, RedisSubscriber
@@ -91,6 +94,12 @@ class App:
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
         self.mysql = MysqlStore(settings.mysql)
+        # read by /metrics, imd-admin (mq, top, reconcile, retention) and the process registry
+        self.dead_letters = DeadLetters(client, keys)
+        self.process_registry = ProcessRegistry(client, keys)
+        self.push_store = PushStore(client, keys)
+        self.audit = AuditStore(client, keys)
+        self.message_rows = MessageRows(self.mysql)
         self.migrator: Any = None
         self.migrator_process: Any = None   # [imd] migrator = child: imd.migrator_child.MigratorProcess
         self.order_ends: Any = None
@@ -232,7 +241,7 @@ class App:
         """The endpoint for a listener string; ``ssl:`` ones reload their certificate on SIGHUP."""
         if is_tls_endpoint(description):
             return self.tls.endpoint(description)
-        return serverFromString(self.reactor, description)
+        return serverFromString(self.reactor, endpoints.with_backlog(description))
 
     def listening_service(self, description: str, factory: Any, role: str = "") -> ListeningService:
         return ListeningService(description, self.server_endpoint(description), factory, role)
@@ -289,8 +298,7 @@ class App:
             self.push_drainer.setServiceParent(group)
         if self.settings.retention.days:
             from imd.retention import RetentionPurge
-            from imd.stores.mysql import MessageRows
-            self.retention = RetentionPurge(MessageRows(self.mysql), self.settings.retention.days, self.clock,
+            self.retention = RetentionPurge(self.message_rows, self.settings.retention.days, self.clock,
                                             leading=lambda: migrator.is_leader)
             self.retention.setServiceParent(group)
         return group
@@ -299,7 +307,6 @@ class App:
         """The drainer of pending pushes on ``client``, sending while ``leading()``."""
         from imd.push.drainer import CONNECTIONS, PushDrainer
         from imd.push.gateway import Gateway
-        from imd.stores.push import PushStore
         push = self.settings.push
         gateway = Gateway(self.reactor, self.clock, push.url, push.secret, push.timeout, CONNECTIONS)
         return PushDrainer(PushStore(client, self.keys), gateway, push, self.clock, leading)

@@ -18,11 +18,11 @@ reads for nothing.
 
 from typing import Any, Callable, Dict, Optional
 
-from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from imd.errors import StoreUnavailable
+from imd.clock import Clock
+from imd.leadertask import LeaderTask
 from imd.stores.orders import ENDED
 
 _log = Logger()
@@ -31,33 +31,22 @@ INTERVAL = 1.0   # seconds between looks at the schedule: an end runs at most th
 BATCH = 100      # ends per look (more are taken at once on the next look)
 
 
-class OrderEnds(Service):
+class OrderEnds(LeaderTask):
     """``ended`` counts the ends this process ran, by outcome."""
 
     name = "order ends"
+    unavailable_format = "order ends: {why}; trying again in {interval}s"
+    unexpected_format = "order ends: unexpected error"
 
-    def __init__(self, orders: Any, clock: Any, leading: Callable[[], bool], interval: float = INTERVAL,
+    def __init__(self, orders: Any, clock: Clock, leading: Callable[[], bool], interval: float = INTERVAL,
                  batch: int = BATCH) -> None:
+        super().__init__(clock, leading, interval, _log)
         self._orders = orders
-        self._clock = clock
-        self._leading = leading
-        self.interval = interval
         self.batch = batch
         self.ended: Dict[str, int] = {}
-        self._loop: Optional[task.LoopingCall] = None
         self._running_call: Optional[defer.Deferred] = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
+    def _stopping(self) -> Optional[defer.Deferred]:
         # an end already sent to Redis is atomic: waiting for its reply only
         # keeps the log and counts right
         return self._running_call
@@ -72,13 +61,6 @@ class OrderEnds(Service):
         d.addErrback(self._failed)
         d.addBoth(done)
         return d
-
-    def _failed(self, failure: Any) -> None:
-        if failure.check(StoreUnavailable):
-            _log.warn("order ends: {why}; trying again in {interval}s", why=failure.getErrorMessage(),
-                      interval=self.interval)
-        else:
-            _log.failure("order ends: unexpected error", failure)
 
     async def run_due(self) -> int:
         """Run the ends that are due now (if this process leads); how many ran."""

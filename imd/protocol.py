@@ -1,4 +1,6 @@
-"""Packets in and out: the only module that knows the JSON shape.
+"""Packets in and out: the JSON of the WebSocket packets (docs/protocol.md),
+client frames parsed and server packets built.  (The server API's JSON is
+:mod:`imd.http.api`'s, a push's body :mod:`imd.push.payload`'s.)
 
 Pure: bytes in, small typed packets out; server packets built as bytes.
 Every problem with a client frame raises :class:`PacketError`, carrying the
@@ -453,7 +455,7 @@ def _dump_fast(obj: Any) -> bytes:
     return _dump(obj)
 
 
-def dump_fast(obj: Any) -> bytes:
+def dump_fast(obj: object) -> bytes:
     """The compact JSON (UTF-8) of a flat object of strings and ints, the
     fast way (``_dump_fast``): for imd.messagelog, which writes the stored
     form of a receipt."""

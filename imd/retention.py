@@ -18,11 +18,11 @@ while 1M rows are purged): docs/operations.md, "Retention".
 
 from typing import Any, Awaitable, Callable, Optional, Tuple
 
-from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from imd.errors import StoreUnavailable
+from imd.clock import Clock, reactor_time
+from imd.leadertask import LeaderTask
 
 _log = Logger()
 
@@ -60,42 +60,32 @@ async def purge(rows: Any, before: int, sleep: Callable[[float], Awaitable[Any]]
     return messages, receipts
 
 
-class RetentionPurge(Service):
+class RetentionPurge(LeaderTask):
     """The leader's purge.  ``deleted`` and ``receipts_deleted`` count what
     this process removed; ``last_run`` is when its last complete run began
-    (clock seconds)."""
+    (clock seconds).  It looks every ``check_every`` seconds whether a run
+    is due."""
 
     name = "retention"
+    unavailable_format = "retention: {why}; trying again in {interval:.0f}s"
+    unexpected_format = "retention: unexpected error"
 
-    def __init__(self, rows: Any, days: int, clock: Any, leading: Callable[[], bool],
+    def __init__(self, rows: Any, days: int, clock: Clock, leading: Callable[[], bool],
                  check_every: float = CHECK_EVERY, run_every: float = RUN_EVERY, batch: int = BATCH,
                  pause: float = PAUSE) -> None:
+        super().__init__(clock, leading, check_every, _log)
         self._rows = rows
         self.days = days
-        self._clock = clock
-        self._leading = leading
-        self.check_every = check_every
         self.run_every = run_every
         self.batch = batch
         self.pause = pause
         self.deleted = 0
         self.receipts_deleted = 0
         self.last_run: Optional[float] = None
-        self._loop: Optional[task.LoopingCall] = None
         self._run: Optional[defer.Deferred] = None
         self._sleeping: Optional[defer.Deferred] = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.check_every, now=False)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
+    def _stopping(self) -> Optional[defer.Deferred]:
         if self._sleeping is not None:
             self._sleeping.cancel()
         # a batch already sent finishes (one short transaction); no other starts
@@ -116,17 +106,8 @@ class RetentionPurge(Service):
             self._run = None
         d.addBoth(done)
 
-    def _failed(self, failure: Any) -> None:
-        if failure.check(defer.CancelledError):
-            return
-        if failure.check(StoreUnavailable):
-            _log.warn("retention: {why}; trying again in {seconds:.0f}s", why=failure.getErrorMessage(),
-                      seconds=self.check_every)
-        else:
-            _log.failure("retention: unexpected error", failure)
-
     def _sleep(self, seconds: float) -> defer.Deferred:
-        d = self._sleeping = task.deferLater(self._clock, seconds, lambda: None)
+        d = self._sleeping = task.deferLater(reactor_time(self._clock), seconds, lambda: None)
 
         def woke(result: Any) -> Any:
             self._sleeping = None

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from imd.http.jwks import JwksKeys
     from imd.metrics import Metrics
     from imd.startup import StartupGate
-    from imd.stores.keys import Keys
+    from imd.stores.deadletter import DeadLetters
+    from imd.stores.push import PushStore
     from imd.stores.mysql import MysqlStore
     from imd.stores.redis import RedisClient
 
@@ -172,7 +173,13 @@ class ScrapedApp(typing.Protocol):
     def redis_client(self) -> "RedisClient": ...
 
     @property
-    def keys(self) -> "Keys": ...
+    def process_registry(self) -> ProcessRegistry: ...
+
+    @property
+    def dead_letters(self) -> "DeadLetters": ...
+
+    @property
+    def push_store(self) -> "PushStore": ...
 
     @property
     def mysql(self) -> "MysqlStore": ...
@@ -206,7 +213,7 @@ def scrape_services(app: ScrapedApp) -> MultiService:
     group.setName("scrape")
     fallback = configured_metrics_url(settings.http.listen) if "http" in settings.imd.roles else ""
     listener: Optional[MetricsListener] = None
-    registry = ProcessRegistry(app.redis_client, app.keys)
+    registry = app.process_registry
 
     def info() -> Dict[str, Any]:
         return {"node": app.node_id, "roles": ",".join(sorted(settings.imd.roles)),

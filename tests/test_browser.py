@@ -12,6 +12,12 @@ Debian's Chromium (``/usr/bin/chromium``) against a real imd (http + ws) on
 - Receipts and typing: the reader's page answers with receipts, the
   sender's shows ✓✓ delivered / read; "typing…" comes and goes; the read
   receipts switch holds the read back.
+- The page is a user of the SDK (imd-client, served built under /sdk/):
+  against a real ``twistd -n imd`` that is stopped and started again, both
+  pages reconnect by themselves; a message sent while one of them is still
+  away appears on it exactly once (the SDK's sync, or against this server,
+  which has none, the page's own catch-up H), counted unread in its
+  conversation list until the conversation is opened.
 - Throughout, the browser console shows no error and the server answers no
   request of the page with 4xx/5xx (a missing favicon was one).
 
@@ -23,14 +29,16 @@ serves it; every wait is a Playwright wait with a deadline.
 import contextlib
 import os
 import re
+import signal
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from imd.http.site import ImdSite
+from tests.daemon_support import start_daemon, write_config
 from tests.http_support import HttpTestMixin
 from tests.mysql_support import recreate_database
-from tests.support import ClientMixin, connect_client, drop
+from tests.support import ClientMixin, RedisTestMixin, connect_client, drop, free_port, make_settings
 
 CHROMIUM = os.environ.get("IMD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -41,6 +49,10 @@ HISTORY_WAIT_MS = 15000  # the page asks for history 3 s after login
 PHONE = {"width": 390, "height": 844}
 WIDE = {"width": 1280, "height": 800}
 OLD_MESSAGES = 105       # more than the page's first H asks for (100)
+# The H rows of the page's own history requests (the first one, "More"),
+# not those the SDK sends by itself (data-role "sync") nor the page's
+# conversation list, room or catch-up requests (their own data-role).
+PAGE_H = "#log li[data-dir=out][data-type=H]:not([data-role])"
 
 # Run in the page: the inputs whose placeholder is wider than their text box.
 _CUT_PLACEHOLDERS = """() => {
@@ -146,8 +158,7 @@ def friends_chat(browser, text, close_from_server):
     expect_open(bob, 2)
     history = bob.locator("#messages li[data-source=history]", has_text=text)
     expect(history).to_have_count(1, timeout=HISTORY_WAIT_MS)
-    expect(bob.locator("#log li[data-dir=out][data-type=H]")).to_have_attribute(
-        "data-state", "replied", timeout=HISTORY_WAIT_MS)
+    expect(bob.locator(PAGE_H)).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
 
     # The server closes Bob's connection: the page shows the code and
     # reason, then logs in again on its own with a fresh token.
@@ -204,7 +215,7 @@ def history_after_live(browser, send_live):
 
     bob = browser.open("uid2", "/?uid=2&connect")
     expect_open(bob, 2)
-    asked = bob.locator("#log li[data-dir=out][data-type=H]")
+    asked = bob.locator(PAGE_H)
     expect(asked).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
     expect(bob.locator("#messages li[data-source=history]")).to_have_count(100)
 
@@ -222,6 +233,99 @@ def history_after_live(browser, send_live):
     expect(bob.locator("#messages li[data-source=sent]")).to_have_count(1)
     items = bob.locator("#messages li")
     return items.evaluate_all("(items) => items.map((i) => [i.dataset.from, i.dataset.id, Number(i.dataset.ts)])")
+
+
+class HeldTokens:
+    """Holds a page's ``POST /IM/token`` requests (Playwright routes them)
+    until released: the page keeps trying on its own, its request simply
+    has no answer yet. Called in the browser's thread only."""
+
+    def __init__(self, page):
+        self.holding = False
+        self.held = []
+        page.route("**/IM/token", self._route)
+
+    def _route(self, route):
+        if self.holding:
+            self.held.append(route)
+        else:
+            route.continue_()
+
+    def hold(self):
+        self.holding = True
+
+    def release(self):
+        self.holding = False
+        held, self.held = self.held, []
+        for route in held:
+            route.continue_()
+
+
+def missed_while_away(browser, restart):
+    """Blocking: Alice and Bob are open; the daemon stops and starts again;
+    Alice is back first and sends; then Bob is back. Returns Bob's
+    conversation list entry for Alice once he has opened it."""
+    from playwright.sync_api import expect
+
+    alice = browser.open("uid1", "/?uid=1&connect")
+    bob = browser.open("uid2", "/?uid=2&connect")
+    alice_tokens, bob_tokens = HeldTokens(alice), HeldTokens(bob)
+    expect_open(alice, 1)
+    expect_open(bob, 2)
+    for page in (alice, bob):   # the first history is in: what comes later is the reconnect's doing
+        expect(page.locator(PAGE_H)).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
+    # the server has no sync (contract version 3): the SDK says so and goes on
+    expect(bob.locator("#log li[data-dir=out][data-type=H][data-role=sync]")).to_have_attribute("data-state", "error")
+    expect(bob.locator("#chat-source")).to_contain_text("the server has no conversation list")
+
+    alice_tokens.hold()
+    bob_tokens.hold()
+    restart()   # SIGTERM, exit 0, a new twistd on the same ports
+    for page in (alice, bob):
+        expect(page.locator("#log li[data-dir=sys]", has_text="closed 1001")).to_have_count(1)
+        expect(page.locator("#status")).not_to_have_text(re.compile("^open"))
+
+    alice_tokens.release()
+    expect_open(alice, 1)
+    expect(alice.locator("#log li[data-dir=in][data-type=L]")).to_have_count(2)
+    alice.fill("#t-to", "2")
+    alice.fill("#t-msg", "sent while you were away")
+    alice.click("#t-send")
+    stored = alice.locator("#log li[data-dir=out][data-type=t]", has_text="sent while you were away")
+    expect(stored).to_have_attribute("data-state", "acked")
+    expect(bob.locator("#status")).not_to_have_text(re.compile("^open"))   # still held
+
+    bob_tokens.release()
+    expect_open(bob, 2)
+    expect(bob.locator("#log li[data-dir=in][data-type=L]")).to_have_count(2)
+    missed = bob.locator("#messages li", has_text="sent while you were away")
+    expect(missed).to_have_count(1)
+    expect(missed).to_have_attribute("data-from", "1")
+    expect(bob.locator("#log li[data-dir=out][data-type=H][data-role=catch-up]").last).to_have_attribute(
+        "data-state", "replied")
+    expect(missed).to_have_count(1)
+    entry = bob.locator("#conversations li[data-conversation='user:1']")
+    expect(entry).to_have_attribute("data-unread", "1")
+    expect(entry.locator(".unread")).to_have_text("1")
+
+    # live again: the next message comes once too, and the first is still there once
+    alice.fill("#t-msg", "and one more")
+    alice.click("#t-send")
+    expect(bob.locator("#messages li", has_text="and one more")).to_have_count(1)
+    expect(entry).to_have_attribute("data-unread", "2")
+    expect(missed).to_have_count(1)
+
+    entry.locator("button").click()   # Bob opens the conversation: both are read
+    expect(entry).to_have_attribute("data-unread", "0")
+    expect(entry.locator(".unread")).to_be_hidden()
+    expect(bob.locator("#conversation-title")).to_have_text("uid 1")
+    shown = bob.locator("#conversation li")
+    expect(shown).to_have_count(2)
+    expect(shown.nth(0)).to_contain_text("sent while you were away")
+    expect(shown.nth(1)).to_contain_text("and one more")
+    first = alice.locator("#messages li[data-source=sent]", has_text="sent while you were away").locator(".tick")
+    expect(first).to_have_attribute("data-state", "read")
+    expect(missed).to_have_count(1)
 
 
 def placeholders_cut(browser):
@@ -322,3 +426,43 @@ class BrowserTests(ClientMixin, HttpTestMixin, unittest.TestCase):
             return len(sessions)
         closed = threads.blockingCallFromThread(reactor, close)
         assert closed == 1, "uid %d had %d connections" % (uid, closed)
+
+
+class DaemonRestartBrowserTests(RedisTestMixin, unittest.TestCase):
+    """The page against a real ``twistd -n imd`` (ws, http, migrate) that is
+    stopped and started again on the same ports."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        why = browser_missing()
+        if why:
+            raise unittest.SkipTest(why)
+        yield RedisTestMixin.setUp(self)
+        yield threads.deferToThread(recreate_database, make_settings().mysql)
+        self.http_port, ws_port = free_port(), free_port()
+        self.config = write_config(self, {
+            "imd": {"roles": "ws, http, migrate", "shutdown_grace": "2"},
+            "websocket": {"listen": "tcp:%d:interface=127.0.0.1" % ws_port},
+            "http": {"listen": "tcp:%d:interface=127.0.0.1" % self.http_port}})
+        self.daemon = yield start_daemon(self, self.config)
+        self.exits = []
+
+    @defer.inlineCallbacks
+    def restart(self):
+        self.daemon.signal(signal.SIGTERM)
+        self.exits.append((yield self.daemon.wait_ended()))
+        self.daemon = yield start_daemon(self, self.config)
+
+    async def test_after_a_restart_the_page_reconnects_and_shows_what_it_missed_once(self):
+        await self.befriend(1, 2)
+
+        def scenario():
+            with chromium("http://127.0.0.1:%d" % self.http_port, "restart") as browser:
+                missed_while_away(browser, lambda: threads.blockingCallFromThread(reactor, self.restart))
+                return browser.problems
+
+        problems = await threads.deferToThread(scenario)
+        self.assertEqual([], problems)
+        self.assertEqual([0], self.exits)

@@ -1,8 +1,11 @@
 """The http role over real HTTP: POST /IM/token in both auth modes and every
-error status, CORS, the page files, /healthz up and down, /metrics moving
+error status, CORS, the page files and the SDK's modules it imports (and
+nothing else of their directories), /healthz up and down, /metrics moving
 when packets flow, and request logs without tokens.
 """
 
+import os
+import re
 import time
 
 import jwt
@@ -15,7 +18,7 @@ from twisted.trial import unittest
 from imd.app import App
 from imd.auth import TOKEN_TYPE
 from imd.errors import LoginRefused
-from imd.http import build_site
+from imd.http import build_site, page
 from imd.http.ratelimit import RateLimiter
 from imd.http.site import ImdSite
 from imd.listeners import ListeningService
@@ -247,6 +250,79 @@ class PageTests(HttpTestMixin, unittest.TestCase):
         style = await self.request("GET", "/page.css")
         self.assertEqual(style.code, 200)
         self.assertTrue(style.header(b"content-type").startswith("text/css"))
+
+    async def test_the_page_imports_the_built_sdk(self):
+        built = page.sdk_dir()
+        self.assertIsNotNone(built, "the SDK is not built: make sdk")
+        script = await self.request("GET", "/page.js")
+        self.assertEqual(script.header(b"content-type"), "text/javascript; charset=utf-8")
+        self.assertIn(b'import("./sdk/index.js")', script.body)
+        # every module the SDK's entry point imports, and theirs, as built
+        wanted, seen = ["index.js"], set()
+        while wanted:
+            name = wanted.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            module = await self.request("GET", "/sdk/" + name)
+            self.assertEqual(module.code, 200, name)
+            self.assertEqual(module.header(b"content-type"), "text/javascript; charset=utf-8")
+            self.assertEqual(module.header(b"x-content-type-options"), "nosniff")
+            self.assertIn("script-src 'self'", module.header(b"content-security-policy"))
+            with open(os.path.join(built, name), "rb") as f:
+                self.assertEqual(module.body, f.read())
+            wanted.extend(re.findall(r'from "\./([a-z]+\.js)"', module.body.decode("utf-8")))
+        self.assertIn("client.js", seen)
+
+    def sdk_at(self, directory):
+        self.patch(page, "sdk_dir", lambda: directory)
+
+    def built_sdk(self):
+        """A directory like clients/js/dist, beside a file that must stay out of reach."""
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(base, "dist", "sub"))
+        files = {"index.js": b"export const a = 1;\n", "index.js.map": b"{}", "index.d.ts": b"x",
+                 ".hidden.js": b"x", "sub/deep.js": b"x", "../secret.js": b"secret"}
+        for name, data in files.items():
+            with open(os.path.join(base, "dist", name), "wb") as f:
+                f.write(data)
+        return os.path.join(base, "dist")
+
+    async def test_sdk_directory_serves_its_modules_and_nothing_else(self):
+        self.sdk_at(self.built_sdk())
+        module = await self.request("GET", "/sdk/index.js")
+        self.assertEqual((module.code, module.body), (200, b"export const a = 1;\n"))
+        self.assertEqual(module.header(b"content-type"), "text/javascript; charset=utf-8")
+        head = await self.request("HEAD", "/sdk/index.js")
+        self.assertEqual((head.code, head.body), (200, b""))
+        for path in ("/sdk", "/sdk/", "/sdk/index.js.map", "/sdk/index.d.ts", "/sdk/.hidden.js",
+                     "/sdk/sub", "/sdk/sub/", "/sdk/sub/deep.js", "/sdk/missing.js", "/sdk/index.js/",
+                     "/sdk/index.js/x", "/sdk/../secret.js", "/sdk/..%2Fsecret.js", "/sdk/%2e%2e/secret.js",
+                     "/sdk/%2E%2E%2Fsecret.js", "/sdk/index.js%00.map", "/sdk/sub%2Fdeep.js"):
+            answer = await self.request("GET", path)
+            self.assertEqual((answer.code, answer.json()), (404, {"error": "no such resource"}), path)
+            self.assertNotIn(b"secret", answer.body)
+        refused = await self.request("POST", "/sdk/index.js", b"")
+        self.assertEqual(refused.code, 405)
+        self.assertEqual(refused.header(b"allow"), "GET, HEAD")
+
+    async def test_sdk_not_built_is_a_503_naming_the_build_and_one_log_line(self):
+        self.sdk_at(None)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server = await self.start_server(make_settings())
+        lines = [formatEvent(e) for e in events if "SDK" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("make sdk", lines[0])
+        self.assertFalse([e for e in events if e.get("log_failure")])
+        answer = await self.request("GET", "/sdk/index.js", server=server)
+        self.assertEqual(answer.code, 503)
+        self.assertIn("make sdk", answer.json()["error"])
+        self.assertEqual((await self.request("GET", "/", server=server)).code, 200)
+        # built while the daemon runs: served from the next request on
+        self.sdk_at(self.built_sdk())
+        self.assertEqual((await self.request("GET", "/sdk/index.js", server=server)).code, 200)
 
 
 class HealthTests(HttpTestMixin, unittest.TestCase):

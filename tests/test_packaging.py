@@ -1,8 +1,9 @@
 """imd as a package: the wheel built from this checkout carries the code,
-sql/, web/ and the Twisted plugin, and once installed in a new venv (away
-from the checkout) ``imd-admin schema apply``, ``imd-admin keys init`` and
-``twistd -n imd`` work: a user logs in over WebSocket, sends a message, and
-the http role serves the page."""
+sql/, web/, the SDK's built modules (clients/js/dist, `make sdk`) and the
+Twisted plugin, and once installed in a new venv (away from the checkout)
+``imd-admin schema apply``, ``imd-admin keys init`` and ``twistd -n imd``
+work: a user logs in over WebSocket, sends a message, and the http role
+serves the page and the SDK's modules it imports."""
 
 import configparser
 import io
@@ -24,7 +25,8 @@ from tests.support import DEADLINE, RedisTestMixin, connect_client, drop, free_p
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what the wheel is built from: everything setup.cfg names, nothing else
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "imd", "sql", "web", "twisted")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "imd", "sql", "web", "twisted", "clients/js/dist")
+SDK_BUILT = os.path.join(ROOT, "clients", "js", "dist")
 STEP_TIMEOUT = 240   # seconds any one pip / venv step may take
 # pip's words for "the index cannot be reached": the only reason to skip
 _OFFLINE = ("NewConnectionError", "Temporary failure in name resolution", "Name or service not known",
@@ -43,13 +45,13 @@ def imd_packages():
 class SetupCfgTests(unittest.SynchronousTestCase):
 
     def test_every_package_is_listed(self):
-        # setup.cfg lists packages by hand (sql/ and web/ are mapped into imd):
+        # setup.cfg lists packages by hand (sql/, web/ and the SDK's dist/ are mapped into imd):
         # a new subpackage left out would be missing from the wheel.
         config = configparser.ConfigParser()
         config.read(os.path.join(ROOT, "setup.cfg"))
         listed = config["options"]["packages"].split()
-        self.assertEqual(sorted(p for p in listed if p.startswith("imd") and p not in ("imd.sql", "imd.web")),
-                         imd_packages())
+        mapped = ("imd.sql", "imd.web", "imd.sdk")
+        self.assertEqual(sorted(p for p in listed if p.startswith("imd") and p not in mapped), imd_packages())
         self.assertIn("twisted.plugins", listed)
         self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "plugins", "__init__.py")))
         self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "__init__.py")))
@@ -92,6 +94,8 @@ class InstalledWheelTests(RedisTestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def build_wheel(self):
+        self.assertTrue(os.path.isfile(os.path.join(SDK_BUILT, "index.js")),
+                        "the SDK is not built (the wheel carries it): make sdk")
         source = os.path.join(self.base, "source")
         for name in SOURCES:
             path = os.path.join(ROOT, name)
@@ -120,6 +124,9 @@ class InstalledWheelTests(RedisTestMixin, unittest.TestCase):
         self.assertIn("store_message.lua", lua)
         expected.update("imd/stores/lua/" + n for n in lua if n.endswith(".lua"))
         expected.update("imd/web/" + n for n in os.listdir(os.path.join(ROOT, "web")))
+        modules = [n for n in os.listdir(SDK_BUILT) if n.endswith(".js")]
+        self.assertIn("client.js", modules)
+        expected.update("imd/sdk/" + n for n in modules)
         self.assertEqual(sorted(expected - names), [], "missing from the wheel")
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
@@ -179,7 +186,8 @@ class InstalledWheelTests(RedisTestMixin, unittest.TestCase):
             os.path.join(bin_dir, "python"), "-c",
             "import imd, imd.resources, twisted.plugins.imd_plugin as p;"
             "print(imd.__file__); print(p.__file__);"
-            "print(imd.resources.data_dir('sql')); print(imd.resources.data_dir('web'))"], elsewhere)
+            "print(imd.resources.data_dir('sql')); print(imd.resources.data_dir('web'));"
+            "print(imd.resources.data_dir('sdk'))"], elsewhere)
         for path in where.split():
             self.assertTrue(path.startswith(venv + os.sep), where)
 
@@ -219,6 +227,10 @@ class InstalledWheelTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(code, 200)
         with open(os.path.join(ROOT, "web", "page.html"), "rb") as f:
             self.assertEqual(page, f.read())
+        code, module = await self.http(b"GET", b"http://127.0.0.1:%d/sdk/client.js" % http_port)
+        self.assertEqual(code, 200)
+        with open(os.path.join(SDK_BUILT, "client.js"), "rb") as f:
+            self.assertEqual(module, f.read())
 
         daemon.signal(signal.SIGTERM)
         self.assertEqual(await daemon.wait_ended(), 0, daemon.output())

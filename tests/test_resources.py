@@ -1,5 +1,6 @@
-"""imd.resources: sql/ and web/ found in a checkout and in an installed
-package (the installed case end to end: tests/test_packaging.py)."""
+"""imd.resources: sql/, web/ and the SDK's built modules found in a
+checkout and in an installed package (the installed case end to end:
+tests/test_packaging.py)."""
 
 import importlib.resources
 import os
@@ -7,6 +8,7 @@ import pathlib
 
 from twisted.trial import unittest
 
+import imd
 from imd import resources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,3 +30,16 @@ class DataDirTests(unittest.SynchronousTestCase):
 
     def test_unknown_name(self):
         self.assertRaises(ValueError, resources.data_dir, "etc")
+
+    def test_sdk_in_a_checkout_is_clients_js_dist_once_built(self):
+        checkout = pathlib.Path(self.mktemp()).absolute()
+        (checkout / "imd").mkdir(parents=True)
+        self.patch(imd, "__file__", str(checkout / "imd" / "__init__.py"))
+        self.patch(importlib.resources, "files", lambda anchor: checkout / "imd")
+        with self.assertRaises(FileNotFoundError) as caught:
+            resources.data_dir("sdk")
+        self.assertIn(os.path.join("clients", "js", "dist"), str(caught.exception))
+        (checkout / "clients" / "js" / "dist").mkdir(parents=True)
+        self.assertEqual(resources.data_dir("sdk"), str(checkout / "clients" / "js" / "dist"))
+        (checkout / "imd" / "sdk").mkdir()   # an installed copy comes first
+        self.assertEqual(resources.data_dir("sdk"), str(checkout / "imd" / "sdk"))

@@ -109,11 +109,17 @@ class ProcessRegistryTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(await registry.processes(), [])
 
     def test_stopped_before_redis_connects_it_leaves_nothing_running(self):
-        client = RedisClient(make_settings().redis.url, 1, reactor)   # never started: never connects
-        announcer = ProcessAnnouncer(ProcessRegistry(client, Keys()), "n/ws", dict, 30, reactor)
+        # a process stopped while Redis was never reached: its stop ends at
+        # once (it does not wait out [redis] timeout or the ttl), and nothing
+        # is left to run later -- no wait for Redis, no announcement
+        clock = task.Clock()
+        client = RedisClient(make_settings().redis.url, 1, clock)   # never started: never connects
+        announcer = ProcessAnnouncer(ProcessRegistry(client, Keys()), "n/ws", dict, 30, clock)
         announcer.startService()
-        # trial fails the test if a wait for Redis is still scheduled
-        return announcer.stopService()
+        self.assertNotEqual(clock.getDelayedCalls(), [])   # the refresh loop, the wait for Redis
+        stopped = announcer.stopService()
+        self.successResultOf(stopped)   # already fired, and not with a failure
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class EveryProcessIsScrapedTests(RedisTestMixin, unittest.TestCase):

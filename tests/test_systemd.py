@@ -6,6 +6,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 from twisted.trial import unittest
 
@@ -73,13 +74,16 @@ class SystemdAnalyzeTests(unittest.TestCase):
 
     def test_verify_passes_without_warnings(self):
         # The units name /opt/imd; point them at this checkout so the
-        # executables they start exist, and give the templates an instance.
+        # executables they start exist (those of the venv running the
+        # tests: a checkout may have only .venv-pypy3), and give the
+        # templates an instance.
+        venv_bin = os.path.dirname(os.path.abspath(sys.executable))
         where = os.path.abspath(self.mktemp())
         os.makedirs(where)
         names = []
         for path in glob.glob(os.path.join(UNITS, "*")):
             with open(path) as f:
-                text = f.read().replace("/opt/imd", ROOT)
+                text = f.read().replace("/opt/imd/.venv/bin", venv_bin).replace("/opt/imd", ROOT)
             name = os.path.basename(path).replace("@.", "@8765.")
             with open(os.path.join(where, name), "w") as f:
                 f.write(text)

@@ -2,18 +2,20 @@
 // imd load generator: one Node process with the `ws` client, speaking imd's
 // protocol (contract §1-2).  Loopback only, bounded in time and count.
 //
-//   node bench/loadgen --conns FILE --mode closed|open|idle|login [options]
+//   node bench/loadgen --conns FILE --mode closed|open|idle|login|storm [options]
 //
 // FILE: one connection a line, "uid url".  Lines 2k and 2k+1 are a friend
 // pair: the first sends `t` packets to the second (closed/open modes).
 // --receipts 1: the second answers each message with an `R` delivered
 // receipt, and every tenth with an `R` read too (contract §7.1).
+// storm: a reconnect storm (storm.js; the line may name spare tokens after the url).
 // Prints progress on stderr and one JSON object (the result) on stdout.
 'use strict';
 
 const fs = require('fs');
 const WebSocket = require('ws');
 const { performance } = require('perf_hooks');
+const { runStorm } = require('./storm');
 
 function parseArgs(argv) {
   const opts = {
@@ -30,7 +32,8 @@ function parseArgs(argv) {
 }
 
 const opts = parseArgs(process.argv);
-const conns = fs.readFileSync(opts.conns, 'utf8').trim().split('\n').map((line) => {
+const lines = fs.readFileSync(opts.conns, 'utf8').trim().split('\n');
+const conns = lines.map((line) => {
   const [uid, url] = line.split(' ');
   const host = new URL(url).hostname;
   if (host !== '127.0.0.1' && host !== 'localhost') throw new Error('loopback only: ' + url);
@@ -276,7 +279,8 @@ async function runLogin() {
 function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 function round(x) { return Math.round(x * 1000) / 1000; }
 
-const modes = { closed: runLoad, open: runLoad, idle: runIdle, login: runLogin };
+const modes = { closed: runLoad, open: runLoad, idle: runIdle, login: runLogin,
+                storm: () => runStorm(opts, lines, log) };
 modes[opts.mode]().then((result) => {
   result.generator_cpu_total_s = round(cpuSeconds(process.cpuUsage()));
   process.stdout.write(JSON.stringify(result) + '\n');

@@ -64,7 +64,7 @@ def _entries(count: int) -> str:
 
 
 def dead_letters(app: "App") -> DeadLetters:
-    return DeadLetters(app.redis_client, app.keys)
+    return app.dead_letters
 
 
 @defer.inlineCallbacks

@@ -45,8 +45,7 @@ from twisted.internet import defer
 from imd.errors import AdminError
 from imd.progress import progress
 from imd.messagelog.entry import StoredMessage, parse_entry
-from imd.stores.audit import SCAN_COUNT, AuditStore, DedupRecord
-from imd.stores.mysql import MessageRows
+from imd.stores.audit import SCAN_COUNT, DedupRecord
 from imd.timespec import TimeSpec, iso
 
 if TYPE_CHECKING:
@@ -103,8 +102,8 @@ class Reconcile:
         self.app = app
         self.since, self.until = since, until
         self.started = started
-        self.audit = AuditStore(app.redis_client, app.keys)
-        self.rows = MessageRows(app.mysql)
+        self.audit = app.audit
+        self.rows = app.message_rows
         self.ttl_ms = app.settings.redis.dedup_ttl * 1000
         self.found = Findings(show)
         self.stream = stream   # progress (stderr by default)

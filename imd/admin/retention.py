@@ -9,7 +9,6 @@ from twisted.internet import defer, task
 
 from imd.progress import progress
 from imd.retention import cutoff, purge
-from imd.stores.mysql import MessageRows
 from imd.timespec import iso
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ def days_argument(text: str) -> int:
 def retention_purge(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
     started = app.clock.seconds()
     before = cutoff(started, args.older_than)
-    rows = MessageRows(app.mysql)
+    rows = app.message_rows
     count, oldest = yield rows.count_older(before)
     what = "messages older than %d days (before %s)" % (args.older_than, iso(before))
     if not count:

@@ -23,8 +23,6 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from zope.interface import implementer
 
 from imd.errors import StoreUnavailable
-from imd.stores.deadletter import DeadLetters
-from imd.stores.processes import ProcessRegistry
 from imd.admin.top_figures import Frame, NodeHistory, build_frame, parse_metrics, plain_line, screen_lines
 
 if TYPE_CHECKING:
@@ -40,8 +38,8 @@ class Collector:
 
     def __init__(self, app: "App", interval: float) -> None:
         self._app = app
-        self._letters = DeadLetters(app.redis_client, app.keys)
-        self._registry = ProcessRegistry(app.redis_client, app.keys)
+        self._letters = app.dead_letters
+        self._registry = app.process_registry
         self._pool = HTTPConnectionPool(app.reactor, persistent=True)
         self._pool.maxPersistentPerHost = 1
         self._agent = Agent(app.reactor, connectTimeout=interval, pool=self._pool)

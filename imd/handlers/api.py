@@ -14,7 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from twisted.internet import defer
 
 from imd import protocol
+from imd.clock import Clock
 from imd.errors import ImdError
+from imd.handlers.ports import Friends, Messages, Node, Presence
 
 
 # About this many bytes of packets are stored and delivered per slice of a
@@ -22,13 +24,13 @@ from imd.errors import ImdError
 FANOUT_SLICE_BYTES = 256 * 1024
 
 
-def new_message_id(clock: Any) -> str:
+def new_message_id(clock: Clock) -> str:
     """An id for a system message sent without one: unique, and sorted by time."""
     return "api-%x-%s" % (int(clock.seconds() * 1000), os.urandom(6).hex())
 
 
 class ServerApi:
-    def __init__(self, messages: Any, presence: Any, friends: Any, node: Any, clock: Any,
+    def __init__(self, messages: Messages, presence: Presence, friends: Friends, node: Node, clock: Clock,
                  order_lifecycle: Callable[[], Any] = lambda: None) -> None:
         self._messages = messages
         self._presence = presence

@@ -7,6 +7,7 @@ from twisted.internet.defer import Deferred
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import Presence
 
 
 class PingHandler:
@@ -17,7 +18,7 @@ class PingHandler:
 class OnlineHandler:
     """``O``: is a friend (or oneself) connected on any node?"""
 
-    def __init__(self, presence: Any) -> None:
+    def __init__(self, presence: Presence) -> None:
         self._presence = presence
 
     def handle(self, sender: int, packet: protocol.OnlinePacket) -> Deferred:

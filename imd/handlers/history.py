@@ -32,6 +32,8 @@ from twisted.internet import defer
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import HistoryRows, Messages
+from imd.stores.budgets import Budget
 from imd.messagelog.merge import Pending, Position, Selection, merged
 
 CURSOR_VERSION = 2
@@ -81,7 +83,8 @@ def _fitting(items: List[bytes], packet_id: Any, with_uid: Optional[int], limit:
 
 
 class HistoryHandler:
-    def __init__(self, messages: Any, mysql: Any, clock: Any = None, user_budget: Any = None) -> None:
+    def __init__(self, messages: Messages, mysql: HistoryRows, clock: Any = None,
+                 user_budget: Optional[Budget] = None) -> None:
         """``user_budget``: an imd.stores.budgets.Budget that every ``H`` of
         a user, on any connection and node, spends from (with ``clock``);
         None: no such budget."""

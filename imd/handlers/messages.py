@@ -12,14 +12,16 @@ and pushed is what it gives back, and the ``A`` says ``"masked": true``
 when that differs.
 """
 
-from typing import Any, Optional, cast
+from typing import Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from imd import protocol
+from imd.clock import Clock
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import Messages, Node
 from imd.moderation import TextPolicy
 from imd.stores.messages import DUPLICATE, NOT_FRIEND
 
@@ -27,7 +29,7 @@ _log = Logger()
 
 
 class MessageHandler:
-    def __init__(self, store: Any, node: Any, clock: Any, log_messages: bool = False,
+    def __init__(self, store: Messages, node: Node, clock: Clock, log_messages: bool = False,
                  text_policy: Optional[TextPolicy] = None) -> None:
         self._store = store
         self._node = node

@@ -9,8 +9,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from imd import protocol
+from imd.clock import Clock
+from imd.config import OrdersSettings
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import Node, OrderRows, Orders
 from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, TAKEN, TAKEN_AGAIN, taken_id
 
 _log = Logger()
@@ -24,7 +27,8 @@ class TakeOrderHandler:
     outlives it, so a ``T`` long after the order closed, or after an open
     order's record expired, changes nothing either."""
 
-    def __init__(self, orders_db: Any, orders_settings: Any, orders: Any, node: Any, clock: Any) -> None:
+    def __init__(self, orders_db: OrderRows, orders_settings: OrdersSettings, orders: Orders, node: Node,
+                 clock: Clock) -> None:
         self._orders_db = orders_db
         self._orders_settings = orders_settings
         self._orders = orders
@@ -80,8 +84,8 @@ class OrderLifecycle:
     with the same ``ends_at``.
     """
 
-    def __init__(self, orders: Any, orders_db: Any, orders_settings: Any, node: Any, clock: Any,
-                 dedup_ttl: int) -> None:
+    def __init__(self, orders: Orders, orders_db: OrderRows, orders_settings: OrdersSettings, node: Node,
+                 clock: Clock, dedup_ttl: int) -> None:
         self._orders = orders
         self._orders_db = orders_db
         self._settings = orders_settings

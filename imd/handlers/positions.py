@@ -17,7 +17,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from imd import protocol
+from imd.clock import Clock
 from imd.handlers import Reply
+from imd.handlers.ports import Node, PositionAudience, Positions
 from imd.stores.positions import Audience
 
 _log = Logger()
@@ -34,7 +36,8 @@ class _Window:
 
 
 class SiteHandler:
-    def __init__(self, positions: Any, audience: Any, node: Any, clock: Any, min_interval: float) -> None:
+    def __init__(self, positions: Positions, audience: PositionAudience, node: Node, clock: Clock,
+                 min_interval: float) -> None:
         self._positions = positions
         self._audience = audience
         self._node = node

@@ -19,21 +19,23 @@ Only the reader's pending entries old enough to have lost their record are
 read (imd.stores.receipts), never the whole set.
 """
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 from twisted.internet import defer
 
 from imd import protocol
+from imd.clock import Clock
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import Node, ReceiptFigures, ReceiptRows, Receipts
 from imd.messagelog.merge import Pending, found_states
 from imd.stores.budgets import Budget
 from imd.stores.receipts import UNKNOWN
 
 
 class ReceiptHandler:
-    def __init__(self, receipts: Any, mysql: Any, node: Any, clock: Any, lookups: Budget,
-                 metrics: Any = None) -> None:
+    def __init__(self, receipts: Receipts, mysql: ReceiptRows, node: Node, clock: Clock, lookups: Budget,
+                 metrics: Optional[ReceiptFigures] = None) -> None:
         """``lookups``: the budget of ``R`` packets naming ids without a
         record, per reader."""
         self._receipts = receipts

@@ -7,18 +7,19 @@ devices and nodes); the others are acked and dropped.  A ``false`` is always
 relayed: the friend must learn that the typing stopped.
 """
 
-from typing import Any
+from typing import Optional
 
 from twisted.internet.defer import Deferred
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.ports import Node, Typing, TypingFigures
 from imd.stores.typing import NOT_FRIEND, RELAY
 
 
 class TypingHandler:
-    def __init__(self, typing: Any, node: Any, metrics: Any = None) -> None:
+    def __init__(self, typing: Typing, node: Node, metrics: Optional[TypingFigures] = None) -> None:
         self._typing = typing
         self._node = node
         self._metrics = metrics

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from imd.http.resource import JsonResource, JsonResult, direct_from_loopback
-from imd.http.site import Clock
+from imd.clock import Clock
 
 if TYPE_CHECKING:
     from imd.config import Settings

@@ -23,17 +23,16 @@ from twisted.web.server import Request
 
 from imd.errors import StoreUnavailable
 from imd.http.resource import JsonResource, JsonResult, Raw, direct_from_loopback
-from imd.http.site import Clock
+from imd.clock import Clock
 from imd.metrics import CONTENT_TYPE, Metrics
-from imd.stores.deadletter import DeadLetters
-from imd.stores.processes import ProcessRegistry
-from imd.stores.push import PushStats, PushStore
+from imd.stores.push import PushStats
 
 if TYPE_CHECKING:
     from imd.config import Settings
-    from imd.stores.keys import Keys
+    from imd.stores.deadletter import DeadLetters
     from imd.stores.mysql import MysqlStore
-    from imd.stores.redis import RedisClient
+    from imd.stores.processes import ProcessRegistry
+    from imd.stores.push import PushStore
 
 MYSQL_TIMEOUT = 5
 
@@ -45,10 +44,13 @@ class MetricsApp(typing.Protocol):
     def settings(self) -> "Settings": ...
 
     @property
-    def redis_client(self) -> "RedisClient": ...
+    def dead_letters(self) -> "DeadLetters": ...
 
     @property
-    def keys(self) -> "Keys": ...
+    def process_registry(self) -> "ProcessRegistry": ...
+
+    @property
+    def push_store(self) -> "PushStore": ...
 
     @property
     def mysql(self) -> "MysqlStore": ...
@@ -70,9 +72,9 @@ class MetricsResource(JsonResource):
         super().__init__(app.settings.http.cors_origins)
         self._app = app
         self._details = details
-        self._dead = DeadLetters(app.redis_client, app.keys)
-        self._processes = ProcessRegistry(app.redis_client, app.keys)
-        self._push = PushStore(app.redis_client, app.keys)
+        self._dead = app.dead_letters
+        self._processes = app.process_registry
+        self._push = app.push_store
 
     @defer.inlineCallbacks
     def render_GET(self, request: Request) -> Generator[defer.Deferred, Any, JsonResult]:

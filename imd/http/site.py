@@ -26,7 +26,7 @@ banner, and an access log that never holds a token.
 """
 
 import typing
-from typing import Any, Callable, Dict, Optional, cast
+from typing import Dict, Optional, cast
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IAddress
@@ -38,6 +38,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from imd.clock import Clock
 from imd.http.resource import finish_json, json_bytes
 from imd.logs import REFUSAL_LOG_INTERVAL, ThrottledLine, redact
 from imd.startup import StillStarting
@@ -59,15 +60,6 @@ HELD_PATH = b"/IM/"
 START_RETRY_AFTER = 5
 
 _REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
-
-
-class Clock(typing.Protocol):
-    """What the site needs of a clock (the reactor, or a test's Clock): the
-    channels' deadlines are called on it too."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kw: object) -> object: ...
 
 
 class _ClosingTransport(typing.Protocol):

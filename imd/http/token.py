@@ -32,7 +32,7 @@ from imd.errors import StoreUnavailable
 from imd.http.jwks import ALGORITHMS, KeySetUnavailable, UnknownKey
 from imd.http.ratelimit import RateLimiter
 from imd.http.resource import HttpError, JsonResource, JsonResult, came_through_proxy, read_json_object
-from imd.http.site import Clock
+from imd.clock import Clock
 from imd.protocol import parse_uid
 
 if TYPE_CHECKING:

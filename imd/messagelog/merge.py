@@ -19,12 +19,15 @@ sides: :meth:`Selection.matches` picks the pending entries, and
 imd.stores.mysql reads the rows of the same selection (one SQL reader).
 """
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from imd.messagelog.entry import Identity, StoredMessage, StoredReceipt, parse_entry
 
 Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after"
 Item = Tuple[StoredMessage, int]       # a message and its receipt state
+# A row of the log as imd.stores.mysql reads it: ts, accept_seq, from_id,
+# msg_id, to_id, type, msg (None when not read: H), packet, state
+LogRow = Tuple[int, int, int, bytes, int, str, Optional[str], str, int]
 
 
 def _history_key(message: StoredMessage) -> Tuple[int, int]:
@@ -98,15 +101,14 @@ class Pending:
 _new_tuple = tuple.__new__
 
 
-def merged(rows: Iterable[Sequence[Any]], pending: Pending) -> Iterator[Item]:
+def merged(rows: Iterable[LogRow], pending: Pending) -> Iterator[Item]:
     """MySQL's rows and the pending messages in one history order
     (``(ts, seq)``), each message once — the first met; on equal keys the
     row, so the pending copy of a message migrated meanwhile is dropped —
     with the furthest state either side knows.  Lazy: a reader takes what
     it needs (a page) or streams it all.
 
-    ``rows``: as imd.stores.mysql reads them, in history order: ``(ts,
-    accept_seq, from_id, msg_id bytes, to_id, type, msg, packet, state)``."""
+    ``rows``: as imd.stores.mysql reads them (:data:`LogRow`), in history order."""
     # (one generator, no heapq.merge: this is every H's path, ~0.3 µs an item)
     waiting = pending.messages
     states = pending.states

@@ -29,11 +29,12 @@ import os
 import random
 from typing import Any, Callable, Dict, List, Optional
 
-from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
+from imd.clock import Clock
 from imd.errors import StoreUnavailable
+from imd.leadertask import LeaderTask
 from imd.push import payload
 from imd.stores.push import InFlight
 
@@ -65,19 +66,19 @@ def outcome_of(status: Optional[int]) -> str:
     return RETRY
 
 
-class PushDrainer(Service):
+class PushDrainer(LeaderTask):
     """For ``/metrics``: ``sent``, ``rejected`` (4xx), ``expired`` (given up
     after ``max_age``), ``retried`` (tries scheduled again)."""
 
     name = "push drainer"
+    unavailable_format = "push: {why}; looking again in {interval}s"
+    unexpected_format = "push: unexpected error"
 
-    def __init__(self, store: Any, gateway: Any, settings: Any, clock: Any, leading: Callable[[], bool],
+    def __init__(self, store: Any, gateway: Any, settings: Any, clock: Clock, leading: Callable[[], bool],
                  interval: float = INTERVAL, connections: int = CONNECTIONS, rng: Any = None) -> None:
+        super().__init__(clock, leading, interval, _log)
         self._store = store
         self._gateway = gateway
-        self._clock = clock
-        self._leading = leading
-        self.interval = interval
         self.connections = connections
         self._rng = rng or random.SystemRandom()
         self._preview = settings.preview
@@ -89,21 +90,10 @@ class PushDrainer(Service):
         self._taking: Optional[defer.Deferred] = None
         self._more = False          # the last take filled every free slot
         self._failing = False       # the gateway's last answer was a failure (logged once)
-        self._loop: Optional[task.LoopingCall] = None
 
     # --- service -------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
+    def _stopping(self) -> defer.Deferred:
         # pushes being sent end within [push] timeout; one cut short by the
         # stop is still in Redis and goes out again (same delivery key)
         waiting = [d for d in [self._taking] + list(self._sending.values()) if d is not None]
@@ -114,14 +104,7 @@ class PushDrainer(Service):
 
     def _tick(self) -> None:
         if self._taking is None:
-            self.take_due().addErrback(self._take_failed)
-
-    def _take_failed(self, failure: Any) -> None:
-        if failure.check(StoreUnavailable):
-            _log.warn("push: {why}; looking again in {interval}s", why=failure.getErrorMessage(),
-                      interval=self.interval)
-        else:
-            _log.failure("push: unexpected error", failure)
+            self.take_due().addErrback(self._failed)
 
     def take_due(self) -> defer.Deferred:
         """Take what is due (if this process leads) and start sending it;

@@ -15,7 +15,7 @@ import re
 import socket
 import weakref
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, Iterator, List, NamedTuple, Optional,
-                    Sequence, Tuple)
+                    Sequence, Tuple, Union)
 
 import pymysql
 import pymysql.cursors
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.merge import Selection
+from imd.messagelog.merge import LogRow, Selection
 from imd.resources import data_dir
 
 if TYPE_CHECKING:
@@ -435,8 +435,8 @@ _STATE = ("COALESCE((SELECT MAX(r.state) FROM receipt r WHERE r.from_id = m.from
           " AND r.msg_id = m.msg_id AND r.to_id = m.to_id), 0)")
 
 
-def _history_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int) -> List[Tuple[Any, ...]]:
-    sides = []
+def _history_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int) -> List[LogRow]:
+    sides: List[List[LogRow]] = []
     for statement, args in log_statements(selection, limit, text=False):
         cursor.execute(statement, args)
         sides.append([_log_row(row) for row in cursor.fetchall()])
@@ -610,13 +610,19 @@ EXPORT_WRITE_TIMEOUT = 3600  # s MySQL waits for a slow reader (a pipe into gzip
 
 # --- the message log's one reader -------------------------------------------
 
+SqlArgs = List[Union[int, bytes]]   # a statement's arguments
+
 # A row of the log as read: (ts, accept_seq, from_id, msg_id, to_id, type,
 # msg, packet, state), imd.messagelog.merge's shape; without ``text`` (H)
 # msg is not read.
 _LOG_COLUMNS = "SELECT ts, accept_seq, from_id, msg_id, to_id, type, %s, packet, " + _STATE + " FROM message m WHERE "
 
 
-def _log_sides(selection: Selection) -> List[Tuple[str, List[Any]]]:
+def _args(*parts: Iterable[Union[int, bytes]]) -> SqlArgs:
+    return [value for part in parts for value in part]
+
+
+def _log_sides(selection: Selection) -> List[Tuple[str, SqlArgs]]:
     """``[(where, args)]``: the messages the selection's user received and
     those it sent (to ``with_uid`` only, if given), each side read in (ts,
     accept_seq) order straight from an index (message_by_recipient,
@@ -625,7 +631,7 @@ def _log_sides(selection: Selection) -> List[Tuple[str, List[Any]]]:
     few rows, by the unique key).  Only rows where the user is the sender
     or the recipient are ever read."""
     uid, with_uid = selection.uid, selection.with_uid
-    window, window_args = "", []   # type: str, List[Any]
+    window, window_args = "", []   # type: str, List[int]
     if selection.after is not None:
         after, window_args = _after(selection.after)
         window = " AND " + after
@@ -639,36 +645,36 @@ def _log_sides(selection: Selection) -> List[Tuple[str, List[Any]]]:
     if with_uid is not None:
         received += " AND from_id = %s"
         received_args.append(with_uid)
-    sides: List[Tuple[str, List[Any]]] = [(received + window, received_args + window_args)]
+    sides = [(received + window, _args(received_args, window_args))]
     # a message to oneself was read as received
     if with_uid is None:
-        sides.append(("from_id = %s AND to_id <> %s" + window, [uid, uid] + window_args))
+        sides.append(("from_id = %s AND to_id <> %s" + window, _args([uid, uid], window_args)))
     elif with_uid != uid:
-        sides.append(("from_id = %s AND to_id = %s" + window, [uid, with_uid] + window_args))
+        sides.append(("from_id = %s AND to_id = %s" + window, _args([uid, with_uid], window_args)))
     system_ids = selection.system_ids
     if system_ids and with_uid is not None:
         sides.append(("from_id = 0 AND msg_id IN (" + ",".join(["%s"] * len(system_ids)) + ") AND to_id IN (%s, %s)"
-                      + window, [i.encode("utf-8") for i in system_ids] + [uid, with_uid] + window_args))
+                      + window, _args([i.encode("utf-8") for i in system_ids], [uid, with_uid], window_args)))
     return sides
 
 
 def log_statements(selection: Selection, limit: Optional[int] = None,
-                   text: bool = True) -> List[Tuple[str, List[Any]]]:
+                   text: bool = True) -> List[Tuple[str, SqlArgs]]:
     """The statements that read a selection's rows from MySQL, one per side
     (:func:`_log_sides`), each in (ts, accept_seq) order, with at most
     ``limit`` rows each; ``text``: read ``msg`` too (export's CSV)."""
     head = _LOG_COLUMNS % ("msg" if text else "NULL")
     tail = " ORDER BY ts, accept_seq" + ("" if limit is None else " LIMIT %s")
-    more = [] if limit is None else [limit]
+    more: SqlArgs = [] if limit is None else [limit]
     return [(head + where + tail, args + more) for where, args in _log_sides(selection)]
 
 
-def _log_row(row: Tuple[Any, ...]) -> Tuple[Any, ...]:
+def _log_row(row: Tuple[Any, ...]) -> LogRow:
     ts, seq, from_id, msg_id, to_id, kind, msg, packet, state = row
     return ts, seq, from_id, bytes(msg_id), to_id, kind, msg, packet, int(state)
 
 
-def _log_key(row: Tuple[Any, ...]) -> Tuple[int, int]:
+def _log_key(row: LogRow) -> Tuple[int, int]:
     return (row[0], row[1])
 
 
@@ -723,12 +729,12 @@ class LogReader:
                 total += cur.fetchone()[0]
         return int(total)
 
-    def rows(self) -> Iterator[Tuple[Any, ...]]:
+    def rows(self) -> Iterator[LogRow]:
         """The rows, in (ts, accept_seq) order."""
         streams = [self._side(statement, args) for statement, args in log_statements(self._selection)]
         return heapq.merge(*streams, key=_log_key)
 
-    def _side(self, statement: str, args: List[Any]) -> Iterator[Tuple[Any, ...]]:
+    def _side(self, statement: str, args: SqlArgs) -> Iterator[LogRow]:
         conn = self._connect()
         cur = conn.cursor()
         try:

@@ -17,6 +17,7 @@ import type {
   MessagePacket,
   Packet,
   PositionPacket,
+  RawInput,
   ReadInput,
   ReceiptPacket,
   RecallInput,
@@ -392,6 +393,44 @@ export class ImdClient {
     const msg: Record<string, unknown> = { conversations: true };
     if (options.limit !== undefined) msg.limit = options.limit;
     return this.pages(msg, (reply) => reply.msg as Conversation[]);
+  }
+
+  /**
+   * Sends one packet as given, for the packet types this client has no
+   * method for (`T` take order, `S` site, `P` ping) and for tools that try
+   * packets by hand: `to` is 0 when neither `to` nor `room` is given, `id` is
+   * made when absent, nothing else is checked (the server's `E` says what is
+   * wrong). Sent once, on the current connection: not kept in the outbox,
+   * not sent again after a reconnect, not retried after `unavailable`.
+   * Resolves with the reply (`A`, `P`, `O`, `H`); rejects with an ImdError
+   * carrying the `E` code, or `not_connected` when no connection is logged in
+   * or it is lost before the reply. A `t` or `i` sent this way is not this
+   * client's own: if it comes back through the sync, it is delivered to
+   * `message` like one from another device.
+   */
+  raw(input: RawInput): Promise<Packet> {
+    let packet: ClientPacket;
+    try {
+      if (!isRecord(input) || typeof input.type !== "string" || input.type === "") {
+        throw badPacket("raw() takes {type, msg?, to? | room?, id?}");
+      }
+      const id = input.id === undefined ? newId() : checkId(input.id);
+      if (this.requests.has(id) || this.outboxIds.has(id)) throw badPacket(`a packet with id ${id} is already waiting`);
+      packet = { id, type: input.type, msg: input.msg } as ClientPacket;
+      if (input.room !== undefined) packet.room = input.room as string;
+      else packet.to = input.to === undefined ? 0 : (input.to as Uid);
+      if (utf8Length(JSON.stringify(packet)) > MAX_FRAME_BYTES) {
+        throw new ImdError("too_long", `the packet is over ${MAX_FRAME_BYTES} bytes`);
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const conn = this.conn;
+    if (!conn || !conn.ready) return Promise.reject(new ImdError("not_connected", "not connected: raw() sends on a logged-in connection only"));
+    return new Promise<Packet>((resolve, reject) => {
+      this.requests.set(packet.id, { packet, resolve, reject, reliable: false, sentOn: conn, attempts: 0, retryTimer: null });
+      this.transmit(conn, packet);
+    });
   }
 
   /** Whether a friend (or this user) has a live connection (`O`). */
@@ -819,7 +858,11 @@ export class ImdClient {
       this.clearTimer(request.retryTimer);
       request.retryTimer = null;
       request.sentOn = null;
-      if (!request.reliable) this.requests.delete(id); // typing: stale after a reconnect
+      if (!request.reliable) {
+        // typing and raw(): stale after a reconnect, never sent again
+        this.requests.delete(id);
+        request.reject(new ImdError("not_connected", "the connection was lost before the reply"));
+      }
     }
   }
 

@@ -17,6 +17,7 @@ export type {
   MessagePacket,
   OutboxEvent,
   Packet,
+  RawInput,
   PositionPacket,
   ReadInput,
   ReceiptPacket,

@@ -115,6 +115,18 @@ export type SendInput =
 
 export type Target = { to: Uid; room?: undefined } | { room: string; to?: undefined };
 
+/**
+ * A packet for raw(), sent as given: `type` and `msg` as the protocol says,
+ * `to` (0 when absent, as commands want) or `room`, `id` made when absent.
+ */
+export interface RawInput {
+  type: string;
+  msg?: unknown;
+  to?: unknown;
+  room?: unknown;
+  id?: string;
+}
+
 export type ReadInput =
   | { to: Uid; ids: Array<string | number>; room?: undefined }
   | { room: string; seq: number; to?: undefined };

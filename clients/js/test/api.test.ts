@@ -61,6 +61,36 @@ describe("api", () => {
     assert.equal(again.ofType("Y").length, 0, "typing is not resent after a reconnect");
   });
 
+  it("raw sends a packet as given, once, and settles with its reply", async () => {
+    const h = setup();
+    await assert.rejects(h.client.raw({ type: "P", msg: "ping" }), isCode("not_connected"));
+    const socket = await connectAndSync(h);
+    const take = h.client.raw({ type: "T", msg: 42 });
+    const site = h.client.raw({ type: "S", msg: { longitude: 1.5, latitude: 2 }, id: "site-1" });
+    const wrong = h.client.raw({ type: "t", to: "abc", msg: "x" });
+    const [t] = socket.ofType("T");
+    assert.deepEqual({ to: t!.to, msg: t!.msg }, { to: 0, msg: 42 });
+    const [s] = socket.ofType("S");
+    assert.equal(s!.id, "site-1");
+    assert.equal(socket.last("t").to, "abc", "nothing is checked: the server says what is wrong");
+    socket.ack(t!, { msg: { order: 42, uid: 7 } });
+    assert.deepEqual((await take).msg, { order: 42, uid: 7 });
+    socket.error(socket.last("t"), "bad_packet");
+    await assert.rejects(wrong, isCode("bad_packet"));
+    await assert.rejects(h.client.raw({ type: "P", msg: 1, id: "site-1" }), isCode("bad_packet"));
+    socket.error(s!, "unavailable"); // not retried: the caller sees it
+    await assert.rejects(site, isCode("unavailable"));
+    await h.clock.tick(2000); // longer than any retry's backoff, shorter than the ping interval
+    assert.equal(socket.ofType("S").length, 1);
+    const lost = h.client.raw({ type: "O", msg: 2 });
+    socket.serverClose(1006);
+    await assert.rejects(lost, isCode("not_connected"));
+    const again = await nextSocket(h);
+    again.syncPage([]);
+    await flush();
+    assert.equal(again.ofType("O").length, 0, "raw packets are not sent again after a reconnect");
+  });
+
   it("history pages with {after: next} until more is false", async () => {
     const h = setup();
     const socket = await connectAndSync(h);
