@@ -25,7 +25,7 @@ not-yet-migrated messages costs time in proportion to the user's own
 entries, not to the length of ``MQ``.
 """
 
-from typing import Any, List, NamedTuple, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 
@@ -93,9 +93,9 @@ class MessageStore(RedisStore):
         """A system ``s`` message (from 0, id ``packet_id``, sent at ``ts``)
         to each recipient, stored once per (recipient, id) — the dedup record
         ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
-        ``to`` is ``head + str(to) + tail``.  Fires with the recipients
-        stored now (the others had it already), once the write is on
-        ``[redis] min_replicas`` replicas."""
+        ``to`` is ``head + str(to) + tail``.  Fires with ``[(uid, pos)]``
+        of the recipients stored now (the others had it already), once the
+        write is on ``[redis] min_replicas`` replicas."""
         keys, push = self.keys, self.push
         key_list = [keys.mq, keys.mq_seq] + (push.keys if push is not None else [])
         for to in recipients:
@@ -103,7 +103,7 @@ class MessageStore(RedisStore):
             key_list.append(keys.pending(to))
         due = push.due(ts) if push is not None else ""
         d = self._client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
-        return self._replicated(d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()]))
+        return self._replicated(d.addCallback(_stored_pairs, recipients))
 
     def raise_seq(self, floor: int) -> Deferred:
         """Raise ``MQ:seq`` to at least ``floor`` (never lower it), in one
@@ -132,6 +132,11 @@ class MessageStore(RedisStore):
         keys = self.keys
         return self._client.run(PENDING_FOR_SYNC, [keys.pending(uid), keys.budget("history", uid)],
                                 [after_pos] + (budget or NO_BUDGET).args(now_ms))
+
+
+def _stored_pairs(reply: Optional[List[int]], recipients: Sequence[int]) -> List[Tuple[int, int]]:
+    flat = reply or []
+    return [(recipients[int(flat[k]) - 1], int(flat[k + 1])) for k in range(0, len(flat), 2)]
 
 
 def _store_result(reply: Any) -> StoreResult:
