@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts,replicas,storm]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts,replicas,storm]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -67,6 +67,11 @@ imd`` with every role, as ``make run``: the migrator is its child process,
 reactor: ``[imd] migrator = inline``, the default layout before issue 30).
 Each run on a freshly started daemon; the CPU columns count the migrator's
 process in both layouts that have one.
+
+``sync`` (a few seconds): ``H {"sync": 0}`` of 1,000 messages for one user,
+the first 500 migrated and the daemon's migrator process then stopped
+(SIGSTOP, continued after), so half are still in Redis; pages of 500, one
+request at a time (bench/sync_probe.py): p50/p99 ms of the whole sync.
 
 ``storm`` (not in the default set: 3-4 minutes at 10,000 connections;
 ``--only storm``, ``--storm-connections N``, default 10,000): N clients of
@@ -460,6 +465,10 @@ burst = 1000000
 max_handshakes_per_address = 0
 idle_timeout = 3600
 ping_interval = 30
+; the sync row asks H back to back
+history_rate = 1000
+history_burst = 1000
+history_user_rate = 0
 [http]
 listen = tcp:{http}:interface=127.0.0.1
 [redis]
@@ -1498,6 +1507,7 @@ def columns(report):
     present.update(r.get("idle", {}))
     present.update(r.get("login", {}))
     present.update(r.get("migrate", {}))
+    present.update(r.get("sync", {}))
     return [name for name in ORDER if name in present]
 
 
@@ -1695,6 +1705,9 @@ def side_table(report):
             n0(r["migrate"][c]["rows_per_s"]), r["migrate"][c]["mysql_cores"], r["migrate"][c]["migrator_cores"]))
         row("↳ CPU µs per row: migrator + MariaDB + Redis", lambda c: "{migrator} + {mariadb} + {redis}".format(
             **r["migrate"][c]["us_per_row"]))
+    if "sync" in r:
+        row("H {sync: 0} of 1,000 messages (half not migrated; pages of 500): p50 / p99 ms",
+            lambda c: "%s / %s" % (r["sync"][c]["p50_ms"], r["sync"][c]["p99_ms"]))
     if "replicas" in r:
         rep = r["replicas"]
         zero, one = rep["min_replicas_0"], rep["min_replicas_1"]
@@ -1874,7 +1887,7 @@ def main():
     global QUICK, PROFILE
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
-    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,crash,layouts",
+    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts",
                         help="what to measure (default: %(default)s; also: replicas, storm)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
@@ -2050,6 +2063,16 @@ def main():
                     r.setdefault("migrate", {})[f.name] = migrate(
                         setup, imd, 20000 if args.quick else 100000,
                         warm=(10000 if args.quick else 40000) if pypy else 0)
+                servers.pop(f.name).stop()
+        if "sync" in only:
+            if HERE not in sys.path:
+                sys.path.insert(0, HERE)
+            from sync_probe import sync_row
+            for f in flavours:
+                servers[f.name] = imd = start(f.name, "-sync")
+                r.setdefault("sync", {})[f.name] = sync_row(
+                    setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), wait_drained, log,
+                    rounds=10 if args.quick else 30)
                 servers.pop(f.name).stop()
         if "storm" in only:
             if CPYTHON not in flavours:

@@ -13,6 +13,7 @@ import socket
 from typing import Any, Callable, Dict
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -42,6 +43,7 @@ from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
 from imd.stores.mysql import MessageRows, MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck
+from imd.seqfloor import SeqFloor
 from imd.stores.orders import OrderStore
 from imd.stores.positions import PositionAudience, PositionStore
 from imd.stores.presence import PresenceStore
@@ -149,6 +151,10 @@ class App:
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)
 
+    def _raise_seq(self) -> Deferred:
+        """MQ:seq to at least MySQL's highest accept_seq (imd.startup)."""
+        return self.mysql.max_accept_seq().addCallback(self.messages.raise_seq)
+
     def _text_policy(self) -> TextPolicy:
         """``[privacy] mask`` and ``[moderation]``; the blocklist file is
         read now (the config check read it too) and again on SIGHUP."""
@@ -210,6 +216,9 @@ class App:
         # a MySQL that refuses imd's login stops start-up here, before
         # anything listens or registers (imd.stores.mysql_check)
         MysqlLoginCheck(self.settings.mysql, self.settings.path, self.clock).setServiceParent(top)
+        # positions are never reused (contract §10): MQ:seq raised to MySQL's highest
+        if {"ws", "http", "migrate"} & self.settings.imd.roles:
+            SeqFloor(self._raise_seq, self.clock).setServiceParent(top)
         # [imd] metrics_listen and this process's registry entry: stopped
         # late, so a draining node can still be scraped.
         from imd.scrape import scrape_services

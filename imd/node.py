@@ -126,10 +126,13 @@ class LocalNode:
 
     # --- delivery ----------------------------------------------------------------
 
-    def deliver(self, uid: int, payload: bytes) -> int:
+    def deliver(self, uid: int, payload: bytes, skip: Optional[str] = None) -> int:
         """``payload`` to every connection of ``uid``, here now and on other
-        nodes at the end of this reactor turn.  How many here got it."""
-        reached = self.deliver_local(uid, payload)
+        nodes at the end of this reactor turn, except this node's connection
+        ``skip`` (a conn id: the one a message came on, which gets only its
+        ``A``; a connection is on one node only, so the other nodes have
+        none to leave out).  How many here got it."""
+        reached = self.deliver_local(uid, payload, skip)
         self._remote.append((uid, payload))
         if self._route_call is None:
             self._route_call = self._clock.callLater(0, self._route)
@@ -137,11 +140,18 @@ class LocalNode:
             self.metrics.delivered(reached)
         return reached
 
-    def deliver_local(self, uid: int, payload: bytes) -> int:
+    def deliver_local(self, uid: int, payload: bytes, skip: Optional[str] = None) -> int:
         sessions = self._by_uid.get(uid, ())
+        if skip is None:
+            for session in sessions:
+                session.send_packet(payload)
+            return len(sessions)
+        reached = 0
         for session in sessions:
-            session.send_packet(payload)
-        return len(sessions)
+            if session.conn_id != skip:
+                session.send_packet(payload)
+                reached += 1
+        return reached
 
     def _route(self) -> Deferred:
         self._route_call = None

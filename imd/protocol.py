@@ -83,13 +83,17 @@ class Packet:
 
 
 class MessagePacket(Packet):
-    """``t`` (text) or ``i`` (image id): stored, then relayed to ``to``."""
-    __slots__ = ("type", "to", "msg")
+    """``t`` (text) or ``i`` (image id): stored, then relayed to ``to`` and
+    to the sender's other connections.  ``origin``: the id of the
+    connection it came on (set by the transport, not parsed; None
+    elsewhere), which gets only the ``A``."""
+    __slots__ = ("type", "to", "msg", "origin")
     type: str
 
     def __init__(self, packet_id: PacketId, type: str, to: int, msg: Union[str, int]) -> None:
         super().__init__(packet_id)
         self.type, self.to, self.msg = type, to, msg
+        self.origin: Optional[str] = None
 
 
 class PingPacket(Packet):
@@ -125,15 +129,17 @@ class OnlinePacket(Packet):
 
 
 class HistoryPacket(Packet):
-    """``H``: either a fresh query (``since``, ``limit``, ``with_uid``) or
-    ``after``, an opaque cursor from a previous reply."""
-    __slots__ = ("since", "limit", "with_uid", "after")
+    """``H``: either a fresh query (``since``, ``limit``, ``with_uid``), a
+    sync (``sync``: the stream after that position, contract §10, with
+    ``limit``) or ``after``, an opaque cursor from a previous reply."""
+    __slots__ = ("since", "limit", "with_uid", "after", "sync")
     type = "H"
 
     def __init__(self, packet_id: PacketId, since: int = 0, limit: int = HISTORY_DEFAULT_LIMIT,
-                 with_uid: Optional[int] = None, after: Optional[str] = None) -> None:
+                 with_uid: Optional[int] = None, after: Optional[str] = None, sync: Optional[int] = None) -> None:
         super().__init__(packet_id)
         self.since, self.limit, self.with_uid, self.after = since, limit, with_uid, after
+        self.sync = sync
 
 
 class ReceiptPacket(Packet):
@@ -330,6 +336,8 @@ def _history(packet_id: PacketId, obj: JsonObject) -> HistoryPacket:
         if set(msg) != {"after"} or not isinstance(cursor, str) or not 0 < len(cursor) <= MAX_CURSOR_CHARS:
             raise PacketError("bad_packet", "H: after must be a cursor string from a previous reply", packet_id)
         return HistoryPacket(packet_id, after=cursor)
+    if "sync" in msg:
+        return _sync(packet_id, msg)
     unknown = set(msg) - {"since", "limit", "with"}
     if unknown:
         raise PacketError("bad_packet", "H: unknown field %s" % sorted(unknown)[0], packet_id)
@@ -344,6 +352,20 @@ def _history(packet_id: PacketId, obj: JsonObject) -> HistoryPacket:
         except ValueError as e:
             raise PacketError("bad_packet", "H: " + str(e), packet_id)
     return HistoryPacket(packet_id, since=since, limit=limit, with_uid=with_uid)
+
+
+def _sync(packet_id: PacketId, msg: JsonObject) -> HistoryPacket:
+    """``{"sync": P, "limit": L}`` (contract §10): P ≥ 0, L 1..500."""
+    unknown = set(msg) - {"sync", "limit"}
+    if unknown:
+        raise PacketError("bad_packet", "H: sync takes only limit besides it, not %s" % sorted(unknown)[0], packet_id)
+    pos = msg["sync"]
+    if not _is_int(pos) or not 0 <= pos < 2 ** 63:
+        raise PacketError("bad_packet", "H: sync must be a position: an integer >= 0", packet_id)
+    limit = msg.get("limit", HISTORY_DEFAULT_LIMIT)
+    if not _is_int(limit) or not 1 <= limit <= HISTORY_MAX_LIMIT:
+        raise PacketError("bad_packet", "H: limit must be an integer in 1..%d" % HISTORY_MAX_LIMIT, packet_id)
+    return HistoryPacket(packet_id, limit=limit, sync=pos)
 
 
 def _message_id(value: Any) -> bool:
@@ -486,19 +508,35 @@ def ack(packet_id: PacketId, msg: Any = "success") -> bytes:
     return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": msg})
 
 
-def ack_duplicate(packet_id: PacketId, masked: bool = False) -> bytes:
+def ack_stored(packet_id: PacketId, pos: int) -> bytes:
+    """The ``A`` of a stored ``t`` or ``i`` (contract §10): ``pos``, its
+    position in the sender's stream (the same as the recipient's)."""
+    return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": "success", "pos": pos})
+
+
+def ack_duplicate(packet_id: PacketId, masked: bool = False, pos: int = 0) -> bytes:
     """The ``A`` of a retry that was stored the first time (contract §2 item
     4): ``"dup": true`` tells a person trying packets by hand why nothing
-    arrived this time (``masked`` as for :func:`ack_masked`)."""
+    arrived this time; ``pos`` the first store's (left out when 0: not
+    known); ``masked`` as for :func:`ack_masked`."""
+    obj: Dict[str, object] = {"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True}
+    if pos:
+        obj["pos"] = pos
     if masked:
-        return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True, "masked": True})
-    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True})
+        obj["masked"] = True
+    return _dump(obj)
 
 
-def ack_masked(packet_id: PacketId) -> bytes:
+def ack_masked(packet_id: PacketId, pos: int) -> bytes:
     """The ``A`` of a ``t`` stored with something replaced (a phone number,
-    an address, a blocked word: contract §11)."""
-    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "masked": True})
+    an address, a blocked word: contract §11), with its ``pos``."""
+    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "pos": pos, "masked": True})
+
+
+def with_pos(packet: bytes, pos: int) -> bytes:
+    """A stored message's packet as delivered live (contract §10): the
+    packet (a JSON object) with ``"pos"`` as its last member."""
+    return packet[:-1] + b',"pos":%d}' % pos
 
 
 def error(packet_id: Optional[PacketId], code: str, reason: str) -> bytes:
@@ -536,12 +574,16 @@ def typing(packet_id: PacketId, sender: int, to: int, is_typing: bool) -> bytes:
     return _dump_fast({"id": packet_id, "from": sender, "to": to, "type": "Y", "msg": is_typing})
 
 
-def history_item(packet: Union[bytes, str], state: int) -> bytes:
+def history_item(packet: Union[bytes, str], state: int, pos: int = 0) -> bytes:
     """One message of an ``H`` reply (and of ``imd-admin export``'s JSON
     lines): its packet as delivered (a JSON object, replayed verbatim:
-    bytes or str) with its receipt state as ``"state"``, its last member."""
+    bytes or str) with ``"pos"`` (its accept order; left out when 0: an
+    entry an older imd stored without one) and its receipt state as
+    ``"state"``, its last member."""
     if isinstance(packet, str):
         packet = packet.encode("utf-8")
+    if pos:
+        return packet[:-1] + b',"pos":%d' % pos + _STATE_MEMBERS[state]
     return packet[:-1] + _STATE_MEMBERS[state]
 
 
@@ -550,11 +592,15 @@ _STATE_MEMBERS = tuple(b',"state":%s}' % _dump(name) for name in STATE_NAMES)
 
 
 def history(packet_id: PacketId, messages: Iterable[Union[bytes, str]], more: bool,
-            next_cursor: Optional[str] = None) -> bytes:
+            next_cursor: Optional[str] = None, truncated: bool = False) -> bytes:
     """The ``H`` reply: ``messages``, each a :func:`history_item` (bytes
-    or str), oldest first; ``next`` only with ``more``."""
+    or str), oldest first; ``next`` only with ``more``; ``"truncated":
+    true`` when a sync asked for positions retention has removed
+    (contract §10)."""
     items = b",".join(m if isinstance(m, bytes) else m.encode("utf-8") for m in messages)
     out = b'{"id":' + _dump(packet_id) + b',"from":0,"type":"H","msg":[' + items + b'],"more":' + _dump(more)
     if more:
         out += b',"next":' + _dump(next_cursor)
+    if truncated:
+        out += b',"truncated":true'
     return out + b"}"

@@ -61,7 +61,7 @@ class AdminAppMixin(RedisTestMixin, MysqlTestMixin):
         ts = int(reactor.seconds() * 1000) if ts is None else ts
         packet = packets.message_json(packets.MessagePacket(packet_id, "t", to, text), sender, ts)
         result = await self.app.messages.store_message(sender, to, str(packet_id), packet, ts)
-        self.assertEqual(result, "stored")
+        self.assertEqual(result.status, "stored")
         return packet.decode("utf-8")
 
     async def migrate(self):

@@ -117,6 +117,7 @@ ROOMS = {
     # the process's own machinery that reads stores
     "imd.auth": "process",
     "imd.startup": "process",
+    "imd.seqfloor": "process",
     "imd.metrics": "process",
     # every Redis key and SQL statement
     "imd.stores": "stores",

@@ -156,8 +156,9 @@ def friends_chat(browser, text, close_from_server):
 
     bob.reload()
     expect_open(bob, 2)
-    history = bob.locator("#messages li[data-source=history]", has_text=text)
-    expect(history).to_have_count(1, timeout=HISTORY_WAIT_MS)
+    # the server's sync (contract §10) brings it back, once
+    synced = bob.locator("#messages li", has_text=text)
+    expect(synced).to_have_count(1, timeout=HISTORY_WAIT_MS)
     expect(bob.locator(PAGE_H)).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
 
     # The server closes Bob's connection: the page shows the code and
@@ -208,8 +209,9 @@ def receipts_and_typing(browser):
 
 
 def history_after_live(browser, send_live):
-    """Blocking: Bob's first H brings the oldest 100 stored messages; one
-    arrives live; "More" brings the 5 older ones after it, and Bob answers.
+    """Blocking: the SDK's sync brings Bob the stored messages (his page's
+    first H, the oldest 100, and "More" show none of them twice); one
+    arrives live, and Bob answers.
     Returns the ids of Bob's Messages panel, top to bottom, and their ts."""
     from playwright.sync_api import expect
 
@@ -217,7 +219,8 @@ def history_after_live(browser, send_live):
     expect_open(bob, 2)
     asked = bob.locator(PAGE_H)
     expect(asked).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
-    expect(bob.locator("#messages li[data-source=history]")).to_have_count(100)
+    # the server's sync (contract §10) brought all of them; the page's own H shows none twice
+    expect(bob.locator("#messages li")).to_have_count(OLD_MESSAGES)
 
     send_live("live-1", "while the older ones are still to come")
     expect(bob.locator("#messages li[data-source=live]")).to_have_count(1)
@@ -274,8 +277,9 @@ def missed_while_away(browser, restart):
     expect_open(bob, 2)
     for page in (alice, bob):   # the first history is in: what comes later is the reconnect's doing
         expect(page.locator(PAGE_H)).to_have_attribute("data-state", "replied", timeout=HISTORY_WAIT_MS)
-    # the server has no sync (contract version 3): the SDK says so and goes on
-    expect(bob.locator("#log li[data-dir=out][data-type=H][data-role=sync]")).to_have_attribute("data-state", "error")
+    # the server syncs (contract §10): the SDK's sync is answered
+    expect(bob.locator("#log li[data-dir=out][data-type=H][data-role=sync]").first).to_have_attribute(
+        "data-state", "replied")
     expect(bob.locator("#chat-source")).to_contain_text("the server has no conversation list")
 
     alice_tokens.hold()
@@ -301,8 +305,8 @@ def missed_while_away(browser, restart):
     missed = bob.locator("#messages li", has_text="sent while you were away")
     expect(missed).to_have_count(1)
     expect(missed).to_have_attribute("data-from", "1")
-    expect(bob.locator("#log li[data-dir=out][data-type=H][data-role=catch-up]").last).to_have_attribute(
-        "data-state", "replied")
+    # it came with the SDK's sync: the page's own catch-up (for a server without one) is not needed
+    expect(bob.locator("#log li[data-dir=out][data-type=H][data-role=catch-up]")).to_have_count(0)
     expect(missed).to_have_count(1)
     entry = bob.locator("#conversations li[data-conversation='user:1']")
     expect(entry).to_have_attribute("data-unread", "1")

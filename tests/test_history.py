@@ -79,8 +79,9 @@ class HistoryTestMixin(MigratorTestMixin):
     overrides = FAST
 
     @defer.inlineCallbacks
-    def history(self, client, msg, limit_check=None):
-        """Every packet of a query, following ``next``; checks each page."""
+    def history(self, client, msg, limit_check=None, keep_pos=False):
+        """Every packet of a query, following ``next``; checks each page
+        (each packet's ``pos``, then dropped unless ``keep_pos``)."""
         packets, pages, n = [], 0, 0
         while True:
             n += 1
@@ -94,6 +95,9 @@ class HistoryTestMixin(MigratorTestMixin):
                 # every message carries its receipt state, last (contract §7.1)
                 self.assertEqual(list(packet)[-1], "state", packet)
                 self.assertEqual(packet.pop("state"), "sent", packet)
+                # and its position in the user's stream (contract §10)
+                pos = packet["pos"] if keep_pos else packet.pop("pos")
+                self.assertTrue(type(pos) is int and pos > 0, packet)
             packets.extend(reply["msg"])
             if not reply["more"]:
                 self.assertNotIn("next", reply)
@@ -117,11 +121,12 @@ class HistoryTests(HistoryTestMixin, unittest.TestCase):
         live = [await bob.next_of("t") for _ in range(3)]
         self.assertEqual(await self.redis.llen("MQ"), 3)
         for client in (alice, bob):
-            packets, pages = await self.history(client, 0)
+            # each with the pos it was delivered with (contract §10)
+            packets, pages = await self.history(client, 0, keep_pos=True)
             self.assertEqual(packets, live)
             self.assertEqual(pages, 1)
         since = live[0]["ts"] - 1
-        packets, _ = await self.history(bob, {"since": since, "limit": 2}, limit_check=2)
+        packets, _ = await self.history(bob, {"since": since, "limit": 2}, limit_check=2, keep_pos=True)
         self.assertEqual(packets, live)
 
     async def test_paging_over_1000_messages_of_one_millisecond(self):

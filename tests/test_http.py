@@ -437,7 +437,9 @@ class MetricsTests(HttpTestMixin, unittest.TestCase):
         self.assertEqual(after['imd_errors_total{code="not_friend"}'], 1)
         self.assertEqual(after['imd_errors_total{code="unknown_type"}'], 1)
         self.assertEqual(after['imd_errors_total{code="bad_packet"}'], 1)
-        self.assertEqual(after["imd_delivery_fanout_count"], 1)
+        # two deliveries of the one message: to its recipient (one connection)
+        # and to its sender's other devices (none: contract §2 item 3)
+        self.assertEqual(after["imd_delivery_fanout_count"], 2)
         self.assertEqual(after["imd_delivery_fanout_sum"], 1)
         self.assertEqual(after["imd_mq_length"], 1)
 

@@ -215,13 +215,15 @@ class DaemonJsonLogTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual({r["uid"]: r["code"] for r in logouts}[1], 1001)
 
 
-class CleanStopLogTests(RedisTestMixin, unittest.TestCase):
+class CleanStopLogTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
     """Issue 12 item 7: a planned stop (SIGTERM) logs no warning."""
 
     async def test_sigterm_logs_no_warning(self):
-        # hs256, as in production: dev mode warns at every start (issue 22 item 15)
+        # hs256, as in production: dev mode warns at every start (issue 22 item 15);
+        # a database with its schema, as in production (MQ:seq is raised from it)
         overrides = {"imd": {"roles": "ws, http, migrate", "metrics_listen": "tcp:0:interface=127.0.0.1"},
-                     "http": {"auth": "hs256:" + "s" * 32}, "log": {"format": "json"}}
+                     "http": {"auth": "hs256:" + "s" * 32}, "log": {"format": "json"},
+                     "mysql": {"database": self.mysql_settings.database}}
         daemon = await start_daemon(self, write_config(self, overrides))
         await self.befriend(1, 2)
         alice = await connect_client(daemon.port, "/" + self.token(1))

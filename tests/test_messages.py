@@ -41,11 +41,15 @@ class MessageTests(ServerTestMixin, unittest.TestCase):
         await self.befriend(1, 2)
         alice, bob = await self.login(1), await self.login(2)
         reply = await self.ask(alice, text("m1", 2, "hi bob"))
+        pos = reply.pop("pos")
         self.assertEqual(reply, {"id": "m1", "from": 0, "type": "A", "msg": "success"})
+        self.assertTrue(type(pos) is int and pos > 0, pos)
         delivered = await bob.next()
         ts = delivered.pop("ts")
-        self.assertEqual(delivered, {"id": "m1", "from": 1, "to": 2, "type": "t", "msg": "hi bob"})
+        # the recipient's pos is the sender's (contract §10: one accept order)
+        self.assertEqual(delivered, {"id": "m1", "from": 1, "to": 2, "type": "t", "msg": "hi bob", "pos": pos})
         self.assertIsInstance(ts, int)
+        del delivered["pos"]
         self.assertEqual(await self.stored(), [dict(delivered, ts=ts)])
 
     async def test_image_between_friends(self):
@@ -139,16 +143,21 @@ class MessageTests(ServerTestMixin, unittest.TestCase):
     async def test_retry_is_acked_but_stored_and_delivered_once(self):
         await self.befriend(1, 2)
         alice, bob = await self.login(1), await self.login(2)
-        # the first A says nothing more; each retry's A says dup (contract §2 item 4)
-        self.assertEqual(await self.ask(alice, text("same", 2)), {"id": "same", "from": 0, "type": "A",
-                                                                   "msg": "success"})
+        # the first A says its pos; each retry's A says dup, with the first
+        # store's pos (contract §2 item 4, §10)
+        first = await self.ask(alice, text("same", 2))
+        self.assertEqual(first, {"id": "same", "from": 0, "type": "A", "msg": "success", "pos": first["pos"]})
         for _ in range(2):
             self.assertEqual(await self.ask(alice, text("same", 2)), {"id": "same", "from": 0, "type": "A",
-                                                                       "msg": "success", "dup": True})
+                                                                       "msg": "success", "dup": True,
+                                                                       "pos": first["pos"]})
         # numeric 42 and "42" are the same id for dedup
-        self.assertNotIn("dup", await self.ask(alice, text(42, 2)))
+        numeric = await self.ask(alice, text(42, 2))
+        self.assertNotIn("dup", numeric)
+        self.assertGreater(numeric["pos"], first["pos"])
         self.assertEqual(await self.ask(alice, text("42", 2)), {"id": "42", "from": 0, "type": "A",
-                                                                 "msg": "success", "dup": True})
+                                                                 "msg": "success", "dup": True,
+                                                                 "pos": numeric["pos"]})
         # an image retry too
         image = {"id": "img", "to": 2, "type": "i", "msg": 7}
         self.assertNotIn("dup", await self.ask(alice, image))

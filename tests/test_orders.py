@@ -99,15 +99,18 @@ class CloseTests(OrderTestMixin, unittest.TestCase):
         self.assertEqual(answers[0]["order"], 42)
         self.assertTrue(before + GRACE * 1000 <= ends_at <= after + GRACE * 1000)
 
+        positions = set()
         for uid, client in ((20, courier), (10, customer)):
             event = await client.next()
             ts = event.pop("ts")
+            positions.add(event.pop("pos"))   # each its own, in its stream (contract §10)
             self.assertEqual(event, {"id": "closed-42", "from": 0, "to": uid, "type": "s",
                                      "msg": {"order": 42, "event": "closed"}})
             self.assertEqual(ts, ends_at - GRACE * 1000)
             await self.quiet(client)   # once, not three times
         closed = [e for e in map(_json, await self.redis.lrange("MQ", 0, -1)) if e["id"] == "closed-42"]
         self.assertEqual(sorted(e["to"] for e in closed), [10, 20], "one stored event per user")
+        self.assertEqual(sorted(e["seq"] for e in closed), sorted(positions), "delivered with its entry's seq")
         # a close after the fact changes nothing either
         self.assertEqual(await self.node2.app.order_lifecycle.close(42), {"order": 42, "ends_at": ends_at})
         await self.quiet(customer)

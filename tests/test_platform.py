@@ -29,6 +29,7 @@ class TakeOrderTests(PlatformTestMixin, unittest.TestCase):
         self.assertEqual(reply, {"id": "t1", "from": 0, "type": "A", "msg": {"order": 42, "uid": 10}})
         notice = await customer.next()
         ts = notice.pop("ts")
+        self.assertEqual(notice.pop("pos"), 1, "its position in the customer's stream")
         self.assertEqual(notice, {"id": "taken-42", "from": 20, "to": 10, "type": "s",
                                   "msg": {"order": 42, "event": "taken", "courier": 20}})
         self.assertEqual(await self.stored(), [dict(notice, ts=ts)])

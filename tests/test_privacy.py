@@ -71,7 +71,7 @@ class MaskingTests(ServerTestMixin, unittest.TestCase):
         alice, bob = await self.login(1), await self.login(2)
         text = "call me on +33 6 12 34 56 78 or (555) 123-4567, or mail jo.doe@example.com"
         reply = await self.ask(alice, {"id": "m1", "to": 2, "type": "t", "msg": text})
-        self.assertEqual(reply, {"id": "m1", "from": 0, "type": "A", "msg": "success", "masked": True})
+        self.assertEqual(reply, {"id": "m1", "from": 0, "type": "A", "msg": "success", "masked": True, "pos": 1})
         masked = "call me on [phone] or [phone], or mail [email]"
         self.assertEqual((await bob.next())["msg"], masked)
         self.assertEqual([e["msg"] for e in await mq_entries(self.redis)], [masked])
@@ -83,16 +83,18 @@ class MaskingTests(ServerTestMixin, unittest.TestCase):
         await self.befriend(1, 2)
         alice, bob = await self.login(1), await self.login(2)
         reply = await self.ask(alice, {"id": "m", "to": 2, "type": "t", "msg": "order 1234567 at 12:30"})
-        self.assertEqual(reply, {"id": "m", "from": 0, "type": "A", "msg": "success"})
+        self.assertEqual(reply, {"id": "m", "from": 0, "type": "A", "msg": "success", "pos": 1})
         self.assertEqual((await bob.next())["msg"], "order 1234567 at 12:30")
 
     async def test_a_retry_is_acked_as_a_masked_duplicate(self):
         await self.befriend(1, 2)
         alice, bob = await self.login(1), await self.login(2)
         packet = {"id": "r", "to": 2, "type": "t", "msg": "0612345678"}
-        self.assertTrue((await self.ask(alice, packet))["masked"])
+        first = await self.ask(alice, packet)
+        self.assertTrue(first["masked"])
         again = await self.ask(alice, packet)
-        self.assertEqual(again, {"id": "r", "from": 0, "type": "A", "msg": "success", "dup": True, "masked": True})
+        self.assertEqual(again, {"id": "r", "from": 0, "type": "A", "msg": "success", "dup": True, "masked": True,
+                                 "pos": first["pos"]})
         self.assertEqual(len(await mq_entries(self.redis)), 1)
         self.assertEqual((await bob.next())["msg"], "[phone]")
         await next_is_pong(self, bob)   # delivered once
@@ -152,7 +154,7 @@ class BlocklistRefuseTests(BlocklistTestMixin, unittest.TestCase):
         self.assertEqual(await mq_entries(self.redis), [])
         # the connection stays open and other text goes through
         reply = await self.send("a fair price")
-        self.assertEqual(reply, {"id": "a fair price", "from": 0, "type": "A", "msg": "success"})
+        self.assertEqual(reply, {"id": "a fair price", "from": 0, "type": "A", "msg": "success", "pos": reply["pos"]})
         self.assertEqual((await self.bob.next())["msg"], "a fair price")
 
     async def test_sighup_reads_the_list_again(self):

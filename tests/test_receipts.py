@@ -363,7 +363,7 @@ class ReceiptCostTests(ReceiptTestMixin, unittest.TestCase):
         # past it nothing moves, the known ids of such an R included: sent again later it goes through
         reply = await self.ask(phone, receipt("mixed", 1, "read", ["m3", "gone"]))
         self.assertEqual(reply.get("code"), "rate_limited")
-        self.assertEqual(await self.redis.get("dedup:1:m3"), "2")
+        self.assertEqual(await self.redis.get("dedup:1:m3"), "2/3", "unchanged: <to>/<its pos>")
         self.assertEqual(len(self.lookups), 3)
 
     async def test_the_taken_packet_has_a_record_like_any_message(self):

@@ -94,7 +94,7 @@ class JsonLines:
         self.out = out
 
     def write(self, message: StoredMessage, state: int) -> None:
-        self.out.write(protocol.history_item(message.packet, state).decode("utf-8") + "\n")
+        self.out.write(protocol.history_item(message.packet, state, message.seq).decode("utf-8") + "\n")
 
 
 class CsvRows:

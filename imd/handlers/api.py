@@ -62,8 +62,8 @@ class ServerApi:
             chunk = recipients[start:start + size]
             # ([redis] min_replicas: stored means on the replicas too)
             stored = yield self._messages.store_system_messages(packet_id, chunk, head, tail, ts)
-            for to in stored:
-                self._node.deliver(to, head + b"%d" % to + tail)
+            for to, pos in stored:
+                self._node.deliver(to, protocol.with_pos(head + b"%d" % to + tail, pos))
             stored_count += len(stored)
         return packet_id, stored_count
 

@@ -17,26 +17,39 @@ a page that would be larger ends early, with ``more`` and a cursor right
 after its last message, so 500 messages of 1023 four-byte characters page
 as several replies, never one of 2 MB.
 
-Each message carries ``"state"`` (contract §7.1): the furthest of its
-receipts in MySQL and among the same pending entries (imd.messagelog.merge).
+Each message carries ``"pos"`` (its accept order ``seq``: its position in
+the user's stream, contract §10; none for an entry an older imd stored
+without one) and ``"state"`` (contract §7.1): the furthest of its receipts
+in MySQL and among the same pending entries (imd.messagelog.merge).
+
+``H {"sync": P, "limit": L}`` (contract §10) reads the user's stream after
+position P: the same merge in stream order (by ``seq`` alone; pending
+entries above P, read by score in Redis, and MySQL's rows with accept_seq
+above P), paged by a cursor of its own (the last ``pos`` sent), so paging
+never skips or repeats: positions are unique and every entry has its own
+from the moment it is stored.  A P below the highest position retention
+removed (``log_mark``, written by the purge) answers from the oldest kept
+with ``"truncated": true``.
 """
 
 import base64
 import binascii
 import itertools
 import json
-from typing import Any, List, Optional, Tuple
+from typing import Any, Generator, List, Optional, Tuple, cast
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
 from imd.handlers.ports import HistoryRows, Messages
 from imd.stores.budgets import Budget
-from imd.messagelog.merge import Pending, Position, Selection, merged
+from imd.messagelog.merge import LogRow, Pending, Position, Selection, merged
 
 CURSOR_VERSION = 2
+SYNC_CURSOR_VERSION = 3   # [3, pos, limit]: a sync's next page
 # An H reply holds at most this much JSON (contract §3): a page that would be
 # larger ends early, with ``more`` and a cursor right after its last message.
 MAX_REPLY_BYTES = 1024 * 1024
@@ -46,6 +59,30 @@ def encode_cursor(key: Tuple[int, int], with_uid: Optional[int], limit: int) -> 
     ts, seq = key
     body = json.dumps([CURSOR_VERSION, ts, seq, with_uid, limit], separators=(",", ":")).encode("ascii")
     return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
+
+
+def encode_sync_cursor(pos: int, limit: int) -> str:
+    body = json.dumps([SYNC_CURSOR_VERSION, pos, limit], separators=(",", ":")).encode("ascii")
+    return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
+
+
+def _cursor_body(cursor: str) -> object:
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        return None
+
+
+def decode_sync_cursor(cursor: str) -> Optional[Tuple[int, int]]:
+    """``(pos, limit)`` from a sync's cursor; None for any other text."""
+    body = _cursor_body(cursor)
+    if type(body) is list and len(body) == 3 and body[0] == SYNC_CURSOR_VERSION:
+        _, pos, limit = body
+        if (type(pos) is int and 0 <= pos < 2 ** 63
+                and type(limit) is int and 1 <= limit <= protocol.HISTORY_MAX_LIMIT):
+            return pos, limit
+    return None
 
 
 def _valid_uid(value: Any) -> bool:
@@ -69,12 +106,16 @@ def decode_cursor(cursor: str) -> Tuple[Position, Optional[int], int]:
 
 
 def _fitting(items: List[bytes], packet_id: Any, with_uid: Optional[int], limit: int,
-             max_bytes: int = MAX_REPLY_BYTES) -> int:
+             max_bytes: int = MAX_REPLY_BYTES, sync: bool = False) -> int:
     """How many of ``items`` (oldest first) an H reply can hold in
-    ``max_bytes`` of JSON, with ``more`` and the longest cursor; at least one,
-    so paging always moves on (one message is far below the cap)."""
-    longest_cursor = encode_cursor((2 ** 63 - 1, 2 ** 63 - 1), with_uid, limit)
-    room = max_bytes - len(protocol.history(packet_id, (), True, longest_cursor))
+    ``max_bytes`` of JSON, with ``more`` and the longest cursor (a sync's:
+    and ``truncated``); at least one, so paging always moves on (one
+    message is far below the cap)."""
+    if sync:
+        empty = protocol.history(packet_id, (), True, encode_sync_cursor(2 ** 63 - 1, limit), truncated=True)
+    else:
+        empty = protocol.history(packet_id, (), True, encode_cursor((2 ** 63 - 1, 2 ** 63 - 1), with_uid, limit))
+    room = max_bytes - len(empty)
     for count, item in enumerate(items):
         room -= len(item) + (1 if count else 0)   # the comma before it
         if room < 0:
@@ -95,7 +136,14 @@ class HistoryHandler:
 
     @defer.inlineCallbacks
     def handle(self, uid: int, packet: protocol.HistoryPacket) -> Any:
+        if packet.sync is not None:
+            reply = yield self._sync(uid, packet.id, packet.sync, packet.limit)
+            return reply
         if packet.after is not None:
+            sync = decode_sync_cursor(packet.after)
+            if sync is not None:
+                reply = yield self._sync(uid, packet.id, *sync)
+                return reply
             position, with_uid, limit = decode_cursor(packet.after)
         else:
             position, with_uid, limit = (packet.since, None), packet.with_uid, packet.limit
@@ -111,9 +159,32 @@ class HistoryHandler:
         selection = Selection(uid, with_uid, after=position)
         page = list(itertools.islice(merged(rows, Pending(pending, selection.matches)), limit + 1))
         page, more = page[:limit], len(page) > limit
-        items = [protocol.history_item(message.packet, state) for message, state in page]
+        items = [protocol.history_item(message.packet, state, message.seq) for message, state in page]
         fitting = _fitting(items, packet.id, with_uid, limit)
         if fitting < len(items):
             page, items, more = page[:fitting], items[:fitting], True
         next_cursor = encode_cursor(page[-1][0].key, with_uid, limit) if more else None
         return Reply(protocol.history(packet.id, items, more, next_cursor))
+
+    @defer.inlineCallbacks
+    def _sync(self, uid: int, packet_id: protocol.PacketId, after_pos: int,
+              limit: int) -> Generator[Deferred, object, Reply]:
+        """The stream after ``after_pos`` (contract §10): Redis read first,
+        then MySQL (imd.messagelog.merge: no gap at the boundary)."""
+        now_ms = int(self._clock.seconds() * 1000) if self._clock is not None else 0
+        pending = cast(Optional[List[str]],
+                       (yield self._messages.pending_for_sync(uid, after_pos, self._user_budget, now_ms)))
+        if pending is None:
+            raise ImdError("rate_limited", "H: over this user's history budget "
+                                           "([websocket] history_user_rate), retry later")
+        rows, purged = cast(Tuple[List[LogRow], int], (yield self._mysql.stream(uid, after_pos, limit + 1)))
+        selection = Selection(uid, after_pos=after_pos)
+        page = list(itertools.islice(merged(rows, Pending(pending, selection.matches, by_pos=True), by_pos=True),
+                                     limit + 1))
+        page, more = page[:limit], len(page) > limit
+        items = [protocol.history_item(message.packet, state, message.seq) for message, state in page]
+        fitting = _fitting(items, packet_id, None, limit, sync=True)
+        if fitting < len(items):
+            page, items, more = page[:fitting], items[:fitting], True
+        next_cursor = encode_sync_cursor(page[-1][0].seq, limit) if more else None
+        return Reply(protocol.history(packet_id, items, more, next_cursor, truncated=after_pos < purged))

@@ -1,10 +1,14 @@
 """``t`` and ``i``: store in Redis (friend check, dedup, MQ), then deliver.
 
 The ``A`` goes back once the message is stored (and, with ``[redis]
-min_replicas``, on that many replicas); every connection of the
-recipient, on this node and the others, gets it through the node as soon as
-Redis says it is stored (store replies come in the order the messages were
-sent, so deliveries keep that order).
+min_replicas``, on that many replicas), with the message's ``pos`` (its
+accept order, contract §10); every connection of the recipient and every
+other connection of the sender (contract §2 item 3: not the one it came
+on), on this node and the others, gets it with that ``pos`` through the
+node as soon as Redis says it is stored (store replies come in the order
+the messages were sent, so deliveries keep that order).  A retry already
+stored is acked with ``"dup": true`` and the first store's ``pos``, and
+delivered to nobody.
 
 A ``t``'s text goes through the :class:`imd.moderation.TextPolicy` first
 (``[privacy] mask``, ``[moderation]``): what is stored, delivered, logged
@@ -23,7 +27,7 @@ from imd.errors import ImdError
 from imd.handlers import Reply
 from imd.handlers.ports import Messages, Node
 from imd.moderation import TextPolicy
-from imd.stores.messages import DUPLICATE, NOT_FRIEND
+from imd.stores.messages import DUPLICATE, NOT_FRIEND, StoreResult
 
 _log = Logger()
 
@@ -54,16 +58,21 @@ class MessageHandler:
         d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts)
         return d.addCallback(self._stored, sender, packet, payload, masked)
 
-    def _stored(self, result: str, sender: int, packet: protocol.MessagePacket, payload: bytes,
+    def _stored(self, result: StoreResult, sender: int, packet: protocol.MessagePacket, payload: bytes,
                 masked: bool) -> Reply:
-        if result == NOT_FRIEND:
+        status, pos = result
+        if status == NOT_FRIEND:
             raise ImdError("not_friend", "user %d is not your friend" % packet.to)
-        if result == DUPLICATE:
+        if status == DUPLICATE:
             # stored and delivered the first time: acked again, saying so, nothing more
-            return Reply(protocol.ack_duplicate(packet.id, masked))
+            return Reply(protocol.ack_duplicate(packet.id, masked, pos))
         if self._log_messages:
             # ("message" is a reserved key of Twisted's legacy log bridge)
             _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
                       node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
-        self._node.deliver(packet.to, payload)
-        return Reply(protocol.ack_masked(packet.id) if masked else protocol.ack(packet.id))
+        delivered = protocol.with_pos(payload, pos)
+        node = self._node
+        if packet.to != sender:
+            node.deliver(packet.to, delivered)
+        node.deliver(sender, delivered, packet.origin)   # its other devices (contract §2 item 3)
+        return Reply(protocol.ack_masked(packet.id, pos) if masked else protocol.ack_stored(packet.id, pos))

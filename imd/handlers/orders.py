@@ -59,7 +59,7 @@ class TakeOrderHandler:
         take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier)
         _refuse_closed(packet.order, take.outcome)
         if take.outcome == TAKEN:
-            self._node.deliver(customer, payload)
+            self._node.deliver(customer, protocol.with_pos(payload, take.pos))
         if earlier is None and take.outcome in (TAKEN, TAKEN_AGAIN):
             # kept for good (after the live delivery: if MySQL fails now,
             # the client's retry of this E unavailable writes it)
@@ -141,7 +141,7 @@ class OrderLifecycle:
             _log.info("order {order} closed: the conversation of {courier} and {customer} ends at {ends_at}",
                       order=record.order, courier=record.courier, customer=record.customer, ends_at=closed.ends_at)
             for uid in closed.stored:
-                self._node.deliver(uid, packets[uid])
+                self._node.deliver(uid, protocol.with_pos(packets[uid], closed.positions[uid]))
         if closed is not None:
             # kept for good, every time (a close whose write failed is
             # answered 503, and its retry writes it)

@@ -17,6 +17,13 @@ MySQL.
 Which messages a reader wants is one :class:`Selection`, the same for both
 sides: :meth:`Selection.matches` picks the pending entries, and
 imd.stores.mysql reads the rows of the same selection (one SQL reader).
+
+A selection is in history order (``(ts, seq)``), or, for a sync
+(``after_pos`` set, contract §10), in stream order: by ``seq`` alone, the
+entry's ``pos``.  A user's stream is the message entries this merge reads
+(``t``, ``i``, ``s``: :class:`~imd.messagelog.entry.StoredMessage`);
+receipts (``R``) are not in it.  A new kind of entry joins the stream by
+being read here as a message.
 """
 
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
@@ -34,22 +41,35 @@ def _history_key(message: StoredMessage) -> Tuple[int, int]:
     return (message[5], message[6])   # StoredMessage.key: (ts, seq)
 
 
+def _stream_key(message: StoredMessage) -> int:
+    return message[6]   # seq: its pos
+
+
 class Selection(NamedTuple):
     """``uid``'s messages, sent and received (with ``with_uid`` only, if
     set), and the system's messages ``system_ids`` to either of the two;
     ``H`` reads those after ``after``, export those with ``since <= ts <
-    until``.  None: no such bound."""
+    until``, a sync (``H {"sync"}``) those whose ``seq`` (``pos``) is above
+    ``after_pos``, in stream order (:attr:`by_pos`).  None: no such bound."""
     uid: int
     with_uid: Optional[int] = None
     after: Optional[Position] = None
     since: Optional[int] = None
     until: Optional[int] = None
     system_ids: Tuple[str, ...] = ()
+    after_pos: Optional[int] = None
+
+    @property
+    def by_pos(self) -> bool:
+        """In stream order (by ``seq``) rather than history order (``(ts, seq)``)."""
+        return self.after_pos is not None
 
     def matches(self, message: StoredMessage) -> bool:
         """Whether a pending message is one of the selection (as the SQL of
         imd.stores.mysql reads them from MySQL)."""
         ts = message.ts
+        if self.after_pos is not None and message.seq <= self.after_pos:
+            return False
         if self.after is not None:
             after_ts, after_seq = self.after
             if not (ts > after_ts if after_seq is None else message.key > self.after):
@@ -74,7 +94,9 @@ class Pending:
     give each message (:meth:`state`).  An entry that cannot be read is
     passed over (the migrator moves it to ``MQ:dead``)."""
 
-    def __init__(self, entries: Iterable[str], keep: Callable[[StoredMessage], bool]) -> None:
+    def __init__(self, entries: Iterable[str], keep: Callable[[StoredMessage], bool],
+                 by_pos: bool = False) -> None:
+        """``by_pos``: :attr:`messages` in stream order (by ``seq``)."""
         messages: Dict[Identity, StoredMessage] = {}
         states: Dict[Identity, int] = {}
         for entry in entries:
@@ -89,7 +111,7 @@ class Pending:
                         states[identity] = state
             elif keep(value):
                 messages.setdefault(value.identity, value)
-        self.messages: List[StoredMessage] = sorted(messages.values(), key=_history_key)
+        self.messages: List[StoredMessage] = sorted(messages.values(), key=_stream_key if by_pos else _history_key)
         self.states = states
 
     def state(self, identity: Identity, known: int = 0) -> int:
@@ -101,14 +123,16 @@ class Pending:
 _new_tuple = tuple.__new__
 
 
-def merged(rows: Iterable[LogRow], pending: Pending) -> Iterator[Item]:
+def merged(rows: Iterable[LogRow], pending: Pending, by_pos: bool = False) -> Iterator[Item]:
     """MySQL's rows and the pending messages in one history order
-    (``(ts, seq)``), each message once — the first met; on equal keys the
-    row, so the pending copy of a message migrated meanwhile is dropped —
-    with the furthest state either side knows.  Lazy: a reader takes what
-    it needs (a page) or streams it all.
+    (``(ts, seq)``; ``by_pos``: stream order, by ``seq``), each message
+    once — the first met; on equal keys the row, so the pending copy of a
+    message migrated meanwhile is dropped — with the furthest state either
+    side knows.  Lazy: a reader takes what it needs (a page) or streams it
+    all.
 
-    ``rows``: as imd.stores.mysql reads them (:data:`LogRow`), in history order."""
+    ``rows``: as imd.stores.mysql reads them (:data:`LogRow`), in the same
+    order; ``pending`` built with the same ``by_pos``."""
     # (one generator, no heapq.merge: this is every H's path, ~0.3 µs an item)
     waiting = pending.messages
     states = pending.states
@@ -118,7 +142,10 @@ def merged(rows: Iterable[LogRow], pending: Pending) -> Iterator[Item]:
     for ts, seq, from_id, msg_id, to_id, kind, msg, packet, state in rows:
         while i < n:
             first = waiting[i]
-            if first[5] > ts or (first[5] == ts and first[6] >= seq):
+            if by_pos:
+                if first[6] >= seq:
+                    break
+            elif first[5] > ts or (first[5] == ts and first[6] >= seq):
                 break
             i += 1
             identity = (first[1], first[0], first[2])

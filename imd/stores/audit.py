@@ -9,8 +9,9 @@ imd.stores.messages.
 
 A dedup record is written by the script that stores its message
 (imd.stores.messages), with an expiry of ``[redis] dedup_ttl`` that receipts
-keep (``KEEPTTL``), and its value is the recipient's uid, then ``:d`` or
-``:r`` once receipts moved the message's state (imd.stores.receipts).  So
+keep (``KEEPTTL``), and its value is the recipient's uid (for a ``t`` or
+``i`` then ``/`` and its accept order), then ``:d`` or ``:r`` once receipts
+moved the message's state (imd.stores.receipts).  So
 each one names a message imd acked, and its time left tells when: ``now -
 (dedup_ttl - time left)``.
 """
@@ -43,10 +44,13 @@ class DedupRecord(NamedTuple):
 
 def parse_record(name: Tuple[int, str, Optional[int]], value: Any, ms_left: Any) -> Optional[DedupRecord]:
     """The record of a parsed key name, its value and PTTL; None when it is
-    gone or its value is not ``<to>[:d|:r]``."""
+    gone or its value is not ``<to>[/<seq>][:d|:r]``."""
     if value is None or int(ms_left) == -2:
         return None
-    to_text, _, mark = value.partition(":")
+    head, _, mark = value.partition(":")
+    to_text, slash, seq_text = head.partition("/")
+    if slash and not seq_text.isdigit():
+        return None
     if not to_text.isdigit() or mark not in STATES:
         return None
     sender, packet_id, to = name

@@ -35,11 +35,14 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "when an order's T came"),
     KeySpec("dedup:<uid>:<id>", "string", "messages",
             "a stored (sender, packet id), for [redis] dedup_ttl: a retry is acked, not stored again; "
-            "the value is the recipient's uid, then ':d' or ':r' once receipts moved its state (receipts)"),
+            "the value is the recipient's uid, '/' and the message's accept order (its pos; a t or i), "
+            "then ':d' or ':r' once receipts moved its state (receipts)"),
     KeySpec("dedup:0:<to>:<id>", "string", "messages",
             "the same for a system message (sender 0), per recipient"),
     KeySpec("MQ", "list", "messages", "stored entries (JSON) not yet migrated, newest at the head"),
-    KeySpec("MQ:seq", "string (counter)", "messages", "the accept order: each stored entry takes the next value"),
+    KeySpec("MQ:seq", "string (counter)", "messages",
+            "the accept order: each stored entry takes the next value (its pos, contract §10); "
+            "raised at start-up to the highest accept_seq in MySQL, never lowered"),
     KeySpec("pending:<uid>", "sorted set", "messages",
             "the user's entries still in MQ or MQ:processing (score: accept order), for H; "
             "trimmed by the migrator after each commit"),

@@ -9,7 +9,9 @@ Keys (imd.stores.keys): ``URS:<uid>`` (read), ``dedup:<uid>:<id>``,
 
 System messages (from 0, ``POST /IM/api/send``) are stored per recipient,
 deduplicated by ``dedup:0:<to>:<id>``, whose value is the recipient's uid
-like every dedup record (receipts are verified against it).
+like every dedup record (receipts are verified against it); a ``t`` or
+``i``'s record holds its accept order too, ``<to>/<seq>``, so a retry's
+``A`` carries the first store's ``pos``.
 
 An entry on ``MQ`` is the packet's JSON exactly as delivered, with one field
 added at the end: ``"seq"``, the accept order (``MQ:seq``, taken in the same
@@ -23,7 +25,7 @@ not-yet-migrated messages costs time in proportion to the user's own
 entries, not to the length of ``MQ``.
 """
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 
@@ -35,9 +37,22 @@ from imd.stores.redis import RedisClient, RedisStore, Script
 STORED, NOT_FRIEND, DUPLICATE = "stored", "not_friend", "duplicate"
 STORE_RESULTS = {1: STORED, 0: NOT_FRIEND, 2: DUPLICATE}
 
+
+class StoreResult(NamedTuple):
+    """What :meth:`MessageStore.store_message` did: ``status`` (STORED,
+    NOT_FRIEND or DUPLICATE) and ``pos``, the message's accept order (its
+    position in both parties' streams, contract §10): this store's, or for a
+    DUPLICATE the first store's (0 when its dedup record does not say: one
+    written by an older imd, or seeded by a receipt); 0 for NOT_FRIEND."""
+    status: str
+    pos: int
+
 STORE_MESSAGE = Script.load("store_message")
 STORE_SYSTEM = Script.load("store_system")
 PENDING_FOR_HISTORY = Script.load("pending_for_history")
+PENDING_FOR_SYNC = Script.load("pending_for_sync")
+RAISE_SEQ = Script.load("raise_seq")
+NO_BUDGET = Budget(0, 0)
 
 
 class MessageStore(RedisStore):
@@ -55,7 +70,8 @@ class MessageStore(RedisStore):
         self._store_result = self._store_result_replicated if client.min_replicas else _store_result
 
     def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred:
-        """Fires with STORED, NOT_FRIEND or DUPLICATE, once the write is on
+        """Fires with a :class:`StoreResult` (STORED, NOT_FRIEND or
+        DUPLICATE, and the pos), once the write is on
         ``[redis] min_replicas`` replicas whatever the outcome (a duplicate
         renews its dedup record: the WAIT after that write is what tells
         that the first store reached them).  ``ts``: the message's (Unix
@@ -77,9 +93,9 @@ class MessageStore(RedisStore):
         """A system ``s`` message (from 0, id ``packet_id``, sent at ``ts``)
         to each recipient, stored once per (recipient, id) — the dedup record
         ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
-        ``to`` is ``head + str(to) + tail``.  Fires with the recipients
-        stored now (the others had it already), once the write is on
-        ``[redis] min_replicas`` replicas."""
+        ``to`` is ``head + str(to) + tail``.  Fires with ``[(uid, pos)]``
+        of the recipients stored now (the others had it already), once the
+        write is on ``[redis] min_replicas`` replicas."""
         keys, push = self.keys, self.push
         key_list = [keys.mq, keys.mq_seq] + (push.keys if push is not None else [])
         for to in recipients:
@@ -87,7 +103,14 @@ class MessageStore(RedisStore):
             key_list.append(keys.pending(to))
         due = push.due(ts) if push is not None else ""
         d = self._client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
-        return self._replicated(d.addCallback(lambda reply: [recipients[int(i) - 1] for i in reply or ()]))
+        return self._replicated(d.addCallback(_stored_pairs, recipients))
+
+    def raise_seq(self, floor: int) -> Deferred:
+        """Raise ``MQ:seq`` to at least ``floor`` (never lower it), in one
+        script; fires with its value now.  Positions (contract §10) are
+        never reused: every ws and migrate process does it at start-up
+        with the highest accept_seq in MySQL (imd.startup)."""
+        return self._client.run(RAISE_SEQ, [self.keys.mq_seq], [floor]).addCallback(int)
 
     def pending(self, uid: int) -> Deferred:
         """The user's entries not yet migrated (sent and received), in accept order."""
@@ -101,7 +124,23 @@ class MessageStore(RedisStore):
         return self._client.run(PENDING_FOR_HISTORY, [keys.pending(uid), keys.budget("history", uid)],
                                 budget.args(now_ms))
 
+    def pending_for_sync(self, uid: int, after_pos: int, budget: Optional[Budget], now_ms: int) -> Deferred:
+        """The user's entries not yet migrated whose pos (``seq``, their
+        score) is above ``after_pos``, in accept order, once one ``H`` is
+        taken from ``budget`` (as :meth:`pending_for_history`; None: no
+        budget); fires with None when the budget is spent."""
+        keys = self.keys
+        return self._client.run(PENDING_FOR_SYNC, [keys.pending(uid), keys.budget("history", uid)],
+                                [after_pos] + (budget or NO_BUDGET).args(now_ms))
 
-def _store_result(reply: Any) -> str:
-    return STORE_RESULTS[int(reply)]
+
+def _stored_pairs(reply: Optional[List[int]], recipients: Sequence[int]) -> List[Tuple[int, int]]:
+    flat = reply or []
+    return [(recipients[int(flat[k]) - 1], int(flat[k + 1])) for k in range(0, len(flat), 2)]
+
+
+def _store_result(reply: Any) -> StoreResult:
+    if isinstance(reply, list):   # {1, seq} or {2, first seq}
+        return StoreResult(STORE_RESULTS[int(reply[0])], int(reply[1]))
+    return StoreResult(STORE_RESULTS[int(reply)], 0)
 

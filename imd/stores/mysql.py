@@ -295,6 +295,19 @@ class MysqlStore(Service):
         selection = Selection(uid, with_uid, after=position)
         return self.run_interaction(_history_txn, selection, limit)
 
+    def stream(self, uid: int, after_pos: int, limit: int) -> defer.Deferred:
+        """A sync's rows (contract §10): up to ``limit`` of ``uid``'s
+        messages, sent and received, with ``accept_seq > after_pos``, in
+        accept_seq order (``msg`` not read), and the highest accept_seq
+        retention has removed (``log_mark`` 'purged'; 0: none), read in
+        one transaction: fires with ``(rows, purged)``."""
+        return self.run_interaction(_stream_txn, Selection(uid, after_pos=after_pos), limit)
+
+    def max_accept_seq(self) -> defer.Deferred:
+        """The highest accept_seq in ``message`` (0 when empty), by
+        ``message_by_pos``: the floor of ``MQ:seq`` at start-up."""
+        return self.run_interaction(_max_accept_seq_txn)
+
     # --- orders (contract §4 T; table and columns from [orders]) ---------------
 
     def order_parties(self, orders: "OrdersSettings", order_id: int) -> defer.Deferred:
@@ -440,7 +453,23 @@ def _history_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: in
     for statement, args in log_statements(selection, limit, text=False):
         cursor.execute(statement, args)
         sides.append([_log_row(row) for row in cursor.fetchall()])
-    return list(heapq.merge(*sides, key=_log_key)) if len(sides) > 1 else sides[0]
+    key = _log_pos if selection.by_pos else _log_key
+    return list(heapq.merge(*sides, key=key)) if len(sides) > 1 else sides[0]
+
+
+PURGED_MARK = "purged"   # log_mark: the highest accept_seq retention removed
+
+
+def _stream_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int) -> Tuple[List[LogRow], int]:
+    rows = _history_txn(cursor, selection, limit)
+    cursor.execute("SELECT accept_seq FROM log_mark WHERE name = %s", (PURGED_MARK,))
+    mark = cursor.fetchone()
+    return rows, int(mark[0]) if mark else 0
+
+
+def _max_accept_seq_txn(cursor: pymysql.cursors.Cursor) -> int:
+    cursor.execute("SELECT MAX(accept_seq) FROM message")
+    return int(cursor.fetchone()[0] or 0)
 
 
 def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:
@@ -592,11 +621,17 @@ def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) ->
     # A plain (non-locking) read of the batch, then deletes by primary key:
     # the transaction locks only the rows it deletes, never a range, so the
     # migrator's inserts (new rows, at the other end of ts) never wait on it.
-    cursor.execute("SELECT seq, from_id, msg_id, to_id FROM message WHERE ts < %s ORDER BY ts LIMIT %s",
+    cursor.execute("SELECT seq, from_id, msg_id, to_id, accept_seq FROM message WHERE ts < %s ORDER BY ts LIMIT %s",
                    (before, limit))
-    rows = cursor.fetchall()
-    if not rows:
+    found = cursor.fetchall()
+    if not found:
         return 0, 0
+    # a sync from below the highest position removed says "truncated"
+    # (contract §10): recorded with the delete, in the same transaction
+    cursor.execute("INSERT INTO log_mark (name, accept_seq) VALUES (%s, %s)"
+                   " ON DUPLICATE KEY UPDATE accept_seq = GREATEST(accept_seq, VALUES(accept_seq))",
+                   (PURGED_MARK, max(row[4] for row in found)))
+    rows = [row[:4] for row in found]
     receipts = cursor.execute("DELETE FROM receipt WHERE (from_id, msg_id, to_id) IN ("
                               + ",".join(["(%s,%s,%s)"] * len(rows)) + ")",
                               [value for _, from_id, msg_id, to_id in rows for value in (from_id, msg_id, to_id)])
@@ -632,6 +667,8 @@ def _log_sides(selection: Selection) -> List[Tuple[str, SqlArgs]]:
     or the recipient are ever read."""
     uid, with_uid = selection.uid, selection.with_uid
     window, window_args = "", []   # type: str, List[int]
+    if selection.after_pos is not None:
+        window, window_args = " AND accept_seq > %s", [selection.after_pos]
     if selection.after is not None:
         after, window_args = _after(selection.after)
         window = " AND " + after
@@ -664,7 +701,8 @@ def log_statements(selection: Selection, limit: Optional[int] = None,
     (:func:`_log_sides`), each in (ts, accept_seq) order, with at most
     ``limit`` rows each; ``text``: read ``msg`` too (export's CSV)."""
     head = _LOG_COLUMNS % ("msg" if text else "NULL")
-    tail = " ORDER BY ts, accept_seq" + ("" if limit is None else " LIMIT %s")
+    tail = (" ORDER BY accept_seq" if selection.by_pos else " ORDER BY ts, accept_seq") \
+        + ("" if limit is None else " LIMIT %s")
     more: SqlArgs = [] if limit is None else [limit]
     return [(head + where + tail, args + more) for where, args in _log_sides(selection)]
 
@@ -676,6 +714,10 @@ def _log_row(row: Tuple[Any, ...]) -> LogRow:
 
 def _log_key(row: LogRow) -> Tuple[int, int]:
     return (row[0], row[1])
+
+
+def _log_pos(row: LogRow) -> int:
+    return row[1]
 
 
 class LogReader:

@@ -37,10 +37,12 @@ _TAKE_RESULTS = {1: TAKEN, 0: TAKEN_AGAIN, 2: CLOSED_AFTER_TAKE, 3: CLOSED_UNTAK
 class Take(NamedTuple):
     """What a ``T`` did: its outcome, and for TAKEN and TAKEN_AGAIN the
     order's first ``T`` (``taken_at``, Unix ms) and whether the two were
-    friends before it (``before``), to keep in MySQL."""
+    friends before it (``before``), to keep in MySQL; for TAKEN the
+    stored ``s`` packet's ``pos`` (contract §10)."""
     outcome: str
     taken_at: Optional[int] = None
     before: Optional[str] = None
+    pos: int = 0
 
 TAKE_ORDER = Script.load("take_order")
 RESTORE_TAKEN = Script.load("restore_taken")
@@ -76,11 +78,13 @@ class OrderRecord(NamedTuple):
 
 class Closed(NamedTuple):
     """What a close did: ``now`` True for the call that closed it (and
-    stored the events in ``stored``: the uids whose ``s`` packet is new)."""
+    stored the events in ``stored``: the uids whose ``s`` packet is new,
+    and in ``positions`` each one's ``pos``, contract §10)."""
     closed_at: int
     ends_at: int
     now: bool
     stored: List[int]
+    positions: Dict[int, int]
 
 
 class OrderStore(RedisStore):
@@ -186,7 +190,7 @@ def _take(reply: Any) -> Take:
     outcome = _TAKE_RESULTS[int(reply[0])]
     if len(reply) < 3:
         return Take(outcome)
-    return Take(outcome, int(reply[1]), reply[2] or None)
+    return Take(outcome, int(reply[1]), reply[2] or None, int(reply[3]) if len(reply) > 3 else 0)
 
 
 def _int(value: Any) -> Optional[int]:
@@ -206,5 +210,5 @@ def _closed(reply: Any, parties: Any) -> Optional[Closed]:
     state = int(reply[0])
     if state < 0:
         return None
-    stored = [uid for uid, flag in zip(parties, reply[3:]) if int(flag)] if state == 1 else []
-    return Closed(int(reply[1]), int(reply[2]), state != 0, stored)
+    seqs = {uid: int(seq) for uid, seq in zip(parties, reply[3:]) if int(seq)} if state == 1 else {}
+    return Closed(int(reply[1]), int(reply[2]), state != 0, [uid for uid in parties if uid in seqs], seqs)

@@ -10,7 +10,9 @@ lower the reader's undelivered count; at 0 no push waits any more).
 
 The state of a message lives in its dedup record, which the store script
 wrote with the recipient's uid as its value: ``<to>`` (sent), ``<to>:d``
-(delivered), ``<to>:r`` (read).  So the record both proves that the reader
+(delivered), ``<to>:r`` (read); a ``t`` or ``i``'s record has the
+message's accept order after the uid, ``<to>/<seq>`` (the ``pos`` a
+retry's ``A`` carries), which receipts keep.  So the record both proves that the reader
 really received the message (its value names the reader) and holds the state
 that may only move forward, at the cost of one script per ``R`` whatever the
 number of ids, like a message.

@@ -335,6 +335,8 @@ class Session:
         if handler is None:
             self._answer(_Failed(packet.id, ImdError("unknown_type", "%s is not served by this server" % kind)))
             return
+        if type(packet) is protocol.MessagePacket:
+            packet.origin = self.conn_id   # its other devices get it, this connection only the A
         try:
             outcome = handler(self.uid, packet)
         except ImdError as e:

@@ -91,6 +91,10 @@ class Connection {
   pingTimer: unknown = null;
   pingDeadline: unknown = null;
   syncRetryTimer: unknown = null;
+  /** The pos this connection synced from: everything at or below it was processed before. */
+  syncFrom = 0;
+  /** The positions above `syncFrom` processed on this connection: live packets of two nodes may come out of pos order, so one below the highest is not necessarily seen (contract §10: drop what was seen). */
+  seen = new Set<number>();
 
   constructor(readonly ws: WebSocketLike) {}
 }
@@ -151,7 +155,7 @@ function checkId(id: unknown): string {
 
 /**
  * A connection to imd that survives reconnects: it syncs what it missed
- * after every reconnect, delivers each message once and in `pos` order, and
+ * after every reconnect, delivers each message once (the sync in `pos` order; live packets as they come, which across nodes is not always `pos` order), and
  * resends what was not acknowledged with the same id until the server
  * stores it.
  */
@@ -683,6 +687,7 @@ export class ImdClient {
     if (conn !== this.conn) return;
     conn.ready = true;
     this.schedulePing(conn);
+    conn.syncFrom = this.highest;
     conn.syncMsg = { sync: this.highest, limit: this.syncPageSize };
     this.sendSync(conn);
     this.pumpOutbox();
@@ -746,7 +751,7 @@ export class ImdClient {
     for (const waiter of waiters) waiter.resolve();
   }
 
-  /** Hands a server packet to the application: messages once each, in `pos` order; the others as they come. */
+  /** Hands a server packet to the application: messages once each (by the positions seen); the others as they come. */
   private deliver(packet: Packet): void {
     switch (packet.type) {
       case "R":
@@ -760,11 +765,16 @@ export class ImdClient {
         return;
     }
     const pos = packet.pos;
-    if (typeof pos === "number" && pos <= this.highest) return; // seen already
+    const conn = this.conn;
+    if (typeof pos === "number") {
+      // seen already: at or below where this connection's sync started, or processed on it
+      if (conn === null ? pos <= this.highest : pos <= conn.syncFrom || conn.seen.has(pos)) return;
+      if (conn !== null) conn.seen.add(pos);
+    }
     const id = String(packet.id);
     // Sent by this client: its send() or recall() has (or will have) the A.
     const own = this.userId !== null && Number(packet.from) === this.userId && (this.ownIds.has(id) || this.outboxIds.has(id));
-    if (typeof pos === "number") this.highest = pos;
+    if (typeof pos === "number" && pos > this.highest) this.highest = pos;
     if (!own) this.events.emit("message", packet as MessagePacket);
     // Stored after the handler ran: a crash in between delivers the packet again after a restart, never loses it.
     if (typeof pos === "number") {

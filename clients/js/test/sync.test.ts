@@ -109,6 +109,19 @@ describe("sync", () => {
     );
   });
 
+  it("delivers a live packet that comes after a higher one (two nodes), dropping only the positions it has seen", async () => {
+    const h = setup();
+    const socket = await connectAndSync(h, 1, [[msg(1), msg(2)]]);
+    // stored 10 on another node, 11 on this one: 11 reached the client first
+    socket.receive(msg(11));
+    socket.receive(msg(10));
+    socket.receive(msg(11)); // seen: dropped
+    socket.receive(msg(10)); // seen: dropped
+    socket.receive(msg(2)); // came through the sync: seen
+    assert.deepEqual(pos(h.messages), [1, 2, 11, 10]);
+    assert.equal(h.client.position, 11);
+  });
+
   it("keeps the highest pos in the store, so the next client starts its sync there", async () => {
     const store = new RecordingStore();
     const h1 = setup({}, store);

@@ -22,9 +22,9 @@ redis.call('ZREM', KEYS[10], ARGV[1] .. ':' .. ARGV[3])
 local stored = {0, 0}
 for i, to in ipairs({ARGV[2], ARGV[3]}) do
   if redis.call('SET', KEYS[7 + i], to, 'NX', 'EX', ARGV[8]) then
-    store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
+    -- (its seq: the packet's pos, 0 when not stored now)
+    stored[i] = store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
     if ARGV[9] then note_push(KEYS[11], KEYS[12], KEYS[13], to, ARGV[5 + i], ARGV[9]) end
-    stored[i] = 1
   end
 end
 return {1, tonumber(ARGV[4]), ends, stored[1], stored[2]}

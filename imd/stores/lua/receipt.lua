@@ -36,14 +36,16 @@ for i = 1, n do
     written[key] = value
   end
   if value then
-    local to, current = value, 0
+    -- '<to>[/<seq>][:d|:r]' (imd.stores.messages): the part before ':' is kept
+    local head, current = value, 0
     local sep = string.find(value, ':', 1, true)
     if sep then
-      to = string.sub(value, 1, sep - 1)
+      head = string.sub(value, 1, sep - 1)
       current = (string.sub(value, sep + 1) == 'r') and 2 or 1
     end
+    local to = string.match(head, '^%d+')
     if to == reader and state > current then
-      written[key] = to .. marks[state]
+      written[key] = head .. marks[state]
       redis.call('SET', key, written[key], 'KEEPTTL')
       advanced[#advanced + 1] = i
       ids[#ids + 1] = ARGV[6 + 2 * i]

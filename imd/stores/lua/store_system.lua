@@ -4,7 +4,8 @@
 -- ARGV: dedup ttl, packet head, packet tail, when the pushes are due (ms; ''
 --       without [push] url), then the recipients' uids.
 -- A system message (from 0) to each recipient that has not had this id yet:
--- head .. uid .. tail is its packet.  Returns the 1-based indexes stored.
+-- head .. uid .. tail is its packet.  Returns, for each stored, its
+-- 1-based index and its seq (its pos), flat: {i, seq, i, seq, ...}.
 local push = ARGV[4] ~= ''
 local first = push and 6 or 3
 local stored = {}
@@ -13,9 +14,10 @@ for i = 5, #ARGV do
   local j = 2 * (i - 5) + first
   if redis.call('SET', KEYS[j], to, 'NX', 'EX', ARGV[1]) then
     local packet = ARGV[2] .. to .. ARGV[3]
-    store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], packet)
+    local seq = store_entry(KEYS[1], KEYS[2], KEYS[j + 1], KEYS[j + 1], packet)
     if push then note_push(KEYS[3], KEYS[4], KEYS[5], to, packet, ARGV[4]) end
     stored[#stored + 1] = i - 4
+    stored[#stored + 1] = seq
   end
 end
 return stored

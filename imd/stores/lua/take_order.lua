@@ -62,8 +62,8 @@ redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[6])
 expire_links(KEYS[4])
-store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
+local seq = store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
 redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
 mark_open(now, ttl)
 if ARGV[11] then note_push(KEYS[13], KEYS[14], KEYS[15], ARGV[2], ARGV[3], ARGV[11]) end
-return {1, now, before}
+return {1, now, before, seq}
