@@ -12,9 +12,11 @@ from twisted.trial import unittest
 from imd.stores.keys import Keys
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
+from tests.support import ImdServer, connect_client, drop, make_settings
 from tests.test_api import API_KEY, ApiTestMixin
 from tests.test_history import store_entries, stored
 from tests.test_migrator import FAST, MigratorTestMixin
+from tests.test_push import DELAY, SENT, PushTestMixin
 
 SECRET = "the secret text"
 
@@ -255,3 +257,53 @@ class DeleteTests(RecallMixin, ApiTestMixin, unittest.TestCase):
             self.assert_error(response, 400)
         await self.assert_tombstone_everywhere(alice, bob, "old")
         self.assertTrue(API_KEY)
+
+
+class RecallPushTests(PushTestMixin, unittest.TestCase):
+    """A push not yet sent for a recalled message is not sent."""
+
+    async def test_the_only_undelivered_message_recalled_no_push(self):
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        await self.say(alice, 2, SECRET, "m1")
+        self.assertIsNotNone(await self.due(2))
+        reply = await self.ask(alice, recall("d1", 2, "m1"))
+        self.assertEqual(reply["type"], "A", reply)
+        self.assertIsNone(await self.due(2))
+        drainer = self.drainer()
+        self.clock.advance(DELAY * 10)
+        self.assertEqual(await drainer.run_due(), [])
+        self.assertEqual(self.receiver.posts, [])
+
+    async def test_with_others_undelivered_the_push_counts_them_without_the_recalled_text(self):
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        await self.say(alice, 2, "first", "m0")
+        await self.say(alice, 2, SECRET, "m1")
+        reply = await self.ask(alice, recall("d1", 2, "m1"))
+        self.assertEqual(reply["type"], "A", reply)
+        drainer = self.drainer()
+        self.advance_to(await self.due(2))
+        self.assertEqual(await drainer.run_due(), [SENT])
+        [post] = self.receiver.posts
+        self.assertEqual(post.payload["unread"], 1)
+        self.assertNotIn(SECRET, json.dumps(post.payload))
+
+
+class RecallAcrossNodesTests(RecallMixin, MigratorTestMixin, unittest.TestCase):
+    overrides = FAST
+
+    async def test_the_d_reaches_the_recipient_on_another_node(self):
+        node2 = await ImdServer(make_settings(dict(FAST, imd={"node_id": "test-node-2"}))).start()
+        self.addCleanup(node2.stop)
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        bob = await connect_client(node2.port, "/" + self.token(2))
+        self.addCleanup(drop, bob)
+        self.assertEqual((await bob.next())["type"], "L")
+        await self.ask(alice, {"id": "m1", "to": 2, "type": "t", "msg": SECRET})
+        self.assertEqual((await bob.next_of("t"))["msg"], SECRET)
+        reply = await self.ask(alice, recall("d1", 2, "m1"))
+        packet = await bob.next_of("D")
+        self.assertEqual((packet["from"], packet["msg"], packet["pos"]), (1, "m1", reply["pos"]))
+        await self.assert_tombstone_everywhere(alice, bob)
