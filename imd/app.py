@@ -22,6 +22,7 @@ from imd.bus import NodeBus
 from imd.config import ConfigError
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
+from imd.handlers.erasure import Eraser, ErasureStore
 from imd.handlers.messages import MessageHandler
 from imd.handlers.recall import RecallHandler, Recaller
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
@@ -133,6 +134,7 @@ class App:
         self.text_policy = self._text_policy()
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
         self.recaller = Recaller(self.recalls, self.mysql, node, self.clock)
+        self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
         self.handlers: Dict[str, Callable[..., Any]] = {
             "t": messages.handle,
             "i": messages.handle,

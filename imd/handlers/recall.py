@@ -41,15 +41,19 @@ class Recaller:
     @defer.inlineCallbacks
     def recall(self, sender: int, to: int, msg_id: str, d_id: protocol.PacketId,
                window_ms: Optional[int],
-               to_sender: bool = False) -> Generator[defer.Deferred, object, Tuple[str, Optional[int]]]:
+               to_sender: bool = False,
+               known: bool = False) -> Generator[defer.Deferred, object, Tuple[str, Optional[int]]]:
         """Recall ``sender``'s message ``msg_id`` (dedup form) to ``to`` by a
         ``D`` of id ``d_id``; ``window_ms`` None: any age; ``to_sender``:
-        the D goes to every connection of the sender too.  Fires with
+        the D goes to every connection of the sender too; ``known``: the
+        message is known to exist, unrecalled in MySQL if not in Redis
+        (erasure: no lookup).  Fires with
         ``(outcome, pos)``; RECALLED once stored and handed to the node."""
         ts = int(self._clock.seconds() * 1000)
         packet = protocol.recall_json(d_id, sender, to, msg_id, ts)
         d_key = str(d_id)
-        result = cast(RecallResult, (yield self._store.recall(sender, to, d_key, msg_id, packet, ts, window_ms)))
+        result = cast(RecallResult, (yield self._store.recall(sender, to, d_key, msg_id, packet, ts, window_ms,
+                                                              force=known)))
         if result.outcome == NOT_IN_REDIS:
             row = cast(Optional[Tuple[int, bool]], (yield self._rows.message_for_recall(sender, msg_id, to)))
             if row is None:
@@ -68,6 +72,10 @@ class Recaller:
                 self._node.deliver(sender, delivered)
             return RECALLED, result.pos
         return {DUPLICATE: RETRY, ALREADY: WAS_RECALLED, TOO_LATE: LATE}[result.outcome], None
+
+    def server_id(self) -> str:
+        """A fresh id for a D the server makes (delete, erasure)."""
+        return self._node.next_server_id()
 
     @defer.inlineCallbacks
     def delete(self, sender: int, to: int, msg_id: str) -> Generator[defer.Deferred, object, Optional[bool]]:

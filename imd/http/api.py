@@ -97,6 +97,8 @@ def _route(postpath: List[bytes]) -> Tuple[str, str, Optional[bytes]]:
     parts = tuple(p for p in postpath if p)
     if len(parts) == 3 and parts[0] == b"orders" and parts[2] == b"close":
         return "close", "POST", parts[1]
+    if len(parts) == 3 and parts[0] == b"users" and parts[2] == b"erase":
+        return "erase", "POST", parts[1]
     names = tuple(p.decode("latin-1") for p in parts)
     if names in _ROUTES:
         endpoint, method = _ROUTES[names]
@@ -280,6 +282,12 @@ class ApiResource(JsonResource):
             raise HttpError(400, "a and b must be two users")
         yield self._api.friends(a, b, op == "add")
         return 200, {"ok": True}
+
+    @defer.inlineCallbacks
+    def _erase(self, request: object, uid: bytes) -> Generator[defer.Deferred, object, Tuple[int, Dict[str, object]]]:
+        """Erasure of a user (contract v3 §11)."""
+        erased = yield self._api.erase_user(_uid(uid.decode("latin-1"), "uid"))
+        return 200, {"messages": erased}
 
     @defer.inlineCallbacks
     def _delete(self, request: object,

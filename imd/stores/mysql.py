@@ -281,6 +281,13 @@ class MysqlStore(Service):
         Fires with ``(messages inserted, receipts inserted)``."""
         return self.run_interaction(_insert_entries_txn, rows, receipts, recalls)
 
+    def sent_messages(self, uid: int, after: Tuple[int, int], limit: int) -> defer.Deferred:
+        """Up to ``limit`` of the ``t`` and ``i`` messages ``uid`` sent that
+        are not recalled, after ``after`` (``(ts, accept_seq)``), in that
+        order (the message_by_sender index): ``[(ts, accept_seq, msg_id,
+        to_id)]``, for an erasure."""
+        return self.run_interaction(_sent_messages_txn, uid, after, limit)
+
     def message_for_recall(self, sender: int, msg_id: str, to: int) -> defer.Deferred:
         """``sender``'s message ``msg_id`` to ``to`` as MySQL has it:
         ``(ts, recalled)``, or None (no such message; ``D`` rows are not
@@ -391,6 +398,15 @@ def _recall_txn(cursor: pymysql.cursors.Cursor, recalls: Sequence[Identity]) -> 
             done += cursor.execute("UPDATE message SET msg = '', recalled = 1, packet = %s WHERE seq = %s",
                                    (tombstone(row[1]), row[0]))
     return done
+
+
+def _sent_messages_txn(cursor: pymysql.cursors.Cursor, uid: int, after: Tuple[int, int],
+                       limit: int) -> List[Tuple[int, int, str, int]]:
+    where, args = _after(after)
+    cursor.execute("SELECT ts, accept_seq, msg_id, to_id FROM message WHERE from_id = %s AND " + where
+                   + " AND type IN ('t', 'i') AND recalled = 0 ORDER BY ts, accept_seq LIMIT %s",
+                   [uid] + args + [limit])
+    return [(int(ts), int(seq), bytes(msg_id).decode("utf-8"), int(to)) for ts, seq, msg_id, to in cursor.fetchall()]
 
 
 def _message_for_recall_txn(cursor: pymysql.cursors.Cursor, sender: int, msg_id: str,

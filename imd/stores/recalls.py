@@ -14,8 +14,9 @@ A message no longer in Redis is in MySQL if it exists (an entry leaves
 there and calls again with ``force``.
 
 Keys (imd.stores.keys): ``dedup:<from>:<id>`` (the D's own id, like a
-message's: a retry is acked once), ``MQ``, ``MQ:seq``, ``MQ:processing``,
-``pending:<uid>``, and ``push:unread``, ``push:last``, ``push:due``.
+message's: a retry is acked once), ``recalled:<from>:<id>`` (the message
+is recalled, until its D is migrated), ``MQ``, ``MQ:seq``,
+``MQ:processing``, ``pending:<uid>``, and ``push:unread``, ``push:last``, ``push:due``.
 """
 
 from typing import List, NamedTuple, Optional, Sequence, Union
@@ -28,6 +29,11 @@ from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, RedisStore, Script
 
 RECALL = Script.load("recall")
+
+# How long ``recalled:<from>:<id>`` says a message is recalled: until its D
+# is migrated (MySQL's ``recalled`` column says it from then on), with a
+# margin for a migrator that is down for a long time.
+RECALLED_TTL = 30 * 24 * 3600
 
 STORED, DUPLICATE, ALREADY, TOO_LATE, NOT_IN_REDIS = "stored", "duplicate", "already", "too_late", "not_in_redis"
 _RESULTS = {1: STORED, 2: DUPLICATE, 3: ALREADY, 4: TOO_LATE, 0: NOT_IN_REDIS}
@@ -49,11 +55,6 @@ def message_heads(sender: int, to: int, msg_id: str) -> List[str]:
     return heads
 
 
-def recall_needle(sender: int, to: int, msg_id: str) -> str:
-    """What a stored ``D`` about that message holds (imd.protocol.recall_json)."""
-    return ',"from":%d,"to":%d,"type":"D","msg":%s,"ts":' % (sender, to, id_json(msg_id).decode("utf-8"))
-
-
 class RecallStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
                  push: Optional[PushNotes] = None) -> None:
@@ -70,13 +71,13 @@ class RecallStore(RedisStore):
         a :class:`RecallResult` once ``[redis] min_replicas`` have it."""
         k, push = self.keys, self.push
         key_list = [k.dedup(sender, d_id, to), k.mq, k.mq_seq, k.pending(sender), k.pending(to),
-                    k.mq_processing, k.dedup(sender, msg_id, to)]
+                    k.mq_processing, k.dedup(sender, msg_id, to), k.recalled(sender, msg_id)]
         if push is not None:
             key_list += push.keys
         heads = message_heads(sender, to, msg_id)
         window = -1 if window_ms is None else window_ms
         args: List[Union[int, str, bytes]] = [to, d_packet, self.dedup_ttl, heads[0], heads[1],
-                                              recall_needle(sender, to, msg_id), now_ms, window,
+                                              RECALLED_TTL, now_ms, window,
                                               1 if force else 0, 1 if push is not None else 0]
         d = self._client.run(RECALL, key_list, args).addCallback(_result)
         return self._replicated(d)
