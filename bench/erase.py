@@ -76,7 +76,8 @@ def main(reactor, args):
     app.mysql.stopService()
     n = args.n
     print("messages of one user: %d (migrated in %.1f s)" % (n, migrated))
-    print("erasure (recall each, D stored):   %6.1f s  %7.0f messages/s  (%d recalled)" % (erase_s, n / erase_s, erased))
+    print("erasure (recall each, D stored):   %6.1f s  %7.0f messages/s  (%d recalled)"
+          % (erase_s, n / erase_s, erased))
     print("migrator applying the D entries:   %6.1f s  %7.0f messages/s" % (applied, n / applied))
     print("a million messages, extrapolated:  erasure %.0f s, MySQL caught up %.0f s later"
           % (erase_s * 1e6 / n, applied * 1e6 / n))
