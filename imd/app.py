@@ -23,7 +23,9 @@ from imd.bus import NodeBus
 from imd.config import ConfigError
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
+from imd.handlers.erasure import Eraser, ErasureStore
 from imd.handlers.messages import MessageHandler
+from imd.handlers.recall import RecallHandler, Recaller
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.positions import SiteHandler
@@ -41,6 +43,7 @@ from imd.stores.deadletter import DeadLetters
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
+from imd.stores.recalls import RecallStore
 from imd.stores.mysql import MessageRows, MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck
 from imd.seqfloor import SeqFloor
@@ -88,6 +91,7 @@ class App:
         # [push] url set: the store scripts also note pending pushes (§7.5)
         self.push_notes = PushNotes(keys, settings.push.delay) if settings.push.url else None
         self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes)
+        self.recalls = RecallStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes, redis.dedup_ttl)
         self.positions = PositionStore(client, keys)
@@ -131,6 +135,8 @@ class App:
         node = self.node
         self.text_policy = self._text_policy()
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
+        self.recaller = Recaller(self.recalls, self.mysql, node, self.clock)
+        self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
         self.handlers: Dict[str, Callable[..., Any]] = {
             "t": messages.handle,
             "i": messages.handle,
@@ -146,6 +152,7 @@ class App:
                                 Budget(settings.websocket.receipt_lookup_rate,
                                        settings.websocket.receipt_lookup_burst), self.metrics).handle,
             "Y": TypingHandler(self.typing, node, self.metrics).handle,
+            "D": RecallHandler(self.recaller, settings.messages.recall_window).handle,
         }
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,

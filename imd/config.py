@@ -449,6 +449,12 @@ class TypingSettings:
 
 
 @dataclass(frozen=True)
+class MessagesSettings:
+    # seconds after its ts a message may still be recalled by its sender (contract v3 §11)
+    recall_window: float = _setting("120", _number(strictly_positive=False))
+
+
+@dataclass(frozen=True)
 class PushSettings:
     url: str = _setting("", _http_url)
     secret: str = _setting("", _push_secret)
@@ -506,6 +512,7 @@ SECTIONS = {
     "presence": PresenceSettings,
     "site": SiteSettings,
     "typing": TypingSettings,
+    "messages": MessagesSettings,
     "push": PushSettings,
     "retention": RetentionSettings,
     "privacy": PrivacySettings,
@@ -528,6 +535,7 @@ class Settings:
     presence: PresenceSettings
     site: SiteSettings
     typing: TypingSettings
+    messages: MessagesSettings
     push: PushSettings
     retention: RetentionSettings
     privacy: PrivacySettings

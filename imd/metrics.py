@@ -28,7 +28,7 @@ ACKED_TYPES = frozenset("tiTSRY")
 _PACKET_TYPES = MESSAGE_TYPES | COMMAND_TYPES | SIGNAL_TYPES
 _RECEIPT_STATES = STATE_NAMES[1:]
 # The server API's endpoints (imd.http.api), a fixed set of label values
-API_ENDPOINTS = ("send", "close", "kick", "online", "friends", "other")
+API_ENDPOINTS = ("send", "close", "kick", "online", "friends", "delete", "erase", "other")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -335,6 +335,10 @@ class Metrics:
         self.connections_refused = Counter(
             "imd_connections_refused", "TCP connections refused by [websocket] max_connections (503) "
             "or max_per_address (429)", ["status"], registry=registry)
+        self.erasures = Counter(
+            "imd_user_erasures", "Erasures of a user run by this process (contract v3 §11)", registry=registry)
+        self.erased_messages = Counter(
+            "imd_erased_messages", "Messages recalled by erasures of their sender", registry=registry)
         self.slow_consumers = Counter(
             "imd_slow_consumers_dropped", "Connections dropped for not reading "
             "([websocket] max_send_buffer)", registry=registry)
@@ -446,6 +450,10 @@ class Metrics:
 
     def api_request(self, endpoint: str, status: int) -> None:
         self.api_requests.labels(endpoint if endpoint in API_ENDPOINTS else "other", str(status)).inc()
+
+    def user_erased(self, messages: int) -> None:
+        self.erasures.inc()
+        self.erased_messages.inc(messages)
 
     def store_error(self, message: str) -> None:
         self.store_errors.labels(store_of(message)).inc()

@@ -37,14 +37,14 @@ Run alone: ``twistd -n imd --config etc/imd.ini --roles migrate``
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.entry import StoredReceipt, parse_entry
+from imd.messagelog.entry import Identity, StoredReceipt, parse_entry, recalled_identity
 
 if TYPE_CHECKING:
     from imd.config import MigrateSettings
@@ -73,7 +73,7 @@ class _Batch:
     def __init__(self, replayed: bool, size: int) -> None:
         self.replayed = replayed
         self.size = size
-        self.parts: List[Tuple[List[Any], List[Any]]] = []
+        self.parts: List[Tuple[List[Any], List[Any], List[Identity]]] = []
         self.dead: List[str] = []
         self.migrated: Dict[int, int] = {}   # uid -> highest seq of theirs in this batch
         self.messages = 0
@@ -272,18 +272,26 @@ class Migrator(Service):
         parts = INSERTS_AT_ONCE if len(entries) >= SPLIT_FROM else 1
         size = -(-len(entries) // parts) if entries else 1
         for start in range(0, len(entries), size):
-            rows, receipts = self._rows(entries[start:start + size], batch.dead, batch.migrated)
+            recalls: List[Identity] = []
+            rows, receipts = self._rows(entries[start:start + size], batch.dead, batch.migrated, recalls)
             batch.messages += len(rows)
             if rows or receipts:
-                batch.parts.append((rows, receipts))
+                batch.parts.append((rows, receipts, recalls))
+        if len(batch.parts) > 1 and any(part[2] for part in batch.parts):
+            # A D recalls a message stored before it, maybe in an earlier
+            # part: the parts commit at once, so such a batch goes in one
+            # transaction, its rows before its recalls (contract v3 §11).
+            batch.parts = [([r for p in batch.parts for r in p[0]], [r for p in batch.parts for r in p[1]],
+                            [r for p in batch.parts for r in p[2]])]
         return batch
 
     @defer.inlineCallbacks
     def _insert(self, batch: "_Batch") -> Generator[defer.Deferred, Any, None]:
         """Every part of ``batch`` committed (at once, on pool connections
         of their own), or the first failure once all have settled."""
-        results = yield defer.DeferredList([self.mysql.insert_entries(rows, receipts)
-                                            for rows, receipts in batch.parts], consumeErrors=True)
+        insert = self.mysql.insert_entries
+        results = yield defer.DeferredList([insert(rows, receipts, recalls) if recalls else insert(rows, receipts)
+                                            for rows, receipts, recalls in batch.parts], consumeErrors=True)
         inserted, receipts_inserted, failure = 0, 0, None
         for ok, result in results:
             if ok:
@@ -318,10 +326,12 @@ class Migrator(Service):
         return held
 
     @staticmethod
-    def _rows(entries: Sequence[str], dead: List[str],
-              migrated: Dict[int, int]) -> Tuple[List[Any], List[Any]]:
+    def _rows(entries: Sequence[str], dead: List[str], migrated: Dict[int, int],
+              recalls: Optional[List[Identity]] = None) -> Tuple[List[Any], List[Any]]:
         """The ``message`` and ``receipt`` rows of ``entries``; unreadable
-        ones go to ``dead``; ``migrated`` gets each party's highest ``seq``."""
+        ones go to ``dead``; ``migrated`` gets each party's highest ``seq``;
+        ``recalls`` the messages the ``D`` entries recall (a D is a row
+        too: the log keeps it)."""
         rows: List[Any] = []
         receipts: List[Any] = []
         for entry in entries:
@@ -336,6 +346,8 @@ class Migrator(Service):
                 receipts.extend(stored.rows())
             else:
                 rows.append(stored.row())
+                if recalls is not None and stored.type == "D":
+                    recalls.append(cast(Identity, recalled_identity(stored)))
             seq = stored.seq
             if seq:
                 for uid in stored.parties:

@@ -168,8 +168,23 @@ class TypingPacket(Packet):
 
 
 # What parse_frame returns: each has a ``type`` string
+class RecallPacket(Packet):
+    """``D`` (contract v3 §11): recall ``msg``, the id of one of the
+    sender's own messages to ``to`` (or, once rooms exist, in ``room``).
+    ``msg`` is the id in its dedup form (a number as its decimal string).
+    ``origin``: as for :class:`MessagePacket`, the connection it came on,
+    which gets only the ``A``; the sender's other connections get the D."""
+    __slots__ = ("to", "room", "msg", "origin")
+    type = "D"
+
+    def __init__(self, packet_id: PacketId, to: Optional[int], room: Optional[object], msg: str) -> None:
+        super().__init__(packet_id)
+        self.to, self.room, self.msg = to, room, msg
+        self.origin: Optional[str] = None
+
+
 ClientPacket = Union[MessagePacket, PingPacket, TakeOrderPacket, SitePacket, OnlinePacket, HistoryPacket,
-                     ReceiptPacket, TypingPacket]
+                     ReceiptPacket, TypingPacket, RecallPacket]
 
 
 # --- parsing ------------------------------------------------------------------
@@ -407,6 +422,22 @@ def _typing(packet_id: PacketId, obj: JsonObject) -> TypingPacket:
     return TypingPacket(packet_id, to, msg)
 
 
+def _recall(packet_id: PacketId, obj: JsonObject) -> RecallPacket:
+    to, room = None, None
+    if "room" in obj and "to" not in obj:
+        room = obj["room"]
+    else:
+        try:
+            to = parse_uid(obj.get("to"))
+        except ValueError as e:
+            raise PacketError("bad_packet", "D: " + str(e), packet_id)
+    msg = obj.get("msg")
+    if not _message_id(msg):
+        raise PacketError("bad_packet", "D: msg must be the id of one of your messages (a string of 1-%d"
+                          " characters or an integer)" % MAX_ID_CHARS, packet_id)
+    return RecallPacket(packet_id, to, room, str(msg))
+
+
 def _uid_command(packet_cls: Union[Type[TakeOrderPacket], Type[OnlinePacket]],
                  field: str) -> Callable[[PacketId, JsonObject], ClientPacket]:
     def build(packet_id: PacketId, obj: JsonObject) -> ClientPacket:
@@ -425,6 +456,7 @@ _COMMANDS: Dict[str, Callable[[PacketId, JsonObject], ClientPacket]] = {
     "O": _uid_command(OnlinePacket, "a user id"),
     "H": _history,
     "R": _receipt,
+    "D": _recall,
     "Y": _typing,
 }
 
@@ -512,6 +544,21 @@ def ack_stored(packet_id: PacketId, pos: int) -> bytes:
     """The ``A`` of a stored ``t`` or ``i`` (contract §10): ``pos``, its
     position in the sender's stream (the same as the recipient's)."""
     return _dump_fast({"id": packet_id, "from": 0, "type": "A", "msg": "success", "pos": pos})
+
+
+def recall_json(packet_id: PacketId, sender: int, to: int, recalled_id: str, ts: int) -> bytes:
+    """The stored form of a ``D`` (contract v3 §11): ``{"id","from","to",
+    "type":"D","msg":<recalled id>,"ts"}``; delivered with ``"pos"``
+    (:func:`with_pos`)."""
+    return _dump({"id": packet_id, "from": sender, "to": to, "type": "D", "msg": recalled_id, "ts": ts})
+
+
+def ack_pos(packet_id: PacketId, pos: int, duplicate: bool = False) -> bytes:
+    """The ``A`` of a stored ``D``: the sender's ``pos`` of it (a retry's, or
+    a message already recalled: ``"dup": true`` and no pos)."""
+    if duplicate:
+        return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "dup": True})
+    return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "pos": pos})
 
 
 def ack_duplicate(packet_id: PacketId, masked: bool = False, pos: int = 0) -> bytes:

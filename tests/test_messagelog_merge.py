@@ -5,9 +5,12 @@ the furthest receipt state either side knows.  The logic on made-up rows,
 then entries stored by the store_entry snippet in real Redis and rows
 inserted into real MariaDB as the migrator inserts them."""
 
+import json
+
 from twisted.internet import threads
 from twisted.trial import unittest
 
+from imd import protocol
 from imd.messagelog.entry import id_json, parse_entry, receipt_entry_parts
 from imd.messagelog.merge import Pending, Selection, found_states, merged
 from imd.migrator import Migrator
@@ -81,6 +84,20 @@ class MergeTests(unittest.SynchronousTestCase):
         pending = [entry(n, 2, 1, TS + 5 - n, 10 - n) for n in range(5)]
         self.assertEqual(ids(merged([], Pending(pending, Selection(1).matches))),
                          [(str(n), 0) for n in reversed(range(5))])
+
+    def test_a_pending_d_shows_its_message_as_the_tombstone_and_is_not_listed(self):
+        # m1 migrated (its row still holds the text), its D not yet; m2 untouched
+        rows = [row(entry("m1", 1, 2, TS, 1, "secret")), row(entry("m2", 1, 2, TS + 1, 2, "kept"))]
+        d = protocol.recall_json("d1", 1, 2, "m1", TS + 5).decode("utf-8")[:-1] + ',"seq":3}'
+        items = list(merged(rows, Pending([d], Selection(1).matches)))
+        self.assertEqual([json.loads(m.packet) for m, _ in items],
+                         [{"id": "m1", "from": 1, "to": 2, "type": "t", "msg": "", "recalled": True, "ts": TS},
+                          {"id": "m2", "from": 1, "to": 2, "type": "t", "msg": "kept", "ts": TS + 1}])
+        self.assertEqual([m.msg for m, _ in items], ["", "kept"])
+        # a D about someone else's message of the same id changes nothing
+        other = protocol.recall_json("d2", 3, 2, "m1", TS + 5).decode("utf-8")[:-1] + ',"seq":4}'
+        self.assertEqual([m.msg for m, _ in merged(rows, Pending([other], Selection(1).matches))],
+                         ["secret", "kept"])
 
     def test_lazy(self):
         def rows():

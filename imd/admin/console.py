@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("order", type=_uid, metavar="ORDER")
     show.set_defaults(run=order_show, needs_mysql=True)
 
+    user = commands.add_parser("user", help="a user's data (contract v3 §11)")
+    user_cmd = user.add_subparsers(dest="action", metavar="ACTION")
+    user_cmd.required = True
+    erase = user_cmd.add_parser("erase", help="erase UID: the text of every message it sent (as a recall), its "
+                                "friendships, last position and pending push; its connections closed (4003). "
+                                "Run it again to finish one cut short")
+    erase.add_argument("uid", type=_uid, metavar="UID")
+    erase.set_defaults(run=erase_user, needs_mysql=True)
+
     kick = commands.add_parser("kick", help="close every connection of UID on every node (C + 4003)")
     kick.add_argument("uid", type=_uid, metavar="UID")
     kick.add_argument("--reason", default="kicked by an operator", help="the C packet's msg")
@@ -379,6 +388,12 @@ def kick_user(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[de
         raise AdminError("--reason must be 1-100 bytes of text")
     nodes = yield app.node.kick(args.uid, args.reason)
     out.write("kick: uid %d, told %d node(s)\n" % (args.uid, int(nodes)))
+
+
+@defer.inlineCallbacks
+def erase_user(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, object, None]:
+    erased = yield app.eraser.erase(args.uid)
+    out.write("erase: uid %d, %s message(s) recalled\n" % (args.uid, erased))
 
 
 @defer.inlineCallbacks

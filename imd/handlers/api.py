@@ -9,7 +9,7 @@ delivery goes to the nodes that hold the recipients' connections.
 """
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from twisted.internet import defer
 
@@ -17,6 +17,10 @@ from imd import protocol
 from imd.clock import Clock
 from imd.errors import ImdError
 from imd.handlers.ports import Friends, Messages, Node, Presence
+from imd.handlers.recall import Recaller
+
+if TYPE_CHECKING:
+    from imd.handlers.erasure import Eraser
 
 
 # About this many bytes of packets are stored and delivered per slice of a
@@ -31,13 +35,16 @@ def new_message_id(clock: Clock) -> str:
 
 class ServerApi:
     def __init__(self, messages: Messages, presence: Presence, friends: Friends, node: Node, clock: Clock,
-                 order_lifecycle: Callable[[], Any] = lambda: None) -> None:
+                 order_lifecycle: Callable[[], Any] = lambda: None, recaller: Optional[Recaller] = None,
+                 eraser: Optional["Eraser"] = None) -> None:
         self._messages = messages
         self._presence = presence
         self._friends = friends
         self._node = node
         self._clock = clock
         self._order_lifecycle = order_lifecycle
+        self._recaller = recaller
+        self._eraser = eraser
 
     @defer.inlineCallbacks
     def send(self, recipients: Sequence[int], msg: Dict[str, Any], packet_id: Optional[str]) -> Any:
@@ -88,6 +95,21 @@ class ServerApi:
         if lifecycle is None:
             raise ImdError("unavailable", "closing orders is not available in this imd")
         return defer.maybeDeferred(lifecycle.close, order_id)
+
+
+    def delete_message(self, sender: int, msg_id: str, to: int) -> defer.Deferred:
+        """The moderation delete (contract v3 §11): fires with True, False
+        (already recalled or deleted) or None (no such message)."""
+        if self._recaller is None:
+            raise ImdError("unavailable", "deleting messages is not available in this imd")
+        return self._recaller.delete(sender, to, msg_id)
+
+
+    def erase_user(self, uid: int) -> defer.Deferred:
+        """Erasure of ``uid`` (contract v3 §11): fires with the number of messages recalled now."""
+        if self._eraser is None:
+            raise ImdError("unavailable", "erasure is not available in this imd")
+        return self._eraser.erase(uid)
 
 
 def recipients_list(value: Any, limit: int) -> List[int]:

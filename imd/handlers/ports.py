@@ -131,6 +131,19 @@ class HistoryRows(Protocol):
     def stream(self, uid: int, after_pos: int, limit: int) -> Deferred: ...
 
 
+class Recalls(Protocol):
+    """Recall and delete in Redis (imd.stores.recalls.RecallStore)."""
+
+    def recall(self, sender: int, to: int, d_id: str, msg_id: str, d_packet: bytes, now_ms: int,
+               window_ms: Optional[int], force: bool = False) -> Deferred: ...
+
+
+class RecallRows(Protocol):
+    """Migrated messages, for a recall (imd.stores.mysql.MysqlStore)."""
+
+    def message_for_recall(self, sender: int, msg_id: str, to: int) -> Deferred: ...
+
+
 class ReceiptRows(Protocol):
     """Migrated messages' states, for ``R`` (imd.stores.mysql.MysqlStore)."""
 

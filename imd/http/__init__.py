@@ -68,7 +68,8 @@ def build_site(app: SiteApp, ws_base_url: Optional[str] = None) -> ImdSite:
     im = _Folder()
     _put(im, b"token", TokenResource(app, ws_base_url))
     api = ServerApi(app.messages, app.presence, app.friends, app.node, app.clock,
-                    lambda: getattr(app, "order_lifecycle", None))
+                    lambda: getattr(app, "order_lifecycle", None), getattr(app, "recaller", None),
+                    getattr(app, "eraser", None))
     http = app.settings.http
     _put(im, b"api", ApiResource(api, http.api_key, app.metrics, app.clock, http.api_rate, http.api_burst))
     _put(root, b"IM", im)

@@ -31,7 +31,7 @@ users, 64 MB to store, waits for a full bucket); past it ``429`` with
 import hashlib
 import hmac
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
@@ -61,7 +61,7 @@ _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd-api"'}
 
 # (path) -> (endpoint label, method); orders/<id>/close is matched apart
 _ROUTES = {("send",): ("send", "POST"), ("kick",): ("kick", "POST"), ("online",): ("online", "GET"),
-           ("friends",): ("friends", "POST")}
+           ("friends",): ("friends", "POST"), ("messages", "delete"): ("delete", "POST")}
 
 
 def _digest(text: bytes) -> bytes:
@@ -97,6 +97,8 @@ def _route(postpath: List[bytes]) -> Tuple[str, str, Optional[bytes]]:
     parts = tuple(p for p in postpath if p)
     if len(parts) == 3 and parts[0] == b"orders" and parts[2] == b"close":
         return "close", "POST", parts[1]
+    if len(parts) == 3 and parts[0] == b"users" and parts[2] == b"erase":
+        return "erase", "POST", parts[1]
     names = tuple(p.decode("latin-1") for p in parts)
     if names in _ROUTES:
         endpoint, method = _ROUTES[names]
@@ -280,3 +282,32 @@ class ApiResource(JsonResource):
             raise HttpError(400, "a and b must be two users")
         yield self._api.friends(a, b, op == "add")
         return 200, {"ok": True}
+
+    @defer.inlineCallbacks
+    def _erase(self, request: object, uid: bytes) -> Generator[defer.Deferred, object, Tuple[int, Dict[str, object]]]:
+        """Erasure of a user (contract v3 §11)."""
+        erased = yield self._api.erase_user(_uid(uid.decode("latin-1"), "uid"))
+        return 200, {"messages": erased}
+
+    @defer.inlineCallbacks
+    def _delete(self, request: object,
+                _: Optional[bytes]) -> Generator[defer.Deferred, object, Tuple[int, Dict[str, object]]]:
+        """Moderation delete of one message (contract v3 §11)."""
+        body = self._body(request)
+        unknown = set(body) - {"from", "id", "to", "room"}
+        if unknown:
+            raise HttpError(400, "unknown field %s" % sorted(unknown)[0])
+        sender = _uid(body.get("from"), "from")
+        msg_id = body.get("id")
+        if not ((isinstance(msg_id, str) and 1 <= len(msg_id) <= protocol.MAX_ID_CHARS)
+                or (type(msg_id) is int and 0 <= msg_id and len(str(msg_id)) <= protocol.MAX_ID_CHARS)):
+            raise HttpError(400, "id: the message's id (a string of 1-%d characters or an integer)"
+                            % protocol.MAX_ID_CHARS)
+        if "to" not in body and "room" in body:
+            # rooms (a later step) plug in here; until then no room exists
+            raise HttpError(404, "no such room")
+        to = _uid(body.get("to"), "to")
+        deleted = yield self._api.delete_message(sender, str(msg_id), to)
+        if deleted is None:
+            raise HttpError(404, "no such message")
+        return 200, {"deleted": deleted}

@@ -18,7 +18,7 @@ stored, so entries still in Redis and rows in MySQL sort alike.
 
 import json
 from collections import namedtuple
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from imd import jsonfast
 from imd.protocol import MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast
@@ -225,6 +225,32 @@ def _message(entry: str, obj: Any) -> StoredMessage:
         packet = entry[:cut] + "}"
     from_id = _uid(obj.get("from"), "from") if kind != "s" or obj.get("from") != 0 else 0
     return StoredMessage(msg_id.encode("utf-8"), from_id, _uid(obj.get("to"), "to"), kind, text, ts, seq, packet)
+
+
+def tombstone(packet: str) -> str:
+    """A stored packet (as delivered, or as the ``tombstone_entry`` snippet
+    left it) with its text gone, as every reader shows a recalled or
+    deleted message (contract v3 §11): ``"msg": ""`` and ``"recalled":
+    true`` in place of its msg, every other field as it was."""
+    obj = _load(packet)
+    if not isinstance(obj, dict):
+        return packet
+    out = {}
+    for name, value in obj.items():
+        if name == "recalled":
+            continue
+        out[name] = "" if name == "msg" else value
+        if name == "msg":
+            out["recalled"] = True
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+def recalled_identity(message: StoredMessage) -> Optional[Identity]:
+    """The message a ``D`` entry recalls (its sender's, to its recipient);
+    None for any other entry."""
+    if message.type != "D":
+        return None
+    return (message.from_id, message.msg.encode("utf-8"), message.to_id)
 
 
 def receipt_entry_parts(packet_id: PacketId, reader: int, sender: int, state: int,

@@ -26,9 +26,9 @@ receipts (``R``) are not in it.  A new kind of entry joins the stream by
 being read here as a message.
 """
 
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple, cast
 
-from imd.messagelog.entry import Identity, StoredMessage, StoredReceipt, parse_entry
+from imd.messagelog.entry import Identity, StoredMessage, StoredReceipt, parse_entry, recalled_identity, tombstone
 
 Position = Tuple[int, Optional[int]]   # (ts, seq); seq None: "ts strictly after"
 Item = Tuple[StoredMessage, int]       # a message and its receipt state
@@ -91,7 +91,11 @@ class Pending:
     """A user's entries still in Redis, read once: :attr:`messages`, those
     that ``keep`` takes (each ``(from, id, to)`` once: its first entry), in
     history order; and the furthest state the receipt entries among them
-    give each message (:meth:`state`).  An entry that cannot be read is
+    give each message (:meth:`state`), and the messages the ``D`` entries
+    among them recall (:attr:`recalled`: their entries in Redis lost their
+    text when the D was stored, their rows in MySQL once the D is
+    migrated; until then the merge shows the row as a tombstone).  A ``D``
+    is not itself a message of history.  An entry that cannot be read is
     passed over (the migrator moves it to ``MQ:dead``)."""
 
     def __init__(self, entries: Iterable[str], keep: Callable[[StoredMessage], bool],
@@ -99,6 +103,7 @@ class Pending:
         """``by_pos``: :attr:`messages` in stream order (by ``seq``)."""
         messages: Dict[Identity, StoredMessage] = {}
         states: Dict[Identity, int] = {}
+        recalled: Set[Identity] = set()
         for entry in entries:
             try:
                 value = parse_entry(entry)
@@ -109,10 +114,13 @@ class Pending:
                 for identity in value.identities():
                     if states.get(identity, 0) < state:
                         states[identity] = state
+            elif value.type == "D":
+                recalled.add(cast(Identity, recalled_identity(value)))
             elif keep(value):
                 messages.setdefault(value.identity, value)
         self.messages: List[StoredMessage] = sorted(messages.values(), key=_stream_key if by_pos else _history_key)
         self.states = states
+        self.recalled = recalled
 
     def state(self, identity: Identity, known: int = 0) -> int:
         """The furthest of ``known`` (MySQL's) and the pending receipts' state of a message."""
@@ -132,7 +140,22 @@ def merged(rows: Iterable[LogRow], pending: Pending, by_pos: bool = False) -> It
     all.
 
     ``rows``: as imd.stores.mysql reads them (:data:`LogRow`), in the same
-    order; ``pending`` built with the same ``by_pos``."""
+    order; ``pending`` built with the same ``by_pos``.  A message a pending
+    ``D`` recalls comes out as its tombstone."""
+    if pending.recalled:
+        return _tombstoned(_merged(rows, pending, by_pos), pending.recalled)
+    return _merged(rows, pending, by_pos)
+
+
+def _tombstoned(items: Iterator[Item], recalled: Set[Identity]) -> Iterator[Item]:
+    """Each message a pending ``D`` recalls as its tombstone (contract v3 §11)."""
+    for message, state in items:
+        if (message[1], message[0], message[2]) in recalled:
+            message = message._replace(msg=None if message.msg is None else "", packet=tombstone(message.packet))
+        yield message, state
+
+
+def _merged(rows: Iterable[LogRow], pending: Pending, by_pos: bool) -> Iterator[Item]:
     # (one generator, no heapq.merge: this is every H's path, ~0.3 µs an item)
     waiting = pending.messages
     states = pending.states

@@ -37,6 +37,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "a stored (sender, packet id), for [redis] dedup_ttl: a retry is acked, not stored again; "
             "the value is the recipient's uid, '/' and the message's accept order (its pos; a t or i), "
             "then ':d' or ':r' once receipts moved its state (receipts)"),
+    KeySpec("recalled:<uid>:<id>", "string", "recalls",
+            "the user's message <id> is recalled or deleted (contract v3 §11), value its recipient: says so "
+            "until the D is migrated (MySQL's recalled column then does); 30 days"),
     KeySpec("dedup:0:<to>:<id>", "string", "messages",
             "the same for a system message (sender 0), per recipient"),
     KeySpec("MQ", "list", "messages", "stored entries (JSON) not yet migrated, newest at the head"),
@@ -179,6 +182,9 @@ class Keys:
 
     def node_users(self, node_id: str) -> str:
         return "%snodeusers:%s" % (self.prefix, node_id)
+
+    def recalled(self, sender: Uid, packet_id: PacketId) -> str:
+        return "%srecalled:%d:%s" % (self.prefix, sender, packet_id)
 
     def kept(self, uid: Uid) -> str:
         return "%skept:%d" % (self.prefix, uid)

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
+from imd.messagelog.entry import Identity, tombstone
 from imd.messagelog.merge import LogRow, Selection
 from imd.resources import data_dir
 
@@ -270,11 +271,28 @@ class MysqlStore(Service):
 
     # --- message (contract §5) -----------------------------------------------
 
-    def insert_entries(self, rows: Sequence[Tuple[Any, ...]], receipts: Sequence[Tuple[Any, ...]]) -> defer.Deferred:
+    def insert_entries(self, rows: Sequence[Tuple[Any, ...]], receipts: Sequence[Tuple[Any, ...]],
+                       recalls: Sequence[Identity] = ()) -> defer.Deferred:
         """Insert message rows and receipt rows (``StoredReceipt.rows``) in
-        one transaction, each kind with multi-row ``INSERT IGNORE``.  Fires
-        with ``(messages inserted, receipts inserted)``."""
-        return self.run_interaction(_insert_entries_txn, rows, receipts)
+        one transaction, each kind with multi-row ``INSERT IGNORE``, then
+        set each message of ``recalls`` (``(from, id, to)`` named by the
+        batch's ``D`` entries) recalled: its text gone, in ``msg`` and
+        ``packet`` (a no-op for one already recalled, so a replay is one).
+        Fires with ``(messages inserted, receipts inserted)``."""
+        return self.run_interaction(_insert_entries_txn, rows, receipts, recalls)
+
+    def sent_messages(self, uid: int, after: Tuple[int, int], limit: int) -> defer.Deferred:
+        """Up to ``limit`` of the ``t`` and ``i`` messages ``uid`` sent that
+        are not recalled, after ``after`` (``(ts, accept_seq)``), in that
+        order (the message_by_sender index): ``[(ts, accept_seq, msg_id,
+        to_id)]``, for an erasure."""
+        return self.run_interaction(_sent_messages_txn, uid, after, limit)
+
+    def message_for_recall(self, sender: int, msg_id: str, to: int) -> defer.Deferred:
+        """``sender``'s message ``msg_id`` to ``to`` as MySQL has it:
+        ``(ts, recalled)``, or None (no such message; ``D`` rows are not
+        messages)."""
+        return self.run_interaction(_message_for_recall_txn, sender, msg_id, to)
 
     def message_states(self, sender: int, reader: int, msg_ids: Iterable[str]) -> defer.Deferred:
         """Which of ``msg_ids`` (str) ``sender`` sent to ``reader``, with the
@@ -372,9 +390,44 @@ def quote_text(value: str) -> str:
 
 
 def _insert_entries_txn(cursor: pymysql.cursors.Cursor, rows: Sequence[Tuple[Any, ...]],
-                        receipts: Sequence[Tuple[Any, ...]]) -> Tuple[int, int]:
+                        receipts: Sequence[Tuple[Any, ...]],
+                        recalls: Sequence[Identity] = ()) -> Tuple[int, int]:
     inserted = _insert_messages_txn(cursor, rows) if rows else 0
-    return inserted, (_insert_receipts_txn(cursor, receipts) if receipts else 0)
+    receipts_inserted = _insert_receipts_txn(cursor, receipts) if receipts else 0
+    if recalls:
+        _recall_txn(cursor, recalls)
+    return inserted, receipts_inserted
+
+
+def _recall_txn(cursor: pymysql.cursors.Cursor, recalls: Sequence[Identity]) -> int:
+    """Each message of ``recalls`` recalled (after the batch's own rows went
+    in: a message recalled in the batch that stored it is there)."""
+    done = 0
+    for from_id, msg_id, to_id in recalls:
+        cursor.execute("SELECT seq, packet FROM message WHERE from_id = %s AND msg_id = %s AND to_id = %s"
+                       " AND type <> 'D' AND recalled = 0 FOR UPDATE", (from_id, msg_id, to_id))
+        row = cursor.fetchone()
+        if row is not None:
+            done += cursor.execute("UPDATE message SET msg = '', recalled = 1, packet = %s WHERE seq = %s",
+                                   (tombstone(row[1]), row[0]))
+    return done
+
+
+def _sent_messages_txn(cursor: pymysql.cursors.Cursor, uid: int, after: Tuple[int, int],
+                       limit: int) -> List[Tuple[int, int, str, int]]:
+    where, args = _after(after)
+    cursor.execute("SELECT ts, accept_seq, msg_id, to_id FROM message WHERE from_id = %s AND " + where
+                   + " AND type IN ('t', 'i') AND recalled = 0 ORDER BY ts, accept_seq LIMIT %s",
+                   [uid] + args + [limit])
+    return [(int(ts), int(seq), bytes(msg_id).decode("utf-8"), int(to)) for ts, seq, msg_id, to in cursor.fetchall()]
+
+
+def _message_for_recall_txn(cursor: pymysql.cursors.Cursor, sender: int, msg_id: str,
+                            to: int) -> Optional[Tuple[int, bool]]:
+    cursor.execute("SELECT ts, recalled FROM message WHERE from_id = %s AND msg_id = %s AND to_id = %s"
+                   " AND type <> 'D'", (sender, msg_id.encode("utf-8"), to))
+    row = cursor.fetchone()
+    return None if row is None else (int(row[0]), bool(row[1]))
 
 
 _INSERT_RECEIPTS = "INSERT IGNORE INTO receipt (from_id, msg_id, to_id, state, ts, accept_seq) VALUES "
@@ -678,6 +731,8 @@ def _log_sides(selection: Selection) -> List[Tuple[str, SqlArgs]]:
     if selection.until is not None:
         window += " AND ts < %s"
         window_args = window_args + [selection.until]
+    # (a D row is in the log, not in history: contract v3 §11)
+    window = " AND type <> 'D'" + window
     received, received_args = "to_id = %s", [uid]
     if with_uid is not None:
         received += " AND from_id = %s"

@@ -335,7 +335,7 @@ class Session:
         if handler is None:
             self._answer(_Failed(packet.id, ImdError("unknown_type", "%s is not served by this server" % kind)))
             return
-        if type(packet) is protocol.MessagePacket:
+        if type(packet) is protocol.MessagePacket or type(packet) is protocol.RecallPacket:
             packet.origin = self.conn_id   # its other devices get it, this connection only the A
         try:
             outcome = handler(self.uid, packet)
