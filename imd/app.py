@@ -254,10 +254,13 @@ class App:
         return top
 
     def server_endpoint(self, description: str) -> Any:
-        """The endpoint for a listener string; ``ssl:`` ones reload their certificate on SIGHUP."""
+        """The endpoint for a listener string; ``ssl:`` ones reload their
+        certificate on SIGHUP.  Every listener gets imd's listen queue unless
+        its string names one (:func:`imd.endpoints.with_backlog`)."""
+        description = endpoints.with_backlog(description)
         if is_tls_endpoint(description):
             return self.tls.endpoint(description)
-        return serverFromString(self.reactor, endpoints.with_backlog(description))
+        return serverFromString(self.reactor, description)
 
     def listening_service(self, description: str, factory: Any, role: str = "") -> ListeningService:
         return ListeningService(description, self.server_endpoint(description), factory, role)

@@ -244,7 +244,7 @@ class TlsReloader(Service):
         spec = parse_tls_endpoint(description)
         creator = ReloadableServerTLS.load(spec)
         self._creators.append(creator)
-        return wrap_server_tls(creator, serverFromString(self._reactor, endpoints.with_backlog(spec.tcp_description())))
+        return wrap_server_tls(creator, serverFromString(self._reactor, spec.tcp_description()))
 
     def __len__(self) -> int:
         return len(self._creators)
