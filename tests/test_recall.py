@@ -124,6 +124,23 @@ class RecallTests(RecallMixin, MigratorTestMixin, unittest.TestCase):
         self.assertEqual(reply["type"], "A", reply)
         await self.assert_tombstone_everywhere(self.alice, self.bob, "77")
 
+    async def test_found_by_its_dedup_record_and_without_it(self):
+        # the recall script reads the one entry its dedup record's seq names;
+        # once that record has expired ([redis] dedup_ttl) it looks through
+        # the sender's unmigrated entries instead: both find the message
+        await self.send("m1")
+        await self.send("m2", "the other secret")
+        await self.send("m3", "a third one")
+        self.assertEqual(await self.redis.delete(Keys().dedup(1, "m2", 2)), 1)
+        for d_id, msg_id in (("d1", "m1"), ("d2", "m2")):
+            reply = await self.ask(self.alice, recall(d_id, 2, msg_id))
+            self.assertEqual(reply["type"], "A", reply)
+            self.assertEqual((await self.bob.next_of("D"))["msg"], msg_id)
+        items = await self.history(self.bob, 1)
+        self.assertEqual([(m["id"], m["msg"], m.get("recalled", False)) for m in items],
+                         [("m1", "", True), ("m2", "", True), ("m3", "a third one", False)])
+        self.assertNotIn(SECRET, await self.redis_text())
+
     async def test_refusals(self):
         await self.send()
         reply = await self.ask(self.bob, {"id": "b1", "to": 1, "type": "t", "msg": "bob's"})

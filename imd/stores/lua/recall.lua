@@ -1,6 +1,7 @@
 -- include: store_entry tombstone_entry cancel_push
 -- Recall (D) or moderation delete of one message (contract v3 §11), in one
--- go: find it among the sender's entries not yet migrated, check it, take
+-- go: find it among the sender's entries not yet migrated (by the seq its
+-- dedup record names), check it, take
 -- its text out of Redis, store the D (an entry of the message log: its seq
 -- is the D's pos) and cancel a push not yet sent for it.
 -- KEYS: dedup:<from>:<D id>, MQ, MQ:seq, pending:<from>, pending:<to>,
@@ -21,7 +22,19 @@ local to, heads = ARGV[1], {ARGV[4], ARGV[5]}
 if redis.call('EXISTS', KEYS[8]) == 1 then return {3} end
 local found, found_seq
 if ARGV[9] ~= '1' then
-  local items = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+  -- The message's dedup record ('<to>/<seq>...') names its seq, so the one
+  -- entry is read by score: a recall costs the same however many of the
+  -- sender's entries wait for the migrator.  Only without a record that
+  -- says it (expired after [redis] dedup_ttl: a moderation delete of an
+  -- old message still unmigrated) are the sender's entries looked through.
+  local record = redis.call('GET', KEYS[7])
+  local at = record and string.match(record, '^%d+/(%d+)')
+  local items
+  if at and at ~= '0' then
+    items = redis.call('ZRANGEBYSCORE', KEYS[4], at, at, 'WITHSCORES')
+  else
+    items = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+  end
   for i = 1, #items, 2 do
     local entry = items[i]
     for _, head in ipairs(heads) do
