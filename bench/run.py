@@ -2072,7 +2072,8 @@ def main():
                 servers[f.name] = imd = start(f.name, "-sync")
                 r.setdefault("sync", {})[f.name] = sync_row(
                     setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), wait_drained, log,
-                    rounds=10 if args.quick else 30)
+                    rounds=10 if args.quick else 30,
+                    cpu=lambda: {"redis": redis_cpu(), "mysql": mysql_cpu(), "ws": proc_cpu(imd.pid)})
                 servers.pop(f.name).stop()
         if "storm" in only:
             if CPYTHON not in flavours:
