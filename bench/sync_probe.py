@@ -159,3 +159,51 @@ def sync_row(setup, imd, token, wait_drained, log, messages=1000, rounds=30, lim
     log("  sync %s: p50 %.1f ms, p99 %.1f ms (%d messages, %d unmigrated, %d pages)" % (
         imd.name, result["p50_ms"], result["p99_ms"], messages, result["unmigrated"], pages))
     return result
+
+
+def ping_row(setup, imd, token, log, clients=20, rounds=20, window=500, cpu=None):
+    """The keepalive's cost (the SDK sends a ``P`` per connection every 30 s):
+    ``clients`` connections each send ``window`` ``P`` at once and read the
+    replies, ``rounds`` times; ``cpu`` (as for :func:`sync_row`) read before
+    and after: CPU µs per ``P`` of the ws process and of Redis."""
+    uids = setup.pairs(clients)
+    conns = []
+    for uid in uids:
+        conn = WsClient(imd.port, token(uid))
+        assert conn.next()["type"] == "L"
+        conns.append(conn)
+    sent = 0
+    started = time.perf_counter()
+    cpu0 = cpu() if cpu else {}
+    try:
+        for r in range(rounds):
+            for c, conn in enumerate(conns):
+                conn.sock.sendall(b"".join(_frame({"id": "p%d-%d-%d" % (r, c, n), "to": 0, "type": "P", "msg": "ping"})
+                                           for n in range(window)))
+            for conn in conns:
+                for _ in range(window):
+                    reply = conn.next()
+                    if reply["type"] != "P":
+                        raise RuntimeError("ping: %r" % reply)
+            sent += clients * window
+        cpu1 = cpu() if cpu else {}
+    finally:
+        for conn in conns:
+            conn.close()
+    seconds = time.perf_counter() - started
+    result = {"pings": sent, "clients": clients, "seconds": round(seconds, 2), "per_s": round(sent / seconds),
+              "note": "P packets answered; CPU per P (Redis: a whole server, an upper bound)"}
+    for name, before in cpu0.items():
+        if before is not None and cpu1.get(name) is not None:
+            result["%s_cpu_us_per_ping" % name] = round((cpu1[name] - before) * 1e6 / sent, 2)
+    log("  ping %s: %d P answered, %.0f/s; ws %s µs/P, Redis %s µs/P" % (
+        imd.name, sent, result["per_s"], result.get("ws_cpu_us_per_ping"), result.get("redis_cpu_us_per_ping")))
+    return result
+
+
+def _frame(packet):
+    payload = json.dumps(packet, separators=(",", ":")).encode()
+    mask = os.urandom(4)
+    n = len(payload)
+    header = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
