@@ -18,6 +18,7 @@ from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, 
 
 _log = Logger()
 
+
 class _OrderState(Protocol):
     """What the order's Redis record and MySQL's ``order_conversation`` both tell."""
     customer: Optional[int]
