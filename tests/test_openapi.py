@@ -70,8 +70,8 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
             operation = self.spec["paths"][path][method.lower()]
             Draft202012Validator.check_schema(operation["responses"][status]["content"]["application/json"]["schema"])
         self.assertEqual({p for p, _, _ in documented(spec)},
-                         {"/IM/api/send", "/IM/api/orders", "/IM/api/orders/{order}/close", "/IM/api/kick", "/IM/api/online",
-                          "/IM/api/friends"})
+                         {"/IM/api/send", "/IM/api/orders", "/IM/api/orders/{order}/close", "/IM/api/kick",
+                          "/IM/api/online", "/IM/api/friends"})
 
     @defer.inlineCallbacks
     def check(self, template, method, path, body=None, headers=AUTH, server=None, request_ok=True):
