@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts,replicas,storm]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts,replicas,storm,ping]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -72,6 +72,10 @@ process in both layouts that have one.
 the first 500 migrated and the daemon's migrator process then stopped
 (SIGSTOP, continued after), so half are still in Redis; pages of 500, one
 request at a time (bench/sync_probe.py): p50/p99 ms of the whole sync.
+
+``ping`` (not in the default set; a few seconds): the keepalive's cost, 20
+connections each sending 500 ``P`` at once and reading the replies, 20
+times (bench/sync_probe.py): CPU µs per ``P`` of the ws process and Redis.
 
 ``storm`` (not in the default set: 3-4 minutes at 10,000 connections;
 ``--only storm``, ``--storm-connections N``, default 10,000): N clients of
@@ -2072,7 +2076,18 @@ def main():
                 servers[f.name] = imd = start(f.name, "-sync")
                 r.setdefault("sync", {})[f.name] = sync_row(
                     setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), wait_drained, log,
-                    rounds=10 if args.quick else 30)
+                    rounds=10 if args.quick else 30,
+                    cpu=lambda: {"redis": redis_cpu(), "mysql": mysql_cpu(), "ws": proc_cpu(imd.pid)})
+                servers.pop(f.name).stop()
+        if "ping" in only:
+            if HERE not in sys.path:
+                sys.path.insert(0, HERE)
+            from sync_probe import ping_row
+            for f in flavours:
+                servers[f.name] = imd = start(f.name, "-ping")
+                r.setdefault("ping", {})[f.name] = ping_row(
+                    setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), log,
+                    cpu=lambda: {"redis": redis_cpu(), "ws": proc_cpu(imd.pid)})
                 servers.pop(f.name).stop()
         if "storm" in only:
             if CPYTHON not in flavours:

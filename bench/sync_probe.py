@@ -95,11 +95,13 @@ def _percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def sync_row(setup, imd, token, wait_drained, log, messages=1000, rounds=30, limit=500):
+def sync_row(setup, imd, token, wait_drained, log, messages=1000, rounds=30, limit=500, cpu=None):
     """``messages`` to one user from a friend, the first half migrated (the
     daemon's migrator process then stopped with SIGSTOP, continued after),
     then ``rounds`` syncs from 0 of all of them (``limit`` a page), timed
-    from the first request to the last page: p50/p99 ms."""
+    from the first request to the last page: p50/p99 ms.  ``cpu``: a
+    function giving ``{name: CPU seconds so far}`` (Redis, MariaDB, the ws
+    process), read before and after the syncs: CPU µs per sync of each."""
     sender, reader = setup.pairs(2)
     writer = WsClient(imd.port, token(sender))
     assert writer.next()["type"] == "L"
@@ -121,6 +123,7 @@ def sync_row(setup, imd, token, wait_drained, log, messages=1000, rounds=30, lim
         client = WsClient(imd.port, token(reader))
         assert client.next()["type"] == "L"
         times, pages = [], 0
+        cpu0 = cpu() if cpu else {}
         for r in range(rounds):
             started = time.perf_counter()
             msg, got, n = {"sync": 0, "limit": limit}, 0, 0
@@ -139,6 +142,7 @@ def sync_row(setup, imd, token, wait_drained, log, messages=1000, rounds=30, lim
             pages = n
             if got != messages:
                 raise RuntimeError("sync: %d messages, not %d" % (got, messages))
+        cpu1 = cpu() if cpu else {}
         client.close()
     finally:
         migrator.send_signal(signal.SIGCONT)
@@ -148,6 +152,58 @@ def sync_row(setup, imd, token, wait_drained, log, messages=1000, rounds=30, lim
               "limit": limit, "p50_ms": round(statistics.median(times), 2),
               "p99_ms": round(_percentile(times, 0.99), 2),
               "note": "H {sync: 0} of all of them, paged %d a page, one request at a time" % limit}
+    for name, before in cpu0.items():
+        if before is not None and cpu1.get(name) is not None:
+            # Redis and MariaDB are whole servers: upper bounds on a shared machine
+            result["%s_cpu_us_per_sync" % name] = round((cpu1[name] - before) * 1e6 / rounds, 1)
     log("  sync %s: p50 %.1f ms, p99 %.1f ms (%d messages, %d unmigrated, %d pages)" % (
         imd.name, result["p50_ms"], result["p99_ms"], messages, result["unmigrated"], pages))
     return result
+
+
+def ping_row(setup, imd, token, log, clients=20, rounds=20, window=500, cpu=None):
+    """The keepalive's cost (the SDK sends a ``P`` per connection every 30 s):
+    ``clients`` connections each send ``window`` ``P`` at once and read the
+    replies, ``rounds`` times; ``cpu`` (as for :func:`sync_row`) read before
+    and after: CPU µs per ``P`` of the ws process and of Redis."""
+    uids = setup.pairs(clients)
+    conns = []
+    for uid in uids:
+        conn = WsClient(imd.port, token(uid))
+        assert conn.next()["type"] == "L"
+        conns.append(conn)
+    sent = 0
+    started = time.perf_counter()
+    cpu0 = cpu() if cpu else {}
+    try:
+        for r in range(rounds):
+            for c, conn in enumerate(conns):
+                conn.sock.sendall(b"".join(_frame({"id": "p%d-%d-%d" % (r, c, n), "to": 0, "type": "P", "msg": "ping"})
+                                           for n in range(window)))
+            for conn in conns:
+                for _ in range(window):
+                    reply = conn.next()
+                    if reply["type"] != "P":
+                        raise RuntimeError("ping: %r" % reply)
+            sent += clients * window
+        cpu1 = cpu() if cpu else {}
+    finally:
+        for conn in conns:
+            conn.close()
+    seconds = time.perf_counter() - started
+    result = {"pings": sent, "clients": clients, "seconds": round(seconds, 2), "per_s": round(sent / seconds),
+              "note": "P packets answered; CPU per P (Redis: a whole server, an upper bound)"}
+    for name, before in cpu0.items():
+        if before is not None and cpu1.get(name) is not None:
+            result["%s_cpu_us_per_ping" % name] = round((cpu1[name] - before) * 1e6 / sent, 2)
+    log("  ping %s: %d P answered, %.0f/s; ws %s µs/P, Redis %s µs/P" % (
+        imd.name, sent, result["per_s"], result.get("ws_cpu_us_per_ping"), result.get("redis_cpu_us_per_ping")))
+    return result
+
+
+def _frame(packet):
+    payload = json.dumps(packet, separators=(",", ":")).encode()
+    mask = os.urandom(4)
+    n = len(payload)
+    header = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

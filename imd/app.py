@@ -9,6 +9,7 @@ packet type), ``imd.stores`` (every Redis key and SQL statement), ``imd.node``
 the other nodes), ``imd.http``, ``imd.migrator``.
 """
 
+import functools
 import socket
 from typing import Any, Callable, Dict
 
@@ -45,7 +46,7 @@ from imd.stores.keys import Keys
 from imd.stores.messages import MessageStore
 from imd.stores.recalls import RecallStore
 from imd.stores.mysql import MessageRows, MysqlStore
-from imd.stores.mysql_check import MysqlLoginCheck
+from imd.stores.mysql_check import MysqlLoginCheck, check_login
 from imd.seqfloor import SeqFloor
 from imd.stores.orders import OrderStore
 from imd.stores.positions import PositionAudience, PositionStore
@@ -222,7 +223,9 @@ class App:
         self.mysql.setServiceParent(top)
         # a MySQL that refuses imd's login stops start-up here, before
         # anything listens or registers (imd.stores.mysql_check)
-        MysqlLoginCheck(self.settings.mysql, self.settings.path, self.clock).setServiceParent(top)
+        # (and [orders] table, when it is another database's)
+        MysqlLoginCheck(self.settings.mysql, self.settings.path, self.clock,
+                        functools.partial(check_login, orders=self.settings.orders)).setServiceParent(top)
         # positions are never reused (contract §10): MQ:seq raised to MySQL's highest
         if {"ws", "http", "migrate"} & self.settings.imd.roles:
             SeqFloor(self._raise_seq, self.clock).setServiceParent(top)

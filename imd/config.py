@@ -89,6 +89,15 @@ def _identifier(text: str) -> str:
     return text
 
 
+def _table(text: str) -> str:
+    """``table`` or ``database.table``: one or two SQL identifiers."""
+    parts = text.split(".")
+    if len(parts) > 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,63}", part) for part in parts):
+        raise _Invalid("expected a table name or database.table, each a SQL identifier (letters, digits, _), "
+                       "got %r" % (text,))
+    return text
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -436,11 +445,22 @@ class MigrateSettings:
 
 @dataclass(frozen=True)
 class OrdersSettings:
-    table: str = _setting("orders", _identifier)
+    # a table of imd's database, or ``database.table`` of another one (the platform's)
+    table: str = _setting("orders", _table)
     id_column: str = _setting("id", _identifier)
     customer_column: str = _setting("customer_id", _identifier)
     courier_column: str = _setting("courier_id", _identifier)
     close_grace: float = _setting("1800", _number(strictly_positive=False))
+
+    @property
+    def table_sql(self) -> str:
+        """``table`` quoted for SQL: `orders` or `platform`.`orders`."""
+        return ".".join("`%s`" % part for part in self.table.split("."))
+
+    @property
+    def table_database(self) -> Optional[str]:
+        """The database ``table`` names, or None for imd's own."""
+        return self.table.split(".")[0] if "." in self.table else None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,17 @@ class StoreUnavailable(Exception):
     """Redis or MySQL could not be reached or did not answer in time."""
 
 
+class Refused(Exception):
+    """A server-API request that what it names refuses as it stands (HTTP
+    ``status``: 409 the order is taken or closed, 403 imd may not write
+    there); nothing was changed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(status, reason)
+
+
 class LoginRefused(Exception):
     """A wstoken was refused; ``reason`` is sent to the client in ``C``."""
 

@@ -28,7 +28,7 @@ ACKED_TYPES = frozenset("tiTSRY")
 _PACKET_TYPES = MESSAGE_TYPES | COMMAND_TYPES | SIGNAL_TYPES
 _RECEIPT_STATES = STATE_NAMES[1:]
 # The server API's endpoints (imd.http.api), a fixed set of label values
-API_ENDPOINTS = ("send", "close", "kick", "online", "friends", "delete", "erase", "other")
+API_ENDPOINTS = ("send", "orders", "close", "kick", "online", "friends", "delete", "erase", "other")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -37,7 +37,8 @@ LEASE_TTL = 60.0
 RENEW_EVERY = 10.0
 MYSQL_PREFIX = "imd_test_"
 STALE_AFTER = 86400.0
-_MYSQL_NAME = re.compile(r"^imd_test_(\d+)_(\d+)_([0-9a-f]+)$")
+# (a run's own database, or one a test derived from its name: <name>_platform)
+_MYSQL_NAME = re.compile(r"^imd_test_(\d+)_(\d+)_([0-9a-f]+)(_[a-z]+)?$")
 
 # KEYS: lease, mark; ARGV: owner, ttl ms.  1 = taken, 0 = leased by a live
 # run, -1 = holds data that is not a test run's.

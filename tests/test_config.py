@@ -81,6 +81,17 @@ class SettingsTests(unittest.SynchronousTestCase):
         self.assert_error("[http]\nauth = basic\n", "http", "auth", "dev")
         self.assert_error("[http]\npublic_ws_url = http://x\n", "http", "public_ws_url", "ws://")
 
+    def test_orders_table_may_name_another_database(self):
+        # contract v3 §9, last paragraph: the platform's own database's table
+        settings = parse_settings("[orders]\ntable = platform.orders\n")
+        self.assertEqual((settings.orders.table, settings.orders.table_sql, settings.orders.table_database),
+                         ("platform.orders", "`platform`.`orders`", "platform"))
+        own = parse_settings("")
+        self.assertEqual((own.orders.table_sql, own.orders.table_database), ("`orders`", None))
+        for bad in ("platform.orders.x", "platform.", ".orders", "1db.orders", "platform.or-ders", "a b",
+                    "platform`.orders", "platform.orders; drop", "x" * 65 + ".orders"):
+            self.assert_error("[orders]\ntable = %s\n" % bad, "orders", "table", "database.table")
+
     def test_cross_key_rules(self):
         self.assert_error("[mysql]\npool_min = 9\n", "mysql", "pool_min", "pool_max")
         self.assert_error("[http]\nlisten = tcp:8766:interface=0.0.0.0\n", "http", "auth", "loopback")

@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from imd.errors import ImdError
+from imd.errors import ImdError, Refused
 from tests.support import PrivateRedis, make_settings, wait_until
 from tests.test_api import API_KEY, AUTH, ApiTestMixin
 
@@ -45,6 +45,11 @@ def documented(spec):
 
 
 class Lifecycle:
+    def put(self, order_id, customer, courier):
+        if order_id in (403, 409):
+            raise Refused(order_id, "refused")
+        return defer.succeed({"order": order_id, "customer": customer, "courier": courier})
+
     def close(self, order_id):
         if order_id == 404:
             raise ImdError("not_found", "no order 404")
@@ -65,8 +70,8 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
             operation = self.spec["paths"][path][method.lower()]
             Draft202012Validator.check_schema(operation["responses"][status]["content"]["application/json"]["schema"])
         self.assertEqual({p for p, _, _ in documented(spec)},
-                         {"/IM/api/send", "/IM/api/orders/{order}/close", "/IM/api/kick", "/IM/api/online",
-                          "/IM/api/friends"})
+                         {"/IM/api/send", "/IM/api/orders", "/IM/api/orders/{order}/close", "/IM/api/kick",
+                          "/IM/api/online", "/IM/api/friends"})
 
     @defer.inlineCallbacks
     def check(self, template, method, path, body=None, headers=AUTH, server=None, request_ok=True):
@@ -91,7 +96,7 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
 
     async def test_every_documented_answer_is_what_the_server_says(self):
         self.http.app.order_lifecycle = Lifecycle()
-        send, close = "/IM/api/send", "/IM/api/orders/{order}/close"
+        send, close, orders = "/IM/api/send", "/IM/api/orders/{order}/close", "/IM/api/orders"
         kick, online, friends = "/IM/api/kick", "/IM/api/online", "/IM/api/friends"
         wrong = {"Authorization": "Bearer x" + API_KEY}
         await self.login(5)
@@ -100,6 +105,11 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await self.check(send, "POST", "send", {"to": 5, "msg": "text"})
         await self.check(send, "POST", "send", {"to": 5, "msg": {}}, headers=wrong)
         await self.check(send, "POST", "send", {"to": 5, "msg": {"pad": "x" * 70000}})
+        for body in ({"order": 42, "customer": 5, "courier": 6}, {"order": 43, "customer": 5},
+                     {"order": 44, "customer": 5, "courier": None}, {"order": 403, "customer": 5},
+                     {"order": 409, "customer": 5, "courier": 6}, {"order": "42", "customer": 5}):
+            await self.check(orders, "POST", "orders", body)
+        await self.check(orders, "POST", "orders", {"order": 42, "customer": 5}, headers={})
         await self.check(close, "POST", "orders/42/close")
         await self.check(close, "POST", "orders/x/close")
         await self.check(close, "POST", "orders/42/close", headers={})
@@ -121,6 +131,7 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await self.check(online, "GET", "online?uid=5", server=limited)
         await self.check(send, "POST", "send", {"to": 5, "msg": {}}, server=limited, request_ok=False)
         await self.check(close, "POST", "orders/42/close", server=limited)
+        await self.check(orders, "POST", "orders", {"order": 42, "customer": 5}, server=limited)
         await self.check(kick, "POST", "kick", {"uid": 5}, server=limited)
         await self.check(online, "GET", "online?uid=5", server=limited)
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "add"}, server=limited)
@@ -135,6 +146,7 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await wait_until(lambda: not server.app.redis_client.connected, what="redis gone")
         await self.check(send, "POST", "send", {"to": 5, "msg": {}}, server=server, request_ok=False)
         await self.check(close, "POST", "orders/42/close", server=server)
+        await self.check(orders, "POST", "orders", {"order": 42, "customer": 5}, server=server)
         await self.check(kick, "POST", "kick", {"uid": 5}, server=server)
         await self.check(online, "GET", "online?uid=5", server=server)
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "add"}, server=server)

@@ -297,7 +297,12 @@ def friend_list(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[
 
 @defer.inlineCallbacks
 def order_create(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
-    yield app.mysql.create_order(app.settings.orders, args.order, args.customer, args.courier)
+    from imd.errors import ImdError, Refused
+    try:
+        # the server API's rules: a taken or closed order keeps its users
+        yield app.order_lifecycle.put(args.order, args.customer, args.courier)
+    except (ImdError, Refused) as e:
+        raise AdminError(e.reason)
     courier = "courier %d" % args.courier if args.courier else "no courier yet"
     out.write("order %d: customer %d, %s\n" % (args.order, args.customer, courier))
 

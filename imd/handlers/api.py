@@ -97,6 +97,13 @@ class ServerApi:
         return defer.maybeDeferred(lifecycle.close, order_id)
 
 
+    def put_order(self, order_id: int, customer: int, courier: Optional[int]) -> defer.Deferred:
+        """Create or update an order (``POST /IM/api/orders``); ``{"order", "customer", "courier"}``."""
+        lifecycle = self._order_lifecycle()
+        if lifecycle is None:
+            raise ImdError("unavailable", "orders are not available in this imd")
+        return defer.maybeDeferred(lifecycle.put, order_id, customer, courier)
+
     def delete_message(self, sender: int, msg_id: str, to: int) -> defer.Deferred:
         """The moderation delete (contract v3 §11): fires with True, False
         (already recalled or deleted) or None (no such message)."""

@@ -3,7 +3,7 @@ courier and the customer; :class:`OrderLifecycle` closes the order (§7.3),
 telling both through a stored ``s`` packet and scheduling the end of the
 friendship the order made (run by :mod:`imd.order_ends`)."""
 
-from typing import Any, Dict
+from typing import Any, Dict, Generator, Optional, Protocol, Tuple, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -11,12 +11,21 @@ from twisted.logger import Logger
 from imd import protocol
 from imd.clock import Clock
 from imd.config import OrdersSettings
-from imd.errors import ImdError
+from imd.errors import ImdError, Refused
 from imd.handlers import Reply
 from imd.handlers.ports import Node, OrderRows, Orders
 from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, TAKEN, TAKEN_AGAIN, taken_id
 
 _log = Logger()
+
+
+class _OrderState(Protocol):
+    """What the order's Redis record and MySQL's ``order_conversation`` both tell."""
+    customer: Optional[int]
+    courier: Optional[int]
+    taken_at: Optional[int]
+    closed_at: Optional[int]
+
 
 CLOSE_TRIES = 3   # a T racing the close of an order nobody had taken: read again
 
@@ -76,7 +85,17 @@ def _refuse_closed(order: int, outcome: str) -> None:
 
 
 class OrderLifecycle:
-    """Closing orders (the server API and ``imd-admin order close``).
+    """Creating and updating orders (``POST /IM/api/orders``, ``imd-admin
+    order create``) and closing them (the server API and ``imd-admin order
+    close``).
+
+    ``put`` writes the row ``T`` reads (``[orders] table``), unless the
+    order's conversation already exists in another shape: once a ``T`` took
+    the order, its courier and customer are the conversation's, and a put
+    naming another courier or customer (or no courier) is refused with 409,
+    as is any change to a closed order; the same values again are answered
+    200 (a retry).  An IM user would otherwise be told "courier B" while
+    courier A still talks with the customer and B's ``T`` is ``forbidden``.
 
     ``close`` is idempotent and safe to call on several nodes at once: the
     store's close script decides, atomically, which call closes the order;
@@ -92,6 +111,61 @@ class OrderLifecycle:
         self._node = node
         self._clock = clock
         self._dedup_ttl = dedup_ttl
+
+    @defer.inlineCallbacks
+    def put(self, order_id: int, customer: int,
+            courier: Optional[int]) -> Generator[defer.Deferred, object, Dict[str, Optional[int]]]:
+        """Create or update the order's row; fires with ``{"order",
+        "customer", "courier"}``.  :class:`Refused` 409 (nothing changed)
+        when the order is closed, or was taken by ``T`` and the put names
+        other users; 403 when imd may not write the table."""
+        for name, value in (("order", order_id), ("customer", customer), ("courier", courier)):
+            if value is None and name == "courier":
+                continue
+            if type(value) is not int or not 0 < value <= protocol.MAX_UID:
+                raise ImdError("bad_packet", "%s: a positive integer" % name)
+        if courier == customer:
+            raise ImdError("bad_packet", "courier: must be another user than the customer")
+        yield self._check_changeable(order_id, customer, courier)
+        before = cast(Optional[Tuple[int, Optional[int]]],
+                      (yield self._orders_db.create_order(self._settings, order_id, customer, courier)))
+        if before is not None and before[1] is not None and before != (customer, courier):
+            # A T that read the row before this write may have taken the
+            # order meanwhile: then the write is undone.
+            try:
+                yield self._check_changeable(order_id, customer, courier)
+            except Refused:
+                yield self._orders_db.create_order(self._settings, order_id, before[0], before[1])
+                raise
+        if before != (customer, courier):
+            _log.info("order {order}: customer {customer}, courier {courier}", order=order_id, customer=customer,
+                      courier=courier)
+        return {"order": order_id, "customer": customer, "courier": courier}
+
+    @defer.inlineCallbacks
+    def _check_changeable(self, order_id: int, customer: int,
+                          courier: Optional[int]) -> Generator[defer.Deferred, object, None]:
+        """Refused 409 unless the order may have these users: not closed,
+        and not taken by ``T`` with other users (a repeat of what the order
+        already is passes)."""
+        record = yield self._orders.record(order_id)
+        kept = yield self._orders_db.order_conversation(order_id)
+        state = cast(Optional[_OrderState], record if record is not None else kept)
+        if state is None:
+            return
+        taken = state.taken_at is not None
+        if taken and (state.customer, state.courier) == (customer, courier):
+            return   # what it is already (closed or not): a retry
+        if state.closed_at is not None:
+            if not taken:
+                parties = yield self._orders_db.order_parties(self._settings, order_id)
+                if parties == (customer, courier):
+                    return
+            raise Refused(409, "order %d is closed: it can no longer change" % order_id)
+        if taken:
+            raise Refused(409, "order %d was taken by courier %s for customer %s (T): its conversation stays "
+                               "theirs; close it and create another order" % (order_id, state.courier,
+                                                                               state.customer))
 
     @defer.inlineCallbacks
     def close(self, order_id: int) -> Any:

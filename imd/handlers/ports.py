@@ -114,6 +114,9 @@ class OrderRows(Protocol):
 
     def order_conversation(self, order_id: int) -> Deferred: ...
 
+    def create_order(self, orders: "OrdersSettings", order_id: int, customer_id: int,
+                     courier_id: Optional[int] = None) -> Deferred: ...
+
     def record_taken(self, order_id: int, customer_id: int, courier_id: int, friends_before: Optional[str],
                      taken_at: int) -> Deferred: ...
 

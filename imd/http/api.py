@@ -12,8 +12,9 @@ without the right key gets the same 401 whatever its method and path (a key
 in the query string, the same 400), so the routes cannot be mapped from
 outside.  Bodies are JSON objects of at most 64 KiB
 (:data:`API_MAX_BODY_BYTES`, applied by the site before the body is read);
-every error is ``{"error"}`` with 400, 401, 404, 405, 413, 429 or 503 (Redis or
-MySQL away).
+every error is ``{"error"}`` with 400, 401, 403 (imd may not write the
+orders table), 404, 405, 409 (an order taken or closed), 413, 429 or 503
+(Redis or MySQL away).
 
 The key has an allowance (``[http] api_rate`` units per second, ``api_burst``
 at once, per http process): a request takes one unit, a ``send`` one per
@@ -22,6 +23,7 @@ users, 64 MB to store, waits for a full bucket); past it ``429`` with
 ``Retry-After``, before anything is stored.
 
     POST /IM/api/send                 {"to": uid | [uids], "msg": {...}, "id": "..."}
+    POST /IM/api/orders               {"order", "customer", "courier" (optional, null: none yet)}
     POST /IM/api/orders/<order>/close
     POST /IM/api/kick                 {"uid", "reason"}
     GET  /IM/api/online?uid=1&uid=2
@@ -31,7 +33,7 @@ users, 64 MB to store, waits for a full bucket); past it ``429`` with
 import hashlib
 import hmac
 import json
-from typing import Any, Dict, Generator, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional, Tuple, cast
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
@@ -39,7 +41,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from imd import protocol
-from imd.errors import ImdError, StoreUnavailable
+from imd.errors import ImdError, Refused, StoreUnavailable
 from imd.handlers.api import ServerApi, recipients_list
 from imd.http.ratelimit import RateLimiter
 from imd.http.resource import HttpError, JsonResource, read_json_object
@@ -60,7 +62,8 @@ _CREDENTIAL_PARAMS = frozenset((b"api_key", b"apikey", b"key", b"token", b"acces
 _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd-api"'}
 
 # (path) -> (endpoint label, method); orders/<id>/close is matched apart
-_ROUTES = {("send",): ("send", "POST"), ("kick",): ("kick", "POST"), ("online",): ("online", "GET"),
+_ROUTES = {("send",): ("send", "POST"), ("orders",): ("orders", "POST"), ("kick",): ("kick", "POST"),
+           ("online",): ("online", "GET"),
            ("friends",): ("friends", "POST"), ("messages", "delete"): ("delete", "POST")}
 
 
@@ -126,6 +129,15 @@ def _uid(value: Any, name: str) -> int:
         raise HttpError(400, str(e))
 
 
+def _positive_id(body: Dict[str, object], name: str) -> int:
+    """``body[name]``: a JSON integer 1..2^63-1 (not a bool, a float or a
+    string of digits: an id written wrong is a platform's bug to see)."""
+    value = body.get(name)
+    if type(value) is not int or not 0 < value <= protocol.MAX_UID:
+        raise HttpError(400, "%s: a positive integer (got %s)" % (name, json.dumps(value)[:40]))
+    return value
+
+
 def send_cost(recipients: int, msg_bytes: int) -> int:
     """What a ``send`` takes of the key's allowance: one per recipient per
     started :data:`COST_BYTES` of its ``msg``."""
@@ -185,6 +197,8 @@ class ApiResource(JsonResource):
         if failure.check(StoreUnavailable):
             _log.warn("server API: {why}", why=failure.getErrorMessage())
             raise HttpError(503, "storage unavailable, retry later")
+        if failure.check(Refused):
+            raise HttpError(failure.value.status, failure.value.reason)
         if failure.check(ImdError):
             code = failure.value.code
             status = {"not_found": 404, "unavailable": 503, "forbidden": 400, "bad_packet": 400}.get(code)
@@ -240,6 +254,21 @@ class ApiResource(JsonResource):
         self._spend(send_cost(len(recipients), msg_bytes))
         packet_id, stored = yield self._api.send(recipients, msg, packet_id)
         return 200, {"id": packet_id, "stored": stored}
+
+    @defer.inlineCallbacks
+    def _orders(self, request: object,
+                _: Optional[bytes]) -> Generator[defer.Deferred, object, Tuple[int, Dict[str, object]]]:
+        body = self._body(request)
+        unknown = set(body) - {"order", "customer", "courier"}
+        if unknown:
+            raise HttpError(400, "unknown field %s" % sorted(unknown)[0])
+        order = _positive_id(body, "order")
+        customer = _positive_id(body, "customer")
+        courier = None if body.get("courier") is None else _positive_id(body, "courier")
+        if courier == customer:
+            raise HttpError(400, "courier: must be another user than the customer")
+        put = cast(Dict[str, object], (yield self._api.put_order(order, customer, courier)))
+        return 200, {"order": put["order"], "customer": put["customer"], "courier": put["courier"]}
 
     @defer.inlineCallbacks
     def _close(self, request: Any, order: bytes) -> Any:

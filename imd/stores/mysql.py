@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imd.errors import StoreUnavailable
+from imd.errors import Refused, StoreUnavailable
 from imd.messagelog.entry import Identity, tombstone
 from imd.messagelog.merge import LogRow, Selection
 from imd.resources import data_dir
@@ -359,7 +359,11 @@ class MysqlStore(Service):
 
     def create_order(self, orders: "OrdersSettings", order_id: int, customer_id: int,
                      courier_id: Optional[int] = None) -> defer.Deferred:
-        """Insert or update a row of the reference orders table (imd-admin)."""
+        """Insert or update a row of the orders table (``[orders] table``);
+        fires with the row's ``(customer_id, courier_id or None)`` before,
+        or None when it was new.  :class:`imd.errors.Refused` (403) when
+        imd's MySQL user may not write that table (the platform's own,
+        granted SELECT only)."""
         return self.run_interaction(_create_order_txn, orders, order_id, customer_id, courier_id)
 
     def ping(self) -> defer.Deferred:
@@ -533,8 +537,8 @@ def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:
 def _order_parties_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings",
                        order_id: int) -> Optional[Tuple[int, Optional[int]]]:
     # Identifiers come from [orders], validated as SQL identifiers by imd.config.
-    cursor.execute("SELECT `%s`, `%s` FROM `%s` WHERE `%s` = %%s"
-                   % (orders.customer_column, orders.courier_column, orders.table, orders.id_column),
+    cursor.execute("SELECT `%s`, `%s` FROM %s WHERE `%s` = %%s"
+                   % (orders.customer_column, orders.courier_column, orders.table_sql, orders.id_column),
                    (order_id,))
     row = cursor.fetchone()
     if row is None:
@@ -594,14 +598,35 @@ def _record_conversation_txn(cursor: pymysql.cursors.Cursor, order_id: int, cust
                    (order_id, customer_id, courier_id, friends_before, taken_at, closed_at, ends_at))
 
 
+# MySQL's "command denied" for a table and for a column
+_ACCESS_DENIED = frozenset((1142, 1143))
+
+
 def _create_order_txn(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings", order_id: int, customer_id: int,
-                      courier_id: Optional[int]) -> None:
-    cursor.execute("INSERT INTO `%s` (`%s`, `%s`, `%s`) VALUES (%%s, %%s, %%s)"
+                      courier_id: Optional[int]) -> Optional[Tuple[int, Optional[int]]]:
+    try:
+        return _upsert_order(cursor, orders, order_id, customer_id, courier_id)
+    except (pymysql.err.OperationalError, pymysql.err.ProgrammingError) as e:
+        if e.args and e.args[0] in _ACCESS_DENIED:
+            raise Refused(403, "imd's MySQL user may not write %s ([orders] table): the platform writes its "
+                               "orders there itself, or grants imd INSERT and UPDATE on it" % orders.table)
+        raise
+
+
+def _upsert_order(cursor: pymysql.cursors.Cursor, orders: "OrdersSettings", order_id: int, customer_id: int,
+                  courier_id: Optional[int]) -> Optional[Tuple[int, Optional[int]]]:
+    # the row before, locked until the write commits (a concurrent put waits)
+    cursor.execute("SELECT `%s`, `%s` FROM %s WHERE `%s` = %%s FOR UPDATE"
+                   % (orders.customer_column, orders.courier_column, orders.table_sql, orders.id_column),
+                   (order_id,))
+    row = cursor.fetchone()
+    cursor.execute("INSERT INTO %s (`%s`, `%s`, `%s`) VALUES (%%s, %%s, %%s)"
                    " ON DUPLICATE KEY UPDATE `%s` = VALUES(`%s`), `%s` = VALUES(`%s`)"
-                   % (orders.table, orders.id_column, orders.customer_column, orders.courier_column,
+                   % (orders.table_sql, orders.id_column, orders.customer_column, orders.courier_column,
                       orders.customer_column, orders.customer_column,
                       orders.courier_column, orders.courier_column),
                    (order_id, customer_id, courier_id))
+    return None if row is None else (int(row[0]), _int_or_none(row[1]))
 
 
 # --- operators' reads and deletes (imd-admin reconcile, export, retention) ---

@@ -11,6 +11,11 @@ listeners: imd.listeners), the daemon logs in once as its pool will:
   database (1044) or has no such database (1049): one line on stderr naming
   the ``[mysql]`` keys and the config file, and exit status 1.  Waiting would
   not help: only the operator can fix it.
+- ``[orders] table`` names another database's table (``platform.orders``)
+  that imd's user cannot read (no grant, no such database, table or column):
+  one line naming ``[orders] table``, the grant to give and the config file,
+  and exit status 1 (every ``T`` would fail).  imd's own database's table is
+  made by ``imd-admin schema apply``, so it is not checked here.
 - MySQL does not answer (down, not yet up, a wrong port): a loud log line,
   and start-up goes on (messages are stored in Redis first; the migrator,
   ``H`` and ``T`` wait for MySQL as they do after any outage, and
@@ -30,7 +35,7 @@ from twisted.logger import Logger
 from imd.stores.mysql import connect_kwargs
 
 if TYPE_CHECKING:
-    from imd.config import MysqlSettings
+    from imd.config import MysqlSettings, OrdersSettings
 
 _log = Logger()
 
@@ -50,10 +55,17 @@ class MysqlRefused(Exception):
     """MySQL answered and refuses imd's login or database: one line."""
 
 
-def check_login(settings: "MysqlSettings", config_path: str = "the config file") -> Optional[str]:
+# what MySQL answers a user who cannot read a table: command denied (table,
+# column), no such database, table or column
+ORDERS_UNREADABLE = frozenset((1142, 1143, 1044, 1049, 1146, 1054))
+
+
+def check_login(settings: "MysqlSettings", config_path: str = "the config file",
+                orders: Optional["OrdersSettings"] = None) -> Optional[str]:
     """Blocking: log in once as imd's pool does, then out.  None when MySQL
     accepted; why it could not be reached otherwise; :class:`MysqlRefused`
-    when it answered no."""
+    when it answered no.  With ``orders`` naming another database's table,
+    that the login can read the table's three columns too."""
     kwargs = connect_kwargs(settings)
     kwargs["connect_timeout"] = CONNECT_TIMEOUT
     try:
@@ -68,8 +80,31 @@ def check_login(settings: "MysqlSettings", config_path: str = "the config file")
         return str(e)
     except OSError as e:   # what PyMySQL does not wrap (it wraps socket errors as 2003)
         return str(e)
-    conn.close()
+    try:
+        if orders is not None and orders.table_database is not None:
+            _check_orders_table(conn, settings, config_path, orders)
+    except pymysql.err.MySQLError as e:   # the link went down meanwhile: as if it had not answered
+        return str(e)
+    finally:
+        conn.close()
     return None
+
+
+def _check_orders_table(conn: pymysql.connections.Connection, settings: "MysqlSettings", config_path: str,
+                        orders: "OrdersSettings") -> None:
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT `%s`, `%s`, `%s` FROM %s LIMIT 0"
+                           % (orders.id_column, orders.customer_column, orders.courier_column, orders.table_sql))
+    except (pymysql.err.OperationalError, pymysql.err.ProgrammingError, pymysql.err.InternalError) as e:
+        code = e.args[0] if e.args else None
+        if code not in ORDERS_UNREADABLE:
+            raise
+        raise MysqlRefused(
+            "mysql at %s:%d: user %r cannot read [orders] table %s (%s: %s): GRANT SELECT ON %s TO imd's user, "
+            "or fix [orders] table (or its columns) in %s"
+            % (settings.host, settings.port, settings.user, orders.table, code, e.args[1] if len(e.args) > 1 else e,
+               orders.table_sql, config_path))
 
 
 def refusal(settings: "MysqlSettings", config_path: str, code: Any, text: str) -> Optional[str]:
