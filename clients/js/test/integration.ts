@@ -237,11 +237,28 @@ interface Side {
   rejected: string[];
   tokens: number;
   logins: number;
+  /** H sync requests, and H after pages of them (the client sends no other H here). */
+  counts: { syncs: number; syncPages: number };
   warnings: string[];
   lastState: string;
 }
 
 class Failure extends Error {}
+
+/** The ws package's WebSocket, counting the sync requests the client sends (its first page, and the pages after). */
+function countingWebSocket(counts: { syncs: number; syncPages: number }): WebSocketConstructor {
+  class Counting extends WebSocket {
+    override send(data: unknown, ...rest: unknown[]): void {
+      if (typeof data === "string" && data.includes('"type":"H"')) {
+        const packet = JSON.parse(data) as { msg?: { sync?: unknown; after?: unknown } };
+        if (packet.msg && packet.msg.sync !== undefined) counts.syncs++;
+        else if (packet.msg && packet.msg.after !== undefined) counts.syncPages++;
+      }
+      (super.send as (...args: unknown[]) => void)(data, ...rest);
+    }
+  }
+  return Counting as unknown as WebSocketConstructor;
+}
 
 async function token(http: string, uid: number): Promise<string> {
   const res = await fetch(`${http}/IM/token`, {
@@ -254,6 +271,7 @@ async function token(http: string, uid: number): Promise<string> {
 }
 
 function makeSide(options: Options, uid: number, proxy: CuttingProxy, proxyPort: number, random: () => number): Side {
+  const counts = { syncs: 0, syncPages: 0 };
   const side: Side = {
     uid,
     proxy,
@@ -264,6 +282,7 @@ function makeSide(options: Options, uid: number, proxy: CuttingProxy, proxyPort:
     rejected: [],
     tokens: 0,
     logins: 0,
+    counts,
     warnings: [],
     lastState: "idle",
     client: new ImdClient({
@@ -272,7 +291,7 @@ function makeSide(options: Options, uid: number, proxy: CuttingProxy, proxyPort:
         return token(options.http, uid);
       },
       url: `ws://127.0.0.1:${proxyPort}`,
-      WebSocket: WebSocket as unknown as WebSocketConstructor,
+      WebSocket: countingWebSocket(counts),
       reconnect: { minDelayMs: 20, maxDelayMs: 400 },
       pingIntervalMs: 5000,
       pingTimeoutMs: 5000,
@@ -438,6 +457,8 @@ async function runSeed(options: Options, seed: number, index: number): Promise<R
       partial_down: side.proxy.figures.partialDown,
       logins: side.logins,
       tokens: side.tokens,
+      syncs: side.counts.syncs,
+      sync_pages: side.counts.syncPages,
       dup_acks: side.acks.filter((a) => a.dup === true).length,
       warnings: side.warnings,
     });
