@@ -57,25 +57,28 @@ def node_missing():
     return None
 
 
-def _newest_mtime(*folders):
-    newest = 0.0
-    for folder in folders:
-        for name in os.listdir(folder):
-            if name.endswith(".ts"):
-                newest = max(newest, os.path.getmtime(os.path.join(folder, name)))
-    return newest
+def _newest_mtime(folder):
+    return max((os.path.getmtime(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".ts")),
+               default=0.0)
+
+
+def _stale(built, *sources):
+    return not os.path.exists(built) or os.path.getmtime(built) < max(_newest_mtime(f) for f in sources)
 
 
 def build_script():
-    """Blocking: build/ (the tests and integration.js, with tsc) and dist/,
-    unless newer than every source; an AssertionError saying what failed."""
+    """Blocking: dist/ (the SDK) and build/ (its tests and integration.js)
+    built with tsc where older than their sources (``make test`` has just
+    built both); an AssertionError saying what failed."""
     if not os.path.isdir(os.path.join(SDK, "node_modules", "ws")):
         raise AssertionError("clients/js/node_modules is missing: run make install (or make test-js)")
-    sources = _newest_mtime(os.path.join(SDK, "src"), os.path.join(SDK, "test"))
-    built = [os.path.join(SDK, "dist", "index.js"), SCRIPT]
-    if all(os.path.exists(p) and os.path.getmtime(p) >= sources for p in built):
-        return
-    for script in ("build", "build:test"):
+    src, test = os.path.join(SDK, "src"), os.path.join(SDK, "test")
+    steps = []
+    if _stale(os.path.join(SDK, "dist", "index.js"), src):
+        steps.append("build")
+    if steps or _stale(SCRIPT, src, test):
+        steps.append("build:test")
+    for script in steps:
         done = subprocess.run(["npm", "run", "--silent", script], cwd=SDK, capture_output=True, text=True)
         if done.returncode != 0:
             raise AssertionError("npm run %s failed:\n%s%s" % (script, done.stdout, done.stderr))
@@ -189,6 +192,9 @@ class SdkThroughCutsTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         took = reactor.seconds() - started
 
         results = {r["seed"]: r for r in run.results if r.get("event") == "seed"}
+        for r in results.values():
+            _log.info("sdk integration: seed {seed}: {figures}", seed=r["seed"],
+                      figures=json.dumps({k: v for k, v in r.items() if k != "acked"}))
         failed = ["seed %s: %s" % (seed, results[seed]["error"]) for seed in seeds
                   if seed in results and not results[seed]["ok"]]
         self.assertEqual(([], code), ([], 0), "%s\nnode exit %s, stderr:\n%s"

@@ -238,16 +238,34 @@ interface Side {
   tokens: number;
   logins: number;
   /** H sync requests, and H after pages of them (the client sends no other H here). */
-  counts: { syncs: number; syncPages: number };
+  counts: Counts;
   warnings: string[];
   lastState: string;
 }
 
 class Failure extends Error {}
 
+interface Counts {
+  syncs: number;
+  syncPages: number;
+  /** E packets the server sent, by code. */
+  errors: Record<string, number>;
+}
+
 /** The ws package's WebSocket, counting the sync requests the client sends (its first page, and the pages after). */
-function countingWebSocket(counts: { syncs: number; syncPages: number }): WebSocketConstructor {
+function countingWebSocket(counts: Counts): WebSocketConstructor {
   class Counting extends WebSocket {
+    constructor(...args: ConstructorParameters<typeof WebSocket>) {
+      super(...args);
+      this.on("message", (data: Buffer) => {
+        const text = String(data);
+        if (!text.includes('"type":"E"') && !text.includes('"type": "E"')) return;
+        const packet = JSON.parse(text) as { code?: string };
+        const code = String(packet.code);
+        counts.errors[code] = (counts.errors[code] ?? 0) + 1;
+      });
+    }
+
     override send(data: unknown, ...rest: unknown[]): void {
       if (typeof data === "string" && data.includes('"type":"H"')) {
         const packet = JSON.parse(data) as { msg?: { sync?: unknown; after?: unknown } };
@@ -271,7 +289,7 @@ async function token(http: string, uid: number): Promise<string> {
 }
 
 function makeSide(options: Options, uid: number, proxy: CuttingProxy, proxyPort: number, random: () => number): Side {
-  const counts = { syncs: 0, syncPages: 0 };
+  const counts: Counts = { syncs: 0, syncPages: 0, errors: {} };
   const side: Side = {
     uid,
     proxy,
@@ -296,7 +314,7 @@ function makeSide(options: Options, uid: number, proxy: CuttingProxy, proxyPort:
       pingIntervalMs: 5000,
       pingTimeoutMs: 5000,
       loginTimeoutMs: 5000,
-      syncPageSize: 50,
+      syncPageSize: 10, // small pages: a sync after a cut often pages, and is cut in the middle
       random,
     }),
   };
@@ -459,6 +477,7 @@ async function runSeed(options: Options, seed: number, index: number): Promise<R
       tokens: side.tokens,
       syncs: side.counts.syncs,
       sync_pages: side.counts.syncPages,
+      errors: side.counts.errors,
       dup_acks: side.acks.filter((a) => a.dup === true).length,
       warnings: side.warnings,
     });
