@@ -314,7 +314,7 @@ function makeSide(options: Options, uid: number, proxy: CuttingProxy, proxyPort:
       pingIntervalMs: 5000,
       pingTimeoutMs: 5000,
       loginTimeoutMs: 5000,
-      syncPageSize: 10, // small pages: a sync after a cut often pages, and is cut in the middle
+      syncPageSize: 25, // small pages (200 by default): a sync after a cut often pages, and may be cut in the middle
       random,
     }),
   };
