@@ -207,6 +207,12 @@ class SdkThroughCutsTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         partial_up, partial_down = sum(s["partial_up"] for s in sides), sum(s["partial_down"] for s in sides)
         for r in results.values():   # every seed ran through cuts, each side more than one
             self.assertGreaterEqual(min(s["cuts"] for s in r["sides"]), 2, "seed %s: %s" % (r["seed"], r["sides"]))
+        # no sync refused, no E that answers none of the client's packets; of the
+        # E codes only the history budget's (a sync page retried after a backoff)
+        self.assertEqual([], [(r["seed"], s["uid"], s["warnings"]) for r in results.values() for s in r["sides"]
+                              if s["warnings"]])
+        self.assertEqual([], [(r["seed"], s["uid"], s["errors"]) for r in results.values() for s in r["sides"]
+                              if set(s["errors"]) - {"rate_limited"}])
         self.assertGreater(partial_up, 0, "no cut in the middle of a frame to imd")
         self.assertGreater(partial_down, 0, "no cut in the middle of a frame from imd")
 
