@@ -19,7 +19,8 @@ nothing else, even after one more reconnect's sync; every ``send()``
 resolved); this test checks its verdict per seed, that the cuts happened
 (mid-frame both ways), and once the migrator caught up that MySQL holds
 every acknowledged message exactly once.  A failure names its seed;
-``IMD_SDK_INTEGRATION_SEEDS=1,2,3`` replays chosen seeds.
+``IMD_SDK_INTEGRATION_SEEDS=1,2,3`` replays chosen seeds, and
+``IMD_SDK_INTEGRATION_CUT_MS=30,150`` cuts more often than every 0.2-1 s.
 """
 
 import json
@@ -185,6 +186,10 @@ class SdkThroughCutsTests(MysqlTestMixin, RedisTestMixin, unittest.TestCase):
         args = [node, SCRIPT, "--http", "http://127.0.0.1:%d" % self.http_port, "--ws", "127.0.0.1:%d" % daemon.port,
                 "--seeds", ",".join(map(str, seeds)), "--messages", str(MESSAGES), "--first-uid", str(FIRST_UID),
                 "--seed-timeout-ms", str(SEED_TIMEOUT_MS)]
+        cut_ms = os.environ.get("IMD_SDK_INTEGRATION_CUT_MS")   # "min,max": harsher (or milder) than 200,1000
+        if cut_ms:
+            low, high = cut_ms.split(",")
+            args += ["--cut-min-ms", low, "--cut-max-ms", high]
         started = reactor.seconds()
         reactor.spawnProcess(run, node, args, env=dict(os.environ), path=SDK)
         self.addCleanup(run.kill)

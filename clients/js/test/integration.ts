@@ -38,6 +38,9 @@ interface Options {
   messages: number;
   firstUid: number;
   seedTimeoutMs: number;
+  /** Bounds of the wait between two cuts (200 and 1000 ms unless given). */
+  cutMinMs: number;
+  cutMaxMs: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -62,6 +65,8 @@ function parseArgs(argv: string[]): Options {
     messages: Number(values.get("messages") ?? "500"),
     firstUid: Number(values.get("first-uid") ?? "5000"),
     seedTimeoutMs: Number(values.get("seed-timeout-ms") ?? "60000"),
+    cutMinMs: Number(values.get("cut-min-ms") ?? "200"),
+    cutMaxMs: Number(values.get("cut-max-ms") ?? "1000"),
   };
 }
 
@@ -114,7 +119,11 @@ class CuttingProxy {
   private timer: NodeJS.Timeout | null = null;
   private running = false;
 
-  constructor(private readonly target: { host: string; port: number }, private readonly random: () => number) {
+  constructor(
+    private readonly target: { host: string; port: number },
+    private readonly random: () => number,
+    private readonly between: { min: number; max: number },
+  ) {
     this.server = net.createServer((client) => this.accept(client));
   }
 
@@ -156,7 +165,7 @@ class CuttingProxy {
       this.timer = null;
       this.cut();
       this.schedule();
-    }, 200 + this.random() * 800);
+    }, this.between.min + this.random() * (this.between.max - this.between.min));
   }
 
   private cut(): void {
@@ -416,7 +425,8 @@ async function runSeed(options: Options, seed: number, index: number): Promise<R
   const target = { host: options.ws.split(":")[0] ?? "127.0.0.1", port: Number(options.ws.split(":")[1]) };
   const aliceUid = options.firstUid + 2 * index;
   const bobUid = aliceUid + 1;
-  const proxies = [new CuttingProxy(target, generator(seed ^ 0x1111)), new CuttingProxy(target, generator(seed ^ 0x2222))];
+  const between = { min: options.cutMinMs, max: options.cutMaxMs };
+  const proxies = [new CuttingProxy(target, generator(seed ^ 0x1111), between), new CuttingProxy(target, generator(seed ^ 0x2222), between)];
   const ports = await Promise.all(proxies.map((p) => p.listen()));
   const alice = makeSide(options, aliceUid, proxies[0] as CuttingProxy, ports[0] as number, generator(seed ^ 0x3333));
   const bob = makeSide(options, bobUid, proxies[1] as CuttingProxy, ports[1] as number, generator(seed ^ 0x4444));
