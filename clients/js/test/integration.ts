@@ -465,6 +465,9 @@ async function runSeed(options: Options, seed: number, index: number): Promise<R
       () => alice.received.length + alice.unexpected.length >= options.messages && bob.received.length + bob.unexpected.length >= options.messages,
       deadline,
     );
+    // A short seed whose few cuts came while a client was away between two
+    // connections: its proxies cut on until each has cut an open one twice.
+    await waitFor("two cuts of each side's connection", () => proxies.every((p) => p.figures.cuts >= 2), deadline);
     for (const proxy of proxies) proxy.stop();
     // One more cut and reconnect: its sync must bring nothing again.
     const logins = [alice.logins, bob.logins];
