@@ -1,6 +1,7 @@
 // The client on Node with the ws package, against a small scripted server on
-// 127.0.0.1 that speaks the protocol's sync, ack and dedup rules. (The tests
-// against a real imd come with the integration suite.)
+// 127.0.0.1 that speaks the protocol's sync, ack and dedup rules. (Against a
+// real imd through cut connections: integration.ts, run by the imd
+// repository's tests/test_sdk_integration.py.)
 import assert from "node:assert/strict";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
