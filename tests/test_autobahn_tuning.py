@@ -335,7 +335,7 @@ class OpenConnectionMemoryTests(unittest.TestCase):
         # (the options are OptionsTests'; these objects are each connection's own)
         own = {"factory", "transport", "is_open", "is_closed", "trafficStats", "utf8validator", "_transport_details"}
         names = (set(stock.__dict__) - set(autobahn_tuning.HANDSHAKE_STATE) - set(WebSocketServerProtocol.CONFIG_ATTRS)
-                 - own - {"send_queue", "_results"})
+                 - own - {"send_queue", "_results", "utf8validator"})
         self.assertEqual({name: getattr(tuned, name) if name not in autobahn_tuning.HANDSHAKE_LISTS
                           else list(getattr(tuned, name)) for name in names},
                          {name: getattr(stock, name) for name in names})
@@ -350,6 +350,7 @@ class OpenConnectionMemoryTests(unittest.TestCase):
             self.assertEqual(getattr(stock, name), value, name)
         self.assertNotIn("send_queue", tuned.__dict__)
         self.assertNotIn("_results", tuned.__dict__)
+        self.assertNotIn("utf8validator", tuned.__dict__)
         self.assertLess(len(tuned.__dict__), len(stock.__dict__) / 2)
 
     def test_same_bytes_both_ways_after_it_then_the_same_close(self):
@@ -370,6 +371,19 @@ class OpenConnectionMemoryTests(unittest.TestCase):
         stock.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(tf.seen, sf.seen)
         self.assertEqual(tf.seen[-1], ("close", True, 1000, "bye"))
+
+    def test_text_that_is_not_utf8_is_refused_alike(self):
+        (sf, stock), (tf, tuned) = self.both()
+        for protocol in (stock, tuned):
+            protocol.transport.clear()
+            protocol.dataReceived(client_frame(1, "né".encode()))
+            protocol.dataReceived(client_frame(1, b"ok \xff\xfe"))
+        self.assertEqual(tuned.transport.value(), stock.transport.value())
+        self.assertEqual(tf.seen, sf.seen)
+        self.assertEqual(tf.seen[-1], ("message", "né".encode(), False))
+        self.assertTrue(stock.failedByMe)
+        self.assertEqual((tuned.state, tuned.failedByMe, tuned.wasClean, tuned.wasNotCleanReason),
+                         (stock.state, stock.failedByMe, stock.wasClean, stock.wasNotCleanReason))
 
     def test_a_message_listener_still_gets_its_event(self):
         (sf, stock), (tf, tuned) = self.both()

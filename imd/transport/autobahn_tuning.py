@@ -41,8 +41,8 @@ comparing it with stock Autobahn (tests/test_autobahn_tuning.py).
   afterwards), attributes still holding the value the class has
   (:data:`OPEN_DEFAULTS`) are read from the class, an empty send queue is
   the class's empty tuple until something must be queued
-  (:meth:`AutobahnTuning.sendData` makes it then), the event results are
-  made on first use; on CPython the instance dicts of the protocol and of
+  (:meth:`AutobahnTuning.sendData` makes it then), the event results and
+  the UTF-8 validator of text messages are made on first use; on CPython the instance dicts of the protocol and of
   its TCP transport are rebuilt at their new size (a dict never shrinks).
 
 All of it is per class: nothing in Autobahn's modules is replaced.
@@ -176,6 +176,19 @@ def compact_batched_timer(timer: object) -> object:
                                timer._create_delayed_call, timer._loop)
 
 
+class _Utf8Validator:
+    """``utf8validator`` of an open connection, made when first read (by the
+    first text message; Autobahn makes one per connection at its start and
+    resets it at every text message's begin, so a fresh one is the same)."""
+
+    def __get__(self, instance: object, owner: Optional[type] = None) -> object:
+        if instance is None:
+            return self
+        validator = _autobahn_protocol.Utf8Validator()
+        setattr(instance, "utf8validator", validator)
+        return validator
+
+
 class _EventResults:
     """``_results`` of Autobahn's ObservableMixin, made when first read (by
     ``fire`` with a listener registered, which imd never has)."""
@@ -249,7 +262,7 @@ class AutobahnTuning(_TunedProtocol):
     # --- memory of an open connection -----------------------------------------
 
     # read while an attribute is not in the instance (see _onOpen)
-    # (and, on the class tuned() makes, send_queue and HANDSHAKE_LISTS as empty tuples)
+    # (and, on the class tuned() makes, send_queue and HANDSHAKE_LISTS as empty tuples, utf8validator)
     _valid_events = _EVENTS
     _results = _EventResults()
     _open_defaults: Sequence[Tuple[str, object]] = ()   # set by tuned(): those the class has
@@ -265,6 +278,7 @@ class AutobahnTuning(_TunedProtocol):
                 del attrs[name]
         if not self.send_queue:
             attrs.pop("send_queue", None)
+        attrs.pop("utf8validator", None)   # (unused until a text message)
         super()._onOpen()
         if self.state == _STATE_OPEN:
             for name in HANDSHAKE_LISTS:
@@ -386,5 +400,6 @@ def tuned(factory: Any, protocol_class: Type[Any]) -> Type[Any]:
     defaults = tuple((name, value) for name, value in OPEN_DEFAULTS + tuple((name, None) for name in HANDSHAKE_STATE)
                      if getattr(protocol_class, name, value) is value)
     mixed = type(protocol_class.__name__, (AutobahnTuning, protocol_class),
-                 dict(defaults, _open_defaults=defaults, send_queue=(), **{name: () for name in HANDSHAKE_LISTS}))
+                 dict(defaults, _open_defaults=defaults, send_queue=(), utf8validator=_Utf8Validator(),
+                      **{name: () for name in HANDSHAKE_LISTS}))
     return protocol_with_options(factory, mixed)
