@@ -281,3 +281,159 @@ class ServerSendTests(unittest.TestCase):
         payload = b"y" * 5000
         frames = self.sent(lambda f: autobahn_tuning.tuned(f, _Sender), payload, autoFragmentSize=1000)
         self.assertEqual(frames, text_frame(payload))   # a prepared message: never fragmented
+
+
+_REQUEST = (b"GET /a-token-as-long-as-the-path-of-a-login?x=1 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Origin: http://localhost\r\n\r\n")
+
+
+class _Transport(StringTransport):
+    def unregisterProducer(self):
+        self.producer = None   # (Autobahn unregisters on close whether it registered or not)
+
+
+class _Opened(_Recording):
+    def onOpen(self):
+        self.factory.seen.append(("open",))
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.seen.append(("close", wasClean, code, reason))
+
+
+class OpenConnectionMemoryTests(unittest.TestCase):
+    """Issue 29: what an open connection keeps.  The tuned class lets go of
+    the opening handshake's request and answer, reads the attributes that
+    still have their first value from the class, and has no send queue or
+    event results until they are used -- and answers every byte as stock
+    Autobahn does, through a real opening handshake and after it."""
+
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_AUTOBAHN"})
+
+    def opened(self, protocol_class_of, **options):
+        factory = WebSocketServerFactory()
+        factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=0, **options)
+        factory.seen = []
+        factory.protocol = protocol_class_of(factory)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(_Transport())
+        protocol.dataReceived(_REQUEST)
+        self.addCleanup(lambda: protocol.connectionLost(Failure(ConnectionDone())) if protocol.state else None)
+        return factory, protocol
+
+    def both(self, **options):
+        stock = self.opened(lambda f: _Opened, **options)
+        tuned = self.opened(lambda f: autobahn_tuning.tuned(f, _Opened), **options)
+        return stock, tuned
+
+    def test_same_answer_and_state_after_the_opening_handshake(self):
+        (_, stock), (_, tuned) = self.both()
+        self.assertEqual(tuned.transport.value(), stock.transport.value())
+        self.assertTrue(tuned.transport.value().startswith(b"HTTP/1.1 101 "))
+        self.assertEqual(tuned.state, tuned.STATE_OPEN)
+        # (the options are OptionsTests'; these objects are each connection's own)
+        own = {"factory", "transport", "is_open", "is_closed", "trafficStats", "utf8validator", "_transport_details"}
+        names = (set(stock.__dict__) - set(autobahn_tuning.HANDSHAKE_STATE) - set(WebSocketServerProtocol.CONFIG_ATTRS)
+                 - own - {"send_queue", "_results", "utf8validator"})
+        self.assertEqual({name: getattr(tuned, name) if name not in autobahn_tuning.HANDSHAKE_LISTS
+                          else list(getattr(tuned, name)) for name in names},
+                         {name: getattr(stock, name) for name in names})
+                # the handshake's record is gone, read as None
+        self.assertEqual(stock.http_request_path, "/a-token-as-long-as-the-path-of-a-login")
+        for name in autobahn_tuning.HANDSHAKE_STATE:
+            self.assertNotIn(name, tuned.__dict__)
+            self.assertIsNone(getattr(tuned, name))
+        # what still has its first value is the class's
+        for name, value in autobahn_tuning.OPEN_DEFAULTS:
+            self.assertNotIn(name, tuned.__dict__)
+            self.assertEqual(getattr(stock, name), value, name)
+        self.assertNotIn("send_queue", tuned.__dict__)
+        self.assertNotIn("_results", tuned.__dict__)
+        self.assertNotIn("utf8validator", tuned.__dict__)
+        self.assertLess(len(tuned.__dict__), len(stock.__dict__) / 2)
+
+    def test_same_bytes_both_ways_after_it_then_the_same_close(self):
+        (sf, stock), (tf, tuned) = self.both()
+        for protocol in (stock, tuned):
+            protocol.transport.clear()
+            protocol.dataReceived(client_frame(1, b'{"id":1,"type":"P","msg":0}') + client_frame(9, b"p"))
+            protocol.sendMessage(b'{"type":"A"}')
+            protocol.sendMessage(b"x" * 300, sync=True)     # Autobahn queues these: the queue is made
+            protocol.sendMessage(b"y" * 300, fragmentSize=100)
+            protocol.dataReceived(client_frame(8, struct.pack("!H", 1000) + b"bye"))
+        self.assertEqual(tuned.transport.value(), stock.transport.value())
+        self.assertEqual(tf.seen, sf.seen)
+        self.assertEqual([kind for kind, *_ in sf.seen], ["open", "message", "ping"])
+        self.assertEqual((tuned.state, tuned.wasClean, tuned.remoteCloseCode, tuned.closedByMe),
+                         (stock.state, stock.wasClean, stock.remoteCloseCode, stock.closedByMe))
+        tuned.connectionLost(Failure(ConnectionDone()))
+        stock.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(tf.seen, sf.seen)
+        self.assertEqual(tf.seen[-1], ("close", True, 1000, "bye"))
+
+    def test_text_that_is_not_utf8_is_refused_alike(self):
+        (sf, stock), (tf, tuned) = self.both()
+        for protocol in (stock, tuned):
+            protocol.transport.clear()
+            protocol.dataReceived(client_frame(1, "né".encode()))
+            protocol.dataReceived(client_frame(1, b"ok \xff\xfe"))
+        self.assertEqual(tuned.transport.value(), stock.transport.value())
+        self.assertEqual(tf.seen, sf.seen)
+        self.assertEqual(tf.seen[-1], ("message", "né".encode(), False))
+        self.assertTrue(stock.failedByMe)
+        self.assertEqual((tuned.state, tuned.failedByMe, tuned.wasClean, tuned.wasNotCleanReason),
+                         (stock.state, stock.failedByMe, stock.wasClean, stock.wasNotCleanReason))
+
+    def test_a_message_listener_still_gets_its_event(self):
+        (sf, stock), (tf, tuned) = self.both()
+        for protocol in (stock, tuned):
+            protocol.on("message", lambda payload, is_binary, seen=protocol.factory.seen: seen.append(
+                ("event", payload, is_binary)))
+            protocol.dataReceived(client_frame(1, b"hello"))
+        self.assertEqual(tf.seen, sf.seen)
+        self.assertIn(("event", b"hello", False), tf.seen)
+        self.assertEqual(list(tuned._results), ["message"])
+
+    def test_with_the_plain_switch_nothing_is_released(self):
+        self.patch(os, "environ", dict(os.environ, IMD_PLAIN_AUTOBAHN="1"))
+        _, protocol = self.opened(lambda f: autobahn_tuning.tuned(f, _Opened))
+        self.assertIs(type(protocol), _Opened)
+        self.assertEqual(protocol.http_request_path, "/a-token-as-long-as-the-path-of-a-login")
+
+
+class CompactBatchedTimerTests(unittest.TestCase):
+    """The factory's batched timer (Autobahn's auto-ping and handshake
+    timeouts) calls the same functions at the same times as txaio's."""
+
+    def run_timer(self, make):
+        from twisted.internet.task import Clock
+        clock = Clock()
+        timer = make(clock)
+        fired = []
+        calls = {}
+        for i, delay in enumerate((5, 0.2, 5.4, 30, 30, 7, 0, 12.9, 30)):
+            calls[i] = timer.call_later(delay, lambda i=i: fired.append((i, clock.seconds())))
+        calls[3].cancel()
+        calls[6].cancel()
+        timer.call_later(2, fired.append, ("args", 1))
+        for _ in range(80):
+            clock.advance(0.5)
+        return fired, clock.getDelayedCalls()
+
+    def test_same_calls_at_the_same_times_as_txaio(self):
+        def txaio_timer(clock):
+            return autobahn_tuning._txaio_common._BatchedTimer(1000.0, 2, clock.seconds, clock.callLater)
+        stock = self.run_timer(txaio_timer)
+        compact = self.run_timer(lambda clock: autobahn_tuning.compact_batched_timer(txaio_timer(clock)))
+        self.assertEqual(compact, stock)
+        self.assertEqual(len(stock[0]), 8)
+
+    def test_the_factory_gets_one(self):
+        factory = WebSocketServerFactory()
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "IMD_PLAIN_AUTOBAHN"})
+        autobahn_tuning.tuned(factory, _Recording)
+        self.assertIsInstance(factory._batched_timer, autobahn_tuning.CompactBatchedTimer)
+        call = factory._batched_timer.call_later(1, int)
+        self.assertIsInstance(call, autobahn_tuning._Call)
+        call.cancel()

@@ -297,6 +297,52 @@ class CloseTests(SessionTestCase):
         self.assertIn(b"imd_connections_open 0.0", self.metrics.exposition())
 
 
+class IdleWatchTests(SessionTestCase):
+    """Issue 29: one timer for the idle timeout of every session, each
+    still closed 90 s after its own last packet."""
+
+    def test_each_session_closed_90_s_after_its_last_packet(self):
+        sessions = []
+        for uid in range(1, 9):
+            sessions.append(self.session(uid))
+            self.clock.advance(1)
+        # the sessions made at t0 .. t0+7; packets at odd offsets keep some alive
+        closed_at = {}
+        last = {uid: 1000 + uid - 1 for uid in range(1, 9)}
+        for step in range(300):
+            now = self.clock.seconds()
+            for uid, (wire, session) in enumerate(sessions, 1):
+                if uid not in closed_at and ("C", "idle for too long") in wire.seen():
+                    closed_at[uid] = now
+                if uid % 3 == 0 and step < 100 and step % (uid + 20) == 0 and not session._closing:
+                    session.frame_received(frame({"id": step, "to": 0, "type": "P"}), False)
+                    last[uid] = now
+            self.assertLessEqual(len(self.clock.getDelayedCalls()), 1)   # one timer for all of them
+            self.clock.advance(0.5)
+        self.assertEqual(sorted(closed_at), list(range(1, 9)))
+        for uid, at in closed_at.items():
+            self.assertAlmostEqual(at - last[uid], 90, delta=0.5, msg="uid %d" % uid)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.context.idle), 0)
+
+    def test_a_closed_session_is_not_held_nor_closed_again(self):
+        pairs = [self.session(uid) for uid in range(1, 201)]
+        for wire, session in pairs[:150]:
+            session.close_with(protocol.CLOSE_KICKED, "kicked")
+            session.lost(4003)
+        watch = self.context.idle
+        self.assertEqual(len(watch), 50)
+        # what it files is at most twice what it watches
+        self.assertLessEqual(len(watch._entries), 100)
+        self.assertNotIn(pairs[0][1], [entry[2] for entry in watch._entries])
+        self.clock.advance(90)
+        for wire, session in pairs[:150]:
+            self.assertNotIn(("C", "idle for too long"), wire.seen())
+        for wire, session in pairs[150:]:
+            self.assertEqual(wire.seen()[-1], ("close", 4004, "idle for too long"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class RateTests(SessionTestCase):
 
     def test_burst_then_rate_limited(self):

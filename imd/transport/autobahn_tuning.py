@@ -31,15 +31,31 @@ comparing it with stock Autobahn (tests/test_autobahn_tuning.py).
   on that subclass the list it walks (``CONFIG_ATTRS``, :class:`_OptionNames`)
   is empty while debug logging is off, so there is nothing to copy or format.
 
+- Memory of an open, idle connection (issue 29): Autobahn keeps the opening
+  handshake's request and answer on every connection for its lifetime (the
+  request line, its URI and path -- imd's token -- the headers, the 101
+  answer: ~3.5 KB), sixty-odd attributes in the instance dict, an empty
+  send queue (a deque: 760 bytes on CPython) and a dict of event results
+  nobody fires.  Once the WebSocket is open (:meth:`AutobahnTuning._onOpen`)
+  the handshake's state is released (:data:`HANDSHAKE_STATE`, read as None
+  afterwards), attributes still holding the value the class has
+  (:data:`OPEN_DEFAULTS`) are read from the class, an empty send queue is
+  the class's empty tuple until something must be queued
+  (:meth:`AutobahnTuning.sendData` makes it then), the event results and
+  the UTF-8 validator of text messages are made on first use; on CPython the instance dicts of the protocol and of
+  its TCP transport are rebuilt at their new size (a dict never shrinks).
+
 All of it is per class: nothing in Autobahn's modules is replaced.
 """
 
 import os
 import platform
+from collections import deque
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import autobahn.websocket.protocol as _autobahn_protocol
+import txaio._common as _txaio_common
 import txaio.tx as _txaio_tx
 from autobahn.websocket.xormasker import create_xor_masker as _compiled_masker
 
@@ -61,6 +77,128 @@ SMALL_FRAME = 0 if platform.python_implementation() == "PyPy" else 1536
 _LOG_OFF = getattr(_txaio_tx, "_no_op", None)
 _STATE_OPEN = _autobahn_protocol.WebSocketProtocol.STATE_OPEN
 _STATE_CLOSED = _autobahn_protocol.WebSocketProtocol.STATE_CLOSED
+
+
+# Autobahn's per-connection record of the opening handshake, read (as the
+# ConnectionRequest handed to onConnect) during it and never after: dropped
+# once the WebSocket is open; read afterwards, each is None.
+HANDSHAKE_STATE = ("http_request_data", "http_status_line", "http_request_uri", "http_request_path",
+                   "http_request_params", "http_request_host", "http_headers", "http_response_data", "_wskey")
+
+# What Autobahn sets on every connection (_connectionMade, the opening
+# handshake) that an idle open connection still has: while an attribute
+# keeps this value it is read from the class, not stored per connection.
+OPEN_DEFAULTS = (
+    ("triggered", False), ("wasMaxFramePayloadSizeExceeded", False), ("wasMaxMessagePayloadSizeExceeded", False),
+    ("closedByMe", False), ("failedByMe", False), ("droppedByMe", False), ("wasClean", False),
+    ("wasServerConnectionDropTimeout", False), ("wasOpenHandshakeTimeout", False),
+    ("wasCloseHandshakeTimeout", False), ("wasServingFlashSocketPolicyFile", False),
+    ("autoPingPendingSeq", 0), ("inside_message", False), ("send_state", 0),
+    ("_perMessageCompress", None), ("trackedTimings", None), ("wasNotCleanReason", None),
+    ("localCloseCode", None), ("localCloseReason", None), ("remoteCloseCode", None),
+    ("remoteCloseReason", None), ("openHandshakeTimeoutCall", None), ("closeHandshakeTimeoutCall", None),
+    ("autoPingTimeoutCall", None), ("autoPingPending", None), ("autoPingPendingSent", None),
+    ("websocket_protocol_in_use", None), ("current_frame", None),
+)
+
+# Lists Autobahn fills during the opening handshake (the subprotocols and
+# extensions offered and in use): empty ones are read from the class, as
+# an empty tuple, once the WebSocket is open (nothing appends to them then).
+HANDSHAKE_LISTS = ("websocket_protocols", "websocket_extensions", "websocket_extensions_in_use")
+
+# Autobahn's one event of a WebSocket protocol (ObservableMixin.set_valid_events)
+_EVENTS = ["message"]
+
+_MISSING = object()
+_CPYTHON = platform.python_implementation() == "CPython"
+
+
+def _compacted(attrs: object) -> None:
+    """On CPython, ``attrs``'s instance dict rebuilt at the size of what it
+    holds (a dict keeps its largest table; PyPy stores attributes per
+    class layout, where a dict of its own would cost more)."""
+    if _CPYTHON:
+        attrs.__dict__ = {name: value for name, value in attrs.__dict__.items()}
+
+
+class _Call:
+    """txaio's ``_BatchedCall`` (what ``call_later`` of a batched timer
+    returns: ``cancel``, and called when due), without its per-call closure
+    and dict: ~120 bytes against ~560 on CPython."""
+    __slots__ = ("_timer", "_index", "_func", "_args")
+
+    def __init__(self, timer: "CompactBatchedTimer", index: int, func: Callable[..., object], args: tuple) -> None:
+        self._timer: Optional[CompactBatchedTimer] = timer
+        self._index = index
+        self._func = func
+        self._args = args
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer._remove_call(self._index, self)
+        self._timer = None
+
+    def __call__(self) -> object:
+        return self._func(*self._args)
+
+
+class CompactBatchedTimer(_txaio_common._BatchedTimer):   # (txaio is untyped)
+    """txaio's batched timer (one reactor timer per bucket of calls: Autobahn's
+    auto-ping and handshake timeouts of every connection), its calls
+    :class:`_Call`; the buckets, their times and the order of the calls
+    in them are txaio's own."""
+
+    def call_later(self, delay: float, func: Callable[..., object], *args: object, **kwargs: object) -> object:
+        if kwargs:
+            return super().call_later(delay, func, *args, **kwargs)
+        # txaio's quantizing, then its bucket handling with our call in it
+        now = self._get_seconds()
+        real_time = int(now + delay) * 1000
+        real_time -= int(real_time % self._bucket_milliseconds)
+        call = _Call(self, real_time, func, args)
+        bucket = self._buckets.get(real_time)
+        if bucket is not None:
+            bucket[1].append(call)
+        else:
+            delayed_call = self._create_delayed_call(max(0.0, (real_time / 1000.0) - now), self._notify_bucket,
+                                                     real_time)
+            self._buckets[real_time] = (delayed_call, [call])
+        return call
+
+
+def compact_batched_timer(timer: object) -> object:
+    """``timer`` (a factory's ``_batched_timer``) as a
+    :class:`CompactBatchedTimer` with the same settings, or as it is when it
+    is not txaio's, or already has calls."""
+    if type(timer) is not _txaio_common._BatchedTimer or timer._buckets:
+        return timer
+    return CompactBatchedTimer(timer._bucket_milliseconds, timer._chunk_size, timer._get_seconds,
+                               timer._create_delayed_call, timer._loop)
+
+
+class _Utf8Validator:
+    """``utf8validator`` of an open connection, made when first read (by the
+    first text message; Autobahn makes one per connection at its start and
+    resets it at every text message's begin, so a fresh one is the same)."""
+
+    def __get__(self, instance: object, owner: Optional[type] = None) -> object:
+        if instance is None:
+            return self
+        validator = _autobahn_protocol.Utf8Validator()
+        setattr(instance, "utf8validator", validator)
+        return validator
+
+
+class _EventResults:
+    """``_results`` of Autobahn's ObservableMixin, made when first read (by
+    ``fire`` with a listener registered, which imd never has)."""
+
+    def __get__(self, instance: object, owner: Optional[type] = None) -> Optional[Dict[str, None]]:
+        if instance is None:
+            return None
+        results: Dict[str, None] = {name: None for name in getattr(instance, "_valid_events")}
+        setattr(instance, "_results", results)
+        return results
 
 
 def enabled() -> bool:
@@ -120,6 +258,46 @@ class AutobahnTuning(_TunedProtocol):
     _plain_frames = False   # set by protocol_with_options
     write_frame: Callable[[bytes], None]   # imd.transport.websocket's protocol has it
     logOctets: bool              # an Autobahn option (the tuned dataReceived leaves logged octets to Autobahn)
+
+    # --- memory of an open connection -----------------------------------------
+
+    # read while an attribute is not in the instance (see _onOpen)
+    # (and, on the class tuned() makes, send_queue and HANDSHAKE_LISTS as empty tuples, utf8validator)
+    _valid_events = _EVENTS
+    _results = _EventResults()
+    _open_defaults: Sequence[Tuple[str, object]] = ()   # set by tuned(): those the class has
+
+    def set_valid_events(self, valid_events: Optional[Sequence[str]] = None) -> None:
+        if list(valid_events or ()) != _EVENTS:
+            super().set_valid_events(valid_events)
+
+    def _onOpen(self) -> None:
+        attrs = self.__dict__
+        for name, value in self._open_defaults:
+            if name in attrs and (value is None and name in HANDSHAKE_STATE or attrs[name] is value):
+                del attrs[name]
+        if not self.send_queue:
+            attrs.pop("send_queue", None)
+        attrs.pop("utf8validator", None)   # (unused until a text message)
+        super()._onOpen()
+        if self.state == _STATE_OPEN:
+            for name in HANDSHAKE_LISTS:
+                if not attrs.get(name, True):
+                    del attrs[name]
+            # what the class has (as imd's onOpen left its own attributes)
+            cls = type(self)
+            for name, value in list(attrs.items()):
+                if (value is None or value is False) and getattr(cls, name, _MISSING) is value:
+                    del attrs[name]
+            _compacted(self)
+            if hasattr(self.transport, "__dict__"):
+                _compacted(self.transport)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        # (Autobahn's sendData is what appends to the send queue)
+        if (sync or chopsize) and type(self.send_queue) is not deque:
+            self.send_queue = deque()
+        super().sendData(data, sync, chopsize)
 
     # --- bytes in: no debug arguments, straight to the frame parser ------------
 
@@ -217,5 +395,11 @@ def tuned(factory: Any, protocol_class: Type[Any]) -> Type[Any]:
         return protocol_class
     # (every setProtocolOptions call resets allowNullOrigin unless it is passed)
     factory.setProtocolOptions(applyMask=False, allowNullOrigin=factory.allowNullOrigin)
-    mixed = type(protocol_class.__name__, (AutobahnTuning, protocol_class), {})
+    factory._batched_timer = compact_batched_timer(factory._batched_timer)
+    # (an attribute the class has with another value stays per connection)
+    defaults = tuple((name, value) for name, value in OPEN_DEFAULTS + tuple((name, None) for name in HANDSHAKE_STATE)
+                     if getattr(protocol_class, name, value) is value)
+    mixed = type(protocol_class.__name__, (AutobahnTuning, protocol_class),
+                 dict(defaults, _open_defaults=defaults, send_queue=(), utf8validator=_Utf8Validator(),
+                      **{name: () for name in HANDSHAKE_LISTS}))
     return protocol_with_options(factory, mixed)

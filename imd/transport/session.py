@@ -21,9 +21,11 @@ the line is sent as soon as it is ready.  A close (``C`` and the close frame)
 waits for that line to be answered, whatever decided it (close_with).
 """
 
+import heapq
+import itertools
 import typing
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -93,10 +95,94 @@ class Wire(typing.Protocol):
         server's stop, once its grace is over)."""
 
 
+# (a timer may fire a hair before the deadline it was set for: float sums)
+_IDLE_SLACK = 1e-6
+
+
+class IdleWatch:
+    """The idle timeout of every session of a listener, on one timer.
+
+    A timer per connection (Twisted's DelayedCall, reset by every packet)
+    cost ~450 bytes per idle connection on CPython (issue 29).  Here a
+    session's packet only records its time (``Session._active_at``); the
+    watch keeps one entry per watched session, ordered by the deadline it
+    was filed under, and one timer for the earliest.  When it fires, a
+    session whose last packet is older than ``timeout`` is idle; one that
+    sent since is filed again under its new deadline.  So each session
+    is closed ``timeout`` after its last packet, as with a timer of its own.
+    A session no longer watched (closed) is dropped when its entry comes
+    up, or at once by a rebuild when those make up half of the entries."""
+    __slots__ = ("_clock", "timeout", "_entries", "_order", "_call", "_watched")
+
+    def __init__(self, clock: Clock, timeout: float) -> None:
+        self._clock = clock
+        self.timeout = timeout
+        self._entries: List[Tuple[float, int, "Session"]] = []   # a heap
+        self._order = itertools.count()   # (ties of deadlines: filed first, first)
+        self._call: Optional[Timer] = None
+        self._watched = 0
+
+    def __len__(self) -> int:
+        return self._watched
+
+    def watch(self, session: "Session", now: float) -> None:
+        """From ``now`` on, ``session`` (its ``_active_at`` set) is watched."""
+        self._watched += 1
+        self._file(session, now + self.timeout)
+
+    def unwatch(self, session: "Session") -> None:
+        """``session`` (its ``_active_at`` now None) is no longer watched."""
+        self._watched -= 1
+        entries = self._entries
+        if not self._watched:
+            del entries[:]
+            self._cancel()
+        elif len(entries) > 64 and self._watched * 2 < len(entries):
+            self._entries = [entry for entry in entries if entry[2]._active_at is not None]
+            heapq.heapify(self._entries)
+            self._schedule()
+
+    def _file(self, session: "Session", deadline: float) -> None:
+        entries = self._entries
+        heapq.heappush(entries, (deadline, next(self._order), session))
+        if entries[0][2] is session:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._cancel()
+        if self._entries:
+            delay = max(0.0, self._entries[0][0] - self._clock.seconds())
+            self._call = self._clock.callLater(delay, self._due)
+
+    def _cancel(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _due(self) -> None:
+        self._call = None
+        now = self._clock.seconds() + _IDLE_SLACK
+        entries = self._entries
+        idle = []
+        while entries and entries[0][0] <= now:
+            _, _, session = heapq.heappop(entries)
+            active_at = session._active_at
+            if active_at is None:
+                continue   # closed: no longer watched
+            deadline = active_at + self.timeout
+            if deadline <= now:
+                idle.append(session)
+            else:
+                heapq.heappush(entries, (deadline, next(self._order), session))
+        self._schedule()
+        for session in idle:
+            session._idle()
+
+
 class SessionContext:
     """What the connections of one listener share (built by the listener)."""
     __slots__ = ("node", "verifier", "handlers", "metrics", "clock", "close_timeout", "rate", "burst",
-                 "history_rate", "history_burst", "idle_timeout", "max_errors")
+                 "history_rate", "history_burst", "idle", "max_errors")
 
     def __init__(self, websocket: "WebSocketSettings", node: "LocalNode", verifier: "TokenVerifier",
                  handlers: Dict[str, Callable[..., Any]], metrics: "Metrics", clock: Clock,
@@ -113,7 +199,7 @@ class SessionContext:
         self.burst = float(websocket.burst)
         self.history_rate = websocket.history_rate
         self.history_burst = float(websocket.history_burst)
-        self.idle_timeout = websocket.idle_timeout
+        self.idle = IdleWatch(clock, websocket.idle_timeout)
         self.max_errors = websocket.max_errors
 
 
@@ -248,7 +334,7 @@ class Login:
 class Session:
     """A logged-in connection (what imd.node's ``Session`` protocol asks for)."""
     __slots__ = ("uid", "conn_id", "login_score", "peer", "wire", "_context", "_pending", "_errors",
-                 "_refused_takes", "_control_strikes", "_bucket", "_history_bucket", "_idle_call", "_closing",
+                 "_refused_takes", "_control_strikes", "_bucket", "_history_bucket", "_active_at", "_closing",
                  "_close_after_line", "_close_sent", "_line_deadline", "_draining", "_closed_waiters", "_gone",
                  "_registered")
 
@@ -270,7 +356,8 @@ class Session:
         # a connection that sends nothing)
         self._bucket: Optional[TokenBucket] = None
         self._history_bucket: Optional[TokenBucket] = None
-        self._idle_call: Optional[Timer] = None
+        # the time of its last packet while the IdleWatch watches it (None: not watched)
+        self._active_at: Optional[float] = None
         self._closing = False               # a close is decided: no packet is taken any more
         self._close_after_line: Optional[tuple] = None   # (code, reason) once the line is answered
         self._close_sent = False            # the C is written: nothing more is
@@ -283,7 +370,8 @@ class Session:
     def start(self, replaced: Sequence[str]) -> None:
         """Logged in: the node delivers to it from now on; ``L`` is sent."""
         context = self._context
-        self._idle_call = context.clock.callLater(context.idle_timeout, self._idle)
+        self._active_at = now = context.clock.seconds()
+        context.idle.watch(self, now)
         context.metrics.login_ok()
         context.metrics.connection_opened()
         node = context.node
@@ -309,9 +397,7 @@ class Session:
             return
         context = self._context
         now = context.clock.seconds()
-        idle = self._idle_call
-        if idle is not None:   # (made by start(), until the close)
-            idle.reset(context.idle_timeout)
+        self._active_at = now   # (for the IdleWatch; not None: _closing until the close)
         bucket = self._bucket
         if bucket is None:
             bucket = self._bucket = TokenBucket(context.rate, context.burst, now)
@@ -556,7 +642,7 @@ class Session:
         self.wire.abort()
 
     def _idle(self) -> None:
-        self._idle_call = None
+        """The IdleWatch: no packet for ``[websocket] idle_timeout``."""
         self.close_with(protocol.CLOSE_IDLE, "idle for too long")
 
     def _forget(self) -> None:
@@ -565,9 +651,9 @@ class Session:
             self._registered = False
             context.node.remove(self)
             context.node.unregister(self.uid, self.conn_id)
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        if self._active_at is not None:
+            self._active_at = None
+            context.idle.unwatch(self)
 
     def lost(self, code: Optional[int]) -> None:
         """The connection is closed (``code``: the one of whoever closed first)."""
