@@ -65,8 +65,14 @@ order): ``split`` (ws+http in one process, the migrator in its own at nice
 imd`` with every role, as ``make run``: the migrator is its child process,
 ``[imd] migrator = child``) and ``inline`` (one process, the migrator on its
 reactor: ``[imd] migrator = inline``, the default layout before issue 30).
-Each run on a freshly started daemon; the CPU columns count the migrator's
-process in both layouts that have one.
+Each run on a freshly started daemon, the load started once the layout's
+migrator leads (``MQ:lock`` holds a token of one of its processes: a PyPy
+migrator at nice 10 started beside a loaded ws process took 1-19 s to lead,
+a varying part of the measured window); the CPU columns count the
+migrator's process in both layouts that have one, and each process's cores
+and its main thread's wait for a core (/proc/PID/schedstat) are kept.
+``--layouts split,default`` and ``--layout-rounds N`` narrow or lengthen the
+comparison (A B B A A B ...).
 
 ``sync`` (a few seconds): ``H {"sync": 0}`` of 1,000 messages for one user,
 the first 500 migrated and the daemon's migrator process then stopped

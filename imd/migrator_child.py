@@ -16,7 +16,8 @@ The parent: :class:`MigratorProcess`, a service of the ws process.
 - Starts ``python -m imd.migrator_child --nodaemon --pidfile= imd --config
   FILE --roles migrate --node-id NODE --metrics-listen= --supervised`` once
   the reactor runs: the same interpreter and ini, the parent's node id, no
-  metrics listener of its own (its figures are the parent's, below).
+  metrics listener of its own (its figures are the parent's, below); and
+  sets its niceness to its own + 10 at once (:func:`lower_priority`).
 - Writes the child's log lines into its own log as events of the system
   ``migrate``: a text line reads ``<time> [migrate] migrator: leading ...``,
   a JSON line carries ``"process": "migrate"``; the child's levels, times
