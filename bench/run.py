@@ -65,8 +65,14 @@ order): ``split`` (ws+http in one process, the migrator in its own at nice
 imd`` with every role, as ``make run``: the migrator is its child process,
 ``[imd] migrator = child``) and ``inline`` (one process, the migrator on its
 reactor: ``[imd] migrator = inline``, the default layout before issue 30).
-Each run on a freshly started daemon; the CPU columns count the migrator's
-process in both layouts that have one.
+Each run on a freshly started daemon, the load started once the layout's
+migrator leads (``MQ:lock`` holds a token of one of its processes: a PyPy
+migrator at nice 10 started beside a loaded ws process took 1-19 s to lead,
+a varying part of the measured window); the CPU columns count the
+migrator's process in both layouts that have one, and each process's cores
+and its main thread's wait for a core (/proc/PID/schedstat) are kept.
+``--layouts split,default`` and ``--layout-rounds N`` narrow or lengthen the
+comparison (A B B A A B ...).
 
 ``sync`` (a few seconds): ``H {"sync": 0}`` of 1,000 messages for one user,
 the first 500 migrated and the daemon's migrator process then stopped
@@ -313,6 +319,17 @@ def proc_cpu(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_runq_wait(pid):
+    """Seconds the main thread of ``pid`` has waited on a run queue, ready to
+    run while the CPU ran something else (/proc/PID/schedstat; None where the
+    kernel does not keep it)."""
+    try:
+        with open("/proc/%d/schedstat" % pid) as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def proc_rss_kb(pid, field="VmRSS"):
@@ -591,7 +608,8 @@ def loadgen(conns, mode, **options):
 def stack_sample(server):
     """CPU seconds so far of each of the server's processes, of Redis and of
     MariaDB (None when its pid is not found)."""
-    return {"each": server.sample()["cpu_each_s"], "redis": redis_cpu(), "mysql": mysql_cpu()}
+    return {"each": server.sample()["cpu_each_s"], "wait": [proc_runq_wait(pid) for pid in server.pids],
+            "redis": redis_cpu(), "mysql": mysql_cpu()}
 
 
 def _mysql_query(db, sql):
@@ -710,6 +728,14 @@ def measured(server, proc, setup=None):
         # imd: [ws+http process, migrator process]; Node original: [server, migrator]
         result["server_cpu_us_per_msg_each"] = [
             round(cpu * 1e6 / (delivered * result["measured_seconds"]), 1) for cpu in each]
+        # cores each process had, and how long its main thread (the reactor)
+        # waited for a core while it had work: what the CPU per message
+        # leaves out when the machine is shared
+        result["server_cores_each"] = [round(cpu / result["measured_seconds"], 3) for cpu in each]
+        result["server_runq_wait_us_per_msg_each"] = [
+            round((end - start) * 1e6 / (delivered * result["measured_seconds"]), 1)
+            if start is not None and end is not None else None
+            for start, end in zip(marks["start"]["wait"], marks["end"]["wait"])]
     drained = None
     if flavour is not None:
         result["migrator_lag"] = lag
@@ -812,28 +838,48 @@ def once_each(setup, servers, conns_n, window, duration, warmup, label, receipts
 LAYOUTS = ("split", "default", "inline")
 
 
-def layouts(setup, flavours, start_layout, duration, warmup, rounds=2):
+def wait_leading(setup, server, timeout=60.0):
+    """Seconds until the migrator of ``server`` (one of its processes) holds
+    ``MQ:lock``: the layouts are measured with their migrator running, not
+    while it is still starting (a PyPy migrator at nice 10 started beside a
+    loaded ws process took up to 19 s to lead, a varying part of the
+    measured window)."""
+    started = time.time()
+    marks = [":%d:" % pid for pid in server.pids]
+    while time.time() - started < timeout:
+        token = setup.redis.call("GET", server.flavour.key("MQ:lock"))
+        if token is not None:
+            token = token.decode() if isinstance(token, bytes) else str(token)
+            if any(mark in token for mark in marks):
+                return round(time.time() - started, 2)
+        time.sleep(0.1)
+    raise RuntimeError("%s: no migrator of its processes leads after %ss" % (server.name, timeout))
+
+
+def layouts(setup, flavours, start_layout, duration, warmup, rounds=2, names=LAYOUTS):
     """C=200 W=8 against each layout of each flavour (``start_layout(flavour,
     layout, tag)`` starts one), ``rounds`` rounds, the order reversed each
     round; per round, each layout's msgs/s against the split one's."""
     out = {"runs": []}
     for k in range(rounds):
         uids = setup.pairs(200)
-        order = [(f, layout) for f in flavours for layout in LAYOUTS]
+        order = [(f, layout) for f in flavours for layout in names]
         if k % 2:
             order.reverse()
         results = {}
         for flavour, layout in order:
             server = start_layout(flavour, layout, "-layout%d" % (k + 1))
             try:
+                ready = wait_leading(setup, server)
                 results["%s/%s" % (flavour.name, layout)] = closed_run(
                     setup, server, uids, "layout%d" % (k + 1), 8, duration, warmup)
+                results["%s/%s" % (flavour.name, layout)]["migrator_leading_after_s"] = ready
             finally:
                 server.stop()
         ratios = {}
         for flavour in flavours:
             split = results["%s/split" % flavour.name]["acked_per_s"]
-            for layout in ("default", "inline"):
+            for layout in (x for x in names if x != "split"):
                 ratios["%s/%s" % (flavour.name, layout)] = round(
                     results["%s/%s" % (flavour.name, layout)]["acked_per_s"] / split, 3) if split else None
         results["ratios"] = ratios
@@ -1740,7 +1786,8 @@ def layouts_table(report):
     heads = {"split": "split: ws+http, migrator in its own process (nice 10)",
              "default": "default: one `twistd imd`, migrator its child (nice 10)",
              "inline": "inline: one process, migrator on its reactor"}
-    rows = ["| C=200 W=8, run 1; run 2 | " + " | ".join(heads[x] for x in LAYOUTS) + " |",
+    rows = ["| C=200 W=8, " + "; ".join("run %d" % (k + 1) for k in range(len(runs))) + " | "
+            + " | ".join(heads[x] for x in LAYOUTS) + " |",
             "|---|" + "---|" * len(LAYOUTS)]
     for name in ("imd", "imd_pypy"):
         if not any("%s/split" % name in run for run in runs):
@@ -1760,10 +1807,15 @@ def layouts_table(report):
         row("↳ ack p50 / p99 ms", lambda run, res, layout: fmt_lat2(res["ack_latency_ms"]))
         row("↳ CPU µs/msg over the window: all (ws process + migrator process)",
             lambda run, res, layout: "%.1f%s" % (res["server_cpu_us_per_msg"], cpu_parts(res)))
+        row("↳ cores the ws process had; its reactor's wait for a core, µs/msg",
+            lambda run, res, layout: "%.2f; %.1f" % (res["server_cores_each"][0],
+                                                     res["server_runq_wait_us_per_msg_each"][0]))
         row("↳ rows in MariaDB / acked; MQ empty s after the load",
             lambda run, res, layout: "%s / %s; %s" % (n0(res["rows_migrated"]), n0(res["acked_total"]),
                                                       res["migrator_drained_s"]))
         row("↳ load average (1 min) before the run", lambda run, res, layout: "%.2f" % res["loadavg_before"][0])
+        row("↳ s from listening to the migrator leading (before the load)",
+            lambda run, res, layout: "%.1f" % res["migrator_leading_after_s"])
     return rows
 
 
@@ -1898,6 +1950,10 @@ def main():
                         help="what to measure (default: %(default)s; also: replicas, storm)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="the layouts of --only layouts "
+                        "(default: %(default)s; split is always measured: the others are against it)")
+    parser.add_argument("--layout-rounds", type=int, default=2, help="rounds of --only layouts, the order "
+                        "reversed each round (default: %(default)s)")
     parser.add_argument("--original-auto-pipelining", type=int, choices=[0, 1], default=ORIGINAL.auto_pipelining,
                         help="ioredis auto-pipelining in the Node original design's server (default: %(default)s)")
     parser.add_argument("--profile", choices=["svg", "txt"], help="py-spy flame graph (svg) or raw stacks "
@@ -2102,7 +2158,8 @@ def main():
                                        % (count, fds))
                 r["storm"] = storm(setup, start_storm, count)
         if "layouts" in only and flavours:
-            r["layouts"] = layouts(setup, flavours, start_layout, duration, warmup)
+            names = tuple(x for x in LAYOUTS if x == "split" or x in args.layouts.split(","))
+            r["layouts"] = layouts(setup, flavours, start_layout, duration, warmup, args.layout_rounds, names)
         if "crash" in only:
             r["original_crash"] = original_crash(setup, workdir, 20000 if args.quick else 100000, 12)
         if "replicas" in only:

@@ -16,7 +16,8 @@ The parent: :class:`MigratorProcess`, a service of the ws process.
 - Starts ``python -m imd.migrator_child --nodaemon --pidfile= imd --config
   FILE --roles migrate --node-id NODE --metrics-listen= --supervised`` once
   the reactor runs: the same interpreter and ini, the parent's node id, no
-  metrics listener of its own (its figures are the parent's, below).
+  metrics listener of its own (its figures are the parent's, below); and
+  sets its niceness to its own + 10 at once (:func:`lower_priority`).
 - Writes the child's log lines into its own log as events of the system
   ``migrate``: a text line reads ``<time> [migrate] migrator: leading ...``,
   a JSON line carries ``"process": "migrate"``; the child's levels, times
@@ -227,9 +228,13 @@ class MigratorProcess(Service):
     name = "migrator-process"
 
     def __init__(self, executable: str, arguments: List[str], grace: float, reactor: Any, clock: Any = None,
-                 publish: Callable[[Dict[str, Any]], None] = globalLogPublisher) -> None:
+                 publish: Callable[[Dict[str, Any]], None] = globalLogPublisher,
+                 lower: Optional[Callable[[int, int], Optional[int]]] = None) -> None:
         """``executable`` runs with ``arguments`` (:func:`child_arguments`);
-        ``reactor`` spawns it; ``clock`` times restarts and the kill."""
+        ``reactor`` spawns it; ``clock`` times restarts and the kill;
+        ``lower(pid, parent)`` lowers a new child's priority
+        (:func:`lower_priority`)."""
+        self._lower = lower if lower is not None else lower_priority
         self._executable = executable
         self._arguments = arguments
         self.grace = grace
@@ -296,6 +301,12 @@ class MigratorProcess(Service):
         self._child = child
         self._killed = False
         self.pid = transport.pid
+        # at once, before its interpreter starts: its start-up (imports, and
+        # on PyPy its first compilations) costs the clients nothing either
+        try:
+            self._lower(self.pid, os.getpid())
+        except OSError as e:
+            _log.warn("migrator: cannot lower its process's priority (it does so itself): {why}", why=e)
         self._started_at = self._clock.seconds()
         _log.info("migrator: started its process (pid {pid})", pid=self.pid)
 
@@ -364,14 +375,35 @@ class MigratorProcess(Service):
 
 # --- the child's side ---------------------------------------------------------
 
+def lower_priority(pid: int, parent: int) -> Optional[int]:
+    """Set ``pid``'s niceness to ``parent``'s + NICENESS (at most 19) unless
+    it is that low already; the niceness it has then (None: it has gone).
+
+    Both ends call it: the parent as soon as the child exists -- as the
+    ``nice -n 10`` of ``imd-migrate.service``, so the child's start-up
+    (~0.8 s of CPU to import its modules on PyPy, at every restart) does not
+    compete with the clients' reactor at the parent's priority -- and the
+    child in :func:`become_child`, in case the parent could not.  Absolute,
+    not ``os.nice``: two calls give +10, not +20."""
+    target = min(19, os.getpriority(os.PRIO_PROCESS, parent) + NICENESS)
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, pid)
+        if current < target:
+            os.setpriority(os.PRIO_PROCESS, pid, target)
+        return max(current, target)
+    except ProcessLookupError:
+        return None
+
+
 def become_child() -> None:
     """What the child does first, before any thread starts: niceness +10
-    for its threads, those started later included (they inherit it); and a
+    for its threads, those started later included (they inherit it), if
+    the parent has not set it already (:func:`lower_priority`); and a
     process group of its own, so that Ctrl-C in the terminal of ``make
     run`` reaches the parent only, which stops it in order (SIGTERM, then
     the wait) instead of both stopping at once."""
     try:
-        os.nice(NICENESS)
+        lower_priority(0, os.getppid())
     except OSError as e:
         _log.warn("migrator: cannot lower its priority: {why}", why=e)
     try:

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 from twisted.application.service import Service
 from twisted.internet import defer, error, reactor, task
@@ -25,7 +27,7 @@ from imd.config import ConfigError, parse_settings
 from imd.logs import ImdLogObserver
 from imd.metrics import Metrics
 from imd.migrator_child import (FIRST_RESTART_DELAY, MAX_RESTART_DELAY, MigratorProcess, ParentLink, RelayedFigures,
-                                child_arguments, kill_after, relayed_event)
+                                child_arguments, kill_after, lower_priority, relayed_event)
 from imd.shutdown import GracefulMultiService
 from tests.daemon_support import spawn_daemon, start_daemon, write_config
 from tests.monitoring_support import http_get, samples
@@ -77,9 +79,10 @@ class _Reactor:
 class SupervisorTests(unittest.SynchronousTestCase):
 
     def supervisor(self, grace=5.0, start=True):
-        self.clock, self.reactor, self.events = task.Clock(), _Reactor(), []
+        self.clock, self.reactor, self.events, self.lowered = task.Clock(), _Reactor(), [], []
+        # (the recording reactor's pids are made up: never renice them)
         process = MigratorProcess("/usr/bin/python3", ["-m", "x"], grace, self.reactor, self.clock,
-                                  publish=self.events.append)
+                                  publish=self.events.append, lower=lambda pid, parent: self.lowered.append(pid))
         if start:
             process.startService()
         return process
@@ -90,6 +93,7 @@ class SupervisorTests(unittest.SynchronousTestCase):
         self.assertEqual((executable, args), ("/usr/bin/python3", ["/usr/bin/python3", "-m", "x"]))
         self.assertEqual(fds, {0: "w", 1: "r", 2: "r", 3: "r"})
         self.assertEqual(process.pid, 1000)
+        self.assertEqual(self.lowered, [1000], "its priority lowered as soon as it exists")
         arguments = child_arguments("etc/imd.ini", "host:8765")
         self.assertEqual(arguments[:2], ["-m", "imd.migrator_child"])
         self.assertEqual(arguments[arguments.index("--config") + 1], os.path.abspath("etc/imd.ini"))
@@ -231,6 +235,46 @@ class SupervisorTests(unittest.SynchronousTestCase):
                               1, 5.0)
         self.assertEqual(event["log_child_text"], "boom\nTraceback:\n  x")
         self.assertEqual(event["log_time"], 5.0)
+
+
+class PriorityTests(unittest.TestCase):
+    """A real child, started as the ws process starts its migrator."""
+
+    async def test_the_child_is_at_niceness_plus_10_from_its_first_line(self):
+        # Its start-up (imports: ~0.8 s of CPU on PyPy, at every restart)
+        # must not run at the clients' priority: the child prints its
+        # niceness before it imports anything of imd.
+        lines = []
+        ended = defer.Deferred()
+        process = MigratorProcess(
+            sys.executable, ["-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0), flush=True)"], 5.0,
+            reactor, publish=lambda event: lines.append(event["log_child_text"]))
+        original = process.child_ended
+
+        def child_ended(child, reason):
+            original(child, reason)
+            if not ended.called:
+                ended.callback(None)
+        process.child_ended = child_ended
+        process.startService()
+        self.addCleanup(process.stopService)
+        await with_deadline(ended, what="the child's end")
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        self.assertEqual(lines, [str(expected)])
+
+
+class LowerPriorityTests(unittest.SynchronousTestCase):
+
+    def test_twice_is_still_plus_10_and_a_gone_child_is_none(self):
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+            self.assertEqual(lower_priority(child.pid, os.getpid()), expected)
+            self.assertEqual(lower_priority(child.pid, os.getpid()), expected)
+            self.assertEqual(os.getpriority(os.PRIO_PROCESS, child.pid), expected)
+        finally:
+            child.communicate(b"")
+        self.assertIsNone(lower_priority(child.pid, os.getpid()))
 
 
 class RelayedFiguresTests(unittest.SynchronousTestCase):
