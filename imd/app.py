@@ -90,8 +90,8 @@ class App:
         self.friends = FriendStore(client, keys)
         # [push] url set: the store scripts also note pending pushes (§7.5)
         self.push_notes = PushNotes(keys, settings.push.delay) if settings.push.url else None
-        self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes)
-        self.recalls = RecallStore(client, keys, redis.dedup_ttl, self.push_notes)
+        self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes, self.node_id)
+        self.recalls = RecallStore(client, keys, redis.dedup_ttl, self.push_notes, self.node_id)
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes, redis.dedup_ttl)
         self.positions = PositionStore(client, keys)

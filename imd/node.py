@@ -6,12 +6,16 @@ shutdown and the shutting-down state.  Handlers call :meth:`LocalNode.deliver`
 and :meth:`LocalNode.kick`; they never see a socket.  The transport registers
 its connections here and never decides who gets what.
 
-Delivery to a user's connections on other nodes goes through Redis pub/sub:
-``deliver`` hands the packet to this node's connections at once and queues it
-for the others; at the end of the reactor turn one script publishes the
-whole turn's queue (:meth:`PresenceStore.route`), one frame to each other
-node that holds a connection of the recipient.  Frames from other nodes come
-back through :meth:`frame_received` (imd.bus receives them).
+Packets that carry a ``pos`` (stored messages, system messages, recalls:
+contract §10) are published by the script that stores them, to every node
+holding a connection of the recipient or the sender, this one included
+(``lua/fanout.lua``), so that each connection gets them in ``pos`` order;
+they reach the sessions through :meth:`frame_received` like every frame
+from another node (imd.bus receives them).  The rest (receipts, typing,
+positions) goes through :meth:`deliver`: this node's connections at once,
+and for the others a queue that one script publishes at the end of the
+reactor turn (:meth:`PresenceStore.route`), one frame to each other node
+that holds a connection of the recipient.
 """
 
 import itertools
@@ -198,13 +202,24 @@ class LocalNode:
             return
         try:
             if kind == busframes.DELIVER:
-                self.deliver_local(uid, payload)
+                reached = self.deliver_local(uid, payload)
+            elif kind == busframes.DELIVER_EXCEPT:
+                skip, sep, packet = rest.partition(" ")
+                if not sep:
+                    _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80])
+                    return
+                reached = self.deliver_local(uid, packet.encode("utf-8"), skip)
             elif kind == busframes.KICK:
                 self.kick_local(uid, rest)
+                return
             else:
                 self.replace_local(uid, rest)
+                return
         except Exception:
             _log.failure("handling a bus frame")
+            return
+        if self.metrics is not None and kind in (busframes.DELIVER, busframes.DELIVER_EXCEPT):
+            self.metrics.delivered(reached)
 
     # --- shutting down -----------------------------------------------------------
 

@@ -38,6 +38,7 @@ class Follower:
         self.pages = 0
         self.truncated = False
         self.synced = defer.Deferred()
+        self.live_positions = []   # every live packet's pos, in the order it came
         self._live = []
         self._sync_id = None
         self._n = 0
@@ -88,6 +89,7 @@ class Follower:
                     if not self.synced.called:
                         self.synced.callback(self)
             elif packet["type"] in "tis":
+                self.live_positions.append(packet["pos"])
                 if self._sync_id is not None:
                     self._live.append(packet)
                 else:
@@ -355,14 +357,22 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         nodes = [self.server, node2]
         for uid in senders:
             await self.befriend(uid, reader)
-        clients = {uid: await self.login_on(rng.choice(nodes), uid) for uid in senders}
+        # senders on both nodes, the first two on different ones
+        clients = {uid: await self.login_on(node, uid)
+                   for uid, node in zip(senders, [nodes[0], nodes[1], rng.choice(nodes)])}
         expected = {}
         # before: the reader online, everything processed
         follower = Follower(self, await self.login_on(rng.choice(nodes), reader)).start()
         await with_deadline(follower.synced, what="first sync (seed %d)" % seed)
-        acked = await self.send_acked(clients[senders[0]], [text("a%d" % n, reader) for n in range(20)])
-        expected.update({(senders[0], i): p for i, p in acked.items()})
-        await wait_until(lambda: len(follower.messages) == 20, what="20 live messages (seed %d)" % seed)
+        # all three at once, from both nodes: the reader's connection gets
+        # them in pos order, whichever node each was stored through
+        acked = await defer.gatherResults([
+            self.send_acked(clients[uid], [text("a%d" % n, reader) for n in range(20)]) for uid in senders])
+        for uid, positions in zip(senders, acked):
+            expected.update({(uid, i): p for i, p in positions.items()})
+        await wait_until(lambda: len(follower.messages) == 60, what="60 live messages (seed %d)" % seed)
+        self.assertEqual(follower.live_positions, sorted(p for _, p in expected.items()),
+                         "live packets out of pos order")
         highest, seen = follower.highest, follower.seen
         follower.stop()
         await drop(follower.client)
@@ -389,11 +399,13 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         migrator = start_migrator(self, self.server.app.settings)   # the rest moves while it catches up
         await keep_sending
         await with_deadline(follower.synced, what="sync done (seed %d)" % seed)
-        total = len(expected) - 20
+        total = len(expected) - 60
         await wait_until(lambda: len(follower.messages) >= total, what="every message (seed %d)" % seed)
         await with_drain(migrator)
         await migrator.stopService()
         follower.stop()
+        # live packets come in pos order on every connection (contract §10)
+        self.assertEqual(follower.live_positions, sorted(set(follower.live_positions)), "live packets out of order")
         got = [((p["from"], str(p["id"])), p["pos"]) for p in follower.messages]
         self.assertEqual(len(got), len(set(k for k, _ in got)), "a message shown twice")
         self.assertEqual(dict(got), {k: p for k, p in expected.items() if p > highest})

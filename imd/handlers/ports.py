@@ -40,7 +40,12 @@ class Node(Protocol):
 class Messages(Protocol):
     """Messages into Redis and back out of it (imd.stores.messages.MessageStore)."""
 
-    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred: ...
+    # True: the store scripts publish what they store to every connection
+    # (in pos order); False ([redis] min_replicas): the caller delivers
+    publishes: bool
+
+    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0,
+                      origin: Optional[str] = None) -> Deferred: ...
 
     def store_system_messages(self, packet_id: str, recipients: Sequence[int], head: bytes, tail: bytes,
                               ts: int = 0) -> Deferred: ...
@@ -91,6 +96,8 @@ class Typing(Protocol):
 class Orders(Protocol):
     """Orders in Redis (imd.stores.orders.OrderStore)."""
 
+    publishes: bool   # as Messages.publishes
+
     def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int,
                    earlier: Optional[Tuple[int, int, Optional[str]]] = None) -> Deferred: ...
 
@@ -134,8 +141,11 @@ class HistoryRows(Protocol):
 class Recalls(Protocol):
     """Recall and delete in Redis (imd.stores.recalls.RecallStore)."""
 
+    publishes: bool   # as Messages.publishes
+
     def recall(self, sender: int, to: int, d_id: str, msg_id: str, d_packet: bytes, now_ms: int,
-               window_ms: Optional[int], force: bool = False) -> Deferred: ...
+               window_ms: Optional[int], force: bool = False, to_sender: bool = False,
+               origin: Optional[str] = None) -> Deferred: ...
 
 
 class RecallRows(Protocol):

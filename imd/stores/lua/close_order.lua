@@ -1,10 +1,14 @@
--- include: store_entry note_push
+-- include: store_entry note_push fanout
 -- KEYS: order:<order>, links:<pair>, orders:ending, MQ, MQ:seq,
 --       pending:<courier>, pending:<customer>,
---       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>, open:<courier>
+--       dedup:0:<courier>:closed-<order>, dedup:0:<customer>:closed-<order>, open:<courier>,
+--       dev:<courier>, dev:<customer>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: order, courier, customer, now (ms), grace (ms), s packet to the
---       courier, s packet to the customer, dedup ttl [, push due (ms)]
+--       courier, s packet to the customer, dedup ttl, channel prefix ('':
+--       publish nothing, the caller delivers) [, push due (ms)]
+-- Each s packet stored is published with its pos to the nodes of its
+-- recipient's connections (the fanout snippet).
 -- {1, closed_at, ends_at, courier's stored, customer's stored}: closed now;
 -- {0, closed_at, ends_at}: closed before; {-1}: the record is not a take by
 -- that courier (gone meanwhile).
@@ -24,7 +28,10 @@ for i, to in ipairs({ARGV[2], ARGV[3]}) do
   if redis.call('SET', KEYS[7 + i], to, 'NX', 'EX', ARGV[8]) then
     -- (its seq: the packet's pos, 0 when not stored now)
     stored[i] = store_entry(KEYS[4], KEYS[5], KEYS[5 + i], KEYS[5 + i], ARGV[5 + i])
-    if ARGV[9] then note_push(KEYS[11], KEYS[12], KEYS[13], to, ARGV[5 + i], ARGV[9]) end
+    if ARGV[10] then note_push(KEYS[13], KEYS[14], KEYS[15], to, ARGV[5 + i], ARGV[10]) end
+    if ARGV[9] ~= '' then
+      fanout(ARGV[9], KEYS[10 + i], to, false, '0', '', string.sub(ARGV[5 + i], 1, -2) .. ',"pos":' .. stored[i] .. '}')
+    end
   end
 end
 return {1, tonumber(ARGV[4]), ends, stored[1], stored[2]}

@@ -1,11 +1,14 @@
--- include: store_entry note_push expire_links restore
+-- include: store_entry note_push expire_links restore fanout
 -- KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
 --       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
---       dedup:<courier>:taken-<order>, open:<courier>
+--       dedup:<courier>:taken-<order>, open:<courier>, dev:<customer>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
 --       what MySQL kept of an earlier T ('' when nothing: its courier,
---       taken_at, before), dedup ttl (s) [, push due (ms)]
+--       taken_at, before), dedup ttl (s), channel prefix ('': publish
+--       nothing, the caller delivers) [, push due (ms)]
+-- The s packet stored is published with its pos to the nodes of the
+-- customer's connections (the fanout snippet).
 -- The s packet gets a dedup record like any message: the customer's
 -- receipts for it are verified against that, as for every message.
 -- {1, taken_at, before}: first T (friends, the s packet stored);
@@ -65,5 +68,8 @@ expire_links(KEYS[4])
 local seq = store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
 redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
 mark_open(now, ttl)
-if ARGV[11] then note_push(KEYS[13], KEYS[14], KEYS[15], ARGV[2], ARGV[3], ARGV[11]) end
+if ARGV[12] then note_push(KEYS[14], KEYS[15], KEYS[16], ARGV[2], ARGV[3], ARGV[12]) end
+if ARGV[11] ~= '' then
+  fanout(ARGV[11], KEYS[13], ARGV[2], false, ARGV[1], '', string.sub(ARGV[3], 1, -2) .. ',"pos":' .. seq .. '}')
+end
 return {1, now, before, seq}
