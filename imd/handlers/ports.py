@@ -181,3 +181,25 @@ class ReceiptFigures(Protocol):
     def receipt_in(self, state: int, ids: int) -> None: ...
 
     def receipts_advanced(self, state: int, ids: int) -> None: ...
+
+
+class ConversationRow(Protocol):
+    """A row of a conversation list: ``pos`` (its latest message's, the
+    list's order: unique per user, as every message is in one
+    conversation) and ``item``, its JSON (``{"with"|"room", "last",
+    "unread"}``)."""
+
+    pos: int
+    item: bytes
+
+
+class ConversationSource(Protocol):
+    """Where ``H {"conversations": true}`` finds conversations (contract
+    §10): one-to-one (imd.stores.conversations.ConversationStore), rooms
+    (another source, the same shape)."""
+
+    def newest(self, uid: int, below_pos: Optional[int], limit: int, now_ms: int) -> Deferred:
+        """Fires with up to ``limit`` :class:`ConversationRow` of ``uid``
+        whose ``pos`` is below ``below_pos`` (None: any), newest first; or
+        None when the user's ``H`` budget is spent (a source that spends it)."""
+        ...

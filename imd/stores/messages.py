@@ -90,7 +90,9 @@ class MessageStore(RedisStore):
         parties but ``origin`` (the conn id, on this node, it came on)."""
         keys, push = self.keys, self.push
         key_list = [keys.friends(sender), keys.dedup(sender, dedup_id, to), keys.mq, keys.mq_seq,
-                    keys.pending(sender), keys.pending(to), keys.devices(to), keys.devices(sender)]
+                    keys.pending(sender), keys.pending(to), keys.devices(to), keys.devices(sender),
+                    keys.conversations(sender), keys.conversation_last(sender), keys.conversations(to),
+                    keys.conversation_last(to), keys.unread(to, sender)]
         args: List[Any] = [to, packet, self.dedup_ttl, sender, self._prefix,
                            "%s %s" % (self.node_id, origin) if origin is not None else ""]
         if push is not None:
@@ -116,6 +118,9 @@ class MessageStore(RedisStore):
             key_list.append(keys.dedup(0, packet_id, to))
             key_list.append(keys.pending(to))
             key_list.append(keys.devices(to))
+            key_list.append(keys.conversations(to))
+            key_list.append(keys.conversation_last(to))
+            key_list.append(keys.unread(to, 0))
         due = push.due(ts) if push is not None else ""
         d = self._client.run(STORE_SYSTEM, key_list,
                              [self.dedup_ttl, head, tail, due, self._prefix] + list(recipients))

@@ -80,7 +80,8 @@ class RecallStore(RedisStore):
         k, push = self.keys, self.push
         key_list = [k.dedup(sender, d_id, to), k.mq, k.mq_seq, k.pending(sender), k.pending(to),
                     k.mq_processing, k.dedup(sender, msg_id, to), k.recalled(sender, msg_id),
-                    k.devices(to), k.devices(sender)]
+                    k.devices(to), k.devices(sender), k.unread(to, sender), k.conversation_last(to),
+                    k.conversation_last(sender)]
         if push is not None:
             key_list += push.keys
         heads = message_heads(sender, to, msg_id)

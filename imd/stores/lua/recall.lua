@@ -5,7 +5,7 @@
 -- is the D's pos) and cancel a push not yet sent for it.
 -- KEYS: dedup:<from>:<D id>, MQ, MQ:seq, pending:<from>, pending:<to>,
 --       MQ:processing, dedup:<from>:<recalled id>, recalled:<from>:<recalled id>,
---       dev:<to>, dev:<from>
+--       dev:<to>, dev:<from>, unread:<to>:<from>, convlast:<to>, convlast:<from>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: to, D packet, dedup ttl, the message's head as it starts its entry
 --       ('{"id":<id>,"from":F,"to":T,"type":"'; ARGV[5] the same with the
@@ -52,13 +52,27 @@ if ARGV[10] == '1' then
   -- undelivered, and if it was the newest the push would name, the push
   -- (for the others still undelivered) names it without its text
   local state = redis.call('GET', KEYS[7])
-  if state and not string.find(state, ':', 1, true) then cancel_push(KEYS[11], KEYS[12], KEYS[13], to, 1) end
-  local last = redis.call('HGET', KEYS[12], to)
+  if state and not string.find(state, ':', 1, true) then cancel_push(KEYS[14], KEYS[15], KEYS[16], to, 1) end
+  local last = redis.call('HGET', KEYS[15], to)
   if last then
     for _, head in ipairs(heads) do
       if head ~= '' and string.sub(last, 1, #head) == head then
         local h, t = string.match(last, '^({"id":.-,"type":"[^"]","msg":).*(,"ts":%d+})$')
-        if h then redis.call('HSET', KEYS[12], to, h .. '"","recalled":true' .. t) end
+        if h then redis.call('HSET', KEYS[15], to, h .. '"","recalled":true' .. t) end
+      end
+    end
+  end
+end
+-- the conversation lists (contract §10): no longer unread; a last packet
+-- that is this message shows its tombstone
+redis.call('ZREM', KEYS[11], KEYS[7])
+for _, side in ipairs({{KEYS[12], ARGV[11]}, {KEYS[13], to}}) do
+  local last = redis.call('HGET', side[1], side[2])
+  if last then
+    for _, head in ipairs(heads) do
+      if head ~= '' and string.sub(last, 1, #head) == head then
+        local h, t = string.match(last, '^({"id":.-,"type":"[^"]","msg":).*(,"ts":%d+,"pos":%d+})$')
+        if h then redis.call('HSET', side[1], side[2], h .. '"","recalled":true' .. t) end
       end
     end
   end
