@@ -112,7 +112,9 @@ class OrderStore(RedisStore):
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
                     k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
-                    k.dedup(courier, taken_id(order), customer), k.open_orders(courier), k.devices(customer)]
+                    k.dedup(courier, taken_id(order), customer), k.open_orders(courier), k.devices(customer),
+                    k.conversations(courier), k.conversation_last(courier), k.conversations(customer),
+                    k.conversation_last(customer), k.unread(customer, courier)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
         if earlier is None:
             args += ["", "", ""]
@@ -153,7 +155,9 @@ class OrderStore(RedisStore):
         key_list = [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
                     k.pending(courier), k.pending(customer),
                     k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer), k.open_orders(courier),
-                    k.devices(courier), k.devices(customer)]
+                    k.devices(courier), k.devices(customer),
+                    k.conversations(courier), k.conversation_last(courier), k.unread(courier, 0),
+                    k.conversations(customer), k.conversation_last(customer), k.unread(customer, 0)]
         args: List[Any] = [order, courier, customer, now_ms, grace_ms, packets[courier], packets[customer],
                            dedup_ttl, self._prefix]
         if push is not None:
