@@ -18,7 +18,7 @@ and pushed is what it gives back, and the ``A`` says ``"masked": true``
 when that differs.
 """
 
-from typing import Optional, cast
+from typing import Optional, Union, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -61,7 +61,7 @@ class MessageHandler:
         return d.addCallback(self._stored, sender, packet, payload, masked)
 
     def _stored(self, result: StoreResult, sender: int, packet: protocol.MessagePacket, payload: bytes,
-                masked: bool) -> Reply:
+                masked: bool) -> Union[Reply, Deferred]:
         status, pos = result
         if status == NOT_FRIEND:
             raise ImdError("not_friend", "user %d is not your friend" % packet.to)
@@ -72,12 +72,17 @@ class MessageHandler:
             # ("message" is a reserved key of Twisted's legacy log bridge)
             _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
                       node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
-        if not self._store.publishes:
-            # ([redis] min_replicas: stored on the replicas, delivered now;
-            # otherwise the store script published it, in pos order)
-            delivered = protocol.with_pos(payload, pos)
-            node = self._node
-            if packet.to != sender:
-                node.deliver(packet.to, delivered)
-            node.deliver(sender, delivered, packet.origin)   # its other devices (contract §2 item 3)
-        return Reply(protocol.ack_masked(packet.id, pos) if masked else protocol.ack_stored(packet.id, pos))
+        reply = Reply(protocol.ack_masked(packet.id, pos) if masked else protocol.ack_stored(packet.id, pos))
+        if self._store.publishes:
+            # the store script published it, in pos order; the A goes once
+            # this node has handled its frame (acks never outrun deliveries)
+            if packet.origin is not None:
+                return self._node.wait_frame(pos).addCallback(lambda _: reply)
+            return reply
+        # ([redis] min_replicas: stored on the replicas, delivered now)
+        delivered = protocol.with_pos(payload, pos)
+        node = self._node
+        if packet.to != sender:
+            node.deliver(packet.to, delivered)
+        node.deliver(sender, delivered, packet.origin)   # its other devices (contract §2 item 3)
+        return reply

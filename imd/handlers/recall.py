@@ -69,7 +69,11 @@ class Recaller:
                                                                   force=True, to_sender=to_sender,
                                                                   origin=origin)))
         if result.outcome == STORED and self._store.publishes:
-            return RECALLED, result.pos   # the script published it (in pos order)
+            # the script published it (in pos order); a client's A waits for
+            # its frame here, as a message's does
+            if to_sender and origin is not None:
+                yield self._node.wait_frame(result.pos)
+            return RECALLED, result.pos
         if result.outcome == STORED:
             delivered = protocol.with_pos(packet, result.pos)
             self._node.deliver(to, delivered)

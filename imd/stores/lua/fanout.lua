@@ -23,7 +23,10 @@ local function fanout(prefix, dev_to, to, dev_from, from, skip, packet)
   local seen, skip_node = {}, skip ~= '' and node_of(skip)
   for _, m in ipairs(redis.call('ZRANGE', dev_from, 0, -1)) do
     local node = node_of(m)
-    if not seen[node] and m ~= skip then
+    -- (the sending connection's node always gets its 'x' frame, even with
+    -- no other connection there: its arrival is what lets the A go, so an A
+    -- never runs ahead of the deliveries of that node)
+    if not seen[node] then
       seen[node] = true
       if node == skip_node then
         redis.call('PUBLISH', prefix .. node, frame('x', from, string.sub(skip, #node + 2) .. ' ' .. packet))
