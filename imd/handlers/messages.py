@@ -7,7 +7,9 @@ other connection of the sender (contract §2 item 3: not the one it came
 on), on this node and the others, gets it with that ``pos``: the store
 script publishes it to the nodes of their connections, this one included
 (imd/stores/lua/fanout.lua), so every connection gets its packets in
-``pos`` order.  With ``[redis] min_replicas`` nothing may reach a client
+``pos`` order; the ``A`` leaves once this node has handled the message's
+own frame (:meth:`imd.node.LocalNode.wait_frame`), so acks never run ahead
+of deliveries.  With ``[redis] min_replicas`` nothing may reach a client
 before the replicas have it: the node delivers it once the store fires.  A retry already
 stored is acked with ``"dup": true`` and the first store's ``pos``, and
 delivered to nobody.
