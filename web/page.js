@@ -567,7 +567,7 @@ function refreshConversations() {
   if (conversationsQueued !== null || state.listSource === "page" || !state.client) return;
   conversationsQueued = setTimeout(() => {
     conversationsQueued = null;
-    if (state.client && state.client.state === "live") loadConversations(state.client);
+    if (state.client && state.client.state === "connected") loadConversations(state.client);
   }, CONVERSATIONS_REFRESH_MS);
 }
 
