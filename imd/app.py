@@ -43,6 +43,7 @@ from imd.stores.budgets import Budget
 from imd.stores.deadletter import DeadLetters
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
+from imd.stores.conversations import ConversationStore
 from imd.stores.messages import MessageStore
 from imd.stores.recalls import RecallStore
 from imd.stores.mysql import MessageRows, MysqlStore
@@ -91,8 +92,12 @@ class App:
         self.friends = FriendStore(client, keys)
         # [push] url set: the store scripts also note pending pushes (§7.5)
         self.push_notes = PushNotes(keys, settings.push.delay) if settings.push.url else None
-        self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes)
-        self.recalls = RecallStore(client, keys, redis.dedup_ttl, self.push_notes)
+        self.messages = MessageStore(client, keys, redis.dedup_ttl, self.push_notes, self.node_id)
+        # the conversation list's one-to-one source (contract §10); its page
+        # spends the user's H budget like every H
+        self.conversations = ConversationStore(client, keys, Budget(settings.websocket.history_user_rate,
+                                                                    settings.websocket.history_user_burst))
+        self.recalls = RecallStore(client, keys, redis.dedup_ttl, self.push_notes, self.node_id)
         self.presence = PresenceStore(client, keys, self.node_id)
         self.orders = OrderStore(client, keys, self.push_notes, redis.dedup_ttl)
         self.positions = PositionStore(client, keys)
@@ -148,7 +153,8 @@ class App:
                              settings.site.min_interval).handle,
             "H": HistoryHandler(self.messages, self.mysql, self.clock,
                                 Budget(settings.websocket.history_user_rate,
-                                       settings.websocket.history_user_burst)).handle,
+                                       settings.websocket.history_user_burst),
+                                [self.conversations]).handle,
             "R": ReceiptHandler(self.receipts, self.mysql, node, self.clock,
                                 Budget(settings.websocket.receipt_lookup_rate,
                                        settings.websocket.receipt_lookup_burst), self.metrics).handle,

@@ -7,6 +7,8 @@ A frame is text: ``<kind> <uid> <rest>``.
 
 - ``d <uid> <packet>``: deliver ``packet`` (a server packet's JSON) to every
   connection of ``uid`` on the receiving node;
+- ``x <uid> <conn id> <packet>``: the same but for that connection (the
+  one a message came on, which gets only its ``A``);
 - ``k <uid> <reason>``: close them with ``C`` + 4003 (an operator's kick);
 - ``r <uid> <conn id>``: close that one connection with ``C`` + 4002 (a newer
   device pushed it out).
@@ -14,8 +16,8 @@ A frame is text: ``<kind> <uid> <rest>``.
 
 from typing import NamedTuple, Union
 
-DELIVER, KICK, REPLACE = "d", "k", "r"
-KINDS = frozenset((DELIVER, KICK, REPLACE))
+DELIVER, DELIVER_EXCEPT, KICK, REPLACE = "d", "x", "k", "r"
+KINDS = frozenset((DELIVER, DELIVER_EXCEPT, KICK, REPLACE))
 
 
 class Frame(NamedTuple):

@@ -6,12 +6,16 @@ shutdown and the shutting-down state.  Handlers call :meth:`LocalNode.deliver`
 and :meth:`LocalNode.kick`; they never see a socket.  The transport registers
 its connections here and never decides who gets what.
 
-Delivery to a user's connections on other nodes goes through Redis pub/sub:
-``deliver`` hands the packet to this node's connections at once and queues it
-for the others; at the end of the reactor turn one script publishes the
-whole turn's queue (:meth:`PresenceStore.route`), one frame to each other
-node that holds a connection of the recipient.  Frames from other nodes come
-back through :meth:`frame_received` (imd.bus receives them).
+Packets that carry a ``pos`` (stored messages, system messages, recalls:
+contract §10) are published by the script that stores them, to every node
+holding a connection of the recipient or the sender, this one included
+(``lua/fanout.lua``), so that each connection gets them in ``pos`` order;
+they reach the sessions through :meth:`frame_received` like every frame
+from another node (imd.bus receives them).  The rest (receipts, typing,
+positions) goes through :meth:`deliver`: this node's connections at once,
+and for the others a queue that one script publishes at the end of the
+reactor turn (:meth:`PresenceStore.route`), one frame to each other node
+that holds a connection of the recipient.
 """
 
 import itertools
@@ -19,11 +23,21 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequ
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 
 from imd import busframes, protocol
 
 _log = Logger()
+
+FRAME_TIMEOUT = 5.0        # seconds an A waits for its message's frame at most
+MAX_EARLY_FRAMES = 10000   # frames kept for a waiter still to come
+
+
+def _cancelling(result: object, call: DelayedCall) -> object:
+    if call.active():
+        call.cancel()
+    return result
 
 
 class Session(Protocol):
@@ -57,6 +71,10 @@ class LocalNode:
         self._route_call: Any = None
         self._server_id_prefix = "%x" % int(clock.seconds() * 1000)
         self._server_ids = itertools.count(1)
+        # pos -> the Deferred of an A waiting for its message's 'x' frame;
+        # pos of 'x' frames that came before their waiter (wait_frame)
+        self._frame_waiters: Dict[int, Deferred] = {}
+        self._frames_early: Dict[int, None] = {}
 
     # --- identity ----------------------------------------------------------------
 
@@ -198,13 +216,64 @@ class LocalNode:
             return
         try:
             if kind == busframes.DELIVER:
-                self.deliver_local(uid, payload)
+                reached = self.deliver_local(uid, payload)
+            elif kind == busframes.DELIVER_EXCEPT:
+                skip, sep, packet = rest.partition(" ")
+                if not sep:
+                    _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80])
+                    return
+                reached = self.deliver_local(uid, packet.encode("utf-8"), skip)
+                self._frame_came(packet)
             elif kind == busframes.KICK:
                 self.kick_local(uid, rest)
+                return
             else:
                 self.replace_local(uid, rest)
+                return
         except Exception:
             _log.failure("handling a bus frame")
+            return
+        if self.metrics is not None and kind in (busframes.DELIVER, busframes.DELIVER_EXCEPT):
+            self.metrics.delivered(reached)
+
+    def wait_frame(self, pos: int, timeout: float = FRAME_TIMEOUT) -> Deferred:
+        """Fires once the 'x' frame of the message at ``pos`` that came on
+        one of this node's connections has been handled here (the store
+        script always publishes it to the sending connection's node, in pos
+        order with every other frame: so every packet before it has been
+        delivered here too).  The ``A`` waits for it, so acks never run
+        ahead of deliveries.  Fires anyway after ``timeout`` seconds (the
+        subscription lost meanwhile, the connection gone from ``dev:<uid>``):
+        the message is stored either way."""
+        if self._frames_early.pop(pos, 1) is None:
+            return defer.succeed(None)
+        d: Deferred = Deferred()
+        self._frame_waiters[pos] = d
+        call = self._clock.callLater(timeout, self._frame_timed_out, pos)
+        d.addBoth(_cancelling, call)
+        return d
+
+    def _frame_came(self, packet: str) -> None:
+        at = packet.rfind(',"pos":')
+        if at < 0:
+            return
+        try:
+            pos = int(packet[at + 7:-1])
+        except ValueError:
+            return
+        waiter = self._frame_waiters.pop(pos, None)
+        if waiter is not None:
+            waiter.callback(None)
+            return
+        early = self._frames_early
+        early[pos] = None
+        if len(early) > MAX_EARLY_FRAMES:   # (waiters that never came: a failed handler)
+            del early[next(iter(early))]
+
+    def _frame_timed_out(self, pos: int) -> None:
+        waiter = self._frame_waiters.pop(pos, None)
+        if waiter is not None:
+            waiter.callback(None)
 
     # --- shutting down -----------------------------------------------------------
 

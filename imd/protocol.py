@@ -132,14 +132,17 @@ class HistoryPacket(Packet):
     """``H``: either a fresh query (``since``, ``limit``, ``with_uid``), a
     sync (``sync``: the stream after that position, contract §10, with
     ``limit``) or ``after``, an opaque cursor from a previous reply."""
-    __slots__ = ("since", "limit", "with_uid", "after", "sync")
+    __slots__ = ("since", "limit", "with_uid", "after", "sync", "conversations")
     type = "H"
 
     def __init__(self, packet_id: PacketId, since: int = 0, limit: int = HISTORY_DEFAULT_LIMIT,
-                 with_uid: Optional[int] = None, after: Optional[str] = None, sync: Optional[int] = None) -> None:
+                 with_uid: Optional[int] = None, after: Optional[str] = None, sync: Optional[int] = None,
+                 conversations: bool = False) -> None:
         super().__init__(packet_id)
         self.since, self.limit, self.with_uid, self.after = since, limit, with_uid, after
         self.sync = sync
+        # the conversation list (contract §10), ``limit`` conversations a page
+        self.conversations = conversations
 
 
 class ReceiptPacket(Packet):
@@ -353,6 +356,8 @@ def _history(packet_id: PacketId, obj: JsonObject) -> HistoryPacket:
         return HistoryPacket(packet_id, after=cursor)
     if "sync" in msg:
         return _sync(packet_id, msg)
+    if "conversations" in msg:
+        return _conversations(packet_id, msg)
     unknown = set(msg) - {"since", "limit", "with"}
     if unknown:
         raise PacketError("bad_packet", "H: unknown field %s" % sorted(unknown)[0], packet_id)
@@ -381,6 +386,24 @@ def _sync(packet_id: PacketId, msg: JsonObject) -> HistoryPacket:
     if not _is_int(limit) or not 1 <= limit <= HISTORY_MAX_LIMIT:
         raise PacketError("bad_packet", "H: limit must be an integer in 1..%d" % HISTORY_MAX_LIMIT, packet_id)
     return HistoryPacket(packet_id, limit=limit, sync=pos)
+
+
+CONVERSATIONS_DEFAULT_LIMIT = 50
+CONVERSATIONS_MAX_LIMIT = 200
+
+
+def _conversations(packet_id: PacketId, msg: JsonObject) -> HistoryPacket:
+    """``{"conversations": true, "limit": L}`` (contract §10): L 1..200, default 50."""
+    unknown = set(msg) - {"conversations", "limit"}
+    if unknown:
+        raise PacketError("bad_packet", "H: conversations takes only limit besides it, not %s" % sorted(unknown)[0],
+                          packet_id)
+    if msg["conversations"] is not True:
+        raise PacketError("bad_packet", "H: conversations must be true", packet_id)
+    limit = msg.get("limit", CONVERSATIONS_DEFAULT_LIMIT)
+    if not _is_int(limit) or not 1 <= limit <= CONVERSATIONS_MAX_LIMIT:
+        raise PacketError("bad_packet", "H: limit must be an integer in 1..%d" % CONVERSATIONS_MAX_LIMIT, packet_id)
+    return HistoryPacket(packet_id, limit=limit, conversations=True)
 
 
 def _message_id(value: Any) -> bool:

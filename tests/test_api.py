@@ -207,10 +207,12 @@ class FanoutTests(ApiTestMixin, unittest.TestCase):
             self.assertEqual((packet["id"], len(packet["msg"]["text"])), ("big", 59000))
         self.assertEqual(await self.redis.llen("MQ"), 1000)
         report = "longest stall %.0f ms; %d store calls (largest %d KiB), %d publishes (largest %d KiB)" % (
-            max(gaps) * 1000, len(stores), max(stores) // 1024, len(routes), max(routes) // 1024)
+            max(gaps) * 1000, len(stores), max(stores) // 1024, len(routes), max(routes, default=0) // 1024)
         self.assertGreater(len(stores), 50, report)
         self.assertLess(max(stores), 300 * 1024, report)
-        self.assertLess(max(routes), 300 * 1024, report)
+        # (each slice's store script publishes what it stored, contract §10:
+        # nothing is left for the end of the turn)
+        self.assertEqual(routes, [], report)
         # (before: 1 store call and 1 publish of 56 MiB each, the longest stall 284 ms)
         self.assertLess(max(gaps), 0.25, report)
 

@@ -64,3 +64,31 @@ class LuaFrameTests(RedisTestMixin, unittest.TestCase):
             built = await self.redis.eval(script, [], [kind, str(uid), rest])
             self.assertEqual(built, busframes.encode(kind, uid, rest).decode("utf-8"))
             self.assertEqual(busframes.decode(built), (kind, uid, rest))
+
+
+class SubscriptionParserTests(unittest.TestCase):
+    """The subscription reads its messages itself (txredisapi's parser is
+    quadratic in what one read brings, and every delivered packet comes
+    this way): split anywhere, each message comes out once, whole, in
+    order; a byte that is not UTF-8 as a lone surrogate, like every reply.
+    (The SUBSCRIBE replies go to txredisapi: every test with a node.)"""
+
+    def test_messages_split_anywhere(self):
+        from twisted.internet.testing import StringTransport
+
+        from imd.stores.redis import _Subscription
+
+        def message(channel, payload):
+            return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(payload), payload)
+        payloads = [b'd 7 {"m":"\xc3\xa9"}', b"x 7 a1-2 {}", b"", b"d 8 \xff", b"k 9 r\r\nn"]
+        data = b"".join(message(b"imd:0:node:a", p) for p in payloads)
+        for step in (1, 2, 3, 5, 11, 64, len(data)):
+            conn = _Subscription()
+            conn.transport = StringTransport()
+            got, replies = [], []
+            conn.owner = type("Owner", (), {"on_message": staticmethod(got.append)})()
+            conn.replyReceived = replies.append
+            for i in range(0, len(data), step):
+                conn.dataReceived(data[i:i + step])
+            self.assertEqual(got, [p.decode("utf-8", "surrogateescape") for p in payloads], step)
+            self.assertEqual(replies, [], step)

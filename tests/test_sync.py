@@ -38,6 +38,7 @@ class Follower:
         self.pages = 0
         self.truncated = False
         self.synced = defer.Deferred()
+        self.live_positions = []   # every live packet's pos, in the order it came
         self._live = []
         self._sync_id = None
         self._n = 0
@@ -88,6 +89,7 @@ class Follower:
                     if not self.synced.called:
                         self.synced.callback(self)
             elif packet["type"] in "tis":
+                self.live_positions.append(packet["pos"])
                 if self._sync_id is not None:
                     self._live.append(packet)
                 else:
@@ -286,6 +288,33 @@ class SyncTests(SyncTestMixin, unittest.TestCase):
         self.assert_stream(items, {(1, i): p for i, p in acked.items()})
         self.assertEqual([p["state"] for p in items], ["read", "read", "sent"])
 
+    async def test_recalls_are_in_the_stream_migrated_or_not(self):
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        acked = await self.send_acked(alice, [text("m%d" % n, 2) for n in range(3)])
+        d1 = await self.ask(alice, {"id": "d1", "to": 2, "type": "D", "msg": "m1"})
+        self.assertEqual(d1["type"], "A", d1)
+        migrator = start_migrator(self, self.server.app.settings)   # m0..m2 and d1 move to MySQL
+        await with_drain(migrator)
+        await migrator.stopService()
+        d0 = await self.ask(alice, {"id": "d0", "to": 2, "type": "D", "msg": "m0"})   # m0 migrated, d0 not
+        self.assertEqual(d0["type"], "A", d0)
+        live = [await bob.next() for _ in range(5)]
+        self.assertEqual([(p["type"], p["id"], p["pos"]) for p in live],
+                         [("t", "m0", acked["m0"]), ("t", "m1", acked["m1"]), ("t", "m2", acked["m2"]),
+                          ("D", "d1", d1["pos"]), ("D", "d0", d0["pos"])])
+        for client in (bob, alice):   # both parties' streams hold the D packets, in pos order
+            items, _, _ = await self.sync(client, 0)
+            self.assertEqual([(p["type"], p["id"], p["msg"], p["pos"], p.get("recalled")) for p in items],
+                             [("t", "m0", "", acked["m0"], True), ("t", "m1", "", acked["m1"], True),
+                              ("t", "m2", "m", acked["m2"], None),
+                              ("D", "d1", "m1", d1["pos"], None), ("D", "d0", "m0", d0["pos"], None)])
+            items, _, _ = await self.sync(client, d1["pos"])
+            self.assertEqual([p["id"] for p in items], ["d0"])
+        # history by time still lists messages only (contract §11)
+        reply = await self.ask(bob, {"id": "h", "to": 0, "type": "H", "msg": 0})
+        self.assertEqual([p["id"] for p in reply["msg"]], ["m0", "m1", "m2"])
+
     async def test_the_user_history_budget_applies(self):
         self.overrides = dict(FAST, websocket=dict(FAST["websocket"], history_user_rate="0.01",
                                                    history_user_burst="2"))
@@ -355,14 +384,22 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         nodes = [self.server, node2]
         for uid in senders:
             await self.befriend(uid, reader)
-        clients = {uid: await self.login_on(rng.choice(nodes), uid) for uid in senders}
+        # senders on both nodes, the first two on different ones
+        clients = {uid: await self.login_on(node, uid)
+                   for uid, node in zip(senders, [nodes[0], nodes[1], rng.choice(nodes)])}
         expected = {}
         # before: the reader online, everything processed
         follower = Follower(self, await self.login_on(rng.choice(nodes), reader)).start()
         await with_deadline(follower.synced, what="first sync (seed %d)" % seed)
-        acked = await self.send_acked(clients[senders[0]], [text("a%d" % n, reader) for n in range(20)])
-        expected.update({(senders[0], i): p for i, p in acked.items()})
-        await wait_until(lambda: len(follower.messages) == 20, what="20 live messages (seed %d)" % seed)
+        # all three at once, from both nodes: the reader's connection gets
+        # them in pos order, whichever node each was stored through
+        acked = await defer.gatherResults([
+            self.send_acked(clients[uid], [text("a%d" % n, reader) for n in range(20)]) for uid in senders])
+        for uid, positions in zip(senders, acked):
+            expected.update({(uid, i): p for i, p in positions.items()})
+        await wait_until(lambda: len(follower.messages) == 60, what="60 live messages (seed %d)" % seed)
+        self.assertEqual(follower.live_positions, sorted(p for _, p in expected.items()),
+                         "live packets out of pos order")
         highest, seen = follower.highest, follower.seen
         follower.stop()
         await drop(follower.client)
@@ -389,11 +426,13 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         migrator = start_migrator(self, self.server.app.settings)   # the rest moves while it catches up
         await keep_sending
         await with_deadline(follower.synced, what="sync done (seed %d)" % seed)
-        total = len(expected) - 20
+        total = len(expected) - 60
         await wait_until(lambda: len(follower.messages) >= total, what="every message (seed %d)" % seed)
         await with_drain(migrator)
         await migrator.stopService()
         follower.stop()
+        # live packets come in pos order on every connection (contract §10)
+        self.assertEqual(follower.live_positions, sorted(set(follower.live_positions)), "live packets out of order")
         got = [((p["from"], str(p["id"])), p["pos"]) for p in follower.messages]
         self.assertEqual(len(got), len(set(k for k, _ in got)), "a message shown twice")
         self.assertEqual(dict(got), {k: p for k, p in expected.items() if p > highest})
@@ -409,3 +448,93 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
             expected[(sender, "c%d" % n)] = reply["pos"]
             if rng.random() < 0.3:
                 await task.deferLater(reactor, rng.random() * 0.01, lambda: None)
+
+
+class ConversationTests(SyncTestMixin, unittest.TestCase):
+    """``H {"conversations": true}`` (contract §10): newest activity first,
+    the last packet, unread counts that move as read receipts arrive."""
+
+    async def conversations(self, client, limit=None, n=[0]):
+        n[0] += 1
+        msg = {"conversations": True} if limit is None else {"conversations": True, "limit": limit}
+        reply = await self.ask(client, {"id": "c%d" % n[0], "to": 0, "type": "H", "msg": msg})
+        self.assertEqual(reply["type"], "H", reply)
+        return reply
+
+    def summary(self, reply):
+        return [(c["with"], c["last"]["id"], c["unread"]) for c in reply["msg"]]
+
+    async def test_unread_counts_move_as_receipts_arrive(self):
+        for other in (2, 3):
+            await self.befriend(1, other)
+        alice, bob, carol = await self.login(1), await self.login(2), await self.login(3)
+        bob_sent = await self.send_acked(bob, [text("b%d" % n, 1) for n in range(5)])
+        await self.send_acked(carol, [text("c0", 1)])
+        await self.send_acked(alice, [text("a0", 2)])   # alice's own: not unread for her
+        reply = await self.conversations(alice)
+        self.assertEqual(self.summary(reply), [(2, "a0", 5), (3, "c0", 1)])
+        self.assertFalse(reply["more"])
+        last = reply["msg"][0]["last"]
+        self.assertEqual((last["from"], last["to"], last["msg"]), (1, 2, "m"))
+        # bob's list: alice's a0 is its one unread
+        self.assertEqual(self.summary(await self.conversations(bob)), [(1, "a0", 1)])
+        # alice reads b1: b0 and b1 are read, three left
+        await self.ask(alice, {"id": "r1", "to": 2, "type": "R", "msg": {"state": "read", "ids": ["b1"]}})
+        self.assertEqual(self.summary(await self.conversations(alice)), [(2, "a0", 3), (3, "c0", 1)])
+        # delivered is not read; reading an older one changes nothing
+        await self.ask(alice, {"id": "r2", "to": 2, "type": "R", "msg": {"state": "delivered", "ids": ["b4"]}})
+        await self.ask(alice, {"id": "r3", "to": 2, "type": "R", "msg": {"state": "read", "ids": ["b0"]}})
+        self.assertEqual(self.summary(await self.conversations(alice)), [(2, "a0", 3), (3, "c0", 1)])
+        await self.ask(alice, {"id": "r4", "to": 2, "type": "R", "msg": {"state": "read", "ids": ["b4", "b2"]}})
+        self.assertEqual(self.summary(await self.conversations(alice)), [(2, "a0", 0), (3, "c0", 1)])
+        # new activity moves a conversation to the front; a recall takes its message out of unread
+        await self.send_acked(carol, [text("c1", 1)])
+        self.assertEqual(self.summary(await self.conversations(alice)), [(3, "c1", 2), (2, "a0", 0)])
+        reply = await self.ask(carol, {"id": "d", "to": 1, "type": "D", "msg": "c1"})
+        self.assertEqual(reply["type"], "A", reply)
+        reply = await self.conversations(alice)
+        self.assertEqual(self.summary(reply), [(3, "c1", 1), (2, "a0", 0)])
+        self.assertEqual((reply["msg"][0]["last"]["msg"], reply["msg"][0]["last"]["recalled"]), ("", True))
+        # the positions the list is ordered by are the messages'
+        self.assertGreater(max(bob_sent.values()), 0)
+
+    async def test_system_messages_count_as_from_others_and_migration_changes_nothing(self):
+        await self.befriend(1, 2)
+        alice, bob = await self.login(1), await self.login(2)
+        await self.send_acked(bob, [text("b0", 1)])
+        # a system message, stored as POST /IM/api/send stores it
+        from imd import protocol
+        head, tail = protocol.system_message_parts("sys1", {"event": "hello"}, 1000)
+        stored = await self.server.app.messages.store_system_messages("sys1", [1], head, tail, 1000)
+        self.assertEqual([uid for uid, _ in stored], [1])
+        self.assertEqual((await alice.next_of("s"))["id"], "sys1")
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        await migrator.stopService()
+        self.assertEqual(self.summary(await self.conversations(alice)), [(0, "sys1", 1), (2, "b0", 1)])
+        await self.ask(alice, {"id": "r", "to": 0, "type": "R", "msg": {"state": "read", "ids": ["sys1"]}})
+        self.assertEqual(self.summary(await self.conversations(alice)), [(0, "sys1", 0), (2, "b0", 1)])
+
+    async def test_pages_without_skip_or_repeat_and_bad_limits(self):
+        others = list(range(10, 17))
+        for other in others:
+            await self.befriend(1, other)
+        alice = await self.login(1)
+        await self.send_acked(alice, [text("to%d" % other, other) for other in others])
+        seen, msg, pages = [], {"conversations": True, "limit": 3}, 0
+        while True:
+            pages += 1
+            reply = await self.ask(alice, {"id": "p%d" % pages, "to": 0, "type": "H", "msg": msg})
+            self.assertLessEqual(len(reply["msg"]), 3)
+            seen.extend(c["with"] for c in reply["msg"])
+            if not reply["more"]:
+                break
+            msg = {"after": reply["next"]}
+        self.assertEqual((seen, pages), (list(reversed(others)), 3))
+        for n, bad in enumerate(({"conversations": True, "limit": 0}, {"conversations": True, "limit": 201},
+                                 {"conversations": True, "limit": "5"}, {"conversations": 1},
+                                 {"conversations": True, "with": 2})):
+            reply = await self.ask(alice, {"id": n, "to": 0, "type": "H", "msg": bad})
+            self.assertEqual((reply["type"], reply["code"]), ("E", "bad_packet"), bad)
+        reply = await self.ask(alice, {"id": "max", "to": 0, "type": "H", "msg": {"conversations": True, "limit": 200}})
+        self.assertEqual(len(reply["msg"]), 7)

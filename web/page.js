@@ -21,6 +21,7 @@ const REPLY_TYPES = "AEPOH";          // every client packet gets exactly one of
 const TYPING_EVERY_MS = 2000;         // Y true at most this often while typing ([typing] min_interval)
 const TYPING_SHOWN_MS = 6000;         // "typing…" without news from the peer for this long: gone
 const MAX_RECEIPT_IDS = 100;          // ids in one R
+const CONVERSATIONS_REFRESH_MS = 300; // the server's conversation list, again this long after what moved it
 const STATES = ["sent", "delivered", "read"];
 const TICKS = { sent: "✓", delivered: "✓✓", read: "✓✓" };
 
@@ -382,6 +383,7 @@ function sendReceipts() {
     });
     rooms.forEach((seq, room) => client.markRead({ room: room, seq: seq }).catch(receiptFailed("R read")));
   });
+  if (due.size || rooms.size) refreshConversations();
   if (state.open && readsAllowed()) state.serverUnread.set(state.open, 0);
   renderChat();
 }
@@ -401,6 +403,7 @@ function noteReceived(packet, stored) {
 }
 
 function onReceipt(packet) {
+  refreshConversations();   // (a receipt of this user's other device moves its unread counts)
   if (packet.to !== state.uid || !packet.msg || !Array.isArray(packet.msg.ids)) return;
   packet.msg.ids.forEach((id) => advanceSent(String(state.uid) + ":" + String(id), packet.msg.state));
 }
@@ -465,6 +468,8 @@ function conversationName(key) {
 }
 
 function unreadOf(key) {
+  // the server's list is the record (refreshed as messages and receipts come)
+  if (state.listSource === "server" && state.serverUnread.has(key)) return state.serverUnread.get(key);
   let count = 0;
   state.received.forEach((m) => { if (m.conversation === key && !m.read) count += 1; });
   return Math.max(count, state.serverUnread.get(key) || 0);
@@ -555,11 +560,23 @@ async function loadRoom(room) {
   }
 }
 
+// The server's conversation list again, a moment after messages or receipts
+// moved it (one H for a burst of them); not when the server has none.
+let conversationsQueued = null;
+function refreshConversations() {
+  if (conversationsQueued !== null || state.listSource === "page" || !state.client) return;
+  conversationsQueued = setTimeout(() => {
+    conversationsQueued = null;
+    if (state.client && state.client.state === "connected") loadConversations(state.client);
+  }, CONVERSATIONS_REFRESH_MS);
+}
+
 // The server's conversation list (contract v3), else the page's own.
 async function loadConversations(client) {
   try {
     const conversations = await asPage("conversations", () => client.conversations({ limit: 50 }));
     state.listSource = "server";
+    state.serverUnread.clear();
     conversations.forEach((c) => {
       const key = c.room != null ? "room:" + c.room : "user:" + c.with;
       state.serverUnread.set(key, Number(c.unread) || 0);
@@ -640,6 +657,7 @@ function onMessage(packet) {
   if (state.open === conversationOf(packet)) showTyping(packet, false);
   noteReceived(packet, "sent");
   sendReceipts();
+  refreshConversations();
 }
 
 function onState(event) {
@@ -666,6 +684,8 @@ function onState(event) {
         loadConversations(client);
       } else if (state.syncRefused) {
         catchUp(client);
+      } else {
+        refreshConversations();   // what came while it was away
       }
       sendReceipts();
       break;

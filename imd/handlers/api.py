@@ -69,8 +69,9 @@ class ServerApi:
             chunk = recipients[start:start + size]
             # ([redis] min_replicas: stored means on the replicas too)
             stored = yield self._messages.store_system_messages(packet_id, chunk, head, tail, ts)
-            for to, pos in stored:
-                self._node.deliver(to, protocol.with_pos(head + b"%d" % to + tail, pos))
+            if not self._messages.publishes:   # (else the script published them, in pos order)
+                for to, pos in stored:
+                    self._node.deliver(to, protocol.with_pos(head + b"%d" % to + tail, pos))
             stored_count += len(stored)
         return packet_id, stored_count
 

@@ -36,7 +36,7 @@ import base64
 import binascii
 import itertools
 import json
-from typing import Any, Generator, List, Optional, Tuple, cast
+from typing import Any, Generator, List, Optional, Sequence, Tuple, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -44,12 +44,13 @@ from twisted.internet.defer import Deferred
 from imd import protocol
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.handlers.ports import HistoryRows, Messages
+from imd.handlers.ports import ConversationRow, ConversationSource, HistoryRows, Messages
 from imd.stores.budgets import Budget
 from imd.messagelog.merge import LogRow, Pending, Position, Selection, merged
 
 CURSOR_VERSION = 2
 SYNC_CURSOR_VERSION = 3   # [3, pos, limit]: a sync's next page
+CONVERSATIONS_CURSOR_VERSION = 4   # [4, pos, limit]: the conversation list's next page
 # An H reply holds at most this much JSON (contract §3): a page that would be
 # larger ends early, with ``more`` and a cursor right after its last message.
 MAX_REPLY_BYTES = 1024 * 1024
@@ -61,8 +62,8 @@ def encode_cursor(key: Tuple[int, int], with_uid: Optional[int], limit: int) -> 
     return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
 
 
-def encode_sync_cursor(pos: int, limit: int) -> str:
-    body = json.dumps([SYNC_CURSOR_VERSION, pos, limit], separators=(",", ":")).encode("ascii")
+def encode_sync_cursor(pos: int, limit: int, version: int = SYNC_CURSOR_VERSION) -> str:
+    body = json.dumps([version, pos, limit], separators=(",", ":")).encode("ascii")
     return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
 
 
@@ -74,13 +75,15 @@ def _cursor_body(cursor: str) -> object:
         return None
 
 
-def decode_sync_cursor(cursor: str) -> Optional[Tuple[int, int]]:
-    """``(pos, limit)`` from a sync's cursor; None for any other text."""
+def decode_sync_cursor(cursor: str, version: int = SYNC_CURSOR_VERSION,
+                       max_limit: int = protocol.HISTORY_MAX_LIMIT) -> Optional[Tuple[int, int]]:
+    """``(pos, limit)`` from a sync's cursor (``version``: or the
+    conversation list's); None for any other text."""
     body = _cursor_body(cursor)
-    if type(body) is list and len(body) == 3 and body[0] == SYNC_CURSOR_VERSION:
+    if type(body) is list and len(body) == 3 and body[0] == version:
         _, pos, limit = body
         if (type(pos) is int and 0 <= pos < 2 ** 63
-                and type(limit) is int and 1 <= limit <= protocol.HISTORY_MAX_LIMIT):
+                and type(limit) is int and 1 <= limit <= max_limit):
             return pos, limit
     return None
 
@@ -125,24 +128,34 @@ def _fitting(items: List[bytes], packet_id: Any, with_uid: Optional[int], limit:
 
 class HistoryHandler:
     def __init__(self, messages: Messages, mysql: HistoryRows, clock: Any = None,
-                 user_budget: Optional[Budget] = None) -> None:
+                 user_budget: Optional[Budget] = None,
+                 conversation_sources: Sequence[ConversationSource] = ()) -> None:
         """``user_budget``: an imd.stores.budgets.Budget that every ``H`` of
         a user, on any connection and node, spends from (with ``clock``);
-        None: no such budget."""
+        None: no such budget.  ``conversation_sources``: what ``H
+        {"conversations": true}`` lists (the first spends the budget)."""
         self._messages = messages
         self._mysql = mysql
         self._clock = clock
         self._user_budget = user_budget
+        self._conversation_sources = list(conversation_sources)
 
     @defer.inlineCallbacks
     def handle(self, uid: int, packet: protocol.HistoryPacket) -> Any:
         if packet.sync is not None:
             reply = yield self._sync(uid, packet.id, packet.sync, packet.limit)
             return reply
+        if packet.conversations:
+            reply = yield self._conversations(uid, packet.id, None, packet.limit)
+            return reply
         if packet.after is not None:
             sync = decode_sync_cursor(packet.after)
             if sync is not None:
                 reply = yield self._sync(uid, packet.id, *sync)
+                return reply
+            listed = decode_sync_cursor(packet.after, CONVERSATIONS_CURSOR_VERSION, protocol.CONVERSATIONS_MAX_LIMIT)
+            if listed is not None:
+                reply = yield self._conversations(uid, packet.id, *listed)
                 return reply
             position, with_uid, limit = decode_cursor(packet.after)
         else:
@@ -188,3 +201,32 @@ class HistoryHandler:
             page, items, more = page[:fitting], items[:fitting], True
         next_cursor = encode_sync_cursor(page[-1][0].seq, limit) if more else None
         return Reply(protocol.history(packet_id, items, more, next_cursor, truncated=after_pos < purged))
+
+    @defer.inlineCallbacks
+    def _conversations(self, uid: int, packet_id: protocol.PacketId, below_pos: Optional[int],
+                       limit: int) -> Generator[Deferred, object, Reply]:
+        """The conversation list (contract §10): every source's newest
+        below ``below_pos``, merged newest first; a page ends at ``limit``
+        and its cursor is the ``pos`` of its last row (positions are unique
+        per user: nothing is skipped or repeated while the rows stand
+        still; a conversation with a new message moves to the front)."""
+        now_ms = int(self._clock.seconds() * 1000) if self._clock is not None else 0
+        rows: List[ConversationRow] = []
+        for source in self._conversation_sources:
+            got = yield source.newest(uid, below_pos, limit + 1, now_ms)
+            if got is None:
+                raise ImdError("rate_limited", "H: over this user's history budget "
+                                               "([websocket] history_user_rate), retry later")
+            rows.extend(cast(List[ConversationRow], got))
+        rows.sort(key=lambda row: row.pos, reverse=True)
+        page, more = rows[:limit], len(rows) > limit
+        items = [row.item for row in page]
+        empty = protocol.history(packet_id, (), True, encode_sync_cursor(2 ** 63 - 1, limit))
+        room = MAX_REPLY_BYTES - len(empty)
+        for count, item in enumerate(items):
+            room -= len(item) + 1
+            if room < 0:
+                page, items, more = page[:max(count, 1)], items[:max(count, 1)], True
+                break
+        next_cursor = encode_sync_cursor(page[-1].pos, limit, CONVERSATIONS_CURSOR_VERSION) if more else None
+        return Reply(protocol.history(packet_id, items, more, next_cursor))

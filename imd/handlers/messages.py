@@ -4,9 +4,13 @@ The ``A`` goes back once the message is stored (and, with ``[redis]
 min_replicas``, on that many replicas), with the message's ``pos`` (its
 accept order, contract §10); every connection of the recipient and every
 other connection of the sender (contract §2 item 3: not the one it came
-on), on this node and the others, gets it with that ``pos`` through the
-node as soon as Redis says it is stored (store replies come in the order
-the messages were sent, so deliveries keep that order).  A retry already
+on), on this node and the others, gets it with that ``pos``: the store
+script publishes it to the nodes of their connections, this one included
+(imd/stores/lua/fanout.lua), so every connection gets its packets in
+``pos`` order; the ``A`` leaves once this node has handled the message's
+own frame (:meth:`imd.node.LocalNode.wait_frame`), so acks never run ahead
+of deliveries.  With ``[redis] min_replicas`` nothing may reach a client
+before the replicas have it: the node delivers it once the store fires.  A retry already
 stored is acked with ``"dup": true`` and the first store's ``pos``, and
 delivered to nobody.
 
@@ -16,7 +20,7 @@ and pushed is what it gives back, and the ``A`` says ``"masked": true``
 when that differs.
 """
 
-from typing import Optional, cast
+from typing import Optional, Union, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -55,11 +59,11 @@ class MessageHandler:
         payload = protocol.message_json(packet, sender, ts)
         # (with [redis] min_replicas it fires once the replicas have it:
         # nothing is delivered or acked before)
-        d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts)
+        d = self._store.store_message(sender, packet.to, packet.dedup_id, payload, ts, packet.origin)
         return d.addCallback(self._stored, sender, packet, payload, masked)
 
     def _stored(self, result: StoreResult, sender: int, packet: protocol.MessagePacket, payload: bytes,
-                masked: bool) -> Reply:
+                masked: bool) -> Union[Reply, Deferred]:
         status, pos = result
         if status == NOT_FRIEND:
             raise ImdError("not_friend", "user %d is not your friend" % packet.to)
@@ -70,9 +74,17 @@ class MessageHandler:
             # ("message" is a reserved key of Twisted's legacy log bridge)
             _log.info("message uid={uid} to={to} node={node}: {packet}", uid=sender, to=packet.to,
                       node=self._node.node_id, packet=payload.decode("utf-8", "replace"))
+        reply = Reply(protocol.ack_masked(packet.id, pos) if masked else protocol.ack_stored(packet.id, pos))
+        if self._store.publishes:
+            # the store script published it, in pos order; the A goes once
+            # this node has handled its frame (acks never outrun deliveries)
+            if packet.origin is not None:
+                return self._node.wait_frame(pos).addCallback(lambda _: reply)
+            return reply
+        # ([redis] min_replicas: stored on the replicas, delivered now)
         delivered = protocol.with_pos(payload, pos)
         node = self._node
         if packet.to != sender:
             node.deliver(packet.to, delivered)
         node.deliver(sender, delivered, packet.origin)   # its other devices (contract §2 item 3)
-        return Reply(protocol.ack_masked(packet.id, pos) if masked else protocol.ack_stored(packet.id, pos))
+        return reply

@@ -67,7 +67,7 @@ class TakeOrderHandler:
         # ([redis] min_replicas: it fires once the replicas have it)
         take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier)
         _refuse_closed(packet.order, take.outcome)
-        if take.outcome == TAKEN:
+        if take.outcome == TAKEN and not self._orders.publishes:   # (else the script published it)
             self._node.deliver(customer, protocol.with_pos(payload, take.pos))
         if earlier is None and take.outcome in (TAKEN, TAKEN_AGAIN):
             # kept for good (after the live delivery: if MySQL fails now,
@@ -214,7 +214,7 @@ class OrderLifecycle:
         if closed is not None and closed.now:
             _log.info("order {order} closed: the conversation of {courier} and {customer} ends at {ends_at}",
                       order=record.order, courier=record.courier, customer=record.customer, ends_at=closed.ends_at)
-            for uid in closed.stored:
+            for uid in closed.stored if not self._orders.publishes else ():   # (else the script published them)
                 self._node.deliver(uid, protocol.with_pos(packets[uid], closed.positions[uid]))
         if closed is not None:
             # kept for good, every time (a close whose write failed is

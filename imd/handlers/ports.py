@@ -34,13 +34,20 @@ class Node(Protocol):
 
     def kick(self, uid: int, reason: str) -> Deferred: ...
 
+    def wait_frame(self, pos: int, timeout: float = ...) -> Deferred: ...
+
     def next_server_id(self) -> str: ...
 
 
 class Messages(Protocol):
     """Messages into Redis and back out of it (imd.stores.messages.MessageStore)."""
 
-    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred: ...
+    # True: the store scripts publish what they store to every connection
+    # (in pos order); False ([redis] min_replicas): the caller delivers
+    publishes: bool
+
+    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0,
+                      origin: Optional[str] = None) -> Deferred: ...
 
     def store_system_messages(self, packet_id: str, recipients: Sequence[int], head: bytes, tail: bytes,
                               ts: int = 0) -> Deferred: ...
@@ -91,6 +98,8 @@ class Typing(Protocol):
 class Orders(Protocol):
     """Orders in Redis (imd.stores.orders.OrderStore)."""
 
+    publishes: bool   # as Messages.publishes
+
     def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int,
                    earlier: Optional[Tuple[int, int, Optional[str]]] = None) -> Deferred: ...
 
@@ -137,8 +146,11 @@ class HistoryRows(Protocol):
 class Recalls(Protocol):
     """Recall and delete in Redis (imd.stores.recalls.RecallStore)."""
 
+    publishes: bool   # as Messages.publishes
+
     def recall(self, sender: int, to: int, d_id: str, msg_id: str, d_packet: bytes, now_ms: int,
-               window_ms: Optional[int], force: bool = False) -> Deferred: ...
+               window_ms: Optional[int], force: bool = False, to_sender: bool = False,
+               origin: Optional[str] = None) -> Deferred: ...
 
 
 class RecallRows(Protocol):
@@ -174,3 +186,25 @@ class ReceiptFigures(Protocol):
     def receipt_in(self, state: int, ids: int) -> None: ...
 
     def receipts_advanced(self, state: int, ids: int) -> None: ...
+
+
+class ConversationRow(Protocol):
+    """A row of a conversation list: ``pos`` (its latest message's, the
+    list's order: unique per user, as every message is in one
+    conversation) and ``item``, its JSON (``{"with"|"room", "last",
+    "unread"}``)."""
+
+    pos: int
+    item: bytes
+
+
+class ConversationSource(Protocol):
+    """Where ``H {"conversations": true}`` finds conversations (contract
+    §10): one-to-one (imd.stores.conversations.ConversationStore), rooms
+    (another source, the same shape)."""
+
+    def newest(self, uid: int, below_pos: Optional[int], limit: int, now_ms: int) -> Deferred:
+        """Fires with up to ``limit`` :class:`ConversationRow` of ``uid``
+        whose ``pos`` is below ``below_pos`` (None: any), newest first; or
+        None when the user's ``H`` budget is spent (a source that spends it)."""
+        ...

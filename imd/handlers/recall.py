@@ -55,7 +55,7 @@ class Recaller:
         packet = protocol.recall_json(d_id, sender, to, msg_id, ts)
         d_key = str(d_id)
         result = cast(RecallResult, (yield self._store.recall(sender, to, d_key, msg_id, packet, ts, window_ms,
-                                                              force=known)))
+                                                              force=known, to_sender=to_sender, origin=origin)))
         if result.outcome == NOT_IN_REDIS:
             row = cast(Optional[Tuple[int, bool]], (yield self._rows.message_for_recall(sender, msg_id, to)))
             if row is None:
@@ -66,7 +66,14 @@ class Recaller:
             if window_ms is not None and ts - message_ts > window_ms:
                 return LATE, None
             result = cast(RecallResult, (yield self._store.recall(sender, to, d_key, msg_id, packet, ts, window_ms,
-                                                                  force=True)))
+                                                                  force=True, to_sender=to_sender,
+                                                                  origin=origin)))
+        if result.outcome == STORED and self._store.publishes:
+            # the script published it (in pos order); a client's A waits for
+            # its frame here, as a message's does
+            if to_sender and origin is not None:
+                yield self._node.wait_frame(result.pos)
+            return RECALLED, result.pos
         if result.outcome == STORED:
             delivered = protocol.with_pos(packet, result.pos)
             self._node.deliver(to, delivered)

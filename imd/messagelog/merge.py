@@ -21,8 +21,10 @@ imd.stores.mysql reads the rows of the same selection (one SQL reader).
 A selection is in history order (``(ts, seq)``), or, for a sync
 (``after_pos`` set, contract §10), in stream order: by ``seq`` alone, the
 entry's ``pos``.  A user's stream is the message entries this merge reads
-(``t``, ``i``, ``s``: :class:`~imd.messagelog.entry.StoredMessage`);
-receipts (``R``) are not in it.  A new kind of entry joins the stream by
+(``t``, ``i``, ``s``: :class:`~imd.messagelog.entry.StoredMessage`) and
+the recalls (``D``, contract §11: in the stream, not in history; their
+rows are read with the stream's, imd.stores.mysql); receipts (``R``) are
+not in it.  A new kind of entry joins the stream by
 being read here as a message.
 """
 
@@ -95,7 +97,8 @@ class Pending:
     among them recall (:attr:`recalled`: their entries in Redis lost their
     text when the D was stored, their rows in MySQL once the D is
     migrated; until then the merge shows the row as a tombstone).  A ``D``
-    is not itself a message of history.  An entry that cannot be read is
+    is not itself a message of history; in stream order (``by_pos``) it is
+    one of :attr:`messages`, the packet every connection got.  An entry that cannot be read is
     passed over (the migrator moves it to ``MQ:dead``)."""
 
     def __init__(self, entries: Iterable[str], keep: Callable[[StoredMessage], bool],
@@ -116,6 +119,8 @@ class Pending:
                         states[identity] = state
             elif value.type == "D":
                 recalled.add(cast(Identity, recalled_identity(value)))
+                if by_pos and keep(value):   # in the stream, not in history (contract §10, §11)
+                    messages.setdefault(value.identity, value)
             elif keep(value):
                 messages.setdefault(value.identity, value)
         self.messages: List[StoredMessage] = sorted(messages.values(), key=_stream_key if by_pos else _history_key)

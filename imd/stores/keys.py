@@ -49,6 +49,14 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("pending:<uid>", "sorted set", "messages",
             "the user's entries still in MQ or MQ:processing (score: accept order), for H; "
             "trimmed by the migrator after each commit"),
+    KeySpec("conv:<uid>", "sorted set", "messages",
+            "the user's conversations (contract §10): member the other party's uid (0: the system), "
+            "score the pos of its latest message"),
+    KeySpec("convlast:<uid>", "hash", "messages",
+            "the latest message packet (with its pos) of each of the user's conversations, field as conv:<uid>"),
+    KeySpec("unread:<uid>:<other>", "sorted set", "messages",
+            "the messages from <other> (0: the system) to the user after its latest read receipt: member the "
+            "message's dedup record's key, score its pos; a read receipt removes those up to the latest read"),
     KeySpec("MQ:processing", "list", "queue", "the migrator's batch in flight"),
     KeySpec("MQ:lock", "string", "queue", "the leading migrator's token, with an expiry of [migrate] lock_ttl"),
     KeySpec("MQ:dead", "list", "queue", "MQ entries that are not readable messages, kept for an operator"),
@@ -179,6 +187,15 @@ class Keys:
 
     def devices(self, uid: Uid) -> str:
         return self._devices % uid
+
+    def conversations(self, uid: Uid) -> str:
+        return "%sconv:%d" % (self.prefix, uid)
+
+    def conversation_last(self, uid: Uid) -> str:
+        return "%sconvlast:%d" % (self.prefix, uid)
+
+    def unread(self, uid: Uid, other: Uid) -> str:
+        return "%sunread:%d:%d" % (self.prefix, uid, other)
 
     def node_users(self, node_id: str) -> str:
         return "%snodeusers:%s" % (self.prefix, node_id)

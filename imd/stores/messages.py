@@ -59,27 +59,42 @@ class MessageStore(RedisStore):
     """Friend check + dedup + MQ + pending index, atomically, in one round trip."""
 
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
-                 push: Optional[PushNotes] = None) -> None:
+                 push: Optional[PushNotes] = None, node_id: str = "") -> None:
         """``push``: set when ``[push] url`` is (each stored message then
-        notes the recipient's pending push)."""
+        notes the recipient's pending push).  ``node_id``: this node's, the
+        one whose connections a message comes on."""
         self._client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.push = push
+        self.node_id = node_id
+        # Without [redis] min_replicas the store scripts publish what they
+        # store to the nodes of its users' connections (lua/fanout.lua), so
+        # every connection gets its packets in pos order.  With it nothing
+        # may reach a client before the WAIT says the replicas have it: the
+        # caller delivers once the store fires, as before.
+        self.publishes = not client.min_replicas
+        self._prefix = keys.channel_prefix if self.publishes else ""
         # one callback per message either way
         self._store_result = self._store_result_replicated if client.min_replicas else _store_result
 
-    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0) -> Deferred:
+    def store_message(self, sender: int, to: int, dedup_id: str, packet: bytes, ts: int = 0,
+                      origin: Optional[str] = None) -> Deferred:
         """Fires with a :class:`StoreResult` (STORED, NOT_FRIEND or
         DUPLICATE, and the pos), once the write is on
         ``[redis] min_replicas`` replicas whatever the outcome (a duplicate
         renews its dedup record: the WAIT after that write is what tells
         that the first store reached them).  ``ts``: the message's (Unix
-        ms), from which its push's delay counts."""
+        ms), from which its push's delay counts.  When :attr:`publishes`,
+        a message stored now is on its way to every connection of both
+        parties but ``origin`` (the conn id, on this node, it came on)."""
         keys, push = self.keys, self.push
         key_list = [keys.friends(sender), keys.dedup(sender, dedup_id, to), keys.mq, keys.mq_seq,
-                    keys.pending(sender), keys.pending(to)]
-        args: List[Any] = [to, packet, self.dedup_ttl]
+                    keys.pending(sender), keys.pending(to), keys.devices(to), keys.devices(sender),
+                    keys.conversations(sender), keys.conversation_last(sender), keys.conversations(to),
+                    keys.conversation_last(to), keys.unread(to, sender)]
+        args: List[Any] = [to, packet, self.dedup_ttl, sender, self._prefix,
+                           "%s %s" % (self.node_id, origin) if origin is not None else ""]
         if push is not None:
             key_list += push.keys
             args.append(push.due(ts))
@@ -95,14 +110,20 @@ class MessageStore(RedisStore):
         ``dedup:0:<to>:<id>`` — in one round trip; the packet of recipient
         ``to`` is ``head + str(to) + tail``.  Fires with ``[(uid, pos)]``
         of the recipients stored now (the others had it already), once the
-        write is on ``[redis] min_replicas`` replicas."""
+        write is on ``[redis] min_replicas`` replicas; when :attr:`publishes`
+        those are on their way to the recipients' connections."""
         keys, push = self.keys, self.push
         key_list = [keys.mq, keys.mq_seq] + (push.keys if push is not None else [])
         for to in recipients:
             key_list.append(keys.dedup(0, packet_id, to))
             key_list.append(keys.pending(to))
+            key_list.append(keys.devices(to))
+            key_list.append(keys.conversations(to))
+            key_list.append(keys.conversation_last(to))
+            key_list.append(keys.unread(to, 0))
         due = push.due(ts) if push is not None else ""
-        d = self._client.run(STORE_SYSTEM, key_list, [self.dedup_ttl, head, tail, due] + list(recipients))
+        d = self._client.run(STORE_SYSTEM, key_list,
+                             [self.dedup_ttl, head, tail, due, self._prefix] + list(recipients))
         return self._replicated(d.addCallback(_stored_pairs, recipients))
 
     def raise_seq(self, floor: int) -> Deferred:

@@ -756,8 +756,9 @@ def _log_sides(selection: Selection) -> List[Tuple[str, SqlArgs]]:
     if selection.until is not None:
         window += " AND ts < %s"
         window_args = window_args + [selection.until]
-    # (a D row is in the log, not in history: contract v3 §11)
-    window = " AND type <> 'D'" + window
+    # (a D row is in the log and in the stream, not in history: contract v3 §10, §11)
+    if selection.after_pos is None:
+        window = " AND type <> 'D'" + window
     received, received_args = "to_id = %s", [uid]
     if with_uid is not None:
         received += " AND from_id = %s"

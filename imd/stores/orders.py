@@ -97,6 +97,10 @@ class OrderStore(RedisStore):
         self.keys = keys
         self.push = push
         self.dedup_ttl = dedup_ttl
+        # as imd.stores.messages.MessageStore.publishes: the scripts publish
+        # the s packets they store (in pos order), unless [redis] min_replicas
+        self.publishes = not client.min_replicas
+        self._prefix = keys.channel_prefix if self.publishes else ""
 
     def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int,
                    earlier: Optional[Tuple[int, int, Optional[str]]] = None) -> Deferred:
@@ -108,13 +112,16 @@ class OrderStore(RedisStore):
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
                     k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
-                    k.dedup(courier, taken_id(order), customer), k.open_orders(courier)]
+                    k.dedup(courier, taken_id(order), customer), k.open_orders(courier), k.devices(customer),
+                    k.conversations(courier), k.conversation_last(courier), k.conversations(customer),
+                    k.conversation_last(customer), k.unread(customer, courier)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
         if earlier is None:
             args += ["", "", ""]
         else:
             args += [earlier[0], earlier[1], earlier[2] or ""]
         args.append(self.dedup_ttl)
+        args.append(self._prefix)
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))
@@ -147,9 +154,12 @@ class OrderStore(RedisStore):
         packet_id = "closed-%d" % order
         key_list = [k.order(order), k.links(courier, customer), k.orders_ending, k.mq, k.mq_seq,
                     k.pending(courier), k.pending(customer),
-                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer), k.open_orders(courier)]
+                    k.dedup(0, packet_id, courier), k.dedup(0, packet_id, customer), k.open_orders(courier),
+                    k.devices(courier), k.devices(customer),
+                    k.conversations(courier), k.conversation_last(courier), k.unread(courier, 0),
+                    k.conversations(customer), k.conversation_last(customer), k.unread(customer, 0)]
         args: List[Any] = [order, courier, customer, now_ms, grace_ms, packets[courier], packets[customer],
-                           dedup_ttl]
+                           dedup_ttl, self._prefix]
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))

@@ -57,28 +57,40 @@ def message_heads(sender: int, to: int, msg_id: str) -> List[str]:
 
 class RecallStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600,
-                 push: Optional[PushNotes] = None) -> None:
+                 push: Optional[PushNotes] = None, node_id: str = "") -> None:
         self._client = client
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.push = push
+        self.node_id = node_id
+        # as imd.stores.messages.MessageStore.publishes
+        self.publishes = not client.min_replicas
+        self._prefix = keys.channel_prefix if self.publishes else ""
 
     def recall(self, sender: int, to: int, d_id: str, msg_id: str, d_packet: bytes, now_ms: int,
-               window_ms: Optional[int], force: bool = False) -> Deferred:
+               window_ms: Optional[int], force: bool = False, to_sender: bool = False,
+               origin: Optional[str] = None) -> Deferred:
         """Recall ``sender``'s message ``msg_id`` to ``to`` by the D
         ``d_packet`` (id ``d_id``, dedup form); ``window_ms``: how old
         (from its ts) it may be, None for any age (moderation).  Fires with
-        a :class:`RecallResult` once ``[redis] min_replicas`` have it."""
+        a :class:`RecallResult` once ``[redis] min_replicas`` have it.
+        When :attr:`publishes`, a D stored now is on its way to every
+        connection of ``to`` and, with ``to_sender``, of ``sender`` but
+        ``origin`` (a conn id of this node)."""
         k, push = self.keys, self.push
         key_list = [k.dedup(sender, d_id, to), k.mq, k.mq_seq, k.pending(sender), k.pending(to),
-                    k.mq_processing, k.dedup(sender, msg_id, to), k.recalled(sender, msg_id)]
+                    k.mq_processing, k.dedup(sender, msg_id, to), k.recalled(sender, msg_id),
+                    k.devices(to), k.devices(sender), k.unread(to, sender), k.conversation_last(to),
+                    k.conversation_last(sender)]
         if push is not None:
             key_list += push.keys
         heads = message_heads(sender, to, msg_id)
         window = -1 if window_ms is None else window_ms
         args: List[Union[int, str, bytes]] = [to, d_packet, self.dedup_ttl, heads[0], heads[1],
                                               RECALLED_TTL, now_ms, window,
-                                              1 if force else 0, 1 if push is not None else 0]
+                                              1 if force else 0, 1 if push is not None else 0,
+                                              sender, self._prefix, 1 if to_sender else 0,
+                                              "%s %s" % (self.node_id, origin) if origin is not None else ""]
         d = self._client.run(RECALL, key_list, args).addCallback(_result)
         return self._replicated(d)
 

@@ -90,7 +90,7 @@ class ReceiptStore(RedisStore):
         keys, sender = self.keys, packet.to
         head, tail = receipt_entry_parts(packet.id, reader, sender, packet.state, ts)
         pending_sender = keys.pending(sender if sender else reader)
-        key_list = [keys.mq, keys.mq_seq, keys.pending(reader), pending_sender]
+        key_list = [keys.mq, keys.mq_seq, keys.pending(reader), pending_sender, keys.unread(reader, sender)]
         if self.push is not None:
             key_list += self.push.keys
         args: List[Any] = [reader, packet.state, "check" if seeds is None else "final", self.dedup_ttl, head, tail,

@@ -757,6 +757,47 @@ class _Subscription(_Connection):
     """A subscribed connection: each message goes to its subscriber's
     ``on_message``; the replies (``SUBSCRIBE``'s) as on any connection."""
 
+    # Every packet this node delivers comes through here (contract §10: the
+    # store scripts publish them, this node's own included).  txredisapi's
+    # parser splits its whole buffer once per line (quadratic in what one
+    # read brings): the messages are read here instead, by offset, and
+    # anything else (the SUBSCRIBE replies) goes to it.
+    _MESSAGE = b"*3\r\n$7\r\nmessage\r\n$"
+    _rest = b""
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # (txredisapi mid-reply: its line buffer holds part of one, or it is
+        # reading a bulk string, or it paused itself)
+        parsing = getattr(self, "_LineReceiver__buffer", None) or not self.line_mode or self.paused
+        if unpause or parsing:
+            return super().dataReceived(data, unpause)
+        buf = self._rest + data if self._rest else data
+        self._rest = b""
+        head, on_message = self._MESSAGE, self.owner.on_message
+        at, end = 0, len(buf)
+        while at < end:
+            if not buf.startswith(head, at):
+                if head.startswith(buf[at:at + len(head)]):
+                    break   # the start of a message: the rest comes with the next read
+                return super().dataReceived(buf[at:])
+            size_at = at + len(head)
+            eol = buf.find(b"\r\n", size_at)
+            if eol < 0:
+                break
+            payload_head = eol + 2 + int(buf[size_at:eol]) + 2   # past the channel
+            eol = buf.find(b"\r\n", payload_head)
+            if eol < 0:
+                break
+            start = eol + 2
+            stop = start + int(buf[payload_head + 1:eol])
+            if stop + 2 > end:
+                break
+            at = stop + 2
+            on_message(buf[start:stop].decode("utf-8", TEXT_ERRORS))
+        if at < end:
+            self._rest = buf[at:]
+        return None
+
     def replyReceived(self, reply: Any) -> None:
         if type(reply) is list and len(reply) == 3 and reply[0] == "message":
             self.owner.on_message(reply[2])

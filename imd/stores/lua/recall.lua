@@ -1,17 +1,21 @@
--- include: store_entry tombstone_entry cancel_push
+-- include: store_entry tombstone_entry cancel_push fanout
 -- Recall (D) or moderation delete of one message (contract v3 §11), in one
 -- go: find it among the sender's entries not yet migrated (by the seq its
 -- dedup record names), check it, take
 -- its text out of Redis, store the D (an entry of the message log: its seq
 -- is the D's pos) and cancel a push not yet sent for it.
 -- KEYS: dedup:<from>:<D id>, MQ, MQ:seq, pending:<from>, pending:<to>,
---       MQ:processing, dedup:<from>:<recalled id>, recalled:<from>:<recalled id>
+--       MQ:processing, dedup:<from>:<recalled id>, recalled:<from>:<recalled id>,
+--       dev:<to>, dev:<from>, unread:<to>:<from>, convlast:<to>, convlast:<from>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: to, D packet, dedup ttl, the message's head as it starts its entry
 --       ('{"id":<id>,"from":F,"to":T,"type":"'; ARGV[5] the same with the
 --       id as a JSON number, or ''), the recalled mark's ttl, now (ms),
 --       window (ms, -1: none), force ('1': MySQL has it, unrecalled and in
---       the window: no need to look in Redis), push ('1' with [push] url)
+--       the window: no need to look in Redis), push ('1' with [push] url),
+--       from, channel prefix ('': publish nothing, the caller delivers),
+--       '1': the D goes to the sender's connections too, but the dev:<from>
+--       member in ARGV[14] ('' none; the fanout snippet)
 -- Returns {1, seq} stored; {2} a retry of this D; {3} already recalled;
 -- {4} outside the window; {0} not in Redis (the caller asks MySQL, which
 -- has it if it exists: an entry leaves pending only after its commit).
@@ -61,15 +65,33 @@ if ARGV[10] == '1' then
   -- undelivered, and if it was the newest the push would name, the push
   -- (for the others still undelivered) names it without its text
   local state = redis.call('GET', KEYS[7])
-  if state and not string.find(state, ':', 1, true) then cancel_push(KEYS[9], KEYS[10], KEYS[11], to, 1) end
-  local last = redis.call('HGET', KEYS[10], to)
+  if state and not string.find(state, ':', 1, true) then cancel_push(KEYS[14], KEYS[15], KEYS[16], to, 1) end
+  local last = redis.call('HGET', KEYS[15], to)
   if last then
     for _, head in ipairs(heads) do
       if head ~= '' and string.sub(last, 1, #head) == head then
         local h, t = string.match(last, '^({"id":.-,"type":"[^"]","msg":).*(,"ts":%d+})$')
-        if h then redis.call('HSET', KEYS[10], to, h .. '"","recalled":true' .. t) end
+        if h then redis.call('HSET', KEYS[15], to, h .. '"","recalled":true' .. t) end
       end
     end
   end
+end
+-- the conversation lists (contract §10): no longer unread; a last packet
+-- that is this message shows its tombstone
+redis.call('ZREM', KEYS[11], KEYS[7])
+for _, side in ipairs({{KEYS[12], ARGV[11]}, {KEYS[13], to}}) do
+  local last = redis.call('HGET', side[1], side[2])
+  if last then
+    for _, head in ipairs(heads) do
+      if head ~= '' and string.sub(last, 1, #head) == head then
+        local h, t = string.match(last, '^({"id":.-,"type":"[^"]","msg":).*(,"ts":%d+,"pos":%d+})$')
+        if h then redis.call('HSET', side[1], side[2], h .. '"","recalled":true' .. t) end
+      end
+    end
+  end
+end
+if ARGV[12] ~= '' then
+  fanout(ARGV[12], KEYS[9], to, ARGV[13] == '1' and KEYS[10], ARGV[11], ARGV[14],
+         string.sub(ARGV[2], 1, -2) .. ',"pos":' .. seq .. '}')
 end
 return {1, seq}

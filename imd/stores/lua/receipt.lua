@@ -1,6 +1,6 @@
 -- include: store_entry cancel_push
 -- KEYS: MQ, MQ:seq, pending:<reader>, pending:<sender> (the reader's again
---       for the system), [push:unread, push:last, push:due: only with
+--       for the system), unread:<reader>:<sender>, [push:unread, push:last, push:due: only with
 --       [push] url set,] then the dedup record of each id.
 -- ARGV: reader, state (1|2), "check"|"final", dedup ttl, entry head, entry
 --       tail, '1' with [push] url set (else '0'), then per id: its JSON and
@@ -10,9 +10,11 @@
 -- ("check" only); or {1, {i...}}: the ids whose state advanced (stored as one
 -- entry, the head .. their JSON .. the tail).  The ids that leave "sent"
 -- lower the reader's undelivered count, which cancels a waiting push at 0.
+-- A read takes the messages up to the latest one read (by pos) out of the
+-- reader's unread ones from that sender (contract §10's unread count).
 local reader, state = ARGV[1], tonumber(ARGV[2])
 local push = ARGV[7] == '1'
-local first = push and 7 or 4
+local first = push and 8 or 5
 local n = #KEYS - first
 local values = {}
 for i = 1, n do values[i] = redis.call('GET', KEYS[first + i]) end
@@ -24,7 +26,7 @@ if ARGV[3] == 'check' then
   if #missing > 0 then return {0, missing} end
 end
 local marks = {[0] = '', [1] = ':d', [2] = ':r'}
-local advanced, ids, written, delivered = {}, {}, {}, 0
+local advanced, ids, written, delivered, read_up_to = {}, {}, {}, 0, nil
 for i = 1, n do
   local key = KEYS[first + i]
   -- (an id named twice: its second time sees what the first wrote)
@@ -50,11 +52,17 @@ for i = 1, n do
       advanced[#advanced + 1] = i
       ids[#ids + 1] = ARGV[6 + 2 * i]
       if current == 0 then delivered = delivered + 1 end
+      if state == 2 then
+        -- the latest message read: the conversation's unread ones up to it are read
+        local pos = tonumber(redis.call('ZSCORE', KEYS[5], key))
+        if pos and (not read_up_to or pos > read_up_to) then read_up_to = pos end
+      end
     end
   end
 end
 if #advanced > 0 then
   store_entry(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. table.concat(ids, ',') .. ARGV[6])
 end
-if push and delivered > 0 then cancel_push(KEYS[5], KEYS[6], KEYS[7], reader, delivered) end
+if read_up_to then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', read_up_to) end
+if push and delivered > 0 then cancel_push(KEYS[6], KEYS[7], KEYS[8], reader, delivered) end
 return {1, advanced}

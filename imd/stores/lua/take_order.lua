@@ -1,11 +1,17 @@
--- include: store_entry note_push expire_links restore
+-- include: store_entry note_push expire_links restore fanout note_conversation
 -- KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
 --       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
---       dedup:<courier>:taken-<order>, open:<courier>
+--       dedup:<courier>:taken-<order>, open:<courier>, dev:<customer>,
+--       conv:<courier>, convlast:<courier>, conv:<customer>, convlast:<customer>,
+--       unread:<customer>:<courier>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
 --       what MySQL kept of an earlier T ('' when nothing: its courier,
---       taken_at, before), dedup ttl (s) [, push due (ms)]
+--       taken_at, before), dedup ttl (s), channel prefix ('': publish
+--       nothing, the caller delivers) [, push due (ms)]
+-- The s packet stored is published with its pos to the nodes of the
+-- customer's connections (the fanout snippet) and is the last of both
+-- parties' conversation, unread for the customer (note_conversation).
 -- The s packet gets a dedup record like any message: the customer's
 -- receipts for it are verified against that, as for every message.
 -- {1, taken_at, before}: first T (friends, the s packet stored);
@@ -65,5 +71,9 @@ expire_links(KEYS[4])
 local seq = store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
 redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
 mark_open(now, ttl)
-if ARGV[11] then note_push(KEYS[13], KEYS[14], KEYS[15], ARGV[2], ARGV[3], ARGV[11]) end
+if ARGV[12] then note_push(KEYS[19], KEYS[20], KEYS[21], ARGV[2], ARGV[3], ARGV[12]) end
+local delivered = string.sub(ARGV[3], 1, -2) .. ',"pos":' .. seq .. '}'
+note_conversation(KEYS[14], KEYS[15], ARGV[2], seq, delivered, false)
+note_conversation(KEYS[16], KEYS[17], ARGV[1], seq, delivered, KEYS[18], KEYS[11])
+if ARGV[11] ~= '' then fanout(ARGV[11], KEYS[13], ARGV[2], false, ARGV[1], '', delivered) end
 return {1, now, before, seq}
