@@ -54,6 +54,7 @@ class LocalNode:
         self._healthy = healthy
         self._by_uid: Dict[int, List[Session]] = {}
         self._remote: List[Tuple[int, bytes]] = []
+        self._remote_rooms: List[Tuple[Sequence[int], bytes]] = []
         self._route_call: Any = None
         self._server_id_prefix = "%x" % int(clock.seconds() * 1000)
         self._server_ids = itertools.count(1)
@@ -140,6 +141,22 @@ class LocalNode:
             self.metrics.delivered(reached)
         return reached
 
+    def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int:
+        """A room's packet (contract v3 §9) to every connection of each of
+        ``uids``: here now (but ``skip``, as for :meth:`deliver`), and at the
+        end of this reactor turn one frame to each other node holding any of
+        them (:meth:`PresenceStore.route_room`), not one per member."""
+        reached = 0
+        for uid in uids:
+            reached += self.deliver_local(uid, payload, skip)
+        if uids:
+            self._remote_rooms.append((uids, payload))
+            if self._route_call is None:
+                self._route_call = self._clock.callLater(0, self._route)
+        if self.metrics is not None:
+            self.metrics.delivered(reached)
+        return reached
+
     def deliver_local(self, uid: int, payload: bytes, skip: Optional[str] = None) -> int:
         sessions = self._by_uid.get(uid, ())
         if skip is None:
@@ -156,10 +173,21 @@ class LocalNode:
     def _route(self) -> Deferred:
         self._route_call = None
         batch, self._remote = self._remote, []
-        d = self.presence.route(batch)
-        d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
-                                         why=f.getErrorMessage()))
-        return d
+        rooms, self._remote_rooms = self._remote_rooms, []
+        routed = []
+        if batch or not rooms:
+            d = self.presence.route(batch)
+            d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
+                                             why=f.getErrorMessage()))
+            routed.append(d)
+        for uids, payload in rooms:
+            d = self.presence.route_room(uids, payload)
+            d.addErrback(lambda f: _log.warn("routing a room packet to other nodes failed: {why}",
+                                             why=f.getErrorMessage()))
+            routed.append(d)
+        if len(routed) == 1:
+            return routed[0]
+        return defer.gatherResults(routed)
 
     def flush(self) -> Deferred:
         """Publish what is waiting for the end of this turn now; fires once
@@ -199,6 +227,11 @@ class LocalNode:
         try:
             if kind == busframes.DELIVER:
                 self.deliver_local(uid, payload)
+            elif kind == busframes.ROOM:
+                uids, packet = busframes.room_recipients(rest)
+                data = packet.encode("utf-8")
+                for member in uids:
+                    self.deliver_local(member, data)
             elif kind == busframes.KICK:
                 self.kick_local(uid, rest)
             else:

@@ -97,6 +97,19 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("budget:lookups:<uid>", "hash", "budgets",
             "the user's budget of R packets naming ids without a dedup record, each looked up in "
             "pending:<uid> and MySQL ([websocket] receipt_lookup_rate, receipt_lookup_burst)"),
+    KeySpec("room:<room>", "hash", "rooms",
+            "a room (contract v3 §9): seq (its last seq), meta (JSON), created_at, closed_at and ends_at "
+            "(Unix ms, once closed); kept like messages, without expiry"),
+    KeySpec("room:<room>:members", "set", "rooms", "the room's members (uids), checked by every send"),
+    KeySpec("room:<room>:read", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
+    KeySpec("room:<room>:pending", "sorted set", "rooms",
+            "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"}; "
+            "trimmed by the migrator after each commit"),
+    KeySpec("rdedup:<room>:<uid>:<id>", "string", "rooms",
+            "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
+            "'<seq>/<pos>', so a retry answers the first seq"),
+    KeySpec("rtyping:<room>:<uid>", "string", "rooms",
+            "a 'typing' (Y true) of uid in the room was relayed; expires after [typing] min_interval"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -200,6 +213,24 @@ class Keys:
         if a > b:
             a, b = b, a
         return "%slinks:%d:%d" % (self.prefix, a, b)
+    def room(self, room: str) -> str:
+        return "%sroom:%s" % (self.prefix, room)
+
+    def room_members(self, room: str) -> str:
+        return "%sroom:%s:members" % (self.prefix, room)
+
+    def room_read(self, room: str) -> str:
+        return "%sroom:%s:read" % (self.prefix, room)
+
+    def room_pending(self, room: str) -> str:
+        return "%sroom:%s:pending" % (self.prefix, room)
+
+    def room_dedup(self, room: str, sender: Uid, packet_id: PacketId) -> str:
+        return "%srdedup:%s:%d:%s" % (self.prefix, room, sender, packet_id)
+
+    def room_typing(self, room: str, uid: Uid) -> str:
+        return "%srtyping:%s:%d" % (self.prefix, room, uid)
+
     def typing(self, sender: Uid, to: Uid) -> str:
         return "%styping:%d:%d" % (self.prefix, sender, to)
 

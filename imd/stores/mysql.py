@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.entry import Identity, tombstone
+from imd.messagelog.entry import Identity, RoomMessageRow, RoomReadRow, tombstone
 from imd.messagelog.merge import LogRow, Selection
 from imd.resources import data_dir
 
@@ -322,9 +322,24 @@ class MysqlStore(Service):
         return self.run_interaction(_stream_txn, Selection(uid, after_pos=after_pos), limit)
 
     def max_accept_seq(self) -> defer.Deferred:
-        """The highest accept_seq in ``message`` (0 when empty), by
-        ``message_by_pos``: the floor of ``MQ:seq`` at start-up."""
+        """The highest accept_seq in ``message`` and ``room_message`` (0
+        when empty), by their pos keys: the floor of ``MQ:seq`` at start-up."""
         return self.run_interaction(_max_accept_seq_txn)
+
+    # --- rooms (contract v3 §9) ------------------------------------------------------
+
+    def insert_room_entries(self, messages: Sequence[RoomMessageRow],
+                            reads: Sequence[RoomReadRow]) -> defer.Deferred:
+        """Room message rows (``StoredRoomMessage.row``: room, seq,
+        accept_seq, msg_id, from_id, type, msg, ts, packet; INSERT IGNORE on
+        (room, seq)) and read cursors (room, uid, seq, ts: forward only) in
+        one transaction; fires with the messages inserted."""
+        return self.run_interaction(_insert_room_entries_txn, messages, reads)
+
+    def room_history(self, room: str, after_seq: int, limit: int) -> defer.Deferred:
+        """Up to ``limit`` of the room's migrated messages with seq above
+        ``after_seq``: ``[(seq, packet)]`` by seq."""
+        return self.run_interaction(_room_history_txn, room, after_seq, limit)
 
     # --- orders (contract §4 T; table and columns from [orders]) ---------------
 
@@ -521,8 +536,35 @@ def _stream_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int
 
 
 def _max_accept_seq_txn(cursor: pymysql.cursors.Cursor) -> int:
-    cursor.execute("SELECT MAX(accept_seq) FROM message")
+    cursor.execute("SELECT GREATEST(COALESCE((SELECT MAX(accept_seq) FROM message), 0),"
+                   " COALESCE((SELECT MAX(accept_seq) FROM room_message), 0))")
     return int(cursor.fetchone()[0] or 0)
+
+
+_INSERT_ROOM_MESSAGES = ("INSERT IGNORE INTO room_message (room, seq, accept_seq, msg_id, from_id, type, msg, ts,"
+                         " packet) VALUES ")
+
+
+def _insert_room_entries_txn(cursor: pymysql.cursors.Cursor, messages: Sequence[RoomMessageRow],
+                             reads: Sequence[RoomReadRow]) -> int:
+    inserted = 0
+    if messages:
+        cursor.executemany(_INSERT_ROOM_MESSAGES + "(%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                           [(room, seq, pos, msg_id.encode("utf-8"), from_id, kind, msg, ts, packet)
+                            for room, seq, pos, msg_id, from_id, kind, msg, ts, packet in messages])
+        inserted = cursor.rowcount
+    for room, uid, seq, ts in reads:
+        cursor.execute("INSERT INTO room_read (room, uid, seq, ts) VALUES (%s, %s, %s, %s)"
+                       " ON DUPLICATE KEY UPDATE ts = IF(VALUES(seq) > seq, VALUES(ts), ts),"
+                       " seq = GREATEST(seq, VALUES(seq))", (room, uid, seq, ts))
+    return inserted
+
+
+def _room_history_txn(cursor: pymysql.cursors.Cursor, room: str, after_seq: int,
+                      limit: int) -> List[Tuple[int, str]]:
+    cursor.execute("SELECT seq, packet FROM room_message WHERE room = %s AND seq > %s ORDER BY seq LIMIT %s",
+                   (room, after_seq, limit))
+    return [(int(seq), packet) for seq, packet in cursor.fetchall()]
 
 
 def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:

@@ -29,6 +29,7 @@ from imd.stores.keys import Keys
 from imd.stores.redis import Arg, RedisClient, RedisStore, Script
 
 ROUTE = Script.load("route")
+ROUTE_ROOM = Script.load("route_room")
 LOGIN = Script.load("login")
 LOGOUT = Script.load("logout")
 NODE_START = Script.load("node_start")
@@ -58,6 +59,14 @@ class PresenceStore(RedisStore):
             args.append(uid)
             args.append(packet)
         return self._client.run(ROUTE, [keys.devices(uid) for uid, _ in deliveries], args)
+
+    def route_room(self, uids: Sequence[int], packet: bytes) -> Deferred:
+        """Publish a room's packet once to every other node holding a
+        connection of any of ``uids``, naming those it holds (a ``g``
+        frame, imd.busframes)."""
+        keys = self.keys
+        return self._client.run(ROUTE_ROOM, [keys.devices(uid) for uid in uids],
+                                [self.node_id, keys.channel_prefix, packet] + list(uids))
 
     def kick(self, uid: int, reason: str) -> Deferred:
         """Tell every node holding a connection of ``uid``; fires with how many."""
