@@ -1,0 +1,361 @@
+"""Rooms (contract v3 §9), as members and the platform see them: a gapless
+per-room ``seq`` across senders, nodes and membership events, one store per
+message, read cursors, typing, history by ``seq``, close with its grace, and
+MySQL holding every acked room message once."""
+
+import time
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from imd import busframes
+from imd.errors import ImdError
+from tests.migrator_support import start_migrator, with_drain
+from tests.mysql_support import query
+from tests.support import ImdServer, connect_client, make_settings
+from tests.test_migrator import FAST, MigratorTestMixin
+
+ROOM = "order:42"
+
+
+class RoomTestMixin(MigratorTestMixin):
+    overrides = FAST
+
+    @property
+    def admin(self):
+        return self.server.app.room_admin
+
+    @defer.inlineCallbacks
+    def login_on(self, server, uid):
+        client = yield connect_client(server.port, "/" + self.token(uid))
+        self._clients.append(client)
+        packet = yield client.next()
+        assert packet["type"] == "L", packet
+        return client
+
+    @defer.inlineCallbacks
+    def send(self, client, packet_id, text, room=ROOM, kind="t"):
+        reply = yield self.ask(client, {"id": packet_id, "room": room, "type": kind, "msg": text})
+        return reply
+
+    @defer.inlineCallbacks
+    def room_history(self, client, after_seq=0, limit=100, room=ROOM):
+        """Every packet of H {"room"}, following ``next``; the last reply's read map."""
+        packets = []
+        reply = yield self.ask(client, {"id": "h", "type": "H", "msg": {"room": room, "after_seq": after_seq,
+                                                                         "limit": limit}})
+        while True:
+            self.assertEqual(reply["type"], "H", reply)
+            self.assertLessEqual(len(reply["msg"]), limit)
+            packets.extend(reply["msg"])
+            if not reply["more"]:
+                return packets, reply["read"]
+            reply = yield self.ask(client, {"id": "h", "type": "H", "msg": {"after": reply["next"]}})
+
+
+class RoomMessageTests(RoomTestMixin, unittest.TestCase):
+
+    async def test_members_get_the_message_sender_gets_only_its_ack(self):
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, alice_web = await self.login(1), await self.login(1)
+        bob, carol = await self.login(2), await self.login(3)
+        reply = await self.send(alice, "m1", "hello")
+        self.assertEqual((reply["type"], reply["seq"]), ("A", 1))
+        for client in (alice_web, bob, carol):
+            packet = await client.next()
+            self.assertEqual({k: packet[k] for k in ("id", "from", "room", "type", "msg", "seq", "pos")},
+                             {"id": "m1", "from": 1, "room": ROOM, "type": "t", "msg": "hello", "seq": 1,
+                              "pos": reply["pos"]})
+            self.assertNotIn("to", packet)
+        # the sending connection got nothing but its A
+        self.assertEqual((await self.ask(alice, {"id": "p", "type": "P", "to": 0, "msg": ""}))["type"], "P")
+        self.assertEqual(alice.received.pending, [])
+
+    async def test_stored_once_whatever_the_members(self):
+        await self.admin.create(ROOM, list(range(1, 21)))
+        alice = await self.login(1)
+        before = await self.redis.llen("MQ")
+        await self.send(alice, "m1", "to twenty")
+        self.assertEqual(await self.redis.llen("MQ"), before + 1)
+
+    async def test_retry_keeps_its_seq_and_is_stored_once(self):
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob = await self.login(1), await self.login(2)
+        first = await self.send(alice, "same", "once")
+        await self.send(alice, "other", "two")
+        again = await self.send(alice, "same", "once")
+        self.assertEqual((again["seq"], again["pos"], again.get("dup")), (first["seq"], first["pos"], True))
+        self.assertEqual([(await bob.next())["id"] for _ in range(2)], ["same", "other"])
+        packets, _ = await self.room_history(bob)
+        self.assertEqual([p["id"] for p in packets], ["same", "other"])
+
+    async def test_refusals(self):
+        await self.admin.create(ROOM, [1, 2])
+        alice, mallory = await self.login(1), await self.login(9)
+        self.assertEqual((await self.send(mallory, "x", "let me in"))["code"], "forbidden")
+        self.assertEqual((await self.send(alice, "y", "where", room="order:43"))["code"], "not_found")
+        for bad in ("", "a" * 65, "sp ace", "ü", 5, None):
+            reply = await self.ask(alice, {"id": "z", "room": bad, "type": "t", "msg": "x"})
+            self.assertEqual(reply["code"], "bad_packet", bad)
+        reply = await self.ask(alice, {"id": "z", "room": ROOM, "to": 2, "type": "t", "msg": "x"})
+        self.assertEqual(reply["code"], "bad_packet")
+        self.assertEqual((await self.send(alice, "long", "x" * 1024))["code"], "too_long")
+        # nothing refused took a seq
+        self.assertEqual((await self.send(alice, "ok", "fine"))["seq"], 1)
+
+    async def test_max_members(self):
+        self.patch(self.admin, "max_members", 3)
+        with self.assertRaises(ImdError) as refused:
+            await self.admin.create(ROOM, [1, 2, 3, 4])
+        self.assertEqual(refused.exception.code, "bad_packet")
+        self.assertIsNone(await self.redis.get("room:%s" % ROOM) or None)
+        await self.admin.create(ROOM, [1, 2, 3])
+        with self.assertRaises(ImdError):
+            await self.admin.change(ROOM, [4], [])
+        self.assertEqual((await self.admin.show(ROOM))["members"], [1, 2, 3])
+        # swapping one for another stays within the limit
+        await self.admin.change(ROOM, [4], [3])
+        self.assertEqual((await self.admin.show(ROOM))["members"], [1, 2, 4])
+
+
+class MembershipTests(RoomTestMixin, unittest.TestCase):
+
+    async def test_events_take_seqs_added_gets_its_joined_removed_its_left(self):
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob, carol = await self.login(1), await self.login(2), await self.login(3)
+        self.assertEqual((await self.send(alice, "m1", "one"))["seq"], 1)
+        await self.admin.change(ROOM, [3], [])
+        self.assertEqual((await self.send(alice, "m2", "two"))["seq"], 3)
+        await self.admin.change(ROOM, [], [2])
+        bob_got = [await bob.next() for _ in range(4)]
+        self.assertEqual([(p["seq"], p["type"], p["msg"] if p["type"] == "s" else p["id"]) for p in bob_got],
+                         [(1, "t", "m1"), (2, "s", {"room": ROOM, "event": "joined", "uid": 3}), (3, "t", "m2"),
+                          (4, "s", {"room": ROOM, "event": "left", "uid": 2})])
+        self.assertEqual([p["from"] for p in bob_got if p["type"] == "s"], [0, 0])
+        carol_got = [await carol.next() for _ in range(3)]
+        self.assertEqual([p["seq"] for p in carol_got], [2, 3, 4])
+        # the removed member: forbidden from now on, and gets nothing more
+        self.assertEqual((await self.send(bob, "b1", "still here?"))["code"], "forbidden")
+        reply = await self.ask(bob, {"id": "h", "type": "H", "msg": {"room": ROOM}})
+        self.assertEqual(reply["code"], "forbidden")
+        await self.send(alice, "m3", "three")
+        self.assertEqual((await carol.next())["seq"], 5)
+        self.assertEqual(bob.received.pending, [])
+
+    async def test_creating_announces_nothing_and_repeating_changes_nothing(self):
+        await self.admin.create(ROOM, [1, 2], {"order": 42})
+        await self.admin.create(ROOM, [2, 1])
+        state = await self.admin.show(ROOM)
+        self.assertEqual((state["members"], state["meta"], state["last_seq"]), ([1, 2], {"order": 42}, 0))
+        await self.admin.create(ROOM, [1, 3])   # sets the members: 2 leaves, 3 joins
+        state = await self.admin.show(ROOM)
+        self.assertEqual((state["members"], state["last_seq"]), ([1, 3], 2))
+
+
+class ReadCursorTests(RoomTestMixin, unittest.TestCase):
+
+    async def test_cursor_moves_forward_only_and_is_relayed(self):
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, bob, carol = await self.login(1), await self.login(2), await self.login(3)
+        for n in range(3):
+            await self.send(alice, "m%d" % n, "x")
+        for client in (bob, carol):
+            for _ in range(3):
+                await client.next()
+        read = {"id": "r", "room": ROOM, "type": "R", "msg": {"state": "read", "seq": 2}}
+        self.assertEqual((await self.ask(bob, read))["type"], "A")
+        relayed = await alice.next()
+        self.assertEqual({k: relayed[k] for k in ("from", "room", "type")}, {"from": 2, "room": ROOM, "type": "R"})
+        self.assertEqual((relayed["msg"]["state"], relayed["msg"]["seq"]), ("read", 2))
+        self.assertEqual((await carol.next())["msg"]["seq"], 2)
+        # older or equal: acked, nothing relayed
+        for seq in (2, 1):
+            self.assertEqual((await self.ask(bob, dict(read, msg={"state": "read", "seq": seq})))["type"], "A")
+        # past the last seq
+        reply = await self.ask(bob, dict(read, msg={"state": "read", "seq": 4}))
+        self.assertEqual(reply["code"], "bad_packet")
+        self.assertEqual((await self.ask(bob, dict(read, msg={"state": "read", "seq": 3})))["type"], "A")
+        self.assertEqual((await alice.next())["msg"]["seq"], 3)
+        self.assertEqual(bob.received.pending, [])
+        _, cursors = await self.room_history(carol)
+        self.assertEqual(cursors, {"1": 0, "2": 3, "3": 0})
+
+    async def test_cursor_reaches_mysql(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob = await self.login(1), await self.login(2)
+        await self.send(alice, "m1", "x")
+        await self.send(alice, "m2", "y")
+        for seq in (2, 1):
+            await self.ask(bob, {"id": "r%d" % seq, "room": ROOM, "type": "R", "msg": {"state": "read", "seq": seq}})
+        await with_drain(migrator)
+        rows = await query(self.mysql_settings, "SELECT room, uid, seq FROM room_read")
+        self.assertEqual([tuple(r) for r in rows], [(ROOM, 2, 2)])
+
+
+class TypingTests(RoomTestMixin, unittest.TestCase):
+
+    async def test_typing_relayed_to_the_others_coalesced_never_stored(self):
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob = await self.login(1), await self.login(2)
+        before = await self.redis.llen("MQ")
+        for n in range(3):
+            reply = await self.ask(alice, {"id": "y%d" % n, "room": ROOM, "type": "Y", "msg": True})
+            self.assertEqual(reply["type"], "A")
+        await self.ask(alice, {"id": "stop", "room": ROOM, "type": "Y", "msg": False})
+        got = [await bob.next() for _ in range(2)]
+        self.assertEqual([(p["id"], p["from"], p["room"], p["msg"]) for p in got],
+                         [("y0", 1, ROOM, True), ("stop", 1, ROOM, False)])
+        self.assertEqual(alice.received.pending, [])
+        self.assertEqual(await self.redis.llen("MQ"), before)
+        mallory = await self.login(9)
+        reply = await self.ask(mallory, {"id": "y", "room": ROOM, "type": "Y", "msg": True})
+        self.assertEqual(reply["code"], "forbidden")
+
+
+class HistoryTests(RoomTestMixin, unittest.TestCase):
+
+    async def test_history_by_seq_across_redis_and_mysql(self):
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob = await self.login(1), await self.login(2)
+        for n in range(1, 8):
+            await self.send(alice if n % 2 else bob, "m%d" % n, "text %d" % n)
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        rows = await query(self.mysql_settings, "SELECT seq FROM room_message WHERE room = '%s'" % ROOM)
+        self.assertEqual(sorted(r[0] for r in rows), list(range(1, 8)))
+        self.assertEqual(await self.redis.zcard("room:%s:pending" % ROOM), 0)
+        migrator.stopService()
+        for n in range(8, 12):
+            await self.send(alice, "m%d" % n, "text %d" % n)
+        packets, _ = await self.room_history(bob, limit=3)
+        self.assertEqual([p["seq"] for p in packets], list(range(1, 12)))
+        self.assertEqual([p["id"] for p in packets], ["m%d" % n for n in range(1, 12)])
+        packets, _ = await self.room_history(alice, after_seq=5, limit=2)
+        self.assertEqual([p["seq"] for p in packets], list(range(6, 12)))
+
+    async def test_history_refusals(self):
+        await self.admin.create(ROOM, [1])
+        alice, mallory = await self.login(1), await self.login(9)
+        self.assertEqual((await self.ask(mallory, {"id": "h", "type": "H", "msg": {"room": ROOM}}))["code"],
+                         "forbidden")
+        self.assertEqual((await self.ask(alice, {"id": "h", "type": "H", "msg": {"room": "nope"}}))["code"],
+                         "not_found")
+        for msg in ({"room": ROOM, "limit": 0}, {"room": ROOM, "limit": 501}, {"room": ROOM, "after_seq": -1},
+                    {"room": ROOM, "with": 2}, {"room": "bad room"}):
+            self.assertEqual((await self.ask(alice, {"id": "h", "type": "H", "msg": msg}))["code"], "bad_packet", msg)
+
+
+class MigrationTests(RoomTestMixin, unittest.TestCase):
+
+    async def test_every_acked_room_message_lands_once(self):
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.admin.create(ROOM, [1, 2, 3, 4])
+        clients = [await self.login(uid) for uid in (1, 2, 3, 4)]
+        for uid, client in zip((1, 2), clients):
+            for n in range(150):
+                client.send({"id": "%d-%d" % (uid, n), "room": ROOM, "type": "t", "msg": "burst"})
+        seqs = []
+        for client in clients[:2]:
+            for _ in range(150):
+                reply = await client.next_of("AE")
+                self.assertEqual(reply["type"], "A", reply)
+                seqs.append(reply["seq"])
+        self.assertEqual(sorted(seqs), list(range(1, 301)))
+        await with_drain(migrator)
+        rows = await query(self.mysql_settings, "SELECT seq, from_id, msg_id FROM room_message")
+        self.assertEqual(sorted(r[0] for r in rows), list(range(1, 301)))
+        self.assertEqual(len({(r[1], bytes(r[2])) for r in rows}), 300)
+
+
+class TwoNodeTests(RoomTestMixin, unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RoomTestMixin.setUp(self)
+        self.node2 = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": "test-node-2"}))).start()
+        self.addCleanup(self.node2.stop)
+
+    async def test_gapless_seq_two_senders_two_nodes_with_events_between(self):
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice = await self.login_on(self.server, 1)
+        bob = await self.login_on(self.node2, 2)
+        carol = await self.login_on(self.node2, 3)
+        carol_here = await self.login_on(self.server, 3)
+        for n in range(60):
+            alice.send({"id": "a%d" % n, "room": ROOM, "type": "t", "msg": "a"})
+            bob.send({"id": "b%d" % n, "room": ROOM, "type": "t", "msg": "b"})
+            if n in (20, 40):
+                # membership changes through node 2's API side while the burst runs
+                await self.node2.app.room_admin.change(ROOM, [4 + n], [])
+        seqs = []
+        for client in (alice, bob):
+            for _ in range(60):
+                reply = await client.next_of("AE")
+                self.assertEqual(reply["type"], "A", reply)
+                seqs.append(reply["seq"])
+        self.assertEqual(len(seqs), 120)
+        self.assertEqual(sorted(seqs + [s for s in range(1, 123) if s not in seqs]), list(range(1, 123)))
+        for client in (carol, carol_here):
+            got = [await client.next() for _ in range(122)]
+            self.assertEqual(sorted(p["seq"] for p in got), list(range(1, 123)))
+            self.assertEqual(sum(1 for p in got if p["type"] == "s"), 2)
+
+    async def test_member_removed_on_one_node_cannot_send_through_another(self):
+        await self.admin.create(ROOM, [1, 2])
+        bob = await self.login_on(self.node2, 2)
+        self.assertEqual((await self.send(bob, "b1", "hi"))["type"], "A")
+        await self.admin.change(ROOM, [], [2])
+        self.assertEqual((await bob.next())["msg"]["event"], "left")
+        self.assertEqual((await self.send(bob, "b2", "hi again"))["code"], "forbidden")
+
+    async def test_one_publish_per_node(self):
+        await self.admin.create(ROOM, [1, 2, 3, 4])
+        alice = await self.login_on(self.server, 1)
+        others = [await self.login_on(self.node2, uid) for uid in (2, 3, 4)]
+        frames = []
+        original = busframes.decode
+
+        def decode(frame):
+            frames.append(frame)
+            return original(frame)
+        self.patch(busframes, "decode", decode)
+        await self.send(alice, "m", "to three on node 2")
+        for client in others:
+            self.assertEqual((await client.next())["id"], "m")
+        self.assertEqual(len(frames), 1)
+
+
+class CloseTests(RoomTestMixin, unittest.TestCase):
+    start = int(time.time())   # (the tokens' iat is checked against the app's clock)
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RoomTestMixin.setUp(self)
+        self.clock = task.Clock()
+        self.clock.advance(self.start)
+        settings = make_settings(dict(self.overrides, imd={"node_id": "clock-node"}, rooms={"close_grace": "60"}))
+        self.node_clock = yield ImdServer(settings, self.clock).start()
+        self.addCleanup(self.node_clock.stop)
+
+    async def test_close_then_grace(self):
+        admin = self.node_clock.app.room_admin
+        await admin.create(ROOM, [1, 2])
+        alice = await self.login_on(self.node_clock, 1)
+        bob = await self.login_on(self.node_clock, 2)
+        answer = await admin.close(ROOM)
+        self.assertEqual(answer["ends_at"], (self.start + 60) * 1000)
+        event = await alice.next()
+        self.assertEqual((event["from"], event["type"], event["msg"], event["seq"]),
+                         (0, "s", {"room": ROOM, "event": "closed"}, 1))
+        await bob.next()
+        # within the grace: still open
+        self.clock.advance(59)
+        self.assertEqual((await self.send(alice, "m1", "last words"))["seq"], 2)
+        self.clock.advance(1)
+        self.assertEqual((await self.send(alice, "m2", "too late"))["code"], "forbidden")
+        # closing again changes nothing; history stays readable
+        self.assertEqual((await admin.close(ROOM))["ends_at"], (self.start + 60) * 1000)
+        packets, _ = await self.room_history(bob)
+        self.assertEqual([p["seq"] for p in packets], [1, 2])
+        self.assertEqual((await admin.show(ROOM))["closed_at"], self.start * 1000)
