@@ -118,7 +118,7 @@ class StoredRoomRead(namedtuple("StoredRoomRead", "room reader read_seq ts")):
 def _room_entry(entry: str, obj: Dict[str, object]) -> Union[StoredRoomMessage, StoredRoomRead]:
     room = obj.get("room")
     if not valid_room(room):
-        raise ValueError("room: %r" % (room,))
+        raise ValueError("the room id %r" % (room,))
     ts = obj.get("ts")
     if type(ts) is not int or not 0 <= ts < 2 ** 63:
         raise ValueError("ts: %r" % (ts,))
