@@ -13,6 +13,7 @@ from imd.errors import ImdError
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
 from tests.support import ImdServer, connect_client, make_settings
+from tests.test_api import ApiTestMixin
 from tests.test_migrator import FAST, MigratorTestMixin
 
 ROOM = "order:42"
@@ -359,3 +360,52 @@ class CloseTests(RoomTestMixin, unittest.TestCase):
         packets, _ = await self.room_history(bob)
         self.assertEqual([p["seq"] for p in packets], [1, 2])
         self.assertEqual((await admin.show(ROOM))["closed_at"], self.start * 1000)
+
+
+class RoomApiTests(ApiTestMixin, unittest.TestCase):
+    """The server API's room routes (contract v3 §9 with the §7.4 rules)."""
+
+    async def test_create_members_send_close_show(self):
+        bob = await self.login(2)
+        response = await self.api("POST", "rooms", {"room": ROOM, "members": [1, 2], "meta": {"order": 42}})
+        self.assertEqual((response.code, response.json()), (200, {"room": ROOM, "members": [1, 2]}), response)
+        response = await self.api("POST", "rooms/%s/members" % ROOM, {"add": [3], "rm": [1]})
+        self.assertEqual(response.json(), {"room": ROOM, "members": [2, 3]})
+        got = [await bob.next() for _ in range(2)]
+        self.assertEqual([(p["seq"], p["msg"]["event"], p["msg"]["uid"]) for p in got], [(1, "left", 1),
+                                                                                          (2, "joined", 3)])
+        response = await self.api("POST", "rooms/%s/send" % ROOM, {"msg": {"event": "near"}, "id": "n-1"})
+        self.assertEqual(response.json(), {"id": "n-1", "seq": 3})
+        packet = await bob.next()
+        self.assertEqual((packet["id"], packet["from"], packet["type"], packet["msg"], packet["seq"]),
+                         ("n-1", 0, "s", {"event": "near"}, 3))
+        response = await self.api("POST", "rooms/%s/send" % ROOM, {"msg": {"event": "near"}, "id": "n-1"})
+        self.assertEqual(response.json(), {"id": "n-1", "seq": 3})   # the first seq, stored once
+        response = await self.api("POST", "rooms/%s/close" % ROOM)
+        self.assertEqual(response.code, 200, response)
+        ends_at = response.json()["ends_at"]
+        self.assertEqual((await bob.next())["msg"], {"room": ROOM, "event": "closed"})
+        response = await self.api("GET", "rooms/%s" % ROOM)
+        state = response.json()
+        self.assertEqual({k: state[k] for k in ("room", "members", "meta", "last_seq", "read")},
+                         {"room": ROOM, "members": [2, 3], "meta": {"order": 42}, "last_seq": 4,
+                          "read": {"2": 0, "3": 0}})
+        self.assertEqual(state["ends_at"] - state["closed_at"], 1800 * 1000)
+        self.assertEqual(state["ends_at"], ends_at)
+
+    async def test_refusals_change_nothing(self):
+        self.assert_error(await self.api("GET", "rooms/nope"), 404)
+        self.assert_error(await self.api("POST", "rooms/nope/members", {"add": [1]}), 404)
+        self.assert_error(await self.api("POST", "rooms/nope/send", {"msg": {}}), 404)
+        self.assert_error(await self.api("POST", "rooms/nope/close"), 404)
+        for body in ({"members": [1]}, {"room": "bad room", "members": [1]}, {"room": "a" * 65, "members": [1]},
+                     {"room": ROOM}, {"room": ROOM, "members": [0]}, {"room": ROOM, "members": "1"},
+                     {"room": ROOM, "members": [1], "meta": []}, {"room": ROOM, "members": [1], "x": 1},
+                     {"room": ROOM, "members": list(range(1, 52))}):
+            self.assert_error(await self.api("POST", "rooms", body), 400)
+        self.assertEqual(await self.redis.keys("room:*"), [])
+        await self.api("POST", "rooms", {"room": ROOM, "members": [1]})
+        self.assert_error(await self.api("POST", "rooms/%s/members" % ROOM, {"add": list(range(2, 52))}), 400)
+        self.assert_error(await self.api("POST", "rooms/%s/send" % ROOM, {"msg": "text"}), 400)
+        self.assertEqual((await self.api("GET", "rooms/%s" % ROOM)).json()["members"], [1])
+        self.assert_error(await self.api("POST", "rooms", {"room": ROOM, "members": [1]}, headers={}), 401)

@@ -32,6 +32,7 @@ from imd import protocol
 from imd.clock import Clock
 from imd.errors import ImdError
 from imd.handlers import Reply
+from imd.handlers.api import new_message_id
 from imd.handlers.ports import RoomNode
 from imd.moderation import TextPolicy
 from imd.stores.rooms import (CLOSED, COALESCED, DUPLICATE, MOVED, NO_ROOM, NOT_MEMBER, PAST_LAST, TOO_MANY,
@@ -242,8 +243,10 @@ class RoomAdmin:
         return {"room": room, "members": list(members)}
 
     @defer.inlineCallbacks
-    def send(self, room: str, msg: Json, packet_id: str) -> Generator[Deferred, object, Json]:
-        """A system ``s`` from 0 into the room; the same id again answers the first seq."""
+    def send(self, room: str, msg: Json, packet_id: Optional[str] = None) -> Generator[Deferred, object, Json]:
+        """A system ``s`` from 0 into the room (``packet_id``: one is made
+        when None); the same id again answers the first seq."""
+        packet_id = packet_id or new_message_id(self._clock)
         now = self._now_ms()
         head = protocol.room_message_head(packet_id, 0, room, "s", msg, now)
         result = cast(RoomStored, (yield self._rooms.store(room, 0, packet_id, head, now)))
