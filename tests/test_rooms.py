@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from imd import busframes
 from imd.errors import ImdError
+from tests.admin_support import AdminAppMixin
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
 from tests.support import ImdServer, connect_client, make_settings
@@ -409,3 +410,31 @@ class RoomApiTests(ApiTestMixin, unittest.TestCase):
         self.assert_error(await self.api("POST", "rooms/%s/send" % ROOM, {"msg": "text"}), 400)
         self.assertEqual((await self.api("GET", "rooms/%s" % ROOM)).json()["members"], [1])
         self.assert_error(await self.api("POST", "rooms", {"room": ROOM, "members": [1]}, headers={}), 401)
+
+
+class RoomAdminCommandTests(AdminAppMixin, unittest.TestCase):
+    """``imd-admin room create|add|rm|close|show``."""
+
+    async def test_room_commands(self):
+        out, _, _ = await self.admin("room", "create", ROOM, "1", "2")
+        self.assertEqual(out, "room %s: members 1 2\n" % ROOM)
+        out, _, _ = await self.admin("room", "add", ROOM, "3")
+        self.assertEqual(out, "room %s: members 1 2 3\n" % ROOM)
+        out, _, _ = await self.admin("room", "rm", ROOM, "1")
+        self.assertEqual(out, "room %s: members 2 3\n" % ROOM)
+        out, _, _ = await self.admin("room", "close", ROOM)
+        self.assertIn("room %s closed" % ROOM, out)
+        out, _, _ = await self.admin("room", "show", ROOM)
+        self.assertIn("members              2 3", out)
+        self.assertIn("last seq             3", out)   # joined 3, left 1, closed
+        self.assertIn("read                 2:0 3:0", out)
+        self.assertIn("sends refused from", out)
+
+    async def test_refusals_are_one_line(self):
+        out, err, code = await self.run_admin("room", "show", "nope")
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(err, b"imd-admin: no room nope\n")
+        out, err, code = await self.run_admin("room", "add", "bad room", "1")
+        self.assertEqual(code, 2)
+        self.assertIn(b"a room id is 1-64 characters", err)
+        self.assertNotIn(b"Traceback", err)
