@@ -101,7 +101,7 @@ class App:
         self.position_audience = PositionAudience(client, keys, settings.privacy.positions)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
-        self.rooms = RoomStore(client, keys, redis.dedup_ttl, settings.typing.min_interval)
+        self.rooms = RoomStore(client, keys, redis.dedup_ttl, settings.typing.min_interval, self.push_notes)
         self.mysql = MysqlStore(settings.mysql)
         # read by /metrics, imd-admin (mq, top, reconcile, retention) and the process registry
         self.dead_letters = DeadLetters(client, keys)

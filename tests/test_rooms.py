@@ -15,6 +15,7 @@ from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
 from tests.support import ImdServer, connect_client, make_settings
 from tests.test_api import ApiTestMixin
+from tests.test_push import PushTestMixin
 from tests.test_migrator import FAST, MigratorTestMixin
 
 ROOM = "order:42"
@@ -438,3 +439,31 @@ class RoomAdminCommandTests(AdminAppMixin, unittest.TestCase):
         self.assertEqual(code, 2)
         self.assertIn(b"a room id is 1-64 characters", err)
         self.assertNotIn(b"Traceback", err)
+
+
+class RoomPushTests(PushTestMixin, unittest.TestCase):
+    """Offline push (contract §7.5) covers room messages: the payload gains ``room``."""
+
+    async def test_offline_member_gets_a_push_naming_the_room(self):
+        await self.server.app.room_admin.create(ROOM, [1, 2, 3])
+        alice = await self.login(1)
+        reply = await self.ask(alice, {"id": "r1", "room": ROOM, "type": "t", "msg": "gate code?"})
+        self.assertEqual(reply["type"], "A", reply)
+        self.assertIsNone(await self.due(1))    # not the sender's own
+        due = await self.due(2)
+        self.assertIsNotNone(due)
+        drainer = self.drainer()
+        self.advance_to(due)
+        await drainer.run_due()
+        posts = sorted(self.receiver.posts, key=lambda p: p.payload["to"])
+        self.assertEqual([p.payload["to"] for p in posts], [2, 3])
+        self.assertEqual({k: posts[0].payload[k] for k in ("from", "id", "type", "preview", "room", "unread")},
+                         {"from": 1, "id": "r1", "type": "t", "preview": "gate code?", "room": ROOM, "unread": 1})
+
+    async def test_reading_ends_the_pending_push(self):
+        await self.server.app.room_admin.create(ROOM, [1, 2])
+        alice, bob = await self.login(1), await self.login(2)
+        await self.ask(alice, {"id": "r1", "room": ROOM, "type": "t", "msg": "one"})
+        self.assertIsNotNone(await self.due(2))
+        await self.ask(bob, {"id": "read", "room": ROOM, "type": "R", "msg": {"state": "read", "seq": 1}})
+        self.assertIsNone(await self.due(2))

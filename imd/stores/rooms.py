@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from imd.stores.keys import Keys
+from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, RedisStore, Script
 
 STORE_ROOM = Script.load("store_room")
@@ -89,8 +90,12 @@ _NEGATIVE = {0: NO_ROOM, -1: NOT_MEMBER, -2: CLOSED}
 
 
 class RoomStore(RedisStore):
-    def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600, typing_interval: float = 2.0) -> None:
+    def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600, typing_interval: float = 2.0,
+                 push: Optional[PushNotes] = None) -> None:
+        """``push``: set when ``[push] url`` is (each stored room message
+        then notes every other member's pending push, contract §7.5)."""
         self._client = client
+        self.push = push
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.typing_ms = int(round(typing_interval * 1000))
@@ -99,10 +104,14 @@ class RoomStore(RedisStore):
         """Store a room message (``head``: imd.protocol.room_message_head)
         from ``sender`` (0: the server API); fires with a
         :class:`RoomStored`, once on ``[redis] min_replicas`` replicas."""
-        k = self.keys
-        d = self._client.run(STORE_ROOM, [k.room(room), k.room_members(room), k.room_dedup(room, sender, dedup_id),
-                                          k.mq, k.mq_seq, k.room_pending(room)],
-                             [sender, head, self.dedup_ttl, now_ms])
+        k, push = self.keys, self.push
+        key_list = [k.room(room), k.room_members(room), k.room_dedup(room, sender, dedup_id), k.mq, k.mq_seq,
+                    k.room_pending(room)]
+        args: List[Union[str, bytes, int]] = [sender, head, self.dedup_ttl, now_ms]
+        if push is not None:
+            key_list += push.keys
+            args.append(push.due(now_ms))
+        d = self._client.run(STORE_ROOM, key_list, args)
         d.addCallback(_stored)
         return self._replicated(d)
 
@@ -134,7 +143,8 @@ class RoomStore(RedisStore):
         """Move ``reader``'s cursor to ``seq``; fires with ``(MOVED,
         members)``, ``(UNCHANGED, ())``, or NO_ROOM, NOT_MEMBER, PAST_LAST."""
         k = self.keys
-        d = self._client.run(ROOM_READ, [k.room(room), k.room_members(room), k.room_read(room), k.mq],
+        push_keys = self.push.keys if self.push is not None else []
+        d = self._client.run(ROOM_READ, [k.room(room), k.room_members(room), k.room_read(room), k.mq] + push_keys,
                              [reader, seq, entry])
         d.addCallback(_read)
         return self._replicated(d)

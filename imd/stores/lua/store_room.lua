@@ -1,8 +1,10 @@
--- include: store_room_entry
+-- include: store_room_entry note_push
 -- KEYS: room:<room>, room:<room>:members, rdedup:<room>:<from>:<id>, MQ,
 --       MQ:seq, room:<room>:pending
+--       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: from (0: the server API's system message), head (the packet up to
 --       its seq, no closing brace), dedup ttl, now (Unix ms)
+--       [, when the push is due (ms)]: each other member's push is noted
 -- Returns 0 (no such room), -1 (not a member), -2 (closed, past its grace),
 -- {2, seq, pos} (a retry: the first store's), or {1, seq, pos, entry,
 -- member...} (stored; the members it goes to).  The membership check is
@@ -23,5 +25,8 @@ end
 local seq, pos, entry = store_room_entry(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
 redis.call('SET', KEYS[3], seq .. '/' .. pos, 'EX', ARGV[3])
 local out = {1, seq, pos, entry}
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = m end
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  out[#out + 1] = m
+  if ARGV[5] and m ~= ARGV[1] then note_push(KEYS[7], KEYS[8], KEYS[9], m, entry, ARGV[5]) end
+end
 return out
