@@ -249,6 +249,51 @@ class HistoryTests(RoomTestMixin, unittest.TestCase):
             self.assertEqual((await self.ask(alice, {"id": "h", "type": "H", "msg": msg}))["code"], "bad_packet", msg)
 
 
+class SyncTests(RoomTestMixin, unittest.TestCase):
+    """Contract §10: room messages are in a member's sync stream by pos, only
+    for the time it was a member, across Redis and MySQL."""
+
+    @defer.inlineCallbacks
+    def sync(self, client, pos=0, limit=100):
+        packets = []
+        reply = yield self.ask(client, {"id": "s", "type": "H", "msg": {"sync": pos, "limit": limit}})
+        while True:
+            self.assertEqual(reply["type"], "H", reply)
+            self.assertLessEqual(len(reply["msg"]), limit)
+            packets.extend(reply["msg"])
+            if not reply["more"]:
+                return packets
+            reply = yield self.ask(client, {"id": "s", "type": "H", "msg": {"after": reply["next"]}})
+
+    async def test_room_messages_in_the_stream_only_while_a_member(self):
+        await self.befriend(1, 3)
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob, carol = await self.login(1), await self.login(2), await self.login(3)
+        await self.send(alice, "before", "before carol")                      # room seq 1
+        await self.ask(alice, {"id": "dm1", "to": 3, "type": "t", "msg": "direct"})
+        await self.admin.change(ROOM, [3], [])                                 # seq 2: joined 3
+        await self.send(bob, "during", "with carol")                          # seq 3
+        await self.admin.change(ROOM, [], [3])                                 # seq 4: left 3
+        await self.send(alice, "after", "without carol")                      # seq 5
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        migrator.stopService()
+        await self.send(alice, "later", "still without carol")                # seq 6, in Redis only
+        await self.ask(alice, {"id": "dm2", "to": 3, "type": "t", "msg": "direct again"})
+        for limit in (1, 2, 100):
+            stream = await self.sync(carol, limit=limit)
+            self.assertEqual([(p.get("room"), p.get("seq"), p["id"]) for p in stream],
+                             [(None, None, "dm1"), (ROOM, 2, "joined-2"), (ROOM, 3, "during"), (ROOM, 4, "left-4"),
+                              (None, None, "dm2")], limit)
+            positions = [p["pos"] for p in stream]
+            self.assertEqual(positions, sorted(set(positions)))
+        stream = await self.sync(bob, limit=2)
+        self.assertEqual([p["id"] for p in stream], ["before", "joined-2", "during", "left-4", "after", "later"])
+        # from a position: only what came after it
+        stream = await self.sync(bob, pos=stream[2]["pos"])
+        self.assertEqual([p["id"] for p in stream], ["left-4", "after", "later"])
+
+
 class MigrationTests(RoomTestMixin, unittest.TestCase):
 
     async def test_every_acked_room_message_lands_once(self):

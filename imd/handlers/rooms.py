@@ -34,9 +34,10 @@ from imd.errors import ImdError
 from imd.handlers import Reply
 from imd.handlers.api import new_message_id
 from imd.handlers.ports import RoomNode
+from imd.messagelog.entry import StoredRoomMessage, parse_entry
 from imd.moderation import TextPolicy
 from imd.stores.rooms import (CLOSED, COALESCED, DUPLICATE, MOVED, NO_ROOM, NOT_MEMBER, PAST_LAST, TOO_MANY,
-                              RoomChange, RoomEvent, RoomState, RoomStore, RoomStored)
+                              RoomChange, RoomEvent, RoomState, RoomStore, RoomStored, Span, in_spans)
 
 if TYPE_CHECKING:
     from imd.stores.mysql import MysqlStore
@@ -67,6 +68,10 @@ def decode_room_cursor(cursor: str) -> Optional[Tuple[str, int, int]]:
                 and type(limit) is int and 1 <= limit <= protocol.HISTORY_MAX_LIMIT):
             return room, seq, limit
     return None
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _refused(outcome: object, room: str) -> None:
@@ -139,6 +144,38 @@ class RoomHandler:
                                     protocol.room_typing(packet.id, sender, packet.room, packet.typing))
         return Reply(protocol.ack(packet.id))
 
+    @defer.inlineCallbacks
+    def stream(self, uid: int, after_pos: int, limit: int) -> Generator[Deferred, object, List[Tuple[int, bytes]]]:
+        """``uid``'s room messages for its sync (contract §10): those of its
+        rooms while it was a member (its spans), with pos above
+        ``after_pos``, ascending, at most ``limit``: ``[(pos, packet)]``.
+        Redis is read before MySQL (no gap at the boundary)."""
+        rooms = sorted(_text(r) for r in cast(List[object], (yield self._rooms.rooms_of(uid))))
+        if not rooms:
+            return []
+        pending = cast(Dict[str, Tuple[List[Span], List[str]]],
+                       (yield self._rooms.stream_pending(uid, rooms, after_pos)))
+        spans = {room: found[0] for room, found in pending.items() if found[0]}
+        if not spans:
+            return []
+        rows = cast(List[Tuple[int, str, int, str]], (yield self._mysql.room_stream(spans, after_pos, limit)))
+        items: Dict[Tuple[str, int], Tuple[int, bytes]] = {}
+        for pos, room, seq, packet in rows:
+            items[(room, seq)] = (pos, packet.encode("utf-8"))
+        for room, (room_spans, entries) in pending.items():
+            for entry in entries:
+                try:
+                    value = parse_entry(entry)
+                except ValueError:
+                    continue
+                if isinstance(value, StoredRoomMessage) and value.seq > after_pos and in_spans(value.seq, room_spans):
+                    items.setdefault((room, value.room_seq), (value.seq, value.packet.encode("utf-8")))
+        ordered = sorted(items.values())
+        if len(rows) >= limit:
+            # beyond the last row read, MySQL may hold more: stop there
+            ordered = [item for item in ordered if item[0] <= rows[-1][0]]
+        return ordered[:limit]
+
     def history(self, uid: int, packet: Union[protocol.RoomHistoryPacket, protocol.HistoryPacket]) -> Deferred:
         if isinstance(packet, protocol.RoomHistoryPacket):
             return self._history(uid, packet.id, packet.room, packet.after_seq, packet.limit)
@@ -176,7 +213,6 @@ def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, s
                limit: int) -> List[Tuple[int, bytes]]:
     """The room's entries still in Redis and its rows in MySQL, each seq
     once, above ``after_seq``, ascending: ``[(seq, packet)]``, at most ``limit``."""
-    from imd.messagelog.entry import StoredRoomMessage, parse_entry
     by_seq: Dict[int, bytes] = {}
     for seq, packet in rows:
         by_seq[seq] = packet.encode("utf-8") if isinstance(packet, str) else packet

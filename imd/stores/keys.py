@@ -105,6 +105,10 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("room:<room>:pending", "sorted set", "rooms",
             "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"}; "
             "trimmed by the migrator after each commit"),
+    KeySpec("room:<room>:spans", "hash", "rooms",
+            "uid -> the member's spans of the room in its stream (contract §10): 'from:to,...', the positions "
+            "above from (MQ:seq when it was added) up to to (its left event; empty while a member)"),
+    KeySpec("roomsof:<uid>", "set", "rooms", "the rooms the user is or was a member of (for its sync stream)"),
     KeySpec("rdedup:<room>:<uid>:<id>", "string", "rooms",
             "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
             "'<seq>/<pos>', so a retry answers the first seq"),
@@ -227,6 +231,12 @@ class Keys:
 
     def room_dedup(self, room: str, sender: Uid, packet_id: PacketId) -> str:
         return "%srdedup:%s:%d:%s" % (self.prefix, room, sender, packet_id)
+
+    def room_spans(self, room: str) -> str:
+        return "%sroom:%s:spans" % (self.prefix, room)
+
+    def rooms_of(self, uid: Uid) -> str:
+        return "%sroomsof:%d" % (self.prefix, uid)
 
     def room_typing(self, room: str, uid: Uid) -> str:
         return "%srtyping:%s:%d" % (self.prefix, room, uid)

@@ -336,6 +336,14 @@ class MysqlStore(Service):
         one transaction; fires with the messages inserted."""
         return self.run_interaction(_insert_room_entries_txn, messages, reads)
 
+    def room_stream(self, spans: Dict[str, List[Tuple[int, Optional[int]]]], after_pos: int,
+                    limit: int) -> defer.Deferred:
+        """A member's room messages for its sync (contract §10): up to
+        ``limit`` rows of ``room_message`` with accept_seq above ``after_pos``
+        inside the member's ``spans`` ({room: [(from, to or None)]}: above
+        from, up to to), by accept_seq: ``[(accept_seq, room, seq, packet)]``."""
+        return self.run_interaction(_room_stream_txn, spans, after_pos, limit)
+
     def room_history(self, room: str, after_seq: int, limit: int) -> defer.Deferred:
         """Up to ``limit`` of the room's migrated messages with seq above
         ``after_seq``: ``[(seq, packet)]`` by seq."""
@@ -558,6 +566,27 @@ def _insert_room_entries_txn(cursor: pymysql.cursors.Cursor, messages: Sequence[
                        " ON DUPLICATE KEY UPDATE ts = IF(VALUES(seq) > seq, VALUES(ts), ts),"
                        " seq = GREATEST(seq, VALUES(seq))", (room, uid, seq, ts))
     return inserted
+
+
+def _room_stream_txn(cursor: pymysql.cursors.Cursor, spans: Dict[str, List[Tuple[int, Optional[int]]]],
+                     after_pos: int, limit: int) -> List[Tuple[int, str, int, str]]:
+    terms: List[str] = []
+    args: List[object] = [after_pos]
+    for room, ranges in sorted(spans.items()):
+        for start, end in ranges:
+            if end is not None and end <= after_pos:
+                continue
+            if end is None:
+                terms.append("(room = %s AND accept_seq > %s)")
+                args += [room, start]
+            else:
+                terms.append("(room = %s AND accept_seq > %s AND accept_seq <= %s)")
+                args += [room, start, end]
+    if not terms:
+        return []
+    cursor.execute("SELECT accept_seq, room, seq, packet FROM room_message WHERE accept_seq > %s AND ("
+                   + " OR ".join(terms) + ") ORDER BY accept_seq LIMIT %s", args + [limit])
+    return [(int(pos), room, int(seq), packet) for pos, room, seq, packet in cursor.fetchall()]
 
 
 def _room_history_txn(cursor: pymysql.cursors.Cursor, room: str, after_seq: int,

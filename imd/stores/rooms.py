@@ -34,6 +34,23 @@ ROOM_MEMBERS = Script.load("room_members")
 CLOSE_ROOM = Script.load("close_room")
 ROOM_READ = Script.load("room_read")
 ROOM_TYPING = Script.load("room_typing")
+STREAM_PENDING = Script.load("room_stream_pending")
+
+Span = Tuple[int, Optional[int]]   # a member's positions in a room: above the first, up to the second (None: open)
+
+
+def parse_spans(text: str) -> List[Span]:
+    """``"from:to,from:"`` -> ``[(from, to), (from, None)]``."""
+    spans: List[Span] = []
+    for part in text.split(","):
+        start, _, end = part.partition(":")
+        if start:
+            spans.append((int(start), int(end) if end else None))
+    return spans
+
+
+def in_spans(pos: int, spans: Sequence[Span]) -> bool:
+    return any(pos > start and (end is None or pos <= end) for start, end in spans)
 
 # outcomes (the scripts' negative answers)
 NO_ROOM, NOT_MEMBER, CLOSED, PAST_LAST, TOO_MANY = "no_room", "not_member", "closed", "past_last", "too_many"
@@ -126,7 +143,8 @@ class RoomStore(RedisStore):
         args: List[Union[str, int]] = ["set" if create else "change", now_ms, max_members, meta_json, room, len(add)]
         args += list(add) + list(rm)
         d = self._client.run(ROOM_MEMBERS, [k.room(room), k.room_members(room), k.mq, k.mq_seq,
-                                            k.room_pending(room), k.room_read(room)], args)
+                                            k.room_pending(room), k.room_read(room), k.room_spans(room)]
+                             + [k.rooms_of(uid) for uid in add], args)
         d.addCallback(_changed)
         return self._replicated(d)
 
@@ -164,6 +182,22 @@ class RoomStore(RedisStore):
                                  client.command("SMEMBERS", k.room_members(room)),
                                  client.command("HGETALL", k.room_read(room))], consumeErrors=True)
         return d.addCallback(_state).addErrback(_first_error)
+
+    def rooms_of(self, uid: int) -> Deferred:
+        """The rooms ``uid`` is or was a member of (for its sync stream)."""
+        return self._client.command("SMEMBERS", self.keys.rooms_of(uid))
+
+    def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int) -> Deferred:
+        """For each of ``rooms``: ``uid``'s spans there and the room's
+        entries not yet migrated above ``after_pos`` within them, in one
+        script; fires with ``{room: (spans, entries)}`` (spans: ``[(from,
+        to or None)]``, positions above ``from`` up to ``to`` included)."""
+        k = self.keys
+        key_list: List[str] = []
+        for room in rooms:
+            key_list += [k.room_spans(room), k.room_pending(room)]
+        d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos])
+        return d.addCallback(_stream_pending, list(rooms))
 
     def pending(self, room: str) -> Deferred:
         """The room's entries not yet migrated, in accept order."""
@@ -241,3 +275,12 @@ def _first_error(failure: Failure) -> Failure:
     if isinstance(error, defer.FirstError):
         return error.subFailure
     return failure
+
+
+def _stream_pending(reply: List[object], rooms: List[str]) -> Dict[str, Tuple[List[Span], List[str]]]:
+    out: Dict[str, Tuple[List[Span], List[str]]] = {}
+    for room, spans, entries in zip(rooms, reply[0::2], reply[1::2]):
+        parsed = parse_spans(_text(spans)) if spans else []
+        listed = entries if isinstance(entries, list) else []
+        out[room] = (parsed, [_text(e) for e in listed])
+    return out
