@@ -3,6 +3,7 @@ per-room ``seq`` across senders, nodes and membership events, one store per
 message, read cursors, typing, history by ``seq``, close with its grace, and
 MySQL holding every acked room message once."""
 
+import random
 import time
 
 from twisted.internet import defer, task
@@ -13,8 +14,10 @@ from imd.errors import ImdError
 from tests.admin_support import AdminAppMixin
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
-from tests.support import ImdServer, connect_client, make_settings
+from tests.support import DEADLINE, ImdServer, connect_client, drop, make_settings, with_deadline
+from tests.daemon_support import start_daemon, write_config
 from tests.test_api import ApiTestMixin
+from tests.test_migrator_crash import CrashTests, MigratorProcess
 from tests.test_push import PushTestMixin
 from tests.test_migrator import FAST, MigratorTestMixin
 
@@ -512,3 +515,107 @@ class RoomPushTests(PushTestMixin, unittest.TestCase):
         self.assertIsNotNone(await self.due(2))
         await self.ask(bob, {"id": "read", "room": ROOM, "type": "R", "msg": {"state": "read", "seq": 1}})
         self.assertIsNone(await self.due(2))
+
+
+class RoomCrashTests(RoomTestMixin, unittest.TestCase):
+    """``kill -9`` during a room burst (contract §5 for rooms): of the
+    migrator, at random moments; of the ws process holding the senders.
+    MySQL ends with every acked room message once, seqs without a gap."""
+    overrides = {"websocket": {"rate": "100000", "burst": "100000"},
+                 "migrate": {"batch": "50", "interval": "0.02", "lock_ttl": "0.5"}}
+    MESSAGES, KILLS = 1200, 8
+
+    async def room_rows(self):
+        rows = await query(self.mysql_settings, "SELECT seq, from_id, msg_id FROM room_message WHERE room = '%s'"
+                           % ROOM)
+        pairs = [(int(f), bytes(m).decode("utf-8")) for _, f, m in rows]
+        self.assertEqual(len(pairs), len(set(pairs)), "a room message is in the table twice")
+        return sorted(int(r[0]) for r in rows), set(pairs)
+
+    @defer.inlineCallbacks
+    def burst(self, client, sender, ids, acked, on_ack=lambda: None):
+        for packet_id in ids:
+            client.send({"id": packet_id, "room": ROOM, "type": "t", "msg": "crash " + packet_id})
+        for _ in ids:
+            reply = yield client.next_of("AE")
+            self.assertEqual(reply["type"], "A", reply)
+            acked.add((sender, reply["id"]))
+            on_ack()
+
+    async def test_kill_9_of_the_migrator_during_a_room_burst(self):
+        seed = random.randrange(2 ** 32)
+        rng = random.Random(seed)
+        config = CrashTests.write_config(self)
+        await self.admin.create(ROOM, [21, 22, 23, 24])
+        clients = {uid: await self.login(uid) for uid in (21, 22)}
+        acked, processes = set(), []
+        self.addCleanup(lambda: defer.gatherResults([p.kill() for p in processes]))
+        chunk = self.MESSAGES // self.KILLS
+        for cycle in range(self.KILLS):
+            process = MigratorProcess(config).start()
+            processes.append(process)
+            await with_deadline(process.leading, DEADLINE, "migrator leading (seed %d)" % seed)
+            kill_at, counted = rng.randrange(chunk), [0]
+
+            def on_ack(process=process, kill_at=kill_at, counted=counted):
+                counted[0] += 1
+                if counted[0] == kill_at + 1:
+                    process.kill()
+            await defer.gatherResults([
+                self.burst(client, uid, ["c%d-%d-%d" % (cycle, uid, n) for n in range(chunk // 2)], acked, on_ack)
+                for uid, client in clients.items()])
+            await with_deadline(process.kill(), DEADLINE, "migrator exit")
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator, 30)
+        seqs, rows = await self.room_rows()
+        self.assertEqual(rows, acked, "seed %d" % seed)
+        self.assertEqual(seqs, list(range(1, len(acked) + 1)), "seed %d" % seed)
+        self.assertEqual(await self.redis.zcard("room:%s:pending" % ROOM), 0)
+
+    async def test_kill_9_of_the_ws_process_during_a_room_burst(self):
+        import signal
+        await self.admin.create(ROOM, [31, 32, 33])
+        config = write_config(self, dict(self.overrides, imd={"node_id": "test-node-doomed", "roles": "ws"}))
+        doomed = await start_daemon(self, config)
+        clients = {}
+        for uid in (31, 32):
+            client = await connect_client(doomed.port, "/" + self.token(uid))
+            self.addCleanup(lambda c=client: drop(c) if not c.closed.called else None)
+            self.assertEqual((await client.next())["type"], "L")
+            clients[uid] = client
+        sent = {uid: ["k-%d-%d" % (uid, n) for n in range(400)] for uid in clients}
+        acked = set()
+        for uid, client in clients.items():
+            for packet_id in sent[uid]:
+                client.send({"id": packet_id, "room": ROOM, "type": "t", "msg": "burst " + packet_id})
+
+        async def collect(uid, client):
+            while True:
+                try:
+                    reply = await client.next(2)
+                except Exception:
+                    return
+                if reply["type"] == "A":
+                    acked.add((uid, reply["id"]))
+                    if len(acked) == 150:
+                        doomed.signal(signal.SIGKILL)
+        await defer.gatherResults([defer.ensureDeferred(collect(uid, c)) for uid, c in clients.items()])
+        await doomed.wait_ended()
+        self.assertLess(len(acked), 800, "the kill came after the burst")
+        # what was acked is stored; the senders retry everything on a live node
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator, 30)
+        seqs, rows = await self.room_rows()
+        self.assertLessEqual(acked, rows)
+        self.assertEqual(seqs, list(range(1, len(rows) + 1)))
+        for uid in clients:
+            again = await self.login(uid)
+            for packet_id in sent[uid]:
+                reply = await self.send(again, packet_id, "burst " + packet_id)
+                self.assertEqual(reply["type"], "A", reply)
+                # stored before the kill (acked or not): acked again, not stored again
+                self.assertEqual(reply.get("dup", False), (uid, packet_id) in rows)
+        await with_drain(migrator, 30)
+        seqs, rows = await self.room_rows()
+        self.assertEqual(rows, {(uid, i) for uid in sent for i in sent[uid]})
+        self.assertEqual(seqs, list(range(1, 801)))
