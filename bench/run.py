@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts,replicas,storm]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,rooms,crash,layouts,replicas,storm]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -72,6 +72,11 @@ process in both layouts that have one.
 the first 500 migrated and the daemon's migrator process then stopped
 (SIGSTOP, continued after), so half are still in Redis; pages of 500, one
 request at a time (bench/sync_probe.py): p50/p99 ms of the whole sync.
+
+``rooms`` (a few seconds): room fan-out (contract v3 §9): a 4-member room
+made with ``imd-admin room create``, one member sending 20,000 ``t`` into it
+(W=32), the three others receiving (bench/rooms_probe.py): deliveries/s
+from the first send to the last delivery.
 
 ``storm`` (not in the default set: 3-4 minutes at 10,000 connections;
 ``--only storm``, ``--storm-connections N``, default 10,000): N clients of
@@ -1508,6 +1513,7 @@ def columns(report):
     present.update(r.get("login", {}))
     present.update(r.get("migrate", {}))
     present.update(r.get("sync", {}))
+    present.update(r.get("rooms", {}))
     return [name for name in ORDER if name in present]
 
 
@@ -1708,6 +1714,9 @@ def side_table(report):
     if "sync" in r:
         row("H {sync: 0} of 1,000 messages (half not migrated; pages of 500): p50 / p99 ms",
             lambda c: "%s / %s" % (r["sync"][c]["p50_ms"], r["sync"][c]["p99_ms"]))
+    if "rooms" in r:
+        row("room fan-out, 4 members (1 sending W=32, 3 receiving): deliveries/s",
+            lambda c: n0(r["rooms"][c]["deliveries_per_s"]))
     if "replicas" in r:
         rep = r["replicas"]
         zero, one = rep["min_replicas_0"], rep["min_replicas_1"]
@@ -1887,8 +1896,8 @@ def main():
     global QUICK, PROFILE
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
-    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts",
-                        help="what to measure (default: %(default)s; also: replicas, storm)")
+    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,sync,rooms,crash,"
+                        "layouts", help="what to measure (default: %(default)s; also: replicas, storm)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
     parser.add_argument("--original-auto-pipelining", type=int, choices=[0, 1], default=ORIGINAL.auto_pipelining,
@@ -2073,6 +2082,16 @@ def main():
                 r.setdefault("sync", {})[f.name] = sync_row(
                     setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), wait_drained, log,
                     rounds=10 if args.quick else 30)
+                servers.pop(f.name).stop()
+        if "rooms" in only:
+            if HERE not in sys.path:
+                sys.path.insert(0, HERE)
+            from rooms_probe import room_row
+            for f in flavours:
+                servers[f.name] = imd = start(f.name, "-rooms")
+                r.setdefault("rooms", {})[f.name] = room_row(
+                    setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), log,
+                    messages=5000 if args.quick else 20000)
                 servers.pop(f.name).stop()
         if "storm" in only:
             if CPYTHON not in flavours:
