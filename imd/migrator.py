@@ -81,7 +81,7 @@ class _Batch:
         self.messages = 0
         self.inserted = 0
         # rooms (contract v3 §9): room_message and room_read rows, and each
-        # room's highest pos in this batch (for its room:<room>:pending)
+        # room's highest pos in this batch (for its roompending:<room>)
         self.room_messages: List[RoomMessageRow] = []
         self.room_reads: List[RoomReadRow] = []
         self.room_migrated: Dict[str, int] = {}

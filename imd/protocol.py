@@ -341,7 +341,7 @@ def parse_uid(value: Any, field: str = "to") -> int:
 
 
 def _message(packet_id: PacketId, kind: str, obj: JsonObject) -> MessagePacket:
-    room = _room_of(packet_id, obj, kind)
+    room = _room_of(packet_id, obj, kind) if "room" in obj else None
     if room is not None:
         to = 0
     else:

@@ -125,6 +125,38 @@ class RoomMessageTests(RoomTestMixin, unittest.TestCase):
         self.assertEqual((await self.admin.show(ROOM))["members"], [1, 2, 4])
 
 
+class RoomKeyTests(RoomTestMixin, unittest.TestCase):
+    """Room ids may hold ``:``, as key names do: a room's keys must never be
+    another room's (docs/reliability.md)."""
+
+    async def test_a_room_id_naming_another_rooms_key_is_an_unknown_room(self):
+        await self.admin.create("x", [1])
+        alice = await self.login(1)
+        await self.send(alice, "m1", "in x")
+        await self.ask(alice, {"id": "r", "room": "x", "type": "R", "msg": {"state": "read", "seq": 1}})
+        for room in ("x:members", "x:read", "x:pending", "x:spans"):
+            for packet in ({"id": "s", "room": room, "type": "t", "msg": "hi"},
+                           {"id": "h", "type": "H", "msg": {"room": room}},
+                           {"id": "r", "room": room, "type": "R", "msg": {"state": "read", "seq": 1}},
+                           {"id": "y", "room": room, "type": "Y", "msg": True}):
+                reply = await self.ask(alice, packet)
+                self.assertEqual((reply["type"], reply.get("code")), ("E", "not_found"), (room, reply))
+        # the platform may make such a room: it is a room of its own
+        await self.admin.create("x:members", [2])
+        self.assertEqual((await self.admin.show("x"))["members"], [1])
+        self.assertEqual((await self.admin.show("x:members"))["members"], [2])
+
+    async def test_dedup_records_of_two_rooms_never_collide(self):
+        await self.admin.create("a", [1, 2])
+        await self.admin.create("a:1", [2])
+        alice, bob = await self.login(1), await self.login(2)
+        self.assertEqual((await self.send(alice, "2:x", "in a", room="a"))["seq"], 1)
+        reply = await self.send(bob, "x", "in a:1", room="a:1")
+        self.assertEqual((reply["type"], reply["seq"], reply.get("dup")), ("A", 1, None))
+        packets, _ = await self.room_history(bob, room="a:1")
+        self.assertEqual([p["id"] for p in packets], ["x"])
+
+
 class MembershipTests(RoomTestMixin, unittest.TestCase):
 
     async def test_events_take_seqs_added_gets_its_joined_removed_its_left(self):
@@ -231,7 +263,7 @@ class HistoryTests(RoomTestMixin, unittest.TestCase):
         await with_drain(migrator)
         rows = await query(self.mysql_settings, "SELECT seq FROM room_message WHERE room = '%s'" % ROOM)
         self.assertEqual(sorted(r[0] for r in rows), list(range(1, 8)))
-        self.assertEqual(await self.redis.zcard("room:%s:pending" % ROOM), 0)
+        self.assertEqual(await self.redis.zcard("roompending:%s" % ROOM), 0)
         migrator.stopService()
         for n in range(8, 12):
             await self.send(alice, "m%d" % n, "text %d" % n)
@@ -573,7 +605,7 @@ class RoomCrashTests(RoomTestMixin, unittest.TestCase):
         seqs, rows = await self.room_rows()
         self.assertEqual(rows, acked, "seed %d" % seed)
         self.assertEqual(seqs, list(range(1, len(acked) + 1)), "seed %d" % seed)
-        self.assertEqual(await self.redis.zcard("room:%s:pending" % ROOM), 0)
+        self.assertEqual(await self.redis.zcard("roompending:%s" % ROOM), 0)
 
     async def test_kill_9_of_the_ws_process_during_a_room_burst(self):
         import signal

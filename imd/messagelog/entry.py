@@ -95,7 +95,7 @@ class StoredRoomMessage(namedtuple("StoredRoomMessage", "room room_seq seq msg_i
     text (JSON for an ``s``)."""
     __slots__ = ()
 
-    parties: Tuple[int, ...] = ()   # in no user's pending: in room:<room>:pending
+    parties: Tuple[int, ...] = ()   # in no user's pending: in roompending:<room>
 
     def row(self) -> "RoomMessageRow":
         """The ``room_message`` row: (room, seq, accept_seq, msg_id, from_id,

@@ -100,16 +100,16 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("room:<room>", "hash", "rooms",
             "a room (contract v3 §9): seq (its last seq), meta (JSON), created_at, closed_at and ends_at "
             "(Unix ms, once closed); kept like messages, without expiry"),
-    KeySpec("room:<room>:members", "set", "rooms", "the room's members (uids), checked by every send"),
-    KeySpec("room:<room>:read", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
-    KeySpec("room:<room>:pending", "sorted set", "rooms",
+    KeySpec("roommembers:<room>", "set", "rooms", "the room's members (uids), checked by every send"),
+    KeySpec("roomread:<room>", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
+    KeySpec("roompending:<room>", "sorted set", "rooms",
             "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"}; "
             "trimmed by the migrator after each commit"),
-    KeySpec("room:<room>:spans", "hash", "rooms",
+    KeySpec("roomspans:<room>", "hash", "rooms",
             "uid -> the member's spans of the room in its stream (contract §10): 'from:to,...', the positions "
             "above from (MQ:seq when it was added) up to to (its left event; empty while a member)"),
     KeySpec("roomsof:<uid>", "set", "rooms", "the rooms the user is or was a member of (for its sync stream)"),
-    KeySpec("rdedup:<room>:<uid>:<id>", "string", "rooms",
+    KeySpec("rdedup:<uid>:<room>/<id>", "string", "rooms",
             "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
             "'<seq>/<pos>', so a retry answers the first seq"),
     KeySpec("rtyping:<room>:<uid>", "string", "rooms",
@@ -218,22 +218,26 @@ class Keys:
             a, b = b, a
         return "%slinks:%d:%d" % (self.prefix, a, b)
     def room(self, room: str) -> str:
+        """A room's keys: ``room:``, ``roommembers:``, ``roomread:``,
+        ``roompending:``, ``roomspans:`` then the id, ``rdedup:<uid>:<room>/<id>``:
+        a room id may hold ``:``, so no room's key is another's with a
+        suffix (``/`` is not in a room id; a uid is digits)."""
         return "%sroom:%s" % (self.prefix, room)
 
     def room_members(self, room: str) -> str:
-        return "%sroom:%s:members" % (self.prefix, room)
+        return "%sroommembers:%s" % (self.prefix, room)
 
     def room_read(self, room: str) -> str:
-        return "%sroom:%s:read" % (self.prefix, room)
+        return "%sroomread:%s" % (self.prefix, room)
 
     def room_pending(self, room: str) -> str:
-        return "%sroom:%s:pending" % (self.prefix, room)
+        return "%sroompending:%s" % (self.prefix, room)
 
     def room_dedup(self, room: str, sender: Uid, packet_id: PacketId) -> str:
-        return "%srdedup:%s:%d:%s" % (self.prefix, room, sender, packet_id)
+        return "%srdedup:%d:%s/%s" % (self.prefix, sender, room, packet_id)
 
     def room_spans(self, room: str) -> str:
-        return "%sroom:%s:spans" % (self.prefix, room)
+        return "%sroomspans:%s" % (self.prefix, room)
 
     def rooms_of(self, uid: Uid) -> str:
         return "%sroomsof:%d" % (self.prefix, uid)

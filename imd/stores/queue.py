@@ -62,7 +62,7 @@ class QueueStore(RedisStore):
         COMMIT, and after the ack of every batch claimed before it);
         ``dead`` entries go to ``MQ:dead``; ``migrated`` ({uid: highest
         seq}) trims each user's pending index, ``rooms`` ({room: highest
-        pos}) each room's (``room:<room>:pending``).  Fires with False when
+        pos}) each room's (``roompending:<room>``).  Fires with False when
         the lock was lost meanwhile."""
         k = self.keys
         parties = sorted((migrated or {}).items())

@@ -2,14 +2,14 @@
 read cursors, close, and the room's messages until they are migrated.
 
 Keys (imd.stores.keys): ``room:<room>`` (hash: seq, meta, created_at,
-closed_at, ends_at), ``room:<room>:members``, ``room:<room>:read``,
-``room:<room>:pending``, ``rdedup:<room>:<uid>:<id>``,
+closed_at, ends_at), ``roommembers:<room>``, ``roomread:<room>``,
+``roompending:<room>``, ``rdedup:<uid>:<room>/<id>``,
 ``rtyping:<room>:<uid>``, and the message log's ``MQ`` and ``MQ:seq``.
 
 A room's message is stored once, whatever the number of members: one entry
 on ``MQ`` (the packet as delivered, with its room ``seq`` and its ``pos``,
 the accept order, written by the message log's ``store_room_entry``
-snippet), indexed in ``room:<room>:pending`` by its pos until the migrator
+snippet), indexed in ``roompending:<room>`` by its pos until the migrator
 has committed it to ``room_message``.  The room's ``seq`` is taken in the
 same script that stores the entry (HINCRBY of the hash's ``seq``): no gap,
 never reused; membership is checked there too, against the stored set.

@@ -1,4 +1,4 @@
--- store_room_entry(room:<room>, MQ, MQ:seq, room:<room>:pending, head) ->
+-- store_room_entry(room:<room>, MQ, MQ:seq, roompending:<room>, head) ->
 -- seq, pos, entry: a room's message (contract v3 §9) stored once, whatever
 -- the number of members: the room's next seq (HINCRBY of the room hash's
 -- "seq": no gap, never reused) and the next accept order (its pos) in one

@@ -1,5 +1,5 @@
 -- include: store_room_entry
--- KEYS: room:<room>, room:<room>:members, MQ, MQ:seq, room:<room>:pending
+-- KEYS: room:<room>, roommembers:<room>, MQ, MQ:seq, roompending:<room>
 -- ARGV: now (Unix ms), grace (ms), the room's id
 -- Returns 0 (no such room) or {ends_at, entry or '', members
 -- (comma-separated)}.  The first close stores the "closed" event (it

@@ -1,6 +1,6 @@
 -- include: store_room_entry
--- KEYS: room:<room>, room:<room>:members, MQ, MQ:seq, room:<room>:pending,
---       room:<room>:read, room:<room>:spans, then roomsof:<uid> of each uid
+-- KEYS: room:<room>, roommembers:<room>, MQ, MQ:seq, roompending:<room>,
+--       roomread:<room>, roomspans:<room>, then roomsof:<uid> of each uid
 --       to add (in ARGV's order)
 -- ARGV: mode ('set': create the room or set its members; 'change': add and
 --       remove), now (Unix ms), max_members, meta (JSON; '' keeps it), the
@@ -11,7 +11,7 @@
 -- nothing; a later change stores a system message per member joined or
 -- left (contract v3 §9), each taking the next seq.  A member removed gets
 -- its own "left" (it is among that event's recipients).
--- A member's spans (room:<room>:spans, uid -> "from:to,from:..."): the
+-- A member's spans (roomspans:<room>, uid -> "from:to,from:..."): the
 -- positions (accept order) of the room's messages in its stream (contract
 -- §10): those above MQ:seq when it was added, up to its "left" (included).
 local room_key, members_key = KEYS[1], KEYS[2]

@@ -1,5 +1,5 @@
 -- include: cancel_push
--- KEYS: room:<room>, room:<room>:members, room:<room>:read, MQ
+-- KEYS: room:<room>, roommembers:<room>, roomread:<room>, MQ
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: reader uid, seq, the cursor's MQ entry (the relayed R with "ts").
 -- A cursor that moves by n counts n of the reader's undelivered messages

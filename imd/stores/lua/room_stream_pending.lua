@@ -1,4 +1,4 @@
--- KEYS: room:<room>:spans, room:<room>:pending, for each room of the user
+-- KEYS: roomspans:<room>, roompending:<room>, for each room of the user
 -- ARGV: uid, after pos
 -- Returns per room: the user's spans there ('' when none) and the room's
 -- entries not yet migrated above the pos (all of them: the caller keeps

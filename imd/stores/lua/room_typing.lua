@@ -1,4 +1,4 @@
--- KEYS: room:<room>, room:<room>:members, rtyping:<room>:<uid>
+-- KEYS: room:<room>, roommembers:<room>, rtyping:<room>:<uid>
 -- ARGV: uid, 1|0 (typing), window ms
 -- Returns 0 (no such room), -1 (not a member), 2 (a true inside the
 -- window: not relayed) or {1, member...} (relay to them).

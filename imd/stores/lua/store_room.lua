@@ -1,6 +1,6 @@
 -- include: store_room_entry note_push
--- KEYS: room:<room>, room:<room>:members, rdedup:<room>:<from>:<id>, MQ,
---       MQ:seq, room:<room>:pending
+-- KEYS: room:<room>, roommembers:<room>, rdedup:<from>:<room>/<id>, MQ,
+--       MQ:seq, roompending:<room>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: from (0: the server API's system message), head (the packet up to
 --       its seq, no closing brace), dedup ttl, now (Unix ms)
