@@ -180,9 +180,9 @@ class LocalNode:
             d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
                                              why=f.getErrorMessage()))
             routed.append(d)
-        for uids, payload in rooms:
-            d = self.presence.route_room(uids, payload)
-            d.addErrback(lambda f: _log.warn("routing a room packet to other nodes failed: {why}",
+        if rooms:
+            d = self.presence.route_room(rooms)
+            d.addErrback(lambda f: _log.warn("routing {n} room packets to other nodes failed: {why}", n=len(rooms),
                                              why=f.getErrorMessage()))
             routed.append(d)
         if len(routed) == 1:

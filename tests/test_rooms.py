@@ -22,6 +22,7 @@ from tests.test_push import PushTestMixin
 from tests.test_migrator import FAST, MigratorTestMixin
 
 ROOM = "order:42"
+PER_SENDER = 1000   # room messages each of two senders pipelines when its node is killed
 
 
 class RoomTestMixin(MigratorTestMixin):
@@ -618,11 +619,23 @@ class RoomCrashTests(RoomTestMixin, unittest.TestCase):
             self.addCleanup(lambda c=client: drop(c) if not c.closed.called else None)
             self.assertEqual((await client.next())["type"], "L")
             clients[uid] = client
-        sent = {uid: ["k-%d-%d" % (uid, n) for n in range(400)] for uid in clients}
+        sent = {uid: ["k-%d-%d" % (uid, n) for n in range(PER_SENDER)] for uid in clients}
+        half = PER_SENDER // 2
         acked = set()
-        for uid, client in clients.items():
-            for packet_id in sent[uid]:
-                client.send({"id": packet_id, "room": ROOM, "type": "t", "msg": "burst " + packet_id})
+        # the first half acked, the second half written, then the node is
+        # killed at once: mid-burst, whatever the interpreters' speeds
+        for part in (sent[31][:half], sent[32][:half]), (sent[31][half:], sent[32][half:]):
+            for (uid, client), ids in zip(clients.items(), part):
+                for packet_id in ids:
+                    client.send({"id": packet_id, "room": ROOM, "type": "t", "msg": "burst " + packet_id})
+            if part[0][0] == sent[31][half]:
+                doomed.signal(signal.SIGKILL)
+                break
+            for (uid, client), ids in zip(clients.items(), part):
+                for _ in ids:
+                    reply = await client.next_of("AE")
+                    self.assertEqual(reply["type"], "A", reply)
+                    acked.add((uid, reply["id"]))
 
         async def collect(uid, client):
             while True:
@@ -632,11 +645,9 @@ class RoomCrashTests(RoomTestMixin, unittest.TestCase):
                     return
                 if reply["type"] == "A":
                     acked.add((uid, reply["id"]))
-                    if len(acked) == 150:
-                        doomed.signal(signal.SIGKILL)
         await defer.gatherResults([defer.ensureDeferred(collect(uid, c)) for uid, c in clients.items()])
         await doomed.wait_ended()
-        self.assertLess(len(acked), 800, "the kill came after the burst")
+        self.assertLess(len(acked), 2 * PER_SENDER, "the kill came after the burst")
         # what was acked is stored; the senders retry everything on a live node
         migrator = start_migrator(self, self.server.app.settings)
         await with_drain(migrator, 30)
@@ -653,4 +664,4 @@ class RoomCrashTests(RoomTestMixin, unittest.TestCase):
         await with_drain(migrator, 30)
         seqs, rows = await self.room_rows()
         self.assertEqual(rows, {(uid, i) for uid in sent for i in sent[uid]})
-        self.assertEqual(seqs, list(range(1, 801)))
+        self.assertEqual(seqs, list(range(1, 2 * PER_SENDER + 1)))

@@ -555,12 +555,20 @@ _INSERT_ROOM_MESSAGES = ("INSERT IGNORE INTO room_message (room, seq, accept_seq
 
 def _insert_room_entries_txn(cursor: pymysql.cursors.Cursor, messages: Sequence[RoomMessageRow],
                              reads: Sequence[RoomReadRow]) -> int:
-    inserted = 0
-    if messages:
-        cursor.executemany(_INSERT_ROOM_MESSAGES + "(%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                           [(room, seq, pos, msg_id.encode("utf-8"), from_id, kind, msg, ts, packet)
-                            for room, seq, pos, msg_id, from_id, kind, msg, ts, packet in messages])
-        inserted = cursor.rowcount
+    # As _insert_messages_txn: one VALUES list (the ints checked by
+    # imd.messagelog.entry, the room id by its pattern), text quoted here.
+    text = _text_quoter(cursor)
+    inserted, values, size = 0, [], 0
+    for room, seq, pos, msg_id, from_id, kind, msg, ts, packet in messages:
+        value = "(%s,%d,%d,%s,%d,%s,%s,%d,%s)" % (text(room), seq, pos, text(msg_id), from_id, text(kind), text(msg),
+                                                  ts, text(packet))
+        values.append(value)
+        size += len(value)
+        if size >= _MAX_STATEMENT_BYTES:
+            inserted += cursor.execute(_INSERT_ROOM_MESSAGES + ",".join(values))
+            values, size = [], 0
+    if values:
+        inserted += cursor.execute(_INSERT_ROOM_MESSAGES + ",".join(values))
     for room, uid, seq, ts in reads:
         cursor.execute("INSERT INTO room_read (room, uid, seq, ts) VALUES (%s, %s, %s, %s)"
                        " ON DUPLICATE KEY UPDATE ts = IF(VALUES(seq) > seq, VALUES(ts), ts),"

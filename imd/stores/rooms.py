@@ -129,7 +129,7 @@ class RoomStore(RedisStore):
             key_list += push.keys
             args.append(push.due(now_ms))
         d = self._client.run(STORE_ROOM, key_list, args)
-        d.addCallback(_stored)
+        d.addCallback(_stored, head)
         return self._replicated(d)
 
     def set_members(self, room: str, add: Sequence[int], rm: Sequence[int], now_ms: int, max_members: int,
@@ -208,12 +208,14 @@ def _members(values: List[object]) -> Tuple[int, ...]:
     return tuple(sorted(_int(m) for m in values))
 
 
-def _stored(reply: Reply) -> RoomStored:
+def _stored(reply: Reply, head: bytes) -> RoomStored:
     if not isinstance(reply, list):
         return RoomStored(_NEGATIVE[_int(reply)])
+    seq, pos = _int(reply[1]), _int(reply[2])
     if _int(reply[0]) == 2:
-        return RoomStored(DUPLICATE, _int(reply[1]), _int(reply[2]))
-    return RoomStored(STORED, _int(reply[1]), _int(reply[2]), _bytes(reply[3]), _members(reply[4:]))
+        return RoomStored(DUPLICATE, seq, pos)
+    # the entry as the store_room_entry snippet wrote it
+    return RoomStored(STORED, seq, pos, head + b',"seq":%d,"pos":%d}' % (seq, pos), _members(reply[3:]))
 
 
 def _changed(reply: Reply) -> Union[str, RoomChange]:

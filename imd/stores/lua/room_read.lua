@@ -17,5 +17,5 @@ redis.call('HSET', KEYS[3], ARGV[1], seq)
 if KEYS[5] then cancel_push(KEYS[5], KEYS[6], KEYS[7], ARGV[1], seq - old) end
 redis.call('LPUSH', KEYS[4], ARGV[3])
 local out = {2}
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = m end
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = tonumber(m) end
 return out

@@ -8,5 +8,5 @@ if ARGV[2] == '1' and ARGV[3] ~= '0' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return 2 end
 end
 local out = {1}
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = m end
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = tonumber(m) end
 return out

@@ -6,8 +6,9 @@
 --       its seq, no closing brace), dedup ttl, now (Unix ms)
 --       [, when the push is due (ms)]: each other member's push is noted
 -- Returns 0 (no such room), -1 (not a member), -2 (closed, past its grace),
--- {2, seq, pos} (a retry: the first store's), or {1, seq, pos, entry,
--- member...} (stored; the members it goes to).  The membership check is
+-- {2, seq, pos} (a retry: the first store's), or {1, seq, pos, member...}
+-- (stored; the members it goes to, as numbers: the reply is all integers;
+-- the caller knows the entry: head, "seq", "pos").  The membership check is
 -- against the stored set, in the same step as the store: a member removed
 -- through any node cannot send through another.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -24,9 +25,9 @@ if ARGV[1] ~= '0' then
 end
 local seq, pos, entry = store_room_entry(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
 redis.call('SET', KEYS[3], seq .. '/' .. pos, 'EX', ARGV[3])
-local out = {1, seq, pos, entry}
+local out = {1, seq, pos}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  out[#out + 1] = m
+  out[#out + 1] = tonumber(m)
   if ARGV[5] and m ~= ARGV[1] then note_push(KEYS[7], KEYS[8], KEYS[9], m, entry, ARGV[5]) end
 end
 return out
