@@ -414,11 +414,11 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
 
 
 class CloseTests(RoomTestMixin, unittest.TestCase):
-    start = int(time.time())   # (the tokens' iat is checked against the app's clock)
 
     @defer.inlineCallbacks
     def setUp(self):
         yield RoomTestMixin.setUp(self)
+        self.start = int(time.time())   # (the tokens' iat is checked against the app's clock)
         self.clock = task.Clock()
         self.clock.advance(self.start)
         settings = make_settings(dict(self.overrides, imd={"node_id": "clock-node"}, rooms={"close_grace": "60"}))
