@@ -39,7 +39,7 @@ Every step is bounded in count and time and stops by itself.  Only the
 processes started here are stopped, by pid.
 
     .venv/bin/python bench/run.py [--quick] [--no-pypy]
-        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts,replicas,storm,ping]
+        [--only throughput,receipts,c2000,latency,idle,login,migrate,sync,rooms,crash,layouts,replicas,storm,ping]
         [--servers baseline,imd,node,imd_pypy,node_original]
     .venv/bin/python bench/run.py --report bench/results/<stamp>.json   (re-render a stored run)
 
@@ -82,6 +82,11 @@ request at a time (bench/sync_probe.py): p50/p99 ms of the whole sync.
 ``ping`` (not in the default set; a few seconds): the keepalive's cost, 20
 connections each sending 500 ``P`` at once and reading the replies, 20
 times (bench/sync_probe.py): CPU µs per ``P`` of the ws process and Redis.
+
+``rooms`` (a few seconds): room fan-out (contract v3 §9): a 4-member room
+made with ``imd-admin room create``, one member sending 20,000 ``t`` into it
+(W=32), the three others receiving (bench/rooms_probe.py): deliveries/s
+from the first send to the last delivery.
 
 ``storm`` (not in the default set: 3-4 minutes at 10,000 connections;
 ``--only storm``, ``--storm-connections N``, default 10,000): N clients of
@@ -1558,6 +1563,7 @@ def columns(report):
     present.update(r.get("login", {}))
     present.update(r.get("migrate", {}))
     present.update(r.get("sync", {}))
+    present.update(r.get("rooms", {}))
     return [name for name in ORDER if name in present]
 
 
@@ -1761,6 +1767,9 @@ def side_table(report):
     if "sync" in r:
         row("H {sync: 0} of 1,000 messages (half not migrated; pages of 500): p50 / p99 ms",
             lambda c: "%s / %s" % (r["sync"][c]["p50_ms"], r["sync"][c]["p99_ms"]))
+    if "rooms" in r:
+        row("room fan-out, 4 members (1 sending W=32, 3 receiving): deliveries/s",
+            lambda c: n0(r["rooms"][c]["deliveries_per_s"]))
     if "replicas" in r:
         rep = r["replicas"]
         zero, one = rep["min_replicas_0"], rep["min_replicas_1"]
@@ -1946,8 +1955,8 @@ def main():
     global QUICK, PROFILE
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
-    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,sync,crash,layouts",
-                        help="what to measure (default: %(default)s; also: replicas, storm)")
+    parser.add_argument("--only", default="throughput,receipts,c2000,latency,idle,login,migrate,sync,rooms,crash,"
+                        "layouts", help="what to measure (default: %(default)s; also: replicas, storm, ping)")
     parser.add_argument("--servers", default=",".join(ORDER), help="which servers (default: %(default)s)")
     parser.add_argument("--no-pypy", action="store_true", help="leave imd on PyPy out")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="the layouts of --only layouts "
@@ -2147,6 +2156,16 @@ def main():
                 r.setdefault("ping", {})[f.name] = ping_row(
                     setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), log,
                     cpu=lambda: {"redis": redis_cpu(), "ws": proc_cpu(imd.pid)})
+                servers.pop(f.name).stop()
+        if "rooms" in only:
+            if HERE not in sys.path:
+                sys.path.insert(0, HERE)
+            from rooms_probe import room_row
+            for f in flavours:
+                servers[f.name] = imd = start(f.name, "-rooms")
+                r.setdefault("rooms", {})[f.name] = room_row(
+                    setup, imd, lambda uid: issue_token(setup.private_key, uid, time.time(), 120), log,
+                    messages=5000 if args.quick else 20000)
                 servers.pop(f.name).stop()
         if "storm" in only:
             if CPYTHON not in flavours:

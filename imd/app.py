@@ -30,6 +30,7 @@ from imd.handlers.recall import RecallHandler, Recaller
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.positions import SiteHandler
+from imd.handlers.rooms import RoomAdmin, RoomHandler, dispatch, history_dispatch
 from imd.handlers.typing import TypingHandler
 from imd.listeners import ListeningService
 from imd.metrics import Metrics
@@ -59,6 +60,7 @@ from imd.stores.receipts import ReceiptStore
 from imd.stores.redis import RedisClient, RedisSubscriber
 from imd.stores.sentinel import SentinelMaster
 from imd.stores.tokens import TokenStore
+from imd.stores.rooms import RoomStore
 from imd.stores.typing import TypingStore
 from imd.tls import TlsReloader, is_tls_endpoint
 from imd.transport.flush import TurnFlusher
@@ -105,6 +107,7 @@ class App:
         self.position_audience = PositionAudience(client, keys, settings.privacy.positions)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
+        self.rooms = RoomStore(client, keys, redis.dedup_ttl, settings.typing.min_interval, self.push_notes)
         self.mysql = MysqlStore(settings.mysql)
         # read by /metrics, imd-admin (mq, top, reconcile, retention) and the process registry
         self.dead_letters = DeadLetters(client, keys)
@@ -143,24 +146,30 @@ class App:
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
         self.recaller = Recaller(self.recalls, self.mysql, node, self.clock)
         self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
+        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy)
         self.handlers: Dict[str, Callable[..., Any]] = {
-            "t": messages.handle,
-            "i": messages.handle,
+            "t": dispatch(rooms.message, messages.handle),
+            "i": dispatch(rooms.message, messages.handle),
             "P": PingHandler().handle,
             "O": OnlineHandler(self.presence).handle,
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
             "S": SiteHandler(self.positions, self.position_audience, node, self.clock,
                              settings.site.min_interval).handle,
-            "H": HistoryHandler(self.messages, self.mysql, self.clock,
-                                Budget(settings.websocket.history_user_rate,
-                                       settings.websocket.history_user_burst),
-                                [self.conversations]).handle,
-            "R": ReceiptHandler(self.receipts, self.mysql, node, self.clock,
-                                Budget(settings.websocket.receipt_lookup_rate,
-                                       settings.websocket.receipt_lookup_burst), self.metrics).handle,
-            "Y": TypingHandler(self.typing, node, self.metrics).handle,
+            "H": history_dispatch(rooms, HistoryHandler(self.messages, self.mysql, self.clock,
+                                                        Budget(settings.websocket.history_user_rate,
+                                                               settings.websocket.history_user_burst),
+                                                        conversation_sources=[self.conversations],
+                                                        room_stream=rooms.stream).handle),
+            "R": dispatch(rooms.read, ReceiptHandler(self.receipts, self.mysql, node, self.clock,
+                                                     Budget(settings.websocket.receipt_lookup_rate,
+                                                            settings.websocket.receipt_lookup_burst),
+                                                     self.metrics).handle),
+            "Y": dispatch(rooms.typing, TypingHandler(self.typing, node, self.metrics).handle),
             "D": RecallHandler(self.recaller, settings.messages.recall_window).handle,
         }
+        # rooms: the server API and imd-admin (contract v3 §9)
+        self.room_admin = RoomAdmin(self.rooms, node, self.clock, settings.rooms.max_members,
+                                    settings.rooms.close_grace)
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)

@@ -11,13 +11,16 @@ A frame is text: ``<kind> <uid> <rest>``.
   one a message came on, which gets only its ``A``);
 - ``k <uid> <reason>``: close them with ``C`` + 4003 (an operator's kick);
 - ``r <uid> <conn id>``: close that one connection with ``C`` + 4002 (a newer
-  device pushed it out).
+  device pushed it out);
+- ``g <uid> <uids> <packet>``: a room's packet (contract v3 §9) to every
+  connection on the receiving node of each of ``uids`` (comma-separated;
+  ``uid`` is the first of them): one frame per node, not per member.
 """
 
-from typing import NamedTuple, Union
+from typing import List, NamedTuple, Tuple, Union
 
-DELIVER, DELIVER_EXCEPT, KICK, REPLACE = "d", "x", "k", "r"
-KINDS = frozenset((DELIVER, DELIVER_EXCEPT, KICK, REPLACE))
+DELIVER, DELIVER_EXCEPT, KICK, REPLACE, ROOM = "d", "x", "k", "r", "g"
+KINDS = frozenset((DELIVER, DELIVER_EXCEPT, KICK, REPLACE, ROOM))
 
 
 class Frame(NamedTuple):
@@ -53,3 +56,15 @@ def decode(frame: Union[str, bytes]) -> Frame:
     if kind not in KINDS or number <= 0 or not uid.isdigit():
         raise BadFrame("unknown kind or bad uid")
     return Frame(kind, number, rest)
+
+
+def room_recipients(rest: str) -> Tuple[List[int], str]:
+    """A ``g`` frame's rest -> (its uids, the packet), or :class:`BadFrame`."""
+    uids, sep, packet = rest.partition(" ")
+    try:
+        numbers = [int(u) for u in uids.split(",")]
+    except ValueError:
+        raise BadFrame("not '<uids> <packet>'")
+    if not sep or not all(0 < n and str(n) == u for n, u in zip(numbers, uids.split(","))):
+        raise BadFrame("bad uids")
+    return numbers, packet

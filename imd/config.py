@@ -464,6 +464,14 @@ class OrdersSettings:
 
 
 @dataclass(frozen=True)
+class RoomsSettings:
+    # a room is a conversation, not a broadcast channel (contract v3 §9)
+    max_members: int = _setting("50", _int(1, 10000))
+    # seconds after a room's close until its members' sends are refused
+    close_grace: float = _setting("1800", _number(strictly_positive=False))
+
+
+@dataclass(frozen=True)
 class TypingSettings:
     min_interval: float = _setting("2", _number(strictly_positive=False))
 
@@ -532,6 +540,7 @@ SECTIONS = {
     "presence": PresenceSettings,
     "site": SiteSettings,
     "typing": TypingSettings,
+    "rooms": RoomsSettings,
     "messages": MessagesSettings,
     "push": PushSettings,
     "retention": RetentionSettings,
@@ -555,6 +564,7 @@ class Settings:
     presence: PresenceSettings
     site: SiteSettings
     typing: TypingSettings
+    rooms: RoomsSettings
     messages: MessagesSettings
     push: PushSettings
     retention: RetentionSettings

@@ -44,7 +44,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.entry import Identity, StoredReceipt, parse_entry, recalled_identity
+from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, StoredReceipt, StoredRoomMessage,
+                                  StoredRoomRead, parse_entry, recalled_identity)
 
 if TYPE_CHECKING:
     from imd.config import MigrateSettings
@@ -68,7 +69,8 @@ class _Batch:
     """A claimed batch on its way: its insert parts, its unreadable entries,
     each party's highest ``seq`` in it (for the ack)."""
 
-    __slots__ = ("replayed", "size", "parts", "dead", "migrated", "messages", "inserted")
+    __slots__ = ("replayed", "size", "parts", "dead", "migrated", "messages", "inserted", "room_messages",
+                 "room_reads", "room_migrated")
 
     def __init__(self, replayed: bool, size: int) -> None:
         self.replayed = replayed
@@ -78,6 +80,11 @@ class _Batch:
         self.migrated: Dict[int, int] = {}   # uid -> highest seq of theirs in this batch
         self.messages = 0
         self.inserted = 0
+        # rooms (contract v3 §9): room_message and room_read rows, and each
+        # room's highest pos in this batch (for its roompending:<room>)
+        self.room_messages: List[RoomMessageRow] = []
+        self.room_reads: List[RoomReadRow] = []
+        self.room_migrated: Dict[str, int] = {}
 
 
 def new_token() -> str:
@@ -273,7 +280,7 @@ class Migrator(Service):
         size = -(-len(entries) // parts) if entries else 1
         for start in range(0, len(entries), size):
             recalls: List[Identity] = []
-            rows, receipts = self._rows(entries[start:start + size], batch.dead, batch.migrated, recalls)
+            rows, receipts = self._rows(entries[start:start + size], batch.dead, batch.migrated, recalls, batch)
             batch.messages += len(rows)
             if rows or receipts:
                 batch.parts.append((rows, receipts, recalls))
@@ -290,8 +297,14 @@ class Migrator(Service):
         """Every part of ``batch`` committed (at once, on pool connections
         of their own), or the first failure once all have settled."""
         insert = self.mysql.insert_entries
-        results = yield defer.DeferredList([insert(rows, receipts, recalls) if recalls else insert(rows, receipts)
-                                            for rows, receipts, recalls in batch.parts], consumeErrors=True)
+        inserts = [insert(rows, receipts, recalls) if recalls else insert(rows, receipts)
+                   for rows, receipts, recalls in batch.parts]
+        if batch.room_messages or batch.room_reads:
+            # (a transaction of its own: the batch is acked only once every
+            # part has committed, and each insert is idempotent)
+            inserts.append(self.mysql.insert_room_entries(batch.room_messages, batch.room_reads)
+                           .addCallback(lambda n: (n, 0)))
+        results = yield defer.DeferredList(inserts, consumeErrors=True)
         inserted, receipts_inserted, failure = 0, 0, None
         for ok, result in results:
             if ok:
@@ -313,7 +326,7 @@ class Migrator(Service):
         """After the ack before it: this batch's (committed) ack."""
         if not previous_held:
             return False
-        d = self.queue.ack(self.token, batch.size, batch.dead, batch.migrated)
+        d = self.queue.ack(self.token, batch.size, batch.dead, batch.migrated, batch.room_migrated)
         return d.addCallback(self._acked, batch)
 
     def _acked(self, held: bool, batch: "_Batch") -> bool:
@@ -327,11 +340,13 @@ class Migrator(Service):
 
     @staticmethod
     def _rows(entries: Sequence[str], dead: List[str], migrated: Dict[int, int],
-              recalls: Optional[List[Identity]] = None) -> Tuple[List[Any], List[Any]]:
+              recalls: Optional[List[Identity]] = None,
+              rooms: Optional["_Batch"] = None) -> Tuple[List[Any], List[Any]]:
         """The ``message`` and ``receipt`` rows of ``entries``; unreadable
         ones go to ``dead``; ``migrated`` gets each party's highest ``seq``;
         ``recalls`` the messages the ``D`` entries recall (a D is a row
-        too: the log keeps it)."""
+        too: the log keeps it); ``rooms`` (a batch) the rooms' rows and
+        each room's highest pos (without it a room's entry is dead)."""
         rows: List[Any] = []
         receipts: List[Any] = []
         for entry in entries:
@@ -341,6 +356,17 @@ class Migrator(Service):
                 _log.error("migrator: cannot store MQ entry ({why}); moved to MQ:dead: {entry!r}",
                            why=e, entry=entry[:200])
                 dead.append(entry)
+                continue
+            if isinstance(stored, (StoredRoomMessage, StoredRoomRead)):
+                if rooms is None:
+                    dead.append(entry)
+                elif isinstance(stored, StoredRoomRead):
+                    rooms.room_reads.append(stored.row())
+                else:
+                    rooms.room_messages.append(stored.row())
+                    rooms.messages += 1
+                    if stored.seq > rooms.room_migrated.get(stored.room, 0):
+                        rooms.room_migrated[stored.room] = stored.seq
                 continue
             if isinstance(stored, StoredReceipt):
                 receipts.extend(stored.rows())

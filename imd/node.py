@@ -68,6 +68,7 @@ class LocalNode:
         self._healthy = healthy
         self._by_uid: Dict[int, List[Session]] = {}
         self._remote: List[Tuple[int, bytes]] = []
+        self._remote_rooms: List[Tuple[Sequence[int], bytes]] = []
         self._route_call: Any = None
         self._server_id_prefix = "%x" % int(clock.seconds() * 1000)
         self._server_ids = itertools.count(1)
@@ -158,6 +159,22 @@ class LocalNode:
             self.metrics.delivered(reached)
         return reached
 
+    def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int:
+        """A room's packet (contract v3 §9) to every connection of each of
+        ``uids``: here now (but ``skip``, as for :meth:`deliver`), and at the
+        end of this reactor turn one frame to each other node holding any of
+        them (:meth:`PresenceStore.route_room`), not one per member."""
+        reached = 0
+        for uid in uids:
+            reached += self.deliver_local(uid, payload, skip)
+        if uids:
+            self._remote_rooms.append((uids, payload))
+            if self._route_call is None:
+                self._route_call = self._clock.callLater(0, self._route)
+        if self.metrics is not None:
+            self.metrics.delivered(reached)
+        return reached
+
     def deliver_local(self, uid: int, payload: bytes, skip: Optional[str] = None) -> int:
         sessions = self._by_uid.get(uid, ())
         if skip is None:
@@ -174,10 +191,21 @@ class LocalNode:
     def _route(self) -> Deferred:
         self._route_call = None
         batch, self._remote = self._remote, []
-        d = self.presence.route(batch)
-        d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
-                                         why=f.getErrorMessage()))
-        return d
+        rooms, self._remote_rooms = self._remote_rooms, []
+        routed = []
+        if batch or not rooms:
+            d = self.presence.route(batch)
+            d.addErrback(lambda f: _log.warn("routing {n} packets to other nodes failed: {why}", n=len(batch),
+                                             why=f.getErrorMessage()))
+            routed.append(d)
+        if rooms:
+            d = self.presence.route_room(rooms)
+            d.addErrback(lambda f: _log.warn("routing {n} room packets to other nodes failed: {why}", n=len(rooms),
+                                             why=f.getErrorMessage()))
+            routed.append(d)
+        if len(routed) == 1:
+            return routed[0]
+        return defer.gatherResults(routed)
 
     def flush(self) -> Deferred:
         """Publish what is waiting for the end of this turn now; fires once
@@ -224,6 +252,12 @@ class LocalNode:
                     return
                 reached = self.deliver_local(uid, packet.encode("utf-8"), skip)
                 self._frame_came(packet)
+            elif kind == busframes.ROOM:
+                uids, packet = busframes.room_recipients(rest)
+                data = packet.encode("utf-8")
+                reached = 0
+                for member in uids:
+                    reached += self.deliver_local(member, data)
             elif kind == busframes.KICK:
                 self.kick_local(uid, rest)
                 return
@@ -233,7 +267,7 @@ class LocalNode:
         except Exception:
             _log.failure("handling a bus frame")
             return
-        if self.metrics is not None and kind in (busframes.DELIVER, busframes.DELIVER_EXCEPT):
+        if self.metrics is not None and kind in (busframes.DELIVER, busframes.DELIVER_EXCEPT, busframes.ROOM):
             self.metrics.delivered(reached)
 
     def wait_frame(self, pos: int, timeout: float = FRAME_TIMEOUT) -> Deferred:

@@ -87,13 +87,16 @@ class MessagePacket(Packet):
     to the sender's other connections.  ``origin``: the id of the
     connection it came on (set by the transport, not parsed; None
     elsewhere), which gets only the ``A``."""
-    __slots__ = ("type", "to", "msg", "origin")
+    __slots__ = ("type", "to", "msg", "origin", "room")
     type: str
 
-    def __init__(self, packet_id: PacketId, type: str, to: int, msg: Union[str, int]) -> None:
+    def __init__(self, packet_id: PacketId, type: str, to: int, msg: Union[str, int],
+                 room: Optional[str] = None) -> None:
         super().__init__(packet_id)
         self.type, self.to, self.msg = type, to, msg
         self.origin: Optional[str] = None
+        # contract v3 §9: a room's message (``to`` is then 0)
+        self.room = room
 
 
 class PingPacket(Packet):
@@ -170,6 +173,37 @@ class TypingPacket(Packet):
         self.to, self.typing = to, typing
 
 
+class RoomReadPacket(Packet):
+    """``R`` in a room (contract v3 §9): the reader's cursor to ``seq``."""
+    __slots__ = ("room", "seq")
+    type = "R"
+
+    def __init__(self, packet_id: PacketId, room: str, seq: int) -> None:
+        super().__init__(packet_id)
+        self.room, self.seq = room, seq
+
+
+class RoomTypingPacket(Packet):
+    """``Y`` in a room (contract v3 §9)."""
+    __slots__ = ("room", "typing")
+    type = "Y"
+
+    def __init__(self, packet_id: PacketId, room: str, typing: bool) -> None:
+        super().__init__(packet_id)
+        self.room, self.typing = room, typing
+
+
+class RoomHistoryPacket(Packet):
+    """``H {"room", "after_seq", "limit"}`` (contract v3 §9)."""
+    __slots__ = ("room", "after_seq", "limit")
+    type = "H"
+
+    def __init__(self, packet_id: PacketId, room: str, after_seq: int = 0,
+                 limit: int = HISTORY_DEFAULT_LIMIT) -> None:
+        super().__init__(packet_id)
+        self.room, self.after_seq, self.limit = room, after_seq, limit
+
+
 # What parse_frame returns: each has a ``type`` string
 class RecallPacket(Packet):
     """``D`` (contract v3 §11): recall ``msg``, the id of one of the
@@ -187,7 +221,31 @@ class RecallPacket(Packet):
 
 
 ClientPacket = Union[MessagePacket, PingPacket, TakeOrderPacket, SitePacket, OnlinePacket, HistoryPacket,
-                     ReceiptPacket, TypingPacket, RecallPacket]
+                     ReceiptPacket, TypingPacket, RecallPacket, RoomReadPacket, RoomTypingPacket,
+                     RoomHistoryPacket]
+
+MAX_ROOM_CHARS = 64
+_ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % MAX_ROOM_CHARS)
+
+
+def valid_room(value: object) -> bool:
+    """A room id (contract v3 §9): 1-64 characters of ``A-Z a-z 0-9 _ . : -``."""
+    return isinstance(value, str) and _ROOM_ID.match(value) is not None
+
+
+def _room_of(packet_id: PacketId, obj: JsonObject, kind: str) -> Optional[str]:
+    """The packet's room, or None when it names none; bad_packet for a bad
+    room id, or a room packet that also names a recipient."""
+    if "room" not in obj:
+        return None
+    room = obj["room"]
+    if not valid_room(room):
+        raise PacketError("bad_packet", "%s: room must be 1-%d characters of A-Z a-z 0-9 _ . : -"
+                          % (kind, MAX_ROOM_CHARS), packet_id)
+    to = obj.get("to", 0)
+    if to not in (0, "0", None) or type(to) is bool:
+        raise PacketError("bad_packet", "%s: a room packet names no recipient (to absent or 0)" % kind, packet_id)
+    return room
 
 
 # --- parsing ------------------------------------------------------------------
@@ -286,10 +344,14 @@ def parse_uid(value: Any, field: str = "to") -> int:
 
 
 def _message(packet_id: PacketId, kind: str, obj: JsonObject) -> MessagePacket:
-    try:
-        to = parse_uid(obj.get("to"))
-    except ValueError as e:
-        raise PacketError("bad_packet", str(e), packet_id)
+    room = _room_of(packet_id, obj, kind) if "room" in obj else None
+    if room is not None:
+        to = 0
+    else:
+        try:
+            to = parse_uid(obj.get("to"))
+        except ValueError as e:
+            raise PacketError("bad_packet", str(e), packet_id)
     if "msg" not in obj:
         raise PacketError("bad_packet", "missing field: msg", packet_id)
     msg = obj["msg"]
@@ -311,7 +373,7 @@ def _message(packet_id: PacketId, kind: str, obj: JsonObject) -> MessagePacket:
             raise PacketError("bad_packet", "i: msg must be an image id (string or positive integer)", packet_id)
     if isinstance(msg, str) and not _encodable(msg):
         raise PacketError("bad_packet", "msg: not valid Unicode", packet_id)
-    return MessagePacket(packet_id, kind, to, msg)
+    return MessagePacket(packet_id, kind, to, msg, room)
 
 
 def _coordinate(msg: JsonObject, names: Tuple[str, ...], bound: float, packet_id: PacketId) -> float:
@@ -341,7 +403,7 @@ def _timestamp(value: Any, name: str, packet_id: PacketId) -> int:
     return int(value)
 
 
-def _history(packet_id: PacketId, obj: JsonObject) -> HistoryPacket:
+def _history(packet_id: PacketId, obj: JsonObject) -> Union[HistoryPacket, RoomHistoryPacket]:
     if "msg" not in obj:
         raise PacketError("bad_packet", "missing field: msg", packet_id)
     msg = obj["msg"]
@@ -358,6 +420,8 @@ def _history(packet_id: PacketId, obj: JsonObject) -> HistoryPacket:
         return _sync(packet_id, msg)
     if "conversations" in msg:
         return _conversations(packet_id, msg)
+    if "room" in msg:
+        return _room_history(packet_id, msg)
     unknown = set(msg) - {"since", "limit", "with"}
     if unknown:
         raise PacketError("bad_packet", "H: unknown field %s" % sorted(unknown)[0], packet_id)
@@ -406,6 +470,24 @@ def _conversations(packet_id: PacketId, msg: JsonObject) -> HistoryPacket:
     return HistoryPacket(packet_id, limit=limit, conversations=True)
 
 
+def _room_history(packet_id: PacketId, msg: JsonObject) -> RoomHistoryPacket:
+    """``{"room", "after_seq": N, "limit": L}`` (contract v3 §9)."""
+    unknown = set(msg) - {"room", "after_seq", "limit"}
+    if unknown:
+        raise PacketError("bad_packet", "H: room takes after_seq and limit, not %s" % sorted(unknown)[0], packet_id)
+    room = msg["room"]
+    if not valid_room(room):
+        raise PacketError("bad_packet", "H: room must be 1-%d characters of A-Z a-z 0-9 _ . : -" % MAX_ROOM_CHARS,
+                          packet_id)
+    after = msg.get("after_seq", 0)
+    if not _is_int(after) or not 0 <= after < 2 ** 63:
+        raise PacketError("bad_packet", "H: after_seq must be an integer >= 0", packet_id)
+    limit = msg.get("limit", HISTORY_DEFAULT_LIMIT)
+    if not _is_int(limit) or not 1 <= limit <= HISTORY_MAX_LIMIT:
+        raise PacketError("bad_packet", "H: limit must be an integer in 1..%d" % HISTORY_MAX_LIMIT, packet_id)
+    return RoomHistoryPacket(packet_id, room, after, limit)
+
+
 def _message_id(value: Any) -> bool:
     """A message id named in a receipt: what ``_packet_id`` accepts."""
     if _is_int(value):
@@ -413,7 +495,14 @@ def _message_id(value: Any) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS and _encodable(value)
 
 
-def _receipt(packet_id: PacketId, obj: JsonObject) -> ReceiptPacket:
+def _receipt(packet_id: PacketId, obj: JsonObject) -> Union[ReceiptPacket, RoomReadPacket]:
+    room = _room_of(packet_id, obj, "R")
+    if room is not None:
+        msg = obj.get("msg")
+        if (not isinstance(msg, dict) or set(msg) != {"state", "seq"} or msg["state"] != "read"
+                or not _is_int(msg["seq"]) or not 0 <= msg["seq"] < 2 ** 63):
+            raise PacketError("bad_packet", 'R: in a room msg must be {"state": "read", "seq": N}', packet_id)
+        return RoomReadPacket(packet_id, room, msg["seq"])
     to = obj.get("to")
     try:
         to = 0 if (type(to) is int and to == 0) or to == "0" else parse_uid(to)
@@ -434,7 +523,12 @@ def _receipt(packet_id: PacketId, obj: JsonObject) -> ReceiptPacket:
     return ReceiptPacket(packet_id, to, state, ids)
 
 
-def _typing(packet_id: PacketId, obj: JsonObject) -> TypingPacket:
+def _typing(packet_id: PacketId, obj: JsonObject) -> Union[TypingPacket, RoomTypingPacket]:
+    room = _room_of(packet_id, obj, "Y")
+    if room is not None:
+        if type(obj.get("msg")) is not bool:
+            raise PacketError("bad_packet", "Y: msg must be true or false", packet_id)
+        return RoomTypingPacket(packet_id, room, obj["msg"])
     try:
         to = parse_uid(obj.get("to"))
     except ValueError as e:
@@ -601,6 +695,42 @@ def ack_masked(packet_id: PacketId, pos: int) -> bytes:
     """The ``A`` of a ``t`` stored with something replaced (a phone number,
     an address, a blocked word: contract §11), with its ``pos``."""
     return _dump({"id": packet_id, "from": 0, "type": "A", "msg": "success", "pos": pos, "masked": True})
+
+
+def room_message_head(packet_id: PacketId, sender: int, room: str, kind: str, msg: object, ts: int) -> bytes:
+    """A room message as stored and delivered (contract v3 §9) up to its
+    ``seq``, which the store script appends, then ``"pos"``:
+    ``{"id","from","room","type","msg","ts"`` (no closing brace)."""
+    return _dump({"id": packet_id, "from": sender, "room": room, "type": kind, "msg": msg, "ts": ts})[:-1]
+
+
+def ack_room(packet_id: PacketId, seq: int, pos: int, duplicate: bool = False, masked: bool = False) -> bytes:
+    """The ``A`` of a room message: its room ``seq`` and the sender's ``pos``."""
+    obj: Dict[str, object] = {"id": packet_id, "from": 0, "type": "A", "msg": "success", "seq": seq}
+    if pos:
+        obj["pos"] = pos
+    if duplicate:
+        obj["dup"] = True
+    if masked:
+        obj["masked"] = True
+    return _dump(obj)
+
+
+def room_read(packet_id: PacketId, reader: int, room: str, seq: int, ts: int) -> bytes:
+    """The ``R`` relayed to a room's other members when a cursor moved."""
+    return _dump({"id": packet_id, "from": reader, "room": room, "type": "R",
+                  "msg": {"state": "read", "seq": seq, "ts": ts}})
+
+
+def room_typing(packet_id: PacketId, sender: int, room: str, is_typing: bool) -> bytes:
+    return _dump({"id": packet_id, "from": sender, "room": room, "type": "Y", "msg": is_typing})
+
+
+def room_history(packet_id: PacketId, messages: Iterable[bytes], more: bool, next_cursor: Optional[str],
+                 read: Dict[str, int]) -> bytes:
+    """The ``H {"room"}`` reply: :func:`history` with ``"read"``, every
+    member's read cursor."""
+    return history(packet_id, messages, more, next_cursor)[:-1] + b',"read":' + _dump(read) + b"}"
 
 
 def with_pos(packet: bytes, pos: int) -> bytes:

@@ -3,9 +3,10 @@ schema, TLS, the migration queue, the live view, the audit, exports and
 retention)."""
 
 import argparse
+import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, TextIO, Union
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, TextIO, Union, cast
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore
@@ -76,6 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
                                              "and when the conversation ends")
     show.add_argument("order", type=_uid, metavar="ORDER")
     show.set_defaults(run=order_show, needs_mysql=True)
+
+    room = commands.add_parser("room", help="rooms: multi-party conversations (contract v3 §9)")
+    room_cmd = room.add_subparsers(dest="action", metavar="ACTION")
+    room_cmd.required = True
+    for name, text in (("create", "create ROOM with these members, or make them its members"),
+                       ("add", "add members to ROOM (each gets its joined event)"),
+                       ("rm", "remove members from ROOM (each gets its left event, its last from the room)")):
+        sub = room_cmd.add_parser(name, help=text)
+        sub.add_argument("room", type=_room, metavar="ROOM")
+        sub.add_argument("uids", type=_uid, nargs="+" if name != "create" else "*", metavar="UID")
+        sub.set_defaults(run=room_members)
+    close_room = room_cmd.add_parser("close", help="close ROOM: the closed event; members' sends are refused "
+                                                   "[rooms] close_grace seconds later")
+    close_room.add_argument("room", type=_room, metavar="ROOM")
+    close_room.set_defaults(run=room_close)
+    show_room = room_cmd.add_parser("show", help="ROOM's members, meta, last seq, read cursors, close")
+    show_room.add_argument("room", type=_room, metavar="ROOM")
+    show_room.set_defaults(run=room_show)
 
     user = commands.add_parser("user", help="a user's data (contract v3 §11)")
     user_cmd = user.add_subparsers(dest="action", metavar="ACTION")
@@ -330,6 +349,68 @@ def order_close(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[
     yield app.node.flush()
     out.write("order %d closed; the conversation ends at %s (ends_at %d)\n"
               % (args.order, _when(closed["ends_at"]), closed["ends_at"]))
+
+
+def _room(text: str) -> str:
+    from imd.protocol import MAX_ROOM_CHARS, valid_room
+    if not valid_room(text):
+        raise argparse.ArgumentTypeError("a room id is 1-%d characters of A-Z a-z 0-9 _ . : -" % MAX_ROOM_CHARS)
+    return text
+
+
+@defer.inlineCallbacks
+def room_members(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, object, None]:
+    from imd.errors import ImdError
+    admin = app.room_admin
+    try:
+        if args.action == "create":
+            answer = yield admin.create(args.room, args.uids)
+        elif args.action == "add":
+            answer = yield admin.change(args.room, args.uids, [])
+        else:
+            answer = yield admin.change(args.room, [], args.uids)
+    except ImdError as e:
+        raise AdminError(e.reason)
+    # the events for members on other nodes leave before Redis is closed
+    yield app.node.flush()
+    members = cast(Dict[str, List[int]], answer)["members"]
+    out.write("room %s: members %s\n" % (args.room, " ".join(str(m) for m in members) or "(none)"))
+
+
+@defer.inlineCallbacks
+def room_close(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, object, None]:
+    from imd.errors import ImdError
+    try:
+        closed = cast(Dict[str, int], (yield app.room_admin.close(args.room)))
+    except ImdError as e:
+        raise AdminError(e.reason)
+    yield app.node.flush()
+    out.write("room %s closed; members' sends are refused from %s (ends_at %d)\n"
+              % (args.room, _when(closed["ends_at"]), closed["ends_at"]))
+
+
+@defer.inlineCallbacks
+def room_show(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, object, None]:
+    from imd.errors import ImdError
+    try:
+        state = cast(Dict[str, object], (yield app.room_admin.show(args.room)))
+    except ImdError as e:
+        raise AdminError(e.reason)
+    now = int(app.clock.seconds() * 1000)
+    read = cast(Dict[str, int], state["read"])
+    lines = [("members", " ".join(str(m) for m in cast(List[int], state["members"])) or "(none)"),
+             ("meta", json.dumps(state["meta"], ensure_ascii=False, sort_keys=True)),
+             ("last seq", state["last_seq"]),
+             ("read", " ".join("%s:%d" % (uid, seq) for uid, seq in read.items()) or "(none)")]
+    closed_at, ends_at = state["closed_at"], state["ends_at"]
+    if isinstance(closed_at, int) and isinstance(ends_at, int):
+        lines += [("closed", _when(closed_at)), ("sends refused from", "%s (%s)" % (_when(ends_at),
+                                                                                  _from_now(ends_at, now)))]
+    else:
+        lines.append(("closed", "no"))
+    out.write("room %s\n" % args.room)
+    for name, value in lines:
+        out.write("  %-20s %s\n" % (name, value))
 
 
 _BEFORE = {"no": "no", "friends": "yes (kept after the order)", "order": "yes, through another order"}

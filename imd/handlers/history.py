@@ -36,7 +36,7 @@ import base64
 import binascii
 import itertools
 import json
-from typing import Any, Generator, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Generator, List, Optional, Sequence, Tuple, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -129,7 +129,8 @@ def _fitting(items: List[bytes], packet_id: Any, with_uid: Optional[int], limit:
 class HistoryHandler:
     def __init__(self, messages: Messages, mysql: HistoryRows, clock: Any = None,
                  user_budget: Optional[Budget] = None,
-                 conversation_sources: Sequence[ConversationSource] = ()) -> None:
+                 conversation_sources: Sequence[ConversationSource] = (),
+                 room_stream: Optional[Callable[[int, int, int], Deferred]] = None) -> None:
         """``user_budget``: an imd.stores.budgets.Budget that every ``H`` of
         a user, on any connection and node, spends from (with ``clock``);
         None: no such budget.  ``conversation_sources``: what ``H
@@ -139,6 +140,8 @@ class HistoryHandler:
         self._clock = clock
         self._user_budget = user_budget
         self._conversation_sources = list(conversation_sources)
+        # the user's room messages for its sync (imd.handlers.rooms): [(pos, packet)]
+        self._room_stream = room_stream
 
     @defer.inlineCallbacks
     def handle(self, uid: int, packet: protocol.HistoryPacket) -> Any:
@@ -194,12 +197,22 @@ class HistoryHandler:
         selection = Selection(uid, after_pos=after_pos)
         page = list(itertools.islice(merged(rows, Pending(pending, selection.matches, by_pos=True), by_pos=True),
                                      limit + 1))
-        page, more = page[:limit], len(page) > limit
-        items = [protocol.history_item(message.packet, state, message.seq) for message, state in page]
+        stream = [(message.seq, protocol.history_item(message.packet, state, message.seq)) for message, state in page]
+        if self._room_stream is not None:
+            # rooms' messages while a member (contract §9, §10), by pos with the rest
+            rooms = cast(List[Tuple[int, bytes]], (yield self._room_stream(uid, after_pos, limit + 1)))
+            if rooms:
+                # a side that filled its page may hold more beyond its last
+                # pos: the merge is complete only up to the lowest such pos
+                full = [side[-1][0] for side in (stream, rooms) if len(side) > limit]
+                merged_items = sorted(stream + rooms)
+                stream = [item for item in merged_items if item[0] <= min(full)] if full else merged_items
+        stream, more = stream[:limit], len(stream) > limit
+        items = [item for _, item in stream]
         fitting = _fitting(items, packet_id, None, limit, sync=True)
         if fitting < len(items):
-            page, items, more = page[:fitting], items[:fitting], True
-        next_cursor = encode_sync_cursor(page[-1][0].seq, limit) if more else None
+            stream, items, more = stream[:fitting], items[:fitting], True
+        next_cursor = encode_sync_cursor(stream[-1][0], limit) if more else None
         return Reply(protocol.history(packet_id, items, more, next_cursor, truncated=after_pos < purged))
 
     @defer.inlineCallbacks

@@ -39,6 +39,15 @@ class Node(Protocol):
     def next_server_id(self) -> str: ...
 
 
+class RoomNode(Protocol):
+    """What the rooms need of the node (imd.node.LocalNode)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int: ...
+
+
 class Messages(Protocol):
     """Messages into Redis and back out of it (imd.stores.messages.MessageStore)."""
 

@@ -71,7 +71,8 @@ def build_site(app: SiteApp, ws_base_url: Optional[str] = None) -> ImdSite:
                     lambda: getattr(app, "order_lifecycle", None), getattr(app, "recaller", None),
                     getattr(app, "eraser", None))
     http = app.settings.http
-    _put(im, b"api", ApiResource(api, http.api_key, app.metrics, app.clock, http.api_rate, http.api_burst))
+    _put(im, b"api", ApiResource(api, http.api_key, app.metrics, app.clock, http.api_rate, http.api_burst,
+                                 getattr(app, "room_admin", None)))
     _put(root, b"IM", im)
     _put(root, b"healthz", HealthResource(app))
     _put(root, b"metrics", MetricsResource(app))

@@ -28,6 +28,11 @@ users, 64 MB to store, waits for a full bucket); past it ``429`` with
     POST /IM/api/kick                 {"uid", "reason"}
     GET  /IM/api/online?uid=1&uid=2
     POST /IM/api/friends              {"a", "b", "op": "add" | "rm"}
+    POST /IM/api/rooms                {"room", "members": [uids], "meta": {...}}
+    POST /IM/api/rooms/<room>/members {"add": [uids], "rm": [uids]}
+    POST /IM/api/rooms/<room>/send    {"msg": {...}, "id": "..."}
+    POST /IM/api/rooms/<room>/close
+    GET  /IM/api/rooms/<room>
 """
 
 import hashlib
@@ -38,11 +43,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from imd import protocol
 from imd.errors import ImdError, Refused, StoreUnavailable
 from imd.handlers.api import ServerApi, recipients_list
+from imd.handlers.rooms import RoomAdmin
 from imd.http.ratelimit import RateLimiter
 from imd.http.resource import HttpError, JsonResource, read_json_object
 from imd.http.site import API_MAX_BODY_BYTES
@@ -64,7 +70,9 @@ _CHALLENGE = {b"WWW-Authenticate": b'Bearer realm="imd-api"'}
 # (path) -> (endpoint label, method); orders/<id>/close is matched apart
 _ROUTES = {("send",): ("send", "POST"), ("orders",): ("orders", "POST"), ("kick",): ("kick", "POST"),
            ("online",): ("online", "GET"),
-           ("friends",): ("friends", "POST"), ("messages", "delete"): ("delete", "POST")}
+           ("friends",): ("friends", "POST"), ("messages", "delete"): ("delete", "POST"),
+           ("rooms",): ("rooms", "POST")}
+MAX_ROOM_UIDS = 1000   # uids named in one rooms request (max_members limits what is kept)
 
 
 def _digest(text: bytes) -> bytes:
@@ -102,6 +110,11 @@ def _route(postpath: List[bytes]) -> Tuple[str, str, Optional[bytes]]:
         return "close", "POST", parts[1]
     if len(parts) == 3 and parts[0] == b"users" and parts[2] == b"erase":
         return "erase", "POST", parts[1]
+    # rooms (contract v3 §9): the room id is checked by the endpoint (400)
+    if len(parts) == 3 and parts[0] == b"rooms" and parts[2] in (b"members", b"send", b"close"):
+        return "room_" + parts[2].decode("ascii"), "POST", parts[1]
+    if len(parts) == 2 and parts[0] == b"rooms":
+        return "room_show", "GET", parts[1]
     names = tuple(p.decode("latin-1") for p in parts)
     if names in _ROUTES:
         endpoint, method = _ROUTES[names]
@@ -148,11 +161,13 @@ class ApiResource(JsonResource):
     """Everything under /IM/api/ (a leaf: the path is routed here)."""
 
     def __init__(self, api: ServerApi, api_key: str, metrics: Any = None, clock: Any = None,
-                 rate: float = 0, burst: int = 1) -> None:
+                 rate: float = 0, burst: int = 1, rooms: Optional[RoomAdmin] = None) -> None:
         """``rate``/``burst``: the key's allowance (``[http] api_rate``,
-        ``api_burst``; rate 0: none), counted on ``clock``."""
+        ``api_burst``; rate 0: none), counted on ``clock``; ``rooms``: the
+        platform's side of rooms (None: the room routes answer 503)."""
         super().__init__(())
         self._api = api
+        self._room_side = rooms
         self._key = ApiKey(api_key) if api_key else None
         self._metrics = metrics
         self._clock = clock
@@ -340,3 +355,82 @@ class ApiResource(JsonResource):
         if deleted is None:
             raise HttpError(404, "no such message")
         return 200, {"deleted": deleted}
+
+    # --- rooms (contract v3 §9) ------------------------------------------------
+
+    def _room_admin(self) -> RoomAdmin:
+        if self._room_side is None:
+            raise HttpError(503, "rooms are not available in this imd")
+        return self._room_side
+
+    @staticmethod
+    def _room_id(value: object) -> str:
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        if not protocol.valid_room(text):
+            raise HttpError(400, "the room id must be 1-%d characters of A-Z a-z 0-9 _ . : -" % protocol.MAX_ROOM_CHARS)
+        return cast(str, text)
+
+    @staticmethod
+    def _uid_list(body: Dict[str, object], name: str, required: bool = False) -> List[int]:
+        if name not in body and not required:
+            return []
+        values = body.get(name)
+        if not isinstance(values, list) or len(values) > MAX_ROOM_UIDS:
+            raise HttpError(400, "%s: a list of at most %d user ids" % (name, MAX_ROOM_UIDS))
+        return list(dict.fromkeys(_uid(v, name) for v in values))
+
+    @defer.inlineCallbacks
+    def _rooms(self, request: object, _: Optional[bytes]) -> Generator[defer.Deferred, object, Tuple[int, object]]:
+        body = self._body(request)
+        unknown = set(body) - {"room", "members", "meta"}
+        if unknown:
+            raise HttpError(400, "unknown field %s" % sorted(unknown)[0])
+        room = self._room_id(body.get("room"))
+        members = self._uid_list(body, "members", required=True)
+        meta = body.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise HttpError(400, "meta: a JSON object")
+        answer = yield self._room_admin().create(room, members, meta)
+        return 200, answer
+
+    @defer.inlineCallbacks
+    def _room_members(self, request: object,
+                      room: bytes) -> Generator[defer.Deferred, object, Tuple[int, object]]:
+        name = self._room_id(room)
+        body = self._body(request)
+        unknown = set(body) - {"add", "rm"}
+        if unknown:
+            raise HttpError(400, "unknown field %s" % sorted(unknown)[0])
+        answer = yield self._room_admin().change(name, self._uid_list(body, "add"), self._uid_list(body, "rm"))
+        return 200, answer
+
+    @defer.inlineCallbacks
+    def _room_send(self, request: object, room: bytes) -> Generator[defer.Deferred, object, Tuple[int, object]]:
+        name = self._room_id(room)
+        body = self._body(request)
+        unknown = set(body) - {"msg", "id"}
+        if unknown:
+            raise HttpError(400, "unknown field %s" % sorted(unknown)[0])
+        msg = body.get("msg")
+        if not isinstance(msg, dict):
+            raise HttpError(400, "msg: must be a JSON object")
+        if len(json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) > MAX_MSG_BYTES:
+            raise HttpError(400, "msg: its JSON is over %d bytes" % MAX_MSG_BYTES)
+        packet_id = body.get("id")
+        if packet_id is not None and not (isinstance(packet_id, str)
+                                          and 1 <= len(packet_id) <= protocol.MAX_ID_CHARS):
+            raise HttpError(400, "id: a string of 1-%d characters" % protocol.MAX_ID_CHARS)
+        answer = yield self._room_admin().send(name, msg, packet_id)
+        return 200, answer
+
+    @defer.inlineCallbacks
+    def _room_close(self, request: Request, room: bytes) -> Generator[defer.Deferred, object, Tuple[int, object]]:
+        name = self._room_id(room)
+        read_json_object(request)   # a body, when sent, must still be JSON
+        answer = yield self._room_admin().close(name)
+        return 200, answer
+
+    @defer.inlineCallbacks
+    def _room_show(self, request: object, room: bytes) -> Generator[defer.Deferred, object, Tuple[int, object]]:
+        answer = yield self._room_admin().show(self._room_id(room))
+        return 200, answer

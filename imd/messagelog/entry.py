@@ -18,10 +18,11 @@ stored, so entries still in Redis and rows in MySQL sort alike.
 
 import json
 from collections import namedtuple
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from imd import jsonfast
-from imd.protocol import MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast
+from imd.protocol import (MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast,
+                          valid_room)
 
 MAX_TEXT_BYTES = 65535          # message.msg is TEXT
 MAX_PACKET_BYTES = 16 * 1024 * 1024 - 1   # message.packet is MEDIUMTEXT
@@ -79,6 +80,62 @@ class StoredReceipt(namedtuple("StoredReceipt", "reader sender state msg_ids ts 
         """The ``receipt`` rows: (from_id, msg_id, to_id, state, ts, seq)."""
         return [(self.sender, msg_id.decode("utf-8"), self.reader, self.state, self.ts, self.seq)
                 for msg_id in self.msg_ids]
+
+
+# (room, seq, accept_seq, msg_id, from_id, type, msg, ts, packet) and (room, uid, seq, ts)
+RoomMessageRow = Tuple[str, int, int, str, int, str, str, int, str]
+RoomReadRow = Tuple[str, int, int, int]
+
+
+class StoredRoomMessage(namedtuple("StoredRoomMessage", "room room_seq seq msg_id from_id type msg ts packet")):
+    """A room's message (contract v3 §9), as the ``store_room_entry``
+    snippet stored it: the packet as delivered, ending with ``"seq"`` (the
+    room's: ``room_seq`` here) and ``"pos"`` (the accept order: ``seq``
+    here, as for every entry).  ``from_id`` 0 for the system's; ``msg`` as
+    text (JSON for an ``s``)."""
+    __slots__ = ()
+
+    parties: Tuple[int, ...] = ()   # in no user's pending: in roompending:<room>
+
+    def row(self) -> "RoomMessageRow":
+        """The ``room_message`` row: (room, seq, accept_seq, msg_id, from_id,
+        type, msg, ts, packet), every string as str."""
+        return (self.room, self.room_seq, self.seq, self.msg_id.decode("utf-8"), self.from_id, self.type,
+                self.msg, self.ts, self.packet)
+
+
+class StoredRoomRead(namedtuple("StoredRoomRead", "room reader read_seq ts")):
+    """A member's read cursor that moved (``R`` in a room): for ``room_read``."""
+    __slots__ = ()
+
+    seq = 0   # (not a message of any stream)
+    parties: Tuple[int, ...] = ()
+
+    def row(self) -> "RoomReadRow":
+        return (self.room, self.reader, self.read_seq, self.ts)
+
+
+def _room_entry(entry: str, obj: Dict[str, object]) -> Union[StoredRoomMessage, StoredRoomRead]:
+    room = obj.get("room")
+    if not valid_room(room):
+        raise ValueError("the room id %r" % (room,))
+    ts = obj.get("ts")
+    if type(ts) is not int or not 0 <= ts < 2 ** 63:
+        raise ValueError("ts: %r" % (ts,))
+    if obj.get("type") == "R":
+        msg = obj.get("msg")
+        seq = msg.get("seq") if isinstance(msg, dict) else None
+        if type(seq) is not int or not 0 < seq < 2 ** 63:
+            raise ValueError("R: seq: %r" % (seq,))
+        return StoredRoomRead(room, _uid(obj.get("from"), "from"), seq, ts)
+    # the checks of any message (id, type, sizes), on the packet without its room's fields
+    message = _message(entry, {**{k: v for k, v in obj.items() if k not in ("seq", "pos")}, "to": 1})
+    seq, pos = obj.get("seq"), obj.get("pos")
+    if type(seq) is not int or not 0 < seq < 2 ** 63 or type(pos) is not int or not 0 < pos < 2 ** 63:
+        raise ValueError("room message: seq %r, pos %r" % (seq, pos))
+    if not entry.rstrip().endswith(',"seq":%d,"pos":%d}' % (seq, pos)):
+        raise ValueError("seq and pos are not the last fields")
+    return StoredRoomMessage(room, seq, pos, message.msg_id, message.from_id, message.type, message.msg, ts, entry)
 
 
 def _uid(value: Any, name: str) -> int:
@@ -154,7 +211,10 @@ def readable(entry: str) -> str:
         return entry.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def parse_entry(entry: str) -> Union[StoredMessage, StoredReceipt]:
+Entry = Union[StoredMessage, StoredReceipt, StoredRoomMessage, StoredRoomRead]
+
+
+def parse_entry(entry: str) -> Entry:
     """One ``MQ`` entry (str) -> :class:`StoredMessage` or
     :class:`StoredReceipt`, or ValueError.  An entry holding bytes that are
     not UTF-8 is read as :func:`readable` makes it (each such byte U+FFFD)."""
@@ -170,8 +230,10 @@ def parse_entry(entry: str) -> Union[StoredMessage, StoredReceipt]:
         return _parse(clean)
 
 
-def _parse(entry: str) -> Union[StoredMessage, StoredReceipt]:
+def _parse(entry: str) -> Entry:
     obj = _load(entry)
+    if isinstance(obj, dict) and "room" in obj:
+        return _room_entry(entry, obj)
     if isinstance(obj, dict) and obj.get("type") == "R":
         return _receipt(obj)
     return _message(entry, obj)
@@ -181,7 +243,10 @@ def parse_stored(entry: str) -> StoredMessage:
     """One ``MQ`` entry (str) that must be a message -> :class:`StoredMessage`,
     or ValueError (bytes that are not UTF-8 as :func:`parse_entry` reads them)."""
     try:
-        return _message(entry, _load(entry))
+        obj = _load(entry)
+        if isinstance(obj, dict) and "room" in obj:
+            raise ValueError("a room's entry")
+        return _message(entry, obj)
     except UnicodeEncodeError:
         clean = readable(entry)
         if clean is entry:

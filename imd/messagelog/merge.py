@@ -112,6 +112,8 @@ class Pending:
                 value = parse_entry(entry)
             except ValueError:
                 continue
+            if not isinstance(value, (StoredMessage, StoredReceipt)):
+                continue   # a room's entry: never in a user's pending index
             if isinstance(value, StoredReceipt):
                 state = value.state
                 for identity in value.identities():

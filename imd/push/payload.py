@@ -33,17 +33,19 @@ def preview(packet: Any, enabled: bool = True) -> str:
 
 
 def body(to: int, packet_json: str, unread: int, with_preview: bool = True) -> bytes:
-    """``{"to","from","id","type","preview","ts","unread"}`` for the newest
-    message (its stored JSON) and the recipient's undelivered count;
+    """``{"to","from","id","type","preview","ts","unread"}`` (and
+    ``"room"`` for a room's message) for the newest message (its stored JSON) and the recipient's undelivered count;
     ValueError when that is not a JSON object.  Without previews the
     client-chosen ``id`` is ``""`` too: an id can carry text."""
     packet = json.loads(packet_json)
     if not isinstance(packet, dict):
         raise ValueError("not a message: %r" % (packet_json[:100],))
-    return json.dumps({"to": to, "from": packet.get("from"), "id": packet.get("id") if with_preview else "",
-                       "type": packet.get("type"), "preview": preview(packet, with_preview), "ts": packet.get("ts"),
-                       "unread": unread},
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    out = {"to": to, "from": packet.get("from"), "id": packet.get("id") if with_preview else "",
+           "type": packet.get("type"), "preview": preview(packet, with_preview), "ts": packet.get("ts"),
+           "unread": unread}
+    if "room" in packet:
+        out["room"] = packet["room"]   # a room's message (contract v3 §9)
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def signature(secret: str, timestamp: int, delivery: str, data: bytes) -> str:

@@ -105,6 +105,23 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("budget:lookups:<uid>", "hash", "budgets",
             "the user's budget of R packets naming ids without a dedup record, each looked up in "
             "pending:<uid> and MySQL ([websocket] receipt_lookup_rate, receipt_lookup_burst)"),
+    KeySpec("room:<room>", "hash", "rooms",
+            "a room (contract v3 §9): seq (its last seq), meta (JSON), created_at, closed_at and ends_at "
+            "(Unix ms, once closed); kept like messages, without expiry"),
+    KeySpec("roommembers:<room>", "set", "rooms", "the room's members (uids), checked by every send"),
+    KeySpec("roomread:<room>", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
+    KeySpec("roompending:<room>", "sorted set", "rooms",
+            "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"}; "
+            "trimmed by the migrator after each commit"),
+    KeySpec("roomspans:<room>", "hash", "rooms",
+            "uid -> the member's spans of the room in its stream (contract §10): 'from:to,...', the positions "
+            "above from (MQ:seq when it was added) up to to (its left event; empty while a member)"),
+    KeySpec("roomsof:<uid>", "set", "rooms", "the rooms the user is or was a member of (for its sync stream)"),
+    KeySpec("rdedup:<uid>:<room>/<id>", "string", "rooms",
+            "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
+            "'<seq>/<pos>', so a retry answers the first seq"),
+    KeySpec("rtyping:<room>:<uid>", "string", "rooms",
+            "a 'typing' (Y true) of uid in the room was relayed; expires after [typing] min_interval"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -217,6 +234,34 @@ class Keys:
         if a > b:
             a, b = b, a
         return "%slinks:%d:%d" % (self.prefix, a, b)
+    def room(self, room: str) -> str:
+        """A room's keys: ``room:``, ``roommembers:``, ``roomread:``,
+        ``roompending:``, ``roomspans:`` then the id, ``rdedup:<uid>:<room>/<id>``:
+        a room id may hold ``:``, so no room's key is another's with a
+        suffix (``/`` is not in a room id; a uid is digits)."""
+        return "%sroom:%s" % (self.prefix, room)
+
+    def room_members(self, room: str) -> str:
+        return "%sroommembers:%s" % (self.prefix, room)
+
+    def room_read(self, room: str) -> str:
+        return "%sroomread:%s" % (self.prefix, room)
+
+    def room_pending(self, room: str) -> str:
+        return "%sroompending:%s" % (self.prefix, room)
+
+    def room_dedup(self, room: str, sender: Uid, packet_id: PacketId) -> str:
+        return "%srdedup:%d:%s/%s" % (self.prefix, sender, room, packet_id)
+
+    def room_spans(self, room: str) -> str:
+        return "%sroomspans:%s" % (self.prefix, room)
+
+    def rooms_of(self, uid: Uid) -> str:
+        return "%sroomsof:%d" % (self.prefix, uid)
+
+    def room_typing(self, room: str, uid: Uid) -> str:
+        return "%srtyping:%s:%d" % (self.prefix, room, uid)
+
     def typing(self, sender: Uid, to: Uid) -> str:
         return "%styping:%d:%d" % (self.prefix, sender, to)
 

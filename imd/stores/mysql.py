@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import Refused, StoreUnavailable
-from imd.messagelog.entry import Identity, tombstone
+from imd.messagelog.entry import Identity, RoomMessageRow, RoomReadRow, tombstone
 from imd.messagelog.merge import LogRow, Selection
 from imd.resources import data_dir
 
@@ -322,9 +322,32 @@ class MysqlStore(Service):
         return self.run_interaction(_stream_txn, Selection(uid, after_pos=after_pos), limit)
 
     def max_accept_seq(self) -> defer.Deferred:
-        """The highest accept_seq in ``message`` (0 when empty), by
-        ``message_by_pos``: the floor of ``MQ:seq`` at start-up."""
+        """The highest accept_seq in ``message`` and ``room_message`` (0
+        when empty), by their pos keys: the floor of ``MQ:seq`` at start-up."""
         return self.run_interaction(_max_accept_seq_txn)
+
+    # --- rooms (contract v3 §9) ------------------------------------------------------
+
+    def insert_room_entries(self, messages: Sequence[RoomMessageRow],
+                            reads: Sequence[RoomReadRow]) -> defer.Deferred:
+        """Room message rows (``StoredRoomMessage.row``: room, seq,
+        accept_seq, msg_id, from_id, type, msg, ts, packet; INSERT IGNORE on
+        (room, seq)) and read cursors (room, uid, seq, ts: forward only) in
+        one transaction; fires with the messages inserted."""
+        return self.run_interaction(_insert_room_entries_txn, messages, reads)
+
+    def room_stream(self, spans: Dict[str, List[Tuple[int, Optional[int]]]], after_pos: int,
+                    limit: int) -> defer.Deferred:
+        """A member's room messages for its sync (contract §10): up to
+        ``limit`` rows of ``room_message`` with accept_seq above ``after_pos``
+        inside the member's ``spans`` ({room: [(from, to or None)]}: above
+        from, up to to), by accept_seq: ``[(accept_seq, room, seq, packet)]``."""
+        return self.run_interaction(_room_stream_txn, spans, after_pos, limit)
+
+    def room_history(self, room: str, after_seq: int, limit: int) -> defer.Deferred:
+        """Up to ``limit`` of the room's migrated messages with seq above
+        ``after_seq``: ``[(seq, packet)]`` by seq."""
+        return self.run_interaction(_room_history_txn, room, after_seq, limit)
 
     # --- orders (contract §4 T; table and columns from [orders]) ---------------
 
@@ -525,8 +548,64 @@ def _stream_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int
 
 
 def _max_accept_seq_txn(cursor: pymysql.cursors.Cursor) -> int:
-    cursor.execute("SELECT MAX(accept_seq) FROM message")
+    cursor.execute("SELECT GREATEST(COALESCE((SELECT MAX(accept_seq) FROM message), 0),"
+                   " COALESCE((SELECT MAX(accept_seq) FROM room_message), 0))")
     return int(cursor.fetchone()[0] or 0)
+
+
+_INSERT_ROOM_MESSAGES = ("INSERT IGNORE INTO room_message (room, seq, accept_seq, msg_id, from_id, type, msg, ts,"
+                         " packet) VALUES ")
+
+
+def _insert_room_entries_txn(cursor: pymysql.cursors.Cursor, messages: Sequence[RoomMessageRow],
+                             reads: Sequence[RoomReadRow]) -> int:
+    # As _insert_messages_txn: one VALUES list (the ints checked by
+    # imd.messagelog.entry, the room id by its pattern), text quoted here.
+    text = _text_quoter(cursor)
+    inserted, values, size = 0, [], 0
+    for room, seq, pos, msg_id, from_id, kind, msg, ts, packet in messages:
+        value = "(%s,%d,%d,%s,%d,%s,%s,%d,%s)" % (text(room), seq, pos, text(msg_id), from_id, text(kind), text(msg),
+                                                  ts, text(packet))
+        values.append(value)
+        size += len(value)
+        if size >= _MAX_STATEMENT_BYTES:
+            inserted += cursor.execute(_INSERT_ROOM_MESSAGES + ",".join(values))
+            values, size = [], 0
+    if values:
+        inserted += cursor.execute(_INSERT_ROOM_MESSAGES + ",".join(values))
+    for room, uid, seq, ts in reads:
+        cursor.execute("INSERT INTO room_read (room, uid, seq, ts) VALUES (%s, %s, %s, %s)"
+                       " ON DUPLICATE KEY UPDATE ts = IF(VALUES(seq) > seq, VALUES(ts), ts),"
+                       " seq = GREATEST(seq, VALUES(seq))", (room, uid, seq, ts))
+    return inserted
+
+
+def _room_stream_txn(cursor: pymysql.cursors.Cursor, spans: Dict[str, List[Tuple[int, Optional[int]]]],
+                     after_pos: int, limit: int) -> List[Tuple[int, str, int, str]]:
+    terms: List[str] = []
+    args: List[object] = [after_pos]
+    for room, ranges in sorted(spans.items()):
+        for start, end in ranges:
+            if end is not None and end <= after_pos:
+                continue
+            if end is None:
+                terms.append("(room = %s AND accept_seq > %s)")
+                args += [room, start]
+            else:
+                terms.append("(room = %s AND accept_seq > %s AND accept_seq <= %s)")
+                args += [room, start, end]
+    if not terms:
+        return []
+    cursor.execute("SELECT accept_seq, room, seq, packet FROM room_message WHERE accept_seq > %s AND ("
+                   + " OR ".join(terms) + ") ORDER BY accept_seq LIMIT %s", args + [limit])
+    return [(int(pos), room, int(seq), packet) for pos, room, seq, packet in cursor.fetchall()]
+
+
+def _room_history_txn(cursor: pymysql.cursors.Cursor, room: str, after_seq: int,
+                      limit: int) -> List[Tuple[int, str]]:
+    cursor.execute("SELECT seq, packet FROM room_message WHERE room = %s AND seq > %s ORDER BY seq LIMIT %s",
+                   (room, after_seq, limit))
+    return [(int(seq), packet) for seq, packet in cursor.fetchall()]
 
 
 def _ping_txn(cursor: pymysql.cursors.Cursor) -> int:

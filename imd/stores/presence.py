@@ -20,7 +20,7 @@ every *other* node holding a connection of their recipients; the frames are
 those of :mod:`imd.busframes`.
 """
 
-from typing import Any, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -29,6 +29,7 @@ from imd.stores.keys import Keys
 from imd.stores.redis import Arg, RedisClient, RedisStore, Script
 
 ROUTE = Script.load("route")
+ROUTE_ROOM = Script.load("route_room")
 LOGIN = Script.load("login")
 LOGOUT = Script.load("logout")
 NODE_START = Script.load("node_start")
@@ -58,6 +59,24 @@ class PresenceStore(RedisStore):
             args.append(uid)
             args.append(packet)
         return self._client.run(ROUTE, [keys.devices(uid) for uid, _ in deliveries], args)
+
+    def route_room(self, packets: Sequence[Tuple[Sequence[int], bytes]]) -> Deferred:
+        """Publish each room packet ``(uids, packet)`` once to every other
+        node holding a connection of any of its ``uids``, naming those it
+        holds (a ``g`` frame, imd.busframes); all in one script."""
+        keys = self.keys
+        index: Dict[int, int] = {}
+        tail: List[Union[str, bytes, int]] = []
+        for uids, packet in packets:
+            tail.append(packet)
+            tail.append(len(uids))
+            for uid in uids:
+                number = index.get(uid)
+                if number is None:
+                    number = index[uid] = len(index) + 1
+                tail.append(number)
+        head: List[Union[str, bytes, int]] = [self.node_id, keys.channel_prefix]
+        return self._client.run(ROUTE_ROOM, [keys.devices(uid) for uid in index], head + list(index) + tail)
 
     def kick(self, uid: int, reason: str) -> Deferred:
         """Tell every node holding a connection of ``uid``; fires with how many."""

@@ -57,16 +57,20 @@ class QueueStore(RedisStore):
         return d.addCallback(_claimed)
 
     def ack(self, token: str, size: int, dead: Sequence[str] = (),
-            migrated: Optional[Dict[int, int]] = None) -> Deferred:
+            migrated: Optional[Dict[int, int]] = None, rooms: Optional[Dict[str, int]] = None) -> Deferred:
         """Forget the oldest batch in flight, of ``size`` entries (after its
         COMMIT, and after the ack of every batch claimed before it);
         ``dead`` entries go to ``MQ:dead``; ``migrated`` ({uid: highest
-        seq}) trims each user's pending index.  Fires with False when the
-        lock was lost meanwhile."""
+        seq}) trims each user's pending index, ``rooms`` ({room: highest
+        pos}) each room's (``roompending:<room>``).  Fires with False when
+        the lock was lost meanwhile."""
         k = self.keys
         parties = sorted((migrated or {}).items())
-        keys = [k.mq_lock, k.mq_processing, k.mq_dead] + [k.pending(uid) for uid, _ in parties]
-        args = [token, size, len(dead)] + list(dead) + [seq for _, seq in parties]
+        room_parts = sorted((rooms or {}).items())
+        keys = ([k.mq_lock, k.mq_processing, k.mq_dead] + [k.pending(uid) for uid, _ in parties]
+                + [k.room_pending(room) for room, _ in room_parts])
+        args = ([token, size, len(dead)] + list(dead) + [seq for _, seq in parties]
+                + [pos for _, pos in room_parts])
         return self._client.run(ACK, keys, args).addCallback(_true)
 
     def hold_lock(self, token: str, ttl: float) -> Deferred:
