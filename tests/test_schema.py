@@ -74,7 +74,7 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
         argv = ["-m", "imd.admin", "--config", config, "schema", "apply"]
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"upgraded from version 0 to 10", out)
+        self.assertIn(b"upgraded from version 0 to 9", out)
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
         self.assertIn(b"at version 9; nothing to do", out)
