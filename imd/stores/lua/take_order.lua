@@ -1,11 +1,12 @@
 -- include: store_entry note_push expire_links restore
 -- KEYS: URS:<courier>, URS:<customer>, order:<order>, links:<pair>,
 --       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
---       dedup:<courier>:taken-<order>, open:<courier>
+--       dedup:<courier>:taken-<order>, open:<courier>, assigned:<order>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
 --       what MySQL kept of an earlier T ('' when nothing: its courier,
---       taken_at, before), dedup ttl (s) [, push due (ms)]
+--       taken_at, before), dedup ttl (s), the assigned:<order> token the
+--       T read before the order's row ('' when none) [, push due (ms)]
 -- The s packet gets a dedup record like any message: the customer's
 -- receipts for it are verified against that, as for every message.
 -- {1, taken_at, before}: first T (friends, the s packet stored);
@@ -13,7 +14,9 @@
 -- nothing else, not even the friendship, which friend rm may have ended);
 -- {2}: a repeat after the close (nothing changes: a late retry must not
 -- bring an ended friendship back); {3}: the order was closed before any T;
--- {4}: another courier took it.  With no record in Redis (it expired) but
+-- {4}: another courier took it; {5}: the order's users changed since the
+-- T read its row (assigned:<order> is not the token it read before): nothing
+-- happens, the T reads again.  With no record in Redis (it expired) but
 -- an earlier T in MySQL, the record is restored and it is a repeat.
 -- open while taken and not closed: the courier's positions go to this customer
 local function mark_open(now, ttl)
@@ -21,6 +24,7 @@ local function mark_open(now, ttl)
   redis.call('ZADD', KEYS[12], now + ttl * 1000, ARGV[6] .. ':' .. ARGV[2])
   expire_links(KEYS[12])
 end
+if (redis.call('GET', KEYS[13]) or '') ~= ARGV[11] then return {5} end
 local record = redis.call('HMGET', KEYS[3], 'courier', 'taken_at', 'closed_at', 'before')
 if record[2] then
   if record[1] ~= ARGV[1] then return {4} end
@@ -65,5 +69,5 @@ expire_links(KEYS[4])
 local seq = store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
 redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
 mark_open(now, ttl)
-if ARGV[11] then note_push(KEYS[13], KEYS[14], KEYS[15], ARGV[2], ARGV[3], ARGV[11]) end
+if ARGV[12] then note_push(KEYS[14], KEYS[15], KEYS[16], ARGV[2], ARGV[3], ARGV[12]) end
 return {1, now, before, seq}
