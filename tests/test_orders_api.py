@@ -173,6 +173,50 @@ class OrdersApiTests(ApiTestMixin, unittest.TestCase):
         self.assertEqual(caught.exception.status, 409)
         self.assertEqual(await self.rows(), ((42, 10, 20),))
 
+    async def test_a_t_that_read_the_row_before_a_reassignment_cannot_take_it_after(self):
+        # The race the token closes (docs/reliability.md): courier 20's T reads
+        # the row (courier 20), is held there while the reassignment to 21 is
+        # written and answered 200, then takes.  Without the token it took the
+        # order for 20 while the row said 21; now its take is refused, it reads
+        # again, and is forbidden: the conversation is 21's.
+        app = self.http.app
+        customer, courier, other = await self.login(10), await self.login(20), await self.login(21)
+        await self.put({"order": 42, "customer": 10, "courier": 20})
+        handler = app.handlers["T"].__self__
+        rows, read, go = handler._orders_db, defer.Deferred(), defer.Deferred()
+        test = self
+
+        class HeldRows:
+            def __getattr__(self, name):
+                return getattr(rows, name)
+
+            async def _read(self, *args):
+                result = await rows.order_for_take(*args)
+                if not read.called:   # the first read only: hold the T between its read and its take
+                    test.assertEqual(result[0], (10, 20))
+                    read.callback(None)
+                    await go
+                return result
+
+            def order_for_take(self, *args):
+                return defer.ensureDeferred(self._read(*args))
+
+        handler._orders_db = HeldRows()
+        taking = defer.ensureDeferred(self.take(courier, 42))
+        await read
+        response = await self.put({"order": 42, "customer": 10, "courier": 21})
+        self.assertEqual((response.code, response.json()), (200, {"order": 42, "customer": 10, "courier": 21}))
+        go.callback(None)
+        outcome, reply = await taking
+        self.assertEqual(outcome, "forbidden", reply)
+        self.assertIn("not yours", reply["msg"])
+        self.assertEqual(await self.rows(), ((42, 10, 21),))
+        self.assertFalse(await self.redis.exists("order:42"))
+        # the courier the API named takes it, and the customer is told of that one
+        self.assertEqual((await self.take(other, 42))[0], "A")
+        taken = await customer.next()
+        self.assertEqual(taken["msg"], {"order": 42, "event": "taken", "courier": 21})
+
     async def test_the_http_docs_close_example_works_on_a_fresh_install(self):
         # docs/http.md: create the order first, then close it
         response = await self.put({"order": 42, "customer": 1001, "courier": 2002})

@@ -14,7 +14,8 @@ from imd.config import OrdersSettings
 from imd.errors import ImdError, Refused
 from imd.handlers import Reply
 from imd.handlers.ports import Node, OrderRows, Orders
-from imd.stores.orders import CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, TAKEN, TAKEN_AGAIN, taken_id
+from imd.stores.orders import (CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, REASSIGNED, TAKEN, TAKEN_AGAIN,
+                               taken_id)
 
 _log = Logger()
 
@@ -28,6 +29,7 @@ class _OrderState(Protocol):
 
 
 CLOSE_TRIES = 3   # a T racing the close of an order nobody had taken: read again
+TAKE_TRIES = 3    # a T racing changes of the order's users (POST /IM/api/orders): read again
 
 
 class TakeOrderHandler:
@@ -46,35 +48,42 @@ class TakeOrderHandler:
 
     @defer.inlineCallbacks
     def handle(self, sender: int, packet: protocol.TakeOrderPacket) -> Any:
-        parties, kept = yield self._orders_db.order_for_take(self._orders_settings, packet.order)
-        if parties is None:
-            raise ImdError("not_found", "no order %d" % packet.order)
-        customer, courier = parties
-        if courier != sender:
-            raise ImdError("forbidden", "order %d is not yours" % packet.order)
-        answer = Reply(protocol.ack(packet.id, {"order": packet.order, "uid": customer}))
-        if kept is not None and kept.closed_at is not None:
-            # closed: final, whether or not Redis still has the record
-            _refuse_closed(packet.order, CLOSED_UNTAKEN if kept.courier is None else
-                           OTHER_COURIER if kept.courier != sender else CLOSED_AFTER_TAKE)
-            return answer   # a repeat after the close: acked, nothing changes
-        earlier = (kept.courier, kept.taken_at, kept.friends_before) if kept is not None and kept.taken_at else None
-        ts = int(self._clock.seconds() * 1000)
-        notice = {"order": packet.order, "event": "taken", "courier": sender}
-        # A fixed id per order: the MySQL unique key (from, id, to) backs up
-        # the order's record in Redis, so the s packet is stored once.
-        payload = protocol.system_message_json(taken_id(packet.order), sender, customer, notice, ts)
-        # ([redis] min_replicas: it fires once the replicas have it)
-        take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier)
-        _refuse_closed(packet.order, take.outcome)
-        if take.outcome == TAKEN and not self._orders.publishes:   # (else the script published it)
-            self._node.deliver(customer, protocol.with_pos(payload, take.pos))
-        if earlier is None and take.outcome in (TAKEN, TAKEN_AGAIN):
-            # kept for good (after the live delivery: if MySQL fails now,
-            # the client's retry of this E unavailable writes it)
-            yield self._orders_db.record_taken(packet.order, customer, sender, take.before, take.taken_at)
-        # (a repeat, before or after the close, is acked again and changes nothing more)
-        return answer
+        for _ in range(TAKE_TRIES):
+            # read before the row: POST /IM/api/orders writes a new token after
+            # the row, so a take with this token knows the row it read is current
+            assigned = yield self._orders.assignment(packet.order)
+            parties, kept = yield self._orders_db.order_for_take(self._orders_settings, packet.order)
+            if parties is None:
+                raise ImdError("not_found", "no order %d" % packet.order)
+            customer, courier = parties
+            if courier != sender:
+                raise ImdError("forbidden", "order %d is not yours" % packet.order)
+            answer = Reply(protocol.ack(packet.id, {"order": packet.order, "uid": customer}))
+            if kept is not None and kept.closed_at is not None:
+                # closed: final, whether or not Redis still has the record
+                _refuse_closed(packet.order, CLOSED_UNTAKEN if kept.courier is None else
+                               OTHER_COURIER if kept.courier != sender else CLOSED_AFTER_TAKE)
+                return answer   # a repeat after the close: acked, nothing changes
+            earlier = (kept.courier, kept.taken_at, kept.friends_before) if kept is not None and kept.taken_at else None
+            ts = int(self._clock.seconds() * 1000)
+            notice = {"order": packet.order, "event": "taken", "courier": sender}
+            # A fixed id per order: the MySQL unique key (from, id, to) backs up
+            # the order's record in Redis, so the s packet is stored once.
+            payload = protocol.system_message_json(taken_id(packet.order), sender, customer, notice, ts)
+            # ([redis] min_replicas: it fires once the replicas have it)
+            take = yield self._orders.take_order(packet.order, sender, customer, payload, ts, earlier, assigned)
+            if take.outcome == REASSIGNED:
+                continue   # its users changed since the row was read: read again
+            _refuse_closed(packet.order, take.outcome)
+            if take.outcome == TAKEN and not self._orders.publishes:   # (else the script published it)
+                self._node.deliver(customer, protocol.with_pos(payload, take.pos))
+            if earlier is None and take.outcome in (TAKEN, TAKEN_AGAIN):
+                # kept for good (after the live delivery: if MySQL fails now,
+                # the client's retry of this E unavailable writes it)
+                yield self._orders_db.record_taken(packet.order, customer, sender, take.before, take.taken_at)
+            # (a repeat, before or after the close, is acked again and changes nothing more)
+            return answer
+        raise ImdError("unavailable", "order %d kept being reassigned while it was taken, retry" % packet.order)
 
 
 def _refuse_closed(order: int, outcome: str) -> None:
@@ -130,11 +139,17 @@ class OrderLifecycle:
         before = cast(Optional[Tuple[int, Optional[int]]],
                       (yield self._orders_db.create_order(self._settings, order_id, customer, courier)))
         if before is not None and before[1] is not None and before != (customer, courier):
-            # A T that read the row before this write may have taken the
-            # order meanwhile: then the write is undone.
+            # A T that read the row before this write may take the order with
+            # its old courier.  The new token refuses every take by a T that
+            # read the token (and so the row) before it; a take that came
+            # before it is in Redis now, for the look below.  Either way the
+            # conversation and the row cannot disagree: when the look finds
+            # the order taken with other users, the write is undone (also
+            # when Redis cannot say: the platform's retry does it again).
             try:
+                yield self._orders.reassign(order_id)
                 yield self._check_changeable(order_id, customer, courier)
-            except Refused:
+            except Exception:
                 yield self._orders_db.create_order(self._settings, order_id, before[0], before[1])
                 raise
         if before != (customer, courier):

@@ -72,6 +72,10 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("order:<order>", "hash", "orders",
             "an order's conversation: courier, customer, before, taken_at, closed_at, ends_at, ended_at, end; "
             "30 days after its last T while open, kept from its close until its end, then 30 days"),
+    KeySpec("assigned:<order>", "string", "orders",
+            "a random token, new at each change of an order's courier or customer by POST /IM/api/orders "
+            "(imd-admin order create): a T that read the token before it and the orders row is refused "
+            "and reads both again; 1 hour"),
     KeySpec("links:<a>:<b>", "sorted set", "orders",
             "the orders that keep users a < b friends: member the order id, score until when (Unix ms): "
             "an open order 30 days after its last T, a closed one inf (until its end removes it)"),
@@ -225,6 +229,9 @@ class Keys:
 
     def order(self, order: int) -> str:
         return "%sorder:%d" % (self.prefix, order)
+
+    def assigned(self, order: int) -> str:
+        return "%sassigned:%d" % (self.prefix, order)
 
     def open_orders(self, courier: Uid) -> str:
         return "%sopen:%d" % (self.prefix, courier)

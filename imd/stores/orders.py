@@ -17,6 +17,7 @@ lasts :data:`OPEN_TTL` after its last ``T`` (an order never closed does not
 keep a pair linked for ever); a closed order's link lasts until its end.
 """
 
+import os
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from twisted.internet.defer import Deferred
@@ -28,10 +29,13 @@ from imd.stores.redis import RedisClient, RedisStore, Script
 OPEN_TTL = 30 * 86400     # seconds an order's record and link last after its last T while open
 RECORD_TTL = 30 * 86400   # seconds a record is kept after its end (or after closing a never-taken order)
 
-# T's outcomes
-TAKEN, TAKEN_AGAIN, CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER = (
-    "taken", "taken_again", "closed_after_take", "closed_untaken", "other_courier")
-_TAKE_RESULTS = {1: TAKEN, 0: TAKEN_AGAIN, 2: CLOSED_AFTER_TAKE, 3: CLOSED_UNTAKEN, 4: OTHER_COURIER}
+ASSIGNED_TTL = 3600       # seconds an order's assigned:<order> token lasts after a change of its users
+
+# T's outcomes (REASSIGNED: the order's users changed since its T read them: read again)
+TAKEN, TAKEN_AGAIN, CLOSED_AFTER_TAKE, CLOSED_UNTAKEN, OTHER_COURIER, REASSIGNED = (
+    "taken", "taken_again", "closed_after_take", "closed_untaken", "other_courier", "reassigned")
+_TAKE_RESULTS = {1: TAKEN, 0: TAKEN_AGAIN, 2: CLOSED_AFTER_TAKE, 3: CLOSED_UNTAKEN, 4: OTHER_COURIER,
+                 5: REASSIGNED}
 
 
 class Take(NamedTuple):
@@ -102,19 +106,38 @@ class OrderStore(RedisStore):
         self.publishes = not client.min_replicas
         self._prefix = keys.channel_prefix if self.publishes else ""
 
+    def assignment(self, order: int) -> Deferred:
+        """The order's ``assigned:<order>`` token ("" when none): read by a
+        ``T`` before it reads the order's row, and handed to
+        :meth:`take_order`."""
+        d = self._client.command("GET", self.keys.assigned(order))
+        return d.addCallback(lambda reply: reply or "")
+
+    def reassign(self, order: int) -> Deferred:
+        """A new ``assigned:<order>`` token, after the order's row got other
+        users: a ``T`` that read the token before (and so maybe the row
+        before) is refused with REASSIGNED.  Fires once the write is on
+        ``[redis] min_replicas`` replicas."""
+        token = os.urandom(8).hex()
+        d = self._client.command("SET", self.keys.assigned(order), token, "EX", ASSIGNED_TTL)
+        return self._replicated(d)
+
     def take_order(self, order: int, courier: int, customer: int, packet: bytes, now_ms: int,
-                   earlier: Optional[Tuple[int, int, Optional[str]]] = None) -> Deferred:
+                   earlier: Optional[Tuple[int, int, Optional[str]]] = None, assigned: str = "") -> Deferred:
         """Link the two (friends both ways) and store the ``s`` packet, the
         first time only.  ``earlier``: ``(courier, taken_at, before)`` of a
         ``T`` MySQL kept, which stands in for an expired record (it is
-        restored; nothing else happens).  Fires with a :class:`Take`, once
-        the write is on ``[redis] min_replicas`` replicas."""
+        restored; nothing else happens).  ``assigned``: the order's token
+        (:meth:`assignment`) as read before the order's row; if it changed
+        since, nothing happens and the outcome is REASSIGNED.  Fires with a
+        :class:`Take`, once the write is on ``[redis] min_replicas``
+        replicas."""
         k, push = self.keys, self.push
         key_list = [k.friends(courier), k.friends(customer), k.order(order), k.links(courier, customer),
                     k.kept(courier), k.kept(customer), k.mq, k.mq_seq, k.pending(courier), k.pending(customer),
                     k.dedup(courier, taken_id(order), customer), k.open_orders(courier), k.devices(customer),
                     k.conversations(courier), k.conversation_last(courier), k.conversations(customer),
-                    k.conversation_last(customer), k.unread(customer, courier)]
+                    k.conversation_last(customer), k.unread(customer, courier), k.assigned(order)]
         args: List[Any] = [courier, customer, packet, OPEN_TTL, now_ms, order]
         if earlier is None:
             args += ["", "", ""]
@@ -122,6 +145,7 @@ class OrderStore(RedisStore):
             args += [earlier[0], earlier[1], earlier[2] or ""]
         args.append(self.dedup_ttl)
         args.append(self._prefix)
+        args.append(assigned)
         if push is not None:
             key_list += push.keys
             args.append(push.due(now_ms))

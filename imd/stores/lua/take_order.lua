@@ -3,12 +3,13 @@
 --       kept:<courier>, kept:<customer>, MQ, MQ:seq, pending:<courier>, pending:<customer>,
 --       dedup:<courier>:taken-<order>, open:<courier>, dev:<customer>,
 --       conv:<courier>, convlast:<courier>, conv:<customer>, convlast:<customer>,
---       unread:<customer>:<courier>
+--       unread:<customer>:<courier>, assigned:<order>
 --       [, push:unread, push:last, push:due: only with [push] url set]
 -- ARGV: courier, customer, s packet, open ttl (s), now (ms), order,
 --       what MySQL kept of an earlier T ('' when nothing: its courier,
 --       taken_at, before), dedup ttl (s), channel prefix ('': publish
---       nothing, the caller delivers) [, push due (ms)]
+--       nothing, the caller delivers), the assigned:<order> token the
+--       T read before the order's row ('' when none) [, push due (ms)]
 -- The s packet stored is published with its pos to the nodes of the
 -- customer's connections (the fanout snippet) and is the last of both
 -- parties' conversation, unread for the customer (note_conversation).
@@ -19,7 +20,9 @@
 -- nothing else, not even the friendship, which friend rm may have ended);
 -- {2}: a repeat after the close (nothing changes: a late retry must not
 -- bring an ended friendship back); {3}: the order was closed before any T;
--- {4}: another courier took it.  With no record in Redis (it expired) but
+-- {4}: another courier took it; {5}: the order's users changed since the
+-- T read its row (assigned:<order> is not the token it read before): nothing
+-- happens, the T reads again.  With no record in Redis (it expired) but
 -- an earlier T in MySQL, the record is restored and it is a repeat.
 -- open while taken and not closed: the courier's positions go to this customer
 local function mark_open(now, ttl)
@@ -27,6 +30,7 @@ local function mark_open(now, ttl)
   redis.call('ZADD', KEYS[12], now + ttl * 1000, ARGV[6] .. ':' .. ARGV[2])
   expire_links(KEYS[12])
 end
+if (redis.call('GET', KEYS[19]) or '') ~= ARGV[12] then return {5} end
 local record = redis.call('HMGET', KEYS[3], 'courier', 'taken_at', 'closed_at', 'before')
 if record[2] then
   if record[1] ~= ARGV[1] then return {4} end
@@ -71,7 +75,7 @@ expire_links(KEYS[4])
 local seq = store_entry(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3])
 redis.call('SET', KEYS[11], ARGV[2], 'NX', 'EX', ARGV[10])
 mark_open(now, ttl)
-if ARGV[12] then note_push(KEYS[19], KEYS[20], KEYS[21], ARGV[2], ARGV[3], ARGV[12]) end
+if ARGV[13] then note_push(KEYS[20], KEYS[21], KEYS[22], ARGV[2], ARGV[3], ARGV[13]) end
 local delivered = string.sub(ARGV[3], 1, -2) .. ',"pos":' .. seq .. '}'
 note_conversation(KEYS[14], KEYS[15], ARGV[2], seq, delivered, false)
 note_conversation(KEYS[16], KEYS[17], ARGV[1], seq, delivered, KEYS[18], KEYS[11])
