@@ -410,7 +410,12 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
         await self.send(alice, "m", "to three on node 2")
         for client in others:
             self.assertEqual((await client.next())["id"], "m")
-        self.assertEqual(len(frames), 1)
+        # one frame per node, the sender's own included (it names the
+        # connection the message came on, whose A waited for it)
+        parsed = sorted(busframes.room_recipients(original(frame).rest)[:2] for frame in frames)
+        self.assertEqual([uids for uids, _ in parsed], [[1], [2, 3, 4]])
+        self.assertIsNotNone(parsed[0][1])
+        self.assertIsNone(parsed[1][1])
 
 
 class CloseTests(RoomTestMixin, unittest.TestCase):
