@@ -127,7 +127,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "event; deleted when it joins again"),
     KeySpec("roommine:<room>:<uid>", "sorted set", "rooms",
             "the member's own messages in the room above its read cursor (member and score: their seq), which "
-            "its unread count leaves out; trimmed as the cursor moves, deleted when it leaves"),
+            "its unread count leaves out; trimmed as the cursor moves, kept when it leaves (its own never count, "
+            "even once back)"),
     KeySpec("rdedup:<uid>:<room>/<id>", "string", "rooms",
             "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
             "'<seq>/<pos>', so a retry answers the first seq"),

@@ -15,7 +15,8 @@ A member's ``unread``: the room's messages after its read cursor (``seq``
 minus the cursor) but its own; system messages from 0 (``joined``,
 ``left``, ``closed``, the API's) count, as from others.  A member that
 never read counts from the room's first message; a removed member's
-cursor goes with its membership, so one that joins again counts afresh.
+cursor goes with its membership, so one that joins again counts afresh
+(but never its own messages: ``roommine`` stays).
 A removed member's row stays in its list as it was at its ``left`` (that
 packet as ``last``, the unread it had then) until it joins again.
 """

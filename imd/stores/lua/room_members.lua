@@ -97,7 +97,6 @@ local function gone(uid, entry)
   local mine = redis.call('ZCOUNT', KEYS[k + 3], '(' .. cursor, '+inf')
   local unread = math.max(0, tonumber(redis.call('HGET', room_key, 'seq')) - cursor - mine)
   redis.call('HSET', KEYS[k + 2], ARGV[5], unread .. ' ' .. entry)
-  redis.call('DEL', KEYS[k + 3])
 end
 if not exists then
   redis.call('HSET', room_key, 'seq', 0, 'created_at', now, 'meta', ARGV[4] ~= '' and ARGV[4] or '{}')
