@@ -512,6 +512,27 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
         self.assertEqual((await bob.next())["msg"]["event"], "left")
         self.assertEqual((await self.send(bob, "b2", "hi again"))["code"], "forbidden")
 
+    async def test_members_changed_through_another_node_get_the_next_message(self):
+        # node 1's store knows the members [1, 2] from a first send; node 2 changes them
+        await self.admin.create(ROOM, [1, 2])
+        alice = await self.login_on(self.server, 1)
+        bob = await self.login_on(self.node2, 2)
+        self.assertEqual((await self.send(alice, "m1", "first"))["type"], "A")
+        self.assertEqual((await bob.next())["id"], "m1")
+        await self.node2.app.room_admin.change(ROOM, [3], [2])
+        carol = await self.login_on(self.node2, 3)
+        self.assertEqual((await bob.next())["msg"]["event"], "left")
+        reply = await self.send(alice, "m2", "second")
+        self.assertEqual((reply["type"], reply["seq"]), ("A", 4), reply)   # m1, left, joined, then m2
+        self.assertEqual((await carol.next())["id"], "m2")
+        self.assertEqual([p["id"] for p in await self.conversations_of(carol)], ["m2"])
+        # bob, removed, got nothing more: its list still ends at its left
+        self.assertEqual([p["msg"]["event"] for p in await self.conversations_of(bob)], ["left"])
+
+    async def conversations_of(self, client):
+        reply = await self.ask(client, {"id": "c", "to": 0, "type": "H", "msg": {"conversations": True}})
+        return [c["last"] for c in reply["msg"]]
+
     async def test_one_publish_per_node(self):
         await self.admin.create(ROOM, [1, 2, 3, 4])
         alice = await self.login_on(self.server, 1)
