@@ -529,6 +529,24 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
         # bob, removed, got nothing more: its list still ends at its left
         self.assertEqual([p["msg"]["event"] for p in await self.conversations_of(bob)], ["left"])
 
+    async def test_without_publishing_the_node_delivers(self):
+        # [redis] min_replicas: the scripts publish nothing (nothing may reach
+        # a client before the replicas have it); the node delivers once stored
+        for server in (self.server, self.node2):
+            self.patch(server.app.rooms, "publishes", False)
+            self.patch(server.app.rooms, "_prefix", "")
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, alice_web = await self.login_on(self.server, 1), await self.login_on(self.node2, 1)
+        bob = await self.login_on(self.node2, 2)
+        reply = await self.send(alice, "m1", "not published")
+        self.assertEqual(reply["type"], "A", reply)
+        for client in (alice_web, bob):
+            self.assertEqual(((await client.next())["id"]), "m1")
+        await self.admin.change(ROOM, [], [3])
+        for client in (alice, alice_web, bob):
+            self.assertEqual(((await client.next())["msg"]["event"]), "left")
+        self.assertEqual([p["id"] for p in await self.conversations_of(bob)], ["left-2"])
+
     async def conversations_of(self, client):
         reply = await self.ask(client, {"id": "c", "to": 0, "type": "H", "msg": {"conversations": True}})
         return [c["last"] for c in reply["msg"]]
