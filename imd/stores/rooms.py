@@ -40,6 +40,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from imd.errors import StoreUnavailable
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, RedisStore, Script
@@ -124,8 +125,10 @@ MEMBERS_CACHED = 10000   # rooms whose members a store remembers (the scripts ch
 STALE_TRIES = 5          # calls of a script whose members changed meanwhile, at most
 
 
-class StaleMembers(Exception):
-    """The room's members changed under a script more than :data:`STALE_TRIES` times in a row."""
+class StaleMembers(StoreUnavailable):
+    """The room's members changed under a script :data:`STALE_TRIES` times
+    in a row (nothing stored: the client's retry is as good as ours, so it
+    answers ``unavailable`` like any store that could not do its work)."""
 
 
 def _stale(reply: Reply) -> Optional[Tuple[int, ...]]:
@@ -178,7 +181,7 @@ class RoomStore(RedisStore):
                 return reply, members
             members = fresh
             self._learn(room, members)
-        raise StaleMembers("room %s: its members kept changing" % room)
+        raise StaleMembers("room %s: its members kept changing, retry" % room)
 
     def store(self, room: str, sender: int, dedup_id: str, head: bytes, now_ms: int,
               origin: Optional[str] = None) -> Deferred:
