@@ -45,6 +45,7 @@ from imd.stores.deadletter import DeadLetters
 from imd.stores.friends import FriendStore
 from imd.stores.keys import Keys
 from imd.stores.conversations import ConversationStore
+from imd.stores.room_conversations import RoomConversations
 from imd.stores.messages import MessageStore
 from imd.stores.recalls import RecallStore
 from imd.stores.mysql import MessageRows, MysqlStore
@@ -107,7 +108,9 @@ class App:
         self.position_audience = PositionAudience(client, keys, settings.privacy.positions)
         self.receipts = ReceiptStore(client, keys, redis.dedup_ttl, self.push_notes)
         self.typing = TypingStore(client, keys, settings.typing.min_interval)
-        self.rooms = RoomStore(client, keys, redis.dedup_ttl, settings.typing.min_interval, self.push_notes)
+        self.rooms = RoomStore(client, keys, redis.dedup_ttl, settings.typing.min_interval, self.push_notes,
+                               self.node_id)
+        self.room_conversations = RoomConversations(client, keys)
         self.mysql = MysqlStore(settings.mysql)
         # read by /metrics, imd-admin (mq, top, reconcile, retention) and the process registry
         self.dead_letters = DeadLetters(client, keys)
@@ -158,7 +161,8 @@ class App:
             "H": history_dispatch(rooms, HistoryHandler(self.messages, self.mysql, self.clock,
                                                         Budget(settings.websocket.history_user_rate,
                                                                settings.websocket.history_user_burst),
-                                                        conversation_sources=[self.conversations],
+                                                        conversation_sources=[self.conversations,
+                                                                              self.room_conversations],
                                                         room_stream=rooms.stream).handle),
             "R": dispatch(rooms.read, ReceiptHandler(self.receipts, self.mysql, node, self.clock,
                                                      Budget(settings.websocket.receipt_lookup_rate,

@@ -12,12 +12,15 @@ A frame is text: ``<kind> <uid> <rest>``.
 - ``k <uid> <reason>``: close them with ``C`` + 4003 (an operator's kick);
 - ``r <uid> <conn id>``: close that one connection with ``C`` + 4002 (a newer
   device pushed it out);
-- ``g <uid> <uids> <packet>``: a room's packet (contract v3 §9) to every
-  connection on the receiving node of each of ``uids`` (comma-separated;
-  ``uid`` is the first of them): one frame per node, not per member.
+- ``g <uid> <uids>[/<conn id>] <packet>``: a room's packet (contract v3
+  §9) to every connection on the receiving node of each of ``uids``
+  (comma-separated; ``uid`` is the first of them) but the connection
+  ``conn id`` when named (the one a room message came on, which gets only
+  its ``A``: the script that stored it names it to that connection's node,
+  whose ``A`` waits for the frame): one frame per node, not per member.
 """
 
-from typing import List, NamedTuple, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 DELIVER, DELIVER_EXCEPT, KICK, REPLACE, ROOM = "d", "x", "k", "r", "g"
 KINDS = frozenset((DELIVER, DELIVER_EXCEPT, KICK, REPLACE, ROOM))
@@ -58,13 +61,17 @@ def decode(frame: Union[str, bytes]) -> Frame:
     return Frame(kind, number, rest)
 
 
-def room_recipients(rest: str) -> Tuple[List[int], str]:
-    """A ``g`` frame's rest -> (its uids, the packet), or :class:`BadFrame`."""
-    uids, sep, packet = rest.partition(" ")
+def room_recipients(rest: str) -> Tuple[List[int], Optional[str], str]:
+    """A ``g`` frame's rest -> (its uids, the conn id to leave out or
+    None, the packet), or :class:`BadFrame`."""
+    named, sep, packet = rest.partition(" ")
+    uids, slash, skip = named.partition("/")
+    if slash and not skip:
+        raise BadFrame("an empty conn id")
     try:
         numbers = [int(u) for u in uids.split(",")]
     except ValueError:
         raise BadFrame("not '<uids> <packet>'")
     if not sep or not all(0 < n and str(n) == u for n, u in zip(numbers, uids.split(","))):
         raise BadFrame("bad uids")
-    return numbers, packet
+    return numbers, skip if slash else None, packet

@@ -6,16 +6,18 @@ shutdown and the shutting-down state.  Handlers call :meth:`LocalNode.deliver`
 and :meth:`LocalNode.kick`; they never see a socket.  The transport registers
 its connections here and never decides who gets what.
 
-Packets that carry a ``pos`` (stored messages, system messages, recalls:
-contract §10) are published by the script that stores them, to every node
-holding a connection of the recipient or the sender, this one included
-(``lua/fanout.lua``), so that each connection gets them in ``pos`` order;
+Packets that carry a ``pos`` (stored messages, system messages, recalls,
+room messages and events: contract §10) are published by the script that
+stores them, to every node holding a connection of the recipient or the
+sender (of a room's members), this one included (``lua/fanout.lua``,
+``lua/room_fanout.lua``), so that each connection gets them in ``pos`` order;
 they reach the sessions through :meth:`frame_received` like every frame
 from another node (imd.bus receives them).  The rest (receipts, typing,
 positions) goes through :meth:`deliver`: this node's connections at once,
 and for the others a queue that one script publishes at the end of the
 reactor turn (:meth:`PresenceStore.route`), one frame to each other node
-that holds a connection of the recipient.
+that holds a connection of the recipient; rooms' cursors and typing
+likewise through :meth:`deliver_room` (one frame per node, not per member).
 """
 
 import itertools
@@ -72,8 +74,9 @@ class LocalNode:
         self._route_call: Any = None
         self._server_id_prefix = "%x" % int(clock.seconds() * 1000)
         self._server_ids = itertools.count(1)
-        # pos -> the Deferred of an A waiting for its message's 'x' frame;
-        # pos of 'x' frames that came before their waiter (wait_frame)
+        # pos -> the Deferred of an A waiting for its message's 'x' frame
+        # (a room message's: its 'g' frame naming the connection); pos of
+        # such frames that came before their waiter (wait_frame)
         self._frame_waiters: Dict[int, Deferred] = {}
         self._frames_early: Dict[int, None] = {}
 
@@ -253,17 +256,22 @@ class LocalNode:
                 reached = self.deliver_local(uid, packet.encode("utf-8"), skip)
                 self._frame_came(packet)
             elif kind == busframes.ROOM:
-                uids, packet = busframes.room_recipients(rest)
+                uids, leave_out, packet = busframes.room_recipients(rest)
                 data = packet.encode("utf-8")
                 reached = 0
                 for member in uids:
-                    reached += self.deliver_local(member, data)
+                    reached += self.deliver_local(member, data, leave_out)
+                if leave_out is not None:
+                    self._frame_came(packet)
             elif kind == busframes.KICK:
                 self.kick_local(uid, rest)
                 return
             else:
                 self.replace_local(uid, rest)
                 return
+        except busframes.BadFrame:
+            _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80])
+            return
         except Exception:
             _log.failure("handling a bus frame")
             return

@@ -19,6 +19,9 @@ Debian's Chromium (``/usr/bin/chromium``) against a real imd (http + ws) on
   which has none, the page's own catch-up H), counted unread in its
   conversation list (the server's, contract §10) until the conversation
   is opened.
+- A room: its message shows in the conversation list (the server's) with
+  its unread count; the open room shows every member's read cursor, the
+  reader's own as it reads and the others' as their ``R`` packets come.
 - Throughout, the browser console shows no error and the server answers no
   request of the page with 4xx/5xx (a missing favicon was one).
 
@@ -54,6 +57,7 @@ OLD_MESSAGES = 105       # more than the page's first H asks for (100)
 # not those the SDK sends by itself (data-role "sync") nor the page's
 # conversation list, room or catch-up requests (their own data-role).
 PAGE_H = "#log li[data-dir=out][data-type=H]:not([data-role])"
+ROOM = "order:7"
 
 # Run in the page: the inputs whose placeholder is wider than their text box.
 _CUT_PLACEHOLDERS = """() => {
@@ -239,6 +243,32 @@ def history_after_live(browser, send_live):
     return items.evaluate_all("(items) => items.map((i) => [i.dataset.from, i.dataset.id, Number(i.dataset.ts)])")
 
 
+def room_view(browser, bob_does):
+    """Blocking: a room's message from Bob shows in Alice's conversation
+    list (the server's) with 1 unread; opening the room reads it (her
+    cursor moves) and shows every member's read cursor, Bob's moving live
+    when he reads."""
+    from playwright.sync_api import expect
+
+    alice = browser.open("uid1", "/?uid=1&connect")
+    expect_open(alice, 1)
+    bob_does({"id": "r1", "room": ROOM, "type": "t", "msg": "hello room"})
+    row = alice.locator('#conversations li[data-conversation="room:%s"]' % ROOM)
+    expect(row).to_have_attribute("data-unread", "1")
+    expect(row.locator(".last")).to_have_text("hello room")
+    alice.fill("#room-id", ROOM)
+    alice.click("#open-room button")
+    expect(alice.locator("#conversation li", has_text="hello room")).to_have_count(1)
+    cursors = alice.locator("#room-reads .cursor")
+    expect(alice.locator('#room-reads .cursor[data-uid="1"]')).to_have_attribute("data-seq", "1")
+    expect(alice.locator('#room-reads .cursor[data-uid="1"]')).to_have_text("you → seq 1")
+    expect(alice.locator('#room-reads .cursor[data-uid="2"]')).to_have_attribute("data-seq", "0")
+    expect(cursors).to_have_count(2)
+    expect(row).to_have_attribute("data-unread", "0")
+    bob_does({"id": "rr", "room": ROOM, "type": "R", "msg": {"state": "read", "seq": 1}})
+    expect(alice.locator('#room-reads .cursor[data-uid="2"]')).to_have_text("uid 2 → seq 1")
+
+
 class HeldTokens:
     """Holds a page's ``POST /IM/token`` requests (Playwright routes them)
     until released: the page keeps trying on its own, its request simply
@@ -419,6 +449,15 @@ class BrowserTests(ClientMixin, HttpTestMixin, unittest.TestCase):
                          [(sender, msg_id) for sender, msg_id, _ in shown])
         stamps = [ts for _, _, ts in shown]
         self.assertEqual(sorted(stamps), stamps)
+
+    async def test_a_room_in_the_list_with_unread_and_its_read_cursors(self):
+        await self.http.app.room_admin.create(ROOM, [1, 2])
+        bob = await self.login(2)
+
+        def bob_does(packet):
+            reply = threads.blockingCallFromThread(reactor, self.ask, bob, packet)
+            assert reply["type"] == "A", reply
+        await self.in_browser(room_view, bob_does)
 
     async def test_no_placeholder_is_cut_off(self):
         cut = await self.in_browser(placeholders_cut)

@@ -45,6 +45,25 @@ class FrameReceivedTests(unittest.SynchronousTestCase):
         self.assertEqual(self.session.closed, [(4003, "an operator's kick")])
         self.assertEqual(self.warnings, [])
 
+    def test_a_room_frame_leaves_out_the_connection_it_names_and_lets_its_ack_go(self):
+        other_device, friend = _Session(7, "c2"), _Session(8, "c9")
+        self.node.add(other_device)
+        self.node.add(friend)
+        waiting = self.node.wait_frame(41)
+        self.assertFalse(waiting.called)
+        packet = '{"id":"m","from":7,"room":"r","type":"t","msg":"hi","ts":1,"seq":3,"pos":41}'
+        self.node.frame_received("g 7 7,8/c1 " + packet)
+        self.assertTrue(waiting.called)
+        sent = [packet.encode()]
+        self.assertEqual((self.session.sent, other_device.sent, friend.sent), ([], sent, sent))
+        # without a connection named: every connection of the uids, and no A waits on it
+        self.node.frame_received("g 8 8 " + packet)
+        self.assertEqual(len(friend.sent), 2)
+        for bad in ("g 7 7,8/ " + packet, "g 7 7,x " + packet, "g 7 7,8/c1"):
+            self.node.frame_received(bad)
+        self.assertEqual(len(self.warnings), 3)
+        self.assertEqual((len(other_device.sent), len(friend.sent)), (1, 2))
+
     def test_a_frame_that_is_not_utf8_or_not_a_frame_is_ignored(self):
         # a byte that is not UTF-8 reaches the node as a lone surrogate (imd.stores.redis)
         for frame in ('d 7 {"m":"\udcff"}', "k 7 \udcff", "x 7 what", "d seven {}", "", b"d 7 \xff"):

@@ -71,7 +71,9 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
             Draft202012Validator.check_schema(operation["responses"][status]["content"]["application/json"]["schema"])
         self.assertEqual({p for p, _, _ in documented(spec)},
                          {"/IM/api/send", "/IM/api/orders", "/IM/api/orders/{order}/close", "/IM/api/kick",
-                          "/IM/api/online", "/IM/api/friends"})
+                          "/IM/api/online", "/IM/api/friends", "/IM/api/messages/delete", "/IM/api/users/{uid}/erase",
+                          "/IM/api/rooms", "/IM/api/rooms/{room}/members", "/IM/api/rooms/{room}/send",
+                          "/IM/api/rooms/{room}/close", "/IM/api/rooms/{room}"})
 
     @defer.inlineCallbacks
     def check(self, template, method, path, body=None, headers=AUTH, server=None, request_ok=True):
@@ -123,6 +125,43 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await self.check(friends, "POST", "friends", {"a": 5, "b": "6", "op": "add"})
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "both"})
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "rm"}, headers={})
+        # moderation delete and erasure (contract §11)
+        delete, erase = "/IM/api/messages/delete", "/IM/api/users/{uid}/erase"
+        await self.check(friends, "POST", "friends", {"a": 5, "b": 7, "op": "add"})
+        sender = await self.login(7)
+        self.assertEqual((await self.ask(sender, {"id": "m1", "to": 5, "type": "t", "msg": "x"}))["type"], "A")
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": "m1", "to": 5})
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": "m1", "to": 5})   # false: done before
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": "nope", "to": 5})
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": ["m1"], "to": 5})
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": "m1", "to": 5}, headers=wrong)
+        await self.check(erase, "POST", "users/7/erase")
+        await self.check(erase, "POST", "users/x/erase")
+        await self.check(erase, "POST", "users/7/erase", headers={})
+        # rooms (contract §9)
+        rooms, members = "/IM/api/rooms", "/IM/api/rooms/{room}/members"
+        room_send, room_close = "/IM/api/rooms/{room}/send", "/IM/api/rooms/{room}/close"
+        room_show = "/IM/api/rooms/{room}"
+        await self.check(rooms, "POST", "rooms", {"room": "order:42", "members": [5, "6"], "meta": {"order": 42}})
+        await self.check(rooms, "POST", "rooms", {"room": "order 42", "members": [5]})
+        await self.check(rooms, "POST", "rooms", {"room": "order:42", "members": [5]}, headers={})
+        await self.check(members, "POST", "rooms/order:42/members", {"add": [8], "rm": [6]})
+        await self.check(members, "POST", "rooms/order:42/members", {"add": "8"})
+        await self.check(members, "POST", "rooms/order:43/members", {"add": [8]})
+        await self.check(members, "POST", "rooms/order:42/members", {"add": [8]}, headers=wrong)
+        await self.check(room_send, "POST", "rooms/order:42/send", {"msg": {"event": "assigned"}, "id": "s1"})
+        await self.check(room_send, "POST", "rooms/order:42/send", {"msg": "text"})
+        await self.check(room_send, "POST", "rooms/order:43/send", {"msg": {}})
+        await self.check(room_send, "POST", "rooms/order:42/send", {"msg": {}}, headers={})
+        await self.check(room_show, "GET", "rooms/order:42")
+        await self.check(room_show, "GET", "rooms/order!42")
+        await self.check(room_show, "GET", "rooms/order:43")
+        await self.check(room_show, "GET", "rooms/order:42", headers={})
+        await self.check(room_close, "POST", "rooms/order:42/close")
+        await self.check(room_close, "POST", "rooms/order!42/close")
+        await self.check(room_close, "POST", "rooms/order:43/close")
+        await self.check(room_close, "POST", "rooms/order:42/close", headers={})
+        await self.check(room_show, "GET", "rooms/order:42")   # closed: closed_at and ends_at set
 
         # 429: a server whose key may make one request
         limited = await self.start_server(make_settings(dict(self.overrides, http={
@@ -135,6 +174,13 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await self.check(kick, "POST", "kick", {"uid": 5}, server=limited)
         await self.check(online, "GET", "online?uid=5", server=limited)
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "add"}, server=limited)
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": "m1", "to": 5}, server=limited)
+        await self.check(erase, "POST", "users/7/erase", server=limited)
+        await self.check(rooms, "POST", "rooms", {"room": "r", "members": [5]}, server=limited)
+        await self.check(members, "POST", "rooms/r/members", {"add": [6]}, server=limited)
+        await self.check(room_send, "POST", "rooms/r/send", {"msg": {}}, server=limited)
+        await self.check(room_close, "POST", "rooms/r/close", server=limited)
+        await self.check(room_show, "GET", "rooms/r", server=limited)
 
         # 503: the same App's stores away (a server of its own on a private redis-server)
         private = await PrivateRedis().start()
@@ -150,5 +196,12 @@ class OpenApiTests(ApiTestMixin, unittest.TestCase):
         await self.check(kick, "POST", "kick", {"uid": 5}, server=server)
         await self.check(online, "GET", "online?uid=5", server=server)
         await self.check(friends, "POST", "friends", {"a": 5, "b": 6, "op": "add"}, server=server)
+        await self.check(delete, "POST", "messages/delete", {"from": 7, "id": "m1", "to": 5}, server=server)
+        await self.check(erase, "POST", "users/7/erase", server=server)
+        await self.check(rooms, "POST", "rooms", {"room": "r", "members": [5]}, server=server)
+        await self.check(members, "POST", "rooms/r/members", {"add": [6]}, server=server)
+        await self.check(room_send, "POST", "rooms/r/send", {"msg": {}}, server=server)
+        await self.check(room_close, "POST", "rooms/r/close", server=server)
+        await self.check(room_show, "GET", "rooms/r", server=server)
 
         self.assertEqual(sorted(documented(load_spec()) - self.covered), [], "documented but never seen")

@@ -331,6 +331,122 @@ class SyncTests(RoomTestMixin, unittest.TestCase):
         self.assertEqual([p["id"] for p in stream], ["left-4", "after", "later"])
 
 
+class ConversationListTests(RoomTestMixin, unittest.TestCase):
+    """Rooms in ``H {"conversations": true}`` (contract §10): the room's
+    latest packet, unread = messages from others (system ones included)
+    after the member's read cursor, newest activity first with the
+    one-to-one rows, a removed member's row as it was at its ``left``."""
+
+    async def conversations(self, client, limit=None, n=[0]):
+        n[0] += 1
+        msg = {"conversations": True} if limit is None else {"conversations": True, "limit": limit}
+        reply = await self.ask(client, {"id": "c%d" % n[0], "to": 0, "type": "H", "msg": msg})
+        self.assertEqual(reply["type"], "H", reply)
+        return reply
+
+    async def summary(self, client):
+        reply = await self.conversations(client)
+        self.assertFalse(reply["more"])
+        return [(c["with"] if "with" in c else c["room"], c["last"]["id"], c["unread"]) for c in reply["msg"]]
+
+    async def read(self, client, seq, room=ROOM):
+        reply = await self.ask(client, {"id": "r%d" % seq, "room": room, "type": "R",
+                                        "msg": {"state": "read", "seq": seq}})
+        self.assertEqual(reply["type"], "A", reply)
+
+    async def test_unread_moves_with_cursors_and_others_sends_not_own(self):
+        await self.befriend(1, 2)
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, bob, carol = await self.login(1), await self.login(2), await self.login(3)
+        for packet_id in ("b1", "b2"):
+            self.assertEqual((await self.send(bob, packet_id, "hi"))["type"], "A")
+        acked = await self.send(alice, "a1", "hello")
+        self.assertEqual(await self.summary(alice), [(ROOM, "a1", 2)])
+        self.assertEqual(await self.summary(bob), [(ROOM, "a1", 1)])
+        self.assertEqual(await self.summary(carol), [(ROOM, "a1", 3)])
+        last = (await self.conversations(alice))["msg"][0]["last"]
+        self.assertEqual((last["from"], last["room"], last["seq"], last["pos"]), (1, ROOM, 3, acked["pos"]))
+        # alice's cursor moves: to b1, then past everything; an older seq changes nothing
+        await self.read(alice, 1)
+        self.assertEqual(await self.summary(alice), [(ROOM, "a1", 1)])
+        await self.read(alice, 3)
+        await self.read(alice, 2)
+        self.assertEqual(await self.summary(alice), [(ROOM, "a1", 0)])
+        # others' sends count, a one-to-one message interleaves by its pos
+        await self.send(bob, "b3", "more")
+        self.assertEqual(await self.summary(alice), [(ROOM, "b3", 1)])
+        reply = await self.ask(bob, {"id": "d1", "to": 1, "type": "t", "msg": "direct"})
+        self.assertEqual(reply["type"], "A", reply)
+        self.assertEqual(await self.summary(alice), [(2, "d1", 1), (ROOM, "b3", 1)])
+        await self.send(bob, "b4", "again")
+        self.assertEqual(await self.summary(alice), [(ROOM, "b4", 2), (2, "d1", 1)])
+        # a system message from 0 counts for everyone, as from others
+        sent = await self.admin.send(ROOM, {"note": "courier assigned"}, "sys1")
+        self.assertEqual(await self.summary(alice), [(ROOM, "sys1", 3), (2, "d1", 1)])
+        self.assertEqual(await self.summary(bob), [(ROOM, "sys1", 2), (1, "d1", 0)])   # a1 and sys1
+        self.assertEqual(await self.summary(carol), [(ROOM, "sys1", sent["seq"])])
+        # bob reads up to b3: his own below it no longer matter, the rest stays
+        await self.read(bob, 5)
+        self.assertEqual(await self.summary(bob), [(ROOM, "sys1", 1), (1, "d1", 0)])
+
+    async def test_a_removed_member_keeps_its_row_up_to_its_left(self):
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, carol = await self.login(1), await self.login(3)
+        await self.send(alice, "a1", "one")
+        await self.read(carol, 1)
+        await self.send(carol, "c1", "mine")
+        await self.send(alice, "a2", "two")
+        await self.admin.change(ROOM, [], [3])
+        left = await carol.next_of("s")
+        while left["msg"].get("event") != "left":
+            left = await carol.next_of("s")
+        # carol's row: its left, and what was unread then (a2 and the left event)
+        self.assertEqual(await self.summary(carol), [(ROOM, left["id"], 2)])
+        await self.send(alice, "a3", "after carol left")
+        await self.admin.close(ROOM)
+        self.assertEqual(await self.summary(carol), [(ROOM, left["id"], 2)])
+        self.assertEqual((await self.summary(alice))[0][:2], (ROOM, "closed-%d" % (left["seq"] + 2)))
+        # back in: the row moves to its joined; its cursor went with the
+        # membership, so everything from others counts afresh (not its own c1)
+        await self.admin.change(ROOM, [3], [])
+        rows = await self.summary(carol)
+        self.assertEqual(rows, [(ROOM, "joined-%d" % (left["seq"] + 3), left["seq"] + 3 - 1)])
+
+    async def test_pages_of_rooms_and_one_to_one_rows_without_skip_or_repeat(self):
+        others = [10, 11, 12]
+        for other in others:
+            await self.befriend(1, other)
+        rooms = ["r:%d" % n for n in range(6)]
+        for room in rooms:
+            await self.admin.create(room, [1, 10])
+        alice = await self.login(1)
+        expected = []
+        for n in range(8):
+            if n % 3 == 2:
+                other = others[n // 3]
+                reply = await self.ask(alice, {"id": "to%d" % other, "to": other, "type": "t", "msg": "x"})
+                expected.append(other)
+            else:
+                room = rooms[len([e for e in expected if isinstance(e, str)])]
+                reply = await self.send(alice, "in-" + room, "x", room=room)
+                expected.append(room)
+            self.assertEqual(reply["type"], "A", reply)
+        expected.reverse()
+        for limit in (1, 3, 8, 200):
+            seen, msg, pages, positions = [], {"conversations": True, "limit": limit}, 0, []
+            while True:
+                pages += 1
+                reply = await self.ask(alice, {"id": "p%d" % pages, "to": 0, "type": "H", "msg": msg})
+                self.assertLessEqual(len(reply["msg"]), limit)
+                seen.extend(c.get("room", c.get("with")) for c in reply["msg"])
+                positions.extend(c["last"]["pos"] for c in reply["msg"])
+                if not reply["more"]:
+                    break
+                msg = {"after": reply["next"]}
+            self.assertEqual(seen, expected, limit)
+            self.assertEqual(positions, sorted(positions, reverse=True))
+
+
 class MigrationTests(RoomTestMixin, unittest.TestCase):
 
     async def test_every_acked_room_message_lands_once(self):
@@ -396,6 +512,45 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
         self.assertEqual((await bob.next())["msg"]["event"], "left")
         self.assertEqual((await self.send(bob, "b2", "hi again"))["code"], "forbidden")
 
+    async def test_members_changed_through_another_node_get_the_next_message(self):
+        # node 1's store knows the members [1, 2] from a first send; node 2 changes them
+        await self.admin.create(ROOM, [1, 2])
+        alice = await self.login_on(self.server, 1)
+        bob = await self.login_on(self.node2, 2)
+        self.assertEqual((await self.send(alice, "m1", "first"))["type"], "A")
+        self.assertEqual((await bob.next())["id"], "m1")
+        await self.node2.app.room_admin.change(ROOM, [3], [2])
+        carol = await self.login_on(self.node2, 3)
+        self.assertEqual((await bob.next())["msg"]["event"], "left")
+        reply = await self.send(alice, "m2", "second")
+        self.assertEqual((reply["type"], reply["seq"]), ("A", 4), reply)   # m1, left, joined, then m2
+        self.assertEqual((await carol.next())["id"], "m2")
+        self.assertEqual([p["id"] for p in await self.conversations_of(carol)], ["m2"])
+        # bob, removed, got nothing more: its list still ends at its left
+        self.assertEqual([p["msg"]["event"] for p in await self.conversations_of(bob)], ["left"])
+
+    async def test_without_publishing_the_node_delivers(self):
+        # [redis] min_replicas: the scripts publish nothing (nothing may reach
+        # a client before the replicas have it); the node delivers once stored
+        for server in (self.server, self.node2):
+            self.patch(server.app.rooms, "publishes", False)
+            self.patch(server.app.rooms, "_prefix", "")
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, alice_web = await self.login_on(self.server, 1), await self.login_on(self.node2, 1)
+        bob = await self.login_on(self.node2, 2)
+        reply = await self.send(alice, "m1", "not published")
+        self.assertEqual(reply["type"], "A", reply)
+        for client in (alice_web, bob):
+            self.assertEqual(((await client.next())["id"]), "m1")
+        await self.admin.change(ROOM, [], [3])
+        for client in (alice, alice_web, bob):
+            self.assertEqual(((await client.next())["msg"]["event"]), "left")
+        self.assertEqual([p["id"] for p in await self.conversations_of(bob)], ["left-2"])
+
+    async def conversations_of(self, client):
+        reply = await self.ask(client, {"id": "c", "to": 0, "type": "H", "msg": {"conversations": True}})
+        return [c["last"] for c in reply["msg"]]
+
     async def test_one_publish_per_node(self):
         await self.admin.create(ROOM, [1, 2, 3, 4])
         alice = await self.login_on(self.server, 1)
@@ -410,7 +565,12 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
         await self.send(alice, "m", "to three on node 2")
         for client in others:
             self.assertEqual((await client.next())["id"], "m")
-        self.assertEqual(len(frames), 1)
+        # one frame per node, the sender's own included (it names the
+        # connection the message came on, whose A waited for it)
+        parsed = sorted(busframes.room_recipients(original(frame).rest)[:2] for frame in frames)
+        self.assertEqual([uids for uids, _ in parsed], [[1], [2, 3, 4]])
+        self.assertIsNotNone(parsed[0][1])
+        self.assertIsNone(parsed[1][1])
 
 
 class CloseTests(RoomTestMixin, unittest.TestCase):

@@ -22,6 +22,10 @@ def text(packet_id, to, msg="m"):
     return {"id": packet_id, "to": to, "type": "t", "msg": msg}
 
 
+def in_room(packet_id, room, msg="m"):
+    return {"id": packet_id, "room": room, "type": "t", "msg": msg}
+
+
 class Follower:
     """The client loop of contract §10, over one connection: after ``L`` it
     syncs from the highest pos it has processed, keeps the live packets
@@ -77,7 +81,7 @@ class Follower:
                 positions = [p["pos"] for p in packet["msg"]]
                 self.test.assertEqual(positions, sorted(set(positions)), "a page not ascending by pos")
                 for item in packet["msg"]:
-                    item.pop("state")
+                    item.pop("state", None)   # (a room message has none: no receipts in rooms)
                     self._process(item)
                 if packet["more"]:
                     self._ask({"after": packet["next"]})
@@ -357,7 +361,9 @@ class SyncTests(SyncTestMixin, unittest.TestCase):
 class NoGapTests(SyncTestMixin, unittest.TestCase):
     """A client that logs in while others keep sending to it, syncs from
     the highest pos it processed right after ``L`` and drops what it has
-    seen, ends with every message exactly once (contract §10)."""
+    seen, ends with every message exactly once (contract §10); its live
+    packets, one-to-one and room messages interleaved, from senders on two
+    nodes, come strictly ascending by pos."""
 
     overrides = dict(FAST, migrate={"batch": "20", "interval": "0.01", "lock_ttl": "0.5"})
 
@@ -384,6 +390,8 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         nodes = [self.server, node2]
         for uid in senders:
             await self.befriend(uid, reader)
+        room = "nogap:%d" % reader   # the reader and its senders: room messages interleave with the rest
+        await self.server.app.room_admin.create(room, [reader] + senders)
         # senders on both nodes, the first two on different ones
         clients = {uid: await self.login_on(node, uid)
                    for uid, node in zip(senders, [nodes[0], nodes[1], rng.choice(nodes)])}
@@ -391,13 +399,16 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         # before: the reader online, everything processed
         follower = Follower(self, await self.login_on(rng.choice(nodes), reader)).start()
         await with_deadline(follower.synced, what="first sync (seed %d)" % seed)
-        # all three at once, from both nodes: the reader's connection gets
-        # them in pos order, whichever node each was stored through
+        # all three at once, from both nodes, one-to-one and room messages
+        # interleaved: the reader's connection gets them in pos order,
+        # whichever node each was stored through
         acked = await defer.gatherResults([
-            self.send_acked(clients[uid], [text("a%d" % n, reader) for n in range(20)]) for uid in senders])
+            self.send_acked(clients[uid], [text("a%d" % n, reader) if n % 2 else in_room("a%d" % n, room)
+                                           for n in range(40)]) for uid in senders])
         for uid, positions in zip(senders, acked):
             expected.update({(uid, i): p for i, p in positions.items()})
-        await wait_until(lambda: len(follower.messages) == 60, what="60 live messages (seed %d)" % seed)
+        first = len(expected)
+        await wait_until(lambda: len(follower.messages) == first, what="%d live messages (seed %d)" % (first, seed))
         self.assertEqual(follower.live_positions, sorted(p for _, p in expected.items()),
                          "live packets out of pos order")
         highest, seen = follower.highest, follower.seen
@@ -407,7 +418,8 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         process = MigratorProcess(self.migrator_config()).start()
         await with_deadline(process.leading, what="migrator leading (seed %d)" % seed)
         offline = await defer.gatherResults([
-            self.send_acked(clients[uid], [text("b%d" % n, reader) for n in range(i, 500, 3)])
+            self.send_acked(clients[uid], [text("b%d" % n, reader) if n % 5 else in_room("b%d" % n, room)
+                                           for n in range(i, 600, 3)])
             for i, uid in enumerate(senders)])
         for uid, positions in zip(senders, offline):
             expected.update({(uid, i): p for i, p in positions.items()})
@@ -419,14 +431,14 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         await process.kill()
         # back online while another sender keeps sending, on either node
         keep_sending = defer.ensureDeferred(self.keep_sending(clients[senders[1]], senders[1], reader, rng,
-                                                              expected))
+                                                              expected, room))
         await task.deferLater(reactor, rng.random() * 0.05, lambda: None)
         follower = Follower(self, await self.login_on(rng.choice(nodes), reader), highest=highest, seen=seen,
                             limit=rng.choice((7, 50, 500))).start()
         migrator = start_migrator(self, self.server.app.settings)   # the rest moves while it catches up
         await keep_sending
         await with_deadline(follower.synced, what="sync done (seed %d)" % seed)
-        total = len(expected) - 60
+        total = len(expected) - first
         await wait_until(lambda: len(follower.messages) >= total, what="every message (seed %d)" % seed)
         await with_drain(migrator)
         await migrator.stopService()
@@ -440,10 +452,11 @@ class NoGapTests(SyncTestMixin, unittest.TestCase):
         items, _, _ = await self.sync(await self.login(reader), 0, limit=500)
         self.assert_stream(items, expected)
 
-    async def keep_sending(self, client, sender, reader, rng, expected):
-        """60 messages one after the other, now and then a moment apart."""
+    async def keep_sending(self, client, sender, reader, rng, expected, room):
+        """60 messages one after the other, now and then a moment apart,
+        one in three into the room."""
         for n in range(60):
-            reply = await self.ask(client, text("c%d" % n, reader))
+            reply = await self.ask(client, in_room("c%d" % n, room) if n % 3 == 0 else text("c%d" % n, reader))
             self.assertEqual(reply["type"], "A", reply)
             expected[(sender, "c%d" % n)] = reply["pos"]
             if rng.random() < 0.3:

@@ -70,6 +70,9 @@ const state = {
   // the chat view: the open conversation ("user:2" or "room:order:42"), the
   // server's list when it has one, and what it said when it has not
   open: null, serverUnread: new Map(), listSource: null,
+  // rooms' read cursors: room -> Map(uid -> seq), from H {"room"}'s "read"
+  // and the live R packets of the room (its members' cursors only move forward)
+  roomReads: new Map(),
 };
 
 // A uid, order id...: a number when it is a safe integer, else the text as typed
@@ -381,7 +384,10 @@ function sendReceipts() {
         sent.catch(receiptFailed("R " + name));
       }
     });
-    rooms.forEach((seq, room) => client.markRead({ room: room, seq: seq }).catch(receiptFailed("R read")));
+    rooms.forEach((seq, room) => {
+      client.markRead({ room: room, seq: seq }).then(() => moveCursor(room, state.uid, seq))
+        .catch(receiptFailed("R read"));
+    });
   });
   if (due.size || rooms.size) refreshConversations();
   if (state.open && readsAllowed()) state.serverUnread.set(state.open, 0);
@@ -402,8 +408,21 @@ function noteReceived(packet, stored) {
   if (stateRank(stored) >= 2) m.read = true;
 }
 
+// A member's read cursor in a room moved (forward only): the room view shows it.
+function moveCursor(room, uid, seq) {
+  if (typeof seq !== "number") return;
+  if (!state.roomReads.has(room)) state.roomReads.set(room, new Map());
+  const cursors = state.roomReads.get(room);
+  if (seq > (cursors.get(String(uid)) || 0)) cursors.set(String(uid), seq);
+  renderChat();
+}
+
 function onReceipt(packet) {
   refreshConversations();   // (a receipt of this user's other device moves its unread counts)
+  if (packet.room != null) {
+    if (packet.msg && packet.msg.state === "read") moveCursor(packet.room, packet.from, packet.msg.seq);
+    return;
+  }
   if (packet.to !== state.uid || !packet.msg || !Array.isArray(packet.msg.ids)) return;
   packet.msg.ids.forEach((id) => advanceSent(String(state.uid) + ":" + String(id), packet.msg.state));
 }
@@ -513,6 +532,7 @@ function drawChat() {
   const atBottom = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 4;
   pane.textContent = "";
   $("conversation-title").textContent = state.open ? conversationName(state.open) : "no conversation open";
+  drawCursors();
   $("chat-send").disabled = !state.open;
   state.timeline.forEach((entry) => {
     if (entry.conversation !== state.open) return;
@@ -522,6 +542,28 @@ function drawChat() {
     pane.append(item);
   });
   if (atBottom) pane.scrollTop = pane.scrollHeight;
+}
+
+// The open room's read cursors: one entry per member, "uid N read up to seq S".
+function drawCursors() {
+  const shown = $("room-reads");
+  shown.textContent = "";
+  const room = state.open && state.open.startsWith("room:") ? state.open.slice(5) : null;
+  const cursors = room !== null ? state.roomReads.get(room) : null;
+  shown.hidden = !cursors;
+  if (!cursors) return;
+  const label = document.createElement("span");
+  label.textContent = "read up to: ";
+  shown.append(label);
+  [...cursors.keys()].sort((a, b) => Number(a) - Number(b)).forEach((uid, n) => {
+    if (n) shown.append(" · ");
+    const item = document.createElement("span");
+    item.className = "cursor";
+    item.dataset.uid = uid;
+    item.dataset.seq = String(cursors.get(uid));
+    item.textContent = (Number(uid) === state.uid ? "you" : "uid " + uid) + " → seq " + cursors.get(uid);
+    shown.append(item);
+  });
 }
 
 // Opens a conversation ("user:2", "room:order:42"): its messages on the
@@ -551,7 +593,17 @@ async function loadRoom(room) {
   try {
     const pages = client.history({ room: room, limit: HISTORY_LIMIT });
     const page = await asPage("room", () => pages.next());
-    if (!page.done) showHistory(page.value);
+    if (!page.done) {
+      if (page.value.read) {
+        // every member's cursor: the members now (one removed meanwhile is no longer listed)
+        const cursors = new Map();
+        Object.entries(page.value.read).forEach(([uid, seq]) => cursors.set(uid, Number(seq) || 0));
+        const known = state.roomReads.get(room) || new Map();
+        cursors.forEach((seq, uid) => cursors.set(uid, Math.max(seq, known.get(uid) || 0)));
+        state.roomReads.set(room, cursors);
+      }
+      showHistory(page.value);
+    }
   } catch (e) {
     if (state.open === "room:" + room) {
       noteConversation("this server has no room " + room + ": H answered " + (e.code || "") + " — " + e.message +

@@ -47,6 +47,8 @@ class RoomNode(Protocol):
 
     def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int: ...
 
+    def wait_frame(self, pos: int, timeout: float = ...) -> Deferred: ...
+
 
 class Messages(Protocol):
     """Messages into Redis and back out of it (imd.stores.messages.MessageStore)."""

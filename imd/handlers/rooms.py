@@ -6,9 +6,14 @@ A room message is stored once (imd.stores.rooms: one ``MQ`` entry, the
 room's next ``seq`` and the accept order taken in the same script, which
 also checks membership against the stored set); the sender's connection
 gets its ``A`` with ``seq`` and ``pos``, every connection of every member
-(the sender's other devices included) gets the packet: on this node at
-once, on each other node holding members through one frame per node
-(imd.node.LocalNode.deliver_room).
+(the sender's other devices included) gets the packet: the store script
+publishes it, one frame to each node holding members, this one included
+(lua/room_fanout.lua), in ``pos`` order with every other stored packet
+(contract §10); the ``A`` leaves once this node has handled the frame
+naming the sending connection (imd.node.LocalNode.wait_frame), as for
+one-to-one messages.  With ``[redis] min_replicas`` nothing is published:
+the node delivers once the replicas have it (LocalNode.deliver_room, as
+it does for cursors and typing, which take no ``pos``).
 
 Membership changes and the close store a system message from 0 each
 (``joined``, ``left``, ``closed``), which takes a ``seq`` like any room
@@ -106,15 +111,22 @@ class RoomHandler:
             packet.msg, masked = self._text_policy.apply(cast(str, packet.msg))
         now = self._now_ms()
         head = protocol.room_message_head(packet.id, sender, room, packet.type, packet.msg, now)
-        d = self._rooms.store(room, sender, packet.dedup_id, head, now)
+        d = self._rooms.store(room, sender, packet.dedup_id, head, now, packet.origin)
         return d.addCallback(self._stored, packet, masked)
 
-    def _stored(self, result: RoomStored, packet: protocol.MessagePacket, masked: bool) -> Reply:
+    def _stored(self, result: RoomStored, packet: protocol.MessagePacket, masked: bool) -> Union[Reply, Deferred]:
         _refused(result.status, cast(str, packet.room))
         if result.status == DUPLICATE:
             return Reply(protocol.ack_room(packet.id, result.seq, result.pos, duplicate=True, masked=masked))
+        reply = Reply(protocol.ack_room(packet.id, result.seq, result.pos, masked=masked))
+        if self._rooms.publishes:
+            # published by the store script, in pos order: the A goes once
+            # this node has handled its frame (acks never outrun deliveries)
+            if packet.origin is not None:
+                return self._node.wait_frame(result.pos).addCallback(lambda _: reply)
+            return reply
         self._node.deliver_room(result.members, result.entry, packet.origin)
-        return Reply(protocol.ack_room(packet.id, result.seq, result.pos, masked=masked))
+        return reply
 
     def read(self, reader: int, packet: protocol.RoomReadPacket) -> Deferred:
         now = self._now_ms()
@@ -247,6 +259,8 @@ class RoomAdmin:
         return int(self._clock.seconds() * 1000)
 
     def _announce(self, events: Sequence[RoomEvent]) -> None:
+        if self._rooms.publishes:
+            return   # the script that stored them published them
         for event in events:
             self._node.deliver_room(event.recipients, event.entry)
 
@@ -287,7 +301,7 @@ class RoomAdmin:
         head = protocol.room_message_head(packet_id, 0, room, "s", msg, now)
         result = cast(RoomStored, (yield self._rooms.store(room, 0, packet_id, head, now)))
         _refused(result.status, room)
-        if result.status != DUPLICATE:
+        if result.status != DUPLICATE and not self._rooms.publishes:
             self._node.deliver_room(result.members, result.entry)
         return {"id": packet_id, "seq": result.seq}
 

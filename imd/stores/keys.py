@@ -110,7 +110,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "the user's budget of R packets naming ids without a dedup record, each looked up in "
             "pending:<uid> and MySQL ([websocket] receipt_lookup_rate, receipt_lookup_burst)"),
     KeySpec("room:<room>", "hash", "rooms",
-            "a room (contract v3 §9): seq (its last seq), meta (JSON), created_at, closed_at and ends_at "
+            "a room (contract v3 §9): seq (its last seq), last (that message's packet), meta (JSON), created_at, "
+            "closed_at and ends_at "
             "(Unix ms, once closed); kept like messages, without expiry"),
     KeySpec("roommembers:<room>", "set", "rooms", "the room's members (uids), checked by every send"),
     KeySpec("roomread:<room>", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
@@ -121,6 +122,17 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "uid -> the member's spans of the room in its stream (contract §10): 'from:to,...', the positions "
             "above from (MQ:seq when it was added) up to to (its left event; empty while a member)"),
     KeySpec("roomsof:<uid>", "set", "rooms", "the rooms the user is or was a member of (for its sync stream)"),
+    KeySpec("roomconv:<uid>", "sorted set", "rooms",
+            "the user's rooms in its conversation list (contract §10): member the room's id, score the pos of "
+            "its latest packet there (a removed member's: its left event); written by the scripts that store "
+            "room packets; no cap, like roomsof:<uid>"),
+    KeySpec("roomgone:<uid>", "hash", "rooms",
+            "room -> '<unread> <left packet>': a removed member's conversation-list row, as it was at its left "
+            "event; deleted when it joins again"),
+    KeySpec("roommine:<room>:<uid>", "sorted set", "rooms",
+            "the member's own messages in the room above its read cursor (member and score: their seq), which "
+            "its unread count leaves out; trimmed as the cursor moves, kept when it leaves (its own never count, "
+            "even once back)"),
     KeySpec("rdedup:<uid>:<room>/<id>", "string", "rooms",
             "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
             "'<seq>/<pos>', so a retry answers the first seq"),
@@ -243,7 +255,8 @@ class Keys:
         return "%slinks:%d:%d" % (self.prefix, a, b)
     def room(self, room: str) -> str:
         """A room's keys: ``room:``, ``roommembers:``, ``roomread:``,
-        ``roompending:``, ``roomspans:`` then the id, ``rdedup:<uid>:<room>/<id>``:
+        ``roompending:``, ``roomspans:`` then the id, ``rdedup:<uid>:<room>/<id>``,
+        ``roommine:<room>:<uid>`` (a uid is digits: the last ``:`` ends the id):
         a room id may hold ``:``, so no room's key is another's with a
         suffix (``/`` is not in a room id; a uid is digits)."""
         return "%sroom:%s" % (self.prefix, room)
@@ -265,6 +278,15 @@ class Keys:
 
     def rooms_of(self, uid: Uid) -> str:
         return "%sroomsof:%d" % (self.prefix, uid)
+
+    def room_conversations(self, uid: Uid) -> str:
+        return "%sroomconv:%d" % (self.prefix, uid)
+
+    def room_gone(self, uid: Uid) -> str:
+        return "%sroomgone:%d" % (self.prefix, uid)
+
+    def room_mine(self, room: str, uid: Uid) -> str:
+        return "%sroommine:%s:%d" % (self.prefix, room, uid)
 
     def room_typing(self, room: str, uid: Uid) -> str:
         return "%srtyping:%s:%d" % (self.prefix, room, uid)

@@ -16,15 +16,31 @@ never reused; membership is checked there too, against the stored set.
 A read cursor that moves goes onto ``MQ`` as an ``R`` entry naming the
 room; the migrator writes it to ``room_read``.  None of these keys expire:
 a room lives as long as its messages (``rdedup:`` and ``rtyping:`` do).
+
+Every stored room packet (a member's message, the API's, ``joined``,
+``left``, ``closed``) is published by the script that stores it, one ``g``
+frame to each node holding a recipient's connection, this one included
+(lua/room_fanout.lua, as lua/fanout.lua for one-to-one), so every
+connection gets room packets and the rest in ``pos`` order (contract
+§10); the same script keeps the conversation list's rows (``roomconv:``,
+the hash's ``last``, ``roommine:``, ``roomgone:``: imd.stores.room_conversations
+reads them).  A script only touches the keys it is given, and the members
+are known only inside it: the store passes the members it last saw (a
+small cache per room), and a script that finds other members stores
+nothing and answers them (``stale``), and the store calls it again.
+With ``[redis] min_replicas`` nothing is published (the caller delivers
+once the replicas have it).
 """
 
 import json
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from collections import OrderedDict
+from typing import Callable, Dict, Generator, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from imd.errors import StoreUnavailable
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, RedisStore, Script
@@ -86,6 +102,7 @@ class RoomState(NamedTuple):
     ends_at: Optional[int]
 
 
+MakeCall = Callable[[Tuple[int, ...]], Tuple[List[str], List[object]]]   # members -> (KEYS, ARGV)
 RoomChange = Tuple[Tuple[int, ...], List[RoomEvent]]   # the members after it, the events it stored
 Reply = object   # a Redis reply: int, str/bytes, or a list of them
 
@@ -104,31 +121,88 @@ def _int(value: object) -> int:
 
 
 _NEGATIVE = {0: NO_ROOM, -1: NOT_MEMBER, -2: CLOSED}
+MEMBERS_CACHED = 10000   # rooms whose members a store remembers (the scripts check them)
+STALE_TRIES = 5          # calls of a script whose members changed meanwhile, at most
+
+
+class StaleMembers(StoreUnavailable):
+    """The room's members changed under a script :data:`STALE_TRIES` times
+    in a row (nothing stored: the client's retry is as good as ours, so it
+    answers ``unavailable`` like any store that could not do its work)."""
+
+
+def _stale(reply: Reply) -> Optional[Tuple[int, ...]]:
+    """The members a script answered ``stale`` with, or None."""
+    if isinstance(reply, list) and reply and _text(reply[0]) == "stale":
+        return tuple(sorted(_int(m) for m in reply[1:]))
+    return None
 
 
 class RoomStore(RedisStore):
     def __init__(self, client: RedisClient, keys: Keys, dedup_ttl: int = 3600, typing_interval: float = 2.0,
-                 push: Optional[PushNotes] = None) -> None:
+                 push: Optional[PushNotes] = None, node_id: str = "") -> None:
         """``push``: set when ``[push] url`` is (each stored room message
-        then notes every other member's pending push, contract §7.5)."""
+        then notes every other member's pending push, contract §7.5).
+        ``node_id``: this node's, the one whose connections messages come on."""
         self._client = client
         self.push = push
         self.keys = keys
         self.dedup_ttl = dedup_ttl
         self.typing_ms = int(round(typing_interval * 1000))
+        self.node_id = node_id
+        # True: the store scripts publish what they store (in pos order);
+        # False ([redis] min_replicas): the caller delivers once replicated
+        self.publishes = not client.min_replicas
+        self._prefix = keys.channel_prefix if self.publishes else ""
+        self._members: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
 
-    def store(self, room: str, sender: int, dedup_id: str, head: bytes, now_ms: int) -> Deferred:
+    def _known(self, room: str) -> Tuple[int, ...]:
+        return self._members.get(room, ())
+
+    def _learn(self, room: str, members: Tuple[int, ...]) -> None:
+        cache = self._members
+        cache[room] = members
+        cache.move_to_end(room)
+        if len(cache) > MEMBERS_CACHED:
+            cache.popitem(last=False)
+
+    @defer.inlineCallbacks
+    def _run_fresh(self, room: str, script: Script,
+                   call: "MakeCall") -> Generator[Deferred, object, Tuple[Reply, Tuple[int, ...]]]:
+        """Run ``script`` with the keys and args ``call`` makes of the
+        members this store knows, again with the ones it answers ``stale``
+        with: ``(reply, the members it was given)``."""
+        members = self._known(room)
+        for _ in range(STALE_TRIES):
+            key_list, args = call(members)
+            reply = cast(Reply, (yield self._client.run(script, key_list, args)))
+            fresh = _stale(reply)
+            if fresh is None:
+                return reply, members
+            members = fresh
+            self._learn(room, members)
+        raise StaleMembers("room %s: its members kept changing, retry" % room)
+
+    def store(self, room: str, sender: int, dedup_id: str, head: bytes, now_ms: int,
+              origin: Optional[str] = None) -> Deferred:
         """Store a room message (``head``: imd.protocol.room_message_head)
         from ``sender`` (0: the server API); fires with a
-        :class:`RoomStored`, once on ``[redis] min_replicas`` replicas."""
+        :class:`RoomStored`, once on ``[redis] min_replicas`` replicas.
+        When :attr:`publishes`, a message stored now is on its way to every
+        connection of every member but ``origin`` (the conn id, on this
+        node, it came on)."""
         k, push = self.keys, self.push
-        key_list = [k.room(room), k.room_members(room), k.room_dedup(room, sender, dedup_id), k.mq, k.mq_seq,
-                    k.room_pending(room)]
-        args: List[Union[str, bytes, int]] = [sender, head, self.dedup_ttl, now_ms]
-        if push is not None:
-            key_list += push.keys
-            args.append(push.due(now_ms))
-        d = self._client.run(STORE_ROOM, key_list, args)
+        fixed = [k.room(room), k.room_members(room), k.room_dedup(room, sender, dedup_id), k.mq, k.mq_seq,
+                 k.room_pending(room), k.room_mine(room, sender), k.push_unread, k.push_last, k.push_due]
+        head_args: List[object] = [sender, head, self.dedup_ttl, now_ms, push.due(now_ms) if push is not None else "",
+                                   room, self._prefix, "%s %s" % (self.node_id, origin) if origin is not None else ""]
+
+        def call(members: Tuple[int, ...]) -> Tuple[List[str], List[object]]:
+            key_list = list(fixed)
+            for m in members:
+                key_list += [k.devices(m), k.room_conversations(m)]
+            return key_list, head_args + list(members)
+        d = self._run_fresh(room, STORE_ROOM, call)
         d.addCallback(_stored, head)
         return self._replicated(d)
 
@@ -140,21 +214,40 @@ class RoomStore(RedisStore):
         TOO_MANY (nothing changed)."""
         k = self.keys
         meta_json = json.dumps(meta, ensure_ascii=False, separators=(",", ":")) if meta is not None else ""
-        args: List[Union[str, int]] = ["set" if create else "change", now_ms, max_members, meta_json, room, len(add)]
+        args: List[object] = ["set" if create else "change", now_ms, max_members, meta_json, room, len(add)]
         args += list(add) + list(rm)
-        d = self._client.run(ROOM_MEMBERS, [k.room(room), k.room_members(room), k.mq, k.mq_seq,
-                                            k.room_pending(room), k.room_read(room), k.room_spans(room)]
-                             + [k.rooms_of(uid) for uid in add], args)
-        d.addCallback(_changed)
+        fixed = [k.room(room), k.room_members(room), k.mq, k.mq_seq, k.room_pending(room), k.room_read(room),
+                 k.room_spans(room)] + [k.rooms_of(uid) for uid in add]
+
+        def call(members: Tuple[int, ...]) -> Tuple[List[str], List[object]]:
+            keyed = sorted(set(members) | set(add))
+            key_list = list(fixed)
+            for m in keyed:
+                key_list += [k.devices(m), k.room_conversations(m), k.room_gone(m), k.room_mine(room, m)]
+            return key_list, args + [self._prefix, ",".join(str(m) for m in keyed)]
+        d = self._run_fresh(room, ROOM_MEMBERS, call)
+        d.addCallback(self._changed, room)
         return self._replicated(d)
+
+    def _changed(self, ran: Tuple[Reply, Tuple[int, ...]], room: str) -> Union[str, RoomChange]:
+        result = _changed(ran[0])
+        if isinstance(result, tuple):
+            self._learn(room, result[0])
+        return result
 
     def close(self, room: str, now_ms: int, grace_ms: int) -> Deferred:
         """Fires with ``(ends_at, RoomEvent or None)`` (None: closed
         before), or NO_ROOM."""
         k = self.keys
-        d = self._client.run(CLOSE_ROOM, [k.room(room), k.room_members(room), k.mq, k.mq_seq, k.room_pending(room)],
-                             [now_ms, grace_ms, room])
-        d.addCallback(_closed)
+        fixed = [k.room(room), k.room_members(room), k.mq, k.mq_seq, k.room_pending(room)]
+
+        def call(members: Tuple[int, ...]) -> Tuple[List[str], List[object]]:
+            key_list = list(fixed)
+            for m in members:
+                key_list += [k.devices(m), k.room_conversations(m)]
+            return key_list, [now_ms, grace_ms, room, self._prefix] + list(members)
+        d = self._run_fresh(room, CLOSE_ROOM, call)
+        d.addCallback(lambda ran: _closed(ran[0]))
         return self._replicated(d)
 
     def read(self, room: str, reader: int, seq: int, entry: bytes) -> Deferred:
@@ -162,8 +255,8 @@ class RoomStore(RedisStore):
         members)``, ``(UNCHANGED, ())``, or NO_ROOM, NOT_MEMBER, PAST_LAST."""
         k = self.keys
         push_keys = self.push.keys if self.push is not None else []
-        d = self._client.run(ROOM_READ, [k.room(room), k.room_members(room), k.room_read(room), k.mq] + push_keys,
-                             [reader, seq, entry])
+        d = self._client.run(ROOM_READ, [k.room(room), k.room_members(room), k.room_read(room), k.mq,
+                                         k.room_mine(room, reader)] + push_keys, [reader, seq, entry])
         d.addCallback(_read)
         return self._replicated(d)
 
@@ -208,14 +301,15 @@ def _members(values: List[object]) -> Tuple[int, ...]:
     return tuple(sorted(_int(m) for m in values))
 
 
-def _stored(reply: Reply, head: bytes) -> RoomStored:
+def _stored(ran: Tuple[Reply, Tuple[int, ...]], head: bytes) -> RoomStored:
+    reply, members = ran
     if not isinstance(reply, list):
         return RoomStored(_NEGATIVE[_int(reply)])
     seq, pos = _int(reply[1]), _int(reply[2])
     if _int(reply[0]) == 2:
         return RoomStored(DUPLICATE, seq, pos)
-    # the entry as the store_room_entry snippet wrote it
-    return RoomStored(STORED, seq, pos, head + b',"seq":%d,"pos":%d}' % (seq, pos), _members(reply[3:]))
+    # the entry as the store_room_entry snippet wrote it; the members the script checked
+    return RoomStored(STORED, seq, pos, head + b',"seq":%d,"pos":%d}' % (seq, pos), members)
 
 
 def _changed(reply: Reply) -> Union[str, RoomChange]:

@@ -1,28 +1,48 @@
--- include: store_room_entry
+-- include: store_room_entry room_fanout
 -- KEYS: room:<room>, roommembers:<room>, MQ, MQ:seq, roompending:<room>,
 --       roomread:<room>, roomspans:<room>, then roomsof:<uid> of each uid
---       to add (in ARGV's order)
+--       to add (in ARGV's order), then for each uid of ARGV's last
+--       (in its order) dev:<uid>, roomconv:<uid>, roomgone:<uid>,
+--       roommine:<room>:<uid>
 -- ARGV: mode ('set': create the room or set its members; 'change': add and
 --       remove), now (Unix ms), max_members, meta (JSON; '' keeps it), the
---       room's id, number of uids to add, those uids, then the uids to remove.
+--       room's id, number of uids to add, those uids, then the uids to remove,
+--       then the channel prefix ('': publish nothing, the caller delivers)
+--       and the uids the caller passed keys for (comma-separated: the room's
+--       members as it knows them, and those to add).
 -- Returns 0 (no such room: 'change' only), -1 (more than max_members:
--- nothing changed), or {1, members (comma-separated), then per event its
--- entry and its recipients (comma-separated)}.  Creating announces
+-- nothing changed), {'stale', member...} (a member the caller passed no
+-- keys for: nothing changed, call again with these), or {1, members
+-- (comma-separated), then per event its entry and its recipients
+-- (comma-separated)}.  Creating announces
 -- nothing; a later change stores a system message per member joined or
 -- left (contract v3 §9), each taking the next seq.  A member removed gets
 -- its own "left" (it is among that event's recipients).
 -- A member's spans (roomspans:<room>, uid -> "from:to,from:..."): the
 -- positions (accept order) of the room's messages in its stream (contract
 -- §10): those above MQ:seq when it was added, up to its "left" (included).
+-- Each event is published to its recipients' nodes (room_fanout) and is
+-- the room's latest in their conversation lists; a removed member keeps
+-- its row as it was at its "left" (roomgone: '<unread> <left packet>').
 local room_key, members_key = KEYS[1], KEYS[2]
 local exists = redis.call('EXISTS', room_key) == 1
 if ARGV[1] == 'change' and not exists then return 0 end
 local n_add = tonumber(ARGV[6])
 local add, rm, want = {}, {}, {}
 for i = 7, 6 + n_add do add[#add + 1] = ARGV[i]; want[ARGV[i]] = true end
-for i = 7 + n_add, #ARGV do rm[#rm + 1] = ARGV[i] end
+for i = 7 + n_add, #ARGV - 2 do rm[#rm + 1] = ARGV[i] end
 local current = {}
 for _, m in ipairs(redis.call('SMEMBERS', members_key)) do current[m] = true end
+local prefix, keyed = ARGV[#ARGV - 1], {}
+local keys_at = 8 + n_add
+for m in string.gmatch(ARGV[#ARGV], '[^,]+') do keyed[m] = keys_at; keys_at = keys_at + 4 end
+for m in pairs(current) do
+  if not keyed[m] then
+    local out = {'stale'}
+    for s in pairs(current) do out[#out + 1] = s end
+    return out
+  end
+end
 if ARGV[1] == 'set' then
   rm = {}
   for m in pairs(current) do if not want[m] then rm[#rm + 1] = m end end
@@ -61,19 +81,37 @@ local function event(kind, uid, recipients)
   end)
   events[#events + 1] = entry
   events[#events + 1] = recipients
-  return pos
+  local uids, devs, convs = {}, {}, {}
+  for m in string.gmatch(recipients, '[^,]+') do
+    local j = #uids + 1
+    uids[j], devs[j], convs[j] = m, KEYS[keyed[m]], KEYS[keyed[m] + 1]
+  end
+  room_note(room_key, ARGV[5], pos, entry, convs)
+  room_fanout(prefix, '', '0', entry, uids, devs)
+  return pos, entry
+end
+-- a removed member's row, frozen at its "left": unread as it was then
+local function gone(uid, entry)
+  local k = keyed[uid]
+  local cursor = tonumber(redis.call('HGET', KEYS[6], uid) or '0')
+  local mine = redis.call('ZCOUNT', KEYS[k + 3], '(' .. cursor, '+inf')
+  local unread = math.max(0, tonumber(redis.call('HGET', room_key, 'seq')) - cursor - mine)
+  redis.call('HSET', KEYS[k + 2], ARGV[5], unread .. ' ' .. entry)
 end
 if not exists then
   redis.call('HSET', room_key, 'seq', 0, 'created_at', now, 'meta', ARGV[4] ~= '' and ARGV[4] or '{}')
   for i, m in ipairs(add) do
     redis.call('SADD', members_key, m)
     open_span(m, i)
+    redis.call('HDEL', KEYS[keyed[m] + 2], ARGV[5])
   end
 else
   if ARGV[4] ~= '' then redis.call('HSET', room_key, 'meta', ARGV[4]) end
   for _, m in ipairs(rm) do
     if current[m] then
-      close_span(m, event('left', m, csv()))
+      local pos, entry = event('left', m, csv())
+      close_span(m, pos)
+      gone(m, entry)
       redis.call('SREM', members_key, m)
       redis.call('HDEL', KEYS[6], m)
       current[m] = nil
@@ -84,6 +122,7 @@ else
       redis.call('SADD', members_key, m)
       current[m] = true
       open_span(m, add_index[m])
+      redis.call('HDEL', KEYS[keyed[m] + 2], ARGV[5])
       event('joined', m, csv())
     end
   end

@@ -5,6 +5,9 @@
 -- Publishes each packet once to every other node holding a connection of
 -- any of its recipients, naming those it holds: one PUBLISH per node and
 -- packet, not per member; all of a reactor turn's room packets in one call.
+-- (What carries no pos: read cursors and typing.  Stored room packets are
+-- published by the scripts that store them, room_fanout.lua, except with
+-- [redis] min_replicas, when the node delivers them once replicated.)
 local own, prefix, n = ARGV[1], ARGV[2], #KEYS
 local nodes_of = {}
 for i = 1, n do

@@ -1,16 +1,24 @@
--- include: store_room_entry note_push
+-- include: store_room_entry note_push room_fanout
 -- KEYS: room:<room>, roommembers:<room>, rdedup:<from>:<room>/<id>, MQ,
---       MQ:seq, roompending:<room>
---       [, push:unread, push:last, push:due: only with [push] url set]
+--       MQ:seq, roompending:<room>, roommine:<room>:<from>, push:unread,
+--       push:last, push:due, then for each member named in ARGV (in that
+--       order) dev:<member>, roomconv:<member>
 -- ARGV: from (0: the server API's system message), head (the packet up to
---       its seq, no closing brace), dedup ttl, now (Unix ms)
---       [, when the push is due (ms)]: each other member's push is noted
+--       its seq, no closing brace), dedup ttl, now (Unix ms), when the push
+--       is due (ms; '': no push), the room's id, channel prefix ('':
+--       publish nothing, the caller delivers), the sending connection's
+--       dev:<from> member ('': none), then the members as the caller knows
+--       them
 -- Returns 0 (no such room), -1 (not a member), -2 (closed, past its grace),
--- {2, seq, pos} (a retry: the first store's), or {1, seq, pos, member...}
--- (stored; the members it goes to, as numbers: the reply is all integers;
--- the caller knows the entry: head, "seq", "pos").  The membership check is
--- against the stored set, in the same step as the store: a member removed
--- through any node cannot send through another.
+-- {2, seq, pos} (a retry: the first store's), {'stale', member...} (the
+-- members named are not the room's: nothing stored, call again with
+-- these), or {1, seq, pos} (stored: published to every node holding a
+-- member's connection (room_fanout), the room's latest for every member's
+-- conversation list, one of the sender's own after its read cursor
+-- (roommine: own messages are not unread), each other member's push
+-- noted).  The membership check is against the stored set, in the same
+-- step as the store: a member removed through any node cannot send
+-- through another.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local first = redis.call('GET', KEYS[3])
 if first then
@@ -23,11 +31,26 @@ if ARGV[1] ~= '0' then
   local ends = redis.call('HGET', KEYS[1], 'ends_at')
   if ends and tonumber(ARGV[4]) >= tonumber(ends) then return -2 end
 end
+local n = #ARGV - 8
+local fresh = redis.call('SCARD', KEYS[2]) == n
+for i = 1, n do
+  if not fresh then break end
+  fresh = redis.call('SISMEMBER', KEYS[2], ARGV[8 + i]) == 1
+end
+if not fresh then
+  local out = {'stale'}
+  for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = m end
+  return out
+end
 local seq, pos, entry = store_room_entry(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
 redis.call('SET', KEYS[3], seq .. '/' .. pos, 'EX', ARGV[3])
-local out = {1, seq, pos}
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  out[#out + 1] = tonumber(m)
-  if ARGV[5] and m ~= ARGV[1] then note_push(KEYS[7], KEYS[8], KEYS[9], m, entry, ARGV[5]) end
+if ARGV[1] ~= '0' then redis.call('ZADD', KEYS[7], seq, seq) end
+local uids, devs, convs = {}, {}, {}
+for i = 1, n do
+  local m = ARGV[8 + i]
+  uids[i], devs[i], convs[i] = m, KEYS[9 + 2 * i], KEYS[10 + 2 * i]
+  if ARGV[5] ~= '' and m ~= ARGV[1] then note_push(KEYS[8], KEYS[9], KEYS[10], m, entry, ARGV[5]) end
 end
-return out
+room_note(KEYS[1], ARGV[6], pos, entry, convs)
+room_fanout(ARGV[7], ARGV[8], ARGV[1], entry, uids, devs)
+return {1, seq, pos}
