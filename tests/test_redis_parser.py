@@ -13,7 +13,6 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 import txredisapi
 
-from imd.errors import StoreUnavailable
 from imd.stores.redis import RedisClient, RedisReplyError, Script, _Connection
 from tests.support import RedisTestMixin, make_settings, with_deadline
 

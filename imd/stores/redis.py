@@ -55,8 +55,11 @@ imd.transport.flush).
 
 The txredisapi internals used here (``BaseRedisProtocol``, its
 ``replyQueue``, the ``tryConvertData`` and ``replyReceived`` hooks its
-parser calls, and its ``connectionLost`` failing the replies awaited) are
-checked by tests/test_private_attributes.py.
+parser calls, its ``lineReceived`` and ``bulkDataReceived`` with the
+``line_mode``/``bulk_length``/``bulk_buffer`` state they keep, which
+``_Connection.dataReceived`` drives for a whole read at once, and its
+``connectionLost`` failing the replies awaited) are checked by
+tests/test_private_attributes.py.
 """
 
 import functools
@@ -307,8 +310,11 @@ class _Connection(txredisapi.BaseRedisProtocol):
     # (tests/test_redis_parser.py, against txredisapi's own parser too).
 
     _rest: bytes = b""   # the start of a line not yet ended
+    line_mode: int       # txredisapi's: 0 inside a bulk string
+    bulk_length: int     # txredisapi's: the bytes of that bulk string still to come, its CRLF included
+    bulk_buffer: bytearray   # txredisapi's: what came of it
 
-    def dataReceived(self, data: bytes) -> None:  # type: ignore[override]
+    def dataReceived(self, data: bytes) -> None:
         if self._rest:
             data, self._rest = self._rest + data, b""
         pos, end = 0, len(data)
