@@ -309,21 +309,22 @@ class _Connection(txredisapi.BaseRedisProtocol):
     # ``bulkDataReceived`` -- the same values, with no turn in between
     # (tests/test_redis_parser.py, against txredisapi's own parser too).
 
-    _rest: bytes = b""   # the start of a line not yet ended
+    _line_rest: bytes = b""   # the start of a line not yet ended
     line_mode: int       # txredisapi's: 0 inside a bulk string
     bulk_length: int     # txredisapi's: the bytes of that bulk string still to come, its CRLF included
     bulk_buffer: bytearray   # txredisapi's: what came of it
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._rest:
-            data, self._rest = self._rest + data, b""
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # (unpause: txredisapi's signature; this parser never pauses)
+        if self._line_rest:
+            data, self._line_rest = self._line_rest + data, b""
         pos, end = 0, len(data)
         transport = self.transport
         while pos < end:
             if self.line_mode:
                 eol = data.find(b"\r\n", pos)
                 if eol < 0:
-                    self._rest = data[pos:]
+                    self._line_rest = data[pos:]
                     return
                 line = data[pos:eol].decode("utf-8", TEXT_ERRORS)
                 pos = eol + 2
@@ -820,9 +821,9 @@ class _Subscription(_Connection):
     _rest = b""
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        # (txredisapi mid-reply: its line buffer holds part of one, or it is
-        # reading a bulk string, or it paused itself)
-        parsing = getattr(self, "_LineReceiver__buffer", None) or not self.line_mode or self.paused
+        # (the reply parser mid-reply: it holds the start of a line, or it is
+        # reading a bulk string; see _Connection.dataReceived)
+        parsing = self._line_rest or not self.line_mode
         if unpause or parsing:
             return super().dataReceived(data, unpause)
         buf = self._rest + data if self._rest else data
