@@ -147,6 +147,27 @@ class TxredisapiTests(PrivateAttributeTestCase):
         protocol.dataReceived(b":7\r\n")
         self.assertEqual(calls, [b"abc", "converted", 7])
 
+    def test_line_and_bulk_hooks(self):
+        # imd/stores/redis.py: _Connection.dataReceived reads a whole read
+        # itself and hands each line to lineReceived (str; a "$n" line sets
+        # bulk_length = n + 2 and line_mode 0, a "$-1" line answers None)
+        # and each bulk string, whole, to bulkDataReceived; bulk_buffer is
+        # the bytearray a bulk string spanning reads grows in
+        protocol = txredisapi.BaseRedisProtocol(password=None, dbid=None, convertNumbers=False)
+        self.assertHas(protocol, ("lineReceived", "bulkDataReceived", "line_mode", "bulk_length", "bulk_buffer"),
+                       "txredisapi.BaseRedisProtocol")
+        self.assertIsInstance(protocol.bulk_buffer, bytearray)
+        calls = []
+        protocol.replyReceived = calls.append
+        protocol.lineReceived("*2")
+        protocol.lineReceived("$3")
+        self.assertEqual((protocol.line_mode, protocol.bulk_length), (0, 5))
+        protocol.line_mode = 1
+        protocol.bulkDataReceived(b"abc")
+        protocol.lineReceived("$-1")
+        protocol.lineReceived(":4")
+        self.assertEqual(calls, [["abc", None], 4])
+
     def test_a_lost_connection_fails_the_replies_awaited(self):
         # imd/stores/redis.py: _Connection.connectionLost leaves this to txredisapi
         protocol = txredisapi.BaseRedisProtocol(password=None, dbid=None, convertNumbers=False)

@@ -55,8 +55,11 @@ imd.transport.flush).
 
 The txredisapi internals used here (``BaseRedisProtocol``, its
 ``replyQueue``, the ``tryConvertData`` and ``replyReceived`` hooks its
-parser calls, and its ``connectionLost`` failing the replies awaited) are
-checked by tests/test_private_attributes.py.
+parser calls, its ``lineReceived`` and ``bulkDataReceived`` with the
+``line_mode``/``bulk_length``/``bulk_buffer`` state they keep, which
+``_Connection.dataReceived`` drives for a whole read at once, and its
+``connectionLost`` failing the replies awaited) are checked by
+tests/test_private_attributes.py.
 """
 
 import functools
@@ -289,6 +292,58 @@ class _Connection(txredisapi.BaseRedisProtocol):
         if issued:
             issued.popleft()
         self.replyQueue.put(reply)
+
+    # --- the reply parser's reading -------------------------------------------
+    #
+    # txredisapi's LineReceiver, once a bulk string ends inside a read,
+    # pauses the transport and leaves the rest of that read to a
+    # ``callLater(0)``: one bulk string per reactor turn, the socket not read
+    # meanwhile.  A burst of pipelined replies each holding a bulk string
+    # (a script's list mixing a long entry with integers, a bus message)
+    # then took one turn each; on a busy node (PyPy, a burst of WebSocket
+    # frames) the oldest call went past ``timeout`` and the watchdog dropped
+    # the connection ("no reply in 1s"), failing every call in flight.
+    # Here a read is parsed whole, in the call that delivers it: lines go to
+    # txredisapi's ``lineReceived`` (which sets ``bulk_length`` and raw mode
+    # for a bulk string) and each bulk string, once whole, to its
+    # ``bulkDataReceived`` -- the same values, with no turn in between
+    # (tests/test_redis_parser.py, against txredisapi's own parser too).
+
+    _line_rest: bytes = b""   # the start of a line not yet ended
+    line_mode: int       # txredisapi's: 0 inside a bulk string
+    bulk_length: int     # txredisapi's: the bytes of that bulk string still to come, its CRLF included
+    bulk_buffer: bytearray   # txredisapi's: what came of it
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # (unpause: txredisapi's signature; this parser never pauses)
+        if self._line_rest:
+            data, self._line_rest = self._line_rest + data, b""
+        pos, end = 0, len(data)
+        transport = self.transport
+        while pos < end:
+            if self.line_mode:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._line_rest = data[pos:]
+                    return
+                line = data[pos:eol].decode("utf-8", TEXT_ERRORS)
+                pos = eol + 2
+                self.lineReceived(line)   # (a "$n" line: bulk_length = n + 2, raw mode)
+            else:
+                # in a bulk string: bulk_length bytes still to come, its CRLF included
+                need = self.bulk_length
+                take = min(need, end - pos)
+                self.bulk_buffer.extend(data[pos:pos + take])   # (a bytearray: a long one grows in place)
+                pos += take
+                self.bulk_length = need = need - take
+                if need:
+                    return
+                value = bytes(self.bulk_buffer[:-2])
+                self.bulk_buffer = bytearray()
+                self.line_mode = 1
+                self.bulkDataReceived(value)
+            if transport is not None and transport.disconnecting:
+                return   # (as txredisapi: nothing more is read from a connection being closed)
 
     def tryConvertData(self, data: Any) -> Any:
         # Each bulk string, decoded once (see the module)
@@ -766,9 +821,9 @@ class _Subscription(_Connection):
     _rest = b""
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        # (txredisapi mid-reply: its line buffer holds part of one, or it is
-        # reading a bulk string, or it paused itself)
-        parsing = getattr(self, "_LineReceiver__buffer", None) or not self.line_mode or self.paused
+        # (the reply parser mid-reply: it holds the start of a line, or it is
+        # reading a bulk string; see _Connection.dataReceived)
+        parsing = self._line_rest or not self.line_mode
         if unpause or parsing:
             return super().dataReceived(data, unpause)
         buf = self._rest + data if self._rest else data
