@@ -113,7 +113,9 @@ class MysqlAwayTests(MigratorTestMixin, unittest.TestCase):
         acked = await send_and_collect(alice, 1, 2, list(range(300)))
         await wait_until(lambda: not migrator.mysql_up, what="migrator noticing MySQL is away")
         in_flight = await self.redis.llen("MQ:processing")
-        self.assertEqual(in_flight, 50, "a batch waits in MQ:processing")
+        # a batch waits in MQ:processing: a whole one, or fewer when the
+        # migrator claimed before the 300 were all stored (a busy machine)
+        self.assertTrue(0 < in_flight <= 50, "a batch waits in MQ:processing: %d" % in_flight)
         # more acked messages while MySQL is away
         acked |= await send_and_collect(alice, 1, 2, ["late-%d" % n for n in range(200)])
         listening = reactor.listenTCP(port, proxy, interface="127.0.0.1")
