@@ -251,7 +251,11 @@ class LocalNode:
                 if packet is not None:
                     reached = self.deliver_local(uid, packet, conn_id)
                     if also:
-                        reached += self.deliver_local(also, packet)
+                        # (a delivery of its own in the metrics, as when
+                        # it came in a 'd' frame of its own)
+                        also_reached = self.deliver_local(also, packet)
+                        if self.metrics is not None:
+                            self.metrics.delivered(also_reached)
                 waiters = self._frame_waiters
                 waiter = waiters.pop(pos, None)
                 if waiter is None:
