@@ -38,7 +38,7 @@ class NodeBus(Service):
         self._run_id = run_id
         self._ttl = ttl
         self._local_connections = local_connections
-        self._subscriber = subscriber_factory(channels=[presence.channel], on_message=on_frame,
+        self._subscriber = subscriber_factory(channels=[presence.channel], on_message=on_frame, raw=True,
                                               on_subscribed=self._subscribed, on_lost=self._unsubscribed)
         self._started_node = False
         self._registered = False

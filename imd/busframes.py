@@ -7,8 +7,12 @@ A frame is text: ``<kind> <uid> <rest>``.
 
 - ``d <uid> <packet>``: deliver ``packet`` (a server packet's JSON) to every
   connection of ``uid`` on the receiving node;
-- ``x <uid> <conn id> <packet>``: the same but for that connection (the
-  one a message came on, which gets only its ``A``);
+- ``x <uid> <conn id> <pos>[ <also> <packet>]``: to the node of the
+  connection ``conn id`` a message (or recall) at ``pos`` came on, which
+  gets only its ``A`` (the frame is what lets it go): ``packet``, when
+  there, to every other connection of ``uid`` on the receiving node and,
+  ``also`` not 0, to every connection there of that uid (the recipient's);
+  one frame for both parties where the store script can;
 - ``k <uid> <reason>``: close them with ``C`` + 4003 (an operator's kick);
 - ``r <uid> <conn id>``: close that one connection with ``C`` + 4002 (a newer
   device pushed it out);
@@ -29,7 +33,7 @@ KINDS = frozenset((DELIVER, DELIVER_EXCEPT, KICK, REPLACE, ROOM))
 class Frame(NamedTuple):
     kind: str
     uid: int
-    rest: str
+    rest: Union[str, bytes]
 
 
 class BadFrame(ValueError):
@@ -44,13 +48,14 @@ def encode(kind: str, uid: int, rest: Union[str, bytes]) -> bytes:
     return b"%s %d %s" % (kind.encode("ascii"), uid, rest)
 
 
+_KIND_OF = {kind.encode("ascii"): kind for kind in KINDS}
+
+
 def decode(frame: Union[str, bytes]) -> Frame:
-    """A :class:`Frame`, or :class:`BadFrame`."""
+    """A :class:`Frame`, or :class:`BadFrame`; its ``rest`` is bytes when
+    ``frame`` is (valid UTF-8: checked here, not decoded), else str."""
     if isinstance(frame, bytes):
-        try:
-            frame = frame.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadFrame("not UTF-8")
+        return _decode_bytes(frame)
     try:
         kind, uid, rest = frame.split(" ", 2)
         number = int(uid)
@@ -59,6 +64,23 @@ def decode(frame: Union[str, bytes]) -> Frame:
     if kind not in KINDS or number <= 0 or not uid.isdigit():
         raise BadFrame("unknown kind or bad uid")
     return Frame(kind, number, rest)
+
+
+def _decode_bytes(frame: bytes) -> "Frame":
+    # (every packet a node delivers comes this way: no decode, no encode
+    # back; isascii is the common case's whole UTF-8 check)
+    if not frame.isascii():
+        try:
+            frame.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadFrame("not UTF-8")
+    parts = frame.split(b" ", 2)
+    if len(parts) != 3:
+        raise BadFrame("not '<kind> <uid> <rest>'")
+    kind, uid, rest = parts
+    if kind not in _KIND_OF or not uid.isdigit() or not 0 < int(uid):
+        raise BadFrame("unknown kind or bad uid")
+    return Frame(_KIND_OF[kind], int(uid), rest)
 
 
 def room_recipients(rest: str) -> Tuple[List[int], Optional[str], str]:
@@ -75,3 +97,17 @@ def room_recipients(rest: str) -> Tuple[List[int], Optional[str], str]:
     if not sep or not all(0 < n and str(n) == u for n, u in zip(numbers, uids.split(","))):
         raise BadFrame("bad uids")
     return numbers, skip if slash else None, packet
+
+
+def own_message(rest: bytes) -> Tuple[str, int, int, Optional[bytes]]:
+    """An ``x`` frame's rest (bytes, as :func:`decode` gives it) -> (the conn
+    id, the pos, the other uid or 0, the packet or None), or :class:`BadFrame`."""
+    parts = rest.split(b" ", 3)
+    try:
+        if len(parts) == 2:
+            return parts[0].decode("ascii"), int(parts[1]), 0, None
+        if len(parts) == 4:
+            return parts[0].decode("ascii"), int(parts[1]), int(parts[2]), parts[3]
+    except ValueError:   # (UnicodeDecodeError is one)
+        pass
+    raise BadFrame("not '<conn id> <pos>[ <uid> <packet>]'")

@@ -21,7 +21,7 @@ likewise through :meth:`deliver_room` (one frame per node, not per member).
 """
 
 import itertools
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar, Union, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -36,10 +36,7 @@ FRAME_TIMEOUT = 5.0        # seconds an A waits for its message's frame at most
 MAX_EARLY_FRAMES = 10000   # frames kept for a waiter still to come
 
 
-def _cancelling(result: object, call: DelayedCall) -> object:
-    if call.active():
-        call.cancel()
-    return result
+T = TypeVar("T")
 
 
 class Session(Protocol):
@@ -74,11 +71,14 @@ class LocalNode:
         self._route_call: Any = None
         self._server_id_prefix = "%x" % int(clock.seconds() * 1000)
         self._server_ids = itertools.count(1)
-        # pos -> the Deferred of an A waiting for its message's 'x' frame
-        # (a room message's: its 'g' frame naming the connection); pos of
-        # such frames that came before their waiter (wait_frame)
-        self._frame_waiters: Dict[int, Deferred] = {}
+        # pos -> (deadline, Deferred, result) of an A waiting for its
+        # message's 'x' frame (a room message's: its 'g' frame naming the
+        # connection), in the order they came; pos of such frames that came
+        # before their waiter (wait_frame)
+        self.frame_timeout = FRAME_TIMEOUT
+        self._frame_waiters: Dict[int, Tuple[float, Deferred, object]] = {}
         self._frames_early: Dict[int, None] = {}
+        self._sweep_call: Optional[DelayedCall] = None
 
     # --- identity ----------------------------------------------------------------
 
@@ -235,39 +235,46 @@ class LocalNode:
         if session is not None:
             session.close_with(protocol.CLOSE_REPLACED, "replaced by a newer device")
 
-    def frame_received(self, frame: Any) -> None:
-        """A frame from another node (imd.busframes), as the subscription
-        decoded it (imd.stores.redis: a byte that is not UTF-8 is a lone
-        surrogate, which the encode of its rest refuses)."""
+    def frame_received(self, frame: Union[bytes, str]) -> None:
+        """A frame from another node (imd.busframes): bytes as the node's
+        subscription hands it (imd.stores.redis ``raw``), or str (a lone
+        surrogate, which the encode refuses, stands for a byte that is not
+        UTF-8)."""
         try:
+            if type(frame) is str:
+                frame = frame.encode("utf-8")
             kind, uid, rest = busframes.decode(frame)
-            payload = rest.encode("utf-8")
         except (busframes.BadFrame, UnicodeEncodeError):
             _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80] if frame else frame)
             return
         try:
-            if kind == busframes.DELIVER:
-                reached = self.deliver_local(uid, payload)
-            elif kind == busframes.DELIVER_EXCEPT:
-                skip, sep, packet = rest.partition(" ")
-                if not sep:
-                    _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80])
-                    return
-                reached = self.deliver_local(uid, packet.encode("utf-8"), skip)
-                self._frame_came(packet)
+            if kind == busframes.DELIVER_EXCEPT:
+                conn_id, pos, also, packet = busframes.own_message(cast(bytes, rest))
+                reached = 0
+                if packet is not None:
+                    reached = self.deliver_local(uid, packet, conn_id)
+                    if also:
+                        # (a delivery of its own in the metrics, as when
+                        # it came in a 'd' frame of its own)
+                        also_reached = self.deliver_local(also, packet)
+                        if self.metrics is not None:
+                            self.metrics.delivered(also_reached)
+                self._frame_came(pos)
+            elif kind == busframes.DELIVER:
+                reached = self.deliver_local(uid, cast(bytes, rest))
             elif kind == busframes.ROOM:
-                uids, leave_out, packet = busframes.room_recipients(rest)
-                data = packet.encode("utf-8")
+                uids, leave_out, text = busframes.room_recipients(cast(bytes, rest).decode("utf-8"))
+                data = text.encode("utf-8")
                 reached = 0
                 for member in uids:
                     reached += self.deliver_local(member, data, leave_out)
                 if leave_out is not None:
-                    self._frame_came(packet)
+                    self._frame_came(_pos_of(text))
             elif kind == busframes.KICK:
-                self.kick_local(uid, rest)
+                self.kick_local(uid, cast(bytes, rest).decode("utf-8"))
                 return
             else:
-                self.replace_local(uid, rest)
+                self.replace_local(uid, cast(bytes, rest).decode("utf-8"))
                 return
         except busframes.BadFrame:
             _log.warn("ignoring a malformed bus frame: {frame!r}", frame=frame[:80])
@@ -275,47 +282,63 @@ class LocalNode:
         except Exception:
             _log.failure("handling a bus frame")
             return
-        if self.metrics is not None and kind in (busframes.DELIVER, busframes.DELIVER_EXCEPT, busframes.ROOM):
+        if self.metrics is not None:
             self.metrics.delivered(reached)
 
-    def wait_frame(self, pos: int, timeout: float = FRAME_TIMEOUT) -> Deferred:
-        """Fires once the 'x' frame of the message at ``pos`` that came on
-        one of this node's connections has been handled here (the store
+    def wait_frame(self, pos: int, result: T) -> Union[T, Deferred]:
+        """``result`` once the 'x' frame of the message at ``pos`` that came
+        on one of this node's connections has been handled here (the store
         script always publishes it to the sending connection's node, in pos
         order with every other frame: so every packet before it has been
-        delivered here too).  The ``A`` waits for it, so acks never run
-        ahead of deliveries.  Fires anyway after ``timeout`` seconds (the
-        subscription lost meanwhile, the connection gone from ``dev:<uid>``):
-        the message is stored either way."""
+        delivered here too): ``result`` itself when it has been already,
+        else a Deferred firing with it.  The ``A`` waits for it, so acks
+        never run ahead of deliveries.  Fires anyway after
+        :attr:`frame_timeout` seconds (the subscription lost meanwhile, the
+        connection gone from ``dev:<uid>``): the message is stored either
+        way.  (One timer for every waiter, not a DelayedCall each: they wait
+        in the order they came, each as long.)"""
         if self._frames_early.pop(pos, 1) is None:
-            return defer.succeed(None)
+            return result
         d: Deferred = Deferred()
-        self._frame_waiters[pos] = d
-        call = self._clock.callLater(timeout, self._frame_timed_out, pos)
-        d.addBoth(_cancelling, call)
+        self._frame_waiters[pos] = (self._clock.seconds() + self.frame_timeout, d, result)
+        if self._sweep_call is None:
+            self._sweep_call = self._clock.callLater(self.frame_timeout, self._sweep_waiters)
         return d
 
-    def _frame_came(self, packet: str) -> None:
-        at = packet.rfind(',"pos":')
-        if at < 0:
+    def _frame_came(self, pos: Optional[int]) -> None:
+        """The frame of the message at ``pos`` that came on one of this
+        node's connections has been handled: its waiting ``A`` goes on."""
+        if pos is None:
             return
-        try:
-            pos = int(packet[at + 7:-1])
-        except ValueError:
+        waiters = self._frame_waiters
+        waiter = waiters.pop(pos, None)
+        if waiter is None:
+            self._frame_early(pos)
             return
-        waiter = self._frame_waiters.pop(pos, None)
-        if waiter is not None:
-            waiter.callback(None)
-            return
+        if not waiters and self._sweep_call is not None:
+            self._sweep_call.cancel()   # (none left to time out)
+            self._sweep_call = None
+        waiter[1].callback(waiter[2])
+
+    def _frame_early(self, pos: int) -> None:
         early = self._frames_early
         early[pos] = None
         if len(early) > MAX_EARLY_FRAMES:   # (waiters that never came: a failed handler)
             del early[next(iter(early))]
 
-    def _frame_timed_out(self, pos: int) -> None:
-        waiter = self._frame_waiters.pop(pos, None)
-        if waiter is not None:
-            waiter.callback(None)
+    def _sweep_waiters(self) -> None:
+        """Fire the waiters whose time is up (the oldest first); again when the next one's is."""
+        self._sweep_call = None
+        waiters = self._frame_waiters
+        now = self._clock.seconds()
+        while waiters:
+            pos = next(iter(waiters))
+            deadline, d, result = waiters[pos]
+            if deadline > now:
+                self._sweep_call = self._clock.callLater(deadline - now, self._sweep_waiters)
+                return
+            del waiters[pos]
+            d.callback(result)
 
     # --- shutting down -----------------------------------------------------------
 
@@ -339,3 +362,14 @@ class LocalNode:
                 done.callback(None)
         defer.DeferredList(closing, consumeErrors=True).addBoth(all_closed)
         return done
+
+
+def _pos_of(packet: str) -> Optional[int]:
+    """The ``pos`` a room packet ends with, or None."""
+    at = packet.rfind(',"pos":')
+    if at < 0:
+        return None
+    try:
+        return int(packet[at + 7:-1])
+    except ValueError:
+        return None

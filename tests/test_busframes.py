@@ -74,6 +74,52 @@ class FrameReceivedTests(unittest.SynchronousTestCase):
         self.assertEqual(self.session.sent, [b'{"m":1}'])
 
 
+class OwnFrameTests(unittest.SynchronousTestCase):
+    """The sending node's 'x' frame: the packet to the sender's other
+    connections and the recipient's there, then the A's release; one timer
+    for every A still waiting."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.node = LocalNode("n1", None, self.clock, 5)
+        self.sending, self.other, self.recipient = _Session(7, "c1"), _Session(7, "c2"), _Session(8, "c3")
+        for session in (self.sending, self.other, self.recipient):
+            self.node.add(session)
+
+    def test_the_packet_to_both_parties_but_the_sending_connection_then_the_a(self):
+        acked = []
+        self.node.wait_frame(41, "A").addCallback(acked.append)
+        self.node.frame_received(b'x 7 c1 41 8 {"pos":41}')
+        self.assertEqual((self.sending.sent, self.other.sent, self.recipient.sent, acked),
+                         ([], [b'{"pos":41}'], [b'{"pos":41}'], ["A"]))
+
+    def test_without_a_packet_it_only_lets_the_a_go_even_before_its_waiter(self):
+        self.node.frame_received(b"x 7 c1 42")
+        self.assertEqual(self.node.wait_frame(42, "A"), "A")   # the frame came first
+        self.assertEqual((self.sending.sent, self.other.sent, self.recipient.sent), ([], [], []))
+
+    def test_a_waiter_whose_frame_never_comes_gets_its_a_after_the_timeout(self):
+        acked = []
+        self.node.wait_frame(43, "first").addCallback(acked.append)
+        self.clock.advance(2)
+        self.node.wait_frame(44, "second").addCallback(acked.append)
+        self.clock.advance(self.node.frame_timeout - 2)
+        self.assertEqual(acked, ["first"])
+        self.clock.advance(2)
+        self.assertEqual(acked, ["first", "second"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_the_timer_goes_with_the_last_waiter(self):
+        self.node.wait_frame(45, "A")
+        self.node.frame_received(b"x 7 c1 45")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_bad_x_frame_is_ignored(self):
+        for frame in (b"x 7 c1", b"x 7 c1 four", b"x 7 c1 4 8", b"x 7 c1 4 eight {}"):
+            self.node.frame_received(frame)
+        self.assertEqual((self.other.sent, self.recipient.sent), ([], []))
+
+
 class LuaFrameTests(RedisTestMixin, unittest.TestCase):
 
     async def test_lua_builds_the_frame_python_reads(self):

@@ -7,6 +7,8 @@ import sys
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from imd import busframes
+
 from tests.daemon_support import start_daemon, write_config
 from tests.mysql_support import MysqlTestMixin
 from tests.support import ImdServer, ServerTestMixin, connect_client, drop, make_settings, wait_until
@@ -50,6 +52,37 @@ class TwoNodeTests(ServerTestMixin, unittest.TestCase):
         self.assertEqual([(await alice.next())["type"] for _ in range(20)], ["A"] * 20)
         self.assertEqual([(await bob_phone.next())["msg"] for _ in range(20)], ["m%d" % i for i in range(20)])
         self.assertEqual([(await bob_web.next())["msg"] for _ in range(20)], ["m%d" % i for i in range(20)])
+
+    async def test_one_frame_per_message_and_node(self):
+        # the sending node's frame carries the packet for the recipient's
+        # and the sender's other connection there, and lets the A go; with
+        # nobody else there it carries no packet at all (imd.busframes 'x')
+        await self.befriend(1, 2)
+        alice = await self.login_on(self.server, 1)
+        bob_phone = await self.login_on(self.node2, 2)
+        frames = []
+        original = busframes.decode
+
+        def decode(frame):
+            frames.append(frame)
+            return original(frame)
+        self.patch(busframes, "decode", decode)
+        ack = await self.ask(alice, {"id": "a", "to": 2, "type": "t", "msg": "one"})
+        self.assertEqual(((await bob_phone.next())["msg"], ack["type"]), ("one", "A"))
+        await wait_until(lambda: len(frames) == 2, what="both frames")
+        own = [f for f in frames if f.startswith(b"x ")]
+        self.assertEqual(len(own), 1, frames)
+        self.assertEqual(own[0].split(b" ")[3], b"%d" % ack["pos"])
+        self.assertEqual(len(own[0].split(b" ")), 4, "no packet: nobody else on that node")
+        alice_web = await self.login_on(self.server, 1)
+        bob_web = await self.login_on(self.server, 2)
+        del frames[:]
+        ack = await self.ask(alice, {"id": "b", "to": 2, "type": "t", "msg": "two"})
+        for client in (bob_phone, bob_web, alice_web):
+            packet = await client.next()
+            self.assertEqual((packet["msg"], packet["pos"]), ("two", ack["pos"]))
+        self.assertEqual(len(frames), 2, frames)   # one for each node
+        self.assertEqual(sorted(f[:1] for f in frames), [b"d", b"x"])
 
     async def test_online_is_right_whichever_node_the_user_is_on(self):
         await self.befriend(1, 2)

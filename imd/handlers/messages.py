@@ -79,7 +79,7 @@ class MessageHandler:
             # the store script published it, in pos order; the A goes once
             # this node has handled its frame (acks never outrun deliveries)
             if packet.origin is not None:
-                return self._node.wait_frame(pos).addCallback(lambda _: reply)
+                return self._node.wait_frame(pos, reply)
             return reply
         # ([redis] min_replicas: stored on the replicas, delivered now)
         delivered = protocol.with_pos(payload, pos)

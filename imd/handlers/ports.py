@@ -10,7 +10,7 @@ made by mypy as it stands (zope interfaces need the mypy-zope plugin, which
 follows mypy's internals release by release) and costs nothing at run time.
 """
 
-from typing import TYPE_CHECKING, Dict, Iterable, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Optional, Protocol, Sequence, Tuple, TypeVar, Union
 
 from twisted.internet.defer import Deferred
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from imd.config import OrdersSettings
     from imd.stores.budgets import Budget
     from imd.stores.orders import OrderRecord
+
+T = TypeVar("T")
 
 
 class Node(Protocol):
@@ -34,7 +36,7 @@ class Node(Protocol):
 
     def kick(self, uid: int, reason: str) -> Deferred: ...
 
-    def wait_frame(self, pos: int, timeout: float = ...) -> Deferred: ...
+    def wait_frame(self, pos: int, result: T) -> Union[T, Deferred]: ...
 
     def next_server_id(self) -> str: ...
 
@@ -47,7 +49,7 @@ class RoomNode(Protocol):
 
     def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int: ...
 
-    def wait_frame(self, pos: int, timeout: float = ...) -> Deferred: ...
+    def wait_frame(self, pos: int, result: T) -> Union[T, Deferred]: ...
 
 
 class Messages(Protocol):

@@ -72,7 +72,9 @@ class Recaller:
             # the script published it (in pos order); a client's A waits for
             # its frame here, as a message's does
             if to_sender and origin is not None:
-                yield self._node.wait_frame(result.pos)
+                waiting = self._node.wait_frame(result.pos, None)
+                if isinstance(waiting, defer.Deferred):
+                    yield waiting
             return RECALLED, result.pos
         if result.outcome == STORED:
             delivered = protocol.with_pos(packet, result.pos)

@@ -123,7 +123,7 @@ class RoomHandler:
             # published by the store script, in pos order: the A goes once
             # this node has handled its frame (acks never outrun deliveries)
             if packet.origin is not None:
-                return self._node.wait_frame(result.pos).addCallback(lambda _: reply)
+                return self._node.wait_frame(result.pos, reply)
             return reply
         self._node.deliver_room(result.members, result.entry, packet.origin)
         return reply

@@ -828,7 +828,8 @@ class _Subscription(_Connection):
             return super().dataReceived(data, unpause)
         buf = self._rest + data if self._rest else data
         self._rest = b""
-        head, on_message = self._MESSAGE, self.owner.on_message
+        owner = self.owner
+        head, on_message, raw = self._MESSAGE, owner.on_message, getattr(owner, "raw", False)
         at, end = 0, len(buf)
         while at < end:
             if not buf.startswith(head, at):
@@ -848,30 +849,35 @@ class _Subscription(_Connection):
             if stop + 2 > end:
                 break
             at = stop + 2
-            on_message(buf[start:stop].decode("utf-8", TEXT_ERRORS))
+            on_message(buf[start:stop] if raw else buf[start:stop].decode("utf-8", TEXT_ERRORS))
         if at < end:
             self._rest = buf[at:]
         return None
 
     def replyReceived(self, reply: Any) -> None:
         if type(reply) is list and len(reply) == 3 and reply[0] == "message":
-            self.owner.on_message(reply[2])
+            message = reply[2]
+            if getattr(self.owner, "raw", False) and isinstance(message, str):
+                message = message.encode("utf-8", TEXT_ERRORS)
+            self.owner.on_message(message)
         else:
             super().replyReceived(reply)
 
 
 class RedisSubscriber(Service):
     """A connection subscribed to ``channels``: ``on_message(message)`` for
-    each message (str, decoded as every reply), ``on_subscribed()`` after
-    each (re)subscription, ``on_lost()`` when the subscription is gone (it
-    comes back by itself)."""
+    each message (str, decoded as every reply; bytes as Redis sent it with
+    ``raw``: the node's bus, which reads its frames as bytes),
+    ``on_subscribed()`` after each (re)subscription, ``on_lost()`` when the
+    subscription is gone (it comes back by itself)."""
 
     def __init__(self, address: Any, timeout: float, clock: Any, reactor: Any, channels: Iterable[str],
                  on_message: Callable[[Any], None], on_subscribed: Callable[[], None] = lambda: None,
                  on_lost: Callable[[], None] = lambda: None,
                  endpoint: Optional[Callable[[], Any]] = None, check_role: bool = False,
-                 max_retry_delay: float = 5.0, name: str = "redis subscription") -> None:
+                 max_retry_delay: float = 5.0, name: str = "redis subscription", raw: bool = False) -> None:
         self.address = address
+        self.raw = raw
         self.timeout = timeout
         self.channels = list(channels)
         self.on_message = on_message

@@ -92,6 +92,6 @@ for _, side in ipairs({{KEYS[12], ARGV[11]}, {KEYS[13], to}}) do
 end
 if ARGV[12] ~= '' then
   fanout(ARGV[12], KEYS[9], to, ARGV[13] == '1' and KEYS[10], ARGV[11], ARGV[14],
-         string.sub(ARGV[2], 1, -2) .. ',"pos":' .. seq .. '}')
+         string.sub(ARGV[2], 1, -2) .. ',"pos":' .. seq .. '}', seq)
 end
 return {1, seq}

@@ -28,5 +28,5 @@ local delivered = string.sub(ARGV[2], 1, -2) .. ',"pos":' .. seq .. '}'
 -- both parties' conversation lists (contract §10)
 note_conversation(KEYS[9], KEYS[10], ARGV[1], seq, delivered, false)
 if ARGV[1] ~= ARGV[4] then note_conversation(KEYS[11], KEYS[12], ARGV[4], seq, delivered, KEYS[13], KEYS[2]) end
-if ARGV[5] ~= '' then fanout(ARGV[5], KEYS[7], ARGV[1], KEYS[8], ARGV[4], ARGV[6], delivered) end
+if ARGV[5] ~= '' then fanout(ARGV[5], KEYS[7], ARGV[1], KEYS[8], ARGV[4], ARGV[6], delivered, seq) end
 return {1, seq}
