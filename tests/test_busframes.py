@@ -49,7 +49,7 @@ class FrameReceivedTests(unittest.SynchronousTestCase):
         other_device, friend = _Session(7, "c2"), _Session(8, "c9")
         self.node.add(other_device)
         self.node.add(friend)
-        waiting = self.node.wait_frame(41)
+        waiting = self.node.wait_frame(41, "A")
         self.assertFalse(waiting.called)
         packet = '{"id":"m","from":7,"room":"r","type":"t","msg":"hi","ts":1,"seq":3,"pos":41}'
         self.node.frame_received("g 7 7,8/c1 " + packet)

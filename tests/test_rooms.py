@@ -567,7 +567,9 @@ class TwoNodeTests(RoomTestMixin, unittest.TestCase):
             self.assertEqual((await client.next())["id"], "m")
         # one frame per node, the sender's own included (it names the
         # connection the message came on, whose A waited for it)
-        parsed = sorted(busframes.room_recipients(original(frame).rest)[:2] for frame in frames)
+        rests = [original(frame).rest for frame in frames]
+        parsed = sorted(busframes.room_recipients(rest.decode("utf-8") if isinstance(rest, bytes) else rest)[:2]
+                        for rest in rests)
         self.assertEqual([uids for uids, _ in parsed], [[1], [2, 3, 4]])
         self.assertIsNotNone(parsed[0][1])
         self.assertIsNone(parsed[1][1])
