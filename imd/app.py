@@ -146,7 +146,7 @@ class App:
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
         self.recaller = Recaller(self.recalls, self.mysql, node, self.clock)
         self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
-        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy)
+        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy, settings.log.messages)
         self.handlers: Dict[str, Callable[..., Any]] = {
             "t": dispatch(rooms.message, messages.handle),
             "i": dispatch(rooms.message, messages.handle),

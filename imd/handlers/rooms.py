@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Generator, List, Optional, Seq
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from imd import protocol
 from imd.clock import Clock
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 Json = Dict[str, object]
 Handler = Callable[[int, protocol.ClientPacket], object]
 Outcome = Union[str, Tuple[str, Tuple[int, ...]]]   # a refusal, or (what happened, the members)
+
+_log = Logger()
 
 ROOM_CURSOR_VERSION = 4   # [4, room, seq, limit]: an H {"room"}'s next page
 MAX_REPLY_BYTES = 1024 * 1024
@@ -87,11 +90,13 @@ class RoomHandler:
     """The members' side: ``t``/``i``, ``R``, ``Y`` and ``H`` naming a room."""
 
     def __init__(self, rooms: RoomStore, mysql: "MysqlStore", node: RoomNode, clock: Clock,
-                 text_policy: Optional[TextPolicy] = None) -> None:
+                 text_policy: Optional[TextPolicy] = None, log_messages: bool = False) -> None:
         self._rooms = rooms
         self._mysql = mysql
         self._node = node
         self._clock = clock
+        # [log] messages: each stored room message, as stored (masked: contract §11)
+        self._log_messages = log_messages
         self._text_policy = text_policy if text_policy is not None and text_policy.active else None
 
     def _now_ms(self) -> int:
@@ -107,12 +112,15 @@ class RoomHandler:
         now = self._now_ms()
         head = protocol.room_message_head(packet.id, sender, room, packet.type, packet.msg, now)
         d = self._rooms.store(room, sender, packet.dedup_id, head, now)
-        return d.addCallback(self._stored, packet, masked)
+        return d.addCallback(self._stored, sender, packet, masked)
 
-    def _stored(self, result: RoomStored, packet: protocol.MessagePacket, masked: bool) -> Reply:
+    def _stored(self, result: RoomStored, sender: int, packet: protocol.MessagePacket, masked: bool) -> Reply:
         _refused(result.status, cast(str, packet.room))
         if result.status == DUPLICATE:
             return Reply(protocol.ack_room(packet.id, result.seq, result.pos, duplicate=True, masked=masked))
+        if self._log_messages:
+            _log.info("room message uid={uid} room={room}: {packet}", uid=sender, room=packet.room,
+                      packet=result.entry.decode("utf-8", "replace"))
         self._node.deliver_room(result.members, result.entry, packet.origin)
         return Reply(protocol.ack_room(packet.id, result.seq, result.pos, masked=masked))
 
