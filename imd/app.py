@@ -169,7 +169,7 @@ class App:
         }
         # rooms: the server API and imd-admin (contract v3 §9)
         self.room_admin = RoomAdmin(self.rooms, node, self.clock, settings.rooms.max_members,
-                                    settings.rooms.close_grace)
+                                    settings.rooms.close_grace, track=self.position_audience.track_room)
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)

@@ -764,6 +764,12 @@ def site(server_id: str, courier: int, longitude: float, latitude: float, ts: in
                   "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
 
 
+def room_site(server_id: str, courier: int, room: str, longitude: float, latitude: float, ts: int) -> bytes:
+    """A courier's position to the members of a room tracking it (contract §11)."""
+    return _dump({"id": server_id, "from": courier, "room": room, "type": "S",
+                  "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
+
+
 def receipt(packet_id: PacketId, reader: int, sender: int, state: int, ids: List[PacketId], ts: int) -> bytes:
     """The ``R`` relayed to the messages' sender: only the ids that advanced."""
     return _dump_fast({"id": packet_id, "from": reader, "to": sender, "type": "R",

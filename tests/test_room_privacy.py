@@ -11,7 +11,8 @@ from tests.daemon_support import start_daemon, write_config
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
 from tests.support import connect_client, mq_entries, wait_until
-from tests.test_privacy import next_is_pong, redis_dump
+from imd.errors import ImdError
+from tests.test_privacy import PositionTestMixin, next_is_pong, redis_dump
 from tests.test_rooms import ROOM, RoomTestMixin
 
 
@@ -112,3 +113,64 @@ class RoomNowhereButMaskedTests(RoomTestMixin, unittest.TestCase):
         masked = "ring [phone], mail [email], no *************7"
         for place in ("mysql", "log"):
             self.assertIn(masked, places[place], place)
+
+
+class RoomPositionTests(PositionTestMixin, unittest.TestCase):
+    """[privacy] positions = orders: a courier's S also goes to the members
+    of the open rooms whose meta has "track": <courier>, with "room"."""
+
+    async def next_room_position(self, client, room=ROOM):
+        packet = await client.next()
+        self.assertEqual((packet["type"], packet["from"], packet.get("room")), ("S", 20, room), packet)
+        return packet["msg"]["longitude"]
+
+    async def test_members_of_a_tracking_room_get_it_until_its_close_on_the_other_node(self):
+        admin = self.server.app.room_admin
+        await admin.create(ROOM, [10, 20, 30], {"track": 20})
+        await admin.create("order:43", [11, 20], {"note": "tracks nobody"})
+        courier = await self.login_on(self.server, 20)
+        customer = await self.login_on(self.node2, 10)
+        agent = await self.login_on(self.server, 30)
+        other = await self.login_on(self.node2, 11)
+        await self.position(courier, 3)
+        self.assertEqual((await self.next_room_position(customer), await self.next_room_position(agent)), (3, 3))
+        await self.gets_nothing(other)
+        await self.gets_nothing(courier)
+        # closed through the other node; its grace has only begun
+        await self.node2.app.room_admin.close(ROOM)
+        for client in (customer, agent, courier):
+            self.assertEqual((await client.next())["msg"]["event"], "closed")
+        await admin.create("order:44", [30, 20], {"track": 20})
+        await self.position(courier, 4)
+        self.assertEqual(await self.next_room_position(agent, "order:44"), 4)
+        await self.gets_nothing(customer)
+        self.assertEqual(await self.redis.smembers("roomtrack:20"), {"order:44"})
+
+    async def test_a_meta_that_stops_tracking_stops_it(self):
+        admin = self.server.app.room_admin
+        await admin.create(ROOM, [10, 20], {"track": 20})
+        courier, customer = await self.login(20), await self.login(10)
+        await self.position(courier, 1)
+        self.assertEqual(await self.next_room_position(customer), 1)
+        await admin.create(ROOM, [10, 20], {"track": 21})
+        await self.position(courier, 2)
+        await self.gets_nothing(customer)
+
+    async def test_a_track_that_is_not_a_user_id_is_refused(self):
+        for bad in ("20", -1, 1.5, True, 2 ** 63):
+            with self.assertRaises(ImdError) as refused:
+                await self.server.app.room_admin.create(ROOM, [10, 20], {"track": bad})
+            self.assertEqual(refused.exception.code, "bad_packet")
+        self.assertEqual(await self.redis.exists("room:%s" % ROOM), 0)
+
+
+class FriendsModeRoomPositionTests(PositionTestMixin, unittest.TestCase):
+    overrides = dict(PositionTestMixin.overrides, privacy={"positions": "friends"})
+
+    async def test_friends_mode_ignores_rooms(self):
+        await self.server.app.room_admin.create(ROOM, [10, 20], {"track": 20})
+        await self.befriend(20, 11)
+        courier, customer, friend = await self.login(20), await self.login(10), await self.login(11)
+        await self.position(courier, 1)
+        self.assertEqual(await self.next_position(friend), 1)
+        await self.gets_nothing(customer)

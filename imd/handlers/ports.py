@@ -92,6 +92,13 @@ class Positions(Protocol):
     def record_site(self, uid: int, longitude: float, latitude: float, ts: int) -> Deferred: ...
 
 
+class SiteNode(Node, Protocol):
+    """What positions need of the node: a user's connections, and a room's
+    members' (imd.node.LocalNode)."""
+
+    def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int: ...
+
+
 class PositionAudience(Protocol):
     """Who a courier's position goes to (imd.stores.positions.PositionAudience)."""
 

@@ -244,8 +244,13 @@ def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, s
 class RoomAdmin:
     """The platform's side (server API, ``imd-admin room``)."""
 
-    def __init__(self, rooms: RoomStore, node: RoomNode, clock: Clock, max_members: int, close_grace: float) -> None:
+    def __init__(self, rooms: RoomStore, node: RoomNode, clock: Clock, max_members: int, close_grace: float,
+                 track: Optional[Callable[[int, str], Deferred]] = None) -> None:
+        """``track(courier, room)``: notes, before a meta naming ``"track":
+        <courier>`` is stored, that the room may follow the courier's
+        positions (contract §11; imd.stores.positions.PositionAudience.track_room)."""
         self._rooms = rooms
+        self._track = track
         self._node = node
         self._clock = clock
         self.max_members = max_members
@@ -267,6 +272,9 @@ class RoomAdmin:
                meta: Optional[Json] = None) -> Generator[Deferred, object, Json]:
         """Create ``room`` with ``members``, or make them its members."""
         self._too_many(len(set(members)))
+        courier = tracked_courier(meta)
+        if courier is not None and self._track is not None:
+            yield self._track(courier, room)
         result = yield self._rooms.set_members(room, sorted(set(members)), (), self._now_ms(), self.max_members,
                                                meta, create=True)
         return self._changed(room, result)
@@ -316,6 +324,17 @@ class RoomAdmin:
             raise ImdError("not_found", "no room %s" % room)
         return {"room": room, "members": list(state.members), "meta": state.meta, "last_seq": state.last_seq,
                 "read": state.read, "closed_at": state.closed_at, "ends_at": state.ends_at}
+
+
+def tracked_courier(meta: Optional[Json]) -> Optional[int]:
+    """The courier a room's meta tracks (``"track": <uid>``, contract §11),
+    None when it tracks none; a ``track`` that is not a user id is refused."""
+    if meta is None or meta.get("track") is None:
+        return None
+    courier = meta["track"]
+    if type(courier) is not int or not 0 < courier <= protocol.MAX_UID:
+        raise ImdError("bad_packet", "meta.track: not a user id: %r" % (courier,))
+    return courier
 
 
 def dispatch(room_handler: Callable[..., object], plain: Callable[..., object]) -> Handler:

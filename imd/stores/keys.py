@@ -122,6 +122,10 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "'<seq>/<pos>', so a retry answers the first seq"),
     KeySpec("rtyping:<room>:<uid>", "string", "rooms",
             "a 'typing' (Y true) of uid in the room was relayed; expires after [typing] min_interval"),
+    KeySpec("roomtrack:<courier>", "set", "positions",
+            "rooms whose meta has (or had) \"track\": <courier> (contract §11): a hint written before the meta, "
+            "checked against each room's meta and close at every push of the courier's position, which drops "
+            "the rooms that no longer track it"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -261,6 +265,9 @@ class Keys:
 
     def room_typing(self, room: str, uid: Uid) -> str:
         return "%srtyping:%s:%d" % (self.prefix, room, uid)
+
+    def room_track(self, courier: Uid) -> str:
+        return "%sroomtrack:%d" % (self.prefix, courier)
 
     def typing(self, sender: Uid, to: Uid) -> str:
         return "%styping:%d:%d" % (self.prefix, sender, to)
