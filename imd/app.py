@@ -26,7 +26,7 @@ from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
 from imd.handlers.erasure import Eraser, ErasureStore
 from imd.handlers.messages import MessageHandler
-from imd.handlers.recall import RecallHandler, Recaller
+from imd.handlers.recall import RecallHandler, Recaller, RoomRecaller
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.positions import SiteHandler
@@ -47,6 +47,7 @@ from imd.stores.keys import Keys
 from imd.stores.conversations import ConversationStore
 from imd.stores.messages import MessageStore
 from imd.stores.recalls import RecallStore
+from imd.stores.roomrecalls import RoomRecallStore
 from imd.stores.mysql import MessageRows, MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck, check_login
 from imd.seqfloor import SeqFloor
@@ -144,7 +145,9 @@ class App:
         node = self.node
         self.text_policy = self._text_policy()
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
-        self.recaller = Recaller(self.recalls, self.mysql, node, self.clock)
+        room_recalls = RoomRecallStore(self.redis_client, keys, settings.redis.dedup_ttl, self.push_notes)
+        self.recaller = Recaller(self.recalls, self.mysql, node, self.clock,
+                                 rooms=RoomRecaller(room_recalls, self.mysql, node, self.clock))
         self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
         rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy, settings.log.messages)
         self.handlers: Dict[str, Callable[..., Any]] = {

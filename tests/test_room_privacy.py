@@ -4,16 +4,19 @@ rooms whose meta tracks it, stopping at the room's close on every node."""
 
 import json
 import os
+import time
 
+from twisted.internet import task
 from twisted.trial import unittest
 
+from imd.errors import ImdError
 from tests.daemon_support import start_daemon, write_config
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
 from tests.support import connect_client, mq_entries, wait_until
-from imd.errors import ImdError
+from tests.test_api import ApiTestMixin
 from tests.test_privacy import PositionTestMixin, next_is_pong, redis_dump
-from tests.test_rooms import ROOM, RoomTestMixin
+from tests.test_rooms import ROOM, RoomTestMixin, SyncTests
 
 
 class RoomMaskingTests(RoomTestMixin, unittest.TestCase):
@@ -174,3 +177,142 @@ class FriendsModeRoomPositionTests(PositionTestMixin, unittest.TestCase):
         await self.position(courier, 1)
         self.assertEqual(await self.next_position(friend), 1)
         await self.gets_nothing(customer)
+
+
+D_FIELDS = ("id", "from", "room", "type", "msg", "ts", "pos")
+
+
+class RoomRecallTests(RoomTestMixin, unittest.TestCase):
+    """Contract §11 recall in a room: D → A with pos, the D to every member
+    and the sender's other devices, no seq, H {"room"} shows the tombstone,
+    sync shows the D and the tombstone, the text leaves Redis and MySQL."""
+
+    sync = SyncTests.sync
+
+    async def setup_room(self):
+        await self.admin.create(ROOM, [1, 2, 3])
+        self.alice, self.alice_web = await self.login(1), await self.login(1)
+        self.bob, self.carol = await self.login(2), await self.login(3)
+
+    async def test_recall_reaches_every_member_and_takes_no_seq(self):
+        await self.setup_room()
+        sent = await self.send(self.alice, "m1", "wrong address, sorry")
+        for client in (self.alice_web, self.bob, self.carol):
+            self.assertEqual((await client.next())["id"], "m1")
+        reply = await self.ask(self.alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual((reply["type"], reply["msg"]), ("A", "success"), reply)
+        self.assertGreater(reply["pos"], sent["pos"])
+        self.assertNotIn("seq", reply)
+        for client in (self.alice_web, self.bob, self.carol):
+            packet = await client.next()
+            self.assertEqual(sorted(packet), sorted(D_FIELDS), packet)
+            self.assertEqual({k: packet[k] for k in ("id", "from", "room", "type", "msg", "pos")},
+                             {"id": "d1", "from": 1, "room": ROOM, "type": "D", "msg": "m1", "pos": reply["pos"]})
+        await next_is_pong(self, self.alice)   # the sending connection got only its A
+        # no seq taken: the next room message is 2
+        self.assertEqual((await self.send(self.bob, "m2", "ok"))["seq"], 2)
+        packets, _ = await self.room_history(self.carol)
+        self.assertEqual([(p["id"], p["seq"], p["msg"], p.get("recalled")) for p in packets],
+                         [("m1", 1, "", True), ("m2", 2, "ok", None)])
+        stream = await self.sync(self.carol)
+        self.assertEqual([(p["id"], p["type"], p["msg"]) for p in stream],
+                         [("m1", "t", ""), ("d1", "D", "m1"), ("m2", "t", "ok")])
+        self.assertNotIn("wrong address", await redis_dump(self.redis))
+        # a retry of the D is acked again, nothing more; a second recall is a dup
+        again = await self.ask(self.alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual((again["type"], again.get("dup")), ("A", True))
+        other = await self.ask(self.alice_web, {"id": "d2", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual((other["type"], other.get("dup")), ("A", True))
+        await next_is_pong(self, self.bob)
+
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        self.assertEqual(await self.redis.zcard("roompending:%s" % ROOM), 0)
+        rows = await query(self.mysql_settings, "SELECT seq, msg, packet FROM room_message WHERE room = '%s'" % ROOM)
+        self.assertEqual(sorted((int(s), m) for s, m, _ in rows), [(1, ""), (2, "ok")])
+        self.assertNotIn("wrong address", repr(rows))
+        recalls = await query(self.mysql_settings, "SELECT accept_seq, room, msg_id, from_id, recalled_id"
+                                                   " FROM room_recall")
+        self.assertEqual([(int(p), r, bytes(i), int(f), bytes(m)) for p, r, i, f, m in recalls],
+                         [(reply["pos"], ROOM, b"d1", 1, b"m1")])
+        # all from MySQL now: the same as before
+        packets, _ = await self.room_history(self.carol)
+        self.assertEqual([(p["id"], p["seq"], p["msg"], p.get("recalled")) for p in packets],
+                         [("m1", 1, "", True), ("m2", 2, "ok", None)])
+        self.assertEqual([(p["id"], p["type"], p["msg"]) for p in await self.sync(self.carol)],
+                         [("m1", "t", ""), ("d1", "D", "m1"), ("m2", "t", "ok")])
+        later = await self.ask(self.alice, {"id": "d3", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual((later["type"], later.get("dup")), ("A", True))
+
+    async def test_not_found_and_too_late(self):
+        await self.setup_room()
+        await self.admin.create("order:43", [1, 2])
+        await self.send(self.alice, "m1", "mine")
+        await self.send(self.bob, "b1", "bob's")
+        for msg, room in (("m1", "order:43"), ("b1", ROOM), ("nope", ROOM), ("m1", "order:99")):
+            reply = await self.ask(self.alice, {"id": "d-%s-%s" % (msg, room), "room": room, "type": "D",
+                                                "msg": msg})
+            self.assertEqual((reply["type"], reply.get("code")), ("E", "not_found"), (msg, room))
+        reply = await self.ask(self.alice, {"id": "d", "room": "bad room", "type": "D", "msg": "m1"})
+        self.assertEqual(reply["code"], "bad_packet")
+        clock = task.Clock()
+        clock.advance(time.time() + 121)
+        self.patch(self.server.app.recaller.rooms, "_clock", clock)
+        reply = await self.ask(self.alice, {"id": "late", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual((reply["type"], reply.get("code")), ("E", "forbidden"))
+        packets, _ = await self.room_history(self.bob)
+        self.assertEqual([p["msg"] for p in packets], ["mine", "bob's"])
+
+    async def test_recall_of_a_migrated_message(self):
+        await self.setup_room()
+        await self.send(self.alice, "m1", "already in mysql")
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        migrator.stopService()
+        reply = await self.ask(self.alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual(reply["type"], "A", reply)
+        # before the D migrates, H and sync show the tombstone already
+        packets, _ = await self.room_history(self.bob)
+        self.assertEqual([(p["msg"], p.get("recalled")) for p in packets], [("", True)])
+        self.assertEqual([(p["id"], p["msg"]) for p in await self.sync(self.bob)], [("m1", ""), ("d1", "m1")])
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        rows = await query(self.mysql_settings, "SELECT msg, packet FROM room_message")
+        self.assertNotIn("already in mysql", repr(rows))
+        self.assertEqual(json.loads(rows[0][1])["recalled"], True)
+
+    async def test_recall_racing_the_migrator(self):
+        """The message migrated before, with, or after its D: the row ends
+        empty every time (the D always migrates after what it recalls)."""
+        await self.setup_room()
+        migrator = start_migrator(self, self.server.app.settings)
+        for n in range(30):
+            self.alice.send({"id": "r%d" % n, "room": ROOM, "type": "t", "msg": "secret %d" % n})
+            self.alice.send({"id": "rd%d" % n, "room": ROOM, "type": "D", "msg": "r%d" % n})
+        replies = [await self.alice.next_of("AE") for _ in range(60)]
+        self.assertEqual([r["type"] for r in replies], ["A"] * 60, replies)
+        await with_drain(migrator)
+        rows = await query(self.mysql_settings, "SELECT msg FROM room_message WHERE room = '%s'" % ROOM)
+        self.assertEqual([m for (m,) in rows], [""] * 30)
+        self.assertEqual((await query(self.mysql_settings, "SELECT COUNT(*) FROM room_recall"))[0][0], 30)
+
+
+class RoomDeleteApiTests(ApiTestMixin, unittest.TestCase):
+
+    async def test_delete_with_room(self):
+        self.assertEqual((await self.api("POST", "rooms", {"room": ROOM, "members": [1, 2]})).code, 200)
+        alice, bob = await self.login(1), await self.login(2)
+        reply = await self.ask(alice, {"id": "m1", "room": ROOM, "type": "t", "msg": "abuse"})
+        self.assertEqual(reply["type"], "A")
+        self.assertEqual((await bob.next())["id"], "m1")
+        response = await self.api("POST", "messages/delete", {"from": 1, "id": "m1", "room": ROOM})
+        self.assertEqual((response.code, response.json()), (200, {"deleted": True}))
+        for client in (alice, bob):
+            packet = await client.next()
+            self.assertEqual((packet["type"], packet["from"], packet["room"], packet["msg"]), ("D", 1, ROOM, "m1"))
+        response = await self.api("POST", "messages/delete", {"from": 1, "id": "m1", "room": ROOM})
+        self.assertEqual((response.code, response.json()), (200, {"deleted": False}))
+        for body in ({"from": 2, "id": "m1", "room": ROOM}, {"from": 1, "id": "m1", "room": "order:99"}):
+            self.assertEqual((await self.api("POST", "messages/delete", body)).code, 404, body)
+        for body in ({"from": 1, "id": "m1", "room": "bad room"}, {"from": 1, "id": "m1", "room": ROOM, "to": 2}):
+            self.assertEqual((await self.api("POST", "messages/delete", body)).code, 400, body)

@@ -169,6 +169,19 @@ class Recalls(Protocol):
                origin: Optional[str] = None) -> Deferred: ...
 
 
+class RoomRecalls(Protocol):
+    """Recall and delete of a room's message in Redis (imd.stores.roomrecalls.RoomRecallStore)."""
+
+    def recall(self, sender: int, room: str, d_id: str, msg_id: str, d_head: bytes, now_ms: int,
+               window_ms: Optional[int], force: bool = False) -> Deferred: ...
+
+
+class RoomRecallRows(Protocol):
+    """Migrated room messages, for a recall (imd.stores.mysql.MysqlStore)."""
+
+    def room_message_for_recall(self, sender: int, msg_id: str, room: str) -> Deferred: ...
+
+
 class RecallRows(Protocol):
     """Migrated messages, for a recall (imd.stores.mysql.MysqlStore)."""
 

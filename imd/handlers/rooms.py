@@ -35,8 +35,9 @@ from imd.errors import ImdError
 from imd.handlers import Reply
 from imd.handlers.api import new_message_id
 from imd.handlers.ports import RoomNode
-from imd.messagelog.entry import StoredRoomMessage, parse_entry
+from imd.messagelog.entry import StoredRoomMessage, StoredRoomRecall, parse_entry, tombstone
 from imd.moderation import TextPolicy
+from imd.stores.roomrecalls import room_message_heads
 from imd.stores.rooms import (CLOSED, COALESCED, DUPLICATE, MOVED, NO_ROOM, NOT_MEMBER, PAST_LAST, TOO_MANY,
                               RoomChange, RoomEvent, RoomState, RoomStore, RoomStored, Span, in_spans)
 
@@ -167,17 +168,28 @@ class RoomHandler:
         if not spans:
             return []
         rows = cast(List[Tuple[int, str, int, str]], (yield self._mysql.room_stream(spans, after_pos, limit)))
+        # a recall's D (seq 0 in the rows: it takes none) is keyed by its pos
         items: Dict[Tuple[str, int], Tuple[int, bytes]] = {}
-        for pos, room, seq, packet in rows:
-            items[(room, seq)] = (pos, packet.encode("utf-8"))
+        recalls: Dict[str, List[StoredRoomRecall]] = {}
         for room, (room_spans, entries) in pending.items():
             for entry in entries:
                 try:
                     value = parse_entry(entry)
                 except ValueError:
                     continue
-                if isinstance(value, StoredRoomMessage) and value.seq > after_pos and in_spans(value.seq, room_spans):
-                    items.setdefault((room, value.room_seq), (value.seq, value.packet.encode("utf-8")))
+                if isinstance(value, StoredRoomRecall):
+                    # (its row may not be emptied yet: Redis was read first)
+                    recalls.setdefault(room, []).append(value)
+                    if value.seq > after_pos and in_spans(value.seq, room_spans):
+                        items[(room, -value.seq)] = (value.seq, value.packet.encode("utf-8"))
+                elif isinstance(value, StoredRoomMessage) and value.seq > after_pos \
+                        and in_spans(value.seq, room_spans):
+                    items[(room, value.room_seq)] = (value.seq, value.packet.encode("utf-8"))
+        for pos, room, seq, packet in rows:
+            items.setdefault((room, seq) if seq else (room, -pos), (pos, packet.encode("utf-8")))
+        for (room, seq), (pos, data) in list(items.items()):
+            if seq > 0 and room in recalls:
+                items[(room, seq)] = (pos, recalled_packet(data.decode("utf-8"), recalls[room]).encode("utf-8"))
         ordered = sorted(items.values())
         if len(rows) >= limit:
             # beyond the last row read, MySQL may hold more: stop there
@@ -220,10 +232,11 @@ class RoomHandler:
 def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, str]], after_seq: int,
                limit: int) -> List[Tuple[int, bytes]]:
     """The room's entries still in Redis and its rows in MySQL, each seq
-    once, above ``after_seq``, ascending: ``[(seq, packet)]``, at most ``limit``."""
+    once, above ``after_seq``, ascending: ``[(seq, packet)]``, at most ``limit``.
+    A recall's ``D`` is not listed; a row whose message a ``D`` still in
+    Redis recalls is shown emptied (its row is emptied when the D migrates)."""
     by_seq: Dict[int, bytes] = {}
-    for seq, packet in rows:
-        by_seq[seq] = packet.encode("utf-8") if isinstance(packet, str) else packet
+    recalls: List[StoredRoomRecall] = []
     for entry in pending:
         text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
         try:
@@ -231,7 +244,17 @@ def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, s
         except ValueError:
             continue
         if isinstance(value, StoredRoomMessage) and value.room_seq > after_seq:
-            by_seq.setdefault(value.room_seq, value.packet.encode("utf-8"))
+            by_seq[value.room_seq] = value.packet.encode("utf-8")
+        elif isinstance(value, StoredRoomRecall):
+            recalls.append(value)
+    for seq, packet in rows:
+        if seq not in by_seq:
+            by_seq[seq] = packet.encode("utf-8") if isinstance(packet, str) else packet
+    if recalls:
+        # (a copy still in Redis keeps its text when the recall found the
+        # message migrated: its batch committed, not yet trimmed)
+        by_seq = {seq: recalled_packet(packet.decode("utf-8"), recalls).encode("utf-8")
+                  for seq, packet in by_seq.items()}
     # rows are the first ``limit`` migrated ones: a pending seq beyond the
     # last row is only complete when the rows ran out before the limit
     ordered = sorted(by_seq.items())
@@ -239,6 +262,17 @@ def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, s
         cut = rows[-1][0]
         ordered = [item for item in ordered if item[0] <= cut]
     return ordered[:limit]
+
+
+def recalled_packet(packet: str, recalls: Sequence[StoredRoomRecall]) -> str:
+    """A room message's migrated ``packet``, emptied (contract §11) when one
+    of ``recalls`` (D entries still in Redis: their rows are emptied when
+    they migrate) names it."""
+    for recall in recalls:
+        for head in room_message_heads(recall.from_id, recall.room, recall.recalled_id.decode("utf-8")):
+            if head and packet.startswith(head):
+                return tombstone(packet)
+    return packet
 
 
 class RoomAdmin:

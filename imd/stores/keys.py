@@ -120,6 +120,9 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("rdedup:<uid>:<room>/<id>", "string", "rooms",
             "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
             "'<seq>/<pos>', so a retry answers the first seq"),
+    KeySpec("rrecalled:<uid>:<room>/<id>", "string", "roomrecalls",
+            "the user's room message <id> is recalled or deleted (contract v3 §11), for 30 days: until its D is "
+            "migrated, when room_message's tombstone takes over"),
     KeySpec("rtyping:<room>:<uid>", "string", "rooms",
             "a 'typing' (Y true) of uid in the room was relayed; expires after [typing] min_interval"),
     KeySpec("roomtrack:<courier>", "set", "positions",
@@ -256,6 +259,9 @@ class Keys:
 
     def room_dedup(self, room: str, sender: Uid, packet_id: PacketId) -> str:
         return "%srdedup:%d:%s/%s" % (self.prefix, sender, room, packet_id)
+
+    def room_recalled(self, room: str, sender: Uid, packet_id: PacketId) -> str:
+        return "%srrecalled:%d:%s/%s" % (self.prefix, sender, room, packet_id)
 
     def room_spans(self, room: str) -> str:
         return "%sroomspans:%s" % (self.prefix, room)
