@@ -16,6 +16,7 @@ from tests.mysql_support import query
 from tests.support import connect_client, mq_entries, wait_until
 from tests.test_api import ApiTestMixin
 from tests.test_privacy import PositionTestMixin, next_is_pong, redis_dump
+from tests.test_push import PushTestMixin
 from tests.test_rooms import ROOM, RoomTestMixin, SyncTests
 
 
@@ -316,3 +317,37 @@ class RoomDeleteApiTests(ApiTestMixin, unittest.TestCase):
             self.assertEqual((await self.api("POST", "messages/delete", body)).code, 404, body)
         for body in ({"from": 1, "id": "m1", "room": "bad room"}, {"from": 1, "id": "m1", "room": ROOM, "to": 2}):
             self.assertEqual((await self.api("POST", "messages/delete", body)).code, 400, body)
+
+
+class RoomRecallPushTests(PushTestMixin, unittest.TestCase):
+    """A push not yet sent for a recalled room message is not sent."""
+
+    async def test_recalled_before_the_push_no_push(self):
+        await self.server.app.room_admin.create(ROOM, [1, 2, 3])
+        alice = await self.login(1)
+        await self.ask(alice, {"id": "r1", "room": ROOM, "type": "t", "msg": "my pin is 4321"})
+        self.assertIsNotNone(await self.due(2))
+        reply = await self.ask(alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "r1"})
+        self.assertEqual(reply["type"], "A", reply)
+        self.assertIsNone(await self.due(2))
+        self.assertIsNone(await self.due(3))
+        self.assertNotIn("4321", await redis_dump(self.redis))
+        drainer = self.drainer()
+        self.clock.advance(3600)
+        await drainer.run_due()
+        self.assertEqual(self.receiver.posts, [])
+
+    async def test_the_push_for_the_others_names_it_without_its_text(self):
+        await self.server.app.room_admin.create(ROOM, [1, 2])
+        alice = await self.login(1)
+        await self.ask(alice, {"id": "r1", "room": ROOM, "type": "t", "msg": "first"})
+        await self.ask(alice, {"id": "r2", "room": ROOM, "type": "t", "msg": "my pin is 4321"})
+        await self.ask(alice, {"id": "d2", "room": ROOM, "type": "D", "msg": "r2"})
+        due = await self.due(2)
+        self.assertIsNotNone(due)
+        drainer = self.drainer()
+        self.advance_to(due)
+        await drainer.run_due()
+        [post] = self.receiver.posts
+        self.assertEqual((post.payload["to"], post.payload["unread"], post.payload["id"]), (2, 1, "r2"))
+        self.assertNotIn("4321", json.dumps(post.payload))
