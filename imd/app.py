@@ -11,7 +11,7 @@ the other nodes), ``imd.http``, ``imd.migrator``.
 
 import functools
 import socket
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -24,7 +24,7 @@ from imd.bus import NodeBus
 from imd.config import ConfigError
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
-from imd.handlers.erasure import Eraser, ErasureStore
+from imd.handlers.erasure import Eraser, ErasureStore, RoomErasure
 from imd.handlers.messages import MessageHandler
 from imd.handlers.recall import RecallHandler, Recaller, RoomRecaller
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
@@ -173,6 +173,10 @@ class App:
         # rooms: the server API and imd-admin (contract v3 §9)
         self.room_admin = RoomAdmin(self.rooms, node, self.clock, settings.rooms.max_members,
                                     settings.rooms.close_grace, track=self.position_audience.track_room)
+        # an erasure's room part: the user's room messages and memberships (contract v3 §11)
+        self.eraser.rooms = RoomErasure(ErasureStore(self.redis_client, keys), self.mysql,
+                                        cast(RoomRecaller, self.recaller.rooms), self.room_admin,
+                                        node.next_server_id)
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)

@@ -347,6 +347,17 @@ class MysqlStore(Service):
         from, up to to), by accept_seq: ``[(accept_seq, room, seq, packet)]``."""
         return self.run_interaction(_room_stream_txn, spans, after_pos, limit)
 
+    def sent_room_messages(self, uid: int, after: Tuple[str, str, int], limit: int) -> defer.Deferred:
+        """Up to ``limit`` of the room ``t`` and ``i`` messages ``uid`` sent
+        that are not recalled, after ``after`` (``(msg_id, room, seq)``), in
+        that order (the room_message_sender index): ``[(msg_id, room,
+        seq)]``, for an erasure."""
+        return self.run_interaction(_sent_room_messages_txn, uid, after, limit)
+
+    def forget_room_reads(self, uid: int) -> defer.Deferred:
+        """``uid``'s read cursors in ``room_read`` deleted (an erasure)."""
+        return self.run_interaction(_forget_room_reads_txn, uid)
+
     def room_message_for_recall(self, sender: int, msg_id: str, room: str) -> defer.Deferred:
         """``sender``'s message ``msg_id`` in ``room`` as MySQL has it:
         ``(ts, recalled)``, or None (no such message)."""
@@ -630,6 +641,24 @@ def _room_stream_txn(cursor: pymysql.cursors.Cursor, spans: Dict[str, List[Tuple
                    " (SELECT accept_seq, room, 0, packet FROM room_recall WHERE " + where + ")"
                    " ORDER BY 1 LIMIT %s", args + [limit] + args + [limit, limit])
     return [(int(pos), room, int(seq), packet) for pos, room, seq, packet in cursor.fetchall()]
+
+
+def _sent_room_messages_txn(cursor: pymysql.cursors.Cursor, uid: int, after: Tuple[str, str, int],
+                            limit: int) -> List[Tuple[str, str, int]]:
+    msg_id, room, seq = after
+    # (a tombstone's msg is '' and its packet says "recalled":true: a text
+    # cannot, its quotes are escaped in the packet)
+    cursor.execute("SELECT msg_id, room, seq FROM room_message WHERE from_id = %s"
+                   " AND (msg_id > %s OR (msg_id = %s AND (room > %s OR (room = %s AND seq > %s))))"
+                   " AND type IN ('t', 'i') AND NOT (msg = '' AND packet LIKE '%%\"recalled\":true%%')"
+                   " ORDER BY msg_id, room, seq LIMIT %s",
+                   (uid, msg_id, msg_id, room, room, seq, limit))
+    return [(bytes(m).decode("utf-8") if isinstance(m, (bytes, bytearray)) else m, r, int(s))
+            for m, r, s in cursor.fetchall()]
+
+
+def _forget_room_reads_txn(cursor: pymysql.cursors.Cursor, uid: int) -> int:
+    return int(cursor.execute("DELETE FROM room_read WHERE uid = %s", (uid,)))
 
 
 def _is_tombstone(packet: str) -> bool:
