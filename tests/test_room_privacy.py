@@ -4,9 +4,10 @@ rooms whose meta tracks it, stopping at the room's close on every node."""
 
 import json
 import os
+import random
 import time
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from imd.errors import ImdError
@@ -14,8 +15,10 @@ from imd.handlers import erasure
 from tests.daemon_support import start_daemon, write_config
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
-from tests.support import connect_client, mq_entries, wait_until
+from tests.support import (DEADLINE, ImdServer, connect_client, make_settings, mq_entries, wait_until,
+                           with_deadline)
 from tests.test_api import ApiTestMixin
+from tests.test_migrator_crash import CrashTests, MigratorProcess
 from tests.test_privacy import PositionTestMixin, next_is_pong, redis_dump
 from tests.test_push import PushTestMixin
 from tests.test_rooms import ROOM, RoomTestMixin, SyncTests
@@ -431,3 +434,71 @@ class RoomErasureTests(RoomTestMixin, unittest.TestCase):
         rows = await query(self.mysql_settings, "SELECT recalled_id FROM room_recall")
         self.assertEqual(sorted(bytes(r).decode() for (r,) in rows), ["a0", "a1", "a2", "a3", "a4", "o1"])
         self.assertEqual(await self.server.app.eraser.erase(1), 0)
+
+
+class RoomRecallTwoNodeTests(RoomTestMixin, unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield RoomTestMixin.setUp(self)
+        self.node2 = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": "test-node-2"}))).start()
+        self.addCleanup(self.node2.stop)
+
+    async def test_the_d_reaches_members_and_the_senders_devices_on_the_other_node(self):
+        await self.admin.create(ROOM, [1, 2])
+        alice = await self.login_on(self.server, 1)
+        alice_phone = await self.login_on(self.node2, 1)
+        bob = await self.login_on(self.node2, 2)
+        await self.send(alice, "m1", "oops")
+        for client in (alice_phone, bob):
+            self.assertEqual((await client.next())["id"], "m1")
+        reply = await self.ask(alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        for client in (alice_phone, bob):
+            packet = await client.next()
+            self.assertEqual((packet["type"], packet["msg"], packet["pos"]), ("D", "m1", reply["pos"]))
+
+
+class RoomRecallCrashTests(RoomTestMixin, unittest.TestCase):
+    """kill -9 of the migrator while room messages and their recalls flow
+    (contract §5): every recalled message ends emptied in MySQL, every D
+    once in room_recall, every other message with its text."""
+    overrides = {"websocket": {"rate": "100000", "burst": "100000"},
+                 "migrate": {"batch": "7", "interval": "0.02", "lock_ttl": "0.5"}}
+    MESSAGES, KILLS = 240, 6
+
+    async def test_kill_9_of_the_migrator_during_recalls(self):
+        seed = random.randrange(2 ** 32)
+        rng = random.Random(seed)
+        config = CrashTests.write_config(self)
+        await self.admin.create(ROOM, [1, 2])
+        alice = await self.login(1)
+        recalled = set()
+        processes = []
+        self.addCleanup(lambda: defer.gatherResults([p.kill() for p in processes]))
+        chunk = self.MESSAGES // self.KILLS
+        for cycle in range(self.KILLS):
+            process = MigratorProcess(config).start()
+            processes.append(process)
+            await with_deadline(process.leading, DEADLINE, "migrator leading (seed %d)" % seed)
+            kill_at = rng.randrange(chunk)
+            for n in range(chunk):
+                packet_id = "c%d-%d" % (cycle, n)
+                self.assertEqual((await self.send(alice, packet_id, "text " + packet_id))["type"], "A")
+                # recall one in three: some before the migrator took it, some after
+                if rng.random() < 0.33:
+                    reply = await self.ask(alice, {"id": "d" + packet_id, "room": ROOM, "type": "D",
+                                                   "msg": packet_id})
+                    self.assertEqual(reply["type"], "A", reply)
+                    recalled.add(packet_id)
+                if n == kill_at:
+                    process.kill()
+            await with_deadline(process.kill(), DEADLINE, "migrator exit")
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator, 30)
+        rows = await query(self.mysql_settings, "SELECT msg_id, msg FROM room_message WHERE room = '%s'" % ROOM)
+        texts = {bytes(i).decode(): m for i, m in rows}
+        self.assertEqual(len(texts), self.MESSAGES, "seed %d" % seed)
+        for packet_id, text in texts.items():
+            self.assertEqual(text, "" if packet_id in recalled else "text " + packet_id, "seed %d" % seed)
+        ds = await query(self.mysql_settings, "SELECT recalled_id FROM room_recall")
+        self.assertEqual(sorted(bytes(r).decode() for (r,) in ds), sorted(recalled), "seed %d" % seed)
