@@ -26,7 +26,7 @@ Audited: a log line at the start and one at the end with the count, and
 ``imd_user_erasures`` / ``imd_erased_messages`` on ``/metrics``.
 """
 
-from typing import Callable, Dict, Generator, List, Optional, Protocol, Sequence, Tuple, cast
+from typing import Callable, Generator, List, Optional, Protocol, Sequence, Tuple, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -165,18 +165,16 @@ class RoomErasure:
     def erase_memberships(self, uid: int) -> Generator[defer.Deferred, object, int]:
         """``uid`` out of every room it is a member of (its ``left`` to the
         members), then what the rooms kept about it; fires with the number
-        of rooms it left now."""
+        of rooms it was in (members or not)."""
         rooms = sorted(_text(r) for r in cast(Sequence[object], (yield self._store.rooms_of(uid))) or ())
-        left = 0
         for room in rooms:
             try:
-                result = cast(Dict[str, object], (yield self._members.change(room, (), (uid,))))
+                yield self._members.change(room, (), (uid,))   # (a no-op where it is no longer a member)
             except ImdError:
                 continue   # (the room is gone)
-            left += 0 if uid in cast(List[int], result["members"]) else 1
         yield self._rows.forget_room_reads(uid)
         yield self._store.forget_rooms(uid, rooms)
-        return left
+        return len(rooms)
 
 
 def _text(value: object) -> str:
@@ -216,13 +214,13 @@ class Eraser:
                 break
             erased += cast(int, (yield self._recall_all(uid, [(msg_id, to) for _, _, msg_id, to in page], True)))
             after = (page[-1][0], page[-1][1])
-        left = 0
+        rooms = 0
         if self.rooms is not None:
             erased += cast(int, (yield self.rooms.erase_messages(uid)))
-            left = cast(int, (yield self.rooms.erase_memberships(uid)))
+            rooms = cast(int, (yield self.rooms.erase_memberships(uid)))
         friends = yield self._store.erase_rest(uid)
         _log.info("erasure of uid {uid}: done, {messages} messages recalled, {friends} friendships ended, "
-                  "{rooms} rooms left", uid=uid, messages=erased, friends=friends, rooms=left)
+                  "out of the {rooms} rooms it was in", uid=uid, messages=erased, friends=friends, rooms=rooms)
         if self._metrics is not None:
             self._metrics.user_erased(erased)
         return erased
