@@ -11,7 +11,7 @@ the other nodes), ``imd.http``, ``imd.migrator``.
 
 import functools
 import socket
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -24,9 +24,9 @@ from imd.bus import NodeBus
 from imd.config import ConfigError
 from imd.handlers.commands import OnlineHandler, PingHandler
 from imd.handlers.history import HistoryHandler
-from imd.handlers.erasure import Eraser, ErasureStore
+from imd.handlers.erasure import Eraser, ErasureStore, RoomErasure
 from imd.handlers.messages import MessageHandler
-from imd.handlers.recall import RecallHandler, Recaller
+from imd.handlers.recall import RecallHandler, Recaller, RoomRecaller
 from imd.handlers.orders import OrderLifecycle, TakeOrderHandler
 from imd.handlers.receipts import ReceiptHandler
 from imd.handlers.positions import SiteHandler
@@ -48,6 +48,7 @@ from imd.stores.conversations import ConversationStore
 from imd.stores.room_conversations import RoomConversations
 from imd.stores.messages import MessageStore
 from imd.stores.recalls import RecallStore
+from imd.stores.roomrecalls import RoomRecallStore
 from imd.stores.mysql import MessageRows, MysqlStore
 from imd.stores.mysql_check import MysqlLoginCheck, check_login
 from imd.seqfloor import SeqFloor
@@ -147,9 +148,11 @@ class App:
         node = self.node
         self.text_policy = self._text_policy()
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
-        self.recaller = Recaller(self.recalls, self.mysql, node, self.clock)
+        room_recalls = RoomRecallStore(self.redis_client, keys, settings.redis.dedup_ttl, self.push_notes)
+        self.recaller = Recaller(self.recalls, self.mysql, node, self.clock,
+                                 rooms=RoomRecaller(room_recalls, self.mysql, node, self.clock))
         self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
-        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy)
+        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy, settings.log.messages)
         self.handlers: Dict[str, Callable[..., Any]] = {
             "t": dispatch(rooms.message, messages.handle),
             "i": dispatch(rooms.message, messages.handle),
@@ -173,7 +176,11 @@ class App:
         }
         # rooms: the server API and imd-admin (contract v3 §9)
         self.room_admin = RoomAdmin(self.rooms, node, self.clock, settings.rooms.max_members,
-                                    settings.rooms.close_grace)
+                                    settings.rooms.close_grace, track=self.position_audience.track_room)
+        # an erasure's room part: the user's room messages and memberships (contract v3 §11)
+        self.eraser.rooms = RoomErasure(ErasureStore(self.redis_client, keys), self.mysql,
+                                        cast(RoomRecaller, self.recaller.rooms), self.room_admin,
+                                        node.next_server_id)
         # closing orders: the server API and imd-admin (contract §7.3)
         self.order_lifecycle = OrderLifecycle(self.orders, self.mysql, settings.orders, node, self.clock,
                                               redis.dedup_ttl)

@@ -44,8 +44,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, StoredReceipt, StoredRoomMessage,
-                                  StoredRoomRead, parse_entry, recalled_identity)
+from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, RoomRecallRow, StoredReceipt,
+                                  StoredRoomMessage, StoredRoomRead, StoredRoomRecall, parse_entry, recalled_identity)
 
 if TYPE_CHECKING:
     from imd.config import MigrateSettings
@@ -70,7 +70,7 @@ class _Batch:
     each party's highest ``seq`` in it (for the ack)."""
 
     __slots__ = ("replayed", "size", "parts", "dead", "migrated", "messages", "inserted", "room_messages",
-                 "room_reads", "room_migrated")
+                 "room_reads", "room_recalls", "room_migrated")
 
     def __init__(self, replayed: bool, size: int) -> None:
         self.replayed = replayed
@@ -84,6 +84,9 @@ class _Batch:
         # room's highest pos in this batch (for its roompending:<room>)
         self.room_messages: List[RoomMessageRow] = []
         self.room_reads: List[RoomReadRow] = []
+        # recalls in rooms (contract v3 §11): room_recall rows, each emptying
+        # its message's room_message row in the same transaction
+        self.room_recalls: List[RoomRecallRow] = []
         self.room_migrated: Dict[str, int] = {}
 
 
@@ -299,10 +302,11 @@ class Migrator(Service):
         insert = self.mysql.insert_entries
         inserts = [insert(rows, receipts, recalls) if recalls else insert(rows, receipts)
                    for rows, receipts, recalls in batch.parts]
-        if batch.room_messages or batch.room_reads:
+        if batch.room_messages or batch.room_reads or batch.room_recalls:
             # (a transaction of its own: the batch is acked only once every
-            # part has committed, and each insert is idempotent)
-            inserts.append(self.mysql.insert_room_entries(batch.room_messages, batch.room_reads)
+            # part has committed, and each insert is idempotent; a room's
+            # recalls after its messages, as a D comes after what it recalls)
+            inserts.append(self.mysql.insert_room_entries(batch.room_messages, batch.room_reads, batch.room_recalls)
                            .addCallback(lambda n: (n, 0)))
         results = yield defer.DeferredList(inserts, consumeErrors=True)
         inserted, receipts_inserted, failure = 0, 0, None
@@ -357,11 +361,15 @@ class Migrator(Service):
                            why=e, entry=entry[:200])
                 dead.append(entry)
                 continue
-            if isinstance(stored, (StoredRoomMessage, StoredRoomRead)):
+            if isinstance(stored, (StoredRoomMessage, StoredRoomRead, StoredRoomRecall)):
                 if rooms is None:
                     dead.append(entry)
                 elif isinstance(stored, StoredRoomRead):
                     rooms.room_reads.append(stored.row())
+                elif isinstance(stored, StoredRoomRecall):
+                    rooms.room_recalls.append(stored.row())
+                    if stored.seq > rooms.room_migrated.get(stored.room, 0):
+                        rooms.room_migrated[stored.room] = stored.seq
                 else:
                     rooms.room_messages.append(stored.row())
                     rooms.messages += 1

@@ -543,6 +543,9 @@ def _recall(packet_id: PacketId, obj: JsonObject) -> RecallPacket:
     to, room = None, None
     if "room" in obj and "to" not in obj:
         room = obj["room"]
+        if not valid_room(room):
+            raise PacketError("bad_packet", "D: room must be 1-%d characters of A-Z a-z 0-9 _ . : -" % MAX_ROOM_CHARS,
+                              packet_id)
     else:
         try:
             to = parse_uid(obj.get("to"))
@@ -670,6 +673,13 @@ def recall_json(packet_id: PacketId, sender: int, to: int, recalled_id: str, ts:
     return _dump({"id": packet_id, "from": sender, "to": to, "type": "D", "msg": recalled_id, "ts": ts})
 
 
+def room_recall_head(packet_id: PacketId, sender: int, room: str, recalled_id: str, ts: int) -> bytes:
+    """A ``D`` in a room (contract v3 §11) as stored and delivered up to its
+    ``pos``, which the store script appends: ``{"id","from","room",
+    "type":"D","msg":<recalled id>,"ts"`` (no closing brace; no ``seq``)."""
+    return _dump({"id": packet_id, "from": sender, "room": room, "type": "D", "msg": recalled_id, "ts": ts})[:-1]
+
+
 def ack_pos(packet_id: PacketId, pos: int, duplicate: bool = False) -> bytes:
     """The ``A`` of a stored ``D``: the sender's ``pos`` of it (a retry's, or
     a message already recalled: ``"dup": true`` and no pos)."""
@@ -761,6 +771,12 @@ def online(packet_id: PacketId, uid: int, is_online: bool) -> bytes:
 
 def site(server_id: str, courier: int, longitude: float, latitude: float, ts: int) -> bytes:
     return _dump({"id": server_id, "from": courier, "type": "S",
+                  "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
+
+
+def room_site(server_id: str, courier: int, room: str, longitude: float, latitude: float, ts: int) -> bytes:
+    """A courier's position to the members of a room tracking it (contract §11)."""
+    return _dump({"id": server_id, "from": courier, "room": room, "type": "S",
                   "msg": {"longitude": longitude, "latitude": latitude, "ts": ts}})
 
 

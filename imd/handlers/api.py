@@ -9,7 +9,7 @@ delivery goes to the nodes that hold the recipients' connections.
 """
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, cast
 
 from twisted.internet import defer
 
@@ -105,12 +105,15 @@ class ServerApi:
             raise ImdError("unavailable", "orders are not available in this imd")
         return defer.maybeDeferred(lifecycle.put, order_id, customer, courier)
 
-    def delete_message(self, sender: int, msg_id: str, to: int) -> defer.Deferred:
-        """The moderation delete (contract v3 §11): fires with True, False
-        (already recalled or deleted) or None (no such message)."""
+    def delete_message(self, sender: int, msg_id: str, to: Optional[int], room: Optional[str] = None) -> defer.Deferred:
+        """The moderation delete (contract v3 §11) of a message to ``to`` or
+        in ``room``: fires with True, False (already recalled or deleted) or
+        None (no such message)."""
         if self._recaller is None:
             raise ImdError("unavailable", "deleting messages is not available in this imd")
-        return self._recaller.delete(sender, to, msg_id)
+        if room is not None:
+            return self._recaller.delete_room(sender, room, msg_id)
+        return self._recaller.delete(sender, cast(int, to), msg_id)
 
 
     def erase_user(self, uid: int) -> defer.Deferred:

@@ -96,6 +96,13 @@ class Positions(Protocol):
     def record_site(self, uid: int, longitude: float, latitude: float, ts: int) -> Deferred: ...
 
 
+class SiteNode(Node, Protocol):
+    """What positions need of the node: a user's connections, and a room's
+    members' (imd.node.LocalNode)."""
+
+    def deliver_room(self, uids: Sequence[int], payload: bytes, skip: Optional[str] = None) -> int: ...
+
+
 class PositionAudience(Protocol):
     """Who a courier's position goes to (imd.stores.positions.PositionAudience)."""
 
@@ -168,6 +175,19 @@ class Recalls(Protocol):
     def recall(self, sender: int, to: int, d_id: str, msg_id: str, d_packet: bytes, now_ms: int,
                window_ms: Optional[int], force: bool = False, to_sender: bool = False,
                origin: Optional[str] = None) -> Deferred: ...
+
+
+class RoomRecalls(Protocol):
+    """Recall and delete of a room's message in Redis (imd.stores.roomrecalls.RoomRecallStore)."""
+
+    def recall(self, sender: int, room: str, d_id: str, msg_id: str, d_head: bytes, now_ms: int,
+               window_ms: Optional[int], force: bool = False) -> Deferred: ...
+
+
+class RoomRecallRows(Protocol):
+    """Migrated room messages, for a recall (imd.stores.mysql.MysqlStore)."""
+
+    def room_message_for_recall(self, sender: int, msg_id: str, room: str) -> Deferred: ...
 
 
 class RecallRows(Protocol):

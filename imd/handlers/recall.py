@@ -9,8 +9,11 @@ is its ``pos``) goes to every connection of the recipient through the
 node, on every node; a delete (no sending connection) also goes to every
 connection of the message's sender.
 
-Rooms do not exist yet: a ``D`` naming a ``room`` is ``not_found``, in
-:meth:`RecallHandler.handle`, the one place a room's recall plugs in.
+In a room (:class:`RoomRecaller`) the same, through imd.stores.roomrecalls:
+the message is looked for among the room's entries still in Redis, then in
+``room_message``; the stored ``D`` (a ``pos``, no room ``seq``) goes to
+every connection of every member (the sender's other devices included, not
+the connection it came on), on every node, through the node's room delivery.
 """
 
 from typing import Generator, Optional, Tuple, cast
@@ -22,7 +25,8 @@ from imd import protocol
 from imd.clock import Clock
 from imd.errors import ImdError
 from imd.handlers import Reply
-from imd.handlers.ports import Node, RecallRows, Recalls
+from imd.handlers.ports import Node, RecallRows, Recalls, RoomNode, RoomRecallRows, RoomRecalls
+from imd.stores import roomrecalls
 from imd.stores.recalls import ALREADY, DUPLICATE, NOT_IN_REDIS, STORED, TOO_LATE, RecallResult
 
 _log = Logger()
@@ -31,12 +35,55 @@ _log = Logger()
 RECALLED, RETRY, WAS_RECALLED, LATE, NOT_FOUND = "recalled", "retry", "was_recalled", "late", "not_found"
 
 
-class Recaller:
-    def __init__(self, store: Recalls, rows: RecallRows, node: Node, clock: Clock) -> None:
+class RoomRecaller:
+    """Recall and moderation delete of a room's message (contract v3 §11)."""
+
+    def __init__(self, store: RoomRecalls, rows: RoomRecallRows, node: RoomNode, clock: Clock) -> None:
         self._store = store
         self._rows = rows
         self._node = node
         self._clock = clock
+
+    @defer.inlineCallbacks
+    def recall(self, sender: int, room: str, msg_id: str, d_id: protocol.PacketId, window_ms: Optional[int],
+               origin: Optional[str] = None, known: bool = False
+               ) -> Generator[defer.Deferred, object, Tuple[str, Optional[int]]]:
+        """Recall ``sender``'s message ``msg_id`` (dedup form) in ``room`` by
+        a ``D`` of id ``d_id``; ``window_ms`` None: any age; ``origin`` the
+        connection a client's D came on (it gets only the A); ``known``: the
+        message is known to be in MySQL, unrecalled, if not in Redis
+        (erasure).  Fires with ``(outcome, pos)``."""
+        ts = int(self._clock.seconds() * 1000)
+        head = protocol.room_recall_head(d_id, sender, room, msg_id, ts)
+        d_key = str(d_id)
+        result = cast(roomrecalls.RoomRecallResult,
+                      (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=known)))
+        if result.outcome == roomrecalls.NOT_IN_REDIS:
+            row = cast(Optional[Tuple[int, bool]], (yield self._rows.room_message_for_recall(sender, msg_id, room)))
+            if row is None:
+                return NOT_FOUND, None
+            message_ts, recalled = row
+            if recalled:
+                return WAS_RECALLED, None
+            if window_ms is not None and ts - message_ts > window_ms:
+                return LATE, None
+            result = cast(roomrecalls.RoomRecallResult,
+                          (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=True)))
+        if result.outcome == roomrecalls.STORED:
+            self._node.deliver_room(result.members, head + b',"pos":%d}' % result.pos, origin)
+            return RECALLED, result.pos
+        return {roomrecalls.DUPLICATE: RETRY, roomrecalls.ALREADY: WAS_RECALLED, roomrecalls.TOO_LATE: LATE,
+                roomrecalls.NO_ROOM: NOT_FOUND}[result.outcome], None
+
+
+class Recaller:
+    def __init__(self, store: Recalls, rows: RecallRows, node: Node, clock: Clock,
+                 rooms: Optional[RoomRecaller] = None) -> None:
+        self._store = store
+        self._rows = rows
+        self._node = node
+        self._clock = clock
+        self.rooms = rooms   # the recall of a room's message (None: no rooms here)
 
     @defer.inlineCallbacks
     def recall(self, sender: int, to: int, msg_id: str, d_id: protocol.PacketId,
@@ -104,6 +151,21 @@ class Recaller:
         _log.info("message deleted: from={sender} to={to} id={id}", sender=sender, to=to, id=msg_id)
         return True
 
+    @defer.inlineCallbacks
+    def delete_room(self, sender: int, room: str, msg_id: str) -> Generator[defer.Deferred, object, Optional[bool]]:
+        """The moderation delete of a room's message, as :meth:`delete`; the
+        ``D`` goes to every member's connections."""
+        if self.rooms is None:
+            return None
+        outcome, _ = cast(Tuple[str, Optional[int]],
+                          (yield self.rooms.recall(sender, room, msg_id, self._node.next_server_id(), None)))
+        if outcome == NOT_FOUND:
+            return None
+        if outcome != RECALLED:
+            return False
+        _log.info("room message deleted: from={sender} room={room} id={id}", sender=sender, room=room, id=msg_id)
+        return True
+
 
 class RecallHandler:
     """``D`` from a client: its own message, within ``[messages] recall_window``."""
@@ -114,8 +176,12 @@ class RecallHandler:
 
     def handle(self, sender: int, packet: protocol.RecallPacket) -> defer.Deferred:
         if packet.to is None:
-            # rooms (a later step) plug in here; until then no room exists
-            raise ImdError("not_found", "no such room")
+            rooms = self._recaller.rooms
+            if rooms is None:
+                raise ImdError("not_found", "no such room")
+            d = rooms.recall(sender, cast(str, packet.room), packet.msg, packet.id, self._window_ms,
+                             origin=packet.origin)
+            return d.addCallback(self._done, packet)
         # the D reaches the sender's other devices too (contract v3 §11)
         d = self._recaller.recall(sender, packet.to, packet.msg, packet.id, self._window_ms, to_sender=True,
                                   origin=packet.origin)
@@ -124,7 +190,8 @@ class RecallHandler:
     def _done(self, result: Tuple[str, Optional[int]], packet: protocol.RecallPacket) -> Reply:
         outcome, pos = result
         if outcome == NOT_FOUND:
-            raise ImdError("not_found", "no such message of yours to that user")
+            raise ImdError("not_found", "no such message of yours to that user"
+                           if packet.to is not None else "no such message of yours in that room")
         if outcome == LATE:
             raise ImdError("forbidden", "too late to recall that message")
         if outcome == RECALLED and pos is not None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Generator, List, Optional, Seq
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from imd import protocol
 from imd.clock import Clock
@@ -39,8 +40,9 @@ from imd.errors import ImdError
 from imd.handlers import Reply
 from imd.handlers.api import new_message_id
 from imd.handlers.ports import RoomNode
-from imd.messagelog.entry import StoredRoomMessage, parse_entry
+from imd.messagelog.entry import StoredRoomMessage, StoredRoomRecall, parse_entry, tombstone
 from imd.moderation import TextPolicy
+from imd.stores.roomrecalls import room_message_heads
 from imd.stores.rooms import (CLOSED, COALESCED, DUPLICATE, MOVED, NO_ROOM, NOT_MEMBER, PAST_LAST, TOO_MANY,
                               RoomChange, RoomEvent, RoomState, RoomStore, RoomStored, Span, in_spans)
 
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 Json = Dict[str, object]
 Handler = Callable[[int, protocol.ClientPacket], object]
 Outcome = Union[str, Tuple[str, Tuple[int, ...]]]   # a refusal, or (what happened, the members)
+
+_log = Logger()
 
 ROOM_CURSOR_VERSION = 4   # [4, room, seq, limit]: an H {"room"}'s next page
 MAX_REPLY_BYTES = 1024 * 1024
@@ -92,11 +96,13 @@ class RoomHandler:
     """The members' side: ``t``/``i``, ``R``, ``Y`` and ``H`` naming a room."""
 
     def __init__(self, rooms: RoomStore, mysql: "MysqlStore", node: RoomNode, clock: Clock,
-                 text_policy: Optional[TextPolicy] = None) -> None:
+                 text_policy: Optional[TextPolicy] = None, log_messages: bool = False) -> None:
         self._rooms = rooms
         self._mysql = mysql
         self._node = node
         self._clock = clock
+        # [log] messages: each stored room message, as stored (masked: contract §11)
+        self._log_messages = log_messages
         self._text_policy = text_policy if text_policy is not None and text_policy.active else None
 
     def _now_ms(self) -> int:
@@ -112,12 +118,16 @@ class RoomHandler:
         now = self._now_ms()
         head = protocol.room_message_head(packet.id, sender, room, packet.type, packet.msg, now)
         d = self._rooms.store(room, sender, packet.dedup_id, head, now, packet.origin)
-        return d.addCallback(self._stored, packet, masked)
+        return d.addCallback(self._stored, sender, packet, masked)
 
-    def _stored(self, result: RoomStored, packet: protocol.MessagePacket, masked: bool) -> Union[Reply, Deferred]:
+    def _stored(self, result: RoomStored, sender: int, packet: protocol.MessagePacket,
+                masked: bool) -> Union[Reply, Deferred]:
         _refused(result.status, cast(str, packet.room))
         if result.status == DUPLICATE:
             return Reply(protocol.ack_room(packet.id, result.seq, result.pos, duplicate=True, masked=masked))
+        if self._log_messages:
+            _log.info("room message uid={uid} room={room}: {packet}", uid=sender, room=packet.room,
+                      packet=result.entry.decode("utf-8", "replace"))
         reply = Reply(protocol.ack_room(packet.id, result.seq, result.pos, masked=masked))
         if self._rooms.publishes:
             # published by the store script, in pos order: the A goes once
@@ -171,17 +181,28 @@ class RoomHandler:
         if not spans:
             return []
         rows = cast(List[Tuple[int, str, int, str]], (yield self._mysql.room_stream(spans, after_pos, limit)))
+        # a recall's D (seq 0 in the rows: it takes none) is keyed by its pos
         items: Dict[Tuple[str, int], Tuple[int, bytes]] = {}
-        for pos, room, seq, packet in rows:
-            items[(room, seq)] = (pos, packet.encode("utf-8"))
+        recalls: Dict[str, List[StoredRoomRecall]] = {}
         for room, (room_spans, entries) in pending.items():
             for entry in entries:
                 try:
                     value = parse_entry(entry)
                 except ValueError:
                     continue
-                if isinstance(value, StoredRoomMessage) and value.seq > after_pos and in_spans(value.seq, room_spans):
-                    items.setdefault((room, value.room_seq), (value.seq, value.packet.encode("utf-8")))
+                if isinstance(value, StoredRoomRecall):
+                    # (its row may not be emptied yet: Redis was read first)
+                    recalls.setdefault(room, []).append(value)
+                    if value.seq > after_pos and in_spans(value.seq, room_spans):
+                        items[(room, -value.seq)] = (value.seq, value.packet.encode("utf-8"))
+                elif isinstance(value, StoredRoomMessage) and value.seq > after_pos \
+                        and in_spans(value.seq, room_spans):
+                    items[(room, value.room_seq)] = (value.seq, value.packet.encode("utf-8"))
+        for pos, room, seq, packet in rows:
+            items.setdefault((room, seq) if seq else (room, -pos), (pos, packet.encode("utf-8")))
+        for (room, seq), (pos, data) in list(items.items()):
+            if seq > 0 and room in recalls:
+                items[(room, seq)] = (pos, recalled_packet(data.decode("utf-8"), recalls[room]).encode("utf-8"))
         ordered = sorted(items.values())
         if len(rows) >= limit:
             # beyond the last row read, MySQL may hold more: stop there
@@ -224,10 +245,11 @@ class RoomHandler:
 def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, str]], after_seq: int,
                limit: int) -> List[Tuple[int, bytes]]:
     """The room's entries still in Redis and its rows in MySQL, each seq
-    once, above ``after_seq``, ascending: ``[(seq, packet)]``, at most ``limit``."""
+    once, above ``after_seq``, ascending: ``[(seq, packet)]``, at most ``limit``.
+    A recall's ``D`` is not listed; a row whose message a ``D`` still in
+    Redis recalls is shown emptied (its row is emptied when the D migrates)."""
     by_seq: Dict[int, bytes] = {}
-    for seq, packet in rows:
-        by_seq[seq] = packet.encode("utf-8") if isinstance(packet, str) else packet
+    recalls: List[StoredRoomRecall] = []
     for entry in pending:
         text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
         try:
@@ -235,7 +257,17 @@ def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, s
         except ValueError:
             continue
         if isinstance(value, StoredRoomMessage) and value.room_seq > after_seq:
-            by_seq.setdefault(value.room_seq, value.packet.encode("utf-8"))
+            by_seq[value.room_seq] = value.packet.encode("utf-8")
+        elif isinstance(value, StoredRoomRecall):
+            recalls.append(value)
+    for seq, packet in rows:
+        if seq not in by_seq:
+            by_seq[seq] = packet.encode("utf-8") if isinstance(packet, str) else packet
+    if recalls:
+        # (a copy still in Redis keeps its text when the recall found the
+        # message migrated: its batch committed, not yet trimmed)
+        by_seq = {seq: recalled_packet(packet.decode("utf-8"), recalls).encode("utf-8")
+                  for seq, packet in by_seq.items()}
     # rows are the first ``limit`` migrated ones: a pending seq beyond the
     # last row is only complete when the rows ran out before the limit
     ordered = sorted(by_seq.items())
@@ -245,11 +277,27 @@ def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, s
     return ordered[:limit]
 
 
+def recalled_packet(packet: str, recalls: Sequence[StoredRoomRecall]) -> str:
+    """A room message's migrated ``packet``, emptied (contract §11) when one
+    of ``recalls`` (D entries still in Redis: their rows are emptied when
+    they migrate) names it."""
+    for recall in recalls:
+        for head in room_message_heads(recall.from_id, recall.room, recall.recalled_id.decode("utf-8")):
+            if head and packet.startswith(head):
+                return tombstone(packet)
+    return packet
+
+
 class RoomAdmin:
     """The platform's side (server API, ``imd-admin room``)."""
 
-    def __init__(self, rooms: RoomStore, node: RoomNode, clock: Clock, max_members: int, close_grace: float) -> None:
+    def __init__(self, rooms: RoomStore, node: RoomNode, clock: Clock, max_members: int, close_grace: float,
+                 track: Optional[Callable[[int, str], Deferred]] = None) -> None:
+        """``track(courier, room)``: notes, before a meta naming ``"track":
+        <courier>`` is stored, that the room may follow the courier's
+        positions (contract §11; imd.stores.positions.PositionAudience.track_room)."""
         self._rooms = rooms
+        self._track = track
         self._node = node
         self._clock = clock
         self.max_members = max_members
@@ -273,6 +321,9 @@ class RoomAdmin:
                meta: Optional[Json] = None) -> Generator[Deferred, object, Json]:
         """Create ``room`` with ``members``, or make them its members."""
         self._too_many(len(set(members)))
+        courier = tracked_courier(meta)
+        if courier is not None and self._track is not None:
+            yield self._track(courier, room)
         result = yield self._rooms.set_members(room, sorted(set(members)), (), self._now_ms(), self.max_members,
                                                meta, create=True)
         return self._changed(room, result)
@@ -322,6 +373,17 @@ class RoomAdmin:
             raise ImdError("not_found", "no room %s" % room)
         return {"room": room, "members": list(state.members), "meta": state.meta, "last_seq": state.last_seq,
                 "read": state.read, "closed_at": state.closed_at, "ends_at": state.ends_at}
+
+
+def tracked_courier(meta: Optional[Json]) -> Optional[int]:
+    """The courier a room's meta tracks (``"track": <uid>``, contract §11),
+    None when it tracks none; a ``track`` that is not a user id is refused."""
+    if meta is None or meta.get("track") is None:
+        return None
+    courier = meta["track"]
+    if type(courier) is not int or not 0 < courier <= protocol.MAX_UID:
+        raise ImdError("bad_packet", "meta.track: not a user id: %r" % (courier,))
+    return courier
 
 
 def dispatch(room_handler: Callable[..., object], plain: Callable[..., object]) -> Handler:

@@ -347,11 +347,12 @@ class ApiResource(JsonResource):
                 or (type(msg_id) is int and 0 <= msg_id and len(str(msg_id)) <= protocol.MAX_ID_CHARS)):
             raise HttpError(400, "id: the message's id (a string of 1-%d characters or an integer)"
                             % protocol.MAX_ID_CHARS)
-        if "to" not in body and "room" in body:
-            # rooms (a later step) plug in here; until then no room exists
-            raise HttpError(404, "no such room")
-        to = _uid(body.get("to"), "to")
-        deleted = yield self._api.delete_message(sender, str(msg_id), to)
+        if "to" in body and "room" in body:
+            raise HttpError(400, 'either "to" or "room", not both')
+        if "room" in body:
+            deleted = yield self._api.delete_message(sender, str(msg_id), None, self._room_id(body.get("room")))
+        else:
+            deleted = yield self._api.delete_message(sender, str(msg_id), _uid(body.get("to"), "to"))
         if deleted is None:
             raise HttpError(404, "no such message")
         return 200, {"deleted": deleted}

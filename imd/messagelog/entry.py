@@ -18,7 +18,7 @@ stored, so entries still in Redis and rows in MySQL sort alike.
 
 import json
 from collections import namedtuple
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 from imd import jsonfast
 from imd.protocol import (MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast,
@@ -115,7 +115,39 @@ class StoredRoomRead(namedtuple("StoredRoomRead", "room reader read_seq ts")):
         return (self.room, self.reader, self.read_seq, self.ts)
 
 
-def _room_entry(entry: str, obj: Dict[str, object]) -> Union[StoredRoomMessage, StoredRoomRead]:
+# (accept_seq, room, msg_id, from_id, recalled_id, ts, packet)
+RoomRecallRow = Tuple[int, str, str, int, str, int, str]
+
+
+class StoredRoomRecall(namedtuple("StoredRoomRecall", "room seq msg_id from_id recalled_id ts packet")):
+    """A recall (``D``) in a room (contract v3 §11): not a room message (no
+    room ``seq``: it ends with ``"pos"``, its accept order, ``seq`` here),
+    in the members' streams; ``recalled_id`` the id (UTF-8) of the message of
+    ``from_id`` it empties; ``packet`` the D as delivered."""
+    __slots__ = ()
+
+    parties: Tuple[int, ...] = ()   # in roompending:<room>
+
+    def row(self) -> "RoomRecallRow":
+        """The ``room_recall`` row."""
+        return (self.seq, self.room, self.msg_id.decode("utf-8"), self.from_id, self.recalled_id.decode("utf-8"),
+                self.ts, self.packet)
+
+
+def _room_recall(entry: str, obj: Dict[str, object], room: str, ts: int) -> StoredRoomRecall:
+    packet_id, recalled, pos = obj.get("id"), obj.get("msg"), obj.get("pos")
+    msg_id = str(packet_id) if type(packet_id) is int else packet_id
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_ID_CHARS:
+        raise ValueError("D: id: %r" % (packet_id,))
+    if not isinstance(recalled, str) or not 0 < len(recalled) <= MAX_ID_CHARS:
+        raise ValueError("D: msg: %r" % (recalled,))
+    if type(pos) is not int or not 0 < pos < 2 ** 63 or not entry.rstrip().endswith(',"pos":%d}' % pos):
+        raise ValueError("D: pos %r is not its last field" % (pos,))
+    return StoredRoomRecall(room, pos, msg_id.encode("utf-8"), _uid(obj.get("from"), "from"),
+                            recalled.encode("utf-8"), ts, entry)
+
+
+def _room_entry(entry: str, obj: Dict[str, object]) -> Union[StoredRoomMessage, StoredRoomRead, StoredRoomRecall]:
     room = obj.get("room")
     if not valid_room(room):
         raise ValueError("the room id %r" % (room,))
@@ -128,6 +160,8 @@ def _room_entry(entry: str, obj: Dict[str, object]) -> Union[StoredRoomMessage, 
         if type(seq) is not int or not 0 < seq < 2 ** 63:
             raise ValueError("R: seq: %r" % (seq,))
         return StoredRoomRead(room, _uid(obj.get("from"), "from"), seq, ts)
+    if obj.get("type") == "D" and "seq" not in obj:
+        return _room_recall(entry, obj, cast(str, room), ts)
     # the checks of any message (id, type, sizes), on the packet without its room's fields
     message = _message(entry, {**{k: v for k, v in obj.items() if k not in ("seq", "pos")}, "to": 1})
     seq, pos = obj.get("seq"), obj.get("pos")
@@ -211,7 +245,7 @@ def readable(entry: str) -> str:
         return entry.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-Entry = Union[StoredMessage, StoredReceipt, StoredRoomMessage, StoredRoomRead]
+Entry = Union[StoredMessage, StoredReceipt, StoredRoomMessage, StoredRoomRead, StoredRoomRecall]
 
 
 def parse_entry(entry: str) -> Entry:

@@ -136,8 +136,15 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("rdedup:<uid>:<room>/<id>", "string", "rooms",
             "a stored room message (sender, packet id; 0 for the API's), for [redis] dedup_ttl: value "
             "'<seq>/<pos>', so a retry answers the first seq"),
+    KeySpec("rrecalled:<uid>:<room>/<id>", "string", "roomrecalls",
+            "the user's room message <id> is recalled or deleted (contract v3 §11), for 30 days: until its D is "
+            "migrated, when room_message's tombstone takes over"),
     KeySpec("rtyping:<room>:<uid>", "string", "rooms",
             "a 'typing' (Y true) of uid in the room was relayed; expires after [typing] min_interval"),
+    KeySpec("roomtrack:<courier>", "set", "positions",
+            "rooms whose meta has (or had) \"track\": <courier> (contract §11): a hint written before the meta, "
+            "checked against each room's meta and close at every push of the courier's position, which drops "
+            "the rooms that no longer track it"),
     KeySpec("geo:couriers", "geo set", "positions", "the latest position of each courier"),
     KeySpec("site:<uid>", "hash", "positions", "a courier's latest longitude, latitude, ts"),
 )
@@ -273,6 +280,9 @@ class Keys:
     def room_dedup(self, room: str, sender: Uid, packet_id: PacketId) -> str:
         return "%srdedup:%d:%s/%s" % (self.prefix, sender, room, packet_id)
 
+    def room_recalled(self, room: str, sender: Uid, packet_id: PacketId) -> str:
+        return "%srrecalled:%d:%s/%s" % (self.prefix, sender, room, packet_id)
+
     def room_spans(self, room: str) -> str:
         return "%sroomspans:%s" % (self.prefix, room)
 
@@ -290,6 +300,9 @@ class Keys:
 
     def room_typing(self, room: str, uid: Uid) -> str:
         return "%srtyping:%s:%d" % (self.prefix, room, uid)
+
+    def room_track(self, courier: Uid) -> str:
+        return "%sroomtrack:%d" % (self.prefix, courier)
 
     def typing(self, sender: Uid, to: Uid) -> str:
         return "%styping:%d:%d" % (self.prefix, sender, to)

@@ -9,6 +9,7 @@ here is idempotent).  Whatever says "the server is not there" becomes
 :class:`imd.errors.StoreUnavailable`.
 """
 
+import json
 import heapq
 import os
 import re
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imd.errors import Refused, StoreUnavailable
-from imd.messagelog.entry import Identity, RoomMessageRow, RoomReadRow, tombstone
+from imd.messagelog.entry import Identity, RoomMessageRow, RoomReadRow, RoomRecallRow, tombstone
 from imd.messagelog.merge import LogRow, Selection
 from imd.resources import data_dir
 
@@ -328,13 +329,15 @@ class MysqlStore(Service):
 
     # --- rooms (contract v3 §9) ------------------------------------------------------
 
-    def insert_room_entries(self, messages: Sequence[RoomMessageRow],
-                            reads: Sequence[RoomReadRow]) -> defer.Deferred:
+    def insert_room_entries(self, messages: Sequence[RoomMessageRow], reads: Sequence[RoomReadRow],
+                            recalls: Sequence[RoomRecallRow] = ()) -> defer.Deferred:
         """Room message rows (``StoredRoomMessage.row``: room, seq,
         accept_seq, msg_id, from_id, type, msg, ts, packet; INSERT IGNORE on
-        (room, seq)) and read cursors (room, uid, seq, ts: forward only) in
+        (room, seq)) and read cursors (room, uid, seq, ts: forward only) and
+        recalls (``StoredRoomRecall.row``: a ``room_recall`` row each, and
+        the message it recalls emptied, after the messages went in) in
         one transaction; fires with the messages inserted."""
-        return self.run_interaction(_insert_room_entries_txn, messages, reads)
+        return self.run_interaction(_insert_room_entries_txn, messages, reads, recalls)
 
     def room_stream(self, spans: Dict[str, List[Tuple[int, Optional[int]]]], after_pos: int,
                     limit: int) -> defer.Deferred:
@@ -343,6 +346,22 @@ class MysqlStore(Service):
         inside the member's ``spans`` ({room: [(from, to or None)]}: above
         from, up to to), by accept_seq: ``[(accept_seq, room, seq, packet)]``."""
         return self.run_interaction(_room_stream_txn, spans, after_pos, limit)
+
+    def sent_room_messages(self, uid: int, after: Tuple[str, str, int], limit: int) -> defer.Deferred:
+        """Up to ``limit`` of the room ``t`` and ``i`` messages ``uid`` sent
+        that are not recalled, after ``after`` (``(msg_id, room, seq)``), in
+        that order (the room_message_sender index): ``[(msg_id, room,
+        seq)]``, for an erasure."""
+        return self.run_interaction(_sent_room_messages_txn, uid, after, limit)
+
+    def forget_room_reads(self, uid: int) -> defer.Deferred:
+        """``uid``'s read cursors in ``room_read`` deleted (an erasure)."""
+        return self.run_interaction(_forget_room_reads_txn, uid)
+
+    def room_message_for_recall(self, sender: int, msg_id: str, room: str) -> defer.Deferred:
+        """``sender``'s message ``msg_id`` in ``room`` as MySQL has it:
+        ``(ts, recalled)``, or None (no such message)."""
+        return self.run_interaction(_room_message_for_recall_txn, sender, msg_id, room)
 
     def room_history(self, room: str, after_seq: int, limit: int) -> defer.Deferred:
         """Up to ``limit`` of the room's migrated messages with seq above
@@ -549,7 +568,8 @@ def _stream_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int
 
 def _max_accept_seq_txn(cursor: pymysql.cursors.Cursor) -> int:
     cursor.execute("SELECT GREATEST(COALESCE((SELECT MAX(accept_seq) FROM message), 0),"
-                   " COALESCE((SELECT MAX(accept_seq) FROM room_message), 0))")
+                   " COALESCE((SELECT MAX(accept_seq) FROM room_message), 0),"
+                   " COALESCE((SELECT MAX(accept_seq) FROM room_recall), 0))")
     return int(cursor.fetchone()[0] or 0)
 
 
@@ -558,7 +578,7 @@ _INSERT_ROOM_MESSAGES = ("INSERT IGNORE INTO room_message (room, seq, accept_seq
 
 
 def _insert_room_entries_txn(cursor: pymysql.cursors.Cursor, messages: Sequence[RoomMessageRow],
-                             reads: Sequence[RoomReadRow]) -> int:
+                             reads: Sequence[RoomReadRow], recalls: Sequence[RoomRecallRow] = ()) -> int:
     # As _insert_messages_txn: one VALUES list (the ints checked by
     # imd.messagelog.entry, the room id by its pattern), text quoted here.
     text = _text_quoter(cursor)
@@ -577,7 +597,25 @@ def _insert_room_entries_txn(cursor: pymysql.cursors.Cursor, messages: Sequence[
         cursor.execute("INSERT INTO room_read (room, uid, seq, ts) VALUES (%s, %s, %s, %s)"
                        " ON DUPLICATE KEY UPDATE ts = IF(VALUES(seq) > seq, VALUES(ts), ts),"
                        " seq = GREATEST(seq, VALUES(seq))", (room, uid, seq, ts))
+    for pos, room, d_id, from_id, recalled_id, ts, packet in recalls:
+        cursor.execute("INSERT IGNORE INTO room_recall (accept_seq, room, msg_id, from_id, recalled_id, ts, packet)"
+                       " VALUES (%s, %s, %s, %s, %s, %s, %s)", (pos, room, d_id, from_id, recalled_id, ts, packet))
+        _recall_room_row(cursor, room, from_id, recalled_id)
     return inserted
+
+
+def _recall_room_row(cursor: pymysql.cursors.Cursor, room: str, from_id: int, msg_id: str) -> int:
+    """The room message ``msg_id`` of ``from_id`` emptied: msg '' and its
+    packet as a tombstone (a no-op for one already emptied)."""
+    cursor.execute("SELECT seq, packet FROM room_message WHERE room = %s AND from_id = %s AND msg_id = %s"
+                   " FOR UPDATE", (room, from_id, msg_id))
+    done = 0
+    for seq, packet in cursor.fetchall():
+        if not _is_tombstone(packet):
+            dead = tombstone(packet)
+            done += cursor.execute("UPDATE room_message SET msg = '', packet = %s WHERE room = %s AND seq = %s",
+                                   (dead, room, seq))
+    return done
 
 
 def _room_stream_txn(cursor: pymysql.cursors.Cursor, spans: Dict[str, List[Tuple[int, Optional[int]]]],
@@ -596,9 +634,49 @@ def _room_stream_txn(cursor: pymysql.cursors.Cursor, spans: Dict[str, List[Tuple
                 args += [room, start, end]
     if not terms:
         return []
-    cursor.execute("SELECT accept_seq, room, seq, packet FROM room_message WHERE accept_seq > %s AND ("
-                   + " OR ".join(terms) + ") ORDER BY accept_seq LIMIT %s", args + [limit])
+    # the room's messages and its recalls (seq 0: a D takes none), each
+    # part limited on its own, then the two merged by pos
+    where = "accept_seq > %s AND (" + " OR ".join(terms) + ") ORDER BY accept_seq LIMIT %s"
+    cursor.execute("(SELECT accept_seq, room, seq, packet FROM room_message WHERE " + where + ") UNION ALL"
+                   " (SELECT accept_seq, room, 0, packet FROM room_recall WHERE " + where + ")"
+                   " ORDER BY 1 LIMIT %s", args + [limit] + args + [limit, limit])
     return [(int(pos), room, int(seq), packet) for pos, room, seq, packet in cursor.fetchall()]
+
+
+def _sent_room_messages_txn(cursor: pymysql.cursors.Cursor, uid: int, after: Tuple[str, str, int],
+                            limit: int) -> List[Tuple[str, str, int]]:
+    msg_id, room, seq = after
+    # (a tombstone's msg is '' and its packet says "recalled":true: a text
+    # cannot, its quotes are escaped in the packet)
+    cursor.execute("SELECT msg_id, room, seq FROM room_message WHERE from_id = %s"
+                   " AND (msg_id > %s OR (msg_id = %s AND (room > %s OR (room = %s AND seq > %s))))"
+                   " AND type IN ('t', 'i') AND NOT (msg = '' AND packet LIKE '%%\"recalled\":true%%')"
+                   " ORDER BY msg_id, room, seq LIMIT %s",
+                   (uid, msg_id, msg_id, room, room, seq, limit))
+    return [(bytes(m).decode("utf-8") if isinstance(m, (bytes, bytearray)) else m, r, int(s))
+            for m, r, s in cursor.fetchall()]
+
+
+def _forget_room_reads_txn(cursor: pymysql.cursors.Cursor, uid: int) -> int:
+    return int(cursor.execute("DELETE FROM room_read WHERE uid = %s", (uid,)))
+
+
+def _is_tombstone(packet: str) -> bool:
+    try:
+        obj = json.loads(packet)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("recalled") is True
+
+
+def _room_message_for_recall_txn(cursor: pymysql.cursors.Cursor, sender: int, msg_id: str,
+                                 room: str) -> Optional[Tuple[int, bool]]:
+    cursor.execute("SELECT ts, packet FROM room_message WHERE room = %s AND from_id = %s AND msg_id = %s"
+                   " AND type IN ('t', 'i') LIMIT 1", (room, sender, msg_id))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return int(row[0]), bool(_is_tombstone(row[1]))
 
 
 def _room_history_txn(cursor: pymysql.cursors.Cursor, room: str, after_seq: int,
