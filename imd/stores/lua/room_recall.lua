@@ -72,6 +72,17 @@ redis.call('ZADD', KEYS[2], pos, entry)
 redis.call('SET', KEYS[8], pos, 'EX', ARGV[2])
 -- until the D is migrated (room_message's tombstone then says it), this says it
 redis.call('SET', KEYS[9], '1', 'EX', ARGV[5])
+-- the room's last packet (the conversation list's "last", imd.stores.
+-- room_conversations) loses the text too when it is this message
+local last = redis.call('HGET', KEYS[6], 'last')
+if last then
+  for _, head in ipairs(heads) do
+    if head ~= '' and string.sub(last, 1, #head) == head then
+      local h, t = string.match(last, '^({"id":.-,"type":"[^"]","msg":).*(,"ts":%d+,"seq":%d+,"pos":%d+})$')
+      if h then redis.call('HSET', KEYS[6], 'last', h .. '"","recalled":true' .. t) end
+    end
+  end
+end
 local members = redis.call('SMEMBERS', KEYS[7])
 if KEYS[11] then
   -- a push not yet sent for it is not sent: for each member who has not
