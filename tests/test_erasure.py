@@ -32,6 +32,7 @@ class EraseApiTests(RecallMixin, ApiTestMixin, unittest.TestCase):
         await self.ask(alice, {"id": "img", "to": 3, "type": "i", "msg": "image-id"})
         await self.ask(bob, {"id": "b0", "to": 1, "type": "t", "msg": "bob's own"})
         await self.ask(alice, {"id": "s", "to": 0, "type": "S", "msg": {"lng": 1.0, "lat": 2.0}})
+        self.assertEqual(await self.redis.execute_command("EXISTS", "conv:1", "convlast:1", "unread:1:2"), 3)
         response = await self.api("POST", "users/1/erase")
         self.assertEqual((response.code, response.json()), (200, {"messages": 4}), response)
         self.assertEqual((await alice.wait_closed())[0], 4003)
@@ -49,6 +50,10 @@ class EraseApiTests(RecallMixin, ApiTestMixin, unittest.TestCase):
         self.assertEqual(await self.redis.smembers("URS:1"), set())
         self.assertNotIn(b"1", {str(m).encode() for m in await self.redis.smembers("URS:2")})
         self.assertEqual(await self.redis.exists("site:1"), 0)
+        # its own conversation list is gone; the others' keep their rows (the text emptied)
+        self.assertEqual(await self.redis.execute_command("EXISTS", "conv:1", "convlast:1", "unread:1:2",
+                                                          "unread:1:3"), 0)
+        self.assertEqual(await self.redis.execute_command("EXISTS", "conv:2", "convlast:2"), 2)
         self.assertIsNone(await self.redis.zscore("geo:couriers", 1))
         for path in ("users/1/erase", "users/99/erase"):
             response = await self.api("POST", path)

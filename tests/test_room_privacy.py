@@ -397,6 +397,9 @@ class RoomErasureTests(RoomTestMixin, unittest.TestCase):
             self.assertIsNone(await self.redis.hget("roomspans:%s" % room, "1"))
             self.assertIsNone(await self.redis.hget("roomread:%s" % room, "1"))
         self.assertEqual(await self.redis.exists("roomsof:1"), 0)
+        # its own conversation list's rooms are gone too
+        self.assertEqual(await self.redis.execute_command("EXISTS", "roomconv:1", "roomgone:1", "roommine:%s:1" % ROOM,
+                                                          "roommine:order:43:1"), 0)
         self.assertNotIn("secret", await redis_dump(self.redis))
         migrator = start_migrator(self, self.server.app.settings)
         await with_drain(migrator)

@@ -26,7 +26,7 @@ Audited: a log line at the start and one at the end with the count, and
 ``imd_user_erasures`` / ``imd_erased_messages`` on ``/metrics``.
 """
 
-from typing import Callable, Generator, List, Optional, Protocol, Sequence, Tuple, cast
+from typing import Callable, Generator, List, Optional, Protocol, Sequence, Tuple, Union, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -96,6 +96,24 @@ class ErasureStore(RedisStore):
         reply = yield self._client.run(ERASE_USER, [k.friends(uid), k.kept(uid), k.geo_couriers, k.site(uid),
                                                     k.push_unread, k.push_last, k.push_due], [uid] + pairs)
         return int(cast(int, reply))
+
+    @defer.inlineCallbacks
+    def forget_conversations(self, uid: int) -> Generator[defer.Deferred, object, None]:
+        """The user's own conversation list (contract §10): ``conv:``,
+        ``convlast:`` and ``unread:`` of its one-to-one conversations,
+        ``roomconv:``, ``roomgone:`` and ``roommine:`` of its rooms.  (Each
+        holds packets, its own and others'; the others' lists keep their
+        rows, whose text the recalls emptied.)  Repeating it changes nothing."""
+        k = self.keys
+        others = cast(List[bytes], (yield self._client.command("ZRANGE", k.conversations(uid), 0, -1)))
+        rooms = cast(List[bytes], (yield self._client.command("ZRANGE", k.room_conversations(uid), 0, -1)))
+        gone = cast(List[bytes], (yield self._client.command("HKEYS", k.room_gone(uid))))
+        names = {_text(r) for r in list(rooms or ()) + list(gone or ())}
+        key_list = [k.conversations(uid), k.conversation_last(uid), k.room_conversations(uid), k.room_gone(uid)]
+        key_list += [k.unread(uid, int(_text(o))) for o in others or () if _text(o).isdigit()]
+        key_list += [k.room_mine(room, uid) for room in sorted(names)]
+        for at in range(0, len(key_list), 500):
+            yield self._client.command("DEL", *key_list[at:at + 500])
 
     def pending(self, uid: int) -> defer.Deferred:
         return self._client.command("ZRANGE", self.keys.pending(uid), 0, -1)
@@ -219,6 +237,7 @@ class Eraser:
             erased += cast(int, (yield self.rooms.erase_messages(uid)))
             rooms = cast(int, (yield self.rooms.erase_memberships(uid)))
         friends = yield self._store.erase_rest(uid)
+        yield self._store.forget_conversations(uid)
         _log.info("erasure of uid {uid}: done, {messages} messages recalled, {friends} friendships ended, "
                   "out of the {rooms} rooms it was in", uid=uid, messages=erased, friends=friends, rooms=rooms)
         if self._metrics is not None:
@@ -239,3 +258,6 @@ class Eraser:
             done += sum(1 for outcome, _ in results if outcome == RECALLED)
         return done
 
+
+def _text(value: Union[bytes, str]) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
