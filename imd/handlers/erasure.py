@@ -26,7 +26,7 @@ Audited: a log line at the start and one at the end with the count, and
 ``imd_user_erasures`` / ``imd_erased_messages`` on ``/metrics``.
 """
 
-from typing import Callable, Generator, List, Optional, Protocol, Sequence, Tuple, Union, cast
+from typing import Callable, Generator, List, Optional, Protocol, Sequence, Tuple, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -257,7 +257,3 @@ class Eraser:
                  for msg_id, to in messages[start:start + AT_ONCE]], consumeErrors=True)))
             done += sum(1 for outcome, _ in results if outcome == RECALLED)
         return done
-
-
-def _text(value: Union[bytes, str]) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
