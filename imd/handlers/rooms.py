@@ -41,6 +41,7 @@ from imd.handlers.api import new_message_id
 from imd.handlers.ports import RoomNode
 from imd.messagelog.entry import StoredRoomMessage, parse_entry
 from imd.moderation import TextPolicy
+from imd.stores.budgets import Budget
 from imd.stores.rooms import (CLOSED, COALESCED, DUPLICATE, MOVED, NO_ROOM, NOT_MEMBER, PAST_LAST, TOO_MANY,
                               RoomChange, RoomEvent, RoomState, RoomStore, RoomStored, Span, in_spans)
 
@@ -92,8 +93,11 @@ class RoomHandler:
     """The members' side: ``t``/``i``, ``R``, ``Y`` and ``H`` naming a room."""
 
     def __init__(self, rooms: RoomStore, mysql: "MysqlStore", node: RoomNode, clock: Clock,
-                 text_policy: Optional[TextPolicy] = None) -> None:
+                 text_policy: Optional[TextPolicy] = None, user_budget: Optional[Budget] = None) -> None:
+        """``user_budget``: the per-user ``H`` budget that ``H {"room"}``
+        spends, as every other ``H`` (imd.handlers.history); None: none."""
         self._rooms = rooms
+        self._user_budget = user_budget
         self._mysql = mysql
         self._node = node
         self._clock = clock
@@ -202,7 +206,11 @@ class RoomHandler:
             raise ImdError("not_found", "no room %s" % room)
         if uid not in state.members:
             raise ImdError("forbidden", "you are not a member of room %s" % room)
-        pending = cast(List[str], (yield self._rooms.pending(room)))     # Redis first: no gap at the boundary
+        # Redis first: no gap at the boundary
+        pending = cast(Optional[List[str]], (yield self._rooms.pending(room, uid, self._user_budget, self._now_ms())))
+        if pending is None:
+            raise ImdError("rate_limited", "H: over this user's history budget "
+                                           "([websocket] history_user_rate), retry later")
         rows = cast(List[Tuple[int, str]], (yield self._mysql.room_history(room, after_seq, limit + 1)))
         page = merge_room(pending, rows, after_seq, limit + 1)
         more = len(page) > limit

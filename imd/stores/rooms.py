@@ -41,6 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
+from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, RedisStore, Script
@@ -51,6 +52,8 @@ CLOSE_ROOM = Script.load("close_room")
 ROOM_READ = Script.load("room_read")
 ROOM_TYPING = Script.load("room_typing")
 STREAM_PENDING = Script.load("room_stream_pending")
+ROOM_PENDING = Script.load("room_pending")
+NO_BUDGET = Budget(0, 0)
 
 Span = Tuple[int, Optional[int]]   # a member's positions in a room: above the first, up to the second (None: open)
 
@@ -292,9 +295,14 @@ class RoomStore(RedisStore):
         d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos])
         return d.addCallback(_stream_pending, list(rooms))
 
-    def pending(self, room: str) -> Deferred:
-        """The room's entries not yet migrated, in accept order."""
-        return self._client.command("ZRANGE", self.keys.room_pending(room), 0, -1)
+    def pending(self, room: str, uid: int, budget: Optional[Budget] = None, now_ms: int = 0) -> Deferred:
+        """The room's entries not yet migrated, in accept order, once one
+        ``H`` is taken from ``uid``'s ``budget`` (``budget:history:<uid>``,
+        shared with every other ``H`` of the user; None: no budget), in the
+        same call; fires with None when the budget is spent."""
+        keys = self.keys
+        return self._client.run(ROOM_PENDING, [keys.room_pending(room), keys.budget("history", uid)],
+                                (budget or NO_BUDGET).args(now_ms))
 
 
 def _members(values: List[object]) -> Tuple[int, ...]:
