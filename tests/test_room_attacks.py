@@ -4,6 +4,8 @@ hostile input", each against the real Redis and MySQL."""
 
 from twisted.trial import unittest
 
+from imd.config import ConfigError, parse_settings
+
 from tests.test_migrator import FAST
 from tests.test_rooms import ROOM, RoomTestMixin
 
@@ -41,3 +43,26 @@ class RoomHistoryBudgetTests(RoomTestMixin, unittest.TestCase):
         # one budget for every form of H: the one-to-one H is refused too
         self.assertEqual((await self.ask(bob, {"id": "o", "to": 0, "type": "H", "msg": 0})).get("code"),
                          "rate_limited")
+
+
+class NodeIdTests(unittest.SynchronousTestCase):
+    """A careless ``[imd] node_id`` with a space (``web 1``): the scripts
+    that publish stored packets take a ``dev:<uid>`` member ``'<node>
+    <conn id>'`` up to its first space as the node, so they published to
+    ``...node:web`` while the node listened on ``...node:web 1``: it took
+    logins and stored messages, but delivered none of them live (a room
+    message's other members got nothing) and every ``A`` came after the
+    5 s wait for a frame that never came.  Now one config line naming the
+    key, at start-up."""
+
+    def test_a_node_id_with_a_space_or_a_control_character_is_a_config_error(self):
+        for value in ("web 1", "web\t1", "web\x7f1", "wéb"):
+            with self.assertRaises(ConfigError) as caught:
+                parse_settings("[imd]\nnode_id = %s\n" % value, "etc/test.ini")
+            line = str(caught.exception)
+            self.assertEqual((caught.exception.section, caught.exception.key), ("imd", "node_id"), line)
+            self.assertNotIn("\n", line)
+            self.assertIn("no spaces", line)
+        for value in ("web-1", "host.example:8765", "a/b,c"):
+            self.assertEqual(parse_settings("[imd]\nnode_id = %s\n" % value).imd.node_id, value)
+        self.assertEqual(parse_settings("[imd]\nnode_id =\n").imd.node_id, "")   # the default: host:port
