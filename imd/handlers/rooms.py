@@ -207,7 +207,9 @@ class RoomHandler:
         if uid not in state.members:
             raise ImdError("forbidden", "you are not a member of room %s" % room)
         # Redis first: no gap at the boundary
-        pending = cast(Optional[List[str]], (yield self._rooms.pending(room, uid, self._user_budget, self._now_ms())))
+        # (the first limit + 1 above after_seq: no more can be on the page)
+        pending = cast(Optional[List[str]], (yield self._rooms.pending(room, uid, after_seq, limit + 1,
+                                                                       self._user_budget, self._now_ms())))
         if pending is None:
             raise ImdError("rate_limited", "H: over this user's history budget "
                                            "([websocket] history_user_rate), retry later")

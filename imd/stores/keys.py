@@ -116,7 +116,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("roommembers:<room>", "set", "rooms", "the room's members (uids), checked by every send"),
     KeySpec("roomread:<room>", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
     KeySpec("roompending:<room>", "sorted set", "rooms",
-            "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"}; "
+            "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"} (a binary "
+            "search on rank: a room's seq follows the score; an entry keeps its ',\"seq\":N,\"pos\":P' last); "
             "trimmed by the migrator after each commit"),
     KeySpec("roomspans:<room>", "hash", "rooms",
             "uid -> the member's spans of the room in its stream (contract §10): 'from:to,...', the positions "

@@ -295,14 +295,17 @@ class RoomStore(RedisStore):
         d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos])
         return d.addCallback(_stream_pending, list(rooms))
 
-    def pending(self, room: str, uid: int, budget: Optional[Budget] = None, now_ms: int = 0) -> Deferred:
-        """The room's entries not yet migrated, in accept order, once one
-        ``H`` is taken from ``uid``'s ``budget`` (``budget:history:<uid>``,
-        shared with every other ``H`` of the user; None: no budget), in the
-        same call; fires with None when the budget is spent."""
+    def pending(self, room: str, uid: int, after_seq: int, count: int, budget: Optional[Budget] = None,
+                now_ms: int = 0) -> Deferred:
+        """The room's first ``count`` entries not yet migrated with a seq
+        above ``after_seq``, in accept order (found in log(n) steps: the
+        backlog's size costs nothing), once one ``H`` is taken from
+        ``uid``'s ``budget`` (``budget:history:<uid>``, shared with every
+        other ``H`` of the user; None: no budget), in the same call; fires
+        with None when the budget is spent."""
         keys = self.keys
         return self._client.run(ROOM_PENDING, [keys.room_pending(room), keys.budget("history", uid)],
-                                (budget or NO_BUDGET).args(now_ms))
+                                (budget or NO_BUDGET).args(now_ms) + [after_seq, count])
 
 
 def _members(values: List[object]) -> Tuple[int, ...]:
