@@ -170,7 +170,7 @@ class RoomHandler:
         if not rooms:
             return []
         pending = cast(Dict[str, Tuple[List[Span], List[str]]],
-                       (yield self._rooms.stream_pending(uid, rooms, after_pos)))
+                       (yield self._rooms.stream_pending(uid, rooms, after_pos, limit)))
         spans = {room: found[0] for room, found in pending.items() if found[0]}
         if not spans:
             return []

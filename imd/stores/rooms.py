@@ -283,16 +283,18 @@ class RoomStore(RedisStore):
         """The rooms ``uid`` is or was a member of (for its sync stream)."""
         return self._client.command("SMEMBERS", self.keys.rooms_of(uid))
 
-    def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int) -> Deferred:
+    def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int, count: int) -> Deferred:
         """For each of ``rooms``: ``uid``'s spans there and the room's
-        entries not yet migrated above ``after_pos`` within them, in one
-        script; fires with ``{room: (spans, entries)}`` (spans: ``[(from,
-        to or None)]``, positions above ``from`` up to ``to`` included)."""
+        entries not yet migrated above ``after_pos`` within them, the first
+        ``count`` of each span (a page of ``count`` needs no more of one
+        source), in one script; fires with ``{room: (spans, entries)}``
+        (spans: ``[(from, to or None)]``, positions above ``from`` up to
+        ``to`` included)."""
         k = self.keys
         key_list: List[str] = []
         for room in rooms:
             key_list += [k.room_spans(room), k.room_pending(room)]
-        d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos])
+        d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos, count])
         return d.addCallback(_stream_pending, list(rooms))
 
     def pending(self, room: str, uid: int, after_seq: int, count: int, budget: Optional[Budget] = None,
