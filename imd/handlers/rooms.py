@@ -166,7 +166,8 @@ class RoomHandler:
         rooms while it was a member (its spans), with pos above
         ``after_pos``, ascending, at most ``limit``: ``[(pos, packet)]``.
         Redis is read before MySQL (no gap at the boundary)."""
-        rooms = sorted(_text(r) for r in cast(List[object], (yield self._rooms.rooms_of(uid))))
+        # (only the rooms with a packet for uid above after_pos: not every room it ever was in)
+        rooms = sorted(_text(r) for r in cast(List[object], (yield self._rooms.rooms_since(uid, after_pos))))
         if not rooms:
             return []
         pending = cast(Dict[str, Tuple[List[Span], List[str]]],

@@ -126,7 +126,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("roomconv:<uid>", "sorted set", "rooms",
             "the user's rooms in its conversation list (contract §10): member the room's id, score the pos of "
             "its latest packet there (a removed member's: its left event); written by the scripts that store "
-            "room packets; no cap, like roomsof:<uid>"),
+            "room packets; no cap, like roomsof:<uid>; a sync reads the rooms scored above its pos (a room "
+            "leaves it only with the user's stream there)"),
     KeySpec("roomgone:<uid>", "hash", "rooms",
             "room -> '<unread> <left packet>': a removed member's conversation-list row, as it was at its left "
             "event; deleted when it joins again"),

@@ -283,6 +283,14 @@ class RoomStore(RedisStore):
         """The rooms ``uid`` is or was a member of (for its sync stream)."""
         return self._client.command("SMEMBERS", self.keys.rooms_of(uid))
 
+    def rooms_since(self, uid: int, after_pos: int) -> Deferred:
+        """The rooms where ``uid`` got a packet above ``after_pos``: its
+        ``roomconv:<uid>`` rows scored above it (the pos of the latest
+        packet it got there, written by every script that stores one for
+        the members).  A room of its stream above ``after_pos`` is one of
+        them; the rooms it left or that stayed quiet before cost nothing."""
+        return self._client.command("ZRANGEBYSCORE", self.keys.room_conversations(uid), "(%d" % after_pos, "+inf")
+
     def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int, count: int) -> Deferred:
         """For each of ``rooms``: ``uid``'s spans there and the room's
         entries not yet migrated above ``after_pos`` within them, the first
