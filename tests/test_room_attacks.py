@@ -213,3 +213,28 @@ class RoomSyncManyRoomsTests(RoomTestMixin, unittest.TestCase):
         latest = reply["msg"][0]["pos"]
         self.assertEqual((await self.ask(bob, {"id": "s", "type": "H", "msg": {"sync": latest}}))["msg"], [])
         self.assertEqual(keys, [2])   # nothing above: no room read at all
+
+
+class FrameWaitTests(unittest.SynchronousTestCase):
+    """An ``A`` waits for its message's frame (LocalNode.wait_frame): frames
+    that never come (the subscription lost, a publish lost) release it
+    after FRAME_TIMEOUT and keep nothing; frames that come with no waiter
+    (a waiter's handler that failed) are kept at most MAX_EARLY_FRAMES."""
+
+    def test_waiters_whose_frames_never_come_are_released_and_forgotten(self):
+        from twisted.internet.task import Clock
+        from imd.node import FRAME_TIMEOUT, MAX_EARLY_FRAMES, LocalNode
+        clock = Clock()
+        node = LocalNode("n1", None, clock, 5)
+        waiting = [node.wait_frame(pos) for pos in range(1, 2001)]   # (task.Clock sorts at each call)
+        clock.advance(FRAME_TIMEOUT - 0.01)
+        self.assertFalse(any(d.called for d in waiting))
+        clock.advance(0.02)
+        self.assertTrue(all(d.called for d in waiting))     # the client gets its A, 5 s late
+        self.assertEqual((len(node._frame_waiters), clock.getDelayedCalls()), (0, []))
+        for pos in range(30001, 30001 + 3 * MAX_EARLY_FRAMES):
+            node.frame_received('g 7 7/c1 {"id":"m","seq":1,"pos":%d}' % pos)
+        self.assertEqual(len(node._frames_early), MAX_EARLY_FRAMES)
+        # the newest early frames are the ones kept: their waiter fires at once
+        self.assertTrue(node.wait_frame(30000 + 3 * MAX_EARLY_FRAMES).called)
+        self.assertFalse(node.wait_frame(30001).called)
