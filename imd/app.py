@@ -152,7 +152,9 @@ class App:
         self.recaller = Recaller(self.recalls, self.mysql, node, self.clock,
                                  rooms=RoomRecaller(room_recalls, self.mysql, node, self.clock))
         self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)
-        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy, settings.log.messages)
+        history_budget = Budget(settings.websocket.history_user_rate, settings.websocket.history_user_burst)
+        rooms = RoomHandler(self.rooms, self.mysql, node, self.clock, self.text_policy, history_budget,
+                            log_messages=settings.log.messages)
         self.handlers: Dict[str, Callable[..., Any]] = {
             "t": dispatch(rooms.message, messages.handle),
             "i": dispatch(rooms.message, messages.handle),
@@ -161,9 +163,7 @@ class App:
             "T": TakeOrderHandler(self.mysql, settings.orders, self.orders, node, self.clock).handle,
             "S": SiteHandler(self.positions, self.position_audience, node, self.clock,
                              settings.site.min_interval).handle,
-            "H": history_dispatch(rooms, HistoryHandler(self.messages, self.mysql, self.clock,
-                                                        Budget(settings.websocket.history_user_rate,
-                                                               settings.websocket.history_user_burst),
+            "H": history_dispatch(rooms, HistoryHandler(self.messages, self.mysql, self.clock, history_budget,
                                                         conversation_sources=[self.conversations,
                                                                               self.room_conversations],
                                                         room_stream=rooms.stream).handle),

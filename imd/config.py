@@ -83,6 +83,15 @@ def _text(text: str) -> str:
     return text
 
 
+def _node_id(text: str) -> str:
+    """A node's name ('' for the default, host:port): it is the part of a
+    ``dev:<uid>`` member ``'<node> <conn id>'`` before its first space, so a
+    space in it would route every stored packet to a channel nobody reads."""
+    if text and not re.fullmatch(r"[!-~]+", text):
+        raise _Invalid("expected printable ASCII with no spaces (letters, digits, - . : _ ...), got %r" % (text,))
+    return text
+
+
 def _identifier(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,63}", text):
         raise _Invalid("expected a SQL identifier (letters, digits, _), got %r" % (text,))
@@ -344,7 +353,7 @@ def _setting(default: str, parse: Callable[[str], Any], doc: str = "") -> Any:
 @dataclass(frozen=True)
 class ImdSettings:
     roles: FrozenSet[str] = _setting("ws, http, migrate", _roles)
-    node_id: str = _setting("", _text)
+    node_id: str = _setting("", _node_id)
     shutdown_grace: float = _setting("10", _number())
     # /metrics and /healthz of this process whatever its roles (empty = none
     # beyond the http role's own); docs/http.md

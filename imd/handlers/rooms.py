@@ -43,6 +43,7 @@ from imd.handlers.ports import RoomNode
 from imd.messagelog.entry import StoredRoomMessage, StoredRoomRecall, parse_entry, tombstone
 from imd.moderation import TextPolicy
 from imd.stores.roomrecalls import room_message_heads
+from imd.stores.budgets import Budget
 from imd.stores.rooms import (CLOSED, COALESCED, DUPLICATE, MOVED, NO_ROOM, NOT_MEMBER, PAST_LAST, TOO_MANY,
                               RoomChange, RoomEvent, RoomState, RoomStore, RoomStored, Span, in_spans)
 
@@ -96,8 +97,12 @@ class RoomHandler:
     """The members' side: ``t``/``i``, ``R``, ``Y`` and ``H`` naming a room."""
 
     def __init__(self, rooms: RoomStore, mysql: "MysqlStore", node: RoomNode, clock: Clock,
-                 text_policy: Optional[TextPolicy] = None, log_messages: bool = False) -> None:
+                 text_policy: Optional[TextPolicy] = None, user_budget: Optional[Budget] = None,
+                 log_messages: bool = False) -> None:
+        """``user_budget``: the per-user ``H`` budget that ``H {"room"}``
+        spends, as every other ``H`` (imd.handlers.history); None: none."""
         self._rooms = rooms
+        self._user_budget = user_budget
         self._mysql = mysql
         self._node = node
         self._clock = clock
@@ -172,11 +177,12 @@ class RoomHandler:
         rooms while it was a member (its spans), with pos above
         ``after_pos``, ascending, at most ``limit``: ``[(pos, packet)]``.
         Redis is read before MySQL (no gap at the boundary)."""
-        rooms = sorted(_text(r) for r in cast(List[object], (yield self._rooms.rooms_of(uid))))
+        # (only the rooms with a packet for uid above after_pos: not every room it ever was in)
+        rooms = sorted(_text(r) for r in cast(List[object], (yield self._rooms.rooms_since(uid, after_pos))))
         if not rooms:
             return []
         pending = cast(Dict[str, Tuple[List[Span], List[str]]],
-                       (yield self._rooms.stream_pending(uid, rooms, after_pos)))
+                       (yield self._rooms.stream_pending(uid, rooms, after_pos, limit)))
         spans = {room: found[0] for room, found in pending.items() if found[0]}
         if not spans:
             return []
@@ -223,7 +229,13 @@ class RoomHandler:
             raise ImdError("not_found", "no room %s" % room)
         if uid not in state.members:
             raise ImdError("forbidden", "you are not a member of room %s" % room)
-        pending = cast(List[str], (yield self._rooms.pending(room)))     # Redis first: no gap at the boundary
+        # Redis first: no gap at the boundary
+        # (the first limit + 1 above after_seq: no more can be on the page)
+        pending = cast(Optional[List[str]], (yield self._rooms.pending(room, uid, after_seq, limit + 1,
+                                                                       self._user_budget, self._now_ms())))
+        if pending is None:
+            raise ImdError("rate_limited", "H: over this user's history budget "
+                                           "([websocket] history_user_rate), retry later")
         rows = cast(List[Tuple[int, str]], (yield self._mysql.room_history(room, after_seq, limit + 1)))
         page = merge_room(pending, rows, after_seq, limit + 1)
         more = len(page) > limit

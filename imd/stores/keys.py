@@ -116,7 +116,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("roommembers:<room>", "set", "rooms", "the room's members (uids), checked by every send"),
     KeySpec("roomread:<room>", "hash", "rooms", "uid -> the member's read cursor (a seq; forward only)"),
     KeySpec("roompending:<room>", "sorted set", "rooms",
-            "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"}; "
+            "the room's messages still in MQ or MQ:processing (score: accept order), for H {\"room\"} (a binary "
+            "search on rank: a room's seq follows the score; an entry keeps its ',\"seq\":N,\"pos\":P' last); "
             "trimmed by the migrator after each commit"),
     KeySpec("roomspans:<room>", "hash", "rooms",
             "uid -> the member's spans of the room in its stream (contract §10): 'from:to,...', the positions "
@@ -125,7 +126,8 @@ SCHEMA: Tuple[KeySpec, ...] = (
     KeySpec("roomconv:<uid>", "sorted set", "rooms",
             "the user's rooms in its conversation list (contract §10): member the room's id, score the pos of "
             "its latest packet there (a removed member's: its left event); written by the scripts that store "
-            "room packets; no cap, like roomsof:<uid>"),
+            "room packets; no cap, like roomsof:<uid>; a sync reads the rooms scored above its pos (a room "
+            "leaves it only with the user's stream there)"),
     KeySpec("roomgone:<uid>", "hash", "rooms",
             "room -> '<unread> <left packet>': a removed member's conversation-list row, as it was at its left "
             "event; deleted when it joins again"),

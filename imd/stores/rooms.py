@@ -41,6 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from imd.errors import StoreUnavailable
+from imd.stores.budgets import Budget
 from imd.stores.keys import Keys
 from imd.stores.push import PushNotes
 from imd.stores.redis import RedisClient, RedisStore, Script
@@ -51,6 +52,8 @@ CLOSE_ROOM = Script.load("close_room")
 ROOM_READ = Script.load("room_read")
 ROOM_TYPING = Script.load("room_typing")
 STREAM_PENDING = Script.load("room_stream_pending")
+ROOM_PENDING = Script.load("room_pending")
+NO_BUDGET = Budget(0, 0)
 
 Span = Tuple[int, Optional[int]]   # a member's positions in a room: above the first, up to the second (None: open)
 
@@ -280,21 +283,39 @@ class RoomStore(RedisStore):
         """The rooms ``uid`` is or was a member of (for its sync stream)."""
         return self._client.command("SMEMBERS", self.keys.rooms_of(uid))
 
-    def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int) -> Deferred:
+    def rooms_since(self, uid: int, after_pos: int) -> Deferred:
+        """The rooms where ``uid`` got a packet above ``after_pos``: its
+        ``roomconv:<uid>`` rows scored above it (the pos of the latest
+        packet it got there, written by every script that stores one for
+        the members).  A room of its stream above ``after_pos`` is one of
+        them; the rooms it left or that stayed quiet before cost nothing."""
+        return self._client.command("ZRANGEBYSCORE", self.keys.room_conversations(uid), "(%d" % after_pos, "+inf")
+
+    def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int, count: int) -> Deferred:
         """For each of ``rooms``: ``uid``'s spans there and the room's
-        entries not yet migrated above ``after_pos`` within them, in one
-        script; fires with ``{room: (spans, entries)}`` (spans: ``[(from,
-        to or None)]``, positions above ``from`` up to ``to`` included)."""
+        entries not yet migrated above ``after_pos`` within them, the first
+        ``count`` of each span (a page of ``count`` needs no more of one
+        source), in one script; fires with ``{room: (spans, entries)}``
+        (spans: ``[(from, to or None)]``, positions above ``from`` up to
+        ``to`` included)."""
         k = self.keys
         key_list: List[str] = []
         for room in rooms:
             key_list += [k.room_spans(room), k.room_pending(room)]
-        d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos])
+        d = self._client.run(STREAM_PENDING, key_list, [uid, after_pos, count])
         return d.addCallback(_stream_pending, list(rooms))
 
-    def pending(self, room: str) -> Deferred:
-        """The room's entries not yet migrated, in accept order."""
-        return self._client.command("ZRANGE", self.keys.room_pending(room), 0, -1)
+    def pending(self, room: str, uid: int, after_seq: int, count: int, budget: Optional[Budget] = None,
+                now_ms: int = 0) -> Deferred:
+        """The room's first ``count`` entries not yet migrated with a seq
+        above ``after_seq``, in accept order (found in log(n) steps: the
+        backlog's size costs nothing), once one ``H`` is taken from
+        ``uid``'s ``budget`` (``budget:history:<uid>``, shared with every
+        other ``H`` of the user; None: no budget), in the same call; fires
+        with None when the budget is spent."""
+        keys = self.keys
+        return self._client.run(ROOM_PENDING, [keys.room_pending(room), keys.budget("history", uid)],
+                                (budget or NO_BUDGET).args(now_ms) + [after_seq, count])
 
 
 def _members(values: List[object]) -> Tuple[int, ...]:
