@@ -226,7 +226,7 @@ class FrameWaitTests(unittest.SynchronousTestCase):
         from imd.node import FRAME_TIMEOUT, MAX_EARLY_FRAMES, LocalNode
         clock = Clock()
         node = LocalNode("n1", None, clock, 5)
-        waiting = [node.wait_frame(pos) for pos in range(1, 2001)]   # (task.Clock sorts at each call)
+        waiting = [node.wait_frame(pos, "A") for pos in range(1, 2001)]
         clock.advance(FRAME_TIMEOUT - 0.01)
         self.assertFalse(any(d.called for d in waiting))
         clock.advance(0.02)
@@ -236,5 +236,5 @@ class FrameWaitTests(unittest.SynchronousTestCase):
             node.frame_received('g 7 7/c1 {"id":"m","seq":1,"pos":%d}' % pos)
         self.assertEqual(len(node._frames_early), MAX_EARLY_FRAMES)
         # the newest early frames are the ones kept: their waiter fires at once
-        self.assertTrue(node.wait_frame(30000 + 3 * MAX_EARLY_FRAMES).called)
-        self.assertFalse(node.wait_frame(30001).called)
+        self.assertEqual(node.wait_frame(30000 + 3 * MAX_EARLY_FRAMES, "A"), "A")   # (no Deferred: the A at once)
+        self.assertFalse(node.wait_frame(30001, "A").called)
