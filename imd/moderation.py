@@ -56,7 +56,27 @@ def fold(text: str) -> str:
         return text.lower()   # NFKC leaves ASCII alone; casefold is lower there
     if _CHECK_NORMALIZED and unicodedata.is_normalized("NFKC", text):
         return text.casefold()
+    # Chinese text is mostly characters NFKC leaves alone and fullwidth
+    # punctuation: that made ASCII first (what NFKC does to it), then the
+    # check again, and normalising is seldom left.  CPython: a str.replace
+    # for each of the usual marks the text holds (~40 ns each; str.translate
+    # costs 0.1 µs a character); PyPy: one regular expression for them all
+    # (its str.replace and `in` cost 0.3 µs each on 100 characters)
+    if _CHECK_NORMALIZED:
+        for wide, narrow in _WIDE_PUNCTUATION:
+            if wide in text:
+                text = text.replace(wide, narrow)
+        if unicodedata.is_normalized("NFKC", text):
+            return text.casefold()
+    else:
+        text = _FULLWIDTH.sub(_narrow, text)
+        if _changeable_runs().search(text) is None:
+            return text.casefold()
     return _nfkc(text).casefold()
+
+
+def _narrow(wide: "re.Match[str]") -> str:
+    return _TO_ASCII[wide.group()]
 
 
 def _nfkc(text: str) -> str:
@@ -92,6 +112,10 @@ _CHANGEABLE: List["re.Pattern[str]"] = []
 # an ASCII character, which composes with nothing before or after it
 _TO_ASCII = {chr(code): chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)}
 _TO_ASCII["\u3000"] = " "
+# the ones Chinese and Japanese text is full of (NFKC of a text with these
+# replaced is NFKC of the text: each is one ASCII character in NFKD too)
+_FULLWIDTH = re.compile("[\uff01-\uff5e\u3000]")
+_WIDE_PUNCTUATION = tuple((wide, _TO_ASCII[wide]) for wide in "，？！：；（）～\u3000")
 
 
 def _changeable_runs() -> "re.Pattern[str]":

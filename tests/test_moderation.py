@@ -260,6 +260,14 @@ class PropertyTests(unittest.SynchronousTestCase):
     def test_nfkc_by_runs_is_nfkc(self, text):
         self.assertEqual(_nfkc(text), unicodedata.normalize("NFKC", text))
 
+    @settings(max_examples=1000, deadline=None)
+    @given(texts | st.text(alphabet=st.sampled_from(TRICKY + "，？！：（）\u3000ＡｚＺ０我到了请"), max_size=40)
+           | st.text(max_size=40))
+    @example("我到了，请稍等一下？（ｚ）\u3000Ａ")
+    @example("，\u0301 Ａ\u0301 ｶ\uff9e，")
+    def test_fold_is_nfkc_then_casefold(self, text):
+        self.assertEqual(fold(text), unicodedata.normalize("NFKC", text).casefold())
+
     @settings(max_examples=400, deadline=None)
     @given(texts)
     def test_pieces_fold_into_the_folded_text(self, text):
