@@ -35,6 +35,20 @@ _log = Logger()
 RECALLED, RETRY, WAS_RECALLED, LATE, NOT_FOUND = "recalled", "retry", "was_recalled", "late", "not_found"
 
 
+def refusal_by_row(row: Optional[Tuple[int, bool]], now_ms: int, window_ms: Optional[int]) -> Optional[str]:
+    """A message no longer in Redis, as MySQL has it (``(ts, recalled)`` or
+    None): why its recall is refused (NOT_FOUND, WAS_RECALLED, LATE), or
+    None when the script is to recall it there (``force``)."""
+    if row is None:
+        return NOT_FOUND
+    message_ts, recalled = row
+    if recalled:
+        return WAS_RECALLED
+    if window_ms is not None and now_ms - message_ts > window_ms:
+        return LATE
+    return None
+
+
 class RoomRecaller:
     """Recall and moderation delete of a room's message (contract v3 §11)."""
 
@@ -60,13 +74,9 @@ class RoomRecaller:
                       (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=known)))
         if result.outcome == roomrecalls.NOT_IN_REDIS:
             row = cast(Optional[Tuple[int, bool]], (yield self._rows.room_message_for_recall(sender, msg_id, room)))
-            if row is None:
-                return NOT_FOUND, None
-            message_ts, recalled = row
-            if recalled:
-                return WAS_RECALLED, None
-            if window_ms is not None and ts - message_ts > window_ms:
-                return LATE, None
+            refused = refusal_by_row(row, ts, window_ms)
+            if refused is not None:
+                return refused, None
             result = cast(roomrecalls.RoomRecallResult,
                           (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=True)))
         if result.outcome == roomrecalls.STORED:
@@ -105,13 +115,9 @@ class Recaller:
                                                               force=known, to_sender=to_sender, origin=origin)))
         if result.outcome == NOT_IN_REDIS:
             row = cast(Optional[Tuple[int, bool]], (yield self._rows.message_for_recall(sender, msg_id, to)))
-            if row is None:
-                return NOT_FOUND, None
-            message_ts, recalled = row
-            if recalled:
-                return WAS_RECALLED, None
-            if window_ms is not None and ts - message_ts > window_ms:
-                return LATE, None
+            refused = refusal_by_row(row, ts, window_ms)
+            if refused is not None:
+                return refused, None
             result = cast(RecallResult, (yield self._store.recall(sender, to, d_key, msg_id, packet, ts, window_ms,
                                                                   force=True, to_sender=to_sender,
                                                                   origin=origin)))

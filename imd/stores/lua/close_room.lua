@@ -1,4 +1,4 @@
--- include: store_room_entry room_fanout
+-- include: store_room_entry room_fanout members_stale
 -- KEYS: room:<room>, roommembers:<room>, MQ, MQ:seq, roompending:<room>,
 --       then for each member named in ARGV dev:<member>, roomconv:<member>
 -- ARGV: now (Unix ms), grace (ms), the room's id, channel prefix ('':
@@ -15,16 +15,8 @@ local ends = redis.call('HGET', KEYS[1], 'ends_at')
 local members = table.concat(redis.call('SMEMBERS', KEYS[2]), ',')
 if ends then return {tonumber(ends), '', members} end
 local n = #ARGV - 4
-local fresh = redis.call('SCARD', KEYS[2]) == n
-for i = 1, n do
-  if not fresh then break end
-  fresh = redis.call('SISMEMBER', KEYS[2], ARGV[4 + i]) == 1
-end
-if not fresh then
-  local out = {'stale'}
-  for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = m end
-  return out
-end
+local stale = members_stale(KEYS[2], 5, n)
+if stale then return stale end
 local now = tonumber(ARGV[1])
 ends = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'closed_at', now, 'ends_at', ends)

@@ -1,4 +1,4 @@
--- include: store_room_entry note_push room_fanout
+-- include: store_room_entry note_push room_fanout members_stale
 -- KEYS: room:<room>, roommembers:<room>, rdedup:<from>:<room>/<id>, MQ,
 --       MQ:seq, roompending:<room>, roommine:<room>:<from>, push:unread,
 --       push:last, push:due, then for each member named in ARGV (in that
@@ -32,16 +32,8 @@ if ARGV[1] ~= '0' then
   if ends and tonumber(ARGV[4]) >= tonumber(ends) then return -2 end
 end
 local n = #ARGV - 8
-local fresh = redis.call('SCARD', KEYS[2]) == n
-for i = 1, n do
-  if not fresh then break end
-  fresh = redis.call('SISMEMBER', KEYS[2], ARGV[8 + i]) == 1
-end
-if not fresh then
-  local out = {'stale'}
-  for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = m end
-  return out
-end
+local stale = members_stale(KEYS[2], 9, n)
+if stale then return stale end
 local seq, pos, entry = store_room_entry(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[2])
 redis.call('SET', KEYS[3], seq .. '/' .. pos, 'EX', ARGV[3])
 if ARGV[1] ~= '0' then redis.call('ZADD', KEYS[7], seq, seq) end
