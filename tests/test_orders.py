@@ -514,7 +514,10 @@ class DaemonKilledTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase):
         await self.server.app.order_lifecycle.close(43)
 
         async def second_ended():
-            return await self.redis.smembers("URS:20") == set() and await self.redis.zcard("orders:ending") == 0
+            # (the log line comes through the process's pipe, after the
+            # Redis state changed: wait for both)
+            return (await self.redis.smembers("URS:20") == set() and await self.redis.zcard("orders:ending") == 0
+                    and b"order 43: conversation end ran: ended" in b"".join(p.output for p in others))
         await wait_until(lambda: defer.ensureDeferred(second_ended()), seconds=20, what="the second end")
         logged = b"".join(p.output for p in others)
         self.assertEqual(logged.count(b"order 42: conversation end ran: ended"), 1, logged.decode()[-3000:])
