@@ -220,6 +220,16 @@ class ClientMixin:
     """``login`` and ``ask`` over whatever ``self.connect(path)`` opens."""
 
     @defer.inlineCallbacks
+    def login_on(self, server, uid):
+        """``login`` on another node: ``server``, a started ImdServer (the
+        client is dropped at the test's end with the others)."""
+        client = yield connect_client(server.port, "/" + self.token(uid))
+        self._clients.append(client)
+        packet = yield client.next()
+        assert packet["type"] == "L", packet
+        return client
+
+    @defer.inlineCallbacks
     def login(self, uid):
         client = yield self.connect("/" + self.token(uid))
         packet = yield client.next()

@@ -459,13 +459,6 @@ class UserHistoryBudgetTests(MysqlTestMixin, ServerTestMixin, unittest.TestCase)
             self.addCleanup(node.stop)
             self.nodes.append(node)
 
-    @defer.inlineCallbacks
-    def login_on(self, node, uid):
-        client = yield connect_client(node.port, "/" + self.token(uid))
-        self._clients.append(client)
-        self.assertEqual((yield client.next())["type"], "L")
-        return client
-
     async def history_round(self, clients, per_client):
         """Each client sends ``per_client`` H at once; the answers' types/codes."""
         for client in clients:

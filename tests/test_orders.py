@@ -13,7 +13,7 @@ from imd.errors import ImdError
 from imd.handlers.orders import OrderLifecycle
 from imd.order_ends import OrderEnds
 from tests.mysql_support import MysqlTestMixin, query
-from tests.support import ImdServer, ServerTestMixin, connect_client, make_settings, settings_text, wait_until
+from tests.support import ImdServer, ServerTestMixin, make_settings, settings_text, wait_until
 from tests.test_migrator_crash import MigratorProcess
 
 GRACE = 60   # seconds; the ends run on a task.Clock, so this costs no time
@@ -35,14 +35,6 @@ class OrderTestMixin(MysqlTestMixin, ServerTestMixin):
     def create_order(self, order, customer, courier):
         return query(self.mysql_settings, ("INSERT INTO orders (id, customer_id, courier_id) VALUES (%s, %s, %s)",
                                            (order, customer, courier)))
-
-    @defer.inlineCallbacks
-    def login_on(self, server, uid):
-        client = yield connect_client(server.port, "/" + self.token(uid))
-        self._clients.append(client)
-        packet = yield client.next()
-        assert packet["type"] == "L", packet
-        return client
 
     async def take(self, courier_client, order, packet_id="take"):
         reply = await self.ask(courier_client, {"id": packet_id, "to": 0, "type": "T", "msg": order})

@@ -240,14 +240,6 @@ class TwoNodeReceiptTests(ReceiptTestMixin, unittest.TestCase):
         self.node2 = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": "test-node-2"}))).start()
         self.addCleanup(self.node2.stop)
 
-    @defer.inlineCallbacks
-    def login_on(self, server, uid):
-        client = yield connect_client(server.port, "/" + self.token(uid))
-        self._clients.append(client)
-        packet = yield client.next()
-        assert packet["type"] == "L", packet
-        return client
-
     async def test_sender_on_node_1_reader_on_node_2(self):
         await self.befriend(1, 2)
         alice = await self.login_on(self.server, 1)

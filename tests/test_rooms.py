@@ -33,14 +33,6 @@ class RoomTestMixin(MigratorTestMixin):
         return self.server.app.room_admin
 
     @defer.inlineCallbacks
-    def login_on(self, server, uid):
-        client = yield connect_client(server.port, "/" + self.token(uid))
-        self._clients.append(client)
-        packet = yield client.next()
-        assert packet["type"] == "L", packet
-        return client
-
-    @defer.inlineCallbacks
     def send(self, client, packet_id, text, room=ROOM, kind="t"):
         reply = yield self.ask(client, {"id": packet_id, "room": room, "type": kind, "msg": text})
         return reply

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from tests.daemon_support import start_daemon, write_config
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
-from tests.support import (DEADLINE, ImdServer, connect_client, drop, make_settings, settings_text, wait_until,
+from tests.support import (DEADLINE, ImdServer, drop, make_settings, settings_text, wait_until,
                            with_deadline)
 from tests.test_migrator import FAST, MigratorTestMixin
 from tests.test_migrator_crash import MigratorProcess
@@ -116,14 +116,6 @@ class SyncTestMixin(MigratorTestMixin):
         node = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": "test-node-2"}))).start()
         self.addCleanup(node.stop)
         return node
-
-    @defer.inlineCallbacks
-    def login_on(self, server, uid):
-        client = yield connect_client(server.port, "/" + self.token(uid))
-        self._clients.append(client)
-        packet = yield client.next()
-        assert packet["type"] == "L", packet
-        return client
 
     @defer.inlineCallbacks
     def sync(self, client, after, limit=100):
