@@ -1,13 +1,14 @@
 """Retention (``[retention] days``): messages older than that leave MySQL,
-with their receipts.
+with their receipts; room messages and room recalls too.
 
 The leading migrator's process runs it (like the ends of closed orders:
 only the holder of ``MQ:lock``), once every :data:`RUN_EVERY` seconds;
 ``imd-admin retention purge --older-than DAYS`` runs the same loop once.
 
 It never holds up the migrator's inserts: each batch is the :data:`BATCH`
-oldest rows, found through ``message_by_ts`` (sql/005) and deleted by
-primary key in one short transaction of its own (imd.stores.mysql
+oldest rows, found through ``message_by_ts`` (sql/005; room rows in pos
+order through their accept_seq keys) and deleted by primary key in one
+short transaction of its own (imd.stores.mysql
 ``MessageRows.purge_older``), which locks only the rows it deletes -- the
 inserts add rows at the other end of ``ts``.  Between batches it waits as
 long as the last batch took (at least :data:`PAUSE`): whatever MySQL has to

@@ -142,3 +142,75 @@ class LeaderPurgeTests(AdminAppMixin, unittest.TestCase):
         await wait_until(lambda: service._sleeping is not None, what="the pause after the first batch")
         await defer.maybeDeferred(service.stopService)
         self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM message"), ((200,),))
+
+
+def insert_room_aged(settings, room, rows):
+    """Room messages of ``room`` as ``[(seq, accept_seq, days_old)]``, and a
+    room recall at accept_seq + 1 of each one 40 days old or more."""
+    import time
+
+    import pymysql
+    now = int(time.time() * 1000)
+    conn = pymysql.connect(**connect_kwargs(settings))
+    try:
+        with conn.cursor() as cur:
+            for seq, accept_seq, days_old in rows:
+                ts = now - int(days_old * DAY_MS)
+                cur.execute("INSERT INTO room_message (room, seq, accept_seq, msg_id, from_id, type, msg, ts, packet)"
+                            " VALUES (%s, %s, %s, %s, 1, 't', 'old', %s, '{}')",
+                            (room, seq, accept_seq, "m%d" % seq, ts))
+                if days_old >= 40:
+                    cur.execute("INSERT INTO room_recall (accept_seq, room, msg_id, from_id, recalled_id, ts, packet)"
+                                " VALUES (%s, %s, %s, 1, %s, %s, '{}')",
+                                (accept_seq + 1, room, "d%d" % seq, "m%d" % seq, ts))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class RoomRetentionTests(AdminAppMixin, unittest.TestCase):
+    """Room messages and room recalls go with the one-to-one messages: the
+    oldest first in pos order, up to the first one newer than the cut-off."""
+
+    async def test_room_rows_older_than_the_cut_off_go(self):
+        await threads.deferToThread(insert_aged, self.mysql_settings, 30, 40, "old")
+        # r1: seqs 1-5 old (accept_seq 1000..1008 step 2), 6-7 new; a recall row after each old one
+        await threads.deferToThread(insert_room_aged, self.mysql_settings, "r1",
+                                    [(i, 998 + 2 * i, 45) for i in range(1, 6)]
+                                    + [(6, 2000, 5), (7, 2002, 5)])
+        out, _, _ = await self.admin("retention", "purge", "--older-than", "30", "--dry-run")
+        self.assertRegex(out, r"^retention purge: would delete 40 messages older than 30 days")
+        rows = MessageRows(self.app.mysql)
+        messages, receipts = await purge(rows, int(reactor.seconds() * 1000) - 30 * DAY_MS,
+                                         lambda s: task.deferLater(reactor, s, lambda: None), reactor.seconds,
+                                         batch=7)
+        self.assertEqual((messages, receipts), (40, 30))
+        self.assertEqual(await query(self.mysql_settings, "SELECT seq FROM room_message ORDER BY seq"), ((6,), (7,)))
+        self.assertEqual(await query(self.mysql_settings, "SELECT COUNT(*) FROM room_recall"), ((0,),))
+        # a sync from below what went says truncated: the mark is the highest pos removed (the last recall)
+        self.assertEqual(await query(self.mysql_settings, "SELECT accept_seq FROM log_mark WHERE name = 'purged'"),
+                         ((1009,),))
+
+    async def test_the_walk_stops_at_the_first_newer_row(self):
+        # a node's clock behind: an old row after a newer one in pos order waits for a later run
+        await threads.deferToThread(insert_room_aged, self.mysql_settings, "r2",
+                                    [(1, 10, 35), (2, 20, 5), (3, 30, 35)])
+        rows = MessageRows(self.app.mysql)
+        before = int(reactor.seconds() * 1000) - 30 * DAY_MS
+        self.assertEqual((await rows.count_older(before))[0], 1)
+        self.assertEqual(await rows.purge_older(before, 100), (1, 0))
+        self.assertEqual(await query(self.mysql_settings, "SELECT seq FROM room_message ORDER BY seq"), ((2,), (3,)))
+
+    async def test_positions_never_start_below_what_was_purged(self):
+        # every row older than the cut-off: the purge takes them all, and MQ:seq's
+        # floor at start-up is still the highest pos clients have seen
+        await threads.deferToThread(insert_aged, self.mysql_settings, 10, 40, "old")
+        await threads.deferToThread(insert_room_aged, self.mysql_settings, "r3", [(1, 500, 45)])
+        rows = MessageRows(self.app.mysql)
+        self.assertEqual(await self.app.mysql.max_accept_seq(), 501)
+        await purge(rows, int(reactor.seconds() * 1000) - 30 * DAY_MS,
+                    lambda s: task.deferLater(reactor, s, lambda: None), reactor.seconds)
+        self.assertEqual(await query(self.mysql_settings, "SELECT (SELECT COUNT(*) FROM message)"
+                                                          " + (SELECT COUNT(*) FROM room_message)"
+                                                          " + (SELECT COUNT(*) FROM room_recall)"), ((0,),))
+        self.assertEqual(await self.app.mysql.max_accept_seq(), 501)

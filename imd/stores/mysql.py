@@ -323,8 +323,9 @@ class MysqlStore(Service):
         return self.run_interaction(_stream_txn, Selection(uid, after_pos=after_pos), limit)
 
     def max_accept_seq(self) -> defer.Deferred:
-        """The highest accept_seq in ``message`` and ``room_message`` (0
-        when empty), by their pos keys: the floor of ``MQ:seq`` at start-up."""
+        """The highest accept_seq in ``message``, ``room_message`` and
+        ``room_recall``, or that retention removed (0 when none), by their
+        pos keys: the floor of ``MQ:seq`` at start-up."""
         return self.run_interaction(_max_accept_seq_txn)
 
     # --- rooms (contract v3 §9) ------------------------------------------------------
@@ -567,9 +568,12 @@ def _stream_txn(cursor: pymysql.cursors.Cursor, selection: Selection, limit: int
 
 
 def _max_accept_seq_txn(cursor: pymysql.cursors.Cursor) -> int:
+    # (and the highest one retention removed: a purge that took every row
+    # must not let positions start again below what clients have seen)
     cursor.execute("SELECT GREATEST(COALESCE((SELECT MAX(accept_seq) FROM message), 0),"
                    " COALESCE((SELECT MAX(accept_seq) FROM room_message), 0),"
-                   " COALESCE((SELECT MAX(accept_seq) FROM room_recall), 0))")
+                   " COALESCE((SELECT MAX(accept_seq) FROM room_recall), 0),"
+                   " COALESCE((SELECT accept_seq FROM log_mark WHERE name = %s), 0))", (PURGED_MARK,))
     return int(cursor.fetchone()[0] or 0)
 
 
@@ -811,13 +815,17 @@ class MessageRows:
         return self.store.run_interaction(_misfiled_txn, since, until, limit)
 
     def count_older(self, before: int) -> defer.Deferred:
-        """``(rows, oldest ts or None)`` of the messages with ``ts < before``."""
+        """``(rows, oldest ts or None)`` of the messages with ``ts < before``:
+        one-to-one and those of rooms (room messages and recalls, as the
+        purge takes them: oldest first up to the first newer one)."""
         return self.store.run_interaction(_count_older_txn, before)
 
     def purge_older(self, before: int, limit: int) -> defer.Deferred:
         """Delete up to ``limit`` of the oldest messages with ``ts < before``
-        and their receipts, in one short transaction: fires with
-        ``(messages deleted, receipts deleted)``."""
+        and their receipts, then with what ``limit`` leaves the oldest room
+        messages and room recalls, in one short transaction: fires with
+        ``(messages deleted, receipts deleted)`` (room rows count as
+        messages)."""
         return self.store.run_interaction(_purge_older_txn, before, limit)
 
 
@@ -849,29 +857,83 @@ def _count_older_txn(cursor: pymysql.cursors.Cursor, before: int) -> Tuple[int, 
     # message_by_ts (sql/005): read from the index alone
     cursor.execute("SELECT COUNT(*), MIN(ts) FROM message WHERE ts < %s", (before,))
     count, oldest = cursor.fetchone()
-    return int(count), (int(oldest) if oldest is not None else None)
+    count, oldest = int(count), (int(oldest) if oldest is not None else None)
+    for table in _ROOM_TABLES:
+        after = -1
+        while True:   # the rows the purge would take, walked in pos order (no key on ts)
+            cursor.execute("SELECT accept_seq, ts FROM " + table + " WHERE accept_seq > %s"
+                           " ORDER BY accept_seq LIMIT %s", (after, _ROOM_WALK))
+            found = cursor.fetchall()
+            older = _older_prefix(found, before)
+            count += len(older)
+            if older:
+                first = min(int(ts) for _, ts in older)
+                oldest = first if oldest is None else min(oldest, first)
+            if len(older) < _ROOM_WALK:
+                break
+            after = found[-1][0]
+    return count, oldest
+
+
+# Room messages and room recalls (sql/009, sql/010) have no key on ts: the
+# purge walks them in pos order (their accept_seq key) and takes each one
+# older than the cut-off until the first that is not.  The accept order and
+# ts go together (ts is the accepting node's clock at the store), so what a
+# node's clock running a few ms behind leaves waits for the next run.
+_ROOM_TABLES = ("room_message", "room_recall")
+_ROOM_WALK = 5000   # rows read at a time by the count
+
+
+def _older_prefix(rows: Sequence[Tuple[Union[int, str], ...]], before: int) -> Sequence[Tuple[Union[int, str], ...]]:
+    """The leading ``rows`` (whose last column is ts) with ``ts < before``."""
+    for i, row in enumerate(rows):
+        if int(row[-1]) >= before:
+            return rows[:i]
+    return rows
 
 
 def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) -> Tuple[int, int]:
     # A plain (non-locking) read of the batch, then deletes by primary key:
     # the transaction locks only the rows it deletes, never a range, so the
     # migrator's inserts (new rows, at the other end of ts) never wait on it.
+    # One-to-one messages first, then, with what is left of ``limit``, room
+    # messages and room recalls (oldest first by pos, _ROOM_TABLES).
     cursor.execute("SELECT seq, from_id, msg_id, to_id, accept_seq FROM message WHERE ts < %s ORDER BY ts LIMIT %s",
                    (before, limit))
     found = cursor.fetchall()
-    if not found:
-        return 0, 0
-    # a sync from below the highest position removed says "truncated"
-    # (contract §10): recorded with the delete, in the same transaction
-    cursor.execute("INSERT INTO log_mark (name, accept_seq) VALUES (%s, %s)"
-                   " ON DUPLICATE KEY UPDATE accept_seq = GREATEST(accept_seq, VALUES(accept_seq))",
-                   (PURGED_MARK, max(row[4] for row in found)))
-    rows = [row[:4] for row in found]
-    receipts = cursor.execute("DELETE FROM receipt WHERE (from_id, msg_id, to_id) IN ("
-                              + ",".join(["(%s,%s,%s)"] * len(rows)) + ")",
-                              [value for _, from_id, msg_id, to_id in rows for value in (from_id, msg_id, to_id)])
-    deleted = cursor.execute("DELETE FROM message WHERE seq IN (" + ",".join(["%s"] * len(rows)) + ") AND ts < %s",
-                             [seq for seq, _, _, _ in rows] + [before])
+    deleted = receipts = 0
+    highest = 0
+    if found:
+        highest = max(row[4] for row in found)
+        rows = [row[:4] for row in found]
+        receipts = cursor.execute("DELETE FROM receipt WHERE (from_id, msg_id, to_id) IN ("
+                                  + ",".join(["(%s,%s,%s)"] * len(rows)) + ")",
+                                  [value for _, from_id, msg_id, to_id in rows for value in (from_id, msg_id, to_id)])
+        deleted = cursor.execute("DELETE FROM message WHERE seq IN (" + ",".join(["%s"] * len(rows)) + ")"
+                                 " AND ts < %s", [seq for seq, _, _, _ in rows] + [before])
+    if deleted < limit:
+        cursor.execute("SELECT room, seq, accept_seq, ts FROM room_message ORDER BY accept_seq LIMIT %s",
+                       (limit - deleted,))
+        older = _older_prefix(cursor.fetchall(), before)
+        if older:
+            highest = max(highest, max(int(row[2]) for row in older))
+            deleted += cursor.execute("DELETE FROM room_message WHERE (room, seq) IN ("
+                                      + ",".join(["(%s,%s)"] * len(older)) + ") AND ts < %s",
+                                      [value for room, seq, _, _ in older for value in (room, seq)] + [before])
+    if deleted < limit:
+        cursor.execute("SELECT accept_seq, ts FROM room_recall ORDER BY accept_seq LIMIT %s", (limit - deleted,))
+        older = _older_prefix(cursor.fetchall(), before)
+        if older:
+            highest = max(highest, max(int(row[0]) for row in older))
+            deleted += cursor.execute("DELETE FROM room_recall WHERE accept_seq IN ("
+                                      + ",".join(["%s"] * len(older)) + ") AND ts < %s",
+                                      [seq for seq, _ in older] + [before])
+    if highest:
+        # a sync from below the highest position removed says "truncated"
+        # (contract §10): recorded with the delete, in the same transaction
+        cursor.execute("INSERT INTO log_mark (name, accept_seq) VALUES (%s, %s)"
+                       " ON DUPLICATE KEY UPDATE accept_seq = GREATEST(accept_seq, VALUES(accept_seq))",
+                       (PURGED_MARK, highest))
     return deleted, receipts
 
 
