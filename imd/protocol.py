@@ -225,11 +225,14 @@ ClientPacket = Union[MessagePacket, PingPacket, TakeOrderPacket, SitePacket, Onl
                      RoomHistoryPacket]
 
 MAX_ROOM_CHARS = 64
-_ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % MAX_ROOM_CHARS)
+# ("." and ".." are not ids: in the API's paths, /IM/api/rooms/<room>/...,
+# a proxy that normalises paths would turn them into another route)
+_ROOM_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,%d}\Z" % MAX_ROOM_CHARS)
 
 
 def valid_room(value: object) -> bool:
-    """A room id (contract v3 §9): 1-64 characters of ``A-Z a-z 0-9 _ . : -``."""
+    """A room id (contract v3 §9): 1-64 characters of ``A-Z a-z 0-9 _ . : -``,
+    but not ``.`` or ``..``."""
     return isinstance(value, str) and _ROOM_ID.match(value) is not None
 
 

@@ -94,7 +94,7 @@ class RoomMessageTests(RoomTestMixin, unittest.TestCase):
         alice, mallory = await self.login(1), await self.login(9)
         self.assertEqual((await self.send(mallory, "x", "let me in"))["code"], "forbidden")
         self.assertEqual((await self.send(alice, "y", "where", room="order:43"))["code"], "not_found")
-        for bad in ("", "a" * 65, "sp ace", "ü", 5, None):
+        for bad in ("", "a" * 65, "sp ace", "ü", ".", "..", 5, None):
             reply = await self.ask(alice, {"id": "z", "room": bad, "type": "t", "msg": "x"})
             self.assertEqual(reply["code"], "bad_packet", bad)
         reply = await self.ask(alice, {"id": "z", "room": ROOM, "to": 2, "type": "t", "msg": "x"})
@@ -639,6 +639,7 @@ class RoomApiTests(ApiTestMixin, unittest.TestCase):
         self.assert_error(await self.api("POST", "rooms/nope/send", {"msg": {}}), 404)
         self.assert_error(await self.api("POST", "rooms/nope/close"), 404)
         for body in ({"members": [1]}, {"room": "bad room", "members": [1]}, {"room": "a" * 65, "members": [1]},
+                     {"room": ".", "members": [1]}, {"room": "..", "members": [1]},
                      {"room": ROOM}, {"room": ROOM, "members": [0]}, {"room": ROOM, "members": "1"},
                      {"room": ROOM, "members": [1], "meta": []}, {"room": ROOM, "members": [1], "x": 1},
                      {"room": ROOM, "members": list(range(1, 52))}):

@@ -354,7 +354,8 @@ def order_close(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[
 def _room(text: str) -> str:
     from imd.protocol import MAX_ROOM_CHARS, valid_room
     if not valid_room(text):
-        raise argparse.ArgumentTypeError("a room id is 1-%d characters of A-Z a-z 0-9 _ . : -" % MAX_ROOM_CHARS)
+        raise argparse.ArgumentTypeError("a room id is 1-%d characters of A-Z a-z 0-9 _ . : -, but not . or .."
+                                         % MAX_ROOM_CHARS)
     return text
 
 

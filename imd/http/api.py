@@ -368,7 +368,8 @@ class ApiResource(JsonResource):
     def _room_id(value: object) -> str:
         text = value.decode("latin-1") if isinstance(value, bytes) else value
         if not protocol.valid_room(text):
-            raise HttpError(400, "the room id must be 1-%d characters of A-Z a-z 0-9 _ . : -" % protocol.MAX_ROOM_CHARS)
+            raise HttpError(400, "the room id must be 1-%d characters of A-Z a-z 0-9 _ . : -, but not . or .."
+                            % protocol.MAX_ROOM_CHARS)
         return cast(str, text)
 
     @staticmethod

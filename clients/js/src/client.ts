@@ -38,7 +38,7 @@ const SIGNAL_TYPES: ReadonlySet<string> = new Set(["R", "Y", "S"]);
 const REPLY_TYPES: ReadonlySet<string> = new Set(["A", "E", "P", "O", "H"]);
 /** The server's default `[websocket] max_message_bytes`: a larger frame is closed with 1009. */
 const MAX_FRAME_BYTES = 65536;
-const ROOM_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
+const ROOM_ID = /^(?!\.\.?$)[A-Za-z0-9_.:-]{1,64}$/;
 const DIGITS = /^[0-9]+$/;
 /** Own acked ids kept without a position to prune them by (servers before version 3). */
 const MAX_UNPOSITIONED_OWN_IDS = 1000;
@@ -141,7 +141,7 @@ function checkTarget(input: { to?: unknown; room?: unknown }): Target {
   if (input.room !== undefined && input.room !== null) {
     if (input.to !== undefined && input.to !== null && input.to !== 0) throw badPacket("give either to or room, not both");
     if (typeof input.room !== "string" || !ROOM_ID.test(input.room)) {
-      throw badPacket("room must be 1-64 characters of A-Z a-z 0-9 _ . : -");
+      throw badPacket("room must be 1-64 characters of A-Z a-z 0-9 _ . : -, but not . or ..");
     }
     return { room: input.room };
   }

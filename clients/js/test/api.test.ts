@@ -160,6 +160,8 @@ describe("api", () => {
       { to: "2a", type: "t", msg: "not digits" },
       { room: "has space", type: "t", msg: "x" },
       { room: "x".repeat(65), type: "t", msg: "x" },
+      { room: ".", type: "t", msg: "x" },
+      { room: "..", type: "t", msg: "x" },
       { to: 2, type: "s", msg: { a: 1 } },
       { to: 2, type: "t", msg: "" },
       { to: 2, type: "t", msg: 5 },
