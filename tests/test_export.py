@@ -13,6 +13,7 @@ from twisted.internet import reactor, threads, utils
 from twisted.trial import unittest
 
 from imd import protocol
+from imd.admin import export as admin_export
 from imd.errors import AdminError
 from imd.handlers.history import HistoryHandler
 from imd.messagelog.entry import id_json, receipt_entry_parts
@@ -194,3 +195,69 @@ class LargeExportTests(AdminAppMixin, unittest.TestCase):
             exported = [json.loads(line) for line in f]
         self.assertEqual(len(exported), 100000)
         self.assertEqual(exported, await history(self.app, 1, 2))
+
+
+class RoomExportTests(AdminAppMixin, unittest.TestCase):
+    """``export --room``: a room's messages by seq, migrated and still in
+    Redis, each once, a recalled one as its tombstone, paged through MySQL."""
+
+    ROOM = "order:77"
+
+    async def say(self, sender, packet_id, text, ts):
+        head = protocol.room_message_head(packet_id, sender, self.ROOM, "t", text, ts)
+        return await self.app.rooms.store(self.ROOM, sender, packet_id, head, ts)
+
+    async def room(self, migrated, pending):
+        now = int(reactor.seconds() * 1000)
+        await self.app.room_admin.create(self.ROOM, [1, 2])
+        for n in range(migrated):
+            await self.say(1 + n % 2, "m%d" % n, "migrated %d" % n, now - 100000 + n)
+        await self.migrate()
+        for n in range(pending):
+            await self.say(2, "p%d" % n, "pending %d" % n, now - 1000 + n)
+        return now
+
+    async def exported(self, *argv):
+        out, _, progress_text = await self.admin("export", "--room", self.ROOM, *argv)
+        return out, progress_text
+
+    async def test_every_message_once_by_seq_with_tombstones(self):
+        self.patch(admin_export, "ROOM_PAGE", 7)   # several pages of MySQL, a boundary inside a page
+        await self.room(20, 5)
+        # one migrated message recalled: its D still in Redis, the row in MySQL still with the text
+        self.assertTrue(await self.app.recaller.delete_room(1, self.ROOM, "m4"))
+        out, progress_text = await self.exported()
+        items = [json.loads(line) for line in out.splitlines()]
+        # the room's created/joined events are stored messages of the room too
+        texts = [i for i in items if i["type"] == "t"]
+        self.assertEqual([i["seq"] for i in items], list(range(1, len(items) + 1)))
+        self.assertEqual([i["id"] for i in texts], ["m%d" % n for n in range(20)] + ["p%d" % n for n in range(5)])
+        m4 = next(i for i in texts if i["id"] == "m4")
+        self.assertEqual((m4["msg"], m4.get("recalled")), ("", True))
+        self.assertEqual(next(i for i in texts if i["id"] == "p3")["msg"], "pending 3")
+        self.assertNotIn("migrated 4", out)
+        self.assertIn("export: room order:77, 1970-01-01T00:00:00.000Z .. now: %d messages" % len(items),
+                      progress_text)
+
+    async def test_csv_and_a_window(self):
+        now = await self.room(6, 2)
+        out, _ = await self.exported("--format", "csv", "--since", str(now - 100000 + 2),
+                                     "--until", str(now - 1000 + 1))
+        rows = list(csv.reader(io.StringIO(out)))
+        self.assertEqual(rows[0], ["ts", "time", "room", "seq", "from", "id", "type", "msg"])
+        self.assertEqual([row[5] for row in rows[1:]], ["m2", "m3", "m4", "m5", "p0"])
+        m3 = rows[1:][1]
+        self.assertEqual((m3[0], m3[2], m3[4], m3[6], m3[7]), (str(now - 100000 + 3), self.ROOM, "2", "t",
+                                                               "migrated 3"))
+
+    async def test_refusals(self):
+        for bad in (".", "..", "a b"):
+            out, err, code = await self.run_admin("export", "--room", bad)
+            self.assertEqual(code, 2, bad)
+            self.assertIn("a room id is 1-64 characters", err.decode("utf-8"))
+        out, err, code = await self.run_admin("export", "--room", "r", "--user", "1")
+        self.assertEqual(code, 2)
+        self.assertIn("not allowed with argument", err.decode("utf-8"))
+        out, err, code = await self.run_admin("export", "--room", "r", "--with", "1")
+        self.assertEqual((code, out), (1, b""))
+        self.assertIn("--with goes with --user, not --room", err.decode("utf-8"))

@@ -207,12 +207,15 @@ def add_audit_commands(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--order", type=_uid, metavar="ORDER", help="the order's conversation (courier and customer)")
     which.add_argument("--user", type=_uid, metavar="UID", help="every message UID sent or received")
+    which.add_argument("--room", type=_room, metavar="ROOM", help="a room's messages, by its seq, as H {room} "
+                                                                 "pages them (no receipt state)")
     export.add_argument("--with", dest="with_uid", type=_uid, metavar="UID", help="with --user: only with this user")
     export.add_argument("--since", type=when, metavar="TIME", help="from this time on")
     export.add_argument("--until", type=when, metavar="TIME", help="before this time")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                         help="jsonl: the packets as H delivers them, one a line; csv: ts, time, from, to, id, type, "
-                             "state, msg (default: %(default)s)")
+                             "state, msg; with --room: ts, time, room, seq, from, id, type, msg (default: "
+                             "%(default)s)")
     export.set_defaults(run=admin_export.export)
 
     retention = commands.add_parser("retention", help="messages older than a number of days")

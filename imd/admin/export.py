@@ -1,6 +1,6 @@
-"""``imd-admin export --order ORDER | --user UID [--with UID] [--since]
-[--until] [--format jsonl|csv]``: a conversation as history (``H``) shows
-it, for support or an archive.
+"""``imd-admin export --order ORDER | --user UID [--with UID] | --room ROOM
+[--since] [--until] [--format jsonl|csv]``: a conversation as history
+(``H``) shows it, for support or an archive.
 
 Each message with its receipt state (``sent``, ``delivered``, ``read``),
 oldest first by ``(ts, accept order)``.  The messages still in Redis
@@ -18,19 +18,32 @@ migrator has not stored yet) are held.
 customer, imd.stores.orders), from its ``T`` to the end of the conversation
 (its friendship's end after the close; now while open), and the ``closed``
 event imd sent each of them.  The record lasts 30 days after the end.
+
+``--room``: a room's messages (contract v3 §9) as ``H {"room"}`` pages them,
+by the room's seq: those still in Redis (``roompending:<room>``) read
+first, then ``room_message`` a page of :data:`ROOM_PAGE` at a time by its
+primary key, merged by the merge ``H {"room"}`` uses (imd.handlers.rooms
+``merge_room``: each seq once, a recalled message as its tombstone).  No
+receipt state: a room's reads are its members' cursors (``imd-admin room
+show``).  The room need not exist any more in Redis: its rows in MySQL are
+exported.
 """
 
 import argparse
+import bisect
 import csv
+import json
 import sys
-from typing import TYPE_CHECKING, Any, Generator, List, NamedTuple, Optional, TextIO, Tuple
+from typing import (TYPE_CHECKING, Any, Dict, Generator, List, NamedTuple, Optional, Sequence, TextIO, Tuple, Union,
+                    cast)
 
 from twisted.internet import defer, threads
 
 from imd import protocol
 from imd.errors import AdminError
+from imd.handlers.rooms import merge_room
 from imd.progress import progress
-from imd.messagelog.entry import StoredMessage
+from imd.messagelog.entry import StoredMessage, StoredRoomMessage, parse_entry
 from imd.messagelog.merge import Pending, Selection, merged
 from imd.stores.mysql import LogReader
 from imd.timespec import iso
@@ -40,6 +53,9 @@ if TYPE_CHECKING:
 
 NO_END = 2 ** 63 - 1
 CSV_COLUMNS = ("ts", "time", "from", "to", "id", "type", "state", "msg")
+ROOM_CSV_COLUMNS = ("ts", "time", "room", "seq", "from", "id", "type", "msg")
+ROOM_PAGE = 1000                # room_message rows read at a time
+ROOM_PENDING_MAX = 10_000_000   # a room's entries still in Redis: all of them
 
 
 class Conversation(NamedTuple):
@@ -129,6 +145,9 @@ def write_export(mysql_settings: Any, conv: Conversation, entries: List[str], fm
 
 @defer.inlineCallbacks
 def export(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, Any, None]:
+    if getattr(args, "room", None) is not None:
+        yield export_room(app, args, out)
+        return
     conv = yield conversation_of(app, args)
     # Redis before MySQL, as H: whatever leaves pending meanwhile has committed
     entries = yield app.messages.pending(conv.uid)
@@ -140,3 +159,89 @@ def export(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer
     stream = getattr(args, "progress_stream", None) or sys.stderr
     stream.write("export: %s, %s .. %s: %d messages\n"
                  % (conv.title, iso(conv.since), "now" if conv.until >= NO_END else iso(conv.until), written))
+
+
+class RoomJsonLines:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, packet: bytes, fields: Dict[str, object]) -> None:
+        self.out.write(packet.decode("utf-8") + "\n")
+
+
+class RoomCsvRows:
+    def __init__(self, out: TextIO) -> None:
+        self.writer = csv.writer(out, lineterminator="\n")
+        self.writer.writerow(ROOM_CSV_COLUMNS)
+
+    def write(self, packet: bytes, fields: Dict[str, object]) -> None:
+        msg = fields.get("msg")
+        self.writer.writerow((fields["ts"], iso(cast(int, fields["ts"])), fields["room"], fields["seq"], fields["from"],
+                              fields["id"], fields["type"],
+                              msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False,
+                                                                           separators=(",", ":"))))
+
+
+class RoomPending:
+    """A room's entries still in Redis, read once: its messages by seq (to
+    hand each page only the ones it can hold) and its recalls (every page
+    needs them: a recall may name a message of any page)."""
+
+    def __init__(self, entries: Sequence[Union[str, bytes]]) -> None:
+        self.seqs: List[int] = []
+        self.messages: List[str] = []
+        self.recalls: List[str] = []
+        found = []
+        for entry in entries:
+            text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
+            try:
+                value = parse_entry(text)
+            except ValueError:
+                continue
+            if isinstance(value, StoredRoomMessage):
+                found.append((value.room_seq, text))
+            else:
+                self.recalls.append(text)
+        found.sort()
+        self.seqs = [seq for seq, _ in found]
+        self.messages = [text for _, text in found]
+
+    def between(self, after_seq: int, last_seq: Optional[int]) -> List[str]:
+        """The recalls, and the messages with ``after_seq < seq <= last_seq``
+        (None: no upper end)."""
+        start = bisect.bisect_right(self.seqs, after_seq)
+        end = len(self.seqs) if last_seq is None else bisect.bisect_right(self.seqs, last_seq)
+        return self.messages[start:end] + self.recalls
+
+
+@defer.inlineCallbacks
+def export_room(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[defer.Deferred, object, None]:
+    if args.with_uid is not None:
+        raise AdminError("--with goes with --user, not --room")
+    since, until = _bounded(args, app.clock.seconds(), 0, NO_END)
+    # Redis before MySQL, as H {"room"}: whatever leaves roompending meanwhile has committed
+    pending = RoomPending(cast(Optional[List[str]], (yield app.rooms.pending(args.room, 0, 0, ROOM_PENDING_MAX))) or [])
+    writer = RoomJsonLines(out) if args.format == "jsonl" else RoomCsvRows(out)
+    bar = progress("export", None, "messages", getattr(args, "progress_stream", None))
+    written = 0
+    after = 0
+    try:
+        while True:
+            rows = cast(List[Tuple[int, str]], (yield app.mysql.room_history(args.room, after, ROOM_PAGE)))
+            last = rows[-1][0] if len(rows) >= ROOM_PAGE else None
+            page = merge_room(pending.between(after, last), rows, after, ROOM_PAGE)
+            if not page:
+                break
+            for _, packet in page:
+                fields = json.loads(packet)
+                if since <= cast(int, fields["ts"]) < until:
+                    writer.write(packet, fields)
+                    written += 1
+            bar.update(len(page))
+            after = page[-1][0]
+        out.flush()
+    finally:
+        bar.close()
+    stream = getattr(args, "progress_stream", None) or sys.stderr
+    stream.write("export: room %s, %s .. %s: %d messages\n"
+                 % (args.room, iso(since), "now" if until >= NO_END else iso(until), written))
