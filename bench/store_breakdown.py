@@ -10,6 +10,7 @@ on a shared machine.
 
 VARIANT: one of EDITS below.  The edited scripts are for measuring only:
 they break the contract (no dedup record, no conversation list, ...).
+``original`` stores entries without a seq: with the fanout probe only.
 """
 import os
 import runpy
@@ -25,6 +26,27 @@ EDITS = {
     "base": [],
     # the script's floor: EVALSHA with its keys and arguments, nothing run
     "empty": [("if redis.call('SISMEMBER'", "do return {1, 1} end\nif redis.call('SISMEMBER'")],
+    # the cost of a redis.call as such: as many as the script makes (15, one pair on one node), each
+    # a SISMEMBER of the same small set, nothing written
+    "calls": [("if redis.call('SISMEMBER'", "for _ = 1, 15 do redis.call('SISMEMBER', KEYS[1], ARGV[1]) end\n"
+               "do return {1, 1} end\nif redis.call('SISMEMBER'")],
+    # the original design's script (bench/original/server.js: SISMEMBER, LPUSH), with this one's arguments
+    "original": [("if redis.call('SISMEMBER'", "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
+                  "redis.call('LPUSH', KEYS[3], ARGV[2])\ndo return {1, 1} end\nif redis.call('SISMEMBER'")],
+    # the fanout's PUBLISHes (its ZRANGEs and frames still made): "publish" is a local function
+    "nopublish": [("local function fanout(", "local function publish() end\nlocal function fanout("),
+                  ("redis.call('PUBLISH', ", "publish(")],
+    # the fanout cut to its two ZRANGE dev:<uid> (nothing made of their replies, nothing published)
+    "zrangeonly": [("if ARGV[5] ~= '' then fanout(",
+                    "redis.call('ZRANGE', KEYS[7], 0, -1) redis.call('ZRANGE', KEYS[8], 0, -1)\n"
+                    "if false then fanout(")],
+    # the lower bound of the fanout's Lua: its two ZRANGEs and the one frame the one-node case publishes
+    # ("same": sender n1 c1, recipient on n1), made in one go (for that case only)
+    "fanoutfloor": [("if ARGV[5] ~= '' then fanout(",
+                     "redis.call('ZRANGE', KEYS[7], 0, -1) redis.call('ZRANGE', KEYS[8], 0, -1)\n"
+                     "redis.call('PUBLISH', ARGV[5] .. 'n1',"
+                     " 'x ' .. ARGV[4] .. ' c1 ' .. seq .. ' ' .. ARGV[1] .. ' ' .. delivered)\n"
+                     "if false then fanout(")],
     "nodedup": [(DEDUP_SET, "")],                       # the dedup record's SET ... EX
     "nopending": [(PENDING, "")],                       # both pending:<uid> ZADDs
     "noconversation": CONVERSATIONS,                    # note_conversation for both parties
