@@ -60,7 +60,8 @@ def main():
                 parts = st.read().rsplit(")", 1)[1].split()
             return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
         keys = Keys("", 0)
-        sha = {name: call("SCRIPT", "LOAD", Script.load(name).text).decode() for name in ("store_message", "claim", "ack")}
+        sha = {name: call("SCRIPT", "LOAD", Script.load(name).text).decode()
+               for name in ("store_message", "claim", "ack")}
         rng = random.Random(29)
         for u in range(1, USERS + 1):
             call("SADD", keys.friends(u), *range(1, USERS + 1))
