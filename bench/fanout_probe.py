@@ -5,15 +5,19 @@ redis-server CPU µs per call of three rounds and the bytes the subscribers
 read.  Run it with a checkout's venv to compare two (docs/performance.md,
 "Ordered delivery's cost"):
 
-    .venv/bin/python bench/fanout_probe.py [PORT] [same|two|nofanout]
+    .venv/bin/python bench/fanout_probe.py [PORT] [same|two|nofanout] [aof]
 
 same: both parties on one node; two: the recipient on another;
-nofanout: nothing published (the script without its fanout).
+nofanout: nothing published (the script without its fanout); aof: the
+server with an append-only file (appendfsync no, in a temporary directory),
+which every write of the script goes to as it would to a replica.
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -23,6 +27,7 @@ from imd.stores.redis import Script
 
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 6391
 CASE = sys.argv[2] if len(sys.argv) > 2 else "same"   # same node / two nodes
+AOF = sys.argv[3:4] == ["aof"]
 N = 20000
 
 
@@ -36,8 +41,10 @@ def enc(*args):
 
 def main():
     # (stopped below by its pid)
+    folder = tempfile.mkdtemp(prefix="fanout_probe")
+    persistence = ["--appendonly", "yes", "--appendfsync", "no"] if AOF else ["--appendonly", "no"]
     proc = subprocess.Popen(["redis-server", "--port", str(PORT), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                             "--dir", folder] + persistence, stdout=subprocess.DEVNULL)
     time.sleep(0.3)
     try:
         c = socket.create_connection(("127.0.0.1", PORT))
@@ -105,12 +112,13 @@ def main():
             results.append((cpu() - t0) / N * 1e6)
             c.sendall(enc("DEL", keys.mq))
             reply()
-        print("%s %s: redis-server CPU µs per store_message, 3 rounds: %s; bytes to subscribers %d"
+        print("%s %s%s: redis-server CPU µs per store_message, 3 rounds: %s; bytes to subscribers %d"
               % (os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(imd.__file__)))),
-                 CASE, " ".join("%.2f" % r for r in results), got[0]))
+                 CASE, " aof" if AOF else "", " ".join("%.2f" % r for r in results), got[0]))
     finally:
         proc.terminate()
         proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 main()
