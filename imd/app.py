@@ -148,7 +148,7 @@ class App:
         node = self.node
         self.text_policy = self._text_policy()
         messages = MessageHandler(self.messages, node, self.clock, settings.log.messages, self.text_policy)
-        room_recalls = RoomRecallStore(self.redis_client, keys, settings.redis.dedup_ttl, self.push_notes)
+        room_recalls = RoomRecallStore(self.redis_client, keys, self.rooms, settings.redis.dedup_ttl, self.push_notes)
         self.recaller = Recaller(self.recalls, self.mysql, node, self.clock,
                                  rooms=RoomRecaller(room_recalls, self.mysql, node, self.clock))
         self.eraser = Eraser(ErasureStore(self.redis_client, keys), self.mysql, self.recaller, node.kick, self.metrics)

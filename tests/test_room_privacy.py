@@ -461,6 +461,127 @@ class RoomRecallTwoNodeTests(RoomTestMixin, unittest.TestCase):
             self.assertEqual((packet["type"], packet["msg"], packet["pos"]), ("D", "m1", reply["pos"]))
 
 
+    async def test_a_removed_sender_recalls_the_d_goes_to_the_members_only(self):
+        # (contract §11) its A still comes at once: its node gets a frame without the packet
+        self.patch(self.server.app.node, "frame_timeout", 600.0)
+        await self.admin.create(ROOM, [1, 2, 3])
+        alice, alice_web = await self.login_on(self.server, 1), await self.login_on(self.server, 1)
+        bob, carol = await self.login_on(self.node2, 2), await self.login_on(self.server, 3)
+        await self.send(alice, "m1", "oops")
+        for client in (alice_web, bob, carol):
+            self.assertEqual((await client.next())["id"], "m1")
+        await self.node2.app.room_admin.change(ROOM, [], [1])
+        for client in (alice, alice_web, bob, carol):
+            self.assertEqual((await client.next())["msg"]["event"], "left")
+        reply = await self.ask(alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual(reply["type"], "A", reply)
+        for client in (bob, carol):
+            packet = await client.next()
+            self.assertEqual((packet["type"], packet["msg"], packet["pos"]), ("D", "m1", reply["pos"]))
+        for client in (alice, alice_web, bob, carol):
+            await next_is_pong(self, client)
+
+    async def test_members_changed_through_the_other_node_get_the_d(self):
+        # node 1's room store knows [1, 2] from a first send; node 2 swaps bob for carol
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob = await self.login_on(self.server, 1), await self.login_on(self.node2, 2)
+        await self.send(alice, "m1", "oops")
+        self.assertEqual((await bob.next())["id"], "m1")
+        await self.node2.app.room_admin.change(ROOM, [3], [2])
+        self.assertEqual((await bob.next())["msg"]["event"], "left")
+        carol = await self.login_on(self.node2, 3)
+        reply = await self.ask(alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        packet = await carol.next()
+        self.assertEqual((packet["type"], packet["msg"], packet["pos"]), ("D", "m1", reply["pos"]))
+        await next_is_pong(self, bob)
+
+    async def test_without_publishing_the_node_delivers_the_d(self):
+        # [redis] min_replicas: the script publishes nothing, the node
+        # delivers once stored (the API's delete as a member's recall)
+        for server in (self.server, self.node2):
+            self.patch(server.app.rooms, "publishes", False)
+            self.patch(server.app.rooms, "_prefix", "")
+        await self.admin.create(ROOM, [1, 2])
+        alice, alice_web = await self.login_on(self.server, 1), await self.login_on(self.node2, 1)
+        bob = await self.login_on(self.node2, 2)
+        for packet_id in ("m1", "m2"):
+            await self.send(alice, packet_id, "oops")
+            for client in (alice_web, bob):
+                self.assertEqual((await client.next())["id"], packet_id)
+        reply = await self.ask(alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual(reply["type"], "A", reply)
+        for client in (alice_web, bob):
+            packet = await client.next()
+            self.assertEqual((packet["type"], packet["msg"], packet["pos"]), ("D", "m1", reply["pos"]))
+        self.assertTrue(await self.node2.app.recaller.delete_room(1, ROOM, "m2"))
+        for client in (alice, alice_web, bob):
+            packet = await client.next()
+            self.assertEqual((packet["type"], packet["msg"]), ("D", "m2"))
+        for client in (alice, alice_web, bob):
+            await next_is_pong(self, client)
+
+    async def test_the_a_waits_for_its_nodes_frame(self):
+        """The D's A leaves once the sending connection's node has handled
+        the frame the script published to it (so it never runs ahead of
+        packets of lower pos that node delivers)."""
+        await self.admin.create(ROOM, [1, 2])
+        alice, bob = await self.login_on(self.server, 1), await self.login_on(self.node2, 2)
+        await self.send(alice, "m1", "oops")
+        self.assertEqual((await bob.next())["id"], "m1")
+        subscriber = self.server.app.bus._subscriber
+        deliver, held = subscriber.on_message, []
+        self.patch(subscriber, "on_message", held.append)
+        alice.send({"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        packet = await bob.next()
+        self.assertEqual((packet["type"], packet["msg"]), ("D", "m1"))
+        await wait_until(lambda: held, what="the D's frame on node 1")
+        await next_is_pong(self, bob)
+        self.assertEqual(alice.received.pending, [], "the A came before its frame")
+        for frame in held:
+            deliver(frame)
+        reply = await alice.next()
+        self.assertEqual((reply["type"], reply["id"], reply["pos"]), ("A", "d1", packet["pos"]))
+
+    async def test_recalls_racing_messages_reach_every_connection_in_pos_order(self):
+        """Contract §10 with room recalls: alice (node 1) sends room
+        messages and recalls each at once, while bob (node 2) and carol
+        (node 1) send room and one-to-one messages to dave (on both nodes):
+        every connection gets its packets, and its own A's, strictly
+        ascending by pos (each D is published by the script that stores
+        it, and its A waits for its node's frame)."""
+        n = 30
+        await self.admin.create(ROOM, [1, 2, 3, 4])
+        for uid in (2, 3):
+            await self.befriend(uid, 4)
+        alice, alice_web = await self.login_on(self.server, 1), await self.login_on(self.node2, 1)
+        bob, carol = await self.login_on(self.node2, 2), await self.login_on(self.server, 3)
+        dave, dave_phone = await self.login_on(self.server, 4), await self.login_on(self.node2, 4)
+        for i in range(n):
+            alice.send({"id": "a%d" % i, "room": ROOM, "type": "t", "msg": "oops %d" % i})
+            alice.send({"id": "da%d" % i, "room": ROOM, "type": "D", "msg": "a%d" % i})
+            for client, name in ((bob, "b"), (carol, "c")):
+                client.send({"id": "%s%d" % (name, i), "room": ROOM, "type": "t", "msg": "room"})
+                client.send({"id": "%s1to1-%d" % (name, i), "to": 4, "type": "t", "msg": "to dave"})
+        # what each connection gets: its A's, and every room packet and D
+        # of the others, dave the one-to-one messages too
+        expected = {"alice": (alice, 4 * n), "alice_web": (alice_web, 4 * n), "bob": (bob, 5 * n),
+                    "carol": (carol, 5 * n), "dave": (dave, 6 * n), "dave_phone": (dave_phone, 6 * n)}
+        for name, (client, count) in expected.items():
+            got = [await client.next() for _ in range(count)]
+            self.assertEqual([p for p in got if p["type"] == "E"], [], name)
+            order = [(p["type"], p["id"], p["pos"]) for p in got]
+            packets = [pos for kind, _, pos in order if kind != "A"]
+            self.assertEqual(packets, sorted(set(packets)), "%s: packets out of pos order: %r" % (name, order))
+            # (an A may come after packets of higher pos, never before one of lower pos)
+            for at, (kind, _, pos) in enumerate(order):
+                if kind == "A":
+                    later = [p for k, _, p in order[at:] if k != "A" and p < pos]
+                    self.assertEqual(later, [], "%s: the A at %d ran ahead: %r" % (name, pos, order))
+            self.assertEqual(len([p for p in got if p["type"] == "D"]), 0 if name == "alice" else n, name)
+        for client in (alice, bob, carol, dave):
+            await next_is_pong(self, client)   # nothing more came
+
+
 class RoomRecallCrashTests(RoomTestMixin, unittest.TestCase):
     """kill -9 of the migrator while room messages and their recalls flow
     (contract §5): every recalled message ends emptied in MySQL, every D

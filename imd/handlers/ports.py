@@ -180,8 +180,13 @@ class Recalls(Protocol):
 class RoomRecalls(Protocol):
     """Recall and delete of a room's message in Redis (imd.stores.roomrecalls.RoomRecallStore)."""
 
+    @property
+    def publishes(self) -> bool:
+        """True: the script publishes the D to the members' connections (in
+        pos order); False (``[redis] min_replicas``): the caller delivers."""
+
     def recall(self, sender: int, room: str, d_id: str, msg_id: str, d_head: bytes, now_ms: int,
-               window_ms: Optional[int], force: bool = False) -> Deferred: ...
+               window_ms: Optional[int], force: bool = False, origin: Optional[str] = None) -> Deferred: ...
 
 
 class RoomRecallRows(Protocol):

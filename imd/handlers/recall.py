@@ -13,7 +13,11 @@ In a room (:class:`RoomRecaller`) the same, through imd.stores.roomrecalls:
 the message is looked for among the room's entries still in Redis, then in
 ``room_message``; the stored ``D`` (a ``pos``, no room ``seq``) goes to
 every connection of every member (the sender's other devices included, not
-the connection it came on), on every node, through the node's room delivery.
+the connection it came on), on every node: the script that stores it
+publishes it (lua/room_fanout.lua), in ``pos`` order with every other
+stored packet (contract §10), and a client's ``A`` waits for this node's
+frame (imd.node.LocalNode.wait_frame) as a room message's does.  With
+``[redis] min_replicas`` the node delivers it once the replicas have it.
 """
 
 from typing import Generator, Optional, Tuple, cast
@@ -71,14 +75,24 @@ class RoomRecaller:
         head = protocol.room_recall_head(d_id, sender, room, msg_id, ts)
         d_key = str(d_id)
         result = cast(roomrecalls.RoomRecallResult,
-                      (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=known)))
+                      (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=known,
+                                                origin=origin)))
         if result.outcome == roomrecalls.NOT_IN_REDIS:
             row = cast(Optional[Tuple[int, bool]], (yield self._rows.room_message_for_recall(sender, msg_id, room)))
             refused = refusal_by_row(row, ts, window_ms)
             if refused is not None:
                 return refused, None
             result = cast(roomrecalls.RoomRecallResult,
-                          (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=True)))
+                          (yield self._store.recall(sender, room, d_key, msg_id, head, ts, window_ms, force=True,
+                                                    origin=origin)))
+        if result.outcome == roomrecalls.STORED and self._store.publishes:
+            # the script published it (in pos order); a client's A waits for
+            # its frame here, as a room message's does
+            if origin is not None:
+                waiting = self._node.wait_frame(result.pos, None)
+                if isinstance(waiting, defer.Deferred):
+                    yield waiting
+            return RECALLED, result.pos
         if result.outcome == roomrecalls.STORED:
             self._node.deliver_room(result.members, head + b',"pos":%d}' % result.pos, origin)
             return RECALLED, result.pos

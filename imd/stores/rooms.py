@@ -18,8 +18,9 @@ room; the migrator writes it to ``room_read``.  None of these keys expire:
 a room lives as long as its messages (``rdedup:`` and ``rtyping:`` do).
 
 Every stored room packet (a member's message, the API's, ``joined``,
-``left``, ``closed``) is published by the script that stores it, one ``g``
-frame to each node holding a recipient's connection, this one included
+``left``, ``closed``, and a recall's ``D``: imd.stores.roomrecalls, through
+:meth:`RoomStore.run_fresh`) is published by the script that stores it,
+one ``g`` frame to each node holding a recipient's connection, this one included
 (lua/room_fanout.lua, as lua/fanout.lua for one-to-one), so every
 connection gets room packets and the rest in ``pos`` order (contract
 §10); the same script keeps the conversation list's rows (``roomconv:``,
@@ -170,11 +171,12 @@ class RoomStore(RedisStore):
             cache.popitem(last=False)
 
     @defer.inlineCallbacks
-    def _run_fresh(self, room: str, script: Script,
+    def run_fresh(self, room: str, script: Script,
                    call: "MakeCall") -> Generator[Deferred, object, Tuple[Reply, Tuple[int, ...]]]:
         """Run ``script`` with the keys and args ``call`` makes of the
         members this store knows, again with the ones it answers ``stale``
-        with: ``(reply, the members it was given)``."""
+        with: ``(reply, the members it was given)``.  (Also for the room
+        scripts of other stores: imd.stores.roomrecalls.)"""
         members = self._known(room)
         for _ in range(STALE_TRIES):
             key_list, args = call(members)
@@ -205,7 +207,7 @@ class RoomStore(RedisStore):
             for m in members:
                 key_list += [k.devices(m), k.room_conversations(m)]
             return key_list, head_args + list(members)
-        d = self._run_fresh(room, STORE_ROOM, call)
+        d = self.run_fresh(room, STORE_ROOM, call)
         d.addCallback(_stored, head)
         return self._replicated(d)
 
@@ -228,7 +230,7 @@ class RoomStore(RedisStore):
             for m in keyed:
                 key_list += [k.devices(m), k.room_conversations(m), k.room_gone(m), k.room_mine(room, m)]
             return key_list, args + [self._prefix, ",".join(str(m) for m in keyed)]
-        d = self._run_fresh(room, ROOM_MEMBERS, call)
+        d = self.run_fresh(room, ROOM_MEMBERS, call)
         d.addCallback(self._changed, room)
         return self._replicated(d)
 
@@ -249,7 +251,7 @@ class RoomStore(RedisStore):
             for m in members:
                 key_list += [k.devices(m), k.room_conversations(m)]
             return key_list, [now_ms, grace_ms, room, self._prefix] + list(members)
-        d = self._run_fresh(room, CLOSE_ROOM, call)
+        d = self.run_fresh(room, CLOSE_ROOM, call)
         d.addCallback(lambda ran: _closed(ran[0]))
         return self._replicated(d)
 

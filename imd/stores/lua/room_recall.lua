@@ -1,24 +1,32 @@
--- include: cancel_push
+-- include: cancel_push room_fanout members_stale frame node_of
 -- Recall (D) or moderation delete of one room message (contract v3 §11), in
 -- one go: find it among the room's entries not yet migrated (by the pos its
 -- dedup record names), check it, take its text out of Redis (the entry
 -- rewritten in its place: the same score of roompending:<room>, the same
 -- position of MQ or MQ:processing, so the migrator's positions hold), store
 -- the D (an entry of the message log with a pos and no room seq: a D is not
--- a room message) and cancel a push not yet sent for it.
+-- a room message), cancel a push not yet sent for it and publish the D to
+-- every node holding a member's connection (room_fanout, as store_room.lua
+-- does: in pos order with every other stored packet, contract §10).
 -- KEYS: rdedup:<from>:<room>/<recalled id>, roompending:<room>, MQ,
 --       MQ:processing, MQ:seq, room:<room>, roommembers:<room>,
 --       rdedup:<from>:<room>/<D id>, rrecalled:<from>:<room>/<recalled id>,
---       roomread:<room>
---       [, push:unread, push:last, push:due: only with [push] url set]
+--       roomread:<room>, push:unread, push:last, push:due, then for each
+--       member named in ARGV (in that order) dev:<member>
 -- ARGV: the D packet without its closing brace, dedup ttl, the message's
 --       head as it starts its entry ('{"id":<id>,"from":F,"room":R,"type":"';
 --       ARGV[4] the same with the id as a JSON number, or ''), the recalled
 --       mark's ttl, now (ms), window (ms, -1: none), force ('1': MySQL has
---       it, unrecalled and in the window), the sender's uid
--- Returns {1, pos, member...} stored; {2, pos} a retry of this D; {3}
--- already recalled; {4} outside the window; {5} no such room; {0} not in
--- Redis (the caller asks MySQL, which has it if it exists: an entry leaves
+--       it, unrecalled and in the window), the sender's uid, push ('1':
+--       [push] url set; '': the push keys are left alone), channel prefix
+--       ('': publish nothing, the caller delivers), the sending
+--       connection's dev:<from> member ('': none), then the members as the
+--       caller knows them
+-- Returns {1, pos} stored (and published to the members named: the
+-- room's); {2, pos} a retry of this D; {3} already recalled; {4} outside
+-- the window; {5} no such room; {'stale', member...} (the members named are
+-- not the room's: nothing stored, call again with these); {0} not in Redis
+-- (the caller asks MySQL, which has it if it exists: an entry leaves
 -- roompending only after its commit).
 if redis.call('EXISTS', KEYS[6]) == 0 then return {5} end
 if redis.call('EXISTS', KEYS[9]) == 1 then return {3} end
@@ -52,6 +60,9 @@ if first then
   redis.call('EXPIRE', KEYS[8], ARGV[2])
   return {2, tonumber(first)}
 end
+local n = #ARGV - 12
+local stale = members_stale(KEYS[7], 13, n)
+if stale then return stale end
 local seq
 if found then
   local h, t = string.match(found, '^({"id":.-,"type":"[^"]","msg":).*(,"ts":%d+,"seq":(%d+),"pos":%d+})$')
@@ -83,8 +94,12 @@ if last then
     end
   end
 end
-local members = redis.call('SMEMBERS', KEYS[7])
-if KEYS[11] then
+local members, devs, sender_member = {}, {}, false
+for i = 1, n do
+  members[i], devs[i] = ARGV[12 + i], KEYS[13 + i]
+  if members[i] == ARGV[9] then sender_member = true end
+end
+if ARGV[10] == '1' then
   -- a push not yet sent for it is not sent: for each member who has not
   -- read that far, it no longer counts as undelivered; a push that would
   -- name it names it without its text
@@ -105,6 +120,16 @@ if KEYS[11] then
     end
   end
 end
-local out = {1, pos}
-for _, m in ipairs(members) do out[#out + 1] = tonumber(m) end
-return out
+if ARGV[12] == '' or sender_member then
+  room_fanout(ARGV[11], ARGV[12], ARGV[9], entry, members, devs)
+else
+  -- a sender removed from the room: the D goes to the members only, and
+  -- the sending connection's node gets an 'x' frame without the packet
+  -- after theirs (imd.busframes): what lets its A go
+  room_fanout(ARGV[11], '', '0', entry, members, devs)
+  if ARGV[11] ~= '' then
+    local node = node_of(ARGV[12])
+    redis.call('PUBLISH', ARGV[11] .. node, frame('x', ARGV[9], string.sub(ARGV[12], #node + 2) .. ' ' .. pos))
+  end
+end
+return {1, pos}
