@@ -249,6 +249,24 @@ class RoomRecallTests(RoomTestMixin, unittest.TestCase):
         later = await self.ask(self.alice, {"id": "d3", "room": ROOM, "type": "D", "msg": "m1"})
         self.assertEqual((later["type"], later.get("dup")), ("A", True))
 
+    async def test_a_sync_from_between_a_message_and_its_d_gets_the_d(self):
+        # the D is the room's latest packet: a sync from the message's pos must still find the
+        # room (a D does not move it in the conversation list, so not through roomconv:)
+        await self.setup_room()
+        sent = await self.send(self.alice, "m1", "wrong address, sorry")
+        reply = await self.ask(self.alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual(reply["type"], "A", reply)
+        for client in (self.bob, self.carol):
+            self.assertEqual([(p["id"], p["type"]) for p in await self.sync(client, sent["pos"])], [("d1", "D")])
+            self.assertEqual(await self.sync(client, reply["pos"]), [])
+        # the same once the D and the message are in MySQL
+        migrator = start_migrator(self, self.server.app.settings)
+        await with_drain(migrator)
+        self.assertEqual([(p["id"], p["type"]) for p in await self.sync(self.carol, sent["pos"])], [("d1", "D")])
+        # the conversation list still has the room at its message, not at the D
+        self.assertEqual(await self.redis.zscore("roomconv:3", ROOM), sent["pos"])
+        self.assertEqual(await self.redis.zscore("roomsync:3", ROOM), reply["pos"])
+
     async def test_not_found_and_too_late(self):
         await self.setup_room()
         await self.admin.create("order:43", [1, 2])
@@ -398,8 +416,8 @@ class RoomErasureTests(RoomTestMixin, unittest.TestCase):
             self.assertIsNone(await self.redis.hget("roomread:%s" % room, "1"))
         self.assertEqual(await self.redis.exists("roomsof:1"), 0)
         # its own conversation list's rooms are gone too
-        self.assertEqual(await self.redis.execute_command("EXISTS", "roomconv:1", "roomgone:1", "roommine:%s:1" % ROOM,
-                                                          "roommine:order:43:1"), 0)
+        self.assertEqual(await self.redis.execute_command("EXISTS", "roomconv:1", "roomsync:1", "roomgone:1",
+                                                          "roommine:%s:1" % ROOM, "roommine:order:43:1"), 0)
         self.assertNotIn("secret", await redis_dump(self.redis))
         migrator = start_migrator(self, self.server.app.settings)
         await with_drain(migrator)

@@ -101,7 +101,7 @@ class ErasureStore(RedisStore):
     def forget_conversations(self, uid: int) -> Generator[defer.Deferred, object, None]:
         """The user's own conversation list (contract §10): ``conv:``,
         ``convlast:`` and ``unread:`` of its one-to-one conversations,
-        ``roomconv:``, ``roomgone:`` and ``roommine:`` of its rooms.  (Each
+        ``roomconv:``, ``roomsync:``, ``roomgone:`` and ``roommine:`` of its rooms.  (Each
         holds packets, its own and others'; the others' lists keep their
         rows, whose text the recalls emptied.)  Repeating it changes nothing."""
         k = self.keys
@@ -109,7 +109,8 @@ class ErasureStore(RedisStore):
         rooms = cast(List[bytes], (yield self._client.command("ZRANGE", k.room_conversations(uid), 0, -1)))
         gone = cast(List[bytes], (yield self._client.command("HKEYS", k.room_gone(uid))))
         names = {_text(r) for r in list(rooms or ()) + list(gone or ())}
-        key_list = [k.conversations(uid), k.conversation_last(uid), k.room_conversations(uid), k.room_gone(uid)]
+        key_list = [k.conversations(uid), k.conversation_last(uid), k.room_conversations(uid), k.room_sync(uid),
+                    k.room_gone(uid)]
         key_list += [k.unread(uid, int(_text(o))) for o in others or () if _text(o).isdigit()]
         key_list += [k.room_mine(room, uid) for room in sorted(names)]
         for at in range(0, len(key_list), 500):

@@ -294,6 +294,9 @@ class Keys:
     def room_conversations(self, uid: Uid) -> str:
         return "%sroomconv:%d" % (self.prefix, uid)
 
+    def room_sync(self, uid: Uid) -> str:
+        return "%sroomsync:%d" % (self.prefix, uid)
+
     def room_gone(self, uid: Uid) -> str:
         return "%sroomgone:%d" % (self.prefix, uid)
 

@@ -24,7 +24,9 @@ Keys (imd.stores.keys): ``room:<room>``, ``roommembers:<room>``,
 (the message's, and the D's own: a retry is acked once),
 ``rrecalled:<from>:<room>/<id>`` (recalled, until its D is migrated),
 ``MQ``, ``MQ:seq``, ``MQ:processing``, and ``push:unread``, ``push:last``,
-``push:due``, and each member's ``dev:<uid>``.
+``push:due``, and each member's ``dev:<uid>`` and ``roomsync:<uid>`` (the
+rooms with a ``D`` for the user, where its sync finds them: a ``D`` does
+not move the room in the conversation list, ``roomconv:<uid>``).
 """
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple, cast
@@ -101,10 +103,13 @@ class RoomRecallStore(RedisStore):
                               -1 if window_ms is None else window_ms, 1 if force else 0, sender,
                               1 if self.push is not None else "",
                               self.keys.channel_prefix if self.publishes else "",
-                              "%s %s" % (self.rooms.node_id, origin) if origin is not None else ""]
+                              "%s %s" % (self.rooms.node_id, origin) if origin is not None else "", room]
 
         def call(members: Tuple[int, ...]) -> Tuple[List[str], List[object]]:
-            return fixed + [k.devices(m) for m in members], args + list(members)
+            key_list = list(fixed)
+            for m in members:
+                key_list += [k.devices(m), k.room_sync(m)]
+            return key_list, args + list(members)
         d = self.rooms.run_fresh(room, ROOM_RECALL, call).addCallback(_result)
         return self._replicated(d)
 

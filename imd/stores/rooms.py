@@ -288,10 +288,17 @@ class RoomStore(RedisStore):
     def rooms_since(self, uid: int, after_pos: int) -> Deferred:
         """The rooms where ``uid`` got a packet above ``after_pos``: its
         ``roomconv:<uid>`` rows scored above it (the pos of the latest
-        packet it got there, written by every script that stores one for
-        the members).  A room of its stream above ``after_pos`` is one of
-        them; the rooms it left or that stayed quiet before cost nothing."""
-        return self._client.command("ZRANGEBYSCORE", self.keys.room_conversations(uid), "(%d" % after_pos, "+inf")
+        room packet it got there, written by every script that stores one
+        for the members) and its ``roomsync:<uid>`` ones (the pos of the
+        latest recall's ``D``, which does not move the room in the
+        conversation list).  A room of its stream above ``after_pos`` is one
+        of them; the rooms it left or that stayed quiet before cost nothing.
+        Fires with the room ids (bytes), each once."""
+        since = "(%d" % after_pos
+        d = defer.gatherResults([
+            self._client.command("ZRANGEBYSCORE", self.keys.room_conversations(uid), since, "+inf"),
+            self._client.command("ZRANGEBYSCORE", self.keys.room_sync(uid), since, "+inf")], consumeErrors=True)
+        return d.addCallback(lambda found: sorted(set(found[0] or ()) | set(found[1] or ()))).addErrback(_first_error)
 
     def stream_pending(self, uid: int, rooms: Sequence[str], after_pos: int, count: int) -> Deferred:
         """For each of ``rooms``: ``uid``'s spans there and the room's

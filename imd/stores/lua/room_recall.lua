@@ -12,7 +12,7 @@
 --       MQ:processing, MQ:seq, room:<room>, roommembers:<room>,
 --       rdedup:<from>:<room>/<D id>, rrecalled:<from>:<room>/<recalled id>,
 --       roomread:<room>, push:unread, push:last, push:due, then for each
---       member named in ARGV (in that order) dev:<member>
+--       member named in ARGV (in that order) dev:<member>, roomsync:<member>
 -- ARGV: the D packet without its closing brace, dedup ttl, the message's
 --       head as it starts its entry ('{"id":<id>,"from":F,"room":R,"type":"';
 --       ARGV[4] the same with the id as a JSON number, or ''), the recalled
@@ -20,10 +20,11 @@
 --       it, unrecalled and in the window), the sender's uid, push ('1':
 --       [push] url set; '': the push keys are left alone), channel prefix
 --       ('': publish nothing, the caller delivers), the sending
---       connection's dev:<from> member ('': none), then the members as the
---       caller knows them
--- Returns {1, pos} stored (and published to the members named: the
--- room's); {2, pos} a retry of this D; {3} already recalled; {4} outside
+--       connection's dev:<from> member ('': none), the room's id, then the
+--       members as the caller knows them
+-- Returns {1, pos} stored (published to the members named, the room's,
+-- and the room at pos in each one's roomsync:, where a sync finds it: the D
+-- does not move the room in the conversation list, roomconv:); {2, pos} a retry of this D; {3} already recalled; {4} outside
 -- the window; {5} no such room; {'stale', member...} (the members named are
 -- not the room's: nothing stored, call again with these); {0} not in Redis
 -- (the caller asks MySQL, which has it if it exists: an entry leaves
@@ -60,8 +61,8 @@ if first then
   redis.call('EXPIRE', KEYS[8], ARGV[2])
   return {2, tonumber(first)}
 end
-local n = #ARGV - 12
-local stale = members_stale(KEYS[7], 13, n)
+local n = #ARGV - 13
+local stale = members_stale(KEYS[7], 14, n)
 if stale then return stale end
 local seq
 if found then
@@ -96,8 +97,12 @@ if last then
 end
 local members, devs, sender_member = {}, {}, false
 for i = 1, n do
-  members[i], devs[i] = ARGV[12 + i], KEYS[13 + i]
+  members[i], devs[i] = ARGV[13 + i], KEYS[12 + 2 * i]
   if members[i] == ARGV[9] then sender_member = true end
+  -- (a sync finds the rooms with packets above its pos by roomconv: and
+  -- roomsync:; roomconv: orders the conversation list, which a recall
+  -- does not change)
+  redis.call('ZADD', KEYS[13 + 2 * i], pos, ARGV[13])
 end
 if ARGV[10] == '1' then
   -- a push not yet sent for it is not sent: for each member who has not
