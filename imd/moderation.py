@@ -428,20 +428,25 @@ class _CodePointAutomaton:
         """``(start, end)`` of each place in ``text`` where words end (the
         longest one there), folding ``text`` on the way; only the first if
         ``first``.  None if ``text`` holds a code point that needs
-        :func:`fold`."""
+        :func:`fold` (up to the character after the first match, if
+        ``first``: what follows that one cannot change how the text before
+        it folds)."""
         delta, fail, longest, kinds, folds_to = self._delta, self._fail, self._longest, self._kinds, _FOLDS_TO
         hits: List[Span] = []
         state = at = 0
+        found = False
         for char in text:
             code = ord(char)
             kind = kinds[code]
+            if kind == _CONTEXT:
+                return None
+            if found:   # (a combining mark after a match would have changed its fold)
+                break
             at += 1
             if kind == _ITSELF:
                 state = 0
                 continue
             if kind != _IN_ENTRY:
-                if kind == _CONTEXT:
-                    return None
                 code = folds_to[code]
             while True:
                 nxt = delta.get(state << 21 | code, -1)
@@ -454,8 +459,7 @@ class _CodePointAutomaton:
             length = longest[state]
             if length:
                 hits.append((at - length, at))
-                if first:
-                    break
+                found = first
         return hits
 
     def folded_hits(self, folded: str, first: bool) -> List[Span]:
