@@ -290,10 +290,11 @@ class Blocklist:
     def occurs_in(self, text: str) -> bool:
         """Whether any entry occurs in ``text``."""
         if self._python is not None:
-            hits = self._python.hits(text, True)
-            if hits is None:
-                hits = self._python.folded_hits(fold(text), True)
-            return bool(hits)
+            hits, at, state = self._python.hits(text, True)
+            if hits or at < 0:
+                return bool(hits)
+            # what comes before ``at`` folded character by character
+            return bool(self._python.folded_hits(fold(text[at:]), True, state))
         if self._automaton is None:
             return False
         for _ in self._automaton.iter(_as_bytes(fold(text))):
@@ -304,8 +305,8 @@ class Blocklist:
         """The ``(start, end)`` ranges of ``text`` (original characters)
         that the occurrences of entries came from, sorted and merged."""
         if self._python is not None:
-            hits = self._python.hits(text, False)
-            if hits is not None:   # folded character by character: same places
+            hits, at, _ = self._python.hits(text, False)
+            if at < 0:   # folded character by character: same places
                 return _merge(hits)
             folded = fold(text)
             hits = self._python.folded_hits(folded, False)
@@ -424,24 +425,30 @@ class _CodePointAutomaton:
                 kinds[code] = _IN_ENTRY
         self._delta, self._fail, self._longest, self._kinds = delta, fail, longest, kinds
 
-    def hits(self, text: str, first: bool) -> Optional[List[Span]]:
+    def hits(self, text: str, first: bool) -> Tuple[List[Span], int, int]:
         """``(start, end)`` of each place in ``text`` where words end (the
         longest one there), folding ``text`` on the way; only the first if
-        ``first``.  None if ``text`` holds a code point that needs
-        :func:`fold` (up to the character after the first match, if
-        ``first``: what follows that one cannot change how the text before
-        it folds)."""
+        ``first``.  Stops at a code point that needs :func:`fold` (looked
+        for up to the character after the first match, if ``first``: what
+        follows that one cannot change how the text before it folds), and
+        then also says where to go on: ``(hits, index, state)``, the hits
+        that end before the character before that code point (it may join
+        it), that character's index and the state before it;
+        ``(hits, -1, 0)`` when the whole text was read."""
         delta, fail, longest, kinds, folds_to = self._delta, self._fail, self._longest, self._kinds, _FOLDS_TO
         hits: List[Span] = []
-        state = at = 0
+        state = before = at = 0
         found = False
         for char in text:
             code = ord(char)
             kind = kinds[code]
             if kind == _CONTEXT:
-                return None
+                if hits and hits[-1][1] == at:
+                    hits.pop()
+                return hits, max(at - 1, 0), before
             if found:   # (a combining mark after a match would have changed its fold)
                 break
+            before = state
             at += 1
             if kind == _ITSELF:
                 state = 0
@@ -460,13 +467,13 @@ class _CodePointAutomaton:
             if length:
                 hits.append((at - length, at))
                 found = first
-        return hits
+        return hits, -1, 0
 
-    def folded_hits(self, folded: str, first: bool) -> List[Span]:
-        """:meth:`hits` in text :func:`fold` gave."""
+    def folded_hits(self, folded: str, first: bool, state: int = 0) -> List[Span]:
+        """:meth:`hits` in text :func:`fold` gave, from ``state``."""
         delta, fail, longest = self._delta, self._fail, self._longest
         hits: List[Span] = []
-        state = at = 0
+        at = 0
         for char in folded:
             code = ord(char)
             at += 1

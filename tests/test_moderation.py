@@ -130,6 +130,9 @@ class BlockedWordTests(unittest.SynchronousTestCase):
         # "cafe" is not in "café": the e carries an accent
         self.assertEqual(starrer("cafe").apply("café"), ("café", False))
         self.assertFalse(Blocklist(["cafe"]).occurs_in("CAFE\u0301"))
+        self.assertTrue(Blocklist(["café"]).occurs_in("CAFE\u0301"))
+        self.assertTrue(Blocklist(["café"]).occurs_in("x cafe\u0301\u0301"))
+        self.assertTrue(Blocklist(["ab"]).occurs_in("ab\u0301"))
         # a mark after the word belongs to its last letter
         self.assertEqual(starrer("bad").apply("bad\u0301 x"), ("**** x", True))
 
@@ -261,6 +264,8 @@ class PropertyTests(unittest.SynchronousTestCase):
     @example(["我到", "到了了", "了"], "我到了了，Ａｂ")
     @example(["fi", "ss"], "ﬁ STRAßE İ")
     @example(["a"], "A\u0301")
+    @example(["aé", "ab"], "xAe\u0301 ab\u0301")
+    @example(["strasse", "坏蛋"], "坏 STRAßE 蛋")
     def test_the_python_automaton_agrees_with_pyahocorasick(self, entries, text):
         ours, theirs = Blocklist(entries, python_matcher=True), Blocklist(entries, python_matcher=False)
         self.assertEqual(ours.occurs_in(text), theirs.occurs_in(text), (entries, text))
