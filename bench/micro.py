@@ -298,7 +298,7 @@ def moderation():
     """Rows: the text policy on ~100-character chat messages, English and
     Chinese (fullwidth punctuation: NFKC has work to do), that hold nothing
     to replace (the common case), and on ones that do."""
-    from imd.moderation import MASK, REFUSE, Blocklist, PrivateDataMask, TextPolicy
+    from imd.moderation import MASK, PYTHON_MATCHER, REFUSE, Blocklist, PrivateDataMask, TextPolicy
     english, chinese = _chat_messages(_ENGLISH), _chat_messages(_CHINESE)
     entries = _blocklist_entries()
     blocklist = Blocklist(entries)
@@ -309,6 +309,9 @@ def moderation():
     masking = TextPolicy(both_kinds)
     refuse, mask = TextPolicy(nothing, blocklist, REFUSE), TextPolicy(nothing, blocklist, MASK)
     both = TextPolicy(both_kinds, blocklist, REFUSE)
+    # the automaton this interpreter does not use (imd.moderation.PYTHON_MATCHER)
+    other = TextPolicy(nothing, Blocklist(entries, python_matcher=not PYTHON_MATCHER), REFUSE)
+    other_name = "pyahocorasick" if PYTHON_MATCHER else "the Python automaton"
     return [
         ("mask phone, email; English, nothing to mask", _per_message(masking, english)),
         ("mask phone, email; Chinese, nothing to mask", _per_message(masking, chinese)),
@@ -319,6 +322,8 @@ def moderation():
         ("blocklist 10,000, mask; one hit", _per_message(mask, blocked)),
         ("both (mask, refuse); English, nothing found", _per_message(both, english)),
         ("both (mask, refuse); Chinese, nothing found", _per_message(both, chinese)),
+        ("blocklist 10,000, refuse; English, no hit; %s instead" % other_name, _per_message(other, english)),
+        ("blocklist 10,000, refuse; Chinese, no hit; %s instead" % other_name, _per_message(other, chinese)),
     ]
 
 

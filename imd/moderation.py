@@ -21,13 +21,22 @@ looks a node's children up one by one, so a node with thousands of children
 (the first characters of a Chinese word list) is slow, while over bytes no
 node has more than 256.  UTF-8 is self-synchronising: a word's bytes can
 only match at a character boundary of the text.
+
+That is on CPython.  On PyPy every call into a C extension goes through
+its emulation layer (cpyext), and handing the text to pyahocorasick cost
+more than the search: there :class:`_CodePointAutomaton`, an Aho-Corasick
+automaton in Python over code points (the JIT compiles its loop), reads
+the original text and folds it on the way, character by character
+(:func:`_fold_kinds`), unless a character needs the whole :func:`fold`.
+:data:`PYTHON_MATCHER` chooses (tests compare the two).
 """
 
 import platform
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import ahocorasick
 from twisted.logger import Logger
@@ -48,6 +57,11 @@ Span = Tuple[int, int]
 # CPython tells text NFKC leaves alone at ~1 ns a character; PyPy's check
 # costs as much as normalising by runs
 _CHECK_NORMALIZED = platform.python_implementation() == "CPython"
+
+# Which automaton a Blocklist builds unless told: pyahocorasick on CPython,
+# the Python one elsewhere (PyPy: a call into a C extension costs more
+# than the search).  False turns the Python one off.
+PYTHON_MATCHER = platform.python_implementation() != "CPython"
 
 
 def fold(text: str) -> str:
@@ -248,15 +262,21 @@ class PrivateDataMask:
 # --- blocked words -------------------------------------------------------------
 
 class Blocklist:
-    """Words and phrases found in any text, after :func:`fold`."""
+    """Words and phrases found in any text, after :func:`fold`.
+    ``python_matcher``: which automaton (default :data:`PYTHON_MATCHER`)."""
 
-    def __init__(self, entries: Iterable[str]) -> None:
+    def __init__(self, entries: Iterable[str], python_matcher: Optional[bool] = None) -> None:
         _changeable_runs()   # built now (once), not while a message waits
         words = {fold(entry.strip()) for entry in entries}
         words.discard("")
         self.size = len(words)
         self._automaton: Optional[ahocorasick.Automaton] = None
-        if words:
+        self._python: Optional[_CodePointAutomaton] = None
+        if python_matcher is None:
+            python_matcher = PYTHON_MATCHER
+        if words and python_matcher:
+            self._python = _CodePointAutomaton(words)
+        elif words:
             automaton = ahocorasick.Automaton()
             for word in words:
                 key = _as_bytes(word)
@@ -269,6 +289,12 @@ class Blocklist:
 
     def occurs_in(self, text: str) -> bool:
         """Whether any entry occurs in ``text``."""
+        if self._python is not None:
+            hits, at, state = self._python.hits(text, True)
+            if hits or at < 0:
+                return bool(hits)
+            # what comes before ``at`` folded character by character
+            return bool(self._python.folded_hits(fold(text[at:]), True, state))
         if self._automaton is None:
             return False
         for _ in self._automaton.iter(_as_bytes(fold(text))):
@@ -278,6 +304,13 @@ class Blocklist:
     def spans(self, text: str) -> List[Span]:
         """The ``(start, end)`` ranges of ``text`` (original characters)
         that the occurrences of entries came from, sorted and merged."""
+        if self._python is not None:
+            hits, at, _ = self._python.hits(text, False)
+            if at < 0:   # folded character by character: same places
+                return _merge(hits)
+            folded = fold(text)
+            hits = self._python.folded_hits(folded, False)
+            return _merge(_to_original(text, folded, hits)) if hits else []
         if self._automaton is None:
             return []
         folded = fold(text)
@@ -289,6 +322,175 @@ class Blocklist:
             char_at = _char_index_of_byte(folded)
             hits = [(char_at[start], char_at[end]) for start, end in hits]
         return _merge(_to_original(text, folded, hits))
+
+
+# what _fold_kinds() says of a code point: folds to itself (and, in a
+# blocklist's copy, _IN_ENTRY: occurs in an entry); folds to one other
+# character (_FOLDS_TO holds it) whatever surrounds it; needs fold()
+_ITSELF, _IN_ENTRY, _ONE, _CONTEXT = 0, 1, 2, 3
+_KINDS: List[bytearray] = []
+_FOLDS_TO: Dict[int, int] = {}
+
+
+def _fold_kinds() -> bytearray:
+    """For each code point, how it folds when the text around it holds
+    only code points that fold alone (_ITSELF, _ONE): then ``fold(text)``
+    is the text folded character by character.  A code point that NFKC
+    may join to the one before it (combining marks, the second character
+    of a canonical composition, Hangul vowel and final jamo) or whose
+    NFKD starts with one, one that NFKC changes (except the fullwidth
+    forms of ASCII and the ideographic space, see _TO_ASCII) and one that
+    case-folds to several characters are _CONTEXT.  Built from the
+    interpreter's Unicode tables on first use (~0.3 s on PyPy, ~0.6 s on
+    CPython); a property test compares it with fold()."""
+    if not _KINDS:
+        joins = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))   # Hangul V and T jamo
+        for code in range(0x80, 0x110000):
+            decomposition = unicodedata.decomposition(chr(code))
+            if decomposition and not decomposition.startswith("<"):
+                parts = decomposition.split()
+                if len(parts) == 2:
+                    joins.add(int(parts[1], 16))
+        kinds = bytearray(0x110000)
+        for code in range(0x41, 0x110000):
+            char = chr(code)
+            narrow = _TO_ASCII.get(char)
+            if narrow is None:
+                if code in joins or unicodedata.combining(char):
+                    kinds[code] = _CONTEXT
+                    continue
+                if code >= 0x80:
+                    decomposed = unicodedata.normalize("NFKD", char)[0]
+                    if ord(decomposed) in joins or unicodedata.combining(decomposed) \
+                            or unicodedata.normalize("NFKC", char) != char:
+                        kinds[code] = _CONTEXT
+                        continue
+                narrow = char
+            folded = narrow.casefold()
+            if len(folded) != 1:
+                kinds[code] = _CONTEXT
+            elif folded != char:
+                kinds[code] = _ONE
+                _FOLDS_TO[code] = ord(folded)
+        _KINDS.append(kinds)
+    return _KINDS[0]
+
+
+class _CodePointAutomaton:
+    """Aho-Corasick over the code points of folded words, in Python.
+
+    The transitions are one dict keyed by state and code point (PyPy looks
+    one dict up faster than a dict per state); a code point in no word
+    sends the search back to the root without a look-up (a copy of
+    :func:`_fold_kinds` marks the ones in words).  ``longest[state]``: the
+    length of the longest word ending there (the spans are merged, so the
+    shorter ones ending at the same place add nothing)."""
+
+    __slots__ = ("_delta", "_fail", "_longest", "_kinds")
+
+    def __init__(self, words: Iterable[str]) -> None:
+        children: List[Dict[int, int]] = [{}]
+        ends = [0]
+        for word in words:
+            state = 0
+            for char in word:
+                code = ord(char)
+                nxt = children[state].get(code)
+                if nxt is None:
+                    nxt = len(children)
+                    children[state][code] = nxt
+                    children.append({})
+                    ends.append(0)
+                state = nxt
+            ends[state] = len(word)
+        fail = [0] * len(children)
+        longest = list(ends)
+        delta: Dict[int, int] = {}
+        queue = deque([0])
+        while queue:
+            state = queue.popleft()
+            for code, nxt in children[state].items():
+                delta[state << 21 | code] = nxt
+                queue.append(nxt)
+                if state:
+                    back = fail[state]
+                    while back and code not in children[back]:
+                        back = fail[back]
+                    fail[nxt] = children[back].get(code, 0)
+                if not longest[nxt]:
+                    longest[nxt] = longest[fail[nxt]]
+        kinds = bytearray(_fold_kinds())
+        for code in {code for node in children for code in node}:
+            if kinds[code] == _ITSELF:
+                kinds[code] = _IN_ENTRY
+        self._delta, self._fail, self._longest, self._kinds = delta, fail, longest, kinds
+
+    def hits(self, text: str, first: bool) -> Tuple[List[Span], int, int]:
+        """``(start, end)`` of each place in ``text`` where words end (the
+        longest one there), folding ``text`` on the way; only the first if
+        ``first``.  Stops at a code point that needs :func:`fold` (looked
+        for up to the character after the first match, if ``first``: what
+        follows that one cannot change how the text before it folds), and
+        then also says where to go on: ``(hits, index, state)``, the hits
+        that end before the character before that code point (it may join
+        it), that character's index and the state before it;
+        ``(hits, -1, 0)`` when the whole text was read."""
+        delta, fail, longest, kinds, folds_to = self._delta, self._fail, self._longest, self._kinds, _FOLDS_TO
+        hits: List[Span] = []
+        state = before = at = 0
+        found = False
+        for char in text:
+            code = ord(char)
+            kind = kinds[code]
+            if kind == _CONTEXT:
+                if hits and hits[-1][1] == at:
+                    hits.pop()
+                return hits, max(at - 1, 0), before
+            if found:   # (a combining mark after a match would have changed its fold)
+                break
+            before = state
+            at += 1
+            if kind == _ITSELF:
+                state = 0
+                continue
+            if kind != _IN_ENTRY:
+                code = folds_to[code]
+            while True:
+                nxt = delta.get(state << 21 | code, -1)
+                if nxt >= 0:
+                    state = nxt
+                    break
+                if not state:
+                    break
+                state = fail[state]
+            length = longest[state]
+            if length:
+                hits.append((at - length, at))
+                found = first
+        return hits, -1, 0
+
+    def folded_hits(self, folded: str, first: bool, state: int = 0) -> List[Span]:
+        """:meth:`hits` in text :func:`fold` gave, from ``state``."""
+        delta, fail, longest = self._delta, self._fail, self._longest
+        hits: List[Span] = []
+        at = 0
+        for char in folded:
+            code = ord(char)
+            at += 1
+            while True:
+                nxt = delta.get(state << 21 | code, -1)
+                if nxt >= 0:
+                    state = nxt
+                    break
+                if not state:
+                    break
+                state = fail[state]
+            length = longest[state]
+            if length:
+                hits.append((at - length, at))
+                if first:
+                    break
+        return hits
 
 
 def _char_index_of_byte(folded: str) -> List[int]:

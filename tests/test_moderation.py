@@ -9,9 +9,10 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from imd import moderation
 from imd.errors import ImdError
-from imd.moderation import (MASK, REFUSE, Blocklist, BlocklistError, PrivateDataMask, TextPolicy, _nfkc,
-                            _pieces, blocklist_reloader, fold, load_blocklist)
+from imd.moderation import (MASK, REFUSE, Blocklist, BlocklistError, PrivateDataMask, TextPolicy, _fold_kinds,
+                            _nfkc, _pieces, blocklist_reloader, fold, load_blocklist)
 
 
 def masker(kinds=("phone", "email"), digits=8):
@@ -128,6 +129,10 @@ class BlockedWordTests(unittest.SynchronousTestCase):
         self.assertEqual(starrer("cafe\u0301").apply("café"), ("****", True))
         # "cafe" is not in "café": the e carries an accent
         self.assertEqual(starrer("cafe").apply("café"), ("café", False))
+        self.assertFalse(Blocklist(["cafe"]).occurs_in("CAFE\u0301"))
+        self.assertTrue(Blocklist(["café"]).occurs_in("CAFE\u0301"))
+        self.assertTrue(Blocklist(["café"]).occurs_in("x cafe\u0301\u0301"))
+        self.assertTrue(Blocklist(["ab"]).occurs_in("ab\u0301"))
         # a mark after the word belongs to its last letter
         self.assertEqual(starrer("bad").apply("bad\u0301 x"), ("**** x", True))
 
@@ -215,6 +220,19 @@ class BlocklistFileTests(unittest.SynchronousTestCase):
         self.assertRaises(ImdError, policy.apply, "two")
 
 
+class OtherMatcherTests(BlockedWordTests, BlocklistFileTests):
+    """The same with the automaton this interpreter does not use by default
+    (pyahocorasick on PyPy, the Python one on CPython)."""
+
+    def setUp(self):
+        self.patch(moderation, "PYTHON_MATCHER", not moderation.PYTHON_MATCHER)
+
+    def test_the_other_matcher_is_the_one_built(self):
+        blocklist = Blocklist(["scam"])
+        self.assertEqual(blocklist._python is not None, moderation.PYTHON_MATCHER)
+        self.assertEqual(blocklist._automaton is None, moderation.PYTHON_MATCHER)
+
+
 # --- properties ---------------------------------------------------------------
 
 # characters whose folded form differs in length or composes with a neighbour
@@ -229,7 +247,46 @@ def naive_occurs(entries, text):
     return any(fold(e.strip()) and fold(e.strip()) in folded for e in entries)
 
 
+# CJK (a root with many children), words that are prefixes of others or
+# overlap, mixed case, fullwidth forms and what NFKC joins or splits
+ALIKE = "abAB我到了坏蛋，？Ａｂ　 " "ßİﬁé́ｶﾞ각👍"
+alike_texts = st.text(alphabet=st.sampled_from(ALIKE), max_size=40)
+alike_words = st.text(alphabet=st.sampled_from(ALIKE.replace(" ", "")), min_size=1, max_size=4)
+word_lists = st.lists(alike_words | words, min_size=1, max_size=12).flatmap(
+    lambda ws: st.just(ws) | st.just(ws + [w[:-1] for w in ws if len(w) > 1]) | st.just(ws + [w + w for w in ws]))
+
+
 class PropertyTests(unittest.SynchronousTestCase):
+
+    @settings(max_examples=1000, deadline=None)
+    @given(word_lists, alike_texts | texts | st.text(max_size=30))
+    @example(["ab", "b", "abab"], "xAbAbABx")
+    @example(["我到", "到了了", "了"], "我到了了，Ａｂ")
+    @example(["fi", "ss"], "ﬁ STRAßE İ")
+    @example(["a"], "A\u0301")
+    @example(["aé", "ab"], "xAe\u0301 ab\u0301")
+    @example(["strasse", "坏蛋"], "坏 STRAßE 蛋")
+    def test_the_python_automaton_agrees_with_pyahocorasick(self, entries, text):
+        ours, theirs = Blocklist(entries, python_matcher=True), Blocklist(entries, python_matcher=False)
+        self.assertEqual(ours.occurs_in(text), theirs.occurs_in(text), (entries, text))
+        self.assertEqual(ours.spans(text), theirs.spans(text))
+        self.assertEqual(ours.occurs_in(text), naive_occurs(entries, text))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+           | st.text(alphabet=st.sampled_from(ALIKE + TRICKY), max_size=20))
+    def test_text_of_characters_that_fold_alone_folds_character_by_character(self, text):
+        kinds = _fold_kinds()
+        assume(all(kinds[ord(c)] != moderation._CONTEXT for c in text))
+        self.assertEqual(fold(text), "".join(chr(moderation._FOLDS_TO.get(ord(c), ord(c))) for c in text))
+
+    def test_each_character_that_folds_alone(self):
+        kinds = _fold_kinds()
+        for code in range(0x110000):
+            if kinds[code] != moderation._CONTEXT and not 0xD800 <= code < 0xE000:
+                char = chr(code)
+                self.assertEqual(unicodedata.normalize("NFKC", char).casefold(),
+                                 chr(moderation._FOLDS_TO.get(code, code)), hex(code))
 
     @settings(max_examples=400, deadline=None)
     @given(st.lists(words, min_size=1, max_size=5), texts)
