@@ -128,6 +128,10 @@ SCHEMA: Tuple[KeySpec, ...] = (
             "its latest packet there (a removed member's: its left event); written by the scripts that store "
             "room packets; no cap, like roomsof:<uid>; a sync reads the rooms scored above its pos (a room "
             "leaves it only with the user's stream there)"),
+    KeySpec("roomsync:<uid>", "sorted set", "rooms",
+            "the rooms where the user got a recall's D: member the room's id, score the D's pos (room_recall); "
+            "a sync reads the rooms scored above its pos here too, since a D does not move the room in the "
+            "conversation list (roomconv:<uid>); one member per room; erasure deletes it"),
     KeySpec("roomgone:<uid>", "hash", "rooms",
             "room -> '<unread> <left packet>': a removed member's conversation-list row, as it was at its left "
             "event; deleted when it joins again"),
