@@ -13,7 +13,7 @@ from imd.stores.keys import Keys
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator, with_drain
-from tests.mysql_support import MysqlTestMixin
+from tests.mysql_support import MysqlTestMixin, query
 from tests.support import ServerTestMixin, free_port, make_settings, wait_until
 
 FAST = {"websocket": {"rate": "100000", "burst": "100000", "history_rate": "100000", "history_burst": "100000",
@@ -243,17 +243,33 @@ class ReconnectTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual(await self.rows_set(), acked)
 
 
+def _random_texts(count):
+    import random
+    rng = random.Random(5)
+    alphabet = "ab \\\x00\n\r\x1a'\"\té中😀"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24))) for _ in range(count)]
+
+
 class QuoteTextTests(unittest.TestCase):
-    """The migrator's string quoting is PyMySQL's escape_string (pure logic)."""
+    """The migrator's string quoting is PyMySQL's escape_string but for the
+    double quote, left as it is (pure logic); MariaDB reads each literal
+    back as the text (below)."""
 
-    def test_same_literal_as_pymysql(self):
-        import random
-
+    def test_same_literal_as_pymysql_but_for_double_quotes(self):
         from pymysql.converters import escape_string
 
         from imd.stores.mysql import quote_text
-        rng = random.Random(5)
-        alphabet = "ab \\\x00\n\r\x1a'\"\té中😀"
-        for _ in range(5000):
-            text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
-            self.assertEqual(quote_text(text), "'" + escape_string(text) + "'", repr(text))
+        for text in _random_texts(5000):
+            pymysql_way = "".join(escape_string(char) if char != '"' else char for char in text)
+            self.assertEqual(quote_text(text), "'" + pymysql_way + "'", repr(text))
+
+
+class QuoteTextServerTests(MysqlTestMixin, unittest.TestCase):
+
+    async def test_mariadb_reads_each_literal_back_as_the_text(self):
+        from imd.stores.mysql import quote_text
+        texts = _random_texts(2000)
+        for i in range(0, len(texts), 200):
+            part = texts[i:i + 200]
+            rows = await query(self.mysql_settings, "SELECT " + ",".join(quote_text(t) for t in part))
+            self.assertEqual(list(rows[0]), part)
