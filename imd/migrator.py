@@ -55,8 +55,7 @@ if TYPE_CHECKING:
 _log = Logger()
 
 MAX_BACKOFF = 5.0        # seconds between tries while a store is away
-SPLIT_FROM = 200         # rows: from here a batch is inserted in parts at once
-INSERTS_AT_ONCE = 2      # parts (3 or 4 were slower on 2 cores: bench/run.py --only migrate)
+SPLIT_FROM = 200         # rows: from here a batch may go in as [migrate] inserts_at_once parts at once
 LAG_INTERVAL = 1.0       # seconds between lag samples
 LAG_LOG_INTERVAL = 30.0  # seconds between lag log lines
 # Claim and prepare the next batch while the current one is inserted, ack
@@ -111,6 +110,7 @@ class Migrator(Service):
         self.batch = settings.batch
         self.interval = settings.interval
         self.lock_ttl = settings.lock_ttl
+        self.inserts_at_once = settings.inserts_at_once
         self._clock = clock
         self.token = token or new_token()
         self.queue_length = 0
@@ -279,7 +279,7 @@ class Migrator(Service):
             return None
         replayed, entries = claimed
         batch = _Batch(replayed, len(entries))
-        parts = INSERTS_AT_ONCE if len(entries) >= SPLIT_FROM else 1
+        parts = self.inserts_at_once if len(entries) >= SPLIT_FROM else 1
         size = -(-len(entries) // parts) if entries else 1
         for start in range(0, len(entries), size):
             recalls: List[Identity] = []
