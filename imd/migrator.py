@@ -44,8 +44,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, RoomRecallRow, StoredReceipt,
-                                  StoredRoomMessage, StoredRoomRead, StoredRoomRecall, parse_entry, recalled_identity)
+from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, RoomRecallRow, StoredMessage,
+                                  StoredReceipt, StoredRoomMessage, StoredRoomRead, StoredRoomRecall, parse_entry,
+                                  recalled_identity)
 
 if TYPE_CHECKING:
     from imd.config import MigrateSettings
@@ -360,6 +361,17 @@ class Migrator(Service):
                 _log.error("migrator: cannot store MQ entry ({why}); moved to MQ:dead: {entry!r}",
                            why=e, entry=entry[:200])
                 dead.append(entry)
+                continue
+            if type(stored) is StoredMessage:
+                # (most entries: a message between two users, or the system's)
+                rows.append(stored.row())
+                if recalls is not None and stored.type == "D":
+                    recalls.append(cast(Identity, recalled_identity(stored)))
+                seq = stored.seq
+                if seq:
+                    for uid in (stored.from_id, stored.to_id):
+                        if seq > migrated.get(uid, 0):
+                            migrated[uid] = seq
                 continue
             if isinstance(stored, (StoredRoomMessage, StoredRoomRead, StoredRoomRecall)):
                 if rooms is None:
