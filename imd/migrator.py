@@ -12,11 +12,12 @@ replayed receipt is a no-op too, and they go in with the same multi-row
 ``INSERT IGNORE`` in the same transaction as the messages of their part:
 nothing about them depends on the order rows commit in.
 
-A large batch goes in as two halves in two transactions on two pool
-connections at once: MySQL inserts both on two cores (what it bought,
-measured with bench/run.py --only migrate: docs/performance.md).  The batch
-is deleted only when both have committed; if one fails, the whole batch is
-replayed and the half that did commit is skipped by the unique key.
+With ``[migrate] inserts_at_once`` 2 or more, a large batch goes in as
+that many parts in as many transactions on pool connections at once: MySQL
+inserts them on several cores, a little faster for more CPU per row than
+one insert, the default (docs/performance.md, "Migrator").  The batch is
+deleted only when every part has committed; if one fails, the whole batch
+is replayed and the parts that did commit are skipped by the unique key.
 
 While full batches keep coming the stages overlap (``_step``): the next
 batch is claimed and read from JSON while MySQL inserts the current one,
