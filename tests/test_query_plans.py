@@ -7,8 +7,9 @@ for a read that needs it; this is what tells when one is missing.
 
 The statements are the ones imd runs: the store's functions are called
 with a cursor that runs EXPLAIN on each statement before running it, on a
-table of 6000 rows between 60 users (ANALYZE TABLE'd, so the optimizer
-knows it is not tiny).
+table of 6,360 rows between 60 users and the system (ANALYZE TABLE'd, so
+the optimizer knows it is not tiny).  Other tables the same statements
+read (rooms, log_mark) are empty here and not judged.
 """
 
 from typing import Any, Dict, FrozenSet, List, Tuple
@@ -98,15 +99,17 @@ class QueryPlanTests(MysqlTestMixin, unittest.TestCase):
 
     def assertRanges(self, name: str, plans: List[Tuple[str, List[Dict]]], keys: FrozenSet[str],
                      ordered: bool = True) -> None:
-        """Each table of each statement read by a key; ``message`` by one of
+        """``message`` and ``receipt`` read by a key in each statement; ``message`` by one of
         ``keys`` (the key made for that read: another may give a range too,
         e.g. a look-up by identity through a pair's key, and read the whole
         conversation), straight in order when ``ordered``."""
         self.assertTrue(plans, name)
         for statement, rows in plans:
             for row in rows:
-                if row.get("table") is None:
-                    continue   # (no table: answered by the optimizer, e.g. MAX of a key)
+                if row.get("table") not in ("m", "message", "r", "receipt"):
+                    # (no table: answered by the optimizer, e.g. MAX of a key;
+                    # or another table, empty here: rooms, log_mark)
+                    continue
                 where = "%s: %s\n%s" % (name, statement, row)
                 self.assertNotIn(row["type"], ("ALL", "index", None), where)
                 self.assertIsNotNone(row["key"], where)
