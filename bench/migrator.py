@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/migrator.py [-n 100000] [--batches 100,500,2000]
         [--rate 5000 --seconds 10] [--redis-db 15] [--mysql-db imd_bench_mig]
+        [--drop-keys message_by_ts,...]
 
 Phase 1, for each batch size: fill MQ with N messages (as the daemon stores
 them), start a migrator, time until MQ is empty; with the CPU each of this
-process (the migrator), MariaDB and Redis used meanwhile (100% = one core)
-and how busy the whole machine was (100% = every core).  Phase 2: push at a steady
+process (the migrator), MariaDB and Redis used meanwhile (100% = one core),
+the same as CPU microseconds per row (what a shared machine changes least),
+and how busy the whole machine was (100% = every core).  --drop-keys drops
+those keys of ``message`` in the bench's own database after the schema is
+applied: what each key costs the inserts.  Phase 2: push at a steady
 rate (through the same Lua call the daemon acks with) while the migrator runs
 with the default batch size, sampling its lag once a second.  It uses its own
 Redis key prefix (imdbench:) and MySQL database (dropped and re-created).
@@ -76,17 +80,17 @@ class CpuShares:
         busy = (machine[0] - machine0[0]) / max(1, machine[1] - machine0[1])
         return {"migrator": 100.0 * (own.user + own.system - own0.user - own0.system) / wall,
                 "mariadb": 100.0 * mariadb / wall, "redis": 100.0 * used.get("redis-server", 0.0) / wall,
-                "machine": 100.0 * busy}
+                "machine": 100.0 * busy, "wall": wall}
 
 
 def settings_for(args, batch):
     return parse_settings(
         "[imd]\nroles = migrate\n[redis]\nurl = redis://127.0.0.1:6379/%d\n"
-        "prefix = imdbench:\n[mysql]\ndatabase = %s\n[migrate]\nbatch = %d\ninterval = 0.05\nlock_ttl = 2\n"
-        % (args.redis_db, args.mysql_db, batch), "<bench>")
+        "prefix = %s\n[mysql]\ndatabase = %s\n[migrate]\nbatch = %d\ninterval = 0.05\nlock_ttl = 2\n"
+        % (args.redis_db, args.prefix, args.mysql_db, batch), "<bench>")
 
 
-def reset_mysql(settings):
+def reset_mysql(settings, drop_keys=()):
     import pymysql
 
     from imd.stores.mysql import connect_kwargs
@@ -95,11 +99,31 @@ def reset_mysql(settings):
         cur.execute("DROP DATABASE IF EXISTS `%s`" % settings.database)
     conn.close()
     apply_schema(settings)
+    if drop_keys:
+        conn = pymysql.connect(**connect_kwargs(settings))
+        with conn.cursor() as cur:
+            for key in drop_keys:
+                cur.execute("ALTER TABLE message DROP INDEX `%s`" % key)
+        conn.close()
 
 
 def entries(start, count, ts):
     return [protocol.message_json(protocol.MessagePacket("b%d" % n, "t", 2 + n % 50, "benchmark message %d" % n),
                                   1 + n % 97, ts).decode("utf-8") for n in range(start, start + count)]
+
+
+def count_rows(settings):
+    """Rows in ``message`` (MysqlStore's count_messages is gone: one query here)."""
+    import pymysql
+
+    from imd.stores.mysql import connect_kwargs
+    conn = pymysql.connect(**connect_kwargs(settings))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM message")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
 
 
 @defer.inlineCallbacks
@@ -109,20 +133,20 @@ def fill(app, items):
 
 
 @defer.inlineCallbacks
-def start(reactor, settings):
+def start(reactor, settings, drop_keys=()):
     app = App(settings, reactor)
     app.redis_client.startService()
     yield app.redis_client.wait_connected()
     keys = app.keys  # only its own keys: the db may be shared
     yield app.redis_client.command("DEL", keys.mq, keys.mq_processing, keys.mq_lock, keys.mq_dead)
-    yield threads.deferToThread(reset_mysql, settings.mysql)
+    yield threads.deferToThread(reset_mysql, settings.mysql, drop_keys)
     return app
 
 
 @defer.inlineCallbacks
 def throughput(reactor, args, batch):
     settings = settings_for(args, batch)
-    app = yield start(reactor, settings)
+    app = yield start(reactor, settings, args.drop_keys)
     yield fill(app, entries(0, args.n, int(time.time() * 1000)))
     app.mysql.startService()
     group = app.migrator_service()
@@ -132,7 +156,7 @@ def throughput(reactor, args, batch):
     yield app.migrator.wait_drained()
     elapsed = time.perf_counter() - began
     shares = cpu.shares()
-    count = yield app.mysql.count_messages()
+    count = yield threads.deferToThread(count_rows, settings.mysql)
     yield group.stopService()
     app.mysql.stopService()
     yield app.redis_client.stopService()
@@ -164,7 +188,7 @@ def steady(reactor, args):
         samples.append((app.migrator.queue_length, app.migrator.oldest_age))
     pusher.stop()
     yield app.migrator.wait_drained()
-    count = yield app.mysql.count_messages()
+    count = yield threads.deferToThread(count_rows, settings.mysql)
     yield group.stopService()
     app.mysql.stopService()
     yield app.redis_client.stopService()
@@ -176,12 +200,17 @@ def main(reactor, args):
     print("bench/migrator: %d messages per run, Redis db %d, MySQL database %s, %s %s, %d cores, load %s"
           % (args.n, args.redis_db, args.mysql_db, sys.implementation.name, sys.version.split()[0],
              os.cpu_count() or 0, " ".join("%.2f" % x for x in os.getloadavg())))
-    print("| batch | seconds | rows/s | CPU % migrator | MariaDB | Redis | machine busy % |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    if args.drop_keys:
+        print("keys of message dropped: %s" % ", ".join(args.drop_keys))
+    print("| batch | seconds | rows/s | CPU % migrator | MariaDB | Redis | machine busy % "
+          "| CPU µs/row migrator | MariaDB | Redis |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch in args.batches:
         elapsed, cpu = yield throughput(reactor, args, batch)
-        print("| %d | %.2f | %d | %.0f | %.0f | %.0f | %.0f |" % (
-            batch, elapsed, args.n / elapsed, cpu["migrator"], cpu["mariadb"], cpu["redis"], cpu["machine"]))
+        per_row = [cpu[name] / 100.0 * cpu["wall"] / args.n * 1e6 for name in ("migrator", "mariadb", "redis")]
+        print("| %d | %.2f | %d | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %.1f |" % (
+            batch, elapsed, args.n / elapsed, cpu["migrator"], cpu["mariadb"], cpu["redis"], cpu["machine"],
+            *per_row))
     if args.seconds:
         sent, count, samples = yield steady(reactor, args)
         print("\nsteady load %d msg/s for %ds, batch 500: %d sent, %d rows" % (args.rate, args.seconds, sent, count))
@@ -197,4 +226,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--redis-db", type=int, default=15)
     parser.add_argument("--mysql-db", default="imd_bench_mig")
+    parser.add_argument("--prefix", default="imdbench:", help="Redis key prefix (two runs at once: one each)")
+    parser.add_argument("--drop-keys", default=(), type=lambda s: [k for k in s.split(",") if k],
+                        help="keys of message to drop in the bench's database (what each costs)")
     task.react(main, [parser.parse_args()])

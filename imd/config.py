@@ -450,6 +450,11 @@ class MigrateSettings:
     batch: int = _setting("500", _int(1, 10000))
     interval: float = _setting("0.2", _number())
     lock_ttl: float = _setting("10", _number())
+    # parts of a batch of 200 rows or more inserted at once, each on a pool
+    # connection of its own: 2 drains a backlog a little faster, for more
+    # CPU per row in the migrator and in MariaDB (docs/performance.md,
+    # "Migrator", "per row, after issue 29")
+    inserts_at_once: int = _setting("1", _int(1, 4))
 
 
 @dataclass(frozen=True)

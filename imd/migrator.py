@@ -12,11 +12,12 @@ replayed receipt is a no-op too, and they go in with the same multi-row
 ``INSERT IGNORE`` in the same transaction as the messages of their part:
 nothing about them depends on the order rows commit in.
 
-A large batch goes in as two halves in two transactions on two pool
-connections at once: MySQL inserts both on two cores (what it bought,
-measured with bench/run.py --only migrate: docs/performance.md).  The batch
-is deleted only when both have committed; if one fails, the whole batch is
-replayed and the half that did commit is skipped by the unique key.
+With ``[migrate] inserts_at_once`` 2 or more, a large batch goes in as
+that many parts in as many transactions on pool connections at once: MySQL
+inserts them on several cores, a little faster for more CPU per row than
+one insert, the default (docs/performance.md, "Migrator").  The batch is
+deleted only when every part has committed; if one fails, the whole batch
+is replayed and the parts that did commit are skipped by the unique key.
 
 While full batches keep coming the stages overlap (``_step``): the next
 batch is claimed and read from JSON while MySQL inserts the current one,
@@ -44,8 +45,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from imd.errors import StoreUnavailable
-from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, RoomRecallRow, StoredReceipt,
-                                  StoredRoomMessage, StoredRoomRead, StoredRoomRecall, parse_entry, recalled_identity)
+from imd.messagelog.entry import (Identity, RoomMessageRow, RoomReadRow, RoomRecallRow, StoredMessage,
+                                  StoredReceipt, StoredRoomMessage, StoredRoomRead, StoredRoomRecall, parse_entry,
+                                  recalled_identity)
 
 if TYPE_CHECKING:
     from imd.config import MigrateSettings
@@ -55,8 +57,7 @@ if TYPE_CHECKING:
 _log = Logger()
 
 MAX_BACKOFF = 5.0        # seconds between tries while a store is away
-SPLIT_FROM = 200         # rows: from here a batch is inserted in parts at once
-INSERTS_AT_ONCE = 2      # parts (3 or 4 were slower on 2 cores: bench/run.py --only migrate)
+SPLIT_FROM = 200         # rows: from here a batch may go in as [migrate] inserts_at_once parts at once
 LAG_INTERVAL = 1.0       # seconds between lag samples
 LAG_LOG_INTERVAL = 30.0  # seconds between lag log lines
 # Claim and prepare the next batch while the current one is inserted, ack
@@ -111,6 +112,7 @@ class Migrator(Service):
         self.batch = settings.batch
         self.interval = settings.interval
         self.lock_ttl = settings.lock_ttl
+        self.inserts_at_once = settings.inserts_at_once
         self._clock = clock
         self.token = token or new_token()
         self.queue_length = 0
@@ -279,7 +281,7 @@ class Migrator(Service):
             return None
         replayed, entries = claimed
         batch = _Batch(replayed, len(entries))
-        parts = INSERTS_AT_ONCE if len(entries) >= SPLIT_FROM else 1
+        parts = self.inserts_at_once if len(entries) >= SPLIT_FROM else 1
         size = -(-len(entries) // parts) if entries else 1
         for start in range(0, len(entries), size):
             recalls: List[Identity] = []
@@ -360,6 +362,17 @@ class Migrator(Service):
                 _log.error("migrator: cannot store MQ entry ({why}); moved to MQ:dead: {entry!r}",
                            why=e, entry=entry[:200])
                 dead.append(entry)
+                continue
+            if type(stored) is StoredMessage:
+                # (most entries: a message between two users, or the system's)
+                rows.append(stored.row())
+                if recalls is not None and stored.type == "D":
+                    recalls.append(cast(Identity, recalled_identity(stored)))
+                seq = stored.seq
+                if seq:
+                    for uid in (stored.from_id, stored.to_id):
+                        if seq > migrated.get(uid, 0):
+                            migrated[uid] = seq
                 continue
             if isinstance(stored, (StoredRoomMessage, StoredRoomRead, StoredRoomRecall)):
                 if rooms is None:

@@ -333,7 +333,8 @@ class AcceptOrderTests(HistoryTestMixin, unittest.TestCase):
         alice, bob = await self.login(1), await self.login(2)
         clock = task.Clock()
         # batch 200: the first batch goes in as two halves of 100 at once
-        settings = self.server.app.settings.replace("migrate", batch=200, interval=1.0, lock_ttl=60.0)
+        settings = self.server.app.settings.replace("migrate", batch=200, interval=1.0, lock_ttl=60.0,
+                                                    inserts_at_once=2)
         migrator = start_migrator(self, settings, clock)
         await with_drain(migrator)
         ids = [str(n) for n in range(1, 301)]   # "10" sorts before "9"

@@ -13,7 +13,7 @@ from imd.stores.keys import Keys
 from imd.stores.queue import QueueStore
 from imd.stores.redis import RedisClient
 from tests.migrator_support import start_migrator, with_drain
-from tests.mysql_support import MysqlTestMixin
+from tests.mysql_support import MysqlTestMixin, query
 from tests.support import ServerTestMixin, free_port, make_settings, wait_until
 
 FAST = {"websocket": {"rate": "100000", "burst": "100000", "history_rate": "100000", "history_burst": "100000",
@@ -148,7 +148,7 @@ class SplitBatchTests(MigratorTestMixin, unittest.TestCase):
         await self.befriend(1, 2)
         alice = await self.login(1)
         acked = await send_and_collect(alice, 1, 2, list(range(1000)))
-        migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400))
+        migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400, inserts_at_once=2))
         insert, calls = migrator.mysql.insert_entries, []
 
         def second_half_fails_once(rows, receipts):
@@ -162,6 +162,24 @@ class SplitBatchTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual(await self.rows_set(), acked)
         self.assertEqual(await self.redis.llen("MQ:processing"), 0)
         self.assertEqual((migrator.rows_migrated, migrator.rows_skipped), (1000, 200))
+
+
+    async def test_by_default_a_batch_goes_in_as_one_insert(self):
+        # ([migrate] inserts_at_once 1: two at once cost more CPU per row in
+        # the migrator and in MariaDB, docs/performance.md "Migrator")
+        await self.befriend(1, 2)
+        alice = await self.login(1)
+        acked = await send_and_collect(alice, 1, 2, list(range(1000)))
+        migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400))
+        insert, calls = migrator.mysql.insert_entries, []
+
+        def counted(rows, receipts):
+            calls.append(len(rows))
+            return insert(rows, receipts)
+        migrator.mysql.insert_entries = counted
+        await with_drain(migrator)
+        self.assertEqual(calls, [400, 400, 200])
+        self.assertEqual(await self.rows_set(), acked)
 
 
 class LeaderTests(MigratorTestMixin, unittest.TestCase):
@@ -243,17 +261,33 @@ class ReconnectTests(MigratorTestMixin, unittest.TestCase):
         self.assertEqual(await self.rows_set(), acked)
 
 
+def _random_texts(count):
+    import random
+    rng = random.Random(5)
+    alphabet = "ab \\\x00\n\r\x1a'\"\té中😀"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24))) for _ in range(count)]
+
+
 class QuoteTextTests(unittest.TestCase):
-    """The migrator's string quoting is PyMySQL's escape_string (pure logic)."""
+    """The migrator's string quoting is PyMySQL's escape_string but for the
+    double quote, left as it is (pure logic); MariaDB reads each literal
+    back as the text (below)."""
 
-    def test_same_literal_as_pymysql(self):
-        import random
-
+    def test_same_literal_as_pymysql_but_for_double_quotes(self):
         from pymysql.converters import escape_string
 
         from imd.stores.mysql import quote_text
-        rng = random.Random(5)
-        alphabet = "ab \\\x00\n\r\x1a'\"\té中😀"
-        for _ in range(5000):
-            text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
-            self.assertEqual(quote_text(text), "'" + escape_string(text) + "'", repr(text))
+        for text in _random_texts(5000):
+            pymysql_way = "".join(escape_string(char) if char != '"' else char for char in text)
+            self.assertEqual(quote_text(text), "'" + pymysql_way + "'", repr(text))
+
+
+class QuoteTextServerTests(MysqlTestMixin, unittest.TestCase):
+
+    async def test_mariadb_reads_each_literal_back_as_the_text(self):
+        from imd.stores.mysql import quote_text
+        texts = _random_texts(2000)
+        for i in range(0, len(texts), 200):
+            part = texts[i:i + 200]
+            rows = await query(self.mysql_settings, "SELECT " + ",".join(quote_text(t) for t in part))
+            self.assertEqual(list(rows[0]), part)

@@ -263,7 +263,7 @@ class RecallRacingMigratorTests(RecallMixin, MigratorTestMixin, unittest.TestCas
         await self.send_and_recall()
         keys = Keys()
         self.assertGreater(await self.redis.llen(keys.mq), 300)
-        migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400))
+        migrator = start_migrator(self, self.server.app.settings.replace("migrate", batch=400, inserts_at_once=2))
         await self.final_row(migrator)
         self.assertEqual(migrator.rows_migrated, 302)
 

@@ -420,9 +420,12 @@ _MAX_STATEMENT_BYTES = 4 * 1024 * 1024  # well under max_allowed_packet (16 MiB 
 
 # What PyMySQL's escape_string does to text (pymysql.converters._escape_table),
 # as C-level str.replace calls: its str.translate through a dict was a third
-# of the migrator's CPU (py-spy, bench/run.py --only migrate).
+# of the migrator's CPU (py-spy, bench/run.py --only migrate).  But for '"':
+# inside a '...' literal it is an ordinary character (whatever ANSI_QUOTES
+# says), and every packet holds a dozen, so escaping it copied each packet
+# once more and sent MariaDB a dozen bytes more to read (issue 29).
 _TEXT_ESCAPES = (("\0", "\\0"), ("\n", "\\n"), ("\r", "\\r"), ("\x1a", "\\Z"),
-                 ("'", "\\'"), ('"', '\\"'))
+                 ("'", "\\'"))
 
 
 def quote_text(value: str) -> str:
