@@ -236,6 +236,16 @@ def valid_room(value: object) -> bool:
     return isinstance(value, str) and _ROOM_ID.match(value) is not None
 
 
+_STORED_ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % MAX_ROOM_CHARS)
+
+
+def valid_stored_room(value: object) -> bool:
+    """A room id as the message log may hold it: :func:`valid_room`'s, and
+    ``.`` and ``..``, ids until they were refused (a room made before keeps
+    its entries: they must still reach MySQL, not ``MQ:dead``)."""
+    return isinstance(value, str) and _STORED_ROOM_ID.match(value) is not None
+
+
 def _room_of(packet_id: PacketId, obj: JsonObject, kind: str) -> Optional[str]:
     """The packet's room, or None when it names none; bad_packet for a bad
     room id, or a room packet that also names a recipient."""

@@ -5,9 +5,10 @@ rooms whose meta tracks it, stopping at the room's close on every node."""
 import json
 import os
 import random
+import socket
 import time
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from imd.errors import ImdError
@@ -15,13 +16,39 @@ from imd.handlers import erasure
 from tests.daemon_support import start_daemon, write_config
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
-from tests.support import (DEADLINE, ImdServer, connect_client, make_settings, mq_entries, wait_until,
+from tests.support import (DEADLINE, ImdServer, connect_client, make_settings, mq_entries, redis_db, wait_until,
                            with_deadline)
 from tests.test_api import ApiTestMixin
 from tests.test_migrator_crash import CrashTests, MigratorProcess
 from tests.test_privacy import PositionTestMixin, next_is_pong, redis_dump
 from tests.test_push import PushTestMixin
 from tests.test_rooms import ROOM, RoomTestMixin, SyncTests
+
+
+def monitor_lines(ready, until):
+    """What Redis's MONITOR shows (lines, bytes) from ``ready()`` (called once
+    it watches) to the first line holding ``until`` (in a thread)."""
+    sock = socket.create_connection(("127.0.0.1", 6379), timeout=DEADLINE)
+    try:
+        sock.sendall(b"MONITOR\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(65536)
+        data = data.split(b"\r\n", 1)[1]
+        ready()
+        lines = []
+        while True:
+            while b"\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return lines
+                data += chunk
+            line, data = data.split(b"\r\n", 1)
+            lines.append(line)
+            if until in line:
+                return lines
+    finally:
+        sock.close()
 
 
 class RoomMaskingTests(RoomTestMixin, unittest.TestCase):
@@ -248,6 +275,31 @@ class RoomRecallTests(RoomTestMixin, unittest.TestCase):
                          [("m1", "t", ""), ("d1", "D", "m1"), ("m2", "t", "ok")])
         later = await self.ask(self.alice, {"id": "d3", "room": ROOM, "type": "D", "msg": "m1"})
         self.assertEqual((later["type"], later.get("dup")), ("A", True))
+
+    async def test_a_d_naming_no_message_reads_nothing_of_the_rooms_backlog(self):
+        # a member's D for an id that was never sent has no dedup record: the
+        # script looked through every entry of roompending:<room> for it (a
+        # room's backlog while the migrator is behind: ~0.2 s of Redis per D
+        # at 100,000 entries, every client of that Redis waiting). Within the
+        # window a message has its record (dedup_ttl >= recall_window): the
+        # script goes on to MySQL without looking
+        await self.setup_room()
+        await self.send(self.alice, "m1", "hello")
+        db = redis_db()
+        started, lines = defer.Deferred(), threads.deferToThread(monitor_lines, lambda: reactor.callFromThread(
+            started.callback, None), b'"ECHO" "end of the D"')
+        await started
+        try:
+            refused = await self.ask(self.bob, {"id": "d9", "room": ROOM, "type": "D", "msg": "never-sent"})
+        finally:
+            await self.redis.execute_command("ECHO", "end of the D")
+        self.assertEqual((refused["type"], refused["code"]), ("E", "not_found"), refused)
+        scans = [line for line in await lines
+                 if (b"[%d lua]" % db) in line and b'"ZRANGE"' in line and b"roompending:" in line]
+        self.assertEqual(scans, [])
+        # a real recall still finds its message by its record
+        reply = await self.ask(self.alice, {"id": "d1", "room": ROOM, "type": "D", "msg": "m1"})
+        self.assertEqual((reply["type"], reply["msg"]), ("A", "success"), reply)
 
     async def test_a_sync_from_between_a_message_and_its_d_gets_the_d(self):
         # the D is the room's latest packet: a sync from the message's pos must still find the

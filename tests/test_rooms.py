@@ -9,7 +9,7 @@ import time
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from imd import busframes
+from imd import busframes, protocol
 from imd.errors import ImdError
 from tests.admin_support import AdminAppMixin
 from tests.migrator_support import start_migrator, with_drain
@@ -459,6 +459,20 @@ class MigrationTests(RoomTestMixin, unittest.TestCase):
         rows = await query(self.mysql_settings, "SELECT seq, from_id, msg_id FROM room_message")
         self.assertEqual(sorted(r[0] for r in rows), list(range(1, 301)))
         self.assertEqual(len({(r[1], bytes(r[2])) for r in rows}), 300)
+
+    async def test_a_room_named_dot_dot_before_they_were_refused_still_migrates(self):
+        # "." and ".." were room ids until they were refused (the API's paths): a
+        # room made before keeps its members, and the messages stored before the
+        # upgrade still reach MySQL rather than MQ:dead
+        migrator = start_migrator(self, self.server.app.settings)
+        await self.admin.create("..", [1, 2])   # (the handler takes the id the API checked)
+        now = int(time.time() * 1000)
+        head = protocol.room_message_head("old", 1, "..", "t", "stored before", now)
+        await self.server.app.rooms.store("..", 1, "old", head, now)
+        await with_drain(migrator)
+        self.assertEqual(await self.redis.lrange("MQ:dead", 0, -1), [])
+        rows = await query(self.mysql_settings, "SELECT msg FROM room_message WHERE room = '..' AND msg_id = 'old'")
+        self.assertEqual(rows, (("stored before",),))
 
 
 class TwoNodeTests(RoomTestMixin, unittest.TestCase):

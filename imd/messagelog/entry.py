@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 from imd import jsonfast
 from imd.protocol import (MAX_ID_CHARS, MAX_RECEIPT_IDS, MAX_UID, RECEIPT_STATES, STATE_NAMES, PacketId, dump_fast,
-                          valid_room)
+                          valid_stored_room)
 
 MAX_TEXT_BYTES = 65535          # message.msg is TEXT
 MAX_PACKET_BYTES = 16 * 1024 * 1024 - 1   # message.packet is MEDIUMTEXT
@@ -152,7 +152,7 @@ def _room_recall(entry: str, obj: Dict[str, object], room: str, ts: int) -> Stor
 
 def _room_entry(entry: str, obj: Dict[str, object]) -> Union[StoredRoomMessage, StoredRoomRead, StoredRoomRecall]:
     room = obj.get("room")
-    if not valid_room(room):
+    if not valid_stored_room(room):   # ("." and ".." too: rooms made before they were refused)
         raise ValueError("the room id %r" % (room,))
     ts = obj.get("ts")
     if type(ts) is not int or not 0 <= ts < 2 ** 63:

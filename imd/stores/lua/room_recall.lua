@@ -37,8 +37,15 @@ if ARGV[8] ~= '1' then
   local record = redis.call('GET', KEYS[1])
   local at = record and string.match(record, '^%d+/(%d+)')
   local items
+  local window = tonumber(ARGV[7])
   if at then
     items = redis.call('ZRANGEBYSCORE', KEYS[2], at, at, 'WITHSCORES')
+  elseif window >= 0 and window <= tonumber(ARGV[2]) * 1000 then
+    -- (a client's D: a message in the window has its record, dedup_ttl >=
+    -- the window; without one it is older or was never sent, and reading
+    -- the room's whole backlog for a made-up id is what a hostile member
+    -- would ask for: MySQL answers, by its key)
+    return {0}
   else
     -- (no record: expired after [redis] dedup_ttl, a delete of an old
     -- message still unmigrated) the room's entries are looked through
@@ -53,7 +60,6 @@ if ARGV[8] ~= '1' then
   if not found then return {0} end
   if string.find(found, ',"msg":"","recalled":true,"ts":', 1, true) then return {3} end
   local ts = tonumber(string.match(found, ',"ts":(%d+),"seq":%d+,"pos":%d+}$'))
-  local window = tonumber(ARGV[7])
   if window >= 0 and ts and tonumber(ARGV[6]) - ts > window then return {4} end
 end
 local first = redis.call('GET', KEYS[8])
