@@ -6,8 +6,8 @@ only the holder of ``MQ:lock``), once every :data:`RUN_EVERY` seconds;
 ``imd-admin retention purge --older-than DAYS`` runs the same loop once.
 
 It never holds up the migrator's inserts: each batch is the :data:`BATCH`
-oldest rows, found through ``message_by_ts`` (sql/005; room rows in pos
-order through their accept_seq keys) and deleted by primary key in one
+oldest rows, found through ``message_by_ts`` (sql/005; room rows through
+their own ts keys, sql/011) and deleted by primary key in one
 short transaction of its own (imd.stores.mysql
 ``MessageRows.purge_older``), which locks only the rows it deletes -- the
 inserts add rows at the other end of ``ts``.  Between batches it waits as

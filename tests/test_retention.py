@@ -169,8 +169,8 @@ def insert_room_aged(settings, room, rows):
 
 
 class RoomRetentionTests(AdminAppMixin, unittest.TestCase):
-    """Room messages and room recalls go with the one-to-one messages: the
-    oldest first in pos order, up to the first one newer than the cut-off."""
+    """Room messages and room recalls go with the one-to-one messages, the
+    oldest first by their ts keys."""
 
     async def test_room_rows_older_than_the_cut_off_go(self):
         await threads.deferToThread(insert_aged, self.mysql_settings, 30, 40, "old")
@@ -191,15 +191,15 @@ class RoomRetentionTests(AdminAppMixin, unittest.TestCase):
         self.assertEqual(await query(self.mysql_settings, "SELECT accept_seq FROM log_mark WHERE name = 'purged'"),
                          ((1009,),))
 
-    async def test_the_walk_stops_at_the_first_newer_row(self):
-        # a node's clock behind: an old row after a newer one in pos order waits for a later run
+    async def test_a_row_from_a_clock_ahead_holds_nothing_back(self):
+        # a node's clock a year ahead wrote seq 2: the old rows stored after it still go
         await threads.deferToThread(insert_room_aged, self.mysql_settings, "r2",
-                                    [(1, 10, 35), (2, 20, 5), (3, 30, 35)])
+                                    [(1, 10, 35), (2, 20, -365), (3, 30, 35), (4, 40, 5)])
         rows = MessageRows(self.app.mysql)
         before = int(reactor.seconds() * 1000) - 30 * DAY_MS
-        self.assertEqual((await rows.count_older(before))[0], 1)
-        self.assertEqual(await rows.purge_older(before, 100), (1, 0))
-        self.assertEqual(await query(self.mysql_settings, "SELECT seq FROM room_message ORDER BY seq"), ((2,), (3,)))
+        self.assertEqual((await rows.count_older(before))[0], 2)
+        self.assertEqual(await rows.purge_older(before, 100), (2, 0))
+        self.assertEqual(await query(self.mysql_settings, "SELECT seq FROM room_message ORDER BY seq"), ((2,), (4,)))
 
     async def test_positions_never_start_below_what_was_purged(self):
         # every row older than the cut-off: the purge takes them all, and MQ:seq's

@@ -33,7 +33,8 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
 
     def describe(self):
         return threads.deferToThread(self._describe_sync, ("schema_version", "message", "orders", "receipt",
-                                                                     "order_conversation"))
+                                                                     "order_conversation", "room_message",
+                                                                     "room_recall"))
 
     def _describe_sync(self, tables):
         import pymysql
@@ -57,13 +58,16 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
         self.assertEqual([v[:2] for v in before["versions"]], [(1, "message"), (2, "orders"), (3, "accept_order"),
                                                                (4, "receipts"), (5, "message_by_ts"),
                                                                (6, "order_conversation"), (7, "stream_positions"),
-                                                               (8, "recall"), (9, "rooms"), (10, "room_recall")])
+                                                               (8, "recall"), (9, "rooms"), (10, "room_recall"),
+                                                               (11, "room_retention")])
         self.assertIn("KEY `message_by_ts` (`ts`)", before["message"])
         self.assertIn("KEY `message_recipient_pos` (`to_id`,`accept_seq`)", before["message"])
         self.assertIn("KEY `message_sender_pos` (`from_id`,`accept_seq`)", before["message"])
         self.assertIn("KEY `message_by_pos` (`accept_seq`)", before["message"])
+        self.assertIn("KEY `room_message_by_ts` (`ts`)", before["room_message"])
+        self.assertIn("KEY `room_recall_by_ts` (`ts`)", before["room_recall"])
         result = await threads.deferToThread(apply_schema, self.mysql_settings)
-        self.assertEqual(result, (10, 10))
+        self.assertEqual(result, (11, 11))
         self.assertEqual(await self.describe(), before)
 
     async def test_cli_applies_and_is_idempotent(self):
@@ -74,10 +78,10 @@ class SchemaApplyTests(MysqlTestMixin, unittest.TestCase):
         argv = ["-m", "imd.admin", "--config", config, "schema", "apply"]
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"upgraded from version 0 to 10", out)
+        self.assertIn(b"upgraded from version 0 to 11", out)
         out, err, code = await utils.getProcessOutputAndValue(sys.executable, argv, env=os.environ, path=ROOT)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"at version 10; nothing to do", out)
+        self.assertIn(b"at version 11; nothing to do", out)
 
     async def test_cli_mysql_away_is_one_line(self):
         config = os.path.abspath(self.mktemp())
@@ -101,7 +105,7 @@ class SchemaUpgradeTests(MysqlTestMixin, unittest.TestCase):
                     "INSERT INTO message (msg_id, from_id, to_id, type, msg, ts, packet)"
                     " VALUES ('1', 1, 2, 't', 'x', 5, '{}')")
         result = await threads.deferToThread(apply_schema, self.mysql_settings)
-        self.assertEqual(result, (1, 10))
+        self.assertEqual(result, (1, 11))
         tables = await query(self.mysql_settings, "SHOW TABLES")
         self.assertEqual(sorted(t for (t,) in tables), ["log_mark", "message", "order_conversation", "orders",
                                                           "receipt", "room_message", "room_read", "room_recall",

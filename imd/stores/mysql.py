@@ -857,42 +857,21 @@ def _misfiled_txn(cursor: pymysql.cursors.Cursor, since: int, until: int,
 
 
 def _count_older_txn(cursor: pymysql.cursors.Cursor, before: int) -> Tuple[int, Optional[int]]:
-    # message_by_ts (sql/005): read from the index alone
-    cursor.execute("SELECT COUNT(*), MIN(ts) FROM message WHERE ts < %s", (before,))
-    count, oldest = cursor.fetchone()
-    count, oldest = int(count), (int(oldest) if oldest is not None else None)
-    for table in _ROOM_TABLES:
-        after = -1
-        while True:   # the rows the purge would take, walked in pos order (no key on ts)
-            cursor.execute("SELECT accept_seq, ts FROM " + table + " WHERE accept_seq > %s"
-                           " ORDER BY accept_seq LIMIT %s", (after, _ROOM_WALK))
-            found = cursor.fetchall()
-            older = _older_prefix(found, before)
-            count += len(older)
-            if older:
-                first = min(int(ts) for _, ts in older)
-                oldest = first if oldest is None else min(oldest, first)
-            if len(older) < _ROOM_WALK:
-                break
-            after = found[-1][0]
+    # message_by_ts (sql/005), room_message_by_ts and room_recall_by_ts
+    # (sql/011): read from the keys alone
+    count, oldest = 0, None
+    for table in ("message",) + _ROOM_TABLES:
+        cursor.execute("SELECT COUNT(*), MIN(ts) FROM " + table + " WHERE ts < %s", (before,))
+        found, first = cursor.fetchone()
+        count += int(found)
+        if first is not None:
+            oldest = int(first) if oldest is None else min(oldest, int(first))
     return count, oldest
 
 
-# Room messages and room recalls (sql/009, sql/010) have no key on ts: the
-# purge walks them in pos order (their accept_seq key) and takes each one
-# older than the cut-off until the first that is not.  The accept order and
-# ts go together (ts is the accepting node's clock at the store), so what a
-# node's clock running a few ms behind leaves waits for the next run.
+# Room messages and room recalls (sql/009, sql/010) go with the messages,
+# oldest first by their ts keys (sql/011).
 _ROOM_TABLES = ("room_message", "room_recall")
-_ROOM_WALK = 5000   # rows read at a time by the count
-
-
-def _older_prefix(rows: Sequence[Tuple[Union[int, str], ...]], before: int) -> Sequence[Tuple[Union[int, str], ...]]:
-    """The leading ``rows`` (whose last column is ts) with ``ts < before``."""
-    for i, row in enumerate(rows):
-        if int(row[-1]) >= before:
-            return rows[:i]
-    return rows
 
 
 def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) -> Tuple[int, int]:
@@ -900,7 +879,7 @@ def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) ->
     # the transaction locks only the rows it deletes, never a range, so the
     # migrator's inserts (new rows, at the other end of ts) never wait on it.
     # One-to-one messages first, then, with what is left of ``limit``, room
-    # messages and room recalls (oldest first by pos, _ROOM_TABLES).
+    # messages and room recalls (oldest first by ts, _ROOM_TABLES).
     cursor.execute("SELECT seq, from_id, msg_id, to_id, accept_seq FROM message WHERE ts < %s ORDER BY ts LIMIT %s",
                    (before, limit))
     found = cursor.fetchall()
@@ -915,22 +894,23 @@ def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) ->
         deleted = cursor.execute("DELETE FROM message WHERE seq IN (" + ",".join(["%s"] * len(rows)) + ")"
                                  " AND ts < %s", [seq for seq, _, _, _ in rows] + [before])
     if deleted < limit:
-        cursor.execute("SELECT room, seq, accept_seq, ts FROM room_message ORDER BY accept_seq LIMIT %s",
-                       (limit - deleted,))
-        older = _older_prefix(cursor.fetchall(), before)
+        cursor.execute("SELECT room, seq, accept_seq FROM room_message WHERE ts < %s ORDER BY ts LIMIT %s",
+                       (before, limit - deleted))
+        older = cursor.fetchall()
         if older:
             highest = max(highest, max(int(row[2]) for row in older))
             deleted += cursor.execute("DELETE FROM room_message WHERE (room, seq) IN ("
                                       + ",".join(["(%s,%s)"] * len(older)) + ") AND ts < %s",
-                                      [value for room, seq, _, _ in older for value in (room, seq)] + [before])
+                                      [value for room, seq, _ in older for value in (room, seq)] + [before])
     if deleted < limit:
-        cursor.execute("SELECT accept_seq, ts FROM room_recall ORDER BY accept_seq LIMIT %s", (limit - deleted,))
-        older = _older_prefix(cursor.fetchall(), before)
+        cursor.execute("SELECT accept_seq FROM room_recall WHERE ts < %s ORDER BY ts LIMIT %s",
+                       (before, limit - deleted))
+        older = cursor.fetchall()
         if older:
             highest = max(highest, max(int(row[0]) for row in older))
             deleted += cursor.execute("DELETE FROM room_recall WHERE accept_seq IN ("
                                       + ",".join(["%s"] * len(older)) + ") AND ts < %s",
-                                      [seq for seq, _ in older] + [before])
+                                      [seq for (seq,) in older] + [before])
     if highest:
         # a sync from below the highest position removed says "truncated"
         # (contract §10): recorded with the delete, in the same transaction
