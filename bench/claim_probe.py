@@ -9,15 +9,13 @@ entry of the store, the claim and the ack, three rounds:
 
     .venv/bin/python bench/claim_probe.py [PORT] [BATCH]
 """
-import os
 import random
 import socket
-import subprocess
 import sys
-import time
 
 from imd.stores.keys import Keys
 from imd.stores.redis import Script
+from probe_redis import cpu_seconds, encode as enc, read_reply, start_redis
 
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 6392
 BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 500
@@ -25,40 +23,22 @@ N = 20000
 USERS = 200
 
 
-def enc(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 def main():
     # (stopped below by its pid)
-    proc = subprocess.Popen(["redis-server", "--port", str(PORT), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
+    proc = start_redis(PORT, "--appendonly", "no")
     try:
         c = socket.create_connection(("127.0.0.1", PORT))
         f = c.makefile("rb")
 
         def reply():
-            line = f.readline()
-            if line[:1] == b"*":
-                return [reply() for _ in range(int(line[1:]))]
-            if line[:1] == b"$":
-                n = int(line[1:])
-                return None if n < 0 else f.read(n + 2)[:-2]
-            return line[1:].strip() if line[:1] == b":" else line.strip()
+            return read_reply(f)
 
         def call(*args):
             c.sendall(enc(*args))
             return reply()
 
         def cpu():
-            with open("/proc/%d/stat" % proc.pid) as st:
-                parts = st.read().rsplit(")", 1)[1].split()
-            return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+            return cpu_seconds(proc.pid)
         keys = Keys("", 0)
         sha = {name: call("SCRIPT", "LOAD", Script.load(name).text).decode()
                for name in ("store_message", "claim", "ack")}

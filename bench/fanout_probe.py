@@ -15,7 +15,6 @@ which every write of the script goes to as it would to a replica.
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import time
 import imd
 from imd.stores.keys import Keys
 from imd.stores.redis import Script
+from probe_redis import cpu_seconds, encode as enc, read_reply, start_redis
 
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 6391
 CASE = sys.argv[2] if len(sys.argv) > 2 else "same"   # same node / two nodes
@@ -31,33 +31,17 @@ AOF = sys.argv[3:4] == ["aof"]
 N = 20000
 
 
-def enc(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 def main():
     # (stopped below by its pid)
     folder = tempfile.mkdtemp(prefix="fanout_probe")
     persistence = ["--appendonly", "yes", "--appendfsync", "no"] if AOF else ["--appendonly", "no"]
-    proc = subprocess.Popen(["redis-server", "--port", str(PORT), "--bind", "127.0.0.1", "--save", "",
-                             "--dir", folder] + persistence, stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
+    proc = start_redis(PORT, "--dir", folder, *persistence)
     try:
         c = socket.create_connection(("127.0.0.1", PORT))
         f = c.makefile("rb")
 
         def reply():
-            line = f.readline()
-            if line[:1] == b"*":
-                return [reply() for _ in range(int(line[1:]))]
-            if line[:1] == b"$":
-                n = int(line[1:])
-                return None if n < 0 else f.read(n + 2)[:-2]
-            return line.strip()
+            return read_reply(f)
         keys = Keys("", 0)
         script = Script.load("store_message")
         c.sendall(enc("SCRIPT", "LOAD", script.text))
@@ -89,9 +73,7 @@ def main():
                   b'"from":1,"ts":1765000000000}')
 
         def cpu():
-            with open("/proc/%d/stat" % proc.pid) as st:
-                parts = st.read().rsplit(")", 1)[1].split()
-            return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+            return cpu_seconds(proc.pid)
         results = []
         for rnd in range(3):
             t0 = cpu()

@@ -41,9 +41,9 @@ from twisted.internet import defer, threads
 
 from imd import protocol
 from imd.errors import AdminError
-from imd.handlers.rooms import merge_room
+from imd.handlers.rooms import merge_room_entries, room_entries
 from imd.progress import progress
-from imd.messagelog.entry import StoredMessage, StoredRoomMessage, parse_entry
+from imd.messagelog.entry import StoredMessage, StoredRoomMessage
 from imd.messagelog.merge import Pending, Selection, merged
 from imd.stores.mysql import LogReader
 from imd.timespec import iso
@@ -188,30 +188,15 @@ class RoomPending:
     needs them: a recall may name a message of any page)."""
 
     def __init__(self, entries: Sequence[Union[str, bytes]]) -> None:
-        self.seqs: List[int] = []
-        self.messages: List[str] = []
-        self.recalls: List[str] = []
-        found = []
-        for entry in entries:
-            text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
-            try:
-                value = parse_entry(text)
-            except ValueError:
-                continue
-            if isinstance(value, StoredRoomMessage):
-                found.append((value.room_seq, text))
-            else:
-                self.recalls.append(text)
-        found.sort()
-        self.seqs = [seq for seq, _ in found]
-        self.messages = [text for _, text in found]
+        messages, self.recalls = room_entries(entries)
+        self.messages: List[StoredRoomMessage] = sorted(messages, key=lambda m: m.room_seq)
+        self.seqs = [m.room_seq for m in self.messages]
 
-    def between(self, after_seq: int, last_seq: Optional[int]) -> List[str]:
-        """The recalls, and the messages with ``after_seq < seq <= last_seq``
-        (None: no upper end)."""
+    def between(self, after_seq: int, last_seq: Optional[int]) -> List[StoredRoomMessage]:
+        """The messages with ``after_seq < seq <= last_seq`` (None: no upper end)."""
         start = bisect.bisect_right(self.seqs, after_seq)
         end = len(self.seqs) if last_seq is None else bisect.bisect_right(self.seqs, last_seq)
-        return self.messages[start:end] + self.recalls
+        return self.messages[start:end]
 
 
 @defer.inlineCallbacks
@@ -229,7 +214,7 @@ def export_room(app: "App", args: argparse.Namespace, out: TextIO) -> Generator[
         while True:
             rows = cast(List[Tuple[int, str]], (yield app.mysql.room_history(args.room, after, ROOM_PAGE)))
             last = rows[-1][0] if len(rows) >= ROOM_PAGE else None
-            page = merge_room(pending.between(after, last), rows, after, ROOM_PAGE)
+            page = merge_room_entries(pending.between(after, last), pending.recalls, rows, after, ROOM_PAGE)
             if not page:
                 break
             for _, packet in page:

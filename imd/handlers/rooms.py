@@ -28,7 +28,7 @@ committed), each ``seq`` once, and adds every member's read cursor.
 import base64
 import binascii
 import json
-from typing import TYPE_CHECKING, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union, cast
+from typing import TYPE_CHECKING, Callable, Dict, Generator, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -254,24 +254,37 @@ class RoomHandler:
         return Reply(protocol.room_history(packet_id, items, more, next_cursor, state.read))
 
 
+def room_entries(pending: Iterable[Union[str, bytes]]) -> Tuple[List[StoredRoomMessage], List[StoredRoomRecall]]:
+    """A room's entries still in Redis, read: its messages and its recalls'
+    ``D`` (an entry that does not read is left out)."""
+    messages: List[StoredRoomMessage] = []
+    recalls: List[StoredRoomRecall] = []
+    for entry in pending:
+        try:
+            value = parse_entry(entry.decode("utf-8") if isinstance(entry, bytes) else entry)
+        except ValueError:
+            continue
+        if isinstance(value, StoredRoomMessage):
+            messages.append(value)
+        elif isinstance(value, StoredRoomRecall):
+            recalls.append(value)
+    return messages, recalls
+
+
 def merge_room(pending: Sequence[Union[str, bytes]], rows: Sequence[Tuple[int, str]], after_seq: int,
                limit: int) -> List[Tuple[int, bytes]]:
     """The room's entries still in Redis and its rows in MySQL, each seq
     once, above ``after_seq``, ascending: ``[(seq, packet)]``, at most ``limit``.
     A recall's ``D`` is not listed; a row whose message a ``D`` still in
     Redis recalls is shown emptied (its row is emptied when the D migrates)."""
-    by_seq: Dict[int, bytes] = {}
-    recalls: List[StoredRoomRecall] = []
-    for entry in pending:
-        text = entry.decode("utf-8") if isinstance(entry, bytes) else entry
-        try:
-            value = parse_entry(text)
-        except ValueError:
-            continue
-        if isinstance(value, StoredRoomMessage) and value.room_seq > after_seq:
-            by_seq[value.room_seq] = value.packet.encode("utf-8")
-        elif isinstance(value, StoredRoomRecall):
-            recalls.append(value)
+    messages, recalls = room_entries(pending)
+    return merge_room_entries(messages, recalls, rows, after_seq, limit)
+
+
+def merge_room_entries(messages: Iterable[StoredRoomMessage], recalls: Sequence[StoredRoomRecall],
+                       rows: Sequence[Tuple[int, str]], after_seq: int, limit: int) -> List[Tuple[int, bytes]]:
+    """:func:`merge_room` of entries already read (:func:`room_entries`)."""
+    by_seq: Dict[int, bytes] = {m.room_seq: m.packet.encode("utf-8") for m in messages if m.room_seq > after_seq}
     for seq, packet in rows:
         if seq not in by_seq:
             by_seq[seq] = packet.encode("utf-8") if isinstance(packet, str) else packet

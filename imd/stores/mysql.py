@@ -860,7 +860,7 @@ def _count_older_txn(cursor: pymysql.cursors.Cursor, before: int) -> Tuple[int, 
     # message_by_ts (sql/005), room_message_by_ts and room_recall_by_ts
     # (sql/011): read from the keys alone
     count, oldest = 0, None
-    for table in ("message",) + _ROOM_TABLES:
+    for table in ("message",) + tuple(table for table, _ in _ROOM_KEYS):
         cursor.execute("SELECT COUNT(*), MIN(ts) FROM " + table + " WHERE ts < %s", (before,))
         found, first = cursor.fetchone()
         count += int(found)
@@ -870,8 +870,25 @@ def _count_older_txn(cursor: pymysql.cursors.Cursor, before: int) -> Tuple[int, 
 
 
 # Room messages and room recalls (sql/009, sql/010) go with the messages,
-# oldest first by their ts keys (sql/011).
-_ROOM_TABLES = ("room_message", "room_recall")
+# oldest first by their ts keys (sql/011): each table with its primary key.
+_ROOM_KEYS = (("room_message", ("room", "seq")), ("room_recall", ("accept_seq",)))
+
+
+def _purge_room_rows(cursor: pymysql.cursors.Cursor, table: str, key: Tuple[str, ...], before: int,
+                     limit: int) -> Tuple[int, int]:
+    """Delete up to ``limit`` of ``table``'s oldest rows with ``ts < before``
+    by their primary key ``key``: ``(rows deleted, the highest accept_seq
+    among them, 0 for none)``."""
+    cursor.execute("SELECT accept_seq, " + ", ".join(key) + " FROM " + table + " WHERE ts < %s ORDER BY ts LIMIT %s",
+                   (before, limit))
+    older = cursor.fetchall()
+    if not older:
+        return 0, 0
+    one = "(" + ",".join(["%s"] * len(key)) + ")"
+    deleted = cursor.execute("DELETE FROM " + table + " WHERE (" + ", ".join(key) + ") IN ("
+                             + ",".join([one] * len(older)) + ") AND ts < %s",
+                             [value for row in older for value in row[1:]] + [before])
+    return deleted, max(int(row[0]) for row in older)
 
 
 def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) -> Tuple[int, int]:
@@ -879,7 +896,7 @@ def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) ->
     # the transaction locks only the rows it deletes, never a range, so the
     # migrator's inserts (new rows, at the other end of ts) never wait on it.
     # One-to-one messages first, then, with what is left of ``limit``, room
-    # messages and room recalls (oldest first by ts, _ROOM_TABLES).
+    # messages and room recalls (oldest first by ts, _ROOM_KEYS).
     cursor.execute("SELECT seq, from_id, msg_id, to_id, accept_seq FROM message WHERE ts < %s ORDER BY ts LIMIT %s",
                    (before, limit))
     found = cursor.fetchall()
@@ -893,24 +910,11 @@ def _purge_older_txn(cursor: pymysql.cursors.Cursor, before: int, limit: int) ->
                                   [value for _, from_id, msg_id, to_id in rows for value in (from_id, msg_id, to_id)])
         deleted = cursor.execute("DELETE FROM message WHERE seq IN (" + ",".join(["%s"] * len(rows)) + ")"
                                  " AND ts < %s", [seq for seq, _, _, _ in rows] + [before])
-    if deleted < limit:
-        cursor.execute("SELECT room, seq, accept_seq FROM room_message WHERE ts < %s ORDER BY ts LIMIT %s",
-                       (before, limit - deleted))
-        older = cursor.fetchall()
-        if older:
-            highest = max(highest, max(int(row[2]) for row in older))
-            deleted += cursor.execute("DELETE FROM room_message WHERE (room, seq) IN ("
-                                      + ",".join(["(%s,%s)"] * len(older)) + ") AND ts < %s",
-                                      [value for room, seq, _ in older for value in (room, seq)] + [before])
-    if deleted < limit:
-        cursor.execute("SELECT accept_seq FROM room_recall WHERE ts < %s ORDER BY ts LIMIT %s",
-                       (before, limit - deleted))
-        older = cursor.fetchall()
-        if older:
-            highest = max(highest, max(int(row[0]) for row in older))
-            deleted += cursor.execute("DELETE FROM room_recall WHERE accept_seq IN ("
-                                      + ",".join(["%s"] * len(older)) + ") AND ts < %s",
-                                      [seq for (seq,) in older] + [before])
+    for table, key in _ROOM_KEYS:
+        if deleted < limit:
+            count, top = _purge_room_rows(cursor, table, key, before, limit - deleted)
+            deleted += count
+            highest = max(highest, top)
     if highest:
         # a sync from below the highest position removed says "truncated"
         # (contract §10): recorded with the delete, in the same transaction
