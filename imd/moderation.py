@@ -435,6 +435,9 @@ class _CodePointAutomaton:
         that end before the character before that code point (it may join
         it), that character's index and the state before it;
         ``(hits, -1, 0)`` when the whole text was read."""
+        # (the automaton's step, ``while True: ... fail[state]``, is written
+        # out here and in folded_hits rather than called: this loop is PyPy's
+        # per-character hot path, where the blocklist's cost is measured)
         delta, fail, longest, kinds, folds_to = self._delta, self._fail, self._longest, self._kinds, _FOLDS_TO
         hits: List[Span] = []
         state = before = at = 0
