@@ -10,6 +10,23 @@ from tests.test_migrator import FAST
 from tests.test_rooms import ROOM, RoomTestMixin
 
 
+
+def count_replies(test, script, size):
+    """``size(reply)`` of each reply of ``script`` the room store gets, for
+    the rest of ``test``, in a list that fills as they come."""
+    sizes = []
+    client = test.server.app.rooms._client
+    run = client.run
+
+    def counting(called, keys, args):
+        d = run(called, keys, args)
+        if called is script:
+            d.addCallback(lambda got: sizes.append(size(got)) or got)
+        return d
+    client.run = counting
+    test.addCleanup(setattr, client, "run", run)
+    return sizes
+
 class RoomHistoryBudgetTests(RoomTestMixin, unittest.TestCase):
     """``H {"room"}`` (and its cursor's pages) spent nothing of the user's
     ``H`` budget (``history_user_rate``): a member's connections each got
@@ -81,18 +98,7 @@ class RoomHistoryBacklogTests(RoomTestMixin, unittest.TestCase):
     def count_pending_reads(self):
         """The entries each room-pending script answers, as the store got them."""
         from imd.stores.rooms import ROOM_PENDING
-        sizes = []
-        client = self.server.app.rooms._client
-        run = client.run
-
-        def counting(script, keys, args):
-            d = run(script, keys, args)
-            if script is ROOM_PENDING:
-                d.addCallback(lambda got: sizes.append(len(got)) or got)
-            return d
-        client.run = counting
-        self.addCleanup(setattr, client, "run", run)
-        return sizes
+        return count_replies(self, ROOM_PENDING, len)
 
     async def test_a_page_reads_its_limit_of_the_backlog_not_all_of_it(self):
         from twisted.internet import defer
@@ -143,17 +149,7 @@ class RoomSyncBacklogTests(RoomTestMixin, unittest.TestCase):
         await burst(300, 400)
         await self.admin.change(ROOM, [2], [])
         await burst(400, 700)
-        sizes = []
-        client = self.server.app.rooms._client
-        run = client.run
-
-        def counting(script, keys, args):
-            d = run(script, keys, args)
-            if script is STREAM_PENDING:
-                d.addCallback(lambda got: sizes.append(sum(len(e) for e in got[1::2])) or got)
-            return d
-        client.run = counting
-        self.addCleanup(setattr, client, "run", run)
+        sizes = count_replies(self, STREAM_PENDING, lambda got: sum(len(e) for e in got[1::2]))
         packets = []
         reply = await self.ask(bob, {"id": "s", "type": "H", "msg": {"sync": 0, "limit": 37}})
         while True:

@@ -16,13 +16,12 @@ from imd.handlers import erasure
 from tests.daemon_support import start_daemon, write_config
 from tests.migrator_support import start_migrator, with_drain
 from tests.mysql_support import query
-from tests.support import (DEADLINE, ImdServer, connect_client, make_settings, mq_entries, redis_db, wait_until,
-                           with_deadline)
+from tests.support import DEADLINE, connect_client, mq_entries, redis_db, wait_until, with_deadline
 from tests.test_api import ApiTestMixin
 from tests.test_migrator_crash import CrashTests, MigratorProcess
 from tests.test_privacy import PositionTestMixin, next_is_pong, redis_dump
 from tests.test_push import PushTestMixin
-from tests.test_rooms import ROOM, RoomTestMixin, SyncTests
+from tests.test_rooms import ROOM, RoomTestMixin, SyncTests, TwoNodeMixin
 
 
 def monitor_lines(ready, until):
@@ -509,13 +508,7 @@ class RoomErasureTests(RoomTestMixin, unittest.TestCase):
         self.assertEqual(await self.server.app.eraser.erase(1), 0)
 
 
-class RoomRecallTwoNodeTests(RoomTestMixin, unittest.TestCase):
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        yield RoomTestMixin.setUp(self)
-        self.node2 = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": "test-node-2"}))).start()
-        self.addCleanup(self.node2.stop)
+class RoomRecallTwoNodeTests(TwoNodeMixin, unittest.TestCase):
 
     async def test_the_d_reaches_members_and_the_senders_devices_on_the_other_node(self):
         await self.admin.create(ROOM, [1, 2])

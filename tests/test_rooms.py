@@ -475,13 +475,17 @@ class MigrationTests(RoomTestMixin, unittest.TestCase):
         self.assertEqual(rows, (("stored before",),))
 
 
-class TwoNodeTests(RoomTestMixin, unittest.TestCase):
+class TwoNodeMixin(RoomTestMixin):
+    """A second node, ``node2``, on the same Redis and MySQL."""
 
     @defer.inlineCallbacks
     def setUp(self):
         yield RoomTestMixin.setUp(self)
         self.node2 = yield ImdServer(make_settings(dict(self.overrides, imd={"node_id": "test-node-2"}))).start()
         self.addCleanup(self.node2.stop)
+
+
+class TwoNodeTests(TwoNodeMixin, unittest.TestCase):
 
     async def test_gapless_seq_two_senders_two_nodes_with_events_between(self):
         await self.admin.create(ROOM, [1, 2, 3])
